@@ -1,0 +1,84 @@
+"""Packaging for wsgi_channels.
+
+``adapters/`` lives at the top of the repository but is installed as
+``wsgi_channels.adapters`` (``package_dir``), so it is never importable as a
+top-level ``adapters`` package.
+"""
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def read(*parts):
+    with open(os.path.join(HERE, *parts), encoding="utf-8") as fh:
+        return fh.read()
+
+
+VERSION = re.search(r'^__version__ = "([^"]+)"', read("wsgi_channels", "__init__.py"), re.M).group(1)
+
+core_packages = find_packages(include=["wsgi_channels", "wsgi_channels.*"])
+adapter_packages = ["wsgi_channels.adapters"] + [
+    "wsgi_channels.adapters." + p for p in find_packages(where="adapters")
+]
+
+TEST_REQUIRES = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "hypothesis>=6.100",
+    "requests>=2.31",
+    "websocket-client>=1.7",
+    "cryptography>=42",
+    "flask>=3.0",
+    "pyramid>=2.0",
+    "pyramid_tm>=2.5",
+    "transaction>=4.0",
+    "django>=4.2",
+    "gunicorn>=22",
+]
+
+BENCH_REQUIRES = [
+    "channels_redis>=4.2,<5",
+    "channels>=4.0,<5",
+    "python-socketio[client]>=5.11",
+    "tabulate>=0.9",
+]
+
+setup(
+    name="wsgi_channels",
+    version=VERSION,
+    description="Real-time messaging (channel layers, WebSockets, workers) for WSGI apps",
+    long_description=read("README.md"),
+    long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    python_requires=">=3.10",
+    packages=core_packages + adapter_packages,
+    package_dir={"wsgi_channels.adapters": "adapters"},
+    package_data={"wsgi_channels": ["py.typed", "static/*"]},
+    include_package_data=True,
+    install_requires=[
+        "msgpack>=1.0",
+        "redis[hiredis]>=5.0",
+        "gevent>=24.2",
+        "wsproto>=1.2",
+        "h11>=0.14",
+        "werkzeug>=3.0",
+        "webob>=1.8",
+        "prometheus_client>=0.20",
+    ],
+    extras_require={
+        "crypto": ["cryptography>=42"],
+        "test": TEST_REQUIRES,
+        "benchmark": BENCH_REQUIRES,
+    },
+    entry_points={"console_scripts": ["wsgi-channels = wsgi_channels.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: Flask",
+        "Framework :: Pyramid",
+        "Framework :: Django",
+        "Topic :: Internet :: WWW/HTTP :: WSGI",
+    ],
+)

@@ -1,0 +1,95 @@
+"""Shared fixtures: real Redis servers on free ports, and a layer for every backend.
+
+``layer_url`` / ``layer`` are parametrised over every backend that must pass
+the contract: memory, the single-machine layer, one Redis and three Redis shards.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from servers import RedisServer  # noqa: E402
+
+BACKENDS = ["memory", "ipc", "redis", "redis3"]
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_shards():
+    servers = [RedisServer().start() for _ in range(3)]
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture
+def fresh_redis():
+    """A Redis of this test's own, for tests that kill or restart it."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def layer_url_for(request, tmp_path):
+    """``layer_url_for("redis")`` -> a URL for that backend, with servers from session fixtures."""
+
+    def make(kind: str) -> str:
+        if kind == "memory":
+            return "memory://"
+        if kind == "ipc":
+            return f"ipc://{tmp_path / 'channels.db'}"
+        if kind == "redis":
+            return request.getfixturevalue("redis_server").url
+        if kind == "redis3":
+            return ",".join(s.url for s in request.getfixturevalue("redis_shards"))
+        raise ValueError(kind)
+
+    return make
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def layer_url(backend, layer_url_for):
+    return layer_url_for(backend)
+
+
+@pytest.fixture
+def make_layer(layer_url):
+    """Build layers on the parametrised backend with given options; all are flushed and closed after."""
+    from wsgi_channels.layers import from_url
+
+    made = []
+
+    def make(**options):
+        layer = from_url(layer_url, **options)
+        if not made:
+            layer.flush()
+        made.append(layer)
+        return layer
+
+    yield make
+    for layer in made:
+        try:
+            layer.flush()
+        finally:
+            layer.close()
+
+
+@pytest.fixture
+def layer(make_layer):
+    return make_layer()

@@ -1,0 +1,521 @@
+"""The channel-layer contract (CONTRACT.md section 1), one suite for every backend.
+
+Parametrised by ``conftest.BACKENDS``: memory, ipc, one Redis, three Redis shards.
+"""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import warnings
+
+import pytest
+
+from wsgi_channels import exceptions as exc
+from wsgi_channels.serialization import DEFAULT_MAX_MESSAGE_SIZE, RESERVED_KEY, encode
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def drain(layer, channels, block=False, timeout=None):
+    out = []
+    while True:
+        ch, msg = layer.receive(channels, block=block, timeout=timeout)
+        if ch is None:
+            return out
+        out.append((ch, msg))
+
+
+# -- basic send and receive ------------------------------------------------------------------
+
+
+def test_send_receive_round_trip(layer):
+    layer.send("test.basic", {"value": 42, "text": "hi"})
+    assert layer.receive(["test.basic"]) == ("test.basic", {"value": 42, "text": "hi"})
+    assert layer.receive(["test.basic"]) == (None, None)
+
+
+def test_receive_empty_list_and_empty_channel(layer):
+    assert layer.receive([]) == (None, None)
+    assert layer.receive(["nothing.here"]) == (None, None)
+
+
+def test_send_copies_message(layer):
+    msg = {"items": [1, 2], "inner": {"a": 1}}
+    layer.send("test.copy", msg)
+    msg["items"].append(3)
+    msg["inner"]["a"] = 2
+    msg["new"] = True
+    assert layer.receive(["test.copy"])[1] == {"items": [1, 2], "inner": {"a": 1}}
+
+
+def test_value_types_round_trip(layer):
+    msg = {
+        "none": None, "t": True, "f": False, "int": -(2**63), "big": 2**63 - 1, "float": 1.5,
+        "str": "héllo ☃", "bytes": b"\x00\xffbin", "empty_b": b"", "empty_s": "",
+        "list": [1, "a", b"b", None], "tuple": (1, (2, 3)), "dict": {"k": {"deep": [b"x"]}},
+    }
+    layer.send("test.types", msg)
+    _, got = layer.receive(["test.types"])
+    assert got["bytes"] == b"\x00\xffbin" and isinstance(got["bytes"], bytes)
+    assert got["str"] == "héllo ☃" and isinstance(got["str"], str)
+    assert isinstance(got["empty_b"], bytes) and isinstance(got["empty_s"], str)
+    assert got["tuple"] == [1, [2, 3]]
+    assert got["list"] == [1, "a", b"b", None]
+    assert got["dict"] == {"k": {"deep": [b"x"]}}
+    assert got["int"] == -(2**63) and got["big"] == 2**63 - 1
+    assert got["t"] is True and got["f"] is False and got["none"] is None
+
+
+@pytest.mark.parametrize("name", ["a" * 100, "x" * 150 + "!" + "y" * 40])
+def test_long_names(layer, name):
+    if name.endswith("!"):  # pragma: no cover - guard for the parameter list
+        raise AssertionError
+    layer.send(name, {"n": 1})
+    receive_on = name[: name.index("!") + 1] if "!" in name else name
+    assert layer.receive([receive_on]) == (name, {"n": 1})
+    layer.group_add("g" * 100, name)
+    assert layer.group_channels("g" * 100) == [name]
+
+
+def test_fifo_single_reader_normal_query_and_bang(layer):
+    reply = layer.new_channel("test.reply?")
+    for i in range(20):
+        layer.send("test.fifo", {"i": i})
+        layer.send(reply, {"i": i})
+        layer.send(f"proc.abc!{'x' if i % 2 else 'y'}{i}", {"i": i})
+    assert [m["i"] for _, m in drain(layer, ["test.fifo"])] == list(range(20))
+    assert [m["i"] for _, m in drain(layer, [reply])] == list(range(20))
+    got = drain(layer, ["proc.abc!"])
+    assert [m["i"] for _, m in got] == list(range(20))
+    assert [c for c, _ in got] == [f"proc.abc!{'x' if i % 2 else 'y'}{i}" for i in range(20)]
+
+
+def test_process_local_channels_return_full_name_and_hide_reserved_key(layer):
+    layer.send("sidecar.P1!conn1", {"text": "a"})
+    layer.send("sidecar.P1!conn2", {"text": "b"})
+    layer.send("sidecar.P2!conn1", {"text": "c"})
+    assert layer.receive(["sidecar.P1!"]) == ("sidecar.P1!conn1", {"text": "a"})
+    assert layer.receive(["sidecar.P1!"]) == ("sidecar.P1!conn2", {"text": "b"})
+    assert layer.receive(["sidecar.P1!"]) == (None, None)
+    assert layer.receive(["sidecar.P2!"]) == ("sidecar.P2!conn1", {"text": "c"})
+
+
+# -- new_channel --------------------------------------------------------------------------------
+
+
+def test_new_channel_is_unguessable_and_unique(layer):
+    names = {layer.new_channel("http.response?") for _ in range(200)}
+    assert len(names) == 200
+    for name in names:
+        assert name.startswith("http.response?")
+        suffix = name[len("http.response?"):]
+        assert len(suffix) >= 12 and re.fullmatch(r"[A-Za-z0-9_\-.]+", suffix)
+    name = names.pop()
+    layer.send(name, {"ok": True})
+    assert layer.receive([name]) == (name, {"ok": True})
+
+
+@pytest.mark.parametrize("pattern", ["http.response!", "http.response", "bad name?", 5, "a!b?"])
+def test_new_channel_rejects_non_question_patterns(layer, pattern):
+    with pytest.raises(TypeError):
+        layer.new_channel(pattern)
+
+
+# -- names ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["", "with space", "ünïcode", "a?b?c", "a!b!c", "a" * 201, None, b"bytes", "q?"])
+def test_bad_channel_names_on_send(layer, name):
+    with pytest.raises(TypeError) as info:
+        layer.send(name, {"x": 1})
+    assert isinstance(info.value, exc.InvalidChannelName)
+    assert "channel name" in str(info.value)
+    layer.send("still.works", {"x": 1})
+    assert layer.receive(["still.works"]) == ("still.works", {"x": 1})
+
+
+def test_bad_channel_names_on_receive(layer):
+    with pytest.raises(TypeError, match="process prefix"):
+        layer.receive(["proc!suffix"])
+    with pytest.raises(TypeError, match="'a b'"):
+        layer.receive(["a b"])
+    with pytest.raises(TypeError, match="list of channel names"):
+        layer.receive("just.a.string")
+    with pytest.raises(TypeError):
+        layer.send("proc!", {"x": 1})
+
+
+@pytest.mark.parametrize("name", ["", "has space", "a!b", "a?b", "x" * 201, 7])
+def test_bad_group_names(layer, name):
+    for call in (lambda: layer.group_add(name, "ch"), lambda: layer.group_discard(name, "ch"),
+                 lambda: layer.send_group(name, {"x": 1}), lambda: layer.group_channels(name)):
+        with pytest.raises(TypeError) as info:
+            call()
+        assert isinstance(info.value, exc.InvalidGroupName)
+        assert "group name" in str(info.value)
+
+
+# -- messages ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("message", [None, [1, 2], "text", b"bytes", 42])
+def test_non_dict_messages_rejected(layer, message):
+    with pytest.raises(exc.InvalidMessage, match="must be a dict"):
+        layer.send("test.bad", message)
+    with pytest.raises(TypeError):
+        layer.send_group("grp", message)
+
+
+@pytest.mark.parametrize("message,path", [
+    ({"a": {1, 2}}, "message['a']"),
+    ({"headers": [[b"a", b"b"], [b"c", object()]]}, "message['headers'][1][1]"),
+    ({"a": {"b": {"c": 1j}}}, "message['a']['b']['c']"),
+    ({"a": {5: "int key"}}, "message['a']"),
+    ({"n": 2**64}, "message['n']"),
+    ({"n": 2**63}, "message['n']"),
+    ({1: "x"}, "message"),
+])
+def test_unsupported_values_name_key_path(layer, message, path):
+    with pytest.raises(TypeError) as info:
+        layer.send("test.bad", message)
+    assert str(info.value).startswith(path)
+    layer.send("test.good", {"ok": 1})
+    assert layer.receive(["test.good"]) == ("test.good", {"ok": 1})
+
+
+def test_reserved_key_rejected(layer):
+    with pytest.raises(exc.InvalidMessage, match=RESERVED_KEY):
+        layer.send("test.bad", {RESERVED_KEY: "other.channel!x"})
+    with pytest.raises(exc.InvalidMessage, match=RESERVED_KEY):
+        layer.send_group("grp", {RESERVED_KEY: "x"})
+
+
+def _sized(target: int, key: str = "b") -> dict:
+    overhead = len(encode({key: b""}, None))
+    msg = {key: b"x" * (target - overhead)}
+    # msgpack's length prefix grows with the payload: adjust until exact.
+    while len(encode(msg, None)) > target:
+        msg = {key: msg[key][:-1]}
+    assert len(encode(msg, None)) == target
+    return msg
+
+
+def test_size_limit_just_under_and_just_over(layer):
+    assert layer.max_message_size == DEFAULT_MAX_MESSAGE_SIZE
+    ok = _sized(DEFAULT_MAX_MESSAGE_SIZE)
+    layer.send("test.size", ok)
+    assert layer.receive(["test.size"])[1] == ok
+    too_big = {"b": ok["b"] + b"x"}
+    with pytest.raises(exc.MessageTooLarge) as info:
+        layer.send("test.size", too_big)
+    assert str(DEFAULT_MAX_MESSAGE_SIZE) in str(info.value)
+    assert isinstance(info.value, layer.MessageTooLarge)
+    layer.group_add("size.grp", "test.size")
+    with pytest.raises(layer.MessageTooLarge):
+        layer.send_group("size.grp", too_big)
+    assert layer.receive(["test.size"]) == (None, None)
+
+
+def test_configured_size_limit(make_layer):
+    layer = make_layer(max_message_size=1000)
+    layer.send("small", _sized(1000))
+    with pytest.raises(exc.MessageTooLarge):
+        layer.send("small", {"b": b"x" * 1000})
+
+
+# -- capacity -----------------------------------------------------------------------------------------
+
+
+def test_capacity_raises_channel_full(make_layer):
+    layer = make_layer(capacity=3)
+    for i in range(3):
+        layer.send("cap.test", {"i": i})
+    with pytest.raises(exc.ChannelFull) as info:
+        layer.send("cap.test", {"i": 3})
+    assert isinstance(info.value, layer.ChannelFull)
+    assert layer.receive(["cap.test"])[1] == {"i": 0}
+    layer.send("cap.test", {"i": 4})
+    assert [m["i"] for _, m in drain(layer, ["cap.test"])] == [1, 2, 4]
+    assert layer.global_statistics()["channel_full_count"] >= 1
+
+
+def test_channel_capacity_globs_and_regexes_first_match_wins(make_layer):
+    layer = make_layer(capacity=2, channel_capacity={
+        "http.request": 5, re.compile(r"^websocket\.(send|receive)"): 1, "websocket.*": 4, "proc.*!": 3,
+    })
+    assert layer.get_capacity("http.request") == 5
+    assert layer.get_capacity("websocket.receive") == 1
+    assert layer.get_capacity("websocket.connect") == 4
+    assert layer.get_capacity("other") == 2
+    for i in range(5):
+        layer.send("http.request", {"i": i})
+    with pytest.raises(exc.ChannelFull):
+        layer.send("http.request", {"i": 5})
+    layer.send("websocket.receive", {"i": 0})
+    with pytest.raises(exc.ChannelFull):
+        layer.send("websocket.receive", {"i": 1})
+
+
+def test_capacity_counts_on_bang_prefix(make_layer):
+    layer = make_layer(channel_capacity={"proc.*!": 3})
+    layer.send("proc.A!one", {"i": 1})
+    layer.send("proc.A!two", {"i": 2})
+    layer.send("proc.A!three", {"i": 3})
+    with pytest.raises(exc.ChannelFull):
+        layer.send("proc.A!four", {"i": 4})
+    layer.send("proc.B!one", {"i": 1})  # another prefix has its own count
+
+
+# -- expiry ---------------------------------------------------------------------------------------------
+
+
+def test_expired_messages_are_never_delivered(make_layer):
+    layer = make_layer(expiry=1)
+    layer.send("exp.test", {"old": True})
+    layer.send("exp.bang!a", {"old": True})
+    time.sleep(1.3)
+    layer.send("exp.test", {"new": True})
+    assert layer.receive(["exp.test"]) == ("exp.test", {"new": True})
+    assert layer.receive(["exp.test", "exp.bang!"]) == (None, None)
+
+
+def test_expired_messages_free_capacity(make_layer):
+    layer = make_layer(expiry=1, capacity=2)
+    layer.send("exp.cap", {"i": 1})
+    layer.send("exp.cap", {"i": 2})
+    with pytest.raises(exc.ChannelFull):
+        layer.send("exp.cap", {"i": 3})
+    time.sleep(1.3)
+    layer.send("exp.cap", {"i": 4})
+    assert drain(layer, ["exp.cap"]) == [("exp.cap", {"i": 4})]
+
+
+def test_group_expiry(make_layer):
+    layer = make_layer(group_expiry=1)
+    layer.group_add("gexp", "gexp.old")
+    time.sleep(0.6)
+    layer.group_add("gexp", "gexp.renewed")
+    layer.group_add("gexp", "gexp.old")  # a repeated add renews
+    time.sleep(0.6)
+    assert sorted(layer.group_channels("gexp")) == ["gexp.old", "gexp.renewed"]
+    time.sleep(0.6)
+    assert layer.group_channels("gexp") == []
+    layer.send_group("gexp", {"x": 1})
+    assert layer.receive(["gexp.old", "gexp.renewed"]) == (None, None)
+
+
+def test_bang_member_whose_message_expired_leaves_every_group(make_layer):
+    layer = make_layer(expiry=1)
+    layer.group_add("evict.a", "dead.proc!c1")
+    layer.group_add("evict.b", "dead.proc!c1")
+    layer.group_add("evict.a", "live.proc!c1")
+    layer.send_group("evict.a", {"n": 1})
+    assert layer.receive(["live.proc!"]) == ("live.proc!c1", {"n": 1})
+    time.sleep(1.3)
+    assert layer.receive(["dead.proc!"]) == (None, None)
+    layer.send_group("evict.a", {"n": 2})  # membership checks may run lazily on a group op
+    assert layer.group_channels("evict.a") == ["live.proc!c1"]
+    assert layer.group_channels("evict.b") == []
+
+
+# -- groups ---------------------------------------------------------------------------------------------
+
+
+def test_group_add_discard_send(layer):
+    layer.group_add("grp", "grp.one")
+    layer.group_add("grp", "grp.one")  # idempotent
+    layer.group_add("grp", "grp.two")
+    layer.group_discard("grp", "grp.missing")  # no-op
+    assert sorted(layer.group_channels("grp")) == ["grp.one", "grp.two"]
+    layer.send_group("grp", {"hello": "all"})
+    assert layer.receive(["grp.one"]) == ("grp.one", {"hello": "all"})
+    assert layer.receive(["grp.two"]) == ("grp.two", {"hello": "all"})
+    assert layer.receive(["grp.one", "grp.two"]) == (None, None)
+    layer.group_discard("grp", "grp.one")
+    layer.send_group("grp", {"second": 1})
+    assert drain(layer, ["grp.one", "grp.two"]) == [("grp.two", {"second": 1})]
+    layer.group_discard("grp", "grp.two")
+    assert layer.group_channels("grp") == []
+    layer.send_group("grp", {"nobody": 1})
+    layer.send_group("never.created", {"nobody": 1})
+
+
+def test_send_group_skips_full_members_and_counts_them(make_layer):
+    layer = make_layer(capacity=1)
+    layer.group_add("full.grp", "full.one")
+    layer.group_add("full.grp", "full.two")
+    layer.send("full.one", {"filler": True})
+    before = layer.global_statistics()["group_drop_count"]
+    layer.send_group("full.grp", {"g": 1})  # never raises ChannelFull
+    assert layer.global_statistics()["group_drop_count"] == before + 1
+    assert layer.receive(["full.two"]) == ("full.two", {"g": 1})
+    assert drain(layer, ["full.one"]) == [("full.one", {"filler": True})]
+
+
+def test_send_group_to_one_prefix_is_not_limited_by_its_capacity(make_layer):
+    layer = make_layer(capacity=5)
+    members = [f"side.P!c{i}" for i in range(300)]
+    for m in members:
+        layer.group_add("broadcast", m)
+    layer.group_add("broadcast", "side.Q!only")
+    layer.send_group("broadcast", {"text": "to all"})
+    layer.send_group("broadcast", {"text": "again"})
+    got = drain(layer, ["side.P!"])
+    assert len(got) == 600
+    assert sorted(c for c, m in got if m["text"] == "to all") == sorted(members)
+    assert sorted(c for c, m in got if m["text"] == "again") == sorted(members)
+    # FIFO per member: each member's first message comes before its second.
+    first_seen = {}
+    for idx, (c, m) in enumerate(got):
+        if m["text"] == "to all":
+            first_seen[c] = idx
+        else:
+            assert first_seen[c] < idx
+    assert drain(layer, ["side.Q!"]) == [("side.Q!only", {"text": "to all"}), ("side.Q!only", {"text": "again"})]
+    assert layer.global_statistics()["group_drop_count"] == 0
+
+
+def test_send_group_copies_message(layer):
+    layer.group_add("copy.grp", "copy.one")
+    msg = {"list": [1]}
+    layer.send_group("copy.grp", msg)
+    msg["list"].append(2)
+    assert layer.receive(["copy.one"])[1] == {"list": [1]}
+
+
+# -- blocking receive -----------------------------------------------------------------------------------
+
+
+def test_blocking_receive_wakes_on_send(layer):
+    def later():
+        time.sleep(0.3)
+        layer.send("block.b", {"late": True})
+
+    t = threading.Thread(target=later)
+    start = time.monotonic()
+    t.start()
+    got = layer.receive(["block.a", "block.b"], block=True, timeout=5)
+    waited = time.monotonic() - start
+    t.join()
+    assert got == ("block.b", {"late": True})
+    assert waited < 2.0, f"blocking receive took {waited:.2f}s to wake (should be ~0.3s)"
+
+
+def test_blocking_receive_times_out(layer):
+    start = time.monotonic()
+    assert layer.receive(["block.none"], block=True, timeout=0.5) == (None, None)
+    waited = time.monotonic() - start
+    assert 0.4 <= waited < 3.0
+
+
+def test_blocking_receive_across_many_channels_and_prefixes(layer):
+    """Names spread over every shard: a message on any of them wakes the receiver at once."""
+    names = [f"spread.{i}" for i in range(24)] + [f"spreadp{i}!" for i in range(8)]
+    reply = layer.new_channel("spread.reply?")
+    names.append(reply)
+    for target in (names[5], names[17], "spreadp3!x", reply):
+        def later(t=target):
+            time.sleep(0.2)
+            layer.send(t, {"to": t})
+
+        th = threading.Thread(target=later)
+        start = time.monotonic()
+        th.start()
+        ch, msg = layer.receive(names, block=True, timeout=5)
+        waited = time.monotonic() - start
+        th.join()
+        assert ch == target and msg == {"to": target}
+        assert waited < 2.0, f"receive over several shards waited {waited:.2f}s for {target}"
+
+
+def test_busy_channel_does_not_starve_quiet_one(layer):
+    for i in range(50):
+        layer.send("busy.chan", {"i": i})
+    layer.send("quiet.chan", {"q": True})
+    seen = [layer.receive(["busy.chan", "quiet.chan"])[0] for _ in range(10)]
+    assert "quiet.chan" in seen
+
+
+# -- flush, statistics, extensions ----------------------------------------------------------------------
+
+
+def test_flush_empties_everything(layer):
+    layer.send("flush.a", {"x": 1})
+    layer.send("flush.p!x", {"x": 1})
+    layer.group_add("flush.g", "flush.a")
+    layer.flush()
+    assert layer.receive(["flush.a", "flush.p!"]) == (None, None)
+    assert layer.group_channels("flush.g") == []
+    layer.send("flush.a", {"after": 1})
+    assert layer.receive(["flush.a"]) == ("flush.a", {"after": 1})
+
+
+def test_statistics_and_extensions(layer):
+    assert set(layer.extensions) >= {"groups", "flush", "statistics"}
+    layer.send("stats.chan", {"x": 1})
+    layer.send("stats.chan", {"x": 2})
+    g = layer.global_statistics()
+    assert {"messages_count", "channel_full_count", "group_drop_count"} <= set(g)
+    c = layer.channel_statistics("stats.chan")
+    assert c["messages_pending"] == 2
+    assert "messages_max_age" in c
+    drain(layer, ["stats.chan"])
+    assert layer.channel_statistics("stats.chan")["messages_pending"] == 0
+
+
+def test_receive_many_is_a_deprecated_alias(layer):
+    layer.send("alias.chan", {"x": 1})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert layer.receive_many(["alias.chan"]) == ("alias.chan", {"x": 1})
+    assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+
+
+def test_exception_classes_on_instance(layer):
+    assert layer.ChannelFull is exc.ChannelFull
+    assert layer.MessageTooLarge is exc.MessageTooLarge
+    assert issubclass(exc.ChannelFull, exc.ChannelsError)
+    assert issubclass(exc.LayerUnavailable, exc.ChannelsError)
+
+
+# -- concurrency ----------------------------------------------------------------------------------------
+
+
+def test_many_threads_send_and_receive_exactly_once(make_layer):
+    layer = make_layer(capacity=100000)
+    senders, per_sender, receivers = 6, 300, 4
+    channels = ["conc.a", "conc.b", "conc.p!x", "conc.p!y"]
+    received: list = []
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def send(n):
+        for i in range(per_sender):
+            layer.send(channels[i % 4], {"s": n, "i": i})
+
+    def recv():
+        local = []
+        while not done.is_set() or True:
+            ch, msg = layer.receive(["conc.a", "conc.b", "conc.p!"], block=True, timeout=0.5)
+            if ch is None:
+                if done.is_set():
+                    break
+                continue
+            local.append((ch, msg["s"], msg["i"]))
+        with lock:
+            received.extend(local)
+
+    rs = [threading.Thread(target=recv) for _ in range(receivers)]
+    ss = [threading.Thread(target=send, args=(n,)) for n in range(senders)]
+    for t in rs + ss:
+        t.start()
+    for t in ss:
+        t.join()
+    done.set()
+    for t in rs:
+        t.join()
+    assert len(received) == senders * per_sender
+    assert len(set(received)) == senders * per_sender
+    for ch, s, i in received:
+        assert ch == channels[i % 4]

@@ -1,0 +1,87 @@
+"""The ``wsgi-channels`` command: one console script, one subcommand per job.
+
+Each subcommand lives in the module that does the job; that module provides
+``register(subparsers)``, which adds its parser and sets ``func`` to a callable
+taking the parsed arguments and returning an exit status.
+
+Servers that use gevent (``sidecar``, ``runserver``, ``worker --greenlets``)
+are monkey-patched here, first thing, before anything else is imported: the
+library itself never patches.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+__all__ = ["main", "EXIT_OK", "EXIT_USAGE", "EXIT_CONFIG", "EXIT_UNAVAILABLE"]
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+#: A start-up failure caused by configuration (bad URL, bad routing, unusable file).
+EXIT_CONFIG = 3
+#: The layer could not be reached at start-up.
+EXIT_UNAVAILABLE = 4
+
+#: subcommand -> module providing ``register(subparsers)``.
+COMMANDS = {
+    "worker": "wsgi_channels.worker",
+    "sidecar": "wsgi_channels.sidecar.cli",
+    "runserver": "wsgi_channels.runserver",
+    "send": "wsgi_channels.tools",
+    "group-send": "wsgi_channels.tools",
+    "stats": "wsgi_channels.tools",
+}
+_GEVENT_COMMANDS = {"sidecar", "runserver"}
+
+
+def _needs_gevent(argv: list[str]) -> bool:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return command in _GEVENT_COMMANDS or (command == "worker" and any(a.startswith("--greenlets") for a in argv))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wsgi-channels",
+        description="Real-time messaging for WSGI apps: workers, the WebSocket sidecar and tools.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"wsgi_channels {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for module_name in dict.fromkeys(COMMANDS.values()):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue  # a subcommand not built yet
+        module.register(subparsers)
+    return parser
+
+
+def setup_logging(level: str = "info") -> None:
+    """Logging for our servers only (the library never configures logging)."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if _needs_gevent(argv):
+        from gevent import monkey
+
+        monkey.patch_all()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "log_level", None) or "info")
+    return int(args.func(args) or EXIT_OK)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

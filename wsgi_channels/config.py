@@ -1,0 +1,73 @@
+"""Shared option handling: every command-line flag is also read from ``WSGI_CHANNELS_<FLAG>``.
+
+Front doors (CLI flags, environment variables, Flask ``app.config``, Pyramid and
+Django settings) only translate into keyword arguments of one config object per
+server; this module holds the pieces they share.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Callable
+
+__all__ = ["ENV_PREFIX", "env_name", "add_option", "parse_bool", "parse_address"]
+
+ENV_PREFIX = "WSGI_CHANNELS_"
+
+
+def env_name(flag: str) -> str:
+    """``--ping-interval`` -> ``WSGI_CHANNELS_PING_INTERVAL``."""
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def parse_bool(value: str | bool) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {value!r}")
+
+
+def parse_address(value: str) -> tuple[str, Any]:
+    """gunicorn's address grammar: ``HOST:PORT``, ``:PORT``, ``[::1]:PORT`` or ``unix:PATH``.
+
+    Returns ``("unix", path)`` or ``(host, port)``.
+    """
+    if value.startswith("unix:"):
+        return "unix", value[5:]
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"address {value!r} is not HOST:PORT or unix:PATH")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def add_option(parser: argparse.ArgumentParser, flag: str, *, default: Any = None,
+               type: Callable[[str], Any] | None = None, **kwargs: Any) -> argparse.Action:
+    """``parser.add_argument`` whose default comes from ``WSGI_CHANNELS_<FLAG>`` when set.
+
+    An explicit flag on the command line still wins. ``action="store_true"``
+    flags read booleans from the environment.
+    """
+    name = env_name(flag)
+    raw = os.environ.get(name)
+    action = kwargs.get("action")
+    if raw is not None and raw != "":
+        try:
+            if action in ("store_true", "store_false"):
+                default = parse_bool(raw)
+            elif action == "append" or kwargs.get("nargs") in ("*", "+"):
+                conv = type or str
+                default = [conv(v) for v in raw.replace(",", " ").split()]
+            else:
+                default = type(raw) if type else raw
+        except (argparse.ArgumentTypeError, ValueError) as e:
+            parser.error(f"environment variable {name}={raw!r}: {e}")
+    help_text = kwargs.pop("help", "") or ""
+    kwargs["help"] = f"{help_text} [env {name}]".strip()
+    if type is not None:
+        kwargs["type"] = type
+    return parser.add_argument(flag, default=default, **kwargs)

@@ -1,0 +1,65 @@
+"""The error hierarchy of wsgi_channels.
+
+Every error the library raises on purpose derives from :class:`ChannelsError`.
+Where a builtin exception already carries the meaning (an invalid name is a
+``TypeError`` in Channels 1.x code, a lost connection is a
+``ConnectionError``), the class inherits that builtin too, so callers can catch
+either the library's class or the builtin.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "ChannelsError",
+    "InvalidChannelName",
+    "InvalidGroupName",
+    "InvalidMessage",
+    "MessageTooLarge",
+    "ChannelFull",
+    "LayerUnavailable",
+    "ConfigurationError",
+    "StoreError",
+]
+
+
+class ChannelsError(Exception):
+    """Base class of every error raised by wsgi_channels."""
+
+
+class InvalidChannelName(ChannelsError, TypeError):
+    """A channel name breaks the naming rules (which name and which rule are in the message)."""
+
+
+class InvalidGroupName(InvalidChannelName):
+    """A group name breaks the naming rules."""
+
+
+class InvalidMessage(ChannelsError, TypeError):
+    """A message is not a dict of allowed value types, or uses the reserved key.
+
+    The message text names the key path of the offending value, for example
+    ``message['headers'][2][0]``.
+    """
+
+
+class MessageTooLarge(ChannelsError, ValueError):
+    """The encoded message is over the layer's size limit."""
+
+
+class ChannelFull(ChannelsError):
+    """The channel (for a ``!`` channel: its prefix) holds ``capacity`` messages already."""
+
+
+class LayerUnavailable(ChannelsError, ConnectionError):
+    """The layer's backing store cannot be reached right now.
+
+    The call did not take effect (or, for a receive, nothing was taken). The
+    next call reconnects by itself; no process restart is needed.
+    """
+
+
+class ConfigurationError(ChannelsError, ValueError):
+    """A layer URL, option or setting is invalid (the message names it)."""
+
+
+class StoreError(ChannelsError, OSError):
+    """A file-backed store cannot be used (not writable, or not a wsgi_channels store)."""

@@ -1,0 +1,69 @@
+"""Channel layers, chosen by URL.
+
+=====================================  ==============================================
+``memory://`` (or ``memory://name``)   one process (tests, ``runserver``)
+``ipc:///path/to/store.db``            every process on one machine, no server
+``redis://[:password@]host:port/db``   Redis; ``rediss://`` for TLS
+``redis://a:6379/0,redis://b:6379/0``  several Redis servers, sharded by a hash ring
+=====================================  ==============================================
+
+Query parameters set constructor keywords (``redis://h:6379/0?capacity=500``);
+keywords passed to :func:`from_url` win over them.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any, Sequence
+from urllib.parse import parse_qsl, urlsplit
+
+from ..exceptions import ConfigurationError
+from .base import BaseChannelLayer
+
+__all__ = ["from_url", "BaseChannelLayer", "SCHEMES", "parse_options"]
+
+#: URL scheme -> "module:Class" (imported on first use, so Redis is not needed for memory://).
+SCHEMES = {
+    "memory": "wsgi_channels.layers.memory:MemoryChannelLayer",
+    "ipc": "wsgi_channels.layers.ipc:IpcChannelLayer",
+    "redis": "wsgi_channels.layers.redis:RedisChannelLayer",
+    "rediss": "wsgi_channels.layers.redis:RedisChannelLayer",
+}
+
+_NUMERIC = {"expiry": float, "group_expiry": float, "capacity": int, "max_message_size": int}
+
+
+def parse_options(query: str) -> dict[str, Any]:
+    """Constructor keywords from a URL query string; numbers for the contract's numeric options."""
+    options: dict[str, Any] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        convert = _NUMERIC.get(key)
+        try:
+            options[key] = convert(value) if convert else value
+        except ValueError:
+            raise ConfigurationError(f"layer URL option {key}={value!r} is not a number") from None
+    return options
+
+
+def _scheme(url: str) -> str:
+    scheme = urlsplit(url.strip()).scheme.lower()
+    if scheme not in SCHEMES:
+        known = ", ".join(f"{s}://" for s in SCHEMES)
+        raise ConfigurationError(f"unknown channel layer URL {url!r}: the scheme must be one of {known}")
+    return scheme
+
+
+def layer_class(url: str | Sequence[str]) -> type[BaseChannelLayer]:
+    """The layer class a URL (or a list of Redis URLs) selects."""
+    urls = url.split(",") if isinstance(url, str) else list(url)
+    if not urls or not all(isinstance(u, str) and u.strip() for u in urls):
+        raise ConfigurationError(f"empty or invalid channel layer URL: {url!r}")
+    schemes = {_scheme(u) for u in urls}
+    if len(urls) > 1 and not schemes <= {"redis", "rediss"}:
+        raise ConfigurationError(f"only Redis URLs can be combined into shards, got {url!r}")
+    module_name, _, class_name = SCHEMES[schemes.pop()].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def from_url(url: str | Sequence[str], **options: Any) -> BaseChannelLayer:
+    """Build a new layer from a URL (or a list of Redis shard URLs); ``options`` are constructor keywords."""
+    return layer_class(url).from_url(url, **options)

@@ -1,0 +1,310 @@
+"""What every channel layer shares: names, capacities, new channels, the API surface.
+
+Backends subclass :class:`BaseChannelLayer` and implement ``send``, ``receive``,
+``group_add``, ``group_discard``, ``group_channels``, ``send_group``, ``flush``
+and the statistics methods. Everything that is a rule of the contract (naming,
+message validation, capacity lookup, reply-channel names) lives here, so every
+backend applies it the same way.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+import secrets
+import threading
+import warnings
+from collections import Counter
+from typing import Any, Iterable, Mapping, Pattern
+
+from .. import exceptions as exc
+from ..serialization import DEFAULT_MAX_MESSAGE_SIZE, RESERVED_KEY, decode, encode
+
+__all__ = [
+    "BaseChannelLayer",
+    "CHANNEL_NAME_RE",
+    "GROUP_NAME_RE",
+    "MAX_NAME_LENGTH",
+    "validate_channel_name",
+    "validate_group_name",
+    "non_local_name",
+    "new_process_prefix",
+    "DEFAULT_BLOCK_TIMEOUT",
+]
+
+CHANNEL_NAME_RE = re.compile(r"^[a-zA-Z0-9\-_.]+((\?|\!)[a-zA-Z0-9\-_.]*)?$")
+GROUP_NAME_RE = re.compile(r"^[a-zA-Z0-9\-_.]+$")
+#: Longest channel or group name accepted (the contract asks for at least 100).
+MAX_NAME_LENGTH = 200
+#: Longest a blocking ``receive`` waits when no ``timeout`` is given (seconds).
+DEFAULT_BLOCK_TIMEOUT = 5.0
+#: Characters of randomness in ``new_channel`` names and process prefixes
+#: (urlsafe base64: 6 bits each, so 16 characters = 96 bits).
+_TOKEN_CHARS = 16
+
+
+def _token() -> str:
+    # token_urlsafe draws from a CSPRNG; its alphabet (A-Z a-z 0-9 - _) is inside the name rule.
+    return secrets.token_urlsafe(_TOKEN_CHARS)[:_TOKEN_CHARS]
+
+
+def validate_channel_name(name: Any, receive: bool = False) -> str:
+    """Return ``name`` if it is a valid channel name, else raise :class:`InvalidChannelName`.
+
+    For sending (``receive=False``) a name ending in ``?`` or ``!`` is refused:
+    those are patterns or prefixes, never destinations. For receiving, a ``!``
+    name must end at the ``!`` and a ``?`` name must have a suffix.
+    """
+    if not isinstance(name, str):
+        raise exc.InvalidChannelName(f"channel name must be a str, not {type(name).__name__}: {name!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise exc.InvalidChannelName(
+            f"channel name {name[:40]!r}... is {len(name)} characters, over the limit of {MAX_NAME_LENGTH}"
+        )
+    if not CHANNEL_NAME_RE.match(name):
+        raise exc.InvalidChannelName(
+            f"channel name {name!r} is invalid: use letters, digits, '-', '_' and '.', "
+            "optionally one '?' or '!' followed by more of them"
+        )
+    if name.endswith("?"):
+        raise exc.InvalidChannelName(
+            f"channel name {name!r} ends in '?': that is a pattern for new_channel(), not a channel"
+        )
+    if "!" in name:
+        if receive and not name.endswith("!"):
+            raise exc.InvalidChannelName(
+                f"cannot receive on {name!r}: receive on its process prefix {non_local_name(name)!r}"
+            )
+        if not receive and name.endswith("!"):
+            raise exc.InvalidChannelName(
+                f"cannot send to {name!r}: a process-local channel needs a suffix after '!'"
+            )
+    return name
+
+
+def validate_group_name(name: Any) -> str:
+    """Return ``name`` if it is a valid group name, else raise :class:`InvalidGroupName`."""
+    if not isinstance(name, str):
+        raise exc.InvalidGroupName(f"group name must be a str, not {type(name).__name__}: {name!r}")
+    if len(name) > MAX_NAME_LENGTH:
+        raise exc.InvalidGroupName(
+            f"group name {name[:40]!r}... is {len(name)} characters, over the limit of {MAX_NAME_LENGTH}"
+        )
+    if not GROUP_NAME_RE.match(name):
+        raise exc.InvalidGroupName(
+            f"group name {name!r} is invalid: use only letters, digits, '-', '_' and '.'"
+        )
+    return name
+
+
+def non_local_name(channel: str) -> str:
+    """``'prefix!suffix'`` -> ``'prefix!'``; any other name is returned unchanged."""
+    i = channel.find("!")
+    return channel if i < 0 else channel[: i + 1]
+
+
+def new_process_prefix(name: str = "process") -> str:
+    """An unguessable process-local prefix such as ``'sidecar.Xy3...!'`` for one reading process."""
+    validate_group_name(name)
+    return f"{name}.{_token()}!"
+
+
+CapacityKey = str | Pattern[str]
+
+
+class BaseChannelLayer:
+    """Shared machinery of the shipped layers; see CONTRACT.md section 1.
+
+    Constructor keywords (common to every backend):
+
+    ``expiry``
+        seconds a message waits before it is dropped unread (default 60).
+    ``group_expiry``
+        seconds a group membership lasts after the latest ``group_add`` (default 86400).
+    ``capacity``
+        messages a channel holds before ``send`` raises :class:`ChannelFull` (default 100).
+    ``channel_capacity``
+        mapping of fnmatch globs (str) or compiled regexes to capacities; the first match wins.
+    ``max_message_size``
+        encoded size limit in bytes (default 1 MiB).
+    """
+
+    extensions = ["groups", "flush", "statistics"]
+
+    ChannelFull = exc.ChannelFull
+    MessageTooLarge = exc.MessageTooLarge
+    InvalidChannelName = exc.InvalidChannelName
+    InvalidMessage = exc.InvalidMessage
+    LayerUnavailable = exc.LayerUnavailable
+
+    RESERVED_KEY = RESERVED_KEY
+
+    def __init__(
+        self,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[CapacityKey, int] | Iterable[tuple[CapacityKey, int]] | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        if expiry <= 0 or group_expiry <= 0:
+            raise exc.ConfigurationError("expiry and group_expiry must be positive numbers of seconds")
+        if int(capacity) < 1:
+            raise exc.ConfigurationError(f"capacity must be at least 1, not {capacity!r}")
+        self.expiry = float(expiry)
+        self.group_expiry = float(group_expiry)
+        self.capacity = int(capacity)
+        self.max_message_size = int(max_message_size)
+        self._capacity_rules = self._compile_capacities(channel_capacity)
+        self._capacity_cache: dict[str, int] = {}
+        self._counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: Any, **options: Any) -> "BaseChannelLayer":
+        """Build a layer from its URL; query parameters are constructor keywords, ``options`` win."""
+        from . import parse_options
+        from urllib.parse import urlsplit
+
+        return cls(**{**parse_options(urlsplit(url).query), **options})
+
+    # -- capacities -------------------------------------------------------------------------
+
+    @staticmethod
+    def _compile_capacities(spec: Any) -> list[tuple[Pattern[str], int]]:
+        if not spec:
+            return []
+        items = spec.items() if isinstance(spec, Mapping) else spec
+        rules = []
+        for pattern, cap in items:
+            if isinstance(pattern, str):
+                compiled = re.compile(fnmatch.translate(pattern))
+            elif isinstance(pattern, re.Pattern):
+                compiled = pattern
+            else:
+                raise exc.ConfigurationError(
+                    f"channel_capacity key {pattern!r} must be a glob string or a compiled regex"
+                )
+            if int(cap) < 1:
+                raise exc.ConfigurationError(f"channel_capacity for {pattern!r} must be at least 1")
+            rules.append((compiled, int(cap)))
+        return rules
+
+    def get_capacity(self, channel: str) -> int:
+        """Capacity of ``channel`` (for ``prefix!suffix``, of ``prefix!``); first matching rule wins."""
+        name = non_local_name(channel)
+        cap = self._capacity_cache.get(name)
+        if cap is None:
+            cap = self.capacity
+            for pattern, value in self._capacity_rules:
+                if pattern.match(name):
+                    cap = value
+                    break
+            if len(self._capacity_cache) < 10000:
+                self._capacity_cache[name] = cap
+        return cap
+
+    # -- names and messages -----------------------------------------------------------------
+
+    def new_channel(self, pattern: str) -> str:
+        """Return ``pattern`` (which must end in ``?``) plus an unguessable, unused suffix."""
+        if not isinstance(pattern, str) or not pattern.endswith("?"):
+            raise exc.InvalidChannelName(
+                f"new_channel pattern must end in '?' (single-reader channel), got {pattern!r}"
+            )
+        if len(pattern) + _TOKEN_CHARS > MAX_NAME_LENGTH or not CHANNEL_NAME_RE.match(pattern):
+            raise exc.InvalidChannelName(
+                f"new_channel pattern {pattern!r} is invalid: letters, digits, '-', '_' and '.' then one '?'"
+            )
+        for _ in range(10):
+            name = pattern + _token()
+            if not self._channel_in_use(name):
+                return name
+        raise exc.ChannelsError("could not find an unused channel name")  # pragma: no cover
+
+    def _channel_in_use(self, channel: str) -> bool:
+        """Whether ``channel`` has queued messages; backends may refine this."""
+        return False
+
+    def _encode(self, message: dict, channel: str | None = None) -> bytes:
+        extra = {RESERVED_KEY: channel} if channel is not None and "!" in channel else None
+        return encode(message, self.max_message_size, extra)
+
+    @staticmethod
+    def _decode(data: bytes, channel: str) -> tuple[str, dict]:
+        """Decode a stored message and return the channel it was sent to (its full ``!`` name)."""
+        message = decode(data)
+        return message.pop(RESERVED_KEY, channel), message
+
+    @staticmethod
+    def _receive_channels(channels: Any) -> list[str]:
+        if isinstance(channels, str):
+            raise exc.InvalidChannelName(
+                f"receive() takes a list of channel names, not the single string {channels!r}"
+            )
+        names = list(channels)
+        for name in names:
+            validate_channel_name(name, receive=True)
+        return names
+
+    @staticmethod
+    def _block_timeout(block: bool, timeout: float | None) -> float:
+        if not block:
+            return 0.0
+        if timeout is None:
+            return DEFAULT_BLOCK_TIMEOUT
+        if timeout < 0:
+            raise ValueError(f"timeout must not be negative, got {timeout!r}")
+        return float(timeout)
+
+    # -- statistics -------------------------------------------------------------------------
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._counts_lock:
+            self._counts[key] += n
+
+    def _local_statistics(self) -> dict[str, int]:
+        with self._counts_lock:
+            return {
+                "channel_full_count": self._counts["channel_full_count"],
+                "group_drop_count": self._counts["group_drop_count"],
+            }
+
+    # -- API --------------------------------------------------------------------------------
+
+    def send(self, channel: str, message: dict) -> None:
+        raise NotImplementedError
+
+    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
+        raise NotImplementedError
+
+    def receive_many(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
+        """Deprecated alias of :meth:`receive` (ASGI v1 name)."""
+        warnings.warn("receive_many() is deprecated; use receive()", DeprecationWarning, stacklevel=2)
+        return self.receive(channels, block=block, timeout=timeout)
+
+    def group_add(self, group: str, channel: str) -> None:
+        raise NotImplementedError
+
+    def group_discard(self, group: str, channel: str) -> None:
+        raise NotImplementedError
+
+    def group_channels(self, group: str) -> list[str]:
+        raise NotImplementedError
+
+    def send_group(self, group: str, message: dict) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def global_statistics(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def channel_statistics(self, channel: str) -> dict[str, int]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections or files; the layer may not be used afterwards."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} expiry={self.expiry:g} capacity={self.capacity}>"

@@ -1,0 +1,112 @@
+"""Message validation and encoding (msgpack), shared by every layer.
+
+A message is a ``dict`` with ``str`` keys whose values are ``None``, ``bool``,
+``int`` (signed 64-bit), ``float``, ``str``, ``bytes``, ``list``/``tuple``
+(tuples arrive as lists) or ``dict`` of the same. ``bytes`` and ``str`` stay
+distinct through a round trip (msgpack's bin and str types).
+
+Validation walks the message once and names the key path of the first bad
+value, so an error reads ``message['headers'][1][0]: set is not allowed``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from .exceptions import InvalidMessage, MessageTooLarge
+
+__all__ = [
+    "RESERVED_KEY",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "validate_message",
+    "encode",
+    "decode",
+]
+
+#: Key under which layers carry the full ``prefix!suffix`` name of a process-local channel.
+RESERVED_KEY = "__asgi_channel__"
+
+#: Default limit on the encoded size of one message (1 MiB).
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+
+_INT_MIN = -(2**63)
+_INT_MAX = 2**63 - 1
+_SCALARS = (str, bytes, float, bool, type(None))
+_MAX_DEPTH = 64
+
+
+def _path(parts: list) -> str:
+    return "message" + "".join(f"[{p!r}]" for p in parts)
+
+
+def _check(value: Any, parts: list, depth: int) -> None:
+    # Exact-type checks first: they are the common case and the cheapest.
+    t = type(value)
+    if t is str or t is bytes or t is float or t is bool or value is None:
+        return
+    if t is int:
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise InvalidMessage(f"{_path(parts)}: int {value} does not fit in signed 64 bits")
+        return
+    if depth > _MAX_DEPTH:
+        raise InvalidMessage(f"{_path(parts)}: nested more than {_MAX_DEPTH} levels deep")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if type(k) is not str:
+                raise InvalidMessage(
+                    f"{_path(parts)}: key {k!r} is a {type(k).__name__}, keys must be str"
+                )
+            _check(v, parts + [k], depth + 1)
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check(v, parts + [i], depth + 1)
+        return
+    if isinstance(value, int) and not isinstance(value, bool):
+        # int subclasses (IntEnum, ...) are sent as plain ints.
+        _check(int(value), parts, depth)
+        return
+    if isinstance(value, _SCALARS):
+        return
+    raise InvalidMessage(
+        f"{_path(parts)}: {type(value).__name__} is not allowed "
+        "(use None, bool, int, float, str, bytes, list or dict)"
+    )
+
+
+def validate_message(message: Any) -> None:
+    """Raise :class:`InvalidMessage` unless ``message`` is a valid channel message."""
+    if not isinstance(message, dict):
+        raise InvalidMessage(f"a message must be a dict, not {type(message).__name__}")
+    if RESERVED_KEY in message:
+        raise InvalidMessage(f"message[{RESERVED_KEY!r}] is reserved for the channel layer")
+    _check(message, [], 0)
+
+
+def _default(obj: Any) -> Any:
+    # Only reached for int subclasses and similar that passed validation.
+    if isinstance(obj, int):
+        return int(obj)
+    raise InvalidMessage(f"{type(obj).__name__} is not allowed in a message")
+
+
+def encode(message: dict, max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE, extra: dict | None = None) -> bytes:
+    """Validate ``message`` and encode it; ``extra`` keys (layer-internal) are added unchecked.
+
+    Raises :class:`InvalidMessage` or :class:`MessageTooLarge` (with the sizes).
+    """
+    validate_message(message)
+    if extra:
+        message = {**message, **extra}
+    data = msgpack.packb(message, use_bin_type=True, default=_default)
+    if max_size is not None and len(data) > max_size:
+        raise MessageTooLarge(
+            f"message encodes to {len(data)} bytes, over the limit of {max_size} bytes"
+        )
+    return data
+
+
+def decode(data: bytes) -> dict:
+    """Decode bytes made by :func:`encode` (str stays str, bytes stays bytes)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=True)
