@@ -519,3 +519,26 @@ def test_many_threads_send_and_receive_exactly_once(make_layer):
     assert len(set(received)) == senders * per_sender
     for ch, s, i in received:
         assert ch == channels[i % 4]
+
+
+# -- key-value store (channel sessions) -----------------------------------------------------------------
+
+
+def test_session_store_set_get_delete_expire(layer):
+    key = "session:" + layer.new_channel("ws.reply?")
+    assert layer.session_get(key) is None
+    layer.session_set(key, b"\x00state", ttl=60)
+    assert layer.session_get(key) == b"\x00state"
+    layer.session_set(key, b"new", ttl=60)
+    assert layer.session_get(key) == b"new"
+    layer.session_delete(key)
+    layer.session_delete(key)
+    assert layer.session_get(key) is None
+    layer.session_set("short", b"x", ttl=0.5)
+    time.sleep(1.1)
+    assert layer.session_get("short") is None
+    layer.session_set("flushed", b"x", ttl=60)
+    layer.flush()
+    assert layer.session_get("flushed") is None
+    with pytest.raises(TypeError):
+        layer.session_get("")

@@ -303,6 +303,31 @@ class BaseChannelLayer:
     def channel_statistics(self, channel: str) -> dict[str, int]:
         raise NotImplementedError
 
+    # -- small key-value store (channel sessions, ordering state) -----------------------------
+    #
+    # Keys are short strings chosen by wsgi_channels (for example
+    # ``"session:" + reply_channel``); values are bytes; every entry expires.
+    # Backends keep these beside their queues, in the same store.
+
+    def session_get(self, key: str) -> bytes | None:
+        """The bytes stored under ``key``, or None when absent or expired."""
+        raise NotImplementedError
+
+    def session_set(self, key: str, value: bytes, ttl: float) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` seconds (replacing any value)."""
+        raise NotImplementedError
+
+    def session_delete(self, key: str) -> None:
+        """Remove ``key``; a no-op when absent."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _session_key(key: Any) -> str:
+        if not isinstance(key, str) or not key or len(key) > 2 * MAX_NAME_LENGTH:
+            raise exc.InvalidChannelName(f"session key must be a non-empty str of at most "
+                                         f"{2 * MAX_NAME_LENGTH} characters, got {key!r}")
+        return key
+
     def close(self) -> None:
         """Release connections or files; the layer may not be used afterwards."""
 

@@ -48,6 +48,7 @@ class MemoryChannelLayer(BaseChannelLayer):
         self._sent = 0
         self._rr = 0
         self._last_sweep = time.monotonic()
+        self._kv: dict[str, tuple[float, bytes]] = {}
 
     # -- expiry -----------------------------------------------------------------------------
 
@@ -81,6 +82,8 @@ class MemoryChannelLayer(BaseChannelLayer):
                 del members[channel]
             if not members:
                 del self._groups[group]
+        for key in [k for k, (exp, _) in self._kv.items() if exp <= now]:
+            del self._kv[key]
 
     def _channel_in_use(self, channel: str) -> bool:
         with self._cond:
@@ -183,12 +186,37 @@ class MemoryChannelLayer(BaseChannelLayer):
                 self._sent += 1
             self._cond.notify_all()
 
+    # -- key-value store ------------------------------------------------------------------------
+
+    def session_get(self, key: str) -> bytes | None:
+        self._session_key(key)
+        with self._cond:
+            item = self._kv.get(key)
+            if item is None or item[0] <= time.monotonic():
+                return None
+            return item[1]
+
+    def session_set(self, key: str, value: bytes, ttl: float) -> None:
+        self._session_key(key)
+        if not isinstance(value, bytes):
+            raise TypeError(f"session value must be bytes, not {type(value).__name__}")
+        with self._cond:
+            now = time.monotonic()
+            self._sweep(now)
+            self._kv[key] = (now + ttl, value)
+
+    def session_delete(self, key: str) -> None:
+        self._session_key(key)
+        with self._cond:
+            self._kv.pop(key, None)
+
     # -- housekeeping -----------------------------------------------------------------------
 
     def flush(self) -> None:
         with self._cond:
             self._queues.clear()
             self._groups.clear()
+            self._kv.clear()
             self._cond.notify_all()
 
     def global_statistics(self) -> dict[str, int]:
