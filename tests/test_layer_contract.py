@@ -267,6 +267,15 @@ def test_capacity_counts_on_bang_prefix(make_layer):
     layer.send("proc.B!one", {"i": 1})  # another prefix has its own count
 
 
+def test_process_prefixes_default_to_process_capacity(make_layer):
+    layer = make_layer(capacity=2, process_capacity=5)
+    assert layer.get_capacity("side.X!conn") == 5
+    for i in range(5):
+        layer.send(f"side.X!c{i}", {"i": i})
+    with pytest.raises(exc.ChannelFull):
+        layer.send("side.X!c9", {"i": 9})
+
+
 # -- expiry ---------------------------------------------------------------------------------------------
 
 

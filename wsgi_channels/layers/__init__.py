@@ -29,7 +29,8 @@ SCHEMES = {
     "rediss": "wsgi_channels.layers.redis:RedisChannelLayer",
 }
 
-_NUMERIC = {"expiry": float, "group_expiry": float, "capacity": int, "max_message_size": int}
+_NUMERIC = {"expiry": float, "group_expiry": float, "capacity": int, "max_message_size": int,
+            "process_capacity": int}
 
 
 def parse_options(query: str) -> dict[str, Any]:

@@ -126,6 +126,10 @@ class BaseChannelLayer:
         mapping of fnmatch globs (str) or compiled regexes to capacities; the first match wins.
     ``max_message_size``
         encoded size limit in bytes (default 1 MiB).
+    ``process_capacity``
+        capacity of a process-local ``prefix!`` that no ``channel_capacity`` rule names
+        (default 10000). One prefix carries every connection of a sidecar process, so
+        its capacity scales with connections, not with one channel (CONTRACT.md section 3).
     """
 
     extensions = ["groups", "flush", "statistics"]
@@ -145,6 +149,7 @@ class BaseChannelLayer:
         capacity: int = 100,
         channel_capacity: Mapping[CapacityKey, int] | Iterable[tuple[CapacityKey, int]] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        process_capacity: int = 10000,
     ) -> None:
         if expiry <= 0 or group_expiry <= 0:
             raise exc.ConfigurationError("expiry and group_expiry must be positive numbers of seconds")
@@ -154,6 +159,7 @@ class BaseChannelLayer:
         self.group_expiry = float(group_expiry)
         self.capacity = int(capacity)
         self.max_message_size = int(max_message_size)
+        self.process_capacity = int(process_capacity)
         self._capacity_rules = self._compile_capacities(channel_capacity)
         self._capacity_cache: dict[str, int] = {}
         self._counts: Counter[str] = Counter()
@@ -194,7 +200,7 @@ class BaseChannelLayer:
         name = non_local_name(channel)
         cap = self._capacity_cache.get(name)
         if cap is None:
-            cap = self.capacity
+            cap = self.process_capacity if name.endswith("!") else self.capacity
             for pattern, value in self._capacity_rules:
                 if pattern.match(name):
                     cap = value
