@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if e.name != module_name:
+            if not (module_name == e.name or module_name.startswith(f"{e.name}.")):
                 raise
             continue  # a subcommand not built yet
         module.register(subparsers)
