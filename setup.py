@@ -37,6 +37,7 @@ TEST_REQUIRES = [
     "transaction>=4.0",
     "django>=4.2",
     "gunicorn>=22",
+    "playwright>=1.40",  # drives Debian's /usr/bin/chromium; never downloads a browser
 ]
 
 BENCH_REQUIRES = [

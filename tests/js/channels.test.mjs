@@ -1,0 +1,270 @@
+// Unit tests of wsgi_channels/static/channels.js, run by `node --test` (tests/test_client_js.py runs them).
+// A fake WebSocket and fake timers stand in for the browser; the end-to-end behaviour is
+// tested in a real Chromium by tests/test_browser.py.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  ChannelSocket, STOP_CODES, backoffDelay, connect, shouldReconnect, wsURL,
+} from "../../wsgi_channels/static/channels.js";
+
+class FakeSocket {
+  static instances = [];
+  constructor(url, protocols) {
+    this.url = url;
+    this.protocols = protocols;
+    this.readyState = 0;
+    this.sent = [];
+    this.closedWith = null;
+    FakeSocket.instances.push(this);
+  }
+  send(data) {
+    if (this.readyState !== 1) throw new Error("send on a socket that is not open");
+    this.sent.push(data);
+  }
+  close(code, reason) {
+    this.closedWith = [code, reason];
+    this.readyState = 3;
+  }
+  // test helpers: the server side
+  serverOpen() { this.readyState = 1; this.onopen && this.onopen({}); }
+  serverMessage(data) { this.onmessage && this.onmessage({ data }); }
+  serverClose(code, reason = "") { this.readyState = 3; this.onclose && this.onclose({ code, reason }); }
+}
+
+function fakeClock() {
+  let now = 0;
+  let next = 1;
+  const timers = new Map();
+  return {
+    setTimeout(fn, ms) { const id = next++; timers.set(id, { fn, at: now + ms }); return id; },
+    clearTimeout(id) { timers.delete(id); },
+    now: () => now,
+    pending: () => [...timers.values()].map((t) => t.at - now),
+    advance(ms) {
+      const until = now + ms;
+      for (;;) {
+        const due = [...timers.entries()].filter(([, t]) => t.at <= until).sort((a, b) => a[1].at - b[1].at)[0];
+        if (!due) break;
+        timers.delete(due[0]);
+        now = due[1].at;
+        due[1].fn();
+      }
+      now = until;
+    },
+  };
+}
+
+function fakeWindow() {
+  const target = new EventTarget();
+  return { addEventListener: target.addEventListener.bind(target), removeEventListener: target.removeEventListener.bind(target), fire: (t) => target.dispatchEvent(new Event(t)) };
+}
+
+function make(options = {}) {
+  FakeSocket.instances = [];
+  const clock = fakeClock();
+  const win = fakeWindow();
+  const nav = { onLine: true };
+  const sock = new ChannelSocket("ws://example.test/ws/", {
+    WebSocket: FakeSocket, setTimeout: clock.setTimeout, clearTimeout: clock.clearTimeout, now: clock.now,
+    window: win, navigator: nav, random: () => 0.5, ...options,
+  });
+  const events = [];
+  for (const type of ["open", "message", "json", "close", "reconnecting", "stop", "drop", "error"]) {
+    sock.addEventListener(type, (e) => events.push([type, e.detail]));
+  }
+  const last = () => FakeSocket.instances[FakeSocket.instances.length - 1];
+  return { sock, clock, win, nav, events, last };
+}
+
+test("wsURL maps page origins to ws/wss and leaves ws URLs alone", () => {
+  assert.equal(wsURL("/ws/chat/", { href: "http://example.com/page" }), "ws://example.com/ws/chat/");
+  assert.equal(wsURL("/ws/chat/?a=1", { href: "https://example.com:8443/x/y" }), "wss://example.com:8443/ws/chat/?a=1");
+  assert.equal(wsURL("ws/", { href: "http://h/app/page" }), "ws://h/app/ws/");
+  assert.equal(wsURL("wss://other/ws/"), "wss://other/ws/");
+  assert.equal(wsURL("https://other/ws/"), "wss://other/ws/");
+  assert.throws(() => wsURL("/ws/", undefined), /needs a page location/);
+});
+
+test("backoff is full jitter under an exponential ceiling capped at maxDelay", () => {
+  assert.equal(backoffDelay(0, 500, 30000, () => 0.999999), 499);
+  assert.equal(backoffDelay(3, 500, 30000, () => 0.5), 2000);
+  assert.equal(backoffDelay(20, 500, 30000, () => 0.5), 15000);
+  assert.equal(backoffDelay(1000, 500, 30000, () => 0.999999), 29999);
+  assert.equal(backoffDelay(5, 500, 30000, () => 0), 0);
+  // With Math.random, every delay stays under its ceiling.
+  for (let a = 0; a < 12; a++) {
+    const d = backoffDelay(a, 100, 5000);
+    assert.ok(d >= 0 && d < Math.min(5000, 100 * 2 ** a), `attempt ${a}: ${d}`);
+  }
+});
+
+test("close-code contract: stop codes and app ranges", () => {
+  for (const code of STOP_CODES) assert.equal(shouldReconnect(code), false, String(code));
+  for (const code of [1008, 1009, 4000, 4003, 4499]) assert.equal(shouldReconnect(code), false, String(code));
+  for (const code of [1001, 1005, 1006, 1011, 1012, 1013, 1014, 4500, 4999]) assert.equal(shouldReconnect(code), true, String(code));
+});
+
+test("queues sends while connecting and flushes them in order on open", () => {
+  const { sock, last, events } = make();
+  assert.equal(sock.connected, false);
+  assert.equal(sock.send("a"), false);
+  sock.sendJSON({ b: 1 });
+  last().serverOpen();
+  assert.deepEqual(last().sent, ["a", '{"b":1}']);
+  assert.equal(sock.send("c"), true);
+  assert.deepEqual(last().sent, ["a", '{"b":1}', "c"]);
+  assert.equal(events[0][0], "open");
+});
+
+test("the send queue is bounded: the oldest message is dropped with a drop event", () => {
+  const { sock, last, events } = make({ maxQueue: 2 });
+  sock.send("1");
+  sock.send("2");
+  sock.send("3");
+  assert.deepEqual(events.filter((e) => e[0] === "drop"), [["drop", "1"]]);
+  last().serverOpen();
+  assert.deepEqual(last().sent, ["2", "3"]);
+});
+
+test("JSON text frames fire json; other frames only message", () => {
+  const { last, events } = make();
+  last().serverOpen();
+  last().serverMessage('{"text": "hi"}');
+  last().serverMessage("not json");
+  const buf = new ArrayBuffer(2);
+  last().serverMessage(buf);
+  assert.deepEqual(events.filter((e) => e[0] === "json"), [["json", { text: "hi" }]]);
+  assert.equal(events.filter((e) => e[0] === "message").length, 3);
+});
+
+test("reconnects with growing full-jitter delays, and the count resets only after a stable connection", () => {
+  const { sock, clock, last, events } = make({ baseDelay: 100, maxDelay: 1000, stableAfter: 5000 });
+  last().serverClose(1006);
+  assert.deepEqual(events.at(-1), ["reconnecting", { attempt: 1, delay: 50 }]); // 0.5 * 100
+  clock.advance(49);
+  assert.equal(FakeSocket.instances.length, 1);
+  clock.advance(1);
+  assert.equal(FakeSocket.instances.length, 2);
+  last().serverClose(1006);
+  assert.deepEqual(events.at(-1), ["reconnecting", { attempt: 2, delay: 100 }]);
+  clock.advance(100);
+  // Opens but drops before stableAfter: the attempt count keeps growing.
+  last().serverOpen();
+  clock.advance(1000);
+  last().serverClose(1001);
+  assert.deepEqual(events.at(-1), ["reconnecting", { attempt: 3, delay: 200 }]);
+  clock.advance(200);
+  for (let i = 0; i < 6; i++) {
+    last().serverClose(1006);
+    clock.advance(1000);
+  }
+  assert.equal(events.filter((e) => e[0] === "reconnecting").at(-1)[1].delay, 500); // capped at maxDelay/2
+  // Stays up past stableAfter: the next drop starts from attempt 0 again.
+  last().serverOpen();
+  clock.advance(5000);
+  assert.equal(sock.attempt, 0);
+  last().serverClose(1012);
+  assert.deepEqual(events.at(-1), ["reconnecting", { attempt: 1, delay: 50 }]);
+});
+
+test("stop codes end the connection: no reconnect, a stop event, and send() then throws", () => {
+  for (const code of [1000, 1008, 1009, 4003]) {
+    const { sock, clock, last, events } = make();
+    last().serverOpen();
+    last().serverClose(code, "refused");
+    clock.advance(60000);
+    assert.equal(FakeSocket.instances.length, 1, `code ${code} must not reconnect`);
+    assert.deepEqual(events.at(-1), ["stop", { code, reason: "refused" }]);
+    assert.equal(sock.stopped, true);
+    assert.throws(() => sock.send("x"), /after the connection stopped/);
+  }
+});
+
+test("close() by the page stops for good", () => {
+  const { sock, clock, last, events } = make();
+  last().serverOpen();
+  const s = last();
+  sock.close();
+  assert.deepEqual(s.closedWith, [1000, ""]);
+  s.serverClose(1000);
+  clock.advance(60000);
+  assert.equal(FakeSocket.instances.length, 1);
+  assert.ok(events.some((e) => e[0] === "stop"));
+});
+
+test("maxAttempts gives up after that many failures in a row", () => {
+  const { clock, last, events } = make({ maxAttempts: 2, baseDelay: 10 });
+  last().serverClose(1006);
+  clock.advance(10);
+  last().serverClose(1006);
+  clock.advance(20);
+  last().serverClose(1006);
+  clock.advance(1000);
+  assert.equal(FakeSocket.instances.length, 3);
+  assert.equal(events.at(-1)[0], "stop");
+});
+
+test("offline pauses retries; online retries at once", () => {
+  const { clock, win, nav, last } = make({ baseDelay: 10000 });
+  last().serverClose(1006);
+  nav.onLine = false;
+  win.fire("offline");
+  clock.advance(60000);
+  assert.equal(FakeSocket.instances.length, 1, "no attempt while offline");
+  nav.onLine = true;
+  win.fire("online");
+  assert.equal(FakeSocket.instances.length, 2, "online reconnects immediately");
+  last().serverOpen();
+  win.fire("online"); // already connected: nothing happens
+  assert.equal(FakeSocket.instances.length, 2);
+});
+
+test("starting offline waits for the online event", () => {
+  FakeSocket.instances = [];
+  const win = fakeWindow();
+  const nav = { onLine: false };
+  const clock = fakeClock();
+  new ChannelSocket("ws://x/", { WebSocket: FakeSocket, window: win, navigator: nav, setTimeout: clock.setTimeout, clearTimeout: clock.clearTimeout });
+  assert.equal(FakeSocket.instances.length, 0);
+  nav.onLine = true;
+  win.fire("online");
+  assert.equal(FakeSocket.instances.length, 1);
+});
+
+test("a late close of a replaced socket is ignored", () => {
+  const { last, clock, events } = make({ baseDelay: 10 });
+  const first = last();
+  first.serverClose(1006);
+  clock.advance(10);
+  const second = last();
+  second.serverOpen();
+  first.serverClose(1006); // stale handler already detached from state
+  assert.equal(events.filter((e) => e[0] === "reconnecting").length, 1);
+  assert.equal(second.readyState, 1);
+});
+
+test("on() passes the detail and returns an unsubscribe function", () => {
+  const { sock, last } = make();
+  const got = [];
+  const off = sock.on("json", (v) => got.push(v));
+  last().serverOpen();
+  last().serverMessage("[1]");
+  off();
+  last().serverMessage("[2]");
+  assert.deepEqual(got, [[1]]);
+});
+
+test("connect() resolves the path against the given location and passes subprotocols", () => {
+  FakeSocket.instances = [];
+  const s = connect("/ws/x", { location: { href: "https://site.test/p" }, WebSocket: FakeSocket, protocols: ["v1"], window: null, navigator: null });
+  assert.equal(s.url, "wss://site.test/ws/x");
+  assert.deepEqual(FakeSocket.instances[0].protocols, ["v1"]);
+  s.close();
+});
+
+test("a constructor error (bad URL) stops instead of retrying", () => {
+  class Throwing { constructor() { throw new SyntaxError("bad url"); } }
+  const events = [];
+  const s = new ChannelSocket("nonsense", { WebSocket: Throwing, window: null, navigator: null });
+  assert.equal(s.stopped, true);
+});
