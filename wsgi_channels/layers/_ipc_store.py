@@ -1,0 +1,304 @@
+"""The SQLite file behind the ``ipc://`` layer: where it lives, who may open it, its schema.
+
+One store is one SQLite database in WAL mode, shared by every process on the
+machine that names the same path. WAL lets readers run beside the one writer;
+every change is one ``BEGIN IMMEDIATE`` transaction, so a process killed in the
+middle of one leaves nothing half-written (SQLite rolls the WAL tail back and
+the kernel drops the dead process's file locks). ``synchronous=NORMAL`` keeps
+that guarantee against process crashes; only an OS crash or power loss may
+lose the last transactions, which is fine for messages that expire in a minute.
+
+Safety of the file itself:
+
+* the directory is created ``0700`` and the database ``0600`` (SQLite gives its
+  ``-wal`` and ``-shm`` files the database file's mode);
+* the default path lives in a per-user directory of the temporary directory,
+  which must belong to the current user and be closed to others;
+* a marker (``PRAGMA application_id`` + ``user_version``) says the file is a
+  wsgi_channels store of a known schema; anything else raises :class:`StoreError`
+  before the file is touched.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import stat
+import tempfile
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from ..exceptions import LayerUnavailable, StoreError
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "default_path",
+    "private_dir",
+    "prepare_path",
+    "open_connection",
+    "ConnectionPool",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``PRAGMA application_id`` of a wsgi_channels store: "WSCh" in ASCII.
+APPLICATION_ID = 0x57534368
+#: ``PRAGMA user_version``: bumped when the schema changes incompatibly.
+SCHEMA_VERSION = 1
+
+# Messages: one row per plain send, one row per (group send, receiving queue).
+#   queue   the channel, or ``prefix!`` for a process-local channel (capacity counts rows here)
+#   target  full ``prefix!suffix`` name of a plain send to a process-local channel, else NULL
+#   fanout  0 for a plain send; for a group copy, how many rows of ``targets`` are still to receive it
+# ``id`` orders a queue (FIFO); AUTOINCREMENT never reuses ids, and its counter is messages_count.
+_SCHEMA = """
+CREATE TABLE messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    target TEXT,
+    fanout INTEGER NOT NULL DEFAULT 0,
+    sent REAL NOT NULL,
+    expires REAL NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX messages_queue ON messages (queue, id);
+CREATE INDEX messages_expires ON messages (expires);
+CREATE TABLE targets (
+    msg INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    channel TEXT NOT NULL,
+    PRIMARY KEY (msg, seq)
+) WITHOUT ROWID;
+CREATE TABLE groups (
+    grp TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (grp, channel)
+) WITHOUT ROWID;
+CREATE INDEX groups_channel ON groups (channel);
+CREATE INDEX groups_expires ON groups (expires);
+CREATE TABLE kv (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX kv_expires ON kv (expires);
+CREATE TABLE waiters (
+    queue TEXT NOT NULL,
+    addr TEXT NOT NULL,
+    PRIMARY KEY (queue, addr)
+) WITHOUT ROWID;
+CREATE INDEX waiters_addr ON waiters (addr);
+CREATE TABLE counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def private_dir() -> str:
+    """``<tmp>/wsgi_channels-<uid>``: the current user's directory for default stores and sockets."""
+    return os.path.join(tempfile.gettempdir(), f"wsgi_channels-{os.getuid()}")
+
+
+def default_path() -> str:
+    """Store path used by ``ipc://`` without a path."""
+    return os.path.join(private_dir(), "channels.db")
+
+
+def ensure_private_dir(directory: str) -> None:
+    """Create ``directory`` 0700, or check that an existing one is ours and closed to others.
+
+    Used for directories in the shared temporary directory, where another user
+    could otherwise create the directory first and read or plant files in it.
+    """
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        st = os.lstat(directory)
+    except OSError as e:
+        raise StoreError(f"cannot create the channel store directory {directory!r}: {e.strerror}") from e
+    if not stat.S_ISDIR(st.st_mode):
+        raise StoreError(f"{directory!r} is not a directory")
+    if st.st_uid != os.getuid():
+        raise StoreError(
+            f"{directory!r} belongs to uid {st.st_uid}, not to this user (uid {os.getuid()}); "
+            "refusing to keep a channel store in a directory someone else controls"
+        )
+    if st.st_mode & 0o077:
+        raise StoreError(
+            f"{directory!r} is open to other users (mode {stat.S_IMODE(st.st_mode):o}); "
+            "expected 700 for a channel store in the temporary directory"
+        )
+
+
+def prepare_path(path: str, private: bool = False) -> str:
+    """Make sure ``path`` can hold a store: directory present, file present with mode 0600.
+
+    ``private`` (the default path in the temporary directory) also checks the
+    directory's owner and mode. Raises :class:`StoreError` naming the problem.
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    directory = os.path.dirname(path)
+    if private:
+        ensure_private_dir(directory)
+    elif not os.path.isdir(directory):
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise StoreError(
+                f"cannot create the directory of the channel store {path!r}: {e.strerror}"
+            ) from e
+    if os.path.isdir(path):
+        raise StoreError(f"channel store path {path!r} is a directory; give a file path such as {path}/channels.db")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    except OSError as e:
+        raise StoreError(f"channel store {path!r} is not writable: {e.strerror}") from e
+    os.close(fd)
+    # SQLite creates -wal and -shm beside the database: the directory must be writable too.
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StoreError(f"the directory of channel store {path!r} is not writable (SQLite needs its -wal file there)")
+    return path
+
+
+def _check_marker(conn: sqlite3.Connection, path: str) -> bool:
+    """True when the file is a current wsgi_channels store; False when it is an empty database."""
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if app_id == APPLICATION_ID:
+        if version != SCHEMA_VERSION:
+            raise StoreError(
+                f"channel store {path!r} has schema version {version}, this wsgi_channels reads version "
+                f"{SCHEMA_VERSION}: use a new path, or delete the file (its messages are short-lived)"
+            )
+        return True
+    tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    if app_id == 0 and version == 0 and tables == 0:
+        return False
+    raise StoreError(
+        f"{path!r} is an SQLite database but not a wsgi_channels store "
+        f"(application_id {app_id:#x}, {tables} schema object(s)); refusing to touch it"
+    )
+
+
+def _initialize(conn: sqlite3.Connection, path: str) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if not _check_marker(conn, path):  # another process may have won the race
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            log.info("created channel store %s", path)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def open_connection(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """Open, check (and on first use create) the store at ``path``; raise :class:`StoreError` if unusable."""
+    try:
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False, cached_statements=256
+        )
+    except sqlite3.Error as e:
+        raise StoreError(f"cannot open channel store {path!r}: {e}") from e
+    try:
+        ours = _check_marker(conn, path)
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if mode.lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+        if not ours:
+            _initialize(conn, path)
+        conn.execute("PRAGMA synchronous = NORMAL")
+        # After a checkpoint the WAL file is cut back to this size: no unbounded growth.
+        conn.execute("PRAGMA journal_size_limit = 8388608")
+        conn.execute("PRAGMA temp_store = MEMORY")
+    except StoreError:
+        conn.close()
+        raise
+    except sqlite3.DatabaseError as e:
+        conn.close()
+        text = str(e)
+        if "not a database" in text or "malformed" in text:
+            raise StoreError(f"{path!r} is not a wsgi_channels store ({text})") from e
+        if "readonly" in text or "unable to open" in text:
+            raise StoreError(f"channel store {path!r} is not writable ({text})") from e
+        if "locked" in text or "busy" in text:
+            raise LayerUnavailable(f"channel store {path!r} stayed locked for {busy_timeout:g}s ({text})") from e
+        raise StoreError(f"cannot use channel store {path!r}: {text}") from e
+    return conn
+
+
+# Connections inherited through fork() must never be closed (or finalized) in the child:
+# SQLite forbids using a connection across fork, and closing one can disturb the parent's
+# locks. They are parked here for the life of the process instead.
+_inherited: list[sqlite3.Connection] = []
+
+
+class ConnectionPool:
+    """Connections of one process to one store, handed to one thread or greenlet at a time.
+
+    sqlite3 connections are not safe to share concurrently, and one per thread
+    would mean one per greenlet under gevent. A small pool gives each caller
+    its own connection for the length of one operation; nothing waits on I/O
+    while holding one, so the pool stays as small as the real concurrency.
+    """
+
+    MAX_IDLE = 8
+
+    def __init__(self, opener: Callable[[], sqlite3.Connection]) -> None:
+        self._opener = opener
+        self._lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+
+    def _check_fork(self) -> None:
+        if os.getpid() != self._pid:
+            with self._lock:
+                if os.getpid() != self._pid:
+                    _inherited.extend(self._idle)
+                    self._idle = []
+                    self._pid = os.getpid()
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        self._check_fork()
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._opener()
+        pid = self._pid
+        healthy = True
+        try:
+            yield conn
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    healthy = False
+            raise
+        finally:
+            if pid != os.getpid():
+                _inherited.append(conn)
+            elif healthy:
+                with self._lock:
+                    if len(self._idle) < self.MAX_IDLE:
+                        self._idle.append(conn)
+                        conn = None
+                if conn is not None:
+                    conn.close()
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        self._check_fork()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()

@@ -1,0 +1,594 @@
+"""The single-machine layer (``ipc:///path/to/channels.db``): every process on one host, no server.
+
+Messages, groups and session entries live in one SQLite database in WAL mode
+(see :mod:`._ipc_store`). Every change is one ``BEGIN IMMEDIATE`` transaction,
+so a capacity check and the insert it guards are atomic across processes, and
+a receive takes its message and deletes it in one step: a process killed at
+any point leaves each message either queued or delivered, never both.
+
+A blocking ``receive`` sleeps on a Unix datagram socket that senders poke after
+they commit (see :mod:`._ipc_wake`), with a slow poll (``poll_interval``,
+default 1 s) only as a safety net.
+
+Layout of a queue: ``messages`` rows ordered by id, keyed by the channel or, for
+a process-local channel, by its ``prefix!``. A group send stores one row per
+receiving queue; for a prefix with several members it lists them in
+``targets``, and ``receive`` hands out one ``(channel, message)`` per member, in
+order. Capacity counts rows, so a broadcast to 10,000 connections behind one
+prefix takes one slot.
+
+URL: ``ipc:///abs/path/channels.db`` or ``ipc://relative/path.db``; ``ipc://``
+alone uses ``<tmp>/wsgi_channels-<uid>/channels.db``. Query parameters are
+constructor keywords (``ipc:///run/app/ch.db?capacity=500&poll_interval=0.5``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+import weakref
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
+from urllib.parse import unquote, urlsplit
+
+from ..exceptions import ConfigurationError, LayerUnavailable, StoreError
+from ..serialization import decode, encode
+from . import _ipc_wake as wake
+from ._ipc_store import ConnectionPool, default_path, open_connection, prepare_path
+from .base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
+
+__all__ = ["IpcChannelLayer"]
+
+log = logging.getLogger(__name__)
+
+_SWEEP_INTERVAL = 1.0
+_STALE_WAITER_INTERVAL = 60.0
+_MAX_IDLE_WAITERS = 16
+_IN_CHUNK = 500  # names per "IN (...)" list
+
+
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for i in range(0, len(items), _IN_CHUNK):
+        yield items[i:i + _IN_CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class _ProcessState:
+    """What one process owns besides connections: its waiter sockets and its poke socket.
+
+    Kept apart from the layer so a finalizer can release it at exit without a
+    reference to the layer, and only in the process that created it.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.idle: dict[tuple[str, ...], list[wake.Waiter]] = {}
+        self.all: set[wake.Waiter] = set()
+        self.poker = wake.Poker()
+        self.dead: set[str] = set()
+
+    def release(self, pool: ConnectionPool | None = None) -> None:
+        if os.getpid() != self.pid:
+            return
+        with self.lock:
+            waiters, self.all, self.idle = list(self.all), set(), {}
+        if pool is not None and waiters:
+            try:
+                with pool.connection() as conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.executemany("DELETE FROM waiters WHERE addr = ?", [(w.addr,) for w in waiters])
+                    conn.execute("COMMIT")
+            except Exception as e:  # the rows go anyway when a sender finds the socket dead
+                log.debug("could not unregister waiters: %s", e)
+        for w in waiters:
+            w.close()
+        self.poker.close()
+
+
+class IpcChannelLayer(BaseChannelLayer):
+    """Cross-process channel layer on one machine; options as :class:`BaseChannelLayer`, plus:
+
+    ``path``
+        the store file (default ``<tmp>/wsgi_channels-<uid>/channels.db``).
+    ``poll_interval``
+        seconds between safety-net looks of a blocked receive (default 1.0);
+        senders wake receivers directly, so this only bounds the delay if a
+        wake-up is ever lost.
+    ``busy_timeout``
+        seconds to wait for another process's write transaction before raising
+        :class:`LayerUnavailable` (default 10).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike | None = None,
+        poll_interval: float = 1.0,
+        busy_timeout: float = 10.0,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        if float(poll_interval) <= 0 or float(busy_timeout) <= 0:
+            raise ConfigurationError("poll_interval and busy_timeout must be positive numbers of seconds")
+        self.poll_interval = float(poll_interval)
+        self.busy_timeout = float(busy_timeout)
+        self.path = prepare_path(os.fspath(path) if path else default_path(), private=not path)
+        self._wake_dir, self._wake_private = wake.wake_dir_for(self.path)
+        self._pool = ConnectionPool(lambda: open_connection(self.path, self.busy_timeout))
+        self._state = _ProcessState()
+        self._finalizer = weakref.finalize(self, self._state.release, self._pool)
+        self._rr = 0
+        self._last_sweep = 0.0
+        self._last_stale_check = time.monotonic()
+        with self._pool.connection():  # open now: a bad path fails here, not at the first send
+            pass
+
+    @classmethod
+    def from_url(cls, url: Any, **options: Any) -> "IpcChannelLayer":
+        """``ipc:///abs/path.db``, ``ipc://rel/path.db`` or ``ipc://`` (the per-user default)."""
+        from . import parse_options
+
+        if not isinstance(url, str):
+            raise ConfigurationError(f"ipc layer URL must be a string, not {url!r}")
+        parts = urlsplit(url.strip())
+        if parts.scheme.lower() != "ipc":
+            raise ConfigurationError(f"not an ipc:// URL: {url!r}")
+        path = unquote(parts.netloc + parts.path)
+        opts = {**parse_options(parts.query), **options}
+        for key in ("poll_interval", "busy_timeout"):
+            if isinstance(opts.get(key), str):
+                try:
+                    opts[key] = float(opts[key])
+                except ValueError:
+                    raise ConfigurationError(f"layer URL option {key}={opts[key]!r} is not a number") from None
+        opts.setdefault("path", path or None)
+        return cls(**opts)
+
+    # -- transactions -------------------------------------------------------------------------
+
+    def _process_state(self) -> _ProcessState:
+        state = self._state
+        if state.pid != os.getpid():  # forked: the parent's sockets are not ours to use or close
+            state = self._state = _ProcessState()
+            self._finalizer.detach()
+            self._finalizer = weakref.finalize(self, state.release, self._pool)
+        return state
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            text = str(e)
+            if "locked" in text or "busy" in text:
+                raise LayerUnavailable(
+                    f"channel store {self.path!r} stayed locked by another process for over "
+                    f"{self.busy_timeout:g}s"
+                ) from e
+            raise StoreError(f"channel store {self.path!r}: {text}") from e
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"channel store {self.path!r} is damaged or not a store: {e}") from e
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._errors(), self._pool.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
+        state = self._process_state()
+        with self._errors(), self._pool.connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if state.dead:
+                with state.lock:
+                    dead, state.dead = state.dead, set()
+                conn.executemany("DELETE FROM waiters WHERE addr = ?", [(a,) for a in dead])
+            yield conn
+            conn.execute("COMMIT")
+
+    def _poke(self, addrs: list[str]) -> None:
+        if not addrs:
+            return
+        state = self._process_state()
+        dead = state.poker.poke(addrs)
+        if dead:
+            for addr in dead:
+                try:
+                    os.unlink(addr)
+                except OSError:
+                    pass
+            with state.lock:
+                state.dead.update(dead)
+
+    @staticmethod
+    def _waiters_of(conn: sqlite3.Connection, queues: list[str]) -> list[str]:
+        if len(queues) == 1:
+            return [r[0] for r in conn.execute("SELECT addr FROM waiters WHERE queue = ?", queues)]
+        addrs: set[str] = set()
+        for chunk in _chunks(queues):
+            sql = f"SELECT addr FROM waiters WHERE queue IN ({_marks(len(chunk))})"
+            addrs.update(r[0] for r in conn.execute(sql, chunk))
+        return list(addrs)
+
+    @staticmethod
+    def _bump(conn: sqlite3.Connection, name: str, n: int) -> None:
+        conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )
+
+    # -- expiry -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _drop(conn: sqlite3.Connection, rows: list[tuple[int, str, str | None, int]]) -> None:
+        """Delete message rows; ``!`` channels whose message expired unread leave every group."""
+        evict: set[str] = set()
+        for msg_id, queue, target, fanout in rows:
+            if fanout:
+                evict.update(r[0] for r in conn.execute("SELECT channel FROM targets WHERE msg = ?", (msg_id,)))
+                conn.execute("DELETE FROM targets WHERE msg = ?", (msg_id,))
+            elif target is not None:
+                evict.add(target)
+            conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+        if evict:
+            conn.executemany("DELETE FROM groups WHERE channel = ?", [(c,) for c in evict])
+
+    def _expire_queue(self, conn: sqlite3.Connection, queue: str, now: float) -> None:
+        if queue.endswith("!"):
+            rows = conn.execute(
+                "SELECT id, queue, target, fanout FROM messages WHERE queue = ? AND expires <= ?", (queue, now)
+            ).fetchall()
+            self._drop(conn, rows)
+        else:
+            conn.execute("DELETE FROM messages WHERE queue = ? AND expires <= ?", (queue, now))
+
+    def _expire_head(self, conn: sqlite3.Connection, queue: str, now: float) -> None:
+        # Rows of a queue expire in about the order they were queued: look at the head only.
+        row = conn.execute("SELECT expires FROM messages WHERE queue = ? ORDER BY id LIMIT 1", (queue,)).fetchone()
+        if row is not None and row[0] <= now:
+            self._expire_queue(conn, queue, now)
+
+    def _sweep(self, force: bool = False) -> None:
+        """Delete whatever has expired (messages, memberships, session entries), at most once a second."""
+        mono = time.monotonic()
+        if not force and mono - self._last_sweep < _SWEEP_INTERVAL:
+            return
+        self._last_sweep = mono
+        now = time.time()
+        with self._read() as conn:
+            due = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM messages WHERE expires <= ?1)"
+                " OR EXISTS (SELECT 1 FROM groups WHERE expires <= ?1)"
+                " OR EXISTS (SELECT 1 FROM kv WHERE expires <= ?1)",
+                (now,),
+            ).fetchone()[0]
+        stale: list[str] = []
+        if mono - self._last_stale_check > _STALE_WAITER_INTERVAL:
+            self._last_stale_check = mono
+            stale = wake.remove_stale(self._wake_dir)
+        if not due and not stale:
+            return
+        with self._write() as conn:
+            rows = conn.execute(
+                "SELECT id, queue, target, fanout FROM messages WHERE expires <= ?", (now,)
+            ).fetchall()
+            self._drop(conn, [r for r in rows if r[1].endswith("!")])
+            plain = [(r[0],) for r in rows if not r[1].endswith("!")]
+            conn.executemany("DELETE FROM messages WHERE id = ?", plain)
+            conn.execute("DELETE FROM groups WHERE expires <= ?", (now,))
+            conn.execute("DELETE FROM kv WHERE expires <= ?", (now,))
+            conn.executemany("DELETE FROM waiters WHERE addr = ?", [(a,) for a in stale])
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def _channel_in_use(self, channel: str) -> bool:
+        with self._read() as conn:
+            return conn.execute("SELECT 1 FROM messages WHERE queue = ? LIMIT 1", (channel,)).fetchone() is not None
+
+    def _room(self, conn: sqlite3.Connection, queue: str, now: float) -> int:
+        """Free slots in ``queue`` (capacity minus rows waiting), after dropping its expired head."""
+        self._expire_head(conn, queue, now)
+        capacity = self.get_capacity(queue)
+        used = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM messages WHERE queue = ? LIMIT ?)", (queue, capacity)
+        ).fetchone()[0]
+        return capacity - used
+
+    def send(self, channel: str, message: dict) -> None:
+        validate_channel_name(channel)
+        data = encode(message, self.max_message_size)
+        queue = non_local_name(channel)
+        target = channel if queue != channel else None
+        self._sweep()
+        with self._write() as conn:
+            now = time.time()
+            full = self._room(conn, queue, now) <= 0
+            if full:
+                self._bump(conn, "channel_full_count", 1)
+                addrs = []
+            else:
+                conn.execute(
+                    "INSERT INTO messages (queue, target, fanout, sent, expires, data) VALUES (?, ?, 0, ?, ?, ?)",
+                    (queue, target, now, now + self.expiry, data),
+                )
+                addrs = self._waiters_of(conn, [queue])
+        if full:
+            raise self.ChannelFull(f"channel {channel!r} is full ({self.get_capacity(queue)} messages waiting)")
+        self._poke(addrs)
+
+    def _take(self, names: list[str]) -> tuple[str, bytes] | None:
+        """Take the first message of the first non-empty queue, starting at a rotating offset."""
+        with self._read() as conn:
+            if len(names) == 1:
+                sql, args = "SELECT 1 FROM messages WHERE queue = ? LIMIT 1", names
+            else:
+                sql, args = f"SELECT 1 FROM messages WHERE queue IN ({_marks(len(names))}) LIMIT 1", names
+            if conn.execute(sql, args).fetchone() is None:
+                return None
+        self._rr += 1
+        n = len(names)
+        with self._write() as conn:
+            now = time.time()
+            for i in range(n):
+                queue = names[(self._rr + i) % n]
+                row = conn.execute(
+                    "SELECT id, target, fanout, expires, data FROM messages WHERE queue = ? ORDER BY id LIMIT 1",
+                    (queue,),
+                ).fetchone()
+                if row is not None and row[3] <= now:
+                    self._expire_queue(conn, queue, now)
+                    row = conn.execute(
+                        "SELECT id, target, fanout, expires, data FROM messages WHERE queue = ? ORDER BY id LIMIT 1",
+                        (queue,),
+                    ).fetchone()
+                if row is None:
+                    continue
+                msg_id, target, fanout, _, data = row
+                if not fanout:
+                    conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+                    return target or queue, data
+                first = conn.execute(
+                    "SELECT seq, channel FROM targets WHERE msg = ? ORDER BY seq LIMIT 1", (msg_id,)
+                ).fetchone()
+                if first is None or fanout <= 1:
+                    conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+                else:
+                    conn.execute("UPDATE messages SET fanout = fanout - 1 WHERE id = ?", (msg_id,))
+                if first is None:  # pragma: no cover - fanout and targets always change together
+                    continue
+                conn.execute("DELETE FROM targets WHERE msg = ? AND seq = ?", (msg_id, first[0]))
+                return first[1], data
+        return None
+
+    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
+        names = list(dict.fromkeys(self._receive_channels(channels)))
+        wait = self._block_timeout(block, timeout)
+        if not names:
+            return None, None
+        self._sweep()
+        deadline = time.monotonic() + wait
+        waiter = None
+        try:
+            while True:
+                got = self._take(names)
+                if got is not None:
+                    return got[0], decode(got[1])
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None, None
+                if waiter is None:
+                    waiter = self._get_waiter(names)
+                    continue  # registered: look once more before sleeping, so no send is missed
+                waiter.wait(min(remaining, self.poll_interval))
+                waiter.drain()
+                self._sweep()
+        finally:
+            if waiter is not None:
+                self._put_waiter(waiter)
+
+    # -- waiters ------------------------------------------------------------------------------
+
+    def _get_waiter(self, names: list[str]) -> wake.Waiter:
+        """A waiter socket registered for exactly ``names`` (reused when possible), with no stale pokes."""
+        key = tuple(sorted(names))
+        state = self._process_state()
+        with state.lock:
+            idle = state.idle.get(key)
+            waiter = idle.pop() if idle else None
+            if waiter is None:
+                for other in state.idle.values():
+                    if other:
+                        waiter = other.pop()
+                        break
+        if waiter is None:
+            try:
+                waiter = wake.Waiter(self._wake_dir, self._wake_private)
+            except OSError as e:
+                raise StoreError(f"cannot create a wake-up socket in {self._wake_dir!r}: {e}") from e
+            with state.lock:
+                state.all.add(waiter)
+        if waiter.queues != key:
+            try:
+                with self._write() as conn:
+                    conn.execute("DELETE FROM waiters WHERE addr = ?", (waiter.addr,))
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO waiters (queue, addr) VALUES (?, ?)",
+                        [(queue, waiter.addr) for queue in key],
+                    )
+            except BaseException:
+                self._discard_waiter(waiter)
+                raise
+            waiter.queues = key
+        waiter.drain()
+        return waiter
+
+    def _put_waiter(self, waiter: wake.Waiter) -> None:
+        state = self._process_state()
+        if waiter.pid != state.pid:
+            return
+        with state.lock:
+            if sum(len(v) for v in state.idle.values()) < _MAX_IDLE_WAITERS:
+                state.idle.setdefault(waiter.queues, []).append(waiter)
+                return
+        self._discard_waiter(waiter)
+
+    def _discard_waiter(self, waiter: wake.Waiter) -> None:
+        state = self._process_state()
+        with state.lock:
+            state.all.discard(waiter)
+        try:
+            with self._write() as conn:
+                conn.execute("DELETE FROM waiters WHERE addr = ?", (waiter.addr,))
+        except Exception as e:
+            log.debug("could not unregister waiter %s: %s", waiter.addr, e)
+        waiter.close()
+
+    # -- groups -------------------------------------------------------------------------------
+
+    def group_add(self, group: str, channel: str) -> None:
+        validate_group_name(group)
+        validate_channel_name(channel)
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO groups (grp, channel, expires) VALUES (?, ?, ?)",
+                (group, channel, time.time() + self.group_expiry),
+            )
+
+    def group_discard(self, group: str, channel: str) -> None:
+        validate_group_name(group)
+        validate_channel_name(channel)
+        with self._write() as conn:
+            conn.execute("DELETE FROM groups WHERE grp = ? AND channel = ?", (group, channel))
+
+    def group_channels(self, group: str) -> list[str]:
+        validate_group_name(group)
+        self._sweep(force=True)
+        with self._read() as conn:
+            rows = conn.execute(
+                "SELECT channel FROM groups WHERE grp = ? AND expires > ? ORDER BY channel", (group, time.time())
+            )
+            return [r[0] for r in rows]
+
+    def send_group(self, group: str, message: dict) -> None:
+        validate_group_name(group)
+        data = encode(message, self.max_message_size)
+        self._sweep(force=True)
+        dropped = 0
+        with self._write() as conn:
+            now = time.time()
+            buckets: dict[str, list[str]] = {}
+            for (channel,) in conn.execute(
+                "SELECT channel FROM groups WHERE grp = ? AND expires > ?", (group, now)
+            ).fetchall():
+                buckets.setdefault(non_local_name(channel), []).append(channel)
+            for queue, members in buckets.items():
+                if self._room(conn, queue, now) <= 0:
+                    dropped += len(members)
+                    log.debug("group %r: %d member(s) behind full channel %r skipped", group, len(members), queue)
+                    continue
+                if len(members) == 1:
+                    target = members[0] if members[0] != queue else None
+                    conn.execute(
+                        "INSERT INTO messages (queue, target, fanout, sent, expires, data) VALUES (?, ?, 0, ?, ?, ?)",
+                        (queue, target, now, now + self.expiry, data),
+                    )
+                else:
+                    cur = conn.execute(
+                        "INSERT INTO messages (queue, target, fanout, sent, expires, data) "
+                        "VALUES (?, NULL, ?, ?, ?, ?)",
+                        (queue, len(members), now, now + self.expiry, data),
+                    )
+                    msg_id = cur.lastrowid
+                    conn.executemany(
+                        "INSERT INTO targets (msg, seq, channel) VALUES (?, ?, ?)",
+                        [(msg_id, i, channel) for i, channel in enumerate(members)],
+                    )
+            if dropped:
+                self._bump(conn, "group_drop_count", dropped)
+            addrs = self._waiters_of(conn, list(buckets)) if buckets else []
+        self._poke(addrs)
+
+    # -- key-value store ----------------------------------------------------------------------
+
+    def session_get(self, key: str) -> bytes | None:
+        self._session_key(key)
+        with self._read() as conn:
+            row = conn.execute("SELECT value FROM kv WHERE key = ? AND expires > ?", (key, time.time())).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def session_set(self, key: str, value: bytes, ttl: float) -> None:
+        self._session_key(key)
+        if not isinstance(value, (bytes, bytearray)):
+            raise TypeError(f"session value must be bytes, not {type(value).__name__}")
+        self._sweep()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)",
+                (key, bytes(value), time.time() + float(ttl)),
+            )
+
+    def session_delete(self, key: str) -> None:
+        self._session_key(key)
+        with self._write() as conn:
+            conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        with self._write() as conn:
+            for table in ("messages", "targets", "groups", "kv"):
+                conn.execute(f"DELETE FROM {table}")
+
+    def _counters(self, conn: sqlite3.Connection) -> dict[str, int]:
+        counts = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+        return {name: int(counts.get(name, 0)) for name in ("channel_full_count", "group_drop_count")}
+
+    def global_statistics(self) -> dict[str, int]:
+        """Store-wide figures, shared by every process (the full/drop counters too)."""
+        self._sweep(force=True)
+        with self._read() as conn:
+            conn.execute("BEGIN")
+            try:
+                seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
+                pending = conn.execute(
+                    "SELECT coalesce(sum(max(fanout, 1)), 0) FROM messages WHERE expires > ?", (time.time(),)
+                ).fetchone()[0]
+                counters = self._counters(conn)
+            finally:
+                conn.execute("COMMIT")
+        return {"messages_count": int(seq[0]) if seq else 0, "messages_pending": int(pending), **counters}
+
+    def channel_statistics(self, channel: str) -> dict[str, int]:
+        queue = non_local_name(validate_channel_name(channel, receive="!" in channel and channel.endswith("!")))
+        now = time.time()
+        with self._read() as conn:
+            conn.execute("BEGIN")
+            try:
+                pending, oldest = conn.execute(
+                    "SELECT coalesce(sum(max(fanout, 1)), 0), min(sent) FROM messages WHERE queue = ? AND expires > ?",
+                    (queue, now),
+                ).fetchone()
+                counters = self._counters(conn)
+            finally:
+                conn.execute("COMMIT")
+        age = now - oldest if oldest is not None else 0.0
+        return {"messages_pending": int(pending), "messages_max_age": int(max(age, 0.0)), **counters}
+
+    def close(self) -> None:
+        """Unregister and remove this process's wake-up sockets and close its connections."""
+        if self._state.pid == os.getpid():
+            self._finalizer.detach()
+            self._state.release(self._pool)
+            self._state = _ProcessState()
+            self._finalizer = weakref.finalize(self, self._state.release, self._pool)
+        self._pool.close()
+
+    def __repr__(self) -> str:
+        return f"<IpcChannelLayer path={self.path!r} expiry={self.expiry:g} capacity={self.capacity}>"
