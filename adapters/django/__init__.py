@@ -1,0 +1,35 @@
+"""Django integration without Channels or ASGI: add ``"wsgi_channels.adapters.django"`` to ``INSTALLED_APPS``.
+
+Settings, shaped like ``CACHES``::
+
+    WSGI_CHANNELS = {
+        "default": {
+            "LAYER": "redis://localhost:6379/0",        # default: $WSGI_CHANNELS_LAYER, else memory://
+            "ROUTING": "myproject.routing:routes",      # what `manage.py runworker` runs
+            "OPTIONS": {"capacity": 500},               # layer constructor keywords
+            "ALLOWED_ORIGINS": ["https://example.com"], # passed to `manage.py runsidecar`
+        }
+    }
+
+Push from anywhere (views, signals, Celery tasks)::
+
+    from wsgi_channels.adapters.django import group_send
+    group_send("liveblog", {"text": "..."})                  # now
+    group_send("liveblog", {"text": "..."}, on_commit=True)  # after the current transaction commits
+
+Consumers: decorate with :func:`django_consumer` (database connections handled as in a
+request cycle; ``message.session`` and ``message.user`` from the handshake's session
+cookie through the configured session engine and ``django.contrib.auth``), or
+:func:`login_required` to refuse anonymous connections.
+
+Management commands: ``manage.py runworker`` and ``manage.py runsidecar``; ``manage.py
+check`` validates the settings (ids ``wsgi_channels.E001``...).
+
+Django itself is imported only inside this adapter.
+"""
+from __future__ import annotations
+
+from .consumers import django_consumer, login_required
+from .push import channel_send, get_layer_url, group, group_send
+
+__all__ = ["django_consumer", "login_required", "group_send", "channel_send", "group", "get_layer_url"]

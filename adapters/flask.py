@@ -1,0 +1,367 @@
+"""Flask integration: ``Channels(app)`` / ``channels.init_app(app)``.
+
+::
+
+    from flask import Flask, session
+    from wsgi_channels.adapters.flask import Channels
+
+    channels = Channels()
+
+    def create_app():
+        app = Flask(__name__)
+        app.config["WSGI_CHANNELS_LAYER"] = "redis://localhost:6379/0"
+        channels.init_app(app)
+        return app
+
+    @app.post("/posts")
+    def publish():
+        ...
+        channels.group_send("liveblog", {"text": json.dumps(post)})   # or Group("liveblog").send(...)
+
+    @channels.consumer("websocket.connect", path=r"^/ws/liveblog/$")
+    def ws_connect(message):
+        if session.get("user") is None:            # the handshake's Flask session
+            return reject(message)
+        Group("liveblog").add(message.reply_channel)
+        message.reply_channel.send({"accept": True})
+
+Consumers run inside the app context; WebSocket consumers also run inside a
+request context built from the handshake (its path and cookies), so
+``flask.session`` is the session of the browser that opened the socket, read
+through the app's own ``session_interface`` (signed cookie sessions or a
+server-side one), and extensions that load the user from the session (such as
+Flask-Login's ``current_user``) work as in a view. Changes made to that
+session are not saved: there is no HTTP response to carry a cookie.
+
+With no app, the same object is a write-only emitter (Flask-SocketIO's trick)
+for Celery tasks and scripts: ``Channels(layer="redis://...").group_send(...)``.
+
+The worker runs the routing ``channels.routing_for(app)``; ``flask channels
+worker`` and ``flask channels sidecar`` start the worker and the sidecar with
+the app's configuration.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+from ..channel import Channel, Group, get_layer
+from ..exceptions import ConfigurationError
+from ..layers import layer_class
+from ._common import (
+    CLIENT_JS_URL,
+    PushBuffer,
+    client_js_bytes,
+    extend_message,
+    handshake_cookie_header,
+    import_dotted,
+    message_content,
+    origin_allowed,
+    reject,
+)
+
+__all__ = ["Channels", "reject", "routing_for"]
+
+logger = logging.getLogger(__name__)
+
+EXTENSION_KEY = "wsgi_channels"
+
+
+class _State:
+    """What ``init_app`` keeps in ``app.extensions["wsgi_channels"]``."""
+
+    def __init__(self, extension: "Channels", app: Any) -> None:
+        self.extension = extension
+        config = app.config
+        self.layer_url: str = config["WSGI_CHANNELS_LAYER"]
+        self.routing_setting = config["WSGI_CHANNELS_ROUTING"]
+        self.options: dict = dict(config["WSGI_CHANNELS_OPTIONS"] or {})
+        origins = config["WSGI_CHANNELS_ALLOWED_ORIGINS"] or []
+        self.allowed_origins: list[str] = [origins] if isinstance(origins, str) else list(origins)
+        self._app_name = app.import_name
+
+    @property
+    def layer(self) -> Any:
+        return get_layer(self.layer_url)
+
+
+class Channels:
+    """The Flask extension; with no app bound it is a write-only emitter.
+
+    ``layer`` sets the emitter's layer URL when used without an app (default:
+    ``WSGI_CHANNELS_LAYER`` from the environment, then ``memory://``).
+    """
+
+    def __init__(self, app: Any = None, *, layer: str | None = None, client_js_url: str | None = CLIENT_JS_URL) -> None:
+        self._emitter_layer = layer
+        self._client_js_url = client_js_url
+        self._consumers: list[tuple[str, Callable, dict, bool]] = []
+        self._user_loader: Callable[[Any], Any] | None = None
+        if app is not None:
+            self.init_app(app)
+
+    # -- binding -------------------------------------------------------------------------------------------------------
+
+    def init_app(self, app: Any) -> None:
+        """Bind to ``app``. Config keys (defaults set with ``app.config.setdefault``):
+
+        ``WSGI_CHANNELS_LAYER``
+            layer URL; default ``$WSGI_CHANNELS_LAYER``, else ``memory://``.
+        ``WSGI_CHANNELS_ROUTING``
+            extra routes for the worker: a list of routes or a dotted path to one
+            (``"myapp.routing:routes"``); consumers registered with
+            :meth:`consumer` come first.
+        ``WSGI_CHANNELS_OPTIONS``
+            layer constructor keywords (``{"capacity": 500}``).
+        ``WSGI_CHANNELS_ALLOWED_ORIGINS``
+            origins (or host names) allowed to open WebSockets; empty allows any.
+            Checked by consumers registered with ``check_origin=True`` (the default
+            for ``websocket.connect``) and passed to ``flask channels sidecar``.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(f"wsgi_channels is already initialised on the Flask app {app.import_name!r}; "
+                               "call init_app() once per app")
+        config = app.config
+        config.setdefault("WSGI_CHANNELS_LAYER", self._emitter_layer or os.environ.get("WSGI_CHANNELS_LAYER", "").strip()
+                          or "memory://")
+        config.setdefault("WSGI_CHANNELS_ROUTING", None)
+        config.setdefault("WSGI_CHANNELS_OPTIONS", {})
+        config.setdefault("WSGI_CHANNELS_ALLOWED_ORIGINS", [])
+        url = config["WSGI_CHANNELS_LAYER"]
+        try:
+            layer_class(url)
+        except ConfigurationError as e:
+            raise ConfigurationError(f"WSGI_CHANNELS_LAYER: {e}") from None
+        if not isinstance(config["WSGI_CHANNELS_OPTIONS"] or {}, dict):
+            raise ConfigurationError("WSGI_CHANNELS_OPTIONS must be a dict of layer keywords, got "
+                                     f"{type(config['WSGI_CHANNELS_OPTIONS']).__name__}")
+        if config["WSGI_CHANNELS_OPTIONS"]:
+            # Options travel in the URL so get_layer() (one layer per URL per process) applies them everywhere.
+            from urllib.parse import urlencode
+
+            sep = "&" if "?" in url else "?"
+            config["WSGI_CHANNELS_LAYER"] = url + sep + urlencode(config["WSGI_CHANNELS_OPTIONS"])
+        app.extensions[EXTENSION_KEY] = _State(self, app)
+        if self._client_js_url:
+            app.add_url_rule(self._client_js_url, "wsgi_channels_client_js", _client_js_view)
+        _register_cli(app)
+
+    def _state(self, app: Any = None) -> _State | None:
+        if app is None:
+            from flask import current_app, has_app_context
+
+            if not has_app_context():
+                return None
+            app = current_app
+        state = app.extensions.get(EXTENSION_KEY)
+        if state is None:
+            raise RuntimeError(f"wsgi_channels is not initialised on the Flask app {app.import_name!r}: call "
+                               "Channels(app) or channels.init_app(app)")
+        return state
+
+    # -- push (works with or without an app) ---------------------------------------------------------------------------
+
+    @property
+    def layer_url(self) -> str:
+        state = self._state()
+        if state is not None:
+            return state.layer_url
+        return self._emitter_layer or os.environ.get("WSGI_CHANNELS_LAYER", "").strip() or "memory://"
+
+    @property
+    def layer(self) -> Any:
+        """The layer of the current app, or the emitter's layer outside an app context."""
+        return get_layer(self.layer_url)
+
+    def group(self, name: str) -> Group:
+        return Group(name, layer=self.layer_url)
+
+    def channel(self, name: str) -> Channel:
+        return Channel(name, layer=self.layer_url)
+
+    def send(self, channel: str, content: dict) -> None:
+        """Send to one channel now."""
+        self.channel(channel).send(content)
+
+    def group_send(self, group: str, content: dict) -> None:
+        """Send to every member of a group now."""
+        self.group(group).send(content)
+
+    def group_send_after_request(self, group: str, content: dict) -> None:
+        """Send when the current request ends with a response below 400 (dropped on an error).
+
+        Flask has no transaction of its own; with Flask-SQLAlchemy, call this
+        after ``db.session.commit()`` or use ``group_send`` directly.
+        """
+        from flask import g
+
+        buffer = g.get("_wsgi_channels_buffer")
+        if buffer is None:
+            buffer = g._wsgi_channels_buffer = PushBuffer(self.layer_url)
+            from flask import after_this_request
+
+            @after_this_request
+            def _flush(response):  # type: ignore[no-untyped-def]
+                if response.status_code < 400:
+                    buffer.flush()
+                else:
+                    buffer.clear()
+                return response
+        buffer.group_send(group, content)
+
+    # -- consumers -----------------------------------------------------------------------------------------------------
+
+    def user_loader(self, func: Callable[[Any], Any]) -> Callable[[Any], Any]:
+        """Register ``func(session) -> user or None``; WebSocket consumers get it as ``message.user``."""
+        self._user_loader = func
+        return func
+
+    def consumer(self, channel: str, *, session: bool | None = None, check_origin: bool | None = None,
+                 **route_kwargs: Any) -> Callable[[Callable], Callable]:
+        """Register a consumer for ``channel`` (``path=r"^/ws/..."`` and other route filters allowed).
+
+        ``session`` (default: on for ``websocket.*``) runs it in a request context
+        built from the handshake, so ``flask.session`` and ``message.user`` are the
+        connecting browser's. ``check_origin`` (default: on for
+        ``websocket.connect``) refuses handshakes from origins not in
+        ``WSGI_CHANNELS_ALLOWED_ORIGINS``.
+        """
+        if session is None:
+            session = channel.startswith("websocket.")
+        if check_origin is None:
+            check_origin = channel == "websocket.connect"
+
+        def decorator(func: Callable) -> Callable:
+            self._consumers.append((channel, func, dict(route_kwargs, _check_origin=check_origin), session))
+            return func
+
+        return decorator
+
+    def routing_for(self, app: Any) -> list:
+        """The worker's routing for ``app``: registered consumers (bound to ``app``), then ``WSGI_CHANNELS_ROUTING``."""
+        from .. import route
+
+        state = self._state(app)
+        assert state is not None
+        routes = []
+        for channel, func, kwargs, session in self._consumers:
+            kwargs = dict(kwargs)
+            check_origin = kwargs.pop("_check_origin")
+            routes.append(route(channel, self._bind(app, func, session, check_origin, state), **kwargs))
+        extra = state.routing_setting
+        if extra:
+            extra = import_dotted(extra, "WSGI_CHANNELS_ROUTING")
+            routes.extend(extra if isinstance(extra, (list, tuple)) else [extra])
+        return routes
+
+    def _bind(self, app: Any, func: Callable, session: bool, check_origin: bool, state: _State) -> Callable:
+        loader = self._user_loader
+
+        def run(message: Any, **kwargs: Any) -> Any:
+            message = extend_message(message)
+            with app.app_context():
+                if check_origin and not origin_allowed(message, state.allowed_origins):
+                    logger.info("WebSocket refused: Origin not allowed", extra={"path": message_content(message).get("path")})
+                    return reject(message)
+                if not session:
+                    return func(message, **kwargs)
+                with _handshake_request_context(app, message):
+                    import flask
+
+                    user = loader(flask.session) if loader is not None else None
+                    _set(message, "user", user)
+                    _set(message, "session", flask.session)
+                    flask.g.user = user
+                    return func(message, **kwargs)
+
+        functools.update_wrapper(run, func)
+        if session:
+            run = _with_channel_session(run)
+        return run
+
+
+def _set(message: Any, name: str, value: Any) -> None:
+    try:
+        setattr(message, name, value)
+    except (AttributeError, TypeError):
+        logger.debug("message type %s does not take attribute %s", type(message).__name__, name)
+
+
+def _with_channel_session(func: Callable) -> Callable:
+    """Wrap with the consumer helper's ``channel_session`` so later frames find the handshake cookie."""
+    try:
+        from ..sessions import channel_session
+    except ImportError:  # pragma: no cover - the consumer side ships with the package
+        return func
+    return channel_session(func)
+
+
+def _handshake_request_context(app: Any, message: Any) -> Any:
+    content = message_content(message)
+    headers = {}
+    cookie = handshake_cookie_header(message)
+    if cookie:
+        headers["Cookie"] = cookie
+    server = content.get("server") or None
+    base_url = None
+    if server and len(server) == 2 and server[0]:
+        scheme = "https" if content.get("scheme") in ("wss", "https") else "http"
+        base_url = f"{scheme}://{server[0]}:{server[1]}"
+    return app.test_request_context(content.get("path") or "/", headers=headers, base_url=base_url)
+
+
+def _client_js_view() -> Any:
+    from flask import Response
+
+    return Response(client_js_bytes(), mimetype="text/javascript",
+                    headers={"Cache-Control": "public, max-age=300"})
+
+
+def routing_for(app: Any) -> list:
+    """The worker routing of a Flask ``app`` bound with :class:`Channels`."""
+    state = app.extensions.get(EXTENSION_KEY)
+    if state is None:
+        raise RuntimeError(f"wsgi_channels is not initialised on the Flask app {app.import_name!r}")
+    return state.extension.routing_for(app)
+
+
+def _register_cli(app: Any) -> None:
+    """``flask channels worker`` and ``flask channels sidecar`` with the app's layer and routing."""
+    import click
+    from flask.cli import AppGroup
+
+    group = AppGroup("channels", help="wsgi_channels: run the worker or the WebSocket sidecar for this app.")
+
+    @group.command("worker", context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def worker(args: tuple[str, ...]) -> None:
+        """Run a wsgi_channels worker on this app's consumers (extra options go to `wsgi-channels worker`)."""
+        from flask import current_app
+
+        from ..cli import main
+
+        state = current_app.extensions[EXTENSION_KEY]
+        HELD_ROUTING[:] = routing_for(current_app._get_current_object())
+        sys.exit(main(["worker", f"{__name__}:HELD_ROUTING", "--layer", state.layer_url, *args]))
+
+    @group.command("sidecar", context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def sidecar(args: tuple[str, ...]) -> None:
+        """Run the WebSocket sidecar on this app's layer (extra options go to `wsgi-channels sidecar`)."""
+        from flask import current_app
+
+        state = current_app.extensions[EXTENSION_KEY]
+        argv = [sys.executable, "-m", "wsgi_channels", "sidecar", "--layer", state.layer_url]
+        if state.allowed_origins:
+            argv += ["--allowed-origins", ",".join(state.allowed_origins)]
+        # The sidecar is a gevent server: a fresh interpreter patches before anything is imported.
+        os.execv(sys.executable, argv + list(args))
+
+    app.cli.add_command(group)
+
+
+#: The routing ``flask channels worker`` hands to the worker (filled just before it starts).
+HELD_ROUTING: list = []

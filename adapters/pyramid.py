@@ -1,0 +1,283 @@
+"""Pyramid integration: ``config.include("wsgi_channels.adapters.pyramid")``.
+
+Settings (ini file or ``Configurator(settings=...)``), all under ``wsgi_channels.``:
+
+=================================  ==========================================================
+``wsgi_channels.layer``            layer URL (default ``$WSGI_CHANNELS_LAYER``, else ``memory://``)
+``wsgi_channels.routing``          dotted name of extra routes for the worker (``pkg.routing:routes``)
+``wsgi_channels.allowed_origins``  origins or host names allowed to open WebSockets (list)
+``wsgi_channels.transactional``    with ``pyramid_tm``: hold pushes until commit (default true)
+``wsgi_channels.client_js_url``    path serving the browser client (default ``/_wsgi_channels/channels.js``;
+                                   empty to disable)
+``wsgi_channels.option.NAME``      layer constructor keywords (``wsgi_channels.option.capacity = 500``)
+=================================  ==========================================================
+
+In views, ``request.channels.group_send("room", {...})`` pushes. When the
+request is managed by ``pyramid_tm`` (``request.tm``), pushes join the
+``transaction`` package's transaction: they go out after a successful commit,
+in order, and are dropped on abort. Outside a transaction they go out at once.
+
+Consumers are registered with ``config.add_channel_route(channel, consumer,
+path=...)``; the worker's routing is :func:`routing_for` ``(app)``. A
+consumer receives ``message.registry``, ``message.request`` (a request built
+from the handshake, with ``message.session`` from the app's configured session
+factory) and runs with Pyramid's thread locals pushed, as a view would.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any, Callable
+
+from ..channel import Channel, Group, get_layer
+from ..exceptions import ConfigurationError
+from ..layers import layer_class, parse_options
+from ._common import (
+    CLIENT_JS_URL,
+    PushBuffer,
+    client_js_app,
+    extend_message,
+    handshake_cookie_header,
+    import_dotted,
+    message_content,
+    origin_allowed,
+    reject,
+)
+
+__all__ = ["includeme", "routing_for", "ChannelsSettings", "RequestChannels", "reject"]
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "wsgi_channels."
+_KNOWN = {"layer", "routing", "allowed_origins", "transactional", "client_js_url"}
+
+
+class ChannelsSettings:
+    """The adapter's state, kept on the registry as ``registry.wsgi_channels``."""
+
+    def __init__(self, layer_url: str, routing: Any, allowed_origins: list[str], transactional: bool,
+                 client_js_url: str) -> None:
+        self.layer_url = layer_url
+        self.routing_setting = routing
+        self.allowed_origins = allowed_origins
+        self.transactional = transactional
+        self.client_js_url = client_js_url
+        self.consumers: list[tuple[str, Callable, dict, bool]] = []
+
+    @property
+    def layer(self) -> Any:
+        return get_layer(self.layer_url)
+
+
+def parse_settings(settings: dict) -> ChannelsSettings:
+    """Translate ``wsgi_channels.*`` settings; raises :class:`ConfigurationError` naming the bad setting."""
+    from pyramid.settings import asbool, aslist
+
+    unknown = sorted(k for k in settings if k.startswith(PREFIX) and not k.startswith(PREFIX + "option.")
+                     and k[len(PREFIX):] not in _KNOWN)
+    if unknown:
+        raise ConfigurationError(f"unknown setting(s) {', '.join(unknown)}; known: "
+                                 + ", ".join(PREFIX + k for k in sorted(_KNOWN)) + f", {PREFIX}option.NAME")
+    url = str(settings.get(PREFIX + "layer") or os.environ.get("WSGI_CHANNELS_LAYER", "").strip() or "memory://").strip()
+    try:
+        layer_class(url)
+    except ConfigurationError as e:
+        raise ConfigurationError(f"{PREFIX}layer: {e}") from None
+    options = {k[len(PREFIX + "option."):]: v for k, v in settings.items() if k.startswith(PREFIX + "option.")}
+    if options:
+        from urllib.parse import urlencode
+
+        try:
+            parse_options(urlencode(options))
+        except ConfigurationError as e:
+            raise ConfigurationError(f"{PREFIX}option.*: {e}") from None
+        url += ("&" if "?" in url else "?") + urlencode(options)
+    try:
+        transactional = asbool(settings.get(PREFIX + "transactional", True))
+    except ValueError as e:
+        raise ConfigurationError(f"{PREFIX}transactional: {e}") from None
+    origins = settings.get(PREFIX + "allowed_origins") or []
+    origins = aslist(origins) if isinstance(origins, str) else list(origins)
+    client_js_url = settings.get(PREFIX + "client_js_url", CLIENT_JS_URL)
+    return ChannelsSettings(url, settings.get(PREFIX + "routing"), origins, transactional, client_js_url or "")
+
+
+class RequestChannels:
+    """``request.channels``: push from a view, after commit when the request has a transaction."""
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.settings: ChannelsSettings = request.registry.wsgi_channels
+        self._buffer: PushBuffer | None = None
+
+    @property
+    def layer(self) -> Any:
+        return self.settings.layer
+
+    def group(self, name: str) -> Group:
+        """A :class:`Group` on the app's layer (its ``send`` is immediate)."""
+        return Group(name, layer=self.settings.layer_url)
+
+    def channel(self, name: str) -> Channel:
+        return Channel(name, layer=self.settings.layer_url)
+
+    def send(self, channel: str, content: dict) -> None:
+        """Send to a channel (after commit inside a ``pyramid_tm`` transaction)."""
+        buffer = self._transaction_buffer()
+        if buffer is None:
+            self.channel(channel).send(content)
+        else:
+            buffer.send(channel, content)
+
+    def group_send(self, group: str, content: dict) -> None:
+        """Send to a group (after commit inside a ``pyramid_tm`` transaction)."""
+        buffer = self._transaction_buffer()
+        if buffer is None:
+            self.group(group).send(content)
+        else:
+            buffer.group_send(group, content)
+
+    def _transaction_buffer(self) -> PushBuffer | None:
+        if not self.settings.transactional:
+            return None
+        tm = getattr(self.request, "tm", None)  # set by pyramid_tm
+        if tm is None:
+            return None
+        txn = tm.get()
+        if self._buffer is None or self._buffer_txn is not txn:
+            buffer = PushBuffer(self.settings.layer_url)
+
+            def after_commit(success: bool) -> None:
+                if success:
+                    buffer.flush()
+                else:
+                    logger.debug("transaction aborted: %d push(es) dropped", len(buffer))
+                    buffer.clear()
+
+            txn.addAfterCommitHook(after_commit)
+
+            def after_abort() -> None:
+                buffer.clear()
+
+            if hasattr(txn, "addAfterAbortHook"):
+                txn.addAfterAbortHook(after_abort)
+            self._buffer, self._buffer_txn = buffer, txn
+        return self._buffer
+
+    _buffer_txn: Any = None
+
+
+def add_channel_route(config: Any, channel: str, consumer: Any, *, session: bool | None = None,
+                      check_origin: bool | None = None, **route_kwargs: Any) -> None:
+    """Directive: ``config.add_channel_route("websocket.receive", consumer, path=r"^/ws/chat/")``.
+
+    ``consumer`` may be a dotted name. ``session`` (default on for
+    ``websocket.*``) builds ``message.request``/``message.session`` from the
+    handshake; ``check_origin`` (default on for ``websocket.connect``) refuses
+    origins not in ``wsgi_channels.allowed_origins``.
+    """
+    consumer = config.maybe_dotted(consumer)
+    if session is None:
+        session = channel.startswith("websocket.")
+    if check_origin is None:
+        check_origin = channel == "websocket.connect"
+    state: ChannelsSettings = config.registry.wsgi_channels
+
+    def register() -> None:
+        if not callable(consumer):
+            raise ConfigurationError(f"add_channel_route({channel!r}): consumer {consumer!r} is not callable")
+        state.consumers.append((channel, consumer, dict(route_kwargs, _check_origin=check_origin), session))
+
+    config.action(("wsgi_channels.route", channel, repr(sorted(route_kwargs.items())), consumer), register)
+
+
+def routing_for(app_or_registry: Any) -> list:
+    """The worker's routing for a Pyramid app (the router from ``config.make_wsgi_app()``) or registry."""
+    from .. import route
+
+    registry = getattr(app_or_registry, "registry", app_or_registry)
+    state: ChannelsSettings | None = getattr(registry, "wsgi_channels", None)
+    if state is None:
+        raise RuntimeError("wsgi_channels is not included in this Pyramid app: "
+                           "config.include('wsgi_channels.adapters.pyramid')")
+    routes = []
+    for channel, func, kwargs, session in state.consumers:
+        kwargs = dict(kwargs)
+        check_origin = kwargs.pop("_check_origin")
+        routes.append(route(channel, _bind(registry, state, func, session, check_origin), **kwargs))
+    if state.routing_setting:
+        extra = import_dotted(state.routing_setting, PREFIX + "routing")
+        routes.extend(extra if isinstance(extra, (list, tuple)) else [extra])
+    return routes
+
+
+def _bind(registry: Any, state: ChannelsSettings, func: Callable, session: bool, check_origin: bool) -> Callable:
+    def run(message: Any, **kwargs: Any) -> Any:
+        from pyramid.request import Request
+        from pyramid.scripting import prepare
+
+        message = extend_message(message)
+        content = message_content(message)
+        if check_origin and not origin_allowed(message, state.allowed_origins):
+            logger.info("WebSocket refused: Origin not allowed", extra={"path": content.get("path")})
+            return reject(message)
+        headers = {}
+        if session:
+            cookie = handshake_cookie_header(message)
+            if cookie:
+                headers["Cookie"] = cookie
+        request = Request.blank(content.get("path") or "/", headers=headers)
+        request.registry = registry
+        env = prepare(request=request, registry=registry)
+        try:
+            _set(message, "registry", registry)
+            _set(message, "request", request)
+            if session:
+                from pyramid.interfaces import ISessionFactory
+
+                factory = registry.queryUtility(ISessionFactory)
+                _set(message, "session", request.session if factory is not None else None)
+            return func(message, **kwargs)
+        finally:
+            env["closer"]()
+
+    functools.update_wrapper(run, func)
+    if session:
+        try:
+            from ..sessions import channel_session
+        except ImportError:  # pragma: no cover
+            return run
+        return channel_session(run)
+    return run
+
+
+def _set(message: Any, name: str, value: Any) -> None:
+    try:
+        setattr(message, name, value)
+    except (AttributeError, TypeError):
+        logger.debug("message type %s does not take attribute %s", type(message).__name__, name)
+
+
+def _client_js_view(request: Any) -> Any:
+    return request.get_response(client_js_app)
+
+
+def includeme(config: Any) -> None:
+    """Read ``wsgi_channels.*`` settings, add ``request.channels`` and the ``add_channel_route`` directive."""
+    try:
+        state = parse_settings(config.get_settings())
+    except ConfigurationError:
+        raise
+    config.registry.wsgi_channels = state
+    config.add_request_method(RequestChannels, "channels", reify=True)
+    config.add_directive("add_channel_route", add_channel_route)
+    if state.client_js_url:
+        config.add_route("wsgi_channels.client_js", state.client_js_url)
+        config.add_view(_client_js_view, route_name="wsgi_channels.client_js")
+
+    def check_routing() -> None:
+        if state.routing_setting:
+            import_dotted(state.routing_setting, PREFIX + "routing")
+
+    config.action("wsgi_channels.check_routing", check_routing, order=10)

@@ -1,0 +1,183 @@
+"""The Flask adapter: config, pushes from views and scripts, consumers with the handshake's session."""
+from __future__ import annotations
+
+import json
+
+import flask
+import pytest
+
+from adapter_helpers import dispatch, replies, ws_connect, ws_receive
+from wsgi_channels import ConfigurationError, Group, get_layer
+from wsgi_channels.adapters.flask import Channels, reject, routing_for
+
+LAYER = "memory://flask-tests"
+
+
+@pytest.fixture
+def layer():
+    layer = get_layer(LAYER)
+    layer.flush()
+    return layer
+
+
+def make_app(**config):
+    app = flask.Flask("flask_adapter_test")
+    app.secret_key = "test-secret"
+    app.config["WSGI_CHANNELS_LAYER"] = LAYER
+    app.config.update(config)
+    channels = Channels()
+    channels.init_app(app)
+
+    @app.post("/login/<name>")
+    def login(name):
+        flask.session["user"] = name
+        return "ok"
+
+    @app.post("/publish")
+    def publish():
+        channels.group_send("news", {"text": flask.request.get_data(as_text=True)})
+        return "sent"
+
+    @app.post("/publish-later/<int:status>")
+    def publish_later(status):
+        channels.group_send_after_request("news", {"text": "later"})
+        return "done", status
+
+    @channels.user_loader
+    def load_user(session):
+        return {"name": session["user"]} if "user" in session else None
+
+    @channels.consumer("websocket.connect", path=r"^/ws/news/$")
+    def connect(message):
+        if message.user is None:
+            return reject(message)
+        Group("news", layer=LAYER).add(message.reply_channel)
+        message.reply_channel.send({"accept": True})
+        message.reply_channel.send({"text": json.dumps({"hello": flask.session["user"], "app": flask.current_app.name})})
+
+    @channels.consumer("websocket.receive", path=r"^/ws/news/$")
+    def receive(message):
+        who = message.user["name"] if message.user else None
+        message.reply_channel.send({"text": f"{who}: {message['text']}"})
+
+    return app, channels
+
+
+def login_cookie(app, name="alice"):
+    client = app.test_client()
+    assert client.post(f"/login/{name}").status_code == 200
+    cookie = client.get_cookie("session")
+    assert cookie is not None, "Flask did not set a session cookie"
+    return f"session={cookie.value}"
+
+
+def test_init_app_sets_defaults_and_extension_state(monkeypatch):
+    monkeypatch.setenv("WSGI_CHANNELS_LAYER", "memory://from-env")
+    app = flask.Flask("defaults")
+    ext = Channels(app)
+    assert app.config["WSGI_CHANNELS_LAYER"] == "memory://from-env"
+    assert app.config["WSGI_CHANNELS_ROUTING"] is None
+    assert app.config["WSGI_CHANNELS_OPTIONS"] == {}
+    assert app.config["WSGI_CHANNELS_ALLOWED_ORIGINS"] == []
+    assert app.extensions["wsgi_channels"].extension is ext
+    with app.app_context():
+        assert ext.layer is get_layer("memory://from-env")
+
+
+def test_init_app_twice_is_a_clear_error():
+    app = flask.Flask("twice")
+    ext = Channels(app)
+    with pytest.raises(RuntimeError, match="already initialised"):
+        ext.init_app(app)
+
+
+def test_bad_layer_url_names_the_config_key():
+    app = flask.Flask("bad")
+    app.config["WSGI_CHANNELS_LAYER"] = "carrier-pigeon://x"
+    with pytest.raises(ConfigurationError, match="WSGI_CHANNELS_LAYER.*carrier-pigeon"):
+        Channels(app)
+
+
+def test_options_travel_in_the_layer_url():
+    app = flask.Flask("opts")
+    app.config.update(WSGI_CHANNELS_LAYER="memory://opts", WSGI_CHANNELS_OPTIONS={"capacity": 7})
+    Channels(app)
+    url = app.extensions["wsgi_channels"].layer_url
+    assert get_layer(url).get_capacity("some.channel") == 7
+
+
+def test_push_from_a_view_reaches_group_members(layer):
+    app, _ = make_app()
+    member = layer.new_channel("test.member?")
+    Group("news", layer=LAYER).add(member)
+    assert app.test_client().post("/publish", data="breaking").data == b"sent"
+    assert replies(layer, member) == [{"text": "breaking"}]
+
+
+def test_push_after_request_is_dropped_on_error_status(layer):
+    app, _ = make_app()
+    member = layer.new_channel("test.member?")
+    Group("news", layer=LAYER).add(member)
+    client = app.test_client()
+    assert client.post("/publish-later/500").status_code == 500
+    assert replies(layer, member) == []
+    assert client.post("/publish-later/201").status_code == 201
+    assert replies(layer, member) == [{"text": "later"}]
+
+
+def test_write_only_emitter_works_without_an_app(layer):
+    emitter = Channels(layer=LAYER)  # a Celery task or script: no Flask app at all
+    member = layer.new_channel("test.member?")
+    emitter.group("news").add(member)
+    emitter.group_send("news", {"text": "from a script"})
+    emitter.send(member, {"text": "direct"})
+    assert replies(layer, member) == [{"text": "from a script"}, {"text": "direct"}]
+
+
+def test_consumer_reads_the_signed_cookie_session_of_the_handshake(layer):
+    app, _ = make_app()
+    reply = layer.new_channel("test.reply?")
+    dispatch(routing_for(app), "websocket.connect", ws_connect(reply, "/ws/news/", login_cookie(app, "alice")), layer)
+    got = replies(layer, reply)
+    assert got[0] == {"accept": True}
+    assert json.loads(got[1]["text"]) == {"hello": "alice", "app": "flask_adapter_test"}
+    assert reply in Group("news", layer=LAYER).channels()
+    # A later frame has no headers: the session comes back through the channel session.
+    dispatch(routing_for(app), "websocket.receive", ws_receive(reply, "/ws/news/", "hi"), layer)
+    assert replies(layer, reply) == [{"text": "alice: hi"}]
+
+
+def test_connection_without_a_session_is_refused(layer):
+    app, _ = make_app()
+    reply = layer.new_channel("test.reply?")
+    dispatch(routing_for(app), "websocket.connect", ws_connect(reply, "/ws/news/"), layer)
+    assert replies(layer, reply) == [{"accept": False}]
+    forged = "session=eyJ1c2VyIjoibWFsbG9yeSJ9.forged.signature"
+    dispatch(routing_for(app), "websocket.connect", ws_connect(reply, "/ws/news/", forged), layer)
+    assert replies(layer, reply) == [{"accept": False}], "a cookie with a bad signature must not log anyone in"
+
+
+def test_allowed_origins_refuse_other_sites(layer):
+    app, _ = make_app(WSGI_CHANNELS_ALLOWED_ORIGINS=["https://good.example"])
+    reply = layer.new_channel("test.reply?")
+    cookie = login_cookie(app)
+    dispatch(routing_for(app), "websocket.connect", ws_connect(reply, "/ws/news/", cookie, origin="https://evil.example"),
+             layer)
+    assert replies(layer, reply) == [{"accept": False}]
+    dispatch(routing_for(app), "websocket.connect", ws_connect(reply, "/ws/news/", cookie, origin="https://good.example"),
+             layer)
+    assert replies(layer, reply)[0] == {"accept": True}
+
+
+def test_routing_setting_is_appended_and_bad_paths_are_named():
+    app, _ = make_app(WSGI_CHANNELS_ROUTING="no.such.module:routes")
+    with pytest.raises(ConfigurationError, match="no.such.module"):
+        routing_for(app)
+
+
+def test_client_js_is_served():
+    app, _ = make_app()
+    resp = app.test_client().get("/_wsgi_channels/channels.js")
+    assert resp.status_code == 200
+    assert resp.mimetype == "text/javascript"
+    assert b"export function connect" in resp.data
