@@ -1,0 +1,93 @@
+"""Running one consumer on one message: deferred sends and bounded retries.
+
+The worker and :mod:`wsgi_channels.testing` both go through
+:func:`run_consumer`, so tests exercise exactly what production does:
+
+- ``Channel.send``/``Group.send`` inside the consumer are collected and sent
+  when it finishes, even if it raised (the sends it made before the error are
+  real events the client should see), in the order they were made;
+- a send to a full channel is retried with a short backoff until a deadline
+  (``send_timeout``), then dropped and logged: a slow client can delay a
+  worker by at most that long, never forever;
+- a layer that is down (``LayerUnavailable``) is retried the same way.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+from .channel import deferred_sends
+from .exceptions import ChannelFull, LayerUnavailable
+from .layers.base import BaseChannelLayer
+from .message import Message
+
+__all__ = ["run_consumer", "send_with_retry", "flush_sends", "DEFAULT_SEND_TIMEOUT"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a reply may be retried against a full channel before it is dropped.
+DEFAULT_SEND_TIMEOUT = 5.0
+_FIRST_BACKOFF = 0.002
+_MAX_BACKOFF = 0.1
+
+
+def send_with_retry(layer: BaseChannelLayer, channel: str, content: dict,
+                    timeout: float = DEFAULT_SEND_TIMEOUT, kind: str = "send") -> bool:
+    """``layer.send`` (or ``send_group``), retried on ChannelFull/LayerUnavailable until ``timeout``.
+
+    Returns False (after logging) when the deadline passed; other errors
+    (invalid or too large messages) propagate.
+    """
+    send = getattr(layer, kind)
+    try:  # the fast path: one call, no clock reads
+        send(channel, content)
+        return True
+    except (ChannelFull, LayerUnavailable) as e:
+        error: Exception = e
+    deadline = time.monotonic() + timeout
+    delay = _FIRST_BACKOFF
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            log.warning("gave up sending to %r after %.1fs: %s", channel, timeout, error,
+                        extra={"channel": channel})
+            return False
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, _MAX_BACKOFF)
+        try:
+            send(channel, content)
+            return True
+        except (ChannelFull, LayerUnavailable) as e:
+            error = e
+
+
+def flush_sends(outbox: list, timeout: float = DEFAULT_SEND_TIMEOUT) -> int:
+    """Send what a consumer queued, in order; returns how many were dropped.
+
+    One deadline covers the whole batch, so a consumer that queued many
+    messages for a dead client waits ``timeout`` once, not once per message.
+    A message that cannot be sent at all (too large) is logged and skipped.
+    """
+    dropped = 0
+    deadline = time.monotonic() + timeout
+    for layer, kind, name, content in outbox:
+        try:
+            if not send_with_retry(layer, name, content, max(0.0, deadline - time.monotonic()), kind):
+                dropped += 1
+        except Exception:
+            log.exception("could not send a consumer's message to %r", name)
+            dropped += 1
+    outbox.clear()
+    return dropped
+
+
+def run_consumer(consumer: Callable[..., Any], message: Message, kwargs: dict,
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT) -> Any:
+    """Call ``consumer(message, **kwargs)`` and then make its sends; re-raises its exception."""
+    with deferred_sends() as outbox:
+        try:
+            return consumer(message, **kwargs)
+        finally:
+            if outbox:
+                flush_sends(outbox, send_timeout)

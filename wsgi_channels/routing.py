@@ -1,0 +1,284 @@
+"""Routing: which consumer handles a message, as in Channels 1.x.
+
+A routing is a list::
+
+    routing = [
+        route("http.request", WsgiConsumer(app)),
+        route("websocket.receive", "chat.consumers.receive", path=r"^/chat/(?P<room>[^/]+)/$"),
+        route_class(ChatConsumer, path=r"^/live/"),
+        include("chat.routing.routes", path=r"^/chat"),
+    ]
+
+Filters are regular expressions matched (with ``re.match``, so anchored at the
+start) against a key of the message content; named groups become keyword
+arguments of the consumer. ``include`` matches a prefix and hands the rest of
+the value to the included routes. The first matching route wins.
+
+When nothing matches, :class:`Router` falls back to defaults:
+``websocket.connect`` is accepted, ``websocket.receive`` and
+``websocket.disconnect`` are ignored, an ``http.request`` gets a 404, so no
+client waits for a timeout because a route is missing.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+from typing import Any, Callable, Iterable, Optional, Pattern, Tuple, Union
+
+from .exceptions import ConfigurationError
+
+__all__ = ["route", "route_class", "include", "Route", "RouteClass", "Include", "Router",
+           "import_object", "DEFAULT_CONSUMERS"]
+
+log = logging.getLogger(__name__)
+
+Consumer = Callable[..., Any]
+Match = Tuple[Consumer, dict]
+
+
+def import_object(path: Any) -> Any:
+    """Import ``"package.module:attr"`` or ``"package.module.attr"``; other values are returned as they are."""
+    if not isinstance(path, str):
+        return path
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigurationError(f"{path!r} is not a dotted path such as 'package.module:name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigurationError(f"cannot import {module_name!r} (from {path!r}): {e}") from e
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigurationError(f"module {module_name!r} has no attribute {attr!r} (from {path!r})") from None
+    return obj
+
+
+def _compile_filters(filters: dict[str, Any]) -> list[tuple[str, Pattern[str]]]:
+    compiled = []
+    for key, pattern in filters.items():
+        if isinstance(pattern, re.Pattern):
+            compiled.append((key, pattern))
+        elif isinstance(pattern, str):
+            try:
+                compiled.append((key, re.compile(pattern)))
+            except re.error as e:
+                raise ConfigurationError(f"filter {key}={pattern!r} is not a valid regular expression: {e}") from None
+        else:
+            raise ConfigurationError(f"filter {key}={pattern!r} must be a regular expression (str)")
+    return compiled
+
+
+def _value(content: dict, key: str, overrides: dict[str, str]) -> Optional[str]:
+    if key in overrides:
+        return overrides[key]
+    value = content.get(key)
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return value if isinstance(value, str) else None
+
+
+class Route:
+    """Send messages on ``channel`` whose content matches ``filters`` to ``consumer``."""
+
+    def __init__(self, channel: str, consumer: Union[Consumer, str], **filters: Any) -> None:
+        if not isinstance(channel, str) or not channel:
+            raise ConfigurationError(f"route channel must be a channel name, got {channel!r}")
+        self.channel = channel
+        self._consumer_spec = consumer
+        self._consumer: Optional[Consumer] = None if isinstance(consumer, str) else consumer
+        if self._consumer is not None and not callable(self._consumer):
+            raise ConfigurationError(f"consumer for {channel!r} is not callable: {consumer!r}")
+        self.filters = _compile_filters(filters)
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            consumer = import_object(self._consumer_spec)
+            if not callable(consumer):
+                raise ConfigurationError(f"consumer {self._consumer_spec!r} is not callable")
+            self._consumer = consumer
+        return self._consumer
+
+    def channel_names(self) -> set[str]:
+        return {self.channel}
+
+    def _handles(self, channel: str) -> bool:
+        return channel == self.channel
+
+    def match(self, channel: str, content: dict, overrides: Optional[dict[str, str]] = None) -> Optional[Match]:
+        if not self._handles(channel):
+            return None
+        kwargs: dict[str, Any] = {}
+        for key, pattern in self.filters:
+            value = _value(content, key, overrides or {})
+            if value is None:
+                return None
+            m = pattern.match(value)
+            if m is None:
+                return None
+            kwargs.update({k: v for k, v in m.groupdict().items() if v is not None})
+        return self.consumer, kwargs
+
+    def __repr__(self) -> str:
+        return f"route({self.channel!r}, {self._consumer_spec!r})"
+
+
+class RouteClass(Route):
+    """Route every channel a class-based consumer handles (its ``channel_names()``) to it."""
+
+    def __init__(self, consumer: Union[type, str], **filters: Any) -> None:
+        self._consumer_spec = consumer
+        self._consumer = None if isinstance(consumer, str) else consumer
+        self.filters = _compile_filters(filters)
+        self.channel = ""
+        self._channels = set(self._class_channels())
+
+    def _class_channels(self) -> Iterable[str]:
+        cls = self.consumer
+        names = getattr(cls, "channel_names", None)
+        if names is None:
+            raise ConfigurationError(f"route_class: {cls!r} has no channel_names(); use route() for functions")
+        return names()
+
+    def channel_names(self) -> set[str]:
+        return set(self._channels)
+
+    def _handles(self, channel: str) -> bool:
+        return channel in self._channels
+
+    def __repr__(self) -> str:
+        return f"route_class({self._consumer_spec!r})"
+
+
+class Include:
+    """Routes of another routing, reached when ``prefix_filters`` match; the matched prefix is stripped."""
+
+    def __init__(self, routing: Any, **prefix_filters: Any) -> None:
+        self._routing_spec = routing
+        self.filters = _compile_filters(prefix_filters)
+        self.routes = [_as_route(r) for r in _load_routing(routing)]
+
+    def channel_names(self) -> set[str]:
+        names: set[str] = set()
+        for r in self.routes:
+            names |= r.channel_names()
+        return names
+
+    def match(self, channel: str, content: dict, overrides: Optional[dict[str, str]] = None) -> Optional[Match]:
+        overrides = dict(overrides or {})
+        kwargs: dict[str, Any] = {}
+        for key, pattern in self.filters:
+            value = _value(content, key, overrides)
+            if value is None:
+                return None
+            m = pattern.match(value)
+            if m is None:
+                return None
+            overrides[key] = value[m.end():]
+            kwargs.update({k: v for k, v in m.groupdict().items() if v is not None})
+        for r in self.routes:
+            found = r.match(channel, content, overrides)
+            if found is not None:
+                consumer, inner = found
+                return consumer, {**kwargs, **inner}
+        return None
+
+    def __repr__(self) -> str:
+        return f"include({self._routing_spec!r})"
+
+
+def _load_routing(routing: Any) -> list:
+    routing = import_object(routing)
+    if isinstance(routing, (Route, Include)):
+        return [routing]
+    if isinstance(routing, dict):  # Channels 1.0's {"channel": consumer} form
+        return [Route(channel, consumer) for channel, consumer in routing.items()]
+    if not isinstance(routing, (list, tuple)):
+        raise ConfigurationError(f"a routing must be a list of route()/include() items, got {type(routing).__name__}")
+    return list(routing)
+
+
+def _as_route(item: Any) -> Union[Route, Include]:
+    if isinstance(item, (Route, Include)):
+        return item
+    raise ConfigurationError(f"routing item {item!r} is not a route(), route_class() or include()")
+
+
+def route(channel: str, consumer: Union[Consumer, str], **filters: Any) -> Route:
+    """Route ``channel`` messages whose content matches ``filters`` (regexes) to ``consumer``."""
+    return Route(channel, consumer, **filters)
+
+
+def route_class(consumer: Union[type, str], **filters: Any) -> RouteClass:
+    """Route every channel of a class-based consumer (``WebsocketConsumer`` subclass, ...) to it."""
+    return RouteClass(consumer, **filters)
+
+
+def include(routing: Any, **prefix_filters: Any) -> Include:
+    """Include another routing (a list or a dotted path to one) under ``prefix_filters``."""
+    return Include(routing, **prefix_filters)
+
+
+# -- defaults -------------------------------------------------------------------------------
+
+def _accept_connect(message: Any, **kwargs: Any) -> None:
+    if message.reply_channel is not None:
+        message.reply_channel.send({"accept": True})
+
+
+def _ignore(message: Any, **kwargs: Any) -> None:
+    pass
+
+
+def _not_found(message: Any, **kwargs: Any) -> None:
+    log.info("no route for http.request to %r: answering 404", message.get("path"))
+    if message.reply_channel is not None:
+        message.reply_channel.send({"status": 404, "headers": [[b"content-type", b"text/plain; charset=utf-8"]],
+                                    "content": b"Not Found\n", "more_content": False})
+
+
+#: What happens to a message no route matches (other channels: logged and dropped).
+DEFAULT_CONSUMERS: dict[str, Consumer] = {
+    "websocket.connect": _accept_connect,
+    "websocket.receive": _ignore,
+    "websocket.disconnect": _ignore,
+    "http.request": _not_found,
+    "http.disconnect": _ignore,
+}
+_WEBSOCKET_CHANNELS = ("websocket.connect", "websocket.receive", "websocket.disconnect")
+
+
+class Router:
+    """A routing loaded and checked once; :meth:`match` finds the consumer for a message.
+
+    ``channels`` is every channel a worker should listen on: the routed ones
+    plus the WebSocket channels, whose defaults answer connects even when no
+    WebSocket route exists. Dotted-path consumers are imported here, so a
+    typo fails at start-up with the path in the error.
+    """
+
+    def __init__(self, routing: Any) -> None:
+        self.root = Include(routing)
+        self._resolve(self.root)
+        self.channels: set[str] = self.root.channel_names() | set(_WEBSOCKET_CHANNELS)
+
+    def _resolve(self, node: Union[Route, Include]) -> None:
+        if isinstance(node, Include):
+            for child in node.routes:
+                self._resolve(child)
+        else:
+            node.consumer  # noqa: B018 - import now, fail at start-up
+
+    def match(self, channel: str, content: dict) -> Optional[Match]:
+        """``(consumer, kwargs)`` for the first matching route, else the channel's default, else None."""
+        found = self.root.match(channel, content)
+        if found is not None:
+            return found
+        default = DEFAULT_CONSUMERS.get(channel)
+        return (default, {}) if default is not None else None

@@ -1,0 +1,293 @@
+"""The worker: receive messages from the layer and run the routed consumers.
+
+``wsgi-channels worker ROUTING [--layer URL] [--threads N | --greenlets N]
+[--only-channels GLOB ...] [--exclude-channels GLOB ...]``
+
+Each of N threads (or greenlets, under gevent) runs the same short loop:
+blocking ``receive`` on the served channels (bounded, so a stop request is
+seen within a second), then :func:`~wsgi_channels.consumer.run_consumer`. No
+thread is created per message. The main thread supervises: it replaces a
+thread that died, and on SIGTERM/SIGINT it stops receiving and waits up to
+``grace`` seconds for the messages in flight.
+
+A consumer that raises is logged and counted; the worker goes on. A layer
+that is down (``LayerUnavailable``) is retried with capped exponential backoff
+and the outage is logged once when it starts and once when it ends.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from typing import Any, Iterable, Optional, Sequence
+
+from .consumer import DEFAULT_SEND_TIMEOUT, run_consumer
+from .exceptions import ConfigurationError, LayerUnavailable
+from .layers.base import BaseChannelLayer
+from .message import Message
+from .routing import Router
+
+__all__ = ["Worker", "select_channels", "register", "main"]
+
+log = logging.getLogger(__name__)
+
+_RECEIVE_TIMEOUT = 1.0
+_MAX_BACKOFF = 5.0
+
+
+def select_channels(channels: Iterable[str], only: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
+    """The channels kept by ``only`` (any glob matches, when given) minus ``exclude`` globs, sorted."""
+    kept = []
+    for name in sorted(channels):
+        if only and not any(fnmatch.fnmatchcase(name, g) for g in only):
+            continue
+        if any(fnmatch.fnmatchcase(name, g) for g in exclude):
+            continue
+        kept.append(name)
+    return kept
+
+
+class Worker:
+    """Serve ``routing`` from ``layer`` with ``concurrency`` threads (greenlets under gevent patching).
+
+    ``layer`` is a layer instance or a URL (resolved with :func:`~wsgi_channels.get_layer`,
+    so ``Channel``/``Group`` sends inside consumers that name no layer use the
+    same instance when the URL is also the default). ``stats`` counts
+    ``messages``, ``errors``, ``unrouted`` and ``restarts``.
+    """
+
+    def __init__(self, routing: Any, layer: Any = None, *, concurrency: int = 1,
+                 only_channels: Sequence[str] = (), exclude_channels: Sequence[str] = (),
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT, grace: float = 30.0,
+                 name: str = "worker") -> None:
+        from .channel import _resolve
+
+        self.router = routing if isinstance(routing, Router) else Router(routing)
+        self.layer: BaseChannelLayer = _resolve(layer)
+        self.channels = select_channels(self.router.channels, only_channels, exclude_channels)
+        if not self.channels:
+            raise ConfigurationError(
+                f"no channels left to serve: routing has {sorted(self.router.channels)}, "
+                f"--only-channels {list(only_channels)}, --exclude-channels {list(exclude_channels)}"
+            )
+        if concurrency < 1:
+            raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
+        self.concurrency = concurrency
+        self.send_timeout = send_timeout
+        self.grace = grace
+        self.name = name
+        self.stats = {"messages": 0, "errors": 0, "unrouted": 0, "restarts": 0}
+        self._stats_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._in_flight = 0
+        self._outage_since: Optional[float] = None
+        self._outage_lock = threading.Lock()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _count(self, key: str) -> None:
+        with self._stats_lock:
+            self.stats[key] += 1
+
+    def _loop(self) -> None:
+        """One thread: receive, dispatch, repeat until stopped."""
+        channels = self.channels
+        layer = self.layer
+        backoff = 0.0
+        while not self._stopping.is_set():
+            try:
+                channel, content = layer.receive(channels, block=True, timeout=_RECEIVE_TIMEOUT)
+            except LayerUnavailable as e:
+                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.05)
+                self._outage(e)
+                self._stopping.wait(random.uniform(backoff / 2, backoff))
+                continue
+            if backoff:
+                backoff = 0.0
+                self._recovered()
+            if channel is None:
+                continue
+            self._in_flight += 1
+            try:
+                self.handle(channel, content)
+            finally:
+                self._in_flight -= 1
+
+    def handle(self, channel: str, content: Any) -> None:
+        """Run the consumer routed for one message; errors are logged and counted, never raised."""
+        with self._stats_lock:
+            self.stats["messages"] += 1
+        if not isinstance(content, dict):
+            self._count("errors")
+            log.error("message on %r is a %s, not a dict: dropped", channel, type(content).__name__)
+            return
+        try:
+            found = self.router.match(channel, content)
+        except Exception:
+            self._count("errors")
+            log.exception("routing failed for a message on %r", channel)
+            return
+        if found is None:
+            self._count("unrouted")
+            log.warning("no route for a message on %r: dropped", channel)
+            return
+        consumer, kwargs = found
+        try:
+            run_consumer(consumer, Message(content, channel, self.layer), kwargs, self.send_timeout)
+        except Exception:
+            self._count("errors")
+            log.exception("consumer %r raised on a message on %r", consumer, channel,
+                          extra={"channel": channel})
+
+    def _outage(self, error: Exception) -> None:
+        with self._outage_lock:
+            if self._outage_since is None:
+                self._outage_since = time.monotonic()
+                log.warning("channel layer unavailable, retrying with backoff: %s", error)
+
+    def _recovered(self) -> None:
+        with self._outage_lock:
+            if self._outage_since is not None:
+                log.warning("channel layer reachable again after %.1fs", time.monotonic() - self._outage_since)
+                self._outage_since = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _spawn(self, index: int) -> threading.Thread:
+        thread = threading.Thread(target=self._loop, name=f"{self.name}-{index}", daemon=True)
+        thread.start()
+        return thread
+
+    def start(self) -> "Worker":
+        """Start the threads and return at once (for tests and embedding); :meth:`stop` ends them."""
+        self._stopping.clear()
+        log.info("worker serving %s with %d %s on %r", ", ".join(self.channels), self.concurrency,
+                 "thread(s)", self.layer)
+        self._threads = [self._spawn(i) for i in range(self.concurrency)]
+        return self
+
+    def supervise_once(self) -> None:
+        """Replace any thread that died (a consumer raised a BaseException such as SystemExit)."""
+        for i, thread in enumerate(self._threads):
+            if not thread.is_alive() and not self._stopping.is_set():
+                self._count("restarts")
+                log.error("worker thread %s died; starting a new one", thread.name)
+                self._threads[i] = self._spawn(i)
+
+    def stop(self, grace: Optional[float] = None) -> bool:
+        """Stop receiving and wait up to ``grace`` seconds for in-flight messages; True if all finished."""
+        self._stopping.set()
+        deadline = time.monotonic() + (self.grace if grace is None else grace)
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()) + _RECEIVE_TIMEOUT)
+        alive = [t for t in self._threads if t.is_alive()]
+        if alive:
+            log.warning("%d worker thread(s) still busy after the grace period; exiting anyway", len(alive))
+        return not alive
+
+    def run(self) -> None:
+        """Serve until SIGTERM or SIGINT (main thread only), then stop within the grace period."""
+        def on_signal(signum: int, frame: Any) -> None:
+            log.info("received %s: finishing in-flight messages (grace %.0fs)", signal.Signals(signum).name,
+                     self.grace)
+            self._stopping.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        while not self._stopping.wait(0.5):
+            self.supervise_once()
+        self.stop()
+        log.info("worker stopped: %s", self.stats)
+
+
+# -- command line ---------------------------------------------------------------------------
+
+def _load_routing(spec: str) -> Any:
+    from .routing import import_object
+
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like gunicorn: the routing module is found from the cwd
+    return import_object(spec)
+
+
+def _command(args: Any) -> int:
+    from . import cli
+    from .channel import ENV_VAR, default_layer_url
+    from .layers import layer_class
+
+    url = args.layer or default_layer_url()
+    try:
+        cls = layer_class(url)
+    except ConfigurationError as e:
+        log.error("%s", e)
+        return cli.EXIT_CONFIG
+    if cls.__name__ == "MemoryChannelLayer":
+        log.error("the worker runs in its own process, and memory:// is private to one process: "
+                  "use a layer other processes can reach (ipc:///path/to/store.db or redis://host:6379/0), "
+                  "set with --layer or %s", ENV_VAR)
+        return cli.EXIT_CONFIG
+    if args.greenlets:
+        from gevent import monkey
+
+        if not monkey.is_module_patched("threading"):
+            log.error("--greenlets needs gevent monkey-patching: run it as `wsgi-channels worker --greenlets N`")
+            return cli.EXIT_CONFIG
+    os.environ[ENV_VAR] = url  # Channel()/Group() in consumers use the worker's layer
+    try:
+        routing = _load_routing(args.routing)
+        worker = Worker(routing, url, concurrency=args.greenlets or args.threads,
+                        only_channels=args.only_channels or (), exclude_channels=args.exclude_channels or (),
+                        send_timeout=args.send_timeout, grace=args.grace)
+    except ConfigurationError as e:
+        log.error("%s", e)
+        return cli.EXIT_CONFIG
+    try:
+        worker.layer.receive(worker.channels, block=False)
+    except LayerUnavailable as e:
+        log.warning("channel layer not reachable at start-up (%s); the worker will keep retrying", e)
+    log.info("%s mode", f"{args.greenlets} greenlets" if args.greenlets else f"{args.threads} threads")
+    worker.run()
+    return cli.EXIT_OK
+
+
+def register(subparsers: Any) -> None:
+    """Add ``worker`` to the ``wsgi-channels`` command."""
+    from .config import add_option
+
+    parser = subparsers.add_parser("worker", help="run consumers from a routing",
+                                   description="Receive messages from the channel layer and run the routed consumers.")
+    parser.add_argument("routing", metavar="ROUTING", help="the routing list as module:attribute")
+    add_option(parser, "--layer", default=None, help="channel layer URL (default: WSGI_CHANNELS_LAYER)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--threads", type=int, default=int(os.environ.get("WSGI_CHANNELS_THREADS") or 4),
+                       help="worker threads [env WSGI_CHANNELS_THREADS] (default 4)")
+    group.add_argument("--greenlets", type=int, default=None,
+                       help="run N greenlets under gevent instead of threads")
+    add_option(parser, "--only-channels", nargs="+", default=None, metavar="GLOB",
+               help="serve only channels matching these globs")
+    add_option(parser, "--exclude-channels", nargs="+", default=None, metavar="GLOB",
+               help="do not serve channels matching these globs")
+    add_option(parser, "--send-timeout", type=float, default=DEFAULT_SEND_TIMEOUT,
+               help="seconds a send to a full channel is retried before it is dropped")
+    add_option(parser, "--grace", type=float, default=30.0,
+               help="seconds to finish in-flight messages after SIGTERM")
+    add_option(parser, "--log-level", default="info", help="logging level")
+    parser.set_defaults(func=_command)
+
+
+def main(argv: Optional[list] = None) -> int:
+    """``python -m wsgi_channels.worker ROUTING ...``, same as ``wsgi-channels worker``."""
+    from .cli import main as cli_main
+
+    return cli_main(["worker", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
