@@ -1,0 +1,728 @@
+"""One client socket of the sidecar: the glue between the sans-IO protocol objects and the layer.
+
+A :class:`ClientConnection` is driven from two sides:
+
+- its own greenlet (:meth:`run`) only ``recv``s, feeds the bytes to
+  :class:`~.http.HttpConnection` or :class:`~.websocket.WebSocketSession`, and
+  sends what comes out to the layer (``websocket.connect``/``receive``/
+  ``disconnect``, ``http.request`` and body chunks);
+- the sidecar's single layer receive loop calls :meth:`deliver` with each
+  message for this connection's reply channel.
+
+Writes go through :meth:`write`: a non-blocking send first, and only when the
+kernel buffer is full a short-lived writer greenlet flushes a bounded queue.
+A client whose queue passes ``max_outgoing_buffer`` is closed and counted.
+Timeouts (handshake, connect, HTTP response, keepalive) are checked by the
+sidecar's sweeper through :meth:`check_timers`, so no timer exists per socket.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import h11
+
+from ..exceptions import ChannelFull, MessageTooLarge
+from ..translation import InvalidRequest, build_request_message, validate_response_message, validate_websocket_send
+from . import websocket as ws_proto
+from .http import HttpConnection, HttpError, connect_message, header_value, request_info, simple_body
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .server import Sidecar
+
+__all__ = ["ClientConnection"]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("wsgi_channels.sidecar.access")
+
+# Connection states.
+HEAD = "head"              # waiting for (the rest of) a request head
+HTTP_BODY = "http-body"    # HTTP mode: request sent to the layer, body still arriving or response awaited
+CONNECTING = "connecting"  # websocket.connect sent, waiting for the consumer's answer
+OPEN = "open"              # WebSocket open
+CLOSING = "closing"        # our close frame or final response sent; waiting for the peer / the flush
+DONE = "done"
+
+_RECV_SIZE = 65536
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 1 << 20
+_CLOSE_WAIT = 5.0
+_LAYER_RETRY_SECONDS = 0.05
+
+
+class ClientConnection:
+    """State machine of one client socket (HTTP requests, then maybe a WebSocket)."""
+
+    __slots__ = ("sidecar", "sock", "peer", "local", "http", "ws", "state", "deadline", "last_active",
+                 "ping_sent", "reply_channel", "upgrade", "path", "order", "connect_sent", "disconnect_sent",
+                 "out", "out_bytes", "writer", "aborted", "request_started", "body_channel", "body_buffer",
+                 "body_size", "request_sent", "response_started", "request_line", "status", "greenlet",
+                 "close_after_flush", "started", "partial", "resp_bytes")
+
+    def __init__(self, sidecar: "Sidecar", sock: socket.socket, peer: Any) -> None:
+        self.sidecar = sidecar
+        self.sock = sock
+        self.peer = peer
+        try:
+            self.local = sock.getsockname()
+        except OSError:
+            self.local = None
+        self.http = HttpConnection(sidecar.config.max_header_size)
+        self.ws: ws_proto.WebSocketSession | None = None
+        self.state = HEAD
+        now = time.monotonic()
+        self.started = now
+        self.deadline = now + sidecar.config.handshake_timeout
+        self.last_active = now
+        self.ping_sent = 0.0
+        self.reply_channel: str | None = None
+        self.upgrade: ws_proto.Upgrade | None = None
+        self.path = ""
+        self.order = 0
+        self.connect_sent = False
+        self.disconnect_sent = False
+        self.out: deque = deque()
+        self.out_bytes = 0
+        self.writer: gevent.Greenlet | None = None
+        self.aborted = False
+        self.close_after_flush = False
+        self.request_started = False
+        self.body_channel: str | None = None
+        self.body_buffer: list[bytes] = []
+        self.body_size = 0
+        self.request_sent = False
+        self.response_started = False
+        self.request_line = ""
+        self.status = 0
+        self.greenlet: gevent.Greenlet | None = None
+        self.partial = False  # bytes of a request head have arrived
+        self.resp_bytes = 0
+
+    # -- the reading greenlet -------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Read until the peer leaves or we are done; then send the disconnect and close."""
+        sock = self.sock
+        try:
+            while self.state is not DONE:
+                try:
+                    data = sock.recv(_RECV_SIZE)
+                except OSError:
+                    data = b""
+                if self.state is DONE:
+                    break
+                if not data:
+                    self._peer_gone()
+                    break
+                self.last_active = time.monotonic()
+                self.sidecar.stats.bytes_in += len(data)
+                if self.ws is not None:
+                    self._on_ws_data(data)
+                elif self.state is CLOSING:
+                    continue  # discard what arrives after our final response (lingering close)
+                elif self.state is CONNECTING:
+                    # Frames before our 101 are kept for the session, within a bound.
+                    self.body_size += len(data)
+                    if self.body_size > self.sidecar.config.max_header_size:
+                        self.abort()
+                    else:
+                        self.http.receive_data(data)
+                else:
+                    self.partial = self.partial or self.state is HEAD
+                    self.http.receive_data(data)
+                    self._pump_http()
+        except Exception:  # one bad client never takes the process down
+            log.exception("sidecar connection from %s failed", self.peer)
+        finally:
+            self._finish()
+
+    def _peer_gone(self) -> None:
+        if self.ws is not None:
+            self.ws.receive_data(None)
+        elif self.state is HTTP_BODY and self.request_sent:
+            self._body_chunk(b"", closed=True)
+            self._layer_send("http.disconnect", {"reply_channel": self.reply_channel, "path": self.path})
+        self.state = DONE
+
+    def _finish(self) -> None:
+        self.state = DONE
+        self.sidecar.forget(self)
+        self._send_disconnect()
+        self._lingering_close()
+
+    def _lingering_close(self) -> None:
+        """Flush, shut down writing, drain input briefly, close (so the peer reads our last bytes)."""
+        sock = self.sock
+        writer = self.writer
+        if writer is not None and not self.aborted:
+            writer.join(timeout=self.sidecar.config.grace_period or 1.0)
+        try:
+            if not self.aborted:
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(_LINGER_SECONDS)
+                deadline = time.monotonic() + _LINGER_SECONDS
+                drained = 0
+                while drained < _LINGER_BYTES and time.monotonic() < deadline:
+                    chunk = sock.recv(_RECV_SIZE)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
+        except OSError:
+            pass
+        finally:
+            if self.writer is not None:
+                self.writer.kill(block=False)
+            sock.close()
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data`` for the peer without blocking the caller; close slow readers."""
+        if not data or self.aborted:
+            return
+        self.sidecar.stats.bytes_out += len(data)
+        if self.out:
+            self.out.append(data)
+            self.out_bytes += len(data)
+            if self.out_bytes > self.sidecar.config.max_outgoing_buffer:
+                self._slow()
+            return
+        try:
+            sent = self.sock.send(data, 0, 0.0)  # gevent: timeout 0.0 = never wait
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.abort()
+            return
+        if sent < len(data):
+            rest = memoryview(data)[sent:]
+            self.out.append(rest)
+            self.out_bytes = len(rest)
+            if self.out_bytes > self.sidecar.config.max_outgoing_buffer:
+                self._slow()
+            elif self.writer is None:
+                self.writer = gevent.spawn(self._flush)
+
+    def _flush(self) -> None:
+        try:
+            while self.out:
+                chunk = self.out[0]
+                self.sock.sendall(chunk)
+                self.out.popleft()
+                self.out_bytes -= len(chunk)
+        except OSError:
+            self.abort()
+        finally:
+            self.writer = None
+            if self.close_after_flush and not self.out:
+                self._shutdown_write()
+
+    def _slow(self) -> None:
+        stats = self.sidecar.stats
+        stats.slow_closed += 1
+        stats.dropped["slow_client"] += 1
+        log.info("closing %s: client too slow to read (%d bytes queued)", self.peer, self.out_bytes)
+        if self.ws is not None and self.ws.close_code is None:
+            self.ws.close_code = ws_proto.CLOSE_ABNORMAL
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the socket now (dead or slow peer); the reading greenlet cleans up."""
+        if self.aborted:
+            return
+        self.aborted = True
+        self.out.clear()
+        self.out_bytes = 0
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _close_soon(self) -> None:
+        """Our last bytes are queued: shut down writing once they are flushed, then wait for the
+        peer to close (discarding what it still sends) until a short deadline."""
+        if self.state is not DONE:
+            self.state = CLOSING
+            self.deadline = time.monotonic() + _CLOSE_WAIT
+        self.close_after_flush = True
+        if not self.out:
+            self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    # -- the layer ------------------------------------------------------------------------------
+
+    def _layer_send(self, channel: str, message: dict) -> str:
+        """Send to the layer: ``"ok"``, ``"full"``, ``"too-large"`` or ``"down"``."""
+        sidecar = self.sidecar
+        try:
+            sidecar.layer.send(channel, message)
+        except ChannelFull:
+            sidecar.stats.dropped[f"full:{channel.split('!')[0].split('?')[0]}"] += 1
+            return "full"
+        except MessageTooLarge:
+            return "too-large"
+        except Exception as e:
+            sidecar.layer_failed(e)
+            return "down"
+        return "ok"
+
+    def _send_disconnect(self) -> None:
+        if not self.connect_sent or self.disconnect_sent:
+            return
+        self.disconnect_sent = True
+        code = ws_proto.CLOSE_ABNORMAL
+        if self.ws is not None and self.ws.close_code is not None:
+            code = self.ws.close_code
+        self.sidecar.stats.closes[code] += 1
+        message = {"reply_channel": self.reply_channel, "path": self.path, "code": code, "order": self.order + 1}
+        deadline = time.monotonic() + 2.0
+        while True:
+            result = self._layer_send("websocket.disconnect", message)
+            if result != "full" or time.monotonic() > deadline:
+                break
+            gevent.sleep(_LAYER_RETRY_SECONDS)
+        if result != "ok":
+            log.warning("websocket.disconnect for %s not delivered (%s)", self.reply_channel, result)
+        access_log.info("%s WSDISCONNECT %s %d", _addr(self.peer), self.path, code)
+
+    # -- HTTP -----------------------------------------------------------------------------------
+
+    def _pump_http(self, event: Any = None) -> None:
+        """Handle every event the parser has; stop when it needs data or waits for us."""
+        http = self.http
+        while self.state is HEAD or self.state is HTTP_BODY:
+            if event is None:
+                event = http.next_event()
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, HttpError):
+                self._respond(event.status, simple_body(event.status, event.reason), close=True)
+                return
+            if isinstance(event, h11.Request):
+                self._on_request(event)
+            elif isinstance(event, h11.Data):
+                self._on_body(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                self._on_body_end()
+            elif isinstance(event, h11.ConnectionClosed):
+                self.state = DONE
+                return
+            event = None
+
+    def _respond(self, status: int, body: bytes = b"", headers: list | tuple = (), close: bool = False,
+                 content_type: bytes = b"text/plain; charset=utf-8") -> None:
+        """A whole response; keeps the connection for the next request unless ``close``."""
+        if not close and not self._discard_body():
+            close = True  # the client is still sending a body we will not read
+        self.write(self.http.respond(status, body, headers, close=close, content_type=content_type))
+        self._count_response(status, len(body))
+        if close or self.http.must_close:
+            self._close_soon()
+        else:
+            self._next_request()
+
+    def _discard_body(self) -> bool:
+        """Skip a request body already received; True when the whole request has been read."""
+        http = self.http
+        while not http.client_done:
+            event = http.next_event()
+            if isinstance(event, h11.Data):
+                continue
+            if not isinstance(event, h11.EndOfMessage):
+                return False
+        return True
+
+    def _count_response(self, status: int, size: int) -> None:
+        self.sidecar.stats.http_responses[f"{status // 100}xx"] += 1
+        access_log.info("%s \"%s\" %d %d", _addr(self.peer), self.request_line, status, size)
+
+    def _next_request(self) -> None:
+        if self.http.keep_alive:
+            self.http.start_next_cycle()
+            self.state = HEAD
+            self.request_started = self.request_sent = self.response_started = self.partial = False
+            self.request_line = ""
+            self.resp_bytes = 0
+            self.body_channel = None
+            self.body_buffer = []
+            self.body_size = 0
+            self.deadline = time.monotonic() + self.sidecar.config.handshake_timeout * 6
+            if self.reply_channel is not None:
+                self.sidecar.unroute(self.reply_channel)
+                self.reply_channel = None
+        else:
+            self._close_soon()
+
+    def _on_request(self, request: h11.Request) -> None:
+        sidecar = self.sidecar
+        config = sidecar.config
+        self.deadline = time.monotonic() + config.handshake_timeout
+        headers = list(request.headers)
+        target = bytes(request.target)
+        self.request_line = f"{request.method.decode('latin-1')} {target[:200].decode('latin-1')}"
+        path = target.split(b"?", 1)[0]
+        if ws_proto.is_upgrade(headers):
+            self._on_upgrade(request, headers, target)
+            return
+        if path == config.health_path.encode():
+            ok = sidecar.layer_ok and not sidecar.draining
+            self._respond(200 if ok else 503, b"ok\n" if ok else b"unavailable\n")
+            return
+        if path.startswith(sidecar.STATIC_PREFIX):
+            status, body, ctype = sidecar.static_file(path[len(sidecar.STATIC_PREFIX):].decode("latin-1"))
+            self._respond(status, body, [(b"cache-control", b"public, max-age=3600")] if status == 200 else (),
+                          content_type=ctype)
+            return
+        if config.http != "layer":
+            self._respond(404, simple_body(404))
+            return
+        self._start_http_request(request, headers, target)
+
+    def _start_http_request(self, request: h11.Request, headers: list, target: bytes) -> None:
+        sidecar = self.sidecar
+        config = sidecar.config
+        if sidecar.draining or not sidecar.layer_ok:
+            self._respond(503, simple_body(503, "draining" if sidecar.draining else "channel layer unavailable"),
+                          close=True)
+            return
+        length = header_value(headers, b"content-length")
+        if config.max_request_body and length is not None and length.isdigit() \
+                and int(length) > config.max_request_body:
+            self._respond(413, simple_body(413), close=True)
+            return
+        self.state = HTTP_BODY
+        self.request_started = True
+        self.reply_channel = sidecar.route(self)
+        self.deadline = time.monotonic() + config.http_timeout
+        info = request_info(headers, self.peer, self.local, config.proxy_headers)
+        try:
+            self.path = target.split(b"?", 1)[0].decode("latin-1")
+            message = build_request_message(
+                reply_channel=self.reply_channel, method=request.method, target=target, headers=headers,
+                http_version=request.http_version.decode("ascii"), scheme=info.scheme, client=info.client,
+                server=info.server, root_path=config.root_path)
+        except InvalidRequest as e:
+            self._respond(400, simple_body(400, str(e)), close=True)
+            return
+        self.path = message["path"]
+        self.body_buffer = [message]  # the request itself waits here until the body is known
+        self.body_size = 0
+
+    def _on_body(self, data: bytes) -> None:
+        if self.state is not HTTP_BODY or not data:
+            return
+        config = self.sidecar.config
+        self.body_size += len(data)
+        if config.max_request_body and self.body_size > config.max_request_body:
+            if self.request_sent:
+                self._body_chunk(b"", closed=True)
+                self.abort()
+            else:
+                self._respond(413, simple_body(413), close=True)
+            return
+        if self.request_sent:
+            self._body_chunk(data, more=True)
+            return
+        self.body_buffer.append(data)
+        if self.body_size > config.http_body_inline:
+            # Too big to travel inline: send the request now with what we have, stream the rest.
+            message = self.body_buffer[0]
+            message["body"] = b"".join(self.body_buffer[1:])
+            message["body_channel"] = self.sidecar.layer.new_channel("http.request.body?")
+            self.body_channel = message["body_channel"]
+            self.body_buffer = []
+            self._send_request(message)
+
+    def _on_body_end(self) -> None:
+        if self.state is not HTTP_BODY:
+            return
+        if self.request_sent:
+            self._body_chunk(b"", more=False)
+        else:
+            message = self.body_buffer[0]
+            message["body"] = b"".join(self.body_buffer[1:])
+            self.body_buffer = []
+            self._send_request(message)
+
+    def _send_request(self, message: dict) -> None:
+        result = self._layer_send("http.request", message)
+        if result == "ok":
+            self.request_sent = True
+            return
+        status = 413 if result == "too-large" else 503
+        self._respond(status, simple_body(status, {"full": "too many requests waiting",
+                                                   "down": "channel layer unavailable"}.get(result, "")),
+                      close=True)
+
+    def _body_chunk(self, content: bytes, more: bool = False, closed: bool = False) -> None:
+        if self.body_channel is None:
+            return
+        chunk = {"content": content, "more_content": more, "closed": closed}
+        deadline = time.monotonic() + self.sidecar.config.http_timeout
+        while True:
+            result = self._layer_send(self.body_channel, chunk)
+            if result != "full" or time.monotonic() > deadline or self.aborted:
+                break
+            gevent.sleep(_LAYER_RETRY_SECONDS)  # the app reads slowly: hold the client back
+        if result != "ok" and not closed:
+            log.warning("request body chunk for %s not delivered (%s); closing", self.path, result)
+            self.abort()
+
+    def _deliver_http(self, message: dict) -> None:
+        first = not self.response_started
+        try:
+            validate_response_message(message, first=first)
+        except Exception as e:
+            log.error("bad http.response for %s %s: %s", self.request_line, self.reply_channel, e)
+            if first:
+                self.response_started = True
+                self._respond(502, simple_body(502, "the application sent an invalid response"), close=True)
+            else:
+                self.abort()
+            return
+        more = message.get("more_content", False)
+        content = message.get("content", b"")
+        if first:
+            self.response_started = True
+            self.status = message["status"]
+            headers = [(bytes(n), bytes(v)) for n, v in message.get("headers", ())]
+            if not more and not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers):
+                headers.append((b"content-length", str(len(content)).encode()))
+            data = self.http.start_response(self.status, headers, close=self.sidecar.draining, from_app=True)
+        else:
+            data = b""
+        data += self.http.send_data(content)
+        self.resp_bytes += len(content)
+        self.deadline = time.monotonic() + self.sidecar.config.http_timeout
+        if more:
+            self.write(data)
+            return
+        self.write(data + self.http.end_response())
+        self._count_response(self.status, self.resp_bytes)
+        if self.http.keep_alive and not self.sidecar.draining:
+            self._next_request()
+            event = self.http.next_event()
+            if event is not h11.NEED_DATA:
+                gevent.spawn(self._pump_http, event)  # a pipelined request was waiting
+        else:
+            self._close_soon()
+
+    # -- WebSocket handshake --------------------------------------------------------------------
+
+    def _on_upgrade(self, request: h11.Request, headers: list, target: bytes) -> None:
+        sidecar = self.sidecar
+        config = sidecar.config
+        stats = sidecar.stats
+        upgrade = ws_proto.check_upgrade(request.method, request.http_version, headers)
+        if not isinstance(upgrade, str) and not isinstance(self.http.next_event(), h11.EndOfMessage):
+            upgrade = "a WebSocket handshake request cannot have a body"
+        if isinstance(upgrade, str):
+            stats.handshakes["bad_request"] += 1
+            status = 426 if "Version" in upgrade else 400
+            self._respond(status, simple_body(status, upgrade),
+                          headers=[(b"sec-websocket-version", b"13")] if status == 426 else (), close=True)
+            return
+        info = request_info(headers, self.peer, self.local, config.proxy_headers)
+        refusal = ws_proto.check_origin(headers, info.scheme, info.host, config.allowed_origins)
+        if refusal is not None:
+            stats.handshakes["origin_refused"] += 1
+            log.info("WebSocket from %s refused: %s", _addr(self.peer), refusal)
+            self._respond(403, simple_body(403, refusal), close=True)
+            return
+        if sidecar.draining or not sidecar.layer_ok:
+            stats.handshakes["unavailable"] += 1
+            self._respond(503, simple_body(503, "draining" if sidecar.draining else "channel layer unavailable"),
+                          close=True)
+            return
+        self.upgrade = upgrade
+        self.reply_channel = sidecar.route(self)
+        try:
+            message = connect_message(reply_channel=self.reply_channel, target=target, headers=headers, info=info,
+                                      root_path=config.root_path, subprotocols=upgrade.subprotocols)
+        except InvalidRequest as e:
+            stats.handshakes["bad_request"] += 1
+            self._respond(400, simple_body(400, str(e)), close=True)
+            return
+        self.path = message["path"]
+        self.state = CONNECTING
+        self.deadline = time.monotonic() + config.connect_timeout
+        result = self._layer_send("websocket.connect", message)
+        if result != "ok":
+            stats.handshakes["connect_full" if result == "full" else "unavailable"] += 1
+            self._respond(503, simple_body(503, "server busy" if result == "full" else "channel layer unavailable"),
+                          close=True)
+            return
+        self.connect_sent = True
+
+    def _accept(self, subprotocol: str | None) -> None:
+        assert self.upgrade is not None
+        if subprotocol is not None and subprotocol not in self.upgrade.subprotocols:
+            log.error("consumer chose subprotocol %r that %s did not offer (%r); accepting without it",
+                      subprotocol, self.reply_channel, self.upgrade.subprotocols)
+            subprotocol = None
+        headers, extensions = ws_proto.accept_headers(self.upgrade, subprotocol, self.sidecar.config.compression)
+        data, trailing = self.http.switch_protocols(headers)
+        self.ws = ws_proto.WebSocketSession(extensions, max_message_size=self.sidecar.config.max_message_size)
+        self.state = OPEN
+        self.last_active = time.monotonic()
+        self.write(data)
+        stats = self.sidecar.stats
+        stats.handshakes["accepted"] += 1
+        stats.websockets_open += 1
+        access_log.info("%s WSCONNECT %s", _addr(self.peer), self.path)
+        if trailing:
+            gevent.spawn(self._on_ws_data, trailing)  # frames sent before our 101: handle them on a reader
+
+    def _reject(self, status: int, outcome: str) -> None:
+        self.sidecar.stats.handshakes[outcome] += 1
+        self._respond(status, simple_body(status), close=True)
+
+    # -- WebSocket frames -----------------------------------------------------------------------
+
+    def _on_ws_data(self, data: bytes) -> None:
+        ws = self.ws
+        assert ws is not None
+        out, messages = ws.receive_data(data)
+        if out:
+            self.write(out)
+        if messages:
+            stats = self.sidecar.stats
+            for payload in messages:
+                stats.frames_in += 1
+                if not ws.open:
+                    break
+                self.order += 1
+                key = "text" if isinstance(payload, str) else "bytes"
+                result = self._layer_send("websocket.receive", {"reply_channel": self.reply_channel,
+                                                                "path": self.path, key: payload,
+                                                                "order": self.order})
+                if result == "ok":
+                    continue
+                self.order -= 1
+                if result == "full":
+                    self.write(ws.close(ws_proto.CLOSE_TRY_AGAIN, "server busy"))
+                elif result == "too-large":
+                    self.write(ws.close(ws_proto.CLOSE_TOO_BIG, "message too big"))
+                else:
+                    stats.dropped["layer_down"] += 1  # the socket stays up through a layer outage
+        if ws.closed:
+            self._close_soon()
+        elif not ws.open and self.state is OPEN:
+            self.state = CLOSING
+            self.deadline = time.monotonic() + _CLOSE_WAIT
+
+    def send_ws_close(self, code: int) -> None:
+        ws = self.ws
+        if ws is not None:
+            self.write(ws.close(code))
+            if self.state is OPEN:
+                self.state = CLOSING
+                self.deadline = time.monotonic() + _CLOSE_WAIT
+
+    # -- messages from the layer ----------------------------------------------------------------
+
+    def deliver(self, message: dict, frames: dict) -> None:
+        """One message for our reply channel; ``frames`` caches encoded frames for this batch."""
+        if self.state is DONE or self.aborted:
+            return
+        if self.ws is None and self.state is not CONNECTING:
+            if self.state is HTTP_BODY:
+                self._deliver_http(message)
+            return
+        try:
+            validate_websocket_send(message)
+        except Exception as e:
+            log.error("bad message for WebSocket %s: %s", self.reply_channel, e)
+            return
+        text, data, close = message.get("text"), message.get("bytes"), message.get("close")
+        if self.state is CONNECTING:
+            if close or message.get("accept") is False:
+                self._reject(403, "rejected")
+                return
+            self._accept(message.get("subprotocol"))
+        ws = self.ws
+        if ws is None or not ws.open:
+            return
+        stats = self.sidecar.stats
+        if text is not None or data is not None:
+            if ws.compressed:
+                self.write(ws.send_message(text if text is not None else data))
+            else:
+                key = text if text is not None else data
+                frame = frames.get(key)
+                if frame is None:
+                    frame = frames[key] = (ws_proto.encode_frame(ws_proto.OP_TEXT, text.encode()) if text is not None
+                                           else ws_proto.encode_frame(ws_proto.OP_BINARY, data))
+                self.write(frame)
+            stats.frames_out += 1
+        if close:
+            self.send_ws_close(ws_proto.CLOSE_NORMAL if close is True else close)
+
+    def drain(self, code: int) -> None:
+        """The sidecar is stopping: close WebSockets with ``code``, refuse pending handshakes,
+        close idle keep-alive connections; in-flight HTTP requests carry on."""
+        if self.ws is not None:
+            self.send_ws_close(code)
+        elif self.state is CONNECTING:
+            self._reject(503, "draining")
+        elif self.state is HEAD:
+            if self.partial:
+                self._respond(503, simple_body(503, "draining"), close=True)
+            else:
+                self._close_soon()
+
+    # -- timers (called by the sidecar's sweeper) -----------------------------------------------
+
+    def check_timers(self, now: float) -> None:
+        state = self.state
+        if state is OPEN:
+            ws = self.ws
+            config = self.sidecar.config
+            if ws is None:
+                return
+            if ws.awaiting_pong:
+                if now - self.ping_sent > config.ping_timeout:
+                    self.sidecar.stats.dead_closed += 1
+                    log.info("closing %s: no pong within %.1fs", self.reply_channel, config.ping_timeout)
+                    ws.close_code = ws_proto.CLOSE_ABNORMAL
+                    self.abort()
+            elif config.ping_interval and now - self.last_active > config.ping_interval:
+                self.ping_sent = now
+                self.write(ws.ping())
+            return
+        if now < self.deadline:
+            return
+        if state is HEAD:
+            self.sidecar.stats.dropped["handshake_timeout"] += 1
+            if self.partial:
+                self._respond(408, simple_body(408), close=True)
+            else:
+                self.abort()
+        elif state is CONNECTING:
+            if self.sidecar.config.connect_timeout_accept:
+                self.sidecar.stats.handshakes["timeout_accepted"] += 1
+                self._accept(None)
+            else:
+                self._reject(503, "connect_timeout")
+        elif state is HTTP_BODY:
+            if not self.response_started:
+                self._respond(504, simple_body(504, "no response from the application in time"), close=True)
+            else:
+                self.abort()
+        elif state is CLOSING:
+            self.abort()
+
+
+def _addr(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer or "-")

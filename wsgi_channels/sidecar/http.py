@@ -1,0 +1,210 @@
+"""The HTTP/1.1 side of a sidecar connection, sans-IO, on h11.
+
+:class:`HttpConnection` wraps one ``h11.Connection``: the server feeds it
+bytes, takes parsed events (a request head, body chunks, its end, or an
+:class:`HttpError` to answer), and gets back the bytes of responses,
+including the ``101`` that hands the socket to the WebSocket session.
+
+:func:`request_info` works out scheme, client and server addresses (trusting
+``X-Forwarded-*`` only when asked), and :func:`connect_message` builds the
+``websocket.connect`` message (CONTRACT.md section 3). ``http.request``
+messages are built by :func:`wsgi_channels.translation.build_request_message`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import h11
+
+from ..translation import split_target
+
+__all__ = ["HttpConnection", "HttpError", "RequestInfo", "request_info", "connect_message", "simple_body",
+           "header_value"]
+
+_REASONS = {
+    200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 413: b"Content Too Large", 426: b"Upgrade Required",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
+}
+SERVER_HEADER = (b"server", b"wsgi-channels-sidecar")
+
+
+@dataclass
+class HttpError:
+    """A request the parser refused: answer ``status`` and close."""
+
+    status: int
+    reason: str
+
+
+def header_value(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of header ``name`` (lower-case), or None."""
+    for n, v in headers:
+        if n == name:
+            return v
+    return None
+
+
+def raw_response(status: int) -> bytes:
+    """A complete ``Connection: close`` response written without h11 (for requests h11 never saw)."""
+    body = simple_body(status)
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
+            b"connection: close\r\nserver: wsgi-channels-sidecar\r\n\r\n%s"
+            % (status, _REASONS.get(status, b"Error"), len(body), body))
+
+
+def simple_body(status: int, detail: str = "") -> bytes:
+    text = _REASONS.get(status, b"Error").decode()
+    return f"{status} {text}{': ' + detail if detail else ''}\n".encode()
+
+
+class HttpConnection:
+    """One HTTP/1.1 server connection (keep-alive aware) around h11."""
+
+    __slots__ = ("_h11",)
+
+    def __init__(self, max_header_size: int = 16384) -> None:
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes (``b""`` when the client shut its side)."""
+        self._h11.receive_data(data)
+
+    def next_event(self) -> Any:
+        """The next ``h11.Request``/``Data``/``EndOfMessage``/``ConnectionClosed``, an
+        :class:`HttpError`, ``h11.PAUSED`` (an upgrade, or the next request before this
+        response ended) or ``h11.NEED_DATA``."""
+        try:
+            return self._h11.next_event()
+        except h11.RemoteProtocolError as e:
+            status = getattr(e, "error_status_hint", 400) or 400
+            return HttpError(status, str(e))
+
+    @property
+    def client_done(self) -> bool:
+        return self._h11.their_state in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL)
+
+    @property
+    def response_started(self) -> bool:
+        return self._h11.our_state in (h11.SEND_BODY, h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+
+    def start_response(self, status: int, headers: Sequence[tuple[bytes, bytes]], close: bool = False,
+                       from_app: bool = False) -> bytes:
+        """The status line and headers; ``close`` adds ``Connection: close``.
+
+        Headers that cannot be framed (``from_app``) turn into a 500 and a closed connection.
+        """
+        hs = [(n, v) for n, v in headers if n.lower() != b"connection" or not close]
+        if close:
+            hs.append((b"connection", b"close"))
+        if not any(n.lower() == b"server" for n, _ in hs):
+            hs.append(SERVER_HEADER)
+        try:
+            return self._h11.send(h11.Response(status_code=status, headers=hs,
+                                               reason=_REASONS.get(status, b""))) or b""
+        except h11.LocalProtocolError:
+            # No request to answer (a timeout mid-head), or headers h11 cannot frame (a bad
+            # Content-Length from the app): answer outside h11 and close the connection.
+            self._h11 = h11.Connection(h11.SERVER)
+            self._h11.send(h11.ConnectionClosed())
+            return raw_response(500 if from_app else status)
+
+    def send_data(self, data: bytes) -> bytes:
+        if not data:
+            return b""
+        try:
+            return self._h11.send(h11.Data(data=data)) or b""
+        except h11.LocalProtocolError:
+            return b""  # more body than Content-Length allows: drop the excess rather than break framing
+
+    def end_response(self) -> bytes:
+        try:
+            return self._h11.send(h11.EndOfMessage()) or b""
+        except h11.LocalProtocolError:
+            return b""
+
+    def respond(self, status: int, body: bytes = b"", headers: Sequence[tuple[bytes, bytes]] = (),
+                close: bool = False, content_type: bytes = b"text/plain; charset=utf-8") -> bytes:
+        """A whole small response (errors, health, static files)."""
+        hs = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]
+        return self.start_response(status, hs, close=close) + self.send_data(body) + self.end_response()
+
+    def switch_protocols(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
+        """The ``101 Switching Protocols`` bytes and whatever the client sent after its request."""
+        data = self._h11.send(h11.InformationalResponse(status_code=101, headers=list(headers),
+                                                        reason=b"Switching Protocols")) or b""
+        trailing, _closed = self._h11.trailing_data
+        return data, bytes(trailing)
+
+    @property
+    def closed(self) -> bool:
+        return self._h11.our_state is h11.CLOSED
+
+    @property
+    def keep_alive(self) -> bool:
+        """Whether another request may follow on this socket."""
+        return self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
+
+    def start_next_cycle(self) -> None:
+        self._h11.start_next_cycle()
+
+    @property
+    def must_close(self) -> bool:
+        return self._h11.our_state in (h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
+
+
+@dataclass
+class RequestInfo:
+    """Where a request came from and went to, after (optional) proxy headers."""
+
+    scheme: str
+    client: list | None
+    server: list | None
+    host: bytes | None
+
+
+def _last(value: bytes) -> str:
+    # A trusted proxy appends the address it saw; earlier entries came from the client.
+    return value.decode("latin-1").split(",")[-1].strip()
+
+
+def request_info(headers: Sequence[tuple[bytes, bytes]], peer: Any, local: Any, proxy_headers: bool,
+                 secure: bool = False) -> RequestInfo:
+    """Scheme, client and server of a request; ``X-Forwarded-*`` counts only with ``proxy_headers``."""
+    scheme = "https" if secure else "http"
+    client = [str(peer[0]), int(peer[1])] if isinstance(peer, tuple) and len(peer) >= 2 else None
+    server = [str(local[0]), int(local[1])] if isinstance(local, tuple) and len(local) >= 2 else None
+    host = header_value(headers, b"host")
+    if proxy_headers:
+        fwd_for = header_value(headers, b"x-forwarded-for")
+        if fwd_for:
+            addr = _last(fwd_for)
+            port = header_value(headers, b"x-forwarded-port")
+            if addr:
+                client = [addr, int(port) if port and port.isdigit() else 0]
+        proto = header_value(headers, b"x-forwarded-proto")
+        if proto:
+            p = _last(proto).lower()
+            if p in ("http", "https"):
+                scheme = p
+    return RequestInfo(scheme=scheme, client=client, server=server, host=host)
+
+
+def connect_message(*, reply_channel: str, target: bytes, headers: Sequence[tuple[bytes, bytes]],
+                    info: RequestInfo, root_path: str, subprotocols: list[str]) -> dict:
+    """The ``websocket.connect`` message (order 0). Raises ``InvalidRequest`` for a bad target."""
+    path, query_string = split_target(target)
+    return {
+        "reply_channel": reply_channel,
+        "scheme": "wss" if info.scheme == "https" else "ws",
+        "path": path,
+        "query_string": query_string,
+        "root_path": root_path,
+        "headers": [[n, v] for n, v in headers],
+        "client": info.client,
+        "server": info.server,
+        "subprotocols": subprotocols,
+        "order": 0,
+    }

@@ -1,0 +1,98 @@
+"""Prometheus metrics of one sidecar process.
+
+The hot paths only bump plain integers on :class:`SidecarStats` (no lock, no
+label lookup per frame: one greenlet runs at a time); :class:`StatsCollector`
+turns them into Prometheus families when the admin endpoint is scraped.
+Names follow the ``wsgi_channels_`` prefix, base units and ``_total`` for counters.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Callable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import make_wsgi_app
+
+__all__ = ["SidecarStats", "StatsCollector", "make_registry", "make_metrics_app"]
+
+
+class SidecarStats:
+    """Counters and gauges of a sidecar, as plain attributes."""
+
+    def __init__(self) -> None:
+        self.websockets_open = 0
+        self.http_open = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.slow_closed = 0
+        self.dead_closed = 0
+        self.layer_errors = 0
+        self.layer_up = 1
+        self.layer_messages = 0
+        self.handshakes: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self.http_responses: Counter[str] = Counter()
+        self.closes: Counter[int] = Counter()
+
+    def snapshot(self) -> dict:
+        """Plain dict of everything (used by tests and the health endpoint)."""
+        out = {k: v for k, v in vars(self).items() if isinstance(v, int)}
+        out["handshakes"] = dict(self.handshakes)
+        out["dropped"] = dict(self.dropped)
+        out["http_responses"] = dict(self.http_responses)
+        return out
+
+
+class StatsCollector:
+    """A prometheus_client collector reading :class:`SidecarStats` at scrape time."""
+
+    def __init__(self, stats: SidecarStats) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator:
+        s = self.stats
+        g = GaugeMetricFamily("wsgi_channels_sidecar_open_connections", "Open client connections", labels=["kind"])
+        g.add_metric(["websocket"], s.websockets_open)
+        g.add_metric(["http"], s.http_open)
+        yield g
+        yield GaugeMetricFamily("wsgi_channels_sidecar_layer_up", "1 while the channel layer answers",
+                                value=s.layer_up)
+        for name, doc, value in (
+            ("frames_received", "WebSocket messages received from clients", s.frames_in),
+            ("frames_sent", "WebSocket messages sent to clients", s.frames_out),
+            ("received_bytes", "Bytes received from clients", s.bytes_in),
+            ("sent_bytes", "Bytes written to clients", s.bytes_out),
+            ("slow_closed", "Connections closed because the client did not read fast enough", s.slow_closed),
+            ("dead_closed", "WebSockets closed because they did not answer a ping in time", s.dead_closed),
+            ("layer_errors", "Channel layer operations that failed (unreachable or erroring)", s.layer_errors),
+            ("layer_messages", "Messages taken from this process's channel prefix", s.layer_messages),
+        ):
+            yield CounterMetricFamily(f"wsgi_channels_sidecar_{name}", doc, value=value)
+        for name, doc, label, counter in (
+            ("handshakes", "WebSocket handshakes by outcome", "outcome", s.handshakes),
+            ("dropped", "Connections or messages dropped, by reason", "reason", s.dropped),
+            ("http_responses", "HTTP responses by status class", "status", s.http_responses),
+        ):
+            c = CounterMetricFamily(f"wsgi_channels_sidecar_{name}", doc, labels=[label])
+            for key, value in sorted(counter.items()):
+                c.add_metric([str(key)], value)
+            yield c
+        c = CounterMetricFamily("wsgi_channels_sidecar_closes", "WebSocket closes by close code", labels=["code"])
+        for key, value in sorted(s.closes.items()):
+            c.add_metric([str(key)], value)
+        yield c
+
+
+def make_registry(stats: SidecarStats) -> CollectorRegistry:
+    """A registry of this sidecar's own (so several sidecars in one test process never clash)."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StatsCollector(stats))  # type: ignore[arg-type]
+    return registry
+
+
+def make_metrics_app(registry: CollectorRegistry) -> Callable:
+    """The WSGI app serving ``/metrics`` in the Prometheus text format."""
+    return make_wsgi_app(registry)

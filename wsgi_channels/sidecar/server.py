@@ -1,0 +1,296 @@
+"""The sidecar process: listeners, the one layer receive loop, the sweeper, and draining.
+
+Life of a sidecar (:meth:`Sidecar.serve_forever`)::
+
+    listen on every --bind address         (one greenlet per client socket: ClientConnection.run)
+    receive loop: layer.receive([prefix!]) -> batch -> connection.deliver(message)
+    sweeper: every tick, each connection checks its deadlines (handshake, connect, HTTP, pings)
+    SIGTERM/SIGINT: stop accepting; WebSockets get close 1001; in-flight HTTP finishes;
+                    after the grace period the rest is dropped; disconnects are sent; exit 0
+
+The process reads exactly one layer prefix, its own unguessable ``sidecar.XXXX!``;
+every reply channel it hands out is that prefix plus a counter. While the layer
+is unreachable the receive loop retries with backoff, open sockets stay up, new
+handshakes and HTTP requests get 503, and service resumes by itself.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import mimetypes
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.server
+
+from ..channel import default_layer_url
+from ..config import parse_address
+from ..layers import from_url
+from ..layers.base import BaseChannelLayer, new_process_prefix
+from .config import SidecarConfig
+from .connection import ClientConnection
+from .http import raw_response
+from .metrics import SidecarStats, make_metrics_app, make_registry
+from .websocket import CLOSE_GOING_AWAY
+
+__all__ = ["Sidecar", "STATIC_DIR"]
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
+
+
+class Sidecar:
+    """A WebSocket (and optional HTTP) server that speaks to the app through a channel layer."""
+
+    STATIC_PREFIX = b"/_wsgi_channels/static/"
+
+    def __init__(self, config: SidecarConfig, layer: BaseChannelLayer | None = None) -> None:
+        self.config = config
+        self.layer = layer if layer is not None else from_url(config.layer or default_layer_url())
+        self.prefix = new_process_prefix("sidecar")
+        self.stats = SidecarStats()
+        self.routes: dict[str, ClientConnection] = {}
+        self.connections: set[ClientConnection] = set()
+        self.draining = False
+        self.layer_ok = True
+        self._layer_down_since: float | None = None
+        self._counter = itertools.count(1)
+        self._servers: list[gevent.server.StreamServer] = []
+        self._admin: Any = None
+        self._loops: list[gevent.Greenlet] = []
+        self._stopped = gevent.event.Event()
+        self._static = self._load_static()
+        self.addresses: list[Any] = []
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def route(self, conn: ClientConnection) -> str:
+        """A new reply channel on this process's prefix, routed to ``conn``."""
+        name = f"{self.prefix}{next(self._counter)}"
+        self.routes[name] = conn
+        return name
+
+    def unroute(self, name: str) -> None:
+        self.routes.pop(name, None)
+
+    def forget(self, conn: ClientConnection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            if conn.ws is not None:
+                self.stats.websockets_open -= 1
+            else:
+                self.stats.http_open -= 1
+        if conn.reply_channel is not None:
+            self.routes.pop(conn.reply_channel, None)
+
+    # -- the layer --------------------------------------------------------------------------
+
+    def layer_failed(self, error: BaseException) -> None:
+        """A layer operation failed: count it, and mark the layer down until the loop gets through."""
+        self.stats.layer_errors += 1
+        if self.layer_ok:
+            self.layer_ok = False
+            self.stats.layer_up = 0
+            self._layer_down_since = time.monotonic()
+            log.warning("channel layer unavailable (%s: %s); new connections get 503 until it is back",
+                        type(error).__name__, error)
+
+    def _layer_back(self) -> None:
+        if not self.layer_ok:
+            gap = time.monotonic() - (self._layer_down_since or time.monotonic())
+            log.warning("channel layer is back after %.1fs", gap)
+            self.layer_ok = True
+            self.stats.layer_up = 1
+
+    def _take_batch(self, first_timeout: float) -> list[tuple[str, dict]]:
+        layer = self.layer
+        channels = [self.prefix]
+        batch_receive = getattr(layer, "receive_batch", None)
+        if batch_receive is not None:
+            return list(batch_receive(channels, self.config.receive_batch, block=True, timeout=first_timeout))
+        channel, message = layer.receive(channels, block=True, timeout=first_timeout)
+        if channel is None:
+            return []
+        batch = [(channel, message)]
+        limit = self.config.receive_batch
+        while len(batch) < limit:
+            channel, message = layer.receive(channels, block=False)
+            if channel is None:
+                break
+            batch.append((channel, message))
+        return batch
+
+    def _receive_loop(self) -> None:
+        """The only reader of this process's prefix: take batches, hand each message to its connection."""
+        backoff = 0.05
+        while not self._stopped.is_set():
+            try:
+                batch = self._take_batch(1.0)
+            except Exception as e:
+                self.layer_failed(e)
+                gevent.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.05
+            self._layer_back()
+            if not batch:
+                continue
+            self.stats.layer_messages += len(batch)
+            frames: dict = {}  # one encoded frame per distinct payload in this batch
+            routes = self.routes
+            for channel, message in batch:
+                conn = routes.get(channel)
+                if conn is None:
+                    self.stats.dropped["no_connection"] += 1
+                    continue
+                try:
+                    conn.deliver(message, frames)
+                except Exception:
+                    log.exception("delivering to %s failed", channel)
+                    conn.abort()
+            gevent.sleep(0)  # let readers and writers run between batches
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def _tick(self) -> float:
+        c = self.config
+        candidates = [c.handshake_timeout, c.connect_timeout, c.http_timeout, c.ping_timeout]
+        if c.ping_interval:
+            candidates.append(c.ping_interval)
+        return max(0.05, min(1.0, min(candidates) / 4))
+
+    def _sweeper(self) -> None:
+        tick = self._tick()
+        while not self._stopped.is_set():
+            gevent.sleep(tick)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                try:
+                    conn.check_timers(now)
+                except Exception:
+                    log.exception("timer check failed for %s", conn.peer)
+                    conn.abort()
+
+    # -- accepting --------------------------------------------------------------------------
+
+    def _handle(self, sock: socket.socket, peer: Any) -> None:
+        limit = self.config.max_connections
+        if self.draining or (limit and len(self.connections) >= limit):
+            self.stats.dropped["connection_limit" if not self.draining else "draining"] += 1
+            try:
+                sock.sendall(raw_response(503))
+                sock.shutdown(socket.SHUT_WR)
+                sock.settimeout(1.0)
+                sock.recv(65536)
+            except OSError:
+                pass
+            sock.close()
+            return
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # unix sockets
+        conn = ClientConnection(self, sock, peer)
+        self.connections.add(conn)
+        self.stats.http_open += 1
+        conn.run()
+
+    def _listen(self, address: str) -> gevent.server.StreamServer:
+        host, port = parse_address(address)
+        if host == "unix":
+            path = str(port)
+            if os.path.exists(path):
+                os.unlink(path)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(path)
+            listener.listen(4096)
+            server = gevent.server.StreamServer(listener, self._handle)
+        else:
+            server = gevent.server.StreamServer((host, port), self._handle, backlog=4096)
+        server.start()
+        self.addresses.append(server.address)
+        log.info("sidecar listening on %s", address if host == "unix" else "%s:%d" % server.address[:2])
+        return server
+
+    def start(self) -> None:
+        """Listen, start the receive loop, the sweeper and the admin endpoint; return at once."""
+        for address in self.config.bind:
+            self._servers.append(self._listen(address))
+        self._loops = [gevent.spawn(self._receive_loop), gevent.spawn(self._sweeper)]
+        if self.config.admin_bind:
+            from gevent.pywsgi import WSGIServer
+
+            host, port = parse_address(self.config.admin_bind)
+            self._admin = WSGIServer((host, port), make_metrics_app(make_registry(self.stats)), log=None)
+            self._admin.start()
+            log.info("metrics on http://%s:%d/metrics", host, self._admin.address[1])
+        log.info("sidecar prefix %s, layer %s, http %s", self.prefix, type(self.layer).__name__, self.config.http)
+
+    def serve_forever(self) -> int:
+        """Run until SIGTERM or SIGINT, then drain; the exit status."""
+        self.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            gevent.signal_handler(sig, self._on_signal, sig)
+        self._stopped.wait()
+        return 0
+
+    def _on_signal(self, sig: int) -> None:
+        if not self.draining:
+            log.info("signal %d: draining (grace period %.1fs)", sig, self.config.grace_period)
+            gevent.spawn(self.stop)
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    def stop(self, grace_period: float | None = None) -> None:
+        """Stop accepting, close WebSockets with 1001, let HTTP finish, then drop what is left."""
+        grace = self.config.grace_period if grace_period is None else grace_period
+        self.draining = True
+        for server in self._servers:
+            server.close()
+        for conn in list(self.connections):
+            try:
+                conn.drain(CLOSE_GOING_AWAY)
+            except Exception:
+                conn.abort()
+        deadline = time.monotonic() + grace
+        while self.connections and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        for conn in list(self.connections):
+            conn.abort()
+        deadline = time.monotonic() + 5.0
+        while self.connections and time.monotonic() < deadline:
+            gevent.sleep(0.05)  # readers send the disconnects
+        if self._admin is not None:
+            self._admin.stop(timeout=1)
+        self._stopped.set()
+        gevent.joinall(self._loops, timeout=3)
+        log.info("sidecar stopped")
+
+    # -- static files -----------------------------------------------------------------------
+
+    @staticmethod
+    def _load_static() -> dict[str, tuple[bytes, bytes]]:
+        """The shipped browser client files, read once; only these names are ever served."""
+        files: dict[str, tuple[bytes, bytes]] = {}
+        if os.path.isdir(STATIC_DIR):
+            for name in os.listdir(STATIC_DIR):
+                path = os.path.join(STATIC_DIR, name)
+                if os.path.isfile(path) and not name.startswith("."):
+                    ctype = "text/javascript" if name.endswith((".js", ".mjs")) else (
+                        mimetypes.guess_type(name)[0] or "application/octet-stream")
+                    with open(path, "rb") as fh:
+                        files[name] = (fh.read(), f"{ctype}; charset=utf-8".encode())
+        return files
+
+    def static_file(self, name: str) -> tuple[int, bytes, bytes]:
+        entry = self._static.get(name)
+        if entry is None:
+            return 404, b"404 Not Found\n", b"text/plain; charset=utf-8"
+        return 200, entry[0], entry[1]
+

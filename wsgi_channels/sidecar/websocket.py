@@ -1,0 +1,278 @@
+"""The WebSocket side of a sidecar connection, sans-IO: bytes in -> messages out, messages in -> bytes out.
+
+The HTTP upgrade request is parsed by :mod:`wsgi_channels.sidecar.http` (h11);
+this module checks it (:func:`check_upgrade`, :func:`check_origin`), builds
+the ``101`` headers (:func:`accept_headers`) and then runs RFC 6455 through
+wsproto inside :class:`WebSocketSession`. wsproto hands over fragments as they
+arrive; the session buffers them into whole messages and enforces the message
+size while buffering, so a client cannot grow memory past the limit.
+
+No sockets, gevent or layer here: the server feeds bytes and writes what it is
+given back. :func:`encode_frame` builds an unmasked server frame once so a
+broadcast can write the same bytes to every uncompressed socket.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+from urllib.parse import urlsplit
+
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.extensions import Extension, PerMessageDeflate
+from wsproto.handshake import server_extensions_handshake
+from wsproto.utilities import LocalProtocolError, generate_accept_token
+
+from .config import origin_key
+
+__all__ = [
+    "Upgrade",
+    "check_upgrade",
+    "check_origin",
+    "accept_headers",
+    "WebSocketSession",
+    "encode_frame",
+    "OP_TEXT",
+    "OP_BINARY",
+    "CLOSE_NORMAL",
+    "CLOSE_GOING_AWAY",
+    "CLOSE_TOO_BIG",
+    "CLOSE_TRY_AGAIN",
+    "CLOSE_ABNORMAL",
+    "CLOSE_POLICY",
+    "CLOSE_INTERNAL",
+]
+
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_ABNORMAL = 1006
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013
+
+
+@dataclass
+class Upgrade:
+    """What the server needs from a valid upgrade request."""
+
+    key: bytes
+    subprotocols: list[str] = field(default_factory=list)
+    extension_offers: list[str] = field(default_factory=list)
+
+
+def _split(value: bytes) -> list[str]:
+    return [p.strip() for p in value.decode("latin-1").split(",") if p.strip()]
+
+
+def is_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request asks for a WebSocket (``Upgrade: websocket``)."""
+    return any(name == b"upgrade" and b"websocket" in value.lower() for name, value in headers)
+
+
+def check_upgrade(method: bytes, http_version: bytes, headers: Sequence[tuple[bytes, bytes]]) -> Upgrade | str:
+    """Validate an RFC 6455 opening handshake; return :class:`Upgrade` or the reason it is bad."""
+    if method != b"GET":
+        return f"WebSocket handshake must use GET, not {method.decode('latin-1')}"
+    if http_version != b"1.1":
+        return "WebSocket handshake needs HTTP/1.1"
+    connection: list[str] = []
+    key = version = None
+    subprotocols: list[str] = []
+    offers: list[str] = []
+    for name, value in headers:
+        if name == b"connection":
+            connection += [t.lower() for t in _split(value)]
+        elif name == b"sec-websocket-key":
+            key = value.strip()
+        elif name == b"sec-websocket-version":
+            version = value.strip()
+        elif name == b"sec-websocket-protocol":
+            subprotocols += _split(value)
+        elif name == b"sec-websocket-extensions":
+            offers += _split(value)
+    if "upgrade" not in connection:
+        return "WebSocket handshake without 'Connection: Upgrade'"
+    if version != b"13":
+        return "unsupported Sec-WebSocket-Version (only 13)"
+    if not key or len(key) != 24:
+        return "missing or malformed Sec-WebSocket-Key"
+    return Upgrade(key=key, subprotocols=subprotocols, extension_offers=offers)
+
+
+def check_origin(headers: Sequence[tuple[bytes, bytes]], scheme: str, host: bytes | None,
+                 allowed: Sequence[str]) -> str | None:
+    """Return None when the request's Origin may open a WebSocket, else the reason it may not.
+
+    With no allow-list the Origin must be the site itself (same scheme family,
+    host and port as the Host header): a page on another site cannot ride the
+    user's cookies into a WebSocket (cross-site WebSocket hijacking). Requests
+    without Origin (non-browser clients) pass: browsers always send it.
+    """
+    origin = next((v for n, v in headers if n == b"origin"), None)
+    if origin is None:
+        return None
+    if "*" in allowed:
+        return None
+    try:
+        parts = urlsplit(origin.decode("latin-1").strip())
+        key = origin_key(parts.scheme, parts.hostname or "", parts.port) if parts.hostname else None
+    except ValueError:
+        key = None
+    if key is None:
+        return f"Origin {origin!r} is not a valid origin"
+    if allowed:
+        return None if key in allowed else f"Origin {key} is not in the allowed origins"
+    if host is None:
+        return "Origin check: the request has no Host header"
+    http_scheme = "https" if scheme in ("https", "wss") else "http"
+    try:
+        hp = urlsplit("//" + host.decode("latin-1").strip())
+        own = origin_key(http_scheme, hp.hostname or "", hp.port)
+    except ValueError:
+        return "Origin check: bad Host header"
+    return None if key == own else f"Origin {key} is not this site ({own})"
+
+
+def accept_headers(upgrade: Upgrade, subprotocol: str | None, compression: bool
+                   ) -> tuple[list[tuple[bytes, bytes]], list[Extension]]:
+    """Headers of the ``101 Switching Protocols`` response and the agreed extensions."""
+    headers = [
+        (b"Upgrade", b"websocket"),
+        (b"Connection", b"Upgrade"),
+        (b"Sec-WebSocket-Accept", generate_accept_token(upgrade.key)),
+    ]
+    if subprotocol:
+        headers.append((b"Sec-WebSocket-Protocol", subprotocol.encode("ascii")))
+    extensions: list[Extension] = []
+    if compression and upgrade.extension_offers:
+        deflate = PerMessageDeflate()
+        agreed = server_extensions_handshake(upgrade.extension_offers, [deflate])
+        if agreed:
+            headers.append((b"Sec-WebSocket-Extensions", agreed))
+            extensions.append(deflate)
+    return headers, extensions
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked server frame (RFC 6455 section 5.2)."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return head + payload
+
+
+class WebSocketSession:
+    """RFC 6455 for one accepted connection: feed bytes, get whole messages and bytes to write.
+
+    ``receive_data`` returns ``(out, messages)``: ``out`` is what must be
+    written to the peer (pongs, the close handshake) and ``messages`` a list of
+    complete ``str`` or ``bytes`` payloads. After it, ``closed`` tells whether
+    the close handshake is over (or the peer misbehaved) and ``close_code``
+    carries the code for ``websocket.disconnect``.
+    """
+
+    __slots__ = ("_conn", "_parts", "_size", "_text", "max_message_size", "compressed",
+                 "close_code", "closed", "awaiting_pong")
+
+    def __init__(self, extensions: list[Extension] | None = None, trailing_data: bytes = b"",
+                 max_message_size: int = 1 << 20) -> None:
+        self._conn = Connection(ConnectionType.SERVER, extensions or None)
+        self._parts: list = []
+        self._size = 0
+        self._text = False
+        self.max_message_size = max_message_size
+        self.compressed = bool(extensions)
+        self.close_code: int | None = None
+        self.closed = False
+        self.awaiting_pong = False
+        if trailing_data:
+            self._conn.receive_data(trailing_data)
+
+    @property
+    def open(self) -> bool:
+        return self._conn.state is ConnectionState.OPEN
+
+    def receive_data(self, data: bytes | None) -> tuple[bytes, list]:
+        """Feed bytes from the peer (``None`` = the peer's socket closed)."""
+        if self.closed:
+            return b"", []
+        if data is None:
+            self.closed = True
+            if self.close_code is None:
+                self.close_code = CLOSE_ABNORMAL
+            return b"", []
+        self._conn.receive_data(data)
+        return self.pending()
+
+    def pending(self) -> tuple[bytes, list]:
+        """Process what has been fed: the bytes to write and the finished messages."""
+        out = b""
+        messages: list = []
+        for event in self._conn.events():
+            if isinstance(event, (TextMessage, BytesMessage)):
+                if not self.open:
+                    continue  # frames after our close are discarded (RFC 6455 section 5.5.1)
+                self._size += len(event.data)
+                if self._size > self.max_message_size:
+                    self._parts.clear()
+                    out += self.close(CLOSE_TOO_BIG, "message too big")
+                    break
+                if event.message_finished and not self._parts:
+                    messages.append(event.data)
+                else:
+                    self._text = isinstance(event, TextMessage)
+                    self._parts.append(event.data)
+                    if event.message_finished:
+                        messages.append(("" if self._text else b"").join(self._parts))
+                        self._parts.clear()
+                if event.message_finished:
+                    self._size = 0
+            elif isinstance(event, Ping):
+                if self.open:
+                    out += self._conn.send(event.response())
+            elif isinstance(event, Pong):
+                self.awaiting_pong = False
+            elif isinstance(event, CloseConnection):
+                if self._conn.state is ConnectionState.REMOTE_CLOSING:
+                    # The peer started the close (or broke the protocol: wsproto reports that
+                    # as a close with 1002/1007); answer it and we are done.
+                    if self.close_code is None:
+                        self.close_code = event.code
+                    out += self._conn.send(event.response())
+                elif self.close_code is None:
+                    self.close_code = event.code
+                self.closed = True
+                break
+        return out, messages
+
+    def send_message(self, data: str | bytes) -> bytes:
+        """Bytes of one whole message (compressed when the extension was agreed)."""
+        if not self.open:
+            return b""
+        event = TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data)
+        return self._conn.send(event)
+
+    def ping(self, payload: bytes = b"") -> bytes:
+        if not self.open:
+            return b""
+        self.awaiting_pong = True
+        return self._conn.send(Ping(payload=payload))
+
+    def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> bytes:
+        """Start the close handshake; ``close_code`` becomes ``code``. Empty when already closing."""
+        if self._conn.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            return b""
+        if self.close_code is None:
+            self.close_code = code
+        try:
+            return self._conn.send(CloseConnection(code=code, reason=reason or None))
+        except LocalProtocolError:
+            return b""
