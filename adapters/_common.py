@@ -47,7 +47,7 @@ if not CLIENT_JS.is_file():  # editable install: adapters/ sits beside wsgi_chan
     CLIENT_JS = Path(__file__).resolve().parent.parent / "wsgi_channels" / "static" / "channels.js"
 
 #: Where the adapters serve it by default.
-CLIENT_JS_URL = "/_wsgi_channels/channels.js"
+CLIENT_JS_URL = "/_wsgi_channels/static/channels.js"  # the sidecar serves the same path
 
 _COOKIE_KEY = "_wsgi_channels_cookie"
 

@@ -356,7 +356,7 @@ def _register_cli(app: Any) -> None:
         state = current_app.extensions[EXTENSION_KEY]
         argv = [sys.executable, "-m", "wsgi_channels", "sidecar", "--layer", state.layer_url]
         if state.allowed_origins:
-            argv += ["--allowed-origins", ",".join(state.allowed_origins)]
+            argv += ["--allowed-origins", *state.allowed_origins]
         # The sidecar is a gevent server: a fresh interpreter patches before anything is imported.
         os.execv(sys.executable, argv + list(args))
 

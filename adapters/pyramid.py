@@ -7,7 +7,7 @@ Settings (ini file or ``Configurator(settings=...)``), all under ``wsgi_channels
 ``wsgi_channels.routing``          dotted name of extra routes for the worker (``pkg.routing:routes``)
 ``wsgi_channels.allowed_origins``  origins or host names allowed to open WebSockets (list)
 ``wsgi_channels.transactional``    with ``pyramid_tm``: hold pushes until commit (default true)
-``wsgi_channels.client_js_url``    path serving the browser client (default ``/_wsgi_channels/channels.js``;
+``wsgi_channels.client_js_url``    path serving the browser client (default ``/_wsgi_channels/static/channels.js``;
                                    empty to disable)
 ``wsgi_channels.option.NAME``      layer constructor keywords (``wsgi_channels.option.capacity = 500``)
 =================================  ==========================================================

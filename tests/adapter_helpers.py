@@ -38,3 +38,11 @@ def ws_connect(reply_channel: str, path: str, cookie: str | None = None, origin:
 
 def ws_receive(reply_channel: str, path: str, text: str, order: int = 1) -> dict:
     return {"reply_channel": reply_channel, "path": path, "text": text, "bytes": None, "order": order}
+
+
+def call(app, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+    """One request through a WSGI app: ``(status, [(name, value)], body)``."""
+    from werkzeug.test import Client
+
+    response = Client(app).open(path, method=method, data=body, headers=headers or {})
+    return response.status, list(response.headers.items()), response.get_data()

@@ -177,7 +177,7 @@ def test_routing_setting_is_appended_and_bad_paths_are_named():
 
 def test_client_js_is_served():
     app, _ = make_app()
-    resp = app.test_client().get("/_wsgi_channels/channels.js")
+    resp = app.test_client().get("/_wsgi_channels/static/channels.js")
     assert resp.status_code == 200
     assert resp.mimetype == "text/javascript"
     assert b"export function connect" in resp.data

@@ -32,7 +32,7 @@ class Command(BaseCommand):
         if options["bind"]:
             argv += ["--bind", options["bind"]]
         if entry.allowed_origins:
-            argv += ["--allowed-origins", ",".join(entry.allowed_origins)]
+            argv += ["--allowed-origins", *entry.allowed_origins]
         argv += options["sidecar_args"]
         sys.stdout.flush()
         sys.stderr.flush()

@@ -1,0 +1,170 @@
+"""Live blog: a Flask + SQLite app where publishing a post updates every open page at once.
+
+What it shows:
+
+- a Flask app using ``wsgi_channels.adapters.flask.Channels``, unchanged in shape:
+  the view saves the post, commits, then ``channels.group_send("liveblog", ...)``;
+- WebSocket consumers registered with ``@channels.consumer`` that join and leave the
+  ``liveblog`` group;
+- the page using the shipped browser client (``/_wsgi_channels/static/channels.js``).
+
+Run it in one process (app + sidecar + worker, in-memory layer)::
+
+    cd examples/liveblog
+    python liveblog.py                # = wsgi-channels runserver liveblog:app --routing liveblog:routing
+
+Or in production shape, beside gunicorn (see README.md and docs/deployment.md)::
+
+    export WSGI_CHANNELS_LAYER=redis://127.0.0.1:6379/0
+    gunicorn -w 4 liveblog:app                       # the pages and POST /posts, port 8000
+    wsgi-channels sidecar --bind 127.0.0.1:8001      # WebSockets (nginx sends /ws/ here)
+    wsgi-channels worker liveblog:routing            # the consumers
+
+Settings come from the environment: ``LIVEBLOG_DB`` (SQLite file, default
+``liveblog.db`` beside this file), ``LIVEBLOG_WS_URL`` (where pages open the
+WebSocket; default ``/ws/liveblog/`` on the page's own origin) and
+``WSGI_CHANNELS_LAYER``.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import sqlite3
+import sys
+import time
+
+from flask import Flask, abort, g, jsonify, redirect, request
+
+from wsgi_channels.adapters.flask import Channels, routing_for
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GROUP = "liveblog"
+
+channels = Channels()
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Live blog</title>
+<style>
+ body {{ font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; }}
+ article {{ border-bottom: 1px solid #ddd; padding: .5rem 0; }}
+ #status {{ font-size: .8rem; color: #666; }}
+</style></head>
+<body>
+<h1>Live blog</h1>
+<p id="status" data-state="connecting">connecting…</p>
+<form method="post" action="posts">
+  <input name="title" placeholder="Title" required> <input name="body" placeholder="Text">
+  <button>Publish</button>
+</form>
+<section id="posts">{posts}</section>
+<script type="module">
+import {{ connect }} from "{client_js}";
+const status = document.getElementById("status");
+const posts = document.getElementById("posts");
+const socket = connect({ws_url});
+window.liveblogSocket = socket;
+function show(state, text) {{ status.dataset.state = state; status.textContent = text; }}
+socket.on("open", () => show("open", "live"));
+socket.on("reconnecting", (d) => show("reconnecting", `reconnecting (attempt ${{d.attempt}})…`));
+socket.on("stop", (d) => show("stopped", `stopped (${{d.code}})`));
+socket.on("json", (post) => {{
+  if (document.getElementById(`post-${{post.id}}`)) return;
+  const article = document.createElement("article");
+  article.id = `post-${{post.id}}`;
+  const h = document.createElement("h2");
+  h.textContent = post.title;
+  const p = document.createElement("p");
+  p.textContent = post.body;
+  article.append(h, p);
+  posts.prepend(article);
+}});
+</script>
+</body></html>
+"""
+
+
+def get_db() -> sqlite3.Connection:
+    """One connection per request (closed at teardown), like any Flask + sqlite3 app."""
+    if "db" not in g:
+        path = os.environ.get("LIVEBLOG_DB") or os.path.join(HERE, "liveblog.db")
+        g.db = sqlite3.connect(path, timeout=10)
+        g.db.row_factory = sqlite3.Row
+        g.db.execute("PRAGMA journal_mode=WAL")
+        g.db.execute("CREATE TABLE IF NOT EXISTS posts (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                     "title TEXT NOT NULL, body TEXT NOT NULL, created REAL NOT NULL)")
+    return g.db
+
+
+def create_app() -> Flask:
+    app = Flask(__name__)
+    app.config["LIVEBLOG_WS_URL"] = os.environ.get("LIVEBLOG_WS_URL", "/ws/liveblog/")
+    channels.init_app(app)
+
+    @app.teardown_appcontext
+    def close_db(exc):  # type: ignore[no-untyped-def]
+        db = g.pop("db", None)
+        if db is not None:
+            db.close()
+
+    @app.get("/")
+    def index():  # type: ignore[no-untyped-def]
+        rows = get_db().execute("SELECT id, title, body FROM posts ORDER BY id DESC LIMIT 50").fetchall()
+        posts = "".join(f'<article id="post-{r["id"]}"><h2>{html.escape(r["title"])}</h2>'
+                        f'<p>{html.escape(r["body"])}</p></article>' for r in rows)
+        return PAGE.format(posts=posts, client_js=request.script_root + "/_wsgi_channels/static/channels.js",
+                           ws_url=json.dumps(app.config["LIVEBLOG_WS_URL"]))
+
+    @app.post("/posts")
+    def publish():  # type: ignore[no-untyped-def]
+        data = request.get_json(silent=True) or request.form
+        title = (data.get("title") or "").strip()
+        body = (data.get("body") or "").strip()
+        if not title:
+            abort(400, "a post needs a title")
+        db = get_db()
+        cur = db.execute("INSERT INTO posts (title, body, created) VALUES (?, ?, ?)", (title, body, time.time()))
+        db.commit()
+        post = {"id": cur.lastrowid, "title": title, "body": body}
+        # After the commit: every open page gets the post, whichever gunicorn worker served this request.
+        channels.group_send(GROUP, {"text": json.dumps(post)})
+        if request.is_json:
+            return jsonify(post), 201
+        return redirect(request.script_root + "/", code=303)
+
+    @app.get("/posts")
+    def list_posts():  # type: ignore[no-untyped-def]
+        rows = get_db().execute("SELECT id, title, body FROM posts ORDER BY id").fetchall()
+        return jsonify([dict(r) for r in rows])
+
+    return app
+
+
+@channels.consumer("websocket.connect", path=r"^/ws/liveblog/$")
+def ws_connect(message) -> None:  # type: ignore[no-untyped-def]
+    channels.group(GROUP).add(message.reply_channel)
+    message.reply_channel.send({"accept": True})
+
+
+@channels.consumer("websocket.disconnect", path=r"^/ws/liveblog/$")
+def ws_disconnect(message) -> None:  # type: ignore[no-untyped-def]
+    channels.group(GROUP).discard(message.reply_channel)
+
+
+app = create_app()
+#: What ``wsgi-channels worker liveblog:routing`` runs.
+routing = routing_for(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo in one process: ``wsgi-channels runserver liveblog:app --routing liveblog:routing``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    os.environ["PYTHONPATH"] = HERE + os.pathsep + os.environ.get("PYTHONPATH", "")
+    os.chdir(HERE)
+    os.execv(sys.executable, [sys.executable, "-m", "wsgi_channels", "runserver", "liveblog:app",
+                              "--routing", "liveblog:routing", *args])
+    return 0  # pragma: no cover
+
+
+if __name__ == "__main__":
+    sys.exit(main())

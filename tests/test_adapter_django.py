@@ -1,0 +1,152 @@
+"""The Django adapter (plain Django, no Channels, no ASGI): checks, on_commit pushes, session/user, db cycle."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import django
+import pytest
+from django.conf import settings
+
+from adapter_helpers import dispatch, replies, ws_connect, ws_receive
+from wsgi_channels import Group, get_layer
+
+LAYER = "memory://django-tests"
+_DB = os.path.join(tempfile.mkdtemp(prefix="wsgi-channels-django-"), "db.sqlite3")
+
+if not settings.configured:
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="django-adapter-tests",
+        ALLOWED_HOSTS=["*"],
+        INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes", "django.contrib.sessions",
+                        "wsgi_channels.adapters.django"],
+        MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware",
+                    "django.contrib.auth.middleware.AuthenticationMiddleware"],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": _DB}},
+        ROOT_URLCONF=__name__,
+        WSGI_CHANNELS={"default": {"LAYER": LAYER}},
+        PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
+        USE_TZ=True,
+    )
+    django.setup()
+
+from django.contrib.auth.models import User  # noqa: E402
+from django.core import checks  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import connection, transaction  # noqa: E402
+from django.test import Client, override_settings  # noqa: E402
+
+from wsgi_channels.adapters.django import django_consumer, group_send, login_required  # noqa: E402
+
+urlpatterns: list = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def database():
+    call_command("migrate", run_syncdb=True, verbosity=0)
+    if not User.objects.filter(username="carol").exists():
+        User.objects.create_user("carol", password="pw")
+    yield
+
+
+@pytest.fixture
+def layer():
+    layer = get_layer(LAYER)
+    layer.flush()
+    return layer
+
+
+def session_cookie(username="carol"):
+    client = Client()
+    assert client.login(username=username, password="pw")
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+
+@login_required
+def connect(message):
+    Group("feed", layer=LAYER).add(message.reply_channel)
+    message.reply_channel.send({"accept": True})
+    message.reply_channel.send({"text": f"hello {message.user.username}"})
+
+
+@django_consumer
+def receive(message):
+    name = message.user.username if message.user.is_authenticated else "anonymous"
+    message.reply_channel.send({"text": f"{name} ({User.objects.count()} users): {message['text']}"})
+
+
+def routing():
+    from wsgi_channels import route
+
+    return [route("websocket.connect", connect), route("websocket.receive", receive)]
+
+
+def _check_ids(**wsgi_channels):
+    with override_settings(WSGI_CHANNELS=wsgi_channels):
+        return sorted(m.id for m in checks.run_checks(tags=["wsgi_channels"]))
+
+
+def test_system_checks_catch_bad_settings():
+    assert _check_ids(default={"LAYER": "redis://localhost:6379/0"}) == []
+    assert _check_ids(default={"LAYER": "nope://x"}) == ["wsgi_channels.E002"]
+    assert _check_ids(default={"LAYER": "redis://h/0", "TYPO": 1}) == ["wsgi_channels.E002"]
+    assert _check_ids(default={"LAYER": "redis://h/0", "OPTIONS": {"capacity": "many"}}) == ["wsgi_channels.E002"]
+    assert _check_ids(default={"LAYER": "redis://h/0", "ROUTING": "no.such.module:routes"}) == ["wsgi_channels.E003"]
+    assert _check_ids(default={"LAYER": "memory://"}) == ["wsgi_channels.W001"]
+    assert _check_ids(other={"LAYER": "redis://h/0"}) == ["wsgi_channels.E004"]
+    with override_settings(WSGI_CHANNELS={"default": {"LAYER": "nope://x"}}):
+        msg = [m for m in checks.run_checks(tags=["wsgi_channels"])][0]
+        assert "WSGI_CHANNELS['default']['LAYER']" in msg.msg and msg.hint
+
+
+def test_group_send_on_commit_waits_for_the_commit_and_is_dropped_on_rollback(layer):
+    member = layer.new_channel("test.m?")
+    Group("feed", layer=LAYER).add(member)
+    with transaction.atomic():
+        group_send("feed", {"text": "committed"}, on_commit=True)
+        assert replies(layer, member) == []
+    assert replies(layer, member) == [{"text": "committed"}]
+    with pytest.raises(RuntimeError):
+        with transaction.atomic():
+            group_send("feed", {"text": "rolled back"}, on_commit=True)
+            raise RuntimeError("abort")
+    assert replies(layer, member) == []
+    group_send("feed", {"text": "now"})
+    assert replies(layer, member) == [{"text": "now"}]
+
+
+def test_login_required_consumer_gets_the_user_from_the_session_cookie(layer):
+    reply = layer.new_channel("test.reply?")
+    dispatch(routing(), "websocket.connect", ws_connect(reply, "/ws/feed/", session_cookie()), layer)
+    assert replies(layer, reply) == [{"accept": True}, {"text": "hello carol"}]
+    dispatch(routing(), "websocket.receive", ws_receive(reply, "/ws/feed/", "hi"), layer)
+    assert replies(layer, reply) == [{"text": "carol (1 users): hi"}]
+
+
+def test_anonymous_and_forged_sessions_are_refused(layer):
+    reply = layer.new_channel("test.reply?")
+    dispatch(routing(), "websocket.connect", ws_connect(reply, "/ws/feed/"), layer)
+    assert replies(layer, reply) == [{"accept": False}]
+    dispatch(routing(), "websocket.connect", ws_connect(reply, "/ws/feed/", "sessionid=not-a-real-session-key"), layer)
+    assert replies(layer, reply) == [{"accept": False}]
+    assert reply not in Group("feed", layer=LAYER).channels()
+
+
+def test_database_connection_is_closed_after_each_message_like_a_request(layer):
+    reply = layer.new_channel("test.reply?")
+    connection.ensure_connection()
+    assert connection.connection is not None
+    dispatch(routing(), "websocket.receive", ws_receive(reply, "/ws/feed/", "x"), layer)
+    assert replies(layer, reply)[0]["text"].startswith("anonymous")
+    assert connection.connection is None, "CONN_MAX_AGE=0: the consumer's connection must be closed afterwards"
+
+
+def test_runworker_without_routing_is_a_clear_error():
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="ROUTING"):
+        call_command("runworker")
+    with override_settings(WSGI_CHANNELS={"default": {"LAYER": "bad://"}}):
+        with pytest.raises(CommandError, match="LAYER"):
+            call_command("runsidecar")

@@ -1,0 +1,158 @@
+"""The Pyramid adapter: settings, request.channels, pyramid_tm after-commit pushes, consumers with the session."""
+from __future__ import annotations
+
+import pytest
+import transaction
+from pyramid.config import Configurator
+from pyramid.session import SignedCookieSessionFactory
+from adapter_helpers import call, dispatch, replies, ws_connect, ws_receive
+from wsgi_channels import ConfigurationError, Group, get_layer
+from wsgi_channels.adapters.pyramid import reject, routing_for
+
+LAYER = "memory://pyramid-tests"
+
+
+@pytest.fixture
+def layer():
+    layer = get_layer(LAYER)
+    layer.flush()
+    return layer
+
+
+def connect_consumer(message, room):
+    if message.session.get("nick") is None:
+        return reject(message)
+    message.channel_session["room"] = room
+    Group(f"room-{room}", layer=LAYER).add(message.reply_channel)
+    message.reply_channel.send({"accept": True})
+    message.reply_channel.send({"text": f"{message.session['nick']} joined {room}"
+                                        f" ({message.registry.settings['app.title']})"})
+
+
+def receive_consumer(message, room):
+    Group(f"room-{room}", layer=LAYER).send({"text": f"{message.session['nick']}: {message['text']}"})
+
+
+def make_app(tm=True, **settings):
+    base = {"wsgi_channels.layer": LAYER, "app.title": "Chat"}
+    base.update(settings)
+    with Configurator(settings=base) as config:
+        config.set_session_factory(SignedCookieSessionFactory("s3cret"))
+        if tm:
+            config.include("pyramid_tm")
+        config.include("wsgi_channels.adapters.pyramid")
+
+        def login(request):
+            request.session["nick"] = request.matchdict["nick"]
+            return request.response
+
+        def post(request):
+            request.channels.group_send("room-lobby", {"text": request.text})
+            if request.params.get("fail"):
+                raise RuntimeError("rolled back")
+            request.response.text = "ok"
+            return request.response
+
+        config.add_route("login", "/login/{nick}")
+        config.add_view(login, route_name="login")
+        config.add_route("post", "/post")
+        config.add_view(post, route_name="post")
+        config.add_channel_route("websocket.connect", connect_consumer, path=r"^/ws/chat/(?P<room>\w+)/$")
+        config.add_channel_route("websocket.receive", receive_consumer, path=r"^/ws/chat/(?P<room>\w+)/$")
+        return config.make_wsgi_app()
+
+
+def cookie_for(app, nick):
+    status, headers, _ = call(app, "POST", f"/login/{nick}")
+    assert status.startswith("200"), status
+    cookie = [v for k, v in headers if k.lower() == "set-cookie"][0]
+    return cookie.split(";", 1)[0]
+
+
+def test_settings_are_read_and_bad_ones_named():
+    app = make_app(**{"wsgi_channels.option.capacity": "9"})
+    state = app.registry.wsgi_channels
+    assert get_layer(state.layer_url).get_capacity("x") == 9
+    with pytest.raises(ConfigurationError, match="wsgi_channels.layer"):
+        make_app(**{"wsgi_channels.layer": "nope://"})
+    with pytest.raises(ConfigurationError, match="wsgi_channels.lyaer"):
+        make_app(**{"wsgi_channels.lyaer": "memory://"})
+    with pytest.raises(Exception, match="not.a.module"):
+        make_app(**{"wsgi_channels.routing": "not.a.module:routes"})
+
+
+def test_push_from_a_view_goes_out_after_commit(layer):
+    app = make_app()
+    member = layer.new_channel("test.m?")
+    Group("room-lobby", layer=LAYER).add(member)
+    status, _, body = call(app, "POST", "/post", body=b"hello")
+    assert status.startswith("200") and body == b"ok"
+    assert replies(layer, member) == [{"text": "hello"}]
+
+
+def test_push_is_dropped_when_the_transaction_aborts(layer):
+    app = make_app()
+    member = layer.new_channel("test.m?")
+    Group("room-lobby", layer=LAYER).add(member)
+    with pytest.raises(RuntimeError, match="rolled back"):
+        call(app, "POST", "/post?fail=1", body=b"never")
+    assert replies(layer, member) == []
+
+
+def test_push_waits_for_commit_inside_the_transaction(layer):
+    """A data-changing view: nothing is visible to clients until the transaction commits."""
+    from pyramid.request import Request
+
+    app = make_app()
+    member = layer.new_channel("test.m?")
+    Group("room-lobby", layer=LAYER).add(member)
+    from pyramid.scripting import prepare
+
+    request = Request.blank("/")
+    env = prepare(request=request, registry=app.registry)
+    try:
+        request.tm = transaction.TransactionManager(explicit=True)
+        request.tm.begin()
+        request.channels.group_send("room-lobby", {"text": "pending"})
+        request.channels.send(member, {"text": "direct"})
+        assert replies(layer, member) == []
+        request.tm.commit()
+        assert replies(layer, member) == [{"text": "pending"}, {"text": "direct"}]
+        # A second transaction on the same request gets its own buffer.
+        request.tm.begin()
+        request.channels.group_send("room-lobby", {"text": "second"})
+        request.tm.abort()
+        assert replies(layer, member) == []
+    finally:
+        env["closer"]()
+
+
+def test_without_pyramid_tm_pushes_are_immediate(layer):
+    app = make_app(tm=False)
+    member = layer.new_channel("test.m?")
+    Group("room-lobby", layer=LAYER).add(member)
+    call(app, "POST", "/post", body=b"now")
+    assert replies(layer, member) == [{"text": "now"}]
+
+
+def test_consumer_uses_the_session_factory_and_registry(layer):
+    app = make_app()
+    routing = routing_for(app)
+    reply = layer.new_channel("test.reply?")
+    dispatch(routing, "websocket.connect", ws_connect(reply, "/ws/chat/lobby/", cookie_for(app, "bob")), layer)
+    assert replies(layer, reply) == [{"accept": True}, {"text": "bob joined lobby (Chat)"}]
+    dispatch(routing, "websocket.receive", ws_receive(reply, "/ws/chat/lobby/", "hi all"), layer)
+    assert replies(layer, reply) == [{"text": "bob: hi all"}]
+
+
+def test_connection_without_a_nickname_is_refused(layer):
+    app = make_app()
+    reply = layer.new_channel("test.reply?")
+    dispatch(routing_for(app), "websocket.connect", ws_connect(reply, "/ws/chat/lobby/"), layer)
+    assert replies(layer, reply) == [{"accept": False}]
+
+
+def test_client_js_is_served():
+    status, headers, body = call(make_app(), "GET", "/_wsgi_channels/static/channels.js")
+    assert status.startswith("200")
+    assert b"export class ChannelSocket" in body
