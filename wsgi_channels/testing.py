@@ -98,22 +98,35 @@ class Client:
 
     # -- HTTP -------------------------------------------------------------------------------
 
-    def http(self, method: str, target: str | bytes, headers: Optional[list] = None, body: bytes = b"",
-             *, root_path: str = "", scheme: str = "http") -> tuple[int, list, bytes]:
-        """Send an ``http.request``, run it, and return ``(status, headers, body)`` of the response."""
+    def http_message(self, method: str, target: str | bytes, headers: Optional[list] = None, body: bytes = b"",
+                     *, root_path: str = "", scheme: str = "http", host: str = "testserver",
+                     body_channel: Optional[str] = None) -> dict:
+        """An ``http.request`` message as a server would send it (``target`` is percent-encoded here)."""
+        from urllib.parse import quote
+
         reply = self.new_reply_channel("http.response.test")
-        raw_target = target.encode("utf-8") if isinstance(target, str) else target
-        all_headers = [(b"host", b"testserver")] + [
-            (n.encode("latin-1") if isinstance(n, str) else n, v.encode("latin-1") if isinstance(v, str) else v)
-            for n, v in headers or []]
-        if body and not any(n.lower() == b"content-length" for n, _ in all_headers):
+        raw_target = quote(target, safe="/?&=%:@!$'()*+,;~").encode("ascii") if isinstance(target, str) else target
+        all_headers = [(n.encode("latin-1") if isinstance(n, str) else n,
+                        v.encode("latin-1") if isinstance(v, str) else v) for n, v in headers or []]
+        if not any(n.lower() == b"host" for n, _ in all_headers):
+            all_headers.insert(0, (b"host", host.encode("idna")))
+        if body and body_channel is None and not any(n.lower() == b"content-length" for n, _ in all_headers):
             all_headers.append((b"content-length", str(len(body)).encode()))
-        message = build_request_message(reply_channel=reply, method=method, target=raw_target,
-                                        headers=all_headers, http_version="1.1", scheme=scheme,
-                                        client=["127.0.0.1", 50000], server=["testserver", 80],
-                                        root_path=root_path, body=body)
-        self.send_and_consume("http.request", dict(message))
-        return self.read_response(reply)
+        default_port = 443 if scheme == "https" else 80
+        return dict(build_request_message(reply_channel=reply, method=method, target=raw_target,
+                                          headers=all_headers, http_version="1.1", scheme=scheme,
+                                          client=["127.0.0.1", 50000], server=[host, default_port],
+                                          root_path=root_path, body=body, body_channel=body_channel))
+
+    def http(self, method: str, target: str | bytes, headers: Optional[list] = None, body: bytes = b"",
+             **options: Any) -> tuple[int, list, bytes]:
+        """Send an ``http.request``, run it, and return ``(status, headers, body)`` of the response.
+
+        ``options``: ``root_path``, ``scheme``, ``host`` (see :meth:`http_message`).
+        """
+        message = self.http_message(method, target, headers, body, **options)
+        self.send_and_consume("http.request", message)
+        return self.read_response(message["reply_channel"])
 
     def read_response(self, reply: str) -> tuple[int, list, bytes]:
         """Collect a whole response from ``reply`` (already produced)."""

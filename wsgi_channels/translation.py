@@ -387,7 +387,7 @@ def environ_to_request_message(environ: dict[str, Any], reply_channel: str, body
             continue
         headers.append([name.encode("latin-1"), str(value).encode("latin-1")])
     protocol = environ.get("SERVER_PROTOCOL", "HTTP/1.1")
-    version = protocol[5:] if protocol.upper().startswith("HTTP/") else "1.1"
+    version = protocol[5:] if protocol.upper().startswith("HTTP/") else protocol
     version = {"2.0": "2", "0.9": "1.0"}.get(version, version)
     if version not in HTTP_VERSIONS:
         raise InvalidRequest(f"environ['SERVER_PROTOCOL'] = {protocol!r} is not HTTP/1.0, HTTP/1.1 or HTTP/2")

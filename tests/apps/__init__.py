@@ -1,0 +1,1 @@
+"""WSGI apps used by the consumer, worker and benchmark tests (Flask, Pyramid, Django, bare WSGI)."""
