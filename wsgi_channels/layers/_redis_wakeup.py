@@ -1,0 +1,187 @@
+"""Wake-ups for blocking receives on the Redis layer: one pub/sub listener per shard per process.
+
+The send and fan-out scripts ``PUBLISH`` on a queue's key when the queue goes
+from empty to non-empty. A blocking ``receive`` registers an event for the
+queues it waits on, makes sure this shard's listener is subscribed to them,
+tries its pop script, and only then waits on the event. A push after the pop
+attempt therefore always rings the event; a receive never waits on one shard
+while another shard holds a message, and nothing is popped outside the scripts,
+so a wake-up can never lose a message.
+
+The listener runs in a daemon thread (a greenlet under gevent's monkey-patching)
+that owns its connection: it alone connects, reads and reconnects. Other threads
+only write ``SUBSCRIBE`` commands to it under a lock. It reads with a bounded
+``can_read`` poll, so it notices ``close()`` and prunes idle subscriptions; no
+timeout ever interrupts a command half-way. After a reconnect it resubscribes and
+wakes every waiter, so messages pushed while it was away are picked up at once.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+__all__ = ["Doorbell"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a subscription is kept after its last waiter left (receive loops come back quickly).
+IDLE_UNSUBSCRIBE = 60.0
+_POLL = 0.5
+_BACKOFF_MAX = 1.0
+
+
+class Doorbell:
+    """Pub/sub wake-ups for the queues of one shard, shared by every thread of one process."""
+
+    def __init__(self, connect: Callable[[], Any], label: str) -> None:
+        self._connect = connect
+        self._label = label
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._waiters: dict[bytes, set] = {}
+        self._subscribed: dict[bytes, float] = {}  # confirmed channel -> last time it had waiters
+        self._pending: dict[bytes, threading.Event] = {}  # SUBSCRIBE sent, not yet confirmed
+        self._conn: Any = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    # -- used by receiving threads ----------------------------------------------------------
+
+    def watch(self, keys: Iterable[bytes], event: threading.Event, timeout: float) -> None:
+        """Ring ``event`` whenever one of ``keys`` gets a message; wait (bounded) until subscribed."""
+        new: list[bytes] = []
+        waits: list[threading.Event] = []
+        with self._lock:
+            for key in keys:
+                self._waiters.setdefault(key, set()).add(event)
+                if key in self._subscribed:
+                    continue
+                pending = self._pending.get(key)
+                if pending is None:
+                    pending = self._pending[key] = threading.Event()
+                    new.append(key)
+                waits.append(pending)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name=f"wsgi-channels-wakeup {self._label}",
+                                                daemon=True)
+                self._thread.start()
+        if new:
+            self._send("SUBSCRIBE", new)
+        deadline = time.monotonic() + timeout
+        for pending in waits:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not pending.wait(remaining):
+                break
+
+    def unwatch(self, keys: Iterable[bytes], event: threading.Event) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for key in keys:
+                waiters = self._waiters.get(key)
+                if waiters is not None:
+                    waiters.discard(event)
+                    if not waiters:
+                        del self._waiters[key]
+                if key in self._subscribed:
+                    self._subscribed[key] = now
+
+    def ring(self, key: bytes) -> None:
+        """Wake the local waiters of ``key`` (for messages that became available in this process)."""
+        with self._lock:
+            for event in self._waiters.get(key, ()):
+                event.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake_all()
+
+    # -- the listener -----------------------------------------------------------------------
+
+    def _send(self, command: str, keys: list[bytes]) -> None:
+        with self._send_lock:
+            conn = self._conn
+            if conn is None:
+                return  # the listener subscribes to everything pending when it connects
+            try:
+                for i in range(0, len(keys), 500):
+                    conn.send_command(command, *keys[i:i + 500], check_health=False)
+            except Exception as e:  # the listener sees the broken connection and reconnects
+                log.debug("wake-up subscription on %s failed: %s", self._label, e)
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            for waiters in self._waiters.values():
+                for event in waiters:
+                    event.set()
+
+    def _run(self) -> None:
+        backoff = 0.05
+        last_prune = time.monotonic()
+        while not self._closed:
+            conn = None
+            try:
+                conn = self._connect()
+                conn.connect()
+                with self._send_lock:
+                    self._conn = conn
+                    with self._lock:
+                        keys = list(set(self._waiters) | set(self._subscribed) | set(self._pending))
+                        for key in keys:
+                            self._pending.setdefault(key, threading.Event())
+                        self._subscribed.clear()
+                    for i in range(0, len(keys), 500):
+                        conn.send_command("SUBSCRIBE", *keys[i:i + 500], check_health=False)
+                if backoff > 0.05:
+                    log.warning("wake-up listener reconnected to %s", self._label)
+                backoff = 0.05
+                self._wake_all()  # anything pushed while we were away is fetched now
+                while not self._closed:
+                    if conn.can_read(timeout=_POLL):
+                        self._handle(conn.read_response())
+                    now = time.monotonic()
+                    if now - last_prune > _POLL * 4:
+                        last_prune = now
+                        self._prune(now)
+            except Exception as e:
+                if self._closed:
+                    break
+                log.warning("wake-up listener lost %s: %s; reconnecting", self._label, e)
+                self._wake_all()  # waiters retry their pop and see the error for themselves
+                time.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+            finally:
+                with self._send_lock:
+                    self._conn = None
+                if conn is not None:
+                    try:
+                        conn.disconnect()
+                    except Exception:  # pragma: no cover - best effort
+                        pass
+
+    def _handle(self, reply: Any) -> None:
+        if not isinstance(reply, list) or len(reply) < 2:
+            return
+        kind, key = reply[0], reply[1]
+        if kind == b"message":
+            with self._lock:
+                for event in self._waiters.get(key, ()):
+                    event.set()
+        elif kind == b"subscribe":
+            with self._lock:
+                self._subscribed[key] = time.monotonic()
+                pending = self._pending.pop(key, None)
+            if pending is not None:
+                pending.set()
+
+    def _prune(self, now: float) -> None:
+        with self._lock:
+            idle = [k for k, last in self._subscribed.items()
+                    if k not in self._waiters and now - last > IDLE_UNSUBSCRIBE]
+            # Forgotten before the server confirms: a waiter arriving meanwhile subscribes
+            # afresh, and Redis handles the UNSUBSCRIBE and that SUBSCRIBE in order.
+            for key in idle:
+                del self._subscribed[key]
+        if idle:
+            self._send("UNSUBSCRIBE", idle)

@@ -1,0 +1,618 @@
+"""The Redis layer (``redis://``, ``rediss://``): every process of every machine, one or many shards.
+
+Each operation is one Lua script (:mod:`._redis_scripts`), so one round trip:
+``send`` checks capacity and queues the body inline; ``receive`` pops the first
+live entry of the channels asked for on a shard; ``send_group`` runs one fan-out
+script on each shard (concurrently), which queues one copy per plain member and
+one per process prefix naming all of that prefix's members. This process then
+hands out one ``(channel, message)`` per member from that single copy.
+
+Several shards are spread by a consistent-hash ring with virtual nodes
+(:mod:`.hashring`): a channel by its name, a process-local channel by its
+``prefix!``, a session key by the key. A group's memberships live beside each
+member's queue, so a group send needs no member list on the wire and a channel
+whose messages expire unread is evicted from its groups inside the same scripts.
+
+A blocking ``receive`` is woken by pub/sub (:mod:`._redis_wakeup`) when a queue it
+watches on any shard gets a message, so it wakes within milliseconds no matter
+which shard the message lands on, and only the scripts ever pop.
+
+Connections are made lazily per process id (gunicorn forks after import), never
+retried behind the caller's back (a resent ``send`` could deliver twice), and a
+failure raises :class:`~wsgi_channels.exceptions.LayerUnavailable`; the next call
+connects afresh, so a Redis restart needs no process restart.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections import deque
+from typing import Any, Iterable, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import msgpack
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from .. import exceptions as exc
+from ..serialization import encode
+from . import _redis_scripts as scripts
+from ._redis_wakeup import Doorbell
+from .base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
+from .hashring import HashRing
+
+__all__ = ["RedisChannelLayer"]
+
+log = logging.getLogger(__name__)
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,100}$")
+_NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
+_CACHE_LIMIT = 10_000
+
+
+class _Script:
+    """A Lua script known by its SHA1; loaded on demand (after a Redis restart too)."""
+
+    __slots__ = ("source", "sha")
+
+    def __init__(self, source: str) -> None:
+        self.source = source.encode()
+        self.sha = hashlib.sha1(self.source).hexdigest()
+
+
+_SEND = _Script(scripts.SEND)
+_RECEIVE = _Script(scripts.RECEIVE)
+_FANOUT = _Script(scripts.FANOUT)
+_MEMBERS = _Script(scripts.MEMBERS)
+_GROUP_ADD = _Script(scripts.GROUP_ADD)
+_GROUP_DISCARD = _Script(scripts.GROUP_DISCARD)
+_EVICT = _Script(scripts.EVICT)
+_STATS = _Script(scripts.STATS)
+
+
+class _Shard:
+    """One Redis server: a small per-process connection pool and its wake-up listener."""
+
+    def __init__(self, url: str, options: dict[str, Any]) -> None:
+        parts = urlsplit(url)
+        pool = redis.ConnectionPool.from_url(url, **options)
+        self.connection_class = pool.connection_class
+        self.connection_kwargs = pool.connection_kwargs
+        pool.disconnect()
+        kw = self.connection_kwargs
+        self.label = f"{parts.scheme}://{kw.get('host', parts.hostname)}:{kw.get('port', parts.port)}/{kw.get('db', 0)}"
+        self.identity = f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
+        self._pid = os.getpid()
+        self._free: deque = deque()
+        self._bell: Doorbell | None = None
+        self._bell_lock = threading.Lock()
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _new_connection(self) -> Any:
+        return self.connection_class(**self.connection_kwargs)
+
+    def _check_pid(self) -> None:
+        if self._pid != os.getpid():
+            # Forked: the parent's sockets and listener stay the parent's (abandoned, never closed).
+            self._pid = os.getpid()
+            self._free = deque()
+            self._bell = None
+            self._bell_lock = threading.Lock()
+
+    def acquire(self) -> Any:
+        self._check_pid()
+        try:
+            conn = self._free.pop()
+        except IndexError:
+            conn = self._new_connection()
+        try:
+            conn.connect()
+            if conn.can_read():  # stale: closed by the server (restart) or out of step
+                conn.disconnect()
+                conn.connect()
+        except _NETWORK_ERRORS as e:
+            conn.disconnect()
+            raise self.unavailable(e) from e
+        return conn
+
+    def release(self, conn: Any) -> None:
+        if self._pid == os.getpid():
+            self._free.append(conn)
+
+    def unavailable(self, error: BaseException) -> exc.LayerUnavailable:
+        return exc.LayerUnavailable(
+            f"Redis at {self.label} is unavailable ({type(error).__name__}: {error}); "
+            "the call did not complete. The layer reconnects on the next call."
+        )
+
+    def execute(self, *args: Any) -> Any:
+        """Run one command; network failures become ``LayerUnavailable``."""
+        conn = self.acquire()
+        ok = False
+        try:
+            conn.send_command(*args, check_health=False)
+            reply = conn.read_response()
+            ok = True
+            return reply
+        except ResponseError:
+            ok = True  # the connection is in step; the error is the command's
+            raise
+        except _NETWORK_ERRORS as e:
+            raise self.unavailable(e) from e
+        finally:
+            if ok:
+                self.release(conn)
+            else:  # interrupted mid-command: never reuse a connection that is out of step
+                conn.disconnect()
+
+    def script(self, script: _Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
+            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.execute("SCRIPT", "LOAD", script.source)
+            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def bell(self) -> Doorbell:
+        self._check_pid()
+        bell = self._bell
+        if bell is None:
+            with self._bell_lock:
+                if self._bell is None:
+                    self._bell = Doorbell(self._new_connection, self.label)
+                bell = self._bell
+        return bell
+
+    def close(self) -> None:
+        if self._bell is not None:
+            self._bell.close()
+            self._bell = None
+        if self._pid == os.getpid():
+            while self._free:
+                self._free.pop().disconnect()
+
+
+def _run_everywhere(shards: Sequence[_Shard], script: _Script, keys: Sequence[Any], args: Sequence[Any]) -> list:
+    """Run ``script`` on every shard at once: send to all, then read all (one round trip of latency)."""
+    if len(shards) == 1:
+        return [shards[0].script(script, keys, args)]
+    conns: list = []
+    replies: list = []
+    error: BaseException | None = None
+    try:
+        for shard in shards:
+            conns.append(shard.acquire())
+        for conn in conns:
+            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args, check_health=False)
+        for conn in conns:
+            try:
+                replies.append(conn.read_response())
+            except ResponseError as e:
+                replies.append(e)
+    except _NETWORK_ERRORS as e:
+        error = e
+    except BaseException:
+        for conn in conns:
+            conn.disconnect()
+        raise
+    if error is not None:
+        failed = shards[len(replies)] if len(replies) < len(shards) else shards[0]
+        for conn in conns:
+            conn.disconnect()
+        raise failed.unavailable(error) from error
+    for shard, conn in zip(shards, conns):
+        shard.release(conn)
+    for i, reply in enumerate(replies):
+        if isinstance(reply, NoScriptError):
+            replies[i] = shards[i].script(script, keys, args)
+        elif isinstance(reply, ResponseError):
+            raise reply
+    return replies
+
+
+def _fernet(keys: Any) -> Any:
+    if not keys:
+        return None
+    try:
+        from cryptography.fernet import Fernet, MultiFernet
+    except ImportError:
+        raise exc.ConfigurationError(
+            "symmetric_encryption_keys needs the 'cryptography' package: pip install 'wsgi_channels[crypto]'"
+        ) from None
+    if isinstance(keys, (str, bytes)):
+        raise exc.ConfigurationError("symmetric_encryption_keys must be a list of keys (the first encrypts)")
+    fernets = []
+    for key in keys:
+        raw = key.encode() if isinstance(key, str) else bytes(key)
+        if not raw:
+            raise exc.ConfigurationError("symmetric_encryption_keys contains an empty key")
+        # Any secret string becomes a valid Fernet key through SHA-256.
+        fernets.append(Fernet(base64.urlsafe_b64encode(hashlib.sha256(raw).digest())))
+    return MultiFernet(fernets)
+
+
+def _split_urls(url_or_list: Any) -> list[str]:
+    urls = url_or_list.split(",") if isinstance(url_or_list, str) else list(url_or_list)
+    urls = [u.strip() for u in urls if isinstance(u, str) and u.strip()]
+    if not urls:
+        raise exc.ConfigurationError(f"no Redis URL given: {url_or_list!r}")
+    for u in urls:
+        if urlsplit(u).scheme.lower() not in ("redis", "rediss"):
+            raise exc.ConfigurationError(f"{u!r} is not a redis:// or rediss:// URL")
+    return urls
+
+
+class RedisChannelLayer(BaseChannelLayer):
+    """Channel layer on one or more Redis servers.
+
+    ``hosts``
+        a ``redis://`` / ``rediss://`` URL, several separated by commas, or a list (shards).
+    ``prefix``
+        key prefix (default ``"wsgi_channels"``): two applications on one Redis use different prefixes.
+        ``flush`` removes only this prefix's keys.
+    ``symmetric_encryption_keys``
+        list of secrets; message bodies are encrypted with the first, decrypted with any
+        (rotate by putting the new key first). Needs ``cryptography``.
+    ``socket_timeout`` / ``socket_connect_timeout``
+        seconds (defaults 5 and 2). No command blocks on the server, so these only bound a
+        dead network.
+    ``connection_options``
+        further keywords for redis-py connections (``ssl_ca_certs``, ``username``, ...).
+
+    Plus the common keywords of :class:`~wsgi_channels.layers.base.BaseChannelLayer`.
+    """
+
+    def __init__(
+        self,
+        hosts: str | Sequence[str] = "redis://127.0.0.1:6379/0",
+        prefix: str = "wsgi_channels",
+        symmetric_encryption_keys: Sequence[str | bytes] | None = None,
+        socket_timeout: float = 5.0,
+        socket_connect_timeout: float = 2.0,
+        connection_options: dict[str, Any] | None = None,
+        ring_replicas: int = 256,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+            raise exc.ConfigurationError(
+                f"Redis key prefix {prefix!r} is invalid: use 1-100 letters, digits, '_', '.', '-' or ':'"
+            )
+        self.prefix = prefix
+        self._p = prefix + ":"
+        self._pb = self._p.encode()
+        self._fernet = _fernet(symmetric_encryption_keys)
+        conn_options = {
+            "socket_timeout": float(socket_timeout),
+            "socket_connect_timeout": float(socket_connect_timeout),
+            "socket_keepalive": True,
+            "retry": Retry(NoBackoff(), 0),
+            **(connection_options or {}),
+            "protocol": 2,  # RESP2: pub/sub wake-ups arrive as replies, scripts' replies keep their shape
+        }
+        urls = _split_urls(hosts)
+        self.hosts = [urlunsplit(urlsplit(u)._replace(query="", fragment="")) for u in urls]
+        self._shards = [_Shard(u, conn_options) for u in self.hosts]
+        self._ring = HashRing([s.identity for s in self._shards], replicas=ring_replicas)
+        self._expiry_ms = max(1, int(self.expiry * 1000))
+        self._gexp_ms = max(1, int(self.group_expiry * 1000))
+        self._send_cache: dict[str, tuple] = {}
+        self._plans: dict[tuple, list] = {}
+        self._buffers: dict[str, deque] = {}
+        self._buffers_lock = threading.Lock()
+        self._buffers_pid = os.getpid()
+        self._rr = 0
+        self._sent = 0
+
+    @classmethod
+    def from_url(cls, url: Any, **options: Any) -> "RedisChannelLayer":
+        """Build from one URL, comma-separated URLs or a list (shards); query options apply to all."""
+        from . import parse_options
+
+        urls = _split_urls(url)
+        merged: dict[str, Any] = {}
+        for u in urls:
+            for key, value in parse_options(urlsplit(u).query).items():
+                if key in merged and merged[key] != value:
+                    raise exc.ConfigurationError(f"shard URLs disagree on option {key!r}: {merged[key]!r} != {value!r}")
+                merged[key] = value
+        return cls(hosts=urls, **{**merged, **options})
+
+    # -- names to shards and keys -----------------------------------------------------------
+
+    def _shard_of(self, name: str) -> _Shard:
+        return self._shards[self._ring.node_for(name)]
+
+    def _key(self, kind: str, name: str) -> bytes:
+        return f"{self._p}{kind}:{{{name}}}".encode()
+
+    def _queue_keys(self, qname: str) -> tuple:
+        """Keys of the queue of a channel or a ``prefix!`` (plus flag and index keys for a prefix)."""
+        if qname.endswith("!"):
+            return (self._key("q", qname), self._key("u", qname), self._key("m", qname))
+        return (self._key("q", qname),)
+
+    def _send_info(self, channel: str) -> tuple:
+        info = self._send_cache.get(channel)
+        if info is None:
+            validate_channel_name(channel)
+            qname = non_local_name(channel)
+            bang = qname is not channel
+            info = (self._shard_of(qname), self._queue_keys(qname), self.get_capacity(qname),
+                    (b"t" + channel.encode() + b"\n") if bang else b"m", qname)
+            if len(self._send_cache) >= _CACHE_LIMIT:
+                self._send_cache.clear()
+            self._send_cache[channel] = info
+        return info
+
+    def _channel_in_use(self, channel: str) -> bool:
+        shard, keys = self._shard_of(channel), self._queue_keys(channel)
+        return bool(shard.execute("EXISTS", keys[0]))
+
+    # -- bodies -----------------------------------------------------------------------------
+
+    def _seal(self, body: bytes) -> bytes:
+        return self._fernet.encrypt(body) if self._fernet is not None else body
+
+    def _open(self, body: bytes | memoryview) -> dict:
+        if self._fernet is not None:
+            from cryptography.fernet import InvalidToken
+
+            try:
+                body = self._fernet.decrypt(bytes(body))
+            except InvalidToken:
+                raise exc.ChannelsError(
+                    "a message could not be decrypted: no key in symmetric_encryption_keys matches it"
+                ) from None
+        return msgpack.unpackb(body, raw=False, strict_map_key=True)
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def send(self, channel: str, message: dict) -> None:
+        shard, keys, capacity, head, _ = self._send_info(channel)
+        body = encode(message, self.max_message_size)
+        if self._fernet is not None:
+            body = self._fernet.encrypt(body)
+        n = shard.script(_SEND, keys, (head + body, self._expiry_ms, capacity, self._p, self._gexp_ms))
+        if n < 0:
+            self._count("channel_full_count")
+            raise exc.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
+        self._sent += 1
+
+    def _plan(self, names: list[str]) -> list:
+        """Per shard: (shard, keys, prefix flags, names), cached per channel list."""
+        key = tuple(names)
+        plan = self._plans.get(key)
+        if plan is None:
+            by_shard: dict[int, list] = {}
+            for name in dict.fromkeys(names):
+                index = self._ring.node_for(name)
+                entry = by_shard.setdefault(index, [self._shards[index], [], [], []])
+                entry[1].append(self._key("q", name))
+                entry[2].append(b"1" if name.endswith("!") else b"0")
+                entry[3].append(name)
+            plan = list(by_shard.values())
+            if len(self._plans) >= 1000:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def _buffered(self, names: list[str]) -> tuple[str, dict] | None:
+        """Next member of a group message already fetched for one of the ``prefix!`` names."""
+        if self._buffers_pid != os.getpid():
+            self._buffers, self._buffers_pid = {}, os.getpid()
+        if not self._buffers:
+            return None
+        expired: list[tuple[str, list[str]]] = []
+        found = None
+        with self._buffers_lock:
+            for name in names:
+                queue = self._buffers.get(name)
+                while queue:
+                    entry = queue[0]  # [targets deque, body, local deadline]
+                    if entry[2] <= time.monotonic():
+                        queue.popleft()
+                        expired.append((name, list(entry[0])))
+                        continue
+                    target = entry[0].popleft()
+                    if not entry[0]:
+                        queue.popleft()
+                    found = (target, entry[1])
+                    break
+                if queue is not None and not queue:
+                    del self._buffers[name]
+                if found:
+                    break
+        for name, channels in expired:
+            self._evict(name, channels)
+        if found is None:
+            return None
+        return found[0], self._open(found[1])
+
+    def _evict(self, prefix: str, channels: list[str]) -> None:
+        """Members whose buffered message expired here, unread, leave their groups."""
+        try:
+            self._shard_of(prefix).script(_EVICT, (self._key("m", prefix),), (self._p, *channels))
+        except exc.LayerUnavailable as e:
+            log.warning("could not evict %d expired channel(s) of %s from their groups: %s",
+                        len(channels), prefix, e)
+
+    def _deliver(self, name: str, entry: bytes, now_ms: int) -> tuple[str, dict]:
+        view = memoryview(entry)
+        if entry[13:14] == b"m":
+            return name, self._open(view[14:])
+        newline = entry.index(b"\n", 14)
+        body = view[newline + 1:]
+        targets = entry[14:newline].split(b" ")
+        if len(targets) > 1:
+            deadline = time.monotonic() + (int(entry[:13]) - now_ms) / 1000.0
+            rest = deque(t.decode() for t in targets[1:])
+            stored = bytes(body)
+            with self._buffers_lock:
+                self._buffers.setdefault(name, deque()).append([rest, stored, deadline])
+            # Other threads of this process waiting on this prefix can take the rest now.
+            self._shard_of(name).bell().ring(self._key("q", name))
+        return targets[0].decode(), self._open(body)
+
+    def _try_receive(self, names: list[str], plan: list) -> tuple[str, dict] | None:
+        if self._buffers:
+            got = self._buffered([n for n in names if n.endswith("!")])
+            if got is not None:
+                return got
+        self._rr += 1
+        count = len(plan)
+        for i in range(count):
+            shard, keys, flags, shard_names = plan[(self._rr + i) % count]
+            n = len(keys)
+            if n > 1:  # rotate so a busy channel cannot starve a quiet one
+                r = self._rr % n
+                keys, flags, shard_names = keys[r:] + keys[:r], flags[r:] + flags[:r], shard_names[r:] + shard_names[:r]
+            reply = shard.script(_RECEIVE, keys, (self._p, *flags))
+            if reply is not None:
+                index, entry, now_ms = reply
+                return self._deliver(shard_names[index - 1], entry, now_ms)
+        return None
+
+    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
+        names = self._receive_channels(channels)
+        wait = self._block_timeout(block, timeout)
+        if not names:
+            return None, None
+        plan = self._plan(names)
+        got = self._try_receive(names, plan)
+        if got is not None or wait <= 0:
+            return got if got is not None else (None, None)
+        deadline = time.monotonic() + wait
+        event = threading.Event()
+        watched = [(entry[0].bell(), entry[1]) for entry in plan]
+        try:
+            for bell, keys in watched:
+                bell.watch(keys, event, min(wait, 2.0))
+            while True:
+                event.clear()
+                got = self._try_receive(names, plan)
+                if got is not None:
+                    return got
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None, None
+                event.wait(remaining)
+        finally:
+            for bell, keys in watched:
+                bell.unwatch(keys, event)
+
+    # -- groups -----------------------------------------------------------------------------
+
+    def _group_keys(self, group: str) -> tuple[bytes, bytes]:
+        return self._key("g", group), self._key("gc", group)
+
+    def group_add(self, group: str, channel: str) -> None:
+        validate_group_name(group)
+        validate_channel_name(channel)
+        qname = non_local_name(channel)
+        keys = self._group_keys(group)
+        if qname is not channel:
+            keys += (self._key("m", qname),)
+        self._shard_of(qname).script(_GROUP_ADD, keys, (channel, self._gexp_ms, self.get_capacity(qname), group))
+
+    def group_discard(self, group: str, channel: str) -> None:
+        validate_group_name(group)
+        validate_channel_name(channel)
+        qname = non_local_name(channel)
+        keys = self._group_keys(group)
+        if qname is not channel:
+            keys += (self._key("m", qname),)
+        self._shard_of(qname).script(_GROUP_DISCARD, keys, (channel, group))
+
+    def group_channels(self, group: str) -> list[str]:
+        validate_group_name(group)
+        replies = _run_everywhere(self._shards, _MEMBERS, self._group_keys(group), (self._p,))
+        return [m.decode() for reply in replies for m in reply]
+
+    def send_group(self, group: str, message: dict) -> None:
+        validate_group_name(group)
+        body = self._seal(encode(message, self.max_message_size))
+        replies = _run_everywhere(self._shards, _FANOUT, self._group_keys(group),
+                                  (self._p, body, self._expiry_ms, self._gexp_ms))
+        dropped = sum(replies)
+        if dropped:
+            self._count("group_drop_count", dropped)
+            log.debug("group %r: %d member(s) behind full channels skipped", group, dropped)
+
+    # -- key-value store ------------------------------------------------------------------------
+
+    def session_get(self, key: str) -> bytes | None:
+        self._session_key(key)
+        return self._shard_of(key).execute("GET", self._key("s", key))
+
+    def session_set(self, key: str, value: bytes, ttl: float) -> None:
+        self._session_key(key)
+        if not isinstance(value, bytes):
+            raise TypeError(f"session value must be bytes, not {type(value).__name__}")
+        if ttl <= 0:
+            raise ValueError(f"session ttl must be positive, got {ttl!r}")
+        self._shard_of(key).execute("SET", self._key("s", key), value, "PX", max(1, int(ttl * 1000)))
+
+    def session_delete(self, key: str) -> None:
+        self._session_key(key)
+        self._shard_of(key).execute("DEL", self._key("s", key))
+
+    # -- housekeeping -----------------------------------------------------------------------
+
+    def _scan(self, shard: _Shard, patterns: Sequence[bytes]) -> Iterable[list[bytes]]:
+        for pattern in patterns:
+            cursor = b"0"
+            while True:
+                cursor, keys = shard.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                if keys:
+                    yield keys
+                if cursor in (b"0", 0, "0"):
+                    break
+
+    def _patterns(self) -> list[bytes]:
+        # Only this layer's key shapes: another application's prefix can never match.
+        return [self._pb + b"[qumgs]:{*", self._pb + b"gc:{*"]
+
+    def flush(self) -> None:
+        """Remove every key of this prefix on every shard (SCAN, never KEYS) and local buffers."""
+        for shard in self._shards:
+            for keys in self._scan(shard, self._patterns()):
+                shard.execute("UNLINK", *keys)
+        with self._buffers_lock:
+            self._buffers.clear()
+
+    def global_statistics(self) -> dict[str, int]:
+        """``messages_count`` counts sends made by this layer instance; ``messages_pending`` entries queued."""
+        pending = 0
+        for shard in self._shards:
+            for keys in self._scan(shard, [self._pb + b"q:{*"]):
+                for key in keys:
+                    pending += shard.execute("LLEN", key)
+        with self._buffers_lock:
+            pending += sum(len(e[0]) for q in self._buffers.values() for e in q)
+        return {"messages_count": self._sent, "messages_pending": pending, **self._local_statistics()}
+
+    def channel_statistics(self, channel: str) -> dict[str, int]:
+        qname = non_local_name(validate_channel_name(channel, receive=channel.endswith("!")))
+        pending, head, now_ms = self._shard_of(qname).script(_STATS, self._queue_keys(qname), (self._p,))
+        age = max(0.0, (now_ms - (head - self._expiry_ms)) / 1000.0) if head else 0.0
+        with self._buffers_lock:
+            buffered = self._buffers.get(qname, ())
+            pending += sum(len(e[0]) for e in buffered)
+        return {"messages_pending": pending, "messages_max_age": int(age), **self._local_statistics()}
+
+    def close(self) -> None:
+        for shard in self._shards:
+            shard.close()
+
+    def __repr__(self) -> str:
+        return f"<RedisChannelLayer hosts={[s.label for s in self._shards]} prefix={self.prefix!r}>"
