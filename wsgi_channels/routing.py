@@ -162,7 +162,14 @@ class Include:
     def __init__(self, routing: Any, **prefix_filters: Any) -> None:
         self._routing_spec = routing
         self.filters = _compile_filters(prefix_filters)
-        self.routes = [_as_route(r) for r in _load_routing(routing)]
+        self._routes: Optional[list] = None
+
+    @property
+    def routes(self) -> list:
+        """The included routes, imported on first use (so routing modules may include each other)."""
+        if self._routes is None:
+            self._routes = [_as_route(r) for r in _load_routing(self._routing_spec)]
+        return self._routes
 
     def channel_names(self) -> set[str]:
         names: set[str] = set()
