@@ -20,12 +20,14 @@ Safety of the file itself:
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
 import stat
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
@@ -39,6 +41,7 @@ __all__ = [
     "prepare_path",
     "open_connection",
     "ConnectionPool",
+    "WriteLock",
 ]
 
 log = logging.getLogger(__name__)
@@ -52,10 +55,11 @@ SCHEMA_VERSION = 1
 #   queue   the channel, or ``prefix!`` for a process-local channel (capacity counts rows here)
 #   target  full ``prefix!suffix`` name of a plain send to a process-local channel, else NULL
 #   fanout  0 for a plain send; for a group copy, how many rows of ``targets`` are still to receive it
-# ``id`` orders a queue (FIFO); AUTOINCREMENT never reuses ids, and its counter is messages_count.
+# ``id`` orders a queue (FIFO). No AUTOINCREMENT: it would cost one more page write per send; a
+# receive deletes "the head of its queue", never a remembered id, so a reused id cannot confuse it.
 _SCHEMA = """
 CREATE TABLE messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     queue TEXT NOT NULL,
     target TEXT,
     fanout INTEGER NOT NULL DEFAULT 0,
@@ -183,6 +187,10 @@ def _check_marker(conn: sqlite3.Connection, path: str) -> bool:
     )
 
 
+#: Small pages: a send or receive rewrites a few pages into the WAL, and most messages are small.
+_PAGE_SIZE = 1024
+
+
 def _initialize(conn: sqlite3.Connection, path: str) -> None:
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -199,8 +207,13 @@ def _initialize(conn: sqlite3.Connection, path: str) -> None:
         raise
 
 
-def open_connection(path: str, busy_timeout: float) -> sqlite3.Connection:
-    """Open, check (and on first use create) the store at ``path``; raise :class:`StoreError` if unusable."""
+def open_connection(path: str, busy_timeout: float, lock: "WriteLock") -> sqlite3.Connection:
+    """Open, check (and on first use create) the store at ``path``; raise :class:`StoreError` if unusable.
+
+    Creating the store (page size, WAL mode, schema) happens under ``lock``:
+    SQLite does not wait for a busy lock while it switches journal modes, so
+    processes opening a new store at once would otherwise fail.
+    """
     try:
         conn = sqlite3.connect(
             path, timeout=busy_timeout, isolation_level=None, check_same_thread=False, cached_statements=256
@@ -209,11 +222,15 @@ def open_connection(path: str, busy_timeout: float) -> sqlite3.Connection:
         raise StoreError(f"cannot open channel store {path!r}: {e}") from e
     try:
         ours = _check_marker(conn, path)
-        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-        if mode.lower() != "wal":
-            conn.execute("PRAGMA journal_mode = WAL")
-        if not ours:
-            _initialize(conn, path)
+        if not ours or conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            with lock():
+                ours = _check_marker(conn, path)
+                if not ours:
+                    conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # only takes effect on an empty file
+                if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                if not ours:
+                    _initialize(conn, path)
         conn.execute("PRAGMA synchronous = NORMAL")
         # After a checkpoint the WAL file is cut back to this size: no unbounded growth.
         conn.execute("PRAGMA journal_size_limit = 8388608")
@@ -302,3 +319,72 @@ class ConnectionPool:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class WriteLock:
+    """Serializes this store's writers across processes with ``flock`` on ``<store>-lock``.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10... ms between retries, which
+    caps a busy store at a few hundred writes per second per waiting process
+    and adds milliseconds to wake-up latency. Writers here take this lock first,
+    so SQLite's write lock is (almost) always free when they ask for it. The
+    kernel drops an ``flock`` when its holder dies, SIGKILL included, so a
+    crash never leaves it held.
+
+    A lock file descriptor is shared by the threads of a process (``flock`` is
+    per open file), so an in-process lock goes with it. Waiting polls with
+    short, growing sleeps rather than a blocking ``flock``: that keeps a
+    deadline (a stopped holder raises :class:`LayerUnavailable` after
+    ``timeout``) and, under gevent, yields to the hub instead of blocking it.
+    """
+
+    def __init__(self, store_path: str, timeout: float) -> None:
+        self.path = store_path + "-lock"
+        self.timeout = timeout
+        self._pid = -1
+        self._fd = -1
+        self._local = threading.Lock()
+
+    def _fileno(self) -> int:
+        if self._pid != os.getpid():
+            # After fork: the parent's descriptor shares its lock state; open our own.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            self._fd, self._pid = fd, os.getpid()
+        return self._fd
+
+    def _reset_after_fork(self) -> None:
+        if self._pid != os.getpid():
+            self._local = threading.Lock()  # a copy of a lock some other thread held at fork
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        self._reset_after_fork()
+        if not self._local.acquire(timeout=self.timeout):
+            raise LayerUnavailable(f"gave up waiting {self.timeout:g}s for this process's write turn on {self.path!r}")
+        try:
+            fd = self._fileno()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._wait(fd)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._local.release()
+
+    def _wait(self, fd: int) -> None:
+        deadline = time.monotonic() + self.timeout
+        delay = 0.00002
+        while True:
+            time.sleep(delay)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LayerUnavailable(
+                        f"channel store lock {self.path!r} held by another process for over {self.timeout:g}s"
+                    ) from None
+                delay = min(delay * 2, 0.001)

@@ -23,6 +23,7 @@ constructor keywords (``ipc:///run/app/ch.db?capacity=500&poll_interval=0.5``).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -36,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 from ..exceptions import ConfigurationError, LayerUnavailable, StoreError
 from ..serialization import decode, encode
 from . import _ipc_wake as wake
-from ._ipc_store import ConnectionPool, default_path, open_connection, prepare_path
+from ._ipc_store import ConnectionPool, WriteLock, default_path, open_connection, prepare_path
 from .base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
 
 __all__ = ["IpcChannelLayer"]
@@ -56,6 +57,32 @@ def _chunks(items: list[str]) -> Iterator[list[str]]:
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
+
+
+_INSERT = "INSERT INTO messages (queue, target, fanout, sent, expires, data) VALUES (?, ?, ?, ?, ?, ?)"
+# Capacity check and insert in one statement: a write statement holds the store's write lock
+# from start to end, so concurrent senders can never overshoot.
+_INSERT_IF_ROOM = (
+    "INSERT INTO messages (queue, target, fanout, sent, expires, data) SELECT ?1, ?2, 0, ?3, ?4, ?5 "
+    "WHERE (SELECT count(*) FROM (SELECT 1 FROM messages WHERE queue = ?1 LIMIT ?6)) < ?6"
+)
+_HEAD = "SELECT fanout, expires FROM messages WHERE queue = ? ORDER BY id LIMIT 1"
+_HEAD_ROW = "SELECT id, target, fanout, expires, data FROM messages WHERE queue = ? ORDER BY id LIMIT 1"
+# Takes the head of a queue only if it is still a live plain message: checked and deleted at once.
+_DELETE_HEAD = (
+    "DELETE FROM messages WHERE id = (SELECT id FROM messages WHERE queue = ?1 ORDER BY id LIMIT 1) "
+    "AND fanout = 0 AND expires > ?2 RETURNING target, data"
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _nonempty_sql(n: int) -> str:
+    """Which of n queue names hold rows: one index probe each, in one statement."""
+    values = ",".join(["(?)"] * n)
+    return (
+        f"WITH q(name) AS (VALUES {values}) "
+        "SELECT name FROM q WHERE EXISTS (SELECT 1 FROM messages WHERE queue = q.name)"
+    )
 
 
 class _ProcessState:
@@ -119,12 +146,15 @@ class IpcChannelLayer(BaseChannelLayer):
         self.busy_timeout = float(busy_timeout)
         self.path = prepare_path(os.fspath(path) if path else default_path(), private=not path)
         self._wake_dir, self._wake_private = wake.wake_dir_for(self.path)
-        self._pool = ConnectionPool(lambda: open_connection(self.path, self.busy_timeout))
+        self._lock = WriteLock(self.path, self.busy_timeout)
+        self._pool = ConnectionPool(lambda: open_connection(self.path, self.busy_timeout, self._lock))
         self._state = _ProcessState()
         self._finalizer = weakref.finalize(self, self._state.release, self._pool)
         self._rr = 0
         self._last_sweep = 0.0
         self._last_stale_check = time.monotonic()
+        self._sent = 0  # sends not yet added to the shared messages_count
+        self._sent_lock = threading.Lock()
         with self._pool.connection():  # open now: a bad path fails here, not at the first send
             pass
 
@@ -149,7 +179,7 @@ class IpcChannelLayer(BaseChannelLayer):
         opts.setdefault("path", path or None)
         return cls(**opts)
 
-    # -- transactions -------------------------------------------------------------------------
+    # -- connections and transactions ---------------------------------------------------------
 
     def _process_state(self) -> _ProcessState:
         state = self._state
@@ -160,9 +190,11 @@ class IpcChannelLayer(BaseChannelLayer):
         return state
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection in autocommit mode (each statement is its own atomic transaction)."""
         try:
-            yield
+            with self._pool.connection() as conn:
+                yield conn
         except sqlite3.OperationalError as e:
             text = str(e)
             if "locked" in text or "busy" in text:
@@ -175,46 +207,48 @@ class IpcChannelLayer(BaseChannelLayer):
             raise StoreError(f"channel store {self.path!r} is damaged or not a store: {e}") from e
 
     @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._errors(), self._pool.connection() as conn:
-            yield conn
+    def _transaction(self, conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` under the write lock; the pool rolls back if anything raises."""
+        with self._lock():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
-        state = self._process_state()
-        with self._errors(), self._pool.connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            if state.dead:
-                with state.lock:
-                    dead, state.dead = state.dead, set()
-                conn.executemany("DELETE FROM waiters WHERE addr = ?", [(a,) for a in dead])
+        with self._connection() as conn, self._transaction(conn):
             yield conn
-            conn.execute("COMMIT")
 
-    def _poke(self, addrs: list[str]) -> None:
+    def _poke(self, conn: sqlite3.Connection, queues: list[str]) -> None:
+        """Wake the receivers registered for ``queues``; call after the change is committed.
+
+        Reading the registrations after the commit is enough: a receiver registers
+        before its last look at the queues, so it either sees the new message then
+        or is registered by the time this runs.
+        """
+        if len(queues) == 1:
+            addrs = [r[0] for r in conn.execute("SELECT addr FROM waiters WHERE queue = ?", queues)]
+        else:
+            found: set[str] = set()
+            for chunk in _chunks(queues):
+                sql = f"SELECT addr FROM waiters WHERE queue IN ({_marks(len(chunk))})"
+                found.update(r[0] for r in conn.execute(sql, chunk))
+            addrs = list(found)
         if not addrs:
             return
-        state = self._process_state()
-        dead = state.poker.poke(addrs)
-        if dead:
+        dead = self._process_state().poker.poke(addrs)
+        if dead:  # receivers that died without unregistering
+            with self._transaction(conn):
+                conn.executemany("DELETE FROM waiters WHERE addr = ?", [(a,) for a in dead])
             for addr in dead:
                 try:
                     os.unlink(addr)
                 except OSError:
                     pass
-            with state.lock:
-                state.dead.update(dead)
-
-    @staticmethod
-    def _waiters_of(conn: sqlite3.Connection, queues: list[str]) -> list[str]:
-        if len(queues) == 1:
-            return [r[0] for r in conn.execute("SELECT addr FROM waiters WHERE queue = ?", queues)]
-        addrs: set[str] = set()
-        for chunk in _chunks(queues):
-            sql = f"SELECT addr FROM waiters WHERE queue IN ({_marks(len(chunk))})"
-            addrs.update(r[0] for r in conn.execute(sql, chunk))
-        return list(addrs)
 
     @staticmethod
     def _bump(conn: sqlite3.Connection, name: str, n: int) -> None:
@@ -223,6 +257,17 @@ class IpcChannelLayer(BaseChannelLayer):
             "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
             (name, n),
         )
+
+    def _flush_sent(self, conn: sqlite3.Connection) -> None:
+        """Add this process's recent sends to the shared messages_count (batched: one write a second)."""
+        with self._sent_lock:
+            n, self._sent = self._sent, 0
+        if n:
+            self._bump(conn, "messages_count", n)
+
+    def _sent_one(self) -> None:
+        with self._sent_lock:
+            self._sent += 1
 
     # -- expiry -------------------------------------------------------------------------------
 
@@ -249,12 +294,6 @@ class IpcChannelLayer(BaseChannelLayer):
         else:
             conn.execute("DELETE FROM messages WHERE queue = ? AND expires <= ?", (queue, now))
 
-    def _expire_head(self, conn: sqlite3.Connection, queue: str, now: float) -> None:
-        # Rows of a queue expire in about the order they were queued: look at the head only.
-        row = conn.execute("SELECT expires FROM messages WHERE queue = ? ORDER BY id LIMIT 1", (queue,)).fetchone()
-        if row is not None and row[0] <= now:
-            self._expire_queue(conn, queue, now)
-
     def _sweep(self, force: bool = False) -> None:
         """Delete whatever has expired (messages, memberships, session entries), at most once a second."""
         mono = time.monotonic()
@@ -262,39 +301,41 @@ class IpcChannelLayer(BaseChannelLayer):
             return
         self._last_sweep = mono
         now = time.time()
-        with self._read() as conn:
+        stale: list[str] = []
+        if mono - self._last_stale_check > _STALE_WAITER_INTERVAL:
+            self._last_stale_check = mono
+            stale = wake.remove_stale(self._wake_dir)
+        with self._connection() as conn:
             due = conn.execute(
                 "SELECT EXISTS (SELECT 1 FROM messages WHERE expires <= ?1)"
                 " OR EXISTS (SELECT 1 FROM groups WHERE expires <= ?1)"
                 " OR EXISTS (SELECT 1 FROM kv WHERE expires <= ?1)",
                 (now,),
             ).fetchone()[0]
-        stale: list[str] = []
-        if mono - self._last_stale_check > _STALE_WAITER_INTERVAL:
-            self._last_stale_check = mono
-            stale = wake.remove_stale(self._wake_dir)
-        if not due and not stale:
-            return
-        with self._write() as conn:
-            rows = conn.execute(
-                "SELECT id, queue, target, fanout FROM messages WHERE expires <= ?", (now,)
-            ).fetchall()
-            self._drop(conn, [r for r in rows if r[1].endswith("!")])
-            plain = [(r[0],) for r in rows if not r[1].endswith("!")]
-            conn.executemany("DELETE FROM messages WHERE id = ?", plain)
-            conn.execute("DELETE FROM groups WHERE expires <= ?", (now,))
-            conn.execute("DELETE FROM kv WHERE expires <= ?", (now,))
-            conn.executemany("DELETE FROM waiters WHERE addr = ?", [(a,) for a in stale])
+            if not due and not stale and not self._sent:
+                return
+            with self._transaction(conn):
+                self._flush_sent(conn)
+                rows = conn.execute(
+                    "SELECT id, queue, target, fanout FROM messages WHERE expires <= ?", (now,)
+                ).fetchall()
+                self._drop(conn, [r for r in rows if r[1].endswith("!")])
+                conn.executemany("DELETE FROM messages WHERE id = ?", [(r[0],) for r in rows if not r[1].endswith("!")])
+                conn.execute("DELETE FROM groups WHERE expires <= ?", (now,))
+                conn.execute("DELETE FROM kv WHERE expires <= ?", (now,))
+                conn.executemany("DELETE FROM waiters WHERE addr = ?", [(a,) for a in stale])
 
     # -- messages -----------------------------------------------------------------------------
 
     def _channel_in_use(self, channel: str) -> bool:
-        with self._read() as conn:
+        with self._connection() as conn:
             return conn.execute("SELECT 1 FROM messages WHERE queue = ? LIMIT 1", (channel,)).fetchone() is not None
 
     def _room(self, conn: sqlite3.Connection, queue: str, now: float) -> int:
         """Free slots in ``queue`` (capacity minus rows waiting), after dropping its expired head."""
-        self._expire_head(conn, queue, now)
+        row = conn.execute("SELECT expires FROM messages WHERE queue = ? ORDER BY id LIMIT 1", (queue,)).fetchone()
+        if row is not None and row[0] <= now:
+            self._expire_queue(conn, queue, now)
         capacity = self.get_capacity(queue)
         used = conn.execute(
             "SELECT count(*) FROM (SELECT 1 FROM messages WHERE queue = ? LIMIT ?)", (queue, capacity)
@@ -306,66 +347,86 @@ class IpcChannelLayer(BaseChannelLayer):
         data = encode(message, self.max_message_size)
         queue = non_local_name(channel)
         target = channel if queue != channel else None
+        capacity = self.get_capacity(queue)
         self._sweep()
-        with self._write() as conn:
+        with self._connection() as conn:
             now = time.time()
-            full = self._room(conn, queue, now) <= 0
-            if full:
-                self._bump(conn, "channel_full_count", 1)
-                addrs = []
-            else:
-                conn.execute(
-                    "INSERT INTO messages (queue, target, fanout, sent, expires, data) VALUES (?, ?, 0, ?, ?, ?)",
-                    (queue, target, now, now + self.expiry, data),
-                )
-                addrs = self._waiters_of(conn, [queue])
-        if full:
-            raise self.ChannelFull(f"channel {channel!r} is full ({self.get_capacity(queue)} messages waiting)")
-        self._poke(addrs)
+            # Fast path: one statement checks the capacity and inserts, atomically.
+            with self._lock():
+                inserted = conn.execute(
+                    _INSERT_IF_ROOM, (queue, target, now, now + self.expiry, data, capacity)
+                ).rowcount
+            if inserted != 1:
+                # Full, or full of expired messages: look again inside one transaction.
+                with self._transaction(conn):
+                    now = time.time()
+                    if self._room(conn, queue, now) > 0:
+                        conn.execute(_INSERT, (queue, target, 0, now, now + self.expiry, data))
+                        inserted = 1
+                    else:
+                        self._bump(conn, "channel_full_count", 1)
+            if inserted != 1:
+                raise self.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
+            self._sent_one()
+            self._poke(conn, [queue])
+
+    def _order(self, conn: sqlite3.Connection, names: list[str]) -> list[str]:
+        """The queues among ``names`` that hold rows, starting at a rotating offset (no starvation)."""
+        if len(names) == 1:
+            return names
+        present: set[str] = set()
+        for chunk in _chunks(names):
+            present.update(r[0] for r in conn.execute(_nonempty_sql(len(chunk)), chunk))
+        if not present:
+            return []
+        self._rr = start = (self._rr + 1) % len(names)
+        return [q for q in names[start:] + names[:start] if q in present]
 
     def _take(self, names: list[str]) -> tuple[str, bytes] | None:
-        """Take the first message of the first non-empty queue, starting at a rotating offset."""
-        with self._read() as conn:
-            if len(names) == 1:
-                sql, args = "SELECT 1 FROM messages WHERE queue = ? LIMIT 1", names
-            else:
-                sql, args = f"SELECT 1 FROM messages WHERE queue IN ({_marks(len(names))}) LIMIT 1", names
-            if conn.execute(sql, args).fetchone() is None:
-                return None
-        self._rr += 1
-        n = len(names)
-        with self._write() as conn:
-            now = time.time()
-            for i in range(n):
-                queue = names[(self._rr + i) % n]
-                row = conn.execute(
-                    "SELECT id, target, fanout, expires, data FROM messages WHERE queue = ? ORDER BY id LIMIT 1",
-                    (queue,),
-                ).fetchone()
-                if row is not None and row[3] <= now:
-                    self._expire_queue(conn, queue, now)
-                    row = conn.execute(
-                        "SELECT id, target, fanout, expires, data FROM messages WHERE queue = ? ORDER BY id LIMIT 1",
-                        (queue,),
-                    ).fetchone()
-                if row is None:
-                    continue
-                msg_id, target, fanout, _, data = row
-                if not fanout:
-                    conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
-                    return target or queue, data
-                first = conn.execute(
-                    "SELECT seq, channel FROM targets WHERE msg = ? ORDER BY seq LIMIT 1", (msg_id,)
-                ).fetchone()
-                if first is None or fanout <= 1:
-                    conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
-                else:
-                    conn.execute("UPDATE messages SET fanout = fanout - 1 WHERE id = ?", (msg_id,))
-                if first is None:  # pragma: no cover - fanout and targets always change together
-                    continue
-                conn.execute("DELETE FROM targets WHERE msg = ? AND seq = ?", (msg_id, first[0]))
-                return first[1], data
+        """Take the first live message of the first non-empty queue (FIFO within a queue)."""
+        with self._connection() as conn:
+            for queue in self._order(conn, names):
+                for _ in range(5):  # other readers may take the head under us: look again
+                    head = conn.execute(_HEAD, (queue,)).fetchone()
+                    if head is None:
+                        break
+                    now = time.time()
+                    if head[0] == 0 and head[1] > now:
+                        # fetchall(): the statement must finish for its autocommit to end.
+                        with self._lock():
+                            rows = conn.execute(_DELETE_HEAD, (queue, now)).fetchall()
+                        if rows:
+                            return rows[0][0] or queue, rows[0][1]
+                        continue
+                    got = self._take_slow(conn, queue)
+                    if got is not None:
+                        return got
+                    break
         return None
+
+    def _take_slow(self, conn: sqlite3.Connection, queue: str) -> tuple[str, bytes] | None:
+        """Expire the head of ``queue`` or hand out one member of a group copy, in one transaction."""
+        with self._transaction(conn):
+            now = time.time()
+            row = conn.execute(_HEAD_ROW, (queue,)).fetchone()
+            if row is not None and row[3] <= now:
+                self._expire_queue(conn, queue, now)
+                row = conn.execute(_HEAD_ROW, (queue,)).fetchone()
+            if row is None:
+                return None
+            msg_id, target, fanout, _, data = row
+            if not fanout:
+                conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+                return target or queue, data
+            first = conn.execute("SELECT seq, channel FROM targets WHERE msg = ? ORDER BY seq LIMIT 1", (msg_id,)).fetchone()
+            if first is None or fanout <= 1:
+                conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+            else:
+                conn.execute("UPDATE messages SET fanout = fanout - 1 WHERE id = ?", (msg_id,))
+            if first is None:  # pragma: no cover - fanout and targets always change together
+                return None
+            conn.execute("DELETE FROM targets WHERE msg = ? AND seq = ?", (msg_id, first[0]))
+            return first[1], data
 
     def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
         names = list(dict.fromkeys(self._receive_channels(channels)))
@@ -455,7 +516,7 @@ class IpcChannelLayer(BaseChannelLayer):
     def group_add(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
-        with self._write() as conn:
+        with self._connection() as conn, self._lock():
             conn.execute(
                 "INSERT OR REPLACE INTO groups (grp, channel, expires) VALUES (?, ?, ?)",
                 (group, channel, time.time() + self.group_expiry),
@@ -464,13 +525,13 @@ class IpcChannelLayer(BaseChannelLayer):
     def group_discard(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
-        with self._write() as conn:
+        with self._connection() as conn, self._lock():
             conn.execute("DELETE FROM groups WHERE grp = ? AND channel = ?", (group, channel))
 
     def group_channels(self, group: str) -> list[str]:
         validate_group_name(group)
         self._sweep(force=True)
-        with self._read() as conn:
+        with self._connection() as conn:
             rows = conn.execute(
                 "SELECT channel FROM groups WHERE grp = ? AND expires > ? ORDER BY channel", (group, time.time())
             )
@@ -480,46 +541,48 @@ class IpcChannelLayer(BaseChannelLayer):
         validate_group_name(group)
         data = encode(message, self.max_message_size)
         self._sweep(force=True)
+        with self._connection() as conn:
+            queues = self._send_group(conn, group, data)
+            if queues:
+                self._poke(conn, queues)
+
+    def _send_group(self, conn: sqlite3.Connection, group: str, data: bytes) -> list[str]:
+        """Queue one copy per receiving queue in one transaction; return the queues that got one."""
         dropped = 0
-        with self._write() as conn:
+        filled: list[str] = []
+        with self._transaction(conn):
             now = time.time()
             buckets: dict[str, list[str]] = {}
-            for (channel,) in conn.execute(
-                "SELECT channel FROM groups WHERE grp = ? AND expires > ?", (group, now)
-            ).fetchall():
+            rows = conn.execute("SELECT channel FROM groups WHERE grp = ? AND expires > ?", (group, now)).fetchall()
+            for (channel,) in rows:
                 buckets.setdefault(non_local_name(channel), []).append(channel)
             for queue, members in buckets.items():
                 if self._room(conn, queue, now) <= 0:
                     dropped += len(members)
                     log.debug("group %r: %d member(s) behind full channel %r skipped", group, len(members), queue)
                     continue
+                filled.append(queue)
                 if len(members) == 1:
                     target = members[0] if members[0] != queue else None
-                    conn.execute(
-                        "INSERT INTO messages (queue, target, fanout, sent, expires, data) VALUES (?, ?, 0, ?, ?, ?)",
-                        (queue, target, now, now + self.expiry, data),
-                    )
-                else:
-                    cur = conn.execute(
-                        "INSERT INTO messages (queue, target, fanout, sent, expires, data) "
-                        "VALUES (?, NULL, ?, ?, ?, ?)",
-                        (queue, len(members), now, now + self.expiry, data),
-                    )
-                    msg_id = cur.lastrowid
-                    conn.executemany(
-                        "INSERT INTO targets (msg, seq, channel) VALUES (?, ?, ?)",
-                        [(msg_id, i, channel) for i, channel in enumerate(members)],
-                    )
+                    conn.execute(_INSERT, (queue, target, 0, now, now + self.expiry, data))
+                    continue
+                # Several members behind one prefix: one copy, and the list of who still gets it.
+                msg_id = conn.execute(_INSERT, (queue, None, len(members), now, now + self.expiry, data)).lastrowid
+                conn.executemany(
+                    "INSERT INTO targets (msg, seq, channel) VALUES (?, ?, ?)",
+                    [(msg_id, i, channel) for i, channel in enumerate(members)],
+                )
             if dropped:
                 self._bump(conn, "group_drop_count", dropped)
-            addrs = self._waiters_of(conn, list(buckets)) if buckets else []
-        self._poke(addrs)
+            if filled:
+                self._bump(conn, "messages_count", len(filled))
+        return filled
 
     # -- key-value store ----------------------------------------------------------------------
 
     def session_get(self, key: str) -> bytes | None:
         self._session_key(key)
-        with self._read() as conn:
+        with self._connection() as conn:
             row = conn.execute("SELECT value FROM kv WHERE key = ? AND expires > ?", (key, time.time())).fetchone()
         return None if row is None else bytes(row[0])
 
@@ -528,7 +591,7 @@ class IpcChannelLayer(BaseChannelLayer):
         if not isinstance(value, (bytes, bytearray)):
             raise TypeError(f"session value must be bytes, not {type(value).__name__}")
         self._sweep()
-        with self._write() as conn:
+        with self._connection() as conn, self._lock():
             conn.execute(
                 "INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)",
                 (key, bytes(value), time.time() + float(ttl)),
@@ -536,7 +599,7 @@ class IpcChannelLayer(BaseChannelLayer):
 
     def session_delete(self, key: str) -> None:
         self._session_key(key)
-        with self._write() as conn:
+        with self._connection() as conn, self._lock():
             conn.execute("DELETE FROM kv WHERE key = ?", (key,))
 
     # -- housekeeping -------------------------------------------------------------------------
@@ -548,27 +611,29 @@ class IpcChannelLayer(BaseChannelLayer):
 
     def _counters(self, conn: sqlite3.Connection) -> dict[str, int]:
         counts = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-        return {name: int(counts.get(name, 0)) for name in ("channel_full_count", "group_drop_count")}
+        return {name: int(counts.get(name, 0)) for name in ("messages_count", "channel_full_count", "group_drop_count")}
 
     def global_statistics(self) -> dict[str, int]:
         """Store-wide figures, shared by every process (the full/drop counters too)."""
         self._sweep(force=True)
-        with self._read() as conn:
+        with self._connection() as conn:
+            if self._sent:
+                with self._transaction(conn):
+                    self._flush_sent(conn)
             conn.execute("BEGIN")
             try:
-                seq = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'messages'").fetchone()
                 pending = conn.execute(
                     "SELECT coalesce(sum(max(fanout, 1)), 0) FROM messages WHERE expires > ?", (time.time(),)
                 ).fetchone()[0]
                 counters = self._counters(conn)
             finally:
                 conn.execute("COMMIT")
-        return {"messages_count": int(seq[0]) if seq else 0, "messages_pending": int(pending), **counters}
+        return {"messages_pending": int(pending), **counters}
 
     def channel_statistics(self, channel: str) -> dict[str, int]:
         queue = non_local_name(validate_channel_name(channel, receive="!" in channel and channel.endswith("!")))
         now = time.time()
-        with self._read() as conn:
+        with self._connection() as conn:
             conn.execute("BEGIN")
             try:
                 pending, oldest = conn.execute(
@@ -579,6 +644,7 @@ class IpcChannelLayer(BaseChannelLayer):
             finally:
                 conn.execute("COMMIT")
         age = now - oldest if oldest is not None else 0.0
+        counters.pop("messages_count")
         return {"messages_pending": int(pending), "messages_max_age": int(max(age, 0.0)), **counters}
 
     def close(self) -> None:
