@@ -40,6 +40,15 @@ TEST_REQUIRES = [
     "playwright>=1.40",  # drives Debian's /usr/bin/chromium; never downloads a browser
 ]
 
+#: What the examples need on top of the core (README's demo command installs it).
+EXAMPLES_REQUIRES = [
+    "flask>=3.0",
+    "pyramid>=2.0",
+    "pyramid_tm>=2.5",
+    "transaction>=4.0",
+    "django>=4.2",
+]
+
 BENCH_REQUIRES = [
     "channels_redis>=4.2,<5",
     "channels>=4.0,<5",
@@ -72,6 +81,7 @@ setup(
     extras_require={
         "crypto": ["cryptography>=42"],
         "test": TEST_REQUIRES,
+        "examples": EXAMPLES_REQUIRES,
         "benchmark": BENCH_REQUIRES,
     },
     entry_points={"console_scripts": ["wsgi-channels = wsgi_channels.cli:main"]},
