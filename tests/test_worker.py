@@ -1,0 +1,336 @@
+"""The worker: in-process threads over memory://, and real worker processes over real Redis."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from werkzeug.test import Client as WerkzeugClient
+
+from servers import ServerProcess
+
+from wsgi_channels import ConfigurationError, route
+from wsgi_channels.cli import EXIT_CONFIG
+from wsgi_channels.layers import from_url
+from wsgi_channels.layers.memory import MemoryChannelLayer
+from wsgi_channels.translation import build_request_message, validate_response_message
+from wsgi_channels.worker import Worker, select_channels
+
+TESTS = Path(__file__).parent
+
+
+# -- in-process ----------------------------------------------------------------------------
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_select_channels():
+    names = {"http.request", "websocket.connect", "websocket.receive", "chat.send"}
+    assert select_channels(names) == sorted(names)
+    assert select_channels(names, only=["websocket.*"]) == ["websocket.connect", "websocket.receive"]
+    assert select_channels(names, exclude=["websocket.*", "http.*"]) == ["chat.send"]
+    assert select_channels(names, only=["*"], exclude=["*.send"]) == ["http.request", "websocket.connect",
+                                                                       "websocket.receive"]
+
+
+def test_no_channels_left_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="no channels left"):
+        Worker([route("chat.send", lambda m: None)], MemoryChannelLayer(), only_channels=["nothing.*"])
+
+
+def test_worker_threads_serve_and_survive_errors(caplog):
+    layer = MemoryChannelLayer()
+    served = []
+
+    def ok(message):
+        served.append(message["n"])
+        message.reply_channel.send({"n": message["n"]})
+
+    def boom(message):
+        message.reply_channel.send({"before": "error"})
+        raise RuntimeError("consumer failure")
+
+    def die(message):
+        raise SystemExit("kills its thread")
+
+    worker = Worker([route("ok", ok), route("boom", boom), route("die", die)], layer, concurrency=2)
+    with caplog.at_level(logging.INFO, logger="wsgi_channels.worker"):
+        worker.start()
+        try:
+            assert "worker serving boom, die, ok" in caplog.text
+            layer.send("boom", {"reply_channel": "r.boom"})
+            for n in range(20):
+                layer.send("ok", {"reply_channel": "r.ok", "n": n})
+            assert wait_for(lambda: len(served) == 20)
+            assert layer.receive(["r.boom"], block=True, timeout=2) == ("r.boom", {"before": "error"}), \
+                "sends made before the error still go out"
+            assert wait_for(lambda: worker.stats["errors"] == 1)
+            layer.send("die", {})
+            layer.send("die", {})
+            assert wait_for(lambda: sum(not t.is_alive() for t in worker._threads) == 2)
+            worker.supervise_once()
+            assert worker.stats["restarts"] == 2
+            assert all(t.is_alive() for t in worker._threads)
+            layer.send("ok", {"reply_channel": "r.ok", "n": 99})
+            assert wait_for(lambda: 99 in served), "replacement threads serve"
+        finally:
+            assert worker.stop(grace=2)
+    assert "consumer failure" in caplog.text and "died; starting a new one" in caplog.text
+    assert sorted(served) == list(range(20)) + [99]
+
+
+def test_stop_finishes_in_flight_within_grace():
+    layer = MemoryChannelLayer()
+    done = []
+
+    def slow(message):
+        time.sleep(0.5)
+        done.append(1)
+
+    worker = Worker([route("slow", slow)], layer, concurrency=1).start()
+    layer.send("slow", {})
+    assert wait_for(lambda: layer.global_statistics()["messages_pending"] == 0)
+    t0 = time.monotonic()
+    assert worker.stop(grace=5) is True
+    assert done == [1] and time.monotonic() - t0 < 3
+
+
+def test_stop_gives_up_after_grace(caplog):
+    layer = MemoryChannelLayer()
+    release = threading.Event()
+    worker = Worker([route("stuck", lambda m: release.wait(10))], layer, concurrency=1).start()
+    layer.send("stuck", {})
+    assert wait_for(lambda: layer.global_statistics()["messages_pending"] == 0)
+    with caplog.at_level(logging.WARNING):
+        assert worker.stop(grace=0.2) is False
+    assert "still busy after the grace period" in caplog.text
+    release.set()
+
+
+# -- worker processes over Redis -------------------------------------------------------------
+
+def worker_process(tmp_path, url, routing="apps.flask_app:routing", *extra, name="worker"):
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1"}
+    env.pop("WSGI_CHANNELS_LAYER", None)
+    args = [sys.executable, "-m", "wsgi_channels", "worker", routing, "--layer", url, *extra]
+    proc = ServerProcess(args, str(tmp_path / f"{name}.log"), env=env, cwd=str(TESTS)).start()
+    deadline = time.monotonic() + 20
+    while "worker serving" not in proc.log():
+        if not proc.running or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"worker did not start:\n{proc.log()[-3000:]}")
+        time.sleep(0.05)
+    return proc
+
+
+class HttpOverLayer:
+    """A test's side of the sidecar: send http.request, collect the response."""
+
+    def __init__(self, url):
+        self.layer = from_url(url)
+
+    def request(self, method, target, headers=(), body=b"", timeout=10.0, overrides=None):
+        reply = self.layer.new_channel("http.response.test?")
+        message = dict(build_request_message(
+            reply_channel=reply, method=method, target=target, http_version="1.1",
+            headers=[(b"host", b"testserver"), *headers] + ([(b"content-length", str(len(body)).encode())]
+                                                             if body else []),
+            client=["127.0.0.1", 50000], server=["testserver", 80], body=body))
+        message.update(overrides or {})
+        self.layer.send("http.request", message)
+        return self.response(reply, timeout)
+
+    def response(self, reply, timeout=10.0):
+        messages = []
+        deadline = time.monotonic() + timeout
+        while not messages or messages[-1].get("more_content"):
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no complete response on {reply} within {timeout}s (got {len(messages)} parts)"
+            channel, m = self.layer.receive([reply], block=True, timeout=min(1.0, remaining))
+            if channel is not None:
+                validate_response_message(m, first=not messages)
+                messages.append(m)
+        return messages[0]["status"], messages[0]["headers"], b"".join(m.get("content", b"") for m in messages)
+
+    def close(self):
+        self.layer.close()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    layer = from_url(redis_server.url)
+    layer.flush()
+    layer.close()
+    return redis_server.url
+
+
+def test_worker_process_serves_flask_over_redis(tmp_path, redis_url):
+    proc = worker_process(tmp_path, redis_url, "apps.flask_app:routing", "--threads", "2")
+    http = HttpOverLayer(redis_url)
+    try:
+        assert "http.request" in proc.log() and "websocket.connect" in proc.log()
+        # Differential: the same requests through werkzeug's client in-process.
+        from apps import flask_app
+
+        wz = WerkzeugClient(flask_app.app, use_cookies=False)
+        for method, target, body in [("GET", "/", b""), ("GET", "/cookies", b""), ("GET", "/redirect", b""),
+                                     ("GET", "/stream/30", b""), ("GET", "/unicode/caf%C3%A9", b""),
+                                     ("PUT", "/upload", bytes(range(256)) * 100), ("GET", "/big/600000", b"")]:
+            status, headers, data = http.request(method, target.encode(), body=body)
+            resp = wz.open(target, method=method, data=body, base_url="http://testserver",
+                           headers={"Content-Length": str(len(body))} if body else {})
+            assert status == resp.status_code, target
+            assert [(n.decode().lower(), v.decode()) for n, v in headers] == \
+                [(k.lower(), v) for k, v in resp.headers.items()], target
+            assert data == resp.get_data(), target
+            resp.close()
+        # Bad input, each with its documented outcome; the worker keeps serving.
+        assert http.request("GET", b"/", overrides={"method": "get"})[0] == 400          # malformed message
+        assert http.request("GET", b"/boom")[0] == 500                    # the app raises
+        assert http.request("POST", b"/upload", headers=[(b"content-length", b"999999999")])[0] == 413
+        http.layer.send("http.request", {"no": "reply channel"})          # nothing to answer
+        http.layer.send("http.request", {"reply_channel": 5})             # wrong type
+        status, _, data = http.request("GET", b"/")
+        assert (status, data) == (200, b"hello from flask")
+    finally:
+        http.close()
+        code = proc.stop()
+    log = proc.log()
+    assert code == 0, log[-3000:]
+    assert "secret detail that must not leak" in log and "Traceback" in log
+    assert "invalid http.request message" in log
+
+
+def test_worker_sigterm_finishes_in_flight(tmp_path, redis_url):
+    proc = worker_process(tmp_path, redis_url, "apps.flask_app:routing", "--threads", "1", "--grace", "10")
+    http = HttpOverLayer(redis_url)
+    try:
+        reply = http.layer.new_channel("http.response.test?")
+        message = dict(build_request_message(reply_channel=reply, method="GET", target=b"/slow/1.0",
+                                             headers=[(b"host", b"t")], http_version="1.1"))
+        http.layer.send("http.request", message)
+        deadline = time.monotonic() + 5
+        while http.layer.channel_statistics("http.request").get("messages_pending", 0) and \
+                time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        status, _, body = http.response(reply)
+        assert (status, body) == (200, b"slept 1.0")
+        proc.proc.wait(10)
+        assert proc.proc.returncode == 0
+        assert time.monotonic() - t0 < 5
+        # Stopped receiving: a request sent now stays queued.
+        http.layer.send("http.request", dict(message, reply_channel=http.layer.new_channel("x?")))
+        assert http.layer.channel_statistics("http.request")["messages_pending"] == 1
+    finally:
+        http.close()
+        proc.stop()
+    assert "received SIGTERM" in proc.log()
+
+
+def test_worker_survives_redis_restart(tmp_path, fresh_redis):
+    url = fresh_redis.url
+    proc = worker_process(tmp_path, url, "apps.flask_app:routing", "--threads", "2")
+    try:
+        http = HttpOverLayer(url)
+        assert http.request("GET", b"/")[0] == 200
+        fresh_redis.restart(down_for=1.5)
+        deadline = time.monotonic() + 20
+        status = None
+        while status != 200 and time.monotonic() < deadline:
+            try:
+                status = http.request("GET", b"/", timeout=2)[0]
+            except (AssertionError, ConnectionError):
+                time.sleep(0.2)
+        assert status == 200, proc.log()[-3000:]
+        assert proc.running
+        http.close()
+    finally:
+        code = proc.stop()
+    log = proc.log()
+    assert code == 0
+    assert "channel layer unavailable" in log and "reachable again" in log
+
+
+def test_worker_greenlets_and_channel_globs(tmp_path, redis_url):
+    proc = worker_process(tmp_path, redis_url, "apps.flask_app:routing", "--greenlets", "20",
+                          "--only-channels", "http.*", name="greenlets")
+    http = HttpOverLayer(redis_url)
+    try:
+        assert "20 greenlets" in proc.log()
+        serving = [line for line in proc.log().splitlines() if "worker serving" in line][0]
+        assert "http.request" in serving and "websocket" not in serving
+        # Concurrency: 10 slow requests at once finish in about one request's time.
+        replies = []
+        for _ in range(10):
+            reply = http.layer.new_channel("http.response.test?")
+            http.layer.send("http.request", dict(build_request_message(
+                reply_channel=reply, method="GET", target=b"/slow/0.5", headers=[(b"host", b"t")],
+                http_version="1.1")))
+            replies.append(reply)
+        t0 = time.monotonic()
+        assert all(http.response(r)[0] == 200 for r in replies)
+        assert time.monotonic() - t0 < 4
+    finally:
+        http.close()
+        assert proc.stop() == 0
+
+
+def test_worker_refuses_memory_layer(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    env.pop("WSGI_CHANNELS_LAYER", None)
+    proc = subprocess.run([sys.executable, "-m", "wsgi_channels", "worker", "apps.flask_app:routing"],
+                          env=env, cwd=str(TESTS), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == EXIT_CONFIG
+    assert "memory:// is private to one process" in proc.stderr
+
+
+@pytest.mark.parametrize("args,words", [
+    (["nope_module:routing", "--layer", "ipc:///tmp/x.db"], "cannot import 'nope_module'"),
+    (["apps.flask_app:routing", "--layer", "bogus://x"], "unknown channel layer URL"),
+    (["apps.flask_app:routing", "--layer", "{ipc}", "--only-channels", "zzz"], "no channels left"),
+])
+def test_worker_config_errors_exit_with_exit_config(tmp_path, args, words):
+    args = [a.replace("{ipc}", f"ipc://{tmp_path / 'c.db'}") for a in args]
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    proc = subprocess.run([sys.executable, "-m", "wsgi_channels", "worker", *args], env=env, cwd=str(TESTS),
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == EXIT_CONFIG, proc.stderr
+    assert words in proc.stderr
+
+
+def test_worker_process_over_ipc_with_bare_apps(tmp_path):
+    url = f"ipc://{tmp_path / 'channels.db'}"
+    proc = worker_process(tmp_path, url, "apps.bare_app:routing", "--threads", "2", name="ipc")
+    http = HttpOverLayer(url)
+    try:
+        assert http.request("GET", b"/writer")[2] == b"written then returned"
+        status, headers, body = http.request("GET", b"/exc_info_app")
+        assert status == 503
+        data = bytes(range(256)) * 1000
+        assert http.request("GET", b"/file_app")[2] == data
+        assert http.request("GET", b"/no_start")[0] == 500
+        body = b"line\n" * 1000
+        status, _, got = http.request("POST", b"/echo_body", body=body)
+        assert (status, hashlib.sha256(got).hexdigest()) == (200, hashlib.sha256(body).hexdigest())
+        env = json.loads(http.request("GET", b"/environ_app/x?y=1")[2])
+        assert env["SCRIPT_NAME"] == "/environ_app" and env["PATH_INFO"] == "/x" and env["QUERY_STRING"] == "y=1"
+    finally:
+        http.close()
+        assert proc.stop() == 0
