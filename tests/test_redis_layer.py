@@ -1,0 +1,598 @@
+"""Redis-specific behaviour of the Redis layer, on real redis-server processes.
+
+The shared contract is in ``test_layer_contract.py``; this file checks what only
+Redis has: round trips per call (counted with MONITOR), the hash ring, keys left
+behind (counted with SCAN), key prefixes and hash tags, restarts, encryption,
+another process sending, fork safety, and gevent.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import redis
+
+from wsgi_channels import exceptions as exc
+from wsgi_channels.layers import from_url
+from wsgi_channels.layers.hashring import HashRing
+from wsgi_channels.layers.redis import RedisChannelLayer
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def client_for(server) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=server.port, protocol=2)
+
+
+def keys_of(server, pattern: str = "*") -> list[str]:
+    return sorted(k.decode() for k in client_for(server).scan_iter(match=pattern, count=1000))
+
+
+@pytest.fixture
+def made():
+    layers = []
+
+    def make(url, **options):
+        layer = from_url(url, **options)
+        layers.append(layer)
+        return layer
+
+    yield make
+    for layer in layers:
+        layer.close()
+
+
+class Monitor:
+    """Every command a Redis server receives from clients (not from inside scripts), via MONITOR."""
+
+    def __init__(self, server) -> None:
+        self.port = server.port
+        self.lines: list[str] = []
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        self.sock.sendall(b"MONITOR\r\n")
+        self.file = self.sock.makefile("rb")
+        assert self.file.readline().strip() == b"+OK"
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        self.marker = f"end-of-monitor-{id(self)}"
+
+    def _read(self) -> None:
+        for raw in self.file:
+            line = raw.decode(errors="replace").strip()
+            self.lines.append(line)
+            if self.marker in line:
+                return
+
+    def stop(self) -> list[str]:
+        """Client commands seen (names only, upper case), excluding the marker."""
+        r = redis.Redis(host="127.0.0.1", port=self.port, protocol=2)
+        r.echo(self.marker)
+        r.close()
+        self.thread.join(10)
+        self.sock.close()
+        commands = []
+        for line in self.lines:
+            if self.marker in line or "lua]" in line:
+                continue
+            m = re.match(r'^\+?[\d.]+ \[\d+ [^\]]+\] "([^"]+)"', line)
+            if m:
+                commands.append(m.group(1).upper())
+        return commands
+
+
+# -- the hash ring --------------------------------------------------------------------------------
+
+
+def test_ring_adding_a_fourth_shard_moves_about_a_quarter():
+    names = [f"chat.room{i}" for i in range(6000)] + [f"sidecar.{i}!" for i in range(6000)] + \
+            [f"http.response?{i:08x}" for i in range(6000)] + [f"group-{i}" for i in range(6000)]
+    three = HashRing(["10.0.0.1:6379/0", "10.0.0.2:6379/0", "10.0.0.3:6379/0"])
+    four = HashRing(["10.0.0.1:6379/0", "10.0.0.2:6379/0", "10.0.0.3:6379/0", "10.0.0.4:6379/0"])
+    before = {n: three.node_for(n) for n in names}
+    after = {n: four.node_for(n) for n in names}
+    moved = [n for n in names if before[n] != after[n]]
+    assert 0.20 <= len(moved) / len(names) <= 0.30, len(moved) / len(names)
+    assert all(after[n] == 3 for n in moved), "a name moved between two of the old shards"
+    shares = [sum(1 for n in names if before[n] == i) / len(names) for i in range(3)]
+    assert all(0.27 <= s <= 0.40 for s in shares), shares
+
+
+def test_ring_does_not_depend_on_shard_order():
+    a = HashRing(["h1:1/0", "h2:1/0", "h3:1/0"])
+    b = HashRing(["h3:1/0", "h1:1/0", "h2:1/0"])
+    for i in range(2000):
+        name = f"n{i}"
+        assert a.nodes[a.node_for(name)] == b.nodes[b.node_for(name)]
+
+
+def test_names_spread_over_every_shard_and_prefixes_stay_together(redis_shards, made):
+    layer = made(",".join(s.url for s in redis_shards), prefix="spreadtest")
+    layer.flush()
+    for i in range(60):
+        layer.send(f"spread.{i}", {"i": i})
+        layer.send(f"proc{i % 5}!conn{i}", {"i": i})
+    counts = [len(keys_of(s, "spreadtest:q:*")) for s in redis_shards]
+    assert all(c > 0 for c in counts), counts
+    assert sum(counts) == 65  # 60 channels + 5 prefixes: every message of one prefix on one queue
+    for i in range(5):
+        got = []
+        while True:
+            ch, msg = layer.receive([f"proc{i}!"])
+            if ch is None:
+                break
+            got.append(msg["i"])
+        assert got == [j for j in range(60) if j % 5 == i]
+    layer.flush()
+
+
+# -- round trips ----------------------------------------------------------------------------------
+
+
+def test_one_round_trip_per_send_receive_and_group_send(fresh_redis, made):
+    layer = made(fresh_redis.url)
+    layer.send("warm.up", {"x": 0})  # connect and load scripts outside the count
+    layer.receive(["warm.up"])
+    layer.group_add("rt.group", "rt.a")
+    layer.group_add("rt.group", "rt.p!c1")
+    layer.group_add("rt.group", "rt.p!c2")
+    layer.send_group("rt.group", {"warm": True})
+    while layer.receive(["rt.a", "rt.p!"])[0]:
+        pass
+    mon = Monitor(fresh_redis)
+    time.sleep(0.05)
+    layer.send("rt.chan", {"x": 1})
+    layer.send("rt.p!c1", {"x": 2})
+    assert layer.receive(["rt.chan"]) == ("rt.chan", {"x": 1})
+    assert layer.receive(["rt.p!"]) == ("rt.p!c1", {"x": 2})
+    layer.send_group("rt.group", {"g": 1})
+    commands = mon.stop()
+    assert commands == ["EVALSHA"] * 5, commands
+    # The group message for two members of one prefix is one entry; both members get it locally.
+    got = sorted(layer.receive(["rt.p!"])[0] for _ in range(2))
+    assert got == ["rt.p!c1", "rt.p!c2"]
+
+
+def test_group_send_is_one_round_trip_per_shard(redis_shards, made):
+    layer = made(",".join(s.url for s in redis_shards), prefix="rtshards")
+    layer.flush()
+    members = [f"rts.{i}" for i in range(30)]
+    for m in members:
+        layer.group_add("rts.group", m)
+    layer.send_group("rts.group", {"warm": 1})
+    monitors = [Monitor(s) for s in redis_shards]
+    time.sleep(0.05)
+    layer.send_group("rts.group", {"n": 1})
+    for mon in monitors:
+        assert mon.stop() == ["EVALSHA"]
+    received = []
+    while True:
+        ch, msg = layer.receive(members)
+        if ch is None:
+            break
+        received.append((ch, sorted(msg.items())))
+    assert sorted(received) == sorted([(m, [("warm", 1)]) for m in members] + [(m, [("n", 1)]) for m in members])
+    layer.flush()
+
+
+def test_broadcast_to_one_prefix_stores_one_copy(fresh_redis, made):
+    layer = made(fresh_redis.url, capacity=2, channel_capacity={"side.*!": 2})
+    members = [f"side.one!c{i}" for i in range(2000)]
+    for m in members:
+        layer.group_add("everyone", m)
+    body = {"text": "x" * 500}
+    for n in range(3):  # three broadcasts: more than the prefix's capacity of 2 would allow one by one
+        layer.send_group("everyone", {**body, "n": n})
+        if n == 1:
+            r = client_for(fresh_redis)
+            assert r.llen("wsgi_channels:q:{side.one!}") == 2
+            entry = r.lindex("wsgi_channels:q:{side.one!}", 0)
+            assert len(entry) < 500 + 2000 * 20  # one body, not 2000
+            assert layer.global_statistics()["group_drop_count"] == 0
+            # FIFO per member, all members: drain the first two broadcasts
+            seen = {}
+            for _ in range(4000):
+                ch, msg = layer.receive(["side.one!"])
+                seen.setdefault(ch, []).append(msg["n"])
+            assert len(seen) == 2000 and all(v == [0, 1] for v in seen.values())
+    assert layer.channel_statistics("side.one!")["messages_pending"] == 2000
+    got = [layer.receive(["side.one!"]) for _ in range(2000)]
+    assert sorted(c for c, _ in got) == sorted(members)
+    assert {m["n"] for _, m in got} == {2}
+    assert layer.receive(["side.one!"]) == (None, None)
+
+
+# -- keys: none left behind, prefixes, hash tags ----------------------------------------------------
+
+
+KEY_RE = re.compile(r"^(?P<prefix>[^{}]+):(?P<kind>q|u|m|g|gc|s):\{(?P<tag>[^{}]+)\}$")
+
+
+def test_no_keys_left_after_messages_are_received_or_expire(fresh_redis, made):
+    layer = made(fresh_redis.url, expiry=1)
+    layer.send("left.plain", {"x": 1})
+    layer.send("left.p!a", {"x": 1})
+    reply = layer.new_channel("left.reply?")
+    layer.send(reply, {"x": 1})
+    assert len(keys_of(fresh_redis)) == 3
+    assert layer.receive(["left.plain"])[0] == "left.plain"
+    assert layer.receive(["left.p!"])[0] == "left.p!a"
+    assert layer.receive([reply])[0] == reply
+    assert keys_of(fresh_redis) == []
+    # groups: keys live while members do, and go with the last discard
+    layer.group_add("left.g", "left.plain")
+    layer.group_add("left.g", "left.p!a")
+    layer.send_group("left.g", {"g": 1})
+    assert layer.receive(["left.plain"])[0] == "left.plain"
+    assert layer.receive(["left.p!"])[0] == "left.p!a"
+    layer.group_discard("left.g", "left.plain")
+    layer.group_discard("left.g", "left.p!a")
+    assert keys_of(fresh_redis) == []
+    # unread messages and sessions vanish with their TTLs
+    layer.send("left.unread", {"x": 1})
+    layer.send("left.q!b", {"x": 1})
+    layer.send(layer.new_channel("left.r?"), {"x": 1})
+    layer.session_set("left-session", b"v", ttl=0.5)
+    assert len(keys_of(fresh_redis)) == 4
+    time.sleep(1.3)
+    assert keys_of(fresh_redis) == []
+
+
+def test_expired_group_members_and_dead_prefixes_leave_no_keys(fresh_redis, made):
+    layer = made(fresh_redis.url, expiry=0.5, group_expiry=1)
+    layer.group_add("gone.g", "gone.p!a")
+    layer.group_add("gone.g", "gone.plain")
+    layer.send_group("gone.g", {"x": 1})
+    time.sleep(1.3)
+    # membership expired and messages expired unread: group ops clean up lazily, TTLs do the rest
+    assert layer.group_channels("gone.g") == []
+    time.sleep(0.2)
+    assert keys_of(fresh_redis) == []
+
+
+def test_slow_reader_only_loses_the_members_whose_message_expired(fresh_redis, made):
+    layer = made(fresh_redis.url, expiry=1)
+    layer.group_add("slow.g", "slow.p!a")
+    layer.group_add("slow.h", "slow.p!a")
+    layer.group_add("slow.g", "slow.p!b")
+    layer.send("slow.p!a", {"only": "a"})
+    time.sleep(0.6)
+    layer.send("slow.p!b", {"fresh": True})
+    time.sleep(0.6)  # the reader is alive but comes too late for a's message, in time for b's
+    assert layer.receive(["slow.p!"]) == ("slow.p!b", {"fresh": True})
+    assert layer.group_channels("slow.g") == ["slow.p!b"]
+    assert layer.group_channels("slow.h") == []
+
+
+def test_keys_carry_hash_tags_and_prefix(fresh_redis, made):
+    layer = made(fresh_redis.url, prefix="tagged")
+    layer.group_add("tag.g", "tag.p!a")
+    layer.group_add("tag.g", "tag.chan")
+    layer.send_group("tag.g", {"x": 1})
+    layer.send("tag.other", {"x": 1})
+    layer.session_set("sess", b"x", ttl=60)
+    found = {}
+    for key in keys_of(fresh_redis):
+        m = KEY_RE.match(key)
+        assert m, key
+        assert m.group("prefix") == "tagged"
+        found.setdefault(m.group("kind"), set()).add(m.group("tag"))
+    assert found["q"] == {"tag.p!", "tag.chan", "tag.other"}
+    assert found["u"] == found["m"] == {"tag.p!"}  # a prefix's keys share its tag (one Cluster slot)
+    assert found["g"] == found["gc"] == {"tag.g"}
+    assert found["s"] == {"sess"}
+
+
+def test_two_applications_share_a_redis_by_prefix(fresh_redis, made):
+    app1 = made(fresh_redis.url, prefix="app1")
+    app2 = made(fresh_redis.url + "?prefix=app2")
+    assert app2.prefix == "app2"
+    r = client_for(fresh_redis)
+    r.set("unrelated", b"keep")
+    r.set("app1x:q:{a}", b"keep")  # looks close to app1's keys but is not one
+    app1.send("shared.name", {"app": 1})
+    app2.send("shared.name", {"app": 2})
+    app1.group_add("g", "shared.name")
+    app2.session_set("s", b"2", ttl=60)
+    app1.flush()
+    assert app1.receive(["shared.name"]) == (None, None)
+    assert app2.receive(["shared.name"]) == ("shared.name", {"app": 2})
+    assert app2.session_get("s") == b"2"
+    assert r.get("unrelated") == b"keep" and r.get("app1x:q:{a}") == b"keep"
+    app2.flush()
+    assert keys_of(fresh_redis) == ["app1x:q:{a}", "unrelated"]
+
+
+def test_flush_uses_scan_and_clears_sessions_on_every_shard(redis_shards, made):
+    layer = made([s.url for s in redis_shards], prefix="flushtest")
+    for i in range(40):
+        layer.session_set(f"session:{i}", b"v", ttl=60)
+        layer.send(f"flush.{i}", {"i": i})
+    assert all(keys_of(s, "flushtest:s:*") for s in redis_shards)  # sessions hashed over shards
+    monitors = [Monitor(s) for s in redis_shards]
+    layer.flush()
+    for mon in monitors:
+        commands = mon.stop()
+        assert "KEYS" not in commands and "SCAN" in commands
+    assert all(keys_of(s, "flushtest:*") == [] for s in redis_shards)
+    assert layer.session_get("session:3") is None
+
+
+# -- configuration ----------------------------------------------------------------------------------
+
+
+def test_from_url_forms(redis_shards, made):
+    urls = [s.url for s in redis_shards]
+    a = made(",".join(u + "?capacity=7" for u in urls))
+    b = made(urls, capacity=9)
+    c = made(urls[0] + "?capacity=3&expiry=5&prefix=p1")
+    assert isinstance(a, RedisChannelLayer) and len(a.hosts) == 3 and a.capacity == 7
+    assert len(b.hosts) == 3 and b.capacity == 9
+    assert len(c.hosts) == 1 and (c.capacity, c.expiry, c.prefix) == (3, 5.0, "p1")
+    assert "?" not in c.hosts[0]
+    with pytest.raises(exc.ConfigurationError, match="disagree"):
+        from_url(f"{urls[0]}?capacity=1,{urls[1]}?capacity=2")
+    with pytest.raises(exc.ConfigurationError, match="prefix"):
+        from_url(urls[0], prefix="bad{prefix}")
+    with pytest.raises(exc.ConfigurationError, match="redis"):
+        RedisChannelLayer(hosts=[urls[0], "http://x:1/"])
+
+
+def test_password_and_db_from_url(made):
+    from servers import RedisServer
+
+    server = RedisServer(password="s3cret").start()
+    try:
+        layer = made(f"redis://:s3cret@127.0.0.1:{server.port}/3")
+        layer.send("auth.chan", {"ok": 1})
+        assert layer.receive(["auth.chan"]) == ("auth.chan", {"ok": 1})
+        assert "s3cret" not in repr(layer)
+        wrong = made(f"redis://:wrong@127.0.0.1:{server.port}/3")
+        with pytest.raises(Exception) as info:
+            wrong.send("auth.chan", {"ok": 1})
+        assert "s3cret" not in str(info.value)
+    finally:
+        server.stop()
+
+
+# -- restarts ---------------------------------------------------------------------------------------
+
+
+def test_survives_a_redis_restart(fresh_redis, made):
+    layer = made(fresh_redis.url)
+    layer.send("rs.chan", {"before": 1})
+    assert layer.receive(["rs.chan"], block=True, timeout=1) == ("rs.chan", {"before": 1})
+    fresh_redis.stop()
+    for call in (lambda: layer.send("rs.chan", {"x": 1}), lambda: layer.receive(["rs.chan"]),
+                 lambda: layer.receive(["rs.chan"], block=True, timeout=2),
+                 lambda: layer.send_group("rs.g", {"x": 1}), lambda: layer.group_add("rs.g", "rs.chan"),
+                 lambda: layer.session_get("k"), lambda: layer.flush()):
+        start = time.monotonic()
+        with pytest.raises(exc.LayerUnavailable) as info:
+            call()
+        assert time.monotonic() - start < 1.0
+        assert isinstance(info.value, exc.ChannelsError) and isinstance(info.value, ConnectionError)
+        assert "unavailable" in str(info.value) and str(fresh_redis.port) in str(info.value)
+    fresh_redis.start()
+    layer.send("rs.chan", {"after": 1})
+    assert layer.receive(["rs.chan"]) == ("rs.chan", {"after": 1})
+
+    # a blocking receive right after the restart is woken promptly (its listener reconnected)
+    def later():
+        time.sleep(0.3)
+        layer.send("rs.chan", {"late": 1})
+
+    t = threading.Thread(target=later)
+    t.start()
+    start = time.monotonic()
+    assert layer.receive(["rs.chan"], block=True, timeout=5) == ("rs.chan", {"late": 1})
+    t.join()
+    assert time.monotonic() - start < 1.5
+
+
+def test_blocking_receive_across_a_restart(fresh_redis, made):
+    layer = made(fresh_redis.url)
+    result = {}
+
+    def waiter():
+        try:
+            result["got"] = layer.receive(["rs2.chan"], block=True, timeout=3)
+        except exc.LayerUnavailable as e:
+            result["error"] = e
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.3)
+    fresh_redis.restart()
+    t.join(6)
+    assert not t.is_alive()
+    # Either the waiter saw the outage or it finished its wait normally; it never hangs.
+    assert "error" in result or result["got"] == (None, None)
+    sender = made(fresh_redis.url)
+
+    def later():
+        time.sleep(0.3)
+        sender.send("rs2.chan", {"n": 1})
+
+    threading.Thread(target=later).start()
+    assert layer.receive(["rs2.chan"], block=True, timeout=5) == ("rs2.chan", {"n": 1})
+
+
+# -- encryption -------------------------------------------------------------------------------------
+
+
+def test_symmetric_encryption_with_key_rotation(fresh_redis, made):
+    old = made(fresh_redis.url, symmetric_encryption_keys=["old-secret"])
+    new = made(fresh_redis.url, symmetric_encryption_keys=["new-secret", "old-secret"])
+    plain = made(fresh_redis.url)
+    old.send("enc.chan", {"secret": "attack at dawn"})
+    raw = client_for(fresh_redis).lindex("wsgi_channels:q:{enc.chan}", 0)
+    assert b"attack at dawn" not in raw
+    assert new.receive(["enc.chan"]) == ("enc.chan", {"secret": "attack at dawn"})
+    new.group_add("enc.g", "enc.p!a")
+    new.send_group("enc.g", {"secret": "group"})
+    raw = client_for(fresh_redis).lindex("wsgi_channels:q:{enc.p!}", 0)
+    assert b"group" not in raw and b"enc.p!a" in raw  # names stay readable for eviction
+    assert new.receive(["enc.p!"]) == ("enc.p!a", {"secret": "group"})
+    new.send("enc.chan", {"n": 2})
+    with pytest.raises(exc.ChannelsError, match="decrypt"):
+        old.receive(["enc.chan"])  # encrypted with a key old does not have
+    plain.send("enc.chan", {"n": 3})
+    with pytest.raises(exc.ChannelsError):
+        new.receive(["enc.chan"])
+    with pytest.raises(exc.ConfigurationError, match="list"):
+        RedisChannelLayer(hosts=fresh_redis.url, symmetric_encryption_keys="just-a-string")
+
+
+def test_missing_cryptography_is_a_clear_configuration_error(redis_server):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["cryptography"] = None  # as if it were not installed
+        from wsgi_channels.layers import from_url
+        from wsgi_channels.exceptions import ConfigurationError
+        from_url({redis_server.url!r})  # fine without encryption
+        try:
+            from_url({redis_server.url!r}, symmetric_encryption_keys=["k"])
+        except ConfigurationError as e:
+            print("ERR", e)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "ERR" in out.stdout and "cryptography" in out.stdout and "pip install" in out.stdout
+
+
+# -- other processes ---------------------------------------------------------------------------------
+
+
+def test_another_process_sends_while_we_receive(redis_shards, made):
+    url = ",".join(s.url for s in redis_shards)
+    layer = made(url, prefix="subproc")
+    layer.flush()
+    code = textwrap.dedent(f"""
+        import time
+        from wsgi_channels.layers import from_url
+        layer = from_url({url!r}, prefix="subproc")
+        time.sleep(0.3)
+        for i in range(200):
+            layer.send("sub.work", {{"i": i}})
+            layer.send("sub.proc!conn" + str(i % 3), {{"i": i, "b": b"\\x00"}})
+        layer.group_add("sub.g", "sub.proc!conn0")
+        layer.send_group("sub.g", {{"done": True}})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        work, local = [], []
+        deadline = time.monotonic() + 30
+        while (len(work) < 200 or len(local) < 201) and time.monotonic() < deadline:
+            ch, msg = layer.receive(["sub.work", "sub.proc!"], block=True, timeout=5)
+            if ch == "sub.work":
+                work.append(msg["i"])
+            elif ch is not None:
+                local.append((ch, msg))
+        assert proc.wait(30) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert work == list(range(200))
+    assert [m["i"] for _, m in local[:200]] == list(range(200))
+    assert all(ch == f"sub.proc!conn{m['i'] % 3}" and m["b"] == b"\x00" for ch, m in local[:200])
+    assert local[200] == ("sub.proc!conn0", {"done": True})
+    layer.flush()
+
+
+def test_forked_child_gets_its_own_connections(redis_server, made):
+    layer = made(redis_server.url, prefix="forktest")
+    shard = layer._shards[0]
+    parent_id = shard.execute("CLIENT", "ID")
+    layer.send("fork.chan", {"from": "parent"})
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: must not touch the parent's socket
+        status = 1
+        try:
+            child_id = shard.execute("CLIENT", "ID")
+            got = layer.receive(["fork.chan"], block=True, timeout=5)
+            layer.send("fork.back", {"from": "child"})
+            os.write(write_end, f"{child_id} {got[1]['from']}".encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    report = os.read(read_end, 100).decode()
+    os.close(read_end)
+    assert os.waitstatus_to_exitcode(status) == 0
+    child_id, got = report.split()
+    assert int(child_id) != parent_id and got == "parent"
+    assert shard.execute("CLIENT", "ID") == parent_id  # the parent's connection is intact
+    assert layer.receive(["fork.back"]) == ("fork.back", {"from": "child"})
+    layer.flush()
+
+
+def test_receive_loop_in_a_greenlet_under_gevent(redis_shards):
+    url = ",".join(s.url for s in redis_shards)
+    code = textwrap.dedent(f"""
+        from gevent import monkey
+        monkey.patch_all()
+        import time, gevent
+        from wsgi_channels.layers import from_url
+        layer = from_url({url!r}, prefix="geventtest")
+        layer.flush()
+        got, delays = [], []
+        def loop():
+            while len(got) < 30:
+                ch, msg = layer.receive(["gv.a", "gv.b", "gv.p!"], block=True, timeout=5)
+                if ch is not None:
+                    got.append(ch)
+                    delays.append(time.monotonic() - msg["t"])
+        def ticker():  # other greenlets keep running while the loop waits
+            n = 0
+            while len(got) < 30:
+                gevent.sleep(0.01)
+                n += 1
+            print("TICKS", n)
+        g = [gevent.spawn(loop), gevent.spawn(ticker)]
+        for i in range(30):
+            gevent.sleep(0.02)
+            layer.send(["gv.a", "gv.b", "gv.p!x"][i % 3], {{"t": time.monotonic()}})
+        gevent.joinall(g, timeout=20)
+        layer.flush()
+        print("GOT", len(got), "MAXDELAY", max(delays))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    m = re.search(r"GOT (\d+) MAXDELAY ([\d.e-]+)", out.stdout)
+    assert m, out.stdout + out.stderr
+    assert int(m.group(1)) == 30
+    assert float(m.group(2)) < 0.5, out.stdout
+    assert int(re.search(r"TICKS (\d+)", out.stdout).group(1)) > 20
+
+
+def test_blocking_receive_wakes_within_milliseconds_across_shards(redis_shards, made):
+    layer = made([s.url for s in redis_shards], prefix="wake")
+    sender = made([s.url for s in redis_shards], prefix="wake")
+    names = [f"wake.{i}" for i in range(12)]
+    shards_hit = {layer._ring.node_for(n) for n in names}
+    assert shards_hit == {0, 1, 2}
+    delays = []
+    for target in names[:6]:
+        def later(t=target):
+            time.sleep(0.1)
+            sender.send(t, {"t": time.monotonic()})
+
+        th = threading.Thread(target=later)
+        th.start()
+        ch, msg = layer.receive(names, block=True, timeout=5)
+        th.join()
+        assert ch == target
+        delays.append(time.monotonic() - msg["t"])
+    assert sorted(delays)[len(delays) // 2] < 0.1, delays
