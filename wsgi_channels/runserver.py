@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
 
     bind = [b for item in (args.bind or [DEFAULT_BIND]) for b in str(item).replace(",", " ").split()]
     layer_url = args.layer or "memory://runserver"
-    options = {"allowed_origins": list(args.allowed_origins or []), "access_log": args.access_log or ""}
+    # A development server stops quickly: idle keep-alive connections are not waited for long.
+    options = {"allowed_origins": list(args.allowed_origins or []), "grace_period": 2.0}
     try:
         sidecar, worker = build(args.app, args.routing or [], layer_url, bind, args.threads, options)
     except ConfigurationError as e:
@@ -138,7 +139,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_option(p, "--threads", type=int, default=8, help="worker greenlets (default 8)")
     add_option(p, "--allowed-origins", default=[], nargs="*", metavar="ORIGIN",
                help="origins allowed to open WebSockets (default: same origin)")
-    add_option(p, "--access-log", default="", metavar="FILE", help="access log file ('-' = stdout)")
     add_option(p, "--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
     return p

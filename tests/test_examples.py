@@ -1,0 +1,175 @@
+"""Smoke tests of every example, run as real processes the way its README says."""
+from __future__ import annotations
+
+import ast
+import json
+import re
+
+import pytest
+import requests
+import websocket
+
+import stack
+from stack import EXAMPLES, env_for
+
+SCRIPTS = {
+    "liveblog": EXAMPLES / "liveblog" / "liveblog.py",
+    "chat": EXAMPLES / "chat" / "chat.py",
+    "legacy": EXAMPLES / "legacy" / "legacy.py",
+    "demo": EXAMPLES / "demo.py",
+    "django_liveblog": EXAMPLES / "django_liveblog" / "manage.py",
+}
+
+
+@pytest.fixture
+def procs():
+    started: list = []
+    yield started
+    stack.stop_all(started)
+
+
+def ws(port: int, path: str, **kwargs) -> websocket.WebSocket:
+    return websocket.create_connection(f"ws://127.0.0.1:{port}{path}", timeout=10, **kwargs)
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_every_example_has_a_docstring_a_main_and_a_readme(name):
+    source = SCRIPTS[name].read_text()
+    tree = ast.parse(source)
+    assert ast.get_docstring(tree), f"{name}: no module docstring"
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "main" for n in tree.body), f"{name}: no main()"
+    readme = (SCRIPTS[name].parent / "README.md") if name != "demo" else (EXAMPLES / "README.md")
+    assert readme.is_file(), f"{name}: no README.md"
+    assert "```" in readme.read_text(), f"{name}: README gives no commands"
+
+
+def test_liveblog_runserver_pushes_a_post_to_open_sockets(procs, tmp_path):
+    server = stack.runserver(SCRIPTS["liveblog"], tmp_path, env_for(None, LIVEBLOG_DB=str(tmp_path / "blog.db")))
+    procs.append(server.start())
+    server.wait_for_log("serving liveblog:app on http://127.0.0.1:")
+    a, b = ws(server.port, "/ws/liveblog/"), ws(server.port, "/ws/liveblog/")
+    page = requests.get(f"http://127.0.0.1:{server.port}/", timeout=10)
+    assert page.status_code == 200 and "/_wsgi_channels/static/channels.js" in page.text
+    js = requests.get(f"http://127.0.0.1:{server.port}/_wsgi_channels/static/channels.js", timeout=10)
+    assert js.status_code == 200 and "export function connect" in js.text
+    r = requests.post(f"http://127.0.0.1:{server.port}/posts", json={"title": "Hello", "body": "world"}, timeout=10)
+    assert r.status_code == 201, r.text
+    for sock in (a, b):
+        assert json.loads(sock.recv()) == {"id": r.json()["id"], "title": "Hello", "body": "world"}
+    assert requests.post(f"http://127.0.0.1:{server.port}/posts", json={"title": ""}, timeout=10).status_code == 400
+    a.close()
+    b.close()
+
+
+def test_chat_rooms_nicknames_and_join_leave_notices(procs, tmp_path):
+    server = stack.runserver(SCRIPTS["chat"], tmp_path, env_for(None))
+    procs.append(server.start())
+    server.wait_for_log("serving chat:app")
+    port = server.port
+    # A nickname set through the page's form lives in the Pyramid session cookie.
+    session = requests.Session()
+    r = session.post(f"http://127.0.0.1:{port}/chat/lobby/nick", data={"nick": "ann"}, timeout=10)
+    assert r.status_code == 200 and 'value="ann"' in r.text
+    cookie = "; ".join(f"{k}={v}" for k, v in session.cookies.items())
+    ann = ws(port, "/ws/chat/lobby/", cookie=cookie)
+    assert json.loads(ann.recv()) == {"type": "notice", "text": "ann joined"}
+    ben = ws(port, "/ws/chat/lobby/?nick=ben")
+    other_room = ws(port, "/ws/chat/kitchen/?nick=cy")
+    assert json.loads(ann.recv()) == {"type": "notice", "text": "ben joined"}
+    assert json.loads(ben.recv()) == {"type": "notice", "text": "ben joined"}
+    ben.send(json.dumps({"text": "hi ann"}))
+    assert json.loads(ann.recv()) == {"type": "message", "nick": "ben", "text": "hi ann"}
+    assert json.loads(ben.recv()) == {"type": "message", "nick": "ben", "text": "hi ann"}
+    r = requests.post(f"http://127.0.0.1:{port}/chat/lobby/announce", data="tea time", timeout=10)
+    assert r.status_code == 200
+    assert json.loads(ann.recv()) == {"type": "notice", "text": "announcement: tea time"}
+    ben.close()
+    assert json.loads(ann.recv()) == {"type": "notice", "text": "ben left"}
+    # Other rooms heard nothing but their own join.
+    assert json.loads(other_room.recv()) == {"type": "notice", "text": "cy joined"}
+    other_room.settimeout(0.3)
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        other_room.recv()
+    # No nickname: the handshake is refused.
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        ws(port, "/ws/chat/lobby/")
+    assert refused.value.status_code == 403
+    ann.close()
+    other_room.close()
+    session.close()
+
+
+def test_demo_serves_both_apps_from_one_process(procs, tmp_path):
+    server = stack.runserver(SCRIPTS["demo"], tmp_path, env_for(None, LIVEBLOG_DB=str(tmp_path / "blog.db")))
+    procs.append(server.start())
+    server.wait_for_log("serving demo:app")
+    assert "chat at http://127.0.0.1:" in server.log()
+    assert "Live blog" in requests.get(f"http://127.0.0.1:{server.port}/", timeout=10).text
+    assert "Room lobby" in requests.get(f"http://127.0.0.1:{server.port}/chat/lobby/", timeout=10).text
+    chat = ws(server.port, "/ws/chat/lobby/?nick=dee")
+    blog = ws(server.port, "/ws/liveblog/")
+    assert json.loads(chat.recv())["text"] == "dee joined"
+    requests.post(f"http://127.0.0.1:{server.port}/posts", json={"title": "both"}, timeout=10)
+    assert json.loads(blog.recv())["title"] == "both"
+    chat.close()
+    blog.close()
+
+
+def test_legacy_app_through_sidecar_http_mode_and_ipc_workers(procs, tmp_path):
+    env = env_for(f"ipc://{tmp_path}/channels.db", GUESTBOOK_DB=str(tmp_path / "guestbook.db"))
+    server = stack.runserver(SCRIPTS["legacy"], tmp_path, env)
+    procs.append(server.start())
+    base = f"http://127.0.0.1:{server.port}"
+    server.wait_for_log("worker serving", timeout=20)
+    r = requests.post(base + "/", data={"name": "Grace <admin>"}, allow_redirects=False, timeout=10)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    page = requests.get(base + "/", timeout=10)
+    assert page.status_code == 200 and "<li>Grace &lt;admin&gt;</li>" in page.text
+    assert requests.get(base + "/missing", timeout=10).status_code == 404
+    sock = ws(server.port, "/ws/echo/")
+    sock.send(json.dumps({"text": "same port"}))
+    assert json.loads(sock.recv()) == {"echo": "SAME PORT"}
+    sock.close()
+
+
+def _django_login(base: str) -> requests.Session:
+    s = requests.Session()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', s.get(base + "/login/", timeout=10).text).group(1)
+    r = s.post(base + "/login/", data={"username": "demo", "password": "demo", "csrfmiddlewaretoken": token},
+               headers={"Referer": base + "/login/"}, timeout=10)
+    assert r.status_code == 200 and "Logged in as demo" in r.text, r.text[:500]
+    return s
+
+
+def test_django_liveblog_login_required_and_push_after_commit(procs, tmp_path):
+    """gunicorn (2 sync workers) + `manage.py runsidecar` + `manage.py runworker` on the ipc:// layer."""
+    project = EXAMPLES / "django_liveblog"
+    env = env_for(f"ipc://{tmp_path}/channels.db", project, DJLIVE_DB=str(tmp_path / "dj.db"),
+                  DJANGO_SETTINGS_MODULE="djlive.settings", DJANGO_SUPERUSER_PASSWORD="demo")
+    manage = [stack.PY, "manage.py"]
+    out = stack.run(manage + ["check"], project, env)
+    assert "no issues" in out
+    stack.run(manage + ["migrate", "-v0"], project, env)
+    stack.run(manage + ["createsuperuser", "--noinput", "--username", "demo", "--email", "demo@example.com"],
+              project, env)
+    web = stack.gunicorn("djlive.wsgi", project, env, tmp_path, workers=2)
+    side_port = stack.free_port()
+    side = stack.Proc(manage + ["runsidecar", "--bind", f"127.0.0.1:{side_port}"], tmp_path / "dj-sidecar.log", env,
+                      project, side_port)
+    work = stack.Proc(manage + ["runworker", "--", "--threads", "2"], tmp_path / "dj-worker.log", env, project)
+    for p in (web, side, work):
+        procs.append(p.start())
+    work.wait_for_log("worker serving", timeout=20)
+    base = f"http://127.0.0.1:{web.port}"
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        ws(side_port, "/ws/posts/")
+    assert refused.value.status_code == 403, "anonymous users must not connect"
+    s = _django_login(base)
+    cookie = "; ".join(f"{k}={v}" for k, v in s.cookies.items())
+    sock = ws(side_port, "/ws/posts/", cookie=cookie)
+    assert json.loads(sock.recv()) == {"hello": "demo"}
+    r = s.post(base + "/posts/", json={"title": "From Django"},
+               headers={"X-CSRFToken": s.cookies["csrftoken"], "Referer": base + "/"}, timeout=10)
+    assert r.status_code == 201, r.text[:500]
+    assert json.loads(sock.recv()) == {"id": r.json()["id"], "title": "From Django", "body": ""}
+    sock.close()
