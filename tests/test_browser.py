@@ -1,0 +1,148 @@
+"""In a real headless Chromium (Debian's ``chromium``, driven by Playwright from PyPI).
+
+Playwright launches ``/usr/bin/chromium``; it never downloads a browser of its own.
+A missing chromium FAILS these tests (``.ci/run`` installs it); it is never a skip.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+
+import pytest
+import requests
+
+import stack
+from stack import EXAMPLES, env_for
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+TIMEOUT_MS = 15000
+
+
+def find_chromium() -> str:
+    for candidate in (os.environ.get("CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError("chromium is not installed: run `bash .ci/run` (it installs Debian's chromium) "
+                       "or `apt-get install chromium`; the browser tests cannot run without it")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    executable = find_chromium()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def procs():
+    started: list = []
+    yield started
+    stack.stop_all(started)
+
+
+@pytest.fixture
+def context(browser):
+    ctx = browser.new_context()
+    ctx.set_default_timeout(TIMEOUT_MS)
+    yield ctx
+    ctx.close()
+
+
+def errors_of(page) -> list:
+    errors: list = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return errors
+
+
+def test_two_chat_pages_exchange_messages(procs, context, tmp_path):
+    server = stack.runserver(EXAMPLES / "chat" / "chat.py", tmp_path, env_for(None))
+    procs.append(server.start())
+    server.wait_for_log("serving chat:app")
+    url = f"http://127.0.0.1:{server.port}/chat/lobby/"
+    pages = []
+    for nick in ("ann", "ben"):
+        # Separate contexts: separate cookie jars, so each page has its own session.
+        page = context.browser.new_context().new_page() if pages else context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        errs = errors_of(page)
+        page.goto(url)
+        page.wait_for_selector('#status[data-state="no-nick"]')
+        page.fill("input[name=nick]", nick)
+        page.click("#nickform button")
+        page.wait_for_selector('#status[data-state="open"]')
+        pages.append((page, errs))
+    (ann, ann_errors), (ben, ben_errors) = pages
+    ann.wait_for_selector("#log >> text=ben joined")
+    ben.fill("#text", "hello from ben")
+    ben.press("#text", "Enter")
+    ann.wait_for_selector("#log >> text=ben: hello from ben")
+    ann.fill("#text", "hi ben")
+    ann.click("#say button")
+    ben.wait_for_selector("#log >> text=ann: hi ben")
+    ben.close()
+    ann.wait_for_selector("#log >> text=ben left")
+    assert ann_errors == [] and ben_errors == []
+
+
+def test_liveblog_page_shows_a_new_post_without_reload(procs, context, tmp_path):
+    server = stack.runserver(EXAMPLES / "liveblog" / "liveblog.py", tmp_path,
+                             env_for(None, LIVEBLOG_DB=str(tmp_path / "blog.db")))
+    procs.append(server.start())
+    server.wait_for_log("serving liveblog:app")
+    page = context.new_page()
+    errors = errors_of(page)
+    page.goto(f"http://127.0.0.1:{server.port}/")
+    page.wait_for_selector('#status[data-state="open"]')
+    page.evaluate("window.__marker = 'same page'")  # gone if the page reloads
+    r = requests.post(f"http://127.0.0.1:{server.port}/posts", json={"title": "Pushed title", "body": "no reload"},
+                      timeout=10)
+    assert r.status_code == 201
+    page.wait_for_selector(f"#post-{r.json()['id']} >> text=Pushed title")
+    assert page.evaluate("window.__marker") == "same page"
+    # Publishing from the page's own form works too (this one is a normal form post + redirect).
+    other = context.new_page()
+    other.goto(f"http://127.0.0.1:{server.port}/")
+    other.fill("input[name=title]", "From the form")
+    other.click("form button")
+    page.wait_for_selector("#posts >> text=From the form")
+    assert errors == []
+
+
+def test_client_reconnects_after_the_sidecar_restarts(procs, context, tmp_path):
+    """gunicorn serves the page, a separate sidecar the WebSocket; the sidecar is stopped and started again."""
+    layer = f"ipc://{tmp_path}/channels.db"
+    liveblog = EXAMPLES / "liveblog"
+    side_port = stack.free_port()
+    web_env = env_for(layer, liveblog, LIVEBLOG_DB=str(tmp_path / "blog.db"),
+                      LIVEBLOG_WS_URL=f"ws://127.0.0.1:{side_port}/ws/liveblog/")
+    web = stack.gunicorn("liveblog:app", liveblog, web_env, tmp_path, workers=1)
+    work = stack.worker("liveblog:routing", liveblog, env_for(layer, liveblog), tmp_path, threads=2)
+    procs.extend([web.start(), work.start()])
+    origin = f"http://127.0.0.1:{web.port}"
+    side_env = env_for(layer)
+    side = stack.sidecar(side_env, tmp_path, side_port, "--allowed-origins", origin)
+    procs.append(side.start())
+    work.wait_for_log("worker serving", timeout=20)
+
+    page = context.new_page()
+    errors = errors_of(page)
+    page.goto(origin + "/")
+    page.wait_for_selector('#status[data-state="open"]')
+    side.stop(signal.SIGTERM)  # closes sockets with 1001 "going away": a code the client retries
+    page.wait_for_selector('#status[data-state="reconnecting"]')
+    side2 = stack.sidecar(side_env, tmp_path, side_port, "--allowed-origins", origin)
+    procs.append(side2.start())
+    page.wait_for_selector('#status[data-state="open"]', timeout=30000)
+    r = requests.post(origin + "/posts", json={"title": "After restart"}, timeout=10)
+    assert r.status_code == 201
+    page.wait_for_selector(f"#post-{r.json()['id']} >> text=After restart")
+    assert errors == []
