@@ -137,6 +137,23 @@ def ensure_private_dir(directory: str) -> None:
         )
 
 
+def _makedirs_private(directory: str) -> None:
+    """``os.makedirs`` giving every directory it creates mode 0700 (makedirs does so for the last only)."""
+    missing = []
+    while directory and not os.path.isdir(directory):
+        missing.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(d):
+                raise
+
+
 def prepare_path(path: str, private: bool = False) -> str:
     """Make sure ``path`` can hold a store: directory present, file present with mode 0600.
 
@@ -149,7 +166,7 @@ def prepare_path(path: str, private: bool = False) -> str:
         ensure_private_dir(directory)
     elif not os.path.isdir(directory):
         try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
+            _makedirs_private(directory)
         except OSError as e:
             raise StoreError(
                 f"cannot create the directory of the channel store {path!r}: {e.strerror}"

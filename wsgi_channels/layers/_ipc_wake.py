@@ -32,6 +32,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 from typing import Iterable
 
 from ._ipc_store import ensure_private_dir, private_dir
@@ -41,8 +42,8 @@ __all__ = ["wake_dir_for", "Waiter", "Poker"]
 log = logging.getLogger(__name__)
 
 # sun_path holds 108 bytes on Linux and 104 on the BSDs and macOS, NUL included.
-_MAX_SOCKET_PATH = 100
-_NAME_LEN = 24  # "<pid>-<10 random chars>" and a little room
+_MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
+_NAME_LEN = 18  # "<pid, up to 7 digits>-<10 hex digits>"
 
 
 def wake_dir_for(store_path: str) -> tuple[str, bool]:

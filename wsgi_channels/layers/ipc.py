@@ -649,6 +649,12 @@ class IpcChannelLayer(BaseChannelLayer):
 
     def close(self) -> None:
         """Unregister and remove this process's wake-up sockets and close its connections."""
+        if self._sent:
+            try:
+                with self._write() as conn:
+                    self._flush_sent(conn)
+            except (StoreError, LayerUnavailable) as e:
+                log.debug("could not record sends at close: %s", e)
         if self._state.pid == os.getpid():
             self._finalizer.detach()
             self._state.release(self._pool)
