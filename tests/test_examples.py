@@ -173,3 +173,19 @@ def test_django_liveblog_login_required_and_push_after_commit(procs, tmp_path):
     assert r.status_code == 201, r.text[:500]
     assert json.loads(sock.recv()) == {"id": r.json()["id"], "title": "From Django", "body": ""}
     sock.close()
+
+
+def test_deployment_gunicorn_conf_is_valid(tmp_path):
+    out = stack.run([stack.BIN / "gunicorn", "-c", stack.ROOT / "docs" / "gunicorn.conf.py", "--check-config",
+                     "--chdir", EXAMPLES / "liveblog", "liveblog:app"], EXAMPLES / "liveblog", env_for(None))
+    assert "Error" not in out
+    guide = (stack.ROOT / "docs" / "deployment.md").read_text()
+    for needed in ("location /ws/", "proxy_set_header Upgrade", "ipc://", "redis://", "[Service]", "Procfile",
+                   "child_exit"):
+        assert needed in guide, needed
+
+
+def test_flask_cli_offers_channels_worker_and_sidecar(tmp_path):
+    out = stack.run([stack.BIN / "flask", "--app", "liveblog", "channels", "--help"], EXAMPLES / "liveblog",
+                    env_for(None, EXAMPLES / "liveblog", LIVEBLOG_DB=str(tmp_path / "b.db")))
+    assert "worker" in out and "sidecar" in out
