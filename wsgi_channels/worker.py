@@ -3,12 +3,14 @@
 ``wsgi-channels worker ROUTING [--layer URL] [--threads N | --greenlets N]
 [--only-channels GLOB ...] [--exclude-channels GLOB ...]``
 
-Each of N threads (or greenlets, under gevent) runs the same short loop:
-blocking ``receive`` on the served channels (bounded, so a stop request is
-seen within a second), then :func:`~wsgi_channels.consumer.run_consumer`. No
-thread is created per message. The main thread supervises: it replaces a
-thread that died, and on SIGTERM/SIGINT it stops receiving and waits up to
-``grace`` seconds for the messages in flight.
+One receiver thread (a greenlet under gevent) makes a blocking ``receive`` on
+the served channels whenever one of N executor threads is free, and hands the
+message over; the executor runs :func:`~wsgi_channels.consumer.run_consumer`.
+No thread is created per message, and a busy worker leaves messages queued
+for other workers. Receives are bounded (a second), so a stop request is seen
+quickly. The main thread supervises: it replaces a thread that died, and on
+SIGTERM/SIGINT it stops receiving and waits up to ``grace`` seconds for the
+messages in flight.
 
 A consumer that raises is logged and counted; the worker goes on. A layer
 that is down (``LayerUnavailable``) is retried with capped exponential backoff
@@ -24,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+from queue import Queue
 from typing import Any, Iterable, Optional, Sequence
 
 from .consumer import DEFAULT_SEND_TIMEOUT, run_consumer
@@ -64,7 +67,7 @@ class Worker:
     def __init__(self, routing: Any, layer: Any = None, *, concurrency: int = 1,
                  only_channels: Sequence[str] = (), exclude_channels: Sequence[str] = (),
                  send_timeout: float = DEFAULT_SEND_TIMEOUT, grace: float = 30.0,
-                 name: str = "worker") -> None:
+                 name: str = "worker", mode: str = "thread(s)") -> None:
         from .channel import _resolve
 
         self.router = routing if isinstance(routing, Router) else Router(routing)
@@ -84,40 +87,59 @@ class Worker:
         self.stats = {"messages": 0, "errors": 0, "unrouted": 0, "restarts": 0}
         self._stats_lock = threading.Lock()
         self._stopping = threading.Event()
+        self.mode = mode
         self._threads: list[threading.Thread] = []
-        self._in_flight = 0
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._queue: Queue = Queue()
         self._outage_since: Optional[float] = None
         self._outage_lock = threading.Lock()
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- the loops ------------------------------------------------------------------------------
+    #
+    # One thread receives; ``concurrency`` threads run consumers. A slot semaphore
+    # lets the receiver take a message only when an executor is free, so a busy
+    # worker leaves messages in the layer for other workers, and one blocking
+    # receive per process avoids waking every thread for every message.
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
             self.stats[key] += 1
 
-    def _loop(self) -> None:
-        """One thread: receive, dispatch, repeat until stopped."""
-        channels = self.channels
-        layer = self.layer
+    def _receive_loop(self) -> None:
+        channels, layer, slots, queue = self.channels, self.layer, self._slots, self._queue
         backoff = 0.0
         while not self._stopping.is_set():
+            if not slots.acquire(timeout=_RECEIVE_TIMEOUT):
+                continue
             try:
                 channel, content = layer.receive(channels, block=True, timeout=_RECEIVE_TIMEOUT)
             except LayerUnavailable as e:
+                slots.release()
                 backoff = min(_MAX_BACKOFF, backoff * 2 or 0.05)
                 self._outage(e)
                 self._stopping.wait(random.uniform(backoff / 2, backoff))
                 continue
+            except BaseException:
+                slots.release()
+                raise
             if backoff:
                 backoff = 0.0
                 self._recovered()
             if channel is None:
-                continue
-            self._in_flight += 1
+                slots.release()
+            else:
+                queue.put((channel, content))
+
+    def _execute_loop(self) -> None:
+        queue, slots, handle = self._queue, self._slots, self.handle
+        while True:
+            item = queue.get()
+            if item is None:  # stop sentinel, queued after every received message
+                return
             try:
-                self.handle(channel, content)
+                handle(*item)
             finally:
-                self._in_flight -= 1
+                slots.release()
 
     def handle(self, channel: str, content: Any) -> None:
         """Run the consumer routed for one message; errors are logged and counted, never raised."""
@@ -160,32 +182,50 @@ class Worker:
     # -- lifecycle --------------------------------------------------------------------------
 
     def _spawn(self, index: int) -> threading.Thread:
-        thread = threading.Thread(target=self._loop, name=f"{self.name}-{index}", daemon=True)
+        if index < 0:
+            target, name = self._receive_loop, f"{self.name}-receiver"
+        else:
+            target, name = self._execute_loop, f"{self.name}-{index}"
+        thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         return thread
 
     def start(self) -> "Worker":
         """Start the threads and return at once (for tests and embedding); :meth:`stop` ends them."""
         self._stopping.clear()
+        self._slots = threading.BoundedSemaphore(self.concurrency)
+        self._queue = Queue()
         log.info("worker serving %s with %d %s on %r", ", ".join(self.channels), self.concurrency,
-                 "thread(s)", self.layer)
+                 self.mode, self.layer)
         self._threads = [self._spawn(i) for i in range(self.concurrency)]
+        self._receiver = self._spawn(-1)
         return self
 
     def supervise_once(self) -> None:
         """Replace any thread that died (a consumer raised a BaseException such as SystemExit)."""
+        if self._stopping.is_set():
+            return
         for i, thread in enumerate(self._threads):
-            if not thread.is_alive() and not self._stopping.is_set():
+            if not thread.is_alive():
                 self._count("restarts")
                 log.error("worker thread %s died; starting a new one", thread.name)
                 self._threads[i] = self._spawn(i)
+        if not self._receiver.is_alive():
+            self._count("restarts")
+            log.error("worker receiver thread died; starting a new one")
+            self._receiver = self._spawn(-1)
 
     def stop(self, grace: Optional[float] = None) -> bool:
         """Stop receiving and wait up to ``grace`` seconds for in-flight messages; True if all finished."""
         self._stopping.set()
         deadline = time.monotonic() + (self.grace if grace is None else grace)
+        receiver = getattr(self, "_receiver", None)
+        if receiver is not None:
+            receiver.join(_RECEIVE_TIMEOUT + 1.0)  # a receive returns within _RECEIVE_TIMEOUT
+        for _ in self._threads:
+            self._queue.put(None)
         for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()) + _RECEIVE_TIMEOUT)
+            thread.join(max(0.0, deadline - time.monotonic()))
         alive = [t for t in self._threads if t.is_alive()]
         if alive:
             log.warning("%d worker thread(s) still busy after the grace period; exiting anyway", len(alive))
@@ -244,7 +284,8 @@ def _command(args: Any) -> int:
         routing = _load_routing(args.routing)
         worker = Worker(routing, url, concurrency=args.greenlets or args.threads,
                         only_channels=args.only_channels or (), exclude_channels=args.exclude_channels or (),
-                        send_timeout=args.send_timeout, grace=args.grace)
+                        send_timeout=args.send_timeout, grace=args.grace,
+                        mode="greenlets" if args.greenlets else "threads")
     except ConfigurationError as e:
         log.error("%s", e)
         return cli.EXIT_CONFIG
@@ -252,7 +293,6 @@ def _command(args: Any) -> int:
         worker.layer.receive(worker.channels, block=False)
     except LayerUnavailable as e:
         log.warning("channel layer not reachable at start-up (%s); the worker will keep retrying", e)
-    log.info("%s mode", f"{args.greenlets} greenlets" if args.greenlets else f"{args.threads} threads")
     worker.run()
     return cli.EXIT_OK
 
