@@ -1,0 +1,239 @@
+"""The sidecar's sans-IO parts, in memory: a wsproto client wired to our server objects."""
+from __future__ import annotations
+
+import argparse
+
+import h11
+import pytest
+from wsproto import WSConnection
+from wsproto.connection import ConnectionType
+from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Ping, Pong, Request,
+                            TextMessage)
+from wsproto.extensions import PerMessageDeflate
+
+from wsgi_channels.exceptions import ConfigurationError
+from wsgi_channels.sidecar import websocket as wsp
+from wsgi_channels.sidecar.config import SidecarConfig
+from wsgi_channels.sidecar.http import HttpConnection, HttpError, connect_message, request_info
+
+
+def handshake(compression=False, subprotocols=(), max_message_size=1 << 20, extra_headers=()):
+    """A wsproto client and our server objects after an accepted handshake."""
+    client = WSConnection(ConnectionType.CLIENT)
+    data = client.send(Request(host="example.com", target="/chat?room=1", subprotocols=list(subprotocols),
+                               extensions=[PerMessageDeflate()] if compression else [],
+                               extra_headers=list(extra_headers)))
+    http = HttpConnection()
+    http.receive_data(data)
+    request = http.next_event()
+    assert isinstance(request, h11.Request)
+    headers = list(request.headers)
+    assert wsp.is_upgrade(headers)
+    upgrade = wsp.check_upgrade(request.method, request.http_version, headers)
+    assert isinstance(upgrade, wsp.Upgrade)
+    assert isinstance(http.next_event(), h11.EndOfMessage)
+    chosen = subprotocols[-1] if subprotocols else None
+    response_headers, extensions = wsp.accept_headers(upgrade, chosen, compression)
+    out, trailing = http.switch_protocols(response_headers)
+    client.receive_data(out)
+    events = list(client.events())
+    assert isinstance(events[0], AcceptConnection), events
+    assert events[0].subprotocol == chosen
+    session = wsp.WebSocketSession(extensions, trailing, max_message_size=max_message_size)
+    return client, session, events[0], request, headers
+
+
+def test_text_and_binary_round_trip():
+    client, server, _, _, _ = handshake()
+    out, messages = server.receive_data(client.send(TextMessage(data="héllo")) + client.send(BytesMessage(data=b"\x00\xff")))
+    assert out == b""
+    assert messages == ["héllo", b"\x00\xff"]
+    client.receive_data(server.send_message("réponse") + server.send_message(b"\x01"))
+    got = [(type(e).__name__, e.data) for e in client.events()]
+    assert got == [("TextMessage", "réponse"), ("BytesMessage", b"\x01")]
+
+
+def test_fragments_are_buffered_into_one_message():
+    client, server, _, _, _ = handshake()
+    data = client.send(TextMessage(data="ab", message_finished=False))
+    data += client.send(TextMessage(data="cd", message_finished=False))
+    out, messages = server.receive_data(data)
+    assert messages == []
+    out, messages = server.receive_data(client.send(TextMessage(data="ef", message_finished=True)))
+    assert messages == ["abcdef"]
+
+
+def test_size_limit_is_enforced_while_buffering_fragments():
+    client, server, _, _, _ = handshake(max_message_size=10)
+    out, messages = server.receive_data(client.send(BytesMessage(data=b"x" * 6, message_finished=False)))
+    assert messages == [] and out == b""
+    out, messages = server.receive_data(client.send(BytesMessage(data=b"x" * 6, message_finished=False)))
+    assert messages == []
+    client.receive_data(out)
+    close = [e for e in client.events() if isinstance(e, CloseConnection)]
+    assert close and close[0].code == wsp.CLOSE_TOO_BIG
+    assert server.close_code == wsp.CLOSE_TOO_BIG
+
+
+def test_one_whole_message_over_the_limit_is_refused():
+    client, server, _, _, _ = handshake(max_message_size=10)
+    out, messages = server.receive_data(client.send(TextMessage(data="y" * 11)))
+    assert messages == []
+    client.receive_data(out)
+    assert [e.code for e in client.events() if isinstance(e, CloseConnection)] == [1009]
+
+
+def test_ping_is_answered_and_pong_clears_the_wait():
+    client, server, _, _, _ = handshake()
+    out, _ = server.receive_data(client.send(Ping(payload=b"p1")))
+    client.receive_data(out)
+    assert [e.payload for e in client.events() if isinstance(e, Pong)] == [b"p1"]
+    data = server.ping(b"x")
+    assert server.awaiting_pong
+    client.receive_data(data)
+    pings = [e for e in client.events() if isinstance(e, Ping)]
+    assert pings
+    server.receive_data(client.send(pings[0].response()))
+    assert not server.awaiting_pong
+
+
+def test_client_close_handshake_reports_its_code():
+    client, server, _, _, _ = handshake()
+    out, _ = server.receive_data(client.send(CloseConnection(code=4000, reason="bye")))
+    assert server.closed and server.close_code == 4000
+    client.receive_data(out)
+    assert [e.code for e in client.events() if isinstance(e, CloseConnection)] == [4000]
+
+
+def test_server_close_handshake_and_abnormal_end():
+    client, server, _, _, _ = handshake()
+    client.receive_data(server.close(1001, "going away"))
+    events = list(client.events())
+    assert isinstance(events[0], CloseConnection) and events[0].code == 1001
+    assert server.close(1000) == b""  # only one close frame
+    server.receive_data(client.send(events[0].response()))
+    assert server.closed and server.close_code == 1001
+    _, other, _, _, _ = handshake()
+    other.receive_data(None)
+    assert other.closed and other.close_code == wsp.CLOSE_ABNORMAL
+
+
+def test_protocol_error_closes_with_1002():
+    client, server, _, _, _ = handshake()
+    out, messages = server.receive_data(b"\x81\x05hello")  # unmasked client frame
+    assert messages == []
+    assert server.close_code == 1002
+
+
+def test_compression_negotiated_and_round_trips():
+    client, server, accepted, _, _ = handshake(compression=True)
+    assert accepted.extensions and server.compressed
+    text = "compress me " * 200
+    out, messages = server.receive_data(client.send(TextMessage(data=text)))
+    assert messages == [text]
+    frame = server.send_message(text)
+    assert len(frame) < len(text) // 4
+    client.receive_data(frame)
+    assert [e.data for e in client.events()] == [text]
+
+
+def test_subprotocol_and_encoded_frame_are_readable_by_a_client():
+    client, server, accepted, _, _ = handshake(subprotocols=["chat.v1", "chat.v2"])
+    assert accepted.subprotocol == "chat.v2"
+    big = b"z" * 70000
+    client.receive_data(wsp.encode_frame(wsp.OP_TEXT, "hi".encode()) + wsp.encode_frame(wsp.OP_BINARY, big)
+                        + wsp.encode_frame(wsp.OP_BINARY, b"m" * 300))
+    assert [e.data for e in client.events()] == ["hi", big, b"m" * 300]
+
+
+@pytest.mark.parametrize("method,version,headers,problem", [
+    (b"POST", b"1.1", [], "GET"),
+    (b"GET", b"1.0", [], "HTTP/1.1"),
+    (b"GET", b"1.1", [(b"sec-websocket-version", b"13"), (b"sec-websocket-key", b"x" * 24)], "Connection"),
+    (b"GET", b"1.1", [(b"connection", b"Upgrade"), (b"sec-websocket-version", b"8"),
+                      (b"sec-websocket-key", b"x" * 24)], "Version"),
+    (b"GET", b"1.1", [(b"connection", b"keep-alive, Upgrade"), (b"sec-websocket-version", b"13")], "Key"),
+])
+def test_bad_upgrades_name_the_problem(method, version, headers, problem):
+    result = wsp.check_upgrade(method, version, headers)
+    assert isinstance(result, str) and problem in result
+
+
+@pytest.mark.parametrize("origin,host,scheme,allowed,ok", [
+    (None, b"example.com", "http", [], True),
+    (b"http://example.com", b"example.com", "http", [], True),
+    (b"http://example.com:80", b"example.com", "http", [], True),
+    (b"https://example.com", b"example.com", "https", [], True),
+    (b"https://example.com", b"example.com", "http", [], False),  # scheme differs
+    (b"http://evil.example", b"example.com", "http", [], False),  # cross-site hijacking attempt
+    (b"http://example.com.evil.example", b"example.com", "http", [], False),
+    (b"http://example.com:8080", b"example.com", "http", [], False),
+    (b"null", b"example.com", "http", [], False),
+    (b"https://app.example", b"ws.example", "https", ["https://app.example"], True),
+    (b"https://other.example", b"ws.example", "https", ["https://app.example"], False),
+    (b"https://anything.example", b"ws.example", "https", ["*"], True),
+])
+def test_origin_check(origin, host, scheme, allowed, ok):
+    headers = [(b"host", host)] + ([(b"origin", origin)] if origin is not None else [])
+    config = SidecarConfig(allowed_origins=allowed)
+    result = wsp.check_origin(headers, scheme, host, config.allowed_origins)
+    assert (result is None) is ok, result
+
+
+def test_connect_message_shape_and_proxy_headers():
+    _, _, _, request, headers = handshake(subprotocols=["a"], extra_headers=[
+        (b"X-Forwarded-For", b"6.6.6.6, 10.0.0.7"), (b"X-Forwarded-Proto", b"https")])
+    info = request_info(headers, ("127.0.0.1", 5000), ("127.0.0.1", 8001), proxy_headers=False)
+    assert info.client == ["127.0.0.1", 5000] and info.scheme == "http"
+    trusted = request_info(headers, ("127.0.0.1", 5000), ("127.0.0.1", 8001), proxy_headers=True)
+    assert trusted.client == ["10.0.0.7", 0] and trusted.scheme == "https"
+    m = connect_message(reply_channel="sidecar.abc!1", target=bytes(request.target), headers=headers,
+                        info=trusted, root_path="/app", subprotocols=["a"])
+    assert m["scheme"] == "wss" and m["path"] == "/chat" and m["query_string"] == b"room=1"
+    assert m["order"] == 0 and m["subprotocols"] == ["a"] and m["root_path"] == "/app"
+    assert all(isinstance(n, bytes) and n == n.lower() for n, _ in m["headers"])
+
+
+def test_http_header_limit_and_keep_alive():
+    http = HttpConnection(max_header_size=200)
+    http.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 500)
+    event = http.next_event()
+    assert isinstance(event, HttpError) and event.status == 431
+    http = HttpConnection()
+    http.receive_data(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert isinstance(http.next_event(), h11.Request)
+    assert isinstance(http.next_event(), h11.EndOfMessage)
+    data = http.respond(200, b"ok")
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\nok")
+    assert http.keep_alive
+    http.start_next_cycle()
+    second = http.next_event()
+    assert isinstance(second, h11.Request) and second.target == b"/b"
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ConfigurationError, match="http must be one of"):
+        SidecarConfig(http="maybe")
+    with pytest.raises(ConfigurationError, match="bind"):
+        SidecarConfig(bind=["nowhere"])
+    with pytest.raises(ConfigurationError, match="allowed origin"):
+        SidecarConfig(allowed_origins=["example.com"])
+    with pytest.raises(ConfigurationError, match="unknown sidecar setting"):
+        SidecarConfig.from_mapping({"bnid": "x"})
+    assert SidecarConfig(allowed_origins="https://A.example:443, http://b.example:8080").allowed_origins == [
+        "https://a.example", "http://b.example:8080"]
+
+
+def test_cli_flags_and_environment(monkeypatch):
+    from wsgi_channels.sidecar import cli
+
+    monkeypatch.setenv("WSGI_CHANNELS_PING_INTERVAL", "7.5")
+    monkeypatch.setenv("WSGI_CHANNELS_ALLOWED_ORIGINS", "https://a.example https://b.example")
+    monkeypatch.setenv("WSGI_CHANNELS_PROXY_HEADERS", "true")
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["sidecar", "--bind", "127.0.0.1:9999", "--http", "layer", "--ping-timeout", "3"])
+    config = cli.build_config(args)
+    assert config.bind == ["127.0.0.1:9999"] and config.http == "layer"
+    assert config.ping_interval == 7.5 and config.ping_timeout == 3.0 and config.proxy_headers
+    assert config.allowed_origins == ["https://a.example", "https://b.example"]
