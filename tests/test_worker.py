@@ -334,3 +334,48 @@ def test_worker_process_over_ipc_with_bare_apps(tmp_path):
     finally:
         http.close()
         assert proc.stop() == 0
+
+
+# -- property: no message, however malformed, takes the worker down ----------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=10)
+    | st.binary(max_size=10),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8)
+_request_like = st.fixed_dictionaries(
+    {}, optional={"reply_channel": st.just("http.response.test.reply") | _values,
+                  "method": st.sampled_from(["GET", "POST", "get", ""]) | _values,
+                  "path": st.sampled_from(["/", "/boom", "/unicode/é"]) | _values,
+                  "http_version": st.sampled_from(["1.1", "2", "9"]) | _values,
+                  "headers": st.just([[b"host", b"h"]]) | _values,
+                  "body": _values, "body_channel": st.none() | _values, "query_string": _values,
+                  "client": _values, "server": _values})
+
+
+@settings(max_examples=150, deadline=None)
+@given(content=_request_like, channel=st.sampled_from(["http.request", "websocket.connect", "websocket.receive",
+                                                       "websocket.disconnect"]))
+def test_property_worker_survives_any_message(content, channel):
+    from apps import flask_app
+
+    layer = MemoryChannelLayer()
+    worker = Worker(flask_app.routing, layer, send_timeout=0.1)
+    worker.handle(channel, content)  # never raises
+    if channel == "http.request" and content.get("reply_channel") == "http.response.test.reply":
+        messages = []
+        while True:
+            got, m = layer.receive(["http.response.test.reply"])
+            if got is None:
+                break
+            messages.append(m)
+        assert messages, "a request with a usable reply channel always gets an answer"
+        assert messages[0]["status"] in (200, 400, 404, 405, 500)
+        assert messages[-1]["more_content"] is False
+    good = dict(build_request_message(reply_channel="http.response.test.ok", method="GET", target=b"/",
+                                      headers=[(b"host", b"h")], http_version="1.1"))
+    worker.handle("http.request", good)
+    assert layer.receive(["http.response.test.ok"])[1]["status"] == 200

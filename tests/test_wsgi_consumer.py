@@ -392,3 +392,37 @@ def test_slow_reader_within_deadline_gets_everything():
     t.join(5)
     done.set()
     assert b"".join(m["content"] for m in got) == bytes(range(256)) * 1000
+
+
+# -- property: wsgi.input gives back exactly the body, however it is chunked and read -------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from wsgi_channels.wsgi import BodyStream  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 3000), max_size=8),
+       reads=st.lists(st.one_of(st.integers(0, 700), st.just(-1), st.just("line")), min_size=1, max_size=30))
+def test_property_body_stream(body, cuts, reads):
+    layer = MemoryChannelLayer(capacity=1000)
+    points = sorted({min(c, len(body)) for c in cuts})
+    pieces = [body[a:b] for a, b in zip([0] + points, points + [len(body)])]
+    channel = layer.new_channel("http.request.body?")
+    for i, piece in enumerate(pieces[1:]):
+        layer.send(channel, {"content": piece, "more_content": i < len(pieces) - 2})
+    stream = BodyStream(pieces[0], layer, channel if len(pieces) > 1 else None, 10**6, timeout=1.0)
+    got = b""
+    for r in reads:
+        if r == "line":
+            line = stream.readline()
+            assert line.count(b"\n") <= 1 and (not line or line.endswith(b"\n") or got + line == body)
+            got += line
+        else:
+            chunk = stream.read(r)
+            assert r < 0 or len(chunk) <= r
+            got += chunk
+    got += stream.read()
+    assert got == body
+    assert stream.read(10) == b"" and stream.readline() == b""
