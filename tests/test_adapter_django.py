@@ -24,7 +24,7 @@ if not settings.configured:
         MIDDLEWARE=["django.contrib.sessions.middleware.SessionMiddleware",
                     "django.contrib.auth.middleware.AuthenticationMiddleware"],
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": _DB}},
-        ROOT_URLCONF=__name__,
+        ROOT_URLCONF="wsgi_channels.adapters.django.urls",
         WSGI_CHANNELS={"default": {"LAYER": LAYER}},
         PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
         USE_TZ=True,
@@ -38,9 +38,6 @@ from django.db import connection, transaction  # noqa: E402
 from django.test import Client, override_settings  # noqa: E402
 
 from wsgi_channels.adapters.django import django_consumer, group_send, login_required  # noqa: E402
-
-urlpatterns: list = []
-
 
 @pytest.fixture(scope="module", autouse=True)
 def database():
@@ -82,9 +79,9 @@ def routing():
     return [route("websocket.connect", connect), route("websocket.receive", receive)]
 
 
-def _check_ids(**wsgi_channels):
+def _check_ids(deploy=False, **wsgi_channels):
     with override_settings(WSGI_CHANNELS=wsgi_channels):
-        return sorted(m.id for m in checks.run_checks(tags=["wsgi_channels"]))
+        return sorted(m.id for m in checks.run_checks(tags=["wsgi_channels"], include_deployment_checks=deploy))
 
 
 def test_system_checks_catch_bad_settings():
@@ -93,7 +90,9 @@ def test_system_checks_catch_bad_settings():
     assert _check_ids(default={"LAYER": "redis://h/0", "TYPO": 1}) == ["wsgi_channels.E002"]
     assert _check_ids(default={"LAYER": "redis://h/0", "OPTIONS": {"capacity": "many"}}) == ["wsgi_channels.E002"]
     assert _check_ids(default={"LAYER": "redis://h/0", "ROUTING": "no.such.module:routes"}) == ["wsgi_channels.E003"]
-    assert _check_ids(default={"LAYER": "memory://"}) == ["wsgi_channels.W001"]
+    assert _check_ids(default={"LAYER": "memory://"}) == []
+    assert _check_ids(deploy=True, default={"LAYER": "memory://"}) == ["wsgi_channels.W001"]
+    assert _check_ids(deploy=True, default={"LAYER": "redis://h/0"}) == []
     assert _check_ids(other={"LAYER": "redis://h/0"}) == ["wsgi_channels.E004"]
     with override_settings(WSGI_CHANNELS={"default": {"LAYER": "nope://x"}}):
         msg = [m for m in checks.run_checks(tags=["wsgi_channels"])][0]
@@ -150,3 +149,10 @@ def test_runworker_without_routing_is_a_clear_error():
     with override_settings(WSGI_CHANNELS={"default": {"LAYER": "bad://"}}):
         with pytest.raises(CommandError, match="LAYER"):
             call_command("runsidecar")
+
+
+def test_client_js_view():
+    response = Client().get("/_wsgi_channels/static/channels.js")
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/javascript")
+    assert b"export function connect" in response.content

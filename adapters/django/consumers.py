@@ -71,10 +71,10 @@ def django_consumer(func: Callable | None = None, *, session: bool = True, user:
 
     @functools.wraps(func)
     def run(message: Any, **kwargs: Any) -> Any:
-        from django.db import close_old_connections
+        from django.db import close_old_connections, reset_queries
 
         message = extend_message(message)
-
+        reset_queries()
         close_old_connections()
         try:
             if session:

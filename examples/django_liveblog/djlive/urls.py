@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import include, path
 
 from blog import views
 
@@ -7,4 +7,5 @@ urlpatterns = [
     path("posts/", views.create_post, name="create_post"),
     path("login/", views.login_view, name="login"),
     path("logout/", views.logout_view, name="logout"),
+    path("", include("wsgi_channels.adapters.django.urls")),  # the browser client
 ]
