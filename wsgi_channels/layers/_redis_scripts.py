@@ -68,7 +68,12 @@ local function evict(P, m, c)
   return 1
 end
 
-local function evict_all(P, m)
+-- An empty queue whose unread flag survived: every message queued for the prefix
+-- expired unread (the key's TTL removed them), so its reader is gone and all its
+-- channels leave their groups. Call only when the queue is empty.
+local function bury(P, u, m)
+  if redis.call('EXISTS', u) == 0 then return 0 end
+  redis.call('DEL', u)
   local all = redis.call('HGETALL', m)
   for i = 1, #all, 2 do
     for g in string.gmatch(all[i + 1], '[^ ]+') do
@@ -81,20 +86,13 @@ local function evict_all(P, m)
 end
 
 -- Drop expired entries at the head of queue q (all entries of a queue share one
--- expiry, so age order is queue order). For a process prefix (u, m given), the
--- targets of expired entries leave their groups; a queue that vanished by TTL
--- while its unread flag stayed means its reader is gone: all its channels leave.
+-- expiry, so age order is queue order); for a prefix (u, m given) their targets
+-- leave their groups. Runs when a queue is at capacity and for statistics: below
+-- capacity an expired entry costs nothing, and receive skips it.
 -- Returns the number of channels evicted.
 local function trim(P, q, u, m, now)
-  local v = redis.call('LINDEX', q, 0)
-  if not v then
-    if u and redis.call('EXISTS', u) == 1 then
-      redis.call('DEL', u)
-      return evict_all(P, m)
-    end
-    return 0
-  end
   local evicted = 0
+  local v = redis.call('LINDEX', q, 0)
   while v and deadline(v) <= now do
     redis.call('LPOP', q)
     if u then
@@ -106,12 +104,29 @@ local function trim(P, q, u, m, now)
   return evicted
 end
 
+-- Append entry; when the queue was empty, raise the unread flag (if u is given and,
+-- when m is given, the prefix has group members) and ring the wake-up channel.
 local function push(q, u, m, entry, expiry_ms, gexp_ms)
   local n = redis.call('RPUSH', q, entry)
   redis.call('PEXPIRE', q, expiry_ms)
-  if u and redis.call('EXISTS', m) == 1 then redis.call('SET', u, '1', 'PX', gexp_ms) end
-  if n == 1 then redis.call('PUBLISH', q, '') end
+  if n == 1 then
+    if u and (not m or redis.call('EXISTS', m) == 1) then redis.call('SET', u, '1', 'PX', gexp_ms) end
+    redis.call('PUBLISH', q, '')
+  end
   return n
+end
+
+-- Room on queue q for one more entry, trimming expired entries only when full.
+-- Returns the answer and how many channels were evicted on the way.
+local function has_room(P, q, u, m, cap, now)
+  local n = redis.call('LLEN', q)
+  if n == 0 then
+    if u then return true, bury(P, u, m) end
+    return true, 0
+  end
+  if n < cap then return true, 0 end
+  local evicted = trim(P, q, u, m, now)
+  return redis.call('LLEN', q) < cap, evicted
 end
 """
 
@@ -120,8 +135,7 @@ end
 SEND = _COMMON + r"""
 local now = now_ms()
 local q, u, m = KEYS[1], KEYS[2], KEYS[3]
-trim(ARGV[4], q, u, m, now)
-if redis.call('LLEN', q) >= tonumber(ARGV[3]) then return -1 end
+if not has_room(ARGV[4], q, u, m, tonumber(ARGV[3]), now) then return -1 end
 local exp = tonumber(ARGV[2])
 return push(q, u, m, string.format('%013d', now + exp) .. ARGV[1], exp, ARGV[5])
 """
@@ -139,10 +153,7 @@ for i, q in ipairs(KEYS) do
   end
   local v = redis.call('LPOP', q)
   if not v then
-    if u and redis.call('EXISTS', u) == 1 then
-      redis.call('DEL', u)
-      evict_all(P, m)
-    end
+    if u then bury(P, u, m) end
   else
     while v do
       if deadline(v) > now then
@@ -161,59 +172,71 @@ return nil
 """
 
 _MEMBERS = r"""
--- Live members of group g on this shard: expired memberships dropped, and process
--- prefixes whose messages expired unread trimmed (which evicts their channels).
-local function live_members(P, g, gc, now)
-  local expired = redis.call('ZRANGEBYSCORE', g, '-inf', now)
-  if #expired > 0 then
+-- Members of group g on this shard whose membership has not expired; expired ones are removed.
+local function live_members(g, gc, now)
+  local members = redis.call('ZRANGEBYSCORE', g, '(' .. now, '+inf')
+  if redis.call('ZCARD', g) > #members then
+    local expired = redis.call('ZRANGEBYSCORE', g, '-inf', now)
     redis.call('ZREMRANGEBYSCORE', g, '-inf', now)
     for i = 1, #expired, 500 do
       redis.call('HDEL', gc, unpack(expired, i, math.min(i + 499, #expired)))
     end
   end
-  local members = redis.call('ZRANGE', g, 0, -1)
-  local seen, evicted = {}, 0
-  for _, c in ipairs(members) do
-    local bang = string.find(c, '!', 1, true)
-    if bang then
-      local prefix = string.sub(c, 1, bang)
-      if not seen[prefix] then
-        seen[prefix] = true
-        evicted = evicted + trim(P, tag_key(P, 'q', prefix), tag_key(P, 'u', prefix), tag_key(P, 'm', prefix), now)
-      end
-    end
-  end
-  if evicted > 0 then members = redis.call('ZRANGE', g, 0, -1) end
   if #members == 0 then redis.call('DEL', gc) end
   return members
 end
+
+local function prefix_of(c)
+  local bang = string.find(c, '!', 1, true)
+  if bang then return string.sub(c, 1, bang) end
+  return nil
+end
 """
 
-#: KEYS: g gc; ARGV: P. Returns the live members on this shard.
+#: KEYS: g gc; ARGV: P. Returns the live members on this shard, after settling every
+#: process prefix among them (expired entries trimmed, dead prefixes evicted).
 MEMBERS = _COMMON + _MEMBERS + r"""
-return live_members(ARGV[1], KEYS[1], KEYS[2], now_ms())
+local P = ARGV[1]
+local now = now_ms()
+local members = live_members(KEYS[1], KEYS[2], now)
+local seen, evicted = {}, 0
+for _, c in ipairs(members) do
+  local prefix = prefix_of(c)
+  if prefix and not seen[prefix] then
+    seen[prefix] = true
+    local q, u, m = tag_key(P, 'q', prefix), tag_key(P, 'u', prefix), tag_key(P, 'm', prefix)
+    evicted = evicted + trim(P, q, u, m, now)
+    if redis.call('EXISTS', q) == 0 then evicted = evicted + bury(P, u, m) end
+  end
+end
+if evicted > 0 then members = live_members(KEYS[1], KEYS[2], now) end
+return members
 """
 
-#: KEYS: g gc; ARGV: P, body, expiry ms, group expiry ms.
+#: KEYS: g gc; ARGV: P, body, expiry ms, group expiry ms, default capacity, process capacity,
+#: '1' to use the capacities stored by group_add (the layer has channel_capacity rules).
 #: Queues one entry per plain member and one per process prefix (naming all its members).
 #: Returns the number of members skipped because their channel was full.
 FANOUT = _COMMON + _MEMBERS + r"""
 local P, body = ARGV[1], ARGV[2]
 local exp, gexp = tonumber(ARGV[3]), ARGV[4]
+local default_cap, process_cap = tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = now_ms()
-local members = live_members(P, KEYS[1], KEYS[2], now)
+local g = KEYS[1]
+local members = live_members(g, KEYS[2], now)
 if #members == 0 then return 0 end
-local capflat = redis.call('HGETALL', KEYS[2])
 local caps = {}
-for i = 1, #capflat, 2 do caps[capflat[i]] = tonumber(capflat[i + 1]) end
+if ARGV[7] == '1' then
+  local flat = redis.call('HGETALL', KEYS[2])
+  for i = 1, #flat, 2 do caps[flat[i]] = tonumber(flat[i + 1]) end
+end
 local dl = string.format('%013d', now + exp)
 local plain = nil
 local buckets, order = {}, {}
 local dropped = 0
 for _, c in ipairs(members) do
-  local bang = string.find(c, '!', 1, true)
-  if bang then
-    local prefix = string.sub(c, 1, bang)
+  local prefix = prefix_of(c)
+  if prefix then
     local b = buckets[prefix]
     if not b then
       b = {}
@@ -223,23 +246,32 @@ for _, c in ipairs(members) do
     b[#b + 1] = c
   else
     local q = tag_key(P, 'q', c)
-    trim(P, q, nil, nil, now)
-    if redis.call('LLEN', q) >= (caps[c] or 100) then
-      dropped = dropped + 1
-    else
+    if has_room(P, q, nil, nil, caps[c] or default_cap, now) then
       if not plain then plain = dl .. 'm' .. body end
       push(q, nil, nil, plain, exp, gexp)
+    else
+      dropped = dropped + 1
     end
   end
 end
 for _, prefix in ipairs(order) do
   local b = buckets[prefix]
-  local q = tag_key(P, 'q', prefix)
-  if redis.call('LLEN', q) >= (caps[b[1]] or 10000) then
-    dropped = dropped + #b
+  local q, u, m = tag_key(P, 'q', prefix), tag_key(P, 'u', prefix), tag_key(P, 'm', prefix)
+  local room, evicted = has_room(P, q, u, m, caps[b[1]] or process_cap, now)
+  if room then
+    -- making room may have evicted members (their earlier message expired unread)
+    local left = b
+    if evicted > 0 then
+      left = {}
+      for _, c in ipairs(b) do
+        if redis.call('ZSCORE', g, c) then left[#left + 1] = c end
+      end
+    end
+    if #left > 0 then
+      push(q, u, nil, dl .. 't' .. table.concat(left, ' ') .. '\n' .. body, exp, gexp)
+    end
   else
-    push(q, tag_key(P, 'u', prefix), tag_key(P, 'm', prefix),
-         dl .. 't' .. table.concat(b, ' ') .. '\n' .. body, exp, gexp)
+    dropped = dropped + #b
   end
 end
 return dropped
@@ -297,6 +329,7 @@ return n
 STATS = _COMMON + r"""
 local now = now_ms()
 trim(ARGV[1], KEYS[1], KEYS[2], KEYS[3], now)
+if KEYS[2] and redis.call('EXISTS', KEYS[1]) == 0 then bury(ARGV[1], KEYS[2], KEYS[3]) end
 local entries = redis.call('LRANGE', KEYS[1], 0, -1)
 local pending = 0
 for _, v in ipairs(entries) do

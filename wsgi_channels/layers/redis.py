@@ -29,6 +29,7 @@ import hashlib
 import logging
 import os
 import re
+import select
 import threading
 import time
 from collections import deque
@@ -57,6 +58,11 @@ log = logging.getLogger(__name__)
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,100}$")
 _NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _CACHE_LIMIT = 10_000
+
+try:  # hiredis packs a command in C; redis-py's own packer adds several microseconds per call
+    from hiredis import pack_command as _pack
+except ImportError:  # pragma: no cover - hiredis is a dependency
+    _pack = None
 
 
 class _Script:
@@ -116,8 +122,12 @@ class _Shard:
         except IndexError:
             conn = self._new_connection()
         try:
-            conn.connect()
-            if conn.can_read():  # stale: closed by the server (restart) or out of step
+            sock = conn._sock
+            if sock is None:
+                conn.connect()
+            elif select.select((sock,), (), (), 0)[0]:
+                # Readable while idle: closed by the server (a restart) or out of step. Nothing
+                # was sent on it yet, so a fresh connection is safe.
                 conn.disconnect()
                 conn.connect()
         except _NETWORK_ERRORS as e:
@@ -140,7 +150,7 @@ class _Shard:
         conn = self.acquire()
         ok = False
         try:
-            conn.send_command(*args, check_health=False)
+            conn.send_packed_command((_pack(args),) if _pack else conn.pack_command(*args), False)
             reply = conn.read_response()
             ok = True
             return reply
@@ -191,8 +201,9 @@ def _run_everywhere(shards: Sequence[_Shard], script: _Script, keys: Sequence[An
     try:
         for shard in shards:
             conns.append(shard.acquire())
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         for conn in conns:
-            conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args, check_health=False)
+            conn.send_packed_command((_pack(command),) if _pack else conn.pack_command(*command), False)
         for conn in conns:
             try:
                 replies.append(conn.read_response())
@@ -541,8 +552,9 @@ class RedisChannelLayer(BaseChannelLayer):
     def send_group(self, group: str, message: dict) -> None:
         validate_group_name(group)
         body = self._seal(encode(message, self.max_message_size))
-        replies = _run_everywhere(self._shards, _FANOUT, self._group_keys(group),
-                                  (self._p, body, self._expiry_ms, self._gexp_ms))
+        replies = _run_everywhere(self._shards, _FANOUT, self._group_keys(group), (
+            self._p, body, self._expiry_ms, self._gexp_ms, self.capacity, self.process_capacity,
+            b"1" if self._capacity_rules else b"0"))
         dropped = sum(replies)
         if dropped:
             self._count("group_drop_count", dropped)
