@@ -362,3 +362,19 @@ def test_client_errors_are_clear(layer):
     with pytest.raises(NoMessage, match="nothing on"):
         client.receive("y")
     assert client.consume(fail_on_none=False) is None
+
+
+def test_readme_consumers_example_runs(tmp_path):
+    """The README's "Consumers and the worker" example is a program: run it and check its output."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Consumers and the worker"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "chat.py").write_text(code)
+    proc = subprocess.run([sys.executable, "chat.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "b'hello')" in proc.stdout and "{'room': 'lobby', 'said': 'hi'}" in proc.stdout
