@@ -76,12 +76,25 @@ class _State:
     def __init__(self, extension: "Channels", app: Any) -> None:
         self.extension = extension
         config = app.config
-        self.layer_url: str = config["WSGI_CHANNELS_LAYER"]
+        url: str = config["WSGI_CHANNELS_LAYER"]
+        if config["WSGI_CHANNELS_OPTIONS"]:
+            # Options travel in the URL so get_layer() (one layer per URL per process) applies them everywhere.
+            from urllib.parse import urlencode
+
+            from ..layers import parse_options
+
+            query = urlencode(config["WSGI_CHANNELS_OPTIONS"])
+            try:
+                parse_options(query)
+            except ConfigurationError as e:
+                raise ConfigurationError(f"WSGI_CHANNELS_OPTIONS: {e}") from None
+            url += ("&" if "?" in url else "?") + query
+        #: The layer URL with WSGI_CHANNELS_OPTIONS folded in (what every push and the worker use).
+        self.layer_url = url
         self.routing_setting = config["WSGI_CHANNELS_ROUTING"]
         self.options: dict = dict(config["WSGI_CHANNELS_OPTIONS"] or {})
         origins = config["WSGI_CHANNELS_ALLOWED_ORIGINS"] or []
         self.allowed_origins: list[str] = [origins] if isinstance(origins, str) else list(origins)
-        self._app_name = app.import_name
 
     @property
     def layer(self) -> Any:
@@ -138,12 +151,6 @@ class Channels:
         if not isinstance(config["WSGI_CHANNELS_OPTIONS"] or {}, dict):
             raise ConfigurationError("WSGI_CHANNELS_OPTIONS must be a dict of layer keywords, got "
                                      f"{type(config['WSGI_CHANNELS_OPTIONS']).__name__}")
-        if config["WSGI_CHANNELS_OPTIONS"]:
-            # Options travel in the URL so get_layer() (one layer per URL per process) applies them everywhere.
-            from urllib.parse import urlencode
-
-            sep = "&" if "?" in url else "?"
-            config["WSGI_CHANNELS_LAYER"] = url + sep + urlencode(config["WSGI_CHANNELS_OPTIONS"])
         app.extensions[EXTENSION_KEY] = _State(self, app)
         if self._client_js_url:
             app.add_url_rule(self._client_js_url, "wsgi_channels_client_js", _client_js_view)

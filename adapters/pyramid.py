@@ -144,7 +144,10 @@ class RequestChannels:
         tm = getattr(self.request, "tm", None)  # set by pyramid_tm
         if tm is None:
             return None
-        txn = tm.get()
+        try:
+            txn = tm.get()
+        except Exception:  # explicit mode with no transaction begun: nothing to wait for
+            return None
         if self._buffer is None or self._buffer_txn is not txn:
             buffer = PushBuffer(self.settings.layer_url)
 

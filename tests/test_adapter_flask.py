@@ -106,6 +106,17 @@ def test_options_travel_in_the_layer_url():
     assert get_layer(url).get_capacity("some.channel") == 7
 
 
+def test_bad_options_are_named_and_config_is_left_as_given():
+    app = flask.Flask("badopts")
+    app.config.update(WSGI_CHANNELS_LAYER="memory://x", WSGI_CHANNELS_OPTIONS={"capacity": "lots"})
+    with pytest.raises(ConfigurationError, match="WSGI_CHANNELS_OPTIONS.*capacity"):
+        Channels(app)
+    app = flask.Flask("goodopts")
+    app.config.update(WSGI_CHANNELS_LAYER="memory://y", WSGI_CHANNELS_OPTIONS={"capacity": 3})
+    Channels(app)
+    assert app.config["WSGI_CHANNELS_LAYER"] == "memory://y"
+
+
 def test_push_from_a_view_reaches_group_members(layer):
     app, _ = make_app()
     member = layer.new_channel("test.member?")

@@ -156,3 +156,20 @@ def test_client_js_is_served():
     status, headers, body = call(make_app(), "GET", "/_wsgi_channels/static/channels.js")
     assert status.startswith("200")
     assert b"export class ChannelSocket" in body
+
+
+def test_explicit_transaction_manager_without_a_transaction_sends_at_once(layer):
+    from pyramid.request import Request
+    from pyramid.scripting import prepare
+
+    app = make_app()
+    member = layer.new_channel("test.m?")
+    Group("room-lobby", layer=LAYER).add(member)
+    request = Request.blank("/")
+    env = prepare(request=request, registry=app.registry)
+    try:
+        request.tm = transaction.TransactionManager(explicit=True)  # nothing begun
+        request.channels.group_send("room-lobby", {"text": "no txn"})
+        assert replies(layer, member) == [{"text": "no txn"}]
+    finally:
+        env["closer"]()
