@@ -79,7 +79,8 @@ def test_channel_names_and_route_class():
         pass
 
     router = Router([route_class(Chat, path=r"^/chat/"), route("http.request", a)])
-    assert router.channels == {"http.request", "websocket.connect", "websocket.receive", "websocket.disconnect"}
+    assert router.channels == {"http.request", "http.disconnect", "websocket.connect", "websocket.receive",
+                               "websocket.disconnect"}
     assert router.match("websocket.receive", {"path": "/chat/x"}) == (Chat, {})
     assert router.match("websocket.receive", {"path": "/other"}) == (DEFAULT_CONSUMERS["websocket.receive"], {})
 

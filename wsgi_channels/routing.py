@@ -266,14 +266,18 @@ class Router:
 
     ``channels`` is every channel a worker should listen on: the routed ones
     plus the WebSocket channels, whose defaults answer connects even when no
-    WebSocket route exists. Dotted-path consumers are imported here, so a
+    WebSocket route exists, and ``http.disconnect`` when ``http.request`` is routed. Dotted-path consumers are imported here, so a
     typo fails at start-up with the path in the error.
     """
 
     def __init__(self, routing: Any) -> None:
         self.root = Include(routing)
         self._resolve(self.root)
-        self.channels: set[str] = self.root.channel_names() | set(_WEBSOCKET_CHANNELS)
+        routed = self.root.channel_names()
+        self.channels: set[str] = routed | set(_WEBSOCKET_CHANNELS)
+        if "http.request" in routed:
+            # Servers announce clients that left mid-request; drain them even when nothing routes them.
+            self.channels.add("http.disconnect")
 
     def _resolve(self, node: Union[Route, Include]) -> None:
         if isinstance(node, Include):
