@@ -38,6 +38,7 @@ TEST_REQUIRES = [
     "django>=4.2",
     "gunicorn>=22",
     "playwright>=1.40",  # drives Debian's /usr/bin/chromium; never downloads a browser
+    "mypy>=1.10",  # tests/test_translation.py: the sans-IO module is strictly typed
 ]
 
 #: What the examples need on top of the core (README's demo command installs it).

@@ -388,3 +388,19 @@ def test_validate_websocket_send():
     for message, words in cases:
         with pytest.raises(InvalidMessage, match=words):
             validate_websocket_send(message)
+
+
+def test_translation_is_strictly_typed():
+    """The sans-IO module passes ``mypy --strict`` (STYLE.md 5)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tempfile
+
+    root = Path(__file__).parent.parent
+    cache = Path(tempfile.gettempdir()) / "wsgi_channels-mypy-cache"
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
+                           "--cache-dir", str(cache), "wsgi_channels/translation.py"],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -293,7 +293,7 @@ def _split_root(path: str, root_path: str) -> Tuple[str, str]:
     return root, path
 
 
-def request_message_to_environ(message: HttpRequestMessage | dict, wsgi_input: IO[bytes] | Any,
+def request_message_to_environ(message: HttpRequestMessage | dict[str, Any], wsgi_input: IO[bytes] | Any,
                                errors: Any = None) -> dict[str, Any]:
     """A PEP 3333 environ for an ``http.request`` message (CONTRACT.md section 2).
 
@@ -598,7 +598,7 @@ class ResponseEncoder:
 WEBSOCKET_SEND_KEYS = frozenset({"text", "bytes", "close", "accept", "subprotocol"})
 
 
-def validate_websocket_send(message: Any) -> dict:
+def validate_websocket_send(message: Any) -> dict[str, Any]:
     """Check a message sent to a WebSocket reply channel (CONTRACT.md section 3); return it.
 
     ``text`` (str) or ``bytes`` (bytes) sends a frame, not both; ``close`` is
