@@ -21,7 +21,7 @@ import json
 import logging
 from typing import Any, Optional
 
-from .channel import Group
+from .channel import Channel, Group
 from .message import Message
 from .sessions import channel_session as _channel_session
 from .sessions import enforce_ordering as _enforce_ordering
@@ -82,9 +82,17 @@ class WebsocketConsumer(BaseConsumer):
     def connection_groups(self, **kwargs: Any) -> list[str]:
         return []
 
+    @property
+    def reply_channel(self) -> Channel:
+        """The connection's reply channel (a WebSocket message always has one)."""
+        reply = self.message.reply_channel
+        if reply is None:
+            raise ValueError(f"{type(self).__name__}: message on {self.message.channel.name!r} has no reply_channel")
+        return reply
+
     def raw_connect(self, message: Message, **kwargs: Any) -> None:
         for group in self.connection_groups(**kwargs):
-            Group(group, layer=message.channel_layer).add(message.reply_channel)
+            Group(group, layer=message.channel_layer).add(self.reply_channel)
         self.connect(message, **kwargs)
 
     def connect(self, message: Message, **kwargs: Any) -> None:
@@ -102,7 +110,7 @@ class WebsocketConsumer(BaseConsumer):
 
     def raw_disconnect(self, message: Message, **kwargs: Any) -> None:
         for group in self.connection_groups(**kwargs):
-            Group(group, layer=message.channel_layer).discard(message.reply_channel)
+            Group(group, layer=message.channel_layer).discard(self.reply_channel)
         self.disconnect(message, **kwargs)
 
     def disconnect(self, message: Message, **kwargs: Any) -> None:
@@ -114,15 +122,15 @@ class WebsocketConsumer(BaseConsumer):
         content: dict = {"accept": True}
         if subprotocol is not None:
             content["subprotocol"] = subprotocol
-        self.message.reply_channel.send(content)
+        self.reply_channel.send(content)
 
     def send(self, text: Optional[str] = None, bytes: Optional[bytes] = None, close: Any = False) -> None:
         """Send a frame on this connection (and close it after, if ``close``)."""
-        self.message.reply_channel.send(self.encode(text, bytes, close))
+        self.reply_channel.send(self.encode(text, bytes, close))
 
     def close(self, code: Any = True) -> None:
         """Close the connection (``code`` True means 1000); before accepting, this rejects it."""
-        self.message.reply_channel.send({"close": code})
+        self.reply_channel.send({"close": code})
 
     @classmethod
     def group_send(cls, name: str, text: Optional[str] = None, bytes: Optional[bytes] = None,

@@ -138,7 +138,7 @@ def _expected(layer: Any, reply: str) -> int:
 def _release(layer: Any, reply: str) -> list:
     """Take every parked message of ``reply`` off its wait channel."""
     wait = _wait_channel(reply)
-    parked = []
+    parked: list[dict[str, Any]] = []
     while True:
         channel, content = layer.receive([wait], block=False)
         if channel is None:

@@ -89,7 +89,7 @@ class Client:
 
     def drain(self, channel: str) -> list[dict]:
         """Every message waiting on ``channel``."""
-        out = []
+        out: list[dict[str, Any]] = []
         while True:
             got, content = self.layer.receive([channel], block=False)
             if got is None:
@@ -161,6 +161,7 @@ class WebsocketClient:
         self.query_string = query_string
         self.subprotocols = subprotocols or []
         self.order = 0
+        self._pushback: Optional[dict[str, Any]] = None
 
     def _send(self, channel: str, content: dict) -> None:
         content = {"reply_channel": self.reply_channel, "path": self.path, "order": self.order, **content}
@@ -197,7 +198,7 @@ class WebsocketClient:
 
     def receive(self, fail_on_none: bool = True) -> Optional[dict]:
         """The next message the consumers sent to this connection."""
-        pushed = getattr(self, "_pushback", None)
+        pushed = self._pushback
         if pushed is not None:
             self._pushback = None
             return pushed

@@ -142,7 +142,7 @@ class BodyStream(io.RawIOBase):
         return len(data)
 
     def readlines(self, hint: Any = -1) -> List[bytes]:
-        lines = []
+        lines: List[bytes] = []
         total = 0
         while True:
             line = self.readline()
@@ -280,6 +280,7 @@ class WsgiConsumer:
             if isinstance(reply, str):
                 self._simple(layer, reply, 400, b"Bad Request\n")
             return
+        assert isinstance(reply, str)  # checked by validate_request_message
         response = _Response(self, layer, reply, content["method"] == "HEAD")
         try:
             self._run(message, content, layer, response)
