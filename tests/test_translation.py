@@ -404,3 +404,11 @@ def test_translation_is_strictly_typed():
                            "--cache-dir", str(cache), "wsgi_channels/translation.py"],
                           cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_unix_socket_server_without_port():
+    m = {"reply_channel": "r!x", "method": "GET", "http_version": "1.1", "path": "/", "headers": [],
+         "scheme": "https", "server": ["/run/app.sock", None], "client": ["", None]}
+    env = request_message_to_environ(m, io.BytesIO())
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("/run/app.sock", "443")
+    assert "REMOTE_PORT" not in env

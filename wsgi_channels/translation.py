@@ -339,7 +339,8 @@ def request_message_to_environ(message: HttpRequestMessage | dict[str, Any], wsg
     server = message.get("server")
     if server:
         environ["SERVER_NAME"] = server[0]
-        environ["SERVER_PORT"] = str(server[1]) if server[1] is not None else "0"
+        environ["SERVER_PORT"] = str(server[1]) if server[1] is not None else (
+            "443" if scheme in ("https", "wss") else "80")  # a unix socket has no port
     else:
         host, port = _host_port(host_header, scheme)
         environ["SERVER_NAME"], environ["SERVER_PORT"] = host, port
