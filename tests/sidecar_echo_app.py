@@ -9,9 +9,13 @@ that answers ``websocket.*`` and ``http.request`` messages by path:
 - anything else: accept and echo every frame; the text ``"flood N"`` answers with N frames,
   ``"join G"`` adds the socket to group G, ``"group G TEXT"`` sends TEXT to group G,
   ``"slowpoke S"`` sleeps S seconds in the consumer (to fill websocket.receive);
-- disconnects are recorded and can be read over HTTP at ``/_test/disconnects``;
+- connects and disconnects are recorded and can be read over HTTP at ``/_test/connects`` and
+  ``/_test/disconnects``;
 - HTTP (``--http layer``): ``/echo-body`` answers with the request body, ``/stream`` streams
-  three chunks, ``/never`` never answers.
+  three chunks, ``/never`` never answers, ``/slowpoke?S`` blocks the consumer S seconds,
+  ``/slow-reply?S`` answers after S seconds without blocking it; anything else answers
+  with a JSON summary of the request.
+- Capacities: ``websocket.connect`` and ``http.request`` hold 5 messages, ``websocket.receive`` 100.
 
 Usage: python tests/sidecar_echo_app.py PORT [sidecar flags...]
 """
@@ -29,7 +33,8 @@ from wsgi_channels.sidecar import cli as sidecar_cli  # noqa: E402
 from wsgi_channels.sidecar.server import Sidecar  # noqa: E402
 
 DISCONNECTS: list = []
-RECEIVE_CAPACITY = 100
+CONNECTS: list = []
+CAPACITIES = {"websocket.connect": 5, "websocket.receive": 100, "http.request": 5}
 
 
 def consumer(layer, sidecar):
@@ -49,6 +54,7 @@ def handle(layer, sidecar, channel, m, bodies):
     rc = m.get("reply_channel")
     if channel == "websocket.connect":
         path = m["path"]
+        CONNECTS.append(path)
         if path == "/reject":
             layer.send(rc, {"close": True})
         elif path == "/silent":
@@ -81,8 +87,8 @@ def handle(layer, sidecar, channel, m, bodies):
         DISCONNECTS.append({"code": m["code"], "order": m["order"], "path": m["path"]})
     elif channel == "http.request":
         path = m["path"]
-        if path == "/_test/disconnects":
-            body = json.dumps(DISCONNECTS).encode()
+        if path in ("/_test/disconnects", "/_test/connects"):
+            body = json.dumps(DISCONNECTS if path.endswith("disconnects") else CONNECTS).encode()
             layer.send(rc, {"status": 200, "headers": [[b"content-type", b"application/json"]], "content": body})
         elif path == "/echo-body":
             gevent.spawn(echo_body, layer, m)
@@ -93,6 +99,11 @@ def handle(layer, sidecar, channel, m, bodies):
             layer.send(rc, {"content": b"three", "more_content": False})
         elif path == "/never":
             pass
+        elif path == "/slowpoke":
+            gevent.sleep(float(m["query_string"] or b"1"))
+            layer.send(rc, {"status": 200, "content": b"finally"})
+        elif path == "/slow-reply":
+            gevent.spawn_later(float(m["query_string"] or b"1"), layer.send, rc, {"status": 200, "content": b"late"})
         else:
             info = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in m.items()
                     if k in ("method", "path", "query_string", "scheme", "client", "root_path", "http_version")}
@@ -110,8 +121,13 @@ def echo_body(layer, m):
             body += chunk["content"]
             if not chunk.get("more_content"):
                 break
-    layer.send(m["reply_channel"], {"status": 200, "headers": [[b"x-body-length", str(len(body)).encode()]],
-                                    "content": body})
+    rc = m["reply_channel"]
+    step = 512 * 1024  # messages are limited to 1 MiB: answer in chunks
+    layer.send(rc, {"status": 200, "headers": [[b"x-body-length", str(len(body)).encode()],
+                                               [b"content-length", str(len(body)).encode()]],
+                    "content": body[:step], "more_content": len(body) > step})
+    for i in range(step, len(body), step):
+        layer.send(rc, {"content": body[i:i + step], "more_content": i + step < len(body)})
 
 
 def main():
@@ -126,7 +142,7 @@ def main():
 
     setup_logging(args.log_level)
     config = sidecar_cli.build_config(args)
-    layer = MemoryChannelLayer(channel_capacity={"websocket.receive": RECEIVE_CAPACITY}, capacity=100)
+    layer = MemoryChannelLayer(channel_capacity=CAPACITIES, capacity=100)
     sidecar = Sidecar(config, layer=layer)
     gevent.spawn(consumer, layer, sidecar)
     sys.exit(sidecar.serve_forever())

@@ -369,6 +369,10 @@ class ClientConnection:
         headers = list(request.headers)
         target = bytes(request.target)
         self.request_line = f"{request.method.decode('latin-1')} {target[:200].decode('latin-1')}"
+        # h11 bounds heads that arrive in pieces; a whole head read at once is measured here.
+        if len(target) + sum(len(n) + len(v) + 4 for n, v in headers) > config.max_header_size:
+            self._respond(431, simple_body(431), close=True)
+            return
         path = target.split(b"?", 1)[0]
         if ws_proto.is_upgrade(headers):
             self._on_upgrade(request, headers, target)

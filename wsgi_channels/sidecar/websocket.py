@@ -247,6 +247,11 @@ class WebSocketSession:
                     if self.close_code is None:
                         self.close_code = event.code
                     out += self._conn.send(event.response())
+                elif self.open:
+                    # A protocol violation (bad frame, bad UTF-8, bad close code) arrives as a close
+                    # event while the connection is still open: fail it with that code, telling the
+                    # peer why (RFC 6455 section 7.1.7).
+                    out += self.close(event.code)
                 elif self.close_code is None:
                     self.close_code = event.code
                 self.closed = True
