@@ -54,6 +54,7 @@ BENCH_REQUIRES = [
     "channels_redis>=4.2,<5",
     "channels>=4.0,<5",
     "python-socketio[client]>=5.11",
+    "flask-socketio>=5.3",  # the peer in benchmarks/push_fanout.py
     "tabulate>=0.9",
 ]
 
