@@ -366,7 +366,10 @@ def test_capacity_is_exact_under_concurrent_senders(store):
         for _ in range(senders)
     ]
     for p in procs:
-        assert p.stdout.readline().strip() == "ready"
+        line = p.stdout.readline().strip()
+        if line != "ready":
+            p.wait(timeout=10)
+            raise AssertionError(f"sender did not start: {p.stderr.read()}")
     for p in procs:  # start them together
         p.stdin.write("go\n")
         p.stdin.flush()

@@ -186,6 +186,12 @@ def prepare_path(path: str, private: bool = False) -> str:
 
 def _check_marker(conn: sqlite3.Connection, path: str) -> bool:
     """True when the file is a current wsgi_channels store; False when it is an empty database."""
+    if not conn.in_transaction:  # one snapshot: another process may be creating the schema right now
+        conn.execute("BEGIN")
+        try:
+            return _check_marker(conn, path)
+        finally:
+            conn.execute("COMMIT")
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if app_id == APPLICATION_ID:
