@@ -69,9 +69,16 @@ def test_two_chat_pages_exchange_messages(procs, context, tmp_path):
     server.wait_for_log("serving chat:app")
     url = f"http://127.0.0.1:{server.port}/chat/lobby/"
     pages = []
+    second = context.browser.new_context()  # a separate cookie jar, so each page has its own session
+    try:
+        _chat(context, second, url, pages)
+    finally:
+        second.close()
+
+
+def _chat(context, second, url, pages):
     for nick in ("ann", "ben"):
-        # Separate contexts: separate cookie jars, so each page has its own session.
-        page = context.browser.new_context().new_page() if pages else context.new_page()
+        page = second.new_page() if pages else context.new_page()
         page.set_default_timeout(TIMEOUT_MS)
         errs = errors_of(page)
         page.goto(url)
