@@ -189,3 +189,21 @@ def test_flask_cli_offers_channels_worker_and_sidecar(tmp_path):
     out = stack.run([stack.BIN / "flask", "--app", "liveblog", "channels", "--help"], EXAMPLES / "liveblog",
                     env_for(None, EXAMPLES / "liveblog", LIVEBLOG_DB=str(tmp_path / "b.db")))
     assert "worker" in out and "sidecar" in out
+
+
+def test_runserver_reports_bad_app_and_busy_port(tmp_path):
+    import socket
+    import subprocess
+
+    env = env_for(None, EXAMPLES / "liveblog", LIVEBLOG_DB=str(tmp_path / "b.db"))
+    cmd = [stack.PY, "-m", "wsgi_channels", "runserver"]
+    bad = subprocess.run(cmd + ["nosuchmodule:app", "--bind", f"127.0.0.1:{stack.free_port()}"], env=env,
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 3 and "nosuchmodule" in bad.stderr, bad.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = subprocess.run(cmd + ["liveblog:app", "--routing", "liveblog:routing", "--bind", f"127.0.0.1:{port}"],
+                               env=env, cwd=str(EXAMPLES / "liveblog"), capture_output=True, text=True, timeout=60)
+    assert taken.returncode == 3 and "cannot listen" in taken.stderr, taken.stderr[-2000:]
