@@ -378,3 +378,36 @@ def test_readme_consumers_example_runs(tmp_path):
     proc = subprocess.run([sys.executable, "chat.py"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "b'hello')" in proc.stdout and "{'room': 'lobby', 'said': 'hi'}" in proc.stdout
+
+
+def test_ordering_under_a_threaded_worker_over_redis(redis_server):
+    """Four executor threads, messages of one connection: consumers still run in order."""
+    import random
+    import threading
+
+    from wsgi_channels.worker import Worker
+
+    layer = from_url(redis_server.url)
+    layer.flush()
+    seen, lock = [], threading.Lock()
+
+    @enforce_ordering(timeout=0.5)
+    def receive(message):
+        time.sleep(random.uniform(0, 0.004))
+        with lock:
+            seen.append(message["order"])
+
+    worker = Worker([route("websocket.receive", receive)], layer, concurrency=4).start()
+    try:
+        reply = "websocket.send!ordered"
+        layer.session_set("order:" + reply, b"1", 60)  # connect (order 0) already ran
+        for order in range(1, 41):
+            layer.send("websocket.receive", {"reply_channel": reply, "path": "/", "text": "x", "order": order})
+        deadline = time.monotonic() + 20
+        while len(seen) < 40 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        worker.stop(grace=2)
+        layer.flush()
+        layer.close()
+    assert seen == list(range(1, 41))

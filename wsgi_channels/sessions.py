@@ -152,18 +152,22 @@ def _resend(layer: Any, parked: list) -> None:
 
 
 def _recheck(layer: Any, reply: str, expected: int, ttl: float) -> None:
-    """Timer: if the connection is still waiting for ``expected``, skip the gap and release."""
+    """Timer: resend the parked messages; if nothing moved since parking, skip the gap first.
+
+    Parked messages are resent even when the connection made progress: a
+    message parked just after its predecessor's consumer released the wait
+    channel (the state is read and written without a lock) is picked up here.
+    """
     try:
-        if _expected(layer, reply) != expected:
-            return  # progress was made; whoever advanced it released the parked messages
         parked = _release(layer, reply)
         if not parked:
             return
-        lowest = min(p["content"].get("order", 0) for p in parked)
-        log.warning("ordering: messages %d..%d of %r never arrived after waiting; skipping them",
-                    expected, lowest - 1, reply)
-        layer.session_set(_order_key(reply), str(lowest).encode(), ttl)
-        for item in parked:
+        if _expected(layer, reply) == expected:
+            lowest = min(p["content"].get("order", 0) for p in parked)
+            log.warning("ordering: messages %d..%d of %r never arrived after waiting; skipping them",
+                        expected, lowest - 1, reply)
+            layer.session_set(_order_key(reply), str(lowest).encode(), ttl)
+        for item in sorted(parked, key=lambda p: p["content"].get("order", 0)):
             layer.send(item["channel"], item["content"])
     except Exception:
         log.exception("ordering re-check for %r failed", reply)
