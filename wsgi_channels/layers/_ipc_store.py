@@ -42,6 +42,7 @@ __all__ = [
     "open_connection",
     "ConnectionPool",
     "WriteLock",
+    "current_pid",
 ]
 
 log = logging.getLogger(__name__)
@@ -274,6 +275,22 @@ def open_connection(path: str, busy_timeout: float, lock: "WriteLock") -> sqlite
     return conn
 
 
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def current_pid() -> int:
+    """``os.getpid()`` without a system call per use (kept current by a fork hook)."""
+    return _pid
+
+
 # Connections inherited through fork() must never be closed (or finalized) in the child:
 # SQLite forbids using a connection across fork, and closing one can disturb the parent's
 # locks. They are parked here for the life of the process instead.
@@ -295,15 +312,15 @@ class ConnectionPool:
         self._opener = opener
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
-        self._pid = os.getpid()
+        self._pid = current_pid()
 
     def _check_fork(self) -> None:
-        if os.getpid() != self._pid:
+        if current_pid() != self._pid:
             with self._lock:
-                if os.getpid() != self._pid:
+                if current_pid() != self._pid:
                     _inherited.extend(self._idle)
                     self._idle = []
-                    self._pid = os.getpid()
+                    self._pid = current_pid()
 
     @contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
@@ -324,7 +341,7 @@ class ConnectionPool:
                     healthy = False
             raise
         finally:
-            if pid != os.getpid():
+            if pid != current_pid():
                 _inherited.append(conn)
             elif healthy:
                 with self._lock:
@@ -364,28 +381,22 @@ class WriteLock:
     def __init__(self, store_path: str, timeout: float) -> None:
         self.path = store_path + "-lock"
         self.timeout = timeout
-        self._pid = -1
+        self._owner = current_pid()
         self._fd = -1
         self._local = threading.Lock()
 
-    def _fileno(self) -> int:
-        if self._pid != os.getpid():
-            # After fork: the parent's descriptor shares its lock state; open our own.
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
-            self._fd, self._pid = fd, os.getpid()
-        return self._fd
-
-    def _reset_after_fork(self) -> None:
-        if self._pid != os.getpid():
-            self._local = threading.Lock()  # a copy of a lock some other thread held at fork
-
     @contextmanager
     def __call__(self) -> Iterator[None]:
-        self._reset_after_fork()
+        if self._owner != current_pid():
+            # Forked: the parent's descriptor shares the parent's lock, and the in-process
+            # lock may be a copy of one another thread held. Start afresh.
+            self._owner, self._fd, self._local = current_pid(), -1, threading.Lock()
         if not self._local.acquire(timeout=self.timeout):
             raise LayerUnavailable(f"gave up waiting {self.timeout:g}s for this process's write turn on {self.path!r}")
         try:
-            fd = self._fileno()
+            if self._fd < 0:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+            fd = self._fd
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -397,9 +408,16 @@ class WriteLock:
         finally:
             self._local.release()
 
+    def close(self) -> None:
+        """Close this process's lock file descriptor (it is reopened on the next write)."""
+        if self._owner == current_pid() and self._fd >= 0:
+            with self._local:
+                fd, self._fd = self._fd, -1
+                os.close(fd)
+
     def _wait(self, fd: int) -> None:
         deadline = time.monotonic() + self.timeout
-        delay = 0.00002
+        delay = 0.00005
         while True:
             time.sleep(delay)
             try:

@@ -35,7 +35,7 @@ import socket
 import sys
 from typing import Iterable
 
-from ._ipc_store import ensure_private_dir, private_dir
+from ._ipc_store import current_pid, ensure_private_dir, private_dir
 
 __all__ = ["wake_dir_for", "Waiter", "Poker"]
 
@@ -80,7 +80,7 @@ class Waiter:
 
     def __init__(self, directory: str, private: bool) -> None:
         _prepare_dir(directory, private)
-        self.pid = os.getpid()
+        self.pid = current_pid()
         self.addr = os.path.join(directory, f"{self.pid}-{secrets.token_hex(5)}")
         self.queues: tuple[str, ...] = ()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -110,7 +110,7 @@ class Waiter:
 
     def close(self) -> None:
         """Close the socket and remove its file (only in the process that bound it)."""
-        if os.getpid() != self.pid:
+        if current_pid() != self.pid:
             return
         self._sock.close()
         try:
@@ -127,10 +127,10 @@ class Poker:
         self._sock: socket.socket | None = None
 
     def _socket(self) -> socket.socket:
-        if self._sock is None or self._pid != os.getpid():
+        if self._sock is None or self._pid != current_pid():
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             sock.setblocking(False)
-            self._sock, self._pid = sock, os.getpid()
+            self._sock, self._pid = sock, current_pid()
         return self._sock
 
     def poke(self, addrs: Iterable[str]) -> list[str]:
@@ -150,7 +150,7 @@ class Poker:
         return dead
 
     def close(self) -> None:
-        if self._sock is not None and self._pid == os.getpid():
+        if self._sock is not None and self._pid == current_pid():
             self._sock.close()
         self._sock = None
 

@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 from ..exceptions import ConfigurationError, LayerUnavailable, StoreError
 from ..serialization import decode, encode
 from . import _ipc_wake as wake
-from ._ipc_store import ConnectionPool, WriteLock, default_path, open_connection, prepare_path
+from ._ipc_store import ConnectionPool, WriteLock, current_pid, default_path, open_connection, prepare_path
 from .base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
 
 __all__ = ["IpcChannelLayer"]
@@ -93,7 +93,7 @@ class _ProcessState:
     """
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
+        self.pid = current_pid()
         self.lock = threading.Lock()
         self.idle: dict[tuple[str, ...], list[wake.Waiter]] = {}
         self.all: set[wake.Waiter] = set()
@@ -101,7 +101,7 @@ class _ProcessState:
         self.dead: set[str] = set()
 
     def release(self, pool: ConnectionPool | None = None) -> None:
-        if os.getpid() != self.pid:
+        if current_pid() != self.pid:
             return
         with self.lock:
             waiters, self.all, self.idle = list(self.all), set(), {}
@@ -183,7 +183,7 @@ class IpcChannelLayer(BaseChannelLayer):
 
     def _process_state(self) -> _ProcessState:
         state = self._state
-        if state.pid != os.getpid():  # forked: the parent's sockets are not ours to use or close
+        if state.pid != current_pid():  # forked: the parent's sockets are not ours to use or close
             state = self._state = _ProcessState()
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, state.release, self._pool)
@@ -655,12 +655,13 @@ class IpcChannelLayer(BaseChannelLayer):
                     self._flush_sent(conn)
             except (StoreError, LayerUnavailable) as e:
                 log.debug("could not record sends at close: %s", e)
-        if self._state.pid == os.getpid():
+        if self._state.pid == current_pid():
             self._finalizer.detach()
             self._state.release(self._pool)
             self._state = _ProcessState()
             self._finalizer = weakref.finalize(self, self._state.release, self._pool)
         self._pool.close()
+        self._lock.close()
 
     def __repr__(self) -> str:
         return f"<IpcChannelLayer path={self.path!r} expiry={self.expiry:g} capacity={self.capacity}>"
