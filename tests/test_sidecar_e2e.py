@@ -11,7 +11,7 @@ import pytest
 import requests
 import websocket
 
-from servers import ServerProcess, free_port, wait_for_port
+from servers import RedisServer, ServerProcess, free_port, wait_for_port
 from wsgi_channels.layers import from_url
 
 pytestmark = pytest.mark.timeout(90)
@@ -131,7 +131,10 @@ def test_drain_sends_disconnects(stack):
     assert {d["code"] for d in got} == {1001} and {d["order"] for d in got} == {2}
 
 
-def test_layer_outage_and_recovery(tmp_path, fresh_redis):
+def test_layer_outage_and_recovery(tmp_path):
+    # Redis keeps its data across the restart (append-only file), as a production Redis does:
+    # this is an outage, not a loss of state, so open sockets must stay up through it.
+    fresh_redis = RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"]).start()
     s = Stack(tmp_path, fresh_redis.url, "--connect-timeout", "2").start()
     try:
         ws = websocket.create_connection(s.ws("/before"), timeout=5)
@@ -168,3 +171,4 @@ def test_layer_outage_and_recovery(tmp_path, fresh_redis):
         assert "channel layer is back" in s.sidecar.log()
     finally:
         s.stop()
+        fresh_redis.stop()
