@@ -362,6 +362,9 @@ def test_parse_status_and_headers():
     for bad in ((("A", "b"),), [("A",)], [("A", b"b")], [("A B", "c")], [("A", "b\nc")], [("A", "✓")]):
         with pytest.raises(ValueError):
             encode_response_headers(bad)  # type: ignore[arg-type]
+    # Django's Set-Cookie values carry a leading space: surrounding whitespace is not part of a value.
+    assert encode_response_headers([("Set-Cookie", " csrftoken=abc; Path=/"), ("X", "\tv \t")]) == [
+        [b"Set-Cookie", b"csrftoken=abc; Path=/"], [b"X", b"v"]]
 
 
 # -- websocket ------------------------------------------------------------------------------

@@ -502,7 +502,9 @@ def encode_response_headers(headers: Any) -> List[Header]:
             raise ValueError(f"WSGI response header name {pair[0]!r:.60} is not an HTTP token")
         if _BAD_VALUE_RE.search(value):
             raise ValueError(f"WSGI response header {pair[0]!r:.60} has CR, LF or NUL in its value")
-        out.append([name, value])
+        # Whitespace around a field value is not part of it (RFC 9110 5.5); Django's
+        # Set-Cookie values start with a space, which HTTP/1.1 framers such as h11 refuse.
+        out.append([name, value.strip(b" \t")])
     return out
 
 
