@@ -71,7 +71,7 @@ def test_dotted_paths_and_module_routing(monkeypatch):
     router = Router("routing_fixture_mod:routing")
     assert router.match("chat.send", {}) == (a, {})
     assert router.match("other", {}) == (a, {})
-    assert {"chat.send", "other", "websocket.connect", "websocket.receive", "websocket.disconnect"} == router.channels
+    assert router.channels == {"chat.send", "other"}, "no WebSocket route: the WebSocket channels are left alone"
 
 
 def test_channel_names_and_route_class():
@@ -83,6 +83,12 @@ def test_channel_names_and_route_class():
                                "websocket.disconnect"}
     assert router.match("websocket.receive", {"path": "/chat/x"}) == (Chat, {})
     assert router.match("websocket.receive", {"path": "/other"}) == (DEFAULT_CONSUMERS["websocket.receive"], {})
+
+
+def test_one_websocket_route_brings_all_websocket_channels():
+    router = Router([route("websocket.receive", a), route("http.request", b)])
+    assert router.channels == {"websocket.connect", "websocket.receive", "websocket.disconnect", "http.request",
+                               "http.disconnect"}
 
 
 def test_unknown_channel_without_default_is_none():

@@ -17,7 +17,8 @@ the value to the included routes. The first matching route wins.
 When nothing matches, :class:`Router` falls back to defaults:
 ``websocket.connect`` is accepted, ``websocket.receive`` and
 ``websocket.disconnect`` are ignored, an ``http.request`` gets a 404, so no
-client waits for a timeout because a route is missing.
+client waits for a timeout because a route is missing. A worker listens on
+the WebSocket channels only when its routing routes at least one of them.
 """
 from __future__ import annotations
 
@@ -264,9 +265,10 @@ _WEBSOCKET_CHANNELS = ("websocket.connect", "websocket.receive", "websocket.disc
 class Router:
     """A routing loaded and checked once; :meth:`match` finds the consumer for a message.
 
-    ``channels`` is every channel a worker should listen on: the routed ones
-    plus the WebSocket channels, whose defaults answer connects even when no
-    WebSocket route exists, and ``http.disconnect`` when ``http.request`` is routed. Dotted-path consumers are imported here, so a
+    ``channels`` is every channel a worker should listen on: the routed ones;
+    all three WebSocket channels when any of them is routed (so a connect with
+    no matching route is still answered); ``http.disconnect`` when
+    ``http.request`` is routed. Dotted-path consumers are imported here, so a
     typo fails at start-up with the path in the error.
     """
 
@@ -274,7 +276,12 @@ class Router:
         self.root = Include(routing)
         self._resolve(self.root)
         routed = self.root.channel_names()
-        self.channels: set[str] = routed | set(_WEBSOCKET_CHANNELS)
+        self.channels: set[str] = set(routed)
+        if routed & set(_WEBSOCKET_CHANNELS):
+            # A routing that handles WebSockets answers every connect, routed or not. One that
+            # handles none leaves websocket.* alone: another worker pool may serve them with
+            # its own checks, and every extra channel costs each receive a little.
+            self.channels |= set(_WEBSOCKET_CHANNELS)
         if "http.request" in routed:
             # Servers announce clients that left mid-request; drain them even when nothing routes them.
             self.channels.add("http.disconnect")

@@ -67,7 +67,7 @@ class Worker:
     def __init__(self, routing: Any, layer: Any = None, *, concurrency: int = 1,
                  only_channels: Sequence[str] = (), exclude_channels: Sequence[str] = (),
                  send_timeout: float = DEFAULT_SEND_TIMEOUT, grace: float = 30.0,
-                 name: str = "worker", mode: str = "thread(s)") -> None:
+                 name: str = "worker", mode: str = "threads") -> None:
         from .channel import _resolve
 
         self.router = routing if isinstance(routing, Router) else Router(routing)
