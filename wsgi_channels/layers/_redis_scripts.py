@@ -27,12 +27,15 @@ epoch (Redis ``TIME``), one kind byte, then either the body (``m``) or the targe
 channel names separated by spaces, a newline and the body (``t``; process-local
 channels, one entry for every member behind one prefix).
 
-Scripts read the clock with ``TIME``: Redis 5+ replicates scripts by effects, so
-this is safe on Redis 6 and 7. No command newer than Redis 6.2 is used.
+The hot scripts (send, receive, fan-out) take "now" from the client, which
+tracks its offset to the Redis clock (``TIME`` once per connection), so every
+deadline is on the Redis clock without a ``TIME`` call per operation; the others
+call ``TIME`` (safe: Redis 5+ replicates scripts by effects). No command newer
+than Redis 6.2 is used.
 """
 from __future__ import annotations
 
-__all__ = ["SEND", "RECEIVE", "FANOUT", "MEMBERS", "GROUP_ADD", "GROUP_DISCARD", "EVICT", "STATS"]
+__all__ = ["SEND", "RECEIVE", "RECEIVE_MANY", "FANOUT", "MEMBERS", "GROUP_ADD", "GROUP_DISCARD", "EVICT", "STATS"]
 
 _COMMON = r"""
 local function now_ms()
@@ -130,21 +133,20 @@ local function has_room(P, q, u, m, cap, now)
 end
 """
 
-#: KEYS: q [u m]; ARGV: entry tail (kind byte + ...), expiry ms, capacity, P, group expiry ms.
-#: Returns the new queue length, or -1 when the channel is full.
+#: KEYS: q [u m]; ARGV: entry tail (kind byte + ...), expiry ms, capacity, P, group expiry ms,
+#: now (ms, Redis clock as estimated by the client). Returns the new queue length, or -1 when full.
 SEND = _COMMON + r"""
-local now = now_ms()
+local now = tonumber(ARGV[6])
 local q, u, m = KEYS[1], KEYS[2], KEYS[3]
 if not has_room(ARGV[4], q, u, m, tonumber(ARGV[3]), now) then return -1 end
 local exp = tonumber(ARGV[2])
 return push(q, u, m, string.format('%013d', now + exp) .. ARGV[1], exp, ARGV[5])
 """
 
-#: KEYS: queues on this shard, in the order to try; ARGV: P, then '1' per key that is a prefix.
+#: KEYS: queues on this shard, in the order to try; ARGV: P, '1' per key that is a prefix, now (ms).
 #: Returns {index, entry, now} for the first live entry, or nil.
 RECEIVE = _COMMON + r"""
-local now = now_ms()
-local P = ARGV[1]
+local P, now = ARGV[1], tonumber(ARGV[#ARGV])
 for i, q in ipairs(KEYS) do
   local u, m
   if ARGV[i + 1] == '1' then
@@ -169,6 +171,40 @@ for i, q in ipairs(KEYS) do
   end
 end
 return nil
+"""
+
+#: KEYS: queues on this shard; ARGV: P, '1' per key that is a prefix, most entries, now (ms).
+#: Pops up to that many live entries, draining each queue in turn.
+#: Returns {index, entry, index, entry, ..., now}, or an empty list.
+RECEIVE_MANY = _COMMON + r"""
+local P, now = ARGV[1], tonumber(ARGV[#ARGV])
+local most = tonumber(ARGV[#ARGV - 1])
+local out, got = {}, 0
+for i, q in ipairs(KEYS) do
+  local u, m
+  if ARGV[i + 1] == '1' then
+    local rest = string.sub(q, #P + 2)
+    u, m = P .. 'u' .. rest, P .. 'm' .. rest
+  end
+  local v = redis.call('LPOP', q)
+  if not v and u then bury(P, u, m) end
+  while v do
+    if deadline(v) > now then
+      out[#out + 1] = i
+      out[#out + 1] = v
+      got = got + 1
+    elseif u then
+      for _, c in ipairs(targets_of(v)) do evict(P, m, c) end
+    end
+    if got >= most then break end
+    v = redis.call('LPOP', q)
+  end
+  if u and redis.call('EXISTS', q) == 0 then redis.call('DEL', u) end
+  if got >= most then break end
+end
+if got == 0 then return {} end
+out[#out + 1] = now
+return out
 """
 
 _MEMBERS = r"""
@@ -214,14 +250,14 @@ return members
 """
 
 #: KEYS: g gc; ARGV: P, body, expiry ms, group expiry ms, default capacity, process capacity,
-#: '1' to use the capacities stored by group_add (the layer has channel_capacity rules).
+#: '1' to use the capacities stored by group_add (the layer has channel_capacity rules), now (ms).
 #: Queues one entry per plain member and one per process prefix (naming all its members).
 #: Returns the number of members skipped because their channel was full.
 FANOUT = _COMMON + _MEMBERS + r"""
 local P, body = ARGV[1], ARGV[2]
 local exp, gexp = tonumber(ARGV[3]), ARGV[4]
 local default_cap, process_cap = tonumber(ARGV[5]), tonumber(ARGV[6])
-local now = now_ms()
+local now = tonumber(ARGV[8])
 local g = KEYS[1]
 local members = live_members(g, KEYS[2], now)
 if #members == 0 then return 0 end

@@ -88,6 +88,7 @@ class _Script:
 
 _SEND = _Script(scripts.SEND)
 _RECEIVE = _Script(scripts.RECEIVE)
+_RECEIVE_MANY = _Script(scripts.RECEIVE_MANY)
 _FANOUT = _Script(scripts.FANOUT)
 _MEMBERS = _Script(scripts.MEMBERS)
 _GROUP_ADD = _Script(scripts.GROUP_ADD)
@@ -108,12 +109,18 @@ class _Link:
         self.reader: Any = None
         self.poll: Any = None
 
-    def connect(self) -> None:
+    def connect(self) -> float:
+        """Connect; returns the Redis clock's offset from ours in ms (measured around one ``TIME``)."""
         self.conn.connect()
         self.sock = self.conn._sock
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.poll = select.poll()
         self.poll.register(self.sock, select.POLLIN)
+        before = time.time()
+        self.sock.sendall(_pack(("TIME",)))
+        seconds, micros = self.read()
+        after = time.time()
+        return int(seconds) * 1000 + int(micros) / 1000 - (before + after) * 500
 
     def stale(self) -> bool:
         """Readable while idle: closed by the server (a restart) or out of step."""
@@ -148,6 +155,7 @@ class _Shard:
         self.label = f"{parts.scheme}://{kw.get('host', parts.hostname)}:{kw.get('port', parts.port)}/{kw.get('db', 0)}"
         self.identity = f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
         self._generation = _fork_generation
+        self.clock_offset = 0.0  # Redis clock minus ours, in ms, from the latest connection
         self._free: deque = deque()
         self._bell: Doorbell | None = None
         self._bell_lock = threading.Lock()
@@ -174,11 +182,11 @@ class _Shard:
             link = _Link(self._new_connection())
         try:
             if link.sock is None:
-                link.connect()
+                self.clock_offset = link.connect()
             elif link.stale():
                 # Nothing was sent on it yet, so a fresh connection is safe.
                 link.disconnect()
-                link.connect()
+                self.clock_offset = link.connect()
         except _NETWORK_ERRORS as e:
             link.disconnect()
             raise self.unavailable(e) from e
@@ -188,18 +196,25 @@ class _Shard:
         if self._generation == _fork_generation:
             self._free.append(link)
 
+    def now_ms(self) -> int:
+        """Now on this server's clock, in ms (our clock plus the offset measured at connect)."""
+        return int(time.time() * 1000 + self.clock_offset)
+
     def unavailable(self, error: BaseException) -> exc.LayerUnavailable:
         return exc.LayerUnavailable(
             f"Redis at {self.label} is unavailable ({type(error).__name__}: {error}); "
             "the call did not complete. The layer reconnects on the next call."
         )
 
-    def execute(self, *args: Any) -> Any:
-        """Run one command; network failures become ``LayerUnavailable``, error replies are raised."""
+    def execute(self, *args: Any, now: bool = False) -> Any:
+        """Run one command; network failures become ``LayerUnavailable``, error replies are raised.
+
+        ``now=True`` appends the current time on this server's clock (ms) as the last argument.
+        """
         link = self.acquire()
         ok = False
         try:
-            link.sock.sendall(_pack(args))
+            link.sock.sendall(_pack(args + (self.now_ms(),) if now else args))
             reply = link.read()
             ok = True
         except _NETWORK_ERRORS as e:
@@ -213,12 +228,12 @@ class _Shard:
             raise _error(reply)
         return reply
 
-    def script(self, script: _Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    def script(self, script: _Script, keys: Sequence[Any], args: Sequence[Any], now: bool = False) -> Any:
         try:
-            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args, now=now)
         except NoScriptError:
             self.execute("SCRIPT", "LOAD", script.source)
-            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args, now=now)
 
     def bell(self) -> Doorbell:
         self._check_pid()
@@ -246,22 +261,23 @@ def _error(reply: ResponseError) -> ResponseError:
     return reply
 
 
-def _run_everywhere(shards: Sequence[_Shard], script: _Script, keys: Sequence[Any], args: Sequence[Any]) -> list:
+def _run_everywhere(shards: Sequence[_Shard], script: _Script, keys: Sequence[Any], args: Sequence[Any],
+                    now: bool = False) -> list:
     """Run ``script`` on every shard at once: send to all, then read all (one round trip of latency)."""
     if len(shards) == 1:
-        return [shards[0].script(script, keys, args)]
+        return [shards[0].script(script, keys, args, now)]
     links: list[_Link] = []
     replies: list = []
     failed: _Shard | None = None
     error: BaseException | None = None
-    packed = _pack(("EVALSHA", script.sha, len(keys), *keys, *args))
+    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
     try:
         for shard in shards:
             failed = shard
             links.append(shard.acquire())
         for shard, link in zip(shards, links):
             failed = shard
-            link.sock.sendall(packed)
+            link.sock.sendall(_pack(command + (shard.now_ms(),) if now else command))
         for shard, link in zip(shards, links):
             failed = shard
             replies.append(link.read())
@@ -285,7 +301,7 @@ def _run_everywhere(shards: Sequence[_Shard], script: _Script, keys: Sequence[An
         if type(reply) is ResponseError:
             reply = _error(reply)
             if isinstance(reply, NoScriptError):
-                replies[i] = shards[i].script(script, keys, args)
+                replies[i] = shards[i].script(script, keys, args, now)
             else:
                 raise reply
     return replies
@@ -454,7 +470,7 @@ class RedisChannelLayer(BaseChannelLayer):
         body = encode(message, self.max_message_size)
         if self._fernet is not None:
             body = self._fernet.encrypt(body)
-        n = shard.script(_SEND, keys, (head + body, self._expiry_ms, capacity, self._p, self._gexp_ms))
+        n = shard.script(_SEND, keys, (head + body, self._expiry_ms, capacity, self._p, self._gexp_ms), True)
         if n < 0:
             self._count("channel_full_count")
             raise exc.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
@@ -478,37 +494,35 @@ class RedisChannelLayer(BaseChannelLayer):
             self._plans[key] = plan
         return plan
 
-    def _buffered(self, names: list[str]) -> tuple[str, dict] | None:
-        """Next member of a group message already fetched for one of the ``prefix!`` names."""
+    def _take_buffered(self, names: Iterable[str], limit: int) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` (channel, body) pairs from group messages already fetched for ``names``."""
         if self._buffers_generation != _fork_generation:
             self._buffers, self._buffers_generation = {}, _fork_generation
-        if not self._buffers:
-            return None
+        taken: list[tuple[str, bytes]] = []
         expired: list[tuple[str, list[str]]] = []
-        found = None
+        now = time.monotonic()
         with self._buffers_lock:
             for name in names:
                 queue = self._buffers.get(name)
-                while queue:
+                while queue and len(taken) < limit:
                     entry = queue[0]  # [targets deque, body, local deadline]
-                    if entry[2] <= time.monotonic():
+                    targets = entry[0]
+                    if entry[2] <= now:
                         queue.popleft()
-                        expired.append((name, list(entry[0])))
+                        expired.append((name, list(targets)))
                         continue
-                    target = entry[0].popleft()
-                    if not entry[0]:
+                    body = entry[1]
+                    while targets and len(taken) < limit:
+                        taken.append((targets.popleft(), body))
+                    if not targets:
                         queue.popleft()
-                    found = (target, entry[1])
-                    break
                 if queue is not None and not queue:
                     del self._buffers[name]
-                if found:
+                if len(taken) >= limit:
                     break
         for name, channels in expired:
             self._evict(name, channels)
-        if found is None:
-            return None
-        return found[0], self._open(found[1])
+        return taken
 
     def _evict(self, prefix: str, channels: list[str]) -> None:
         """Members whose buffered message expired here, unread, leave their groups."""
@@ -537,9 +551,9 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _try_receive(self, names: list[str], plan: list) -> tuple[str, dict] | None:
         if self._buffers:
-            got = self._buffered([n for n in names if n.endswith("!")])
-            if got is not None:
-                return got
+            got = self._take_buffered(names, 1)
+            if got:
+                return got[0][0], self._open(got[0][1])
         self._rr += 1
         count = len(plan)
         for i in range(count):
@@ -548,13 +562,18 @@ class RedisChannelLayer(BaseChannelLayer):
             if n > 1:  # rotate so a busy channel cannot starve a quiet one
                 r = self._rr % n
                 keys, flags, shard_names = keys[r:] + keys[:r], flags[r:] + flags[:r], shard_names[r:] + shard_names[:r]
-            reply = shard.script(_RECEIVE, keys, (self._p, *flags))
+            reply = shard.script(_RECEIVE, keys, (self._p, *flags), True)
             if reply is not None:
-                index, entry, now_ms = reply
-                return self._deliver(shard_names[index - 1], entry, now_ms)
+                return self._deliver(shard_names[reply[0] - 1], reply[1], reply[2])
         return None
 
     def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
+        if self._buffers and type(channels) is list and len(channels) == 1 and channels[0] in self._buffers:
+            # Fast path for a process's reader on its prefix: the next member of a group message
+            # fetched already (only validated names ever get a buffer).
+            got = self._take_buffered(channels, 1)
+            if got:
+                return got[0][0], self._open(got[0][1])
         names = self._receive_channels(channels)
         wait = self._block_timeout(block, timeout)
         if not names:
@@ -581,6 +600,39 @@ class RedisChannelLayer(BaseChannelLayer):
         finally:
             for bell, keys in watched:
                 bell.unwatch(keys, event)
+
+    def receive_batch(self, channels: Iterable[str], limit: int = 100, block: bool = False,
+                      timeout: float | None = None) -> list[tuple[str, dict]]:
+        """Up to ``limit`` messages at once, waiting (like :meth:`receive`) only for the first.
+
+        One round trip per shard fetches many entries, and a group message for many members
+        of one prefix fills the batch from its single copy, so a process reading its
+        ``prefix!`` drains a broadcast to thousands of its connections in a few calls.
+        """
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        first = self.receive(channels, block=block, timeout=timeout)
+        if first[0] is None:
+            return []
+        batch = [first]
+        names = list(channels)
+        plan = self._plan(names)
+        while len(batch) < limit:
+            before = len(batch)
+            if self._buffers:
+                for target, body in self._take_buffered(names, limit - len(batch)):
+                    batch.append((target, self._open(body)))
+            for shard, keys, flags, shard_names in plan:
+                if len(batch) >= limit:
+                    break
+                reply = shard.script(_RECEIVE_MANY, keys, (self._p, *flags, limit - len(batch)), True)
+                if reply:
+                    now_ms = reply[-1]
+                    for i in range(0, len(reply) - 1, 2):
+                        batch.append(self._deliver(shard_names[reply[i] - 1], reply[i + 1], now_ms))
+            if len(batch) == before:
+                break
+        return batch
 
     # -- groups -----------------------------------------------------------------------------
 
@@ -615,7 +667,7 @@ class RedisChannelLayer(BaseChannelLayer):
         body = self._seal(encode(message, self.max_message_size))
         replies = _run_everywhere(self._shards, _FANOUT, self._group_keys(group), (
             self._p, body, self._expiry_ms, self._gexp_ms, self.capacity, self.process_capacity,
-            b"1" if self._capacity_rules else b"0"))
+            b"1" if self._capacity_rules else b"0"), now=True)
         dropped = sum(replies)
         if dropped:
             self._count("group_drop_count", dropped)
