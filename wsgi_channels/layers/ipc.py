@@ -1,10 +1,14 @@
 """The single-machine layer (``ipc:///path/to/channels.db``): every process on one host, no server.
 
 Messages, groups and session entries live in one SQLite database in WAL mode
-(see :mod:`._ipc_store`). Every change is one ``BEGIN IMMEDIATE`` transaction,
-so a capacity check and the insert it guards are atomic across processes, and
-a receive takes its message and deletes it in one step: a process killed at
-any point leaves each message either queued or delivered, never both.
+(see :mod:`._ipc_store`). Every change is one SQLite transaction: a single
+statement on the fast paths (a send checks the capacity and inserts in one
+``INSERT ... SELECT``; a receive deletes the head of its queue with
+``DELETE ... RETURNING``), a ``BEGIN IMMEDIATE`` block otherwise. So capacities
+stay exact when many processes send at once, and a process killed at any point
+leaves each message either queued or delivered, never both. Writers also take
+an ``flock`` first (see :class:`._ipc_store.WriteLock`), which hands the store
+from writer to writer faster than SQLite's sleeping busy handler.
 
 A blocking ``receive`` sleeps on a Unix datagram socket that senders poke after
 they commit (see :mod:`._ipc_wake`), with a slow poll (``poll_interval``,
@@ -98,7 +102,6 @@ class _ProcessState:
         self.idle: dict[tuple[str, ...], list[wake.Waiter]] = {}
         self.all: set[wake.Waiter] = set()
         self.poker = wake.Poker()
-        self.dead: set[str] = set()
 
     def release(self, pool: ConnectionPool | None = None) -> None:
         if current_pid() != self.pid:
@@ -177,7 +180,12 @@ class IpcChannelLayer(BaseChannelLayer):
                 except ValueError:
                     raise ConfigurationError(f"layer URL option {key}={opts[key]!r} is not a number") from None
         opts.setdefault("path", path or None)
-        return cls(**opts)
+        try:
+            return cls(**opts)
+        except TypeError as e:
+            if "unexpected keyword" not in str(e):
+                raise
+            raise ConfigurationError(f"ipc layer URL {url!r}: {e}") from None
 
     # -- connections and transactions ---------------------------------------------------------
 
@@ -214,7 +222,10 @@ class IpcChannelLayer(BaseChannelLayer):
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # the pool then discards this connection
+                    pass
                 raise
             conn.execute("COMMIT")
 
@@ -386,7 +397,7 @@ class IpcChannelLayer(BaseChannelLayer):
         """Take the first live message of the first non-empty queue (FIFO within a queue)."""
         with self._connection() as conn:
             for queue in self._order(conn, names):
-                for _ in range(5):  # other readers may take the head under us: look again
+                while True:  # another reader may take the head under us: look again (it made progress)
                     head = conn.execute(_HEAD, (queue,)).fetchone()
                     if head is None:
                         break
