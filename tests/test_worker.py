@@ -123,8 +123,8 @@ def test_stop_gives_up_after_grace(caplog):
 
 # -- worker processes over Redis -------------------------------------------------------------
 
-def worker_process(tmp_path, url, routing="apps.flask_app:routing", *extra, name="worker"):
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1"}
+def worker_process(tmp_path, url, routing="apps.flask_app:routing", *extra, name="worker", env_extra=None):
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "PYTHONUNBUFFERED": "1", **(env_extra or {})}
     env.pop("WSGI_CHANNELS_LAYER", None)
     args = [sys.executable, "-m", "wsgi_channels", "worker", routing, "--layer", url, *extra]
     proc = ServerProcess(args, str(tmp_path / f"{name}.log"), env=env, cwd=str(TESTS)).start()
@@ -381,3 +381,29 @@ def test_property_worker_survives_any_message(content, channel):
                                       headers=[(b"host", b"h")], http_version="1.1"))
     worker.handle("http.request", good)
     assert layer.receive(["http.response.test.ok"])[1]["status"] == 200
+
+
+def test_worker_process_serves_plain_django_over_redis(tmp_path, redis_url):
+    proc = worker_process(tmp_path, redis_url, "apps.django_app:routing", "--threads", "2", name="django",
+                          env_extra={"DJANGO_SETTINGS_MODULE": "apps.django_app"})
+    http = HttpOverLayer(redis_url)
+    try:
+        assert http.request("GET", b"/")[1:] == ([[b"Content-Type", b"text/html; charset=utf-8"]],
+                                                 b"hello from django")
+        status, headers, _ = http.request("GET", b"/cookies")
+        assert status == 200 and [v for n, v in headers if n == b"Set-Cookie"] == [
+            b"d1=1; Path=/", b"d2=2; HttpOnly; Path=/"]
+        assert http.request("GET", b"/go")[:2] == (302, [[b"Content-Type", b"text/html; charset=utf-8"],
+                                                         [b"Location", b"/"]])
+        data = os.urandom(300_000)
+        status, _, body = http.request("POST", b"/upload", headers=[(b"content-type", b"application/octet-stream")],
+                                       body=data)
+        assert (status, json.loads(body)) == (200, {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        assert http.request("GET", b"/stream")[2] == b"".join(b"chunk %d\n" % i for i in range(5))
+        where = json.loads(http.request("GET", b"/app/where/caf%C3%A9", overrides={"root_path": "/app"})[2])
+        assert where == {"name": "café", "path": "/app/where/café", "path_info": "/where/café",
+                         "script_name": "/app", "uri": "http://testserver/app/where/caf%C3%A9"}
+    finally:
+        http.close()
+        assert proc.stop() == 0
+    assert "Traceback" not in proc.log()

@@ -297,6 +297,18 @@ def _command(args: Any) -> int:
     return cli.EXIT_OK
 
 
+def _positive(value: str) -> int:
+    import argparse
+
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
 def register(subparsers: Any) -> None:
     """Add ``worker`` to the ``wsgi-channels`` command."""
     from .config import add_option
@@ -306,9 +318,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("routing", metavar="ROUTING", help="the routing list as module:attribute")
     add_option(parser, "--layer", default=None, help="channel layer URL (default: WSGI_CHANNELS_LAYER)")
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--threads", type=int, default=int(os.environ.get("WSGI_CHANNELS_THREADS") or 4),
+    raw_threads = os.environ.get("WSGI_CHANNELS_THREADS") or "4"
+    if not raw_threads.strip().isdigit() or int(raw_threads) < 1:
+        parser.error(f"environment variable WSGI_CHANNELS_THREADS={raw_threads!r}: expected a positive integer")
+    group.add_argument("--threads", type=_positive, default=int(raw_threads),
                        help="worker threads [env WSGI_CHANNELS_THREADS] (default 4)")
-    group.add_argument("--greenlets", type=int, default=None,
+    group.add_argument("--greenlets", type=_positive, default=None,
                        help="run N greenlets under gevent instead of threads")
     add_option(parser, "--only-channels", nargs="+", default=None, metavar="GLOB",
                help="serve only channels matching these globs")

@@ -67,6 +67,11 @@ def _urls():
 def __getattr__(name):
     if name == "urlpatterns":
         return _urls()
+    if name == "routing":  # for `wsgi-channels worker apps.django_app:routing`
+        from wsgi_channels import route
+        from wsgi_channels.wsgi import WsgiConsumer
+
+        return [route("http.request", WsgiConsumer(get_app()))]
     raise AttributeError(name)
 
 
