@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 _SWEEP_INTERVAL = 1.0
 _STALE_WAITER_INTERVAL = 60.0
-_MAX_IDLE_WAITERS = 16
+_MAX_IDLE_WAITERS = 64  # blocked threads or greenlets per process that keep their socket
 _IN_CHUNK = 500  # names per "IN (...)" list
 
 
