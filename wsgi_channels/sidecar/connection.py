@@ -638,7 +638,7 @@ class ClientConnection:
     # -- messages from the layer ----------------------------------------------------------------
 
     def deliver(self, message: dict, frames: dict) -> None:
-        """One message for our reply channel; ``frames`` caches encoded frames for this batch."""
+        """One message for our reply channel; ``frames`` holds the last encoded frame (payload -> bytes)."""
         if self.state is DONE or self.aborted:
             return
         if self.ws is None and self.state is not CONNECTING:
@@ -667,6 +667,7 @@ class ClientConnection:
                 key = text if text is not None else data
                 frame = frames.get(key)
                 if frame is None:
+                    frames.clear()  # one entry: the payload being broadcast right now
                     frame = frames[key] = (ws_proto.encode_frame(ws_proto.OP_TEXT, text.encode()) if text is not None
                                            else ws_proto.encode_frame(ws_proto.OP_BINARY, data))
                 self.write(frame)

@@ -7,8 +7,11 @@ Names follow the ``wsgi_channels_`` prefix, base units and ``_total`` for counte
 """
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from typing import Callable, Iterator
+
+from greenlet import greenlet
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -36,6 +39,8 @@ class SidecarStats:
         self.dropped: Counter[str] = Counter()
         self.http_responses: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
+        #: Connections the server tracks (set by the server; compared with the gauges in leak tests).
+        self.tracked: Callable[[], int] = lambda: 0
 
     def snapshot(self) -> dict:
         """Plain dict of everything (used by tests and the health endpoint)."""
@@ -58,6 +63,11 @@ class StatsCollector:
         g.add_metric(["websocket"], s.websockets_open)
         g.add_metric(["http"], s.http_open)
         yield g
+        yield GaugeMetricFamily("wsgi_channels_sidecar_tracked_connections",
+                                "Client connections the server holds state for", value=s.tracked())
+        # Walking the heap costs milliseconds: fine at scrape time, never on a hot path.
+        yield GaugeMetricFamily("wsgi_channels_sidecar_greenlets", "Live greenlets in the process",
+                                value=sum(1 for o in gc.get_objects() if isinstance(o, greenlet) and not o.dead))
         yield GaugeMetricFamily("wsgi_channels_sidecar_layer_up", "1 while the channel layer answers",
                                 value=s.layer_up)
         for name, doc, value in (

@@ -5,6 +5,8 @@ Life of a sidecar (:meth:`Sidecar.serve_forever`)::
     listen on every --bind address         (one greenlet per client socket: ClientConnection.run)
     receive loop: layer.receive([prefix!]) -> batch -> connection.deliver(message)
     sweeper: every tick, each connection checks its deadlines (handshake, connect, HTTP, pings)
+    state watch: a marker membership of our own; when the layer loses it (a Redis back
+                 from a restart without its data) WebSockets get close 1012 to rejoin
     SIGTERM/SIGINT: stop accepting; WebSockets get close 1001; in-flight HTTP finishes;
                     after the grace period the rest is dropped; disconnects are sent; exit 0
 
@@ -42,6 +44,11 @@ __all__ = ["Sidecar", "STATIC_DIR"]
 
 log = logging.getLogger(__name__)
 
+#: Close code telling clients to reconnect: the service restarted (RFC 6455 registry).
+CLOSE_SERVICE_RESTART = 1012
+#: Seconds between checks that the layer still holds this sidecar's marker membership.
+STATE_CHECK_SECONDS = 2.0
+
 STATIC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "static")
 
 
@@ -67,6 +74,10 @@ class Sidecar:
         self._stopped = gevent.event.Event()
         self._static = self._load_static()
         self.addresses: list[Any] = []
+        self._frames: dict = {}
+        # A group and member of our own whose loss means the layer lost its state; the
+        # connection counter starts at 1, so the member channel is never routed.
+        self._state_marker = ("wsgi_channels.alive." + self.prefix.rstrip("!"), f"{self.prefix}0")
 
     # -- routing ----------------------------------------------------------------------------
 
@@ -109,22 +120,20 @@ class Sidecar:
             self.stats.layer_up = 1
 
     def _take_batch(self, first_timeout: float) -> list[tuple[str, dict]]:
-        layer = self.layer
+        """Up to ``receive_batch`` messages (waiting at most ``first_timeout`` for the first).
+
+        A layer with ``receive_batch(channels, count, block=, timeout=)`` hands over many
+        messages per round trip. With plain ``receive`` the loop takes one message per call:
+        asking again "just in case" would add an empty round trip to every quiet batch,
+        and a group message for many sockets here is already handed out from one local
+        copy without further round trips.
+        """
         channels = [self.prefix]
-        batch_receive = getattr(layer, "receive_batch", None)
+        batch_receive = getattr(self.layer, "receive_batch", None)
         if batch_receive is not None:
             return list(batch_receive(channels, self.config.receive_batch, block=True, timeout=first_timeout))
-        channel, message = layer.receive(channels, block=True, timeout=first_timeout)
-        if channel is None:
-            return []
-        batch = [(channel, message)]
-        limit = self.config.receive_batch
-        while len(batch) < limit:
-            channel, message = layer.receive(channels, block=False)
-            if channel is None:
-                break
-            batch.append((channel, message))
-        return batch
+        channel, message = self.layer.receive(channels, block=True, timeout=first_timeout)
+        return [] if channel is None else [(channel, message)]
 
     def _receive_loop(self) -> None:
         """The only reader of this process's prefix: take batches, hand each message to its connection."""
@@ -142,7 +151,9 @@ class Sidecar:
             if not batch:
                 continue
             self.stats.layer_messages += len(batch)
-            frames: dict = {}  # one encoded frame per distinct payload in this batch
+            # The last encoded frame is kept: the members of one group message arrive one after
+            # another, and all their uncompressed sockets get the same bytes.
+            frames = self._frames
             routes = self.routes
             for channel, message in batch:
                 conn = routes.get(channel)
@@ -154,7 +165,8 @@ class Sidecar:
                 except Exception:
                     log.exception("delivering to %s failed", channel)
                     conn.abort()
-            gevent.sleep(0)  # let readers and writers run between batches
+            if len(batch) > 1:
+                gevent.sleep(0)  # let readers and writers run between batches
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -176,6 +188,46 @@ class Sidecar:
                 except Exception:
                     log.exception("timer check failed for %s", conn.peer)
                     conn.abort()
+
+    def _watch_layer_state(self) -> None:
+        """Notice a layer that lost its state, and make clients rejoin.
+
+        Group memberships live in the layer; a Redis that restarts without persistence
+        comes back empty, and sockets that stay open would never hear from their groups
+        again. The sidecar keeps one membership of its own (a channel on its prefix that
+        never receives, stored beside its connections' memberships) and checks it every
+        few seconds; when it is gone, every WebSocket is closed with 1012 ("service
+        restart", a code the shipped client reconnects after), so the connect consumers
+        run again and rejoin their groups.
+        """
+        group, marker = self._state_marker
+        renewed = None
+        while not self._stopped.is_set():
+            try:
+                if renewed is None:
+                    self.layer.group_add(group, marker)
+                    renewed = time.monotonic()
+                elif marker not in self.layer.group_channels(group):
+                    self._layer_state_lost()
+                    self.layer.group_add(group, marker)
+                    renewed = time.monotonic()
+                elif time.monotonic() - renewed > self.layer.group_expiry / 4:
+                    self.layer.group_add(group, marker)
+                    renewed = time.monotonic()
+            except Exception as e:  # the receive loop reports outages; try again next time
+                log.debug("layer state check failed: %s", e)
+            self._stopped.wait(STATE_CHECK_SECONDS)
+
+    def _layer_state_lost(self) -> None:
+        sockets = [conn for conn in list(self.connections) if conn.ws is not None]
+        log.warning("the channel layer lost its state (group memberships are gone); closing %d WebSocket(s) "
+                    "with 1012 so clients reconnect and rejoin", len(sockets))
+        self.stats.dropped["layer_state_lost"] += len(sockets)
+        for conn in sockets:
+            try:
+                conn.send_ws_close(CLOSE_SERVICE_RESTART)
+            except Exception:
+                conn.abort()
 
     # -- accepting --------------------------------------------------------------------------
 
@@ -222,7 +274,9 @@ class Sidecar:
         """Listen, start the receive loop, the sweeper and the admin endpoint; return at once."""
         for address in self.config.bind:
             self._servers.append(self._listen(address))
-        self._loops = [gevent.spawn(self._receive_loop), gevent.spawn(self._sweeper)]
+        self._loops = [gevent.spawn(self._receive_loop), gevent.spawn(self._sweeper),
+                       gevent.spawn(self._watch_layer_state)]
+        self.stats.tracked = lambda: len(self.connections)
         if self.config.admin_bind:
             from gevent.pywsgi import WSGIServer
 
@@ -269,6 +323,10 @@ class Sidecar:
         if self._admin is not None:
             self._admin.stop(timeout=1)
         self._stopped.set()
+        try:
+            self.layer.group_discard(*self._state_marker)
+        except Exception:  # the layer is down: the marker expires with group_expiry
+            pass
         gevent.joinall(self._loops, timeout=3)
         log.info("sidecar stopped")
 
