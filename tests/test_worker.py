@@ -407,3 +407,53 @@ def test_worker_process_serves_plain_django_over_redis(tmp_path, redis_url):
         http.close()
         assert proc.stop() == 0
     assert "Traceback" not in proc.log()
+
+
+def test_worker_process_metrics_errors_and_thread_replacement(tmp_path, redis_url):
+    import requests
+
+    from servers import free_port
+
+    port = free_port()
+    proc = worker_process(tmp_path, redis_url, "apps.worker_routing:routing", "--threads", "2",
+                          "--admin-bind", f"127.0.0.1:{port}", name="metrics")
+    http = HttpOverLayer(redis_url)
+    try:
+        assert http.request("GET", b"/")[0] == 200
+        http.layer.send("test.boom", {})
+        http.layer.send("test.die", {})
+        http.layer.send("test.die", {})
+        replies = []
+        for n in range(10):  # served after both executors died and were replaced
+            reply = http.layer.new_channel("test.reply?")
+            http.layer.send("test.echo", {"reply_channel": reply, "n": n})
+            replies.append(reply)
+        for n, reply in enumerate(replies):
+            channel, message = http.layer.receive([reply], block=True, timeout=10)
+            assert message == {"echo": n}
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'wsgi_channels_worker_messages_total{channel="http.request"} 1.0' in metrics
+        assert 'wsgi_channels_worker_consumer_errors_total{channel="test.boom"} 1.0' in metrics
+        assert 'wsgi_channels_worker_messages_total{channel="test.echo"} 10.0' in metrics
+        assert "wsgi_channels_worker_thread_restarts_total 2.0" in metrics
+        assert "wsgi_channels_worker_layer_up 1.0" in metrics
+        assert 'wsgi_channels_worker_consumer_seconds_total{channel="http.request"}' in metrics
+    finally:
+        http.close()
+        assert proc.stop() == 0
+    log = proc.log()
+    assert "consumer failure for the worker test" in log and log.count("died; starting a new one") == 2
+
+
+def test_worker_start_up_check_takes_no_message(tmp_path, redis_url):
+    layer = from_url(redis_url)
+    reply = layer.new_channel("http.request.reply?")
+    layer.send("http.request", dict(build_request_message(reply_channel=reply, method="GET", target=b"/",
+                                                          headers=[(b"host", b"t")], http_version="1.1")))
+    proc = worker_process(tmp_path, redis_url, "apps.flask_app:routing", "--threads", "1", name="startup")
+    try:
+        channel, message = layer.receive([reply], block=True, timeout=10)
+        assert channel == reply and message["status"] == 200, "a request queued before start-up is served"
+    finally:
+        layer.close()
+        assert proc.stop() == 0

@@ -26,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from queue import Queue
 from typing import Any, Iterable, Optional, Sequence
 
@@ -61,7 +62,9 @@ class Worker:
     ``layer`` is a layer instance or a URL (resolved with :func:`~wsgi_channels.get_layer`,
     so ``Channel``/``Group`` sends inside consumers that name no layer use the
     same instance when the URL is also the default). ``stats`` counts
-    ``messages``, ``errors``, ``unrouted`` and ``restarts``.
+    ``messages``, ``errors``, ``unrouted`` and ``restarts``; ``by_channel``,
+    ``errors_by_channel`` and ``seconds_by_channel`` break them down (see
+    :mod:`wsgi_channels.worker_metrics` for Prometheus).
     """
 
     def __init__(self, routing: Any, layer: Any = None, *, concurrency: int = 1,
@@ -85,6 +88,9 @@ class Worker:
         self.grace = grace
         self.name = name
         self.stats = {"messages": 0, "errors": 0, "unrouted": 0, "restarts": 0}
+        self.by_channel: Counter[str] = Counter()
+        self.errors_by_channel: Counter[str] = Counter()
+        self.seconds_by_channel: Counter[str] = Counter()  # type: ignore[assignment]
         self._stats_lock = threading.Lock()
         self._stopping = threading.Event()
         self.mode = mode
@@ -143,35 +149,49 @@ class Worker:
 
     def handle(self, channel: str, content: Any) -> None:
         """Run the consumer routed for one message; errors are logged and counted, never raised."""
+        t0 = time.perf_counter()
+        outcome = self._dispatch(channel, content)
+        elapsed = time.perf_counter() - t0
         with self._stats_lock:
             self.stats["messages"] += 1
+            self.by_channel[channel] += 1
+            self.seconds_by_channel[channel] += elapsed
+            if outcome:
+                self.stats[outcome] += 1
+                self.errors_by_channel[channel] += outcome == "errors"
+
+    def _dispatch(self, channel: str, content: Any) -> str:
+        """Route and run; returns "" on success, else the stats key to count."""
         if not isinstance(content, dict):
-            self._count("errors")
             log.error("message on %r is a %s, not a dict: dropped", channel, type(content).__name__)
-            return
+            return "errors"
         try:
             found = self.router.match(channel, content)
         except Exception:
-            self._count("errors")
             log.exception("routing failed for a message on %r", channel)
-            return
+            return "errors"
         if found is None:
-            self._count("unrouted")
             log.warning("no route for a message on %r: dropped", channel)
-            return
+            return "unrouted"
         consumer, kwargs = found
         try:
             run_consumer(consumer, Message(content, channel, self.layer), kwargs, self.send_timeout)
         except Exception:
-            self._count("errors")
             log.exception("consumer %r raised on a message on %r", consumer, channel,
                           extra={"channel": channel})
+            return "errors"
+        return ""
 
     def _outage(self, error: Exception) -> None:
         with self._outage_lock:
             if self._outage_since is None:
                 self._outage_since = time.monotonic()
                 log.warning("channel layer unavailable, retrying with backoff: %s", error)
+
+    @property
+    def layer_up(self) -> bool:
+        """False while the layer is unreachable (between the first failure and the next success)."""
+        return self._outage_since is None
 
     def _recovered(self) -> None:
         with self._outage_lock:
@@ -258,6 +278,8 @@ def _load_routing(spec: str) -> Any:
 
 
 def _command(args: Any) -> int:
+    import argparse
+
     from . import cli
     from .channel import ENV_VAR, default_layer_url
     from .layers import layer_class
@@ -279,6 +301,17 @@ def _command(args: Any) -> int:
         if not monkey.is_module_patched("threading"):
             log.error("--greenlets needs gevent monkey-patching: run it as `wsgi-channels worker --greenlets N`")
             return cli.EXIT_CONFIG
+    admin = None
+    if args.admin_bind:
+        from .config import parse_address
+
+        try:
+            admin = parse_address(args.admin_bind)
+            if admin[0] == "unix":
+                raise ValueError("--admin-bind takes HOST:PORT")
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            log.error("--admin-bind %r: %s", args.admin_bind, e)
+            return cli.EXIT_CONFIG
     os.environ[ENV_VAR] = url  # Channel()/Group() in consumers use the worker's layer
     try:
         routing = _load_routing(args.routing)
@@ -289,8 +322,17 @@ def _command(args: Any) -> int:
     except ConfigurationError as e:
         log.error("%s", e)
         return cli.EXIT_CONFIG
+    if admin is not None:
+        from .worker_metrics import serve_metrics
+
+        try:
+            address = serve_metrics(worker, admin[0], admin[1])
+        except OSError as e:
+            log.error("cannot serve metrics on %s: %s", args.admin_bind, e)
+            return cli.EXIT_CONFIG
+        log.info("metrics on http://%s:%d/metrics", *address)
     try:
-        worker.layer.receive(worker.channels, block=False)
+        worker.layer.channel_statistics(worker.channels[0])  # reachable? (takes nothing)
     except LayerUnavailable as e:
         log.warning("channel layer not reachable at start-up (%s); the worker will keep retrying", e)
     worker.run()
@@ -333,6 +375,7 @@ def register(subparsers: Any) -> None:
                help="seconds a send to a full channel is retried before it is dropped")
     add_option(parser, "--grace", type=float, default=30.0,
                help="seconds to finish in-flight messages after SIGTERM")
+    add_option(parser, "--admin-bind", default="", metavar="HOST:PORT", help="serve Prometheus /metrics here")
     add_option(parser, "--log-level", default="info", help="logging level")
     parser.set_defaults(func=_command)
 
