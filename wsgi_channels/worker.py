@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from queue import Queue
 from typing import Any, Iterable, Optional, Sequence
 
@@ -90,7 +90,7 @@ class Worker:
         self.stats = {"messages": 0, "errors": 0, "unrouted": 0, "restarts": 0}
         self.by_channel: Counter[str] = Counter()
         self.errors_by_channel: Counter[str] = Counter()
-        self.seconds_by_channel: Counter[str] = Counter()  # type: ignore[assignment]
+        self.seconds_by_channel: dict[str, float] = defaultdict(float)
         self._stats_lock = threading.Lock()
         self._stopping = threading.Event()
         self.mode = mode
