@@ -137,6 +137,20 @@ def test_compression_negotiated_and_round_trips():
     assert [e.data for e in client.events()] == [text]
 
 
+def test_deflate_bomb_is_stopped_near_the_limit():
+    import tracemalloc
+
+    client, server, _, _, _ = handshake(compression=True, max_message_size=100_000)
+    data = client.send(BytesMessage(data=b"\0" * 50_000_000))  # ~50 KB on the wire
+    assert len(data) < 100_000
+    tracemalloc.start()
+    out, messages = server.receive_data(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert messages == [] and server.close_code == wsp.CLOSE_TOO_BIG
+    assert peak < 10_000_000, peak
+
+
 def test_subprotocol_and_encoded_frame_are_readable_by_a_client():
     client, server, accepted, _, _ = handshake(subprotocols=["chat.v1", "chat.v2"])
     assert accepted.subprotocol == "chat.v2"

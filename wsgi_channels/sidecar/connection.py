@@ -585,6 +585,7 @@ class ClientConnection:
         stats = self.sidecar.stats
         stats.handshakes["accepted"] += 1
         stats.websockets_open += 1
+        stats.http_open -= 1  # counted as HTTP until the upgrade
         access_log.info("%s WSCONNECT %s", _addr(self.peer), self.path)
         if trailing:
             gevent.spawn(self._on_ws_data, trailing)  # frames sent before our 101: handle them on a reader

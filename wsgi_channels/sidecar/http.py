@@ -29,6 +29,7 @@ _REASONS = {
     503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
 SERVER_HEADER = (b"server", b"wsgi-channels-sidecar")
+_MIGHT_SWITCH_PROTOCOL = getattr(h11, "MIGHT_SWITCH_PROTOCOL")  # exported at run time, not in h11's stubs
 
 
 @dataclass
@@ -84,7 +85,7 @@ class HttpConnection:
 
     @property
     def client_done(self) -> bool:
-        return self._h11.their_state in (h11.DONE, h11.MIGHT_SWITCH_PROTOCOL)
+        return self._h11.their_state in (h11.DONE, _MIGHT_SWITCH_PROTOCOL)
 
     @property
     def response_started(self) -> bool:
@@ -160,8 +161,8 @@ class RequestInfo:
     """Where a request came from and went to, after (optional) proxy headers."""
 
     scheme: str
-    client: list | None
-    server: list | None
+    client: list[Any] | None
+    server: list[Any] | None
     host: bytes | None
 
 
@@ -193,7 +194,7 @@ def request_info(headers: Sequence[tuple[bytes, bytes]], peer: Any, local: Any, 
 
 
 def connect_message(*, reply_channel: str, target: bytes, headers: Sequence[tuple[bytes, bytes]],
-                    info: RequestInfo, root_path: str, subprotocols: list[str]) -> dict:
+                    info: RequestInfo, root_path: str, subprotocols: list[str]) -> dict[str, Any]:
     """The ``websocket.connect`` message (order 0). Raises ``InvalidRequest`` for a bad target."""
     path, query_string = split_target(target)
     return {

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -53,6 +53,9 @@ CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
 CLOSE_TRY_AGAIN = 1013
+
+#: Compressed input is handed to the inflater this many bytes at a time (see receive_data).
+_INFLATE_SLICE = 1024
 
 
 @dataclass
@@ -185,7 +188,7 @@ class WebSocketSession:
     def __init__(self, extensions: list[Extension] | None = None, trailing_data: bytes = b"",
                  max_message_size: int = 1 << 20) -> None:
         self._conn = Connection(ConnectionType.SERVER, extensions or None)
-        self._parts: list = []
+        self._parts: list[Any] = []
         self._size = 0
         self._text = False
         self.max_message_size = max_message_size
@@ -200,7 +203,7 @@ class WebSocketSession:
     def open(self) -> bool:
         return self._conn.state is ConnectionState.OPEN
 
-    def receive_data(self, data: bytes | None) -> tuple[bytes, list]:
+    def receive_data(self, data: bytes | None) -> tuple[bytes, list[str | bytes]]:
         """Feed bytes from the peer (``None`` = the peer's socket closed)."""
         if self.closed:
             return b"", []
@@ -209,13 +212,28 @@ class WebSocketSession:
             if self.close_code is None:
                 self.close_code = CLOSE_ABNORMAL
             return b"", []
-        self._conn.receive_data(data)
-        return self.pending()
+        if not self.compressed or len(data) <= _INFLATE_SLICE:
+            self._conn.receive_data(data)
+            return self.pending()
+        # wsproto inflates everything it has been given in one call, without a bound: feed a
+        # compressed stream in small slices so the size limit is checked before a "deflate
+        # bomb" (about 1000:1) can inflate past it by much.
+        out = b""
+        messages: list[str | bytes] = []
+        view = memoryview(data)
+        for i in range(0, len(data), _INFLATE_SLICE):
+            self._conn.receive_data(bytes(view[i:i + _INFLATE_SLICE]))
+            more_out, more = self.pending()
+            out += more_out
+            messages += more
+            if self.closed or not self.open:
+                break
+        return out, messages
 
-    def pending(self) -> tuple[bytes, list]:
+    def pending(self) -> tuple[bytes, list[str | bytes]]:
         """Process what has been fed: the bytes to write and the finished messages."""
         out = b""
-        messages: list = []
+        messages: list[str | bytes] = []
         for event in self._conn.events():
             if isinstance(event, (TextMessage, BytesMessage)):
                 if not self.open:
@@ -226,7 +244,8 @@ class WebSocketSession:
                     out += self.close(CLOSE_TOO_BIG, "message too big")
                     break
                 if event.message_finished and not self._parts:
-                    messages.append(event.data)
+                    data = event.data
+                    messages.append(bytes(data) if isinstance(data, bytearray) else data)
                 else:
                     self._text = isinstance(event, TextMessage)
                     self._parts.append(event.data)
