@@ -17,38 +17,33 @@ A blocking ``receive`` is woken by pub/sub (:mod:`._redis_wakeup`) when a queue 
 watches on any shard gets a message, so it wakes within milliseconds no matter
 which shard the message lands on, and only the scripts ever pop.
 
-Connections are made lazily per process id (gunicorn forks after import), never
-retried behind the caller's back (a resent ``send`` could deliver twice), and a
-failure raises :class:`~wsgi_channels.exceptions.LayerUnavailable`; the next call
-connects afresh, so a Redis restart needs no process restart.
+Connections (:mod:`._redis_conn`) are made lazily per process (gunicorn forks
+after import), never retried behind the caller's back (a resent ``send`` could
+deliver twice), and a failure raises
+:class:`~wsgi_channels.exceptions.LayerUnavailable`; the next call connects
+afresh, so a Redis restart needs no process restart.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import logging
-import os
 import re
-import select
 import threading
 import time
 from collections import deque
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-import hiredis
 import msgpack
-import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from .. import exceptions as exc
 from ..serialization import encode
+from . import _redis_conn
 from . import _redis_scripts as scripts
-from ._redis_wakeup import Doorbell
+from ._redis_conn import Script, Shard, run_everywhere
 from .base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
 from .hashring import HashRing
 
@@ -57,254 +52,17 @@ __all__ = ["RedisChannelLayer"]
 log = logging.getLogger(__name__)
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,100}$")
-_NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _CACHE_LIMIT = 10_000
 
-_READ_SIZE = 65536
-
-# Bumped in every forked child: per-process state compares it instead of calling getpid().
-_fork_generation = 0
-
-
-def _after_fork() -> None:
-    global _fork_generation
-    _fork_generation += 1
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
-_pack = hiredis.pack_command  # packs a command in C; redis-py's own packer costs several microseconds
-
-
-class _Script:
-    """A Lua script known by its SHA1; loaded on demand (after a Redis restart too)."""
-
-    __slots__ = ("source", "sha")
-
-    def __init__(self, source: str) -> None:
-        self.source = source.encode()
-        self.sha = hashlib.sha1(self.source).hexdigest()
-
-
-_SEND = _Script(scripts.SEND)
-_RECEIVE = _Script(scripts.RECEIVE)
-_RECEIVE_MANY = _Script(scripts.RECEIVE_MANY)
-_FANOUT = _Script(scripts.FANOUT)
-_MEMBERS = _Script(scripts.MEMBERS)
-_GROUP_ADD = _Script(scripts.GROUP_ADD)
-_GROUP_DISCARD = _Script(scripts.GROUP_DISCARD)
-_EVICT = _Script(scripts.EVICT)
-_STATS = _Script(scripts.STATS)
-
-
-class _Link:
-    """One connection: redis-py connects it (TLS, AUTH, SELECT); replies are read with our own
-    hiredis reader straight from its socket, which keeps the per-call cost to a few microseconds."""
-
-    __slots__ = ("conn", "sock", "reader", "poll")
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.sock: Any = None
-        self.reader: Any = None
-        self.poll: Any = None
-
-    def connect(self) -> float:
-        """Connect; returns the Redis clock's offset from ours in ms (measured around one ``TIME``)."""
-        self.conn.connect()
-        self.sock = self.conn._sock
-        self.reader = hiredis.Reader(replyError=ResponseError)
-        self.poll = select.poll()
-        self.poll.register(self.sock, select.POLLIN)
-        before = time.time()
-        self.sock.sendall(_pack(("TIME",)))
-        seconds, micros = self.read()
-        after = time.time()
-        return int(seconds) * 1000 + int(micros) / 1000 - (before + after) * 500
-
-    def stale(self) -> bool:
-        """Readable while idle: closed by the server (a restart) or out of step."""
-        return bool(self.poll.poll(0))
-
-    def disconnect(self) -> None:
-        self.sock = self.poll = None
-        self.conn.disconnect()
-
-    def read(self) -> Any:
-        reader = self.reader
-        reply = reader.gets()
-        while reply is False:
-            data = self.sock.recv(_READ_SIZE)
-            if not data:
-                raise RedisConnectionError("connection closed by the server")
-            reader.feed(data)
-            reply = reader.gets()
-        return reply
-
-
-class _Shard:
-    """One Redis server: a small per-process connection pool and its wake-up listener."""
-
-    def __init__(self, url: str, options: dict[str, Any]) -> None:
-        parts = urlsplit(url)
-        pool = redis.ConnectionPool.from_url(url, **options)
-        self.connection_class = pool.connection_class
-        self.connection_kwargs = pool.connection_kwargs
-        pool.disconnect()
-        kw = self.connection_kwargs
-        self.label = f"{parts.scheme}://{kw.get('host', parts.hostname)}:{kw.get('port', parts.port)}/{kw.get('db', 0)}"
-        self.identity = f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
-        self._generation = _fork_generation
-        self.clock_offset = 0.0  # Redis clock minus ours, in ms, from the latest connection
-        self._free: deque = deque()
-        self._bell: Doorbell | None = None
-        self._bell_lock = threading.Lock()
-
-    # -- connections ------------------------------------------------------------------------
-
-    def _new_connection(self) -> Any:
-        return self.connection_class(**self.connection_kwargs)
-
-    def _check_pid(self) -> None:
-        if self._generation != _fork_generation:
-            # Forked: the parent's sockets and listener stay the parent's (abandoned, never closed).
-            self._generation = _fork_generation
-            self._free = deque()
-            self._bell = None
-            self._bell_lock = threading.Lock()
-
-    def acquire(self) -> _Link:
-        if self._generation != _fork_generation:
-            self._check_pid()
-        try:
-            link = self._free.pop()
-        except IndexError:
-            link = _Link(self._new_connection())
-        try:
-            if link.sock is None:
-                self.clock_offset = link.connect()
-            elif link.stale():
-                # Nothing was sent on it yet, so a fresh connection is safe.
-                link.disconnect()
-                self.clock_offset = link.connect()
-        except _NETWORK_ERRORS as e:
-            link.disconnect()
-            raise self.unavailable(e) from e
-        return link
-
-    def release(self, link: _Link) -> None:
-        if self._generation == _fork_generation:
-            self._free.append(link)
-
-    def now_ms(self) -> int:
-        """Now on this server's clock, in ms (our clock plus the offset measured at connect)."""
-        return int(time.time() * 1000 + self.clock_offset)
-
-    def unavailable(self, error: BaseException) -> exc.LayerUnavailable:
-        return exc.LayerUnavailable(
-            f"Redis at {self.label} is unavailable ({type(error).__name__}: {error}); "
-            "the call did not complete. The layer reconnects on the next call."
-        )
-
-    def execute(self, *args: Any, now: bool = False) -> Any:
-        """Run one command; network failures become ``LayerUnavailable``, error replies are raised.
-
-        ``now=True`` appends the current time on this server's clock (ms) as the last argument.
-        """
-        link = self.acquire()
-        ok = False
-        try:
-            link.sock.sendall(_pack(args + (self.now_ms(),) if now else args))
-            reply = link.read()
-            ok = True
-        except _NETWORK_ERRORS as e:
-            raise self.unavailable(e) from e
-        finally:
-            if ok:
-                self.release(link)
-            else:  # interrupted mid-command: never reuse a connection that is out of step
-                link.disconnect()
-        if type(reply) is ResponseError:
-            raise _error(reply)
-        return reply
-
-    def script(self, script: _Script, keys: Sequence[Any], args: Sequence[Any], now: bool = False) -> Any:
-        try:
-            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args, now=now)
-        except NoScriptError:
-            self.execute("SCRIPT", "LOAD", script.source)
-            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args, now=now)
-
-    def bell(self) -> Doorbell:
-        self._check_pid()
-        bell = self._bell
-        if bell is None:
-            with self._bell_lock:
-                if self._bell is None:
-                    self._bell = Doorbell(self._new_connection, self.label)
-                bell = self._bell
-        return bell
-
-    def close(self) -> None:
-        if self._bell is not None:
-            self._bell.close()
-            self._bell = None
-        if self._generation == _fork_generation:
-            while self._free:
-                self._free.pop().disconnect()
-
-
-def _error(reply: ResponseError) -> ResponseError:
-    message = str(reply)
-    if message.startswith("NOSCRIPT"):
-        return NoScriptError(message)
-    return reply
-
-
-def _run_everywhere(shards: Sequence[_Shard], script: _Script, keys: Sequence[Any], args: Sequence[Any],
-                    now: bool = False) -> list:
-    """Run ``script`` on every shard at once: send to all, then read all (one round trip of latency)."""
-    if len(shards) == 1:
-        return [shards[0].script(script, keys, args, now)]
-    links: list[_Link] = []
-    replies: list = []
-    failed: _Shard | None = None
-    error: BaseException | None = None
-    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-    try:
-        for shard in shards:
-            failed = shard
-            links.append(shard.acquire())
-        for shard, link in zip(shards, links):
-            failed = shard
-            link.sock.sendall(_pack(command + (shard.now_ms(),) if now else command))
-        for shard, link in zip(shards, links):
-            failed = shard
-            replies.append(link.read())
-    except exc.LayerUnavailable:
-        for link in links:
-            link.disconnect()
-        raise
-    except _NETWORK_ERRORS as e:
-        error = e
-    except BaseException:
-        for link in links:
-            link.disconnect()
-        raise
-    if error is not None:
-        for link in links:
-            link.disconnect()
-        raise failed.unavailable(error) from error  # type: ignore[union-attr]
-    for shard, link in zip(shards, links):
-        shard.release(link)
-    for i, reply in enumerate(replies):
-        if type(reply) is ResponseError:
-            reply = _error(reply)
-            if isinstance(reply, NoScriptError):
-                replies[i] = shards[i].script(script, keys, args, now)
-            else:
-                raise reply
-    return replies
+_SEND = Script(scripts.SEND)
+_RECEIVE = Script(scripts.RECEIVE)
+_RECEIVE_MANY = Script(scripts.RECEIVE_MANY)
+_FANOUT = Script(scripts.FANOUT)
+_MEMBERS = Script(scripts.MEMBERS)
+_GROUP_ADD = Script(scripts.GROUP_ADD)
+_GROUP_DISCARD = Script(scripts.GROUP_DISCARD)
+_EVICT = Script(scripts.EVICT)
+_STATS = Script(scripts.STATS)
 
 
 def _fernet(keys: Any) -> Any:
@@ -389,7 +147,7 @@ class RedisChannelLayer(BaseChannelLayer):
         }
         urls = _split_urls(hosts)
         self.hosts = [urlunsplit(urlsplit(u)._replace(query="", fragment="")) for u in urls]
-        self._shards = [_Shard(u, conn_options) for u in self.hosts]
+        self._shards = [Shard(u, conn_options) for u in self.hosts]
         self._ring = HashRing([s.identity for s in self._shards], replicas=ring_replicas)
         self._expiry_ms = max(1, int(self.expiry * 1000))
         self._gexp_ms = max(1, int(self.group_expiry * 1000))
@@ -397,7 +155,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._plans: dict[tuple, list] = {}
         self._buffers: dict[str, deque] = {}
         self._buffers_lock = threading.Lock()
-        self._buffers_generation = _fork_generation
+        self._buffers_generation = _redis_conn.fork_generation()
         self._rr = 0
         self._sent = 0
 
@@ -417,7 +175,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- names to shards and keys -----------------------------------------------------------
 
-    def _shard_of(self, name: str) -> _Shard:
+    def _shard_of(self, name: str) -> Shard:
         return self._shards[self._ring.node_for(name)]
 
     def _key(self, kind: str, name: str) -> bytes:
@@ -496,8 +254,8 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _take_buffered(self, names: Iterable[str], limit: int) -> list[tuple[str, bytes]]:
         """Up to ``limit`` (channel, body) pairs from group messages already fetched for ``names``."""
-        if self._buffers_generation != _fork_generation:
-            self._buffers, self._buffers_generation = {}, _fork_generation
+        if self._buffers_generation != _redis_conn.fork_generation():
+            self._buffers, self._buffers_generation = {}, _redis_conn.fork_generation()
         taken: list[tuple[str, bytes]] = []
         expired: list[tuple[str, list[str]]] = []
         now = time.monotonic()
@@ -659,13 +417,13 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def group_channels(self, group: str) -> list[str]:
         validate_group_name(group)
-        replies = _run_everywhere(self._shards, _MEMBERS, self._group_keys(group), (self._p,))
+        replies = run_everywhere(self._shards, _MEMBERS, self._group_keys(group), (self._p,))
         return [m.decode() for reply in replies for m in reply]
 
     def send_group(self, group: str, message: dict) -> None:
         validate_group_name(group)
         body = self._seal(encode(message, self.max_message_size))
-        replies = _run_everywhere(self._shards, _FANOUT, self._group_keys(group), (
+        replies = run_everywhere(self._shards, _FANOUT, self._group_keys(group), (
             self._p, body, self._expiry_ms, self._gexp_ms, self.capacity, self.process_capacity,
             b"1" if self._capacity_rules else b"0"), now=True)
         dropped = sum(replies)
@@ -693,7 +451,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- housekeeping -----------------------------------------------------------------------
 
-    def _scan(self, shard: _Shard, patterns: Sequence[bytes]) -> Iterable[list[bytes]]:
+    def _scan(self, shard: Shard, patterns: Sequence[bytes]) -> Iterable[list[bytes]]:
         for pattern in patterns:
             cursor = b"0"
             while True:
