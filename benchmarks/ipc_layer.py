@@ -48,6 +48,7 @@ ROOT = os.path.dirname(HERE)
 PEER_VENV = "/tmp/asgi_ipc_venv"
 PEER_REQUIREMENT = "asgi_ipc==1.4.*"
 CAPACITY = 100_000
+EXPIRY = 3600  # nothing may expire during a run, however slow a contender is
 POLL_1X = 0.01  # Channels 1.x worker: sleep after an empty receive
 
 
@@ -58,11 +59,13 @@ def make_layer(kind: str, url: str) -> Any:
     if kind == "asgi_ipc":
         import asgi_ipc
 
-        return asgi_ipc.IPCChannelLayer(prefix=url, capacity=CAPACITY, message_memory=200 * 1024 * 1024)
+        return asgi_ipc.IPCChannelLayer(
+            prefix=url, capacity=CAPACITY, expiry=EXPIRY, message_memory=200 * 1024 * 1024
+        )
     sys.path.insert(0, ROOT)
     from wsgi_channels.layers import from_url
 
-    return from_url(url, capacity=CAPACITY, process_capacity=CAPACITY)
+    return from_url(url, capacity=CAPACITY, process_capacity=CAPACITY, expiry=EXPIRY)
 
 
 def receive_one(kind: str, layer: Any, channels: list[str], timeout: float) -> tuple[Any, Any]:
@@ -254,14 +257,16 @@ class Contender:
         for line in out.splitlines():
             if line.startswith("RESULT "):
                 return json.loads(line[7:])
-        raise RuntimeError(f"role failed ({proc.returncode}): {err.strip()[-2000:]}")
+        last = (err.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{last} (exit status {proc.returncode})")
 
     def receiver(self, n: int) -> subprocess.Popen:
         proc = self.start("recv", n)
         line = proc.stdout.readline().strip()
         if line != "ready":
             proc.kill()
-            raise RuntimeError(f"receiver did not start: {proc.communicate()[1][-2000:]}")
+            last = (proc.communicate()[1].strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"receiver did not start: {last}")
         return proc
 
 
@@ -328,10 +333,11 @@ def print_table(results: dict[str, dict[str, float] | str]) -> None:
     columns = [("stream", "stream msg/s", 0), ("busy", "busy store msg/s", 0), ("batch", "send-then-receive msg/s", 0),
                ("p50", "wake p50 ms", 2), ("p99", "wake p99 ms", 2), ("idle", "idle CPU %", 2)]
     header = ["layer"] + [title for _, title, _ in columns]
-    rows = []
+    rows, notes = [], []
     for label, res in results.items():
         if isinstance(res, str):
-            rows.append([label, res] + [""] * (len(columns) - 1))
+            rows.append([label] + ["-"] * len(columns))
+            notes.append(f"{label}: {res}")
         else:
             rows.append([label] + [fmt(res.get(key), d) for key, _, d in columns])
     ours, peer = results.get("ipc:// (wsgi_channels)"), results.get("asgi_ipc 1.4")
@@ -351,6 +357,8 @@ def print_table(results: dict[str, dict[str, float] | str]) -> None:
     for r in rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)))
     print(line)
+    for note in notes:
+        print(note)
 
 
 def main() -> int:
@@ -358,7 +366,8 @@ def main() -> int:
         run_role(sys.argv[2:])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--messages", type=int, default=2000,
+                        help="per throughput row (asgi_ipc slows down with every queued message: keep it modest)")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle receive to measure CPU")
     parser.add_argument("--quick", action="store_true", help="1,000 messages, 2 s idle")
     parser.add_argument("--no-peer", action="store_true", help="skip asgi_ipc")

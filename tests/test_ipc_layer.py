@@ -9,6 +9,7 @@ safety and cleanup of expired rows. Speed figures live in
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from typing import Iterator
 
 import pytest
 
@@ -62,8 +64,19 @@ def finish(proc: subprocess.Popen, timeout: float = 60) -> str:
     return out
 
 
-def raw(path: str) -> sqlite3.Connection:
-    return sqlite3.connect(path, timeout=10)
+@contextlib.contextmanager
+def raw(path: str) -> Iterator[sqlite3.Connection]:
+    """A plain SQLite connection to look inside the store, as an operator would."""
+    conn = sqlite3.connect(path, timeout=10)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def query(path: str, sql: str) -> list:
+    with raw(path) as conn:
+        return conn.execute(sql).fetchall()
 
 
 def wait_for_waiter(path: str, queue: str, timeout: float = 20) -> None:
@@ -663,5 +676,19 @@ def test_locked_store_raises_layer_unavailable_then_recovers(store):
         holder.close()
         layer.send("locked.q", {"x": 2})
         assert layer.receive(["locked.q"]) == ("locked.q", {"x": 2})
+    finally:
+        layer.close()
+
+
+def test_receiver_whose_socket_file_vanished_registers_again(store):
+    layer = IpcChannelLayer(store, poll_interval=0.2)
+    try:
+        assert layer.receive(["vanish.q"], block=True, timeout=0.05) == (None, None)
+        (addr,) = [r[0] for r in query(store, "SELECT addr FROM waiters WHERE queue = 'vanish.q'")]
+        os.unlink(addr)  # as a temporary-files cleaner might
+        # The receiver notices at its next safety-net look and registers a new socket.
+        assert layer.receive(["vanish.q"], block=True, timeout=0.5) == (None, None)
+        (new_addr,) = [r[0] for r in query(store, "SELECT addr FROM waiters WHERE queue = 'vanish.q'")]
+        assert new_addr != addr and os.path.exists(new_addr)
     finally:
         layer.close()

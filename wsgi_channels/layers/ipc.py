@@ -458,7 +458,11 @@ class IpcChannelLayer(BaseChannelLayer):
                 if waiter is None:
                     waiter = self._get_waiter(names)
                     continue  # registered: look once more before sleeping, so no send is missed
-                waiter.wait(min(remaining, self.poll_interval))
+                if not waiter.wait(min(remaining, self.poll_interval)) and not os.path.exists(waiter.addr):
+                    # Its file was removed (a tmp cleaner, an operator): senders cannot reach it.
+                    self._discard_waiter(waiter)
+                    waiter = None
+                    continue
                 waiter.drain()
                 self._sweep()
         finally:
