@@ -333,3 +333,62 @@ class Stack:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class LayerConsumer:
+    """The test as the app: a thread answering ``websocket.*`` on a real layer, recording everything.
+
+    Accepts every connect, echoes text frames (``"flood N SIZE"`` answers with N frames of
+    SIZE bytes instead), and records disconnects by reply channel.
+    """
+
+    def __init__(self, url: str) -> None:
+        import threading
+
+        from wsgi_channels.layers import from_url
+
+        self.layer = from_url(url)
+        self.connects: list = []
+        self.disconnects: list = []
+        self.received = 0
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "LayerConsumer":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        layer = self.layer
+        while not self.stopping.is_set():
+            try:
+                channel, m = layer.receive(["websocket.connect", "websocket.receive", "websocket.disconnect"],
+                                           block=True, timeout=0.5)
+            except Exception:
+                time.sleep(0.1)
+                continue
+            if channel == "websocket.connect":
+                self.connects.append(m["reply_channel"])
+                layer.send(m["reply_channel"], {"accept": True})
+            elif channel == "websocket.receive":
+                self.received += 1
+                text = m.get("text") or ""
+                if text.startswith("flood "):
+                    _, n, size = text.split()
+                    for i in range(int(n)):
+                        try:
+                            layer.send(m["reply_channel"], {"bytes": b"f" * int(size)})
+                        except Exception:
+                            time.sleep(0.01)
+                elif text:
+                    try:
+                        layer.send(m["reply_channel"], {"text": text})
+                    except Exception:
+                        pass
+            elif channel == "websocket.disconnect":
+                self.disconnects.append((m["reply_channel"], m["code"]))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.layer.close()
