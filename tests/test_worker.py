@@ -457,3 +457,35 @@ def test_worker_start_up_check_takes_no_message(tmp_path, redis_url):
     finally:
         layer.close()
         assert proc.stop() == 0
+
+
+def test_worker_takes_batches_from_a_backlog(redis_url):
+    """With messages queued up, the receiver fetches several per round trip, never more than free executors."""
+    layer = from_url(redis_url + "?capacity=1000")
+    sizes = []
+    real_batch = layer.receive_batch
+
+    def counting_batch(channels, limit=100, **kw):
+        got = real_batch(channels, limit=limit, **kw)
+        sizes.append((limit, len(got)))
+        return got
+
+    layer.receive_batch = counting_batch
+    seen, lock = [], threading.Lock()
+
+    def consumer(message):
+        with lock:
+            seen.append(message["n"])
+
+    for n in range(300):
+        layer.send("batch.test", {"n": n})
+    worker = Worker([route("batch.test", consumer)], layer, concurrency=4).start()
+    try:
+        assert wait_for(lambda: len(seen) == 300, timeout=20)
+    finally:
+        worker.stop(grace=2)
+        layer.flush()
+        layer.close()
+    assert sorted(seen) == list(range(300)), "every message once"
+    assert any(n > 1 for _, n in sizes), sizes
+    assert all(n <= limit <= 4 for limit, n in sizes)

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _RECEIVE_TIMEOUT = 1.0
 _MAX_BACKOFF = 5.0
+_PROBE_EVERY = 8
 
 
 def select_channels(channels: Iterable[str], only: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
@@ -113,28 +114,46 @@ class Worker:
 
     def _receive_loop(self) -> None:
         channels, layer, slots, queue = self.channels, self.layer, self._slots, self._queue
+        # Layers with ``receive_batch`` (Redis) fetch several waiting messages in one round
+        # trip. Batching only pays when messages are queued up, so it is used while the last
+        # batch came back with more than one, and tried every _PROBE_EVERY receives otherwise.
+        receive_batch = getattr(layer, "receive_batch", None) if self.concurrency > 1 else None
+        backlog, probe = False, 0
         backoff = 0.0
         while not self._stopping.is_set():
             if not slots.acquire(timeout=_RECEIVE_TIMEOUT):
                 continue
+            taken = 1
+            if receive_batch is not None:
+                probe += 1
+                if backlog or probe % _PROBE_EVERY == 0:
+                    while taken < self.concurrency and slots.acquire(blocking=False):
+                        taken += 1
             try:
-                channel, content = layer.receive(channels, block=True, timeout=_RECEIVE_TIMEOUT)
+                if taken > 1:
+                    messages = receive_batch(channels, limit=taken, block=True, timeout=_RECEIVE_TIMEOUT)
+                    backlog = len(messages) > 1
+                else:
+                    channel, content = layer.receive(channels, block=True, timeout=_RECEIVE_TIMEOUT)
+                    messages = [] if channel is None else [(channel, content)]
             except LayerUnavailable as e:
-                slots.release()
+                for _ in range(taken):
+                    slots.release()
                 backoff = min(_MAX_BACKOFF, backoff * 2 or 0.05)
                 self._outage(e)
                 self._stopping.wait(random.uniform(backoff / 2, backoff))
                 continue
             except BaseException:
-                slots.release()
+                for _ in range(taken):
+                    slots.release()
                 raise
             if backoff:
                 backoff = 0.0
                 self._recovered()
-            if channel is None:
+            for item in messages:
+                queue.put(item)
+            for _ in range(taken - len(messages)):
                 slots.release()
-            else:
-                queue.put((channel, content))
 
     def _execute_loop(self) -> None:
         queue, slots, handle = self._queue, self._slots, self.handle
