@@ -7,7 +7,8 @@ One receiver thread (a greenlet under gevent) makes a blocking ``receive`` on
 the served channels whenever one of N executor threads is free, and hands the
 message over; the executor runs :func:`~wsgi_channels.consumer.run_consumer`.
 No thread is created per message, and a busy worker leaves messages queued
-for other workers. Receives are bounded (a second), so a stop request is seen
+for other workers; with a backlog, a layer that has ``receive_batch`` (Redis)
+hands over as many messages as there are free executors in one round trip. Receives are bounded (a second), so a stop request is seen
 quickly. The main thread supervises: it replaces a thread that died, and on
 SIGTERM/SIGINT it stops receiving and waits up to ``grace`` seconds for the
 messages in flight.
