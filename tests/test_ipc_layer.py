@@ -458,6 +458,7 @@ while True:
     layer.receive(["kill.churn"])
     layer.send_group("kill.g", {"i": i})
     layer.receive(["kill.m!"])
+    layer.receive_batch(["kill.m!", "kill.churn"], 3)
     layer.group_add("kill.g", "kill.m!c%d" % (i % 5))
     layer.session_set("kill.s%d" % (i % 7), b"v" * (i % 50), 60)
 """
@@ -690,5 +691,70 @@ def test_receiver_whose_socket_file_vanished_registers_again(store):
         assert layer.receive(["vanish.q"], block=True, timeout=0.5) == (None, None)
         (new_addr,) = [r[0] for r in query(store, "SELECT addr FROM waiters WHERE queue = 'vanish.q'")]
         assert new_addr != addr and os.path.exists(new_addr)
+    finally:
+        layer.close()
+
+
+# -- batches (the sidecar's reading path) -----------------------------------------------------------
+
+
+def test_receive_batch_drains_in_order_exactly_once(layer):
+    members = [f"bat.side!c{i}" for i in range(500)]
+    for m in members:
+        layer.group_add("bat.g", m)
+    layer.send("bat.side!c7", {"n": -1})
+    layer.send_group("bat.g", {"n": 0})
+    layer.send_group("bat.g", {"n": 1})
+    layer.send("bat.plain", {"n": 9})
+    got = []
+    while True:
+        batch = layer.receive_batch(["bat.side!", "bat.plain"], 300)
+        assert len(batch) <= 300
+        if not batch:
+            break
+        got += batch
+    assert len(got) == 1 + 1000 + 1
+    per_member: dict = {}
+    for channel, message in got:
+        per_member.setdefault(channel, []).append(message["n"])
+    assert per_member.pop("bat.plain") == [9]
+    assert per_member.pop("bat.side!c7") == [-1, 0, 1]  # FIFO per member
+    assert all(v == [0, 1] for v in per_member.values()) and len(per_member) == 499
+    zeros = [m for _, m in got if m["n"] == 0]
+    zeros[0]["n"] = "changed"  # every delivery is its own copy
+    assert zeros[1]["n"] == 0
+    assert layer.receive_batch(["bat.side!"], 10) == []
+    with raw(layer.path) as conn:
+        assert conn.execute("SELECT count(*) FROM targets").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 0
+
+
+def test_receive_batch_skips_expired_and_blocks_only_for_the_first(store):
+    layer = IpcChannelLayer(store, expiry=1)
+    try:
+        layer.group_add("bx.g", "bx.side!a")
+        layer.group_add("bx.g", "bx.side!b")
+        layer.send_group("bx.g", {"old": True})
+        time.sleep(1.2)
+        assert layer.receive_batch(["bx.side!"], 10, block=True, timeout=0.3) == []
+        assert layer.group_channels("bx.g") == []  # their message expired unread: evicted
+        proc = spawn(
+            """
+            import sys, time
+            from wsgi_channels.layers.ipc import IpcChannelLayer
+            layer = IpcChannelLayer(sys.argv[1])
+            for i in range(5):
+                layer.send("bx.chan", {"i": i})
+            """,
+            store,
+        )
+        batch = layer.receive_batch(["bx.chan"], 10, block=True, timeout=10)
+        finish(proc)
+        rest = layer.receive_batch(["bx.chan"], 10)
+        assert [m["i"] for _, m in batch + rest] == list(range(5))
+        with pytest.raises(ValueError):
+            layer.receive_batch(["bx.chan"], 0)
+        with pytest.raises(TypeError):
+            layer.receive_batch(["bad name"], 5)
     finally:
         layer.close()
