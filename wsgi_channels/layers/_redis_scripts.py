@@ -270,16 +270,23 @@ local dl = string.format('%013d', now + exp)
 local plain = nil
 local buckets, order = {}, {}
 local dropped = 0
+local last, lastb = nil, nil  -- members of one prefix mostly come together: skip re-slicing
 for _, c in ipairs(members) do
-  local prefix = prefix_of(c)
+  local prefix
+  if last and string.find(c, last, 1, true) == 1 then
+    prefix = last
+  else
+    prefix = prefix_of(c)
+  end
   if prefix then
-    local b = buckets[prefix]
+    local b = (prefix == last) and lastb or buckets[prefix]
     if not b then
       b = {}
       buckets[prefix] = b
       order[#order + 1] = prefix
     end
     b[#b + 1] = c
+    last, lastb = prefix, b
   else
     local q = tag_key(P, 'q', c)
     if has_room(P, q, nil, nil, caps[c] or default_cap, now) then

@@ -209,17 +209,20 @@ class RedisChannelLayer(BaseChannelLayer):
     def _seal(self, body: bytes) -> bytes:
         return self._fernet.encrypt(body) if self._fernet is not None else body
 
-    def _open(self, body: bytes | memoryview) -> dict:
-        if self._fernet is not None:
-            from cryptography.fernet import InvalidToken
+    def _plaintext(self, body: bytes | memoryview) -> bytes | memoryview:
+        if self._fernet is None:
+            return body
+        from cryptography.fernet import InvalidToken
 
-            try:
-                body = self._fernet.decrypt(bytes(body))
-            except InvalidToken:
-                raise exc.ChannelsError(
-                    "a message could not be decrypted: no key in symmetric_encryption_keys matches it"
-                ) from None
-        return msgpack.unpackb(body, raw=False, strict_map_key=True)
+        try:
+            return self._fernet.decrypt(bytes(body))
+        except InvalidToken:
+            raise exc.ChannelsError(
+                "a message could not be decrypted: no key in symmetric_encryption_keys matches it"
+            ) from None
+
+    def _open(self, body: bytes | memoryview) -> dict:
+        return msgpack.unpackb(self._plaintext(body), raw=False, strict_map_key=True)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -252,11 +255,15 @@ class RedisChannelLayer(BaseChannelLayer):
             self._plans[key] = plan
         return plan
 
-    def _take_buffered(self, names: Iterable[str], limit: int) -> list[tuple[str, bytes]]:
-        """Up to ``limit`` (channel, body) pairs from group messages already fetched for ``names``."""
+    def _take_buffered(self, names: Iterable[str], limit: int) -> list[tuple[str, dict]]:
+        """Up to ``limit`` (channel, message) pairs from group messages already fetched for ``names``.
+
+        Buffered bodies are already decrypted, so each member's copy costs one msgpack decode.
+        """
         if self._buffers_generation != _redis_conn.fork_generation():
             self._buffers, self._buffers_generation = {}, _redis_conn.fork_generation()
-        taken: list[tuple[str, bytes]] = []
+        taken: list[tuple[str, dict]] = []
+        unpack = msgpack.unpackb
         expired: list[tuple[str, list[str]]] = []
         now = time.monotonic()
         with self._buffers_lock:
@@ -270,8 +277,8 @@ class RedisChannelLayer(BaseChannelLayer):
                         expired.append((name, list(targets)))
                         continue
                     body = entry[1]
-                    while targets and len(taken) < limit:
-                        taken.append((targets.popleft(), body))
+                    for _ in range(min(len(targets), limit - len(taken))):
+                        taken.append((targets.popleft(), unpack(body, raw=False, strict_map_key=True)))
                     if not targets:
                         queue.popleft()
                 if queue is not None and not queue:
@@ -300,18 +307,19 @@ class RedisChannelLayer(BaseChannelLayer):
         if len(targets) > 1:
             deadline = time.monotonic() + (int(entry[:13]) - now_ms) / 1000.0
             rest = deque(t.decode() for t in targets[1:])
-            stored = bytes(body)
+            plain = bytes(self._plaintext(body))  # decrypted once for every member
             with self._buffers_lock:
-                self._buffers.setdefault(name, deque()).append([rest, stored, deadline])
+                self._buffers.setdefault(name, deque()).append([rest, plain, deadline])
             # Other threads of this process waiting on this prefix can take the rest now.
             self._shard_of(name).bell().ring(self._key("q", name))
+            return targets[0].decode(), msgpack.unpackb(plain, raw=False, strict_map_key=True)
         return targets[0].decode(), self._open(body)
 
     def _try_receive(self, names: list[str], plan: list) -> tuple[str, dict] | None:
         if self._buffers:
             got = self._take_buffered(names, 1)
             if got:
-                return got[0][0], self._open(got[0][1])
+                return got[0]
         self._rr += 1
         count = len(plan)
         for i in range(count):
@@ -331,7 +339,7 @@ class RedisChannelLayer(BaseChannelLayer):
             # fetched already (only validated names ever get a buffer).
             got = self._take_buffered(channels, 1)
             if got:
-                return got[0][0], self._open(got[0][1])
+                return got[0]
         names = self._receive_channels(channels)
         wait = self._block_timeout(block, timeout)
         if not names:
@@ -378,8 +386,7 @@ class RedisChannelLayer(BaseChannelLayer):
         while len(batch) < limit:
             before = len(batch)
             if self._buffers:
-                for target, body in self._take_buffered(names, limit - len(batch)):
-                    batch.append((target, self._open(body)))
+                batch += self._take_buffered(names, limit - len(batch))
             for shard, keys, flags, shard_names in plan:
                 if len(batch) >= limit:
                     break
