@@ -102,20 +102,33 @@ class _ProcessState:
         self.idle: dict[tuple[str, ...], list[wake.Waiter]] = {}
         self.all: set[wake.Waiter] = set()
         self.poker = wake.Poker()
+        self.sent = 0  # sends not yet added to the store's messages_count
+
+    def count_sent(self) -> None:
+        with self.lock:
+            self.sent += 1
+
+    def take_sent(self) -> int:
+        with self.lock:
+            n, self.sent = self.sent, 0
+        return n
 
     def release(self, pool: ConnectionPool | None = None) -> None:
         if current_pid() != self.pid:
             return
         with self.lock:
             waiters, self.all, self.idle = list(self.all), set(), {}
-        if pool is not None and waiters:
+        sent = self.take_sent()
+        if pool is not None and (waiters or sent):
             try:
                 with pool.connection() as conn:
                     conn.execute("BEGIN IMMEDIATE")
                     conn.executemany("DELETE FROM waiters WHERE addr = ?", [(w.addr,) for w in waiters])
+                    if sent:
+                        IpcChannelLayer._bump(conn, "messages_count", sent)
                     conn.execute("COMMIT")
-            except Exception as e:  # the rows go anyway when a sender finds the socket dead
-                log.debug("could not unregister waiters: %s", e)
+            except Exception as e:  # dead sockets' rows go anyway when a sender finds them
+                log.debug("could not unregister waiters or record sends: %s", e)
         for w in waiters:
             w.close()
         self.poker.close()
@@ -156,8 +169,6 @@ class IpcChannelLayer(BaseChannelLayer):
         self._rr = 0
         self._last_sweep = 0.0
         self._last_stale_check = time.monotonic()
-        self._sent = 0  # sends not yet added to the shared messages_count
-        self._sent_lock = threading.Lock()
         with self._pool.connection():  # open now: a bad path fails here, not at the first send
             pass
 
@@ -271,14 +282,9 @@ class IpcChannelLayer(BaseChannelLayer):
 
     def _flush_sent(self, conn: sqlite3.Connection) -> None:
         """Add this process's recent sends to the shared messages_count (batched: one write a second)."""
-        with self._sent_lock:
-            n, self._sent = self._sent, 0
+        n = self._process_state().take_sent()
         if n:
             self._bump(conn, "messages_count", n)
-
-    def _sent_one(self) -> None:
-        with self._sent_lock:
-            self._sent += 1
 
     # -- expiry -------------------------------------------------------------------------------
 
@@ -323,7 +329,7 @@ class IpcChannelLayer(BaseChannelLayer):
                 " OR EXISTS (SELECT 1 FROM kv WHERE expires <= ?1)",
                 (now,),
             ).fetchone()[0]
-            if not due and not stale and not self._sent:
+            if not due and not stale and not self._state.sent:
                 return
             with self._transaction(conn):
                 self._flush_sent(conn)
@@ -378,7 +384,7 @@ class IpcChannelLayer(BaseChannelLayer):
                         self._bump(conn, "channel_full_count", 1)
             if inserted != 1:
                 raise self.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
-            self._sent_one()
+            self._process_state().count_sent()
             self._poke(conn, [queue])
 
     def _order(self, conn: sqlite3.Connection, names: list[str]) -> list[str]:
@@ -713,7 +719,7 @@ class IpcChannelLayer(BaseChannelLayer):
         """Store-wide figures, shared by every process (the full/drop counters too)."""
         self._sweep(force=True)
         with self._connection() as conn:
-            if self._sent:
+            if self._state.sent:
                 with self._transaction(conn):
                     self._flush_sent(conn)
             conn.execute("BEGIN")
@@ -745,12 +751,6 @@ class IpcChannelLayer(BaseChannelLayer):
 
     def close(self) -> None:
         """Unregister and remove this process's wake-up sockets and close its connections."""
-        if self._sent:
-            try:
-                with self._write() as conn:
-                    self._flush_sent(conn)
-            except (StoreError, LayerUnavailable) as e:
-                log.debug("could not record sends at close: %s", e)
         if self._state.pid == current_pid():
             self._finalizer.detach()
             self._state.release(self._pool)
