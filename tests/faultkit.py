@@ -380,9 +380,10 @@ class LayerConsumer:
                             layer.send(m["reply_channel"], {"bytes": b"f" * int(size)})
                         except Exception:
                             time.sleep(0.01)
-                elif text:
+                else:
+                    reply = {"text": text} if m.get("text") is not None else {"bytes": m.get("bytes") or b""}
                     try:
-                        layer.send(m["reply_channel"], {"text": text})
+                        layer.send(m["reply_channel"], reply)
                     except Exception:
                         pass
             elif channel == "websocket.disconnect":
