@@ -473,6 +473,28 @@ def test_statistics_and_extensions(layer):
     assert layer.channel_statistics("stats.chan")["messages_pending"] == 0
 
 
+def test_receive_batch_takes_a_backlog_in_order(layer):
+    assert layer.receive_batch(["batch.a"], limit=10) == []
+    for i in range(5):
+        layer.send("batch.a", {"i": i})
+        layer.send(f"batch.p!c{i}", {"i": i})
+    layer.group_add("batch.g", "batch.p!x")
+    layer.group_add("batch.g", "batch.p!y")
+    layer.send_group("batch.g", {"g": True})
+    got = layer.receive_batch(["batch.a", "batch.p!"], limit=4)
+    assert len(got) == 4
+    rest = layer.receive_batch(["batch.a", "batch.p!"], limit=100, block=True, timeout=1)
+    everything = got + rest
+    assert len(everything) == 12
+    assert [m["i"] for c, m in everything if c == "batch.a"] == list(range(5))
+    assert [m.get("i") for c, m in everything if c.startswith("batch.p!c")] == list(range(5))
+    assert sorted(c for c, m in everything if m.get("g")) == ["batch.p!x", "batch.p!y"]
+    assert layer.receive_batch(["batch.a", "batch.p!"], limit=3) == []
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(ValueError):
+            layer.receive_batch(["batch.a"], limit=bad)
+
+
 def test_receive_many_is_a_deprecated_alias(layer):
     layer.send("alias.chan", {"x": 1})
     with warnings.catch_warnings(record=True) as caught:

@@ -283,6 +283,28 @@ class BaseChannelLayer:
     def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
         raise NotImplementedError
 
+    def receive_batch(self, channels: Iterable[str], limit: int = 100, block: bool = False,
+                      timeout: float | None = None) -> list[tuple[str, dict]]:
+        """Up to ``limit`` waiting messages at once, waiting (like :meth:`receive`) only for the first.
+
+        Readers of busy channels (the worker, the sidecar's ``prefix!`` loop) use it to
+        take a backlog in few operations; backends override it to do so in one round trip.
+        Delivery rules are those of :meth:`receive` (FIFO per channel, at most once).
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an int of at least 1, got {limit!r}")
+        names = self._receive_channels(channels)
+        first = self.receive(names, block=block, timeout=timeout)
+        if first[0] is None:
+            return []
+        batch = [first]
+        while len(batch) < limit:
+            item = self.receive(names)
+            if item[0] is None:
+                break
+            batch.append(item)
+        return batch
+
     def receive_many(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
         """Deprecated alias of :meth:`receive` (ASGI v1 name)."""
         warnings.warn("receive_many() is deprecated; use receive()", DeprecationWarning, stacklevel=2)
