@@ -27,7 +27,7 @@ from typing import Iterator
 
 import pytest
 
-from wsgi_channels.exceptions import LayerUnavailable, StoreError
+from wsgi_channels.exceptions import ConfigurationError, LayerUnavailable, StoreError
 from wsgi_channels.layers import from_url
 from wsgi_channels.layers._ipc_store import APPLICATION_ID
 from wsgi_channels.layers._ipc_wake import wake_dir_for
@@ -100,7 +100,13 @@ def test_url_selects_path_and_options(tmp_path):
         assert isinstance(layer, IpcChannelLayer)
         assert layer.path == str(path)
         assert (layer.capacity, layer.expiry, layer.poll_interval) == (7, 3.0, 0.25)
-        assert from_url(f"ipc://{path}", capacity=9).capacity == 9  # keywords win over the query
+        other = from_url(f"ipc://{path}?capacity=7", capacity=9)
+        assert other.capacity == 9  # keywords win over the query
+        other.close()
+        with pytest.raises(ConfigurationError, match="capacty"):
+            from_url(f"ipc://{path}?capacty=5")
+        with pytest.raises(ConfigurationError, match="poll_interval"):
+            from_url(f"ipc://{path}?poll_interval=soon")
     finally:
         layer.close()
 
