@@ -5,11 +5,11 @@ Why this design:
 * A receiver that must block binds a datagram socket in a private directory
   beside the store (``<store>-wake/``, mode 0700, so only the owner can poke it)
   and records its address in the store's ``waiters`` table for the queues it
-  reads. A sender looks up the waiters of its queues inside its own write
-  transaction and, after commit, sends each of them one byte with a
-  non-blocking ``sendto``: one system call per waiter, no file to open.
+  reads. After its insert commits, a sender looks up the waiters of its queues
+  and sends each of them one byte with a non-blocking ``sendto``: one system
+  call per waiter, no file to open.
 * Registration commits before the receiver's last look at its queues, and the
-  sender reads the waiters in the same transaction as its insert, so every
+  sender reads the registrations after its message is committed, so every
   message either is seen by that look or finds the waiter registered: no lost
   wake-up. A poke that arrives before the receiver starts waiting stays queued
   in the socket, so ``wait`` returns at once.
@@ -168,7 +168,7 @@ def pid_alive(pid: int) -> bool:
 
 def remove_stale(directory: str) -> list[str]:
     """Unlink socket files of processes that no longer exist; return their addresses."""
-    gone = []
+    gone: list[str] = []
     try:
         names = os.listdir(directory)
     except OSError:
