@@ -137,6 +137,20 @@ def test_compression_negotiated_and_round_trips():
     assert [e.data for e in client.events()] == [text]
 
 
+def test_large_compressed_messages_survive_sliced_inflation():
+    import os as _os
+
+    client, server, _, _, _ = handshake(compression=True)
+    texts = [_os.urandom(150_000).hex(), "abc" * 100_000]
+    data = b"".join(client.send(TextMessage(data=t)) for t in texts)
+    data += client.send(Ping(payload=b"between"))
+    data += client.send(BytesMessage(data=b"tail", message_finished=True))
+    out, messages = server.receive_data(data)
+    assert messages == texts + [b"tail"]
+    client.receive_data(out)
+    assert [e.payload for e in client.events() if isinstance(e, Pong)] == [b"between"]
+
+
 def test_deflate_bomb_is_stopped_near_the_limit():
     import tracemalloc
 
