@@ -342,6 +342,8 @@ def test_from_url_forms(redis_shards, made):
         from_url(f"{urls[0]}?capacity=1,{urls[1]}?capacity=2")
     with pytest.raises(exc.ConfigurationError, match="prefix"):
         from_url(urls[0], prefix="bad{prefix}")
+    with pytest.raises(exc.ConfigurationError, match="capasity"):
+        from_url(urls[0] + "?capasity=3")
     with pytest.raises(exc.ConfigurationError, match="redis"):
         RedisChannelLayer(hosts=[urls[0], "http://x:1/"])
 

@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,100}$")
 _CACHE_LIMIT = 10_000
+#: Keywords a layer URL's query string may set (the rest are Python-only: lists, dicts).
+_URL_OPTIONS = frozenset({"expiry", "group_expiry", "capacity", "max_message_size", "process_capacity",
+                          "prefix", "socket_timeout", "socket_connect_timeout", "ring_replicas"})
 
 _SEND = Script(scripts.SEND)
 _RECEIVE = Script(scripts.RECEIVE)
@@ -152,6 +155,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._expiry_ms = max(1, int(self.expiry * 1000))
         self._gexp_ms = max(1, int(self.group_expiry * 1000))
         self._send_cache: dict[str, tuple] = {}
+        self._group_cache: dict[str, tuple[bytes, bytes]] = {}
+        self._rules_flag = b"1" if self._capacity_rules else b"0"
         self._plans: dict[tuple, list] = {}
         self._buffers: dict[str, deque] = {}
         self._buffers_lock = threading.Lock()
@@ -171,6 +176,11 @@ class RedisChannelLayer(BaseChannelLayer):
                 if key in merged and merged[key] != value:
                     raise exc.ConfigurationError(f"shard URLs disagree on option {key!r}: {merged[key]!r} != {value!r}")
                 merged[key] = value
+        unknown = sorted(set(merged) - _URL_OPTIONS)
+        if unknown:
+            raise exc.ConfigurationError(
+                f"unknown Redis layer URL option(s) {', '.join(unknown)}; known: {', '.join(sorted(_URL_OPTIONS))}"
+            )
         return cls(hosts=urls, **{**merged, **options})
 
     # -- names to shards and keys -----------------------------------------------------------
@@ -375,8 +385,8 @@ class RedisChannelLayer(BaseChannelLayer):
         of one prefix fills the batch from its single copy, so a process reading its
         ``prefix!`` drains a broadcast to thousands of its connections in a few calls.
         """
-        if limit < 1:
-            raise ValueError(f"limit must be at least 1, got {limit!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an int of at least 1, got {limit!r}")
         first = self.receive(channels, block=block, timeout=timeout)
         if first[0] is None:
             return []
@@ -428,11 +438,17 @@ class RedisChannelLayer(BaseChannelLayer):
         return [m.decode() for reply in replies for m in reply]
 
     def send_group(self, group: str, message: dict) -> None:
-        validate_group_name(group)
+        keys = self._group_cache.get(group)
+        if keys is None:
+            validate_group_name(group)
+            keys = self._group_keys(group)
+            if len(self._group_cache) >= _CACHE_LIMIT:
+                self._group_cache.clear()
+            self._group_cache[group] = keys
         body = self._seal(encode(message, self.max_message_size))
-        replies = run_everywhere(self._shards, _FANOUT, self._group_keys(group), (
+        replies = run_everywhere(self._shards, _FANOUT, keys, (
             self._p, body, self._expiry_ms, self._gexp_ms, self.capacity, self.process_capacity,
-            b"1" if self._capacity_rules else b"0"), now=True)
+            self._rules_flag), now=True)
         dropped = sum(replies)
         if dropped:
             self._count("group_drop_count", dropped)
