@@ -86,10 +86,6 @@ def test_malformed_http_gets_a_4xx_or_5xx_and_the_process_lives(echo, raw, statu
     still_serves(echo)
 
 
-@pytest.mark.xfail(strict=True, reason="DEFECT (sidecar/connection.py): an HTTP version h11 accepts but the "
-                   "contract does not (9.9) makes build_request_message raise InvalidMessage, which "
-                   "_start_http_request does not catch: a logged traceback and a dropped connection "
-                   "instead of 505")
 def test_unsupported_http_version_gets_505_without_a_traceback(tmp_path):
     proc = start_echo(tmp_path)
     try:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import h11
 
-from ..exceptions import ChannelFull, MessageTooLarge
+from ..exceptions import ChannelFull, InvalidMessage, MessageTooLarge
 from ..translation import InvalidRequest, build_request_message, validate_response_message, validate_websocket_send
 from . import websocket as ws_proto
 from .http import HttpConnection, HttpError, connect_message, header_value, request_info, simple_body
@@ -369,6 +369,10 @@ class ClientConnection:
         headers = list(request.headers)
         target = bytes(request.target)
         self.request_line = f"{request.method.decode('latin-1')} {target[:200].decode('latin-1')}"
+        if request.http_version not in (b"1.0", b"1.1"):
+            # h11 parses any HTTP/d.d; only 1.0 and 1.1 can be answered (and put in a message).
+            self._respond(505, simple_body(505, "only HTTP/1.0 and HTTP/1.1 are served here"), close=True)
+            return
         # h11 bounds heads that arrive in pieces; a whole head read at once is measured here.
         if len(target) + sum(len(n) + len(v) + 4 for n, v in headers) > config.max_header_size:
             self._respond(431, simple_body(431), close=True)
@@ -414,7 +418,7 @@ class ClientConnection:
                 reply_channel=self.reply_channel, method=request.method, target=target, headers=headers,
                 http_version=request.http_version.decode("ascii"), scheme=info.scheme, client=info.client,
                 server=info.server, root_path=config.root_path)
-        except InvalidRequest as e:
+        except (InvalidRequest, InvalidMessage) as e:
             self._respond(400, simple_body(400, str(e)), close=True)
             return
         self.path = message["path"]
