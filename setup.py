@@ -39,6 +39,7 @@ TEST_REQUIRES = [
     "gunicorn>=22",
     "playwright>=1.40",  # drives Debian's /usr/bin/chromium; never downloads a browser
     "mypy>=1.10",  # tests/test_translation.py: the sans-IO module is strictly typed
+    "atheris>=2.3",  # tests/fuzz: coverage-guided fuzzing of the sidecar's input path
 ]
 
 #: What the examples need on top of the core (README's demo command installs it).
