@@ -27,7 +27,8 @@ and try again. asgi_ipc runs in its own virtualenv (it needs msgpack-python
 point elsewhere); each role runs as a subprocess of that interpreter.
 
 The machine this runs on is small and shared: figures are noisy, the ratios
-are what to read. Run from the repository root::
+are what to read. Contenders take turns scenario by scenario, and each figure
+is the median of ``--repeats`` rounds. Run from the repository root::
 
     .venv/bin/python benchmarks/ipc_layer.py [--quick] [--messages N] [--no-peer] [--no-redis]
     .venv/bin/python benchmarks/ipc_layer.py --kill-soak 300     # the SIGKILL soak, longer than CI's
@@ -288,43 +289,82 @@ class Contender:
         return proc
 
 
-def measure(c: Contender, n: int, idle: float) -> dict[str, float]:
-    out: dict[str, float] = {}
+def scenario_stream(c: Contender, n: int, idle: float) -> dict[str, float]:
     c.run("flush")
     recv = c.receiver(n)
     sent = c.run("send", n, 200, 0)
     got = c.result(recv)
-    out["stream"] = n / (got["last"] - sent["start"])
-
+    out = {"stream": n / (got["last"] - sent["start"])}
     if c.kind != "asgi_ipc":
         recv = c.receiver(n, "recv_batch")
         sent = c.run("send", n, 200, 0)
         got = c.result(recv)
         out["batched"] = n / (got["last"] - sent["start"])
+    return out
 
+
+def scenario_busy(c: Contender, n: int, idle: float) -> dict[str, float]:
+    c.run("flush")
     c.run("fill", 100, 3)
     recv = c.receiver(n)
     sent = c.run("send", n, 200, 0)
     got = c.result(recv)
-    out["busy"] = n / (got["last"] - sent["start"])
     c.run("flush")
+    return {"busy": n / (got["last"] - sent["start"])}
 
+
+def scenario_batch(c: Contender, n: int, idle: float) -> dict[str, float]:
+    c.run("flush")
     sent = c.run("send", n, 200, 0)
     recv = c.receiver(n)
     got = c.result(recv)
-    out["batch"] = n / ((sent["end"] - sent["start"]) + (got["last"] - got["start"]))
+    return {"batch": n / ((sent["end"] - sent["start"]) + (got["last"] - got["start"]))}
 
+
+def scenario_wake(c: Contender, n: int, idle: float) -> dict[str, float]:
     samples = max(100, min(400, n // 10))
     recv = c.receiver(samples)
     time.sleep(0.3)  # let it settle into its blocking wait
     c.run("send", samples, 200, 0.005)
     delays = sorted(c.result(recv)["delays"])
-    out["p50"] = statistics.median(delays) * 1000
-    out["p99"] = delays[min(len(delays) - 1, int(len(delays) * 0.99))] * 1000
+    return {"p50": statistics.median(delays) * 1000,
+            "p99": delays[min(len(delays) - 1, int(len(delays) * 0.99))] * 1000}
 
-    out["idle"] = c.run("idle", idle)["cpu_percent"]
-    c.run("flush")
-    return out
+
+def scenario_idle(c: Contender, n: int, idle: float) -> dict[str, float]:
+    return {"idle": c.run("idle", idle)["cpu_percent"]}
+
+
+SCENARIOS = [scenario_stream, scenario_busy, scenario_batch, scenario_wake, scenario_idle]
+
+
+def measure_all(contenders: list[Contender], n: int, idle: float, repeats: int,
+                results: dict[str, dict[str, float] | str]) -> None:
+    """Each scenario for each contender in turn, ``repeats`` rounds; medians.
+
+    Interleaving matters on a shared machine: the load changes from minute to
+    minute, and every contender should meet the same weather.
+    """
+    samples: dict[str, dict[str, list[float]]] = {c.label: {} for c in contenders}
+    for round_ in range(repeats):
+        for scenario in SCENARIOS:
+            for c in contenders:
+                if isinstance(results.get(c.label), str):
+                    continue  # already failed
+                print(f"round {round_ + 1}/{repeats}: {scenario.__name__[9:]} on {c.label}", file=sys.stderr,
+                      flush=True)
+                try:
+                    for key, value in scenario(c, n, idle).items():
+                        samples[c.label].setdefault(key, []).append(value)
+                except Exception as e:
+                    results[c.label] = f"failed: {e}"
+    for c in contenders:
+        if not isinstance(results.get(c.label), str):
+            results[c.label] = {k: statistics.median(v) for k, v in samples[c.label].items()}
+        try:
+            c.run("flush")
+        except Exception:
+            pass
 
 
 def ensure_peer(python: str | None) -> str:
@@ -396,7 +436,8 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2000,
                         help="per throughput row (asgi_ipc slows down with every queued message: keep it modest)")
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of idle receive to measure CPU")
-    parser.add_argument("--quick", action="store_true", help="1,000 messages, 2 s idle")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the median (default 3)")
+    parser.add_argument("--quick", action="store_true", help="1,000 messages, 2 s idle, one round")
     parser.add_argument("--no-peer", action="store_true", help="skip asgi_ipc")
     parser.add_argument("--no-redis", action="store_true", help="skip the Redis layer")
     parser.add_argument("--peer-python", help="interpreter that has asgi_ipc 1.4 installed")
@@ -405,7 +446,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.kill_soak:
         return kill_soak(args.kill_soak)
-    n, idle = (1000, 2.0) if args.quick else (args.messages, args.idle)
+    n, idle, repeats = (1000, 2.0, 1) if args.quick else (args.messages, args.idle, args.repeats)
 
     tmp = tempfile.mkdtemp(prefix="wsgi_channels_bench_")
     results: dict[str, dict[str, float] | str] = {}
@@ -423,17 +464,13 @@ def main() -> int:
                 contenders.append(Contender("redis:// (wsgi_channels)", "redis", redis.url, me))
             except Exception as e:  # the Redis layer or redis-server missing: say so in the table
                 results["redis:// (wsgi_channels)"] = f"not available ({type(e).__name__}: {e})"
-        for c in contenders:
-            print(f"measuring {c.label} ...", file=sys.stderr, flush=True)
-            try:
-                results[c.label] = measure(c, n, idle)
-            except Exception as e:
-                results[c.label] = f"failed: {e}"
+        measure_all(contenders, n, idle, repeats, results)
     finally:
         if redis is not None:
             redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\n{n} messages per throughput row; {os.cpu_count()} CPUs, shared and noisy: compare ratios.")
+    print(f"\n{n} messages per throughput figure, median of {repeats} interleaved round(s); "
+          f"{os.cpu_count()} CPUs, shared and noisy: compare ratios.")
     print_table(results)
     print("asgi_ipc is driven like the Channels 1.x worker: non-blocking receive, 10 ms sleep when empty;")
     print("it has no receive_batch, hence n/a in that column.")
