@@ -344,6 +344,14 @@ def test_from_url_forms(redis_shards, made):
         from_url(urls[0], prefix="bad{prefix}")
     with pytest.raises(exc.ConfigurationError, match="capasity"):
         from_url(urls[0] + "?capasity=3")
+    # connection options stay in the URL for redis-py; encryption keys are comma-separated
+    d = made(f"{urls[0]}?client_name=bench&symmetric_encryption_keys=k1,k2&capacity=4,{urls[1]}?capacity=4")
+    assert len(d.hosts) == 2 and d.capacity == 4 and d._fernet is not None
+    assert "client_name=bench" in d.hosts[0] and "symmetric" not in d.hosts[0]
+    d.send("url.opts", {"n": 1})
+    assert d.receive(["url.opts"]) == ("url.opts", {"n": 1})
+    d._shards[0].execute("PING")
+    assert any(c.get("name") == "bench" for c in client_for(redis_shards[0]).client_list())
     with pytest.raises(exc.ConfigurationError, match="redis"):
         RedisChannelLayer(hosts=[urls[0], "http://x:1/"])
 
@@ -357,10 +365,10 @@ def test_password_and_db_from_url(made):
         layer.send("auth.chan", {"ok": 1})
         assert layer.receive(["auth.chan"]) == ("auth.chan", {"ok": 1})
         assert "s3cret" not in repr(layer)
-        wrong = made(f"redis://:wrong@127.0.0.1:{server.port}/3")
-        with pytest.raises(Exception) as info:
-            wrong.send("auth.chan", {"ok": 1})
-        assert "s3cret" not in str(info.value)
+        for bad in (f"redis://:wrong@127.0.0.1:{server.port}/3", f"redis://127.0.0.1:{server.port}/3"):
+            with pytest.raises(exc.ConfigurationError, match="authentication") as info:
+                made(bad).send("auth.chan", {"ok": 1})
+            assert "s3cret" not in str(info.value) and "wrong" not in str(info.value)
     finally:
         server.stop()
 

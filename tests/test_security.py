@@ -261,9 +261,6 @@ def password_redis():
     server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="DEFECT (layers/_redis_conn.py _Link.connect): with a missing or wrong "
-                   "password the TIME probe reads a ResponseError object and fails with 'TypeError: cannot unpack "
-                   "non-iterable ResponseError object' instead of a clear error about authentication")
 def test_redis_missing_or_wrong_password_is_a_clear_error(password_redis):
     server = password_redis
     no_auth = from_url(server.url.replace(f":{PASSWORD}@", ""))
@@ -385,9 +382,6 @@ def test_sidecar_and_app_over_tls(tls_redis, tmp_path):
     assert PASSWORD not in side.log()
 
 
-@pytest.mark.xfail(strict=True, reason="GAP (layers/redis.py from_url): TLS options cannot be given in the layer URL "
-                   "(the only form the sidecar/worker CLI and WSGI_CHANNELS_LAYER accept): "
-                   "?ssl_ca_certs=... is passed on as a constructor keyword and fails with a TypeError")
 def test_tls_options_in_the_layer_url(tls_redis):
     server, certs = tls_redis
     layer = from_url(f"rediss://:{PASSWORD}@127.0.0.1:{server.port}/0?ssl_ca_certs={certs['ca']}")
@@ -454,9 +448,6 @@ def test_messages_at_rest_are_encrypted_and_keys_rotate(redis_url):
             layer.close()
 
 
-@pytest.mark.xfail(strict=True, reason="GAP (layers/redis.py from_url): encryption keys cannot be given in the layer "
-                   "URL or environment, so the sidecar and worker processes (URL-only configuration) cannot "
-                   "encrypt: ?symmetric_encryption_keys=a,b arrives as one string and is refused")
 def test_encryption_keys_in_the_layer_url(redis_url):
     layer = from_url(redis_url + "?symmetric_encryption_keys=key-2026,key-2025")
     try:

@@ -13,6 +13,7 @@ keywords passed to :func:`from_url` win over them.
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Any, Sequence
 from urllib.parse import parse_qsl, urlsplit
 
@@ -55,7 +56,8 @@ def _scheme(url: str) -> str:
 
 def layer_class(url: str | Sequence[str]) -> type[BaseChannelLayer]:
     """The layer class a URL (or a list of Redis URLs) selects."""
-    urls = url.split(",") if isinstance(url, str) else list(url)
+    # A comma starts another URL only where a scheme follows: query values may hold commas.
+    urls = re.split(r",(?=\s*[A-Za-z][A-Za-z0-9+.\-]*://)", url) if isinstance(url, str) else list(url)
     if not urls or not all(isinstance(u, str) and u.strip() for u in urls):
         raise ConfigurationError(f"empty or invalid channel layer URL: {url!r}")
     schemes = {_scheme(u) for u in urls}

@@ -27,8 +27,8 @@ from urllib.parse import urlsplit
 
 import hiredis
 import redis
+from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .. import exceptions as exc
@@ -90,8 +90,14 @@ class _Link:
         self.poll.register(self.sock, select.POLLIN)
         before = time.time()
         self.sock.sendall(_pack(("TIME",)))
-        seconds, micros = self.read()
+        reply = self.read()
         after = time.time()
+        if isinstance(reply, ResponseError):
+            message = str(reply)
+            if message.startswith(("NOAUTH", "WRONGPASS")):
+                raise AuthenticationError(message)  # a password is required, or the given one is wrong
+            raise reply
+        seconds, micros = reply
         return int(seconds) * 1000 + int(micros) / 1000 - (before + after) * 500
 
     def stale(self) -> bool:
@@ -159,6 +165,15 @@ class Shard:
                 # Nothing was sent on it yet, so a fresh connection is safe.
                 link.disconnect()
                 self.clock_offset = link.connect()
+        except AuthenticationError as e:
+            link.disconnect()
+            raise exc.ConfigurationError(
+                f"Redis at {self.label} refused authentication ({e}): check the password (and user name) "
+                "in the layer URL"
+            ) from None
+        except ResponseError as e:
+            link.disconnect()
+            raise exc.ConfigurationError(f"Redis at {self.label} refused the connection: {e}") from None
         except NETWORK_ERRORS as e:
             link.disconnect()
             raise self.unavailable(e) from e

@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from typing import Any, Iterable, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgpack
 from redis.backoff import NoBackoff
@@ -53,9 +53,19 @@ log = logging.getLogger(__name__)
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,100}$")
 _CACHE_LIMIT = 10_000
-#: Keywords a layer URL's query string may set (the rest are Python-only: lists, dicts).
+#: Layer keywords a URL's query string may set (``symmetric_encryption_keys`` separated by commas).
 _URL_OPTIONS = frozenset({"expiry", "group_expiry", "capacity", "max_message_size", "process_capacity",
-                          "prefix", "socket_timeout", "socket_connect_timeout", "ring_replicas"})
+                          "prefix", "socket_timeout", "socket_connect_timeout", "ring_replicas",
+                          "symmetric_encryption_keys"})
+#: redis-py connection options a URL may carry (TLS files and checks, user name, client name, ...).
+_CONNECTION_URL_OPTIONS = frozenset({
+    "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
+    "ssl_check_hostname", "ssl_min_version", "ssl_include_verify_flags", "ssl_exclude_verify_flags",
+    "username", "client_name", "socket_keepalive", "socket_read_size", "health_check_interval",
+    "max_connections", "db",
+})
+#: A comma starts a new URL only where a scheme follows (commas may appear inside a query value).
+_URL_SEPARATOR = re.compile(r",(?=\s*rediss?://)", re.I)
 
 _SEND = Script(scripts.SEND)
 _RECEIVE = Script(scripts.RECEIVE)
@@ -90,7 +100,7 @@ def _fernet(keys: Any) -> Any:
 
 
 def _split_urls(url_or_list: Any) -> list[str]:
-    urls = url_or_list.split(",") if isinstance(url_or_list, str) else list(url_or_list)
+    urls = _URL_SEPARATOR.split(url_or_list) if isinstance(url_or_list, str) else list(url_or_list)
     urls = [u.strip() for u in urls if isinstance(u, str) and u.strip()]
     if not urls:
         raise exc.ConfigurationError(f"no Redis URL given: {url_or_list!r}")
@@ -98,6 +108,17 @@ def _split_urls(url_or_list: Any) -> list[str]:
         if urlsplit(u).scheme.lower() not in ("redis", "rediss"):
             raise exc.ConfigurationError(f"{u!r} is not a redis:// or rediss:// URL")
     return urls
+
+
+def _connection_url(url: str) -> str:
+    """``url`` with only the redis-py connection options in its query (checked by name)."""
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    unknown = sorted({k for k, _ in pairs} - _CONNECTION_URL_OPTIONS)
+    if unknown:
+        known = ", ".join(sorted(_URL_OPTIONS | _CONNECTION_URL_OPTIONS))
+        raise exc.ConfigurationError(f"unknown Redis layer URL option(s) {', '.join(unknown)}; known: {known}")
+    return urlunsplit(parts._replace(query=urlencode(pairs), fragment=""))
 
 
 class RedisChannelLayer(BaseChannelLayer):
@@ -148,8 +169,7 @@ class RedisChannelLayer(BaseChannelLayer):
             **(connection_options or {}),
             "protocol": 2,  # RESP2: pub/sub wake-ups arrive as replies, scripts' replies keep their shape
         }
-        urls = _split_urls(hosts)
-        self.hosts = [urlunsplit(urlsplit(u)._replace(query="", fragment="")) for u in urls]
+        self.hosts = [_connection_url(u) for u in _split_urls(hosts)]
         self._shards = [Shard(u, conn_options) for u in self.hosts]
         self._ring = HashRing([s.identity for s in self._shards], replicas=ring_replicas)
         self._expiry_ms = max(1, int(self.expiry * 1000))
@@ -171,17 +191,20 @@ class RedisChannelLayer(BaseChannelLayer):
 
         urls = _split_urls(url)
         merged: dict[str, Any] = {}
+        hosts = []
         for u in urls:
-            for key, value in parse_options(urlsplit(u).query).items():
+            parts = urlsplit(u)
+            layer_query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k in _URL_OPTIONS]
+            for key, value in parse_options(urlencode(layer_query)).items():
                 if key in merged and merged[key] != value:
-                    raise exc.ConfigurationError(f"shard URLs disagree on option {key!r}: {merged[key]!r} != {value!r}")
+                    raise exc.ConfigurationError(f"shard URLs disagree on option {key!r}")
                 merged[key] = value
-        unknown = sorted(set(merged) - _URL_OPTIONS)
-        if unknown:
-            raise exc.ConfigurationError(
-                f"unknown Redis layer URL option(s) {', '.join(unknown)}; known: {', '.join(sorted(_URL_OPTIONS))}"
-            )
-        return cls(hosts=urls, **{**merged, **options})
+            rest = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _URL_OPTIONS]
+            hosts.append(urlunsplit(parts._replace(query=urlencode(rest))))
+        keys = merged.get("symmetric_encryption_keys")
+        if isinstance(keys, str):
+            merged["symmetric_encryption_keys"] = [k for k in keys.split(",") if k]
+        return cls(hosts=hosts, **{**merged, **options})
 
     # -- names to shards and keys -----------------------------------------------------------
 
