@@ -79,8 +79,9 @@ def http_status(echo, raw: bytes) -> int:
     (b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
     (b"GET /\x00 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: x\r\nX: \xff\xfe\x00\r\n\r\n", 400),
+    (b"G.T / HTTP/1.1\r\nHost: x\r\n\r\n", 400),                      # a token, but no method
 ], ids=["garbage", "bad-header-line", "no-host", "negative-length", "two-lengths",
-        "unknown-te", "nul-in-target", "nul-in-header"])
+        "unknown-te", "nul-in-target", "nul-in-header", "odd-method"])
 def test_malformed_http_gets_a_4xx_or_5xx_and_the_process_lives(echo, raw, status):
     assert http_status(echo, raw) == status
     still_serves(echo)

@@ -11,8 +11,8 @@ Two targets, chosen by the first byte of each input (see :func:`one_input`):
   :class:`~wsgi_channels.sidecar.websocket.WebSocketSession` (with or without
   permessage-deflate and a small size limit).
 
-Only the exceptions the sidecar catches and turns into an answer (``InvalidRequest``)
-may escape a step; anything else is a crash. Invariants are checked too: messages
+Only the exceptions the sidecar catches and turns into an answer (``InvalidRequest``,
+and ``InvalidMessage`` from building an ``http.request``) may escape a step; anything else is a crash. Invariants are checked too: messages
 are within the size limit, built messages pass the contract's validator, and a
 closed session reports a close code a client may legally see.
 
@@ -31,6 +31,7 @@ with atheris.instrument_imports(include=["wsgi_channels", "h11", "wsproto"]):
 
     from wsgi_channels.sidecar import http as shttp
     from wsgi_channels.sidecar import websocket as sws
+    from wsgi_channels.exceptions import InvalidMessage
     from wsgi_channels.translation import InvalidRequest, build_request_message, validate_request_message
 
 MAX_MESSAGE = 4096
@@ -120,7 +121,7 @@ def handle_request(conn, request, proxy, allowed, compression, rest) -> bool:
             reply_channel="sidecar.fuzz!2", method=request.method, target=target, headers=headers,
             http_version=request.http_version.decode("ascii"), scheme=info.scheme, client=info.client,
             server=info.server, root_path="")
-    except InvalidRequest:
+    except (InvalidRequest, InvalidMessage):  # both answered 400 by the sidecar (a method like "G.T")
         conn.respond(400, b"", close=True)
         return True
     validate_request_message(message)

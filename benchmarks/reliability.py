@@ -1,0 +1,325 @@
+"""Break things on purpose and write down what held: ``docs/reliability.md``.
+
+Reruns every scenario of the reliability suite (``tests/test_faults_*.py``,
+``tests/test_churn.py``, ``tests/test_bad_input*.py``, ``tests/test_security.py``, the
+atheris harness) with larger sizes, on real processes, and writes one table: each
+scenario with its figure (recovery seconds, messages lost, leaks measured, inputs
+tried, crashes).
+
+    python benchmarks/reliability.py                 # full sizes, 2-minute soak
+    python benchmarks/reliability.py --soak          # plus the 30-minute soak
+    python benchmarks/reliability.py --quick         # CI-sized, for a smoke run
+    python benchmarks/reliability.py --out docs/reliability.md
+
+Needs ``redis-server`` (started on free ports; the machine's 6379 is never touched),
+gunicorn, chromium is not needed. Figures depend on the machine: timings on a busy
+2-core box are noisy, the pass/fail columns are not.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+sys.path.insert(0, str(TESTS))
+
+import faultkit as fk  # noqa: E402
+from servers import RedisServer  # noqa: E402
+
+
+def _tmp(name: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"reliability-{name}-"))
+
+
+def redis_restart(args) -> dict:
+    from test_faults_redis import run_redis_restart
+
+    r = run_redis_restart(_tmp("restart"), empty=False, after=args.restart_after, rate=args.rate, clients=5)
+    ok = r["processes_alive"] and r["lost_after_recovery"] == 0 and r["duplicates"] == 0 and r["recovery_s"] is not None
+    return {"scenario": "Redis restarted (data kept) under steady pushes",
+            "size": f"{r['pushes']} pushes at {args.rate:g}/s to 5 WebSockets; Redis down {r['outage_s']:.1f} s",
+            "figure": f"recovery {r['recovery_s']:.2f} s after Redis was back; {r['refused']} pushes refused (503) "
+                      f"while down; lost in gap {r['lost_in_gap']}; lost after recovery {r['lost_after_recovery']}; "
+                      f"duplicates {r['duplicates']}; process restarts 0",
+            "ok": ok}
+
+
+def redis_empty(args) -> dict:
+    from test_faults_redis import run_redis_restart
+
+    r = run_redis_restart(_tmp("empty"), empty=True, after=args.restart_after, rate=args.rate, clients=5)
+    closes = sum(c.count(1012) for c in r["closes"])
+    ok = (r["processes_alive"] and closes >= 5 and r["lost_after_recovery"] == 0 and r["final_members"] == 5
+          and r["recovery_s"] is not None)
+    rec = "never" if r["recovery_s"] is None else f"{r['recovery_s']:.2f} s"
+    return {"scenario": "Redis came back EMPTY (memberships lost)",
+            "size": f"{r['pushes']} pushes at {args.rate:g}/s to 5 reconnecting WebSockets",
+            "figure": f"{closes}/5 sockets closed with 1012, all rejoined; recovery {rec}; lost in gap "
+                      f"{r['lost_in_gap']}; lost after recovery {r['lost_after_recovery']}",
+            "ok": ok}
+
+
+def shard_down(args) -> dict:
+    from test_faults_redis import run_shard_down
+
+    r = run_shard_down(_tmp("shard"), down=args.shard_down)
+    ok = r["flowing"] == r["others"] and len(r["errors"]) == r["affected"] and r["after"] == r["names"]
+    return {"scenario": "One of three Redis shards stopped",
+            "size": f"{r['names']} channels, {r['affected']} on the stopped shard, down {args.shard_down:g} s",
+            "figure": f"healthy shards {r['flowing']}/{r['others']} flowing; {len(r['errors'])}/{r['affected']} "
+                      f"affected sends failed with LayerUnavailable naming the shard; recovered "
+                      f"{r['recovery_s']:.2f} s after it returned; {r['after']}/{r['names']} flowing after",
+            "ok": ok}
+
+
+def worker_kill(args) -> dict:
+    from test_faults_processes import HTTP_TIMEOUT, run_worker_kill
+
+    server = RedisServer().start()
+    try:
+        r = run_worker_kill(server.url, _tmp("kill"))
+    finally:
+        server.stop()
+    ok = r["status"] == 504 and r["next_status"] == 200 and r["next_pid"] in r["survivor_pids"]
+    return {"scenario": "Worker SIGKILLed mid-request",
+            "size": f"HTTP timeout {HTTP_TIMEOUT:g} s, 2 workers",
+            "figure": f"client got {r['status']} after {r['seconds']:.2f} s; next request {r['next_status']} from "
+                      f"the other worker",
+            "ok": ok}
+
+
+def sidecar_sigterm(args) -> dict:
+    from test_faults_processes import run_sidecar_sigterm
+
+    server = RedisServer().start()
+    try:
+        r = run_sidecar_sigterm(server.url, _tmp("sigterm"), clients=args.sigterm_clients)
+    finally:
+        server.stop()
+    codes = [o[0] for o in r["outcomes"]]
+    disconnects = len({ch for ch, _ in r["disconnects"]})
+    ok = (codes == [1001] * r["clients"] and r["read"] == r["written"] and disconnects == r["clients"]
+          and len(r["disconnects"]) == r["clients"] and r["exit_code"] == 0)
+    return {"scenario": "Sidecar SIGTERM under load",
+            "size": f"{r['clients']} clients sending 20 frames/s each and receiving floods",
+            "figure": f"{codes.count(1001)}/{r['clients']} saw 1001; frames written {r['written']}, read "
+                      f"{r['read']} (lost {r['written'] - r['read'] if r['written'] is not None else '?'}); "
+                      f"disconnect messages {len(r['disconnects'])} for {disconnects} connections; exit {r['exit_code']}",
+            "ok": ok}
+
+
+def slow_clients(args) -> dict:
+    from test_faults_processes import run_slow_clients
+
+    server = RedisServer().start()
+    try:
+        r = run_slow_clients(server.url, _tmp("slow"), slow=args.slow_clients, stalled=args.stalled)
+    finally:
+        server.stop()
+    grown = (r["rss_peak_kb"] - r["rss_before_kb"]) / 1024
+    ok = r["alive"] and r["slow_closed"] >= args.slow_clients and r["dead_closed"] >= 1
+    return {"scenario": "Slow and stalled clients",
+            "size": f"{args.slow_clients} readers that never read ({r['flooded_mb']} MiB pushed at them), "
+                    f"1 WebSocket that never answers pings, {args.stalled} half-sent request heads",
+            "figure": f"all closed in {r['closed_in_s']:.1f} s; sidecar RSS peak +{grown:.1f} MiB "
+                      f"(buffer limit 1 MiB per client); still serving",
+            "ok": ok}
+
+
+def churn(args) -> dict:
+    from test_churn import run_churn
+
+    server = RedisServer().start()
+    try:
+        r = run_churn(server.url, _tmp("churn"), args.churn, warmup=min(5000, max(1000, args.churn // 10)))
+    finally:
+        server.stop()
+    b, a, o = r["before"], r["after"], r["outcome"]
+    ok = (o.get("ok") == args.churn and a["members"] == 0 and a["redis_keys"] == b["redis_keys"]
+          and a["fds_not_redis"] <= b["fds_not_redis"] and a["greenlets"] <= b["greenlets"]
+          and a["open_ws"] == 0 and a["open_http"] == 0)
+    return {"scenario": "Connect/disconnect churn",
+            "size": f"{args.churn:,} handshake+close cycles, 50 at a time ({args.churn / o['seconds']:.0f} cycles/s)",
+            "figure": f"fds {b['fds_not_redis']}->{a['fds_not_redis']} (+{a['redis_connections']} pooled Redis "
+                      f"connections); greenlets {b['greenlets']:.0f}->{a['greenlets']:.0f}; RSS "
+                      f"{b['rss_kb'] / 1024:.1f}->{a['rss_kb'] / 1024:.1f} MiB; group members {a['members']}; "
+                      f"Redis keys {b['redis_keys']}->{a['redis_keys']}; failed cycles {args.churn - o.get('ok', 0)}",
+            "ok": ok}
+
+
+def soak(args) -> dict:
+    from test_faults_redis import Listener, Pusher, members
+
+    seconds = args.soak_minutes * 60
+    server = RedisServer().start()
+    samples = []
+    try:
+        with fk.Stack(server.url, _tmp("soak"), gunicorn_workers=2, threads=4) as st:
+            listeners = [Listener(st.port, "soak") for _ in range(10)]
+            for li in listeners:
+                li.start()
+            for li in listeners:
+                li.ready.wait(15)
+            fk.wait_until(lambda: members(server.url, "soak") == 10, 15)
+            pusher = Pusher(st.web.port, "soak", args.rate)
+            pusher.start()
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                time.sleep(min(10.0, seconds / 6))
+                samples.append((time.monotonic() - t0, fk.rss_kb(st.sidecar.proc.pid), fk.redis_keys(server.url)))
+            pusher.stop()
+            time.sleep(1.0)
+            for li in listeners:
+                li.stop()
+            acked = {seq for seq, _, status in pusher.results if status == 200}
+            lost = sum(1 for li in listeners for seq in acked if seq not in {s for s, _ in li.got})
+            alive = all(p.running for p in st.procs)
+    finally:
+        server.stop()
+    rss = [s[1] for s in samples]
+    keys = [s[2] for s in samples]
+    first_half = rss[: max(1, len(rss) // 2)]
+    ok = alive and lost == 0 and max(rss) - min(first_half) < 20 * 1024
+    return {"scenario": f"Soak ({args.soak_minutes:g} min)",
+            "size": f"{len(pusher.results)} pushes at {args.rate:g}/s to 10 WebSockets "
+                    f"({len(pusher.results) * 10} deliveries)",
+            "figure": f"sidecar RSS {rss[0] / 1024:.1f} -> {rss[-1] / 1024:.1f} MiB (max {max(rss) / 1024:.1f}); "
+                      f"Redis keys {keys[0]} -> {keys[-1]} (max {max(keys)}); lost {lost}",
+            "ok": ok}
+
+
+def _pytest(paths: list[str], extra: list[str] | None = None) -> tuple[int, int, int, str]:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *paths, *(extra or [])],
+                          cwd=str(ROOT), capture_output=True, text=True, timeout=1800,
+                          env=dict(os.environ, PYTHONPATH=str(TESTS)))
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+    count = lambda word: int(m.group(1)) if (m := re.search(rf"(\d+) {word}", tail)) else 0  # noqa: E731
+    return count("passed"), count("failed") + count("error"), count("xfailed"), tail
+
+
+def bad_input(args) -> dict:
+    passed, failed, xfailed, tail = _pytest(["tests/test_bad_input_protocol.py", "tests/test_bad_input_messages.py"],
+                                            ["--hypothesis-seed=0"])
+    return {"scenario": "Bad input (wire and application messages, property tests)",
+            "size": f"{passed + failed + xfailed} cases: malformed HTTP, handshakes, header floods, slow drip, "
+                    f"invalid UTF-8, oversized/fragmented frames, bad close codes, bad names, non-serialisable "
+                    f"and oversized messages, malformed replies; 400 examples per property",
+            "figure": f"{passed} held with the documented status/close code; {failed} failed; {xfailed} known "
+                      f"defects; sidecar crashes 0" if not failed else tail,
+            "ok": failed == 0}
+
+
+def security(args) -> dict:
+    passed, failed, xfailed, tail = _pytest(["tests/test_security.py"])
+    return {"scenario": "Security",
+            "size": "CSWSH and allow-lists, reply-channel entropy, client steering, proxy headers, "
+                    "leaks, Redis password and TLS, encryption with key rotation",
+            "figure": f"{passed} checks held; {failed} failed; {xfailed} known gaps (see below)",
+            "ok": failed == 0}
+
+
+def fuzzing(args) -> dict:
+    from test_fuzz import run_fuzzer
+
+    r = run_fuzzer(_tmp("fuzz"), runs=10 ** 9, seconds=args.fuzz_seconds, seed=int(time.time()) % 100000)
+    return {"scenario": "Coverage-guided fuzzing (atheris) of the HTTP/WebSocket input path",
+            "size": f"{args.fuzz_seconds} s",
+            "figure": f"{r['runs']:,} inputs tried; crashes {len(r['artifacts']) if r['crashed'] else 0}",
+            "ok": not r["crashed"]}
+
+
+SCENARIOS = [redis_restart, redis_empty, shard_down, worker_kill, sidecar_sigterm, slow_clients, churn, soak,
+             bad_input, security, fuzzing]
+
+
+def write_doc(rows: list[dict], args, started: float, path: Path) -> None:
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "# Reliability: what wsgi_channels survives",
+        "",
+        "Produced by `python benchmarks/reliability.py` "
+        + ("(`--soak`) " if args.soak else "") + ("(`--quick`: CI sizes) " if args.quick else "")
+        + f"on {datetime.date.today().isoformat()}, {platform.python_implementation()} {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs (shared with other work: timings are noisy), in "
+        f"{(time.monotonic() - started) / 60:.1f} minutes. Every row is a real run on real processes "
+        "(redis-server, gunicorn, the sidecar, the worker); the same scenarios run at smaller sizes in the "
+        "test suite (`tests/test_faults_*.py`, `tests/test_churn.py`, `tests/test_bad_input*.py`, "
+        "`tests/test_security.py`, `tests/test_fuzz.py`).",
+        "",
+        "| Scenario | Run | Figure | Held |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {cell(r['scenario'])} | {cell(r['size'])} | {cell(r['figure'])} | "
+                     f"{'yes' if r['ok'] else '**NO**'} |")
+    lines += ["", *NOTES, ""]
+    if args.soak_minutes < 30:
+        lines.insert(-1, f"The soak above ran {args.soak_minutes:g} minutes; `--soak` runs the full 30.")
+    path.write_text("\n".join(lines) + "\n")
+
+
+NOTES = [
+    "How to read it:",
+    "",
+    "- *Recovery* is measured from the moment Redis accepts connections again to the first push "
+    "(sent through gunicorn) delivered to every WebSocket. Delivery is at most once: pushes made while "
+    "Redis is down fail visibly (503 from the app) and are not retried; nothing acknowledged after "
+    "recovery is lost.",
+    "- A Redis that comes back empty has lost every group membership. The sidecar keeps a marker "
+    "membership of its own and checks it every 2 s; when it is gone it closes its WebSockets with 1012 "
+    "(service restart), the shipped browser client reconnects, and the connect consumers rejoin.",
+    "- The churn's file-descriptor figure excludes the layer's pooled Redis connections, which grow to "
+    "the peak number of concurrent layer calls (not with the number of cycles) and stay open.",
+    "- Known gaps found by this suite and not fixed here are the `xfail` tests listed by "
+    "`pytest -rx tests/test_security.py tests/test_bad_input_messages.py`.",
+]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(ROOT / "docs" / "reliability.md"))
+    p.add_argument("--soak", action="store_true", help="soak for 30 minutes (default: 2)")
+    p.add_argument("--quick", action="store_true", help="CI sizes (a smoke run of this script)")
+    p.add_argument("--only", nargs="*", help="run only these scenarios (function names)")
+    args = p.parse_args(argv)
+    args.soak_minutes = 30.0 if args.soak else (0.5 if args.quick else 2.0)
+    args.churn = 10_000 if args.quick else 100_000
+    args.rate = 40.0 if args.quick else 100.0
+    args.restart_after = 5.0 if args.quick else 15.0
+    args.shard_down = 2.0 if args.quick else 5.0
+    args.sigterm_clients = 20 if args.quick else 50
+    args.slow_clients = 5 if args.quick else 20
+    args.stalled = 200 if args.quick else 1000
+    args.fuzz_seconds = 20 if args.quick else 300
+    started = time.monotonic()
+    rows = []
+    for scenario in SCENARIOS:
+        if args.only and scenario.__name__ not in args.only:
+            continue
+        t0 = time.monotonic()
+        print(f"-- {scenario.__name__} ...", flush=True)
+        try:
+            row = scenario(args)
+        except Exception as e:  # a scenario that breaks is a row that says so
+            row = {"scenario": scenario.__name__, "size": "-", "figure": f"did not complete: {type(e).__name__}: {e}",
+                   "ok": False}
+        print(f"   {row['figure']} ({time.monotonic() - t0:.0f} s)", flush=True)
+        rows.append(row)
+    write_doc(rows, args, started, Path(args.out))
+    print(f"wrote {args.out}")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
