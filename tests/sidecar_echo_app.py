@@ -142,6 +142,7 @@ def main():
 
     setup_logging(args.log_level)
     config = sidecar_cli.build_config(args)
+    sidecar_cli.setup_access_log(config.access_log)
     layer = MemoryChannelLayer(channel_capacity=CAPACITIES, capacity=100)
     sidecar = Sidecar(config, layer=layer)
     gevent.spawn(consumer, layer, sidecar)

@@ -328,12 +328,19 @@ def test_http_off_static_files_connection_limit_and_pings(tmp_path):
         h.stop()
 
 
-def test_proxy_headers_when_enabled(tmp_path):
-    h = Harness(tmp_path, "--http", "layer", "--proxy-headers", admin=False).start()
+def test_proxy_headers_and_access_log(tmp_path):
+    access = tmp_path / "access.log"
+    h = Harness(tmp_path, "--http", "layer", "--proxy-headers", "--access-log", str(access), admin=False).start()
     try:
         info = requests.get(f"{h.url}/who", headers={"X-Forwarded-For": "6.6.6.6, 10.1.2.3",
                                                      "X-Forwarded-Proto": "https"}, timeout=5).json()
         assert info["client"][0] == "10.1.2.3" and info["scheme"] == "https"
+        ws = connect(h, "/logged")
+        ws.close()
+        assert wait_for(lambda: "WSDISCONNECT /logged" in access.read_text())
+        text = access.read_text()
+        assert '"GET /who" 200' in text and "WSCONNECT /logged" in text
+        assert "WSCONNECT" not in h.log()  # the access log goes to its file only
     finally:
         h.stop()
 

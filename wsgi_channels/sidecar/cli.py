@@ -15,7 +15,7 @@ from ..config import add_option, parse_bool
 from ..exceptions import ConfigurationError
 from .config import HTTP_MODES, SidecarConfig
 
-__all__ = ["register", "build_config", "run"]
+__all__ = ["register", "build_config", "run", "setup_access_log"]
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,13 @@ def build_config(args: argparse.Namespace) -> SidecarConfig:
     )
 
 
-def _setup_access_log(target: str) -> None:
-    if not target:
-        return
+def setup_access_log(target: str) -> None:
     logger = logging.getLogger("wsgi_channels.sidecar.access")
+    if not target:
+        # No access log: records are not even built (one per request and per socket).
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+        return
     handler = logging.StreamHandler(sys.stdout) if target == "-" else logging.FileHandler(target)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     logger.addHandler(handler)
@@ -119,8 +122,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigurationError as e:
         print(f"wsgi-channels sidecar: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.getLogger("wsgi_channels.sidecar.access").propagate = False
-    _setup_access_log(config.access_log)
+    setup_access_log(config.access_log)
     from .server import Sidecar
 
     try:
