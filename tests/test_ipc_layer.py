@@ -541,9 +541,9 @@ def test_blocked_receiver_is_woken_by_another_process(store, layer):
     wait_for_waiter(store, "wake.q")
     layer.send("wake.q", {"n": 7})
     assert finish(proc, timeout=25).split() == ["wake.q", "7"]
-    with raw(store) as conn:  # a clean exit unregisters its socket
+    with raw(store) as conn:  # a clean exit unregisters its socket, and tidies up
         assert conn.execute("SELECT count(*) FROM waiters").fetchone()[0] == 0
-    assert os.listdir(wake_dir_for(store)[0]) == []
+    assert not os.path.exists(wake_dir_for(store)[0])
 
 
 def test_group_send_and_bang_channels_wake_other_processes(store, layer):
@@ -764,3 +764,21 @@ def test_receive_batch_skips_expired_and_blocks_only_for_the_first(store):
             layer.receive_batch(["bad name"], 5)
     finally:
         layer.close()
+
+
+def test_close_removes_the_empty_wake_directory(store):
+    layer = IpcChannelLayer(store)
+    assert layer.receive(["tidy.q"], block=True, timeout=0.05) == (None, None)
+    wake_dir = wake_dir_for(store)[0]
+    assert len(os.listdir(wake_dir)) == 1
+    other = spawn(BLOCKED, store, "tidy.other")
+    wait_for_waiter(store, "tidy.other")
+    layer.close()
+    assert len(os.listdir(wake_dir)) == 1  # the other process's socket stays, and its directory
+    again = IpcChannelLayer(store)
+    again.send("tidy.other", {"n": 2})
+    assert finish(other, timeout=25).split() == ["tidy.other", "2"]
+    assert not os.path.exists(wake_dir)  # the last one out removed it
+    assert again.receive(["tidy.q"], block=True, timeout=0.05) == (None, None)  # and it comes back
+    assert len(os.listdir(wake_dir)) == 1
+    again.close()

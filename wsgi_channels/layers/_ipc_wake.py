@@ -85,7 +85,11 @@ class Waiter:
         self.queues: tuple[str, ...] = ()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
-            self._sock.bind(self.addr)
+            try:
+                self._sock.bind(self.addr)
+            except FileNotFoundError:  # another process removed the empty directory just now
+                _prepare_dir(directory, private)
+                self._sock.bind(self.addr)
         except OSError:
             self._sock.close()
             raise

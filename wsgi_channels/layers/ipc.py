@@ -96,8 +96,9 @@ class _ProcessState:
     reference to the layer, and only in the process that created it.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, wake_dir: str) -> None:
         self.pid = current_pid()
+        self.wake_dir = wake_dir
         self.lock = threading.Lock()
         self.idle: dict[tuple[str, ...], list[wake.Waiter]] = {}
         self.all: set[wake.Waiter] = set()
@@ -132,6 +133,11 @@ class _ProcessState:
         for w in waiters:
             w.close()
         self.poker.close()
+        if waiters:
+            try:
+                os.rmdir(self.wake_dir)  # only if no other process has a socket there
+            except OSError:
+                pass
 
 
 class IpcChannelLayer(BaseChannelLayer):
@@ -164,7 +170,7 @@ class IpcChannelLayer(BaseChannelLayer):
         self._wake_dir, self._wake_private = wake.wake_dir_for(self.path)
         self._lock = WriteLock(self.path, self.busy_timeout)
         self._pool = ConnectionPool(lambda: open_connection(self.path, self.busy_timeout, self._lock))
-        self._state = _ProcessState()
+        self._state = _ProcessState(self._wake_dir)
         self._finalizer = weakref.finalize(self, self._state.release, self._pool)
         self._rr = 0
         self._last_sweep = 0.0
@@ -203,7 +209,7 @@ class IpcChannelLayer(BaseChannelLayer):
     def _process_state(self) -> _ProcessState:
         state = self._state
         if state.pid != current_pid():  # forked: the parent's sockets are not ours to use or close
-            state = self._state = _ProcessState()
+            state = self._state = _ProcessState(self._wake_dir)
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, state.release, self._pool)
         return state
@@ -754,7 +760,7 @@ class IpcChannelLayer(BaseChannelLayer):
         if self._state.pid == current_pid():
             self._finalizer.detach()
             self._state.release(self._pool)
-            self._state = _ProcessState()
+            self._state = _ProcessState(self._wake_dir)
             self._finalizer = weakref.finalize(self, self._state.release, self._pool)
         self._pool.close()
         self._lock.close()
