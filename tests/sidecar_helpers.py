@@ -65,7 +65,7 @@ class RawClient:
     """A WebSocket client on a plain socket (wsproto): sees every frame, answers nothing by itself."""
 
     def __init__(self, port: int, path: str = "/", headers: list | None = None, rcvbuf: int | None = None,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, extensions: list | None = None) -> None:
         self.sock = socket.socket()
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -73,7 +73,8 @@ class RawClient:
         self.sock.connect(("127.0.0.1", port))
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.sock.sendall(self.ws.send(Request(host=f"127.0.0.1:{port}", target=path,
-                                               extra_headers=headers or [])))
+                                               extra_headers=headers or [], extensions=extensions or [])))
+        self.bytes_in = 0
         self.accepted = None
         self.status = None
         self.events: list = []
@@ -109,6 +110,7 @@ class RawClient:
                 return events, True
             if not data:
                 return events, True
+            self.bytes_in += len(data)
             self.ws.receive_data(data)
             for event in self.ws.events():
                 events.append(event)

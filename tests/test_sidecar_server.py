@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 
@@ -70,6 +71,20 @@ def test_text_and_binary_round_trips(sidecar):
     ws.send(big)
     assert ws.recv() == big
     ws.close()
+
+
+def test_permessage_deflate_over_a_real_socket(sidecar):
+    from wsproto.extensions import PerMessageDeflate
+
+    client = RawClient(sidecar.port, "/deflate", extensions=[PerMessageDeflate()])
+    assert client.accepted
+    text = "compressible " * 4000
+    client.send(TextMessage(data=text))
+    client.bytes_in = 0
+    events, _ = client.read_events(5, stop=lambda e: isinstance(e, TextMessage) and e.message_finished)
+    assert "".join(e.data for e in events if isinstance(e, TextMessage)) == text
+    assert client.bytes_in < len(text) // 10  # the echo came back compressed
+    client.close()
 
 
 def test_consumer_rejection_is_403(sidecar):
@@ -330,11 +345,18 @@ def test_http_off_static_files_connection_limit_and_pings(tmp_path):
 
 def test_proxy_headers_and_access_log(tmp_path):
     access = tmp_path / "access.log"
-    h = Harness(tmp_path, "--http", "layer", "--proxy-headers", "--access-log", str(access), admin=False).start()
+    unix_path = str(tmp_path / "sidecar.sock")
+    h = Harness(tmp_path, "--http", "layer", "--proxy-headers", "--access-log", str(access), "--root-path", "/app",
+                "--bind", f"unix:{unix_path}", admin=False).start()
     try:
         info = requests.get(f"{h.url}/who", headers={"X-Forwarded-For": "6.6.6.6, 10.1.2.3",
                                                      "X-Forwarded-Proto": "https"}, timeout=5).json()
-        assert info["client"][0] == "10.1.2.3" and info["scheme"] == "https"
+        assert info["client"][0] == "10.1.2.3" and info["scheme"] == "https" and info["root_path"] == "/app"
+        with socket.socket(socket.AF_UNIX) as s:  # the same server on a Unix socket
+            s.settimeout(5)
+            s.connect(unix_path)
+            s.sendall(b"GET /_health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
         ws = connect(h, "/logged")
         ws.close()
         assert wait_for(lambda: "WSDISCONNECT /logged" in access.read_text())
