@@ -249,6 +249,20 @@ def test_http_uploads_small_and_large(sidecar):
         assert r.content == body
 
 
+def test_http_expect_100_continue(sidecar):
+    body = b"u" * 5000
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as s:
+        s.sendall(b"POST /echo-body HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 100 ")
+        s.sendall(body)
+        response = b""
+        while not response.endswith(body):
+            chunk = s.recv(65536)
+            assert chunk, response
+            response += chunk
+        assert response.startswith(b"HTTP/1.1 200 ")
+
+
 def test_http_chunked_upload_streams_through_body_channel(sidecar):
     def gen():
         for _ in range(20):

@@ -423,6 +423,7 @@ class ClientConnection:
             return
         self.path = message["path"]
         self.body_buffer = [message]  # the request itself waits here until the body is known
+        self.write(self.http.continue_if_expected())
         self.body_size = 0
 
     def _on_body(self, data: bytes) -> None:

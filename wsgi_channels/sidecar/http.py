@@ -132,6 +132,12 @@ class HttpConnection:
         hs = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), *headers]
         return self.start_response(status, hs, close=close) + self.send_data(body) + self.end_response()
 
+    def continue_if_expected(self) -> bytes:
+        """``100 Continue`` when the client waits for it before sending its body (``Expect: 100-continue``)."""
+        if self._h11.they_are_waiting_for_100_continue:
+            return self._h11.send(h11.InformationalResponse(status_code=100, headers=[])) or b""
+        return b""
+
     def switch_protocols(self, headers: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, bytes]:
         """The ``101 Switching Protocols`` bytes and whatever the client sent after its request."""
         data = self._h11.send(h11.InformationalResponse(status_code=101, headers=list(headers),
