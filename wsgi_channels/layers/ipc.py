@@ -1,7 +1,8 @@
 """The single-machine layer (``ipc:///path/to/channels.db``): every process on one host, no server.
 
 Messages, groups and session entries live in one SQLite database in WAL mode
-(see :mod:`._ipc_store`). Every change is one SQLite transaction: a single
+(see :mod:`._ipc_store`; what each transaction does to the tables is in
+:mod:`._ipc_queues`). Every change is one SQLite transaction: a single
 statement on the fast paths (a send checks the capacity and inserts in one
 ``INSERT ... SELECT``; a receive deletes the head of its queue with
 ``DELETE ... RETURNING``), a ``BEGIN IMMEDIATE`` block otherwise. So capacities
@@ -27,7 +28,6 @@ constructor keywords (``ipc:///run/app/ch.db?capacity=500&poll_interval=0.5``).
 """
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import sqlite3
@@ -40,6 +40,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..exceptions import ConfigurationError, LayerUnavailable, StoreError
 from ..serialization import decode, encode
+from . import _ipc_queues as q
 from . import _ipc_wake as wake
 from ._ipc_store import ConnectionPool, WriteLock, current_pid, default_path, open_connection, prepare_path
 from .base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
@@ -51,42 +52,6 @@ log = logging.getLogger(__name__)
 _SWEEP_INTERVAL = 1.0
 _STALE_WAITER_INTERVAL = 60.0
 _MAX_IDLE_WAITERS = 64  # blocked threads or greenlets per process that keep their socket
-_IN_CHUNK = 500  # names per "IN (...)" list
-
-
-def _chunks(items: list[str]) -> Iterator[list[str]]:
-    for i in range(0, len(items), _IN_CHUNK):
-        yield items[i:i + _IN_CHUNK]
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
-
-
-_INSERT = "INSERT INTO messages (queue, target, fanout, sent, expires, data) VALUES (?, ?, ?, ?, ?, ?)"
-# Capacity check and insert in one statement: a write statement holds the store's write lock
-# from start to end, so concurrent senders can never overshoot.
-_INSERT_IF_ROOM = (
-    "INSERT INTO messages (queue, target, fanout, sent, expires, data) SELECT ?1, ?2, 0, ?3, ?4, ?5 "
-    "WHERE (SELECT count(*) FROM (SELECT 1 FROM messages WHERE queue = ?1 LIMIT ?6)) < ?6"
-)
-_HEAD = "SELECT fanout, expires FROM messages WHERE queue = ? ORDER BY id LIMIT 1"
-_HEAD_ROW = "SELECT id, target, fanout, expires, data FROM messages WHERE queue = ? ORDER BY id LIMIT 1"
-# Takes the head of a queue only if it is still a live plain message: checked and deleted at once.
-_DELETE_HEAD = (
-    "DELETE FROM messages WHERE id = (SELECT id FROM messages WHERE queue = ?1 ORDER BY id LIMIT 1) "
-    "AND fanout = 0 AND expires > ?2 RETURNING target, data"
-)
-
-
-@functools.lru_cache(maxsize=64)
-def _nonempty_sql(n: int) -> str:
-    """Which of n queue names hold rows: one index probe each, in one statement."""
-    values = ",".join(["(?)"] * n)
-    return (
-        f"WITH q(name) AS (VALUES {values}) "
-        "SELECT name FROM q WHERE EXISTS (SELECT 1 FROM messages WHERE queue = q.name)"
-    )
 
 
 class _ProcessState:
@@ -126,7 +91,7 @@ class _ProcessState:
                     conn.execute("BEGIN IMMEDIATE")
                     conn.executemany("DELETE FROM waiters WHERE addr = ?", [(w.addr,) for w in waiters])
                     if sent:
-                        IpcChannelLayer._bump(conn, "messages_count", sent)
+                        q.bump(conn, "messages_count", sent)
                     conn.execute("COMMIT")
             except Exception as e:  # dead sockets' rows go anyway when a sender finds them
                 log.debug("could not unregister waiters or record sends: %s", e)
@@ -258,14 +223,7 @@ class IpcChannelLayer(BaseChannelLayer):
         before its last look at the queues, so it either sees the new message then
         or is registered by the time this runs.
         """
-        if len(queues) == 1:
-            addrs = [r[0] for r in conn.execute("SELECT addr FROM waiters WHERE queue = ?", queues)]
-        else:
-            found: set[str] = set()
-            for chunk in _chunks(queues):
-                sql = f"SELECT addr FROM waiters WHERE queue IN ({_marks(len(chunk))})"
-                found.update(r[0] for r in conn.execute(sql, chunk))
-            addrs = list(found)
+        addrs = q.waiter_addrs(conn, queues)
         if not addrs:
             return
         dead = self._process_state().poker.poke(addrs)
@@ -278,44 +236,11 @@ class IpcChannelLayer(BaseChannelLayer):
                 except OSError:
                     pass
 
-    @staticmethod
-    def _bump(conn: sqlite3.Connection, name: str, n: int) -> None:
-        conn.execute(
-            "INSERT INTO counters (name, value) VALUES (?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-            (name, n),
-        )
-
     def _flush_sent(self, conn: sqlite3.Connection) -> None:
         """Add this process's recent sends to the shared messages_count (batched: one write a second)."""
         n = self._process_state().take_sent()
         if n:
-            self._bump(conn, "messages_count", n)
-
-    # -- expiry -------------------------------------------------------------------------------
-
-    @staticmethod
-    def _drop(conn: sqlite3.Connection, rows: list[tuple[int, str, str | None, int]]) -> None:
-        """Delete message rows; ``!`` channels whose message expired unread leave every group."""
-        evict: set[str] = set()
-        for msg_id, queue, target, fanout in rows:
-            if fanout:
-                evict.update(r[0] for r in conn.execute("SELECT channel FROM targets WHERE msg = ?", (msg_id,)))
-                conn.execute("DELETE FROM targets WHERE msg = ?", (msg_id,))
-            elif target is not None:
-                evict.add(target)
-            conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
-        if evict:
-            conn.executemany("DELETE FROM groups WHERE channel = ?", [(c,) for c in evict])
-
-    def _expire_queue(self, conn: sqlite3.Connection, queue: str, now: float) -> None:
-        if queue.endswith("!"):
-            rows = conn.execute(
-                "SELECT id, queue, target, fanout FROM messages WHERE queue = ? AND expires <= ?", (queue, now)
-            ).fetchall()
-            self._drop(conn, rows)
-        else:
-            conn.execute("DELETE FROM messages WHERE queue = ? AND expires <= ?", (queue, now))
+            q.bump(conn, "messages_count", n)
 
     def _sweep(self, force: bool = False) -> None:
         """Delete whatever has expired (messages, memberships, session entries), at most once a second."""
@@ -329,41 +254,17 @@ class IpcChannelLayer(BaseChannelLayer):
             self._last_stale_check = mono
             stale = wake.remove_stale(self._wake_dir)
         with self._connection() as conn:
-            due = conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM messages WHERE expires <= ?1)"
-                " OR EXISTS (SELECT 1 FROM groups WHERE expires <= ?1)"
-                " OR EXISTS (SELECT 1 FROM kv WHERE expires <= ?1)",
-                (now,),
-            ).fetchone()[0]
-            if not due and not stale and not self._state.sent:
+            if not q.sweep_due(conn, now) and not stale and not self._state.sent:
                 return
             with self._transaction(conn):
                 self._flush_sent(conn)
-                rows = conn.execute(
-                    "SELECT id, queue, target, fanout FROM messages WHERE expires <= ?", (now,)
-                ).fetchall()
-                self._drop(conn, [r for r in rows if r[1].endswith("!")])
-                conn.executemany("DELETE FROM messages WHERE id = ?", [(r[0],) for r in rows if not r[1].endswith("!")])
-                conn.execute("DELETE FROM groups WHERE expires <= ?", (now,))
-                conn.execute("DELETE FROM kv WHERE expires <= ?", (now,))
-                conn.executemany("DELETE FROM waiters WHERE addr = ?", [(a,) for a in stale])
+                q.sweep(conn, now, stale)
 
     # -- messages -----------------------------------------------------------------------------
 
     def _channel_in_use(self, channel: str) -> bool:
         with self._connection() as conn:
             return conn.execute("SELECT 1 FROM messages WHERE queue = ? LIMIT 1", (channel,)).fetchone() is not None
-
-    def _room(self, conn: sqlite3.Connection, queue: str, now: float) -> int:
-        """Free slots in ``queue`` (capacity minus rows waiting), after dropping its expired head."""
-        row = conn.execute("SELECT expires FROM messages WHERE queue = ? ORDER BY id LIMIT 1", (queue,)).fetchone()
-        if row is not None and row[0] <= now:
-            self._expire_queue(conn, queue, now)
-        capacity = self.get_capacity(queue)
-        used = conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM messages WHERE queue = ? LIMIT ?)", (queue, capacity)
-        ).fetchone()[0]
-        return capacity - used
 
     def send(self, channel: str, message: dict) -> None:
         validate_channel_name(channel)
@@ -377,17 +278,17 @@ class IpcChannelLayer(BaseChannelLayer):
             # Fast path: one statement checks the capacity and inserts, atomically.
             with self._lock():
                 inserted = conn.execute(
-                    _INSERT_IF_ROOM, (queue, target, now, now + self.expiry, data, capacity)
+                    q.INSERT_IF_ROOM, (queue, target, now, now + self.expiry, data, capacity)
                 ).rowcount
             if inserted != 1:
                 # Full, or full of expired messages: look again inside one transaction.
                 with self._transaction(conn):
                     now = time.time()
-                    if self._room(conn, queue, now) > 0:
-                        conn.execute(_INSERT, (queue, target, 0, now, now + self.expiry, data))
+                    if q.room(conn, queue, now, capacity) > 0:
+                        conn.execute(q.INSERT, (queue, target, 0, now, now + self.expiry, data))
                         inserted = 1
                     else:
-                        self._bump(conn, "channel_full_count", 1)
+                        q.bump(conn, "channel_full_count", 1)
             if inserted != 1:
                 raise self.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
             self._process_state().count_sent()
@@ -397,27 +298,25 @@ class IpcChannelLayer(BaseChannelLayer):
         """The queues among ``names`` that hold rows, starting at a rotating offset (no starvation)."""
         if len(names) == 1:
             return names
-        present: set[str] = set()
-        for chunk in _chunks(names):
-            present.update(r[0] for r in conn.execute(_nonempty_sql(len(chunk)), chunk))
+        present = q.present(conn, names)
         if not present:
             return []
         self._rr = start = (self._rr + 1) % len(names)
-        return [q for q in names[start:] + names[:start] if q in present]
+        return [name for name in names[start:] + names[:start] if name in present]
 
     def _take(self, names: list[str]) -> tuple[str, bytes] | None:
         """Take the first live message of the first non-empty queue (FIFO within a queue)."""
         with self._connection() as conn:
             for queue in self._order(conn, names):
                 while True:  # another reader may take the head under us: look again (it made progress)
-                    head = conn.execute(_HEAD, (queue,)).fetchone()
+                    head = conn.execute(q.HEAD, (queue,)).fetchone()
                     if head is None:
                         break
                     now = time.time()
                     if head[0] == 0 and head[1] > now:
                         # fetchall(): the statement must finish for its autocommit to end.
                         with self._lock():
-                            rows = conn.execute(_DELETE_HEAD, (queue, now)).fetchall()
+                            rows = conn.execute(q.DELETE_HEAD, (queue, now)).fetchall()
                         if rows:
                             return rows[0][0] or queue, rows[0][1]
                         continue
@@ -430,26 +329,7 @@ class IpcChannelLayer(BaseChannelLayer):
     def _take_slow(self, conn: sqlite3.Connection, queue: str) -> tuple[str, bytes] | None:
         """Expire the head of ``queue`` or hand out one member of a group copy, in one transaction."""
         with self._transaction(conn):
-            now = time.time()
-            row = conn.execute(_HEAD_ROW, (queue,)).fetchone()
-            if row is not None and row[3] <= now:
-                self._expire_queue(conn, queue, now)
-                row = conn.execute(_HEAD_ROW, (queue,)).fetchone()
-            if row is None:
-                return None
-            msg_id, target, fanout, _, data = row
-            if not fanout:
-                conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
-                return target or queue, data
-            first = conn.execute("SELECT seq, channel FROM targets WHERE msg = ? ORDER BY seq LIMIT 1", (msg_id,)).fetchone()
-            if first is None or fanout <= 1:
-                conn.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
-            else:
-                conn.execute("UPDATE messages SET fanout = fanout - 1 WHERE id = ?", (msg_id,))
-            if first is None:  # pragma: no cover - fanout and targets always change together
-                return None
-            conn.execute("DELETE FROM targets WHERE msg = ? AND seq = ?", (msg_id, first[0]))
-            return first[1], data
+            return q.take_head(conn, queue, time.time())
 
     def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
         names = list(dict.fromkeys(self._receive_channels(channels)))
@@ -511,56 +391,11 @@ class IpcChannelLayer(BaseChannelLayer):
             with self._transaction(conn):
                 now = time.time()
                 for queue in order:
-                    while len(out) < limit and self._take_rows(conn, queue, limit, now, out):
+                    while len(out) < limit and q.take_rows(conn, queue, limit, now, out):
                         pass
                     if len(out) >= limit:
                         break
         return out
-
-    def _take_rows(self, conn: sqlite3.Connection, queue: str, limit: int, now: float,
-                   out: list[tuple[str, bytes]]) -> bool:
-        """Move deliveries from the head of ``queue`` into ``out`` (up to ``limit`` in all).
-
-        Returns True when the queue may hold more. A group copy only partly
-        handed out stops the queue here: nothing behind it may go first.
-        """
-        want = limit - len(out)
-        rows = conn.execute(
-            "SELECT id, target, fanout, expires, data FROM messages WHERE queue = ? ORDER BY id LIMIT ?",
-            (queue, want),
-        ).fetchall()
-        done: list[tuple[int]] = []
-        expired: list[tuple[int, str, str | None, int]] = []
-        more = len(rows) == want
-        for msg_id, target, fanout, expires, data in rows:
-            if len(out) >= limit:
-                more = True
-                break
-            if expires <= now:
-                expired.append((msg_id, queue, target, fanout))
-                continue
-            if not fanout:
-                out.append((target or queue, data))
-                done.append((msg_id,))
-                continue
-            room = limit - len(out)
-            members = conn.execute(
-                "SELECT seq, channel FROM targets WHERE msg = ? ORDER BY seq LIMIT ?", (msg_id, room)
-            ).fetchall()
-            out.extend((channel, data) for _, channel in members)
-            if len(members) < room or fanout <= len(members):
-                conn.execute("DELETE FROM targets WHERE msg = ?", (msg_id,))
-                done.append((msg_id,))
-            else:
-                conn.execute("DELETE FROM targets WHERE msg = ? AND seq <= ?", (msg_id, members[-1][0]))
-                conn.execute("UPDATE messages SET fanout = fanout - ? WHERE id = ?", (len(members), msg_id))
-                more = False
-                break
-        conn.executemany("DELETE FROM messages WHERE id = ?", done)
-        if expired:
-            self._drop(conn, expired)
-            more = True
-        return more
 
     # -- waiters ------------------------------------------------------------------------------
 
@@ -656,34 +491,20 @@ class IpcChannelLayer(BaseChannelLayer):
 
     def _send_group(self, conn: sqlite3.Connection, group: str, data: bytes) -> list[str]:
         """Queue one copy per receiving queue in one transaction; return the queues that got one."""
-        dropped = 0
-        filled: list[str] = []
         with self._transaction(conn):
             now = time.time()
             buckets: dict[str, list[str]] = {}
             rows = conn.execute("SELECT channel FROM groups WHERE grp = ? AND expires > ?", (group, now)).fetchall()
             for (channel,) in rows:
                 buckets.setdefault(non_local_name(channel), []).append(channel)
-            for queue, members in buckets.items():
-                if self._room(conn, queue, now) <= 0:
-                    dropped += len(members)
-                    log.debug("group %r: %d member(s) behind full channel %r skipped", group, len(members), queue)
-                    continue
-                filled.append(queue)
-                if len(members) == 1:
-                    target = members[0] if members[0] != queue else None
-                    conn.execute(_INSERT, (queue, target, 0, now, now + self.expiry, data))
-                    continue
-                # Several members behind one prefix: one copy, and the list of who still gets it.
-                msg_id = conn.execute(_INSERT, (queue, None, len(members), now, now + self.expiry, data)).lastrowid
-                conn.executemany(
-                    "INSERT INTO targets (msg, seq, channel) VALUES (?, ?, ?)",
-                    [(msg_id, i, channel) for i, channel in enumerate(members)],
-                )
+            filled, skipped = q.queue_group_copies(conn, buckets, now, self.expiry, data, self.get_capacity)
+            dropped = sum(n for _, n in skipped)
+            for queue, n in skipped:
+                log.debug("group %r: %d member(s) behind full channel %r skipped", group, n, queue)
             if dropped:
-                self._bump(conn, "group_drop_count", dropped)
+                q.bump(conn, "group_drop_count", dropped)
             if filled:
-                self._bump(conn, "messages_count", len(filled))
+                q.bump(conn, "messages_count", len(filled))
         return filled
 
     # -- key-value store ----------------------------------------------------------------------
