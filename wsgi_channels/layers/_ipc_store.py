@@ -259,7 +259,7 @@ def open_connection(path: str, busy_timeout: float, lock: "WriteLock") -> sqlite
         # After a checkpoint the WAL file is cut back to this size: no unbounded growth.
         conn.execute("PRAGMA journal_size_limit = 8388608")
         conn.execute("PRAGMA temp_store = MEMORY")
-    except StoreError:
+    except (StoreError, LayerUnavailable):
         conn.close()
         raise
     except sqlite3.DatabaseError as e:
