@@ -187,6 +187,15 @@ def test_bad_upgrades_name_the_problem(method, version, headers, problem):
     assert isinstance(result, str) and problem in result
 
 
+def test_subprotocol_offers_that_are_not_tokens_are_ignored():
+    headers = [(b"connection", b"Upgrade"), (b"sec-websocket-version", b"13"), (b"sec-websocket-key", b"x" * 24),
+               (b"sec-websocket-protocol", "chat, \u00e9t\u00e9, a b, v2".encode("latin-1"))]
+    upgrade = wsp.check_upgrade(b"GET", b"1.1", headers)
+    assert isinstance(upgrade, wsp.Upgrade) and upgrade.subprotocols == ["chat", "v2"]
+    for offered in upgrade.subprotocols:
+        assert wsp.accept_headers(upgrade, offered, False)[0][-1] == (b"Sec-WebSocket-Protocol", offered.encode())
+
+
 @pytest.mark.parametrize("origin,host,scheme,allowed,ok", [
     (None, b"example.com", "http", [], True),
     (b"http://example.com", b"example.com", "http", [], True),

@@ -13,6 +13,7 @@ broadcast can write the same bytes to every uncompressed socket.
 """
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
@@ -71,6 +72,10 @@ def _split(value: bytes) -> list[str]:
     return [p.strip() for p in value.decode("latin-1").split(",") if p.strip()]
 
 
+#: RFC 6455 section 4.1: a subprotocol is an HTTP token (RFC 9110 section 5.6.2).
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
 def is_upgrade(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Whether a request asks for a WebSocket (``Upgrade: websocket``)."""
     return any(name == b"upgrade" and b"websocket" in value.lower() for name, value in headers)
@@ -94,7 +99,8 @@ def check_upgrade(method: bytes, http_version: bytes, headers: Sequence[tuple[by
         elif name == b"sec-websocket-version":
             version = value.strip()
         elif name == b"sec-websocket-protocol":
-            subprotocols += _split(value)
+            # Offers that are not tokens could never be echoed in a valid header: ignore them.
+            subprotocols += [p for p in _split(value) if _TOKEN_RE.match(p)]
         elif name == b"sec-websocket-extensions":
             offers += _split(value)
     if "upgrade" not in connection:
