@@ -663,3 +663,20 @@ def test_receive_batch_blocks_only_for_the_first_message(fresh_redis, made):
         layer.receive_batch(["bb.chan"], 0)
     with pytest.raises(TypeError):
         layer.receive_batch(["bad name"], 5)
+
+
+def test_an_unreadable_message_does_not_cost_the_rest_of_a_batch(fresh_redis, made, caplog):
+    enc = made(fresh_redis.url, symmetric_encryption_keys=["k"])
+    plain = made(fresh_redis.url)
+    enc.send("mixed.chan", {"n": 1})
+    plain.send("mixed.chan", {"n": 2})  # not encrypted: enc cannot read it
+    enc.send("mixed.chan", {"n": 3})
+    with caplog.at_level("ERROR", logger="wsgi_channels.layers.redis"):
+        batch = enc.receive_batch(["mixed.chan"], 10)
+    assert batch == [("mixed.chan", {"n": 1}), ("mixed.chan", {"n": 3})]
+    assert "unreadable" in caplog.text
+    client_for(fresh_redis).rpush("wsgi_channels:q:{mixed.chan}", b"9999999999999m\xc1garbage")
+    with pytest.raises(exc.ChannelsError, match="decoded"):
+        plain.receive(["mixed.chan"])
+    plain.send("mixed.chan", {"n": 4})
+    assert plain.receive(["mixed.chan"]) == ("mixed.chan", {"n": 4})

@@ -255,7 +255,12 @@ class RedisChannelLayer(BaseChannelLayer):
             ) from None
 
     def _open(self, body: bytes | memoryview) -> dict:
-        return msgpack.unpackb(self._plaintext(body), raw=False, strict_map_key=True)
+        plain = self._plaintext(body)
+        try:
+            return msgpack.unpackb(plain, raw=False, strict_map_key=True)
+        except (ValueError, msgpack.UnpackException) as e:
+            raise exc.ChannelsError(f"a stored message could not be decoded ({e}): "
+                                    "is another application using the same key prefix?") from None
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -294,7 +299,10 @@ class RedisChannelLayer(BaseChannelLayer):
         Buffered bodies are already decrypted, so each member's copy costs one msgpack decode.
         """
         if self._buffers_generation != _redis_conn.fork_generation():
+            # Forked: the parent's fetched messages are the parent's to deliver (and its lock
+            # may have been held by a thread that does not exist here).
             self._buffers, self._buffers_generation = {}, _redis_conn.fork_generation()
+            self._buffers_lock = threading.Lock()
         taken: list[tuple[str, dict]] = []
         unpack = msgpack.unpackb
         expired: list[tuple[str, list[str]]] = []
@@ -427,7 +435,12 @@ class RedisChannelLayer(BaseChannelLayer):
                 if reply:
                     now_ms = reply[-1]
                     for i in range(0, len(reply) - 1, 2):
-                        batch.append(self._deliver(shard_names[reply[i] - 1], reply[i + 1], now_ms))
+                        name = shard_names[reply[i] - 1]
+                        try:
+                            batch.append(self._deliver(name, reply[i + 1], now_ms))
+                        except exc.ChannelsError as e:
+                            # One unreadable entry must not cost the rest of the batch, already popped.
+                            log.error("dropped an unreadable message on %s: %s", name, e)
             if len(batch) == before:
                 break
         return batch
