@@ -136,11 +136,26 @@ end
 #: KEYS: q [u m]; ARGV: entry tail (kind byte + ...), expiry ms, capacity, P, group expiry ms,
 #: now (ms, Redis clock as estimated by the client). Returns the new queue length, or -1 when full.
 SEND = _COMMON + r"""
-local now = tonumber(ARGV[6])
+local now, cap, exp = tonumber(ARGV[6]), tonumber(ARGV[3]), tonumber(ARGV[2])
 local q, u, m = KEYS[1], KEYS[2], KEYS[3]
-if not has_room(ARGV[4], q, u, m, tonumber(ARGV[3]), now) then return -1 end
-local exp = tonumber(ARGV[2])
-return push(q, u, m, string.format('%013d', now + exp) .. ARGV[1], exp, ARGV[5])
+local entry = string.format('%013d', now + exp) .. ARGV[1]
+-- Push first (the common case needs no length check), take it back when over capacity.
+local n = redis.call('RPUSH', q, entry)
+if n > cap then
+  redis.call('RPOP', q)
+  trim(ARGV[4], q, u, m, now)
+  if redis.call('LLEN', q) >= cap then return -1 end
+  n = redis.call('RPUSH', q, entry)
+end
+redis.call('PEXPIRE', q, exp)
+if n == 1 then
+  if u then
+    bury(ARGV[4], u, m)  -- the queue was gone: if its unread flag survived, its reader is gone
+    if redis.call('EXISTS', m) == 1 then redis.call('SET', u, '1', 'PX', ARGV[5]) end
+  end
+  redis.call('PUBLISH', q, '')
+end
+return n
 """
 
 #: KEYS: queues on this shard, in the order to try; ARGV: P, '1' per key that is a prefix, now (ms).

@@ -381,11 +381,15 @@ class RedisChannelLayer(BaseChannelLayer):
             got = self._take_buffered(channels, 1)
             if got:
                 return got[0]
-        names = self._receive_channels(channels)
-        wait = self._block_timeout(block, timeout)
-        if not names:
-            return None, None
-        plan = self._plan(names)
+        plan = self._plans.get(tuple(channels)) if type(channels) is list else None
+        if plan is not None:  # a channel list seen (and validated) before
+            names = channels
+        else:
+            names = self._receive_channels(channels)
+            if not names:
+                return None, None
+            plan = self._plan(names)
+        wait = self._block_timeout(block, timeout) if block else 0.0
         got = self._try_receive(names, plan)
         if got is not None or wait <= 0:
             return got if got is not None else (None, None)
