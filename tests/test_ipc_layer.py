@@ -782,3 +782,33 @@ def test_close_removes_the_empty_wake_directory(store):
     assert again.receive(["tidy.q"], block=True, timeout=0.05) == (None, None)  # and it comes back
     assert len(os.listdir(wake_dir)) == 1
     again.close()
+
+
+def test_stuck_lock_holder_times_out_and_its_death_frees_the_store(store):
+    """A process stuck while holding the writers' lock: others give up after busy_timeout, no hang."""
+    holder = spawn(
+        """
+        import sys, time
+        from wsgi_channels.layers.ipc import IpcChannelLayer
+        layer = IpcChannelLayer(sys.argv[1])
+        with layer._lock():
+            print("held", flush=True)
+            time.sleep(60)
+        """,
+        store,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held", holder.stderr.read()
+        layer = IpcChannelLayer(store, busy_timeout=0.5)
+        start = time.monotonic()
+        with pytest.raises(LayerUnavailable, match="held by another process"):
+            layer.send("stuck.q", {"x": 1})
+        assert time.monotonic() - start < 5
+        holder.kill()
+        holder.wait(timeout=10)
+        layer.send("stuck.q", {"x": 2})  # the kernel dropped the dead holder's lock
+        assert layer.receive(["stuck.q"]) == ("stuck.q", {"x": 2})
+        layer.close()
+    finally:
+        holder.kill()
+        holder.communicate(timeout=10)
