@@ -17,6 +17,9 @@ Rows (each contender):
 - ``wake p50/p99``: A sends one message every 5 ms carrying its send time; B,
   blocked in ``receive``, notes the delay when it gets it (CLOCK_MONOTONIC is
   shared by all processes).
+- ``CPU us/send+receive``: one process sends and receives, the store kept
+  nearly empty (asgi_ipc's best case: its cost grows with every queued byte,
+  ours does not); CPU time, so the machine's load matters less.
 - ``idle CPU``: B waits on an empty channel for ``--idle`` seconds; CPU time
   it used divided by wall time.
 
@@ -139,6 +142,21 @@ def role_recv_batch(kind: str, url: str, n: int) -> dict:
     return {"start": start, "last": time.monotonic()}
 
 
+def role_cpu(kind: str, url: str, n: int) -> dict:
+    """CPU time of one send plus one receive in a single process, the store kept nearly empty."""
+    layer = make_layer(kind, url)
+    for _ in range(50):  # warm up: connections, statement caches
+        layer.send("cpu.q", message(200, t=0.0))
+        layer.receive(["cpu.q"])
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    for i in range(n):
+        layer.send("cpu.q", message(200, t=0.0, i=i))
+        layer.receive(["cpu.q"])
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"cpu_us": cpu / n * 1e6}
+
+
 def role_fill(kind: str, url: str, channels: int, per_channel: int) -> dict:
     layer = make_layer(kind, url)
     for c in range(channels):
@@ -192,7 +210,7 @@ def role_victim(kind: str, url: str) -> dict:
         layer.session_set("soak.s%d" % (i % 11), b"v" * (i % 64), 60)
 
 
-ROLES = {"send": role_send, "recv": role_recv, "recv_batch": role_recv_batch, "fill": role_fill, "idle": role_idle, "flush": role_flush,
+ROLES = {"send": role_send, "recv": role_recv, "recv_batch": role_recv_batch, "cpu": role_cpu, "fill": role_fill, "idle": role_idle, "flush": role_flush,
          "victim": role_victim}
 
 
@@ -335,7 +353,12 @@ def scenario_idle(c: Contender, n: int, idle: float) -> dict[str, float]:
     return {"idle": c.run("idle", idle)["cpu_percent"]}
 
 
-SCENARIOS = [scenario_stream, scenario_busy, scenario_batch, scenario_wake, scenario_idle]
+def scenario_cpu(c: Contender, n: int, idle: float) -> dict[str, float]:
+    c.run("flush")
+    return {"cpu": c.run("cpu", n)["cpu_us"]}
+
+
+SCENARIOS = [scenario_stream, scenario_busy, scenario_batch, scenario_wake, scenario_idle, scenario_cpu]
 
 
 def measure_all(contenders: list[Contender], n: int, idle: float, repeats: int,
@@ -396,7 +419,8 @@ def fmt(value: float | None, digits: int = 0) -> str:
 def print_table(results: dict[str, dict[str, float] | str]) -> None:
     columns = [("stream", "stream msg/s", 0), ("batched", "stream, batch reader msg/s", 0),
                ("busy", "busy store msg/s", 0), ("batch", "send-then-receive msg/s", 0),
-               ("p50", "wake p50 ms", 2), ("p99", "wake p99 ms", 2), ("idle", "idle CPU %", 2)]
+               ("p50", "wake p50 ms", 2), ("p99", "wake p99 ms", 2), ("idle", "idle CPU %", 2),
+               ("cpu", "CPU us/send+receive", 0)]
     header = ["layer"] + [title for _, title, _ in columns]
     rows, notes = [], []
     for label, res in results.items():
@@ -409,8 +433,9 @@ def print_table(results: dict[str, dict[str, float] | str]) -> None:
     if isinstance(ours, dict) and isinstance(peer, dict):
         ratio = []
         for key, _, _ in columns:
-            if key in ("p50", "p99", "idle"):  # lower is better: how many times lower ours is
-                ratio.append(f"{peer[key] / ours[key]:.1f}x lower" if ours[key] > 0 else "-")
+            if key in ("p50", "p99", "idle", "cpu"):  # lower is better: how many times lower ours is
+                r = peer[key] / ours[key] if ours[key] > 0 else 0.0
+                ratio.append("-" if not r else f"{r:.1f}x lower" if r >= 1 else f"{1 / r:.1f}x higher")
             elif key == "batched":  # asgi_ipc cannot batch: against its one-at-a-time stream
                 ratio.append(f"{ours[key] / peer['stream']:.1f}x (vs its stream)")
             else:
