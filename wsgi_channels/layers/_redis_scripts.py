@@ -8,10 +8,12 @@ braces is the Redis Cluster hash tag):
     Its TTL is reset to ``expiry`` on every push, so a queue nobody reads
     disappears with its last message.
 ``P:u:{prefix!}``
-    "unread" flag of a process prefix that has group members: set by every push,
-    removed when a reader empties the queue. Queue gone but flag present means
-    every message expired unread (the reading process is gone), and the prefix's
-    channels leave their groups.
+    "unread" flag of a process prefix that has group members: set when a push
+    finds the queue empty, removed when a reader empties it. Queue gone but flag
+    present means every message expired unread (the reading process is gone), and
+    the prefix's channels leave their groups. Expired entries of a live queue are
+    dropped when a reader meets them or when the queue is full; their targets then
+    leave their groups one by one.
 ``P:m:{prefix!}``
     HASH ``channel -> "group group ..."``: the groups each channel of the prefix
     belongs to on this shard, for evicting it from all of them.
@@ -19,6 +21,8 @@ braces is the Redis Cluster hash tag):
     ZSET ``channel -> membership deadline (ms)`` and HASH ``channel -> capacity``.
     A group's memberships live on the shard of each member's queue, so a group
     send is one local fan-out script per shard and no member name crosses the wire.
+    (The fan-out and ``group_add`` scripts are the ones that touch keys of two tags,
+    the group's and its members'; under Redis Cluster they would run per slot.)
 ``P:s:{key}``
     channel-session values (``SET ... PX``).
 

@@ -6,6 +6,8 @@ live entry of the channels asked for on a shard; ``send_group`` runs one fan-out
 script on each shard (concurrently), which queues one copy per plain member and
 one per process prefix naming all of that prefix's members. This process then
 hands out one ``(channel, message)`` per member from that single copy.
+``receive_batch`` pops up to N entries per shard in one script, for readers of
+busy channels (the worker, the sidecar's ``prefix!`` loop).
 
 Several shards are spread by a consistent-hash ring with virtual nodes
 (:mod:`.hashring`): a channel by its name, a process-local channel by its
