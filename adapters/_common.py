@@ -37,6 +37,7 @@ __all__ = [
     "extend_message",
     "origin_allowed",
     "reject",
+    "set_attribute",
 ]
 
 logger = logging.getLogger(__name__)
@@ -170,6 +171,14 @@ def _extended_class() -> type:
                 setattr(self.__dict__["_original"], name, value)
 
     return ExtendedMessage
+
+
+def set_attribute(message: Any, name: str, value: Any) -> None:
+    """Set ``message.<name>``; a message class that refuses new attributes is logged, not fatal."""
+    try:
+        setattr(message, name, value)
+    except (AttributeError, TypeError):
+        logger.debug("message type %s does not take attribute %s", type(message).__name__, name)
 
 
 def import_dotted(path: Any, what: str = "object") -> Any:

@@ -51,6 +51,7 @@ from typing import Any, Callable
 from ..channel import Channel, Group, get_layer
 from ..exceptions import ConfigurationError
 from ..layers import layer_class
+from ..sessions import channel_session
 from ._common import (
     CLIENT_JS_URL,
     PushBuffer,
@@ -61,6 +62,7 @@ from ._common import (
     message_content,
     origin_allowed,
     reject,
+    set_attribute,
 )
 
 __all__ = ["Channels", "reject", "routing_for"]
@@ -279,31 +281,17 @@ class Channels:
                     import flask
 
                     user = loader(flask.session) if loader is not None else None
-                    _set(message, "user", user)
-                    _set(message, "session", flask.session)
+                    set_attribute(message, "user", user)
+                    set_attribute(message, "session", flask.session)
                     flask.g.user = user
                     return func(message, **kwargs)
 
         functools.update_wrapper(run, func)
         if session:
-            run = _with_channel_session(run)
+            run = channel_session(run)
         return run
 
 
-def _set(message: Any, name: str, value: Any) -> None:
-    try:
-        setattr(message, name, value)
-    except (AttributeError, TypeError):
-        logger.debug("message type %s does not take attribute %s", type(message).__name__, name)
-
-
-def _with_channel_session(func: Callable) -> Callable:
-    """Wrap with the consumer helper's ``channel_session`` so later frames find the handshake cookie."""
-    try:
-        from ..sessions import channel_session
-    except ImportError:  # pragma: no cover - the consumer side ships with the package
-        return func
-    return channel_session(func)
 
 
 def _handshake_request_context(app: Any, message: Any) -> Any:

@@ -33,6 +33,7 @@ from typing import Any, Callable
 from ..channel import Channel, Group, get_layer
 from ..exceptions import ConfigurationError
 from ..layers import layer_class, parse_options
+from ..sessions import channel_session
 from ._common import (
     CLIENT_JS_URL,
     PushBuffer,
@@ -43,6 +44,7 @@ from ._common import (
     message_content,
     origin_allowed,
     reject,
+    set_attribute,
 )
 
 __all__ = ["includeme", "routing_for", "ChannelsSettings", "RequestChannels", "reject"]
@@ -234,32 +236,19 @@ def _bind(registry: Any, state: ChannelsSettings, func: Callable, session: bool,
         request.registry = registry
         env = prepare(request=request, registry=registry)
         try:
-            _set(message, "registry", registry)
-            _set(message, "request", request)
+            set_attribute(message, "registry", registry)
+            set_attribute(message, "request", request)
             if session:
                 from pyramid.interfaces import ISessionFactory
 
                 factory = registry.queryUtility(ISessionFactory)
-                _set(message, "session", request.session if factory is not None else None)
+                set_attribute(message, "session", request.session if factory is not None else None)
             return func(message, **kwargs)
         finally:
             env["closer"]()
 
     functools.update_wrapper(run, func)
-    if session:
-        try:
-            from ..sessions import channel_session
-        except ImportError:  # pragma: no cover
-            return run
-        return channel_session(run)
-    return run
-
-
-def _set(message: Any, name: str, value: Any) -> None:
-    try:
-        setattr(message, name, value)
-    except (AttributeError, TypeError):
-        logger.debug("message type %s does not take attribute %s", type(message).__name__, name)
+    return channel_session(run) if session else run
 
 
 def _client_js_view(request: Any) -> Any:

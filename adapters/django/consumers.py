@@ -13,7 +13,8 @@ import functools
 import logging
 from typing import Any, Callable
 
-from .._common import extend_message, handshake_cookies, header, message_content, reject
+from ...sessions import channel_session
+from .._common import extend_message, handshake_cookies, header, message_content, reject, set_attribute
 
 logger = logging.getLogger(__name__)
 
@@ -37,26 +38,13 @@ def _load_session_and_user(message: Any, with_user: bool) -> None:
     cookie = handshake_cookies(message).get(settings.SESSION_COOKIE_NAME)
     engine = import_module(settings.SESSION_ENGINE)
     session = engine.SessionStore(session_key=cookie)
-    _set(message, "session", session)
+    set_attribute(message, "session", session)
     if with_user:
         from django.contrib.auth import get_user
 
-        _set(message, "user", get_user(_HandshakeRequest(session, message)))
+        set_attribute(message, "user", get_user(_HandshakeRequest(session, message)))
 
 
-def _set(message: Any, name: str, value: Any) -> None:
-    try:
-        setattr(message, name, value)
-    except (AttributeError, TypeError):
-        logger.debug("message type %s does not take attribute %s", type(message).__name__, name)
-
-
-def _channel_session(func: Callable) -> Callable:
-    try:
-        from ...sessions import channel_session
-    except ImportError:  # pragma: no cover
-        return func
-    return channel_session(func)
 
 
 def django_consumer(func: Callable | None = None, *, session: bool = True, user: bool = True) -> Any:
@@ -83,7 +71,7 @@ def django_consumer(func: Callable | None = None, *, session: bool = True, user:
         finally:
             close_old_connections()
 
-    return _channel_session(run) if session else run
+    return channel_session(run) if session else run
 
 
 def login_required(func: Callable) -> Callable:
