@@ -680,3 +680,53 @@ def test_an_unreadable_message_does_not_cost_the_rest_of_a_batch(fresh_redis, ma
         plain.receive(["mixed.chan"])
     plain.send("mixed.chan", {"n": 4})
     assert plain.receive(["mixed.chan"]) == ("mixed.chan", {"n": 4})
+
+
+# -- the fan-out's rarer paths --------------------------------------------------------------------------
+
+
+def test_group_send_at_capacity_makes_room_from_expired_entries(fresh_redis, made):
+    layer = made(fresh_redis.url, expiry=1, capacity=2, channel_capacity={"cap.p!": 2})
+    layer.group_add("cap.g", "cap.plain")
+    layer.group_add("cap.g", "cap.p!a")
+    layer.group_add("cap.g", "cap.p!b")
+    layer.send("cap.plain", {"n": 1})
+    layer.send("cap.p!a", {"n": 1})
+    time.sleep(0.6)
+    layer.send("cap.plain", {"n": 2})
+    layer.send("cap.p!b", {"n": 2})
+    time.sleep(0.6)  # the first messages expired; both queues are still at capacity
+    layer.send_group("cap.g", {"g": True})
+    assert layer.global_statistics()["group_drop_count"] == 0
+    assert drain_all(layer, ["cap.plain"]) == [("cap.plain", {"n": 2}), ("cap.plain", {"g": True})]
+    # cap.p!a's message expired unread, so it left the group before the broadcast
+    assert drain_all(layer, ["cap.p!"]) == [("cap.p!b", {"n": 2}), ("cap.p!b", {"g": True})]
+    assert sorted(layer.group_channels("cap.g")) == ["cap.p!b", "cap.plain"]
+    layer.send("cap.plain", {"n": 3})
+    layer.send("cap.plain", {"n": 4})
+    layer.send_group("cap.g", {"g": 2})  # now truly full: cap.plain is skipped and counted
+    assert layer.global_statistics()["group_drop_count"] == 1
+
+
+def test_group_send_to_a_dead_prefix_evicts_it_without_queueing(fresh_redis, made):
+    layer = made(fresh_redis.url, expiry=0.5)
+    layer.group_add("dead.g", "gone.p!a")
+    layer.group_add("dead.h", "gone.p!a")
+    layer.group_add("dead.g", "alive.chan")
+    layer.send_group("dead.g", {"n": 1})
+    assert layer.receive(["alive.chan"]) == ("alive.chan", {"n": 1})
+    time.sleep(0.8)  # gone.p!'s message expired unread: nobody reads that prefix any more
+    layer.send_group("dead.g", {"n": 2})
+    assert layer.receive(["alive.chan"]) == ("alive.chan", {"n": 2})
+    assert layer.group_channels("dead.g") == ["alive.chan"]
+    assert layer.group_channels("dead.h") == []
+    assert keys_of(fresh_redis, "wsgi_channels:q:*") == []  # nothing queued for the dead prefix
+
+
+def drain_all(layer, channels):
+    out = []
+    while True:
+        ch, msg = layer.receive(channels)
+        if ch is None:
+            return out
+        out.append((ch, msg))

@@ -110,31 +110,6 @@ local function trim(P, q, u, m, now)
   if u and not v then redis.call('DEL', u) end
   return evicted
 end
-
--- Append entry; when the queue was empty, raise the unread flag (if u is given and,
--- when m is given, the prefix has group members) and ring the wake-up channel.
-local function push(q, u, m, entry, expiry_ms, gexp_ms)
-  local n = redis.call('RPUSH', q, entry)
-  redis.call('PEXPIRE', q, expiry_ms)
-  if n == 1 then
-    if u and (not m or redis.call('EXISTS', m) == 1) then redis.call('SET', u, '1', 'PX', gexp_ms) end
-    redis.call('PUBLISH', q, '')
-  end
-  return n
-end
-
--- Room on queue q for one more entry, trimming expired entries only when full.
--- Returns the answer and how many channels were evicted on the way.
-local function has_room(P, q, u, m, cap, now)
-  local n = redis.call('LLEN', q)
-  if n == 0 then
-    if u then return true, bury(P, u, m) end
-    return true, 0
-  end
-  if n < cap then return true, 0 end
-  local evicted = trim(P, q, u, m, now)
-  return redis.call('LLEN', q) < cap, evicted
-end
 """
 
 #: KEYS: q [u m]; ARGV: entry tail (kind byte + ...), expiry ms, capacity, P, group expiry ms,
@@ -227,10 +202,12 @@ return out
 """
 
 _MEMBERS = r"""
--- Members of group g on this shard whose membership has not expired; expired ones are removed.
-local function live_members(g, gc, now)
+-- Members of group g on this shard whose membership has not expired. Expired ones are
+-- removed when ``clean`` or when none is left (the fan-out skips that: scores filter them,
+-- group_add and group_channels clean up, and the key's TTL covers the rest).
+local function live_members(g, gc, now, clean)
   local members = redis.call('ZRANGEBYSCORE', g, '(' .. now, '+inf')
-  if redis.call('ZCARD', g) > #members then
+  if (clean or #members == 0) and redis.call('ZCARD', g) > #members then
     local expired = redis.call('ZRANGEBYSCORE', g, '-inf', now)
     redis.call('ZREMRANGEBYSCORE', g, '-inf', now)
     for i = 1, #expired, 500 do
@@ -253,7 +230,7 @@ end
 MEMBERS = _COMMON + _MEMBERS + r"""
 local P = ARGV[1]
 local now = now_ms()
-local members = live_members(KEYS[1], KEYS[2], now)
+local members = live_members(KEYS[1], KEYS[2], now, true)
 local seen, evicted = {}, 0
 for _, c in ipairs(members) do
   local prefix = prefix_of(c)
@@ -264,7 +241,7 @@ for _, c in ipairs(members) do
     if redis.call('EXISTS', q) == 0 then evicted = evicted + bury(P, u, m) end
   end
 end
-if evicted > 0 then members = live_members(KEYS[1], KEYS[2], now) end
+if evicted > 0 then members = live_members(KEYS[1], KEYS[2], now, true) end
 return members
 """
 
@@ -278,7 +255,7 @@ local exp, gexp = tonumber(ARGV[3]), ARGV[4]
 local default_cap, process_cap = tonumber(ARGV[5]), tonumber(ARGV[6])
 local now = tonumber(ARGV[8])
 local g = KEYS[1]
-local members = live_members(g, KEYS[2], now)
+local members = live_members(g, KEYS[2], now, false)
 if #members == 0 then return 0 end
 local caps = {}
 if ARGV[7] == '1' then
@@ -307,33 +284,58 @@ for _, c in ipairs(members) do
     b[#b + 1] = c
     last, lastb = prefix, b
   else
-    local q = tag_key(P, 'q', c)
-    if has_room(P, q, nil, nil, caps[c] or default_cap, now) then
-      if not plain then plain = dl .. 'm' .. body end
-      push(q, nil, nil, plain, exp, gexp)
-    else
+    -- Push first (the common case needs no length check), take it back when over capacity.
+    local q, cap = tag_key(P, 'q', c), caps[c] or default_cap
+    if not plain then plain = dl .. 'm' .. body end
+    local n = redis.call('RPUSH', q, plain)
+    if n > cap then
+      redis.call('RPOP', q)
+      trim(P, q, nil, nil, now)
+      if redis.call('LLEN', q) >= cap then n = 0 else n = redis.call('RPUSH', q, plain) end
+    end
+    if n == 0 then
       dropped = dropped + 1
+    else
+      redis.call('PEXPIRE', q, exp)
+      if n == 1 then redis.call('PUBLISH', q, '') end
     end
   end
 end
 for _, prefix in ipairs(order) do
   local b = buckets[prefix]
   local q, u, m = tag_key(P, 'q', prefix), tag_key(P, 'u', prefix), tag_key(P, 'm', prefix)
-  local room, evicted = has_room(P, q, u, m, caps[b[1]] or process_cap, now)
-  if room then
-    -- making room may have evicted members (their earlier message expired unread)
-    local left = b
-    if evicted > 0 then
-      left = {}
-      for _, c in ipairs(b) do
-        if redis.call('ZSCORE', g, c) then left[#left + 1] = c end
+  local cap = caps[b[1]] or process_cap
+  local entry = dl .. 't' .. table.concat(b, ' ') .. '\n' .. body
+  local n = redis.call('RPUSH', q, entry)
+  if n == 1 and bury(P, u, m) > 0 then
+    -- the queue had vanished unread: its reader is gone and its channels just left every
+    -- group, these members included
+    redis.call('DEL', q)
+    n = -1
+  elseif n > cap then
+    redis.call('RPOP', q)
+    local evicted = trim(P, q, u, m, now)  -- members whose earlier message expired leave
+    if redis.call('LLEN', q) >= cap then
+      dropped = dropped + #b
+      n = -1
+    else
+      if evicted > 0 then
+        local left = {}
+        for _, c in ipairs(b) do
+          if redis.call('ZSCORE', g, c) then left[#left + 1] = c end
+        end
+        entry = dl .. 't' .. table.concat(left, ' ') .. '\n' .. body
+        b = left
       end
+      if #b > 0 then n = redis.call('RPUSH', q, entry) else n = -1 end
     end
-    if #left > 0 then
-      push(q, u, nil, dl .. 't' .. table.concat(left, ' ') .. '\n' .. body, exp, gexp)
+  end
+  if n > 0 then
+    redis.call('PEXPIRE', q, exp)
+    if n == 1 then
+      redis.call('SET', u, '1', 'PX', gexp)  -- members of a group always have an index entry
+      redis.call('PUBLISH', q, '')
     end
-  else
-    dropped = dropped + #b
   end
 end
 return dropped
@@ -342,7 +344,15 @@ return dropped
 #: KEYS: g gc [m]; ARGV: channel, group expiry ms, capacity, group name.
 GROUP_ADD = _COMMON + r"""
 local c, gexp = ARGV[1], tonumber(ARGV[2])
-redis.call('ZADD', KEYS[1], now_ms() + gexp, c)
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  for i = 1, #expired, 500 do
+    redis.call('HDEL', KEYS[2], unpack(expired, i, math.min(i + 499, #expired)))
+  end
+end
+redis.call('ZADD', KEYS[1], now + gexp, c)
 redis.call('PEXPIRE', KEYS[1], gexp)
 redis.call('HSET', KEYS[2], c, ARGV[3])
 redis.call('PEXPIRE', KEYS[2], gexp)
