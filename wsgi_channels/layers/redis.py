@@ -380,12 +380,13 @@ class RedisChannelLayer(BaseChannelLayer):
         if self._buffers and type(channels) is list and len(channels) == 1 and channels[0] in self._buffers:
             # Fast path for a process's reader on its prefix: the next member of a group message
             # fetched already (only validated names ever get a buffer).
-            got = self._take_buffered(channels, 1)
-            if got:
-                return got[0]
+            taken = self._take_buffered(channels, 1)
+            if taken:
+                return taken[0]
+        names: list[str]
         plan = self._plans.get(tuple(channels)) if type(channels) is list else None
         if plan is not None:  # a channel list seen (and validated) before
-            names = channels
+            names = channels  # type: ignore[assignment]  # a list, checked just above
         else:
             names = self._receive_channels(channels)
             if not names:
@@ -460,7 +461,7 @@ class RedisChannelLayer(BaseChannelLayer):
         validate_group_name(group)
         validate_channel_name(channel)
         qname = non_local_name(channel)
-        keys = self._group_keys(group)
+        keys: tuple[bytes, ...] = self._group_keys(group)
         if qname is not channel:
             keys += (self._key("m", qname),)
         self._shard_of(qname).script(_GROUP_ADD, keys, (channel, self._gexp_ms, self.get_capacity(qname), group))
@@ -469,7 +470,7 @@ class RedisChannelLayer(BaseChannelLayer):
         validate_group_name(group)
         validate_channel_name(channel)
         qname = non_local_name(channel)
-        keys = self._group_keys(group)
+        keys: tuple[bytes, ...] = self._group_keys(group)
         if qname is not channel:
             keys += (self._key("m", qname),)
         self._shard_of(qname).script(_GROUP_DISCARD, keys, (channel, group))
