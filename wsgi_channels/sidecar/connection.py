@@ -52,6 +52,9 @@ _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1 << 20
 _CLOSE_WAIT = 5.0
 _LAYER_RETRY_SECONDS = 0.05
+#: Seconds a connection waits for a free layer slot (``Sidecar.layer_slots``) before
+#: treating the layer as unavailable.
+LAYER_SLOT_TIMEOUT = 10.0
 
 
 class ClientConnection:
@@ -149,10 +152,14 @@ class ClientConnection:
         self.state = DONE
 
     def _finish(self) -> None:
+        """Send the disconnect, close the socket; only then is the connection forgotten, so the
+        open-connection gauges count every greenlet still working for a client."""
         self.state = DONE
-        self.sidecar.forget(self)
-        self._send_disconnect()
-        self._lingering_close()
+        try:
+            self._send_disconnect()
+            self._lingering_close()
+        finally:
+            self.sidecar.forget(self)
 
     def _lingering_close(self) -> None:
         """Flush, shut down writing, drain input briefly, close (so the peer reads our last bytes)."""
@@ -263,6 +270,10 @@ class ClientConnection:
     def _layer_send(self, channel: str, message: dict) -> str:
         """Send to the layer: ``"ok"``, ``"full"``, ``"too-large"`` or ``"down"``."""
         sidecar = self.sidecar
+        slots = sidecar.layer_slots
+        if not slots.acquire(timeout=LAYER_SLOT_TIMEOUT):
+            sidecar.layer_failed(TimeoutError(f"no free layer slot within {LAYER_SLOT_TIMEOUT:g}s"))
+            return "down"
         try:
             sidecar.layer.send(channel, message)
         except ChannelFull:
@@ -273,6 +284,8 @@ class ClientConnection:
         except Exception as e:
             sidecar.layer_failed(e)
             return "down"
+        finally:
+            slots.release()
         return "ok"
 
     def _send_disconnect(self) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.server
 
 from ..channel import default_layer_url
@@ -44,6 +45,8 @@ __all__ = ["Sidecar", "STATIC_DIR"]
 
 log = logging.getLogger(__name__)
 
+#: Most layer calls (sends) in flight at once from connection greenlets.
+LAYER_CONCURRENCY = 16
 #: Close code telling clients to reconnect: the service restarted (RFC 6455 registry).
 CLOSE_SERVICE_RESTART = 1012
 #: Seconds between checks that the layer still holds this sidecar's marker membership.
@@ -75,6 +78,10 @@ class Sidecar:
         self._static = self._load_static()
         self.addresses: list[Any] = []
         self._frames: dict = {}
+        #: Layer calls in flight from connection greenlets at once. Each call in flight holds a
+        #: pooled layer connection, so this bounds the sidecar's Redis connections however
+        #: many clients connect at the same moment (plus the receive loop's and the wake-ups').
+        self.layer_slots = gevent.lock.BoundedSemaphore(LAYER_CONCURRENCY)
         # A group and member of our own whose loss means the layer lost its state; the
         # connection counter starts at 1, so the member channel is never routed.
         self._state_marker = ("wsgi_channels.alive." + self.prefix.rstrip("!"), f"{self.prefix}0")
