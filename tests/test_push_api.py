@@ -134,10 +134,10 @@ def test_cli_send_group_send_and_stats_over_redis(redis_server):
 
 def test_cli_errors_are_clear():
     r = run_cli("send", "bad name", "{}", "--layer", "ipc:///tmp/unused-by-test.db")
-    assert r.returncode == 1 and "channel name 'bad name'" in r.stderr
+    assert r.returncode == 2 and "channel name 'bad name'" in r.stderr
     r = run_cli("send", "x", "[1]", "--layer", "redis://127.0.0.1:1/0")
     assert r.returncode == 2 and "JSON object" in r.stderr
     r = run_cli("send", "x", "{}", "--layer", "memory://")
     assert r.returncode == 3 and "inside one process" in r.stderr
     r = run_cli("send", "x", "{}", "--layer", "redis://127.0.0.1:1/0")
-    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.returncode == 4 and "Traceback" not in r.stderr and "unavailable" in r.stderr

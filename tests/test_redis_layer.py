@@ -356,6 +356,21 @@ def test_from_url_forms(redis_shards, made):
         RedisChannelLayer(hosts=[urls[0], "http://x:1/"])
 
 
+@pytest.mark.parametrize("url, names", [
+    ("redis://127.0.0.1:notaport/0", "notaport"),
+    ("redis://127.0.0.1:99999/0", "out of range"),
+    ("redis://127.0.0.1:6379/abc", "database 'abc'"),
+    ("redis://", "no host"),
+    ("redis://[::1", "IPv6"),
+    ("redis://127.0.0.1:6379/0?socket_timeout=abc", "socket_timeout"),
+    ("redis://127.0.0.1:6379/0,redis://h:x/0", "'redis://h:x/0'"),
+])
+def test_unusable_urls_are_configuration_errors(url, names):
+    """A typo in the URL is refused at once, naming the bad part (never a bare ValueError or db 0)."""
+    with pytest.raises(exc.ConfigurationError, match=re.escape(names)):
+        from_url(url)
+
+
 def test_password_and_db_from_url(made):
     from servers import RedisServer
 

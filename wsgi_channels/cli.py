@@ -11,6 +11,7 @@ library itself never patches.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -80,7 +81,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "log_level", None) or "info")
-    return int(args.func(args) or EXIT_OK)
+    from .exceptions import ConfigurationError, LayerUnavailable, StoreError
+
+    # A last line of defence: our own clear errors (and a port already taken) that a subcommand
+    # did not catch become one line on stderr and an exit status, never a traceback.
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except (ConfigurationError, StoreError) as e:
+        print(f"wsgi-channels {args.command}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LayerUnavailable as e:
+        print(f"wsgi-channels {args.command}: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except OSError as e:
+        if e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        print(f"wsgi-channels {args.command}: cannot listen: {e}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -99,13 +99,22 @@ def run(args: argparse.Namespace) -> int:
         return cli.EXIT_CONFIG
     import gevent
 
+    def serve() -> Any:
+        # A failure to listen comes back as the greenlet's value: left as its exception, gevent's
+        # hub would print a traceback before our one-line error.
+        try:
+            return sidecar.serve_forever()  # listens, handles SIGTERM/SIGINT, drains
+        except OSError as e:
+            return e
+
     worker.start()
-    server = gevent.spawn(sidecar.serve_forever)  # listens, handles SIGTERM/SIGINT, drains
+    server = gevent.spawn(serve)
     while not sidecar.addresses and not server.dead:
         gevent.sleep(0.01)
+    gevent.sleep(0)  # a second --bind that fails does so right after the first one listens
     if server.dead:
         worker.stop(grace=1)
-        error = server.exception
+        error = server.exception or server.value
         print(f"wsgi-channels runserver: cannot listen on {', '.join(bind)}: {error}", file=sys.stderr)
         return cli.EXIT_CONFIG
     urls = ", ".join(_display_url(a) for a in sidecar.addresses)

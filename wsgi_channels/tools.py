@@ -17,10 +17,10 @@ import json
 import sys
 from typing import Any, Callable
 
-from .cli import EXIT_CONFIG
+from .cli import EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_USAGE
 from .channel import Channel, Group, default_layer_url
 from .config import add_option
-from .exceptions import ChannelsError, ConfigurationError
+from .exceptions import ChannelsError, ConfigurationError, LayerUnavailable, StoreError
 from .layers import from_url
 
 __all__ = ["register", "parse_json_message"]
@@ -63,7 +63,9 @@ def _with_layer(args: argparse.Namespace, action: Callable[[Any], None]) -> int:
         action(layer)
     except ChannelsError as e:
         print(f"wsgi-channels {args.command}: {e}", file=sys.stderr)
-        return EXIT_CONFIG if isinstance(e, ConfigurationError) else 1
+        if isinstance(e, (ConfigurationError, StoreError)):  # bad URL, unusable ipc:// file
+            return EXIT_CONFIG
+        return EXIT_UNAVAILABLE if isinstance(e, LayerUnavailable) else 1
     finally:
         if layer is not None:
             layer.close()
@@ -75,7 +77,7 @@ def _send(args: argparse.Namespace) -> int:
         target = Channel(args.name) if args.command == "send" else Group(args.name)
     except ChannelsError as e:
         print(f"wsgi-channels {args.command}: {e}", file=sys.stderr)
-        return 1
+        return EXIT_USAGE
 
     def action(layer: Any) -> None:
         type(target)(target.name, layer=layer).send(args.message)

@@ -32,7 +32,7 @@ from queue import Queue
 from typing import Any, Iterable, Optional, Sequence
 
 from .consumer import DEFAULT_SEND_TIMEOUT, run_consumer
-from .exceptions import ConfigurationError, LayerUnavailable
+from .exceptions import ConfigurationError, LayerUnavailable, StoreError
 from .layers.base import BaseChannelLayer
 from .message import Message
 from .routing import Router
@@ -339,7 +339,7 @@ def _command(args: Any) -> int:
                         only_channels=args.only_channels or (), exclude_channels=args.exclude_channels or (),
                         send_timeout=args.send_timeout, grace=args.grace,
                         mode="greenlets" if args.greenlets else "threads")
-    except ConfigurationError as e:
+    except (ConfigurationError, StoreError) as e:  # StoreError: an ipc:// file that cannot be used
         log.error("%s", e)
         return cli.EXIT_CONFIG
     if admin is not None:

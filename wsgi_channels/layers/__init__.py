@@ -47,7 +47,10 @@ def parse_options(query: str) -> dict[str, Any]:
 
 
 def _scheme(url: str) -> str:
-    scheme = urlsplit(url.strip()).scheme.lower()
+    try:
+        scheme = urlsplit(url.strip()).scheme.lower()
+    except ValueError as e:  # an unbalanced [ in the host, for instance
+        raise ConfigurationError(f"invalid channel layer URL {url!r}: {e}") from None
     if scheme not in SCHEMES:
         known = ", ".join(f"{s}://" for s in SCHEMES)
         raise ConfigurationError(f"unknown channel layer URL {url!r}: the scheme must be one of {known}")

@@ -107,9 +107,25 @@ def _split_urls(url_or_list: Any) -> list[str]:
     if not urls:
         raise exc.ConfigurationError(f"no Redis URL given: {url_or_list!r}")
     for u in urls:
-        if urlsplit(u).scheme.lower() not in ("redis", "rediss"):
-            raise exc.ConfigurationError(f"{u!r} is not a redis:// or rediss:// URL")
+        _check_url(u)
     return urls
+
+
+def _check_url(url: str) -> None:
+    """Refuse a Redis URL whose host, port or database number cannot be used, naming the part."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port that is not a number or out of range
+    except ValueError as e:
+        raise exc.ConfigurationError(f"invalid Redis URL {url!r}: {e}") from None
+    if parts.scheme.lower() not in ("redis", "rediss"):
+        raise exc.ConfigurationError(f"{url!r} is not a redis:// or rediss:// URL")
+    if not parts.hostname:
+        raise exc.ConfigurationError(f"invalid Redis URL {url!r}: no host (redis://HOST:PORT/DB)")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise exc.ConfigurationError(f"invalid Redis URL {url!r}: the database {db!r} is not a number")
+    del port
 
 
 def _connection_url(url: str) -> str:
@@ -163,16 +179,26 @@ class RedisChannelLayer(BaseChannelLayer):
         self._p = prefix + ":"
         self._pb = self._p.encode()
         self._fernet = _fernet(symmetric_encryption_keys)
+        try:
+            timeouts = float(socket_timeout), float(socket_connect_timeout)
+        except (TypeError, ValueError):
+            raise exc.ConfigurationError(
+                f"socket_timeout and socket_connect_timeout must be numbers of seconds, "
+                f"not {socket_timeout!r} and {socket_connect_timeout!r}"
+            ) from None
         conn_options = {
-            "socket_timeout": float(socket_timeout),
-            "socket_connect_timeout": float(socket_connect_timeout),
+            "socket_timeout": timeouts[0],
+            "socket_connect_timeout": timeouts[1],
             "socket_keepalive": True,
             "retry": Retry(NoBackoff(), 0),
             **(connection_options or {}),
             "protocol": 2,  # RESP2: pub/sub wake-ups arrive as replies, scripts' replies keep their shape
         }
         self.hosts = [_connection_url(u) for u in _split_urls(hosts)]
-        self._shards = [Shard(u, conn_options) for u in self.hosts]
+        try:
+            self._shards = [Shard(u, conn_options) for u in self.hosts]
+        except (TypeError, ValueError) as e:  # redis-py's parsing of an option's value
+            raise exc.ConfigurationError(f"invalid Redis layer option in {hosts!r}: {e}") from None
         self._ring = HashRing([s.identity for s in self._shards], replicas=ring_replicas)
         self._expiry_ms = max(1, int(self.expiry * 1000))
         self._gexp_ms = max(1, int(self.group_expiry * 1000))

@@ -1,0 +1,112 @@
+"""The ``wsgi-channels`` command as a new user meets it: help, and bad input at start-up.
+
+Every mistake (a bad layer URL, an unusable ipc:// file, a port already taken, a bad routing)
+must end in one line on stderr naming the problem and a non-zero exit status, never a
+traceback. Each case runs the real console script in a subprocess.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(ROOT, "examples")
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "wsgi-channels")
+
+
+def run(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env.pop("WSGI_CHANNELS_LAYER", None)
+    return subprocess.run([SCRIPT, *argv], capture_output=True, text=True, timeout=timeout, cwd=EXAMPLES, env=env)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    err = result.stderr
+    assert result.returncode == code, (result.returncode, err)
+    assert "Traceback" not in err and "File \"" not in err, err
+    last = err.strip().splitlines()[-1]
+    for word in words:
+        assert word in last, (word, err)
+
+
+@pytest.fixture
+def taken_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    yield sock.getsockname()[1]
+    sock.close()
+
+
+def test_help_of_every_subcommand():
+    top = run("--help")
+    assert top.returncode == 0
+    for command in ("worker", "sidecar", "runserver", "send", "group-send", "stats"):
+        assert command in top.stdout
+        sub = run(command, "--help")
+        assert sub.returncode == 0 and "usage: wsgi-channels " + command in sub.stdout, sub.stderr
+    missing = run()
+    assert missing.returncode == 2 and "required: COMMAND" in missing.stderr
+
+
+BAD_LAYERS = [
+    ("bogus://x", "scheme must be one of"),
+    ("redis://127.0.0.1:notaport/0", "notaport"),
+    ("redis://127.0.0.1:6379/abc", "database 'abc'"),
+    ("redis://[::1", "IPv6"),
+    ("ipc:///proc/no-such-dir/channels.db", "/proc/no-such-dir"),
+]
+
+
+@pytest.mark.parametrize("url, words", BAD_LAYERS)
+@pytest.mark.parametrize("command", [
+    ["send", "chan", '{"text": "hi"}'],
+    ["worker", "demo:routing"],
+    ["sidecar", "--bind", "127.0.0.1:0"],
+    ["runserver", "demo:app", "--routing", "demo:routing", "--bind", "127.0.0.1:0"],
+])
+def test_bad_layer_url_is_one_line(command, url, words):
+    result = run(*command, "--layer", url)
+    assert_one_line_error(result, 3, words)
+
+
+def test_unreachable_redis_for_a_one_shot_command():
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    url = f"redis://127.0.0.1:{port.getsockname()[1]}/0"  # bound, never listening: refused
+    try:
+        result = run("send", "--layer", url, "chan", '{"text": "hi"}')
+    finally:
+        port.close()
+    assert_one_line_error(result, 4, "unavailable", url)
+
+
+def test_port_in_use(taken_port, tmp_path):
+    layer = f"ipc://{tmp_path}/channels.db"
+    address = f"127.0.0.1:{taken_port}"
+    assert_one_line_error(run("runserver", "demo:app", "--routing", "demo:routing", "--bind", address),
+                          3, "cannot listen", str(taken_port))
+    assert_one_line_error(run("sidecar", "--layer", layer, "--bind", address), 3, "cannot listen")
+    assert_one_line_error(run("sidecar", "--layer", layer, "--bind", "127.0.0.1:0", "--admin-bind", address),
+                          3, "cannot listen")
+    assert_one_line_error(run("worker", "demo:routing", "--layer", layer, "--admin-bind", address),
+                          3, str(taken_port))
+
+
+def test_bad_routing_and_app(tmp_path):
+    layer = f"ipc://{tmp_path}/channels.db"
+    assert_one_line_error(run("worker", "nosuchmodule:routes", "--layer", layer), 3, "nosuchmodule")
+    assert_one_line_error(run("worker", "json:dumps", "--layer", layer), 3, "routing must be a list")
+    assert_one_line_error(run("runserver", "nosuchmodule:app", "--bind", "127.0.0.1:0"), 3, "nosuchmodule")
+    assert_one_line_error(run("worker", "demo:routing", "--layer", "memory://"), 3, "memory://")
+
+
+def test_bad_message_and_names():
+    assert_one_line_error(run("send", "--layer", "memory://", "chan", "{not json"), 2, "not valid JSON")
+    assert_one_line_error(run("send", "--layer", "memory://", "chan", "[1]"), 2, "JSON object")
+    assert_one_line_error(run("send", "--layer", "ipc:///tmp/wsgi_channels-cli-test.db", "bad name!", "{}"),
+                          2, "bad name!")
