@@ -14,10 +14,13 @@ kernel buffer is full a short-lived writer greenlet flushes a bounded queue.
 A client whose queue passes ``max_outgoing_buffer`` is closed and counted.
 Timeouts (handshake, connect, HTTP response, keepalive) are checked by the
 sidecar's sweeper through :meth:`check_timers`, so no timer exists per socket.
+
+The HTTP-mode methods live in :mod:`.connection_http` and the WebSocket ones in
+:mod:`.connection_ws` (mixins without state of their own); states and limits in
+:mod:`._connbase`.
 """
 from __future__ import annotations
 
-import logging
 import socket
 import time
 from collections import deque
@@ -26,38 +29,20 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import h11
 
-from ..exceptions import ChannelFull, InvalidMessage, MessageTooLarge
-from ..translation import InvalidRequest, build_request_message, validate_response_message, validate_websocket_send
+from ..exceptions import ChannelFull, MessageTooLarge
 from . import websocket as ws_proto
-from .http import HttpConnection, HttpError, connect_message, header_value, request_info, simple_body
+from ._connbase import (_CLOSE_WAIT, _LAYER_RETRY_SECONDS, _LINGER_BYTES, _LINGER_SECONDS, _RECV_SIZE, CLOSING,
+                        CONNECTING, DONE, HEAD, HTTP_BODY, LAYER_SLOT_TIMEOUT, OPEN, access_log, addr, log)
+from .connection_http import HttpModeMixin
+from .connection_ws import WebSocketMixin
+from .http import HttpConnection, HttpError, simple_body
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import Sidecar
 
 __all__ = ["ClientConnection"]
 
-log = logging.getLogger(__name__)
-access_log = logging.getLogger("wsgi_channels.sidecar.access")
-
-# Connection states.
-HEAD = "head"              # waiting for (the rest of) a request head
-HTTP_BODY = "http-body"    # HTTP mode: request sent to the layer, body still arriving or response awaited
-CONNECTING = "connecting"  # websocket.connect sent, waiting for the consumer's answer
-OPEN = "open"              # WebSocket open
-CLOSING = "closing"        # our close frame or final response sent; waiting for the peer / the flush
-DONE = "done"
-
-_RECV_SIZE = 65536
-_LINGER_SECONDS = 2.0
-_LINGER_BYTES = 1 << 20
-_CLOSE_WAIT = 5.0
-_LAYER_RETRY_SECONDS = 0.05
-#: Seconds a connection waits for a free layer slot (``Sidecar.layer_slots``) before
-#: treating the layer as unavailable.
-LAYER_SLOT_TIMEOUT = 10.0
-
-
-class ClientConnection:
+class ClientConnection(HttpModeMixin, WebSocketMixin):
     """State machine of one client socket (HTTP requests, then maybe a WebSocket)."""
 
     __slots__ = ("sidecar", "sock", "peer", "local", "http", "ws", "state", "deadline", "last_active",
@@ -305,7 +290,7 @@ class ClientConnection:
             gevent.sleep(_LAYER_RETRY_SECONDS)
         if result != "ok":
             log.warning("websocket.disconnect for %s not delivered (%s)", self.reply_channel, result)
-        access_log.info("%s WSDISCONNECT %s %d", _addr(self.peer), self.path, code)
+        access_log.info("%s WSDISCONNECT %s %d", addr(self.peer), self.path, code)
 
     # -- HTTP -----------------------------------------------------------------------------------
 
@@ -356,7 +341,7 @@ class ClientConnection:
 
     def _count_response(self, status: int, size: int) -> None:
         self.sidecar.stats.http_responses[f"{status // 100}xx"] += 1
-        access_log.info("%s \"%s\" %d %d", _addr(self.peer), self.request_line, status, size)
+        access_log.info("%s \"%s\" %d %d", addr(self.peer), self.request_line, status, size)
 
     def _next_request(self) -> None:
         if self.http.keep_alive:
@@ -408,291 +393,16 @@ class ClientConnection:
             return
         self._start_http_request(request, headers, target)
 
-    def _start_http_request(self, request: h11.Request, headers: list, target: bytes) -> None:
-        sidecar = self.sidecar
-        config = sidecar.config
-        if sidecar.draining or not sidecar.layer_ok:
-            self._respond(503, simple_body(503, "draining" if sidecar.draining else "channel layer unavailable"),
-                          close=True)
-            return
-        length = header_value(headers, b"content-length")
-        if config.max_request_body and length is not None and length.isdigit() \
-                and int(length) > config.max_request_body:
-            self._respond(413, simple_body(413), close=True)
-            return
-        self.state = HTTP_BODY
-        self.request_started = True
-        self.reply_channel = sidecar.route(self)
-        self.deadline = time.monotonic() + config.http_timeout
-        info = request_info(headers, self.peer, self.local, config.proxy_headers)
-        try:
-            self.path = target.split(b"?", 1)[0].decode("latin-1")
-            message = build_request_message(
-                reply_channel=self.reply_channel, method=request.method, target=target, headers=headers,
-                http_version=request.http_version.decode("ascii"), scheme=info.scheme, client=info.client,
-                server=info.server, root_path=config.root_path)
-        except (InvalidRequest, InvalidMessage) as e:
-            self._respond(400, simple_body(400, str(e)), close=True)
-            return
-        self.path = message["path"]
-        self.body_buffer = [message]  # the request itself waits here until the body is known
-        self.write(self.http.continue_if_expected())
-        self.body_size = 0
-
-    def _on_body(self, data: bytes) -> None:
-        if self.state is not HTTP_BODY or not data:
-            return
-        config = self.sidecar.config
-        self.body_size += len(data)
-        if config.max_request_body and self.body_size > config.max_request_body:
-            if self.request_sent:
-                self._body_chunk(b"", closed=True)
-                self.abort()
-            else:
-                self._respond(413, simple_body(413), close=True)
-            return
-        if self.request_sent:
-            self._body_chunk(data, more=True)
-            return
-        self.body_buffer.append(data)
-        if self.body_size > config.http_body_inline:
-            # Too big to travel inline: send the request now with what we have, stream the rest.
-            message = self.body_buffer[0]
-            message["body"] = b"".join(self.body_buffer[1:])
-            message["body_channel"] = self.sidecar.layer.new_channel("http.request.body?")
-            self.body_channel = message["body_channel"]
-            self.body_buffer = []
-            self._send_request(message)
-
-    def _on_body_end(self) -> None:
-        if self.state is not HTTP_BODY:
-            return
-        if self.request_sent:
-            self._body_chunk(b"", more=False)
-        else:
-            message = self.body_buffer[0]
-            message["body"] = b"".join(self.body_buffer[1:])
-            self.body_buffer = []
-            self._send_request(message)
-
-    def _send_request(self, message: dict) -> None:
-        result = self._layer_send("http.request", message)
-        if result == "ok":
-            self.request_sent = True
-            return
-        status = 413 if result == "too-large" else 503
-        self._respond(status, simple_body(status, {"full": "too many requests waiting",
-                                                   "down": "channel layer unavailable"}.get(result, "")),
-                      close=True)
-
-    def _body_chunk(self, content: bytes, more: bool = False, closed: bool = False) -> None:
-        if self.body_channel is None:
-            return
-        chunk = {"content": content, "more_content": more, "closed": closed}
-        deadline = time.monotonic() + self.sidecar.config.http_timeout
-        while True:
-            result = self._layer_send(self.body_channel, chunk)
-            if result != "full" or time.monotonic() > deadline or self.aborted:
-                break
-            gevent.sleep(_LAYER_RETRY_SECONDS)  # the app reads slowly: hold the client back
-        if result != "ok" and not closed:
-            log.warning("request body chunk for %s not delivered (%s); closing", self.path, result)
-            self.abort()
-
-    def _deliver_http(self, message: dict) -> None:
-        first = not self.response_started
-        try:
-            validate_response_message(message, first=first)
-        except Exception as e:
-            log.error("bad http.response for %s %s: %s", self.request_line, self.reply_channel, e)
-            if first:
-                self.response_started = True
-                self._respond(502, simple_body(502, "the application sent an invalid response"), close=True)
-            else:
-                self.abort()
-            return
-        more = message.get("more_content", False)
-        content = message.get("content", b"")
-        if first:
-            self.response_started = True
-            self.status = message["status"]
-            headers = [(bytes(n), bytes(v)) for n, v in message.get("headers", ())]
-            if not more and not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers):
-                headers.append((b"content-length", str(len(content)).encode()))
-            data = self.http.start_response(self.status, headers, close=self.sidecar.draining, from_app=True)
-        else:
-            data = b""
-        data += self.http.send_data(content)
-        self.resp_bytes += len(content)
-        self.deadline = time.monotonic() + self.sidecar.config.http_timeout
-        if more:
-            self.write(data)
-            return
-        self.write(data + self.http.end_response())
-        self._count_response(self.status, self.resp_bytes)
-        if self.http.keep_alive and not self.sidecar.draining:
-            self._next_request()
-            event = self.http.next_event()
-            if event is not h11.NEED_DATA:
-                gevent.spawn(self._pump_http, event)  # a pipelined request was waiting
-        else:
-            self._close_soon()
-
-    # -- WebSocket handshake --------------------------------------------------------------------
-
-    def _on_upgrade(self, request: h11.Request, headers: list, target: bytes) -> None:
-        sidecar = self.sidecar
-        config = sidecar.config
-        stats = sidecar.stats
-        upgrade = ws_proto.check_upgrade(request.method, request.http_version, headers)
-        if not isinstance(upgrade, str) and not isinstance(self.http.next_event(), h11.EndOfMessage):
-            upgrade = "a WebSocket handshake request cannot have a body"
-        if isinstance(upgrade, str):
-            stats.handshakes["bad_request"] += 1
-            status = 426 if "Version" in upgrade else 400
-            self._respond(status, simple_body(status, upgrade),
-                          headers=[(b"sec-websocket-version", b"13")] if status == 426 else (), close=True)
-            return
-        info = request_info(headers, self.peer, self.local, config.proxy_headers)
-        refusal = ws_proto.check_origin(headers, info.scheme, info.host, config.allowed_origins)
-        if refusal is not None:
-            stats.handshakes["origin_refused"] += 1
-            log.info("WebSocket from %s refused: %s", _addr(self.peer), refusal)
-            self._respond(403, simple_body(403, refusal), close=True)
-            return
-        if sidecar.draining or not sidecar.layer_ok:
-            stats.handshakes["unavailable"] += 1
-            self._respond(503, simple_body(503, "draining" if sidecar.draining else "channel layer unavailable"),
-                          close=True)
-            return
-        self.upgrade = upgrade
-        self.reply_channel = sidecar.route(self)
-        try:
-            message = connect_message(reply_channel=self.reply_channel, target=target, headers=headers, info=info,
-                                      root_path=config.root_path, subprotocols=upgrade.subprotocols)
-        except InvalidRequest as e:
-            stats.handshakes["bad_request"] += 1
-            self._respond(400, simple_body(400, str(e)), close=True)
-            return
-        self.path = message["path"]
-        self.state = CONNECTING
-        self.deadline = time.monotonic() + config.connect_timeout
-        result = self._layer_send("websocket.connect", message)
-        if result != "ok":
-            stats.handshakes["connect_full" if result == "full" else "unavailable"] += 1
-            self._respond(503, simple_body(503, "server busy" if result == "full" else "channel layer unavailable"),
-                          close=True)
-            return
-        self.connect_sent = True
-
-    def _accept(self, subprotocol: str | None) -> None:
-        assert self.upgrade is not None
-        if subprotocol is not None and subprotocol not in self.upgrade.subprotocols:
-            log.error("consumer chose subprotocol %r that %s did not offer (%r); accepting without it",
-                      subprotocol, self.reply_channel, self.upgrade.subprotocols)
-            subprotocol = None
-        headers, extensions = ws_proto.accept_headers(self.upgrade, subprotocol, self.sidecar.config.compression)
-        data, trailing = self.http.switch_protocols(headers)
-        self.ws = ws_proto.WebSocketSession(extensions, max_message_size=self.sidecar.config.max_message_size)
-        # The HTTP parser and the upgrade request are done with: free them (thousands of idle sockets).
-        self.http = None  # type: ignore[assignment]
-        self.upgrade = None
-        self.state = OPEN
-        self.last_active = time.monotonic()
-        self.write(data)
-        stats = self.sidecar.stats
-        stats.handshakes["accepted"] += 1
-        stats.websockets_open += 1
-        stats.http_open -= 1  # counted as HTTP until the upgrade
-        access_log.info("%s WSCONNECT %s", _addr(self.peer), self.path)
-        if trailing:
-            gevent.spawn(self._on_ws_data, trailing)  # frames sent before our 101: handle them on a reader
-
-    def _reject(self, status: int, outcome: str) -> None:
-        self.sidecar.stats.handshakes[outcome] += 1
-        self._respond(status, simple_body(status), close=True)
-
-    # -- WebSocket frames -----------------------------------------------------------------------
-
-    def _on_ws_data(self, data: bytes) -> None:
-        ws = self.ws
-        assert ws is not None
-        out, messages = ws.receive_data(data)
-        if out:
-            self.write(out)
-        if messages:
-            stats = self.sidecar.stats
-            for payload in messages:
-                stats.frames_in += 1
-                if not ws.open:
-                    break
-                self.order += 1
-                key = "text" if isinstance(payload, str) else "bytes"
-                result = self._layer_send("websocket.receive", {"reply_channel": self.reply_channel,
-                                                                "path": self.path, key: payload,
-                                                                "order": self.order})
-                if result == "ok":
-                    continue
-                self.order -= 1
-                if result == "full":
-                    self.write(ws.close(ws_proto.CLOSE_TRY_AGAIN, "server busy"))
-                elif result == "too-large":
-                    self.write(ws.close(ws_proto.CLOSE_TOO_BIG, "message too big"))
-                else:
-                    stats.dropped["layer_down"] += 1  # the socket stays up through a layer outage
-        if ws.closed:
-            self._close_soon()
-        elif not ws.open and self.state is OPEN:
-            self.state = CLOSING
-            self.deadline = time.monotonic() + _CLOSE_WAIT
-
-    def send_ws_close(self, code: int) -> None:
-        ws = self.ws
-        if ws is not None:
-            self.write(ws.close(code))
-            if self.state is OPEN:
-                self.state = CLOSING
-                self.deadline = time.monotonic() + _CLOSE_WAIT
-
     # -- messages from the layer ----------------------------------------------------------------
 
     def deliver(self, message: dict, frames: dict) -> None:
         """One message for our reply channel; ``frames`` holds the last encoded frame (payload -> bytes)."""
         if self.state is DONE or self.aborted:
             return
-        if self.ws is None and self.state is not CONNECTING:
-            if self.state is HTTP_BODY:
-                self._deliver_http(message)
-            return
-        try:
-            validate_websocket_send(message)
-        except Exception as e:
-            log.error("bad message for WebSocket %s: %s", self.reply_channel, e)
-            return
-        text, data, close = message.get("text"), message.get("bytes"), message.get("close")
-        if self.state is CONNECTING:
-            if close or message.get("accept") is False:
-                self._reject(403, "rejected")
-                return
-            self._accept(message.get("subprotocol"))
-        ws = self.ws
-        if ws is None or not ws.open:
-            return
-        stats = self.sidecar.stats
-        if text is not None or data is not None:
-            if ws.compressed:
-                self.write(ws.send_message(text if text is not None else data))
-            else:
-                key = text if text is not None else data
-                frame = frames.get(key)
-                if frame is None:
-                    frames.clear()  # one entry: the payload being broadcast right now
-                    frame = frames[key] = (ws_proto.encode_frame(ws_proto.OP_TEXT, text.encode()) if text is not None
-                                           else ws_proto.encode_frame(ws_proto.OP_BINARY, data))
-                self.write(frame)
-            stats.frames_out += 1
-        if close:
-            self.send_ws_close(ws_proto.CLOSE_NORMAL if close is True else close)
+        if self.ws is not None or self.state is CONNECTING:
+            self._deliver_ws(message, frames)
+        elif self.state is HTTP_BODY:
+            self._deliver_http(message)
 
     def drain(self, code: int) -> None:
         """The sidecar is stopping: close WebSockets with ``code``, refuse pending handshakes,
@@ -747,9 +457,3 @@ class ClientConnection:
                 self.abort()
         elif state is CLOSING:
             self.abort()
-
-
-def _addr(peer: Any) -> str:
-    if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"{peer[0]}:{peer[1]}"
-    return str(peer or "-")

@@ -1,0 +1,159 @@
+"""HTTP mode of a sidecar connection (``--http layer``): requests out to the layer, responses back.
+
+A mixin of :class:`~.connection.ClientConnection`. A request whose body fits in
+``http_body_inline`` travels inside its ``http.request``; a larger one is sent as
+soon as that much has arrived, with a ``body_channel`` that gets the rest chunk by
+chunk (held back while the application reads slowly). Response messages arriving
+on the reply channel are checked (:func:`~wsgi_channels.translation.validate_response_message`)
+and streamed to the client; keep-alive then starts the next request.
+"""
+from __future__ import annotations
+
+import time
+
+import gevent
+import h11
+
+from ..exceptions import InvalidMessage
+from ..translation import InvalidRequest, build_request_message, validate_response_message
+from ._connbase import _LAYER_RETRY_SECONDS, HTTP_BODY, log
+from .http import header_value, request_info, simple_body
+
+__all__ = ["HttpModeMixin"]
+
+
+class HttpModeMixin:
+    """The HTTP-mode methods of :class:`~.connection.ClientConnection` (state lives there)."""
+
+    __slots__ = ()
+
+    def _start_http_request(self, request: h11.Request, headers: list, target: bytes) -> None:
+        sidecar = self.sidecar
+        config = sidecar.config
+        if sidecar.draining or not sidecar.layer_ok:
+            self._respond(503, simple_body(503, "draining" if sidecar.draining else "channel layer unavailable"),
+                          close=True)
+            return
+        length = header_value(headers, b"content-length")
+        if config.max_request_body and length is not None and length.isdigit() \
+                and int(length) > config.max_request_body:
+            self._respond(413, simple_body(413), close=True)
+            return
+        self.state = HTTP_BODY
+        self.request_started = True
+        self.reply_channel = sidecar.route(self)
+        self.deadline = time.monotonic() + config.http_timeout
+        info = request_info(headers, self.peer, self.local, config.proxy_headers)
+        try:
+            self.path = target.split(b"?", 1)[0].decode("latin-1")
+            message = build_request_message(
+                reply_channel=self.reply_channel, method=request.method, target=target, headers=headers,
+                http_version=request.http_version.decode("ascii"), scheme=info.scheme, client=info.client,
+                server=info.server, root_path=config.root_path)
+        except (InvalidRequest, InvalidMessage) as e:
+            self._respond(400, simple_body(400, str(e)), close=True)
+            return
+        self.path = message["path"]
+        self.body_buffer = [message]  # the request itself waits here until the body is known
+        self.write(self.http.continue_if_expected())
+        self.body_size = 0
+
+    def _on_body(self, data: bytes) -> None:
+        if self.state is not HTTP_BODY or not data:
+            return
+        config = self.sidecar.config
+        self.body_size += len(data)
+        if config.max_request_body and self.body_size > config.max_request_body:
+            if self.request_sent:
+                self._body_chunk(b"", closed=True)
+                self.abort()
+            else:
+                self._respond(413, simple_body(413), close=True)
+            return
+        if self.request_sent:
+            self._body_chunk(data, more=True)
+            return
+        self.body_buffer.append(data)
+        if self.body_size > config.http_body_inline:
+            # Too big to travel inline: send the request now with what we have, stream the rest.
+            message = self.body_buffer[0]
+            message["body"] = b"".join(self.body_buffer[1:])
+            message["body_channel"] = self.sidecar.layer.new_channel("http.request.body?")
+            self.body_channel = message["body_channel"]
+            self.body_buffer = []
+            self._send_request(message)
+
+    def _on_body_end(self) -> None:
+        if self.state is not HTTP_BODY:
+            return
+        if self.request_sent:
+            self._body_chunk(b"", more=False)
+        else:
+            message = self.body_buffer[0]
+            message["body"] = b"".join(self.body_buffer[1:])
+            self.body_buffer = []
+            self._send_request(message)
+
+    def _send_request(self, message: dict) -> None:
+        result = self._layer_send("http.request", message)
+        if result == "ok":
+            self.request_sent = True
+            return
+        status = 413 if result == "too-large" else 503
+        self._respond(status, simple_body(status, {"full": "too many requests waiting",
+                                                   "down": "channel layer unavailable"}.get(result, "")),
+                      close=True)
+
+    def _body_chunk(self, content: bytes, more: bool = False, closed: bool = False) -> None:
+        if self.body_channel is None:
+            return
+        chunk = {"content": content, "more_content": more, "closed": closed}
+        deadline = time.monotonic() + self.sidecar.config.http_timeout
+        while True:
+            result = self._layer_send(self.body_channel, chunk)
+            if result != "full" or time.monotonic() > deadline or self.aborted:
+                break
+            gevent.sleep(_LAYER_RETRY_SECONDS)  # the app reads slowly: hold the client back
+        if result != "ok" and not closed:
+            log.warning("request body chunk for %s not delivered (%s); closing", self.path, result)
+            self.abort()
+
+    def _deliver_http(self, message: dict) -> None:
+        first = not self.response_started
+        try:
+            validate_response_message(message, first=first)
+        except Exception as e:
+            log.error("bad http.response for %s %s: %s", self.request_line, self.reply_channel, e)
+            if first:
+                self.response_started = True
+                self._respond(502, simple_body(502, "the application sent an invalid response"), close=True)
+            else:
+                self.abort()
+            return
+        more = message.get("more_content", False)
+        content = message.get("content", b"")
+        if first:
+            self.response_started = True
+            self.status = message["status"]
+            headers = [(bytes(n), bytes(v)) for n, v in message.get("headers", ())]
+            if not more and not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers):
+                headers.append((b"content-length", str(len(content)).encode()))
+            data = self.http.start_response(self.status, headers, close=self.sidecar.draining, from_app=True)
+        else:
+            data = b""
+        data += self.http.send_data(content)
+        self.resp_bytes += len(content)
+        self.deadline = time.monotonic() + self.sidecar.config.http_timeout
+        if more:
+            self.write(data)
+            return
+        self.write(data + self.http.end_response())
+        self._count_response(self.status, self.resp_bytes)
+        if self.http.keep_alive and not self.sidecar.draining:
+            self._next_request()
+            event = self.http.next_event()
+            if event is not h11.NEED_DATA:
+                gevent.spawn(self._pump_http, event)  # a pipelined request was waiting
+        else:
+            self._close_soon()
+

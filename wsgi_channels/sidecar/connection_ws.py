@@ -1,0 +1,179 @@
+"""The WebSocket side of a sidecar connection: the held handshake, frames to the layer and back.
+
+A mixin of :class:`~.connection.ClientConnection`. The upgrade request is checked
+(version, key, Origin) before anything reaches the layer; ``websocket.connect`` is
+sent and the ``101`` waits for the consumer's answer. Frames become
+``websocket.receive`` messages with their ``order``; messages for the socket are
+checked (:func:`~wsgi_channels.translation.validate_websocket_send`) and written,
+the frame of a group message encoded once for every uncompressed socket.
+"""
+from __future__ import annotations
+
+import time
+
+import gevent
+import h11
+
+from ..translation import InvalidRequest, validate_websocket_send
+from . import websocket as ws_proto
+from ._connbase import _CLOSE_WAIT, CLOSING, CONNECTING, OPEN, access_log, addr, log
+from .http import connect_message, request_info, simple_body
+
+__all__ = ["WebSocketMixin"]
+
+
+class WebSocketMixin:
+    """The WebSocket methods of :class:`~.connection.ClientConnection` (state lives there)."""
+
+    __slots__ = ()
+
+    # -- WebSocket handshake --------------------------------------------------------------------
+
+    def _on_upgrade(self, request: h11.Request, headers: list, target: bytes) -> None:
+        sidecar = self.sidecar
+        config = sidecar.config
+        stats = sidecar.stats
+        upgrade = ws_proto.check_upgrade(request.method, request.http_version, headers)
+        if not isinstance(upgrade, str) and not isinstance(self.http.next_event(), h11.EndOfMessage):
+            upgrade = "a WebSocket handshake request cannot have a body"
+        if isinstance(upgrade, str):
+            stats.handshakes["bad_request"] += 1
+            status = 426 if "Version" in upgrade else 400
+            self._respond(status, simple_body(status, upgrade),
+                          headers=[(b"sec-websocket-version", b"13")] if status == 426 else (), close=True)
+            return
+        info = request_info(headers, self.peer, self.local, config.proxy_headers)
+        refusal = ws_proto.check_origin(headers, info.scheme, info.host, config.allowed_origins)
+        if refusal is not None:
+            stats.handshakes["origin_refused"] += 1
+            log.info("WebSocket from %s refused: %s", addr(self.peer), refusal)
+            self._respond(403, simple_body(403, refusal), close=True)
+            return
+        if sidecar.draining or not sidecar.layer_ok:
+            stats.handshakes["unavailable"] += 1
+            self._respond(503, simple_body(503, "draining" if sidecar.draining else "channel layer unavailable"),
+                          close=True)
+            return
+        self.upgrade = upgrade
+        self.reply_channel = sidecar.route(self)
+        try:
+            message = connect_message(reply_channel=self.reply_channel, target=target, headers=headers, info=info,
+                                      root_path=config.root_path, subprotocols=upgrade.subprotocols)
+        except InvalidRequest as e:
+            stats.handshakes["bad_request"] += 1
+            self._respond(400, simple_body(400, str(e)), close=True)
+            return
+        self.path = message["path"]
+        self.state = CONNECTING
+        self.deadline = time.monotonic() + config.connect_timeout
+        result = self._layer_send("websocket.connect", message)
+        if result != "ok":
+            stats.handshakes["connect_full" if result == "full" else "unavailable"] += 1
+            self._respond(503, simple_body(503, "server busy" if result == "full" else "channel layer unavailable"),
+                          close=True)
+            return
+        self.connect_sent = True
+
+    def _accept(self, subprotocol: str | None) -> None:
+        assert self.upgrade is not None
+        if subprotocol is not None and subprotocol not in self.upgrade.subprotocols:
+            log.error("consumer chose subprotocol %r that %s did not offer (%r); accepting without it",
+                      subprotocol, self.reply_channel, self.upgrade.subprotocols)
+            subprotocol = None
+        headers, extensions = ws_proto.accept_headers(self.upgrade, subprotocol, self.sidecar.config.compression)
+        data, trailing = self.http.switch_protocols(headers)
+        self.ws = ws_proto.WebSocketSession(extensions, max_message_size=self.sidecar.config.max_message_size)
+        # The HTTP parser and the upgrade request are done with: free them (thousands of idle sockets).
+        self.http = None  # type: ignore[assignment]
+        self.upgrade = None
+        self.state = OPEN
+        self.last_active = time.monotonic()
+        self.write(data)
+        stats = self.sidecar.stats
+        stats.handshakes["accepted"] += 1
+        stats.websockets_open += 1
+        stats.http_open -= 1  # counted as HTTP until the upgrade
+        access_log.info("%s WSCONNECT %s", addr(self.peer), self.path)
+        if trailing:
+            gevent.spawn(self._on_ws_data, trailing)  # frames sent before our 101: handle them on a reader
+
+    def _reject(self, status: int, outcome: str) -> None:
+        self.sidecar.stats.handshakes[outcome] += 1
+        self._respond(status, simple_body(status), close=True)
+
+    # -- WebSocket frames -----------------------------------------------------------------------
+
+    def _on_ws_data(self, data: bytes) -> None:
+        ws = self.ws
+        assert ws is not None
+        out, messages = ws.receive_data(data)
+        if out:
+            self.write(out)
+        if messages:
+            stats = self.sidecar.stats
+            for payload in messages:
+                stats.frames_in += 1
+                if not ws.open:
+                    break
+                self.order += 1
+                key = "text" if isinstance(payload, str) else "bytes"
+                result = self._layer_send("websocket.receive", {"reply_channel": self.reply_channel,
+                                                                "path": self.path, key: payload,
+                                                                "order": self.order})
+                if result == "ok":
+                    continue
+                self.order -= 1
+                if result == "full":
+                    self.write(ws.close(ws_proto.CLOSE_TRY_AGAIN, "server busy"))
+                elif result == "too-large":
+                    self.write(ws.close(ws_proto.CLOSE_TOO_BIG, "message too big"))
+                else:
+                    stats.dropped["layer_down"] += 1  # the socket stays up through a layer outage
+        if ws.closed:
+            self._close_soon()
+        elif not ws.open and self.state is OPEN:
+            self.state = CLOSING
+            self.deadline = time.monotonic() + _CLOSE_WAIT
+
+    def send_ws_close(self, code: int) -> None:
+        ws = self.ws
+        if ws is not None:
+            self.write(ws.close(code))
+            if self.state is OPEN:
+                self.state = CLOSING
+                self.deadline = time.monotonic() + _CLOSE_WAIT
+
+    # -- messages from the layer ----------------------------------------------------------------
+
+    def _deliver_ws(self, message: dict, frames: dict) -> None:
+        """A message for a WebSocket (pending or open): accept/reject, a frame, a close."""
+        try:
+            validate_websocket_send(message)
+        except Exception as e:
+            log.error("bad message for WebSocket %s: %s", self.reply_channel, e)
+            return
+        text, data, close = message.get("text"), message.get("bytes"), message.get("close")
+        if self.state is CONNECTING:
+            if close or message.get("accept") is False:
+                self._reject(403, "rejected")
+                return
+            self._accept(message.get("subprotocol"))
+        ws = self.ws
+        if ws is None or not ws.open:
+            return
+        stats = self.sidecar.stats
+        if text is not None or data is not None:
+            if ws.compressed:
+                self.write(ws.send_message(text if text is not None else data))
+            else:
+                key = text if text is not None else data
+                frame = frames.get(key)
+                if frame is None:
+                    frames.clear()  # one entry: the payload being broadcast right now
+                    frame = frames[key] = (ws_proto.encode_frame(ws_proto.OP_TEXT, text.encode()) if text is not None
+                                           else ws_proto.encode_frame(ws_proto.OP_BINARY, data))
+                self.write(frame)
+            stats.frames_out += 1
+        if close:
+            self.send_ws_close(ws_proto.CLOSE_NORMAL if close is True else close)
+
