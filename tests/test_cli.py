@@ -110,3 +110,30 @@ def test_bad_message_and_names():
     assert_one_line_error(run("send", "--layer", "memory://", "chan", "[1]"), 2, "JSON object")
     assert_one_line_error(run("send", "--layer", "ipc:///tmp/wsgi_channels-cli-test.db", "bad name!", "{}"),
                           2, "bad name!")
+
+
+def test_channel_globs_do_not_swallow_the_routing():
+    """`--only-channels GLOB ROUTING` works: each flag takes one value (repeatable, commas allowed)."""
+    from wsgi_channels.cli import build_parser
+    from wsgi_channels.worker import _flat
+
+    args = build_parser().parse_args(["worker", "--only-channels", "websocket.*", "chat:routing",
+                                      "--only-channels", "http.request,http.disconnect"])
+    assert args.routing == "chat:routing"
+    assert _flat(args.only_channels) == ["websocket.*", "http.request", "http.disconnect"]
+    result = run("worker", "--exclude-channels", "websocket.*", "demo:routing", "--layer", "memory://")
+    assert_one_line_error(result, 3, "memory://")  # got past argparse: ROUTING was seen
+
+
+def test_flags_replace_the_environment_for_repeatable_options(monkeypatch):
+    """WSGI_CHANNELS_BIND=a with --bind b listens on b only (argparse's append would keep a too)."""
+    from wsgi_channels.cli import build_parser
+    from wsgi_channels.worker import _flat
+
+    monkeypatch.setenv("WSGI_CHANNELS_BIND", "127.0.0.1:9000")
+    monkeypatch.setenv("WSGI_CHANNELS_EXCLUDE_CHANNELS", "http.*")
+    parser = build_parser()
+    assert parser.parse_args(["sidecar", "--bind", "127.0.0.1:9001"]).bind == ["127.0.0.1:9001"]
+    assert parser.parse_args(["sidecar"]).bind == ["127.0.0.1:9000"]
+    assert _flat(parser.parse_args(["worker", "x:y"]).exclude_channels) == ["http.*"]
+    assert _flat(parser.parse_args(["worker", "x:y", "--exclude-channels", "a.*"]).exclude_channels) == ["a.*"]

@@ -45,6 +45,23 @@ def parse_address(value: str) -> tuple[str, Any]:
     return host, int(port)
 
 
+class _AppendReplacingDefault(argparse._AppendAction):
+    """``action="append"`` whose first use on the command line replaces the default.
+
+    argparse's own append extends the default, so ``WSGI_CHANNELS_BIND=a`` plus ``--bind b``
+    would listen on both; an explicit flag must win over the environment.
+    """
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        seen = getattr(namespace, "_wsgi_channels_appended", set())
+        if self.dest not in seen:
+            setattr(namespace, self.dest, None)
+            seen.add(self.dest)
+            setattr(namespace, "_wsgi_channels_appended", seen)
+        super().__call__(parser, namespace, values, option_string)
+
+
 def add_option(parser: argparse.ArgumentParser, flag: str, *, default: Any = None,
                type: Callable[[str], Any] | None = None, **kwargs: Any) -> argparse.Action:
     """``parser.add_argument`` whose default comes from ``WSGI_CHANNELS_<FLAG>`` when set.
@@ -66,6 +83,8 @@ def add_option(parser: argparse.ArgumentParser, flag: str, *, default: Any = Non
                 default = type(raw) if type else raw
         except (argparse.ArgumentTypeError, ValueError) as e:
             parser.error(f"environment variable {name}={raw!r}: {e}")
+    if action == "append":
+        kwargs["action"] = _AppendReplacingDefault  # the flags replace the environment's list
     help_text = kwargs.pop("help", "") or ""
     kwargs["help"] = f"{help_text} [env {name}]".strip()
     if type is not None:

@@ -336,7 +336,7 @@ def _command(args: Any) -> int:
     try:
         routing = _load_routing(args.routing)
         worker = Worker(routing, url, concurrency=args.greenlets or args.threads,
-                        only_channels=args.only_channels or (), exclude_channels=args.exclude_channels or (),
+                        only_channels=_flat(args.only_channels), exclude_channels=_flat(args.exclude_channels),
                         send_timeout=args.send_timeout, grace=args.grace,
                         mode="greenlets" if args.greenlets else "threads")
     except (ConfigurationError, StoreError) as e:  # StoreError: an ipc:// file that cannot be used
@@ -371,6 +371,19 @@ def _positive(value: str) -> int:
     return n
 
 
+def _globs(value: str) -> list:
+    """``a,b c`` -> ``["a", "b", "c"]``: the globs of one --only-channels/--exclude-channels value."""
+    return value.replace(",", " ").split()
+
+
+def _flat(values: Any) -> list:
+    """The globs of repeated flags (lists of lists) or of the environment (one flat list)."""
+    out: list = []
+    for v in values or ():
+        out.extend(v if isinstance(v, list) else [v])
+    return out
+
+
 def register(subparsers: Any) -> None:
     """Add ``worker`` to the ``wsgi-channels`` command."""
     from .config import add_option
@@ -387,14 +400,16 @@ def register(subparsers: Any) -> None:
                        help="worker threads [env WSGI_CHANNELS_THREADS] (default 4)")
     group.add_argument("--greenlets", type=_positive, default=None,
                        help="run N greenlets under gevent instead of threads")
-    add_option(parser, "--only-channels", nargs="+", default=None, metavar="GLOB",
-               help="serve only channels matching these globs")
-    add_option(parser, "--exclude-channels", nargs="+", default=None, metavar="GLOB",
-               help="do not serve channels matching these globs")
+    # One value per flag (repeatable, or comma-separated): with nargs="+" the globs would swallow a
+    # ROUTING written after them (`--only-channels 'websocket.*' chat:routing`).
+    add_option(parser, "--only-channels", action="append", type=_globs, default=None, metavar="GLOB[,GLOB]",
+               help="serve only channels matching these globs (repeatable)")
+    add_option(parser, "--exclude-channels", action="append", type=_globs, default=None, metavar="GLOB[,GLOB]",
+               help="do not serve channels matching these globs (repeatable)")
     add_option(parser, "--send-timeout", type=float, default=DEFAULT_SEND_TIMEOUT,
-               help="seconds a send to a full channel is retried before it is dropped")
+               help=f"seconds a send to a full channel is retried before it is dropped (default {DEFAULT_SEND_TIMEOUT:g})")
     add_option(parser, "--grace", type=float, default=30.0,
-               help="seconds to finish in-flight messages after SIGTERM")
+               help="seconds to finish in-flight messages after SIGTERM (default 30)")
     add_option(parser, "--admin-bind", default="", metavar="HOST:PORT", help="serve Prometheus /metrics here")
     add_option(parser, "--log-level", default="info", help="logging level")
     parser.set_defaults(func=_command)
