@@ -49,6 +49,7 @@ EXAMPLES_REQUIRES = [
     "pyramid_tm>=2.5",
     "transaction>=4.0",
     "django>=4.2",
+    "gunicorn>=22",  # the examples' production shape (examples/*/README.md)
 ]
 
 BENCH_REQUIRES = [

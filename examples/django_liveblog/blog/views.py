@@ -1,5 +1,6 @@
 import html
 import json
+import os
 
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.decorators import login_required
@@ -22,7 +23,7 @@ PAGE = """<!doctype html>
 <script type="module">
 import {{ connect }} from "/_wsgi_channels/static/channels.js";
 const status = document.getElementById("status");
-const socket = connect("/ws/posts/");
+const socket = connect({ws_url});
 socket.on("open", () => {{ status.dataset.state = "open"; status.textContent = "live"; }});
 socket.on("json", (post) => {{
   if (post.hello || document.getElementById(`post-${{post.id}}`)) return;
@@ -46,7 +47,10 @@ LOGIN = """<!doctype html><html><body><h1>Log in</h1>
 def index(request):
     posts = "".join(f'<article id="post-{p.id}"><h2>{html.escape(p.title)}</h2></article>'
                     for p in Post.objects.all()[:50])
+    # DJLIVE_WS_URL: where the page opens its socket; default the same origin (nginx sends /ws/ to the sidecar).
+    ws_url = json.dumps(os.environ.get("DJLIVE_WS_URL") or "/ws/posts/").replace("<", "\\u003c")
     return HttpResponse(PAGE.format(user=html.escape(request.user.get_username()), csrf=get_token(request),
+                                    ws_url=ws_url,
                                     posts=posts))
 
 
