@@ -745,3 +745,30 @@ def drain_all(layer, channels):
         if ch is None:
             return out
         out.append((ch, msg))
+
+
+def test_a_long_outage_logs_the_lost_wakeup_listener_once(caplog):
+    """The listener retries about every second while Redis is down; one warning per outage, not per try."""
+    import logging
+
+    from servers import RedisServer
+
+    server = RedisServer().start()
+    layer = from_url(server.url)
+    try:
+        assert layer.receive(["outage.chan"], block=True, timeout=0.2) == (None, None)  # starts the listener
+        with caplog.at_level(logging.DEBUG, logger="wsgi_channels.layers._redis_wakeup"):
+            server.restart(down_for=3.0)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any("reconnected" in r.getMessage() for r in caplog.records):
+                try:
+                    layer.receive(["outage.chan"], block=True, timeout=0.2)
+                except exc.LayerUnavailable:
+                    time.sleep(0.1)
+        lost = [r for r in caplog.records if "wake-up listener lost" in r.getMessage()]
+        assert len(lost) >= 3, "the listener should have retried several times during 3 s"
+        assert [r.levelno for r in lost].count(logging.WARNING) == 1
+        assert any("reconnected" in r.getMessage() for r in caplog.records)
+    finally:
+        layer.close()
+        server.stop()

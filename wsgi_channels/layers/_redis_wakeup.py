@@ -147,7 +147,9 @@ class Doorbell:
             except Exception as e:
                 if self._closed:
                     break
-                log.warning("wake-up listener lost %s: %s; reconnecting", self._label, e)
+                # Once per outage: retries (every second at most) during a long one log at debug.
+                (log.warning if backoff == 0.05 else log.debug)(
+                    "wake-up listener lost %s: %s; reconnecting", self._label, e)
                 self._wake_all()  # waiters retry their pop and see the error for themselves
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
