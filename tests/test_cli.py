@@ -137,3 +137,32 @@ def test_flags_replace_the_environment_for_repeatable_options(monkeypatch):
     assert parser.parse_args(["sidecar"]).bind == ["127.0.0.1:9000"]
     assert _flat(parser.parse_args(["worker", "x:y"]).exclude_channels) == ["http.*"]
     assert _flat(parser.parse_args(["worker", "x:y", "--exclude-channels", "a.*"]).exclude_channels) == ["a.*"]
+
+
+def test_a_bad_environment_value_only_stops_the_command_that_reads_it(tmp_path):
+    layer = f"ipc://{tmp_path}/channels.db"
+    env_bad = {"WSGI_CHANNELS_THREADS": "abc", "WSGI_CHANNELS_PING_INTERVAL": "soon"}
+    old = {k: os.environ.get(k) for k in env_bad}
+    os.environ.update(env_bad)
+    try:
+        assert run("send", "--layer", layer, "chan", '{"n": 1}').returncode == 0  # neither is send's
+        assert_one_line_error(run("worker", "demo:routing", "--layer", layer), 2, "WSGI_CHANNELS_THREADS='abc'")
+        assert_one_line_error(run("sidecar", "--layer", layer), 2, "WSGI_CHANNELS_PING_INTERVAL='soon'")
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_worker_refuses_nonsense_numbers_and_levels():
+    for flag, value in (("--send-timeout", "-1"), ("--grace", "abc"), ("--log-level", "loud"), ("--threads", "0")):
+        result = run("worker", "demo:routing", flag, value, "--layer", "memory://")
+        assert_one_line_error(result, 2, flag)
+
+
+def test_unopenable_access_log_is_one_line(tmp_path):
+    result = run("sidecar", "--layer", f"ipc://{tmp_path}/channels.db", "--bind", "127.0.0.1:0",
+                 "--access-log", "/proc/no-such-dir/access.log")
+    assert_one_line_error(result, 3, "/proc/no-such-dir/access.log")

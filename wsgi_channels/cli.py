@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         monkey.patch_all()
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .config import env_errors
+
+    for message in env_errors(args):  # only the options of the subcommand that runs
+        print(f"wsgi-channels {args.command}: {message}", file=sys.stderr)
+        return EXIT_USAGE
     setup_logging(getattr(args, "log_level", None) or "info")
     from .exceptions import ConfigurationError, LayerUnavailable, StoreError
 
@@ -94,9 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wsgi-channels {args.command}: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     except OSError as e:
-        if e.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+        if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            print(f"wsgi-channels {args.command}: cannot listen: {e}", file=sys.stderr)
+        elif e.filename:  # a log file, socket path or store that cannot be opened: the message names it
+            print(f"wsgi-channels {args.command}: {e}", file=sys.stderr)
+        elif e.errno == errno.EACCES:
+            print(f"wsgi-channels {args.command}: cannot listen: {e}", file=sys.stderr)
+        else:
             raise
-        print(f"wsgi-channels {args.command}: cannot listen: {e}", file=sys.stderr)
         return EXIT_CONFIG
 
 

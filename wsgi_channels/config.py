@@ -10,7 +10,7 @@ import argparse
 import os
 from typing import Any, Callable
 
-__all__ = ["ENV_PREFIX", "env_name", "add_option", "parse_bool", "parse_address"]
+__all__ = ["ENV_PREFIX", "env_name", "add_option", "parse_bool", "parse_address", "EnvError", "env_errors"]
 
 ENV_PREFIX = "WSGI_CHANNELS_"
 
@@ -45,6 +45,25 @@ def parse_address(value: str) -> tuple[str, Any]:
     return host, int(port)
 
 
+class EnvError:
+    """The default of an option whose ``WSGI_CHANNELS_*`` value is unusable.
+
+    Reported (by :func:`env_errors`) only when the subcommand that has the option runs and the
+    flag is not given: a bad ``WSGI_CHANNELS_PING_INTERVAL`` must not break ``wsgi-channels send``.
+    """
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __repr__(self) -> str:
+        return f"<EnvError {self.message}>"
+
+
+def env_errors(args: argparse.Namespace) -> list[str]:
+    """Messages of the unusable environment values among the parsed options."""
+    return [v.message for v in vars(args).values() if isinstance(v, EnvError)]
+
+
 class _AppendReplacingDefault(argparse._AppendAction):
     """``action="append"`` whose first use on the command line replaces the default.
 
@@ -62,7 +81,7 @@ class _AppendReplacingDefault(argparse._AppendAction):
         super().__call__(parser, namespace, values, option_string)
 
 
-def add_option(parser: argparse.ArgumentParser, flag: str, *, default: Any = None,
+def add_option(parser: Any, flag: str, *, default: Any = None,
                type: Callable[[str], Any] | None = None, **kwargs: Any) -> argparse.Action:
     """``parser.add_argument`` whose default comes from ``WSGI_CHANNELS_<FLAG>`` when set.
 
@@ -82,7 +101,7 @@ def add_option(parser: argparse.ArgumentParser, flag: str, *, default: Any = Non
             else:
                 default = type(raw) if type else raw
         except (argparse.ArgumentTypeError, ValueError) as e:
-            parser.error(f"environment variable {name}={raw!r}: {e}")
+            default = EnvError(f"environment variable {name}={raw!r}: {e}")
     if action == "append":
         kwargs["action"] = _AppendReplacingDefault  # the flags replace the environment's list
     help_text = kwargs.pop("help", "") or ""

@@ -371,6 +371,18 @@ def _positive(value: str) -> int:
     return n
 
 
+def _seconds(value: str) -> float:
+    import argparse
+
+    try:
+        n = float(value)
+    except ValueError:
+        n = -1.0
+    if not n >= 0 or n == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (0 or more), got {value!r}")
+    return n
+
+
 def _globs(value: str) -> list:
     """``a,b c`` -> ``["a", "b", "c"]``: the globs of one --only-channels/--exclude-channels value."""
     return value.replace(",", " ").split()
@@ -393,11 +405,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("routing", metavar="ROUTING", help="the routing list as module:attribute")
     add_option(parser, "--layer", default=None, help="channel layer URL (default: WSGI_CHANNELS_LAYER)")
     group = parser.add_mutually_exclusive_group()
-    raw_threads = os.environ.get("WSGI_CHANNELS_THREADS") or "4"
-    if not raw_threads.strip().isdigit() or int(raw_threads) < 1:
-        parser.error(f"environment variable WSGI_CHANNELS_THREADS={raw_threads!r}: expected a positive integer")
-    group.add_argument("--threads", type=_positive, default=int(raw_threads),
-                       help="worker threads [env WSGI_CHANNELS_THREADS] (default 4)")
+    add_option(group, "--threads", type=_positive, default=4, help="worker threads (default 4)")
     group.add_argument("--greenlets", type=_positive, default=None,
                        help="run N greenlets under gevent instead of threads")
     # One value per flag (repeatable, or comma-separated): with nargs="+" the globs would swallow a
@@ -406,12 +414,12 @@ def register(subparsers: Any) -> None:
                help="serve only channels matching these globs (repeatable)")
     add_option(parser, "--exclude-channels", action="append", type=_globs, default=None, metavar="GLOB[,GLOB]",
                help="do not serve channels matching these globs (repeatable)")
-    add_option(parser, "--send-timeout", type=float, default=DEFAULT_SEND_TIMEOUT,
+    add_option(parser, "--send-timeout", type=_seconds, default=DEFAULT_SEND_TIMEOUT,
                help=f"seconds a send to a full channel is retried before it is dropped (default {DEFAULT_SEND_TIMEOUT:g})")
-    add_option(parser, "--grace", type=float, default=30.0,
+    add_option(parser, "--grace", type=_seconds, default=30.0,
                help="seconds to finish in-flight messages after SIGTERM (default 30)")
     add_option(parser, "--admin-bind", default="", metavar="HOST:PORT", help="serve Prometheus /metrics here")
-    add_option(parser, "--log-level", default="info", help="logging level")
+    add_option(parser, "--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=_command)
 
 
