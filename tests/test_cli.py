@@ -166,3 +166,22 @@ def test_unopenable_access_log_is_one_line(tmp_path):
     result = run("sidecar", "--layer", f"ipc://{tmp_path}/channels.db", "--bind", "127.0.0.1:0",
                  "--access-log", "/proc/no-such-dir/access.log")
     assert_one_line_error(result, 3, "/proc/no-such-dir/access.log")
+
+
+def test_send_reads_a_message_from_stdin(tmp_path):
+    """`-` takes the JSON from stdin: messages longer than one argument may be (and pipes)."""
+    from wsgi_channels.layers import from_url
+
+    url = f"ipc://{tmp_path}/channels.db"
+    env = {**os.environ}
+    ok = subprocess.run([SCRIPT, "send", "--layer", url, "stdin.chan", "-"], input='{"text": "piped"}',
+                        capture_output=True, text=True, timeout=30, env=env)
+    assert ok.returncode == 0, ok.stderr
+    layer = from_url(url)
+    try:
+        assert layer.receive(["stdin.chan"]) == ("stdin.chan", {"text": "piped"})
+    finally:
+        layer.close()
+    big = subprocess.run([SCRIPT, "send", "--layer", url, "stdin.chan", "-"], input='{"text": "%s"}' % ("x" * 1_100_000),
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert_one_line_error(big, 1, "over the limit")

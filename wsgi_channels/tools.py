@@ -37,7 +37,9 @@ def _bytes_from_b64(value: Any) -> Any:
 
 
 def parse_json_message(text: str) -> dict:
-    """A message from a JSON object on the command line (``b64:`` strings become bytes)."""
+    """A message from a JSON object on the command line (``b64:`` strings become bytes); ``-`` reads stdin."""
+    if text == "-":  # a message too long for one command-line argument, or piped from a script
+        text = sys.stdin.read()
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
@@ -101,7 +103,8 @@ def register(subparsers: Any) -> None:
         p = subparsers.add_parser(command, help=f"send one JSON message to a {what}",
                                   description=f"Send one message (a JSON object) to a {what}.")
         p.add_argument("name", help=f"{what} name")
-        p.add_argument("message", type=parse_json_message, help='JSON object, e.g. \'{"text": "hi"}\'')
+        p.add_argument("message", type=parse_json_message,
+                       help='JSON object, e.g. \'{"text": "hi"}\', or - to read it from stdin')
         add_option(p, "--layer", default=default_layer_url(), help="channel layer URL")
         p.set_defaults(func=_send)
     p = subparsers.add_parser("stats", help="print layer statistics as JSON")
