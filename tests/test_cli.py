@@ -185,3 +185,25 @@ def test_send_reads_a_message_from_stdin(tmp_path):
     big = subprocess.run([SCRIPT, "send", "--layer", url, "stdin.chan", "-"], input='{"text": "%s"}' % ("x" * 1_100_000),
                          capture_output=True, text=True, timeout=30, env=env)
     assert_one_line_error(big, 1, "over the limit")
+
+
+def test_ctrl_c_during_start_up_is_quiet(tmp_path):
+    """SIGINT while the routing is still importing: exit 130 and one line, no KeyboardInterrupt traceback."""
+    import signal
+    import time
+
+    marker = tmp_path / "importing"
+    (tmp_path / "slow_routing.py").write_text(f"import time\nopen({str(marker)!r}, 'w').close()\n"
+                                              "time.sleep(30)\nroutes = []\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.Popen([SCRIPT, "worker", "slow_routing:routes", "--layer", f"ipc://{tmp_path}/c.db"],
+                            cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 20
+    while not marker.exists() and time.monotonic() < deadline:  # inside the routing's import
+        time.sleep(0.05)
+    assert marker.exists(), "the worker never imported the routing"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err

@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     except LayerUnavailable as e:
         print(f"wsgi-channels {args.command}: {e}", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:  # Ctrl+C before a server installed its own handler (still starting up)
+        print(f"wsgi-channels {args.command}: interrupted", file=sys.stderr)
+        return 130
     except OSError as e:
         if e.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
             print(f"wsgi-channels {args.command}: cannot listen: {e}", file=sys.stderr)
