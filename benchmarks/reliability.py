@@ -182,7 +182,8 @@ def soak(args) -> dict:
             for li in listeners:
                 li.stop()
             acked = {seq for seq, _, status in pusher.results if status == 200}
-            lost = sum(1 for li in listeners for seq in acked if seq not in {s for s, _ in li.got})
+            got = [{seq for seq, _ in li.got} for li in listeners]
+            lost = sum(len(acked - g) for g in got)
             alive = all(p.running for p in st.procs)
     finally:
         server.stop()
@@ -308,11 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(ROOT / "docs" / "reliability.md"))
     p.add_argument("--soak", action="store_true", help="soak for 30 minutes (default: 2)")
+    p.add_argument("--soak-minutes", type=float, default=None, help="soak this long instead")
+    p.add_argument("--fuzz-seconds", type=int, default=None, help="fuzz this long (default 300)")
     p.add_argument("--quick", action="store_true", help="CI sizes (a smoke run of this script)")
     p.add_argument("--only", nargs="*", help="rerun only these scenarios (function names) and replace their "
                                             "rows in the existing document")
     args = p.parse_args(argv)
-    args.soak_minutes = 30.0 if args.soak else (0.5 if args.quick else 2.0)
+    args.soak_minutes = args.soak_minutes or (30.0 if args.soak else (0.5 if args.quick else 2.0))
     args.churn = 10_000 if args.quick else 100_000
     args.rate = 40.0 if args.quick else 100.0
     args.restart_after = 5.0 if args.quick else 15.0
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args.sigterm_clients = 20 if args.quick else 50
     args.slow_clients = 5 if args.quick else 20
     args.stalled = 200 if args.quick else 1000
-    args.fuzz_seconds = 20 if args.quick else 300
+    args.fuzz_seconds = args.fuzz_seconds or (20 if args.quick else 300)
     started = time.monotonic()
     rows = []
     for scenario in SCENARIOS:
