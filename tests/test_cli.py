@@ -103,6 +103,7 @@ def test_bad_routing_and_app(tmp_path):
     assert_one_line_error(run("worker", "json:dumps", "--layer", layer), 3, "routing must be a list")
     assert_one_line_error(run("runserver", "nosuchmodule:app", "--bind", "127.0.0.1:0"), 3, "nosuchmodule")
     assert_one_line_error(run("worker", "demo:routing", "--layer", "memory://"), 3, "memory://")
+    assert_one_line_error(run("sidecar", "--bind", "127.0.0.1:0", "--layer", "memory://"), 3, "private to one process")
 
 
 def test_bad_message_and_names():

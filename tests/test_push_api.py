@@ -138,6 +138,6 @@ def test_cli_errors_are_clear():
     r = run_cli("send", "x", "[1]", "--layer", "redis://127.0.0.1:1/0")
     assert r.returncode == 2 and "JSON object" in r.stderr
     r = run_cli("send", "x", "{}", "--layer", "memory://")
-    assert r.returncode == 3 and "inside one process" in r.stderr
+    assert r.returncode == 3 and "private to one process" in r.stderr
     r = run_cli("send", "x", "{}", "--layer", "redis://127.0.0.1:1/0")
     assert r.returncode == 4 and "Traceback" not in r.stderr and "unavailable" in r.stderr

@@ -21,7 +21,7 @@ from .cli import EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_USAGE
 from .channel import Channel, Group, default_layer_url
 from .config import add_option
 from .exceptions import ChannelsError, ConfigurationError, LayerUnavailable, StoreError
-from .layers import from_url
+from .layers import from_url, require_cross_process
 
 __all__ = ["register", "parse_json_message"]
 
@@ -54,13 +54,9 @@ def parse_json_message(text: str) -> dict:
 
 def _with_layer(args: argparse.Namespace, action: Callable[[Any], None]) -> int:
     """Run ``action(layer)`` on the ``--layer`` layer; library errors become one line on stderr."""
-    if args.layer.strip().lower().startswith("memory:"):
-        print(f"wsgi-channels {args.command}: the layer {args.layer!r} lives inside one process, so this command "
-              "could not reach any other; give --layer (or WSGI_CHANNELS_LAYER) as redis://... or ipc://...",
-              file=sys.stderr)
-        return EXIT_CONFIG
     layer = None
     try:
+        require_cross_process(args.layer, f"wsgi-channels {args.command}")
         layer = from_url(args.layer)
         action(layer)
     except ChannelsError as e:

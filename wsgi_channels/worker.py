@@ -302,18 +302,13 @@ def _command(args: Any) -> int:
 
     from . import cli
     from .channel import ENV_VAR, default_layer_url
-    from .layers import layer_class
+    from .layers import require_cross_process
 
     url = args.layer or default_layer_url()
     try:
-        cls = layer_class(url)
+        require_cross_process(url, "the worker")
     except ConfigurationError as e:
         log.error("%s", e)
-        return cli.EXIT_CONFIG
-    if cls.__name__ == "MemoryChannelLayer":
-        log.error("the worker runs in its own process, and memory:// is private to one process: "
-                  "use a layer other processes can reach (ipc:///path/to/store.db or redis://host:6379/0), "
-                  "set with --layer or %s", ENV_VAR)
         return cli.EXIT_CONFIG
     if args.greenlets:
         from gevent import monkey

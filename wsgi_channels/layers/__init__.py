@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 from ..exceptions import ConfigurationError
 from .base import BaseChannelLayer
 
-__all__ = ["from_url", "BaseChannelLayer", "SCHEMES", "parse_options"]
+__all__ = ["from_url", "BaseChannelLayer", "SCHEMES", "parse_options", "require_cross_process"]
 
 #: URL scheme -> "module:Class" (imported on first use, so Redis is not needed for memory://).
 SCHEMES = {
@@ -68,6 +68,20 @@ def layer_class(url: str | Sequence[str]) -> type[BaseChannelLayer]:
         raise ConfigurationError(f"only Redis URLs can be combined into shards, got {url!r}")
     module_name, _, class_name = SCHEMES[schemes.pop()].partition(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def require_cross_process(url: str | Sequence[str], command: str) -> None:
+    """Raise :class:`ConfigurationError` unless processes other than this one can reach ``url``.
+
+    The worker, the sidecar and the operator commands each run in a process of their
+    own, so the in-memory layer would leave them talking to nobody.
+    """
+    if not layer_class(url).cross_process:
+        raise ConfigurationError(
+            f"{command} runs in its own process and the layer {url!r} is private to one process: "
+            "use a layer other processes can reach (ipc:///path/to/store.db or redis://host:6379/0), "
+            "set with --layer or WSGI_CHANNELS_LAYER"
+        )
 
 
 def from_url(url: str | Sequence[str], **options: Any) -> BaseChannelLayer:

@@ -133,6 +133,8 @@ class BaseChannelLayer:
     """
 
     extensions = ["groups", "flush", "statistics"]
+    #: Whether other processes can reach this layer (False only for the in-memory layer).
+    cross_process = True
 
     ChannelFull = exc.ChannelFull
     MessageTooLarge = exc.MessageTooLarge

@@ -40,6 +40,8 @@ class _Entry:
 class MemoryChannelLayer(BaseChannelLayer):
     """In-process channel layer; see :class:`~wsgi_channels.layers.base.BaseChannelLayer` for options."""
 
+    cross_process = False
+
     def __init__(self, **options) -> None:
         super().__init__(**options)
         self._cond = threading.Condition(threading.RLock())

@@ -11,8 +11,10 @@ import logging
 import sys
 from typing import Any
 
+from ..channel import default_layer_url
 from ..config import add_option, parse_bool
 from ..exceptions import ConfigurationError
+from ..layers import require_cross_process
 from .config import HTTP_MODES, SidecarConfig
 
 __all__ = ["register", "build_config", "run", "setup_access_log"]
@@ -38,7 +40,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_option(p, "--bind", default=None, action="append", metavar="ADDRESS",
                help=f"HOST:PORT or unix:PATH to listen on; repeat for several (default {d.bind[0]})")
     add_option(p, "--layer", default="", metavar="URL",
-               help="channel layer URL (default: WSGI_CHANNELS_LAYER, else memory://)")
+               help="channel layer URL, redis://... or ipc://... (default: WSGI_CHANNELS_LAYER)")
     add_option(p, "--http", default=d.http, choices=HTTP_MODES,
                help="'layer': send plain HTTP requests to http.request consumers; 'off': 404 (default off)")
     add_option(p, "--http-timeout", default=d.http_timeout, type=float, metavar="SECONDS",
@@ -119,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = build_config(args)
+        require_cross_process(config.layer or default_layer_url(), "the sidecar")
     except ConfigurationError as e:
         print(f"wsgi-channels sidecar: {e}", file=sys.stderr)
         return EXIT_CONFIG
