@@ -31,11 +31,12 @@ def run_fuzzer(work: Path, runs: int, seconds: int, seed: int = 1) -> dict:
          f"-artifact_prefix={work}/", "-print_final_stats=1", *corpora],
         capture_output=True, text=True, timeout=seconds + 120, cwd=str(work))
     output = proc.stdout + proc.stderr
+    crash = output.find("Uncaught Python exception")
     done = re.search(r"Done (\d+) runs", output)
     stat = re.search(r"stat::number_of_executed_units:\s*(\d+)", output)
     executed = int(done.group(1)) if done else int(stat.group(1)) if stat else 0
-    return {"runs": executed, "crashed": proc.returncode != 0 or "Uncaught Python exception" in output,
-            "returncode": proc.returncode, "output": output[-5000:],
+    return {"runs": executed, "crashed": proc.returncode != 0 or crash >= 0,
+            "returncode": proc.returncode, "output": output[crash:crash + 4000] if crash >= 0 else output[-4000:],
             "artifacts": sorted(p.name for p in work.glob("crash-*"))}
 
 

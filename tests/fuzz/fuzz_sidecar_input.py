@@ -36,7 +36,9 @@ with atheris.instrument_imports(include=["wsgi_channels", "h11", "wsproto"]):
 
 MAX_MESSAGE = 4096
 ORIGIN_LISTS = ([], ["*"], ["https://app.example"])
-LEGAL_CLOSE_CODES = {1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+#: Codes a session may report for ``websocket.disconnect``: the RFC 6455 codes an endpoint may
+#: send, plus 1005 (the peer's close frame had no code) and 1006 (no close frame at all).
+LEGAL_CLOSE_CODES = {1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
 
 
 def chunks(flags: int, body: bytes) -> list[bytes]:
