@@ -172,3 +172,29 @@ def test_layer_outage_and_recovery(tmp_path):
     finally:
         s.stop()
         fresh_redis.stop()
+
+
+def test_concurrent_keep_alive_requests_all_answered(stack):
+    """Many keep-alive connections at once: every request is answered (a response that arrives
+    before its sender learns the send succeeded must not leave the next request unsent)."""
+    import threading
+
+    s, _ = stack
+    failures: list = []
+
+    def client() -> None:
+        with requests.Session() as session:
+            for i in range(40):
+                try:
+                    r = session.get(s.http(f"/hello?name=c{i}"), timeout=5)
+                    if r.status_code != 200 or r.json()["hello"] != f"c{i}":
+                        failures.append((r.status_code, r.text[:100]))
+                except requests.RequestException as e:
+                    failures.append(repr(e))
+
+    threads = [threading.Thread(target=client) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures, failures[:5]

@@ -10,17 +10,21 @@ so a wake-up can never lose a message.
 
 The listener runs in a daemon thread (a greenlet under gevent's monkey-patching)
 that owns its connection: it alone connects, reads and reconnects. Other threads
-only write ``SUBSCRIBE`` commands to it under a lock. It reads with a bounded
-``can_read`` poll, so it notices ``close()`` and prunes idle subscriptions; no
-timeout ever interrupts a command half-way. After a reconnect it resubscribes and
+only write ``SUBSCRIBE`` commands to it under a lock. Its reads are bounded by
+the socket's timeout, so it notices ``close()`` and prunes idle subscriptions; a
+timeout never loses part of a reply (the hiredis reader keeps it). After a reconnect it resubscribes and
 wakes every waiter, so messages pushed while it was away are picked up at once.
 """
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
+from collections import deque
 from typing import Any, Callable, Iterable
+
+import hiredis
 
 __all__ = ["Doorbell"]
 
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 IDLE_UNSUBSCRIBE = 60.0
 _POLL = 0.5
 _BACKOFF_MAX = 1.0
+_READ_SIZE = 65536
 
 
 class Doorbell:
@@ -43,6 +48,7 @@ class Doorbell:
         self._waiters: dict[bytes, set] = {}
         self._subscribed: dict[bytes, float] = {}  # confirmed channel -> last time it had waiters
         self._pending: dict[bytes, threading.Event] = {}  # SUBSCRIBE sent, not yet confirmed
+        self._orphans: deque = deque()  # (keys, event) left by finalizers that found the lock busy
         self._conn: Any = None
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -75,17 +81,27 @@ class Doorbell:
             if remaining <= 0 or not pending.wait(remaining):
                 break
 
-    def unwatch(self, keys: Iterable[bytes], event: threading.Event) -> None:
+    def unwatch(self, keys: Iterable[bytes], event: threading.Event, blocking: bool = True) -> None:
+        """Stop ringing ``event`` for ``keys``. With ``blocking=False`` (from a finalizer, which
+        may run while this thread holds the lock) a busy lock defers the removal to the listener."""
+        if not self._lock.acquire(blocking):
+            self._orphans.append((list(keys), event))  # deque.append is atomic
+            return
+        try:
+            self._forget(keys, event)
+        finally:
+            self._lock.release()
+
+    def _forget(self, keys: Iterable[bytes], event: threading.Event) -> None:
         now = time.monotonic()
-        with self._lock:
-            for key in keys:
-                waiters = self._waiters.get(key)
-                if waiters is not None:
-                    waiters.discard(event)
-                    if not waiters:
-                        del self._waiters[key]
-                if key in self._subscribed:
-                    self._subscribed[key] = now
+        for key in keys:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[key]
+            if key in self._subscribed:
+                self._subscribed[key] = now
 
     def ring(self, key: bytes) -> None:
         """Wake the local waiters of ``key`` (for messages that became available in this process)."""
@@ -137,9 +153,25 @@ class Doorbell:
                     log.warning("wake-up listener reconnected to %s", self._label)
                 backoff = 0.05
                 self._wake_all()  # anything pushed while we were away is fetched now
+                # Replies are read with our own hiredis reader straight from the socket, whose
+                # timeout bounds each read (partial replies stay in the reader): cheaper than a
+                # poll per message, which under gevent costs a hub round of its own.
+                sock = conn._sock
+                sock.settimeout(_POLL)
+                reader = hiredis.Reader()
                 while not self._closed:
-                    if conn.can_read(timeout=_POLL):
-                        self._handle(conn.read_response())
+                    try:
+                        data = sock.recv(_READ_SIZE)
+                    except socket.timeout:
+                        data = None
+                    if data is not None:
+                        if not data:
+                            raise ConnectionError("connection closed by the server")
+                        reader.feed(data)
+                        reply = reader.gets()
+                        while reply is not False:
+                            self._handle(reply)
+                            reply = reader.gets()
                     now = time.monotonic()
                     if now - last_prune > _POLL * 4:
                         last_prune = now
@@ -179,6 +211,8 @@ class Doorbell:
 
     def _prune(self, now: float) -> None:
         with self._lock:
+            while self._orphans:
+                self._forget(*self._orphans.popleft())
             idle = [k for k, last in self._subscribed.items()
                     if k not in self._waiters and now - last > IDLE_UNSUBSCRIBE]
             # Forgotten before the server confirms: a waiter arriving meanwhile subscribes

@@ -139,6 +139,34 @@ def _connection_url(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(pairs), fragment=""))
 
 
+class _Watch:
+    """One thread's doorbell registration for one channel list, kept between its receives.
+
+    Released when the thread receives on other channels, or when the thread ends (its
+    thread-local storage, and with it this object, goes away).
+    """
+
+    __slots__ = ("key", "generation", "watched", "event")
+
+    def __init__(self, key: tuple, generation: tuple, watched: list, timeout: float) -> None:
+        self.key = key
+        self.generation = generation  # (fork generation, layer epoch): stale after a fork or close()
+        self.watched = watched
+        self.event = threading.Event()
+        for bell, keys in watched:
+            bell.watch(keys, self.event, timeout)
+
+    def release(self) -> None:
+        watched, self.watched = self.watched, []
+        for bell, keys in watched:
+            bell.unwatch(keys, self.event)
+
+    def __del__(self) -> None:
+        # The owning thread ended: never block here (a collection can run anywhere).
+        for bell, keys in self.watched:
+            bell.unwatch(keys, self.event, blocking=False)
+
+
 class RedisChannelLayer(BaseChannelLayer):
     """Channel layer on one or more Redis servers.
 
@@ -211,6 +239,8 @@ class RedisChannelLayer(BaseChannelLayer):
         self._buffers_generation = _redis_conn.fork_generation()
         self._rr = 0
         self._sent = 0
+        self._local = threading.local()  # this thread's kept doorbell registration (_Watch)
+        self._epoch = 0  # bumped by close(): registrations made before are stale
 
     @classmethod
     def from_url(cls, url: Any, **options: Any) -> "RedisChannelLayer":
@@ -303,6 +333,46 @@ class RedisChannelLayer(BaseChannelLayer):
             raise exc.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
         self._sent += 1
 
+    def send_many(self, items: Sequence[tuple[str, dict]]) -> list[Exception | None]:
+        """Send several messages with one write and one read per shard (a pipeline of ``send`` scripts).
+
+        Returns one outcome per item, in order: ``None`` when queued, else the exception
+        :meth:`send` would have raised for it alone (``ChannelFull``, ``MessageTooLarge``,
+        ``LayerUnavailable``, ...); one item's failure never stops the others. Each item
+        is queued at most once, in the order given for items on the same shard; for a
+        reader such as the sidecar, which sends for many connections at once.
+        """
+        outcomes: list[Exception | None] = [None] * len(items)
+        by_shard: dict[Shard, list] = {}
+        for i, (channel, message) in enumerate(items):
+            try:
+                shard, keys, capacity, head, _ = self._send_info(channel)
+                body = encode(message, self.max_message_size)
+                if self._fernet is not None:
+                    body = self._fernet.encrypt(body)
+            except Exception as e:  # a bad name or message fails its own item only
+                outcomes[i] = e
+                continue
+            by_shard.setdefault(shard, []).append((i, channel, capacity, (
+                "EVALSHA", _SEND.sha, len(keys), *keys, head + body, self._expiry_ms, capacity, self._p,
+                self._gexp_ms)))
+        for shard, entries in by_shard.items():
+            try:
+                replies = shard.pipeline([e[3] for e in entries], now=True, script=_SEND)
+            except exc.LayerUnavailable as e:
+                for entry in entries:
+                    outcomes[entry[0]] = e
+                continue
+            for (i, channel, capacity, _), n in zip(entries, replies):
+                if isinstance(n, Exception):
+                    outcomes[i] = n
+                elif n < 0:
+                    self._count("channel_full_count")
+                    outcomes[i] = exc.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
+                else:
+                    self._sent += 1
+        return outcomes
+
     def _plan(self, names: list[str]) -> list:
         """Per shard: (shard, keys, prefix flags, names), cached per channel list."""
         key = tuple(names)
@@ -384,6 +454,26 @@ class RedisChannelLayer(BaseChannelLayer):
             return targets[0].decode(), msgpack.unpackb(plain, raw=False, strict_map_key=True)
         return targets[0].decode(), self._open(body)
 
+    def _buffer_entry(self, name: str, entry: bytes, now_ms: int) -> None:
+        """Queue every target of a popped ``t`` entry behind the copies already buffered for ``name``
+        (so a member never gets a later message before an earlier one waiting in the buffer)."""
+        newline = entry.index(b"\n", 14)
+        plain = bytes(self._plaintext(memoryview(entry)[newline + 1:]))
+        targets = deque(t.decode() for t in entry[14:newline].split(b" "))
+        deadline = time.monotonic() + (int(entry[:13]) - now_ms) / 1000.0
+        with self._buffers_lock:
+            self._buffers.setdefault(name, deque()).append([targets, plain, deadline])
+
+    def _rotated(self, entry: list) -> tuple:
+        """(shard, keys, flags, names) of one plan entry, rotated so a busy channel cannot starve a quiet one."""
+        shard, keys, flags, shard_names = entry
+        n = len(keys)
+        if n > 1:
+            r = self._rr % n
+            if r:
+                return shard, keys[r:] + keys[:r], flags[r:] + flags[:r], shard_names[r:] + shard_names[:r]
+        return shard, keys, flags, shard_names
+
     def _try_receive(self, names: list[str], plan: list) -> tuple[str, dict] | None:
         if self._buffers:
             got = self._take_buffered(names, 1)
@@ -392,14 +482,85 @@ class RedisChannelLayer(BaseChannelLayer):
         self._rr += 1
         count = len(plan)
         for i in range(count):
-            shard, keys, flags, shard_names = plan[(self._rr + i) % count]
-            n = len(keys)
-            if n > 1:  # rotate so a busy channel cannot starve a quiet one
-                r = self._rr % n
-                keys, flags, shard_names = keys[r:] + keys[:r], flags[r:] + flags[:r], shard_names[r:] + shard_names[:r]
+            shard, keys, flags, shard_names = self._rotated(plan[(self._rr + i) % count])
             reply = shard.script(_RECEIVE, keys, (self._p, *flags), True)
             if reply is not None:
                 return self._deliver(shard_names[reply[0] - 1], reply[1], reply[2])
+        return None
+
+    def _try_receive_batch(self, names: list[str], plan: list, limit: int) -> list[tuple[str, dict]]:
+        """Up to ``limit`` messages: buffered group copies first, then one script per shard."""
+        batch: list[tuple[str, dict]] = []
+        if self._buffers:
+            batch = self._take_buffered(names, limit)
+            if len(batch) >= limit:
+                return batch
+        self._rr += 1
+        count = len(plan)
+        for i in range(count):
+            if len(batch) >= limit:
+                break
+            shard, keys, flags, shard_names = self._rotated(plan[(self._rr + i) % count])
+            reply = shard.script(_RECEIVE_MANY, keys, (self._p, *flags, limit - len(batch)), True)
+            if not reply:
+                continue
+            now_ms = reply[-1]
+            buffered = False
+            for j in range(0, len(reply) - 1, 2):
+                name = shard_names[reply[j] - 1]
+                entry = reply[j + 1]
+                try:
+                    if entry[13:14] != b"m" and name in self._buffers:
+                        self._buffer_entry(name, entry, now_ms)  # behind this prefix's earlier copies
+                        buffered = True
+                    else:
+                        batch.append(self._deliver(name, entry, now_ms))
+                        buffered = buffered or name in self._buffers
+                except exc.ChannelsError as e:
+                    # One unreadable entry must not cost the rest of the batch, already popped.
+                    log.error("dropped an unreadable message on %s: %s", name, e)
+            if buffered and len(batch) < limit:
+                batch += self._take_buffered(names, limit - len(batch))
+        return batch
+
+    def _resolve_plan(self, channels: Iterable[str]) -> tuple[list[str], list] | None:
+        """The validated names and per-shard plan of a channel list (None when it is empty)."""
+        plan = self._plans.get(tuple(channels)) if type(channels) is list else None
+        if plan is not None:  # a channel list seen (and validated) before
+            return channels, plan  # type: ignore[return-value]  # a list, checked just above
+        names = self._receive_channels(channels)
+        if not names:
+            return None
+        return names, self._plan(names)
+
+    def _watch(self, names: list[str], plan: list, wait: float) -> threading.Event:
+        """An event rung by every push to the queues of ``plan``, kept for this thread's next receive.
+
+        A thread that receives on the same channels again and again (the worker, the
+        sidecar's loop) keeps its doorbell registration between calls: its next wait then
+        needs no second pop attempt after registering, one round trip instead of two.
+        """
+        key = tuple(names)
+        generation = (_redis_conn.fork_generation(), self._epoch)
+        watch = getattr(self._local, "watch", None)
+        if watch is not None:
+            if watch.key == key and watch.generation == generation:
+                return watch.event
+            self._local.watch = None
+            if watch.generation[0] == generation[0]:
+                watch.release()
+            else:
+                watch.watched = []  # forked: the parent's listener is abandoned here, never touched
+        watch = _Watch(key, generation, [(entry[0].bell(), entry[1]) for entry in plan], min(wait, 2.0))
+        self._local.watch = watch
+        return watch.event
+
+    def _watching(self, names: list[str]) -> threading.Event | None:
+        """This thread's event if it already watches exactly ``names`` (registered before any pop)."""
+        watch = getattr(self._local, "watch", None)
+        if watch is not None and watch.key == tuple(names) \
+                and watch.generation == (_redis_conn.fork_generation(), self._epoch):
+            return watch.event
         return None
 
     def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
@@ -409,74 +570,59 @@ class RedisChannelLayer(BaseChannelLayer):
             taken = self._take_buffered(channels, 1)
             if taken:
                 return taken[0]
-        names: list[str]
-        plan = self._plans.get(tuple(channels)) if type(channels) is list else None
-        if plan is not None:  # a channel list seen (and validated) before
-            names = channels  # type: ignore[assignment]  # a list, checked just above
-        else:
-            names = self._receive_channels(channels)
-            if not names:
-                return None, None
-            plan = self._plan(names)
+        resolved = self._resolve_plan(channels)
+        if resolved is None:
+            return None, None
+        names, plan = resolved
         wait = self._block_timeout(block, timeout) if block else 0.0
-        got = self._try_receive(names, plan)
-        if got is not None or wait <= 0:
-            return got if got is not None else (None, None)
-        deadline = time.monotonic() + wait
-        event = threading.Event()
-        watched = [(entry[0].bell(), entry[1]) for entry in plan]
-        try:
-            for bell, keys in watched:
-                bell.watch(keys, event, min(wait, 2.0))
-            while True:
-                event.clear()
-                got = self._try_receive(names, plan)
-                if got is not None:
-                    return got
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None, None
-                event.wait(remaining)
-        finally:
-            for bell, keys in watched:
-                bell.unwatch(keys, event)
+        got = self._await(names, plan, wait, lambda: self._try_receive(names, plan))
+        return got if got is not None else (None, None)
 
     def receive_batch(self, channels: Iterable[str], limit: int = 100, block: bool = False,
                       timeout: float | None = None) -> list[tuple[str, dict]]:
         """Up to ``limit`` messages at once, waiting (like :meth:`receive`) only for the first.
 
-        One round trip per shard fetches many entries, and a group message for many members
-        of one prefix fills the batch from its single copy, so a process reading its
+        One round trip per shard fetches up to ``limit`` entries (a quiet queue costs one
+        empty answer, a busy one is drained in the same call), and a group message for many
+        members of one prefix fills the batch from its single copy, so a process reading its
         ``prefix!`` drains a broadcast to thousands of its connections in a few calls.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be an int of at least 1, got {limit!r}")
-        first = self.receive(channels, block=block, timeout=timeout)
-        if first[0] is None:
+        resolved = self._resolve_plan(channels)
+        if resolved is None:
             return []
-        batch = [first]
-        names = list(channels)
-        plan = self._plan(names)
-        while len(batch) < limit:
-            before = len(batch)
-            if self._buffers:
-                batch += self._take_buffered(names, limit - len(batch))
-            for shard, keys, flags, shard_names in plan:
-                if len(batch) >= limit:
-                    break
-                reply = shard.script(_RECEIVE_MANY, keys, (self._p, *flags, limit - len(batch)), True)
-                if reply:
-                    now_ms = reply[-1]
-                    for i in range(0, len(reply) - 1, 2):
-                        name = shard_names[reply[i] - 1]
-                        try:
-                            batch.append(self._deliver(name, reply[i + 1], now_ms))
-                        except exc.ChannelsError as e:
-                            # One unreadable entry must not cost the rest of the batch, already popped.
-                            log.error("dropped an unreadable message on %s: %s", name, e)
-            if len(batch) == before:
-                break
-        return batch
+        names, plan = resolved
+        wait = self._block_timeout(block, timeout) if block else 0.0
+        return self._await(names, plan, wait, lambda: self._try_receive_batch(names, plan, limit)) or []
+
+    def _await(self, names: list[str], plan: list, wait: float, attempt: Any) -> Any:
+        """``attempt()`` until it returns something, for up to ``wait`` seconds.
+
+        Nothing is popped outside the scripts, and the doorbell is registered before the
+        attempt that precedes each wait, so a push after that attempt always wakes us.
+        """
+        if wait <= 0:
+            return attempt()
+        event = self._watching(names)
+        if event is not None:
+            event.clear()  # registered already: a push after this pop attempt sets it again
+        else:
+            got = attempt()  # the common case of a waiting message needs no registration
+            if got:
+                return got
+            event = self._watch(names, plan, wait)
+            event.clear()
+        deadline = time.monotonic() + wait
+        while True:
+            got = attempt()
+            if got:
+                return got
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            event.wait(remaining)
+            event.clear()
 
     # -- groups -----------------------------------------------------------------------------
 
@@ -586,6 +732,7 @@ class RedisChannelLayer(BaseChannelLayer):
         return {"messages_pending": pending, "messages_max_age": int(age), **self._local_statistics()}
 
     def close(self) -> None:
+        self._epoch += 1
         for shard in self._shards:
             shard.close()
 

@@ -255,23 +255,30 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
     def _layer_send(self, channel: str, message: dict) -> str:
         """Send to the layer: ``"ok"``, ``"full"``, ``"too-large"`` or ``"down"``."""
         sidecar = self.sidecar
-        slots = sidecar.layer_slots
-        if not slots.acquire(timeout=LAYER_SLOT_TIMEOUT):
-            sidecar.layer_failed(TimeoutError(f"no free layer slot within {LAYER_SLOT_TIMEOUT:g}s"))
-            return "down"
-        try:
-            sidecar.layer.send(channel, message)
-        except ChannelFull:
+        sender = sidecar.sender
+        if sender.batching:  # coalesced with other connections' sends (one round trip per batch)
+            error = sender.send(channel, message)
+        else:
+            slots = sidecar.layer_slots
+            if not slots.acquire(timeout=LAYER_SLOT_TIMEOUT):
+                sidecar.layer_failed(TimeoutError(f"no free layer slot within {LAYER_SLOT_TIMEOUT:g}s"))
+                return "down"
+            try:
+                sidecar.layer.send(channel, message)
+                error = None
+            except Exception as e:
+                error = e
+            finally:
+                slots.release()
+        if error is None:
+            return "ok"
+        if isinstance(error, ChannelFull):
             sidecar.stats.dropped[f"full:{channel.split('!')[0].split('?')[0]}"] += 1
             return "full"
-        except MessageTooLarge:
+        if isinstance(error, MessageTooLarge):
             return "too-large"
-        except Exception as e:
-            sidecar.layer_failed(e)
-            return "down"
-        finally:
-            slots.release()
-        return "ok"
+        sidecar.layer_failed(error)
+        return "down"
 
     def _send_disconnect(self) -> None:
         if not self.connect_sent or self.disconnect_sent:

@@ -95,7 +95,12 @@ class HttpModeMixin:
             self._send_request(message)
 
     def _send_request(self, message: dict) -> None:
+        reply_channel = self.reply_channel
         result = self._layer_send("http.request", message)
+        if self.reply_channel is not reply_channel:
+            # The whole response arrived (and keep-alive moved on) before this greenlet was
+            # given the send's outcome: this request is done, and nothing here is its state.
+            return
         if result == "ok":
             self.request_sent = True
             return

@@ -35,10 +35,12 @@ from ..channel import default_layer_url
 from ..config import parse_address
 from ..layers import from_url
 from ..layers.base import BaseChannelLayer, new_process_prefix
+from ._connbase import LAYER_SLOT_TIMEOUT
 from .config import SidecarConfig
 from .connection import ClientConnection
 from .http import raw_response
 from .metrics import SidecarStats, make_metrics_app, make_registry
+from .sender import LayerSender
 from .websocket import CLOSE_GOING_AWAY
 
 __all__ = ["Sidecar", "STATIC_DIR"]
@@ -82,6 +84,8 @@ class Sidecar:
         #: pooled layer connection, so this bounds the sidecar's Redis connections however
         #: many clients connect at the same moment (plus the receive loop's and the wake-ups').
         self.layer_slots = gevent.lock.BoundedSemaphore(LAYER_CONCURRENCY)
+        #: Sends coalesced into one round trip per batch when the layer has ``send_many``.
+        self.sender = LayerSender(self.layer, LAYER_SLOT_TIMEOUT)
         # A group and member of our own whose loss means the layer lost its state; the
         # connection counter starts at 1, so the member channel is never routed.
         self._state_marker = ("wsgi_channels.alive." + self.prefix.rstrip("!"), f"{self.prefix}0")
