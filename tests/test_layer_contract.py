@@ -495,6 +495,34 @@ def test_receive_batch_takes_a_backlog_in_order(layer):
             layer.receive_batch(["batch.a"], limit=bad)
 
 
+def test_receive_batch_hands_out_group_copies_per_member_in_order(layer):
+    members = [f"bat.side!c{i}" for i in range(500)]
+    for m in members:
+        layer.group_add("bat.g", m)
+    layer.send("bat.side!c7", {"n": -1})
+    layer.send_group("bat.g", {"n": 0})
+    layer.send_group("bat.g", {"n": 1})
+    layer.send("bat.plain", {"n": 9})
+    got = []
+    while True:
+        batch = layer.receive_batch(["bat.side!", "bat.plain"], 300)
+        assert len(batch) <= 300
+        if not batch:
+            break
+        got += batch
+    assert len(got) == 1 + 1000 + 1
+    per_member: dict = {}
+    for channel, message in got:
+        per_member.setdefault(channel, []).append(message["n"])
+    assert per_member.pop("bat.plain") == [9]
+    assert per_member.pop("bat.side!c7") == [-1, 0, 1]  # FIFO per member
+    assert all(v == [0, 1] for v in per_member.values()) and len(per_member) == 499
+    zeros = [m for _, m in got if m["n"] == 0]
+    zeros[0]["n"] = "changed"  # every delivery is its own copy
+    assert zeros[1]["n"] == 0
+    assert layer.receive_batch(["bat.side!"], 10) == []
+
+
 def test_receive_many_is_a_deprecated_alias(layer):
     layer.send("alias.chan", {"x": 1})
     with warnings.catch_warnings(record=True) as caught:
