@@ -117,7 +117,9 @@ class Worker:
         channels, layer, slots, queue = self.channels, self.layer, self._slots, self._queue
         # Layers with ``receive_batch`` (Redis) fetch several waiting messages in one round
         # trip. Batching only pays when messages are queued up, so it is used while the last
-        # batch came back with more than one, and tried every _PROBE_EVERY receives otherwise.
+        # batch came back with more than one, and tried every _PROBE_EVERY receives otherwise;
+        # a layer whose batch costs one round trip whatever it holds (``batch_round_trips``
+        # = 1, Redis) is always asked for as many messages as there are free executors.
         receive_batch = getattr(layer, "receive_batch", None) if self.concurrency > 1 else None
         backlog, probe = False, 0
         backoff = 0.0
@@ -127,7 +129,7 @@ class Worker:
             taken = 1
             if receive_batch is not None:
                 probe += 1
-                if backlog or probe % _PROBE_EVERY == 0:
+                if backlog or probe % _PROBE_EVERY == 0 or getattr(layer, "batch_round_trips", 0) == 1:
                     while taken < self.concurrency and slots.acquire(blocking=False):
                         taken += 1
             try:

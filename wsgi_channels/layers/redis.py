@@ -187,6 +187,10 @@ class RedisChannelLayer(BaseChannelLayer):
     Plus the common keywords of :class:`~wsgi_channels.layers.base.BaseChannelLayer`.
     """
 
+    #: ``receive_batch`` costs one round trip however many messages it takes, so a reader
+    #: may ask for as many as it can handle every time (the worker does).
+    batch_round_trips = 1
+
     def __init__(
         self,
         hosts: str | Sequence[str] = "redis://127.0.0.1:6379/0",
