@@ -300,7 +300,7 @@ def test_worker_refuses_memory_layer(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "wsgi_channels", "worker", "apps.flask_app:routing"],
                           env=env, cwd=str(TESTS), capture_output=True, text=True, timeout=30)
     assert proc.returncode == EXIT_CONFIG
-    assert "memory:// is private to one process" in proc.stderr
+    assert "the layer 'memory://' is private to one process" in proc.stderr
 
 
 @pytest.mark.parametrize("args,words", [
