@@ -104,6 +104,13 @@ def test_bad_routing_and_app(tmp_path):
     assert_one_line_error(run("runserver", "nosuchmodule:app", "--bind", "127.0.0.1:0"), 3, "nosuchmodule")
     assert_one_line_error(run("worker", "demo:routing", "--layer", "memory://"), 3, "memory://")
     assert_one_line_error(run("sidecar", "--bind", "127.0.0.1:0", "--layer", "memory://"), 3, "private to one process")
+    layer = f"ipc://{tmp_path}/channels.db"
+    missing_dir = tmp_path / "no" / "such" / "dir" / "s.sock"
+    assert_one_line_error(run("sidecar", "--bind", f"unix:{missing_dir}", "--layer", layer), 3, str(missing_dir))
+    not_a_socket = tmp_path / "precious.txt"
+    not_a_socket.write_text("keep me")
+    assert_one_line_error(run("sidecar", "--bind", f"unix:{not_a_socket}", "--layer", layer), 3, str(not_a_socket))
+    assert not_a_socket.read_text() == "keep me", "a file that is not a socket is never removed"
 
 
 def test_bad_message_and_names():

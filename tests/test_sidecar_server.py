@@ -7,6 +7,7 @@ a small consumer loop beside it on the in-memory layer (``tests/sidecar_echo_app
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
@@ -379,6 +380,7 @@ def test_proxy_headers_and_access_log(tmp_path):
         assert "WSCONNECT" not in h.log()  # the access log goes to its file only
     finally:
         h.stop()
+    assert not os.path.exists(unix_path), "a clean stop removes its Unix socket file"
 
 
 def test_sigterm_drains(tmp_path):

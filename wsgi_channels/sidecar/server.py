@@ -23,6 +23,7 @@ import mimetypes
 import os
 import signal
 import socket
+import stat
 import time
 from typing import Any
 
@@ -74,6 +75,7 @@ class Sidecar:
         self._layer_down_since: float | None = None
         self._counter = itertools.count(1)
         self._servers: list[gevent.server.StreamServer] = []
+        self._unix_paths: list[str] = []
         self._admin: Any = None
         self._loops: list[gevent.Greenlet] = []
         self._stopped = gevent.event.Event()
@@ -268,11 +270,19 @@ class Sidecar:
         host, port = parse_address(address)
         if host == "unix":
             path = str(port)
-            if os.path.exists(path):
-                os.unlink(path)
+            try:
+                if stat.S_ISSOCK(os.stat(path).st_mode):
+                    os.unlink(path)  # left by an earlier run; any other file is never removed
+            except FileNotFoundError:
+                pass
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            listener.bind(path)
+            try:
+                listener.bind(path)
+            except OSError as e:
+                listener.close()
+                raise OSError(e.errno, f"{e.strerror}: unix:{path}") from None
             listener.listen(4096)
+            self._unix_paths.append(path)
             server = gevent.server.StreamServer(listener, self._handle)
         else:
             server = gevent.server.StreamServer((host, port), self._handle, backlog=4096)
@@ -318,6 +328,12 @@ class Sidecar:
         self.draining = True
         for server in self._servers:
             server.close()
+        for path in self._unix_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._unix_paths.clear()
         for conn in list(self.connections):
             try:
                 conn.drain(CLOSE_GOING_AWAY)
