@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -283,7 +282,3 @@ def reject(message: Any) -> None:
     else:
         reply.send({"close": 1008})
 
-
-def env_layer_default() -> str:
-    """``WSGI_CHANNELS_LAYER`` or ``memory://``."""
-    return os.environ.get("WSGI_CHANNELS_LAYER", "").strip() or "memory://"

@@ -48,7 +48,7 @@ import os
 import sys
 from typing import Any, Callable
 
-from ..channel import Channel, Group, get_layer
+from ..channel import Channel, Group, default_layer_url, get_layer
 from ..exceptions import ConfigurationError
 from ..layers import layer_class
 from ..sessions import channel_session
@@ -140,8 +140,7 @@ class Channels:
             raise RuntimeError(f"wsgi_channels is already initialised on the Flask app {app.import_name!r}; "
                                "call init_app() once per app")
         config = app.config
-        config.setdefault("WSGI_CHANNELS_LAYER", self._emitter_layer or os.environ.get("WSGI_CHANNELS_LAYER", "").strip()
-                          or "memory://")
+        config.setdefault("WSGI_CHANNELS_LAYER", self._emitter_layer or default_layer_url())
         config.setdefault("WSGI_CHANNELS_ROUTING", None)
         config.setdefault("WSGI_CHANNELS_OPTIONS", {})
         config.setdefault("WSGI_CHANNELS_ALLOWED_ORIGINS", [])
@@ -178,7 +177,7 @@ class Channels:
         state = self._state()
         if state is not None:
             return state.layer_url
-        return self._emitter_layer or os.environ.get("WSGI_CHANNELS_LAYER", "").strip() or "memory://"
+        return self._emitter_layer or default_layer_url()
 
     @property
     def layer(self) -> Any:

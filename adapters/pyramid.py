@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from typing import Any, Callable
 
-from ..channel import Channel, Group, get_layer
+from ..channel import Channel, Group, default_layer_url, get_layer
 from ..exceptions import ConfigurationError
 from ..layers import layer_class, parse_options
 from ..sessions import channel_session
@@ -81,7 +80,7 @@ def parse_settings(settings: dict) -> ChannelsSettings:
     if unknown:
         raise ConfigurationError(f"unknown setting(s) {', '.join(unknown)}; known: "
                                  + ", ".join(PREFIX + k for k in sorted(_KNOWN)) + f", {PREFIX}option.NAME")
-    url = str(settings.get(PREFIX + "layer") or os.environ.get("WSGI_CHANNELS_LAYER", "").strip() or "memory://").strip()
+    url = str(settings.get(PREFIX + "layer") or default_layer_url()).strip()
     try:
         layer_class(url)
     except ConfigurationError as e:

@@ -5,11 +5,11 @@ The system checks (:mod:`.checks`) and everything else read settings through
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+from ...channel import default_layer_url
 from ...exceptions import ConfigurationError
 from ...layers import layer_class, parse_options
 
@@ -60,7 +60,7 @@ def alias_settings(alias: str = DEFAULT_ALIAS) -> AliasSettings:
     unknown = sorted(set(entry) - KNOWN_KEYS)
     if unknown:
         raise ConfigurationError(f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(KNOWN_KEYS))}")
-    layer = entry.get("LAYER") or os.environ.get("WSGI_CHANNELS_LAYER", "").strip() or "memory://"
+    layer = entry.get("LAYER") or default_layer_url()
     if not isinstance(layer, str):
         raise ConfigurationError(f"{where}['LAYER'] must be a layer URL string, got {type(layer).__name__}")
     try:
