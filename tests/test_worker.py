@@ -431,13 +431,22 @@ def test_worker_process_metrics_errors_and_thread_replacement(tmp_path, redis_ur
         for n, reply in enumerate(replies):
             channel, message = http.layer.receive([reply], block=True, timeout=10)
             assert message == {"echo": n}
-        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-        assert 'wsgi_channels_worker_messages_total{channel="http.request"} 1.0' in metrics
-        assert 'wsgi_channels_worker_consumer_errors_total{channel="test.boom"} 1.0' in metrics
-        assert 'wsgi_channels_worker_messages_total{channel="test.echo"} 10.0' in metrics
-        assert "wsgi_channels_worker_thread_restarts_total 2.0" in metrics
-        assert "wsgi_channels_worker_layer_up 1.0" in metrics
-        assert 'wsgi_channels_worker_consumer_seconds_total{channel="http.request"}' in metrics
+        expected = ['wsgi_channels_worker_messages_total{channel="http.request"} 1.0',
+                    'wsgi_channels_worker_consumer_errors_total{channel="test.boom"} 1.0',
+                    'wsgi_channels_worker_messages_total{channel="test.echo"} 10.0',
+                    "wsgi_channels_worker_thread_restarts_total 2.0",
+                    "wsgi_channels_worker_layer_up 1.0",
+                    'wsgi_channels_worker_consumer_seconds_total{channel="http.request"}']
+        # A message is counted once its consumer returns, which is just after its reply is sent:
+        # the last echo's count may trail its reply by a moment, so read until it shows (5 s at most).
+        deadline = time.monotonic() + 5
+        while True:
+            metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            missing = [line for line in expected if line not in metrics]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert not missing, (missing, metrics)
     finally:
         http.close()
         assert proc.stop() == 0
