@@ -103,6 +103,14 @@ def test_build_request_message_bad_arguments(bad, words):
         msg(**bad)
 
 
+def test_build_request_message_methods():
+    for raw, method in [(b"get", "GET"), (b"M-SEARCH", "M-SEARCH"), ("VERSION-CONTROL", "VERSION-CONTROL")]:
+        assert msg(method=raw)["method"] == method
+    for raw in [b"G.T", b"X_1", b"BREW1", b"", "G\u00c9T"]:
+        with pytest.raises(InvalidRequest, match="request method"):  # the server answers 400
+            msg(method=raw)
+
+
 def test_validate_request_message_names_the_key():
     good = dict(msg())
     assert validate_request_message(good) is good

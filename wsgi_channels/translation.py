@@ -96,6 +96,9 @@ class BodyChunkMessage(TypedDict, total=False):
 
 _ABSOLUTE_RE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*")
 _BAD_TARGET_BYTES = re.compile(rb"[\x00-\x20\x7f]")
+# The methods the contract accepts: upper-case letters and hyphens (GET, M-SEARCH, VERSION-CONTROL).
+# Other RFC 9110 tokens ("G.T", "X_1") are refused with 400 rather than handed to applications.
+_METHOD_RE = re.compile(r"^[A-Z][A-Z-]*\Z")
 
 
 def split_target(target: bytes) -> Tuple[str, bytes]:
@@ -184,6 +187,10 @@ def build_request_message(
     path, query_string = split_target(target)
     if isinstance(method, bytes):
         method = method.decode("ascii", "replace")
+    if not isinstance(method, str):
+        raise InvalidMessage(f"method must be str or bytes, not {type(method).__name__}")
+    if not _METHOD_RE.match(method.upper()):
+        raise InvalidRequest(f"request method {method[:40]!r} is not one of letters and hyphens")
     message: HttpRequestMessage = {
         "reply_channel": reply_channel,
         "http_version": http_version,
@@ -230,7 +237,7 @@ def validate_request_message(message: Any) -> HttpRequestMessage:
     if not reply:
         raise InvalidMessage("message['reply_channel'] is empty")
     method = _require(message, "method", str, "an upper-case method (str)")
-    if not method or not method.isascii() or not method.isupper() or not method.replace("-", "").isalpha():
+    if not _METHOD_RE.match(method):
         raise InvalidMessage(f"message['method'] must be an upper-case token such as 'GET', got {method!r:.40}")
     version = _require(message, "http_version", str, "'1.0', '1.1' or '2'")
     if version not in HTTP_VERSIONS:
