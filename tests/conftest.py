@@ -1,7 +1,8 @@
 """Shared fixtures: real Redis servers on free ports, and a layer for every backend.
 
 ``layer_url`` / ``layer`` are parametrised over every backend that must pass
-the contract: memory, the single-machine layer, one Redis and three Redis shards.
+the contract: memory, the single-machine layer, one Redis (7, Debian 12's), three Redis
+shards, and one Redis 6.0 (Debian 11's, fetched by ``.ci/fetch-redis6``).
 """
 from __future__ import annotations
 
@@ -12,14 +13,21 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from servers import RedisServer  # noqa: E402
+from servers import RedisServer, find_redis6_server  # noqa: E402
 
-BACKENDS = ["memory", "ipc", "redis", "redis3"]
+BACKENDS = ["memory", "ipc", "redis", "redis3", "redis6"]
 
 
 @pytest.fixture(scope="session")
 def redis_server():
     server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis6_server():
+    server = RedisServer(binary=find_redis6_server()).start()
     yield server
     server.stop()
 
@@ -51,6 +59,8 @@ def layer_url_for(request, tmp_path):
             return f"ipc://{tmp_path / 'channels.db'}"
         if kind == "redis":
             return request.getfixturevalue("redis_server").url
+        if kind == "redis6":
+            return request.getfixturevalue("redis6_server").url
         if kind == "redis3":
             return ",".join(s.url for s in request.getfixturevalue("redis_shards"))
         raise ValueError(kind)

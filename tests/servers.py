@@ -4,6 +4,10 @@
 ``/usr/bin``/``/usr/sbin``) on a free loopback port, with no persistence. It can
 be stopped (SIGTERM or SIGKILL) and started again on the same port for restart
 tests. A missing ``redis-server`` fails loudly: it is never a skip.
+
+``find_redis6_server`` gives a Redis 6.0 binary for the contract suite's
+``redis6`` backend: ``.ci/fetch-redis6`` unpacks Debian 11's package into
+``.ci/cache/`` the first time (no root needed); if that fails the tests fail.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["free_port", "wait_for_port", "RedisServer", "find_redis_server", "ServerProcess"]
+__all__ = ["free_port", "wait_for_port", "RedisServer", "find_redis_server", "find_redis6_server", "ServerProcess"]
 
 
 def free_port() -> int:
@@ -50,6 +54,21 @@ def find_redis_server() -> str:
             "or `apt-get install redis-server`"
         )
     return path
+
+
+_FETCH_REDIS6 = Path(__file__).resolve().parent.parent / ".ci" / "fetch-redis6"
+
+
+def find_redis6_server() -> str:
+    """Path of a Redis 6.0 ``redis-server``: ``$WSGI_CHANNELS_REDIS6``, else fetched by ``.ci/fetch-redis6``."""
+    path = os.environ.get("WSGI_CHANNELS_REDIS6")
+    if path:
+        return path
+    done = subprocess.run(["bash", str(_FETCH_REDIS6)], capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"could not fetch Redis 6 with {_FETCH_REDIS6} (exit {done.returncode}):\n"
+                           f"{done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 class ServerProcess:
@@ -105,11 +124,12 @@ class RedisServer(ServerProcess):
     """A throwaway ``redis-server`` on a free port; ``url`` is its ``redis://`` URL."""
 
     def __init__(self, port: int | None = None, password: str | None = None,
-                 extra_args: list[str] | None = None, workdir: str | None = None) -> None:
+                 extra_args: list[str] | None = None, workdir: str | None = None,
+                 binary: str | None = None) -> None:
         self.port = port or free_port()
         self.password = password
         self.dir = workdir or tempfile.mkdtemp(prefix=f"redis-{self.port}-")
-        args = [find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
+        args = [binary or find_redis_server(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", self.dir, "--daemonize", "no"]
         if password:
             args += ["--requirepass", password]

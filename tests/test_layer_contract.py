@@ -1,6 +1,6 @@
 """The channel-layer contract (CONTRACT.md section 1), one suite for every backend.
 
-Parametrised by ``conftest.BACKENDS``: memory, ipc, one Redis, three Redis shards.
+Parametrised by ``conftest.BACKENDS``: memory, ipc, one Redis 7, three Redis shards, one Redis 6.0.
 """
 from __future__ import annotations
 
