@@ -3,15 +3,16 @@
 ``wsgi-channels worker ROUTING [--layer URL] [--threads N | --greenlets N]
 [--only-channels GLOB ...] [--exclude-channels GLOB ...]``
 
-One receiver thread (a greenlet under gevent) makes a blocking ``receive`` on
-the served channels whenever one of N executor threads is free, and hands the
-message over; the executor runs :func:`~wsgi_channels.consumer.run_consumer`.
-No thread is created per message, and a busy worker leaves messages queued
-for other workers; with a backlog, a layer that has ``receive_batch`` (Redis)
-hands over as many messages as there are free executors in one round trip. Receives are bounded (a second), so a stop request is seen
-quickly. The main thread supervises: it replaces a thread that died, and on
-SIGTERM/SIGINT it stops receiving and waits up to ``grace`` seconds for the
-messages in flight.
+N threads (greenlets under gevent) take turns at one blocking ``receive`` on the
+served channels (leader/follower): the thread that receives a message runs it
+itself through :func:`~wsgi_channels.consumer.run_consumer`, after handing the
+receiving role to an idle thread, so no message waits for a hand-over between
+threads. No thread is created per message, and a busy worker leaves messages
+queued for other workers; with a backlog, a layer that has ``receive_batch``
+(Redis) hands over as many messages as there are idle threads in one round
+trip. Receives are bounded (a second), so a stop request is seen quickly. The
+main thread supervises: it replaces a thread that died, and on SIGTERM/SIGINT
+it stops receiving and waits up to ``grace`` seconds for the messages in flight.
 
 A consumer that raises is logged and counted; the worker goes on. A layer
 that is down (``LayerUnavailable``) is retried with capped exponential backoff
@@ -27,8 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
-from queue import Queue
+from collections import Counter, defaultdict, deque
 from typing import Any, Iterable, Optional, Sequence
 
 from .consumer import DEFAULT_SEND_TIMEOUT, run_consumer
@@ -97,77 +97,90 @@ class Worker:
         self._stopping = threading.Event()
         self.mode = mode
         self._threads: list[threading.Thread] = []
-        self._slots = threading.BoundedSemaphore(concurrency)
-        self._queue: Queue = Queue()
+        self._cond = threading.Condition()
+        self._pending: deque = deque()  # received by the leader for idle threads
+        self._leading = False  # a thread holds the receiving role
+        self._idle = 0  # threads waiting for a message or for the receiving role
+        self._receive_batch = getattr(self.layer, "receive_batch", None) if concurrency > 1 else None
+        self._backlog, self._probe, self._backoff = False, 0, 0.0
         self._outage_since: Optional[float] = None
         self._outage_lock = threading.Lock()
 
     # -- the loops ------------------------------------------------------------------------------
     #
-    # One thread receives; ``concurrency`` threads run consumers. A slot semaphore
-    # lets the receiver take a message only when an executor is free, so a busy
-    # worker leaves messages in the layer for other workers, and one blocking
-    # receive per process avoids waking every thread for every message.
+    # Leader/follower: ``concurrency`` threads take turns at the one blocking receive.
+    # The thread that receives runs the (first) message itself, so a message goes from
+    # the layer to its consumer without a hand-over to another thread; before running
+    # it, the leader hands the receiving role to an idle thread. A leader asks for as
+    # many messages as there are idle threads plus itself (the extra ones wait in
+    # ``_pending`` for those threads), so a busy worker leaves messages queued for
+    # other workers, and one blocking receive per process avoids waking every thread
+    # for every message. With one thread, receiving and running simply alternate.
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
             self.stats[key] += 1
 
-    def _receive_loop(self) -> None:
-        channels, layer, slots, queue = self.channels, self.layer, self._slots, self._queue
-        # Layers with ``receive_batch`` (Redis) fetch several waiting messages in one round
-        # trip. Batching only pays when messages are queued up, so it is used while the last
-        # batch came back with more than one, and tried every _PROBE_EVERY receives otherwise;
-        # a layer whose batch costs one round trip whatever it holds (``batch_round_trips``
-        # = 1, Redis) is always asked for as many messages as there are free executors.
-        receive_batch = getattr(layer, "receive_batch", None) if self.concurrency > 1 else None
-        backlog, probe = False, 0
-        backoff = 0.0
-        while not self._stopping.is_set():
-            if not slots.acquire(timeout=_RECEIVE_TIMEOUT):
-                continue
-            taken = 1
-            if receive_batch is not None:
-                probe += 1
-                if backlog or probe % _PROBE_EVERY == 0 or getattr(layer, "batch_round_trips", 0) == 1:
-                    while taken < self.concurrency and slots.acquire(blocking=False):
-                        taken += 1
-            try:
-                if taken > 1:
-                    messages = receive_batch(channels, limit=taken, block=True, timeout=_RECEIVE_TIMEOUT)
-                    backlog = len(messages) > 1
-                else:
-                    channel, content = layer.receive(channels, block=True, timeout=_RECEIVE_TIMEOUT)
-                    messages = [] if channel is None else [(channel, content)]
-            except LayerUnavailable as e:
-                for _ in range(taken):
-                    slots.release()
-                backoff = min(_MAX_BACKOFF, backoff * 2 or 0.05)
-                self._outage(e)
-                self._stopping.wait(random.uniform(backoff / 2, backoff))
-                continue
-            except BaseException:
-                for _ in range(taken):
-                    slots.release()
-                raise
-            if backoff:
-                backoff = 0.0
-                self._recovered()
-            for item in messages:
-                queue.put(item)
-            for _ in range(taken - len(messages)):
-                slots.release()
-
-    def _execute_loop(self) -> None:
-        queue, slots, handle = self._queue, self._slots, self.handle
+    def _serve_loop(self) -> None:
+        cond, pending, stopping, handle = self._cond, self._pending, self._stopping, self.handle
         while True:
-            item = queue.get()
-            if item is None:  # stop sentinel, queued after every received message
-                return
+            with cond:
+                while True:
+                    if pending:  # received by another thread for this one: run it even when stopping
+                        item = pending.popleft()
+                        break
+                    if stopping.is_set():
+                        return
+                    if not self._leading:
+                        self._leading = True
+                        item = None
+                        break
+                    self._idle += 1
+                    cond.wait(_RECEIVE_TIMEOUT)
+                    self._idle -= 1
+            if item is None:
+                item = self._lead()
+                if item is None:
+                    continue
+            handle(*item)
+
+    def _lead(self) -> Optional[tuple]:
+        """Receive as the leader: one message to run here (or None); the rest go to idle threads."""
+        messages: list = []
+        try:
+            limit = 1
+            if self._receive_batch is not None:
+                self._probe += 1
+                if self._backlog or self._probe % _PROBE_EVERY == 0 \
+                        or getattr(self.layer, "batch_round_trips", 0) == 1:
+                    limit = self._idle + 1
             try:
-                handle(*item)
-            finally:
-                slots.release()
+                if limit > 1:
+                    messages = self._receive_batch(self.channels, limit=limit, block=True,
+                                                   timeout=_RECEIVE_TIMEOUT)
+                    self._backlog = len(messages) > 1
+                else:
+                    channel, content = self.layer.receive(self.channels, block=True, timeout=_RECEIVE_TIMEOUT)
+                    if channel is not None:
+                        messages = [(channel, content)]
+            except LayerUnavailable as e:
+                self._backoff = min(_MAX_BACKOFF, self._backoff * 2 or 0.05)
+                self._outage(e)
+                self._stopping.wait(random.uniform(self._backoff / 2, self._backoff))
+                return None
+            if self._backoff:
+                self._backoff = 0.0
+                self._recovered()
+        finally:
+            with self._cond:
+                self._leading = False
+                if len(messages) > 1:
+                    self._pending.extend(messages[1:])
+                if self._stopping.is_set():
+                    self._cond.notify_all()  # stop() waits for the receive to end
+                elif messages:
+                    self._cond.notify(len(messages))  # the next leader, and a thread per extra message
+        return messages[0] if messages else None
 
     def handle(self, channel: str, content: Any) -> None:
         """Run the consumer routed for one message; errors are logged and counted, never raised."""
@@ -224,23 +237,19 @@ class Worker:
     # -- lifecycle --------------------------------------------------------------------------
 
     def _spawn(self, index: int) -> threading.Thread:
-        if index < 0:
-            target, name = self._receive_loop, f"{self.name}-receiver"
-        else:
-            target, name = self._execute_loop, f"{self.name}-{index}"
-        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread = threading.Thread(target=self._serve_loop, name=f"{self.name}-{index}", daemon=True)
         thread.start()
         return thread
 
     def start(self) -> "Worker":
         """Start the threads and return at once (for tests and embedding); :meth:`stop` ends them."""
         self._stopping.clear()
-        self._slots = threading.BoundedSemaphore(self.concurrency)
-        self._queue = Queue()
+        self._cond = threading.Condition()
+        self._pending = deque()
+        self._leading, self._idle = False, 0
         log.info("worker serving %s with %d %s on %r", ", ".join(self.channels), self.concurrency,
                  self.mode, self.layer)
         self._threads = [self._spawn(i) for i in range(self.concurrency)]
-        self._receiver = self._spawn(-1)
         return self
 
     def supervise_once(self) -> None:
@@ -252,20 +261,18 @@ class Worker:
                 self._count("restarts")
                 log.error("worker thread %s died; starting a new one", thread.name)
                 self._threads[i] = self._spawn(i)
-        if not self._receiver.is_alive():
-            self._count("restarts")
-            log.error("worker receiver thread died; starting a new one")
-            self._receiver = self._spawn(-1)
 
     def stop(self, grace: Optional[float] = None) -> bool:
-        """Stop receiving and wait up to ``grace`` seconds for in-flight messages; True if all finished."""
+        """Stop receiving and wait up to ``grace`` seconds for in-flight messages; True if all finished.
+
+        A receive in progress returns within a second; messages already received are run.
+        """
         self._stopping.set()
         deadline = time.monotonic() + (self.grace if grace is None else grace)
-        receiver = getattr(self, "_receiver", None)
-        if receiver is not None:
-            receiver.join(_RECEIVE_TIMEOUT + 1.0)  # a receive returns within _RECEIVE_TIMEOUT
-        for _ in self._threads:
-            self._queue.put(None)
+        with self._cond:
+            self._cond.notify_all()
+            # A receive in progress returns within _RECEIVE_TIMEOUT; what it brings is run below.
+            self._cond.wait_for(lambda: not self._leading, _RECEIVE_TIMEOUT + 1.0)
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         alive = [t for t in self._threads if t.is_alive()]
