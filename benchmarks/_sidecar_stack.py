@@ -100,11 +100,13 @@ class Stack:
 class Clients:
     """One ``_wsclients.py`` process holding ``count`` sockets."""
 
-    def __init__(self, url: str, count: int, join: str = "", protocol: str = "ws") -> None:
+    def __init__(self, url: str, count: int, join: str = "", protocol: str = "ws", deflate: bool = False) -> None:
         args = [sys.executable, os.path.join(HERE, "_wsclients.py"), "--url", url, "--count", str(count),
                 "--protocol", protocol]
         if join:
             args += ["--join", join]
+        if deflate:
+            args.append("--deflate")
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
                                      env=ENV)
 

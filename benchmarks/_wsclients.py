@@ -8,6 +8,11 @@ either plain WebSocket (our sidecar) or Engine.IO v4 / Socket.IO v5 over WebSock
 Run by the benchmark scripts as a subprocess::
 
     python benchmarks/_wsclients.py --url ws://127.0.0.1:8001/ --count 5000 [--join x] [--protocol ws|socketio]
+                                    [--deflate]
+
+``--deflate`` offers permessage-deflate, as every browser does, and inflates the
+compressed frames it gets (one inflater per client, kept across messages, so it reads
+servers with and without context takeover).
 
 It prints ``READY <connected> <failed>`` when every client is connected (and joined),
 then records, for every text message ``{"seq": n, "t": sent_time}`` (for Socket.IO:
@@ -30,6 +35,7 @@ import socket  # noqa: E402
 import struct  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import zlib  # noqa: E402
 from collections import defaultdict  # noqa: E402
 from urllib.parse import urlsplit  # noqa: E402
 
@@ -59,12 +65,13 @@ def mask_frame(opcode: int, payload: bytes) -> bytes:
 
 
 class Client:
-    __slots__ = ("sock", "buf", "protocol")
+    __slots__ = ("sock", "buf", "protocol", "inflater")
 
-    def __init__(self, sock: socket.socket, protocol: str) -> None:
+    def __init__(self, sock: socket.socket, protocol: str, deflate: bool = False) -> None:
         self.sock = sock
         self.buf = b""
         self.protocol = protocol
+        self.inflater = zlib.decompressobj(-15) if deflate else None
 
     def send_text(self, text: str) -> None:
         self.sock.sendall(mask_frame(0x1, text.encode()))
@@ -92,6 +99,8 @@ class Client:
                 payload = buf[pos:pos + n]
                 buf = buf[pos + n:]
                 self.buf = buf
+                if b1 & 0x40 and self.inflater is not None:  # RSV1: a deflated message (RFC 7692)
+                    payload = self.inflater.decompress(payload + b"\x00\x00\xff\xff")
                 yield b1 & 0x0F, payload
             data = self.sock.recv(65536)
             if not data:
@@ -99,11 +108,12 @@ class Client:
             self.buf += data
 
 
-def open_client(host: str, port: int, path: str, protocol: str) -> Client:
+def open_client(host: str, port: int, path: str, protocol: str, deflate: bool = False) -> Client:
     sock = socket.create_connection((host, port), timeout=60)
     key = base64.b64encode(os.urandom(16)).decode()
+    offer = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if deflate else ""
     sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n").encode())
     head = b""
     while b"\r\n\r\n" not in head:
         chunk = sock.recv(4096)
@@ -114,7 +124,8 @@ def open_client(host: str, port: int, path: str, protocol: str) -> Client:
     if status != b"101":
         raise ConnectionError(f"handshake status {status.decode()}")
     sock.settimeout(None)
-    client = Client(sock, protocol)
+    agreed = deflate and b"permessage-deflate" in head.split(b"\r\n\r\n", 1)[0].lower()
+    client = Client(sock, protocol, agreed)
     client.buf = head.split(b"\r\n\r\n", 1)[1]
     return client
 
@@ -126,6 +137,7 @@ def main() -> None:
     parser.add_argument("--join", default="")
     parser.add_argument("--protocol", choices=["ws", "socketio"], default="ws")
     parser.add_argument("--concurrency", type=int, default=50, help="handshakes in flight at once")
+    parser.add_argument("--deflate", action="store_true", help="offer permessage-deflate, as browsers do")
     args = parser.parse_args()
     raise_nofile()
     u = urlsplit(args.url)
@@ -173,7 +185,7 @@ def main() -> None:
 
     def start(_: int) -> None:
         try:
-            client = open_client(u.hostname, u.port, path, args.protocol)
+            client = open_client(u.hostname, u.port, path, args.protocol, args.deflate)
         except (OSError, ConnectionError) as e:
             failed[0] += 1
             reasons[str(e)[:60]] += 1

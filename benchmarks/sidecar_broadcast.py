@@ -13,7 +13,12 @@ Latency is measured by the clients (time of arrival minus the send time stamped 
 the message, same machine clock) and includes the client processes' own work on a
 2-core machine shared with others: compare ratios, not absolute numbers.
 
-    python benchmarks/sidecar_broadcast.py [--count 10000] [--rounds 5] [--peer-count 2000] [--no-peer]
+    python benchmarks/sidecar_broadcast.py [--count 10000] [--rounds 5] [--peer-count 2000] [--no-peer] [--deflate]
+
+``--deflate``: our clients offer permessage-deflate, as browsers do, and the table
+also shows the sidecar's memory per socket before the first broadcast and after the
+last (a server that keeps a compressor per socket grows by about 256 KiB a socket).
+A 1 KB payload is used then, so the broadcast is compressed rather than sent plain.
 
 Targets (issue 5): none lost; p99 under 200 ms at 10,000 sockets.
 """
@@ -26,7 +31,7 @@ import sys
 import time
 
 from _sidecar_stack import (ENV, HERE, ROOT, Clients, RedisServer, ServerProcess, Stack, free_port, percentile,
-                            raise_nofile, wait_for_port)
+                            raise_nofile, rss_bytes, wait_for_port)
 
 
 def run_rounds(send, clients: list[Clients], expected: int, rounds: int, gap: float) -> list[dict]:
@@ -47,9 +52,10 @@ def run_rounds(send, clients: list[Clients], expected: int, rounds: int, gap: fl
     return rows
 
 
-def open_clients(url: str, count: int, processes: int, join: str, protocol: str = "ws") -> tuple[list, int]:
+def open_clients(url: str, count: int, processes: int, join: str, protocol: str = "ws",
+                 deflate: bool = False) -> tuple[list, int]:
     per = [count // processes + (1 if i < count % processes else 0) for i in range(processes)]
-    clients = [Clients(url, n, join=join, protocol=protocol) for n in per if n]
+    clients = [Clients(url, n, join=join, protocol=protocol, deflate=deflate) for n in per if n]
     ok = 0
     for c in clients:
         a, _failed = c.wait_ready()
@@ -69,17 +75,25 @@ def median(values: list[float]) -> float:
     return percentile(values, 0.5)
 
 
-def ours(count: int, processes: int, rounds: int, gap: float) -> list[dict]:
+def ours(count: int, processes: int, rounds: int, gap: float, deflate: bool = False) -> list[dict]:
     from wsgi_channels.layers import from_url
 
     stack = Stack(sidecar_flags=("--max-connections", str(count + 1000))).start()
     clients: list[Clients] = []
     try:
-        clients, ok = open_clients(f"ws://127.0.0.1:{stack.port}/", count, processes, join="x")
+        base = rss_bytes(stack.sidecar_pid)
+        clients, ok = open_clients(f"ws://127.0.0.1:{stack.port}/", count, processes, join="x", deflate=deflate)
         layer = from_url(stack.url)
         members = len(layer.group_channels("x"))
-        print(f"ours: {ok} sockets open, {members} in group x", flush=True)
-        rows = run_rounds(lambda m: layer.send_group("x", {"text": json.dumps(m)}), clients, count, rounds, gap)
+        print(f"ours: {ok} sockets open{' (deflate offered)' if deflate else ''}, {members} in group x", flush=True)
+        before = rss_bytes(stack.sidecar_pid)
+        padding = {"pad": "news of the day " * 64} if deflate else {}  # ~1 KB: worth compressing
+        rows = run_rounds(lambda m: layer.send_group("x", {"text": json.dumps({**m, **padding})}), clients, count,
+                          rounds, gap)
+        after = rss_bytes(stack.sidecar_pid)
+        print(f"sidecar RSS per socket: {(before - base) / max(ok, 1) / 1024:.1f} KiB open, "
+              f"{(after - base) / max(ok, 1) / 1024:.1f} KiB after {rounds} broadcasts "
+              f"(RSS {before / 2**20:.0f} -> {after / 2**20:.0f} MiB)", flush=True)
         layer.close()
         return rows
     finally:
@@ -118,9 +132,10 @@ def main() -> int:
     parser.add_argument("--gap", type=float, default=2.0, help="seconds between broadcasts")
     parser.add_argument("--peer-count", type=int, default=2000)
     parser.add_argument("--no-peer", action="store_true")
+    parser.add_argument("--deflate", action="store_true", help="our clients offer permessage-deflate")
     args = parser.parse_args()
     raise_nofile()
-    rows = ours(args.count, args.processes, args.rounds, args.gap)
+    rows = ours(args.count, args.processes, args.rounds, args.gap, args.deflate)
     print_rows(f"Group send from a plain process to {args.count} WebSockets on one sidecar (Redis layer)", rows)
     print(f"targets: 0 lost, p99 < 200 ms; worst round here: lost {max(r['lost'] for r in rows)}, "
           f"p99 {max(r['p99_ms'] for r in rows):.1f} ms")

@@ -17,11 +17,12 @@ from wsgi_channels.sidecar.config import SidecarConfig
 from wsgi_channels.sidecar.http import HttpConnection, HttpError, connect_message, request_info
 
 
-def handshake(compression=False, subprotocols=(), max_message_size=1 << 20, extra_headers=()):
-    """A wsproto client and our server objects after an accepted handshake."""
+def handshake(compression=False, subprotocols=(), max_message_size=1 << 20, extra_headers=(), offer=None):
+    """A wsproto client and our server objects after an accepted handshake (``offer``: the client's deflate)."""
     client = WSConnection(ConnectionType.CLIENT)
+    offer = offer or PerMessageDeflate()
     data = client.send(Request(host="example.com", target="/chat?room=1", subprotocols=list(subprotocols),
-                               extensions=[PerMessageDeflate()] if compression else [],
+                               extensions=[offer] if compression else [],
                                extra_headers=list(extra_headers)))
     http = HttpConnection()
     http.receive_data(data)
@@ -135,6 +136,34 @@ def test_compression_negotiated_and_round_trips():
     assert len(frame) < len(text) // 4
     client.receive_data(frame)
     assert [e.data for e in client.events()] == [text]
+
+
+@pytest.mark.parametrize("window", [None, 9, 12])
+def test_deflated_frames_are_shared_and_each_message_stands_alone(window):
+    offer = PerMessageDeflate(server_max_window_bits=window) if window else PerMessageDeflate()
+    client, server, accepted, _, _ = handshake(compression=True, offer=offer)
+    agreed = accepted.extensions[0]
+    assert agreed.server_no_context_takeover and agreed.client_no_context_takeover, \
+        "both added to the answer although the client did not ask"
+    assert server.deflate_bits == (window or 15)
+    texts = ["x" * wsp.COMPRESS_MIN + " compress me " * 50, "short", "y" * 5000, b"\x00\x01" * 400]
+    # Frames built on their own (as for a broadcast shared by many sockets) are read in any order,
+    # interleaved with frames from the session's own wsproto compressor.
+    frames = [wsp.message_frame(t, server.deflate_bits) for t in texts]
+    client.receive_data(frames[2] + server.send_message(texts[0]) + frames[0] + frames[1] + frames[3] + frames[2])
+    assert [e.data for e in client.events()] == [texts[2], texts[0], texts[0], texts[1], texts[3], texts[2]]
+    assert frames[0][0] & 0x40 and len(frames[0]) < len(texts[0]) // 4, "a long message is deflated (RSV1)"
+    assert frames[1] == wsp.encode_frame(wsp.OP_TEXT, b"short"), "a short one is a plain frame"
+    out, messages = server.receive_data(client.send(TextMessage(data=texts[0])) + client.send(TextMessage(data=texts[2])))
+    assert messages == [texts[0], texts[2]]
+    ours = server._conn._proto.extensions[0]
+    assert ours._compressor is None and ours._decompressor is None, "no zlib state kept between messages"
+
+
+def test_plain_sockets_get_plain_frames():
+    _, server, _, _, _ = handshake(compression=False)
+    assert server.deflate_bits == 0
+    assert wsp.message_frame("z" * 500, server.deflate_bits) == wsp.encode_frame(wsp.OP_TEXT, b"z" * 500)
 
 
 def test_large_compressed_messages_survive_sliced_inflation():

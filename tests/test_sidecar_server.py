@@ -88,6 +88,32 @@ def test_permessage_deflate_over_a_real_socket(sidecar):
     client.close()
 
 
+def test_a_broadcast_reaches_compressed_and_plain_sockets_alike(sidecar):
+    """One group message to sockets with deflate (two window sizes) and without: every client reads
+    the same text, compressed ones from a deflated frame, each message standing alone."""
+    from wsproto.extensions import PerMessageDeflate
+
+    def offer(i):  # a new extension object per client: each holds its own compressor
+        return [[PerMessageDeflate()], [PerMessageDeflate(server_max_window_bits=10)], []][i % 3]
+
+    clients = [RawClient(sidecar.port, "/bcast", extensions=offer(i)) for i in range(9)]
+    for c in clients:
+        c.send(TextMessage(data="join deflated-group"))
+        events, _ = c.read_events(5, stop=lambda e: isinstance(e, TextMessage))
+        assert [e.data for e in events if isinstance(e, TextMessage)] == ["joined"]
+    texts = ["news " * 300, "tiny", "more news " * 200]
+    for text in texts:
+        clients[0].send(TextMessage(data=f"group deflated-group {text}"))
+        for i, c in enumerate(clients):
+            c.bytes_in = 0
+            events, _ = c.read_events(5, stop=lambda e: isinstance(e, TextMessage) and e.message_finished)
+            assert "".join(e.data for e in events if isinstance(e, TextMessage)) == text
+            if len(text) > 100:
+                assert (c.bytes_in < len(text) // 4) == bool(offer(i)), (i, c.bytes_in)
+    for c in clients:
+        c.close()
+
+
 def test_consumer_rejection_is_403(sidecar):
     with pytest.raises(websocket.WebSocketBadStatusException) as e:
         connect(sidecar, "/reject")

@@ -5,7 +5,7 @@ A mixin of :class:`~.connection.ClientConnection`. The upgrade request is checke
 sent and the ``101`` waits for the consumer's answer. Frames become
 ``websocket.receive`` messages with their ``order``; messages for the socket are
 checked (:func:`~wsgi_channels.translation.validate_websocket_send`) and written,
-the frame of a group message encoded once for every uncompressed socket.
+the frame of a group message encoded once for every socket with the same compression.
 """
 from __future__ import annotations
 
@@ -163,16 +163,14 @@ class WebSocketMixin:
             return
         stats = self.sidecar.stats
         if text is not None or data is not None:
-            if ws.compressed:
-                self.write(ws.send_message(text if text is not None else data))
-            else:
-                key = text if text is not None else data
-                frame = frames.get(key)
-                if frame is None:
-                    frames.clear()  # one entry: the payload being broadcast right now
-                    frame = frames[key] = (ws_proto.encode_frame(ws_proto.OP_TEXT, text.encode()) if text is not None
-                                           else ws_proto.encode_frame(ws_proto.OP_BINARY, data))
-                self.write(frame)
+            payload = text if text is not None else data
+            key = (ws.deflate_bits, payload)
+            frame = frames.get(key)
+            if frame is None:
+                if len(frames) > 3:
+                    frames.clear()  # a few entries: the payload being broadcast right now, per window size
+                frame = frames[key] = ws_proto.message_frame(payload, ws.deflate_bits)
+            self.write(frame)
             stats.frames_out += 1
         if close:
             self.send_ws_close(ws_proto.CLOSE_NORMAL if close is True else close)
