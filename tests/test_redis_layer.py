@@ -213,7 +213,7 @@ def test_broadcast_to_one_prefix_stores_one_copy(fresh_redis, made):
 # -- keys: none left behind, prefixes, hash tags ----------------------------------------------------
 
 
-KEY_RE = re.compile(r"^(?P<prefix>[^{}]+):(?P<kind>q|u|m|g|gc|s):\{(?P<tag>[^{}]+)\}$")
+KEY_RE = re.compile(r"^(?P<prefix>[^{}]+):(?P<kind>q|u|m|g|gc|gp|s):\{(?P<tag>[^{}]+)\}$")
 
 
 def test_no_keys_left_after_messages_are_received_or_expire(fresh_redis, made):
@@ -287,7 +287,7 @@ def test_keys_carry_hash_tags_and_prefix(fresh_redis, made):
         found.setdefault(m.group("kind"), set()).add(m.group("tag"))
     assert found["q"] == {"tag.p!", "tag.chan", "tag.other"}
     assert found["u"] == found["m"] == {"tag.p!"}  # a prefix's keys share its tag (one Cluster slot)
-    assert found["g"] == found["gc"] == {"tag.g"}
+    assert found["g"] == found["gc"] == found["gp"] == {"tag.g"}  # the fan-out plan beside its group
     assert found["s"] == {"sess"}
 
 

@@ -1,8 +1,15 @@
 """Connections to one Redis server for the Redis layer: a small fork-aware pool per shard.
 
 redis-py makes each connection (TLS, AUTH, SELECT, its timeouts); commands are packed
-by hiredis and replies read with our own hiredis reader straight from the socket,
-which keeps a call to a few microseconds above the network round trip.
+by hiredis (the hot ones once, see :func:`bulk`) and replies read with our own
+hiredis reader straight from the socket, which keeps a call to a few microseconds
+above the network round trip. On a plain TCP or Unix socket the read and write
+timeouts are the kernel's (``SO_RCVTIMEO``/``SO_SNDTIMEO`` on a blocking socket):
+the same bound as Python's socket timeout, without its extra ``poll`` before every
+``send`` and ``recv``.
+
+Idle connections are closed after :data:`IDLE_CLOSE` seconds, so a burst of
+concurrent calls does not leave its connections open for the life of the process.
 
 Nothing is ever retried behind the caller's back: a resent ``send`` could deliver
 twice. A network failure closes that connection and raises
@@ -19,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import os
 import select
+import socket
+import struct
 import sys
 import threading
 import time
@@ -35,10 +44,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .. import exceptions as exc
 from ._redis_wakeup import Doorbell
 
-__all__ = ["Script", "Shard", "run_everywhere", "fork_generation", "NETWORK_ERRORS"]
+__all__ = ["Script", "Shard", "bulk", "packed", "run_everywhere", "fork_generation", "NETWORK_ERRORS", "IDLE_CLOSE"]
 
 NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
 _READ_SIZE = 65536
+#: Seconds a pooled connection may sit unused before it is closed (checked at most once a second).
+IDLE_CLOSE = 30.0
+#: A connection idle for longer than this is checked for a close by the server before use. A
+#: connection used within the last moment skips the check (a system call): a server that closed
+#: it in that moment is down or restarting, and the call fails as any call would then.
+_STALE_CHECK_AFTER = 0.002
 
 # Bumped in every forked child: per-process state compares it instead of calling getpid().
 _fork_generation = 0
@@ -58,6 +73,40 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 _pack = hiredis.pack_command  # packs a command in C; redis-py's own packer costs several microseconds
+
+
+def packed(*args: Any) -> bytes:
+    """The command ``args`` packed for the wire."""
+    return _pack(args)
+
+
+def bulk(*args: Any) -> bytes:
+    """``args`` as RESP bulk strings, without the array header: the fixed part of a command packed once.
+
+    A hot command is ``b"*%d\r\n" % count + bulk(fixed...)`` followed by its variable
+    arguments packed in place, which costs a fraction of packing the whole command each time.
+    """
+    packed = _pack(args)
+    return packed[packed.index(b"\r\n") + 2:]
+
+
+def _kernel_timeouts(sock: Any) -> None:
+    """Move a plain blocking socket's timeout into the kernel (``SO_RCVTIMEO``/``SO_SNDTIMEO``).
+
+    Python enforces a socket timeout with a ``poll`` before every ``send`` and ``recv``;
+    the kernel's timeouts bound the same calls with one system call each. TLS sockets and
+    gevent's cooperative sockets keep Python's timeout (they need it to work as they do).
+    """
+    if type(sock).__module__ != "socket":
+        return
+    timeout = sock.gettimeout()
+    if not timeout:
+        return
+    seconds = int(timeout)
+    value = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    sock.settimeout(None)
 
 
 def _poll_class() -> Any:
@@ -87,18 +136,20 @@ class _Link:
     """One connection: redis-py connects it (TLS, AUTH, SELECT); replies are read with our own
     hiredis reader straight from its socket, which keeps the per-call cost to a few microseconds."""
 
-    __slots__ = ("conn", "sock", "reader", "poll")
+    __slots__ = ("conn", "sock", "reader", "poll", "used")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.sock: Any = None
         self.reader: Any = None
         self.poll: Any = None
+        self.used = 0.0  # time.monotonic() when last given back to the pool
 
     def connect(self) -> float:
         """Connect; returns the Redis clock's offset from ours in ms (measured around one ``TIME``)."""
         self.conn.connect()
         self.sock = self.conn._sock
+        _kernel_timeouts(self.sock)
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.poll = _poll_class()()
         self.poll.register(self.sock.fileno(), select.POLLIN)
@@ -148,7 +199,8 @@ class Shard:
         self.identity = f"{kw.get('host')}:{kw.get('port')}/{kw.get('db', 0)}"
         self._generation = _fork_generation
         self.clock_offset = 0.0  # Redis clock minus ours, in ms, from the latest connection
-        self._free: deque = deque()
+        self._free: deque = deque()  # idle links, most recently used on the right
+        self._trimmed = time.monotonic()
         self._bell: Doorbell | None = None
         self._bell_lock = threading.Lock()
 
@@ -172,6 +224,9 @@ class Shard:
             link = self._free.pop()
         except IndexError:
             link = _Link(self._new_connection())
+        else:
+            if time.monotonic() - link.used < _STALE_CHECK_AFTER:
+                return link
         try:
             if link.sock is None:
                 self.clock_offset = link.connect()
@@ -194,8 +249,30 @@ class Shard:
         return link
 
     def release(self, link: _Link) -> None:
-        if self._generation == _fork_generation:
-            self._free.append(link)
+        if self._generation != _fork_generation:
+            return
+        now = link.used = time.monotonic()
+        self._free.append(link)
+        if now - self._trimmed > 1.0:
+            self._trim(now)
+
+    def _trim(self, now: float) -> None:
+        """Close the links idle for more than :data:`IDLE_CLOSE` (the least recently used are on the left)."""
+        self._trimmed = now
+        free = self._free
+        while len(free) > 1:
+            try:
+                oldest = free.popleft()
+            except IndexError:  # taken by other threads meanwhile
+                return
+            if now - oldest.used < IDLE_CLOSE:
+                free.appendleft(oldest)
+                return
+            oldest.disconnect()
+
+    def idle_connections(self) -> int:
+        """Connections of this process waiting in the pool (for tests and metrics)."""
+        return len(self._free) if self._generation == _fork_generation else 0
 
     def now_ms(self) -> int:
         """Now on this server's clock, in ms (our clock plus the offset measured at connect)."""
@@ -207,66 +284,75 @@ class Shard:
             "the call did not complete. The layer reconnects on the next call."
         )
 
+    # -- commands ---------------------------------------------------------------------------
+
+    def _roundtrip(self, payload: bytes, count: int | None = None) -> Any:
+        """Write ``payload`` on one pooled connection and read the reply (the list of ``count``
+        replies when ``payload`` holds ``count`` packed commands). Error replies are returned.
+
+        A network failure raises ``LayerUnavailable``. A connection interrupted mid-exchange
+        (a network error, a killed greenlet) is closed, never reused out of step.
+        """
+        link = self.acquire()
+        try:
+            link.sock.sendall(payload)
+            reply = link.read() if count is None else [link.read() for _ in range(count)]
+        except NETWORK_ERRORS as e:
+            link.disconnect()
+            raise self.unavailable(e) from e
+        except BaseException:
+            link.disconnect()
+            raise
+        self.release(link)
+        return reply
+
+    def call(self, script: Script, payload: bytes) -> Any:
+        """Run ``payload``, an ``EVALSHA`` of ``script`` packed by the caller; error replies are raised.
+
+        A server that does not know the script (it restarted) refuses it without running
+        it: the script is loaded and the same command sent again.
+        """
+        reply = self._roundtrip(payload)
+        if type(reply) is ResponseError:
+            if not str(reply).startswith("NOSCRIPT"):
+                raise reply
+            self.execute("SCRIPT", "LOAD", script.source)
+            reply = self._roundtrip(payload)
+            if type(reply) is ResponseError:
+                raise _error(reply)
+        return reply
+
     def execute(self, *args: Any, now: bool = False) -> Any:
         """Run one command; network failures become ``LayerUnavailable``, error replies are raised.
 
         ``now=True`` appends the current time on this server's clock (ms) as the last argument.
         """
-        link = self.acquire()
-        ok = False
-        try:
-            link.sock.sendall(_pack(args + (self.now_ms(),) if now else args))
-            reply = link.read()
-            ok = True
-        except NETWORK_ERRORS as e:
-            raise self.unavailable(e) from e
-        finally:
-            if ok:
-                self.release(link)
-            else:  # interrupted mid-command: never reuse a connection that is out of step
-                link.disconnect()
+        reply = self._roundtrip(_pack(args + (self.now_ms(),) if now else args))
         if type(reply) is ResponseError:
             raise _error(reply)
         return reply
 
-    def pipeline(self, commands: Sequence[tuple], now: bool = False, script: Script | None = None) -> list:
-        """Run several commands with one write and one read of all their replies, in order.
+    def pipeline(self, payloads: Sequence[bytes], script: Script) -> list:
+        """Run several packed ``EVALSHA`` commands of ``script`` with one write and one read of
+        all their replies, in order.
 
         Returns one reply per command; an error reply is returned (not raised) in its place.
-        ``script``: the commands are ``EVALSHA`` of that script, which is loaded and the
-        commands refused with ``NOSCRIPT`` (never run) sent again. A network failure raises
-        ``LayerUnavailable`` for all of them (any may or may not have run; none is resent).
+        Commands refused with ``NOSCRIPT`` (never run) are sent again once the script is
+        loaded. A network failure raises ``LayerUnavailable`` for all of them (any may or
+        may not have run; none is resent).
         """
-        link = self.acquire()
-        ok = False
-        try:
-            if now:
-                stamp = (self.now_ms(),)
-                commands = [c + stamp for c in commands]
-            link.sock.sendall(b"".join([_pack(c) for c in commands]))
-            replies = [link.read() for _ in commands]
-            ok = True
-        except NETWORK_ERRORS as e:
-            raise self.unavailable(e) from e
-        finally:
-            if ok:
-                self.release(link)
-            else:  # interrupted mid-pipeline: never reuse a connection that is out of step
-                link.disconnect()
+        replies = self._roundtrip(b"".join(payloads), len(payloads))
         refused = [i for i, r in enumerate(replies) if type(r) is ResponseError and str(r).startswith("NOSCRIPT")]
-        if refused and script is not None:
+        if refused:
             self.execute("SCRIPT", "LOAD", script.source)
-            again = self.pipeline([commands[i] for i in refused])
+            again = self._roundtrip(b"".join([payloads[i] for i in refused]), len(refused))
             for i, reply in zip(refused, again):
                 replies[i] = reply
         return [_error(r) if type(r) is ResponseError else r for r in replies]
 
     def script(self, script: Script, keys: Sequence[Any], args: Sequence[Any], now: bool = False) -> Any:
-        try:
-            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args, now=now)
-        except NoScriptError:
-            self.execute("SCRIPT", "LOAD", script.source)
-            return self.execute("EVALSHA", script.sha, len(keys), *keys, *args, now=now)
+        command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+        return self.call(script, _pack(command + (self.now_ms(),) if now else command))
 
     def bell(self) -> Doorbell:
         self._check_pid()
@@ -294,23 +380,22 @@ def _error(reply: ResponseError) -> ResponseError:
     return reply
 
 
-def run_everywhere(shards: Sequence[Shard], script: Script, keys: Sequence[Any], args: Sequence[Any],
-                    now: bool = False) -> list:
-    """Run ``script`` on every shard at once: send to all, then read all (one round trip of latency)."""
+def run_everywhere(shards: Sequence[Shard], script: Script, payloads: Sequence[bytes]) -> list:
+    """Run the packed ``EVALSHA`` of ``script`` in ``payloads[i]`` on ``shards[i]``, all at once:
+    write to every shard, then read every reply (one round trip of latency)."""
     if len(shards) == 1:
-        return [shards[0].script(script, keys, args, now)]
+        return [shards[0].call(script, payloads[0])]
     links: list[_Link] = []
     replies: list = []
     failed: Shard | None = None
     error: BaseException | None = None
-    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
     try:
         for shard in shards:
             failed = shard
             links.append(shard.acquire())
-        for shard, link in zip(shards, links):
+        for shard, link, payload in zip(shards, links, payloads):
             failed = shard
-            link.sock.sendall(_pack(command + (shard.now_ms(),) if now else command))
+            link.sock.sendall(payload)
         for shard, link in zip(shards, links):
             failed = shard
             replies.append(link.read())
@@ -332,9 +417,7 @@ def run_everywhere(shards: Sequence[Shard], script: Script, keys: Sequence[Any],
         shard.release(link)
     for i, reply in enumerate(replies):
         if type(reply) is ResponseError:
-            reply = _error(reply)
-            if isinstance(reply, NoScriptError):
-                replies[i] = shards[i].script(script, keys, args, now)
-            else:
+            if not str(reply).startswith("NOSCRIPT"):
                 raise reply
+            replies[i] = shards[i].call(script, payloads[i])
     return replies

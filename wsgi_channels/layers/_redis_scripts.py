@@ -23,6 +23,14 @@ braces is the Redis Cluster hash tag):
     send is one local fan-out script per shard and no member name crosses the wire.
     (The fan-out and ``group_add`` scripts are the ones that touch keys of two tags,
     the group's and its members'; under Redis Cluster they would run per slot.)
+``P:gp:{group}``
+    the group's fan-out plan on this shard (``cmsgpack``): its plain members with
+    their capacities and, per process prefix, the members' names already joined
+    into an entry's target list. A fan-out then costs a few commands however many
+    members a prefix has, instead of walking every membership. Every change of the
+    memberships deletes it (``group_add``, ``group_discard``, evictions), and it
+    expires when the first of its memberships does, so it never names an expired
+    or departed member.
 ``P:s:{key}``
     channel-session values (``SET ... PX``).
 
@@ -33,104 +41,123 @@ channels, one entry for every member behind one prefix).
 
 The hot scripts (send, receive, fan-out) take "now" from the client, which
 tracks its offset to the Redis clock (``TIME`` once per connection), so every
-deadline is on the Redis clock without a ``TIME`` call per operation; the others
-call ``TIME`` (safe: Redis 5+ replicates scripts by effects). No command newer
-than Redis 6.2 is used.
+deadline is on the Redis clock without a ``TIME`` call per operation (``send``
+gets its entry with the deadline already in front); the others call ``TIME``
+(safe: Redis 5+ replicates scripts by effects). No command newer than Redis 6.2
+is used.
+
+The helpers shared by the scripts are made by ``common()`` only when a script
+needs them (full queues, dead prefixes, expired entries): the common path of a hot
+script creates no closures. Fixed arguments come first and the per-call ones last,
+so the client packs the fixed part of a hot command once.
 """
 from __future__ import annotations
 
 __all__ = ["SEND", "RECEIVE", "RECEIVE_MANY", "FANOUT", "MEMBERS", "GROUP_ADD", "GROUP_DISCARD", "EVICT", "STATS"]
 
 _COMMON = r"""
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local function common()
+  local C = {}
 
-local function deadline(v)
-  return tonumber(string.sub(v, 1, 13))
-end
-
-local function targets_of(v)
-  local out = {}
-  if string.byte(v, 14) ~= 116 then return out end  -- not a 't' entry
-  local nl = string.find(v, '\n', 15, true)
-  for name in string.gmatch(string.sub(v, 15, nl - 1), '[^ ]+') do out[#out + 1] = name end
-  return out
-end
-
-local function tag_key(P, kind, name)
-  return P .. kind .. ':{' .. name .. '}'
-end
-
--- channel c (a 'prefix!suffix' name) leaves every group it belongs to on this shard
-local function evict(P, m, c)
-  local groups = redis.call('HGET', m, c)
-  if not groups then return 0 end
-  for g in string.gmatch(groups, '[^ ]+') do
-    redis.call('ZREM', tag_key(P, 'g', g), c)
-    redis.call('HDEL', tag_key(P, 'gc', g), c)
+  function C.now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
-  redis.call('HDEL', m, c)
-  return 1
-end
 
--- An empty queue whose unread flag survived: every message queued for the prefix
--- expired unread (the key's TTL removed them), so its reader is gone and all its
--- channels leave their groups. Call only when the queue is empty.
-local function bury(P, u, m)
-  if redis.call('EXISTS', u) == 0 then return 0 end
-  redis.call('DEL', u)
-  local all = redis.call('HGETALL', m)
-  for i = 1, #all, 2 do
-    for g in string.gmatch(all[i + 1], '[^ ]+') do
-      redis.call('ZREM', tag_key(P, 'g', g), all[i])
-      redis.call('HDEL', tag_key(P, 'gc', g), all[i])
+  function C.deadline(v)
+    return tonumber(string.sub(v, 1, 13))
+  end
+
+  function C.split(names)
+    local out = {}
+    for name in string.gmatch(names, '[^ ]+') do out[#out + 1] = name end
+    return out
+  end
+
+  function C.targets_of(v)
+    if string.byte(v, 14) ~= 116 then return {} end  -- not a 't' entry
+    local nl = string.find(v, '\n', 15, true)
+    return C.split(string.sub(v, 15, nl - 1))
+  end
+
+  function C.tag_key(P, kind, name)
+    return P .. kind .. ':{' .. name .. '}'
+  end
+
+  -- channel c leaves group g (its fan-out plan goes with the membership)
+  function C.leave(P, g, c)
+    redis.call('ZREM', C.tag_key(P, 'g', g), c)
+    redis.call('HDEL', C.tag_key(P, 'gc', g), c)
+    redis.call('DEL', C.tag_key(P, 'gp', g))
+  end
+
+  -- channel c (a 'prefix!suffix' name) leaves every group it belongs to on this shard
+  function C.evict(P, m, c)
+    local groups = redis.call('HGET', m, c)
+    if not groups then return 0 end
+    for g in string.gmatch(groups, '[^ ]+') do C.leave(P, g, c) end
+    redis.call('HDEL', m, c)
+    return 1
+  end
+
+  -- An empty queue whose unread flag survived: every message queued for the prefix
+  -- expired unread (the key's TTL removed them), so its reader is gone and all its
+  -- channels leave their groups. Call only when the queue is empty.
+  function C.bury(P, u, m)
+    if redis.call('EXISTS', u) == 0 then return 0 end
+    redis.call('DEL', u)
+    local all = redis.call('HGETALL', m)
+    for i = 1, #all, 2 do
+      for g in string.gmatch(all[i + 1], '[^ ]+') do C.leave(P, g, all[i]) end
     end
+    redis.call('DEL', m)
+    return #all / 2
   end
-  redis.call('DEL', m)
-  return #all / 2
-end
 
--- Drop expired entries at the head of queue q (all entries of a queue share one
--- expiry, so age order is queue order); for a prefix (u, m given) their targets
--- leave their groups. Runs when a queue is at capacity and for statistics: below
--- capacity an expired entry costs nothing, and receive skips it.
--- Returns the number of channels evicted.
-local function trim(P, q, u, m, now)
-  local evicted = 0
-  local v = redis.call('LINDEX', q, 0)
-  while v and deadline(v) <= now do
-    redis.call('LPOP', q)
-    if u then
-      for _, c in ipairs(targets_of(v)) do evicted = evicted + evict(P, m, c) end
+  -- Drop expired entries at the head of queue q (all entries of a queue share one
+  -- expiry, so age order is queue order); for a prefix (u, m given) their targets
+  -- leave their groups. Runs when a queue is at capacity and for statistics: below
+  -- capacity an expired entry costs nothing, and receive skips it.
+  -- Returns the number of channels evicted.
+  function C.trim(P, q, u, m, now)
+    local evicted = 0
+    local v = redis.call('LINDEX', q, 0)
+    while v and C.deadline(v) <= now do
+      redis.call('LPOP', q)
+      if u then
+        for _, c in ipairs(C.targets_of(v)) do evicted = evicted + C.evict(P, m, c) end
+      end
+      v = redis.call('LINDEX', q, 0)
     end
-    v = redis.call('LINDEX', q, 0)
+    if u and not v then redis.call('DEL', u) end
+    return evicted
   end
-  if u and not v then redis.call('DEL', u) end
-  return evicted
+
+  return C
 end
 """
 
-#: KEYS: q [u m]; ARGV: entry tail (kind byte + ...), expiry ms, capacity, P, group expiry ms,
-#: now (ms, Redis clock as estimated by the client). Returns the new queue length, or -1 when full.
+#: KEYS: q [u m]; ARGV: expiry ms, capacity, P, group expiry ms, entry (13 digits of its
+#: deadline, kind byte, ...). Returns the new queue length, or -1 when full.
 SEND = _COMMON + r"""
-local now, cap, exp = tonumber(ARGV[6]), tonumber(ARGV[3]), tonumber(ARGV[2])
-local q, u, m = KEYS[1], KEYS[2], KEYS[3]
-local entry = string.format('%013d', now + exp) .. ARGV[1]
+local q, entry = KEYS[1], ARGV[5]
 -- Push first (the common case needs no length check), take it back when over capacity.
 local n = redis.call('RPUSH', q, entry)
-if n > cap then
+if n > tonumber(ARGV[2]) then
+  local C = common()
   redis.call('RPOP', q)
-  trim(ARGV[4], q, u, m, now)
-  if redis.call('LLEN', q) >= cap then return -1 end
+  C.trim(ARGV[3], q, KEYS[2], KEYS[3], C.deadline(entry) - tonumber(ARGV[1]))
+  if redis.call('LLEN', q) >= tonumber(ARGV[2]) then return -1 end
   n = redis.call('RPUSH', q, entry)
 end
-redis.call('PEXPIRE', q, exp)
+redis.call('PEXPIRE', q, ARGV[1])
 if n == 1 then
+  local u = KEYS[2]
   if u then
-    bury(ARGV[4], u, m)  -- the queue was gone: if its unread flag survived, its reader is gone
-    if redis.call('EXISTS', m) == 1 then redis.call('SET', u, '1', 'PX', ARGV[5]) end
+    local m = KEYS[3]
+    -- the queue was gone: if its unread flag survived, its reader is gone
+    if redis.call('EXISTS', u) == 1 then common().bury(ARGV[3], u, m) end
+    if redis.call('EXISTS', m) == 1 then redis.call('SET', u, '1', 'PX', ARGV[4]) end
   end
   redis.call('PUBLISH', q, '')
 end
@@ -142,26 +169,29 @@ return n
 RECEIVE = _COMMON + r"""
 local P, now = ARGV[1], tonumber(ARGV[#ARGV])
 for i, q in ipairs(KEYS) do
-  local u, m
-  if ARGV[i + 1] == '1' then
-    local rest = string.sub(q, #P + 2)
-    u, m = P .. 'u' .. rest, P .. 'm' .. rest
-  end
   local v = redis.call('LPOP', q)
-  if not v then
-    if u then bury(P, u, m) end
-  else
+  if ARGV[i + 1] ~= '1' then
     while v do
-      if deadline(v) > now then
-        if u and redis.call('EXISTS', q) == 0 then redis.call('DEL', u) end
-        return {i, v, now}
-      end
-      if u then
-        for _, c in ipairs(targets_of(v)) do evict(P, m, c) end
-      end
+      if tonumber(string.sub(v, 1, 13)) > now then return {i, v, now} end
       v = redis.call('LPOP', q)
     end
-    if u then redis.call('DEL', u) end
+  else
+    local rest = string.sub(q, #P + 2)
+    local u, m = P .. 'u' .. rest, P .. 'm' .. rest
+    if not v then
+      if redis.call('EXISTS', u) == 1 then common().bury(P, u, m) end
+    else
+      while v do
+        if tonumber(string.sub(v, 1, 13)) > now then
+          if redis.call('EXISTS', q) == 0 then redis.call('DEL', u) end
+          return {i, v, now}
+        end
+        local C = common()
+        for _, c in ipairs(C.targets_of(v)) do C.evict(P, m, c) end
+        v = redis.call('LPOP', q)
+      end
+      redis.call('DEL', u)
+    end
   end
 end
 return nil
@@ -181,14 +211,15 @@ for i, q in ipairs(KEYS) do
     u, m = P .. 'u' .. rest, P .. 'm' .. rest
   end
   local v = redis.call('LPOP', q)
-  if not v and u then bury(P, u, m) end
+  if not v and u and redis.call('EXISTS', u) == 1 then common().bury(P, u, m) end
   while v do
-    if deadline(v) > now then
+    if tonumber(string.sub(v, 1, 13)) > now then
       out[#out + 1] = i
       out[#out + 1] = v
       got = got + 1
     elseif u then
-      for _, c in ipairs(targets_of(v)) do evict(P, m, c) end
+      local C = common()
+      for _, c in ipairs(C.targets_of(v)) do C.evict(P, m, c) end
     end
     if got >= most then break end
     v = redis.call('LPOP', q)
@@ -228,70 +259,110 @@ end
 #: KEYS: g gc; ARGV: P. Returns the live members on this shard, after settling every
 #: process prefix among them (expired entries trimmed, dead prefixes evicted).
 MEMBERS = _COMMON + _MEMBERS + r"""
+local C = common()
 local P = ARGV[1]
-local now = now_ms()
+local now = C.now_ms()
 local members = live_members(KEYS[1], KEYS[2], now, true)
 local seen, evicted = {}, 0
 for _, c in ipairs(members) do
   local prefix = prefix_of(c)
   if prefix and not seen[prefix] then
     seen[prefix] = true
-    local q, u, m = tag_key(P, 'q', prefix), tag_key(P, 'u', prefix), tag_key(P, 'm', prefix)
-    evicted = evicted + trim(P, q, u, m, now)
-    if redis.call('EXISTS', q) == 0 then evicted = evicted + bury(P, u, m) end
+    local q, u, m = C.tag_key(P, 'q', prefix), C.tag_key(P, 'u', prefix), C.tag_key(P, 'm', prefix)
+    evicted = evicted + C.trim(P, q, u, m, now)
+    if redis.call('EXISTS', q) == 0 then evicted = evicted + C.bury(P, u, m) end
   end
 end
 if evicted > 0 then members = live_members(KEYS[1], KEYS[2], now, true) end
 return members
 """
 
-#: KEYS: g gc; ARGV: P, body, expiry ms, group expiry ms, default capacity, process capacity,
-#: '1' to use the capacities stored by group_add (the layer has channel_capacity rules), now (ms).
-#: Queues one entry per plain member and one per process prefix (naming all its members).
+#: KEYS: g gc gp; ARGV: P, expiry ms, group expiry ms, default capacity, process capacity,
+#: '1' to use the capacities stored by group_add (the layer has channel_capacity rules),
+#: body, now (ms).
+#: Queues one entry per plain member and one per process prefix (naming all its members),
+#: following the group's plan (made from the memberships when there is none).
 #: Returns the number of members skipped because their channel was full.
 FANOUT = _COMMON + _MEMBERS + r"""
-local P, body = ARGV[1], ARGV[2]
-local exp, gexp = tonumber(ARGV[3]), ARGV[4]
-local default_cap, process_cap = tonumber(ARGV[5]), tonumber(ARGV[6])
-local now = tonumber(ARGV[8])
+local P = ARGV[1]
+local exp, gexp = tonumber(ARGV[2]), ARGV[3]
+local default_cap, process_cap, rules = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local body, now = ARGV[7], tonumber(ARGV[8])
 local g = KEYS[1]
-local members = live_members(g, KEYS[2], now, false)
-if #members == 0 then return 0 end
-local caps = {}
-if ARGV[7] == '1' then
-  local flat = redis.call('HGETALL', KEYS[2])
-  for i = 1, #flat, 2 do caps[flat[i]] = tonumber(flat[i + 1]) end
-end
-local dl = string.format('%013d', now + exp)
-local plain = nil
-local buckets, order = {}, {}
-local dropped = 0
-local last, lastb = nil, nil  -- members of one prefix mostly come together: skip re-slicing
-for _, c in ipairs(members) do
-  local prefix
-  if last and string.find(c, last, 1, true) == 1 then
-    prefix = last
-  else
-    prefix = prefix_of(c)
+
+-- The plan: {rules flag, {member, capacity, ...}, {prefix, 'member member ...', count, capacity, ...}}
+-- (capacity 0: the layer's default). It lives until its first membership expires.
+local function make_plan()
+  local members = live_members(g, KEYS[2], now, false)
+  if #members == 0 then return nil end
+  local caps = {}
+  if rules == '1' then
+    local flat = redis.call('HGETALL', KEYS[2])
+    for i = 1, #flat, 2 do caps[flat[i]] = tonumber(flat[i + 1]) end
   end
-  if prefix then
-    local b = (prefix == last) and lastb or buckets[prefix]
-    if not b then
-      b = {}
-      buckets[prefix] = b
-      order[#order + 1] = prefix
+  local plain, buckets, order = {}, {}, {}
+  local last, lastb = nil, nil  -- members of one prefix mostly come together: skip re-slicing
+  for _, c in ipairs(members) do
+    local prefix
+    if last and string.find(c, last, 1, true) == 1 then
+      prefix = last
+    else
+      prefix = prefix_of(c)
     end
-    b[#b + 1] = c
-    last, lastb = prefix, b
-  else
+    if prefix then
+      local b = (prefix == last) and lastb or buckets[prefix]
+      if not b then
+        b = {}
+        buckets[prefix] = b
+        order[#order + 1] = prefix
+      end
+      b[#b + 1] = c
+      last, lastb = prefix, b
+    else
+      plain[#plain + 1] = c
+      plain[#plain + 1] = caps[c] or 0
+    end
+  end
+  local prefixes = {}
+  for _, prefix in ipairs(order) do
+    local b = buckets[prefix]
+    prefixes[#prefixes + 1] = prefix
+    prefixes[#prefixes + 1] = table.concat(b, ' ')
+    prefixes[#prefixes + 1] = #b
+    prefixes[#prefixes + 1] = caps[b[1]] or 0
+  end
+  local plan = {rules, plain, prefixes}
+  local first = redis.call('ZRANGEBYSCORE', g, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+  local ttl = math.floor(tonumber(first[2]) - now)
+  if ttl > 0 then redis.call('SET', KEYS[3], cmsgpack.pack(plan), 'PX', ttl) end
+  return plan
+end
+
+local plan = redis.call('GET', KEYS[3])
+if plan then
+  plan = cmsgpack.unpack(plan)
+  if plan[1] ~= rules then plan = nil end  -- made by a layer configured otherwise
+end
+if not plan then
+  plan = make_plan()
+  if not plan then return 0 end
+end
+
+local dl = string.format('%013d', now + exp)
+local dropped = 0
+local plain, prefixes = plan[2], plan[3]
+if #plain > 0 then
+  local entry = dl .. 'm' .. body
+  for i = 1, #plain, 2 do
+    local c, cap = plain[i], plain[i + 1]
+    if cap == 0 then cap = default_cap end
     -- Push first (the common case needs no length check), take it back when over capacity.
-    local q, cap = tag_key(P, 'q', c), caps[c] or default_cap
-    if not plain then plain = dl .. 'm' .. body end
-    local n = redis.call('RPUSH', q, plain)
+    local q = P .. 'q:{' .. c .. '}'
+    local n = redis.call('RPUSH', q, entry)
     if n > cap then
       redis.call('RPOP', q)
-      trim(P, q, nil, nil, now)
-      if redis.call('LLEN', q) >= cap then n = 0 else n = redis.call('RPUSH', q, plain) end
+      common().trim(P, q, nil, nil, now)
+      if redis.call('LLEN', q) >= cap then n = 0 else n = redis.call('RPUSH', q, entry) end
     end
     if n == 0 then
       dropped = dropped + 1
@@ -301,33 +372,34 @@ for _, c in ipairs(members) do
     end
   end
 end
-for _, prefix in ipairs(order) do
-  local b = buckets[prefix]
-  local q, u, m = tag_key(P, 'q', prefix), tag_key(P, 'u', prefix), tag_key(P, 'm', prefix)
-  local cap = caps[b[1]] or process_cap
-  local entry = dl .. 't' .. table.concat(b, ' ') .. '\n' .. body
+for i = 1, #prefixes, 4 do
+  local prefix, targets, count, cap = prefixes[i], prefixes[i + 1], prefixes[i + 2], prefixes[i + 3]
+  if cap == 0 then cap = process_cap end
+  local q, u, m = P .. 'q:{' .. prefix .. '}', P .. 'u:{' .. prefix .. '}', P .. 'm:{' .. prefix .. '}'
+  local entry = dl .. 't' .. targets .. '\n' .. body
   local n = redis.call('RPUSH', q, entry)
-  if n == 1 and bury(P, u, m) > 0 then
+  if n == 1 and redis.call('EXISTS', u) == 1 and common().bury(P, u, m) > 0 then
     -- the queue had vanished unread: its reader is gone and its channels just left every
     -- group, these members included
     redis.call('DEL', q)
     n = -1
   elseif n > cap then
+    local C = common()
     redis.call('RPOP', q)
-    local evicted = trim(P, q, u, m, now)  -- members whose earlier message expired leave
+    local evicted = C.trim(P, q, u, m, now)  -- members whose earlier message expired leave
     if redis.call('LLEN', q) >= cap then
-      dropped = dropped + #b
+      dropped = dropped + count
       n = -1
     else
       if evicted > 0 then
         local left = {}
-        for _, c in ipairs(b) do
+        for _, c in ipairs(C.split(targets)) do
           if redis.call('ZSCORE', g, c) then left[#left + 1] = c end
         end
         entry = dl .. 't' .. table.concat(left, ' ') .. '\n' .. body
-        b = left
+        count = #left
       end
-      if #b > 0 then n = redis.call('RPUSH', q, entry) else n = -1 end
+      if count > 0 then n = redis.call('RPUSH', q, entry) else n = -1 end
     end
   end
   if n > 0 then
@@ -341,10 +413,10 @@ end
 return dropped
 """
 
-#: KEYS: g gc [m]; ARGV: channel, group expiry ms, capacity, group name.
+#: KEYS: g gc gp [m]; ARGV: channel, group expiry ms, capacity, group name.
 GROUP_ADD = _COMMON + r"""
 local c, gexp = ARGV[1], tonumber(ARGV[2])
-local now = now_ms()
+local now = common().now_ms()
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
 if #expired > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -356,7 +428,8 @@ redis.call('ZADD', KEYS[1], now + gexp, c)
 redis.call('PEXPIRE', KEYS[1], gexp)
 redis.call('HSET', KEYS[2], c, ARGV[3])
 redis.call('PEXPIRE', KEYS[2], gexp)
-local m = KEYS[3]
+redis.call('DEL', KEYS[3])
+local m = KEYS[4]
 if m then
   local g = ARGV[4]
   local cur = redis.call('HGET', m, c)
@@ -370,13 +443,13 @@ end
 return 1
 """
 
-#: KEYS: g gc [m]; ARGV: channel, group name.
+#: KEYS: g gc gp [m]; ARGV: channel, group name.
 GROUP_DISCARD = r"""
 local c = ARGV[1]
-redis.call('ZREM', KEYS[1], c)
+if redis.call('ZREM', KEYS[1], c) == 1 then redis.call('DEL', KEYS[3]) end
 redis.call('HDEL', KEYS[2], c)
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
-local m = KEYS[3]
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2], KEYS[3]) end
+local m = KEYS[4]
 if m then
   local cur = redis.call('HGET', m, c)
   if cur then
@@ -392,22 +465,24 @@ return 1
 
 #: KEYS: m; ARGV: P, channels whose buffered message expired in the reading process.
 EVICT = _COMMON + r"""
+local C = common()
 local n = 0
-for i = 2, #ARGV do n = n + evict(ARGV[1], KEYS[1], ARGV[i]) end
+for i = 2, #ARGV do n = n + C.evict(ARGV[1], KEYS[1], ARGV[i]) end
 return n
 """
 
 #: KEYS: q [u m]; ARGV: P. Returns {pending targets, head deadline or 0, now}.
 STATS = _COMMON + r"""
-local now = now_ms()
-trim(ARGV[1], KEYS[1], KEYS[2], KEYS[3], now)
-if KEYS[2] and redis.call('EXISTS', KEYS[1]) == 0 then bury(ARGV[1], KEYS[2], KEYS[3]) end
+local C = common()
+local now = C.now_ms()
+C.trim(ARGV[1], KEYS[1], KEYS[2], KEYS[3], now)
+if KEYS[2] and redis.call('EXISTS', KEYS[1]) == 0 then C.bury(ARGV[1], KEYS[2], KEYS[3]) end
 local entries = redis.call('LRANGE', KEYS[1], 0, -1)
 local pending = 0
 for _, v in ipairs(entries) do
-  if string.byte(v, 14) == 116 then pending = pending + #targets_of(v) else pending = pending + 1 end
+  if string.byte(v, 14) == 116 then pending = pending + #C.targets_of(v) else pending = pending + 1 end
 end
 local head = 0
-if #entries > 0 then head = deadline(entries[1]) end
+if #entries > 0 then head = C.deadline(entries[1]) end
 return {pending, head, now}
 """

@@ -33,7 +33,6 @@ import logging
 import re
 import threading
 import time
-from collections import deque
 from typing import Any, Iterable, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -45,7 +44,8 @@ from .. import exceptions as exc
 from ..serialization import encode
 from . import _redis_conn
 from . import _redis_scripts as scripts
-from ._redis_conn import Script, Shard, run_everywhere
+from ._redis_conn import Script, Shard, bulk, run_everywhere
+from ._redis_copies import CopyBuffer, GroupMessage
 from .base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
 from .hashring import HashRing
 
@@ -78,6 +78,9 @@ _GROUP_ADD = Script(scripts.GROUP_ADD)
 _GROUP_DISCARD = Script(scripts.GROUP_DISCARD)
 _EVICT = Script(scripts.EVICT)
 _STATS = Script(scripts.STATS)
+
+#: The last argument of a hot command: now on the server's clock in ms (13 digits until 2286).
+_NOW = b"$13\r\n%d\r\n"
 
 
 def _fernet(keys: Any) -> Any:
@@ -167,6 +170,45 @@ class _Watch:
             bell.unwatch(keys, self.event, blocking=False)
 
 
+class _ShardPlan:
+    """The queues of one channel list that live on one shard, with their receive commands packed.
+
+    A receive tries the queues in turn, starting one further along each time (so a busy
+    channel cannot starve a quiet one); the fixed part of the command for each starting
+    point is packed once.
+    """
+
+    __slots__ = ("shard", "names", "keys", "flags", "prefix", "_packed")
+
+    def __init__(self, shard: Shard, names: list[str], key: Any, prefix: str) -> None:
+        self.shard = shard
+        self.names = names
+        self.keys = [key("q", name) for name in names]
+        self.flags = [b"1" if name.endswith("!") else b"0" for name in names]
+        self.prefix = prefix
+        self._packed: dict[tuple[int, bool], tuple[bytes, list[str]]] = {}
+
+    def _command(self, rr: int, many: bool) -> tuple[bytes, list[str]]:
+        """(packed command up to its per-call arguments, names in the order tried)."""
+        r = rr % len(self.names)
+        got = self._packed.get((r, many))
+        if got is None:
+            keys, flags, names = (self.keys[r:] + self.keys[:r], self.flags[r:] + self.flags[:r],
+                                  self.names[r:] + self.names[:r])
+            script = _RECEIVE_MANY if many else _RECEIVE
+            # EVALSHA sha numkeys keys... P flags... [most] now
+            count = 4 + 2 * len(keys) + (2 if many else 1)
+            got = self._packed[(r, many)] = (
+                b"*%d\r\n" % count + bulk("EVALSHA", script.sha, len(keys), *keys, self.prefix, *flags), names)
+        return got
+
+    def receive(self, rr: int) -> tuple[bytes, list[str]]:
+        return self._command(rr, False)
+
+    def receive_many(self, rr: int) -> tuple[bytes, list[str]]:
+        return self._command(rr, True)
+
+
 class RedisChannelLayer(BaseChannelLayer):
     """Channel layer on one or more Redis servers.
 
@@ -235,12 +277,10 @@ class RedisChannelLayer(BaseChannelLayer):
         self._expiry_ms = max(1, int(self.expiry * 1000))
         self._gexp_ms = max(1, int(self.group_expiry * 1000))
         self._send_cache: dict[str, tuple] = {}
-        self._group_cache: dict[str, tuple[bytes, bytes]] = {}
+        self._group_cache: dict[str, bytes] = {}
         self._rules_flag = b"1" if self._capacity_rules else b"0"
-        self._plans: dict[tuple, list] = {}
-        self._buffers: dict[str, deque] = {}
-        self._buffers_lock = threading.Lock()
-        self._buffers_generation = _redis_conn.fork_generation()
+        self._plans: dict[tuple, list[_ShardPlan]] = {}
+        self._copies = CopyBuffer()  # group messages fetched for several members of a prefix
         self._rr = 0
         self._sent = 0
         self._local = threading.local()  # this thread's kept doorbell registration (_Watch)
@@ -283,12 +323,17 @@ class RedisChannelLayer(BaseChannelLayer):
         return (self._key("q", qname),)
 
     def _send_info(self, channel: str) -> tuple:
+        """(shard, packed command up to the entry, capacity, entry kind, queue name), cached per channel."""
         info = self._send_cache.get(channel)
         if info is None:
             validate_channel_name(channel)
             qname = non_local_name(channel)
             bang = qname is not channel
-            info = (self._shard_of(qname), self._queue_keys(qname), self.get_capacity(qname),
+            keys = self._queue_keys(qname)
+            capacity = self.get_capacity(qname)
+            command = b"*%d\r\n" % (len(keys) + 8) + bulk(
+                "EVALSHA", _SEND.sha, len(keys), *keys, self._expiry_ms, capacity, self._p, self._gexp_ms)
+            info = (self._shard_of(qname), command, capacity,
                     (b"t" + channel.encode() + b"\n") if bang else b"m", qname)
             if len(self._send_cache) >= _CACHE_LIMIT:
                 self._send_cache.clear()
@@ -317,7 +362,10 @@ class RedisChannelLayer(BaseChannelLayer):
             ) from None
 
     def _open(self, body: bytes | memoryview) -> dict:
-        plain = self._plaintext(body)
+        return self._decoded(self._plaintext(body))
+
+    @staticmethod
+    def _decoded(plain: bytes | memoryview) -> dict:
         try:
             return msgpack.unpackb(plain, raw=False, strict_map_key=True)
         except (ValueError, msgpack.UnpackException) as e:
@@ -326,13 +374,22 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- messages ---------------------------------------------------------------------------
 
-    def send(self, channel: str, message: dict) -> None:
-        shard, keys, capacity, head, _ = self._send_info(channel)
+    def _send_payload(self, channel: str, message: dict) -> tuple:
+        """(shard, the packed ``EVALSHA`` of the send script, capacity) for one message."""
+        info = self._send_cache.get(channel)
+        if info is None:
+            info = self._send_info(channel)
+        shard, command, capacity, kind, _ = info
         body = encode(message, self.max_message_size)
         if self._fernet is not None:
             body = self._fernet.encrypt(body)
-        n = shard.script(_SEND, keys, (head + body, self._expiry_ms, capacity, self._p, self._gexp_ms), True)
-        if n < 0:
+        # The entry: 13 digits of its deadline on the server's clock, the kind, the body.
+        return shard, b"%s$%d\r\n%013d%s%s\r\n" % (
+            command, 13 + len(kind) + len(body), shard.now_ms() + self._expiry_ms, kind, body), capacity
+
+    def send(self, channel: str, message: dict) -> None:
+        shard, payload, capacity = self._send_payload(channel, message)
+        if shard.call(_SEND, payload) < 0:
             self._count("channel_full_count")
             raise exc.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
         self._sent += 1
@@ -350,19 +407,14 @@ class RedisChannelLayer(BaseChannelLayer):
         by_shard: dict[Shard, list] = {}
         for i, (channel, message) in enumerate(items):
             try:
-                shard, keys, capacity, head, _ = self._send_info(channel)
-                body = encode(message, self.max_message_size)
-                if self._fernet is not None:
-                    body = self._fernet.encrypt(body)
+                shard, payload, capacity = self._send_payload(channel, message)
             except Exception as e:  # a bad name or message fails its own item only
                 outcomes[i] = e
                 continue
-            by_shard.setdefault(shard, []).append((i, channel, capacity, (
-                "EVALSHA", _SEND.sha, len(keys), *keys, head + body, self._expiry_ms, capacity, self._p,
-                self._gexp_ms)))
+            by_shard.setdefault(shard, []).append((i, channel, capacity, payload))
         for shard, entries in by_shard.items():
             try:
-                replies = shard.pipeline([e[3] for e in entries], now=True, script=_SEND)
+                replies = shard.pipeline([e[3] for e in entries], _SEND)
             except exc.LayerUnavailable as e:
                 for entry in entries:
                     outcomes[entry[0]] = e
@@ -377,57 +429,25 @@ class RedisChannelLayer(BaseChannelLayer):
                     self._sent += 1
         return outcomes
 
-    def _plan(self, names: list[str]) -> list:
-        """Per shard: (shard, keys, prefix flags, names), cached per channel list."""
+    def _plan(self, names: list[str]) -> list[_ShardPlan]:
+        """Per shard, the queues of ``names`` on it, cached per channel list."""
         key = tuple(names)
         plan = self._plans.get(key)
         if plan is None:
             by_shard: dict[int, list] = {}
             for name in dict.fromkeys(names):
                 index = self._ring.node_for(name)
-                entry = by_shard.setdefault(index, [self._shards[index], [], [], []])
-                entry[1].append(self._key("q", name))
-                entry[2].append(b"1" if name.endswith("!") else b"0")
-                entry[3].append(name)
-            plan = list(by_shard.values())
+                by_shard.setdefault(index, []).append(name)
+            plan = [_ShardPlan(self._shards[index], shard_names, self._key, self._p)
+                    for index, shard_names in by_shard.items()]
             if len(self._plans) >= 1000:
                 self._plans.clear()
             self._plans[key] = plan
         return plan
 
     def _take_buffered(self, names: Iterable[str], limit: int) -> list[tuple[str, dict]]:
-        """Up to ``limit`` (channel, message) pairs from group messages already fetched for ``names``.
-
-        Buffered bodies are already decrypted, so each member's copy costs one msgpack decode.
-        """
-        if self._buffers_generation != _redis_conn.fork_generation():
-            # Forked: the parent's fetched messages are the parent's to deliver (and its lock
-            # may have been held by a thread that does not exist here).
-            self._buffers, self._buffers_generation = {}, _redis_conn.fork_generation()
-            self._buffers_lock = threading.Lock()
-        taken: list[tuple[str, dict]] = []
-        unpack = msgpack.unpackb
-        expired: list[tuple[str, list[str]]] = []
-        now = time.monotonic()
-        with self._buffers_lock:
-            for name in names:
-                queue = self._buffers.get(name)
-                while queue and len(taken) < limit:
-                    entry = queue[0]  # [targets deque, body, local deadline]
-                    targets = entry[0]
-                    if entry[2] <= now:
-                        queue.popleft()
-                        expired.append((name, list(targets)))
-                        continue
-                    body = entry[1]
-                    for _ in range(min(len(targets), limit - len(taken))):
-                        taken.append((targets.popleft(), unpack(body, raw=False, strict_map_key=True)))
-                    if not targets:
-                        queue.popleft()
-                if queue is not None and not queue:
-                    del self._buffers[name]
-                if len(taken) >= limit:
-                    break
+        """Up to ``limit`` (channel, message) pairs from group messages already fetched for ``names``."""
+        taken, expired = self._copies.take(names, limit)
         for name, channels in expired:
             self._evict(name, channels)
         return taken
@@ -440,62 +460,48 @@ class RedisChannelLayer(BaseChannelLayer):
             log.warning("could not evict %d expired channel(s) of %s from their groups: %s",
                         len(channels), prefix, e)
 
-    def _deliver(self, name: str, entry: bytes, now_ms: int) -> tuple[str, dict]:
-        view = memoryview(entry)
-        if entry[13:14] == b"m":
-            return name, self._open(view[14:])
-        newline = entry.index(b"\n", 14)
-        body = view[newline + 1:]
-        targets = entry[14:newline].split(b" ")
-        if len(targets) > 1:
-            deadline = time.monotonic() + (int(entry[:13]) - now_ms) / 1000.0
-            rest = deque(t.decode() for t in targets[1:])
-            plain = bytes(self._plaintext(body))  # decrypted once for every member
-            with self._buffers_lock:
-                self._buffers.setdefault(name, deque()).append([rest, plain, deadline])
-            # Other threads of this process waiting on this prefix can take the rest now.
-            self._shard_of(name).bell().ring(self._key("q", name))
-            return targets[0].decode(), msgpack.unpackb(plain, raw=False, strict_map_key=True)
-        return targets[0].decode(), self._open(body)
-
-    def _buffer_entry(self, name: str, entry: bytes, now_ms: int) -> None:
-        """Queue every target of a popped ``t`` entry behind the copies already buffered for ``name``
-        (so a member never gets a later message before an earlier one waiting in the buffer)."""
+    def _group_message(self, name: str, entry: bytes, now_ms: int) -> GroupMessage:
+        """A popped ``t`` entry (one message for members of prefix ``name``), decrypted and decoded once."""
         newline = entry.index(b"\n", 14)
         plain = bytes(self._plaintext(memoryview(entry)[newline + 1:]))
-        targets = deque(t.decode() for t in entry[14:newline].split(b" "))
+        template = self._decoded(plain)
         deadline = time.monotonic() + (int(entry[:13]) - now_ms) / 1000.0
-        with self._buffers_lock:
-            self._buffers.setdefault(name, deque()).append([targets, plain, deadline])
+        return GroupMessage(entry[14:newline].decode().split(" "), plain, template, deadline)
 
-    def _rotated(self, entry: list) -> tuple:
-        """(shard, keys, flags, names) of one plan entry, rotated so a busy channel cannot starve a quiet one."""
-        shard, keys, flags, shard_names = entry
-        n = len(keys)
-        if n > 1:
-            r = self._rr % n
-            if r:
-                return shard, keys[r:] + keys[:r], flags[r:] + flags[:r], shard_names[r:] + shard_names[:r]
-        return shard, keys, flags, shard_names
+    def _deliver(self, name: str, entry: bytes, now_ms: int) -> tuple[str, dict]:
+        if entry[13:14] == b"m":
+            return name, self._open(memoryview(entry)[14:])
+        newline = entry.index(b"\n", 14)
+        if entry.find(b" ", 14, newline) < 0:  # one target: a send to a process-local channel
+            return entry[14:newline].decode(), self._open(memoryview(entry)[newline + 1:])
+        message = self._group_message(name, entry, now_ms)
+        first = message.copies(message.targets[:1])[0]
+        message.pos = 1
+        self._copies.add(name, message)
+        # Other threads of this process waiting on this prefix can take the rest now.
+        self._shard_of(name).bell().ring(self._key("q", name))
+        return first
 
-    def _try_receive(self, names: list[str], plan: list) -> tuple[str, dict] | None:
-        if self._buffers:
+    def _try_receive(self, names: list[str], plan: list[_ShardPlan]) -> tuple[str, dict] | None:
+        if self._copies:
             got = self._take_buffered(names, 1)
             if got:
                 return got[0]
         self._rr += 1
         count = len(plan)
         for i in range(count):
-            shard, keys, flags, shard_names = self._rotated(plan[(self._rr + i) % count])
-            reply = shard.script(_RECEIVE, keys, (self._p, *flags), True)
+            entry = plan[(self._rr + i) % count]
+            shard = entry.shard
+            command, shard_names = entry.receive(self._rr)
+            reply = shard.call(_RECEIVE, command + _NOW % shard.now_ms())
             if reply is not None:
                 return self._deliver(shard_names[reply[0] - 1], reply[1], reply[2])
         return None
 
-    def _try_receive_batch(self, names: list[str], plan: list, limit: int) -> list[tuple[str, dict]]:
+    def _try_receive_batch(self, names: list[str], plan: list[_ShardPlan], limit: int) -> list[tuple[str, dict]]:
         """Up to ``limit`` messages: buffered group copies first, then one script per shard."""
         batch: list[tuple[str, dict]] = []
-        if self._buffers:
+        if self._copies:
             batch = self._take_buffered(names, limit)
             if len(batch) >= limit:
                 return batch
@@ -504,22 +510,27 @@ class RedisChannelLayer(BaseChannelLayer):
         for i in range(count):
             if len(batch) >= limit:
                 break
-            shard, keys, flags, shard_names = self._rotated(plan[(self._rr + i) % count])
-            reply = shard.script(_RECEIVE_MANY, keys, (self._p, *flags, limit - len(batch)), True)
+            entry = plan[(self._rr + i) % count]
+            shard = entry.shard
+            command, shard_names = entry.receive_many(self._rr)
+            most = b"%d" % (limit - len(batch))
+            reply = shard.call(_RECEIVE_MANY, b"%s$%d\r\n%s\r\n" % (command, len(most), most)
+                               + _NOW % shard.now_ms())
             if not reply:
                 continue
             now_ms = reply[-1]
             buffered = False
             for j in range(0, len(reply) - 1, 2):
                 name = shard_names[reply[j] - 1]
-                entry = reply[j + 1]
+                entry_bytes = reply[j + 1]
                 try:
-                    if entry[13:14] != b"m" and name in self._buffers:
-                        self._buffer_entry(name, entry, now_ms)  # behind this prefix's earlier copies
+                    if entry_bytes[13:14] != b"m" and name in self._copies:
+                        # behind this prefix's earlier copies, so no member gets a later message first
+                        self._copies.add(name, self._group_message(name, entry_bytes, now_ms))
                         buffered = True
                     else:
-                        batch.append(self._deliver(name, entry, now_ms))
-                        buffered = buffered or name in self._buffers
+                        batch.append(self._deliver(name, entry_bytes, now_ms))
+                        buffered = buffered or name in self._copies
                 except exc.ChannelsError as e:
                     # One unreadable entry must not cost the rest of the batch, already popped.
                     log.error("dropped an unreadable message on %s: %s", name, e)
@@ -555,7 +566,7 @@ class RedisChannelLayer(BaseChannelLayer):
                 watch.release()
             else:
                 watch.watched = []  # forked: the parent's listener is abandoned here, never touched
-        watch = _Watch(key, generation, [(entry[0].bell(), entry[1]) for entry in plan], min(wait, 2.0))
+        watch = _Watch(key, generation, [(entry.shard.bell(), entry.keys) for entry in plan], min(wait, 2.0))
         self._local.watch = watch
         return watch.event
 
@@ -568,7 +579,7 @@ class RedisChannelLayer(BaseChannelLayer):
         return None
 
     def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
-        if self._buffers and type(channels) is list and len(channels) == 1 and channels[0] in self._buffers:
+        if self._copies and type(channels) is list and len(channels) == 1 and channels[0] in self._copies:
             # Fast path for a process's reader on its prefix: the next member of a group message
             # fetched already (only validated names ever get a buffer).
             taken = self._take_buffered(channels, 1)
@@ -630,8 +641,9 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- groups -----------------------------------------------------------------------------
 
-    def _group_keys(self, group: str) -> tuple[bytes, bytes]:
-        return self._key("g", group), self._key("gc", group)
+    def _group_keys(self, group: str) -> tuple[bytes, bytes, bytes]:
+        """The group's memberships, their capacities and its fan-out plan (one hash tag)."""
+        return self._key("g", group), self._key("gc", group), self._key("gp", group)
 
     def group_add(self, group: str, channel: str) -> None:
         validate_group_name(group)
@@ -653,21 +665,29 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def group_channels(self, group: str) -> list[str]:
         validate_group_name(group)
-        replies = run_everywhere(self._shards, _MEMBERS, self._group_keys(group), (self._p,))
+        payload = _redis_conn.packed("EVALSHA", _MEMBERS.sha, 2, *self._group_keys(group)[:2], self._p)
+        replies = run_everywhere(self._shards, _MEMBERS, [payload] * len(self._shards))
         return [m.decode() for reply in replies for m in reply]
 
-    def send_group(self, group: str, message: dict) -> None:
-        keys = self._group_cache.get(group)
-        if keys is None:
+    def _fanout_command(self, group: str) -> bytes:
+        """The fan-out script's packed command up to the body, cached per group."""
+        command = self._group_cache.get(group)
+        if command is None:
             validate_group_name(group)
             keys = self._group_keys(group)
+            command = b"*%d\r\n" % (3 + len(keys) + 8) + bulk(
+                "EVALSHA", _FANOUT.sha, len(keys), *keys, self._p, self._expiry_ms, self._gexp_ms,
+                self.capacity, self.process_capacity, self._rules_flag)
             if len(self._group_cache) >= _CACHE_LIMIT:
                 self._group_cache.clear()
-            self._group_cache[group] = keys
+            self._group_cache[group] = command
+        return command
+
+    def send_group(self, group: str, message: dict) -> None:
+        command = self._fanout_command(group)
         body = self._seal(encode(message, self.max_message_size))
-        replies = run_everywhere(self._shards, _FANOUT, keys, (
-            self._p, body, self._expiry_ms, self._gexp_ms, self.capacity, self.process_capacity,
-            self._rules_flag), now=True)
+        command = b"%s$%d\r\n%s\r\n" % (command, len(body), body)
+        replies = run_everywhere(self._shards, _FANOUT, [command + _NOW % s.now_ms() for s in self._shards])
         dropped = sum(replies)
         if dropped:
             self._count("group_drop_count", dropped)
@@ -705,15 +725,14 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _patterns(self) -> list[bytes]:
         # Only this layer's key shapes: another application's prefix can never match.
-        return [self._pb + b"[qumgs]:{*", self._pb + b"gc:{*"]
+        return [self._pb + b"[qumgs]:{*", self._pb + b"g[cp]:{*"]
 
     def flush(self) -> None:
         """Remove every key of this prefix on every shard (SCAN, never KEYS) and local buffers."""
         for shard in self._shards:
             for keys in self._scan(shard, self._patterns()):
                 shard.execute("UNLINK", *keys)
-        with self._buffers_lock:
-            self._buffers.clear()
+        self._copies.clear()
 
     def global_statistics(self) -> dict[str, int]:
         """``messages_count`` counts sends made by this layer instance; ``messages_pending`` entries queued."""
@@ -722,17 +741,14 @@ class RedisChannelLayer(BaseChannelLayer):
             for keys in self._scan(shard, [self._pb + b"q:{*"]):
                 for key in keys:
                     pending += shard.execute("LLEN", key)
-        with self._buffers_lock:
-            pending += sum(len(e[0]) for q in self._buffers.values() for e in q)
+        pending += self._copies.pending()
         return {"messages_count": self._sent, "messages_pending": pending, **self._local_statistics()}
 
     def channel_statistics(self, channel: str) -> dict[str, int]:
         qname = non_local_name(validate_channel_name(channel, receive=channel.endswith("!")))
         pending, head, now_ms = self._shard_of(qname).script(_STATS, self._queue_keys(qname), (self._p,))
         age = max(0.0, (now_ms - (head - self._expiry_ms)) / 1000.0) if head else 0.0
-        with self._buffers_lock:
-            buffered = self._buffers.get(qname, ())
-            pending += sum(len(e[0]) for e in buffered)
+        pending += self._copies.pending(qname)
         return {"messages_pending": pending, "messages_max_age": int(age), **self._local_statistics()}
 
     def close(self) -> None:
