@@ -95,6 +95,21 @@ def _chat(context, second, url, pages):
     ann.fill("#text", "hi ben")
     ann.click("#say button")
     ben.wait_for_selector("#log >> text=ann: hi ben")
+    # Chromium offers permessage-deflate; the sidecar agrees it without context takeover both ways,
+    # and a long message goes compressed from ben's page and comes back as one shared deflated frame.
+    extensions = ann.evaluate("""() => new Promise((done) => {
+        const ws = new WebSocket(location.origin.replace(/^http/, "ws") + "/ws/chat/lobby/");
+        ws.onopen = () => { done(ws.extensions); ws.close(); };
+        ws.onerror = () => done("error");
+    })""")
+    assert "permessage-deflate" in extensions and "server_no_context_takeover" in extensions \
+        and "client_no_context_takeover" in extensions, extensions
+    long_line = "a long line of chat " * 50  # 1,000 characters: compressed both ways, within the chat's 2,000
+    for suffix in ("once", "twice"):  # the second proves no state is carried between messages
+        ben.fill("#text", long_line + suffix)
+        ben.press("#text", "Enter")
+        ann.wait_for_function("(text) => document.querySelector('#log').textContent.includes(text)",
+                              arg="ben: " + long_line + suffix)
     ben.close()
     ann.wait_for_selector("#log >> text=ben left")
     assert ann_errors == [] and ben_errors == []
