@@ -40,6 +40,7 @@ TEST_REQUIRES = [
     "playwright>=1.40",  # drives Debian's /usr/bin/chromium; never downloads a browser
     "mypy>=1.10",  # tests/test_translation.py: the sans-IO module is strictly typed
     "atheris>=2.3",  # tests/fuzz: coverage-guided fuzzing of the sidecar's input path
+    "six>=1.16",  # asgiref 1.1.2's conformance suite (tests/test_asgiref_conformance.py) imports it
 ]
 
 #: What the examples need on top of the core (README's demo command installs it).

@@ -421,15 +421,15 @@ print(json.dumps(got))
 
 
 def test_group_fan_out_to_processes(store):
-    layer = IpcChannelLayer(store, capacity=2)
+    layer = IpcChannelLayer(store, capacity=2, process_capacity=3)
     try:
-        members = {prefix: [f"{prefix}c{i}" for i in range(50)] for prefix in ("side.A!", "side.B!")}
+        members = {prefix: [f"{prefix}c{i}" for i in range(50)] for prefix in ("sidecar.A!", "sidecar.B!")}
         for names in members.values():
             for name in names:
                 layer.group_add("room", name)
         layer.group_add("room", "plain.member")
         readers = {prefix: spawn(GROUP_READER, store, prefix, str(150)) for prefix in members}
-        for n in range(3):  # three broadcasts, far over the prefix capacity of 2 in deliveries
+        for n in range(3):  # three broadcasts: 150 deliveries a prefix, but 3 copies, within its capacity of 3
             layer.send_group("room", {"n": n})
         for prefix, proc in readers.items():
             got = json.loads(finish(proc))

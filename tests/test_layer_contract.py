@@ -12,6 +12,7 @@ import warnings
 import pytest
 
 from wsgi_channels import exceptions as exc
+from wsgi_channels.layers.base import new_process_prefix
 from wsgi_channels.serialization import DEFAULT_MAX_MESSAGE_SIZE, RESERVED_KEY, encode
 
 pytestmark = pytest.mark.timeout(60)
@@ -267,13 +268,23 @@ def test_capacity_counts_on_bang_prefix(make_layer):
     layer.send("proc.B!one", {"i": 1})  # another prefix has its own count
 
 
-def test_process_prefixes_default_to_process_capacity(make_layer):
+def test_sidecar_prefixes_default_to_process_capacity(make_layer):
     layer = make_layer(capacity=2, process_capacity=5)
-    assert layer.get_capacity("side.X!conn") == 5
+    prefix = new_process_prefix("sidecar")
+    assert layer.get_capacity(prefix + "conn") == 5
     for i in range(5):
-        layer.send(f"side.X!c{i}", {"i": i})
+        layer.send(f"{prefix}c{i}", {"i": i})
     with pytest.raises(exc.ChannelFull):
-        layer.send("side.X!c9", {"i": 9})
+        layer.send(f"{prefix}c9", {"i": 9})
+
+
+def test_other_process_prefixes_have_the_channel_capacity_counted_on_the_prefix(make_layer):
+    layer = make_layer(capacity=2, process_capacity=5)  # as asgiref 1.x's test_capacity_process expects
+    assert layer.get_capacity("side.X!conn") == 2
+    layer.send("side.X!a", {"i": 1})
+    layer.send("side.X!b", {"i": 2})
+    with pytest.raises(exc.ChannelFull):
+        layer.send("side.X!c", {"i": 3})
 
 
 # -- expiry ---------------------------------------------------------------------------------------------

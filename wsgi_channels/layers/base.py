@@ -28,6 +28,8 @@ __all__ = [
     "validate_group_name",
     "non_local_name",
     "new_process_prefix",
+    "SIDECAR_PREFIX",
+    "is_sidecar_prefix",
     "DEFAULT_BLOCK_TIMEOUT",
 ]
 
@@ -108,6 +110,15 @@ def new_process_prefix(name: str = "process") -> str:
     return f"{name}.{_token()}!"
 
 
+#: The sidecar's process prefixes start with this; they get ``process_capacity`` (see BaseChannelLayer).
+SIDECAR_PREFIX = "sidecar."
+
+
+def is_sidecar_prefix(name: str) -> bool:
+    """Whether ``name`` (a non-local ``prefix!``) is one of the sidecar's own process prefixes."""
+    return name.endswith("!") and name.startswith(SIDECAR_PREFIX)
+
+
 CapacityKey = str | Pattern[str]
 
 
@@ -127,9 +138,12 @@ class BaseChannelLayer:
     ``max_message_size``
         encoded size limit in bytes (default 1 MiB).
     ``process_capacity``
-        capacity of a process-local ``prefix!`` that no ``channel_capacity`` rule names
-        (default 10000). One prefix carries every connection of a sidecar process, so
-        its capacity scales with connections, not with one channel (CONTRACT.md section 3).
+        capacity of a sidecar's own process prefix (``sidecar.<token>!``) that no
+        ``channel_capacity`` rule names (default 10000). One prefix carries every
+        connection of a sidecar process, so its capacity scales with connections, not with
+        one channel (CONTRACT.md section 3), and every process that answers the sidecar
+        gets it without configuration. Any other ``prefix!`` has ``capacity``, counted on the
+        prefix, as ASGI v1 (and asgiref 1.x's conformance suite) requires.
     """
 
     extensions = ["groups", "flush", "statistics"]
@@ -202,7 +216,7 @@ class BaseChannelLayer:
         name = non_local_name(channel)
         cap = self._capacity_cache.get(name)
         if cap is None:
-            cap = self.process_capacity if name.endswith("!") else self.capacity
+            cap = self.process_capacity if is_sidecar_prefix(name) else self.capacity
             for pattern, value in self._capacity_rules:
                 if pattern.match(name):
                     cap = value

@@ -35,7 +35,7 @@ import gevent.server
 from ..channel import default_layer_url
 from ..config import parse_address
 from ..layers import from_url
-from ..layers.base import BaseChannelLayer, new_process_prefix
+from ..layers.base import SIDECAR_PREFIX, BaseChannelLayer, new_process_prefix
 from ._connbase import LAYER_SLOT_TIMEOUT
 from .config import SidecarConfig
 from .connection import ClientConnection
@@ -66,7 +66,7 @@ class Sidecar:
     def __init__(self, config: SidecarConfig, layer: BaseChannelLayer | None = None) -> None:
         self.config = config
         self.layer = layer if layer is not None else from_url(config.layer or default_layer_url())
-        self.prefix = new_process_prefix("sidecar")
+        self.prefix = new_process_prefix(SIDECAR_PREFIX.rstrip("."))  # gets the layer's process_capacity
         self.stats = SidecarStats()
         self.routes: dict[str, ClientConnection] = {}
         self.connections: set[ClientConnection] = set()
