@@ -287,6 +287,20 @@ def test_other_process_prefixes_have_the_channel_capacity_counted_on_the_prefix(
         layer.send("side.X!c", {"i": 3})
 
 
+def test_group_copies_follow_the_prefix_capacity(make_layer):
+    layer = make_layer(capacity=2, process_capacity=3)
+    sidecar = new_process_prefix("sidecar")
+    members = ["other.X!a", "other.X!b", f"{sidecar}a", f"{sidecar}b"]
+    for member in members:
+        layer.group_add("cap.group", member)
+    for n in range(4):
+        layer.send_group("cap.group", {"n": n})  # never raises ChannelFull; full prefixes skip the copy
+    got = drain(layer, ["other.X!", sidecar])
+    by_member = {m: [msg["n"] for ch, msg in got if ch == m] for m in members}
+    assert by_member == {"other.X!a": [0, 1], "other.X!b": [0, 1], f"{sidecar}a": [0, 1, 2],
+                         f"{sidecar}b": [0, 1, 2]}
+
+
 # -- expiry ---------------------------------------------------------------------------------------------
 
 

@@ -374,7 +374,9 @@ if #plain > 0 then
 end
 for i = 1, #prefixes, 4 do
   local prefix, targets, count, cap = prefixes[i], prefixes[i + 1], prefixes[i + 2], prefixes[i + 3]
-  if cap == 0 then cap = process_cap end
+  if cap == 0 then  -- the layer's default: process_capacity for the sidecar's prefixes (base.SIDECAR_PREFIX)
+    if string.sub(prefix, 1, 8) == 'sidecar.' then cap = process_cap else cap = default_cap end
+  end
   local q, u, m = P .. 'q:{' .. prefix .. '}', P .. 'u:{' .. prefix .. '}', P .. 'm:{' .. prefix .. '}'
   local entry = dl .. 't' .. targets .. '\n' .. body
   local n = redis.call('RPUSH', q, entry)
