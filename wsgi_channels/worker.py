@@ -23,12 +23,13 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+import queue
 import random
 import signal
 import sys
 import threading
 import time
-from collections import Counter, defaultdict, deque
+from collections import Counter, defaultdict
 from typing import Any, Iterable, Optional, Sequence
 
 from .consumer import DEFAULT_SEND_TIMEOUT, run_consumer
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 _RECEIVE_TIMEOUT = 1.0
 _MAX_BACKOFF = 5.0
 _PROBE_EVERY = 8
+_LEAD = object()  # the receiving role, passed between threads through the inbox
 
 
 def select_channels(channels: Iterable[str], only: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
@@ -97,10 +99,10 @@ class Worker:
         self._stopping = threading.Event()
         self.mode = mode
         self._threads: list[threading.Thread] = []
-        self._cond = threading.Condition()
-        self._pending: deque = deque()  # received by the leader for idle threads
-        self._leading = False  # a thread holds the receiving role
-        self._idle = 0  # threads waiting for a message or for the receiving role
+        self._inbox: Any = queue.SimpleQueue()  # messages for idle threads, and the _LEAD token
+        self._idle = 0  # threads waiting on the inbox
+        self._idle_lock = threading.Lock()
+        self._leading = False  # a thread is receiving
         self._receive_batch = getattr(self.layer, "receive_batch", None) if concurrency > 1 else None
         self._backlog, self._probe, self._backoff = False, 0, 0.0
         self._outage_since: Optional[float] = None
@@ -108,37 +110,40 @@ class Worker:
 
     # -- the loops ------------------------------------------------------------------------------
     #
-    # Leader/follower: ``concurrency`` threads take turns at the one blocking receive.
-    # The thread that receives runs the (first) message itself, so a message goes from
-    # the layer to its consumer without a hand-over to another thread; before running
-    # it, the leader hands the receiving role to an idle thread. A leader asks for as
-    # many messages as there are idle threads plus itself (the extra ones wait in
-    # ``_pending`` for those threads), so a busy worker leaves messages queued for
-    # other workers, and one blocking receive per process avoids waking every thread
-    # for every message. With one thread, receiving and running simply alternate.
+    # Leader/follower: ``concurrency`` threads wait on one inbox holding messages and a
+    # single _LEAD token. The thread that takes the token makes the one blocking receive,
+    # asking for as many messages as there are idle threads plus itself, puts the extra
+    # messages and then the token back in the inbox, and runs its own message: a message
+    # goes from the layer to its consumer without a hand-over to another thread, a busy
+    # worker leaves messages queued for other workers, and one blocking receive per
+    # process avoids waking every thread for every message. With one thread, receiving
+    # and running alternate. The inbox is first-in first-out, so the extra messages are
+    # taken before the token, and a stopping worker runs every message it received.
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
             self.stats[key] += 1
 
     def _serve_loop(self) -> None:
-        cond, pending, stopping, handle = self._cond, self._pending, self._stopping, self.handle
+        inbox, idle_lock, stopping, handle = self._inbox, self._idle_lock, self._stopping, self.handle
         while True:
-            with cond:
-                while True:
-                    if pending:  # received by another thread for this one: run it even when stopping
-                        item = pending.popleft()
-                        break
-                    if stopping.is_set():
-                        return
-                    if not self._leading:
-                        self._leading = True
-                        item = None
-                        break
-                    self._idle += 1
-                    cond.wait(_RECEIVE_TIMEOUT)
+            with idle_lock:
+                self._idle += 1
+            try:
+                item = inbox.get(timeout=_RECEIVE_TIMEOUT)
+            except queue.Empty:
+                item = None
+            finally:
+                with idle_lock:
                     self._idle -= 1
             if item is None:
+                if stopping.is_set():
+                    return
+                continue
+            if item is _LEAD:
+                if stopping.is_set():
+                    inbox.put(_LEAD)  # the others still run what is queued before it, then stop
+                    return
                 item = self._lead()
                 if item is None:
                     continue
@@ -147,6 +152,7 @@ class Worker:
     def _lead(self) -> Optional[tuple]:
         """Receive as the leader: one message to run here (or None); the rest go to idle threads."""
         messages: list = []
+        self._leading = True
         try:
             limit = 1
             if self._receive_batch is not None:
@@ -172,14 +178,10 @@ class Worker:
                 self._backoff = 0.0
                 self._recovered()
         finally:
-            with self._cond:
-                self._leading = False
-                if len(messages) > 1:
-                    self._pending.extend(messages[1:])
-                if self._stopping.is_set():
-                    self._cond.notify_all()  # stop() waits for the receive to end
-                elif messages:
-                    self._cond.notify(len(messages))  # the next leader, and a thread per extra message
+            for item in messages[1:]:
+                self._inbox.put(item)
+            self._inbox.put(_LEAD)  # always back, even when this thread dies here
+            self._leading = False
         return messages[0] if messages else None
 
     def handle(self, channel: str, content: Any) -> None:
@@ -244,9 +246,9 @@ class Worker:
     def start(self) -> "Worker":
         """Start the threads and return at once (for tests and embedding); :meth:`stop` ends them."""
         self._stopping.clear()
-        self._cond = threading.Condition()
-        self._pending = deque()
-        self._leading, self._idle = False, 0
+        self._inbox = queue.SimpleQueue()  # looked up now: gevent's patching may have replaced it
+        self._inbox.put(_LEAD)
+        self._idle = 0
         log.info("worker serving %s with %d %s on %r", ", ".join(self.channels), self.concurrency,
                  self.mode, self.layer)
         self._threads = [self._spawn(i) for i in range(self.concurrency)]
@@ -268,11 +270,12 @@ class Worker:
         A receive in progress returns within a second; messages already received are run.
         """
         self._stopping.set()
-        deadline = time.monotonic() + (self.grace if grace is None else grace)
-        with self._cond:
-            self._cond.notify_all()
-            # A receive in progress returns within _RECEIVE_TIMEOUT; what it brings is run below.
-            self._cond.wait_for(lambda: not self._leading, _RECEIVE_TIMEOUT + 1.0)
+        start = time.monotonic()
+        deadline = start + (self.grace if grace is None else grace)
+        for _ in self._threads:
+            self._inbox.put(None)  # wakes the idle threads, which then see the stop
+        while self._leading and time.monotonic() < start + _RECEIVE_TIMEOUT + 1.0:
+            time.sleep(0.01)  # a receive in progress returns within _RECEIVE_TIMEOUT; its messages run below
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         alive = [t for t in self._threads if t.is_alive()]
