@@ -10,6 +10,7 @@ value, so an error reads ``message['headers'][1][0]: set is not allowed``.
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import msgpack
@@ -34,6 +35,33 @@ _INT_MIN = -(2**63)
 _INT_MAX = 2**63 - 1
 _SCALARS = (str, bytes, float, bool, type(None))
 _MAX_DEPTH = 64
+
+
+def _valid(value: Any, depth: int) -> bool:
+    """Whether ``value`` is a plain valid message value: exact builtin types only, no path kept.
+
+    The fast check every message goes through; anything it does not accept (a bad value,
+    or a subclass such as an ``IntEnum``) goes to :func:`_check`, which decides and names
+    the key path of the first bad value.
+    """
+    t = type(value)
+    if t is str or t is bytes or t is float or t is bool or value is None:
+        return True
+    if t is int:
+        return _INT_MIN <= value <= _INT_MAX
+    if depth > _MAX_DEPTH:
+        return False
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str or not _valid(v, depth + 1):
+                return False
+        return True
+    if t is list or t is tuple:
+        for v in value:
+            if not _valid(v, depth + 1):
+                return False
+        return True
+    return False
 
 
 def _path(parts: list) -> str:
@@ -81,7 +109,8 @@ def validate_message(message: Any) -> None:
         raise InvalidMessage(f"a message must be a dict, not {type(message).__name__}")
     if RESERVED_KEY in message:
         raise InvalidMessage(f"message[{RESERVED_KEY!r}] is reserved for the channel layer")
-    _check(message, [], 0)
+    if not _valid(message, 0):
+        _check(message, [], 0)
 
 
 def _default(obj: Any) -> Any:
@@ -89,6 +118,18 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, int):
         return int(obj)
     raise InvalidMessage(f"{type(obj).__name__} is not allowed in a message")
+
+
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's packer: making one per message costs more than packing a small message."""
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        # A failed pack leaves it empty (msgpack resets its buffer on any error).
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, default=_default)
+    return packer
 
 
 def encode(message: dict, max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE, extra: dict | None = None) -> bytes:
@@ -99,7 +140,7 @@ def encode(message: dict, max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE, extra
     validate_message(message)
     if extra:
         message = {**message, **extra}
-    data = msgpack.packb(message, use_bin_type=True, default=_default)
+    data = _packer().pack(message)
     if max_size is not None and len(data) > max_size:
         raise MessageTooLarge(
             f"message encodes to {len(data)} bytes, over the limit of {max_size} bytes"
