@@ -548,6 +548,29 @@ def test_receive_batch_hands_out_group_copies_per_member_in_order(layer):
     assert layer.receive_batch(["bat.side!"], 10) == []
 
 
+def test_receive_batch_shared_still_delivers_to_every_member_in_order(layer):
+    # shared=True lets a reader that never changes messages (the sidecar) skip the copies.
+    members = [f"shr.side!c{i}" for i in range(300)]
+    for m in members:
+        layer.group_add("shr.g", m)
+    layer.send_group("shr.g", {"n": 0, "list": [1, 2]})
+    layer.send("shr.side!c3", {"n": 1})
+    layer.send_group("shr.g", {"n": 2, "list": [1, 2]})
+    got = []
+    while True:
+        batch = layer.receive_batch(["shr.side!"], 128, shared=True)
+        assert len(batch) <= 128
+        if not batch:
+            break
+        got += batch
+    per_member: dict = {}
+    for channel, message in got:
+        assert message == {"n": 1} or message["list"] == [1, 2]
+        per_member.setdefault(channel, []).append(message["n"])
+    assert per_member.pop("shr.side!c3") == [0, 1, 2]
+    assert len(per_member) == 299 and all(v == [0, 2] for v in per_member.values())
+
+
 def test_receive_many_is_a_deprecated_alias(layer):
     layer.send("alias.chan", {"x": 1})
     with warnings.catch_warnings(record=True) as caught:

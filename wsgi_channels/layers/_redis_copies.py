@@ -12,7 +12,9 @@ once. When its values are all immutable (str, bytes, numbers, None: a WebSocket
 frame, most group messages), a member's message is a shallow ``dict.copy()`` of that
 decoded template, which is never handed out itself; that costs a fraction of a
 decode. A message holding lists or dicts is decoded afresh for each member, so no two
-members ever share a mutable part.
+members ever share a mutable part. A reader that never changes what it receives (the
+sidecar only frames it) may ask for ``shared`` messages: all members of one group
+message then get the same dict, and handing one out costs no allocation but its pair.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class GroupMessage:
     never handed out itself.
     """
 
-    __slots__ = ("targets", "pos", "template", "plain", "deadline")
+    __slots__ = ("targets", "pos", "template", "plain", "deadline", "shared")
 
     def __init__(self, targets: list[str], plain: bytes, template: dict, deadline: float) -> None:
         self.targets = targets
@@ -51,9 +53,15 @@ class GroupMessage:
         # Only a message whose values are all immutable is copied shallowly.
         self.template = template if all(type(v) in _IMMUTABLE for v in template.values()) else None
         self.deadline = deadline  # time.monotonic() after which it is never handed out
+        self.shared: dict | None = None  # the one dict handed to readers that asked for shared messages
 
-    def copies(self, targets: list[str]) -> list[tuple[str, dict]]:
-        """One ``(member, message)`` per name of ``targets``, each message independent of the others."""
+    def copies(self, targets: list[str], shared: bool = False) -> list[tuple[str, dict]]:
+        """One ``(member, message)`` per name of ``targets``: each message independent of the
+        others, or with ``shared`` one dict for all of them (never changed by its reader)."""
+        if shared:
+            if self.shared is None:
+                self.shared = _unpack(self.plain)
+            return list(zip(targets, repeat(self.shared, len(targets))))
         if self.template is not None:
             return list(zip(targets, map(dict.copy, repeat(self.template, len(targets)))))
         plain = self.plain
@@ -90,7 +98,8 @@ class CopyBuffer:
         with self._lock:
             self._queues.setdefault(name, deque()).append(message)
 
-    def take(self, names: Iterable[str], limit: int) -> tuple[list[tuple[str, dict]], list[tuple[str, list[str]]]]:
+    def take(self, names: Iterable[str], limit: int,
+             shared: bool = False) -> tuple[list[tuple[str, dict]], list[tuple[str, list[str]]]]:
         """Up to ``limit`` pairs for prefixes in ``names``, and the ``(prefix, members)`` whose
         message expired here unread (the caller evicts those members from their groups)."""
         self._check_fork()
@@ -122,7 +131,7 @@ class CopyBuffer:
                     break
         taken: list[tuple[str, dict]] = []
         for targets, pending in chunks:  # copied outside the lock
-            taken += pending.copies(targets)
+            taken += pending.copies(targets, shared)
         return taken, expired
 
     def pending(self, name: str | None = None) -> int:

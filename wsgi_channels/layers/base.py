@@ -300,12 +300,16 @@ class BaseChannelLayer:
         raise NotImplementedError
 
     def receive_batch(self, channels: Iterable[str], limit: int = 100, block: bool = False,
-                      timeout: float | None = None) -> list[tuple[str, dict]]:
+                      timeout: float | None = None, shared: bool = False) -> list[tuple[str, dict]]:
         """Up to ``limit`` waiting messages at once, waiting (like :meth:`receive`) only for the first.
 
         Readers of busy channels (the worker, the sidecar's ``prefix!`` loop) use it to
         take a backlog in few operations; backends override it to do so in one round trip.
         Delivery rules are those of :meth:`receive` (FIFO per channel, at most once).
+
+        Every delivery is its own copy, unless ``shared``: a reader that never changes the
+        messages it gets (the sidecar only frames them) allows the layer to give the members
+        of one group message the same dict, which saves a copy per member of a broadcast.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be an int of at least 1, got {limit!r}")

@@ -362,7 +362,8 @@ class IpcChannelLayer(BaseChannelLayer):
                 self._put_waiter(waiter)
 
     def receive_batch(
-        self, channels: Iterable[str], limit: int = 100, block: bool = False, timeout: float | None = None
+        self, channels: Iterable[str], limit: int = 100, block: bool = False, timeout: float | None = None,
+        shared: bool = False,
     ) -> list[tuple[str, dict]]:
         """Up to ``limit`` messages at once, waiting (like :meth:`receive`) only for the first.
 
@@ -370,6 +371,7 @@ class IpcChannelLayer(BaseChannelLayer):
         for many members of one prefix fills the batch from its single row: a
         sidecar reading its ``prefix!`` drains a broadcast to thousands of its
         connections in a few calls. Order is FIFO per queue, as with ``receive``.
+        Every delivery is decoded on its own, ``shared`` or not.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be an int of at least 1, got {limit!r}")

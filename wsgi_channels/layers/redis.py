@@ -445,9 +445,9 @@ class RedisChannelLayer(BaseChannelLayer):
             self._plans[key] = plan
         return plan
 
-    def _take_buffered(self, names: Iterable[str], limit: int) -> list[tuple[str, dict]]:
+    def _take_buffered(self, names: Iterable[str], limit: int, shared: bool = False) -> list[tuple[str, dict]]:
         """Up to ``limit`` (channel, message) pairs from group messages already fetched for ``names``."""
-        taken, expired = self._copies.take(names, limit)
+        taken, expired = self._copies.take(names, limit, shared)
         for name, channels in expired:
             self._evict(name, channels)
         return taken
@@ -468,14 +468,14 @@ class RedisChannelLayer(BaseChannelLayer):
         deadline = time.monotonic() + (int(entry[:13]) - now_ms) / 1000.0
         return GroupMessage(entry[14:newline].decode().split(" "), plain, template, deadline)
 
-    def _deliver(self, name: str, entry: bytes, now_ms: int) -> tuple[str, dict]:
+    def _deliver(self, name: str, entry: bytes, now_ms: int, shared: bool = False) -> tuple[str, dict]:
         if entry[13:14] == b"m":
             return name, self._open(memoryview(entry)[14:])
         newline = entry.index(b"\n", 14)
         if entry.find(b" ", 14, newline) < 0:  # one target: a send to a process-local channel
             return entry[14:newline].decode(), self._open(memoryview(entry)[newline + 1:])
         message = self._group_message(name, entry, now_ms)
-        first = message.copies(message.targets[:1])[0]
+        first = message.copies(message.targets[:1], shared)[0]
         message.pos = 1
         self._copies.add(name, message)
         # Other threads of this process waiting on this prefix can take the rest now.
@@ -498,11 +498,12 @@ class RedisChannelLayer(BaseChannelLayer):
                 return self._deliver(shard_names[reply[0] - 1], reply[1], reply[2])
         return None
 
-    def _try_receive_batch(self, names: list[str], plan: list[_ShardPlan], limit: int) -> list[tuple[str, dict]]:
+    def _try_receive_batch(self, names: list[str], plan: list[_ShardPlan], limit: int,
+                           shared: bool) -> list[tuple[str, dict]]:
         """Up to ``limit`` messages: buffered group copies first, then one script per shard."""
         batch: list[tuple[str, dict]] = []
         if self._copies:
-            batch = self._take_buffered(names, limit)
+            batch = self._take_buffered(names, limit, shared)
             if len(batch) >= limit:
                 return batch
         self._rr += 1
@@ -529,13 +530,13 @@ class RedisChannelLayer(BaseChannelLayer):
                         self._copies.add(name, self._group_message(name, entry_bytes, now_ms))
                         buffered = True
                     else:
-                        batch.append(self._deliver(name, entry_bytes, now_ms))
+                        batch.append(self._deliver(name, entry_bytes, now_ms, shared))
                         buffered = buffered or name in self._copies
                 except exc.ChannelsError as e:
                     # One unreadable entry must not cost the rest of the batch, already popped.
                     log.error("dropped an unreadable message on %s: %s", name, e)
             if buffered and len(batch) < limit:
-                batch += self._take_buffered(names, limit - len(batch))
+                batch += self._take_buffered(names, limit - len(batch), shared)
         return batch
 
     def _resolve_plan(self, channels: Iterable[str]) -> tuple[list[str], list] | None:
@@ -594,13 +595,15 @@ class RedisChannelLayer(BaseChannelLayer):
         return got if got is not None else (None, None)
 
     def receive_batch(self, channels: Iterable[str], limit: int = 100, block: bool = False,
-                      timeout: float | None = None) -> list[tuple[str, dict]]:
+                      timeout: float | None = None, shared: bool = False) -> list[tuple[str, dict]]:
         """Up to ``limit`` messages at once, waiting (like :meth:`receive`) only for the first.
 
         One round trip per shard fetches up to ``limit`` entries (a quiet queue costs one
         empty answer, a busy one is drained in the same call), and a group message for many
         members of one prefix fills the batch from its single copy, so a process reading its
         ``prefix!`` drains a broadcast to thousands of its connections in a few calls.
+        ``shared``: see :meth:`BaseChannelLayer.receive_batch`; here the members of one group
+        message then get one dict between them instead of a copy each.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be an int of at least 1, got {limit!r}")
@@ -609,7 +612,7 @@ class RedisChannelLayer(BaseChannelLayer):
             return []
         names, plan = resolved
         wait = self._block_timeout(block, timeout) if block else 0.0
-        return self._await(names, plan, wait, lambda: self._try_receive_batch(names, plan, limit)) or []
+        return self._await(names, plan, wait, lambda: self._try_receive_batch(names, plan, limit, shared)) or []
 
     def _await(self, names: list[str], plan: list, wait: float, attempt: Any) -> Any:
         """``attempt()`` until it returns something, for up to ``wait`` seconds.

@@ -139,12 +139,15 @@ class Sidecar:
         messages per round trip. With plain ``receive`` the loop takes one message per call:
         asking again "just in case" would add an empty round trip to every quiet batch,
         and a group message for many sockets here is already handed out from one local
-        copy without further round trips.
+        copy without further round trips. The loop only frames what it gets and never
+        changes it, so the members of one group message may share one dict (``shared``).
         """
         channels = [self.prefix]
         batch_receive = getattr(self.layer, "receive_batch", None)
         if batch_receive is not None:
-            return list(batch_receive(channels, self.config.receive_batch, block=True, timeout=first_timeout))
+            options = {"shared": True} if isinstance(self.layer, BaseChannelLayer) else {}
+            return list(batch_receive(channels, self.config.receive_batch, block=True, timeout=first_timeout,
+                                      **options))
         channel, message = self.layer.receive(channels, block=True, timeout=first_timeout)
         return [] if channel is None else [(channel, message)]
 
