@@ -251,15 +251,20 @@ def _row(r: dict) -> str:
     return f"| {_cell(r['scenario'])} | {_cell(r['size'])} | {_cell(r['figure'])} | {'yes' if r['ok'] else '**NO**'} |"
 
 
+def _title_key(title: str) -> str:
+    """A row's title without its size in parentheses: "Soak (18 min)" and "Soak (30 min)" are one row."""
+    return re.sub(r"\s*\([^)]*\)$", "", title)
+
+
 def merge_rows(rows: list[dict], path: Path) -> list:
     """``--only``: the rows of the existing table, with the rerun scenarios replaced (by title)."""
-    fresh = {r["scenario"]: r for r in rows}
+    fresh = {_title_key(r["scenario"]): r for r in rows}
     merged: list = []
     if path.exists():
         for line in path.read_text().splitlines():
             if line.startswith("| ") and not line.startswith("| Scenario") and not line.startswith("|---"):
                 title = line[2:].split(" | ", 1)[0].replace("\\|", "|")
-                merged.append(fresh.pop(title, line))
+                merged.append(fresh.pop(_title_key(title), line))
     return merged + list(fresh.values())
 
 
@@ -348,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         first = next(i for i, line in enumerate(text) if line.startswith("| Scenario"))
         last = max(i for i, line in enumerate(text) if line.startswith("| "))
         body = text[:first + 2] + [r if isinstance(r, str) else _row(r) for r in merged] + text[last + 1:]
+        if "soak" in args.only and args.soak_minutes >= 30:
+            body = [line for line in body if not line.startswith("The soak above ran")]
         path.write_text("\n".join(body) + "\n")
     else:
         write_doc(rows, args, started, path)
