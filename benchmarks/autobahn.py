@@ -79,7 +79,7 @@ def summarize(index_path: str, agent: str) -> tuple[dict, list]:
         behavior = result["behavior"]
         close = result.get("behaviorClose", "OK")
         # A case passes when both its data and its closing behaviour pass.
-        outcome = behavior if close in PASSING or behavior not in PASSING else f"FAILED"
+        outcome = behavior if close in PASSING or behavior not in PASSING else "FAILED"
         per_section[section][outcome] += 1
         if outcome not in PASSING:
             bad.append((case, behavior, close))

@@ -17,7 +17,6 @@ import unittest
 import zipfile
 from pathlib import Path
 
-import pytest
 
 from wsgi_channels.layers import from_url
 

@@ -12,7 +12,6 @@ import signal
 import threading
 import time
 
-import pytest
 import requests
 import websocket
 

@@ -7,7 +7,6 @@ path the worker uses) and demand the same status, headers and body.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import subprocess
