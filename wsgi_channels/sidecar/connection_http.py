@@ -21,6 +21,8 @@ from .http import header_value, request_info, simple_body
 
 __all__ = ["HttpModeMixin"]
 
+_FRAMING = (b"content-length", b"transfer-encoding")
+
 
 class HttpModeMixin:
     """The HTTP-mode methods of :class:`~.connection.ClientConnection` (state lives there)."""
@@ -49,7 +51,7 @@ class HttpModeMixin:
             message = build_request_message(
                 reply_channel=self.reply_channel, method=request.method, target=target, headers=headers,
                 http_version=request.http_version.decode("ascii"), scheme=info.scheme, client=info.client,
-                server=info.server, root_path=config.root_path)
+                server=info.server, root_path=config.root_path, parsed=True)
         except (InvalidRequest, InvalidMessage) as e:
             self._respond(400, simple_body(400, str(e)), close=True)
             return
@@ -140,9 +142,13 @@ class HttpModeMixin:
         if first:
             self.response_started = True
             self.status = message["status"]
-            headers = [(bytes(n), bytes(v)) for n, v in message.get("headers", ())]
-            if not more and not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers):
-                headers.append((b"content-length", str(len(content)).encode()))
+            headers = message.get("headers") or []  # [bytes, bytes] pairs (validated above)
+            if not more:
+                for n, _ in headers:
+                    if n.lower() in _FRAMING:
+                        break
+                else:
+                    headers = [*headers, (b"content-length", b"%d" % len(content))]
             data = self.http.start_response(self.status, headers, close=self.sidecar.draining, from_app=True)
         else:
             data = b""

@@ -14,10 +14,15 @@ for the outcome before its next one). Nothing is resent: a batch whose round tri
 fails reports ``LayerUnavailable`` for each of its messages, as a lone send would.
 At most :data:`FLUSHERS` batches are in flight at once, which also bounds the
 sidecar's Redis connections used for sending.
+
+Every wait for an outcome is bounded by ``result_timeout``, enforced by one watchdog
+greenlet per sender (started with the first batch) rather than a timer per send,
+which would cost a timer start and stop on every request.
 """
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import Any
 
@@ -43,6 +48,8 @@ class LayerSender:
         self.result_timeout = result_timeout
         self._queue: deque = deque()
         self._flushers = 0
+        self._in_flight: dict[int, tuple[float, list]] = {}  # id -> (started, batch) being sent
+        self._watchdog: gevent.Greenlet | None = None
 
     @property
     def batching(self) -> bool:
@@ -59,25 +66,51 @@ class LayerSender:
         if self._flushers < FLUSHERS:
             self._flushers += 1
             gevent.spawn(self._flush)  # starts on the next loop turn: what else is ready joins the batch
-        try:
-            return result.get(timeout=self.result_timeout)
-        except gevent.Timeout:
-            return TimeoutError(f"no answer from the channel layer within {self.result_timeout:g}s")
+        return result.get()  # bounded by the watchdog
 
     def _flush(self) -> None:
         queue = self._queue
+        if self._watchdog is None:
+            self._watchdog = gevent.spawn(self._watch)
+        key = id(gevent.getcurrent())
         try:
             while queue:
                 batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+                self._in_flight[key] = (time.monotonic(), batch)
                 try:
                     outcomes = self.send_many([(channel, message) for channel, message, _ in batch])
-                except Exception as e:  # send_many reports per item; this is a bug or a kill
+                except Exception as e:  # send_many reports per item; this is a bug
                     log.exception("sending a batch of %d message(s) failed", len(batch))
                     outcomes = [e] * len(batch)
                 for (_, _, result), outcome in zip(batch, outcomes):
-                    result.set(outcome)
+                    if not result.ready():  # the watchdog may have answered already
+                        result.set(outcome)
         finally:
+            entry = self._in_flight.pop(key, None)
+            if entry is not None:  # killed mid-batch: nobody waits forever
+                _answer(entry[1], TimeoutError("the channel layer send was interrupted"))
             self._flushers -= 1
             if queue and self._flushers == 0:  # killed mid-way: never strand what is queued
                 self._flushers += 1
                 gevent.spawn(self._flush)
+
+    def _watch(self) -> None:
+        """Answer ``TimeoutError`` to the senders of any batch in flight for over ``result_timeout``;
+        ends when no batch is being sent (the next flusher starts it again)."""
+        tick = max(0.05, min(1.0, self.result_timeout / 4))
+        try:
+            while self._in_flight or self._flushers:
+                gevent.sleep(tick)
+                limit = time.monotonic() - self.result_timeout
+                for started, batch in list(self._in_flight.values()):
+                    if started < limit:
+                        _answer(batch, TimeoutError(
+                            f"no answer from the channel layer within {self.result_timeout:g}s"))
+        finally:
+            self._watchdog = None
+
+
+def _answer(batch: list, error: BaseException) -> None:
+    for _, _, result in batch:
+        if not result.ready():
+            result.set(error)
