@@ -322,6 +322,13 @@ class Shard:
                 raise _error(reply)
         return reply
 
+    def execute_packed(self, payload: bytes) -> Any:
+        """Run one command packed by the caller; error replies are raised."""
+        reply = self._roundtrip(payload)
+        if type(reply) is ResponseError:
+            raise _error(reply)
+        return reply
+
     def execute(self, *args: Any, now: bool = False) -> Any:
         """Run one command; network failures become ``LayerUnavailable``, error replies are raised.
 

@@ -2,7 +2,8 @@
 
 Each operation is one Lua script (:mod:`._redis_scripts`), so one round trip:
 ``send`` checks capacity and queues the body inline; ``receive`` pops the first
-live entry of the channels asked for on a shard; ``send_group`` runs one fan-out
+live entry of the channels asked for on a shard (from one plain channel, a plain
+``LPOP`` does that); ``send_group`` runs one fan-out
 script on each shard (concurrently), which queues one copy per plain member and
 one per process prefix naming all of that prefix's members. This process then
 hands out one ``(channel, message)`` per member from that single copy.
@@ -175,10 +176,12 @@ class _ShardPlan:
 
     A receive tries the queues in turn, starting one further along each time (so a busy
     channel cannot starve a quiet one); the fixed part of the command for each starting
-    point is packed once.
+    point is packed once. A single plain channel (not a ``prefix!``) needs no script: its
+    queue holds only ``m`` entries and nothing but an expired head is ever skipped, so a
+    plain ``LPOP`` (``lpop``) does the script's work, the deadline checked on our side.
     """
 
-    __slots__ = ("shard", "names", "keys", "flags", "prefix", "_packed")
+    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "_packed")
 
     def __init__(self, shard: Shard, names: list[str], key: Any, prefix: str) -> None:
         self.shard = shard
@@ -186,6 +189,7 @@ class _ShardPlan:
         self.keys = [key("q", name) for name in names]
         self.flags = [b"1" if name.endswith("!") else b"0" for name in names]
         self.prefix = prefix
+        self.lpop = _redis_conn.packed("LPOP", self.keys[0]) if self.flags == [b"0"] else None
         self._packed: dict[tuple[int, bool], tuple[bytes, list[str]]] = {}
 
     def _command(self, rr: int, many: bool) -> tuple[bytes, list[str]]:
@@ -492,11 +496,24 @@ class RedisChannelLayer(BaseChannelLayer):
         for i in range(count):
             entry = plan[(self._rr + i) % count]
             shard = entry.shard
+            if entry.lpop is not None:
+                got = self._pop_plain(shard, entry.lpop)
+                if got is not None:
+                    return entry.names[0], self._open(memoryview(got)[14:])
+                continue
             command, shard_names = entry.receive(self._rr)
             reply = shard.call(_RECEIVE, command + _NOW % shard.now_ms())
             if reply is not None:
                 return self._deliver(shard_names[reply[0] - 1], reply[1], reply[2])
         return None
+
+    @staticmethod
+    def _pop_plain(shard: Shard, lpop: bytes) -> bytes | None:
+        """The first live entry of a plain channel's queue (one ``LPOP``; expired ones are dropped)."""
+        while True:
+            entry = shard.execute_packed(lpop)
+            if entry is None or int(entry[:13]) > shard.now_ms():
+                return entry
 
     def _try_receive_batch(self, names: list[str], plan: list[_ShardPlan], limit: int,
                            shared: bool) -> list[tuple[str, dict]]:
@@ -590,8 +607,10 @@ class RedisChannelLayer(BaseChannelLayer):
         if resolved is None:
             return None, None
         names, plan = resolved
-        wait = self._block_timeout(block, timeout) if block else 0.0
-        got = self._await(names, plan, wait, lambda: self._try_receive(names, plan))
+        if block:
+            got = self._await(names, plan, self._block_timeout(block, timeout), lambda: self._try_receive(names, plan))
+        else:
+            got = self._try_receive(names, plan)
         return got if got is not None else (None, None)
 
     def receive_batch(self, channels: Iterable[str], limit: int = 100, block: bool = False,
