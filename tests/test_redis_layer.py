@@ -708,6 +708,68 @@ def test_group_send_to_a_dead_prefix_evicts_it_without_queueing(fresh_redis, mad
     assert keys_of(fresh_redis, "wsgi_channels:q:*") == []  # nothing queued for the dead prefix
 
 
+def test_large_broadcast_names_its_members_through_one_key(fresh_redis, made):
+    # From REF_MIN members of one prefix, the entry names a P:t: key holding the members instead of
+    # listing them, so no script copies the names per message; readers fetch them once.
+    from wsgi_channels.layers._redis_scripts import REF_MIN
+
+    sender = made(fresh_redis.url)
+    reader = made(fresh_redis.url)  # another process: it has never seen the member list
+    members = [f"big.side!c{i}" for i in range(REF_MIN + 44)]
+    for m in members:
+        sender.group_add("big.g", m)
+    sender.group_add("big.g", "big.plain")
+    for n in range(3):
+        sender.send_group("big.g", {"n": n})
+    r = client_for(fresh_redis)
+    entries = r.lrange("wsgi_channels:q:{big.side!}", 0, -1)
+    assert len(entries) == 3 and all(len(e) < 200 for e in entries)
+    (tkey,) = keys_of(fresh_redis, "wsgi_channels:t:*")
+    assert tkey.startswith("wsgi_channels:t:{big.side!}:")  # the prefix's hash tag
+    assert 0 < r.pttl(tkey) <= 60_000 + 10_000
+    assert reader.channel_statistics("big.side!")["messages_pending"] == 3 * len(members)
+    mon = Monitor(fresh_redis)
+    time.sleep(0.05)
+    got = []
+    while True:
+        batch = reader.receive_batch(["big.side!"], 100)
+        if not batch:
+            break
+        got += batch
+    assert mon.stop().count("GET") == 1  # the member list, fetched once for the three messages
+    per_member: dict = {}
+    for channel, message in got:
+        per_member.setdefault(channel, []).append(message["n"])
+    assert sorted(per_member) == sorted(members) and all(v == [0, 1, 2] for v in per_member.values())
+    assert drain_all(reader, ["big.plain"]) == [("big.plain", {"n": n}) for n in range(3)]
+    # The key gone (it expires when no message names it for a while): the next broadcast remakes it.
+    r.delete(tkey)
+    sender.send_group("big.g", {"n": 3})
+    assert keys_of(fresh_redis, "wsgi_channels:t:*") == [tkey]
+    assert sorted(c for c, _ in reader.receive_batch(["big.side!"], 1000)) == sorted(members)
+    # A new member makes a new list (another key); the old one is left to its TTL.
+    sender.group_add("big.g", "big.side!new")
+    sender.send_group("big.g", {"n": 4})
+    assert len(keys_of(fresh_redis, "wsgi_channels:t:*")) == 2
+    assert len(reader.receive_batch(["big.side!"], 1000)) == len(members) + 1
+    sender.flush()
+    assert keys_of(fresh_redis) == []
+
+
+def test_large_broadcast_expired_unread_evicts_its_members(fresh_redis, made):
+    from wsgi_channels.layers._redis_scripts import REF_MIN
+
+    layer = made(fresh_redis.url, expiry=0.5)
+    members = [f"lost.side!c{i}" for i in range(REF_MIN)]
+    for m in members:
+        layer.group_add("lost.g", m)
+    layer.group_add("lost.g", "lost.plain")
+    layer.send_group("lost.g", {"n": 1})
+    time.sleep(0.8)  # nobody read the prefix in time: its members leave the group
+    assert layer.receive(["lost.side!"]) == (None, None)
+    assert layer.group_channels("lost.g") == ["lost.plain"]
+
+
 def drain_all(layer, channels):
     out = []
     while True:

@@ -34,10 +34,20 @@ braces is the Redis Cluster hash tag):
 ``P:s:{key}``
     channel-session values (``SET ... PX``).
 
+``P:t:{prefix!}:<sha1>``
+    the member names of a large group message for one prefix (``r`` entries below),
+    named by their SHA1, so the same members always make the same key. The fan-out
+    renews its TTL (expiry plus a margin) with every message naming it, so it lives
+    as long as any entry that names it, and goes with its TTL.
+
 Entry format (one LIST element): 13 ASCII digits of the deadline in ms since the
-epoch (Redis ``TIME``), one kind byte, then either the body (``m``) or the target
+epoch (Redis ``TIME``), one kind byte, then either the body (``m``), or the target
 channel names separated by spaces, a newline and the body (``t``; process-local
-channels, one entry for every member behind one prefix).
+channels, one entry for every member behind one prefix), or, for at least
+:data:`REF_MIN` members, their count, a space, the ``P:t:`` key holding their names, a
+newline and the body (``r``). A broadcast to 10,000 sockets of one sidecar is then a
+small entry: no script copies the 190 KB of names per message, and the reading
+process fetches them once per membership (``GET``) and keeps them.
 
 The hot scripts (send, receive, fan-out) take "now" from the client, which
 tracks its offset to the Redis clock (``TIME`` once per connection), so every
@@ -53,7 +63,13 @@ so the client packs the fixed part of a hot command once.
 """
 from __future__ import annotations
 
-__all__ = ["SEND", "RECEIVE", "RECEIVE_MANY", "FANOUT", "MEMBERS", "GROUP_ADD", "GROUP_DISCARD", "EVICT", "STATS"]
+__all__ = ["SEND", "RECEIVE", "RECEIVE_MANY", "FANOUT", "MEMBERS", "GROUP_ADD", "GROUP_DISCARD", "EVICT", "STATS",
+           "REF_MIN", "REF_MARGIN_MS"]
+
+#: Members of one prefix from which a group message names them through a ``P:t:`` key.
+REF_MIN = 256
+#: How much longer than the messages naming it a ``P:t:`` key lives (clock differences between clients).
+REF_MARGIN_MS = 10_000
 
 _COMMON = r"""
 local function common()
@@ -74,10 +90,23 @@ local function common()
     return out
   end
 
+  -- the members an entry is for: none for 'm', listed for 't', in a P:t: key for 'r'
   function C.targets_of(v)
-    if string.byte(v, 14) ~= 116 then return {} end  -- not a 't' entry
+    local kind = string.byte(v, 14)
     local nl = string.find(v, '\n', 15, true)
-    return C.split(string.sub(v, 15, nl - 1))
+    if kind == 116 then return C.split(string.sub(v, 15, nl - 1)) end
+    if kind ~= 114 then return {} end
+    local names = redis.call('GET', string.sub(v, string.find(v, ' ', 15, true) + 1, nl - 1))
+    if not names then return {} end
+    return C.split(names)
+  end
+
+  -- how many members an entry is for
+  function C.count_of(v)
+    local kind = string.byte(v, 14)
+    if kind == 116 then return #C.targets_of(v) end
+    if kind == 114 then return tonumber(string.sub(v, 15, string.find(v, ' ', 15, true) - 1)) end
+    return 1
   end
 
   function C.tag_key(P, kind, name)
@@ -280,17 +309,21 @@ return members
 #: KEYS: g gc gp; ARGV: P, expiry ms, group expiry ms, default capacity, process capacity,
 #: '1' to use the capacities stored by group_add (the layer has channel_capacity rules),
 #: body, now (ms).
-#: Queues one entry per plain member and one per process prefix (naming all its members),
-#: following the group's plan (made from the memberships when there is none).
+#: Queues one entry per plain member and one per process prefix (naming all its members,
+#: through a ``P:t:`` key from REF_MIN of them), following the group's plan (made from the
+#: memberships when there is none, or when a ``P:t:`` key it names has expired).
 #: Returns the number of members skipped because their channel was full.
-FANOUT = _COMMON + _MEMBERS + r"""
+FANOUT = _COMMON + _MEMBERS + f"""
+local REF_MIN, REF_MARGIN = {REF_MIN}, {REF_MARGIN_MS}
+""" + r"""
 local P = ARGV[1]
 local exp, gexp = tonumber(ARGV[2]), ARGV[3]
 local default_cap, process_cap, rules = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local body, now = ARGV[7], tonumber(ARGV[8])
 local g = KEYS[1]
 
--- The plan: {rules flag, {member, capacity, ...}, {prefix, 'member member ...', count, capacity, ...}}
+-- The plan: {rules flag, {member, capacity, ...}, {prefix, names, count, capacity, ...}} where
+-- names is 'member member ...' or, for REF_MIN members or more, the P:t: key holding them
 -- (capacity 0: the layer's default). It lives until its first membership expires.
 local function make_plan()
   local members = live_members(g, KEYS[2], now, false)
@@ -326,8 +359,14 @@ local function make_plan()
   local prefixes = {}
   for _, prefix in ipairs(order) do
     local b = buckets[prefix]
+    local names = table.concat(b, ' ')
+    if #b >= REF_MIN then
+      local key = P .. 't:{' .. prefix .. '}:' .. redis.sha1hex(names)
+      redis.call('SET', key, names, 'PX', exp + REF_MARGIN)
+      names = key
+    end
     prefixes[#prefixes + 1] = prefix
-    prefixes[#prefixes + 1] = table.concat(b, ' ')
+    prefixes[#prefixes + 1] = names
     prefixes[#prefixes + 1] = #b
     prefixes[#prefixes + 1] = caps[b[1]] or 0
   end
@@ -342,6 +381,16 @@ local plan = redis.call('GET', KEYS[3])
 if plan then
   plan = cmsgpack.unpack(plan)
   if plan[1] ~= rules then plan = nil end  -- made by a layer configured otherwise
+end
+if plan then
+  -- every P:t: key it names lives at least as long as the messages about to name it
+  local prefixes = plan[3]
+  for i = 3, #prefixes, 4 do
+    if prefixes[i] >= REF_MIN and redis.call('PEXPIRE', prefixes[i - 1], exp + REF_MARGIN) == 0 then
+      plan = nil  -- expired since (no message for a while): make the plan and its keys again
+      break
+    end
+  end
 end
 if not plan then
   plan = make_plan()
@@ -378,7 +427,12 @@ for i = 1, #prefixes, 4 do
     if string.sub(prefix, 1, 8) == 'sidecar.' then cap = process_cap else cap = default_cap end
   end
   local q, u, m = P .. 'q:{' .. prefix .. '}', P .. 'u:{' .. prefix .. '}', P .. 'm:{' .. prefix .. '}'
-  local entry = dl .. 't' .. targets .. '\n' .. body
+  local entry
+  if count >= REF_MIN then
+    entry = dl .. 'r' .. count .. ' ' .. targets .. '\n' .. body
+  else
+    entry = dl .. 't' .. targets .. '\n' .. body
+  end
   local n = redis.call('RPUSH', q, entry)
   if n == 1 and redis.call('EXISTS', u) == 1 and common().bury(P, u, m) > 0 then
     -- the queue had vanished unread: its reader is gone and its channels just left every
@@ -395,7 +449,9 @@ for i = 1, #prefixes, 4 do
     else
       if evicted > 0 then
         local left = {}
-        for _, c in ipairs(C.split(targets)) do
+        local names = targets
+        if count >= REF_MIN then names = redis.call('GET', targets) or '' end
+        for _, c in ipairs(C.split(names)) do
           if redis.call('ZSCORE', g, c) then left[#left + 1] = c end
         end
         entry = dl .. 't' .. table.concat(left, ' ') .. '\n' .. body
@@ -482,7 +538,7 @@ if KEYS[2] and redis.call('EXISTS', KEYS[1]) == 0 then C.bury(ARGV[1], KEYS[2], 
 local entries = redis.call('LRANGE', KEYS[1], 0, -1)
 local pending = 0
 for _, v in ipairs(entries) do
-  if string.byte(v, 14) == 116 then pending = pending + #C.targets_of(v) else pending = pending + 1 end
+  pending = pending + C.count_of(v)
 end
 local head = 0
 if #entries > 0 then head = C.deadline(entries[1]) end

@@ -285,6 +285,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._rules_flag = b"1" if self._capacity_rules else b"0"
         self._plans: dict[tuple, list[_ShardPlan]] = {}
         self._copies = CopyBuffer()  # group messages fetched for several members of a prefix
+        self._members_cache: dict[bytes, list[str]] = {}  # P:t: key -> the member names it holds
         self._rr = 0
         self._sent = 0
         self._local = threading.local()  # this thread's kept doorbell registration (_Watch)
@@ -465,12 +466,39 @@ class RedisChannelLayer(BaseChannelLayer):
                         len(channels), prefix, e)
 
     def _group_message(self, name: str, entry: bytes, now_ms: int) -> GroupMessage:
-        """A popped ``t`` entry (one message for members of prefix ``name``), decrypted and decoded once."""
+        """A popped ``t`` or ``r`` entry (one message for members of prefix ``name``), decrypted
+        and decoded once."""
         newline = entry.index(b"\n", 14)
+        if entry[13:14] == b"r":
+            space = entry.index(b" ", 14, newline)
+            targets = self._named_members(name, entry[space + 1:newline], int(entry[14:space]))
+        else:
+            targets = entry[14:newline].decode().split(" ")
         plain = bytes(self._plaintext(memoryview(entry)[newline + 1:]))
         template = self._decoded(plain)
         deadline = time.monotonic() + (int(entry[:13]) - now_ms) / 1000.0
-        return GroupMessage(entry[14:newline].decode().split(" "), plain, template, deadline)
+        return GroupMessage(targets, plain, template, deadline)
+
+    def _named_members(self, prefix: str, key: bytes, count: int) -> list[str]:
+        """The members held by a ``P:t:`` key (an ``r`` entry's), fetched once and kept.
+
+        The key is named by the SHA1 of its content, so a kept list never goes stale; the
+        fan-out keeps the key alive as long as any entry that names it.
+        """
+        names = self._members_cache.get(key)
+        if names is None:
+            data = self._shard_of(prefix).execute("GET", key)
+            if data is None:
+                raise exc.ChannelsError(f"the member list {key.decode()!r} of a group message for {prefix!r} "
+                                        "is gone (flushed, or evicted by Redis' maxmemory policy)")
+            names = data.decode().split(" ")
+            if len(names) != count:
+                raise exc.ChannelsError(f"the member list {key.decode()!r} names {len(names)} channels, "
+                                        f"not {count}")
+            if len(self._members_cache) >= 64:
+                self._members_cache.clear()
+            self._members_cache[key] = names
+        return names
 
     def _deliver(self, name: str, entry: bytes, now_ms: int, shared: bool = False) -> tuple[str, dict]:
         if entry[13:14] == b"m":
@@ -747,7 +775,7 @@ class RedisChannelLayer(BaseChannelLayer):
 
     def _patterns(self) -> list[bytes]:
         # Only this layer's key shapes: another application's prefix can never match.
-        return [self._pb + b"[qumgs]:{*", self._pb + b"g[cp]:{*"]
+        return [self._pb + b"[qumgst]:{*", self._pb + b"g[cp]:{*"]
 
     def flush(self) -> None:
         """Remove every key of this prefix on every shard (SCAN, never KEYS) and local buffers."""
