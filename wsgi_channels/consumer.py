@@ -14,6 +14,7 @@ The worker and :mod:`wsgi_channels.testing` both go through
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Callable
 
@@ -22,7 +23,8 @@ from .exceptions import ChannelFull, LayerUnavailable
 from .layers.base import BaseChannelLayer
 from .message import Message
 
-__all__ = ["run_consumer", "send_with_retry", "flush_sends", "DEFAULT_SEND_TIMEOUT"]
+__all__ = ["run_consumer", "send_with_retry", "flush_sends", "hand_over_last", "use_reply_sender",
+           "DEFAULT_SEND_TIMEOUT"]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,27 @@ log = logging.getLogger(__name__)
 DEFAULT_SEND_TIMEOUT = 5.0
 _FIRST_BACKOFF = 0.002
 _MAX_BACKOFF = 0.1
+_local = threading.local()
+
+
+def use_reply_sender(sender: Any) -> None:
+    """Make ``sender`` (a :class:`~wsgi_channels.reply_sender.ReplySender`, or None) this
+    thread's sender for :func:`hand_over_last`; the worker sets it in each of its threads."""
+    _local.sender = sender
+
+
+def hand_over_last(layer: BaseChannelLayer, channel: str, content: dict, timeout: float) -> bool:
+    """Give the last message a consumer sends on ``channel`` to this thread's batched sender.
+
+    True when handed over (it is sent soon, with :func:`send_with_retry`'s rules, and
+    nothing sent later on ``channel`` could overtake it because nothing is); False when
+    this thread has no sender for ``layer``: send it yourself.
+    """
+    sender = getattr(_local, "sender", None)
+    if sender is None or sender.layer is not layer:
+        return False
+    sender.put(channel, content, timeout)
+    return True
 
 
 def send_with_retry(layer: BaseChannelLayer, channel: str, content: dict,

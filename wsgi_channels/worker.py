@@ -32,10 +32,11 @@ import time
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Optional, Sequence
 
-from .consumer import DEFAULT_SEND_TIMEOUT, run_consumer
+from .consumer import DEFAULT_SEND_TIMEOUT, run_consumer, use_reply_sender
 from .exceptions import ConfigurationError, LayerUnavailable, StoreError
 from .layers.base import BaseChannelLayer
 from .message import Message
+from .reply_sender import ReplySender
 from .routing import Router
 
 __all__ = ["Worker", "select_channels", "register", "main"]
@@ -107,6 +108,8 @@ class Worker:
         self._backlog, self._probe, self._backoff = False, 0, 0.0
         self._outage_since: Optional[float] = None
         self._outage_lock = threading.Lock()
+        # Responses' last messages of all threads share round trips (layers with send_many).
+        self._replies = ReplySender(self.layer) if getattr(self.layer, "send_many", None) else None
 
     # -- the loops ------------------------------------------------------------------------------
     #
@@ -126,6 +129,7 @@ class Worker:
 
     def _serve_loop(self) -> None:
         inbox, idle_lock, stopping, handle = self._inbox, self._idle_lock, self._stopping, self.handle
+        use_reply_sender(self._replies)
         while True:
             with idle_lock:
                 self._idle += 1

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Callable, Iterable, List, Optional
 
-from .consumer import DEFAULT_SEND_TIMEOUT, send_with_retry
+from .consumer import DEFAULT_SEND_TIMEOUT, hand_over_last, send_with_retry
 from .exceptions import ChannelsError, InvalidMessage, LayerUnavailable
 from .message import Message
 from .translation import (
@@ -46,6 +46,15 @@ log = logging.getLogger(__name__)
 #: Default request body limit (bytes).
 DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 _TEXT = [[b"content-type", b"text/plain; charset=utf-8"]]
+#: Largest last message handed to a worker's batched sender: far below the default message
+#: size limit, so it cannot fail there for being too large (larger ones are sent at once,
+#: where a failure still reaches the app's error handling).
+_HAND_OVER_MAX = 64 * 1024
+
+
+def _size(message: dict) -> int:
+    """About the encoded size of a response message (content plus headers)."""
+    return len(message["content"]) + sum(len(n) + len(v) + 8 for n, v in message.get("headers", ()))
 
 
 class RequestBodyError(ChannelsError, IOError):
@@ -224,8 +233,21 @@ class _Response:
         self.feed(data)
 
     def _send(self, messages: list) -> None:
+        if messages and not messages[-1]["more_content"]:
+            # The response's last message: a worker with a batched sender sends it together
+            # with other threads' responses (one round trip for many under load).
+            *messages, last = messages
+        else:
+            last = None
         for m in messages:
             if not send_with_retry(self.layer, self.reply, m, self.consumer.send_timeout):
+                self.aborted = True
+                raise _ResponseAbandoned()
+            self.sent_any = True
+        if last is not None:
+            if not (_size(last) <= _HAND_OVER_MAX
+                    and hand_over_last(self.layer, self.reply, last, self.consumer.send_timeout)) \
+                    and not send_with_retry(self.layer, self.reply, last, self.consumer.send_timeout):
                 self.aborted = True
                 raise _ResponseAbandoned()
             self.sent_any = True

@@ -1,0 +1,86 @@
+"""The worker's batched sends of the last message of HTTP responses (group commit).
+
+A worker thread that has run a WSGI app sends the final ``http.response`` message
+and waits for Redis before taking its next message: one round trip, a blocking read
+and a GIL hand-over per request, on the worker (the usual bottleneck) and on Redis.
+With :class:`ReplySender` the threads send those messages together: a thread that
+hands one over while no send is in flight sends it at once (no added latency), and
+keeps sending, in one ``layer.send_many`` pipeline per round, whatever the other
+threads handed over meanwhile; those threads go on to their next message without
+waiting. Under load many responses share one round trip.
+
+Only a response's *last* message is handed over (see
+:func:`~wsgi_channels.consumer.hand_over_last`): the chunks before it were sent in
+order by the consumer, and every HTTP reply channel serves one request, so nothing
+can overtake it. A full channel or an unreachable layer is retried as
+:func:`~wsgi_channels.consumer.send_with_retry` does, until the consumer's
+``send_timeout``, by the thread that met it.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from typing import Any
+
+from .consumer import send_with_retry
+from .exceptions import ChannelFull, LayerUnavailable
+
+__all__ = ["ReplySender", "MAX_BATCH"]
+
+log = logging.getLogger(__name__)
+
+#: Most messages in one pipeline.
+MAX_BATCH = 256
+
+
+class ReplySender:
+    """Group commit of reply messages through ``layer.send_many``, run by the threads that hand them over."""
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self._queue: deque = deque()
+        self._lock = threading.Lock()
+        self._sending = False
+
+    def put(self, channel: str, message: dict, timeout: float) -> None:
+        """Send ``message`` now, or with the round after the one in flight (then return at once)."""
+        with self._lock:
+            self._queue.append((channel, message, timeout))
+            if self._sending:
+                return  # the sending thread takes it in its next round
+            self._sending = True
+        self._drain()
+
+    def _drain(self) -> None:
+        queue = self._queue
+        while True:
+            with self._lock:
+                if not queue:
+                    self._sending = False
+                    return
+                batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+            try:
+                self._send(batch)
+            except BaseException:
+                with self._lock:
+                    self._sending = False  # never leave the role taken: the next put sends
+                raise
+
+    def _send(self, batch: list) -> None:
+        try:
+            outcomes = self.layer.send_many([(channel, message) for channel, message, _ in batch])
+        except Exception as e:  # send_many reports per item; this is a bug
+            log.exception("sending a batch of %d reply message(s) failed", len(batch))
+            outcomes = [e] * len(batch)
+        for (channel, message, timeout), outcome in zip(batch, outcomes):
+            if outcome is None:
+                continue
+            if isinstance(outcome, (ChannelFull, LayerUnavailable)):
+                try:  # the rare path: retried here with backoff; a give-up is logged there
+                    send_with_retry(self.layer, channel, message, timeout)
+                except Exception:
+                    log.exception("could not send a consumer's message to %r", channel)
+            else:
+                log.error("could not send a consumer's message to %r: %s", channel, outcome,
+                          extra={"channel": channel})
