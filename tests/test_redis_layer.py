@@ -770,6 +770,25 @@ def test_large_broadcast_expired_unread_evicts_its_members(fresh_redis, made):
     assert layer.group_channels("lost.g") == ["lost.plain"]
 
 
+def test_idle_connections_are_closed_after_a_burst(fresh_redis, made, monkeypatch):
+    from wsgi_channels.layers import _redis_conn
+
+    monkeypatch.setattr(_redis_conn, "IDLE_CLOSE", 0.2)
+    layer = made(fresh_redis.url)
+    shard = layer._shards[0]
+    links = [shard.acquire() for _ in range(12)]  # what a burst of 12 concurrent calls leaves behind
+    for link in links:
+        shard.release(link)
+    assert shard.idle_connections() == 12
+    r = client_for(fresh_redis)
+    before = len(r.client_list())
+    time.sleep(1.2)  # idle past IDLE_CLOSE, and the pool checks at most once a second
+    layer.send("idle.chan", {"x": 1})
+    assert shard.idle_connections() == 1  # the one just used stays
+    assert len(r.client_list()) <= before - 11
+    assert layer.receive(["idle.chan"]) == ("idle.chan", {"x": 1})
+
+
 def drain_all(layer, channels):
     out = []
     while True:

@@ -90,7 +90,8 @@ def deferred_sends() -> Iterator[list]:
         _local.outbox = None
 
 
-def _dispatch(layer: BaseChannelLayer, kind: str, name: str, content: dict, immediately: bool) -> None:
+def _dispatch(layer_like: LayerLike, kind: str, name: str, content: dict, immediately: bool) -> None:
+    layer = layer_like if isinstance(layer_like, BaseChannelLayer) else get_layer(layer_like)
     outbox = None if immediately else getattr(_local, "outbox", None)
     if outbox is None:
         getattr(layer, kind)(name, content)
@@ -114,7 +115,7 @@ class Channel:
 
     def send(self, content: dict, immediately: bool = False) -> None:
         """Send ``content``; inside a consumer it goes out when the consumer ends unless ``immediately``."""
-        _dispatch(self.channel_layer, "send", self.name, content, immediately)
+        _dispatch(self._layer, "send", self.name, content, immediately)
 
     def __str__(self) -> str:
         return self.name
@@ -156,7 +157,7 @@ class Group:
 
     def send(self, content: dict, immediately: bool = False) -> None:
         """Send ``content`` to every member (one layer call); full members are skipped and counted."""
-        _dispatch(self.channel_layer, "send_group", self.name, content, immediately)
+        _dispatch(self._layer, "send_group", self.name, content, immediately)
 
     def __str__(self) -> str:
         return self.name

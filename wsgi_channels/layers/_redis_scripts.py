@@ -426,7 +426,7 @@ for i = 1, #prefixes, 4 do
   if cap == 0 then  -- the layer's default: process_capacity for the sidecar's prefixes (base.SIDECAR_PREFIX)
     if string.sub(prefix, 1, 8) == 'sidecar.' then cap = process_cap else cap = default_cap end
   end
-  local q, u, m = P .. 'q:{' .. prefix .. '}', P .. 'u:{' .. prefix .. '}', P .. 'm:{' .. prefix .. '}'
+  local q = P .. 'q:{' .. prefix .. '}'
   local entry
   if count >= REF_MIN then
     entry = dl .. 'r' .. count .. ' ' .. targets .. '\n' .. body
@@ -434,6 +434,8 @@ for i = 1, #prefixes, 4 do
     entry = dl .. 't' .. targets .. '\n' .. body
   end
   local n = redis.call('RPUSH', q, entry)
+  local u, m  -- the prefix's unread flag and index, needed when its queue was empty or is full
+  if n == 1 or n > cap then u, m = P .. 'u:{' .. prefix .. '}', P .. 'm:{' .. prefix .. '}' end
   if n == 1 and redis.call('EXISTS', u) == 1 and common().bury(P, u, m) > 0 then
     -- the queue had vanished unread: its reader is gone and its channels just left every
     -- group, these members included

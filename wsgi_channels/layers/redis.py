@@ -351,9 +351,6 @@ class RedisChannelLayer(BaseChannelLayer):
 
     # -- bodies -----------------------------------------------------------------------------
 
-    def _seal(self, body: bytes) -> bytes:
-        return self._fernet.encrypt(body) if self._fernet is not None else body
-
     def _plaintext(self, body: bytes | memoryview) -> bytes | memoryview:
         if self._fernet is None:
             return body
@@ -734,11 +731,19 @@ class RedisChannelLayer(BaseChannelLayer):
         return command
 
     def send_group(self, group: str, message: dict) -> None:
-        command = self._fanout_command(group)
-        body = self._seal(encode(message, self.max_message_size))
-        command = b"%s$%d\r\n%s\r\n" % (command, len(body), body)
-        replies = run_everywhere(self._shards, _FANOUT, [command + _NOW % s.now_ms() for s in self._shards])
-        dropped = sum(replies)
+        command = self._group_cache.get(group)
+        if command is None:
+            command = self._fanout_command(group)
+        body = encode(message, self.max_message_size)
+        if self._fernet is not None:
+            body = self._fernet.encrypt(body)
+        shards = self._shards
+        if len(shards) == 1:
+            shard = shards[0]
+            dropped = shard.call(_FANOUT, b"%s$%d\r\n%s\r\n$13\r\n%d\r\n" % (command, len(body), body, shard.now_ms()))
+        else:
+            command = b"%s$%d\r\n%s\r\n" % (command, len(body), body)
+            dropped = sum(run_everywhere(shards, _FANOUT, [command + _NOW % s.now_ms() for s in shards]))
         if dropped:
             self._count("group_drop_count", dropped)
             log.debug("group %r: %d member(s) behind full channels skipped", group, dropped)
