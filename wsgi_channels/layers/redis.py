@@ -281,6 +281,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self._expiry_ms = max(1, int(self.expiry * 1000))
         self._gexp_ms = max(1, int(self.group_expiry * 1000))
         self._send_cache: dict[str, tuple] = {}
+        self._queue_cache: dict[str, tuple] = {}
         self._group_cache: dict[str, bytes] = {}
         self._rules_flag = b"1" if self._capacity_rules else b"0"
         self._plans: dict[tuple, list[_ShardPlan]] = {}
@@ -333,16 +334,28 @@ class RedisChannelLayer(BaseChannelLayer):
         if info is None:
             validate_channel_name(channel)
             qname = non_local_name(channel)
-            bang = qname is not channel
+            shard, command, capacity = self._queue_send_info(qname)
+            info = (shard, command, capacity,
+                    (b"t" + channel.encode() + b"\n") if qname is not channel else b"m", qname)
+            if len(self._send_cache) >= _CACHE_LIMIT:
+                self._send_cache.clear()
+            self._send_cache[channel] = info
+        return info
+
+    def _queue_send_info(self, qname: str) -> tuple:
+        """(shard, packed command up to the entry, capacity) of a queue, cached per queue: the
+        one-off reply channels of HTTP requests on one ``prefix!`` share it (one lookup, not a
+        name check, hash-ring walk and command packing per request)."""
+        info = self._queue_cache.get(qname)
+        if info is None:
             keys = self._queue_keys(qname)
             capacity = self.get_capacity(qname)
             command = b"*%d\r\n" % (len(keys) + 8) + bulk(
                 "EVALSHA", _SEND.sha, len(keys), *keys, self._expiry_ms, capacity, self._p, self._gexp_ms)
-            info = (self._shard_of(qname), command, capacity,
-                    (b"t" + channel.encode() + b"\n") if bang else b"m", qname)
-            if len(self._send_cache) >= _CACHE_LIMIT:
-                self._send_cache.clear()
-            self._send_cache[channel] = info
+            info = (self._shard_of(qname), command, capacity)
+            if len(self._queue_cache) >= _CACHE_LIMIT:
+                self._queue_cache.clear()
+            self._queue_cache[qname] = info
         return info
 
     def _channel_in_use(self, channel: str) -> bool:
