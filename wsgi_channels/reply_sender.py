@@ -14,12 +14,14 @@ Only a response's *last* message is handed over (see
 order by the consumer, and every HTTP reply channel serves one request, so nothing
 can overtake it. A full channel or an unreachable layer is retried as
 :func:`~wsgi_channels.consumer.send_with_retry` does, until the consumer's
-``send_timeout``, by the thread that met it.
+``send_timeout``, by the thread that met it once it has given up the sending role,
+so one slow client never holds back the other responses.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -54,33 +56,43 @@ class ReplySender:
 
     def _drain(self) -> None:
         queue = self._queue
-        while True:
-            with self._lock:
-                if not queue:
-                    self._sending = False
-                    return
-                batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
-            try:
-                self._send(batch)
-            except BaseException:
+        failed: list = []
+        try:
+            while True:
                 with self._lock:
-                    self._sending = False  # never leave the role taken: the next put sends
-                raise
+                    if not queue:
+                        self._sending = False
+                        break
+                    batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+                failed += self._send(batch)
+        except BaseException:
+            with self._lock:
+                self._sending = False  # never leave the role taken: the next put sends
+            raise
+        if failed:
+            # Retried only now, with the sending role given up: a full channel (a slow client)
+            # must not hold back the other threads' responses.
+            deadline = time.monotonic() + max(timeout for _, _, timeout in failed)
+            for channel, message, _ in failed:
+                try:  # a give-up is logged there
+                    send_with_retry(self.layer, channel, message, max(0.0, deadline - time.monotonic()))
+                except Exception:
+                    log.exception("could not send a consumer's message to %r", channel)
 
-    def _send(self, batch: list) -> None:
+    def _send(self, batch: list) -> list:
+        """One pipeline for ``batch``; returns the items to retry (full channel, layer unreachable)."""
         try:
             outcomes = self.layer.send_many([(channel, message) for channel, message, _ in batch])
         except Exception as e:  # send_many reports per item; this is a bug
             log.exception("sending a batch of %d reply message(s) failed", len(batch))
             outcomes = [e] * len(batch)
-        for (channel, message, timeout), outcome in zip(batch, outcomes):
+        failed = []
+        for item, outcome in zip(batch, outcomes):
             if outcome is None:
                 continue
             if isinstance(outcome, (ChannelFull, LayerUnavailable)):
-                try:  # the rare path: retried here with backoff; a give-up is logged there
-                    send_with_retry(self.layer, channel, message, timeout)
-                except Exception:
-                    log.exception("could not send a consumer's message to %r", channel)
+                failed.append(item)
             else:
-                log.error("could not send a consumer's message to %r: %s", channel, outcome,
-                          extra={"channel": channel})
+                log.error("could not send a consumer's message to %r: %s", item[0], outcome,
+                          extra={"channel": item[0]})
+        return failed
