@@ -307,7 +307,7 @@ NOTES = [
     "- *Lost in gap* counts per socket: a push sent to 5 sockets and lost counts 5. With the data kept, "
     "what is lost is what was in flight between the app, Redis and the sidecar when Redis stopped.",
         "- The churn's file-descriptor figure excludes the layer's pooled Redis connections, which grow to "
-    "the peak number of concurrent layer calls (not with the number of cycles) and stay open.",
+    "the peak number of concurrent layer calls (not with the number of cycles) and close after 30 s idle.",
     "- Bad input and security rows rerun the test files (`tests/test_bad_input*.py`, "
     "`tests/test_security.py`) and count their cases; an `xfail` there is a known defect not yet fixed.",
 ]
