@@ -807,13 +807,14 @@ def test_a_long_outage_logs_the_lost_wakeup_listener_once(caplog):
     server = RedisServer().start()
     layer = from_url(server.url)
     try:
-        assert layer.receive(["outage.chan"], block=True, timeout=0.2) == (None, None)  # starts the listener
+        # A process prefix is waited on through the wake-up listener (plain channels use BLPOP).
+        assert layer.receive(["outage.proc!"], block=True, timeout=0.2) == (None, None)  # starts the listener
         with caplog.at_level(logging.DEBUG, logger="wsgi_channels.layers._redis_wakeup"):
             server.restart(down_for=3.0)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not any("reconnected" in r.getMessage() for r in caplog.records):
                 try:
-                    layer.receive(["outage.chan"], block=True, timeout=0.2)
+                    layer.receive(["outage.proc!"], block=True, timeout=0.2)
                 except exc.LayerUnavailable:
                     time.sleep(0.1)
         lost = [r for r in caplog.records if "wake-up listener lost" in r.getMessage()]

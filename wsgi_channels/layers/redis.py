@@ -181,7 +181,7 @@ class _ShardPlan:
     plain ``LPOP`` (``lpop``) does the script's work, the deadline checked on our side.
     """
 
-    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "_packed")
+    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "plain", "_packed")
 
     def __init__(self, shard: Shard, names: list[str], key: Any, prefix: str) -> None:
         self.shard = shard
@@ -190,6 +190,8 @@ class _ShardPlan:
         self.flags = [b"1" if name.endswith("!") else b"0" for name in names]
         self.prefix = prefix
         self.lpop = _redis_conn.packed("LPOP", self.keys[0]) if self.flags == [b"0"] else None
+        #: Only plain channels (no ``prefix!``): a blocking wait may be one ``BLPOP`` (see _blocking_pop).
+        self.plain = b"1" not in self.flags
         self._packed: dict[tuple[int, bool], tuple[bytes, list[str]]] = {}
 
     def _command(self, rr: int, many: bool) -> tuple[bytes, list[str]]:
@@ -225,8 +227,9 @@ class RedisChannelLayer(BaseChannelLayer):
         list of secrets; message bodies are encrypted with the first, decrypted with any
         (rotate by putting the new key first). Needs ``cryptography``.
     ``socket_timeout`` / ``socket_connect_timeout``
-        seconds (defaults 5 and 2). No command blocks on the server, so these only bound a
-        dead network.
+        seconds (defaults 5 and 2). They bound a dead network; the one command that waits on
+        the server (``BLPOP``, see :meth:`_blocking_pop`) always asks for less than
+        ``socket_timeout``.
     ``connection_options``
         further keywords for redis-py connections (``ssl_ca_certs``, ``username``, ...).
 
@@ -264,6 +267,8 @@ class RedisChannelLayer(BaseChannelLayer):
                 f"socket_timeout and socket_connect_timeout must be numbers of seconds, "
                 f"not {socket_timeout!r} and {socket_connect_timeout!r}"
             ) from None
+        #: The longest one BLPOP waits on the server: well inside the socket timeout.
+        self._block_step = max(0.05, timeouts[0] - 1.0)
         conn_options = {
             "socket_timeout": timeouts[0],
             "socket_connect_timeout": timeouts[1],
@@ -646,7 +651,11 @@ class RedisChannelLayer(BaseChannelLayer):
             return None, None
         names, plan = resolved
         if block:
-            got = self._await(names, plan, self._block_timeout(block, timeout), lambda: self._try_receive(names, plan))
+            wait = self._block_timeout(block, timeout)
+            if len(plan) == 1 and plan[0].plain and wait > 0:
+                got = self._blocking_pop(plan[0], wait)  # answers at once when a message is waiting
+            else:
+                got = self._await(names, plan, wait, lambda: self._try_receive(names, plan))
         else:
             got = self._try_receive(names, plan)
         return got if got is not None else (None, None)
@@ -669,7 +678,40 @@ class RedisChannelLayer(BaseChannelLayer):
             return []
         names, plan = resolved
         wait = self._block_timeout(block, timeout) if block else 0.0
+        if wait > 0 and len(plan) == 1 and plan[0].plain:
+            # A backlog is taken in one round trip; an empty queue is waited on with BLPOP.
+            batch = self._try_receive_batch(names, plan, limit, shared)
+            if batch:
+                return batch
+            got = self._blocking_pop(plan[0], wait)
+            return [got] if got is not None else []
         return self._await(names, plan, wait, lambda: self._try_receive_batch(names, plan, limit, shared)) or []
+
+    def _blocking_pop(self, entry: _ShardPlan, wait: float) -> tuple[str, dict] | None:
+        """The next message of plain channels on one shard, waiting up to ``wait`` seconds on the server.
+
+        One ``BLPOP`` answers as soon as a message is pushed: no doorbell, no second pop.
+        A plain channel's queue holds only ``m`` entries, so popping one outside a script
+        skips nothing but an expired head, which is dropped here as the scripts drop it.
+        Each ``BLPOP`` asks for less than the socket timeout (the server times it out, never
+        us), and the channels' order turns each time so a busy one cannot starve the rest.
+        """
+        shard, keys, names = entry.shard, entry.keys, entry.names
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._rr += 1
+            r = self._rr % len(keys)
+            step = max(0.01, min(remaining, self._block_step))  # never 0: that would wait forever
+            reply = shard.execute_packed(_redis_conn.packed("BLPOP", *keys[r:], *keys[:r], "%.3f" % step))
+            if reply is None:
+                continue
+            key, data = reply
+            if int(data[:13]) <= shard.now_ms():
+                continue  # expired unread
+            return names[keys.index(key)], self._open(memoryview(data)[14:])
 
     def _await(self, names: list[str], plan: list, wait: float, attempt: Any) -> Any:
         """``attempt()`` until it returns something, for up to ``wait`` seconds.
