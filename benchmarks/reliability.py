@@ -68,6 +68,15 @@ def redis_empty(args) -> dict:
             "ok": ok}
 
 
+def _on_fresh_redis(run, *args, **kwargs) -> dict:
+    """``run(url, *args, **kwargs)`` against a redis-server of its own, stopped afterwards."""
+    server = RedisServer().start()
+    try:
+        return run(server.url, *args, **kwargs)
+    finally:
+        server.stop()
+
+
 def shard_down(args) -> dict:
     from test_faults_redis import run_shard_down
 
@@ -84,11 +93,7 @@ def shard_down(args) -> dict:
 def worker_kill(args) -> dict:
     from test_faults_processes import HTTP_TIMEOUT, run_worker_kill
 
-    server = RedisServer().start()
-    try:
-        r = run_worker_kill(server.url, _tmp("kill"))
-    finally:
-        server.stop()
+    r = _on_fresh_redis(run_worker_kill, _tmp("kill"))
     ok = r["status"] == 504 and r["next_status"] == 200 and r["next_pid"] in r["survivor_pids"]
     return {"scenario": "Worker SIGKILLed mid-request",
             "size": f"HTTP timeout {HTTP_TIMEOUT:g} s, 2 workers",
@@ -100,11 +105,7 @@ def worker_kill(args) -> dict:
 def sidecar_sigterm(args) -> dict:
     from test_faults_processes import run_sidecar_sigterm
 
-    server = RedisServer().start()
-    try:
-        r = run_sidecar_sigterm(server.url, _tmp("sigterm"), clients=args.sigterm_clients)
-    finally:
-        server.stop()
+    r = _on_fresh_redis(run_sidecar_sigterm, _tmp("sigterm"), clients=args.sigterm_clients)
     codes = [o[0] for o in r["outcomes"]]
     disconnects = len({ch for ch, _ in r["disconnects"]})
     ok = (codes == [1001] * r["clients"] and r["read"] == r["written"] and disconnects == r["clients"]
@@ -121,11 +122,7 @@ def sidecar_sigterm(args) -> dict:
 def slow_clients(args) -> dict:
     from test_faults_processes import run_slow_clients
 
-    server = RedisServer().start()
-    try:
-        r = run_slow_clients(server.url, _tmp("slow"), slow=args.slow_clients, stalled=args.stalled)
-    finally:
-        server.stop()
+    r = _on_fresh_redis(run_slow_clients, _tmp("slow"), slow=args.slow_clients, stalled=args.stalled)
     grown = (r["rss_peak_kb"] - r["rss_before_kb"]) / 1024
     ok = r["alive"] and r["slow_closed"] >= args.slow_clients and r["dead_closed"] >= 1
     return {"scenario": "Slow and stalled clients",
@@ -139,11 +136,7 @@ def slow_clients(args) -> dict:
 def churn(args) -> dict:
     from test_churn import run_churn
 
-    server = RedisServer().start()
-    try:
-        r = run_churn(server.url, _tmp("churn"), args.churn, warmup=min(5000, max(1000, args.churn // 10)))
-    finally:
-        server.stop()
+    r = _on_fresh_redis(run_churn, _tmp("churn"), args.churn, warmup=min(5000, max(1000, args.churn // 10)))
     b, a, o = r["before"], r["after"], r["outcome"]
     ok = (o.get("ok") == args.churn and a["members"] == 0 and a["redis_keys"] == b["redis_keys"]
           and a["fds_not_redis"] <= b["fds_not_redis"] and a["greenlets"] <= b["greenlets"]
