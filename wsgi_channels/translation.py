@@ -195,12 +195,13 @@ def build_request_message(
         method = method.decode("ascii", "replace")
     if not isinstance(method, str):
         raise InvalidMessage(f"method must be str or bytes, not {type(method).__name__}")
-    if not _METHOD_RE.match(method.upper()):
+    method = method.upper()
+    if not _METHOD_RE.match(method):
         raise InvalidRequest(f"request method {method[:40]!r} is not one of letters and hyphens")
     message: HttpRequestMessage = {
         "reply_channel": reply_channel,
         "http_version": http_version,
-        "method": method.upper(),
+        "method": method,
         "scheme": scheme,
         "path": path,
         "query_string": query_string,
