@@ -295,7 +295,9 @@ class Shard:
         """
         link = self.acquire()
         try:
-            link.sock.sendall(payload)
+            sent = link.sock.send(payload)  # one send() is the rule: gevent's sendall() adds a getsockopt()
+            if sent < len(payload):
+                link.sock.sendall(memoryview(payload)[sent:])
             reply = link.read() if count is None else [link.read() for _ in range(count)]
         except NETWORK_ERRORS as e:
             link.disconnect()
