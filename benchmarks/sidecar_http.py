@@ -13,6 +13,11 @@ package: ``apt-get install wrk``):
 
 Targets (issue 5): at least 70% of gunicorn's throughput, p50 within 1 ms of it. The
 machine has 2 cores shared with other work: compare the ratios within one run.
+
+Both sides are CPU-bound here (wrk and the servers share the cores), so the script also
+prints the CPU time each server process spent per request (``/proc/PID/stat``, user +
+system, over the timed run): a figure that moves less with the machine's load than req/s,
+and that says where the time goes.
 """
 from __future__ import annotations
 
@@ -26,6 +31,30 @@ import sys
 from _sidecar_stack import ENV, ROOT, ServerProcess, Stack, free_port, wait_for_port
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(c) for c in f.read().split()]
+    except OSError:
+        return []
+
+
+def measured(url: str, args: argparse.Namespace, pids: dict[str, int]) -> dict:
+    """One timed wrk run, with the CPU microseconds each of ``pids`` spent per request."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    result = wrk(url, args.duration, args.connections, args.wrk_threads)
+    requests = result["rps"] * args.duration
+    result["cpu_us"] = {name: (cpu_seconds(pid) - before[name]) / requests * 1e6 for name, pid in pids.items()}
+    return result
 
 
 def wrk(url: str, duration: float, connections: int, threads: int) -> dict:
@@ -60,7 +89,10 @@ def main() -> int:
     try:
         url = f"http://127.0.0.1:{stack.port}{args.path}"
         wrk(url, 2, args.connections, args.wrk_threads)  # warm-up
-        results["wsgi_channels (sidecar + worker)"] = wrk(url, args.duration, args.connections, args.wrk_threads)
+        assert stack.sidecar and stack.sidecar.proc and stack.workers[0].proc and stack.redis.proc
+        pids = {"sidecar": stack.sidecar.proc.pid, "worker": stack.workers[0].proc.pid,
+                "redis": stack.redis.proc.pid}
+        results["wsgi_channels (sidecar + worker)"] = measured(url, args, pids)
     finally:
         stack.stop()
 
@@ -73,7 +105,9 @@ def main() -> int:
         wait_for_port(port, proc=gunicorn.proc, log=gunicorn.log_path)
         url = f"http://127.0.0.1:{port}{args.path}"
         wrk(url, 2, args.connections, args.wrk_threads)
-        results["gunicorn gthread -w 2 (direct)"] = wrk(url, args.duration, args.connections, args.wrk_threads)
+        master = gunicorn.proc.pid
+        pids = {"arbiter": master, **{f"worker {i}": pid for i, pid in enumerate(children(master))}}
+        results["gunicorn gthread -w 2 (direct)"] = measured(url, args, pids)
     finally:
         gunicorn.stop()
         try:
@@ -89,6 +123,11 @@ def main() -> int:
     ours, peer = results["wsgi_channels (sidecar + worker)"], results["gunicorn gthread -w 2 (direct)"]
     print(f"throughput ratio ours/gunicorn: {ours['rps'] / peer['rps']:.0%} (target >= 70%); "
           f"p50 difference: {ours['p50'] - peer['p50']:+.2f} ms (target <= +1 ms)")
+    print("\nCPU time per request (microseconds, user + system, over the timed run):")
+    for name, r in results.items():
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in r["cpu_us"].items())
+        print(f"  {name:<34} total {sum(r['cpu_us'].values()):>4.0f}  ({parts})")
+    print("  wrk's own share is not counted; it is the same load generator on both sides.")
     return 0
 
 
