@@ -75,6 +75,28 @@ def wrk(url: str, duration: float, connections: int, threads: int) -> dict:
             "socket_errors": sock_err.group(1) if sock_err else "", "raw": out}
 
 
+def run_gunicorn(args: argparse.Namespace, log_path: str) -> dict:
+    """gunicorn serving the same app directly: two gthread workers, keep-alive on."""
+    port = free_port()
+    gunicorn = ServerProcess([os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-w", "2", "-k", "gthread",
+                              "--threads", "4", "--keep-alive", "5", "-b", f"127.0.0.1:{port}", "--log-level",
+                              "warning", "benchmarks.echo_routing:app"], log_path, env=ENV, cwd=ROOT).start()
+    try:
+        wait_for_port(port, proc=gunicorn.proc, log=gunicorn.log_path)
+        url = f"http://127.0.0.1:{port}{args.path}"
+        wrk(url, 2, args.connections, args.wrk_threads)
+        assert gunicorn.proc is not None
+        master = gunicorn.proc.pid
+        pids = {"arbiter": master, **{f"worker {i}": pid for i, pid in enumerate(children(master))}}
+        return measured(url, args, pids)
+    finally:
+        gunicorn.stop()
+        try:
+            os.unlink(log_path)
+        except OSError:
+            pass
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=int, default=10)
@@ -96,24 +118,19 @@ def main() -> int:
     finally:
         stack.stop()
 
-    port = free_port()
-    gunicorn = ServerProcess([os.path.join(os.path.dirname(sys.executable), "gunicorn"), "-w", "2", "-k", "gthread",
-                              "--threads", "4", "--keep-alive", "5", "-b", f"127.0.0.1:{port}", "--log-level",
-                              "warning", "benchmarks.echo_routing:app"],
-                             os.path.join(stack.dir + "-gunicorn.log"), env=ENV, cwd=ROOT).start()
-    try:
-        wait_for_port(port, proc=gunicorn.proc, log=gunicorn.log_path)
-        url = f"http://127.0.0.1:{port}{args.path}"
-        wrk(url, 2, args.connections, args.wrk_threads)
-        master = gunicorn.proc.pid
-        pids = {"arbiter": master, **{f"worker {i}": pid for i, pid in enumerate(children(master))}}
-        results["gunicorn gthread -w 2 (direct)"] = measured(url, args, pids)
-    finally:
-        gunicorn.stop()
-        try:
-            os.unlink(stack.dir + "-gunicorn.log")
-        except OSError:
-            pass
+    # gunicorn's workers accept on one shared socket; now and then one of them takes all
+    # the keep-alive connections and the other idles, which halves the baseline. Such a
+    # run is not "gunicorn with two processes": it is repeated (up to three times).
+    for attempt in range(1, 4):
+        peer = run_gunicorn(args, stack.dir + "-gunicorn.log")
+        shares = [v for k, v in peer["cpu_us"].items() if k.startswith("worker")]
+        if len(shares) == 2 and min(shares) >= 0.5 * max(shares):
+            break
+        print(f"note: gunicorn attempt {attempt}: its workers' CPU split {shares} (one took the connections);"
+              " measured again", file=sys.stderr)
+    else:
+        print("note: gunicorn's two workers never shared the load evenly: its figure below is low", file=sys.stderr)
+    results["gunicorn gthread -w 2 (direct)"] = peer
 
     print(f"\nHTTP GET {args.path}: wrk -t{args.wrk_threads} -c{args.connections} -d{args.duration:g}s, keep-alive, "
           "two server processes each side (machine shared and noisy)")
