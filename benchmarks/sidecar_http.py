@@ -5,7 +5,8 @@ number of processes (two), keep-alive on both sides, load from ``wrk`` (Debian's
 package: ``apt-get install wrk``):
 
 - ``wsgi_channels``: ``wsgi-channels sidecar --http layer`` + one ``wsgi-channels worker``
-  (``--threads`` executors), Redis in between;
+  (``--threads 8`` by default: as many application threads as gunicorn's two workers of
+  four), Redis in between;
 - ``gunicorn``: ``gunicorn -w 2 -k gthread --threads 4 --keep-alive 5`` serving the app directly
   (the sync worker closes every connection, so it is not the keep-alive baseline).
 
@@ -102,7 +103,8 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--wrk-threads", type=int, default=2)
-    parser.add_argument("--worker-threads", type=int, default=4)
+    parser.add_argument("--worker-threads", type=int, default=8,
+                        help="the worker's threads (default 8, gunicorn's 2 workers x 4 threads)")
     parser.add_argument("--path", default="/json")
     args = parser.parse_args()
 
