@@ -268,6 +268,51 @@ def test_http_request_keep_alive_and_client_address(sidecar):
     assert info["client"][0] == "127.0.0.1"
 
 
+def test_http_pipelined_requests_are_answered_in_order(sidecar):
+    """Three requests in one write (HTTP/1.1 pipelining): three responses, in request order,
+    on the one connection, which the last request's ``Connection: close`` then ends."""
+    import h11
+
+    requests_bytes = (b"GET /hello?n=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                      b"POST /echo-body HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+                      b"GET /again?n=3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    sent = [("GET", "/hello?n=1", b""), ("POST", "/echo-body", b"hello"), ("GET", "/again?n=3", b"")]
+    responses: list = []
+    with socket.create_connection(("127.0.0.1", sidecar.port), timeout=5) as s:
+        s.sendall(requests_bytes)
+        leftover = b""
+        for method, target, body in sent:
+            # h11 parses a response only for a request it sent: one client parser per exchange,
+            # handing the bytes after each response to the next.
+            client = h11.Connection(h11.CLIENT)
+            client.send(h11.Request(method=method, target=target,
+                                    headers=[("host", "x"), ("content-length", str(len(body)))]))
+            if body:
+                client.send(h11.Data(data=body))
+            client.send(h11.EndOfMessage())
+            if leftover:
+                client.receive_data(leftover)  # (b"" would mean the server closed)
+            status, content = None, b""
+            while True:
+                event = client.next_event()
+                if event is h11.NEED_DATA:
+                    client.receive_data(s.recv(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    content += bytes(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            responses.append((status, content))
+            leftover = client.trailing_data[0]
+        assert leftover == b"" and s.recv(1) == b""  # closed after the third, as it asked
+    assert [status for status, _ in responses] == [200, 200, 200]
+    first, second, third = (body for _, body in responses)
+    assert json.loads(first)["path"] == "/hello" and json.loads(first)["query_string"] == "n=1"
+    assert second == b"hello"
+    assert json.loads(third)["path"] == "/again" and json.loads(third)["query_string"] == "n=3"
+
+
 def test_http_uploads_small_and_large(sidecar):
     for size in (10, 200_000, 3_000_000):
         body = bytes(range(256)) * (size // 256) + b"t" * (size % 256)

@@ -306,6 +306,8 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
         http = self.http
         while self.state is HEAD or self.state is HTTP_BODY:
             if event is None:
+                if http.nothing_to_parse:
+                    return
                 event = http.next_event()
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return

@@ -162,9 +162,10 @@ class HttpModeMixin:
         self._count_response(self.status, self.resp_bytes)
         if self.http.keep_alive and not self.sidecar.draining:
             self._next_request()
-            event = self.http.next_event()
-            if event is not h11.NEED_DATA:
-                gevent.spawn(self._pump_http, event)  # a pipelined request was waiting
+            if not self.http.nothing_to_parse:
+                event = self.http.next_event()
+                if event is not h11.NEED_DATA:
+                    gevent.spawn(self._pump_http, event)  # a pipelined request was waiting
         else:
             self._close_soon()
 

@@ -30,6 +30,8 @@ _REASONS = {
 }
 SERVER_HEADER = (b"server", b"wsgi-channels-sidecar")
 _MIGHT_SWITCH_PROTOCOL = getattr(h11, "MIGHT_SWITCH_PROTOCOL")  # exported at run time, not in h11's stubs
+_BETWEEN_REQUESTS = (h11.IDLE, h11.DONE)
+_NOTHING_BUFFERED = (b"", False)  # h11's trailing_data: no unparsed byte, the client's side open
 
 
 @dataclass
@@ -156,6 +158,17 @@ class HttpConnection:
 
     def start_next_cycle(self) -> None:
         self._h11.start_next_cycle()
+
+    @property
+    def nothing_to_parse(self) -> bool:
+        """True when :meth:`next_event` could only answer ``NEED_DATA``: the client is between
+        requests or has sent all of this one, no unparsed byte is buffered, and its side is open.
+
+        A keep-alive connection asks this instead of calling the parser after each request
+        and after each response (two h11 calls per request that found nothing).
+        """
+        conn = self._h11
+        return conn.their_state in _BETWEEN_REQUESTS and conn.trailing_data == _NOTHING_BUFFERED
 
     @property
     def must_close(self) -> bool:
