@@ -29,15 +29,8 @@ from typing import Any, Callable, Iterable, List, Optional
 from .consumer import DEFAULT_SEND_TIMEOUT, hand_over_last, send_with_retry
 from .exceptions import ChannelsError, InvalidMessage, LayerUnavailable
 from .message import Message
-from .translation import (
-    DEFAULT_CHUNK_SIZE,
-    ResponseEncoder,
-    encode_response_headers,
-    parse_status,
-    request_message_to_environ,
-    validate_body_chunk,
-    validate_request_message,
-)
+from .responses import DEFAULT_CHUNK_SIZE, ResponseEncoder, encode_response_headers, parse_status
+from .translation import request_message_to_environ, validate_body_chunk, validate_request_message
 
 __all__ = ["WsgiConsumer", "FileWrapper", "BodyStream", "RequestBodyError", "DEFAULT_MAX_BODY_SIZE"]
 

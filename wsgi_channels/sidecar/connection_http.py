@@ -4,7 +4,7 @@ A mixin of :class:`~.connection.ClientConnection`. A request whose body fits in
 ``http_body_inline`` travels inside its ``http.request``; a larger one is sent as
 soon as that much has arrived, with a ``body_channel`` that gets the rest chunk by
 chunk (held back while the application reads slowly). Response messages arriving
-on the reply channel are checked (:func:`~wsgi_channels.translation.validate_response_message`)
+on the reply channel are checked (:func:`~wsgi_channels.responses.validate_response_message`)
 and streamed to the client; keep-alive then starts the next request.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ import gevent
 import h11
 
 from ..exceptions import InvalidMessage
-from ..translation import InvalidRequest, build_request_message, validate_response_message
+from ..responses import validate_response_message
+from ..translation import InvalidRequest, build_request_message
 from ._connbase import _LAYER_RETRY_SECONDS, HTTP_BODY, log
 from .http import header_value, request_info, simple_body
 

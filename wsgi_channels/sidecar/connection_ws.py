@@ -4,7 +4,7 @@ A mixin of :class:`~.connection.ClientConnection`. The upgrade request is checke
 (version, key, Origin) before anything reaches the layer; ``websocket.connect`` is
 sent and the ``101`` waits for the consumer's answer. Frames become
 ``websocket.receive`` messages with their ``order``; messages for the socket are
-checked (:func:`~wsgi_channels.translation.validate_websocket_send`) and written,
+checked (:func:`~wsgi_channels.responses.validate_websocket_send`) and written,
 the frame of a group message encoded once for every socket with the same compression.
 """
 from __future__ import annotations
@@ -14,7 +14,8 @@ import time
 import gevent
 import h11
 
-from ..translation import InvalidRequest, validate_websocket_send
+from ..responses import validate_websocket_send
+from ..translation import InvalidRequest
 from . import websocket as ws_proto
 from ._connbase import _CLOSE_WAIT, CLOSING, CONNECTING, OPEN, access_log, addr, log
 from .http import connect_message, request_info, simple_body
