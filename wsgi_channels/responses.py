@@ -9,7 +9,7 @@ of CR, LF and NUL, checked here before any server frames them.
 from __future__ import annotations
 
 import re
-from typing import Any, List, Optional, TypedDict
+from typing import Any, List, Optional, TypedDict, cast
 
 from .exceptions import InvalidMessage
 
@@ -45,6 +45,15 @@ _BAD_VALUE_RE = re.compile(rb"[\x00\r\n]")
 _RESPONSE_KEYS = frozenset({"status", "headers", "content", "more_content"})
 
 
+def _check_keys(message: Any, allowed: frozenset[str], a_message: str, kind: str) -> None:
+    """Refuse a non-dict, and keys outside ``allowed`` (so that typos surface)."""
+    if not isinstance(message, dict):
+        raise InvalidMessage(f"{a_message} must be a dict, not {type(message).__name__}")
+    unknown = set(message) - allowed
+    if unknown:
+        raise InvalidMessage(f"{kind} has unknown key(s) {sorted(unknown)!r}; allowed: {sorted(allowed)!r}")
+
+
 def _check_response_headers(headers: Any, where: str) -> None:
     if not isinstance(headers, (list, tuple)):
         raise InvalidMessage(f"{where} must be a list of [bytes, bytes], got {type(headers).__name__}")
@@ -66,12 +75,7 @@ def validate_response_message(message: Any, first: bool) -> HttpResponseMessage:
     bytes, ``more_content`` a bool; other keys are refused so typos surface.
     Raises :class:`InvalidMessage` naming the key.
     """
-    if not isinstance(message, dict):
-        raise InvalidMessage(f"an http.response message must be a dict, not {type(message).__name__}")
-    unknown = set(message) - _RESPONSE_KEYS
-    if unknown:
-        raise InvalidMessage(f"http.response message has unknown key(s) {sorted(unknown)!r}; "
-                             f"allowed: {sorted(_RESPONSE_KEYS)!r}")
+    _check_keys(message, _RESPONSE_KEYS, "an http.response message", "http.response message")
     if first:
         if "status" not in message:
             raise InvalidMessage("message['status'] is missing: the first http.response message needs it")
@@ -89,7 +93,7 @@ def validate_response_message(message: Any, first: bool) -> HttpResponseMessage:
     more = message.get("more_content", False)
     if not isinstance(more, bool):
         raise InvalidMessage(f"message['more_content'] must be a bool, got {type(more).__name__}")
-    return message  # type: ignore[return-value]
+    return cast(HttpResponseMessage, message)
 
 
 def parse_status(status: Any) -> int:
@@ -230,12 +234,7 @@ def validate_websocket_send(message: Any) -> dict[str, Any]:
     ``subprotocol`` a str or None. Unknown keys, or a message that does
     nothing, raise :class:`InvalidMessage`.
     """
-    if not isinstance(message, dict):
-        raise InvalidMessage(f"a WebSocket reply message must be a dict, not {type(message).__name__}")
-    unknown = set(message) - WEBSOCKET_SEND_KEYS
-    if unknown:
-        raise InvalidMessage(f"WebSocket reply message has unknown key(s) {sorted(unknown)!r}; "
-                             f"allowed: {sorted(WEBSOCKET_SEND_KEYS)!r}")
+    _check_keys(message, WEBSOCKET_SEND_KEYS, "a WebSocket reply message", "WebSocket reply message")
     text, data = message.get("text"), message.get("bytes")
     if text is not None and data is not None:
         raise InvalidMessage("WebSocket reply message has both 'text' and 'bytes': send one frame per message")
@@ -256,4 +255,4 @@ def validate_websocket_send(message: Any) -> dict[str, Any]:
         raise InvalidMessage(f"message['subprotocol'] must be a str or None, got {type(sub).__name__}")
     if text is None and data is None and close in (None, False) and accept is None:
         raise InvalidMessage("WebSocket reply message does nothing: give 'text', 'bytes', 'close' or 'accept'")
-    return message
+    return cast("dict[str, Any]", message)

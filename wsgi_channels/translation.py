@@ -26,6 +26,7 @@ from typing import IO, Any, Iterable, List, Optional, Sequence, Tuple, TypedDict
 from urllib.parse import unquote_to_bytes
 
 from .exceptions import ChannelsError, InvalidMessage
+from . import responses
 from .responses import (
     DEFAULT_CHUNK_SIZE,
     WEBSOCKET_SEND_KEYS,
@@ -41,23 +42,16 @@ from .responses import (
 __all__ = [
     "InvalidRequest",
     "HttpRequestMessage",
-    "HttpResponseMessage",
     "BodyChunkMessage",
     "HTTP_VERSIONS",
-    "DEFAULT_CHUNK_SIZE",
     "split_target",
     "build_request_message",
     "environ_to_request_message",
     "request_message_to_environ",
     "validate_request_message",
     "validate_body_chunk",
-    "validate_response_message",
-    "parse_status",
-    "encode_response_headers",
-    "ResponseEncoder",
-    "validate_websocket_send",
-    "WEBSOCKET_SEND_KEYS",
 ]
+__all__ += responses.__all__  # the outbound side, importable from here as before
 
 #: ``http_version`` values the contract allows.
 HTTP_VERSIONS = frozenset({"1.0", "1.1", "2"})
