@@ -32,16 +32,9 @@ import statistics
 import subprocess
 import sys
 
-from _sidecar_stack import ENV, ROOT, ServerProcess, Stack, free_port, wait_for_port
+from _sidecar_stack import ENV, ROOT, ServerProcess, Stack, cpu_seconds, free_port, wait_for_port
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process so far (Linux ``/proc``)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:

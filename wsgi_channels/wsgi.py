@@ -226,21 +226,14 @@ class _Response:
         self.feed(data)
 
     def _send(self, messages: list) -> None:
-        if messages and not messages[-1]["more_content"]:
-            # The response's last message: a worker with a batched sender sends it together
-            # with other threads' responses (one round trip for many under load).
-            *messages, last = messages
-        else:
-            last = None
+        timeout = self.consumer.send_timeout
         for m in messages:
-            if not send_with_retry(self.layer, self.reply, m, self.consumer.send_timeout):
-                self.aborted = True
-                raise _ResponseAbandoned()
-            self.sent_any = True
-        if last is not None:
-            if not (_size(last) <= _HAND_OVER_MAX
-                    and hand_over_last(self.layer, self.reply, last, self.consumer.send_timeout)) \
-                    and not send_with_retry(self.layer, self.reply, last, self.consumer.send_timeout):
+            # The response's last message (only the last has more_content False): a worker with
+            # a batched sender sends it together with other threads' responses (one round trip
+            # for many under load).
+            handed_over = not m["more_content"] and _size(m) <= _HAND_OVER_MAX \
+                and hand_over_last(self.layer, self.reply, m, timeout)
+            if not handed_over and not send_with_retry(self.layer, self.reply, m, timeout):
                 self.aborted = True
                 raise _ResponseAbandoned()
             self.sent_any = True

@@ -173,6 +173,13 @@ class _Link:
         self.sock = self.poll = None
         self.conn.disconnect()
 
+    def write(self, payload: bytes) -> None:
+        """Send ``payload`` whole: one ``send()`` is the rule (gevent's ``sendall()`` adds a
+        ``getsockopt`` per call), the rest, if any, with ``sendall()``."""
+        sent = self.sock.send(payload)
+        if sent < len(payload):
+            self.sock.sendall(memoryview(payload)[sent:])
+
     def read(self) -> Any:
         reader = self.reader
         reply = reader.gets()
@@ -295,9 +302,7 @@ class Shard:
         """
         link = self.acquire()
         try:
-            sent = link.sock.send(payload)  # one send() is the rule: gevent's sendall() adds a getsockopt()
-            if sent < len(payload):
-                link.sock.sendall(memoryview(payload)[sent:])
+            link.write(payload)
             reply = link.read() if count is None else [link.read() for _ in range(count)]
         except NETWORK_ERRORS as e:
             link.disconnect()
@@ -404,7 +409,7 @@ def run_everywhere(shards: Sequence[Shard], script: Script, payloads: Sequence[b
             links.append(shard.acquire())
         for shard, link, payload in zip(shards, links, payloads):
             failed = shard
-            link.sock.sendall(payload)
+            link.write(payload)
         for shard, link in zip(shards, links):
             failed = shard
             replies.append(link.read())

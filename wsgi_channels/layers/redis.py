@@ -786,19 +786,12 @@ class RedisChannelLayer(BaseChannelLayer):
         return command
 
     def send_group(self, group: str, message: dict) -> None:
-        command = self._group_cache.get(group)
-        if command is None:
-            command = self._fanout_command(group)
         body = encode(message, self.max_message_size)
         if self._fernet is not None:
             body = self._fernet.encrypt(body)
-        shards = self._shards
-        if len(shards) == 1:
-            shard = shards[0]
-            dropped = shard.call(_FANOUT, b"%s$%d\r\n%s\r\n$13\r\n%d\r\n" % (command, len(body), body, shard.now_ms()))
-        else:
-            command = b"%s$%d\r\n%s\r\n" % (command, len(body), body)
-            dropped = sum(run_everywhere(shards, _FANOUT, [command + _NOW % s.now_ms() for s in shards]))
+        command = b"%s$%d\r\n%s\r\n" % (self._fanout_command(group), len(body), body)
+        # run_everywhere runs a single shard's script directly, without its concurrent path.
+        dropped = sum(run_everywhere(self._shards, _FANOUT, [command + _NOW % s.now_ms() for s in self._shards]))
         if dropped:
             self._count("group_drop_count", dropped)
             log.debug("group %r: %d member(s) behind full channels skipped", group, dropped)
