@@ -54,13 +54,18 @@ def _check_keys(message: Any, allowed: frozenset[str], a_message: str, kind: str
         raise InvalidMessage(f"{kind} has unknown key(s) {sorted(unknown)!r}; allowed: {sorted(allowed)!r}")
 
 
-def _check_response_headers(headers: Any, where: str) -> None:
+def check_header_pairs(headers: Any, where: str, framed: bool = False) -> None:
+    """Raise :class:`InvalidMessage` unless ``headers`` is a list of ``[bytes, bytes]`` pairs;
+    ``framed`` (headers a server will write) also needs token names and values without CR,
+    LF or NUL. ``where`` names the list in the error (``message['headers']``)."""
     if not isinstance(headers, (list, tuple)):
         raise InvalidMessage(f"{where} must be a list of [bytes, bytes], got {type(headers).__name__}")
     for i, pair in enumerate(headers):
         if (not isinstance(pair, (list, tuple)) or len(pair) != 2
                 or not isinstance(pair[0], bytes) or not isinstance(pair[1], bytes)):
             raise InvalidMessage(f"{where}[{i}] must be [bytes, bytes], got {pair!r:.100}")
+        if not framed:
+            continue
         if not _TOKEN_RE.match(pair[0]):
             raise InvalidMessage(f"{where}[{i}]: header name {pair[0]!r:.60} is not an HTTP token")
         if _BAD_VALUE_RE.search(pair[1]):
@@ -82,7 +87,7 @@ def validate_response_message(message: Any, first: bool) -> HttpResponseMessage:
         status = message["status"]
         if type(status) is not int or not 200 <= status <= 999:
             raise InvalidMessage(f"message['status'] must be an int from 200 to 999, got {status!r:.40}")
-        _check_response_headers(message.get("headers", []), "message['headers']")
+        check_header_pairs(message.get("headers", []), "message['headers']", framed=True)
     else:
         for key in ("status", "headers"):
             if key in message:

@@ -33,6 +33,7 @@ from .responses import (
     Header,
     HttpResponseMessage,
     ResponseEncoder,
+    check_header_pairs,
     encode_response_headers,
     parse_status,
     validate_response_message,
@@ -248,13 +249,7 @@ def validate_request_message(message: Any) -> HttpRequestMessage:
     _require(message, "path", str, "the percent-decoded path (str)")
     if "headers" not in message:
         raise InvalidMessage("message['headers'] is missing: an http.request needs a list of [name, value] pairs")
-    headers = message["headers"]
-    if not isinstance(headers, (list, tuple)):
-        raise InvalidMessage(f"message['headers'] must be a list of [bytes, bytes], got {type(headers).__name__}")
-    for i, pair in enumerate(headers):
-        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-                or not isinstance(pair[0], bytes) or not isinstance(pair[1], bytes)):
-            raise InvalidMessage(f"message['headers'][{i}] must be [bytes, bytes], got {pair!r:.100}")
+    check_header_pairs(message["headers"], "message['headers']")
     _optional(message, "scheme", str, "a str such as 'http'")
     _optional(message, "query_string", bytes, "the raw query string (bytes)")
     _optional(message, "root_path", str, "a str")
