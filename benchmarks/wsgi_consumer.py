@@ -36,12 +36,8 @@ TESTS = os.path.join(ROOT, "tests")
 sys.path.insert(0, TESTS)
 sys.path.insert(0, ROOT)
 
+from _sidecar_stack import cpu_seconds, percentile  # noqa: E402
 from servers import RedisServer, ServerProcess  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def direct(n: int) -> list[float]:
@@ -121,13 +117,6 @@ def redis_ping(url: str, n: int) -> list[float]:
         times.append(time.perf_counter() - t0)
     client.close()
     return times
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def row(name: str, times: list[float], wall: float) -> str:

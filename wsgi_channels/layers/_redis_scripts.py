@@ -63,6 +63,8 @@ so the client packs the fixed part of a hot command once.
 """
 from __future__ import annotations
 
+from .base import SIDECAR_PREFIX
+
 __all__ = ["SEND", "RECEIVE", "RECEIVE_MANY", "FANOUT", "MEMBERS", "GROUP_ADD", "GROUP_DISCARD", "EVICT", "STATS",
            "REF_MIN", "REF_MARGIN_MS"]
 
@@ -315,6 +317,7 @@ return members
 #: Returns the number of members skipped because their channel was full.
 FANOUT = _COMMON + _MEMBERS + f"""
 local REF_MIN, REF_MARGIN = {REF_MIN}, {REF_MARGIN_MS}
+local SIDECAR = '{SIDECAR_PREFIX}'
 """ + r"""
 local P = ARGV[1]
 local exp, gexp = tonumber(ARGV[2]), ARGV[3]
@@ -423,8 +426,8 @@ if #plain > 0 then
 end
 for i = 1, #prefixes, 4 do
   local prefix, targets, count, cap = prefixes[i], prefixes[i + 1], prefixes[i + 2], prefixes[i + 3]
-  if cap == 0 then  -- the layer's default: process_capacity for the sidecar's prefixes (base.SIDECAR_PREFIX)
-    if string.sub(prefix, 1, 8) == 'sidecar.' then cap = process_cap else cap = default_cap end
+  if cap == 0 then  -- the layer's default: process_capacity for the sidecar's prefixes
+    if string.sub(prefix, 1, #SIDECAR) == SIDECAR then cap = process_cap else cap = default_cap end
   end
   local q = P .. 'q:{' .. prefix .. '}'
   local entry

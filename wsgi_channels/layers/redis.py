@@ -16,9 +16,10 @@ Several shards are spread by a consistent-hash ring with virtual nodes
 member's queue, so a group send needs no member list on the wire and a channel
 whose messages expire unread is evicted from its groups inside the same scripts.
 
-A blocking ``receive`` is woken by pub/sub (:mod:`._redis_wakeup`) when a queue it
-watches on any shard gets a message, so it wakes within milliseconds no matter
-which shard the message lands on, and only the scripts ever pop.
+Receiving lives in :mod:`._redis_receive` (a blocking ``receive`` on plain channels of
+one shard is one ``BLPOP``; otherwise pub/sub doorbells (:mod:`._redis_wakeup`) wake it
+within milliseconds of a push on any shard), and URLs, options and encryption keys in
+:mod:`._redis_options`.
 
 Connections (:mod:`._redis_conn`) are made lazily per process (gunicorn forks
 after import), never retried behind the caller's back (a resent ``send`` could
@@ -28,14 +29,10 @@ afresh, so a Redis restart needs no process restart.
 """
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import re
 import threading
-import time
 from typing import Any, Iterable, Sequence
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgpack
 from redis.backoff import NoBackoff
@@ -45,8 +42,10 @@ from .. import exceptions as exc
 from ..serialization import encode
 from . import _redis_conn
 from . import _redis_scripts as scripts
-from ._redis_conn import Script, Shard, bulk, run_everywhere
-from ._redis_copies import CopyBuffer, GroupMessage
+from ._redis_conn import NOW, Script, Shard, bulk, run_everywhere
+from ._redis_copies import CopyBuffer
+from ._redis_options import connection_url, fernet, options_from_url, split_urls
+from ._redis_receive import ReceivingMixin, _ShardPlan
 from .base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
 from .hashring import HashRing
 
@@ -56,166 +55,16 @@ log = logging.getLogger(__name__)
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,100}$")
 _CACHE_LIMIT = 10_000
-#: Layer keywords a URL's query string may set (``symmetric_encryption_keys`` separated by commas).
-_URL_OPTIONS = frozenset({"expiry", "group_expiry", "capacity", "max_message_size", "process_capacity",
-                          "prefix", "socket_timeout", "socket_connect_timeout", "ring_replicas",
-                          "symmetric_encryption_keys"})
-#: redis-py connection options a URL may carry (TLS files and checks, user name, client name, ...).
-_CONNECTION_URL_OPTIONS = frozenset({
-    "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
-    "ssl_check_hostname", "ssl_min_version", "ssl_include_verify_flags", "ssl_exclude_verify_flags",
-    "username", "client_name", "socket_keepalive", "socket_read_size", "health_check_interval",
-    "max_connections", "db",
-})
-#: A comma starts a new URL only where a scheme follows (commas may appear inside a query value).
-_URL_SEPARATOR = re.compile(r",(?=\s*rediss?://)", re.I)
 
 _SEND = Script(scripts.SEND)
-_RECEIVE = Script(scripts.RECEIVE)
-_RECEIVE_MANY = Script(scripts.RECEIVE_MANY)
 _FANOUT = Script(scripts.FANOUT)
 _MEMBERS = Script(scripts.MEMBERS)
 _GROUP_ADD = Script(scripts.GROUP_ADD)
 _GROUP_DISCARD = Script(scripts.GROUP_DISCARD)
-_EVICT = Script(scripts.EVICT)
 _STATS = Script(scripts.STATS)
 
-#: The last argument of a hot command: now on the server's clock in ms (13 digits until 2286).
-_NOW = b"$13\r\n%d\r\n"
 
-
-def _fernet(keys: Any) -> Any:
-    if not keys:
-        return None
-    try:
-        from cryptography.fernet import Fernet, MultiFernet
-    except ImportError:
-        raise exc.ConfigurationError(
-            "symmetric_encryption_keys needs the 'cryptography' package: pip install 'wsgi_channels[crypto]'"
-        ) from None
-    if isinstance(keys, (str, bytes)):
-        raise exc.ConfigurationError("symmetric_encryption_keys must be a list of keys (the first encrypts)")
-    fernets = []
-    for key in keys:
-        raw = key.encode() if isinstance(key, str) else bytes(key)
-        if not raw:
-            raise exc.ConfigurationError("symmetric_encryption_keys contains an empty key")
-        # Any secret string becomes a valid Fernet key through SHA-256.
-        fernets.append(Fernet(base64.urlsafe_b64encode(hashlib.sha256(raw).digest())))
-    return MultiFernet(fernets)
-
-
-def _split_urls(url_or_list: Any) -> list[str]:
-    urls = _URL_SEPARATOR.split(url_or_list) if isinstance(url_or_list, str) else list(url_or_list)
-    urls = [u.strip() for u in urls if isinstance(u, str) and u.strip()]
-    if not urls:
-        raise exc.ConfigurationError(f"no Redis URL given: {url_or_list!r}")
-    for u in urls:
-        _check_url(u)
-    return urls
-
-
-def _check_url(url: str) -> None:
-    """Refuse a Redis URL whose host, port or database number cannot be used, naming the part."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises ValueError for a port that is not a number or out of range
-    except ValueError as e:
-        raise exc.ConfigurationError(f"invalid Redis URL {url!r}: {e}") from None
-    if parts.scheme.lower() not in ("redis", "rediss"):
-        raise exc.ConfigurationError(f"{url!r} is not a redis:// or rediss:// URL")
-    if not parts.hostname:
-        raise exc.ConfigurationError(f"invalid Redis URL {url!r}: no host (redis://HOST:PORT/DB)")
-    db = parts.path.strip("/")
-    if db and not db.isdigit():
-        raise exc.ConfigurationError(f"invalid Redis URL {url!r}: the database {db!r} is not a number")
-    del port
-
-
-def _connection_url(url: str) -> str:
-    """``url`` with only the redis-py connection options in its query (checked by name)."""
-    parts = urlsplit(url)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    unknown = sorted({k for k, _ in pairs} - _CONNECTION_URL_OPTIONS)
-    if unknown:
-        known = ", ".join(sorted(_URL_OPTIONS | _CONNECTION_URL_OPTIONS))
-        raise exc.ConfigurationError(f"unknown Redis layer URL option(s) {', '.join(unknown)}; known: {known}")
-    return urlunsplit(parts._replace(query=urlencode(pairs), fragment=""))
-
-
-class _Watch:
-    """One thread's doorbell registration for one channel list, kept between its receives.
-
-    Released when the thread receives on other channels, or when the thread ends (its
-    thread-local storage, and with it this object, goes away).
-    """
-
-    __slots__ = ("key", "generation", "watched", "event")
-
-    def __init__(self, key: tuple, generation: tuple, watched: list, timeout: float) -> None:
-        self.key = key
-        self.generation = generation  # (fork generation, layer epoch): stale after a fork or close()
-        self.watched = watched
-        self.event = threading.Event()
-        for bell, keys in watched:
-            bell.watch(keys, self.event, timeout)
-
-    def release(self) -> None:
-        watched, self.watched = self.watched, []
-        for bell, keys in watched:
-            bell.unwatch(keys, self.event)
-
-    def __del__(self) -> None:
-        # The owning thread ended: never block here (a collection can run anywhere).
-        for bell, keys in self.watched:
-            bell.unwatch(keys, self.event, blocking=False)
-
-
-class _ShardPlan:
-    """The queues of one channel list that live on one shard, with their receive commands packed.
-
-    A receive tries the queues in turn, starting one further along each time (so a busy
-    channel cannot starve a quiet one); the fixed part of the command for each starting
-    point is packed once. A single plain channel (not a ``prefix!``) needs no script: its
-    queue holds only ``m`` entries and nothing but an expired head is ever skipped, so a
-    plain ``LPOP`` (``lpop``) does the script's work, the deadline checked on our side.
-    """
-
-    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "plain", "_packed")
-
-    def __init__(self, shard: Shard, names: list[str], key: Any, prefix: str) -> None:
-        self.shard = shard
-        self.names = names
-        self.keys = [key("q", name) for name in names]
-        self.flags = [b"1" if name.endswith("!") else b"0" for name in names]
-        self.prefix = prefix
-        self.lpop = _redis_conn.packed("LPOP", self.keys[0]) if self.flags == [b"0"] else None
-        #: Only plain channels (no ``prefix!``): a blocking wait may be one ``BLPOP`` (see _blocking_pop).
-        self.plain = b"1" not in self.flags
-        self._packed: dict[tuple[int, bool], tuple[bytes, list[str]]] = {}
-
-    def _command(self, rr: int, many: bool) -> tuple[bytes, list[str]]:
-        """(packed command up to its per-call arguments, names in the order tried)."""
-        r = rr % len(self.names)
-        got = self._packed.get((r, many))
-        if got is None:
-            keys, flags, names = (self.keys[r:] + self.keys[:r], self.flags[r:] + self.flags[:r],
-                                  self.names[r:] + self.names[:r])
-            script = _RECEIVE_MANY if many else _RECEIVE
-            # EVALSHA sha numkeys keys... P flags... [most] now
-            count = 4 + 2 * len(keys) + (2 if many else 1)
-            got = self._packed[(r, many)] = (
-                b"*%d\r\n" % count + bulk("EVALSHA", script.sha, len(keys), *keys, self.prefix, *flags), names)
-        return got
-
-    def receive(self, rr: int) -> tuple[bytes, list[str]]:
-        return self._command(rr, False)
-
-    def receive_many(self, rr: int) -> tuple[bytes, list[str]]:
-        return self._command(rr, True)
-
-
-class RedisChannelLayer(BaseChannelLayer):
+class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
     """Channel layer on one or more Redis servers.
 
     ``hosts``
@@ -259,7 +108,7 @@ class RedisChannelLayer(BaseChannelLayer):
         self.prefix = prefix
         self._p = prefix + ":"
         self._pb = self._p.encode()
-        self._fernet = _fernet(symmetric_encryption_keys)
+        self._fernet = fernet(symmetric_encryption_keys)
         try:
             timeouts = float(socket_timeout), float(socket_connect_timeout)
         except (TypeError, ValueError):
@@ -277,7 +126,7 @@ class RedisChannelLayer(BaseChannelLayer):
             **(connection_options or {}),
             "protocol": 2,  # RESP2: pub/sub wake-ups arrive as replies, scripts' replies keep their shape
         }
-        self.hosts = [_connection_url(u) for u in _split_urls(hosts)]
+        self.hosts = [connection_url(u) for u in split_urls(hosts)]
         try:
             self._shards = [Shard(u, conn_options) for u in self.hosts]
         except (TypeError, ValueError) as e:  # redis-py's parsing of an option's value
@@ -300,23 +149,7 @@ class RedisChannelLayer(BaseChannelLayer):
     @classmethod
     def from_url(cls, url: Any, **options: Any) -> "RedisChannelLayer":
         """Build from one URL, comma-separated URLs or a list (shards); query options apply to all."""
-        from . import parse_options
-
-        urls = _split_urls(url)
-        merged: dict[str, Any] = {}
-        hosts = []
-        for u in urls:
-            parts = urlsplit(u)
-            layer_query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k in _URL_OPTIONS]
-            for key, value in parse_options(urlencode(layer_query)).items():
-                if key in merged and merged[key] != value:
-                    raise exc.ConfigurationError(f"shard URLs disagree on option {key!r}")
-                merged[key] = value
-            rest = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in _URL_OPTIONS]
-            hosts.append(urlunsplit(parts._replace(query=urlencode(rest))))
-        keys = merged.get("symmetric_encryption_keys")
-        if isinstance(keys, str):
-            merged["symmetric_encryption_keys"] = [k for k in keys.split(",") if k]
+        hosts, merged = options_from_url(url)
         return cls(hosts=hosts, **{**merged, **options})
 
     # -- names to shards and keys -----------------------------------------------------------
@@ -449,298 +282,6 @@ class RedisChannelLayer(BaseChannelLayer):
                     self._sent += 1
         return outcomes
 
-    def _plan(self, names: list[str]) -> list[_ShardPlan]:
-        """Per shard, the queues of ``names`` on it, cached per channel list."""
-        key = tuple(names)
-        plan = self._plans.get(key)
-        if plan is None:
-            by_shard: dict[int, list] = {}
-            for name in dict.fromkeys(names):
-                index = self._ring.node_for(name)
-                by_shard.setdefault(index, []).append(name)
-            plan = [_ShardPlan(self._shards[index], shard_names, self._key, self._p)
-                    for index, shard_names in by_shard.items()]
-            if len(self._plans) >= 1000:
-                self._plans.clear()
-            self._plans[key] = plan
-        return plan
-
-    def _take_buffered(self, names: Iterable[str], limit: int, shared: bool = False) -> list[tuple[str, dict]]:
-        """Up to ``limit`` (channel, message) pairs from group messages already fetched for ``names``."""
-        taken, expired = self._copies.take(names, limit, shared)
-        for name, channels in expired:
-            self._evict(name, channels)
-        return taken
-
-    def _evict(self, prefix: str, channels: list[str]) -> None:
-        """Members whose buffered message expired here, unread, leave their groups."""
-        try:
-            self._shard_of(prefix).script(_EVICT, (self._key("m", prefix),), (self._p, *channels))
-        except exc.LayerUnavailable as e:
-            log.warning("could not evict %d expired channel(s) of %s from their groups: %s",
-                        len(channels), prefix, e)
-
-    def _group_message(self, name: str, entry: bytes, now_ms: int) -> GroupMessage:
-        """A popped ``t`` or ``r`` entry (one message for members of prefix ``name``), decrypted
-        and decoded once."""
-        newline = entry.index(b"\n", 14)
-        if entry[13:14] == b"r":
-            space = entry.index(b" ", 14, newline)
-            targets = self._named_members(name, entry[space + 1:newline], int(entry[14:space]))
-        else:
-            targets = entry[14:newline].decode().split(" ")
-        plain = bytes(self._plaintext(memoryview(entry)[newline + 1:]))
-        template = self._decoded(plain)
-        deadline = time.monotonic() + (int(entry[:13]) - now_ms) / 1000.0
-        return GroupMessage(targets, plain, template, deadline)
-
-    def _named_members(self, prefix: str, key: bytes, count: int) -> list[str]:
-        """The members held by a ``P:t:`` key (an ``r`` entry's), fetched once and kept.
-
-        The key is named by the SHA1 of its content, so a kept list never goes stale; the
-        fan-out keeps the key alive as long as any entry that names it.
-        """
-        names = self._members_cache.get(key)
-        if names is None:
-            data = self._shard_of(prefix).execute("GET", key)
-            if data is None:
-                raise exc.ChannelsError(f"the member list {key.decode()!r} of a group message for {prefix!r} "
-                                        "is gone (flushed, or evicted by Redis' maxmemory policy)")
-            names = data.decode().split(" ")
-            if len(names) != count:
-                raise exc.ChannelsError(f"the member list {key.decode()!r} names {len(names)} channels, "
-                                        f"not {count}")
-            if len(self._members_cache) >= 64:
-                self._members_cache.clear()
-            self._members_cache[key] = names
-        return names
-
-    def _deliver(self, name: str, entry: bytes, now_ms: int, shared: bool = False) -> tuple[str, dict]:
-        if entry[13:14] == b"m":
-            return name, self._open(memoryview(entry)[14:])
-        newline = entry.index(b"\n", 14)
-        if entry.find(b" ", 14, newline) < 0:  # one target: a send to a process-local channel
-            return entry[14:newline].decode(), self._open(memoryview(entry)[newline + 1:])
-        message = self._group_message(name, entry, now_ms)
-        first = message.copies(message.targets[:1], shared)[0]
-        message.pos = 1
-        self._copies.add(name, message)
-        # Other threads of this process waiting on this prefix can take the rest now.
-        self._shard_of(name).bell().ring(self._key("q", name))
-        return first
-
-    def _try_receive(self, names: list[str], plan: list[_ShardPlan]) -> tuple[str, dict] | None:
-        if self._copies:
-            got = self._take_buffered(names, 1)
-            if got:
-                return got[0]
-        self._rr += 1
-        count = len(plan)
-        for i in range(count):
-            entry = plan[(self._rr + i) % count]
-            shard = entry.shard
-            if entry.lpop is not None:
-                got = self._pop_plain(shard, entry.lpop)
-                if got is not None:
-                    return entry.names[0], self._open(memoryview(got)[14:])
-                continue
-            command, shard_names = entry.receive(self._rr)
-            reply = shard.call(_RECEIVE, command + _NOW % shard.now_ms())
-            if reply is not None:
-                return self._deliver(shard_names[reply[0] - 1], reply[1], reply[2])
-        return None
-
-    @staticmethod
-    def _pop_plain(shard: Shard, lpop: bytes) -> bytes | None:
-        """The first live entry of a plain channel's queue (one ``LPOP``; expired ones are dropped)."""
-        while True:
-            entry = shard.execute_packed(lpop)
-            if entry is None or int(entry[:13]) > shard.now_ms():
-                return entry
-
-    def _try_receive_batch(self, names: list[str], plan: list[_ShardPlan], limit: int,
-                           shared: bool) -> list[tuple[str, dict]]:
-        """Up to ``limit`` messages: buffered group copies first, then one script per shard."""
-        batch: list[tuple[str, dict]] = []
-        if self._copies:
-            batch = self._take_buffered(names, limit, shared)
-            if len(batch) >= limit:
-                return batch
-        self._rr += 1
-        count = len(plan)
-        for i in range(count):
-            if len(batch) >= limit:
-                break
-            entry = plan[(self._rr + i) % count]
-            shard = entry.shard
-            command, shard_names = entry.receive_many(self._rr)
-            most = b"%d" % (limit - len(batch))
-            reply = shard.call(_RECEIVE_MANY, b"%s$%d\r\n%s\r\n" % (command, len(most), most)
-                               + _NOW % shard.now_ms())
-            if not reply:
-                continue
-            now_ms = reply[-1]
-            buffered = False
-            for j in range(0, len(reply) - 1, 2):
-                name = shard_names[reply[j] - 1]
-                entry_bytes = reply[j + 1]
-                try:
-                    if entry_bytes[13:14] != b"m" and name in self._copies:
-                        # behind this prefix's earlier copies, so no member gets a later message first
-                        self._copies.add(name, self._group_message(name, entry_bytes, now_ms))
-                        buffered = True
-                    else:
-                        batch.append(self._deliver(name, entry_bytes, now_ms, shared))
-                        buffered = buffered or name in self._copies
-                except exc.ChannelsError as e:
-                    # One unreadable entry must not cost the rest of the batch, already popped.
-                    log.error("dropped an unreadable message on %s: %s", name, e)
-            if buffered and len(batch) < limit:
-                batch += self._take_buffered(names, limit - len(batch), shared)
-        return batch
-
-    def _resolve_plan(self, channels: Iterable[str]) -> tuple[list[str], list] | None:
-        """The validated names and per-shard plan of a channel list (None when it is empty)."""
-        plan = self._plans.get(tuple(channels)) if type(channels) is list else None
-        if plan is not None:  # a channel list seen (and validated) before
-            return channels, plan  # type: ignore[return-value]  # a list, checked just above
-        names = self._receive_channels(channels)
-        if not names:
-            return None
-        return names, self._plan(names)
-
-    def _watch(self, names: list[str], plan: list, wait: float) -> threading.Event:
-        """An event rung by every push to the queues of ``plan``, kept for this thread's next receive.
-
-        A thread that receives on the same channels again and again (the worker, the
-        sidecar's loop) keeps its doorbell registration between calls: its next wait then
-        needs no second pop attempt after registering, one round trip instead of two.
-        """
-        key = tuple(names)
-        generation = (_redis_conn.fork_generation(), self._epoch)
-        watch = getattr(self._local, "watch", None)
-        if watch is not None:
-            if watch.key == key and watch.generation == generation:
-                return watch.event
-            self._local.watch = None
-            if watch.generation[0] == generation[0]:
-                watch.release()
-            else:
-                watch.watched = []  # forked: the parent's listener is abandoned here, never touched
-        watch = _Watch(key, generation, [(entry.shard.bell(), entry.keys) for entry in plan], min(wait, 2.0))
-        self._local.watch = watch
-        return watch.event
-
-    def _watching(self, names: list[str]) -> threading.Event | None:
-        """This thread's event if it already watches exactly ``names`` (registered before any pop)."""
-        watch = getattr(self._local, "watch", None)
-        if watch is not None and watch.key == tuple(names) \
-                and watch.generation == (_redis_conn.fork_generation(), self._epoch):
-            return watch.event
-        return None
-
-    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
-        if self._copies and type(channels) is list and len(channels) == 1 and channels[0] in self._copies:
-            # Fast path for a process's reader on its prefix: the next member of a group message
-            # fetched already (only validated names ever get a buffer).
-            taken = self._take_buffered(channels, 1)
-            if taken:
-                return taken[0]
-        resolved = self._resolve_plan(channels)
-        if resolved is None:
-            return None, None
-        names, plan = resolved
-        if block:
-            wait = self._block_timeout(block, timeout)
-            if len(plan) == 1 and plan[0].plain and wait > 0:
-                got = self._blocking_pop(plan[0], wait)  # answers at once when a message is waiting
-            else:
-                got = self._await(names, plan, wait, lambda: self._try_receive(names, plan))
-        else:
-            got = self._try_receive(names, plan)
-        return got if got is not None else (None, None)
-
-    def receive_batch(self, channels: Iterable[str], limit: int = 100, block: bool = False,
-                      timeout: float | None = None, shared: bool = False) -> list[tuple[str, dict]]:
-        """Up to ``limit`` messages at once, waiting (like :meth:`receive`) only for the first.
-
-        One round trip per shard fetches up to ``limit`` entries (a quiet queue costs one
-        empty answer, a busy one is drained in the same call), and a group message for many
-        members of one prefix fills the batch from its single copy, so a process reading its
-        ``prefix!`` drains a broadcast to thousands of its connections in a few calls.
-        ``shared``: see :meth:`BaseChannelLayer.receive_batch`; here the members of one group
-        message then get one dict between them instead of a copy each.
-        """
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be an int of at least 1, got {limit!r}")
-        resolved = self._resolve_plan(channels)
-        if resolved is None:
-            return []
-        names, plan = resolved
-        wait = self._block_timeout(block, timeout) if block else 0.0
-        if wait > 0 and len(plan) == 1 and plan[0].plain:
-            # A backlog is taken in one round trip; an empty queue is waited on with BLPOP.
-            batch = self._try_receive_batch(names, plan, limit, shared)
-            if batch:
-                return batch
-            got = self._blocking_pop(plan[0], wait)
-            return [got] if got is not None else []
-        return self._await(names, plan, wait, lambda: self._try_receive_batch(names, plan, limit, shared)) or []
-
-    def _blocking_pop(self, entry: _ShardPlan, wait: float) -> tuple[str, dict] | None:
-        """The next message of plain channels on one shard, waiting up to ``wait`` seconds on the server.
-
-        One ``BLPOP`` answers as soon as a message is pushed: no doorbell, no second pop.
-        A plain channel's queue holds only ``m`` entries, so popping one outside a script
-        skips nothing but an expired head, which is dropped here as the scripts drop it.
-        Each ``BLPOP`` asks for less than the socket timeout (the server times it out, never
-        us), and the channels' order turns each time so a busy one cannot starve the rest.
-        """
-        shard, keys, names = entry.shard, entry.keys, entry.names
-        deadline = time.monotonic() + wait
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            self._rr += 1
-            r = self._rr % len(keys)
-            step = max(0.01, min(remaining, self._block_step))  # never 0: that would wait forever
-            reply = shard.execute_packed(_redis_conn.packed("BLPOP", *keys[r:], *keys[:r], "%.3f" % step))
-            if reply is None:
-                continue
-            key, data = reply
-            if int(data[:13]) <= shard.now_ms():
-                continue  # expired unread
-            return names[keys.index(key)], self._open(memoryview(data)[14:])
-
-    def _await(self, names: list[str], plan: list, wait: float, attempt: Any) -> Any:
-        """``attempt()`` until it returns something, for up to ``wait`` seconds.
-
-        Nothing is popped outside the scripts, and the doorbell is registered before the
-        attempt that precedes each wait, so a push after that attempt always wakes us.
-        """
-        if wait <= 0:
-            return attempt()
-        event = self._watching(names)
-        if event is not None:
-            event.clear()  # registered already: a push after this pop attempt sets it again
-        else:
-            got = attempt()  # the common case of a waiting message needs no registration
-            if got:
-                return got
-            event = self._watch(names, plan, wait)
-            event.clear()
-        deadline = time.monotonic() + wait
-        while True:
-            got = attempt()
-            if got:
-                return got
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            event.wait(remaining)
-            event.clear()
-
     # -- groups -----------------------------------------------------------------------------
 
     def _group_keys(self, group: str) -> tuple[bytes, bytes, bytes]:
@@ -791,7 +332,7 @@ class RedisChannelLayer(BaseChannelLayer):
             body = self._fernet.encrypt(body)
         command = b"%s$%d\r\n%s\r\n" % (self._fanout_command(group), len(body), body)
         # run_everywhere runs a single shard's script directly, without its concurrent path.
-        dropped = sum(run_everywhere(self._shards, _FANOUT, [command + _NOW % s.now_ms() for s in self._shards]))
+        dropped = sum(run_everywhere(self._shards, _FANOUT, [command + NOW % s.now_ms() for s in self._shards]))
         if dropped:
             self._count("group_drop_count", dropped)
             log.debug("group %r: %d member(s) behind full channels skipped", group, dropped)

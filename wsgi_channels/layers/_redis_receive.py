@@ -1,0 +1,426 @@
+"""The receiving half of the Redis layer: ``receive``, ``receive_batch`` and their waits.
+
+A mixin of :class:`~wsgi_channels.layers.redis.RedisChannelLayer` (its state lives there).
+A channel list is planned once per shard (:class:`_ShardPlan`): the queues on that shard
+and their receive scripts' commands, packed once. A receive pops the first live entry of
+those queues in one script per shard (a single plain channel needs only ``LPOP``), and
+turns a popped group entry (one copy for every member behind a ``prefix!``) into one
+``(channel, message)`` per member, the rest kept in the layer's copy buffer.
+
+Waiting: plain channels on one shard wait on the server with ``BLPOP``; anything else
+(process-local ``prefix!`` queues, several shards) waits on the shards' doorbells
+(:mod:`._redis_wakeup`), registered before the pop attempt that precedes each wait, so a
+push after that attempt always wakes the reader; only the scripts pop those queues.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Iterable
+
+from .. import exceptions as exc
+from . import _redis_conn
+from . import _redis_scripts as scripts
+from ._redis_conn import NOW, Script, Shard, bulk
+from ._redis_copies import GroupMessage
+
+__all__ = ["ReceivingMixin"]
+
+log = logging.getLogger("wsgi_channels.layers.redis")
+
+_RECEIVE = Script(scripts.RECEIVE)
+_RECEIVE_MANY = Script(scripts.RECEIVE_MANY)
+_EVICT = Script(scripts.EVICT)
+
+
+class _Watch:
+    """One thread's doorbell registration for one channel list, kept between its receives.
+
+    Released when the thread receives on other channels, or when the thread ends (its
+    thread-local storage, and with it this object, goes away).
+    """
+
+    __slots__ = ("key", "generation", "watched", "event")
+
+    def __init__(self, key: tuple, generation: tuple, watched: list, timeout: float) -> None:
+        self.key = key
+        self.generation = generation  # (fork generation, layer epoch): stale after a fork or close()
+        self.watched = watched
+        self.event = threading.Event()
+        for bell, keys in watched:
+            bell.watch(keys, self.event, timeout)
+
+    def release(self) -> None:
+        watched, self.watched = self.watched, []
+        for bell, keys in watched:
+            bell.unwatch(keys, self.event)
+
+    def __del__(self) -> None:
+        # The owning thread ended: never block here (a collection can run anywhere).
+        for bell, keys in self.watched:
+            bell.unwatch(keys, self.event, blocking=False)
+
+
+class _ShardPlan:
+    """The queues of one channel list that live on one shard, with their receive commands packed.
+
+    A receive tries the queues in turn, starting one further along each time (so a busy
+    channel cannot starve a quiet one); the fixed part of the command for each starting
+    point is packed once. A single plain channel (not a ``prefix!``) needs no script: its
+    queue holds only ``m`` entries and nothing but an expired head is ever skipped, so a
+    plain ``LPOP`` (``lpop``) does the script's work, the deadline checked on our side.
+    """
+
+    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "plain", "_packed")
+
+    def __init__(self, shard: Shard, names: list[str], key: Any, prefix: str) -> None:
+        self.shard = shard
+        self.names = names
+        self.keys = [key("q", name) for name in names]
+        self.flags = [b"1" if name.endswith("!") else b"0" for name in names]
+        self.prefix = prefix
+        self.lpop = _redis_conn.packed("LPOP", self.keys[0]) if self.flags == [b"0"] else None
+        #: Only plain channels (no ``prefix!``): a blocking wait may be one ``BLPOP`` (see _blocking_pop).
+        self.plain = b"1" not in self.flags
+        self._packed: dict[tuple[int, bool], tuple[bytes, list[str]]] = {}
+
+    def _command(self, rr: int, many: bool) -> tuple[bytes, list[str]]:
+        """(packed command up to its per-call arguments, names in the order tried)."""
+        r = rr % len(self.names)
+        got = self._packed.get((r, many))
+        if got is None:
+            keys, flags, names = (self.keys[r:] + self.keys[:r], self.flags[r:] + self.flags[:r],
+                                  self.names[r:] + self.names[:r])
+            script = _RECEIVE_MANY if many else _RECEIVE
+            # EVALSHA sha numkeys keys... P flags... [most] now
+            count = 4 + 2 * len(keys) + (2 if many else 1)
+            got = self._packed[(r, many)] = (
+                b"*%d\r\n" % count + bulk("EVALSHA", script.sha, len(keys), *keys, self.prefix, *flags), names)
+        return got
+
+    def receive(self, rr: int) -> tuple[bytes, list[str]]:
+        return self._command(rr, False)
+
+    def receive_many(self, rr: int) -> tuple[bytes, list[str]]:
+        return self._command(rr, True)
+
+
+class ReceivingMixin:
+    """``receive`` and ``receive_batch`` of :class:`~wsgi_channels.layers.redis.RedisChannelLayer`.
+
+    Uses the layer's shards, ring, keys and bodies (``_shards``, ``_ring``, ``_key``,
+    ``_shard_of``, ``_open``, ``_plaintext``, ``_decoded``), and its receiving state: plans
+    (``_plans``), copy buffer (``_copies``), member lists (``_members_cache``), round-robin
+    counter (``_rr``), this thread's doorbell registration (``_local``, ``_epoch``).
+    """
+
+    _shards: list
+    _ring: Any
+    _p: str
+    _plans: dict
+    _copies: Any
+    _members_cache: dict
+    _rr: int
+    _local: Any
+    _epoch: int
+    _block_step: float
+    _key: Any
+    _shard_of: Any
+    _open: Any
+    _plaintext: Any
+    _decoded: Any
+    _receive_channels: Any
+    _block_timeout: Any
+
+    def _plan(self, names: list[str]) -> list[_ShardPlan]:
+        """Per shard, the queues of ``names`` on it, cached per channel list."""
+        key = tuple(names)
+        plan = self._plans.get(key)
+        if plan is None:
+            by_shard: dict[int, list] = {}
+            for name in dict.fromkeys(names):
+                index = self._ring.node_for(name)
+                by_shard.setdefault(index, []).append(name)
+            plan = [_ShardPlan(self._shards[index], shard_names, self._key, self._p)
+                    for index, shard_names in by_shard.items()]
+            if len(self._plans) >= 1000:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def _take_buffered(self, names: Iterable[str], limit: int, shared: bool = False) -> list[tuple[str, dict]]:
+        """Up to ``limit`` (channel, message) pairs from group messages already fetched for ``names``."""
+        taken, expired = self._copies.take(names, limit, shared)
+        for name, channels in expired:
+            self._evict(name, channels)
+        return taken
+
+    def _evict(self, prefix: str, channels: list[str]) -> None:
+        """Members whose buffered message expired here, unread, leave their groups."""
+        try:
+            self._shard_of(prefix).script(_EVICT, (self._key("m", prefix),), (self._p, *channels))
+        except exc.LayerUnavailable as e:
+            log.warning("could not evict %d expired channel(s) of %s from their groups: %s",
+                        len(channels), prefix, e)
+
+    def _group_message(self, name: str, entry: bytes, now_ms: int) -> GroupMessage:
+        """A popped ``t`` or ``r`` entry (one message for members of prefix ``name``), decrypted
+        and decoded once."""
+        newline = entry.index(b"\n", 14)
+        if entry[13:14] == b"r":
+            space = entry.index(b" ", 14, newline)
+            targets = self._named_members(name, entry[space + 1:newline], int(entry[14:space]))
+        else:
+            targets = entry[14:newline].decode().split(" ")
+        plain = bytes(self._plaintext(memoryview(entry)[newline + 1:]))
+        template = self._decoded(plain)
+        deadline = time.monotonic() + (int(entry[:13]) - now_ms) / 1000.0
+        return GroupMessage(targets, plain, template, deadline)
+
+    def _named_members(self, prefix: str, key: bytes, count: int) -> list[str]:
+        """The members held by a ``P:t:`` key (an ``r`` entry's), fetched once and kept.
+
+        The key is named by the SHA1 of its content, so a kept list never goes stale; the
+        fan-out keeps the key alive as long as any entry that names it.
+        """
+        names = self._members_cache.get(key)
+        if names is None:
+            data = self._shard_of(prefix).execute("GET", key)
+            if data is None:
+                raise exc.ChannelsError(f"the member list {key.decode()!r} of a group message for {prefix!r} "
+                                        "is gone (flushed, or evicted by Redis' maxmemory policy)")
+            names = data.decode().split(" ")
+            if len(names) != count:
+                raise exc.ChannelsError(f"the member list {key.decode()!r} names {len(names)} channels, "
+                                        f"not {count}")
+            if len(self._members_cache) >= 64:
+                self._members_cache.clear()
+            self._members_cache[key] = names
+        return names
+
+    def _deliver(self, name: str, entry: bytes, now_ms: int, shared: bool = False) -> tuple[str, dict]:
+        if entry[13:14] == b"m":
+            return name, self._open(memoryview(entry)[14:])
+        newline = entry.index(b"\n", 14)
+        if entry.find(b" ", 14, newline) < 0:  # one target: a send to a process-local channel
+            return entry[14:newline].decode(), self._open(memoryview(entry)[newline + 1:])
+        message = self._group_message(name, entry, now_ms)
+        first = message.copies(message.targets[:1], shared)[0]
+        message.pos = 1
+        self._copies.add(name, message)
+        # Other threads of this process waiting on this prefix can take the rest now.
+        self._shard_of(name).bell().ring(self._key("q", name))
+        return first
+
+    def _try_receive(self, names: list[str], plan: list[_ShardPlan]) -> tuple[str, dict] | None:
+        if self._copies:
+            got = self._take_buffered(names, 1)
+            if got:
+                return got[0]
+        self._rr += 1
+        count = len(plan)
+        for i in range(count):
+            entry = plan[(self._rr + i) % count]
+            shard = entry.shard
+            if entry.lpop is not None:
+                popped = self._pop_plain(shard, entry.lpop)
+                if popped is not None:
+                    return entry.names[0], self._open(memoryview(popped)[14:])
+                continue
+            command, shard_names = entry.receive(self._rr)
+            reply = shard.call(_RECEIVE, command + NOW % shard.now_ms())
+            if reply is not None:
+                return self._deliver(shard_names[reply[0] - 1], reply[1], reply[2])
+        return None
+
+    @staticmethod
+    def _pop_plain(shard: Shard, lpop: bytes) -> bytes | None:
+        """The first live entry of a plain channel's queue (one ``LPOP``; expired ones are dropped)."""
+        while True:
+            entry = shard.execute_packed(lpop)
+            if entry is None or int(entry[:13]) > shard.now_ms():
+                return entry
+
+    def _try_receive_batch(self, names: list[str], plan: list[_ShardPlan], limit: int,
+                           shared: bool) -> list[tuple[str, dict]]:
+        """Up to ``limit`` messages: buffered group copies first, then one script per shard."""
+        batch: list[tuple[str, dict]] = []
+        if self._copies:
+            batch = self._take_buffered(names, limit, shared)
+            if len(batch) >= limit:
+                return batch
+        self._rr += 1
+        count = len(plan)
+        for i in range(count):
+            if len(batch) >= limit:
+                break
+            entry = plan[(self._rr + i) % count]
+            shard = entry.shard
+            command, shard_names = entry.receive_many(self._rr)
+            most = b"%d" % (limit - len(batch))
+            reply = shard.call(_RECEIVE_MANY, b"%s$%d\r\n%s\r\n" % (command, len(most), most)
+                               + NOW % shard.now_ms())
+            if not reply:
+                continue
+            now_ms = reply[-1]
+            buffered = False
+            for j in range(0, len(reply) - 1, 2):
+                name = shard_names[reply[j] - 1]
+                entry_bytes = reply[j + 1]
+                try:
+                    if entry_bytes[13:14] != b"m" and name in self._copies:
+                        # behind this prefix's earlier copies, so no member gets a later message first
+                        self._copies.add(name, self._group_message(name, entry_bytes, now_ms))
+                        buffered = True
+                    else:
+                        batch.append(self._deliver(name, entry_bytes, now_ms, shared))
+                        buffered = buffered or name in self._copies
+                except exc.ChannelsError as e:
+                    # One unreadable entry must not cost the rest of the batch, already popped.
+                    log.error("dropped an unreadable message on %s: %s", name, e)
+            if buffered and len(batch) < limit:
+                batch += self._take_buffered(names, limit - len(batch), shared)
+        return batch
+
+    def _resolve_plan(self, channels: Iterable[str]) -> tuple[list[str], list] | None:
+        """The validated names and per-shard plan of a channel list (None when it is empty)."""
+        plan = self._plans.get(tuple(channels)) if type(channels) is list else None
+        if plan is not None:  # a channel list seen (and validated) before
+            return channels, plan  # type: ignore[return-value]  # a list, checked just above
+        names = self._receive_channels(channels)
+        if not names:
+            return None
+        return names, self._plan(names)
+
+    def _watch(self, names: list[str], plan: list, wait: float) -> threading.Event:
+        """An event rung by every push to the queues of ``plan``, kept for this thread's next receive.
+
+        A thread that receives on the same channels again and again (the worker, the
+        sidecar's loop) keeps its doorbell registration between calls: its next wait then
+        needs no second pop attempt after registering, one round trip instead of two.
+        """
+        key = tuple(names)
+        generation = (_redis_conn.fork_generation(), self._epoch)
+        watch = getattr(self._local, "watch", None)
+        if watch is not None:
+            if watch.key == key and watch.generation == generation:
+                return watch.event
+            self._local.watch = None
+            if watch.generation[0] == generation[0]:
+                watch.release()
+            else:
+                watch.watched = []  # forked: the parent's listener is abandoned here, never touched
+        watch = _Watch(key, generation, [(entry.shard.bell(), entry.keys) for entry in plan], min(wait, 2.0))
+        self._local.watch = watch
+        return watch.event
+
+    def _watching(self, names: list[str]) -> threading.Event | None:
+        """This thread's event if it already watches exactly ``names`` (registered before any pop)."""
+        watch = getattr(self._local, "watch", None)
+        if watch is not None and watch.key == tuple(names) \
+                and watch.generation == (_redis_conn.fork_generation(), self._epoch):
+            return watch.event
+        return None
+
+    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
+        if self._copies and type(channels) is list and len(channels) == 1 and channels[0] in self._copies:
+            # Fast path for a process's reader on its prefix: the next member of a group message
+            # fetched already (only validated names ever get a buffer).
+            taken = self._take_buffered(channels, 1)
+            if taken:
+                return taken[0]
+        resolved = self._resolve_plan(channels)
+        if resolved is None:
+            return None, None
+        names, plan = resolved
+        if block:
+            wait = self._block_timeout(block, timeout)
+            if len(plan) == 1 and plan[0].plain and wait > 0:
+                got = self._blocking_pop(plan[0], wait)  # answers at once when a message is waiting
+            else:
+                got = self._await(names, plan, wait, lambda: self._try_receive(names, plan))
+        else:
+            got = self._try_receive(names, plan)
+        return got if got is not None else (None, None)
+
+    def receive_batch(self, channels: Iterable[str], limit: int = 100, block: bool = False,
+                      timeout: float | None = None, shared: bool = False) -> list[tuple[str, dict]]:
+        """Up to ``limit`` messages at once, waiting (like :meth:`receive`) only for the first.
+
+        One round trip per shard fetches up to ``limit`` entries (a quiet queue costs one
+        empty answer, a busy one is drained in the same call), and a group message for many
+        members of one prefix fills the batch from its single copy, so a process reading its
+        ``prefix!`` drains a broadcast to thousands of its connections in a few calls.
+        ``shared``: see :meth:`BaseChannelLayer.receive_batch`; here the members of one group
+        message then get one dict between them instead of a copy each.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an int of at least 1, got {limit!r}")
+        resolved = self._resolve_plan(channels)
+        if resolved is None:
+            return []
+        names, plan = resolved
+        wait = self._block_timeout(block, timeout) if block else 0.0
+        if wait > 0 and len(plan) == 1 and plan[0].plain:
+            # A backlog is taken in one round trip; an empty queue is waited on with BLPOP.
+            batch = self._try_receive_batch(names, plan, limit, shared)
+            if batch:
+                return batch
+            got = self._blocking_pop(plan[0], wait)
+            return [got] if got is not None else []
+        return self._await(names, plan, wait, lambda: self._try_receive_batch(names, plan, limit, shared)) or []
+
+    def _blocking_pop(self, entry: _ShardPlan, wait: float) -> tuple[str, dict] | None:
+        """The next message of plain channels on one shard, waiting up to ``wait`` seconds on the server.
+
+        One ``BLPOP`` answers as soon as a message is pushed: no doorbell, no second pop.
+        A plain channel's queue holds only ``m`` entries, so popping one outside a script
+        skips nothing but an expired head, which is dropped here as the scripts drop it.
+        Each ``BLPOP`` asks for less than the socket timeout (the server times it out, never
+        us), and the channels' order turns each time so a busy one cannot starve the rest.
+        """
+        shard, keys, names = entry.shard, entry.keys, entry.names
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._rr += 1
+            r = self._rr % len(keys)
+            step = max(0.01, min(remaining, self._block_step))  # never 0: that would wait forever
+            reply = shard.execute_packed(_redis_conn.packed("BLPOP", *keys[r:], *keys[:r], "%.3f" % step))
+            if reply is None:
+                continue
+            key, data = reply
+            if int(data[:13]) <= shard.now_ms():
+                continue  # expired unread
+            return names[keys.index(key)], self._open(memoryview(data)[14:])
+
+    def _await(self, names: list[str], plan: list, wait: float, attempt: Any) -> Any:
+        """``attempt()`` until it returns something, for up to ``wait`` seconds.
+
+        Nothing is popped outside the scripts, and the doorbell is registered before the
+        attempt that precedes each wait, so a push after that attempt always wakes us.
+        """
+        if wait <= 0:
+            return attempt()
+        event = self._watching(names)
+        if event is not None:
+            event.clear()  # registered already: a push after this pop attempt sets it again
+        else:
+            got = attempt()  # the common case of a waiting message needs no registration
+            if got:
+                return got
+            event = self._watch(names, plan, wait)
+            event.clear()
+        deadline = time.monotonic() + wait
+        while True:
+            got = attempt()
+            if got:
+                return got
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            event.wait(remaining)
+            event.clear()
