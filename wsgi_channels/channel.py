@@ -29,7 +29,15 @@ ENV_VAR = "WSGI_CHANNELS_LAYER"
 
 _layers: dict[tuple[int, str], BaseChannelLayer] = {}
 _layers_lock = threading.Lock()
-_local = threading.local()
+
+
+class _ThreadState(threading.local):
+    #: This thread's open :func:`deferred_sends` list. A class default, not ``getattr(..., None)``:
+    #: a missing attribute raises inside ``getattr``, which costs microseconds on every push.
+    outbox: list | None = None
+
+
+_local = _ThreadState()
 
 LayerLike = Union[BaseChannelLayer, str, None]
 
@@ -78,7 +86,7 @@ def deferred_sends() -> Iterator[list]:
     validated and copied when queued. Blocks nest: an inner block's sends
     join the outer list.
     """
-    outer = getattr(_local, "outbox", None)
+    outer = _local.outbox
     if outer is not None:
         yield outer
         return
@@ -92,7 +100,7 @@ def deferred_sends() -> Iterator[list]:
 
 def _dispatch(layer_like: LayerLike, kind: str, name: str, content: dict, immediately: bool) -> None:
     layer = layer_like if isinstance(layer_like, BaseChannelLayer) else get_layer(layer_like)
-    outbox = None if immediately else getattr(_local, "outbox", None)
+    outbox = None if immediately else _local.outbox
     if outbox is None:
         getattr(layer, kind)(name, content)
     else:

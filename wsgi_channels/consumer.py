@@ -32,7 +32,15 @@ log = logging.getLogger(__name__)
 DEFAULT_SEND_TIMEOUT = 5.0
 _FIRST_BACKOFF = 0.002
 _MAX_BACKOFF = 0.1
-_local = threading.local()
+
+
+class _ThreadState(threading.local):
+    #: This thread's reply sender (see :func:`use_reply_sender`); a class default, since a
+    #: ``getattr(..., None)`` that misses raises inside and costs microseconds per reply.
+    sender: Any = None
+
+
+_local = _ThreadState()
 
 
 def use_reply_sender(sender: Any) -> None:
@@ -48,7 +56,7 @@ def hand_over_last(layer: BaseChannelLayer, channel: str, content: dict, timeout
     nothing sent later on ``channel`` could overtake it because nothing is); False when
     this thread has no sender for ``layer``: send it yourself.
     """
-    sender = getattr(_local, "sender", None)
+    sender = _local.sender
     if sender is None or sender.layer is not layer:
         return False
     sender.put(channel, content, timeout)

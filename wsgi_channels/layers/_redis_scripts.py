@@ -52,7 +52,8 @@ process fetches them once per membership (``GET``) and keeps them.
 The hot scripts (send, receive, fan-out) take "now" from the client, which
 tracks its offset to the Redis clock (``TIME`` once per connection), so every
 deadline is on the Redis clock without a ``TIME`` call per operation (``send``
-gets its entry with the deadline already in front); the others call ``TIME``
+gets its entry with the deadline already in front, the fan-out the deadline
+itself, so neither formats a number); the others call ``TIME``
 (safe: Redis 5+ replicates scripts by effects). No command newer than Redis 6.2
 is used.
 
@@ -310,25 +311,29 @@ return members
 
 #: KEYS: g gc gp; ARGV: P, expiry ms, group expiry ms, default capacity, process capacity,
 #: '1' to use the capacities stored by group_add (the layer has channel_capacity rules),
-#: body, now (ms).
+#: body, the messages' deadline (now + expiry, ms, 13 digits).
 #: Queues one entry per plain member and one per process prefix (naming all its members,
 #: through a ``P:t:`` key from REF_MIN of them), following the group's plan (made from the
 #: memberships when there is none, or when a ``P:t:`` key it names has expired).
 #: Returns the number of members skipped because their channel was full.
+#: Its common path (a plan, room in every queue) turns no number into text or back but the
+#: capacity it compares with (each costs a microsecond or so): the deadline comes ready
+#: from the client, the expiry goes to PEXPIRE as it came, and "now" is worked out only
+#: where it is needed.
 FANOUT = _COMMON + _MEMBERS + f"""
 local REF_MIN, REF_MARGIN = {REF_MIN}, {REF_MARGIN_MS}
 local SIDECAR = '{SIDECAR_PREFIX}'
 """ + r"""
-local P = ARGV[1]
-local exp, gexp = tonumber(ARGV[2]), ARGV[3]
-local default_cap, process_cap, rules = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local body, now = ARGV[7], tonumber(ARGV[8])
+local P, exp, gexp, rules, body, dl = ARGV[1], ARGV[2], ARGV[3], ARGV[6], ARGV[7], ARGV[8]
 local g = KEYS[1]
+
+local function now_ms() return tonumber(dl) - tonumber(exp) end
 
 -- The plan: {rules flag, {member, capacity, ...}, {prefix, names, count, capacity, ...}} where
 -- names is 'member member ...' or, for REF_MIN members or more, the P:t: key holding them
 -- (capacity 0: the layer's default). It lives until its first membership expires.
 local function make_plan()
+  local now = now_ms()
   local members = live_members(g, KEYS[2], now, false)
   if #members == 0 then return nil end
   local caps = {}
@@ -365,7 +370,7 @@ local function make_plan()
     local names = table.concat(b, ' ')
     if #b >= REF_MIN then
       local key = P .. 't:{' .. prefix .. '}:' .. redis.sha1hex(names)
-      redis.call('SET', key, names, 'PX', exp + REF_MARGIN)
+      redis.call('SET', key, names, 'PX', tonumber(exp) + REF_MARGIN)
       names = key
     end
     prefixes[#prefixes + 1] = prefix
@@ -389,7 +394,7 @@ if plan then
   -- every P:t: key it names lives at least as long as the messages about to name it
   local prefixes = plan[3]
   for i = 3, #prefixes, 4 do
-    if prefixes[i] >= REF_MIN and redis.call('PEXPIRE', prefixes[i - 1], exp + REF_MARGIN) == 0 then
+    if prefixes[i] >= REF_MIN and redis.call('PEXPIRE', prefixes[i - 1], tonumber(exp) + REF_MARGIN) == 0 then
       plan = nil  -- expired since (no message for a while): make the plan and its keys again
       break
     end
@@ -400,20 +405,19 @@ if not plan then
   if not plan then return 0 end
 end
 
-local dl = string.format('%013d', now + exp)
 local dropped = 0
 local plain, prefixes = plan[2], plan[3]
 if #plain > 0 then
   local entry = dl .. 'm' .. body
   for i = 1, #plain, 2 do
     local c, cap = plain[i], plain[i + 1]
-    if cap == 0 then cap = default_cap end
+    if cap == 0 then cap = tonumber(ARGV[4]) end
     -- Push first (the common case needs no length check), take it back when over capacity.
     local q = P .. 'q:{' .. c .. '}'
     local n = redis.call('RPUSH', q, entry)
     if n > cap then
       redis.call('RPOP', q)
-      common().trim(P, q, nil, nil, now)
+      common().trim(P, q, nil, nil, now_ms())
       if redis.call('LLEN', q) >= cap then n = 0 else n = redis.call('RPUSH', q, entry) end
     end
     if n == 0 then
@@ -427,7 +431,7 @@ end
 for i = 1, #prefixes, 4 do
   local prefix, targets, count, cap = prefixes[i], prefixes[i + 1], prefixes[i + 2], prefixes[i + 3]
   if cap == 0 then  -- the layer's default: process_capacity for the sidecar's prefixes
-    if string.sub(prefix, 1, #SIDECAR) == SIDECAR then cap = process_cap else cap = default_cap end
+    if string.sub(prefix, 1, #SIDECAR) == SIDECAR then cap = tonumber(ARGV[5]) else cap = tonumber(ARGV[4]) end
   end
   local q = P .. 'q:{' .. prefix .. '}'
   local entry
@@ -447,7 +451,7 @@ for i = 1, #prefixes, 4 do
   elseif n > cap then
     local C = common()
     redis.call('RPOP', q)
-    local evicted = C.trim(P, q, u, m, now)  -- members whose earlier message expired leave
+    local evicted = C.trim(P, q, u, m, now_ms())  -- members whose earlier message expired leave
     if redis.call('LLEN', q) >= cap then
       dropped = dropped + count
       n = -1

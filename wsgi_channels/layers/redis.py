@@ -58,6 +58,7 @@ _CACHE_LIMIT = 10_000
 
 _SEND = Script(scripts.SEND)
 _FANOUT = Script(scripts.FANOUT)
+_FANOUT_TAIL = b"%s$%d\r\n%s\r\n" + NOW  # the command's head, then its body and deadline
 _MEMBERS = Script(scripts.MEMBERS)
 _GROUP_ADD = Script(scripts.GROUP_ADD)
 _GROUP_DISCARD = Script(scripts.GROUP_DISCARD)
@@ -330,9 +331,11 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         body = encode(message, self.max_message_size)
         if self._fernet is not None:
             body = self._fernet.encrypt(body)
-        command = b"%s$%d\r\n%s\r\n" % (self._fanout_command(group), len(body), body)
+        head, size, exp = self._fanout_command(group), len(body), self._expiry_ms
+        # One format per shard: the script takes the messages' deadline on that shard's clock.
         # run_everywhere runs a single shard's script directly, without its concurrent path.
-        dropped = sum(run_everywhere(self._shards, _FANOUT, [command + NOW % s.now_ms() for s in self._shards]))
+        dropped = sum(run_everywhere(self._shards, _FANOUT, [_FANOUT_TAIL % (head, size, body, s.now_ms() + exp)
+                                                             for s in self._shards]))
         if dropped:
             self._count("group_drop_count", dropped)
             log.debug("group %r: %d member(s) behind full channels skipped", group, dropped)
