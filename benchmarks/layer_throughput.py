@@ -117,6 +117,30 @@ class Raw:
         for _ in range(n):
             self.ping()
 
+    def command(self, line: bytes) -> bytes:
+        """Run one inline command (untimed); returns its status line or bulk string."""
+        self.sock.sendall(line + b"\r\n")
+        data = b""
+        while b"\r\n" not in data:
+            data += self.sock.recv(65536)
+        head, _, rest = data.partition(b"\r\n")
+        if not head.startswith(b"$"):
+            return head
+        size = int(head[1:])
+        while len(rest) < size + 2:
+            rest += self.sock.recv(65536)
+        return rest[:size]
+
+    def usec_per_call(self) -> dict[str, float]:
+        """``INFO commandstats``: each command's own time inside Redis, in us per call."""
+        stats = {}
+        for line in self.command(b"INFO commandstats").decode().splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, fields = line[len("cmdstat_"):].partition(":")
+                values = dict(f.split("=", 1) for f in fields.split(","))
+                stats[name] = float(values["usec_per_call"])
+        return stats
+
     def close(self) -> None:
         self.sock.close()
 
@@ -228,6 +252,7 @@ def ours_group_latency(layer, n, raw):
         layer.group_add("bench.lat", f"lat.side!c{i}")
     group = Group("bench.lat", layer=layer)
     samples, raw_samples = [], []
+    raw.command(b"CONFIG RESETSTAT")  # from here on, EVALSHA is the fan-out script alone
     for _ in range(n):
         t0 = time.perf_counter()
         raw.ping()
@@ -236,8 +261,9 @@ def ours_group_latency(layer, n, raw):
         t2 = time.perf_counter()
         raw_samples.append(t1 - t0)
         samples.append(t2 - t1)
+    inside = raw.usec_per_call()
     layer.flush()
-    return (*percentiles(samples), percentiles(raw_samples)[0])
+    return (*percentiles(samples), percentiles(raw_samples)[0], inside.get("evalsha", 0.0), inside.get("ping", 0.0))
 
 
 def theirs_group_latency(make: Callable[[], Any], n, pubsub: bool):
@@ -481,7 +507,12 @@ def main(argv: list[str] | None = None) -> int:
             median_of(repeats, lambda: theirs_loop(pubsub, n)), limit,
             [("core", 3.0), ("pubsub", 1.0), ("limit", 0.7)])
 
-        p50, p99, one_rtt = median_of(repeats, lambda: ours_group_latency(layer, n_lat, raw))
+        p50, p99, one_rtt, script_us, ping_us = median_of(repeats, lambda: ours_group_latency(layer, n_lat, raw))
+        rest_us = (p50 - one_rtt) * 1e6 - (script_us - ping_us)
+        NOTES.append(f"Group.send(): {(p50 - one_rtt) * 1e6:.0f} us over one round trip; inside Redis the fan-out "
+                     f"script took {script_us:.1f} us per call and PING {ping_us:.1f} us (INFO commandstats), the "
+                     f"other {rest_us:.0f} us is mostly the client's Python. Both run just after a wake-up, when "
+                     "this machine's caches are cold (a hot loop of the same script takes about half as long).")
         rtt_samples.append(one_rtt)
         core_lat = median_of(repeats, lambda: theirs_group_latency(lambda: theirs_core(url), n_lat // 3, False))
         pubsub_lat = median_of(repeats, lambda: theirs_group_latency(lambda: theirs_pubsub(url), n_lat // 3, True))
