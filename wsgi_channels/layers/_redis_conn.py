@@ -73,7 +73,8 @@ def _after_fork() -> None:
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
-#: The last argument of a hot command, packed: now on the server's clock in ms (13 digits until 2286).
+#: The last argument of a hot command, packed: a time on the server's clock in ms, now or (the
+#: fan-out's) a deadline (13 digits until 2286).
 NOW = b"$13\r\n%d\r\n"
 
 _pack = hiredis.pack_command  # packs a command in C; redis-py's own packer costs several microseconds

@@ -317,9 +317,9 @@ return members
 #: memberships when there is none, or when a ``P:t:`` key it names has expired).
 #: Returns the number of members skipped because their channel was full.
 #: Its common path (a plan, room in every queue) turns no number into text or back but the
-#: capacity it compares with (each costs a microsecond or so): the deadline comes ready
-#: from the client, the expiry goes to PEXPIRE as it came, and "now" is worked out only
-#: where it is needed.
+#: capacities it compares with, once each (a conversion costs a microsecond or so): the
+#: deadline comes ready from the client, the expiry goes to PEXPIRE as it came, and "now"
+#: is worked out only where it is needed.
 FANOUT = _COMMON + _MEMBERS + f"""
 local REF_MIN, REF_MARGIN = {REF_MIN}, {REF_MARGIN_MS}
 local SIDECAR = '{SIDECAR_PREFIX}'
@@ -328,6 +328,18 @@ local P, exp, gexp, rules, body, dl = ARGV[1], ARGV[2], ARGV[3], ARGV[6], ARGV[7
 local g = KEYS[1]
 
 local function now_ms() return tonumber(dl) - tonumber(exp) end
+
+-- A member's capacity when its plan says 0 (the layer's default): process_capacity for the
+-- sidecar's prefixes, else capacity; each read from ARGV once, when first needed.
+local default_cap, process_cap
+local function layer_capacity(prefix)
+  if prefix and string.sub(prefix, 1, #SIDECAR) == SIDECAR then
+    process_cap = process_cap or tonumber(ARGV[5])
+    return process_cap
+  end
+  default_cap = default_cap or tonumber(ARGV[4])
+  return default_cap
+end
 
 -- The plan: {rules flag, {member, capacity, ...}, {prefix, names, count, capacity, ...}} where
 -- names is 'member member ...' or, for REF_MIN members or more, the P:t: key holding them
@@ -411,7 +423,7 @@ if #plain > 0 then
   local entry = dl .. 'm' .. body
   for i = 1, #plain, 2 do
     local c, cap = plain[i], plain[i + 1]
-    if cap == 0 then cap = tonumber(ARGV[4]) end
+    if cap == 0 then cap = layer_capacity(nil) end
     -- Push first (the common case needs no length check), take it back when over capacity.
     local q = P .. 'q:{' .. c .. '}'
     local n = redis.call('RPUSH', q, entry)
@@ -430,9 +442,7 @@ if #plain > 0 then
 end
 for i = 1, #prefixes, 4 do
   local prefix, targets, count, cap = prefixes[i], prefixes[i + 1], prefixes[i + 2], prefixes[i + 3]
-  if cap == 0 then  -- the layer's default: process_capacity for the sidecar's prefixes
-    if string.sub(prefix, 1, #SIDECAR) == SIDECAR then cap = tonumber(ARGV[5]) else cap = tonumber(ARGV[4]) end
-  end
+  if cap == 0 then cap = layer_capacity(prefix) end
   local q = P .. 'q:{' .. prefix .. '}'
   local entry
   if count >= REF_MIN then
