@@ -105,6 +105,7 @@ class Raw:
     """
 
     def __init__(self, port: int) -> None:
+        self.port = port
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -116,30 +117,6 @@ class Raw:
     def pings(self, n: int) -> None:
         for _ in range(n):
             self.ping()
-
-    def command(self, line: bytes) -> bytes:
-        """Run one inline command (untimed); returns its status line or bulk string."""
-        self.sock.sendall(line + b"\r\n")
-        data = b""
-        while b"\r\n" not in data:
-            data += self.sock.recv(65536)
-        head, _, rest = data.partition(b"\r\n")
-        if not head.startswith(b"$"):
-            return head
-        size = int(head[1:])
-        while len(rest) < size + 2:
-            rest += self.sock.recv(65536)
-        return rest[:size]
-
-    def usec_per_call(self) -> dict[str, float]:
-        """``INFO commandstats``: each command's own time inside Redis, in us per call."""
-        stats = {}
-        for line in self.command(b"INFO commandstats").decode().splitlines():
-            if line.startswith("cmdstat_"):
-                name, _, fields = line[len("cmdstat_"):].partition(":")
-                values = dict(f.split("=", 1) for f in fields.split(","))
-                stats[name] = float(values["usec_per_call"])
-        return stats
 
     def close(self) -> None:
         self.sock.close()
@@ -244,7 +221,13 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
 
 
 def ours_group_latency(layer, n, raw):
-    """Per-call latency of ``Group.send()``; each call paired with one raw round trip just before it."""
+    """Per-call latency of ``Group.send()``; each call paired with one raw round trip just before it.
+
+    Also the time the fan-out script and ``PING`` each took inside Redis, in us per call
+    (``INFO commandstats``, read with redis-py on a connection of its own, untimed).
+    """
+    import redis
+
     from wsgi_channels import Group
 
     layer.flush()
@@ -252,7 +235,8 @@ def ours_group_latency(layer, n, raw):
         layer.group_add("bench.lat", f"lat.side!c{i}")
     group = Group("bench.lat", layer=layer)
     samples, raw_samples = [], []
-    raw.command(b"CONFIG RESETSTAT")  # from here on, EVALSHA is the fan-out script alone
+    admin = redis.Redis(port=raw.port)
+    admin.config_resetstat()  # from here on, EVALSHA is the fan-out script alone
     for _ in range(n):
         t0 = time.perf_counter()
         raw.ping()
@@ -261,9 +245,11 @@ def ours_group_latency(layer, n, raw):
         t2 = time.perf_counter()
         raw_samples.append(t1 - t0)
         samples.append(t2 - t1)
-    inside = raw.usec_per_call()
+    inside = admin.info("commandstats")
+    admin.close()
     layer.flush()
-    return (*percentiles(samples), percentiles(raw_samples)[0], inside.get("evalsha", 0.0), inside.get("ping", 0.0))
+    return (*percentiles(samples), percentiles(raw_samples)[0],
+            *(inside.get(f"cmdstat_{name}", {}).get("usec_per_call", 0.0) for name in ("evalsha", "ping")))
 
 
 def theirs_group_latency(make: Callable[[], Any], n, pubsub: bool):
