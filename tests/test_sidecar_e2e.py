@@ -198,3 +198,38 @@ def test_concurrent_keep_alive_requests_all_answered(stack):
     for t in threads:
         t.join(60)
     assert not failures, failures[:5]
+
+
+def test_full_request_channel_over_redis_answers_503_at_once(tmp_path, redis_server):
+    """Over Redis the sidecar does not wait for a whole request's send (it goes back to reading):
+    a send refused because ``http.request`` is full must still answer 503 on that connection,
+    at once and closing it, and the next request on a new connection is served once there is room."""
+    url = redis_server.url + "?capacity=2"
+    layer = from_url(url)
+    layer.flush()
+    port = free_port()
+    sidecar = ServerProcess([sys.executable, "-m", "wsgi_channels", "sidecar", "--bind", f"127.0.0.1:{port}",
+                             "--layer", url, "--http", "layer", "--http-timeout", "5"],
+                            str(tmp_path / "sidecar.log"), env=ENV, cwd=ROOT).start()
+    try:
+        wait_for_port(port, proc=sidecar.proc, log=sidecar.log_path)
+        for i in range(2):  # fill the channel: nobody consumes it
+            layer.send("http.request", {"filler": i})
+        started = time.monotonic()
+        r = requests.get(f"http://127.0.0.1:{port}/full", timeout=10)
+        assert r.status_code == 503 and "too many requests waiting" in r.text, (r.status_code, r.text)
+        assert r.headers.get("connection") == "close"
+        assert time.monotonic() - started < 2, "503 must not wait for the HTTP timeout"
+        assert layer.receive(["http.request"])[1] == {"filler": 0}  # nothing lost, room for one
+        worker = ServerProcess([sys.executable, "-m", "wsgi_channels", "worker", "sidecar_routing:routing",
+                                "--layer", url, "--only-channels", "http.request"],
+                               str(tmp_path / "worker.log"), env=ENV, cwd=ROOT)
+        layer.receive(["http.request"])  # the second filler, so the worker never sees one
+        worker.start()
+        try:
+            ok = requests.get(f"http://127.0.0.1:{port}/hello?name=after", timeout=10)
+            assert ok.status_code == 200 and ok.json()["hello"] == "after"
+        finally:
+            worker.stop()
+    finally:
+        sidecar.stop()

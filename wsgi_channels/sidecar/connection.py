@@ -270,6 +270,11 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
                 error = e
             finally:
                 slots.release()
+        return self._send_outcome(channel, error)
+
+    def _send_outcome(self, channel: str, error: BaseException | None) -> str:
+        """A send's outcome as :meth:`_layer_send` reports it (counting drops and layer failures)."""
+        sidecar = self.sidecar
         if error is None:
             return "ok"
         if isinstance(error, ChannelFull):

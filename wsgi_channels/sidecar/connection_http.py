@@ -17,7 +17,7 @@ import h11
 from ..exceptions import InvalidMessage
 from ..responses import validate_response_message
 from ..translation import InvalidRequest, build_request_message
-from ._connbase import _LAYER_RETRY_SECONDS, HTTP_BODY, log
+from ._connbase import _LAYER_RETRY_SECONDS, DONE, HTTP_BODY, log
 from .http import header_value, request_info, simple_body
 
 __all__ = ["HttpModeMixin"]
@@ -99,14 +99,26 @@ class HttpModeMixin:
 
     def _send_request(self, message: dict) -> None:
         reply_channel = self.reply_channel
-        result = self._layer_send("http.request", message)
-        if self.reply_channel is not reply_channel:
-            # The whole response arrived (and keep-alive moved on) before this greenlet was
-            # given the send's outcome: this request is done, and nothing here is its state.
+        sender = self.sidecar.sender
+        if sender.batching and message["body_channel"] is None:
+            # The request's only message: nothing else of it follows, so this greenlet goes back
+            # to reading at once, and the flusher answers 503/413 if the send fails.
+            self.request_sent = True
+            sender.send_nowait("http.request", message, lambda error: self._after_request_send(
+                reply_channel, self._send_outcome("http.request", error)))
+            return
+        self._after_request_send(reply_channel, self._layer_send("http.request", message))
+
+    def _after_request_send(self, reply_channel: str | None, result: str) -> None:
+        """Given the outcome of a request's send: answer 503 or 413 unless it is ``"ok"``."""
+        if self.reply_channel is not reply_channel or self.response_started or self.state is DONE:
+            # The whole response arrived (and keep-alive moved on) before the send's outcome
+            # was known: this request is done, and nothing here is its state.
             return
         if result == "ok":
             self.request_sent = True
             return
+        self.request_sent = False
         status = 413 if result == "too-large" else 503
         self._respond(status, simple_body(status, {"full": "too many requests waiting",
                                                    "down": "channel layer unavailable"}.get(result, "")),
