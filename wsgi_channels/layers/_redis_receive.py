@@ -41,13 +41,16 @@ class _Watch:
     thread-local storage, and with it this object, goes away).
     """
 
-    __slots__ = ("key", "generation", "watched", "event")
+    __slots__ = ("key", "generation", "watched", "event", "drained")
 
     def __init__(self, key: tuple, generation: tuple, watched: list, timeout: float) -> None:
         self.key = key
         self.generation = generation  # (fork generation, layer epoch): stale after a fork or close()
         self.watched = watched
         self.event = threading.Event()
+        #: The last pop attempt, made after the event was cleared, left every queue empty (it
+        #: returned less than it was allowed to): any push since has rung the event.
+        self.drained = False
         for bell, keys in watched:
             bell.watch(keys, self.event, timeout)
 
@@ -293,7 +296,7 @@ class ReceivingMixin:
             return None
         return names, self._plan(names)
 
-    def _watch(self, names: list[str], plan: list, wait: float) -> threading.Event:
+    def _watch(self, names: list[str], plan: list, wait: float) -> _Watch:
         """An event rung by every push to the queues of ``plan``, kept for this thread's next receive.
 
         A thread that receives on the same channels again and again (the worker, the
@@ -305,7 +308,7 @@ class ReceivingMixin:
         watch = getattr(self._local, "watch", None)
         if watch is not None:
             if watch.key == key and watch.generation == generation:
-                return watch.event
+                return watch
             self._local.watch = None
             if watch.generation[0] == generation[0]:
                 watch.release()
@@ -313,14 +316,14 @@ class ReceivingMixin:
                 watch.watched = []  # forked: the parent's listener is abandoned here, never touched
         watch = _Watch(key, generation, [(entry.shard.bell(), entry.keys) for entry in plan], min(wait, 2.0))
         self._local.watch = watch
-        return watch.event
+        return watch
 
-    def _watching(self, names: list[str]) -> threading.Event | None:
-        """This thread's event if it already watches exactly ``names`` (registered before any pop)."""
+    def _watching(self, names: list[str]) -> _Watch | None:
+        """This thread's registration if it already watches exactly ``names`` (registered before any pop)."""
         watch = getattr(self._local, "watch", None)
         if watch is not None and watch.key == tuple(names) \
                 and watch.generation == (_redis_conn.fork_generation(), self._epoch):
-            return watch.event
+            return watch
         return None
 
     def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
@@ -369,7 +372,7 @@ class ReceivingMixin:
                 return batch
             got = self._blocking_pop(plan[0], wait)
             return [got] if got is not None else []
-        return self._await(names, plan, wait, lambda: self._try_receive_batch(names, plan, limit, shared)) or []
+        return self._await(names, plan, wait, lambda: self._try_receive_batch(names, plan, limit, shared), limit) or []
 
     def _blocking_pop(self, entry: _ShardPlan, wait: float) -> tuple[str, dict] | None:
         """The next message of plain channels on one shard, waiting up to ``wait`` seconds on the server.
@@ -397,30 +400,35 @@ class ReceivingMixin:
                 continue  # expired unread
             return names[keys.index(key)], self._open(memoryview(data)[14:])
 
-    def _await(self, names: list[str], plan: list, wait: float, attempt: Any) -> Any:
+    def _await(self, names: list[str], plan: list, wait: float, attempt: Any, limit: int = 0) -> Any:
         """``attempt()`` until it returns something, for up to ``wait`` seconds.
 
         Nothing is popped outside the scripts, and the doorbell is registered before the
         attempt that precedes each wait, so a push after that attempt always wakes us.
+        With ``limit`` (a batch receive), a batch shorter than it means that attempt emptied
+        every queue; the next call then waits for the doorbell before popping again (one empty
+        round trip fewer each time a busy reader catches up), unless it has rung already.
         """
         if wait <= 0:
             return attempt()
-        event = self._watching(names)
-        if event is not None:
-            event.clear()  # registered already: a push after this pop attempt sets it again
-        else:
+        deadline = time.monotonic() + wait
+        watch = self._watching(names)
+        if watch is None:
             got = attempt()  # the common case of a waiting message needs no registration
             if got:
                 return got
-            event = self._watch(names, plan, wait)
-            event.clear()
-        deadline = time.monotonic() + wait
+            watch = self._watch(names, plan, wait)
+        elif watch.drained:
+            watch.event.wait(wait)  # at once if a push rang since the attempt that emptied the queues
+        watch.drained = False
+        event = watch.event
         while True:
+            event.clear()  # a push after this pop attempt sets it again
             got = attempt()
             if got:
+                watch.drained = 0 < len(got) < limit
                 return got
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             event.wait(remaining)
-            event.clear()
