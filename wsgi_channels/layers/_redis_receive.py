@@ -75,7 +75,7 @@ class _ShardPlan:
     plain ``LPOP`` (``lpop``) does the script's work, the deadline checked on our side.
     """
 
-    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "plain", "_packed")
+    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "plain", "drained", "_packed")
 
     def __init__(self, shard: Shard, names: list[str], key: Any, prefix: str) -> None:
         self.shard = shard
@@ -86,6 +86,9 @@ class _ShardPlan:
         self.lpop = _redis_conn.packed("LPOP", self.keys[0]) if self.flags == [b"0"] else None
         #: Only plain channels (no ``prefix!``): a blocking wait may be one ``BLPOP`` (see _blocking_pop).
         self.plain = b"1" not in self.flags
+        #: The last batch receive on them got less than it asked for: they were left empty, and
+        #: the next one starts with the blocking pop (an answer at once if a message came since).
+        self.drained = False
         self._packed: dict[tuple[int, bool], tuple[bytes, list[str]]] = {}
 
     def _command(self, rr: int, many: bool) -> tuple[bytes, list[str]]:
@@ -367,10 +370,14 @@ class ReceivingMixin:
         wait = self._block_timeout(block, timeout) if block else 0.0
         if wait > 0 and len(plan) == 1 and plan[0].plain:
             # A backlog is taken in one round trip; an empty queue is waited on with BLPOP.
-            batch = self._try_receive_batch(names, plan, limit, shared)
-            if batch:
-                return batch
-            got = self._blocking_pop(plan[0], wait)
+            entry = plan[0]
+            if not entry.drained:
+                batch = self._try_receive_batch(names, plan, limit, shared)
+                if batch:
+                    entry.drained = len(batch) < limit
+                    return batch
+            entry.drained = False
+            got = self._blocking_pop(entry, wait)
             return [got] if got is not None else []
         return self._await(names, plan, wait, lambda: self._try_receive_batch(names, plan, limit, shared), limit) or []
 
