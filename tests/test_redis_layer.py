@@ -650,6 +650,40 @@ def test_receive_batch_blocks_only_for_the_first_message(fresh_redis, made):
         layer.receive_batch(["bad name"], 5)
 
 
+@pytest.mark.parametrize("channel, name", [("bd.chan", "bd.chan"), ("bd.side!", "bd.side!c1")])
+def test_a_batch_that_emptied_its_queue_then_waits_and_a_full_one_does_not(fresh_redis, made, channel, name):
+    """After a batch shorter than its limit (the queue was emptied), the next blocking batch
+    waits for a push (doorbell or BLPOP) and answers as soon as one comes; after a full batch
+    it takes what is left at once. Plain channels and a process prefix take different paths."""
+    layer = made(fresh_redis.url)
+    sender = made(fresh_redis.url)
+    for i in range(3):
+        sender.send(name, {"i": i})
+    assert [m["i"] for _, m in layer.receive_batch([channel], 2, block=True, timeout=5)] == [0, 1]
+    start = time.monotonic()
+    assert [m["i"] for _, m in layer.receive_batch([channel], 2, block=True, timeout=5)] == [2]
+    assert time.monotonic() - start < 1, "a full batch leaves the queue to be read at once"
+    start = time.monotonic()
+    assert layer.receive_batch([channel], 5, block=True, timeout=0.3) == []  # drained: waits, then times out
+    assert 0.25 <= time.monotonic() - start < 2
+
+    def later():
+        time.sleep(0.3)
+        for i in range(3, 6):
+            sender.send(name, {"i": i})
+
+    for _ in range(3):  # drained each time: every wait must still end with the next push
+        t = threading.Thread(target=later)
+        t.start()
+        start = time.monotonic()
+        got = layer.receive_batch([channel], 5, block=True, timeout=5)
+        waited = time.monotonic() - start
+        t.join()
+        got += layer.receive_batch([channel], 5, block=True, timeout=0.3)
+        assert [m["i"] for _, m in got] == [3, 4, 5] and 0.2 < waited < 2, (got, waited)
+        got.clear()
+
+
 def test_an_unreadable_message_does_not_cost_the_rest_of_a_batch(fresh_redis, made, caplog):
     enc = made(fresh_redis.url, symmetric_encryption_keys=["k"])
     plain = made(fresh_redis.url)
