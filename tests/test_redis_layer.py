@@ -684,6 +684,42 @@ def test_a_batch_that_emptied_its_queue_then_waits_and_a_full_one_does_not(fresh
         got.clear()
 
 
+@pytest.mark.parametrize("server, has_blmpop", [("fresh_redis", True), ("redis6_server", False)])
+def test_batch_receive_on_plain_channels_uses_blmpop_where_redis_has_it(request, made, server, has_blmpop):
+    """Redis 7: a blocking batch receive on plain channels is one BLMPOP (a backlog, or the next
+    messages, whole); Redis 6.0 has none, and the same calls give the same messages another way."""
+    url = request.getfixturevalue(server).url
+    layer, sender = made(url), made(url)
+    layer.flush()
+    for i in range(5):
+        sender.send("bm.chan", {"i": i})
+    sender.send("bm.other", {"i": 99})
+    got = layer.receive_batch(["bm.chan", "bm.other"], 3, block=True, timeout=5)
+    assert layer._shards[0].blmpop is has_blmpop
+    got += layer.receive_batch(["bm.chan", "bm.other"], 10, block=True, timeout=5)
+    got += layer.receive_batch(["bm.chan", "bm.other"], 10, block=True, timeout=5)
+    assert [m["i"] for c, m in got if c == "bm.chan"] == [0, 1, 2, 3, 4]
+    assert [m["i"] for c, m in got if c == "bm.other"] == [99]
+    assert len(got) == 6
+
+    def later():
+        time.sleep(0.3)
+        sender.send("bm.chan", {"i": 5})
+
+    t = threading.Thread(target=later)
+    t.start()
+    start = time.monotonic()
+    assert [m["i"] for _, m in layer.receive_batch(["bm.chan"], 10, block=True, timeout=5)] == [5]
+    assert 0.2 < time.monotonic() - start < 2
+    t.join()
+    # An expired entry is dropped, never handed out.
+    short = made(url, expiry=1)
+    short.send("bm.chan", {"i": "old"})
+    time.sleep(1.1)
+    sender.send("bm.chan", {"i": 7})
+    assert [m["i"] for _, m in layer.receive_batch(["bm.chan"], 10, block=True, timeout=5)] == [7]
+
+
 def test_an_unreadable_message_does_not_cost_the_rest_of_a_batch(fresh_redis, made, caplog):
     enc = made(fresh_redis.url, symmetric_encryption_keys=["k"])
     plain = made(fresh_redis.url)

@@ -215,6 +215,8 @@ class Shard:
         self._trimmed = time.monotonic()
         self._bell: Doorbell | None = None
         self._bell_lock = threading.Lock()
+        #: Whether the server has ``BLMPOP`` (Redis 7+): None until a batch receive tries it.
+        self.blmpop: bool | None = None
 
     # -- connections ------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ those queues in one script per shard (a single plain channel needs only ``LPOP``
 turns a popped group entry (one copy for every member behind a ``prefix!``) into one
 ``(channel, message)`` per member, the rest kept in the layer's copy buffer.
 
-Waiting: plain channels on one shard wait on the server with ``BLPOP``; anything else
+Waiting: plain channels on one shard wait on the server with ``BLPOP`` (a batch receive,
+on Redis 7, with ``BLMPOP``, which also takes a backlog whole); anything else
 (process-local ``prefix!`` queues, several shards) waits on the shards' doorbells
 (:mod:`._redis_wakeup`), registered before the pop attempt that precedes each wait, so a
 push after that attempt always wakes the reader; only the scripts pop those queues.
@@ -18,6 +19,8 @@ import logging
 import threading
 import time
 from typing import Any, Iterable
+
+from redis.exceptions import ResponseError
 
 from .. import exceptions as exc
 from . import _redis_conn
@@ -369,8 +372,13 @@ class ReceivingMixin:
         names, plan = resolved
         wait = self._block_timeout(block, timeout) if block else 0.0
         if wait > 0 and len(plan) == 1 and plan[0].plain:
-            # A backlog is taken in one round trip; an empty queue is waited on with BLPOP.
             entry = plan[0]
+            if entry.shard.blmpop is not False:
+                # Redis 7: one BLMPOP takes a backlog, or waits for the next messages and takes them all.
+                batch = self._blocking_pop_many(entry, wait, limit)
+                if batch is not None:
+                    return batch
+            # Older servers: a backlog is taken in one round trip; an empty queue is waited on with BLPOP.
             if not entry.drained:
                 batch = self._try_receive_batch(names, plan, limit, shared)
                 if batch:
@@ -406,6 +414,49 @@ class ReceivingMixin:
             if int(data[:13]) <= shard.now_ms():
                 continue  # expired unread
             return names[keys.index(key)], self._open(memoryview(data)[14:])
+
+    def _blocking_pop_many(self, entry: _ShardPlan, wait: float, limit: int) -> list[tuple[str, dict]] | None:
+        """Up to ``limit`` messages of plain channels on one shard with ``BLMPOP`` (Redis 7+), waiting up
+        to ``wait`` seconds for the first: one command, no script, whether a backlog waits or not.
+
+        Returns None when the server has no ``BLMPOP`` (it is then never tried again on that shard).
+        As with :meth:`_blocking_pop`, each wait is bounded below the socket timeout, expired
+        entries are dropped here, and the channels' order turns each time.
+        """
+        shard, keys, names = entry.shard, entry.keys, entry.names
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            self._rr += 1
+            r = self._rr % len(keys)
+            step = max(0.01, min(remaining, self._block_step))  # never 0: that would wait forever
+            try:
+                reply = shard.execute_packed(_redis_conn.packed(
+                    "BLMPOP", "%.3f" % step, len(keys), *keys[r:], *keys[:r], "LEFT", "COUNT", limit))
+            except ResponseError as e:
+                if shard.blmpop or "unknown command" not in str(e).lower():
+                    raise
+                shard.blmpop = False
+                return None
+            shard.blmpop = True
+            if reply is None:
+                continue
+            key, entries = reply
+            name = names[keys.index(key)]
+            now_ms = shard.now_ms()
+            batch = []
+            for data in entries:
+                if int(data[:13]) <= now_ms:
+                    continue  # expired unread
+                try:
+                    batch.append((name, self._open(memoryview(data)[14:])))
+                except exc.ChannelsError as e:
+                    # One unreadable entry must not cost the rest of the batch, already popped.
+                    log.error("dropped an unreadable message on %s: %s", name, e)
+            if batch:
+                return batch
 
     def _await(self, names: list[str], plan: list, wait: float, attempt: Any, limit: int = 0) -> Any:
         """``attempt()`` until it returns something, for up to ``wait`` seconds.

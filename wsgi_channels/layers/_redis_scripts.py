@@ -54,8 +54,8 @@ tracks its offset to the Redis clock (``TIME`` once per connection), so every
 deadline is on the Redis clock without a ``TIME`` call per operation (``send``
 gets its entry with the deadline already in front, the fan-out the deadline
 itself, so neither formats a number); the others call ``TIME``
-(safe: Redis 5+ replicates scripts by effects). No command newer than Redis 6.2
-is used.
+(safe: Redis 5+ replicates scripts by effects). The scripts use no command newer
+than Redis 6.2 (outside them, a batch receive uses ``BLMPOP`` where the server has it).
 
 The helpers shared by the scripts are made by ``common()`` only when a script
 needs them (full queues, dead prefixes, expired entries): the common path of a hot
