@@ -21,6 +21,7 @@ The HTTP-mode methods live in :mod:`.connection_http` and the WebSocket ones in
 """
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections import deque
@@ -41,6 +42,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .server import Sidecar
 
 __all__ = ["ClientConnection"]
+
+#: The response counter's label of each status class.
+_STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
+
 
 class ClientConnection(HttpModeMixin, WebSocketMixin):
     """State machine of one client socket (HTTP requests, then maybe a WebSocket)."""
@@ -354,8 +359,9 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
         return True
 
     def _count_response(self, status: int, size: int) -> None:
-        self.sidecar.stats.http_responses[f"{status // 100}xx"] += 1
-        access_log.info("%s \"%s\" %d %d", addr(self.peer), self.request_line, status, size)
+        self.sidecar.stats.http_responses[_STATUS_CLASS.get(status // 100) or f"{status // 100}xx"] += 1
+        if access_log.isEnabledFor(logging.INFO):  # the peer's address is formatted only for a log line
+            access_log.info("%s \"%s\" %d %d", addr(self.peer), self.request_line, status, size)
 
     def _next_request(self) -> None:
         if self.http.keep_alive:
