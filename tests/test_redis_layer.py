@@ -37,6 +37,18 @@ def keys_of(server, pattern: str = "*") -> list[str]:
     return sorted(k.decode() for k in client_for(server).scan_iter(match=pattern, count=1000))
 
 
+def sending_later(layer, channel: str, messages: list, delay: float = 0.3) -> threading.Thread:
+    """A started thread that sends ``messages`` to ``channel`` after ``delay`` seconds."""
+    def run() -> None:
+        time.sleep(delay)
+        for message in messages:
+            layer.send(channel, message)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 @pytest.fixture
 def made():
     layers = []
@@ -412,12 +424,7 @@ def test_survives_a_redis_restart(fresh_redis, made):
     assert layer.receive(["rs.chan"]) == ("rs.chan", {"after": 1})
 
     # a blocking receive right after the restart is woken promptly (its listener reconnected)
-    def later():
-        time.sleep(0.3)
-        layer.send("rs.chan", {"late": 1})
-
-    t = threading.Thread(target=later)
-    t.start()
+    t = sending_later(layer, "rs.chan", [{"late": 1}])
     start = time.monotonic()
     assert layer.receive(["rs.chan"], block=True, timeout=5) == ("rs.chan", {"late": 1})
     t.join()
@@ -444,11 +451,7 @@ def test_blocking_receive_across_a_restart(fresh_redis, made):
     assert "error" in result or result["got"] == (None, None)
     sender = made(fresh_redis.url)
 
-    def later():
-        time.sleep(0.3)
-        sender.send("rs2.chan", {"n": 1})
-
-    threading.Thread(target=later).start()
+    sending_later(sender, "rs2.chan", [{"n": 1}])
     assert layer.receive(["rs2.chan"], block=True, timeout=5) == ("rs2.chan", {"n": 1})
 
 
@@ -633,13 +636,7 @@ def test_receive_batch_blocks_only_for_the_first_message(fresh_redis, made):
     assert layer.receive_batch(["bb.chan"], 10, block=True, timeout=0.3) == []
     assert 0.25 <= time.monotonic() - start < 2
 
-    def later():
-        time.sleep(0.2)
-        for i in range(5):
-            layer.send("bb.chan", {"i": i})
-
-    t = threading.Thread(target=later)
-    t.start()
+    t = sending_later(layer, "bb.chan", [{"i": i} for i in range(5)], delay=0.2)
     batch = layer.receive_batch(["bb.chan"], 10, block=True, timeout=5)
     t.join()
     rest = layer.receive_batch(["bb.chan"], 10)
@@ -667,14 +664,8 @@ def test_a_batch_that_emptied_its_queue_then_waits_and_a_full_one_does_not(fresh
     assert layer.receive_batch([channel], 5, block=True, timeout=0.3) == []  # drained: waits, then times out
     assert 0.25 <= time.monotonic() - start < 2
 
-    def later():
-        time.sleep(0.3)
-        for i in range(3, 6):
-            sender.send(name, {"i": i})
-
     for _ in range(3):  # drained each time: every wait must still end with the next push
-        t = threading.Thread(target=later)
-        t.start()
+        t = sending_later(sender, name, [{"i": i} for i in range(3, 6)])
         start = time.monotonic()
         got = layer.receive_batch([channel], 5, block=True, timeout=5)
         waited = time.monotonic() - start
@@ -702,12 +693,7 @@ def test_batch_receive_on_plain_channels_uses_blmpop_where_redis_has_it(request,
     assert [m["i"] for c, m in got if c == "bm.other"] == [99]
     assert len(got) == 6
 
-    def later():
-        time.sleep(0.3)
-        sender.send("bm.chan", {"i": 5})
-
-    t = threading.Thread(target=later)
-    t.start()
+    t = sending_later(sender, "bm.chan", [{"i": 5}])
     start = time.monotonic()
     assert [m["i"] for _, m in layer.receive_batch(["bm.chan"], 10, block=True, timeout=5)] == [5]
     assert 0.2 < time.monotonic() - start < 2
