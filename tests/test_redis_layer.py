@@ -706,6 +706,19 @@ def test_batch_receive_on_plain_channels_uses_blmpop_where_redis_has_it(request,
     assert [m["i"] for _, m in layer.receive_batch(["bm.chan"], 10, block=True, timeout=5)] == [7]
 
 
+def test_batch_receive_falls_back_when_an_acl_forbids_blmpop(fresh_redis, made):
+    admin = client_for(fresh_redis)
+    admin.execute_command("ACL", "SETUSER", "noblmpop", "on", ">pw", "~*", "&*", "+@all", "-blmpop")
+    url = fresh_redis.url.replace("redis://", "redis://noblmpop:pw@")
+    layer = made(url)
+    layer.send("acl.chan", {"i": 1})
+    assert layer.receive_batch(["acl.chan"], 5, block=True, timeout=5) == [("acl.chan", {"i": 1})]
+    assert layer._shards[0].blmpop is False
+    t = sending_later(layer, "acl.chan", [{"i": 2}])
+    assert layer.receive_batch(["acl.chan"], 5, block=True, timeout=5) == [("acl.chan", {"i": 2})]
+    t.join()
+
+
 def test_an_unreadable_message_does_not_cost_the_rest_of_a_batch(fresh_redis, made, caplog):
     enc = made(fresh_redis.url, symmetric_encryption_keys=["k"])
     plain = made(fresh_redis.url)

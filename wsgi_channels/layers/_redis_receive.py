@@ -419,7 +419,8 @@ class ReceivingMixin:
         """Up to ``limit`` messages of plain channels on one shard with ``BLMPOP`` (Redis 7+), waiting up
         to ``wait`` seconds for the first: one command, no script, whether a backlog waits or not.
 
-        Returns None when the server has no ``BLMPOP`` (it is then never tried again on that shard).
+        Returns None when the server has no ``BLMPOP``, or the user may not run it (it is then not
+        tried again on that shard by this process).
         As with :meth:`_blocking_pop`, each wait is bounded below the socket timeout, expired
         entries are dropped here, and the channels' order turns each time.
         """
@@ -436,8 +437,10 @@ class ReceivingMixin:
                 reply = shard.execute_packed(_redis_conn.packed(
                     "BLMPOP", "%.3f" % step, len(keys), *keys[r:], *keys[:r], "LEFT", "COUNT", limit))
             except ResponseError as e:
-                if shard.blmpop or "unknown command" not in str(e).lower():
+                text = str(e).lower()
+                if "unknown command" not in text and not text.startswith("noperm"):
                     raise
+                # Redis before 7.0 (also after a restart as an older version), or an ACL without BLMPOP.
                 shard.blmpop = False
                 return None
             shard.blmpop = True
