@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from redis.exceptions import ResponseError
 
@@ -389,53 +389,54 @@ class ReceivingMixin:
             return [got] if got is not None else []
         return self._await(names, plan, wait, lambda: self._try_receive_batch(names, plan, limit, shared), limit) or []
 
+    def _blocking_steps(self, entry: _ShardPlan, wait: float) -> Iterator[tuple[list[bytes], str]]:
+        """The keys, in the order to try, and the timeout of each blocking pop within ``wait`` seconds.
+
+        Each pop asks for less than the socket timeout (the server times it out, never us),
+        never for 0 (that would wait forever), and the channels' order turns each time so a
+        busy one cannot starve the rest.
+        """
+        keys = entry.keys
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._rr += 1
+            r = self._rr % len(keys)
+            yield keys[r:] + keys[:r], "%.3f" % max(0.01, min(remaining, self._block_step))
+
     def _blocking_pop(self, entry: _ShardPlan, wait: float) -> tuple[str, dict] | None:
         """The next message of plain channels on one shard, waiting up to ``wait`` seconds on the server.
 
         One ``BLPOP`` answers as soon as a message is pushed: no doorbell, no second pop.
         A plain channel's queue holds only ``m`` entries, so popping one outside a script
         skips nothing but an expired head, which is dropped here as the scripts drop it.
-        Each ``BLPOP`` asks for less than the socket timeout (the server times it out, never
-        us), and the channels' order turns each time so a busy one cannot starve the rest.
         """
-        shard, keys, names = entry.shard, entry.keys, entry.names
-        deadline = time.monotonic() + wait
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            self._rr += 1
-            r = self._rr % len(keys)
-            step = max(0.01, min(remaining, self._block_step))  # never 0: that would wait forever
-            reply = shard.execute_packed(_redis_conn.packed("BLPOP", *keys[r:], *keys[:r], "%.3f" % step))
+        shard = entry.shard
+        for keys, step in self._blocking_steps(entry, wait):
+            reply = shard.execute_packed(_redis_conn.packed("BLPOP", *keys, step))
             if reply is None:
                 continue
             key, data = reply
             if int(data[:13]) <= shard.now_ms():
                 continue  # expired unread
-            return names[keys.index(key)], self._open(memoryview(data)[14:])
+            return entry.names[entry.keys.index(key)], self._open(memoryview(data)[14:])
+        return None
 
     def _blocking_pop_many(self, entry: _ShardPlan, wait: float, limit: int) -> list[tuple[str, dict]] | None:
         """Up to ``limit`` messages of plain channels on one shard with ``BLMPOP`` (Redis 7+), waiting up
         to ``wait`` seconds for the first: one command, no script, whether a backlog waits or not.
 
         Returns None when the server has no ``BLMPOP``, or the user may not run it (it is then not
-        tried again on that shard by this process).
-        As with :meth:`_blocking_pop`, each wait is bounded below the socket timeout, expired
-        entries are dropped here, and the channels' order turns each time.
+        tried again on that shard by this process). Expired entries are dropped here, as in
+        :meth:`_blocking_pop`.
         """
-        shard, keys, names = entry.shard, entry.keys, entry.names
-        deadline = time.monotonic() + wait
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            self._rr += 1
-            r = self._rr % len(keys)
-            step = max(0.01, min(remaining, self._block_step))  # never 0: that would wait forever
+        shard = entry.shard
+        for keys, step in self._blocking_steps(entry, wait):
             try:
                 reply = shard.execute_packed(_redis_conn.packed(
-                    "BLMPOP", "%.3f" % step, len(keys), *keys[r:], *keys[:r], "LEFT", "COUNT", limit))
+                    "BLMPOP", step, len(keys), *keys, "LEFT", "COUNT", limit))
             except ResponseError as e:
                 text = str(e).lower()
                 if "unknown command" not in text and not text.startswith("noperm"):
@@ -447,7 +448,7 @@ class ReceivingMixin:
             if reply is None:
                 continue
             key, entries = reply
-            name = names[keys.index(key)]
+            name = entry.names[entry.keys.index(key)]
             now_ms = shard.now_ms()
             batch = []
             for data in entries:
@@ -460,6 +461,7 @@ class ReceivingMixin:
                     log.error("dropped an unreadable message on %s: %s", name, e)
             if batch:
                 return batch
+        return []
 
     def _await(self, names: list[str], plan: list, wait: float, attempt: Any, limit: int = 0) -> Any:
         """``attempt()`` until it returns something, for up to ``wait`` seconds.

@@ -17,9 +17,9 @@ member's queue, so a group send needs no member list on the wire and a channel
 whose messages expire unread is evicted from its groups inside the same scripts.
 
 Receiving lives in :mod:`._redis_receive` (a blocking ``receive`` on plain channels of
-one shard is one ``BLPOP``; otherwise pub/sub doorbells (:mod:`._redis_wakeup`) wake it
-within milliseconds of a push on any shard), and URLs, options and encryption keys in
-:mod:`._redis_options`.
+one shard is one ``BLPOP``, a batch on Redis 7 one ``BLMPOP``; otherwise pub/sub doorbells
+(:mod:`._redis_wakeup`) wake it within milliseconds of a push on any shard), and URLs,
+options and encryption keys in :mod:`._redis_options`.
 
 Connections (:mod:`._redis_conn`) are made lazily per process (gunicorn forks
 after import), never retried behind the caller's back (a resent ``send`` could
