@@ -80,7 +80,7 @@ def handle(layer, sidecar, channel, m, bodies):
         elif text is not None and text.startswith("slowpoke "):
             gevent.sleep(float(text.split()[1]))
         elif text is not None and text == "whoami":
-            layer.send(rc, {"text": json.dumps({"order": m["order"], "path": m["path"]})})
+            layer.send(rc, {"text": json.dumps({"order": m["order"], "path": m["path"], "reply_channel": rc})})
         else:
             layer.send(rc, {k: v for k, v in m.items() if k in ("text", "bytes")})
     elif channel == "websocket.disconnect":
@@ -106,7 +106,8 @@ def handle(layer, sidecar, channel, m, bodies):
             gevent.spawn_later(float(m["query_string"] or b"1"), layer.send, rc, {"status": 200, "content": b"late"})
         else:
             info = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in m.items()
-                    if k in ("method", "path", "query_string", "scheme", "client", "root_path", "http_version")}
+                    if k in ("method", "path", "query_string", "scheme", "client", "root_path", "http_version",
+                             "reply_channel")}
             layer.send(rc, {"status": 200, "headers": [[b"content-type", b"application/json"]],
                             "content": json.dumps(info).encode()})
 

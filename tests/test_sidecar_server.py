@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -169,7 +170,8 @@ def test_order_numbers_count_frames(sidecar):
     ws.send("a")
     ws.recv()
     ws.send("whoami")
-    assert json.loads(ws.recv()) == {"order": 2, "path": "/order"}
+    who = json.loads(ws.recv())
+    assert (who["order"], who["path"]) == (2, "/order")
     ws.close()
 
 
@@ -266,6 +268,28 @@ def test_http_request_keep_alive_and_client_address(sidecar):
     # X-Forwarded-For is ignored without --proxy-headers.
     info = requests.get(f"{sidecar.url}/who", headers={"X-Forwarded-For": "6.6.6.6"}, timeout=5).json()
     assert info["client"][0] == "127.0.0.1"
+
+
+def test_reply_channels_are_unguessable(sidecar):
+    """Every connection and every HTTP request gets its own reply channel: the sidecar's
+    process prefix plus a random suffix, so one channel name tells nothing about another's."""
+    settle(sidecar)
+    names = []
+    with requests.Session() as s:  # keep-alive: a new reply channel per request all the same
+        names += [s.get(f"{sidecar.url}/who", timeout=5).json()["reply_channel"] for _ in range(10)]
+    names += [requests.get(f"{sidecar.url}/who", timeout=5).json()["reply_channel"] for _ in range(5)]
+    for _ in range(5):
+        ws = connect(sidecar, "/echo")
+        ws.send("whoami")
+        names.append(json.loads(ws.recv())["reply_channel"])
+        ws.close()
+    prefixes = {name[: name.index("!") + 1] for name in names}
+    assert len(prefixes) == 1 and next(iter(prefixes)).startswith("sidecar.")
+    suffixes = [name.split("!", 1)[1] for name in names]
+    assert len(set(suffixes)) == len(suffixes)
+    assert all(len(s) >= 12 and re.fullmatch(r"[A-Za-z0-9_-]+", s) for s in suffixes), suffixes
+    # 20 draws of 72 random bits: no two share their first three characters, as counters would.
+    assert len({s[:3] for s in suffixes}) > 15, suffixes
 
 
 def test_http_pipelined_requests_are_answered_in_order(sidecar):

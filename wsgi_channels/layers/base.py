@@ -42,11 +42,13 @@ DEFAULT_BLOCK_TIMEOUT = 5.0
 #: Characters of randomness in ``new_channel`` names and process prefixes
 #: (urlsafe base64: 6 bits each, so 16 characters = 96 bits).
 _TOKEN_CHARS = 16
+#: Length of the per-connection suffix a process puts after its own prefix (72 random bits).
+LOCAL_SUFFIX_CHARS = 12
 
 
-def _token() -> str:
+def _token(chars: int = _TOKEN_CHARS) -> str:
     # token_urlsafe draws from a CSPRNG; its alphabet (A-Z a-z 0-9 - _) is inside the name rule.
-    return secrets.token_urlsafe(_TOKEN_CHARS)[:_TOKEN_CHARS]
+    return secrets.token_urlsafe(chars)[:chars]
 
 
 def validate_channel_name(name: Any, receive: bool = False) -> str:
@@ -108,6 +110,12 @@ def new_process_prefix(name: str = "process") -> str:
     """An unguessable process-local prefix such as ``'sidecar.Xy3...!'`` for one reading process."""
     validate_group_name(name)
     return f"{name}.{_token()}!"
+
+
+def new_local_channel(prefix: str) -> str:
+    """A reply channel on the process prefix ``prefix`` (``'sidecar.Xy3...!'``): the prefix plus
+    a random suffix, so knowing one connection's channel tells nothing about another's."""
+    return prefix + _token(LOCAL_SUFFIX_CHARS)
 
 
 #: The sidecar's process prefixes start with this; they get ``process_capacity`` (see BaseChannelLayer).

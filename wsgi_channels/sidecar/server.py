@@ -11,13 +11,12 @@ Life of a sidecar (:meth:`Sidecar.serve_forever`)::
                     after the grace period the rest is dropped; disconnects are sent; exit 0
 
 The process reads exactly one layer prefix, its own unguessable ``sidecar.XXXX!``;
-every reply channel it hands out is that prefix plus a counter. While the layer
+every reply channel it hands out is that prefix plus a random suffix. While the layer
 is unreachable the receive loop retries with backoff, open sockets stay up, new
 handshakes and HTTP requests get 503, and service resumes by itself.
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import mimetypes
 import os
@@ -35,7 +34,7 @@ import gevent.server
 from ..channel import default_layer_url
 from ..config import parse_address
 from ..layers import from_url
-from ..layers.base import SIDECAR_PREFIX, BaseChannelLayer, new_process_prefix
+from ..layers.base import SIDECAR_PREFIX, BaseChannelLayer, new_local_channel, new_process_prefix
 from ._connbase import LAYER_SLOT_TIMEOUT
 from .config import SidecarConfig
 from .connection import ClientConnection
@@ -73,7 +72,6 @@ class Sidecar:
         self.draining = False
         self.layer_ok = True
         self._layer_down_since: float | None = None
-        self._counter = itertools.count(1)
         self._servers: list[gevent.server.StreamServer] = []
         self._unix_paths: list[str] = []
         self._admin: Any = None
@@ -88,15 +86,17 @@ class Sidecar:
         self.layer_slots = gevent.lock.BoundedSemaphore(LAYER_CONCURRENCY)
         #: Sends coalesced into one round trip per batch when the layer has ``send_many``.
         self.sender = LayerSender(self.layer, LAYER_SLOT_TIMEOUT)
-        # A group and member of our own whose loss means the layer lost its state; the
-        # connection counter starts at 1, so the member channel is never routed.
+        # A group and member of our own whose loss means the layer lost its state; connection
+        # suffixes are 12 characters long, so the member channel (suffix "0") is never routed.
         self._state_marker = ("wsgi_channels.alive." + self.prefix.rstrip("!"), f"{self.prefix}0")
 
     # -- routing ----------------------------------------------------------------------------
 
     def route(self, conn: ClientConnection) -> str:
         """A new reply channel on this process's prefix, routed to ``conn``."""
-        name = f"{self.prefix}{next(self._counter)}"
+        name = new_local_channel(self.prefix)
+        while name in self.routes:  # 72 random bits: practically never
+            name = new_local_channel(self.prefix)
         self.routes[name] = conn
         return name
 
