@@ -35,7 +35,7 @@ from . import websocket as ws_proto
 from ._connbase import (_CLOSE_WAIT, _LAYER_RETRY_SECONDS, _LINGER_BYTES, _LINGER_SECONDS, _RECV_SIZE, CLOSING,
                         CONNECTING, DONE, HEAD, HTTP_BODY, LAYER_SLOT_TIMEOUT, OPEN, access_log, addr, log)
 from .connection_http import HttpModeMixin
-from .connection_ws import WebSocketMixin
+from .connection_ws import FrameCache, WebSocketMixin
 from .http import HttpConnection, HttpError, simple_body
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -415,7 +415,7 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
 
     # -- messages from the layer ----------------------------------------------------------------
 
-    def deliver(self, message: dict, frames: dict) -> None:
+    def deliver(self, message: dict, frames: FrameCache) -> None:
         """One message for our reply channel; ``frames`` holds the last encoded frame (payload -> bytes)."""
         if self.state is DONE or self.aborted:
             return

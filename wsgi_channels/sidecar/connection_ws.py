@@ -20,7 +20,21 @@ from . import websocket as ws_proto
 from ._connbase import _CLOSE_WAIT, CLOSING, CONNECTING, OPEN, access_log, addr, log
 from .http import connect_message, request_info, simple_body
 
-__all__ = ["WebSocketMixin"]
+__all__ = ["WebSocketMixin", "FrameCache"]
+
+
+class FrameCache(dict):
+    """The sidecar's encoded frames of the message being delivered, by (compression window, payload).
+
+    The members of one group message arrive one after another sharing one message dict:
+    ``checked`` is the last dict found valid, so it is checked once, not once per socket.
+    """
+
+    __slots__ = ("checked",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked: object = None
 
 
 class WebSocketMixin:
@@ -146,13 +160,15 @@ class WebSocketMixin:
 
     # -- messages from the layer ----------------------------------------------------------------
 
-    def _deliver_ws(self, message: dict, frames: dict) -> None:
+    def _deliver_ws(self, message: dict, frames: FrameCache) -> None:
         """A message for a WebSocket (pending or open): accept/reject, a frame, a close."""
-        try:
-            validate_websocket_send(message)
-        except Exception as e:
-            log.error("bad message for WebSocket %s: %s", self.reply_channel, e)
-            return
+        if frames.checked is not message:
+            try:
+                validate_websocket_send(message)
+            except Exception as e:
+                log.error("bad message for WebSocket %s: %s", self.reply_channel, e)
+                return
+            frames.checked = message
         text, data, close = message.get("text"), message.get("bytes"), message.get("close")
         if self.state is CONNECTING:
             if close or message.get("accept") is False:

@@ -38,6 +38,7 @@ from ..layers.base import SIDECAR_PREFIX, BaseChannelLayer, new_local_channel, n
 from ._connbase import LAYER_SLOT_TIMEOUT
 from .config import SidecarConfig
 from .connection import ClientConnection
+from .connection_ws import FrameCache
 from .http import raw_response
 from .metrics import SidecarStats, make_metrics_app, make_registry
 from .sender import LayerSender
@@ -79,7 +80,7 @@ class Sidecar:
         self._stopped = gevent.event.Event()
         self._static = self._load_static()
         self.addresses: list[Any] = []
-        self._frames: dict = {}
+        self._frames = FrameCache()
         #: Layer calls in flight from connection greenlets at once. Each call in flight holds a
         #: pooled layer connection, so this bounds the sidecar's Redis connections however
         #: many clients connect at the same moment (plus the receive loop's and the wake-ups').
