@@ -52,6 +52,8 @@ def test_no_channels_left_is_a_configuration_error():
         Worker([route("chat.send", lambda m: None)], MemoryChannelLayer(), only_channels=["nothing.*"])
 
 
+# The "die" consumer kills its thread on purpose (the worker restarts it); pytest would report that.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_worker_threads_serve_and_survive_errors(caplog):
     layer = MemoryChannelLayer()
     served = []
