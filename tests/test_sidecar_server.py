@@ -171,7 +171,7 @@ def test_order_numbers_count_frames(sidecar):
     ws.recv()
     ws.send("whoami")
     who = json.loads(ws.recv())
-    assert (who["order"], who["path"]) == (2, "/order")
+    assert who == {"order": 2, "path": "/order", "reply_channel": who["reply_channel"]}
     ws.close()
 
 

@@ -416,7 +416,8 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
     # -- messages from the layer ----------------------------------------------------------------
 
     def deliver(self, message: dict, frames: FrameCache) -> None:
-        """One message for our reply channel; ``frames`` holds the last encoded frame (payload -> bytes)."""
+        """One message for our reply channel; ``frames`` is the sidecar's :class:`FrameCache` (the frames
+        encoded for the message being delivered, and the last message dict found valid)."""
         if self.state is DONE or self.aborted:
             return
         if self.ws is not None or self.state is CONNECTING:
