@@ -500,3 +500,57 @@ def test_worker_takes_batches_from_a_backlog(redis_url):
     assert sorted(seen) == list(range(300)), "every message once"
     assert any(n > 1 for _, n in sizes), sizes
     assert all(n <= limit <= 4 for limit, n in sizes)
+
+
+def test_a_slow_message_does_not_hold_back_the_rest_of_its_batch(redis_url):
+    """A batch runs on the thread that received it; once a message has run for STEAL_AFTER, the
+    responses held so far go out and idle threads take the rest of the batch."""
+    from wsgi_channels import WsgiConsumer
+    from wsgi_channels.worker import STEAL_AFTER
+
+    ran = {}
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        ran[path] = threading.current_thread().name
+        if path == "/slow":
+            time.sleep(2.0)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [path.encode()]
+
+    layer = from_url(redis_url)
+    worker = Worker([route("http.request", WsgiConsumer(app))], layer, concurrency=4).start()
+    client = from_url(redis_url)
+    try:
+        # Every other thread idle and the leader blocked in its receive: one pop takes all three.
+        assert wait_for(lambda: worker._idle == 3 and any(
+            c.get("cmd") == "blmpop" for c in client._shards[0].execute("CLIENT", "LIST").decode().split("\n")
+            for c in [dict(kv.split("=", 1) for kv in c.split(" ") if "=" in kv)]), timeout=10)
+        client.send("warm.up", {})  # loads the send script, which MULTI cannot do on a NOSCRIPT
+        replies, sends = {}, []
+        for path in ("/fast1", "/slow", "/fast2"):
+            replies[path] = client.new_channel("http.response.test?")
+            message = build_request_message(reply_channel=replies[path], method="GET", target=path.encode(),
+                                            http_version="1.1", headers=[(b"host", b"testserver")])
+            sends.append(client._send_payload("http.request", dict(message))[1])
+        t0 = time.monotonic()
+        shard = client._shards[0]
+        # MULTI/EXEC: the blocked receive is served once, after all three are queued.
+        got = shard._roundtrip(b"*1\r\n$5\r\nMULTI\r\n" + b"".join(sends) + b"*1\r\n$4\r\nEXEC\r\n", len(sends) + 2)
+        assert got[-1] == [1, 2, 3], got
+        arrived = {}
+        for path in ("/fast1", "/fast2", "/slow"):
+            channel, message = client.receive([replies[path]], block=True, timeout=10)
+            assert channel == replies[path] and message["content"] == path.encode()
+            arrived[path] = time.monotonic() - t0
+    finally:
+        worker.stop(grace=5)
+        layer.flush()
+        layer.close()
+        client.close()
+    assert ran["/fast1"] == ran["/slow"], f"one batch runs on the thread that received it: {ran}"
+    assert ran["/fast2"] != ran["/slow"], f"the rest of the stuck batch went to another thread: {ran}"
+    bound = 0.5 + 20 * STEAL_AFTER
+    assert arrived["/fast1"] < bound, f"the response held while /slow ran was sent: {arrived}"
+    assert arrived["/fast2"] < bound, f"/fast2 did not wait for /slow: {arrived}"
+    assert arrived["/slow"] >= 2.0, arrived

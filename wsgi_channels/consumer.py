@@ -23,7 +23,7 @@ from .exceptions import ChannelFull, LayerUnavailable
 from .layers.base import BaseChannelLayer
 from .message import Message
 
-__all__ = ["run_consumer", "send_with_retry", "flush_sends", "hand_over_last", "use_reply_sender",
+__all__ = ["run_consumer", "send_with_retry", "flush_sends", "hand_over_last", "use_reply_sender", "hold_replies",
            "DEFAULT_SEND_TIMEOUT"]
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,9 @@ class _ThreadState(threading.local):
     #: This thread's reply sender (see :func:`use_reply_sender`); a class default, since a
     #: ``getattr(..., None)`` that misses raises inside and costs microseconds per reply.
     sender: Any = None
+    #: Messages handed over wait for :meth:`~wsgi_channels.reply_sender.ReplySender.flush`
+    #: (the worker runs a batch: its responses go out together when it ends).
+    hold: bool = False
 
 
 _local = _ThreadState()
@@ -47,6 +50,12 @@ def use_reply_sender(sender: Any) -> None:
     """Make ``sender`` (a :class:`~wsgi_channels.reply_sender.ReplySender`, or None) this
     thread's sender for :func:`hand_over_last`; the worker sets it in each of its threads."""
     _local.sender = sender
+
+
+def hold_replies(hold: bool) -> None:
+    """While ``hold`` is True, messages this thread hands over are queued and not sent; the
+    worker then flushes its sender (see :func:`use_reply_sender`)."""
+    _local.hold = hold
 
 
 def hand_over_last(layer: BaseChannelLayer, channel: str, content: dict, timeout: float) -> bool:
@@ -59,7 +68,7 @@ def hand_over_last(layer: BaseChannelLayer, channel: str, content: dict, timeout
     sender = _local.sender
     if sender is None or sender.layer is not layer:
         return False
-    sender.put(channel, content, timeout)
+    sender.put(channel, content, timeout, _local.hold)
     return True
 
 

@@ -7,7 +7,9 @@ With :class:`ReplySender` the threads send those messages together: a thread tha
 hands one over while no send is in flight sends it at once (no added latency), and
 keeps sending, in one ``layer.send_many`` pipeline per round, whatever the other
 threads handed over meanwhile; those threads go on to their next message without
-waiting. Under load many responses share one round trip.
+waiting. Under load many responses share one round trip. A thread running a batch
+of messages holds its responses (``hold``) and sends them together when the batch
+ends (:meth:`ReplySender.flush`).
 
 Only a response's *last* message is handed over (see
 :func:`~wsgi_channels.consumer.hand_over_last`): the chunks before it were sent in
@@ -45,12 +47,23 @@ class ReplySender:
         self._lock = threading.Lock()
         self._sending = False
 
-    def put(self, channel: str, message: dict, timeout: float) -> None:
-        """Send ``message`` now, or with the round after the one in flight (then return at once)."""
+    def put(self, channel: str, message: dict, timeout: float, hold: bool = False) -> None:
+        """Send ``message`` now, or with the round after the one in flight (then return at once).
+
+        ``hold``: only queue it; it goes with the next round (:meth:`flush`, or another put).
+        """
         with self._lock:
             self._queue.append((channel, message, timeout))
-            if self._sending:
+            if self._sending or hold:
                 return  # the sending thread takes it in its next round
+            self._sending = True
+        self._drain()
+
+    def flush(self) -> None:
+        """Send what is queued (held), unless a round is in flight, which takes it."""
+        with self._lock:
+            if self._sending or not self._queue:
+                return
             self._sending = True
         self._drain()
 

@@ -4,13 +4,22 @@
 [--only-channels GLOB ...] [--exclude-channels GLOB ...]``
 
 N threads (greenlets under gevent) take turns at one blocking ``receive`` on the
-served channels (leader/follower): the thread that receives a message runs it
+served channels (leader/follower): the thread that receives runs what it got
 itself through :func:`~wsgi_channels.consumer.run_consumer`, after handing the
 receiving role to an idle thread, so no message waits for a hand-over between
 threads. No thread is created per message, and a busy worker leaves messages
 queued for other workers; with a backlog, a layer that has ``receive_batch``
-(Redis) hands over as many messages as there are idle threads in one round
-trip. Receives are bounded (a second), so a stop request is seen quickly. The
+(Redis) takes as many messages as there are idle threads in one round trip.
+
+A batch runs in order on the thread that received it, and the responses it
+finishes go out together when it ends (one pipeline): waking a thread per
+message costs more than most WSGI requests, which hold the GIL anyway. A slow
+message never holds back the rest for long: once the message in progress has
+run for :data:`STEAL_AFTER` seconds, the receiving thread (which then waits in
+steps that short) sends the responses held so far and gives the rest of that
+batch to idle threads.
+
+Receives are bounded (a second), so a stop request is seen quickly. The
 main thread supervises: it replaces a thread that died, and on SIGTERM/SIGINT
 it stops receiving and waits up to ``grace`` seconds for the messages in flight.
 
@@ -29,17 +38,17 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from typing import Any, Iterable, Optional, Sequence
 
-from .consumer import DEFAULT_SEND_TIMEOUT, run_consumer, use_reply_sender
+from .consumer import DEFAULT_SEND_TIMEOUT, hold_replies, run_consumer, use_reply_sender
 from .exceptions import ConfigurationError, LayerUnavailable, StoreError
 from .layers.base import BaseChannelLayer
 from .message import Message
 from .reply_sender import ReplySender
 from .routing import Router
 
-__all__ = ["Worker", "select_channels", "register", "main"]
+__all__ = ["Worker", "select_channels", "register", "main", "STEAL_AFTER"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,19 @@ _RECEIVE_TIMEOUT = 1.0
 _MAX_BACKOFF = 5.0
 _PROBE_EVERY = 8
 _LEAD = object()  # the receiving role, passed between threads through the inbox
+#: Seconds a batch's message may run before the rest of its batch goes to idle threads and the
+#: responses held by its thread are sent: about the most one slow message delays the others by.
+STEAL_AFTER = 0.005
+
+
+class _Batch:
+    """Messages received together, run in order by the thread that received them."""
+
+    __slots__ = ("items", "started")
+
+    def __init__(self, messages: list) -> None:
+        self.items = deque(messages)  # popped by the runner, or taken by the leader when stale
+        self.started = time.monotonic()  # when the message in progress started
 
 
 def select_channels(channels: Iterable[str], only: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
@@ -104,6 +126,8 @@ class Worker:
         self._idle = 0  # threads waiting on the inbox
         self._idle_lock = threading.Lock()
         self._leading = False  # a thread is receiving
+        self._batches: set[_Batch] = set()  # being run; the leader hands out a stale one's rest
+        self._batch_lock = threading.Lock()
         self._receive_batch = getattr(self.layer, "receive_batch", None) if concurrency > 1 else None
         self._backlog, self._probe, self._backoff = False, 0, 0.0
         self._outage_since: Optional[float] = None
@@ -113,15 +137,15 @@ class Worker:
 
     # -- the loops ------------------------------------------------------------------------------
     #
-    # Leader/follower: ``concurrency`` threads wait on one inbox holding messages and a
-    # single _LEAD token. The thread that takes the token makes the one blocking receive,
-    # asking for as many messages as there are idle threads plus itself, puts the extra
-    # messages and then the token back in the inbox, and runs its own message: a message
-    # goes from the layer to its consumer without a hand-over to another thread, a busy
-    # worker leaves messages queued for other workers, and one blocking receive per
-    # process avoids waking every thread for every message. With one thread, receiving
-    # and running alternate. The inbox is first-in first-out, so the extra messages are
-    # taken before the token, and a stopping worker runs every message it received.
+    # Leader/follower: ``concurrency`` threads wait on one inbox holding the single _LEAD
+    # token (and the rest of stale batches, or of a batch whose thread died). The thread that
+    # takes the token makes the one blocking receive, asking for as many messages as there
+    # are idle threads plus itself, puts the token back into the inbox, and runs what it got
+    # (_run_batch). A message goes from the layer to its consumer without a hand-over to
+    # another thread, a busy worker leaves messages queued for other workers, and one
+    # blocking receive per process avoids waking every thread for every message. With one
+    # thread, receiving and running alternate. A stopping worker runs every message it
+    # received.
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
@@ -148,13 +172,17 @@ class Worker:
                 if stopping.is_set():
                     inbox.put(_LEAD)  # the others still run what is queued before it, then stop
                     return
-                item = self._lead()
-                if item is None:
+                messages = self._lead()
+                if len(messages) > 1:
+                    self._run_batch(messages)
                     continue
+                if not messages:
+                    continue
+                item = messages[0]
             handle(*item)
 
-    def _lead(self) -> Optional[tuple]:
-        """Receive as the leader: one message to run here (or None); the rest go to idle threads."""
+    def _lead(self) -> list:
+        """Receive as the leader: the messages to run here (none after a timeout or an outage)."""
         messages: list = []
         self._leading = True
         try:
@@ -164,29 +192,76 @@ class Worker:
                 if self._backlog or self._probe % _PROBE_EVERY == 0 \
                         or getattr(self.layer, "batch_round_trips", 0) == 1:
                     limit = self._idle + 1
+            # While batches run, wait in short steps: between them, see that none is stuck.
+            timeout = STEAL_AFTER if self._batches else _RECEIVE_TIMEOUT
             try:
                 if limit > 1:
-                    messages = self._receive_batch(self.channels, limit=limit, block=True,
-                                                   timeout=_RECEIVE_TIMEOUT)
+                    messages = self._receive_batch(self.channels, limit=limit, block=True, timeout=timeout)
                     self._backlog = len(messages) > 1
                 else:
-                    channel, content = self.layer.receive(self.channels, block=True, timeout=_RECEIVE_TIMEOUT)
+                    channel, content = self.layer.receive(self.channels, block=True, timeout=timeout)
                     if channel is not None:
                         messages = [(channel, content)]
             except LayerUnavailable as e:
                 self._backoff = min(_MAX_BACKOFF, self._backoff * 2 or 0.05)
                 self._outage(e)
                 self._stopping.wait(random.uniform(self._backoff / 2, self._backoff))
-                return None
+                return []
             if self._backoff:
                 self._backoff = 0.0
                 self._recovered()
         finally:
-            for item in messages[1:]:
-                self._inbox.put(item)
             self._inbox.put(_LEAD)  # always back, even when this thread dies here
             self._leading = False
-        return messages[0] if messages else None
+            if self._batches:
+                self._unstick()
+        return messages
+
+    def _run_batch(self, messages: list) -> None:
+        """Run ``messages`` here in order, holding this thread's responses until the batch ends.
+
+        A thread that dies mid-batch (a consumer raised ``SystemExit``) leaves the rest to the
+        other threads, and sends what it held.
+        """
+        batch = _Batch(messages)
+        items, handle = batch.items, self.handle
+        with self._batch_lock:
+            self._batches.add(batch)
+        hold_replies(True)
+        try:
+            while True:
+                try:
+                    item = items.popleft()
+                except IndexError:  # done, or the rest was handed out (_unstick)
+                    break
+                batch.started = time.monotonic()
+                handle(*item)
+        finally:
+            with self._batch_lock:
+                self._batches.discard(batch)
+            self._hand_out(items)
+            hold_replies(False)
+            if self._replies is not None:
+                self._replies.flush()
+
+    def _unstick(self) -> None:
+        """Give idle threads the rest of every batch whose message in progress has run for over
+        :data:`STEAL_AFTER`, and send the responses held meanwhile."""
+        stale_before = time.monotonic() - STEAL_AFTER
+        with self._batch_lock:
+            stale = [batch for batch in self._batches if batch.started < stale_before]
+        for batch in stale:
+            self._hand_out(batch.items)
+        if stale and self._replies is not None:
+            self._replies.flush()
+
+    def _hand_out(self, items: deque) -> None:
+        """Put what is left of ``items`` into the inbox (each item is popped by one thread only)."""
+        while True:
+            try:
+                self._inbox.put(items.popleft())
+            except IndexError:
+                return
 
     def handle(self, channel: str, content: Any) -> None:
         """Run the consumer routed for one message; errors are logged and counted, never raised."""
