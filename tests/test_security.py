@@ -93,6 +93,27 @@ def test_new_channel_and_prefix_tokens_look_uniform():
     assert chi2 < 63 + 6 * math.sqrt(2 * 63), chi2  # 63 degrees of freedom, six standard deviations
 
 
+def test_a_forked_child_never_reuses_its_parents_random_bytes():
+    """Tokens come from a pool of os.urandom bytes; gunicorn forks after import, so a child that
+    kept its parent's pool would hand out the names the parent hands out next."""
+    from wsgi_channels.layers.base import new_local_channel
+
+    new_local_channel("p.x!")  # the parent's pool now holds unused bytes
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.write(write, " ".join(new_local_channel("p.x!") for _ in range(50)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split())
+    os.waitpid(pid, 0)
+    parent = {new_local_channel("p.x!") for _ in range(50)}
+    assert len(child) == 50 and not child & parent, (sorted(child)[:3], sorted(parent)[:3])
+
+
 def test_a_client_cannot_make_the_sidecar_send_to_a_channel_it_does_not_own(sidecar_and_app, redis_url):
     side, consumer = sidecar_and_app
     victim = fk.RawClient(side.port)
