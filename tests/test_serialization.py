@@ -79,3 +79,44 @@ def test_deep_nesting_is_refused_clearly():
         cur = cur["x"]
     with pytest.raises(InvalidMessage, match="nested more than"):
         validate_message(msg)
+
+
+def _full_check_accepts(message):
+    from wsgi_channels.serialization import _check
+
+    try:
+        _check(message, [], 0)
+    except InvalidMessage:
+        return False
+    return True
+
+
+@given(messages, st.lists(st.text(), max_size=3), bad_values | scalars)
+@settings(max_examples=300, deadline=None)
+def test_the_fast_check_agrees_with_the_full_one(message, path, value):
+    """Every message goes through the fast check (_valid); the full one (_check) decides, and
+    names the bad key, only when it says no. For builtin types the two always agree."""
+    from wsgi_channels.serialization import _valid
+
+    target = message
+    for key in path[:-1]:
+        target = target.setdefault(key, {}) if isinstance(target.get(key, {}), dict) else target
+    if path:
+        target[path[-1]] = value
+    assert _valid(message, 0) == _full_check_accepts(message)
+
+
+@pytest.mark.parametrize("depth", [62, 63, 64, 65, 66])
+@pytest.mark.parametrize("leaf", [{}, [], [1], {"a": b"x"}, "s"])
+def test_the_fast_check_agrees_at_the_depth_limit(depth, leaf):
+    from wsgi_channels.serialization import _valid
+
+    message: dict = {}
+    cur = message
+    for _ in range(depth - 1):
+        cur["x"] = {}
+        cur = cur["x"]
+    cur["x"] = leaf  # at depth ``depth``
+    accepted = _full_check_accepts(message)
+    assert _valid(message, 0) == accepted
+    assert accepted == (depth <= 64 or (isinstance(leaf, str) and depth == 65))

@@ -42,26 +42,35 @@ def _valid(value: Any, depth: int) -> bool:
 
     The fast check every message goes through; anything it does not accept (a bad value,
     or a subclass such as an ``IntEnum``) goes to :func:`_check`, which decides and names
-    the key path of the first bad value.
+    the key path of the first bad value. Scalars inside a dict or list are checked in the
+    loop (most values are scalars: no call each).
     """
     t = type(value)
-    if t is str or t is bytes or t is float or t is bool or value is None:
+    if t is dict:
+        items: Any = value.values()
+        for k in value:
+            if type(k) is not str:
+                return False
+    elif t is list or t is tuple:
+        items = value
+    elif t is str or t is bytes or t is float or t is bool or value is None:
         return True
-    if t is int:
+    elif t is int:
         return _INT_MIN <= value <= _INT_MAX
+    else:
+        return False
     if depth > _MAX_DEPTH:
         return False
-    if t is dict:
-        for k, v in value.items():
-            if type(k) is not str or not _valid(v, depth + 1):
+    for v in items:
+        t = type(v)
+        if t is str or t is bytes or t is bool or v is None or t is float:
+            continue
+        if t is int:
+            if not _INT_MIN <= v <= _INT_MAX:
                 return False
-        return True
-    if t is list or t is tuple:
-        for v in value:
-            if not _valid(v, depth + 1):
-                return False
-        return True
-    return False
+        elif not _valid(v, depth + 1):
+            return False
+    return True
 
 
 def _path(parts: list) -> str:
