@@ -907,3 +907,62 @@ def test_a_long_outage_logs_the_lost_wakeup_listener_once(caplog):
     finally:
         layer.close()
         server.stop()
+
+
+@pytest.mark.parametrize("server, has_blmpop", [("fresh_redis", True), ("redis6_server", False)])
+def test_send_many_then_receive_sends_with_the_blocking_pop(request, made, server, has_blmpop):
+    """The worker's call: a batch's replies go out with the pop that waits for its next batch (one
+    round trip on Redis 7), with send_many's per-item outcomes; the replies are out at once even
+    when the pop then waits."""
+    url = request.getfixturevalue(server).url
+    layer, sender = made(url, channel_capacity={"st.full": 1}), made(url)
+    layer.flush()
+    sender.send("st.full", {"n": 0})
+    sender.send("st.work", {"w": 1})
+    shard = layer._shards[0]
+    trips, real = [], shard._roundtrip
+    shard._roundtrip = lambda payload, count=None: (trips.append(count), real(payload, count))[1]
+    outcomes: list = []
+    items = [("st.reply1", {"r": 1}), ("st.full", {"n": 1}), ("bad name", {})]
+    assert layer.send_many_then_receive(items, ["st.work"], 10, 5, outcomes) == [("st.work", {"w": 1})]
+    assert outcomes[0] is None and isinstance(outcomes[1], exc.ChannelFull)
+    assert isinstance(outcomes[2], exc.InvalidChannelName)
+    if has_blmpop:
+        assert trips == [3], "two sends and the BLMPOP: one write, one read"
+    assert sender.receive(["st.reply1"]) == ("st.reply1", {"r": 1})
+    assert sender.receive(["st.full"]) == ("st.full", {"n": 0}) and sender.receive(["st.full"]) == (None, None)
+
+    # Nothing waiting: the reply is out while the pop still waits for the next message.
+    seen = []
+    reader = threading.Thread(target=lambda: seen.append(
+        (sender.receive(["st.reply2"], block=True, timeout=5), time.monotonic())))
+    reader.start()
+    t = sending_later(sender, "st.work", [{"w": 2}], delay=0.5)
+    start = time.monotonic()
+    assert layer.send_many_then_receive([("st.reply2", {"r": 2})], ["st.work"], 10, 5, outcomes) \
+        == [("st.work", {"w": 2})]
+    assert outcomes == [None] and 0.4 < time.monotonic() - start < 3
+    t.join()
+    reader.join(10)
+    assert seen[0][0] == ("st.reply2", {"r": 2}) and seen[0][1] - start < 0.4, seen
+    # Nothing at all: the wait times out; the sends still went out.
+    assert layer.send_many_then_receive([("st.reply3", {"r": 3})], ["st.work"], 10, 0.3, outcomes) == []
+    assert sender.receive(["st.reply3"]) == ("st.reply3", {"r": 3})
+
+
+def test_send_many_then_receive_over_shards(redis_shards, made):
+    """Channels on several shards (no single BLMPOP): the sends, then the usual batch receive."""
+    layer = made(",".join(s.url for s in redis_shards))
+    layer.flush()
+    names = [f"ss.chan{i}" for i in range(12)]
+    assert len({layer._ring.node_for(n) for n in names}) > 1
+    for i, name in enumerate(names):
+        layer.send(name, {"i": i})
+    outcomes: list = []
+    got, replies = [], []
+    while len(got) < 12 and len(replies) < 12:
+        replies.append(f"ss.reply{len(replies)}")
+        got += layer.send_many_then_receive([(replies[-1], {"n": len(replies)})], names, 12, 5, outcomes)
+        assert outcomes == [None]
+    assert sorted(m["i"] for _, m in got) == list(range(12))
+    assert [layer.receive([r]) for r in replies] == [(r, {"n": n}) for n, r in enumerate(replies, 1)]

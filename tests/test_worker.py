@@ -502,11 +502,33 @@ def test_worker_takes_batches_from_a_backlog(redis_url):
     assert all(n <= limit <= 4 for limit, n in sizes)
 
 
+def _waiting_to_receive(worker, client, idle):
+    """True once ``idle`` threads wait on the inbox and the leader is blocked in its BLMPOP."""
+    clients = client._shards[0].execute("CLIENT", "LIST").decode().split("\n")
+    return worker._idle == idle and any(" cmd=blmpop " in f" {c} " for c in clients)
+
+
+def _queue_at_once(client, paths):
+    """http.request messages for ``paths``, queued in one MULTI/EXEC so one pop takes them all;
+    returns their reply channels."""
+    client.send("warm.up", {})  # loads the send script, which MULTI cannot do on a NOSCRIPT
+    replies, sends = [], []
+    for path in paths:
+        replies.append(client.new_channel("http.response.test?"))
+        message = build_request_message(reply_channel=replies[-1], method="GET", target=path.encode(),
+                                        http_version="1.1", headers=[(b"host", b"testserver")])
+        sends.append(client._send_payload("http.request", dict(message))[1])
+    got = client._shards[0]._roundtrip(b"*1\r\n$5\r\nMULTI\r\n" + b"".join(sends) + b"*1\r\n$4\r\nEXEC\r\n",
+                                       len(sends) + 2)
+    assert got[-1] == list(range(1, len(sends) + 1)), got
+    return replies
+
+
 def test_a_slow_message_does_not_hold_back_the_rest_of_its_batch(redis_url):
     """A batch runs on the thread that received it; once a message has run for STEAL_AFTER, the
-    responses held so far go out and idle threads take the rest of the batch."""
+    watchdog sends the responses held so far and gives the rest of the batch to idle threads."""
     from wsgi_channels import WsgiConsumer
-    from wsgi_channels.worker import STEAL_AFTER
+    from wsgi_channels.worker import STEAL_AFTER, WATCH_MAX
 
     ran = {}
 
@@ -522,22 +544,10 @@ def test_a_slow_message_does_not_hold_back_the_rest_of_its_batch(redis_url):
     worker = Worker([route("http.request", WsgiConsumer(app))], layer, concurrency=4).start()
     client = from_url(redis_url)
     try:
-        # Every other thread idle and the leader blocked in its receive: one pop takes all three.
-        assert wait_for(lambda: worker._idle == 3 and any(
-            c.get("cmd") == "blmpop" for c in client._shards[0].execute("CLIENT", "LIST").decode().split("\n")
-            for c in [dict(kv.split("=", 1) for kv in c.split(" ") if "=" in kv)]), timeout=10)
-        client.send("warm.up", {})  # loads the send script, which MULTI cannot do on a NOSCRIPT
-        replies, sends = {}, []
-        for path in ("/fast1", "/slow", "/fast2"):
-            replies[path] = client.new_channel("http.response.test?")
-            message = build_request_message(reply_channel=replies[path], method="GET", target=path.encode(),
-                                            http_version="1.1", headers=[(b"host", b"testserver")])
-            sends.append(client._send_payload("http.request", dict(message))[1])
+        assert wait_for(lambda: _waiting_to_receive(worker, client, 3), timeout=10)
+        paths = ("/fast1", "/slow", "/fast2")
         t0 = time.monotonic()
-        shard = client._shards[0]
-        # MULTI/EXEC: the blocked receive is served once, after all three are queued.
-        got = shard._roundtrip(b"*1\r\n$5\r\nMULTI\r\n" + b"".join(sends) + b"*1\r\n$4\r\nEXEC\r\n", len(sends) + 2)
-        assert got[-1] == [1, 2, 3], got
+        replies = dict(zip(paths, _queue_at_once(client, paths)))
         arrived = {}
         for path in ("/fast1", "/fast2", "/slow"):
             channel, message = client.receive([replies[path]], block=True, timeout=10)
@@ -550,7 +560,52 @@ def test_a_slow_message_does_not_hold_back_the_rest_of_its_batch(redis_url):
         client.close()
     assert ran["/fast1"] == ran["/slow"], f"one batch runs on the thread that received it: {ran}"
     assert ran["/fast2"] != ran["/slow"], f"the rest of the stuck batch went to another thread: {ran}"
-    bound = 0.5 + 20 * STEAL_AFTER
+    assert worker.stats["handed_out"] == 1
+    bound = 0.5 + 4 * (STEAL_AFTER + WATCH_MAX)
     assert arrived["/fast1"] < bound, f"the response held while /slow ran was sent: {arrived}"
     assert arrived["/fast2"] < bound, f"/fast2 did not wait for /slow: {arrived}"
     assert arrived["/slow"] >= 2.0, arrived
+
+
+def test_an_app_that_waits_on_io_gets_a_thread_per_message(redis_url):
+    """Fast messages run in batches on one thread; once messages run in a batch wait on I/O (here a
+    sleep), each message gets its own thread at once, so a blocking app keeps its concurrency."""
+    from wsgi_channels import WsgiConsumer
+
+    ran, lock = [], threading.Lock()
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        with lock:
+            ran.append((path, threading.current_thread().name))
+        if path.startswith("/io"):
+            time.sleep(0.05)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [path.encode()]
+
+    def threads_of(prefix):
+        return [name for path, name in ran if path.startswith(prefix)]
+
+    layer = from_url(redis_url)
+    worker = Worker([route("http.request", WsgiConsumer(app))], layer, concurrency=4).start()
+    client = from_url(redis_url)
+    try:
+        assert wait_for(lambda: _waiting_to_receive(worker, client, 3), timeout=10)
+        for reply in _queue_at_once(client, [f"/fast{i}" for i in range(4)]):
+            assert client.receive([reply], block=True, timeout=10)[0] == reply
+        assert len(set(threads_of("/fast"))) == 1, f"fast messages ran as one batch on one thread: {ran}"
+        for path in ("/io1", "/io2"):  # each waits 50 ms: the worker now runs messages in parallel
+            assert wait_for(lambda: _waiting_to_receive(worker, client, 3), timeout=10)
+            reply = _queue_at_once(client, [path])[0]
+            assert client.receive([reply], block=True, timeout=10)[0] == reply
+        handed_out = worker.stats["handed_out"]
+        assert wait_for(lambda: _waiting_to_receive(worker, client, 3), timeout=10)
+        for reply in _queue_at_once(client, [f"/io-par{i}" for i in range(4)]):
+            assert client.receive([reply], block=True, timeout=10)[0] == reply
+    finally:
+        worker.stop(grace=5)
+        layer.flush()
+        layer.close()
+        client.close()
+    assert len(set(threads_of("/io-par"))) == 4, f"each I/O message got a thread of its own: {ran}"
+    assert worker.stats["handed_out"] == handed_out, "no batch was needed to be taken over"

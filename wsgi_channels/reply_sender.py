@@ -67,6 +67,14 @@ class ReplySender:
             self._sending = True
         self._drain()
 
+    def take(self) -> list:
+        """Everything queued (up to :data:`MAX_BATCH`), for a caller that sends it itself and then
+        hands the outcomes to :meth:`settle` (the worker sends a batch's responses with its next
+        receive)."""
+        with self._lock:
+            queue = self._queue
+            return [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+
     def _drain(self) -> None:
         queue = self._queue
         failed: list = []
@@ -85,12 +93,17 @@ class ReplySender:
         if failed:
             # Retried only now, with the sending role given up: a full channel (a slow client)
             # must not hold back the other threads' responses.
-            deadline = time.monotonic() + max(timeout for _, _, timeout in failed)
-            for channel, message, _ in failed:
-                try:  # a give-up is logged there
-                    send_with_retry(self.layer, channel, message, max(0.0, deadline - time.monotonic()))
-                except Exception:
-                    log.exception("could not send a consumer's message to %r", channel)
+            self.retry(failed)
+
+    def retry(self, failed: list) -> None:
+        """Send again, with :func:`~wsgi_channels.consumer.send_with_retry`, what :meth:`settle` found
+        failed (a full channel, an unreachable layer), until the latest of their deadlines."""
+        deadline = time.monotonic() + max(timeout for _, _, timeout in failed)
+        for channel, message, _ in failed:
+            try:  # a give-up is logged there
+                send_with_retry(self.layer, channel, message, max(0.0, deadline - time.monotonic()))
+            except Exception:
+                log.exception("could not send a consumer's message to %r", channel)
 
     def _send(self, batch: list) -> list:
         """One pipeline for ``batch``; returns the items to retry (full channel, layer unreachable)."""
@@ -99,6 +112,12 @@ class ReplySender:
         except Exception as e:  # send_many reports per item; this is a bug
             log.exception("sending a batch of %d reply message(s) failed", len(batch))
             outcomes = [e] * len(batch)
+        return self.settle(batch, outcomes)
+
+    @staticmethod
+    def settle(batch: list, outcomes: list) -> list:
+        """Given the ``send_many`` outcomes of ``batch`` (items of :meth:`take`): log the messages that
+        can never be sent, and return those to :meth:`retry`."""
         failed = []
         for item, outcome in zip(batch, outcomes):
             if outcome is None:

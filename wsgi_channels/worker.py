@@ -3,21 +3,30 @@
 ``wsgi-channels worker ROUTING [--layer URL] [--threads N | --greenlets N]
 [--only-channels GLOB ...] [--exclude-channels GLOB ...]``
 
-N threads (greenlets under gevent) take turns at one blocking ``receive`` on the
-served channels (leader/follower): the thread that receives runs what it got
-itself through :func:`~wsgi_channels.consumer.run_consumer`, after handing the
-receiving role to an idle thread, so no message waits for a hand-over between
-threads. No thread is created per message, and a busy worker leaves messages
-queued for other workers; with a backlog, a layer that has ``receive_batch``
-(Redis) takes as many messages as there are idle threads in one round trip.
+N threads (greenlets under gevent) share one receiving role (leader/follower):
+the thread that holds it makes the one blocking ``receive`` on the served
+channels, taking as many messages as there are idle threads plus itself in one
+round trip (Redis: one ``BLMPOP``), and runs them itself, in order, through
+:func:`~wsgi_channels.consumer.run_consumer`. No thread is created or woken per
+message, and a busy worker leaves messages queued for other workers. The
+responses of a batch are held and go out with the receive that waits for the
+next batch (Redis: the send scripts and the ``BLMPOP`` in one round trip,
+``send_many_then_receive``): a CPU-bound WSGI app, which holds the GIL anyway,
+costs one wake-up and one round trip per batch.
 
-A batch runs in order on the thread that received it, and the responses it
-finishes go out together when it ends (one pipeline): waking a thread per
-message costs more than most WSGI requests, which hold the GIL anyway. A slow
-message never holds back the rest for long: once the message in progress has
-run for :data:`STEAL_AFTER` seconds, the receiving thread (which then waits in
-steps that short) sends the responses held so far and gives the rest of that
-batch to idle threads.
+Two things keep that from costing concurrency:
+
+- a slow message never holds back the rest for long: once a batch has run for
+  :data:`STEAL_AFTER` seconds, or the message in progress has (the watchdog
+  thread looks every STEAL_AFTER, backing off to :data:`WATCH_MAX` while it
+  finds nothing), the rest of the batch and the receiving role go to idle
+  threads, and the responses held so far are sent;
+- an app that waits on I/O (a database) gets a thread per message: when
+  messages run in batches wait (wall time beyond their CPU time) longer than
+  :data:`IO_WAIT`, the holder of the role hands each message to an idle thread
+  at once and passes the role on, as threads did before batches, for
+  :data:`PARALLEL_HOLD` seconds (doubled while the app keeps waiting); then
+  batches run again and show whether it still does.
 
 Receives are bounded (a second), so a stop request is seen quickly. The
 main thread supervises: it replaces a thread that died, and on SIGTERM/SIGINT
@@ -59,16 +68,42 @@ _LEAD = object()  # the receiving role, passed between threads through the inbox
 #: Seconds a batch's message may run before the rest of its batch goes to idle threads and the
 #: responses held by its thread are sent: about the most one slow message delays the others by.
 STEAL_AFTER = 0.005
+#: The longest the watchdog waits between looks while batches run (see Worker._watch).
+WATCH_MAX = 0.05
+#: A message run in a batch that waited this long (seconds of wall time beyond its CPU time)
+#: waited on I/O; IO_MESSAGES such among the last 32 make the worker run every message on its
+#: own thread for PARALLEL_HOLD seconds (Worker._waited).
+IO_WAIT = 0.00025
+IO_MESSAGES = 2
+PARALLEL_HOLD = 1.0
+PARALLEL_HOLD_MAX = 30.0
 
 
-class _Batch:
-    """Messages received together, run in order by the thread that received them."""
+class _Run:
+    """The batch the leader is running: the messages not started yet, when the one in progress
+    started, and whether the watchdog took the receiving role (and the rest) away."""
 
-    __slots__ = ("items", "started")
+    __slots__ = ("items", "started", "stolen")
 
     def __init__(self, messages: list) -> None:
-        self.items = deque(messages)  # popped by the runner, or taken by the leader when stale
-        self.started = time.monotonic()  # when the message in progress started
+        self.items = deque(messages)
+        self.started = time.monotonic()
+        self.stolen = False
+
+
+class _Job:
+    """Work for an idle thread other than a message (retrying responses that could not be sent)."""
+
+    __slots__ = ("fn", "args")
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        self.fn, self.args = fn, args
+
+    def run(self) -> None:
+        try:
+            self.fn(*self.args)
+        except Exception:
+            log.exception("worker job %r failed", self.fn)
 
 
 def select_channels(channels: Iterable[str], only: Sequence[str] = (), exclude: Sequence[str] = ()) -> list[str]:
@@ -114,7 +149,7 @@ class Worker:
         self.send_timeout = send_timeout
         self.grace = grace
         self.name = name
-        self.stats = {"messages": 0, "errors": 0, "unrouted": 0, "restarts": 0}
+        self.stats = {"messages": 0, "errors": 0, "unrouted": 0, "restarts": 0, "handed_out": 0}
         self.by_channel: Counter[str] = Counter()
         self.errors_by_channel: Counter[str] = Counter()
         self.seconds_by_channel: dict[str, float] = defaultdict(float)
@@ -126,26 +161,29 @@ class Worker:
         self._idle = 0  # threads waiting on the inbox
         self._idle_lock = threading.Lock()
         self._leading = False  # a thread is receiving
-        self._batches: set[_Batch] = set()  # being run; the leader hands out a stale one's rest
-        self._batch_lock = threading.Lock()
+        self._run: Optional[_Run] = None  # the batch the leader is running (see _watch)
+        self._run_lock = threading.Lock()
+        self._busy = threading.Event()  # set while batches run: the watchdog is awake
+        self._io_bits = 0  # 1 for each of the last 32 messages run in a batch that waited on I/O
+        self._parallel_until = 0.0  # until then (monotonic), messages are not run in batches
+        self._hold = PARALLEL_HOLD
         self._receive_batch = getattr(self.layer, "receive_batch", None) if concurrency > 1 else None
         self._backlog, self._probe, self._backoff = False, 0, 0.0
         self._outage_since: Optional[float] = None
         self._outage_lock = threading.Lock()
         # Responses' last messages of all threads share round trips (layers with send_many).
         self._replies = ReplySender(self.layer) if getattr(self.layer, "send_many", None) else None
+        self._send_then_receive = getattr(self.layer, "send_many_then_receive", None)
+        self._watchdog: Optional[threading.Thread] = None
 
     # -- the loops ------------------------------------------------------------------------------
     #
     # Leader/follower: ``concurrency`` threads wait on one inbox holding the single _LEAD
-    # token (and the rest of stale batches, or of a batch whose thread died). The thread that
-    # takes the token makes the one blocking receive, asking for as many messages as there
-    # are idle threads plus itself, puts the token back into the inbox, and runs what it got
-    # (_run_batch). A message goes from the layer to its consumer without a hand-over to
-    # another thread, a busy worker leaves messages queued for other workers, and one
-    # blocking receive per process avoids waking every thread for every message. With one
-    # thread, receiving and running alternate. A stopping worker runs every message it
-    # received.
+    # token, and messages handed out (the rest of a batch taken over, messages of an app that
+    # waits on I/O, the rest of a batch whose thread died) and _Jobs (responses to retry).
+    # The thread that takes the token keeps it (_lead) until the worker stops, a batch of its
+    # is taken over, or the app waits on I/O; then it puts the token back. With one thread,
+    # receiving and running alternate. A stopping worker runs every message it received.
 
     def _count(self, key: str) -> None:
         with self._stats_lock:
@@ -172,88 +210,186 @@ class Worker:
                 if stopping.is_set():
                     inbox.put(_LEAD)  # the others still run what is queued before it, then stop
                     return
-                messages = self._lead()
-                if len(messages) > 1:
-                    self._run_batch(messages)
-                    continue
-                if not messages:
-                    continue
-                item = messages[0]
+                self._lead()
+                continue
+            if type(item) is _Job:
+                item.run()
+                continue
             handle(*item)
 
-    def _lead(self) -> list:
-        """Receive as the leader: the messages to run here (none after a timeout or an outage)."""
-        messages: list = []
+    def _lead(self) -> None:
+        """Hold the receiving role: receive a batch, run it here, and again, until the worker stops
+        or the watchdog gives the role to another thread (a message here ran too long)."""
+        run: Optional[_Run] = None
+        try:
+            while not self._stopping.is_set():
+                messages = self._receive()
+                if not messages:
+                    continue
+                if time.monotonic() < self._parallel_until:
+                    # An app that waits on I/O: every message gets its own thread at once.
+                    self._hand_out(deque(messages[1:]))
+                    run = _Run(messages[:1])
+                    run.stolen = True  # the role goes back now, to receive while this one runs
+                    self._inbox.put(_LEAD)
+                    self.handle(*messages[0])
+                    return
+                run = _Run(messages)
+                if not self._run_batch(run):
+                    return  # the role went to another thread (with the rest of the batch)
+                run = None
+        finally:
+            if run is None or not run.stolen:
+                self._inbox.put(_LEAD)  # back to the others, even when this thread dies here
+            if self._replies is not None:
+                self._replies.flush()  # what this thread still holds
+
+    def _receive(self) -> list:
+        """One blocking receive, sending the responses held (the last batch's) along with it where
+        the layer can (``send_many_then_receive``); empty after a timeout or an outage."""
+        limit = 1
+        if self._receive_batch is not None:
+            self._probe += 1
+            if self._backlog or self._probe % _PROBE_EVERY == 0 \
+                    or getattr(self.layer, "batch_round_trips", 0) == 1:
+                limit = self._idle + 1
+        replies = self._replies
+        held = replies.take() if replies is not None and self._send_then_receive is not None else []
+        outcomes: list = []
         self._leading = True
         try:
-            limit = 1
-            if self._receive_batch is not None:
-                self._probe += 1
-                if self._backlog or self._probe % _PROBE_EVERY == 0 \
-                        or getattr(self.layer, "batch_round_trips", 0) == 1:
-                    limit = self._idle + 1
-            # While batches run, wait in short steps: between them, see that none is stuck.
-            timeout = STEAL_AFTER if self._batches else _RECEIVE_TIMEOUT
-            try:
+            if held:
+                messages = self._send_then_receive([(c, m) for c, m, _ in held], self.channels, limit,
+                                                   _RECEIVE_TIMEOUT, outcomes)
+            else:
+                if replies is not None:
+                    replies.flush()
                 if limit > 1:
-                    messages = self._receive_batch(self.channels, limit=limit, block=True, timeout=timeout)
-                    self._backlog = len(messages) > 1
+                    messages = self._receive_batch(self.channels, limit=limit, block=True, timeout=_RECEIVE_TIMEOUT)
                 else:
-                    channel, content = self.layer.receive(self.channels, block=True, timeout=timeout)
-                    if channel is not None:
-                        messages = [(channel, content)]
-            except LayerUnavailable as e:
-                self._backoff = min(_MAX_BACKOFF, self._backoff * 2 or 0.05)
-                self._outage(e)
-                self._stopping.wait(random.uniform(self._backoff / 2, self._backoff))
-                return []
-            if self._backoff:
-                self._backoff = 0.0
-                self._recovered()
+                    channel, content = self.layer.receive(self.channels, block=True, timeout=_RECEIVE_TIMEOUT)
+                    messages = [(channel, content)] if channel is not None else []
+            self._backlog = len(messages) > 1
+        except LayerUnavailable as e:
+            self._backoff = min(_MAX_BACKOFF, self._backoff * 2 or 0.05)
+            self._outage(e)
+            self._stopping.wait(random.uniform(self._backoff / 2, self._backoff))
+            return []
         finally:
-            self._inbox.put(_LEAD)  # always back, even when this thread dies here
             self._leading = False
-            if self._batches:
-                self._unstick()
+            if held:
+                assert replies is not None
+                outcomes += [LayerUnavailable("the round trip failed")] * (len(held) - len(outcomes))
+                failed = replies.settle(held, outcomes)
+                if failed:  # retried by another thread: a slow client never holds up the receiving
+                    self._inbox.put(_Job(replies.retry, failed))
+        if self._backoff:
+            self._backoff = 0.0
+            self._recovered()
         return messages
 
-    def _run_batch(self, messages: list) -> None:
-        """Run ``messages`` here in order, holding this thread's responses until the batch ends.
+    def _run_batch(self, run: "_Run") -> bool:
+        """Run a batch here in order, holding this thread's responses (sent with the next receive);
+        False when the receiving role went to another thread meanwhile.
 
-        A thread that dies mid-batch (a consumer raised ``SystemExit``) leaves the rest to the
-        other threads, and sends what it held.
+        When the batch has run for :data:`STEAL_AFTER` and messages are left, they and the role go
+        to the other threads (many middling messages: a blocking app gets its concurrency back);
+        the watchdog does the same for one message that runs long. A thread that dies mid-batch
+        (a consumer raised ``SystemExit``) leaves the rest to the other threads.
         """
-        batch = _Batch(messages)
-        items, handle = batch.items, self.handle
-        with self._batch_lock:
-            self._batches.add(batch)
+        items, handle = run.items, self.handle
+        self._run = run
+        if not self._busy.is_set():
+            self._busy.set()  # wakes the watchdog (only when it went to sleep)
         hold_replies(True)
+        gave_up = False
+        thread_time, monotonic = time.thread_time, time.monotonic
         try:
+            deadline = run.started + STEAL_AFTER
             while True:
                 try:
                     item = items.popleft()
-                except IndexError:  # done, or the rest was handed out (_unstick)
+                except IndexError:  # done, or the watchdog handed the rest out
                     break
-                batch.started = time.monotonic()
+                now = monotonic()
+                if now > deadline and self._take_over(run):
+                    items.appendleft(item)  # handed out below, first, with the rest
+                    gave_up = True
+                    break
+                run.started = now
+                cpu = thread_time()
                 handle(*item)
+                if self._waited(monotonic() - now - (thread_time() - cpu)) and items and self._take_over(run):
+                    gave_up = True
+                    break
         finally:
-            with self._batch_lock:
-                self._batches.discard(batch)
-            self._hand_out(items)
             hold_replies(False)
-            if self._replies is not None:
-                self._replies.flush()
+            with self._run_lock:
+                if self._run is run:
+                    self._run = None
+            self._hand_out(items)
+            if gave_up:
+                self._inbox.put(_LEAD)  # after the rest of the batch: older messages first
+        return not run.stolen
 
-    def _unstick(self) -> None:
-        """Give idle threads the rest of every batch whose message in progress has run for over
-        :data:`STEAL_AFTER`, and send the responses held meanwhile."""
-        stale_before = time.monotonic() - STEAL_AFTER
-        with self._batch_lock:
-            stale = [batch for batch in self._batches if batch.started < stale_before]
-        for batch in stale:
-            self._hand_out(batch.items)
-        if stale and self._replies is not None:
-            self._replies.flush()
+    def _waited(self, seconds: float) -> bool:
+        """Note how long a message just run by the leader waited (its wall time minus its thread's CPU
+        time: I/O, or the OS running something else); True when :data:`IO_MESSAGES` of the last 32
+        waited over :data:`IO_WAIT`: the app waits on I/O, and for the next :data:`PARALLEL_HOLD`
+        seconds every message gets its own thread; then batches run here again, and show whether
+        it still does (if so, the next period is twice as long, up to :data:`PARALLEL_HOLD_MAX`)."""
+        bits = ((self._io_bits << 1) | (seconds > IO_WAIT)) & 0xFFFFFFFF
+        if bin(bits).count("1") < IO_MESSAGES:
+            self._io_bits = bits
+            return False
+        self._io_bits = 0
+        now = time.monotonic()
+        # Back within one hold of the last: the app still waits, so look again twice as late.
+        self._hold = min(PARALLEL_HOLD_MAX, self._hold * 2) if now - self._parallel_until < self._hold \
+            else PARALLEL_HOLD
+        self._parallel_until = now + self._hold
+        return True
+
+    def _take_over(self, run: "_Run") -> bool:
+        """Mark ``run`` as stolen, unless it was already; its thread then gives up the receiving role."""
+        with self._run_lock:
+            if run.stolen:
+                return False
+            run.stolen = True
+            if self._run is run:
+                self._run = None
+        self._count("handed_out")
+        return True
+
+    def _watch(self) -> None:
+        """The watchdog: when the leader's message in progress has run for :data:`STEAL_AFTER`, give
+        the rest of its batch and the receiving role to the other threads, and send the responses it
+        holds. It looks every STEAL_AFTER at first and backs off to :data:`WATCH_MAX` while it finds
+        nothing: each look takes the GIL from a leader running Python, which costs it time.
+        """
+        stopping = self._stopping
+        interval = STEAL_AFTER
+        active = False  # a batch ran since the last look
+        while not stopping.is_set():
+            run = self._run
+            if run is not None:
+                if time.monotonic() - run.started >= STEAL_AFTER and self._take_over(run):
+                    interval = STEAL_AFTER
+                    self._hand_out(run.items)
+                    self._inbox.put(_LEAD)
+                    if self._replies is not None:
+                        self._replies.flush()
+                    continue
+                active = True
+            elif active:
+                active = False  # between two batches: one more look before sleeping
+            else:  # no batch for a while: sleep until one starts (the leader sets _busy)
+                self._busy.clear()
+                if self._run is None:  # checked again after clearing: a batch that started meanwhile set it
+                    self._busy.wait(_RECEIVE_TIMEOUT)
+                active = True
+            time.sleep(interval)
+            interval = min(WATCH_MAX, interval * 2)
 
     def _hand_out(self, items: deque) -> None:
         """Put what is left of ``items`` into the inbox (each item is popped by one thread only)."""
@@ -331,6 +467,9 @@ class Worker:
         log.info("worker serving %s with %d %s on %r", ", ".join(self.channels), self.concurrency,
                  self.mode, self.layer)
         self._threads = [self._spawn(i) for i in range(self.concurrency)]
+        if self.concurrency > 1:  # with one thread, nobody could take over
+            self._watchdog = threading.Thread(target=self._watch, name=f"{self.name}-watchdog", daemon=True)
+            self._watchdog.start()
         return self
 
     def supervise_once(self) -> None:
@@ -355,6 +494,7 @@ class Worker:
             self._inbox.put(None)  # wakes the idle threads, which then see the stop
         while self._leading and time.monotonic() < start + _RECEIVE_TIMEOUT + 1.0:
             time.sleep(0.01)  # a receive in progress returns within _RECEIVE_TIMEOUT; its messages run below
+        self._busy.set()  # wakes the watchdog, which then sees the stop
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         alive = [t for t in self._threads if t.is_alive()]

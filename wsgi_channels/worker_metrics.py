@@ -41,6 +41,9 @@ class WorkerCollector:
                                   value=stats["unrouted"])
         yield CounterMetricFamily("wsgi_channels_worker_thread_restarts", "Worker threads replaced after dying",
                                   value=stats["restarts"])
+        yield CounterMetricFamily("wsgi_channels_worker_batches_handed_out",
+                                  "Batches whose message in progress ran so long that the rest went to other threads",
+                                  value=stats["handed_out"])
         yield GaugeMetricFamily("wsgi_channels_worker_layer_up", "1 while the channel layer answers",
                                 value=1 if w.layer_up else 0)
         yield GaugeMetricFamily("wsgi_channels_worker_concurrency", "Executor threads or greenlets",

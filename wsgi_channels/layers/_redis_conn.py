@@ -353,7 +353,7 @@ class Shard:
             raise _error(reply)
         return reply
 
-    def pipeline(self, payloads: Sequence[bytes], script: Script) -> list:
+    def pipeline(self, payloads: Sequence[bytes], script: Script, then: bytes | None = None) -> list:
         """Run several packed ``EVALSHA`` commands of ``script`` with one write and one read of
         all their replies, in order.
 
@@ -361,15 +361,23 @@ class Shard:
         Commands refused with ``NOSCRIPT`` (never run) are sent again once the script is
         loaded. A network failure raises ``LayerUnavailable`` for all of them (any may or
         may not have run; none is resent).
+
+        ``then``: one more packed command written after them, in the same round trip (a
+        blocking pop); its reply (an error reply returned as it is) ends the list.
         """
-        replies = self._roundtrip(b"".join(payloads), len(payloads))
+        count = len(payloads)
+        replies = self._roundtrip(b"".join(payloads) + (then or b""), count + (then is not None))
+        last = replies.pop() if then is not None else None
         refused = [i for i, r in enumerate(replies) if type(r) is ResponseError and str(r).startswith("NOSCRIPT")]
         if refused:
             self.execute("SCRIPT", "LOAD", script.source)
             again = self._roundtrip(b"".join([payloads[i] for i in refused]), len(refused))
             for i, reply in zip(refused, again):
                 replies[i] = reply
-        return [_error(r) if type(r) is ResponseError else r for r in replies]
+        result = [_error(r) if type(r) is ResponseError else r for r in replies]
+        if then is not None:
+            result.append(last)
+        return result
 
     def script(self, script: Script, keys: Sequence[Any], args: Sequence[Any], now: bool = False) -> Any:
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)

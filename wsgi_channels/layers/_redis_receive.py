@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from redis.exceptions import ResponseError
 
@@ -424,19 +424,26 @@ class ReceivingMixin:
             return entry.names[entry.keys.index(key)], self._open(memoryview(data)[14:])
         return None
 
-    def _blocking_pop_many(self, entry: _ShardPlan, wait: float, limit: int) -> list[tuple[str, dict]] | None:
+    def _blocking_pop_many(self, entry: _ShardPlan, wait: float, limit: int,
+                           first: Callable[[bytes], Any] | None = None) -> list[tuple[str, dict]] | None:
         """Up to ``limit`` messages of plain channels on one shard with ``BLMPOP`` (Redis 7+), waiting up
         to ``wait`` seconds for the first: one command, no script, whether a backlog waits or not.
 
         Returns None when the server has no ``BLMPOP``, or the user may not run it (it is then not
         tried again on that shard by this process). Expired entries are dropped here, as in
-        :meth:`_blocking_pop`.
+        :meth:`_blocking_pop`. ``first(command)``, when given, makes the first round trip
+        instead of the shard (it writes other commands with it) and returns the pop's reply.
         """
         shard = entry.shard
         for keys, step in self._blocking_steps(entry, wait):
+            command = _redis_conn.packed("BLMPOP", step, len(keys), *keys, "LEFT", "COUNT", limit)
             try:
-                reply = shard.execute_packed(_redis_conn.packed(
-                    "BLMPOP", step, len(keys), *keys, "LEFT", "COUNT", limit))
+                if first is not None:
+                    reply, first = first(command), None
+                    if type(reply) is ResponseError:
+                        raise reply
+                else:
+                    reply = shard.execute_packed(command)
             except ResponseError as e:
                 text = str(e).lower()
                 if "unknown command" not in text and not text.startswith("noperm"):
@@ -462,6 +469,17 @@ class ReceivingMixin:
             if batch:
                 return batch
         return []
+
+    def _pop_plan(self, channels: Iterable[str], wait: float) -> _ShardPlan | None:
+        """The plan of ``channels`` when a blocking batch receive on them is one ``BLMPOP`` (plain
+        channels on one shard that has it, or may), else None."""
+        resolved = self._resolve_plan(channels)
+        if resolved is None or wait <= 0:
+            return None
+        plan = resolved[1]
+        if len(plan) == 1 and plan[0].plain and plan[0].shard.blmpop is not False:
+            return plan[0]
+        return None
 
     def _await(self, names: list[str], plan: list, wait: float, attempt: Any, limit: int = 0) -> Any:
         """``attempt()`` until it returns something, for up to ``wait`` seconds.

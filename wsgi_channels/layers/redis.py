@@ -257,31 +257,86 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         is queued at most once, in the order given for items on the same shard; for a
         reader such as the sidecar, which sends for many connections at once.
         """
+        outcomes, by_shard = self._prepare_sends(items)
+        for shard, entries in by_shard.items():
+            self._send_pipeline(shard, entries, outcomes)
+        return outcomes
+
+    def send_many_then_receive(self, items: Sequence[tuple[str, dict]], channels: Iterable[str], limit: int,
+                               timeout: float, outcomes: list) -> list[tuple[str, dict]]:
+        """:meth:`send_many` of ``items``, then a blocking :meth:`receive_batch` of up to ``limit``
+        messages of ``channels`` (waiting up to ``timeout`` seconds for the first), in one round
+        trip where it can: when the channels are plain ones on one shard of Redis 7, the sends for
+        that shard are written with its ``BLMPOP``. The worker sends the responses of a batch and
+        waits for its next batch this way.
+
+        ``outcomes`` gets one entry per item, as :meth:`send_many` returns them, before anything
+        can raise: when the round trip fails (``LayerUnavailable``), it tells which sends failed
+        with it.
+        """
+        wait = self._block_timeout(True, timeout)
+        outcomes[:], by_shard = self._prepare_sends(items)
+        entry = self._pop_plan(channels, wait)
+        combined = by_shard.pop(entry.shard, None) if entry is not None else None
+        for shard, entries in by_shard.items():
+            self._send_pipeline(shard, entries, outcomes)
+        if not combined:
+            return self.receive_batch(channels, limit, block=True, timeout=timeout)
+        assert entry is not None
+        pending = [combined]
+
+        def first(pop: bytes) -> Any:
+            entries = pending.pop()
+            try:
+                replies = entry.shard.pipeline([e[3] for e in entries], _SEND, then=pop)
+            except exc.LayerUnavailable as error:
+                for i, *_ in entries:
+                    outcomes[i] = error
+                raise
+            self._send_outcomes(entries, replies, outcomes)
+            return replies[-1]
+
+        batch = self._blocking_pop_many(entry, wait, limit, first)
+        if pending:  # the wait ended before its first step: the sends go alone
+            self._send_pipeline(entry.shard, pending.pop(), outcomes)
+        if batch is None:  # the server has no BLMPOP (the sends went out with the refused command)
+            return self.receive_batch(channels, limit, block=True, timeout=timeout)
+        return batch
+
+    def _send_pipeline(self, shard: Shard, entries: list, outcomes: list[Exception | None]) -> None:
+        try:
+            replies = shard.pipeline([e[3] for e in entries], _SEND)
+        except exc.LayerUnavailable as e:
+            for entry in entries:
+                outcomes[entry[0]] = e
+            return
+        self._send_outcomes(entries, replies, outcomes)
+
+    def _prepare_sends(self, items: Sequence[tuple[str, dict]]) -> tuple[list[Exception | None], dict[Shard, list]]:
+        """The outcomes of ``items`` so far (a bad name or message fails its own item only), and the
+        ``(index, channel, capacity, payload)`` of the others, by shard."""
         outcomes: list[Exception | None] = [None] * len(items)
         by_shard: dict[Shard, list] = {}
         for i, (channel, message) in enumerate(items):
             try:
                 shard, payload, capacity = self._send_payload(channel, message)
-            except Exception as e:  # a bad name or message fails its own item only
+            except Exception as e:
                 outcomes[i] = e
                 continue
             by_shard.setdefault(shard, []).append((i, channel, capacity, payload))
-        for shard, entries in by_shard.items():
-            try:
-                replies = shard.pipeline([e[3] for e in entries], _SEND)
-            except exc.LayerUnavailable as e:
-                for entry in entries:
-                    outcomes[entry[0]] = e
-                continue
-            for (i, channel, capacity, _), n in zip(entries, replies):
-                if isinstance(n, Exception):
-                    outcomes[i] = n
-                elif n < 0:
-                    self._count("channel_full_count")
-                    outcomes[i] = exc.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
-                else:
-                    self._sent += 1
-        return outcomes
+        return outcomes, by_shard
+
+    def _send_outcomes(self, entries: list, replies: list, outcomes: list[Exception | None]) -> None:
+        """Record in ``outcomes`` what the send scripts of ``entries`` answered (``replies`` may go on
+        with the reply of another command)."""
+        for (i, channel, capacity, _), n in zip(entries, replies):
+            if isinstance(n, Exception):
+                outcomes[i] = n
+            elif n < 0:
+                self._count("channel_full_count")
+                outcomes[i] = exc.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
+            else:
+                self._sent += 1
 
     # -- groups -----------------------------------------------------------------------------
 
