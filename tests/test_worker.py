@@ -594,10 +594,10 @@ def test_an_app_that_waits_on_io_gets_a_thread_per_message(redis_url):
         for reply in _queue_at_once(client, [f"/fast{i}" for i in range(4)]):
             assert client.receive([reply], block=True, timeout=10)[0] == reply
         assert len(set(threads_of("/fast"))) == 1, f"fast messages ran as one batch on one thread: {ran}"
-        for path in ("/io1", "/io2"):  # each waits 50 ms: the worker now runs messages in parallel
+        for n in (1, 2):  # two batches whose first message waits 50 ms: the worker now runs messages in parallel
             assert wait_for(lambda: _waiting_to_receive(worker, client, 3), timeout=10)
-            reply = _queue_at_once(client, [path])[0]
-            assert client.receive([reply], block=True, timeout=10)[0] == reply
+            for reply in _queue_at_once(client, [f"/io{n}", f"/after-io{n}"]):
+                assert client.receive([reply], block=True, timeout=10)[0] == reply
         handed_out = worker.stats["handed_out"]
         assert wait_for(lambda: _waiting_to_receive(worker, client, 3), timeout=10)
         for reply in _queue_at_once(client, [f"/io-par{i}" for i in range(4)]):

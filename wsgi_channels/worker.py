@@ -221,9 +221,11 @@ class Worker:
         """Hold the receiving role: receive a batch, run it here, and again, until the worker stops
         or the watchdog gives the role to another thread (a message here ran too long)."""
         run: Optional[_Run] = None
+        ran_batch = False
         try:
             while not self._stopping.is_set():
-                messages = self._receive()
+                messages = self._receive(send_held=ran_batch)
+                ran_batch = False
                 if not messages:
                     continue
                 if time.monotonic() < self._parallel_until:
@@ -237,16 +239,17 @@ class Worker:
                 run = _Run(messages)
                 if not self._run_batch(run):
                     return  # the role went to another thread (with the rest of the batch)
-                run = None
+                run, ran_batch = None, True
         finally:
             if run is None or not run.stolen:
                 self._inbox.put(_LEAD)  # back to the others, even when this thread dies here
             if self._replies is not None:
                 self._replies.flush()  # what this thread still holds
 
-    def _receive(self) -> list:
-        """One blocking receive, sending the responses held (the last batch's) along with it where
-        the layer can (``send_many_then_receive``); empty after a timeout or an outage."""
+    def _receive(self, send_held: bool) -> list:
+        """One blocking receive; ``send_held``: with the responses this thread held (its last batch's),
+        sent along with it where the layer can (``send_many_then_receive``). Empty after a timeout
+        or an outage."""
         limit = 1
         if self._receive_batch is not None:
             self._probe += 1
@@ -254,7 +257,7 @@ class Worker:
                     or getattr(self.layer, "batch_round_trips", 0) == 1:
                 limit = self._idle + 1
         replies = self._replies
-        held = replies.take() if replies is not None and self._send_then_receive is not None else []
+        held = replies.take() if send_held and replies is not None and self._send_then_receive is not None else []
         outcomes: list = []
         self._leading = True
         try:
@@ -262,7 +265,7 @@ class Worker:
                 messages = self._send_then_receive([(c, m) for c, m, _ in held], self.channels, limit,
                                                    _RECEIVE_TIMEOUT, outcomes)
             else:
-                if replies is not None:
+                if send_held and replies is not None:
                     replies.flush()
                 if limit > 1:
                     messages = self._receive_batch(self.channels, limit=limit, block=True, timeout=_RECEIVE_TIMEOUT)
