@@ -38,8 +38,8 @@ class _ThreadState(threading.local):
     #: This thread's reply sender (see :func:`use_reply_sender`); a class default, since a
     #: ``getattr(..., None)`` that misses raises inside and costs microseconds per reply.
     sender: Any = None
-    #: Messages handed over wait for :meth:`~wsgi_channels.reply_sender.ReplySender.flush`
-    #: (the worker runs a batch: its responses go out together when it ends).
+    #: Messages handed over are only queued (the worker runs a batch: its responses go out
+    #: together when it ends; see :meth:`~wsgi_channels.reply_sender.ReplySender.take`).
     hold: bool = False
 
 

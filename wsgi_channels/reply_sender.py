@@ -7,9 +7,10 @@ With :class:`ReplySender` the threads send those messages together: a thread tha
 hands one over while no send is in flight sends it at once (no added latency), and
 keeps sending, in one ``layer.send_many`` pipeline per round, whatever the other
 threads handed over meanwhile; those threads go on to their next message without
-waiting. Under load many responses share one round trip. A thread running a batch
-of messages holds its responses (``hold``) and sends them together when the batch
-ends (:meth:`ReplySender.flush`).
+waiting. Under load many responses share one round trip. The worker thread that
+runs a batch of messages holds their responses (``hold``) and, when the batch ends,
+takes them (:meth:`ReplySender.take`) to send with its next receive, or sends them
+(:meth:`ReplySender.flush`).
 
 Only a response's *last* message is handed over (see
 :func:`~wsgi_channels.consumer.hand_over_last`): the chunks before it were sent in

@@ -65,8 +65,9 @@ _RECEIVE_TIMEOUT = 1.0
 _MAX_BACKOFF = 5.0
 _PROBE_EVERY = 8
 _LEAD = object()  # the receiving role, passed between threads through the inbox
-#: Seconds a batch's message may run before the rest of its batch goes to idle threads and the
-#: responses held by its thread are sent: about the most one slow message delays the others by.
+#: Seconds a batch, or its message in progress, may run before the rest of the batch and the
+#: receiving role go to idle threads and the responses its thread holds are sent (a message in
+#: progress is noticed by the watchdog, which looks at least every WATCH_MAX seconds).
 STEAL_AFTER = 0.005
 #: The longest the watchdog waits between looks while batches run (see Worker._watch).
 WATCH_MAX = 0.05
@@ -218,8 +219,9 @@ class Worker:
             handle(*item)
 
     def _lead(self) -> None:
-        """Hold the receiving role: receive a batch, run it here, and again, until the worker stops
-        or the watchdog gives the role to another thread (a message here ran too long)."""
+        """Hold the receiving role: receive a batch, run it here, and again, until the worker stops,
+        a batch here runs too long (the role and the rest go to other threads), or the app waits on
+        I/O (then each message is handed to a thread, and the role passed on at once)."""
         run: Optional[_Run] = None
         ran_batch = False
         try:
