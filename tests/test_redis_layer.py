@@ -966,3 +966,49 @@ def test_send_many_then_receive_over_shards(redis_shards, made):
         assert outcomes == [None]
     assert sorted(m["i"] for _, m in got) == list(range(12))
     assert [layer.receive([r]) for r in replies] == [(r, {"n": n}) for n, r in enumerate(replies, 1)]
+
+
+@pytest.mark.parametrize("server, has_blmpop", [("fresh_redis", True), ("redis6_server", False)])
+def test_a_blocking_batch_on_a_process_prefix_keeps_what_the_receive_script_does(request, made, server,
+                                                                                   has_blmpop):
+    """The sidecar's loop: on Redis 7 a blocking batch on its one prefix is a BLMPOP, with the unread
+    flag removed in the same round trip once the queue is empty. The flag, group messages, entries
+    that expired in the queue and a prefix whose messages all expired unread behave as with the
+    receive script (Redis 6.0 still uses it)."""
+    url = request.getfixturevalue(server).url
+    layer, sender = made(url, expiry=1), made(url, expiry=1)
+    layer.flush()
+    r = client_for(request.getfixturevalue(server))
+    flag, members = "wsgi_channels:u:{bp.side!}", "wsgi_channels:m:{bp.side!}"
+    layer.group_add("bp.g", "bp.side!a")
+    layer.group_add("bp.g", "bp.side!b")
+    sender.send("bp.side!a", {"n": 1})
+    assert r.exists(flag), "a push to the empty queue of a prefix with members sets its unread flag"
+    assert layer.receive_batch(["bp.side!"], 10, block=True, timeout=5) == [("bp.side!a", {"n": 1})]
+    assert not r.exists(flag), "read: the flag is gone"
+
+    sender.send_group("bp.g", {"g": 1})  # one entry for both members
+    got = layer.receive_batch(["bp.side!"], 10, block=True, timeout=5)
+    assert layer._shards[0].blmpop is has_blmpop  # the first call ran the script (see below)
+    assert sorted(c for c, _ in got) == ["bp.side!a", "bp.side!b"] and all(m == {"g": 1} for _, m in got)
+    assert not r.exists(flag), "read: the flag is gone"
+    sender.send("bp.side!a", {"n": 1.5})
+    assert layer.receive_batch(["bp.side!"], 10, block=True, timeout=5) == [("bp.side!a", {"n": 1.5})]
+    assert not r.exists(flag)
+
+    # An entry that expired in the queue is dropped when popped, and its member leaves its groups.
+    sender.send("bp.side!b", {"n": "old"})
+    time.sleep(0.6)
+    sender.send("bp.side!a", {"n": 2})  # renews the queue's TTL, not the first entry's deadline
+    time.sleep(0.5)
+    assert layer.receive_batch(["bp.side!"], 10, block=True, timeout=5) == [("bp.side!a", {"n": 2})]
+    assert r.hget(members, "bp.side!b") is None and r.hget(members, "bp.side!a") == b"bp.g"
+
+    # Every message expired unread (the queue went with its TTL, the flag stayed): the next wait
+    # buries the prefix, whose channels leave their groups.
+    sender.send("bp.side!a", {"n": "lost"})
+    time.sleep(1.2)
+    assert r.exists(flag) and not r.exists("wsgi_channels:q:{bp.side!}")
+    assert layer.receive_batch(["bp.side!"], 10, block=True, timeout=0.3) == []
+    assert not r.exists(flag) and not r.exists(members)
+    assert layer.group_channels("bp.g") == []

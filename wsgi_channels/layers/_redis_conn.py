@@ -353,7 +353,8 @@ class Shard:
             raise _error(reply)
         return reply
 
-    def pipeline(self, payloads: Sequence[bytes], script: Script, then: bytes | None = None) -> list:
+    def pipeline(self, payloads: Sequence[bytes], script: Script, then: bytes | None = None,
+                 then_first: bool = False) -> list:
         """Run several packed ``EVALSHA`` commands of ``script`` with one write and one read of
         all their replies, in order.
 
@@ -362,12 +363,17 @@ class Shard:
         loaded. A network failure raises ``LayerUnavailable`` for all of them (any may or
         may not have run; none is resent).
 
-        ``then``: one more packed command written after them, in the same round trip (a
-        blocking pop); its reply (an error reply returned as it is) ends the list.
+        ``then``: one more packed command (a blocking pop), written after them in the same round
+        trip, or before them with ``then_first``; its reply (an error reply returned as it is)
+        ends the list, or starts it.
         """
         count = len(payloads)
-        replies = self._roundtrip(b"".join(payloads) + (then or b""), count + (then is not None))
-        last = replies.pop() if then is not None else None
+        data = b"".join(payloads)
+        if then is not None:
+            data = then + data if then_first else data + then
+        replies = self._roundtrip(data, count + (then is not None))
+        if then is not None:
+            other = replies.pop(0) if then_first else replies.pop()
         refused = [i for i, r in enumerate(replies) if type(r) is ResponseError and str(r).startswith("NOSCRIPT")]
         if refused:
             self.execute("SCRIPT", "LOAD", script.source)
@@ -376,7 +382,7 @@ class Shard:
                 replies[i] = reply
         result = [_error(r) if type(r) is ResponseError else r for r in replies]
         if then is not None:
-            result.append(last)
+            result.insert(0, other) if then_first else result.append(other)
         return result
 
     def script(self, script: Script, keys: Sequence[Any], args: Sequence[Any], now: bool = False) -> Any:

@@ -35,6 +35,7 @@ log = logging.getLogger("wsgi_channels.layers.redis")
 _RECEIVE = Script(scripts.RECEIVE)
 _RECEIVE_MANY = Script(scripts.RECEIVE_MANY)
 _EVICT = Script(scripts.EVICT)
+_READ_DONE = Script(scripts.READ_DONE)
 
 
 class _Watch:
@@ -78,7 +79,7 @@ class _ShardPlan:
     plain ``LPOP`` (``lpop``) does the script's work, the deadline checked on our side.
     """
 
-    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "plain", "drained", "_packed")
+    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "plain", "drained", "read_at", "_packed")
 
     def __init__(self, shard: Shard, names: list[str], key: Any, prefix: str) -> None:
         self.shard = shard
@@ -92,6 +93,9 @@ class _ShardPlan:
         #: The last batch receive on them got less than it asked for: they were left empty, and
         #: the next one starts with the blocking pop (an answer at once if a message came since).
         self.drained = False
+        #: When (monotonic) a blocking pop on a process prefix of this list last returned: see
+        #: :meth:`ReceivingMixin._blocking_pop_prefix`.
+        self.read_at = float("-inf")
         self._packed: dict[tuple[int, bool], tuple[bytes, list[str]]] = {}
 
     def _command(self, rr: int, many: bool) -> tuple[bytes, list[str]]:
@@ -275,22 +279,26 @@ class ReceivingMixin:
             now_ms = reply[-1]
             buffered = False
             for j in range(0, len(reply) - 1, 2):
-                name = shard_names[reply[j] - 1]
-                entry_bytes = reply[j + 1]
-                try:
-                    if entry_bytes[13:14] != b"m" and name in self._copies:
-                        # behind this prefix's earlier copies, so no member gets a later message first
-                        self._copies.add(name, self._group_message(name, entry_bytes, now_ms))
-                        buffered = True
-                    else:
-                        batch.append(self._deliver(name, entry_bytes, now_ms, shared))
-                        buffered = buffered or name in self._copies
-                except exc.ChannelsError as e:
-                    # One unreadable entry must not cost the rest of the batch, already popped.
-                    log.error("dropped an unreadable message on %s: %s", name, e)
+                buffered = self._take_entry(shard_names[reply[j] - 1], reply[j + 1], now_ms, shared, batch) \
+                    or buffered
             if buffered and len(batch) < limit:
                 batch += self._take_buffered(names, limit - len(batch), shared)
         return batch
+
+    def _take_entry(self, name: str, entry: bytes, now_ms: int, shared: bool, batch: list) -> bool:
+        """Add the message of a live popped ``entry`` of queue ``name`` to ``batch`` (the first member's,
+        for a group entry, whose other members' copies are buffered); True when copies were buffered."""
+        try:
+            if entry[13:14] != b"m" and name in self._copies:
+                # behind this prefix's earlier copies, so no member gets a later message first
+                self._copies.add(name, self._group_message(name, entry, now_ms))
+                return True
+            batch.append(self._deliver(name, entry, now_ms, shared))
+            return name in self._copies
+        except exc.ChannelsError as e:
+            # One unreadable entry must not cost the rest of the batch, already popped.
+            log.error("dropped an unreadable message on %s: %s", name, e)
+            return False
 
     def _resolve_plan(self, channels: Iterable[str]) -> tuple[list[str], list] | None:
         """The validated names and per-shard plan of a channel list (None when it is empty)."""
@@ -387,7 +395,76 @@ class ReceivingMixin:
             entry.drained = False
             got = self._blocking_pop(entry, wait)
             return [got] if got is not None else []
+        if wait > 0 and len(plan) == 1 and len(names) == 1 and plan[0].shard.blmpop is not False \
+                and not self._copies:
+            # One process prefix (the sidecar's loop): BLMPOP, as for plain channels, instead of the
+            # doorbell and a script.
+            batch = self._blocking_pop_prefix(names, plan, wait, limit, shared)
+            if batch is not None:
+                return batch
         return self._await(names, plan, wait, lambda: self._try_receive_batch(names, plan, limit, shared), limit) or []
+
+    def _blocking_pop_prefix(self, names: list[str], plan: list[_ShardPlan], wait: float, limit: int,
+                             shared: bool) -> list[tuple[str, dict]] | None:
+        """Up to ``limit`` messages of one process prefix's queue with ``BLMPOP`` (Redis 7+), waiting up
+        to ``wait`` seconds for the first; None when the server has no ``BLMPOP`` (then the doorbell
+        and ``RECEIVE_MANY`` serve, as on Redis 6).
+
+        What ``RECEIVE_MANY`` does besides popping is kept: ``READ_DONE``, written in the same
+        round trip right after the pop, removes the unread flag once the queue is empty; popped
+        entries that had expired are dropped and their members leave their groups (``EVICT``).
+        While a ``BLMPOP`` waits, a push is popped at once, so entries can only sit unread between
+        this process's receives: after a gap of half the expiry (and first of all), the script
+        runs once before the wait, and buries the prefix if every message expired unread. The
+        wait is not cut short by copies another thread of this process buffers meanwhile: the
+        sidecar, which reads its prefix from one loop, never has any.
+        """
+        entry = plan[0]
+        shard, name, queue = entry.shard, names[0], entry.keys[0]
+        if time.monotonic() - entry.read_at > self.expiry / 2:
+            batch = self._try_receive_batch(names, plan, limit, shared)
+            entry.read_at = time.monotonic()
+            if batch:
+                return batch
+        done = b"*5\r\n" + bulk("EVALSHA", _READ_DONE.sha, 2, queue, self._key("u", name))
+        for keys, step in self._blocking_steps(entry, wait):
+            pop = _redis_conn.packed("BLMPOP", step, 1, queue, "LEFT", "COUNT", limit)
+            reply, cleared = shard.pipeline([done], _READ_DONE, then=pop, then_first=True)
+            entry.read_at = time.monotonic()
+            if type(reply) is ResponseError:
+                text = str(reply).lower()
+                if "unknown command" not in text and not text.startswith("noperm"):
+                    raise reply
+                shard.blmpop = False
+                return None
+            shard.blmpop = True
+            if isinstance(cleared, Exception):
+                raise cleared
+            if reply is None:
+                continue
+            now_ms = shard.now_ms()
+            batch: list[tuple[str, dict]] = []
+            expired: list[str] = []
+            buffered = False
+            for data in reply[1]:
+                if int(data[:13]) <= now_ms:
+                    expired += self._targets(name, data, now_ms)
+                else:
+                    buffered = self._take_entry(name, data, now_ms, shared, batch) or buffered
+            if expired:
+                self._evict(name, expired)
+            if buffered and len(batch) < limit:
+                batch += self._take_buffered(names, limit - len(batch), shared)
+            if batch:
+                return batch
+        return []
+
+    def _targets(self, name: str, entry: bytes, now_ms: int) -> list[str]:
+        """The members an expired ``t`` or ``r`` entry of prefix ``name`` was for (none when unreadable)."""
+        try:
+            return self._group_message(name, entry, now_ms).targets
+        except exc.ChannelsError:
+            return []
 
     def _blocking_steps(self, entry: _ShardPlan, wait: float) -> Iterator[tuple[list[bytes], str]]:
         """The keys, in the order to try, and the timeout of each blocking pop within ``wait`` seconds.

@@ -66,7 +66,8 @@ from __future__ import annotations
 
 from .base import SIDECAR_PREFIX
 
-__all__ = ["SEND", "RECEIVE", "RECEIVE_MANY", "FANOUT", "MEMBERS", "GROUP_ADD", "GROUP_DISCARD", "EVICT", "STATS",
+__all__ = ["SEND", "RECEIVE", "RECEIVE_MANY", "READ_DONE", "FANOUT", "MEMBERS", "GROUP_ADD", "GROUP_DISCARD",
+           "EVICT", "STATS",
            "REF_MIN", "REF_MARGIN_MS"]
 
 #: Members of one prefix from which a group message names them through a ``P:t:`` key.
@@ -538,6 +539,15 @@ if m then
   end
 end
 return 1
+"""
+
+#: KEYS: q u. Sent right after a ``BLMPOP`` on a process prefix's queue (in the same round trip):
+#: the reader emptied the queue, so its unread flag goes, as RECEIVE_MANY's last step does. A push
+#: between the pop and this script finds the queue empty, sets the flag again, and leaves the queue
+#: non-empty here, so the flag stays.
+READ_DONE = r"""
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('DEL', KEYS[2]) end
+return 0
 """
 
 #: KEYS: m; ARGV: P, channels whose buffered message expired in the reading process.
