@@ -1012,3 +1012,37 @@ def test_a_blocking_batch_on_a_process_prefix_keeps_what_the_receive_script_does
     assert layer.receive_batch(["bp.side!"], 10, block=True, timeout=0.3) == []
     assert not r.exists(flag) and not r.exists(members)
     assert layer.group_channels("bp.g") == []
+
+
+def test_a_push_right_after_a_blocking_pop_on_a_prefix_does_not_bury_it(fresh_redis, made):
+    """A reader's BLMPOP empties its prefix's queue a moment before its READ_DONE clears the unread
+    flag; a push in between finds the queue empty and the flag set, which used to mean "every message
+    expired unread". The flag now holds the deadline of the message that set it, so a live reader's
+    prefix keeps its memberships (this sequence buried them every time before the fix)."""
+    reader, sender = made(fresh_redis.url), made(fresh_redis.url)
+    members = [f"race.p!c{i}" for i in range(300)]
+    for m in members:
+        sender.group_add("race.g", m)
+    got: list = []
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            got.extend(reader.receive_batch(["race.p!"], 100, block=True, timeout=0.5, shared=True))
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        for i in range(20):  # back to back: some land between a pop and its READ_DONE
+            sender.send(members[i], {"single": i})
+        sender.send_group("race.g", {"g": 1})
+        deadline = time.monotonic() + 5
+        while sum(1 for _, m in got if m.get("g") == 1) < len(members) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert sorted(m["single"] for _, m in got if "single" in m) == list(range(20))
+    assert sorted(c for c, m in got if m.get("g") == 1) == sorted(members)
+    assert len(sender.group_channels("race.g")) == len(members)

@@ -135,9 +135,12 @@ local function common()
 
   -- An empty queue whose unread flag survived: every message queued for the prefix
   -- expired unread (the key's TTL removed them), so its reader is gone and all its
-  -- channels leave their groups. Call only when the queue is empty.
-  function C.bury(P, u, m)
-    if redis.call('EXISTS', u) == 0 then return 0 end
+  -- channels leave their groups. Call only when the queue is empty. The flag holds the
+  -- deadline of the message that found the queue empty; while that is still ahead, the
+  -- queue was emptied by a reader (a BLMPOP, whose READ_DONE follows), not by expiry.
+  function C.bury(P, u, m, now)
+    local flag = redis.call('GET', u)
+    if not flag or (tonumber(flag) or 0) > now then return 0 end
     redis.call('DEL', u)
     local all = redis.call('HGETALL', m)
     for i = 1, #all, 2 do
@@ -189,8 +192,11 @@ if n == 1 then
   if u then
     local m = KEYS[3]
     -- the queue was gone: if its unread flag survived, its reader is gone
-    if redis.call('EXISTS', u) == 1 then common().bury(ARGV[3], u, m) end
-    if redis.call('EXISTS', m) == 1 then redis.call('SET', u, '1', 'PX', ARGV[4]) end
+    if redis.call('EXISTS', u) == 1 then
+      local C = common()
+      C.bury(ARGV[3], u, m, C.deadline(entry) - tonumber(ARGV[1]))
+    end
+    if redis.call('EXISTS', m) == 1 then redis.call('SET', u, string.sub(entry, 1, 13), 'PX', ARGV[4]) end
   end
   redis.call('PUBLISH', q, '')
 end
@@ -212,7 +218,7 @@ for i, q in ipairs(KEYS) do
     local rest = string.sub(q, #P + 2)
     local u, m = P .. 'u' .. rest, P .. 'm' .. rest
     if not v then
-      if redis.call('EXISTS', u) == 1 then common().bury(P, u, m) end
+      if redis.call('EXISTS', u) == 1 then common().bury(P, u, m, now) end
     else
       while v do
         if tonumber(string.sub(v, 1, 13)) > now then
@@ -244,7 +250,7 @@ for i, q in ipairs(KEYS) do
     u, m = P .. 'u' .. rest, P .. 'm' .. rest
   end
   local v = redis.call('LPOP', q)
-  if not v and u and redis.call('EXISTS', u) == 1 then common().bury(P, u, m) end
+  if not v and u and redis.call('EXISTS', u) == 1 then common().bury(P, u, m, now) end
   while v do
     if tonumber(string.sub(v, 1, 13)) > now then
       out[#out + 1] = i
@@ -303,7 +309,7 @@ for _, c in ipairs(members) do
     seen[prefix] = true
     local q, u, m = C.tag_key(P, 'q', prefix), C.tag_key(P, 'u', prefix), C.tag_key(P, 'm', prefix)
     evicted = evicted + C.trim(P, q, u, m, now)
-    if redis.call('EXISTS', q) == 0 then evicted = evicted + C.bury(P, u, m) end
+    if redis.call('EXISTS', q) == 0 then evicted = evicted + C.bury(P, u, m, now) end
   end
 end
 if evicted > 0 then members = live_members(KEYS[1], KEYS[2], now, true) end
@@ -454,7 +460,7 @@ for i = 1, #prefixes, 4 do
   local n = redis.call('RPUSH', q, entry)
   local u, m  -- the prefix's unread flag and index, needed when its queue was empty or is full
   if n == 1 or n > cap then u, m = P .. 'u:{' .. prefix .. '}', P .. 'm:{' .. prefix .. '}' end
-  if n == 1 and redis.call('EXISTS', u) == 1 and common().bury(P, u, m) > 0 then
+  if n == 1 and redis.call('EXISTS', u) == 1 and common().bury(P, u, m, now_ms()) > 0 then
     -- the queue had vanished unread: its reader is gone and its channels just left every
     -- group, these members included
     redis.call('DEL', q)
@@ -483,7 +489,7 @@ for i = 1, #prefixes, 4 do
   if n > 0 then
     redis.call('PEXPIRE', q, exp)
     if n == 1 then
-      redis.call('SET', u, '1', 'PX', gexp)  -- members of a group always have an index entry
+      redis.call('SET', u, dl, 'PX', gexp)  -- members of a group always have an index entry
       redis.call('PUBLISH', q, '')
     end
   end
@@ -563,7 +569,7 @@ STATS = _COMMON + r"""
 local C = common()
 local now = C.now_ms()
 C.trim(ARGV[1], KEYS[1], KEYS[2], KEYS[3], now)
-if KEYS[2] and redis.call('EXISTS', KEYS[1]) == 0 then C.bury(ARGV[1], KEYS[2], KEYS[3]) end
+if KEYS[2] and redis.call('EXISTS', KEYS[1]) == 0 then C.bury(ARGV[1], KEYS[2], KEYS[3], now) end
 local entries = redis.call('LRANGE', KEYS[1], 0, -1)
 local pending = 0
 for _, v in ipairs(entries) do
