@@ -222,8 +222,8 @@ class Worker:
         """Hold the receiving role: receive a batch, run it here, and again, until the worker stops,
         a batch here runs too long (the role and the rest go to other threads), or the app waits on
         I/O (then each message is handed to a thread, and the role passed on at once)."""
-        run: Optional[_Run] = None
-        ran_batch = False
+        run: Optional[_Run] = None  # the batch running here: stolen means the role is passed on
+        ran_batch = passed = False
         try:
             while not self._stopping.is_set():
                 messages = self._receive(send_held=ran_batch)
@@ -231,11 +231,10 @@ class Worker:
                 if not messages:
                     continue
                 if time.monotonic() < self._parallel_until:
-                    # An app that waits on I/O: every message gets its own thread at once.
-                    self._hand_out(deque(messages[1:]))
-                    run = _Run(messages[:1])
-                    run.stolen = True  # the role goes back now, to receive while this one runs
-                    self._inbox.put(_LEAD)
+                    # An app that waits on I/O: every message gets its own thread at once, and the
+                    # role goes on now, to receive while this one runs.
+                    passed = True
+                    self._pass_on(deque(messages[1:]))
                     self.handle(*messages[0])
                     return
                 run = _Run(messages)
@@ -243,7 +242,7 @@ class Worker:
                     return  # the role went to another thread (with the rest of the batch)
                 run, ran_batch = None, True
         finally:
-            if run is None or not run.stolen:
+            if not passed and (run is None or not run.stolen):
                 self._inbox.put(_LEAD)  # back to the others, even when this thread dies here
             if self._replies is not None:
                 self._replies.flush()  # what this thread still holds
@@ -332,9 +331,10 @@ class Worker:
             with self._run_lock:
                 if self._run is run:
                     self._run = None
-            self._hand_out(items)
             if gave_up:
-                self._inbox.put(_LEAD)  # after the rest of the batch: older messages first
+                self._pass_on(items)
+            else:
+                self._hand_out(items)  # what a dying thread leaves, or nothing
         return not run.stolen
 
     def _waited(self, seconds: float) -> bool:
@@ -380,8 +380,7 @@ class Worker:
             if run is not None:
                 if time.monotonic() - run.started >= STEAL_AFTER and self._take_over(run):
                     interval = STEAL_AFTER
-                    self._hand_out(run.items)
-                    self._inbox.put(_LEAD)
+                    self._pass_on(run.items)
                     if self._replies is not None:
                         self._replies.flush()
                     continue
@@ -395,6 +394,11 @@ class Worker:
                 active = True
             time.sleep(interval)
             interval = min(WATCH_MAX, interval * 2)
+
+    def _pass_on(self, items: deque) -> None:
+        """Give idle threads ``items`` and then the receiving role (older messages first)."""
+        self._hand_out(items)
+        self._inbox.put(_LEAD)
 
     def _hand_out(self, items: deque) -> None:
         """Put what is left of ``items`` into the inbox (each item is popped by one thread only)."""

@@ -432,14 +432,12 @@ class ReceivingMixin:
             reply, cleared = shard.pipeline([done], _READ_DONE, then=pop, then_first=True)
             entry.read_at = time.monotonic()
             if type(reply) is ResponseError:
-                text = str(reply).lower()
-                if "unknown command" not in text and not text.startswith("noperm"):
-                    raise reply
-                shard.blmpop = False
+                self._no_blmpop(shard, reply)
                 return None
             shard.blmpop = True
             if isinstance(cleared, Exception):
-                raise cleared
+                # What was popped is still delivered; the flag is cleared by the next READ_DONE.
+                log.warning("could not clear the unread flag of %s: %s", name, cleared)
             if reply is None:
                 continue
             now_ms = shard.now_ms()
@@ -522,11 +520,7 @@ class ReceivingMixin:
                 else:
                     reply = shard.execute_packed(command)
             except ResponseError as e:
-                text = str(e).lower()
-                if "unknown command" not in text and not text.startswith("noperm"):
-                    raise
-                # Redis before 7.0 (also after a restart as an older version), or an ACL without BLMPOP.
-                shard.blmpop = False
+                self._no_blmpop(shard, e)
                 return None
             shard.blmpop = True
             if reply is None:
@@ -546,6 +540,15 @@ class ReceivingMixin:
             if batch:
                 return batch
         return []
+
+    @staticmethod
+    def _no_blmpop(shard: Shard, error: ResponseError) -> None:
+        """Note that ``shard`` refused ``BLMPOP`` (Redis before 7.0, also after a restart as an older
+        version, or an ACL without it): it is not tried again there. Any other error is raised."""
+        text = str(error).lower()
+        if "unknown command" not in text and not text.startswith("noperm"):
+            raise error
+        shard.blmpop = False
 
     def _pop_plan(self, channels: Iterable[str], wait: float) -> _ShardPlan | None:
         """The plan of ``channels`` when a blocking batch receive on them is one ``BLMPOP`` (plain

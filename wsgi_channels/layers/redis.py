@@ -286,15 +286,7 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         pending = [combined]
 
         def first(pop: bytes) -> Any:
-            entries = pending.pop()
-            try:
-                replies = entry.shard.pipeline([e[3] for e in entries], _SEND, then=pop)
-            except exc.LayerUnavailable as error:
-                for i, *_ in entries:
-                    outcomes[i] = error
-                raise
-            self._send_outcomes(entries, replies, outcomes)
-            return replies[-1]
+            return self._send_pipeline(entry.shard, pending.pop(), outcomes, then=pop)
 
         batch = self._blocking_pop_many(entry, wait, limit, first)
         if pending:  # the wait ended before its first step: the sends go alone
@@ -303,14 +295,22 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
             return self.receive_batch(channels, limit, block=True, timeout=timeout)
         return batch
 
-    def _send_pipeline(self, shard: Shard, entries: list, outcomes: list[Exception | None]) -> None:
+    def _send_pipeline(self, shard: Shard, entries: list, outcomes: list[Exception | None],
+                       then: bytes | None = None) -> Any:
+        """The send scripts of ``entries`` (from :meth:`_prepare_sends`) in one round trip, their
+        outcomes recorded in ``outcomes``. ``then``: one more command written after them (see
+        :meth:`Shard.pipeline`), whose reply is returned; a network failure is then raised too,
+        once recorded for the sends."""
         try:
-            replies = shard.pipeline([e[3] for e in entries], _SEND)
+            replies = shard.pipeline([e[3] for e in entries], _SEND, then=then)
         except exc.LayerUnavailable as e:
             for entry in entries:
                 outcomes[entry[0]] = e
-            return
+            if then is not None:
+                raise
+            return None
         self._send_outcomes(entries, replies, outcomes)
+        return replies[-1] if then is not None else None
 
     def _prepare_sends(self, items: Sequence[tuple[str, dict]]) -> tuple[list[Exception | None], dict[Shard, list]]:
         """The outcomes of ``items`` so far (a bad name or message fails its own item only), and the
