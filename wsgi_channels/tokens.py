@@ -55,7 +55,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Optional, Sequence, Union
-from urllib.parse import quote, unquote, unquote_to_bytes, urlsplit
+from urllib.parse import quote, unquote, unquote_to_bytes, urlencode, urlsplit
 
 from .exceptions import ConfigurationError, InvalidToken, TokenExpired
 from .translation import InvalidRequest, split_target
@@ -98,6 +98,7 @@ _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 _GROUP_RE = re.compile(r"^[a-zA-Z0-9\-_.]{1,100}$")  # the contract's group name rule
 _RESERVED_CLAIMS = frozenset({"exp", "iat", "path", "sub", "groups", "origin"})
 _TOKEN_PARAM_BYTES = TOKEN_PARAM.encode()
+_TOKEN_PARAM_TAIL = b"wsc_token"  # also found when the leading '_' is percent-encoded
 
 
 # -- signing and verifying ------------------------------------------------------------------------
@@ -130,8 +131,8 @@ def _mac(key: bytes, payload: str) -> str:
 
 
 def _check_path_claim(path: Any) -> str:
-    if not isinstance(path, str) or not path.startswith("/") or "?" in path or "#" in path:
-        raise ValueError(f"connect token path must be a path starting with '/' (no query), got {path!r}")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(f"connect token path must be a path starting with '/', got {path!r}")
     return path
 
 
@@ -281,23 +282,24 @@ def sidecar_base_url(url: Any, setting: str = "sidecar URL") -> str:
 
 def connect_url(sidecar_url: str, path: str, secret: Secret, *, user_id: Optional[Union[str, int]] = None,
                 groups: Optional[Iterable[str]] = None, origin: Optional[str] = None,
-                max_age: float = DEFAULT_MAX_AGE, extra: Optional[dict] = None, now: Optional[float] = None,
-                setting: str = "sidecar URL") -> str:
+                max_age: float = DEFAULT_MAX_AGE, extra: Optional[dict] = None, query: Optional[dict] = None,
+                now: Optional[float] = None, setting: str = "sidecar URL") -> str:
     """The ``ws(s)://`` URL of ``path`` on the sidecar, with a token signed for exactly that path.
 
     ``path`` is the path as consumers see it, not percent-encoded
-    (``"/ws/chat/tea & cake/"``): it is encoded here. It may end in a query
-    string (kept as it is; the token is appended). A path prefix of
-    ``sidecar_url`` (``https://example.com/realtime``) is part of the path the
-    token is signed for, as the sidecar sees the whole path.
+    (``"/ws/chat/tea & cake?/"``): every character is taken literally and
+    encoded here. ``query`` adds parameters (a dict, URL-encoded before the
+    token). A path prefix of ``sidecar_url`` (``https://example.com/realtime``)
+    is part of the path the token is signed for, as the sidecar sees the whole
+    path.
     """
     base = sidecar_base_url(sidecar_url, setting)
     if not isinstance(path, str) or not path.startswith("/"):
         raise ValueError(f"channels_url: the WebSocket path must start with '/', got {path!r}")
-    path, _, query = path.partition("?")
     token = sign_connect_token(secret, unquote(urlsplit(base).path) + path, user_id=user_id, groups=groups,
                                origin=origin, max_age=max_age, extra=extra, now=now)
-    return f"{base}{quote(path, safe='/')}?{query + '&' if query else ''}{TOKEN_PARAM}={token}"
+    params = urlencode(query) + "&" if query else ""
+    return f"{base}{quote(path, safe='/')}?{params}{TOKEN_PARAM}={token}"
 
 
 # -- the sidecar side -----------------------------------------------------------------------------
@@ -307,7 +309,7 @@ def split_token(query_string: bytes) -> tuple[bytes, Optional[str]]:
 
     Raises :class:`InvalidToken` when the parameter is given more than once.
     """
-    if _TOKEN_PARAM_BYTES not in query_string:
+    if _TOKEN_PARAM_TAIL not in query_string:
         return query_string, None
     kept, found = [], []
     for part in query_string.split(b"&"):
@@ -360,7 +362,7 @@ def admit_handshake(target: bytes, headers: Sequence[tuple[bytes, bytes]], origi
       check passed, and named in the refusal where it did not.
     """
     raw_path, q, query = bytes(target).partition(b"?")
-    if not q or _TOKEN_PARAM_BYTES not in query:
+    if not q or _TOKEN_PARAM_TAIL not in query:
         if origin_refusal is None:
             return Admission(target)
         if token_secret:
