@@ -304,23 +304,18 @@ def connect_url(sidecar_url: str, path: str, secret: Secret, *, user_id: Optiona
 
 # -- the sidecar side -----------------------------------------------------------------------------
 
-def split_token(query_string: bytes) -> tuple[bytes, Optional[str]]:
-    """``(query_string without _wsc_token, the token or None)``; other parameters keep their bytes.
-
-    Raises :class:`InvalidToken` when the parameter is given more than once.
-    """
+def split_token(query_string: bytes) -> tuple[bytes, list[str]]:
+    """``(query_string without any _wsc_token, the tokens found)``; other parameters keep their bytes."""
     if _TOKEN_PARAM_TAIL not in query_string:
-        return query_string, None
+        return query_string, []
     kept, found = [], []
     for part in query_string.split(b"&"):
-        name = part.partition(b"=")[0]
+        name, _, value = part.partition(b"=")
         if unquote_to_bytes(name.replace(b"+", b" ")) == _TOKEN_PARAM_BYTES:
-            found.append(unquote_to_bytes(part.partition(b"=")[2]).decode("latin-1"))
+            found.append(unquote_to_bytes(value).decode("latin-1"))
         else:
             kept.append(part)
-    if len(found) > 1:
-        raise InvalidToken("malformed", f"{TOKEN_PARAM} is given {len(found)} times")
-    return b"&".join(kept), (found[0] if found else None)
+    return b"&".join(kept), found
 
 
 def secrets_from(setting: str) -> list[str]:
@@ -362,20 +357,19 @@ def admit_handshake(target: bytes, headers: Sequence[tuple[bytes, bytes]], origi
       check passed, and named in the refusal where it did not.
     """
     raw_path, q, query = bytes(target).partition(b"?")
-    if not q or _TOKEN_PARAM_TAIL not in query:
+    found: list[str] = []
+    if q and _TOKEN_PARAM_TAIL in query:
+        query, found = split_token(query)
+        target = raw_path + (b"?" + query if query else b"")  # the token reaches no log line and no consumer
+    if not found:
         if origin_refusal is None:
             return Admission(target)
         if token_secret:
             return Admission(target, refusal=f"{origin_refusal}, and there is no connect token "
                                              f"({TOKEN_PARAM}) to allow it", outcome="token_refused")
         return Admission(target, refusal=origin_refusal)
-    try:
-        query, token = split_token(query)
-    except InvalidToken as e:
-        return Admission(target, refusal=str(e), outcome="token_refused")
-    target = raw_path + (b"?" + query if query else b"")
-    if token is None:  # the name only appeared inside another parameter's value
-        return Admission(target, refusal=origin_refusal)
+    if len(found) > 1:
+        return Admission(target, refusal=f"{TOKEN_PARAM} is given {len(found)} times", outcome="token_refused")
     if not token_secret:
         if origin_refusal is None:
             return Admission(target)
@@ -383,11 +377,11 @@ def admit_handshake(target: bytes, headers: Sequence[tuple[bytes, bytes]], origi
                                          "--token-secret to check it")
     try:
         path = split_target(target)[0]
-    except InvalidRequest:
-        return Admission(target)  # connect_message() answers 400 for a bad target
+    except InvalidRequest:  # connect_message() answers 400 for a bad target
+        return Admission(target, refusal=origin_refusal)
     origin = next((v for n, v in headers if n == b"origin"), None)
     try:
-        claims = verify_connect_token(token, _secrets(token_secret), path=path,
+        claims = verify_connect_token(found[0], _secrets(token_secret), path=path,
                                       origin=origin.decode("latin-1") if origin is not None else None, now=now)
     except InvalidToken as e:
         return Admission(target, refusal=f"connect token refused: {e}", outcome="token_refused")

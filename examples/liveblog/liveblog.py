@@ -20,10 +20,14 @@ Or in production shape, beside gunicorn (see README.md and docs/deployment.md)::
     wsgi-channels sidecar --bind 127.0.0.1:8001      # WebSockets (nginx sends /ws/ here)
     wsgi-channels worker liveblog:routing            # the consumers
 
+With no nginx, the sidecar is another origin: set ``WSGI_CHANNELS_SIDECAR_URL=http://127.0.0.1:8001``
+and the same ``WSGI_CHANNELS_TOKEN_SECRET`` for gunicorn and the sidecar, and the page opens
+``channels.url("/ws/liveblog/")``: the sidecar's URL with a signed connect token.
+
 Settings come from the environment: ``LIVEBLOG_DB`` (SQLite file, default
 ``liveblog.db`` beside this file), ``LIVEBLOG_WS_URL`` (where pages open the
-WebSocket; default ``/ws/liveblog/`` on the page's own origin) and
-``WSGI_CHANNELS_LAYER``.
+WebSocket, overriding ``channels.url``; by default ``/ws/liveblog/`` on the page's own
+origin), ``WSGI_CHANNELS_LAYER``, ``WSGI_CHANNELS_SIDECAR_URL`` and ``WSGI_CHANNELS_TOKEN_SECRET``.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ from wsgi_channels.adapters.flask import Channels, routing_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GROUP = "liveblog"
+WS_PATH = "/ws/liveblog/"
 
 channels = Channels()
 
@@ -98,7 +103,7 @@ def get_db() -> sqlite3.Connection:
 
 def create_app() -> Flask:
     app = Flask(__name__)
-    app.config["LIVEBLOG_WS_URL"] = os.environ.get("LIVEBLOG_WS_URL", "/ws/liveblog/")
+    app.config["LIVEBLOG_WS_URL"] = os.environ.get("LIVEBLOG_WS_URL", "")
     channels.init_app(app)
 
     @app.teardown_appcontext
@@ -113,7 +118,7 @@ def create_app() -> Flask:
         posts = "".join(f'<article id="post-{r["id"]}"><h2>{html.escape(r["title"])}</h2>'
                         f'<p>{html.escape(r["body"])}</p></article>' for r in rows)
         return PAGE.format(posts=posts, client_js=request.script_root + "/_wsgi_channels/static/channels.js",
-                           ws_url=json.dumps(app.config["LIVEBLOG_WS_URL"]))
+                           ws_url=json.dumps(app.config["LIVEBLOG_WS_URL"] or channels.url(WS_PATH)))
 
     @app.post("/posts")
     def publish():  # type: ignore[no-untyped-def]
@@ -140,13 +145,13 @@ def create_app() -> Flask:
     return app
 
 
-@channels.consumer("websocket.connect", path=r"^/ws/liveblog/$")
+@channels.consumer("websocket.connect", path=rf"^{WS_PATH}$")
 def ws_connect(message) -> None:  # type: ignore[no-untyped-def]
     channels.group(GROUP).add(message.reply_channel)
     message.reply_channel.send({"accept": True})
 
 
-@channels.consumer("websocket.disconnect", path=r"^/ws/liveblog/$")
+@channels.consumer("websocket.disconnect", path=rf"^{WS_PATH}$")
 def ws_disconnect(message) -> None:  # type: ignore[no-untyped-def]
     channels.group(GROUP).discard(message.reply_channel)
 
