@@ -47,6 +47,7 @@ import logging
 import os
 import sys
 from typing import Any, Callable
+from urllib.parse import quote
 
 from ..channel import Channel, Group, default_layer_url, get_layer
 from ..exceptions import ConfigurationError
@@ -344,7 +345,8 @@ def _handshake_request_context(app: Any, message: Any) -> Any:
     if server and len(server) == 2 and server[0]:
         scheme = "https" if content.get("scheme") in ("wss", "https") else "http"
         base_url = f"{scheme}://{server[0]}:{server[1]}"
-    return app.test_request_context(content.get("path") or "/", headers=headers, base_url=base_url)
+    # The message's path is decoded ("/ws/chat/tea & cake?/"); the request context takes a URL.
+    return app.test_request_context(quote(content.get("path") or "/", safe="/"), headers=headers, base_url=base_url)
 
 
 def _client_js_view() -> Any:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 from typing import Any, Callable
+from urllib.parse import quote
 
 from ..channel import Channel, Group, default_layer_url, get_layer
 from ..exceptions import ConfigurationError
@@ -268,7 +269,8 @@ def _bind(registry: Any, state: ChannelsSettings, func: Callable, session: bool,
             cookie = handshake_cookie_header(message)
             if cookie:
                 headers["Cookie"] = cookie
-        request = Request.blank(content.get("path") or "/", headers=headers)
+        # The message's path is decoded ("/ws/chat/tea & cake?/"); blank() takes a URL.
+        request = Request.blank(quote(content.get("path") or "/", safe="/"), headers=headers)
         request.registry = registry
         env = prepare(request=request, registry=registry)
         try:

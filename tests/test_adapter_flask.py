@@ -244,3 +244,21 @@ def test_channels_url_mistakes_name_the_setting():
     with app.test_request_context("/"):
         with pytest.raises(ConfigurationError, match="app.secret_key or WSGI_CHANNELS_TOKEN_SECRET"):
             channels.url("/ws/news/")
+
+
+def test_consumer_request_context_takes_any_decoded_path(layer):
+    """The handshake's path is decoded: spaces, '?', '%' and non-ASCII stay part of the path."""
+    app = flask.Flask("paths")
+    app.secret_key = "k"
+    app.config["WSGI_CHANNELS_LAYER"] = LAYER
+    channels = Channels(app)
+
+    @channels.consumer("websocket.connect", path=r"^/ws/room/(?P<room>[^/]+)/$")
+    def connect(message, room):
+        message.reply_channel.send({"accept": True})
+        message.reply_channel.send({"text": json.dumps([room, flask.request.path])})
+
+    reply = layer.new_channel("test.reply?")
+    path = "/ws/room/tea & cake? 100% ü/"
+    dispatch(routing_for(app), "websocket.connect", ws_connect(reply, path), layer)
+    assert replies(layer, reply)[1] == {"text": json.dumps(["tea & cake? 100% ü", path])}

@@ -224,3 +224,19 @@ def test_sidecar_url_settings_are_checked():
         _page_app(**{"wsgi_channels.sidecar_url": "http://127.0.0.1:8001"})
     with pytest.raises(ConfigurationError, match="wsgi_channels.sidecar_url"):
         _page_app(**{"wsgi_channels.sidecar_url": "nope", "wsgi_channels.token_secret": "x"})
+
+
+def test_consumer_request_takes_any_decoded_path(layer):
+    """The handshake's path is decoded: spaces, '?', '%' and non-ASCII stay part of the path."""
+    def connect(message, room):
+        message.reply_channel.send({"accept": True})
+        message.reply_channel.send({"text": f"{room}|{message.request.path_info}"})
+
+    with Configurator(settings={"wsgi_channels.layer": LAYER}) as config:
+        config.include("wsgi_channels.adapters.pyramid")
+        config.add_channel_route("websocket.connect", connect, path=r"^/ws/room/(?P<room>[^/]+)/$")
+        app = config.make_wsgi_app()
+    reply = layer.new_channel("test.reply?")
+    path = "/ws/room/tea & cake? 100% ü/"
+    dispatch(routing_for(app), "websocket.connect", ws_connect(reply, path), layer)
+    assert replies(layer, reply)[1] == {"text": f"tea & cake? 100% ü|{path}"}

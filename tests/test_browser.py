@@ -215,3 +215,53 @@ def test_two_ports_without_a_proxy_the_page_connects_with_a_signed_token(procs, 
     token = url.split("_wsc_token=")[1]
     assert token[:40] not in side.log() and token[:40] not in web.log()  # never logged
     assert errors == []
+
+
+def test_chat_enter_before_a_nickname_keeps_the_page_and_any_room_name_works(procs, context, tmp_path):
+    """The chat's Send form never reloads the page (Enter before a nickname used to), and a room
+    name with spaces and punctuation is a room like any other (percent-encoded in both URLs)."""
+    from urllib.parse import quote, unquote
+
+    server = stack.runserver(EXAMPLES / "chat" / "chat.py", tmp_path, env_for(None))
+    procs.append(server.start())
+    server.wait_for_log("serving chat:app")
+    room = "tea & cake!? #1"
+    url = f"http://127.0.0.1:{server.port}/chat/{quote(room, safe='')}/"
+    page = context.new_page()
+    errors = errors_of(page)
+    page.goto(url)
+    page.wait_for_selector('#status[data-state="no-nick"]')
+    assert page.inner_text("h1") == f"Room {room}"
+    page.evaluate("window.__marker = 'same page'")  # gone if the page reloads
+    page.fill("#text", "too early")
+    page.press("#text", "Enter")
+    page.wait_for_selector("#hint >> text=Choose a nickname first.")
+    page.click("#say button")
+    assert page.evaluate("window.__marker") == "same page" and page.url == url
+    assert page.evaluate("document.activeElement.id") == "nick"
+    page.fill("#nick", "ann")
+    page.press("#nick", "Enter")  # the nickname form does post (and comes back to the room)
+    page.wait_for_selector('#status[data-state="open"]')
+    assert unquote(page.url) == unquote(url)  # back in the room (Pyramid may encode fewer characters)
+    second = context.browser.new_context()
+    try:
+        other = second.new_page()
+        other.set_default_timeout(TIMEOUT_MS)
+        other_errors = errors_of(other)
+        other.goto(url)
+        other.fill("#nick", "ben")
+        other.click("#nickform button")
+        other.wait_for_selector('#status[data-state="open"]')
+        page.wait_for_selector("#log >> text=ben joined")
+        other.fill("#text", "hello from ben")
+        other.press("#text", "Enter")
+        page.wait_for_selector("#log >> text=hello from ben")
+        assert page.inner_text("#log .message") == "ben: hello from ben"
+        assert other.input_value("#text") == ""
+        # The socket is really on the room's percent-encoded path, and the room is its own group.
+        socket_url = page.evaluate("window.chatSocket.url")
+        assert "%3F%20%231/" in socket_url and unquote(socket_url).endswith(f"/ws/chat/{room}/"), socket_url
+        assert other_errors == []
+    finally:
+        second.close()
+    assert errors == []
