@@ -152,7 +152,7 @@ def _normalize_origin(origin: str) -> str:
 
 def sign_connect_token(secret: Secret, path: str, *, user_id: Optional[Union[str, int]] = None,
                        groups: Optional[Iterable[str]] = None, origin: Optional[str] = None,
-                       max_age: float = DEFAULT_MAX_AGE, extra: Optional[dict] = None,
+                       max_age: float = DEFAULT_MAX_AGE, extra: Optional[dict[str, Any]] = None,
                        now: Optional[float] = None) -> str:
     """A token allowing one WebSocket handshake to ``path`` until ``max_age`` seconds from now.
 
@@ -193,6 +193,10 @@ def sign_connect_token(secret: Secret, path: str, *, user_id: Optional[Union[str
     return payload + "." + _mac(key, payload)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def path_allowed(claim: str, path: str) -> bool:
     """Whether a token for ``claim`` (exact, or a prefix ending in ``*``) opens ``path``."""
     if claim.endswith("*"):
@@ -201,7 +205,7 @@ def path_allowed(claim: str, path: str) -> bool:
 
 
 def verify_connect_token(token: Any, secrets: Union[Secret, Sequence[Secret]], *, path: Optional[str] = None,
-                         origin: Optional[str] = None, now: Optional[float] = None) -> dict:
+                         origin: Optional[str] = None, now: Optional[float] = None) -> dict[str, Any]:
     """The claims of a valid token; raises :class:`InvalidToken` (or :class:`TokenExpired`) saying why not.
 
     ``secrets`` is one secret or several (any may have signed it: keys can be
@@ -238,8 +242,9 @@ def verify_connect_token(token: Any, secrets: Union[Secret, Sequence[Secret]], *
     if not isinstance(claims, dict):
         raise InvalidToken("malformed", "the connect token's claims are not an object")
     exp, iat, claim_path = claims.get("exp"), claims.get("iat"), claims.get("path")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (exp, iat)) or not isinstance(claim_path, str):
+    if not (_is_int(exp) and _is_int(iat) and isinstance(claim_path, str)):
         raise InvalidToken("malformed", "the connect token lacks exp, iat or path")
+    assert isinstance(exp, int) and isinstance(iat, int)
     t = time.time() if now is None else now
     if t >= exp:
         raise TokenExpired("expired", f"the connect token expired {int(t - exp) + 1} s ago")
@@ -282,7 +287,7 @@ def sidecar_base_url(url: Any, setting: str = "sidecar URL") -> str:
 
 def connect_url(sidecar_url: str, path: str, secret: Secret, *, user_id: Optional[Union[str, int]] = None,
                 groups: Optional[Iterable[str]] = None, origin: Optional[str] = None,
-                max_age: float = DEFAULT_MAX_AGE, extra: Optional[dict] = None, query: Optional[dict] = None,
+                max_age: float = DEFAULT_MAX_AGE, extra: Optional[dict[str, Any]] = None, query: Optional[dict[str, Any]] = None,
                 now: Optional[float] = None, setting: str = "sidecar URL") -> str:
     """The ``ws(s)://`` URL of ``path`` on the sidecar, with a token signed for exactly that path.
 
@@ -338,7 +343,7 @@ class Admission:
     """
 
     target: bytes
-    claims: Optional[dict] = None
+    claims: Optional[dict[str, Any]] = None
     refusal: Optional[str] = None
     outcome: str = "origin_refused"
 
