@@ -367,3 +367,33 @@ def test_connect_url_for_a_path_with_spaces_and_punctuation_opens(token_stack):
     report = json.loads(client.read_frame()[1])
     assert report["path"] == "/ws/chat/tea & cake?/" and report["user_id"] == "ann" and report["query_string"] == ""
     client.close()
+
+
+@pytest.mark.parametrize("front_door, secret", [
+    (["flask", "--app", "apps.token_flask_app", "channels", "sidecar"], "flask-app-secret"),
+    (["django", "runsidecar"], "django-site-secret"),
+])
+def test_framework_sidecar_commands_share_the_app_secret(front_door, secret, tmp_path):
+    """`flask channels sidecar` and `manage.py runsidecar` give the sidecar the secret the app signs with."""
+    port = free_port()
+    env = stack.env_for(None, TESTS, TOKEN_TEST_LAYER=f"ipc://{tmp_path}/channels.db",
+                        DJANGO_SETTINGS_MODULE="apps.django_token_settings")
+    env.pop("WSGI_CHANNELS_TOKEN_SECRET", None)
+    program = [stack.BIN / "flask"] if front_door[0] == "flask" else [sys.executable, "-m", "django"]
+    side = stack.Proc([*program, *front_door[1:], "--bind", f"127.0.0.1:{port}", "--",
+                       "--connect-timeout", "0.5", "--connect-timeout-accept"],
+                      tmp_path / "sidecar.log", env, TESTS, port)
+    if front_door[0] == "flask":  # click passes unknown options on; no "--" needed
+        side.args = [a for a in side.args if a != "--"]
+    side.start()
+    try:
+        token = t.sign_connect_token(secret, "/ws/room/", origin=APP_ORIGIN)
+        client, status, body = handshake(side, "/ws/room/", token)  # no worker: accepted at the timeout
+        client.close()
+        assert status == 101, (body, side.log()[-2000:])
+        client, status, _ = handshake(side, "/ws/room/", t.sign_connect_token("other", "/ws/room/"))
+        client.close()
+        assert status == 403
+        assert secret not in side.log()
+    finally:
+        side.stop()
