@@ -35,6 +35,8 @@ __all__ = [
     "import_dotted",
     "extend_message",
     "origin_allowed",
+    "sidecar_connect_url",
+    "check_sidecar_url",
     "reject",
     "set_attribute",
 ]
@@ -244,6 +246,37 @@ class PushBuffer:
                 logger.exception("push to %s %r after commit failed", "group" if kind == "send_group" else "channel",
                                  name)
         return sent
+
+
+def sidecar_connect_url(sidecar_url: str, secret: Any, path: str, *, user_id: Any = None,
+                        groups: Iterable[str] | None = None, origin: str | None = None,
+                        max_age: float | None = None, setting: str, secret_setting: str) -> str:
+    """What every adapter's ``channels_url`` renders: ``path`` itself without a sidecar URL (same
+    origin, nginx routes it), else the sidecar's ``ws(s)://`` URL of ``path`` with a connect token.
+
+    Raises :class:`~wsgi_channels.ConfigurationError` naming ``secret_setting`` when there is no secret.
+    """
+    if not sidecar_url:
+        return path
+    if not secret:
+        from ..exceptions import ConfigurationError
+
+        raise ConfigurationError(f"channels_url needs a secret to sign connect tokens: set {secret_setting} "
+                                 f"(and give the sidecar the same one as --token-secret), or unset {setting}")
+    from ..tokens import DEFAULT_MAX_AGE, connect_url
+
+    return connect_url(sidecar_url, path, secret, user_id=user_id, groups=groups, origin=origin,
+                       max_age=DEFAULT_MAX_AGE if max_age is None else max_age, setting=setting)
+
+
+def check_sidecar_url(url: Any, setting: str) -> str:
+    """``url`` stripped (``""`` when unset); a bad one raises ConfigurationError naming ``setting``."""
+    if not url:
+        return ""
+    from ..tokens import sidecar_base_url
+
+    sidecar_base_url(url, setting)
+    return str(url).strip()
 
 
 def origin_allowed(message: Any, allowed: Iterable[str]) -> bool:

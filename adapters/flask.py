@@ -47,6 +47,7 @@ import logging
 import os
 import sys
 from typing import Any, Callable
+from urllib.parse import quote
 
 from ..channel import Channel, Group, default_layer_url, get_layer
 from ..exceptions import ConfigurationError
@@ -60,9 +61,11 @@ from ._common import (
     handshake_cookie_header,
     import_dotted,
     message_content,
+    check_sidecar_url,
     origin_allowed,
     reject,
     set_attribute,
+    sidecar_connect_url,
 )
 
 __all__ = ["Channels", "reject", "routing_for"]
@@ -97,6 +100,7 @@ class _State:
         self.options: dict = dict(config["WSGI_CHANNELS_OPTIONS"] or {})
         origins = config["WSGI_CHANNELS_ALLOWED_ORIGINS"] or []
         self.allowed_origins: list[str] = [origins] if isinstance(origins, str) else list(origins)
+        self.sidecar_url = check_sidecar_url(config["WSGI_CHANNELS_SIDECAR_URL"], "WSGI_CHANNELS_SIDECAR_URL")
 
     @property
     def layer(self) -> Any:
@@ -135,6 +139,16 @@ class Channels:
             origins (or host names) allowed to open WebSockets; empty allows any.
             Checked by consumers registered with ``check_origin=True`` (the default
             for ``websocket.connect``) and passed to ``flask channels sidecar``.
+        ``WSGI_CHANNELS_SIDECAR_URL``
+            the sidecar's public URL when it is not on the app's origin
+            (``http://127.0.0.1:8001``); default ``$WSGI_CHANNELS_SIDECAR_URL``.
+            Then ``channels_url(path)`` (a Jinja global, and :meth:`url`) renders
+            the sidecar's URL of ``path`` with a signed connect token. Unset, it
+            renders ``path`` (same origin: nginx routes it to the sidecar).
+        ``WSGI_CHANNELS_TOKEN_SECRET``
+            the secret connect tokens are signed with (the sidecar's
+            ``--token-secret``); default ``$WSGI_CHANNELS_TOKEN_SECRET``, else
+            ``app.secret_key``.
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(f"wsgi_channels is already initialised on the Flask app {app.import_name!r}; "
@@ -144,6 +158,8 @@ class Channels:
         config.setdefault("WSGI_CHANNELS_ROUTING", None)
         config.setdefault("WSGI_CHANNELS_OPTIONS", {})
         config.setdefault("WSGI_CHANNELS_ALLOWED_ORIGINS", [])
+        config.setdefault("WSGI_CHANNELS_SIDECAR_URL", os.environ.get("WSGI_CHANNELS_SIDECAR_URL", ""))
+        config.setdefault("WSGI_CHANNELS_TOKEN_SECRET", os.environ.get("WSGI_CHANNELS_TOKEN_SECRET") or None)
         url = config["WSGI_CHANNELS_LAYER"]
         try:
             layer_class(url)
@@ -155,6 +171,7 @@ class Channels:
         app.extensions[EXTENSION_KEY] = _State(self, app)
         if self._client_js_url:
             app.add_url_rule(self._client_js_url, "wsgi_channels_client_js", _client_js_view)
+        app.add_template_global(self.url, "channels_url")
         _register_cli(app)
 
     def _state(self, app: Any = None) -> _State | None:
@@ -219,6 +236,30 @@ class Channels:
                     buffer.clear()
                 return response
         buffer.group_send(group, content)
+
+    def url(self, path: str, *, user_id: Any = None, groups: Any = None, max_age: float | None = None,
+            origin: str | None = None) -> str:
+        """The URL a page opens for the WebSocket ``path`` (the Jinja global ``channels_url``).
+
+        With ``WSGI_CHANNELS_SIDECAR_URL`` set: the sidecar's ``ws(s)://`` URL of
+        ``path`` with a connect token signed for that path, the page's origin
+        (from the request) and ``user_id``/``groups``, valid ``max_age`` seconds
+        (default 300); the consumer reads them as ``message.user_id`` and
+        ``message.token_claims``. Without it: ``path`` itself, for a sidecar on
+        the app's origin. In a template: ``connect({{ channels_url("/ws/news/",
+        user_id=user.id)|tojson }})``.
+        """
+        from flask import current_app, has_request_context, request
+
+        state = self._state()
+        if state is None:
+            raise RuntimeError("channels_url needs an app context (it reads the app's configuration)")
+        if origin is None and has_request_context():
+            origin = request.host_url
+        secret = current_app.config.get("WSGI_CHANNELS_TOKEN_SECRET") or current_app.secret_key
+        return sidecar_connect_url(state.sidecar_url, secret, path, user_id=user_id, groups=groups, origin=origin,
+                                   max_age=max_age, setting="WSGI_CHANNELS_SIDECAR_URL",
+                                   secret_setting="app.secret_key or WSGI_CHANNELS_TOKEN_SECRET")
 
     # -- consumers -----------------------------------------------------------------------------------------------------
 
@@ -304,7 +345,8 @@ def _handshake_request_context(app: Any, message: Any) -> Any:
     if server and len(server) == 2 and server[0]:
         scheme = "https" if content.get("scheme") in ("wss", "https") else "http"
         base_url = f"{scheme}://{server[0]}:{server[1]}"
-    return app.test_request_context(content.get("path") or "/", headers=headers, base_url=base_url)
+    # The message's path is decoded ("/ws/chat/tea & cake?/"); the request context takes a URL.
+    return app.test_request_context(quote(content.get("path") or "/", safe="/"), headers=headers, base_url=base_url)
 
 
 def _client_js_view() -> Any:
@@ -351,6 +393,14 @@ def _register_cli(app: Any) -> None:
         argv = [sys.executable, "-m", "wsgi_channels", "sidecar", "--layer", state.layer_url]
         if state.allowed_origins:
             argv += ["--allowed-origins", *state.allowed_origins]
+        secret = current_app.config.get("WSGI_CHANNELS_TOKEN_SECRET") or current_app.secret_key
+        if state.sidecar_url and secret and not os.environ.get("WSGI_CHANNELS_TOKEN_SECRET_FILE"):
+            # The app's token secret, through the environment rather than argv (visible in `ps`).
+            try:
+                os.environ["WSGI_CHANNELS_TOKEN_SECRET"] = secret if isinstance(secret, str) else secret.decode()
+            except UnicodeDecodeError:
+                click.echo("flask channels sidecar: the token secret is not UTF-8 text; give the sidecar "
+                           "--token-secret-file or set WSGI_CHANNELS_TOKEN_SECRET", err=True)
         # The sidecar is a gevent server: a fresh interpreter patches before anything is imported.
         os.execv(sys.executable, argv + list(args))
 

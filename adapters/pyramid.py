@@ -10,6 +10,11 @@ Settings (ini file or ``Configurator(settings=...)``), all under ``wsgi_channels
 ``wsgi_channels.client_js_url``    path serving the browser client (default ``/_wsgi_channels/static/channels.js``;
                                    empty to disable)
 ``wsgi_channels.option.NAME``      layer constructor keywords (``wsgi_channels.option.capacity = 500``)
+``wsgi_channels.sidecar_url``      the sidecar's public URL when it is not on the app's origin
+                                   (``http://127.0.0.1:8001``): ``request.channels_url(path)`` then
+                                   renders it with a signed connect token
+``wsgi_channels.token_secret``     the secret connect tokens are signed with (the sidecar's
+                                   ``--token-secret``); needed with ``sidecar_url``
 =================================  ==========================================================
 
 In views, ``request.channels.group_send("room", {...})`` pushes. When the
@@ -28,6 +33,7 @@ from __future__ import annotations
 import functools
 import logging
 from typing import Any, Callable
+from urllib.parse import quote
 
 from ..channel import Channel, Group, default_layer_url, get_layer
 from ..exceptions import ConfigurationError
@@ -41,9 +47,11 @@ from ._common import (
     handshake_cookie_header,
     import_dotted,
     message_content,
+    check_sidecar_url,
     origin_allowed,
     reject,
     set_attribute,
+    sidecar_connect_url,
 )
 
 __all__ = ["includeme", "routing_for", "ChannelsSettings", "RequestChannels", "reject"]
@@ -51,19 +59,21 @@ __all__ = ["includeme", "routing_for", "ChannelsSettings", "RequestChannels", "r
 logger = logging.getLogger(__name__)
 
 PREFIX = "wsgi_channels."
-_KNOWN = {"layer", "routing", "allowed_origins", "transactional", "client_js_url"}
+_KNOWN = {"layer", "routing", "allowed_origins", "transactional", "client_js_url", "sidecar_url", "token_secret"}
 
 
 class ChannelsSettings:
     """The adapter's state, kept on the registry as ``registry.wsgi_channels``."""
 
     def __init__(self, layer_url: str, routing: Any, allowed_origins: list[str], transactional: bool,
-                 client_js_url: str) -> None:
+                 client_js_url: str, sidecar_url: str = "", token_secret: str = "") -> None:
         self.layer_url = layer_url
         self.routing_setting = routing
         self.allowed_origins = allowed_origins
         self.transactional = transactional
         self.client_js_url = client_js_url
+        self.sidecar_url = sidecar_url
+        self.token_secret = token_secret
         self.consumers: list[tuple[str, Callable, dict, bool]] = []
 
     @property
@@ -101,7 +111,13 @@ def parse_settings(settings: dict) -> ChannelsSettings:
     origins = settings.get(PREFIX + "allowed_origins") or []
     origins = aslist(origins) if isinstance(origins, str) else list(origins)
     client_js_url = settings.get(PREFIX + "client_js_url", CLIENT_JS_URL)
-    return ChannelsSettings(url, settings.get(PREFIX + "routing"), origins, transactional, client_js_url or "")
+    sidecar_url = check_sidecar_url(settings.get(PREFIX + "sidecar_url"), PREFIX + "sidecar_url")
+    token_secret = str(settings.get(PREFIX + "token_secret") or "").strip()
+    if sidecar_url and not token_secret:
+        raise ConfigurationError(f"{PREFIX}sidecar_url needs {PREFIX}token_secret: the secret connect tokens are "
+                                 "signed with (give the sidecar the same one as --token-secret)")
+    return ChannelsSettings(url, settings.get(PREFIX + "routing"), origins, transactional, client_js_url or "",
+                            sidecar_url, token_secret)
 
 
 class RequestChannels:
@@ -172,6 +188,28 @@ class RequestChannels:
     _buffer_txn: Any = None
 
 
+_AUTHENTICATED = object()
+
+
+def channels_url(request: Any, path: str, *, user_id: Any = _AUTHENTICATED, groups: Any = None,
+                 max_age: float | None = None, origin: str | None = None) -> str:
+    """``request.channels_url(path)``: the URL a page opens for the WebSocket ``path``.
+
+    With ``wsgi_channels.sidecar_url`` set: the sidecar's ``ws(s)://`` URL of
+    ``path`` with a connect token signed for that path, the page's origin,
+    ``user_id`` (default ``request.authenticated_userid``) and ``groups``, valid
+    ``max_age`` seconds (default 300); consumers read them as
+    ``message.user_id`` and ``message.token_claims``. Without it: ``path``
+    itself, for a sidecar on the app's origin.
+    """
+    state: ChannelsSettings = request.registry.wsgi_channels
+    if user_id is _AUTHENTICATED:
+        user_id = request.authenticated_userid if state.sidecar_url else None
+    return sidecar_connect_url(state.sidecar_url, state.token_secret, path, user_id=user_id, groups=groups,
+                               origin=request.host_url if origin is None else origin, max_age=max_age,
+                               setting=PREFIX + "sidecar_url", secret_setting=PREFIX + "token_secret")
+
+
 def add_channel_route(config: Any, channel: str, consumer: Any, *, session: bool | None = None,
                       check_origin: bool | None = None, **route_kwargs: Any) -> None:
     """Directive: ``config.add_channel_route("websocket.receive", consumer, path=r"^/ws/chat/")``.
@@ -231,7 +269,8 @@ def _bind(registry: Any, state: ChannelsSettings, func: Callable, session: bool,
             cookie = handshake_cookie_header(message)
             if cookie:
                 headers["Cookie"] = cookie
-        request = Request.blank(content.get("path") or "/", headers=headers)
+        # The message's path is decoded ("/ws/chat/tea & cake?/"); blank() takes a URL.
+        request = Request.blank(quote(content.get("path") or "/", safe="/"), headers=headers)
         request.registry = registry
         env = prepare(request=request, registry=registry)
         try:
@@ -262,6 +301,7 @@ def includeme(config: Any) -> None:
         raise
     config.registry.wsgi_channels = state
     config.add_request_method(RequestChannels, "channels", reify=True)
+    config.add_request_method(channels_url, "channels_url")
     config.add_directive("add_channel_route", add_channel_route)
     if state.client_js_url:
         config.add_route("wsgi_channels.client_js", state.client_js_url)

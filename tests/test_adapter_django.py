@@ -156,3 +156,58 @@ def test_client_js_view():
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/javascript")
     assert b"export function connect" in response.content
+
+
+# -- the browser client's URL, and channels_url ------------------------------------------------------
+
+def test_check_says_which_include_serves_the_browser_client():
+    """Without the include, /_wsgi_channels/static/channels.js is a 404: `manage.py check` says what to add."""
+    import io
+
+    with override_settings(ROOT_URLCONF="apps.django_urls_without_client"):
+        assert Client().get("/_wsgi_channels/static/channels.js").status_code == 404
+        found = [m for m in checks.run_checks(tags=["wsgi_channels"]) if m.id == "wsgi_channels.W002"]
+        assert len(found) == 1
+        assert 'path("", include("wsgi_channels.adapters.django.urls"))' in found[0].hint
+        out, err = io.StringIO(), io.StringIO()
+        call_command("check", stdout=out, stderr=err)
+        assert "wsgi_channels.W002" in out.getvalue() + err.getvalue()
+    # With it (this module's ROOT_URLCONF): served, and the check is quiet.
+    assert Client().get("/_wsgi_channels/static/channels.js").status_code == 200
+    assert "wsgi_channels.W002" not in [m.id for m in checks.run_checks(tags=["wsgi_channels"])]
+
+
+def _render(source, user=None):
+    from django.contrib.auth.models import AnonymousUser
+    from django.template.backends.django import DjangoTemplates
+    from django.test import RequestFactory
+
+    engine = DjangoTemplates({"NAME": "t", "DIRS": [], "APP_DIRS": False, "OPTIONS": {
+        "context_processors": ["django.template.context_processors.request"]}})
+    request = RequestFactory().get("/", HTTP_HOST="app.example:8000")
+    request.user = user or AnonymousUser()
+    return engine.from_string("{% load wsgi_channels %}" + source).render({}, request)
+
+
+def test_channels_url_template_tag_signs_for_the_logged_in_user():
+    from urllib.parse import parse_qs, urlsplit
+
+    from wsgi_channels.tokens import verify_connect_token
+
+    carol = User.objects.get(username="carol")
+    with override_settings(WSGI_CHANNELS={"default": {"LAYER": LAYER, "SIDECAR_URL": "http://127.0.0.1:8001"}}):
+        url = _render('{% channels_url "/ws/feed/" groups="feed,news" as url %}{{ url }}', carol)
+        assert url.startswith("ws://127.0.0.1:8001/ws/feed/?_wsc_token="), url
+        token = parse_qs(urlsplit(url).query)["_wsc_token"][0]
+        claims = verify_connect_token(token, settings.SECRET_KEY, path="/ws/feed/", origin="http://app.example:8000")
+        assert claims["sub"] == carol.pk and claims["groups"] == ["feed", "news"]
+        anonymous = _render('{% channels_url "/ws/feed/" as url %}{{ url }}')
+        assert "sub" not in verify_connect_token(parse_qs(urlsplit(anonymous).query)["_wsc_token"][0],
+                                                 settings.SECRET_KEY)
+    with override_settings(WSGI_CHANNELS={"default": {"LAYER": LAYER, "SIDECAR_URL": "https://rt.example.com",
+                                                      "TOKEN_SECRET": "own-secret"}}):
+        url = _render('{% channels_url "/ws/feed/" as url %}{{ url }}')
+        assert url.startswith("wss://rt.example.com/ws/feed/?_wsc_token=")
+        verify_connect_token(parse_qs(urlsplit(url).query)["_wsc_token"][0], "own-secret", path="/ws/feed/")
+    assert _render('{% channels_url "/ws/feed/" %}') == "/ws/feed/"  # no SIDECAR_URL: same origin
+    assert _check_ids(default={"LAYER": LAYER, "SIDECAR_URL": "8001"}) == ["wsgi_channels.E002"]

@@ -192,3 +192,73 @@ def test_client_js_is_served():
     assert resp.status_code == 200
     assert resp.mimetype == "text/javascript"
     assert b"export function connect" in resp.data
+
+
+# -- channels_url: the sidecar's URL with a signed connect token ------------------------------------
+
+def _token_of(url):
+    from urllib.parse import parse_qs, urlsplit
+
+    return parse_qs(urlsplit(url).query)["_wsc_token"][0]
+
+
+def test_channels_url_jinja_global_signs_a_token_for_the_path_and_page(monkeypatch):
+    from wsgi_channels.tokens import verify_connect_token
+
+    app, _ = make_app(WSGI_CHANNELS_SIDECAR_URL="http://127.0.0.1:8001")
+
+    @app.get("/page")
+    def page():
+        return flask.render_template_string('connect({{ channels_url("/ws/news/", user_id=7, groups=["news"])|tojson }})')
+
+    body = app.test_client().get("/page", base_url="http://app.example:8000").get_data(as_text=True)
+    url = json.loads(body[len("connect("):-1])
+    assert url.startswith("ws://127.0.0.1:8001/ws/news/?_wsc_token=")
+    claims = verify_connect_token(_token_of(url), "test-secret", path="/ws/news/", origin="http://app.example:8000")
+    assert claims["sub"] == 7 and claims["groups"] == ["news"] and claims["exp"] - claims["iat"] == 300
+    # WSGI_CHANNELS_TOKEN_SECRET (the sidecar's --token-secret) wins over app.secret_key.
+    app2, channels2 = make_app(WSGI_CHANNELS_SIDECAR_URL="https://rt.example.com", WSGI_CHANNELS_TOKEN_SECRET="shared")
+    with app2.test_request_context("/", base_url="https://app.example.com"):
+        url = channels2.url("/ws/news/", max_age=30)
+    assert url.startswith("wss://rt.example.com/ws/news/?_wsc_token=")
+    assert verify_connect_token(_token_of(url), "shared", path="/ws/news/", origin="https://app.example.com")
+    # The environment variable shared with the sidecar is the default.
+    monkeypatch.setenv("WSGI_CHANNELS_SIDECAR_URL", "http://127.0.0.1:9001")
+    monkeypatch.setenv("WSGI_CHANNELS_TOKEN_SECRET", "from-env")
+    app3, channels3 = make_app()
+    with app3.test_request_context("/"):
+        assert verify_connect_token(_token_of(channels3.url("/ws/x/")), "from-env", path="/ws/x/")
+
+
+def test_channels_url_without_a_sidecar_url_is_the_same_origin_path():
+    app, channels = make_app()
+    with app.test_request_context("/"):
+        assert flask.render_template_string('{{ channels_url("/ws/news/") }}') == "/ws/news/"
+
+
+def test_channels_url_mistakes_name_the_setting():
+    with pytest.raises(ConfigurationError, match="WSGI_CHANNELS_SIDECAR_URL"):
+        make_app(WSGI_CHANNELS_SIDECAR_URL="127.0.0.1:8001")
+    app, channels = make_app(WSGI_CHANNELS_SIDECAR_URL="http://127.0.0.1:8001")
+    app.secret_key = None
+    with app.test_request_context("/"):
+        with pytest.raises(ConfigurationError, match="app.secret_key or WSGI_CHANNELS_TOKEN_SECRET"):
+            channels.url("/ws/news/")
+
+
+def test_consumer_request_context_takes_any_decoded_path(layer):
+    """The handshake's path is decoded: spaces, '?', '%' and non-ASCII stay part of the path."""
+    app = flask.Flask("paths")
+    app.secret_key = "k"
+    app.config["WSGI_CHANNELS_LAYER"] = LAYER
+    channels = Channels(app)
+
+    @channels.consumer("websocket.connect", path=r"^/ws/room/(?P<room>[^/]+)/$")
+    def connect(message, room):
+        message.reply_channel.send({"accept": True})
+        message.reply_channel.send({"text": json.dumps([room, flask.request.path])})
+
+    reply = layer.new_channel("test.reply?")
+    path = "/ws/room/tea & cake? 100% ü/"
+    dispatch(routing_for(app), "websocket.connect", ws_connect(reply, path), layer)
+    assert replies(layer, reply)[1] == {"text": json.dumps(["tea & cake? 100% ü", path])}

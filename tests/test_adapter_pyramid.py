@@ -173,3 +173,70 @@ def test_explicit_transaction_manager_without_a_transaction_sends_at_once(layer)
         assert replies(layer, member) == [{"text": "no txn"}]
     finally:
         env["closer"]()
+
+
+# -- request.channels_url: the sidecar's URL with a signed connect token ----------------------------
+
+def _page_app(**settings):
+    class Policy:
+        def identity(self, request):
+            return request.headers.get("X-User")
+
+        def authenticated_userid(self, request):
+            return request.headers.get("X-User")
+
+        def permits(self, request, context, permission):
+            return True
+
+    with Configurator(settings={"wsgi_channels.layer": LAYER, **settings}) as config:
+        config.set_security_policy(Policy())
+        config.include("wsgi_channels.adapters.pyramid")
+
+        def page(request):
+            request.response.text = request.channels_url("/ws/chat/lobby/")
+            return request.response
+
+        config.add_route("page", "/page")
+        config.add_view(page, route_name="page")
+        return config.make_wsgi_app()
+
+
+def test_request_channels_url_signs_for_the_authenticated_user():
+    from urllib.parse import parse_qs, urlsplit
+
+    from wsgi_channels.tokens import verify_connect_token
+
+    app = _page_app(**{"wsgi_channels.sidecar_url": "http://127.0.0.1:8001", "wsgi_channels.token_secret": "shh"})
+    status, _, body = call(app, "GET", "/page", headers={"X-User": "carol", "Host": "app.example:8000"})
+    url = body.decode()
+    assert status.startswith("200") and url.startswith("ws://127.0.0.1:8001/ws/chat/lobby/?_wsc_token=")
+    token = parse_qs(urlsplit(url).query)["_wsc_token"][0]
+    claims = verify_connect_token(token, "shh", path="/ws/chat/lobby/", origin="http://app.example:8000")
+    assert claims["sub"] == "carol"
+    _, _, body = call(app, "GET", "/page")
+    assert "sub" not in verify_connect_token(parse_qs(urlsplit(body.decode()).query)["_wsc_token"][0], "shh")
+    # Without a sidecar URL: the same-origin path.
+    assert call(_page_app(), "GET", "/page")[2] == b"/ws/chat/lobby/"
+
+
+def test_sidecar_url_settings_are_checked():
+    with pytest.raises(ConfigurationError, match="wsgi_channels.token_secret"):
+        _page_app(**{"wsgi_channels.sidecar_url": "http://127.0.0.1:8001"})
+    with pytest.raises(ConfigurationError, match="wsgi_channels.sidecar_url"):
+        _page_app(**{"wsgi_channels.sidecar_url": "nope", "wsgi_channels.token_secret": "x"})
+
+
+def test_consumer_request_takes_any_decoded_path(layer):
+    """The handshake's path is decoded: spaces, '?', '%' and non-ASCII stay part of the path."""
+    def connect(message, room):
+        message.reply_channel.send({"accept": True})
+        message.reply_channel.send({"text": f"{room}|{message.request.path_info}"})
+
+    with Configurator(settings={"wsgi_channels.layer": LAYER}) as config:
+        config.include("wsgi_channels.adapters.pyramid")
+        config.add_channel_route("websocket.connect", connect, path=r"^/ws/room/(?P<room>[^/]+)/$")
+        app = config.make_wsgi_app()
+    reply = layer.new_channel("test.reply?")
+    path = "/ws/room/tea & cake? 100% ü/"
+    dispatch(routing_for(app), "websocket.connect", ws_connect(reply, path), layer)
+    assert replies(layer, reply)[1] == {"text": f"tea & cake? 100% ü|{path}"}

@@ -168,3 +168,100 @@ def test_client_reconnects_after_the_sidecar_restarts(procs, context, tmp_path):
     assert r.status_code == 201
     page.wait_for_selector(f"#post-{r.json()['id']} >> text=After restart")
     assert errors == []
+
+
+def test_two_ports_without_a_proxy_the_page_connects_with_a_signed_token(procs, context, tmp_path):
+    """README's two-port setup: gunicorn on one port, the sidecar on another, no nginx, no --allowed-origins.
+
+    The page (Flask, under gunicorn) renders ``channels.url("/ws/liveblog/")``: the sidecar's URL
+    with a connect token signed with the secret both processes share; the sidecar admits the
+    page's cross-origin handshake because of the token, and the group message arrives.
+    """
+    layer = f"ipc://{tmp_path}/channels.db"
+    liveblog = EXAMPLES / "liveblog"
+    side_port = stack.free_port()
+    shared = {"WSGI_CHANNELS_TOKEN_SECRET": "two-ports-" + os.urandom(8).hex()}
+    web = stack.gunicorn("liveblog:app", liveblog,
+                         env_for(layer, liveblog, LIVEBLOG_DB=str(tmp_path / "blog.db"),
+                                 WSGI_CHANNELS_SIDECAR_URL=f"http://127.0.0.1:{side_port}", **shared),
+                         tmp_path, workers=2)
+    work = stack.worker("liveblog:routing", liveblog, env_for(layer, liveblog), tmp_path, threads=2)
+    side = stack.sidecar(env_for(layer, **shared), tmp_path, side_port)
+    procs.extend([web.start(), work.start(), side.start()])
+    work.wait_for_log("worker serving", timeout=20)
+    origin = f"http://127.0.0.1:{web.port}"
+
+    page = context.new_page()
+    errors = errors_of(page)
+    page.goto(origin + "/")
+    page.wait_for_selector('#status[data-state="open"]')
+    url = page.evaluate("window.liveblogSocket.url")
+    assert url.startswith(f"ws://127.0.0.1:{side_port}/ws/liveblog/?_wsc_token="), url
+    r = requests.post(origin + "/posts", json={"title": "Across two ports", "body": "no proxy"}, timeout=10)
+    assert r.status_code == 201
+    page.wait_for_selector(f"#post-{r.json()['id']} >> text=Across two ports")
+    side.wait_for_log("WSCONNECT /ws/liveblog/")
+    # The token is what let the page in: without it, or with it changed, the sidecar refuses (403, logged).
+    open_socket = """(url) => new Promise((done) => {
+        const ws = new WebSocket(url);
+        ws.onopen = () => { done("open"); ws.close(); };
+        ws.onclose = (e) => done(e.code);
+    })"""
+    assert page.evaluate(open_socket, f"ws://127.0.0.1:{side_port}/ws/liveblog/") == 1006
+    side.wait_for_log("and there is no connect token (_wsc_token) to allow it")
+    assert page.evaluate(open_socket, url[:-4] + ("AAAA" if not url.endswith("AAAA") else "BBBB")) == 1006
+    side.wait_for_log("connect token refused: the connect token's signature is wrong")
+    assert page.evaluate(open_socket, url) == "open"  # the rendered URL still works (until it expires)
+    token = url.split("_wsc_token=")[1]
+    assert token[:40] not in side.log() and token[:40] not in web.log()  # never logged
+    assert errors == []
+
+
+def test_chat_enter_before_a_nickname_keeps_the_page_and_any_room_name_works(procs, context, tmp_path):
+    """The chat's Send form never reloads the page (Enter before a nickname used to), and a room
+    name with spaces and punctuation is a room like any other (percent-encoded in both URLs)."""
+    from urllib.parse import quote, unquote
+
+    server = stack.runserver(EXAMPLES / "chat" / "chat.py", tmp_path, env_for(None))
+    procs.append(server.start())
+    server.wait_for_log("serving chat:app")
+    room = "tea & cake!? #1"
+    url = f"http://127.0.0.1:{server.port}/chat/{quote(room, safe='')}/"
+    page = context.new_page()
+    errors = errors_of(page)
+    page.goto(url)
+    page.wait_for_selector('#status[data-state="no-nick"]')
+    assert page.inner_text("h1") == f"Room {room}"
+    page.evaluate("window.__marker = 'same page'")  # gone if the page reloads
+    page.fill("#text", "too early")
+    page.press("#text", "Enter")
+    page.wait_for_selector("#hint >> text=Choose a nickname first.")
+    page.click("#say button")
+    assert page.evaluate("window.__marker") == "same page" and page.url == url
+    assert page.evaluate("document.activeElement.id") == "nick"
+    page.fill("#nick", "ann")
+    page.press("#nick", "Enter")  # the nickname form does post (and comes back to the room)
+    page.wait_for_selector('#status[data-state="open"]')
+    assert unquote(page.url) == unquote(url)  # back in the room (Pyramid may encode fewer characters)
+    second = context.browser.new_context()
+    try:
+        other = second.new_page()
+        other.set_default_timeout(TIMEOUT_MS)
+        other_errors = errors_of(other)
+        other.goto(url)
+        other.fill("#nick", "ben")
+        other.click("#nickform button")
+        other.wait_for_selector('#status[data-state="open"]')
+        page.wait_for_selector("#log >> text=ben joined")
+        other.fill("#text", "hello from ben")
+        other.press("#text", "Enter")
+        page.wait_for_selector("#log >> text=hello from ben")
+        assert page.inner_text("#log .message") == "ben: hello from ben"
+        assert other.input_value("#text") == ""
+        # The socket is really on the room's percent-encoded path, and the room is its own group.
+        socket_url = page.evaluate("window.chatSocket.url")
+        assert "%3F%20%231/" in socket_url and unquote(socket_url).endswith(f"/ws/chat/{room}/"), socket_url
+        assert other_errors == []
+    finally:
+        second.close()
+    assert errors == []

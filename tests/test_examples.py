@@ -99,6 +99,37 @@ def test_chat_rooms_nicknames_and_join_leave_notices(procs, tmp_path):
     session.close()
 
 
+def test_chat_room_names_with_spaces_and_punctuation(procs, tmp_path):
+    """Any room name but '/' is a room: the WebSocket path is percent-encoded, the group name hashed."""
+    from urllib.parse import quote
+
+    server = stack.runserver(SCRIPTS["chat"], tmp_path, env_for(None))
+    procs.append(server.start())
+    server.wait_for_log("serving chat:app")
+    port = server.port
+    room = quote("bad room! (100%) & ünïcode?", safe="")
+    page = requests.get(f"http://127.0.0.1:{port}/chat/{room}/", timeout=10)
+    assert page.status_code == 200 and "Room bad room! (100%) &amp; ünïcode?" in page.text
+    assert f'"/ws/chat/{room}/"' in page.text  # the page opens the encoded path
+    ann = ws(port, f"/ws/chat/{room}/?nick=ann")
+    assert json.loads(ann.recv()) == {"type": "notice", "text": "ann joined"}
+    lobby = ws(port, "/ws/chat/lobby/?nick=lou")
+    assert json.loads(lobby.recv()) == {"type": "notice", "text": "lou joined"}
+    ben = ws(port, f"/ws/chat/{room}/?nick=ben")
+    assert json.loads(ann.recv())["text"] == "ben joined"
+    ben.send(json.dumps({"text": "hello"}))
+    assert json.loads(ann.recv()) == {"type": "message", "nick": "ben", "text": "hello"}
+    r = requests.post(f"http://127.0.0.1:{port}/chat/{room}/announce", data="cake", timeout=10)
+    assert r.status_code == 200
+    assert json.loads(ann.recv())["text"] == "announcement: cake"
+    lobby.settimeout(0.3)
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        lobby.recv()  # the lobby heard nothing of that room
+    assert requests.get(f"http://127.0.0.1:{port}/chat/{'x' * 51}/", timeout=10).status_code == 404
+    for sock in (ann, ben, lobby):
+        sock.close()
+
+
 def test_demo_serves_both_apps_from_one_process(procs, tmp_path):
     server = stack.runserver(SCRIPTS["demo"], tmp_path, env_for(None, LIVEBLOG_DB=str(tmp_path / "blog.db")))
     procs.append(server.start())

@@ -24,9 +24,11 @@ from .exceptions import (
     InvalidChannelName,
     InvalidGroupName,
     InvalidMessage,
+    InvalidToken,
     LayerUnavailable,
     MessageTooLarge,
     StoreError,
+    TokenExpired,
 )
 from .layers import from_url
 
@@ -62,6 +64,8 @@ __all__ = [
     "LayerUnavailable",
     "MessageTooLarge",
     "StoreError",
+    "InvalidToken",
+    "TokenExpired",
     *_LAZY,
 ]
 

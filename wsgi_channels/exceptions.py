@@ -18,6 +18,8 @@ __all__ = [
     "LayerUnavailable",
     "ConfigurationError",
     "StoreError",
+    "InvalidToken",
+    "TokenExpired",
 ]
 
 
@@ -63,3 +65,20 @@ class ConfigurationError(ChannelsError, ValueError):
 
 class StoreError(ChannelsError, OSError):
     """A file-backed store cannot be used (not writable, or not a wsgi_channels store)."""
+
+
+class InvalidToken(ChannelsError, ValueError):
+    """A connect token (:mod:`wsgi_channels.tokens`) cannot open this WebSocket.
+
+    ``reason`` is one word saying why: ``malformed``, ``signature`` (tampered, or
+    another secret), ``expired``, ``clock`` (issued in the future), ``path`` or
+    ``origin`` (made for another path or site).
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class TokenExpired(InvalidToken):
+    """A connect token whose ``exp`` has passed (a page older than the token's lifetime)."""

@@ -13,6 +13,8 @@ from typing import Any, Iterator, Optional
 from .channel import Channel
 from .layers.base import BaseChannelLayer
 
+TOKEN_CLAIMS_KEY = "__wsc_token"  # wsgi_channels.tokens.CLAIMS_KEY, set by the sidecar
+
 __all__ = ["Message"]
 
 
@@ -29,6 +31,8 @@ class Message:
         the layer it came from (sends through ``reply_channel`` use it too).
     ``channel_session``
         the per-connection session dict, set by :func:`~wsgi_channels.channel_session`.
+    ``token_claims``, ``user_id``
+        what the app signed into the connection's connect token, or None.
     """
 
     __slots__ = ("content", "channel", "channel_layer", "channel_session", "_reply_channel")
@@ -48,6 +52,24 @@ class Message:
                 return None
             self._reply_channel = Channel(name, layer=self.channel_layer)
         return self._reply_channel
+
+    @property
+    def token_claims(self) -> Optional[dict]:
+        """The verified claims of the connection's signed connect token (:mod:`~wsgi_channels.tokens`), or None.
+
+        Carried in ``websocket.connect``; later messages of the socket find them in
+        the channel session when the consumer uses ``@channel_session``.
+        """
+        claims = self.content.get(TOKEN_CLAIMS_KEY)
+        if claims is None and isinstance(self.channel_session, dict):
+            claims = self.channel_session.get(TOKEN_CLAIMS_KEY)
+        return claims
+
+    @property
+    def user_id(self) -> Any:
+        """The user id the app signed into the connect token (``sub``), or None."""
+        claims = self.token_claims
+        return claims.get("sub") if claims else None
 
     def __getitem__(self, key: str) -> Any:
         return self.content[key]

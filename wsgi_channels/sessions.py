@@ -25,6 +25,7 @@ import threading
 from typing import Any, Callable, Optional
 
 from .channel import Channel
+from .message import TOKEN_CLAIMS_KEY
 from .serialization import decode, encode
 
 __all__ = ["channel_session", "enforce_ordering", "ChannelSession", "DEFAULT_SESSION_TTL",
@@ -109,6 +110,9 @@ def channel_session(func: Optional[Callable] = None, *, ttl: float = DEFAULT_SES
         if isinstance(message.channel_session, ChannelSession):  # already loaded (stacked decorators)
             return func(message, *args, **kwargs)
         session = message.channel_session = _load_session(message, ttl)
+        claims = message.content.get(TOKEN_CLAIMS_KEY)
+        if claims is not None and session.get(TOKEN_CLAIMS_KEY) != claims:
+            session[TOKEN_CLAIMS_KEY] = claims  # later frames of the socket: message.token_claims
         try:
             return func(message, *args, **kwargs)
         finally:

@@ -8,6 +8,8 @@ Settings, shaped like ``CACHES``::
             "ROUTING": "myproject.routing:routes",      # what `manage.py runworker` runs
             "OPTIONS": {"capacity": 500},               # layer constructor keywords
             "ALLOWED_ORIGINS": ["https://example.com"], # passed to `manage.py runsidecar`
+            "SIDECAR_URL": "http://127.0.0.1:8001",     # only when the sidecar is on another origin
+            "TOKEN_SECRET": "...",                      # default: SECRET_KEY
         }
     }
 
@@ -22,6 +24,12 @@ request cycle; ``message.session`` and ``message.user`` from the handshake's ses
 cookie through the configured session engine and ``django.contrib.auth``), or
 :func:`login_required` to refuse anonymous connections.
 
+Pages: ``{% load wsgi_channels %}{% channels_url "/ws/news/" %}`` renders the URL to open (the
+sidecar's, with a signed connect token, when ``SIDECAR_URL`` is set; else the path), and
+``channels_url(request, path)`` does the same in Python. Add
+``path("", include("wsgi_channels.adapters.django.urls"))`` to serve the browser client at
+``/_wsgi_channels/static/channels.js`` (``manage.py check`` says so when it is missing).
+
 Management commands: ``manage.py runworker`` and ``manage.py runsidecar``; ``manage.py
 check`` validates the settings (ids ``wsgi_channels.E001``...).
 
@@ -29,7 +37,8 @@ Django itself is imported only inside this adapter.
 """
 from __future__ import annotations
 
+from .connect import channels_url
 from .consumers import django_consumer, login_required
 from .push import channel_send, get_layer_url, group, group_send
 
-__all__ = ["django_consumer", "login_required", "group_send", "channel_send", "group", "get_layer_url"]
+__all__ = ["channels_url", "django_consumer", "login_required", "group_send", "channel_send", "group", "get_layer_url"]

@@ -57,3 +57,36 @@ def check_deploy(app_configs: Any = None, **kwargs: Any) -> list:
                 hint="Use redis://... (several machines) or ipc:///path (one machine) outside `wsgi-channels runserver`.",
                 id="wsgi_channels.W001"))
     return warnings
+
+
+@checks.register("wsgi_channels", checks.Tags.urls)
+def check_client_js_url(app_configs: Any = None, **kwargs: Any) -> list:
+    """The browser client must be reachable at ``/_wsgi_channels/static/channels.js`` on the site.
+
+    Django serves nothing an app's URLconf does not include, and an app cannot add
+    to the project's URLconf by itself: say which line to add, instead of a 404 in
+    the browser's console.
+    """
+    from django.conf import settings
+    from django.urls import Resolver404, resolve
+
+    from .._common import CLIENT_JS_URL
+
+    if not getattr(settings, "ROOT_URLCONF", None):
+        return []
+    try:
+        match = resolve(CLIENT_JS_URL)
+    except Resolver404:
+        match = None
+    except Exception:  # a URLconf that does not import is Django's own check (urls.E...) to report
+        return []
+    from .views import client_js
+
+    if match is not None and match.func is client_js:
+        return []
+    return [checks.Warning(
+        f"The browser client {CLIENT_JS_URL} is not served: no URL pattern of ROOT_URLCONF "
+        f"({settings.ROOT_URLCONF}) leads to wsgi_channels' view, so pages importing it get a 404.",
+        hint='Add path("", include("wsgi_channels.adapters.django.urls")) to urlpatterns in your urls.py '
+             "(or serve the file another way and silence wsgi_channels.W002).",
+        id="wsgi_channels.W002")]

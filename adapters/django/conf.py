@@ -14,7 +14,7 @@ from ...exceptions import ConfigurationError
 from ...layers import layer_class, parse_options
 
 DEFAULT_ALIAS = "default"
-KNOWN_KEYS = {"LAYER", "ROUTING", "OPTIONS", "ALLOWED_ORIGINS"}
+KNOWN_KEYS = {"LAYER", "ROUTING", "OPTIONS", "ALLOWED_ORIGINS", "SIDECAR_URL", "TOKEN_SECRET"}
 
 
 @dataclass
@@ -24,6 +24,10 @@ class AliasSettings:
     routing: str | None = None
     options: dict = field(default_factory=dict)
     allowed_origins: list[str] = field(default_factory=list)
+    #: The sidecar's public URL when it is not on the site's origin (``{% channels_url %}`` signs tokens for it).
+    sidecar_url: str = ""
+    #: The connect token secret (default: ``settings.SECRET_KEY``); the sidecar's ``--token-secret``.
+    token_secret: str = field(default="", repr=False)
 
     @property
     def layer_url(self) -> str:
@@ -80,4 +84,14 @@ def alias_settings(alias: str = DEFAULT_ALIAS) -> AliasSettings:
     origins = entry.get("ALLOWED_ORIGINS") or []
     if isinstance(origins, str) or not all(isinstance(o, str) for o in origins):
         raise ConfigurationError(f"{where}['ALLOWED_ORIGINS'] must be a list of origins like 'https://example.com'")
-    return AliasSettings(alias, layer, routing, dict(options), list(origins))
+    from .._common import check_sidecar_url
+
+    sidecar_url = check_sidecar_url(entry.get("SIDECAR_URL"), f"{where}['SIDECAR_URL']")
+    token_secret = entry.get("TOKEN_SECRET") or ""
+    if not isinstance(token_secret, str):
+        raise ConfigurationError(f"{where}['TOKEN_SECRET'] must be a string (default: settings.SECRET_KEY)")
+    if sidecar_url and not token_secret:
+        from django.conf import settings as django_settings
+
+        token_secret = getattr(django_settings, "SECRET_KEY", "") or ""
+    return AliasSettings(alias, layer, routing, dict(options), list(origins), sidecar_url, token_secret)

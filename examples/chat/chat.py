@@ -4,7 +4,8 @@ What it shows:
 
 - ``config.include("wsgi_channels.adapters.pyramid")`` with settings under ``wsgi_channels.``;
 - consumers registered with ``config.add_channel_route(...)``; the room comes from the
-  WebSocket path (``/ws/chat/<room>/``), the nickname is kept in the channel session so
+  WebSocket path (``/ws/chat/<room>/``, any name: ``/chat/tea%20%26%20cake!/`` is the room
+  "tea & cake!"), the nickname is kept in the channel session so
   every later message of the socket knows who is talking;
 - the nickname chosen on the page is remembered in the Pyramid session (signed cookie)
   and read by the WebSocket consumer from the handshake's cookies;
@@ -20,14 +21,16 @@ then open http://127.0.0.1:8000/chat/lobby/ in two browser windows.
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import json
 import os
 import re
 import sys
+from urllib.parse import quote
 
 from pyramid.config import Configurator
-from pyramid.httpexceptions import HTTPBadRequest, HTTPSeeOther
+from pyramid.httpexceptions import HTTPBadRequest, HTTPNotFound, HTTPSeeOther
 from pyramid.response import Response
 from pyramid.session import SignedCookieSessionFactory
 
@@ -35,50 +38,96 @@ from wsgi_channels import Group
 from wsgi_channels.adapters.pyramid import reject, routing_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOM_PATH = r"^/ws/chat/(?P<room>[A-Za-z0-9_-]{1,50})/$"
+#: A room name is any 1-50 characters but '/': spaces and punctuation included. The page's URL
+#: and the WebSocket path carry it percent-encoded; routes match the decoded path.
+ROOM_PATH = r"^/ws/chat/(?P<room>[^/]{1,50})/$"
+ROOM_RE = re.compile(r"^[^/]{1,50}$")
 NICK_RE = re.compile(r"^[\w .-]{1,30}$")
 
+STYLE = """
+:root { color-scheme: light dark; --accent: #2563eb; --muted: #6b7280; --line: #d1d5db; --bg-soft: #f3f4f6; }
+@media (prefers-color-scheme: dark) { :root { --line: #374151; --bg-soft: #1f2937; --muted: #9ca3af; } }
+* { box-sizing: border-box; }
+body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 42rem;
+       margin: 2rem auto; padding: 0 1rem; }
+h1 { font-size: 1.6rem; margin: 0 0 1rem; overflow-wrap: anywhere; }
+form { display: flex; gap: .5rem; align-items: center; margin: 0 0 1rem; }
+label { color: var(--muted); font-size: .9rem; }
+input { flex: 1; min-width: 0; font: inherit; padding: .45rem .6rem; border: 1px solid var(--line);
+        border-radius: .4rem; background: transparent; color: inherit; }
+input:focus { outline: 2px solid var(--accent); outline-offset: 1px; }
+button { font: inherit; padding: .45rem .9rem; border: 0; border-radius: .4rem; background: var(--accent);
+         color: #fff; cursor: pointer; }
+button:disabled { opacity: .5; cursor: default; }
+#status { font-size: .85rem; color: var(--muted); margin: 0 0 .5rem; }
+#status::before { content: "\\25CF"; margin-right: .4rem; color: #d97706; }
+#status[data-state="open"]::before { color: #16a34a; }
+#status[data-state="stopped"]::before, #status[data-state="no-nick"]::before { color: #dc2626; }
+#log { border: 1px solid var(--line); border-radius: .5rem; height: 22rem; overflow-y: auto;
+       padding: .5rem .75rem; margin: 0 0 1rem; background: var(--bg-soft); }
+#log p { margin: .2rem 0; overflow-wrap: anywhere; }
+#log .notice { color: var(--muted); font-style: italic; }
+#log .nick { font-weight: 600; }
+#hint { color: #dc2626; font-size: .85rem; min-height: 1.3em; margin: -.5rem 0 0; }
+"""
+
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Chat: {room}</title>
-<style>body {{ font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; }}
-#log {{ border: 1px solid #ccc; height: 20rem; overflow-y: auto; padding: .5rem; }}
-.notice {{ color: #777; font-style: italic; }}</style></head>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Chat: {room}</title>
+<style>{style}</style></head>
 <body>
 <h1>Room {room}</h1>
-<form method="post" action="nick" id="nickform">Nickname: <input name="nick" value="{nick}" required>
-<button>Set</button></form>
+<form method="post" action="nick" id="nickform"><label for="nick">Nickname</label>
+<input id="nick" name="nick" value="{nick}" required maxlength="30"> <button>Set</button></form>
 <p id="status" data-state="connecting">connecting…</p>
-<div id="log"></div>
-<form id="say"><input id="text" autocomplete="off" placeholder="Say something"> <button>Send</button></form>
+<div id="log" aria-live="polite"></div>
+<form id="say"><input id="text" autocomplete="off" placeholder="Say something" maxlength="2000">
+<button>Send</button></form>
+<p id="hint"></p>
 <script type="module">
 import {{ connect }} from "{client_js}";
 const log = document.getElementById("log");
 const status = document.getElementById("status");
+const hint = document.getElementById("hint");
+const input = document.getElementById("text");
 // The server refuses sockets without a nickname; a browser only sees that as 1006, so ask first.
 const socket = {has_nick} ? connect({ws_path}) : null;
 window.chatSocket = socket;
-if (!socket) {{ status.dataset.state = "no-nick"; status.textContent = "choose a nickname to join"; }}
-else {{
-function line(cls, text) {{
+function show(state, text) {{ status.dataset.state = state; status.textContent = text; }}
+function line(cls, nick, text) {{
   const p = document.createElement("p");
   p.className = cls;
-  p.textContent = text;
+  if (nick) {{
+    const who = document.createElement("span");
+    who.className = "nick";
+    who.textContent = nick + ": ";
+    p.append(who);
+  }}
+  p.append(text);
   log.append(p);
   log.scrollTop = log.scrollHeight;
 }}
-socket.on("open", () => {{ status.dataset.state = "open"; status.textContent = "connected"; }});
-socket.on("reconnecting", () => {{ status.dataset.state = "reconnecting"; status.textContent = "reconnecting…"; }});
-socket.on("stop", (d) => {{ status.dataset.state = "stopped"; status.textContent = `refused (${{d.code}}): set a nickname`; }});
-socket.on("json", (m) => {{
-  if (m.type === "message") line("message", `${{m.nick}}: ${{m.text}}`);
-  else line("notice", m.text);
-}});
+// The form never submits itself (that would reload the page): a message goes over the socket.
 document.getElementById("say").addEventListener("submit", (e) => {{
   e.preventDefault();
-  const input = document.getElementById("text");
-  if (input.value) socket.sendJSON({{ text: input.value }});
+  if (!socket) {{
+    hint.textContent = "Choose a nickname first.";
+    document.getElementById("nick").focus();
+    return;
+  }}
+  if (input.value.trim()) socket.sendJSON({{ text: input.value }});
   input.value = "";
+  hint.textContent = "";
 }});
+if (!socket) show("no-nick", "choose a nickname to join");
+else {{
+  socket.on("open", () => show("open", "connected"));
+  socket.on("reconnecting", () => show("reconnecting", "reconnecting…"));
+  socket.on("stop", (d) => show("stopped", `refused (${{d.code}}): set a nickname`));
+  socket.on("json", (m) => {{
+    if (m.type === "message") line("message", m.nick, m.text);
+    else line("notice", null, m.text);
+  }});
 }}
 </script>
 </body></html>
@@ -86,17 +135,25 @@ document.getElementById("say").addEventListener("submit", (e) => {{
 
 
 def group(room: str) -> Group:
-    return Group(f"chat-{room}")
+    """The room's group. Group names allow only ``[a-zA-Z0-9-_.]``, so the room name is hashed."""
+    return Group("chat-" + hashlib.sha256(room.encode("utf-8")).hexdigest()[:32])
+
+
+def _room(request) -> str:  # type: ignore[no-untyped-def]
+    room = request.matchdict["room"]
+    if not ROOM_RE.match(room):
+        raise HTTPNotFound("a room name is 1-50 characters, without '/'")
+    return room
 
 
 # -- views ------------------------------------------------------------------------------------
 
 def room_view(request):  # type: ignore[no-untyped-def]
-    room = request.matchdict["room"]
+    room = _room(request)
     nick = request.session.get("nick", "")
     page = PAGE.format(room=html.escape(room), nick=html.escape(nick), has_nick=json.dumps(bool(nick)),
-                       client_js=request.script_name + "/_wsgi_channels/static/channels.js",
-                       ws_path=json.dumps(f"{request.script_name}/ws/chat/{room}/"))
+                       style=STYLE, client_js=request.script_name + "/_wsgi_channels/static/channels.js",
+                       ws_path=json.dumps(f"{request.script_name}/ws/chat/{quote(room, safe='')}/"))
     return Response(page, content_type="text/html")
 
 
@@ -105,7 +162,7 @@ def nick_view(request):  # type: ignore[no-untyped-def]
     if not NICK_RE.match(nick):
         raise HTTPBadRequest("a nickname is 1-30 letters, digits, spaces, '.', '-' or '_'")
     request.session["nick"] = nick
-    return HTTPSeeOther(request.route_url("room", room=request.matchdict["room"]))
+    return HTTPSeeOther(request.route_url("room", room=_room(request)))
 
 
 def announce_view(request):  # type: ignore[no-untyped-def]
@@ -113,7 +170,7 @@ def announce_view(request):  # type: ignore[no-untyped-def]
     text = request.text.strip()[:500]
     if not text:
         raise HTTPBadRequest("empty announcement")
-    request.channels.group_send(f"chat-{request.matchdict['room']}",
+    request.channels.group_send(group(_room(request)).name,
                                 {"text": json.dumps({"type": "notice", "text": f"announcement: {text}"})})
     return Response("sent\n", content_type="text/plain")
 

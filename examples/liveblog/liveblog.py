@@ -20,10 +20,14 @@ Or in production shape, beside gunicorn (see README.md and docs/deployment.md)::
     wsgi-channels sidecar --bind 127.0.0.1:8001      # WebSockets (nginx sends /ws/ here)
     wsgi-channels worker liveblog:routing            # the consumers
 
+With no nginx, the sidecar is another origin: set ``WSGI_CHANNELS_SIDECAR_URL=http://127.0.0.1:8001``
+and the same ``WSGI_CHANNELS_TOKEN_SECRET`` for gunicorn and the sidecar, and the page opens
+``channels.url("/ws/liveblog/")``: the sidecar's URL with a signed connect token.
+
 Settings come from the environment: ``LIVEBLOG_DB`` (SQLite file, default
 ``liveblog.db`` beside this file), ``LIVEBLOG_WS_URL`` (where pages open the
-WebSocket; default ``/ws/liveblog/`` on the page's own origin) and
-``WSGI_CHANNELS_LAYER``.
+WebSocket, overriding ``channels.url``; by default ``/ws/liveblog/`` on the page's own
+origin), ``WSGI_CHANNELS_LAYER``, ``WSGI_CHANNELS_SIDECAR_URL`` and ``WSGI_CHANNELS_TOKEN_SECRET``.
 """
 from __future__ import annotations
 
@@ -40,21 +44,43 @@ from wsgi_channels.adapters.flask import Channels, routing_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GROUP = "liveblog"
+WS_PATH = "/ws/liveblog/"
 
 channels = Channels()
 
+STYLE = """
+:root { color-scheme: light dark; --accent: #2563eb; --muted: #6b7280; --line: #d1d5db; }
+@media (prefers-color-scheme: dark) { :root { --line: #374151; --muted: #9ca3af; } }
+* { box-sizing: border-box; }
+body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 42rem;
+       margin: 2rem auto; padding: 0 1rem; }
+header { display: flex; align-items: baseline; justify-content: space-between; gap: 1rem; }
+h1 { font-size: 1.6rem; margin: 0 0 1rem; }
+form { display: grid; grid-template-columns: 1fr 2fr auto; gap: .5rem; margin: 0 0 1.5rem; }
+@media (max-width: 30rem) { form { grid-template-columns: 1fr; } }
+input { min-width: 0; font: inherit; padding: .45rem .6rem; border: 1px solid var(--line); border-radius: .4rem;
+        background: transparent; color: inherit; }
+input:focus { outline: 2px solid var(--accent); outline-offset: 1px; }
+button { font: inherit; padding: .45rem .9rem; border: 0; border-radius: .4rem; background: var(--accent);
+         color: #fff; cursor: pointer; }
+#status { font-size: .85rem; color: var(--muted); }
+#status::before { content: "\\25CF"; margin-right: .4rem; color: #d97706; }
+#status[data-state="open"]::before { color: #16a34a; }
+#status[data-state="stopped"]::before { color: #dc2626; }
+article { border-top: 1px solid var(--line); padding: .75rem 0; }
+article h2 { font-size: 1.15rem; margin: 0 0 .25rem; overflow-wrap: anywhere; }
+article p { margin: 0; color: var(--muted); overflow-wrap: anywhere; }
+"""
+
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Live blog</title>
-<style>
- body {{ font-family: system-ui, sans-serif; max-width: 40rem; margin: 2rem auto; }}
- article {{ border-bottom: 1px solid #ddd; padding: .5rem 0; }}
- #status {{ font-size: .8rem; color: #666; }}
-</style></head>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Live blog</title>
+<style>{style}</style></head>
 <body>
-<h1>Live blog</h1>
-<p id="status" data-state="connecting">connecting…</p>
+<header><h1>Live blog</h1><p id="status" data-state="connecting">connecting…</p></header>
 <form method="post" action="posts">
-  <input name="title" placeholder="Title" required> <input name="body" placeholder="Text">
+  <input name="title" placeholder="Title" required aria-label="Title">
+  <input name="body" placeholder="Text" aria-label="Text">
   <button>Publish</button>
 </form>
 <section id="posts">{posts}</section>
@@ -98,7 +124,7 @@ def get_db() -> sqlite3.Connection:
 
 def create_app() -> Flask:
     app = Flask(__name__)
-    app.config["LIVEBLOG_WS_URL"] = os.environ.get("LIVEBLOG_WS_URL", "/ws/liveblog/")
+    app.config["LIVEBLOG_WS_URL"] = os.environ.get("LIVEBLOG_WS_URL", "")
     channels.init_app(app)
 
     @app.teardown_appcontext
@@ -112,8 +138,8 @@ def create_app() -> Flask:
         rows = get_db().execute("SELECT id, title, body FROM posts ORDER BY id DESC LIMIT 50").fetchall()
         posts = "".join(f'<article id="post-{r["id"]}"><h2>{html.escape(r["title"])}</h2>'
                         f'<p>{html.escape(r["body"])}</p></article>' for r in rows)
-        return PAGE.format(posts=posts, client_js=request.script_root + "/_wsgi_channels/static/channels.js",
-                           ws_url=json.dumps(app.config["LIVEBLOG_WS_URL"]))
+        return PAGE.format(posts=posts, style=STYLE, client_js=request.script_root + "/_wsgi_channels/static/channels.js",
+                           ws_url=json.dumps(app.config["LIVEBLOG_WS_URL"] or channels.url(WS_PATH)))
 
     @app.post("/posts")
     def publish():  # type: ignore[no-untyped-def]
@@ -140,13 +166,13 @@ def create_app() -> Flask:
     return app
 
 
-@channels.consumer("websocket.connect", path=r"^/ws/liveblog/$")
+@channels.consumer("websocket.connect", path=rf"^{WS_PATH}$")
 def ws_connect(message) -> None:  # type: ignore[no-untyped-def]
     channels.group(GROUP).add(message.reply_channel)
     message.reply_channel.send({"accept": True})
 
 
-@channels.consumer("websocket.disconnect", path=r"^/ws/liveblog/$")
+@channels.consumer("websocket.disconnect", path=rf"^{WS_PATH}$")
 def ws_disconnect(message) -> None:  # type: ignore[no-untyped-def]
     channels.group(GROUP).discard(message.reply_channel)
 

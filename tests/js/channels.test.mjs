@@ -268,3 +268,42 @@ test("a constructor error (bad URL) stops instead of retrying", () => {
   const s = new ChannelSocket("nonsense", { WebSocket: Throwing, window: null, navigator: null });
   assert.equal(s.stopped, true);
 });
+
+test("a URL function is asked before every attempt (a fresh signed URL after a token expired)", async () => {
+  FakeSocket.instances = [];
+  const clock = fakeClock();
+  let n = 0;
+  const s = connect(() => `/ws/x?_wsc_token=t${++n}`, {
+    location: { href: "http://app.test:8000/page" }, WebSocket: FakeSocket, setTimeout: clock.setTimeout,
+    clearTimeout: clock.clearTimeout, now: clock.now, window: null, navigator: null, random: () => 0.5,
+  });
+  assert.equal(FakeSocket.instances[0].url, "ws://app.test:8000/ws/x?_wsc_token=t1");
+  FakeSocket.instances[0].serverClose(1006);
+  clock.advance(1000);
+  assert.equal(FakeSocket.instances[1].url, "ws://app.test:8000/ws/x?_wsc_token=t2");
+  assert.equal(s.url, "ws://app.test:8000/ws/x?_wsc_token=t2");
+  s.close();
+});
+
+test("a URL function may return a Promise; a rejected one is a failed attempt, retried with backoff", async () => {
+  FakeSocket.instances = [];
+  const clock = fakeClock();
+  let calls = 0;
+  const events = [];
+  const s = connect(() => (++calls === 1 ? Promise.reject(new Error("app down"))
+    : Promise.resolve("ws://rt.test/ws/y?_wsc_token=ok")), {
+    WebSocket: FakeSocket, setTimeout: clock.setTimeout, clearTimeout: clock.clearTimeout, now: clock.now,
+    window: null, navigator: null, random: () => 0.5,
+  });
+  s.on("reconnecting", (d) => events.push(["reconnecting", d.attempt]));
+  s.on("open", (d) => events.push(["open", d.url]));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(FakeSocket.instances.length, 0);
+  assert.deepEqual(events, [["reconnecting", 1]]);
+  clock.advance(1000);
+  await new Promise((r) => setImmediate(r));
+  assert.equal(FakeSocket.instances.length, 1);
+  FakeSocket.instances[0].serverOpen();
+  assert.deepEqual(events.at(-1), ["open", "ws://rt.test/ws/y?_wsc_token=ok"]);
+  s.close();
+});

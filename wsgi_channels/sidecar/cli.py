@@ -15,6 +15,7 @@ from ..channel import default_layer_url
 from ..config import add_option, parse_bool
 from ..exceptions import ConfigurationError
 from ..layers import require_cross_process
+from ..tokens import token_secret
 from .config import HTTP_MODES, SidecarConfig
 
 __all__ = ["register", "build_config", "run", "setup_access_log"]
@@ -79,6 +80,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_option(p, "--grace-period", default=d.grace_period, type=float, metavar="SECONDS",
                help=f"SIGTERM drain time (default {d.grace_period:g})")
     add_option(p, "--health-path", default=d.health_path, metavar="PATH", help="health endpoint path")
+    add_option(p, "--token-secret", default="", metavar="SECRET",
+               help="secret shared with the app: a handshake from another origin is accepted with a valid "
+                    "signed connect token for its path (wsgi_channels.tokens)")
+    add_option(p, "--token-secret-file", default="", metavar="FILE",
+               help="read the connect token secret(s) from FILE, one per line (keeps it out of `ps`)")
     add_option(p, "--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
     return p
@@ -99,6 +105,7 @@ def build_config(args: argparse.Namespace) -> SidecarConfig:
         proxy_headers=args.proxy_headers, root_path=args.root_path, access_log=args.access_log,
         admin_bind=args.admin_bind, compression=args.compression, grace_period=args.grace_period,
         health_path=args.health_path,
+        token_secret=token_secret(args.token_secret, args.token_secret_file),
     )
 
 

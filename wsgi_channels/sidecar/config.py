@@ -74,6 +74,9 @@ class SidecarConfig:
     health_path: str = "/_health"
     #: Most messages taken from the layer in one batch by the receive loop.
     receive_batch: int = 1000
+    #: Secret(s) shared with the app for signed connect tokens (:mod:`wsgi_channels.tokens`), one per line;
+    #: a handshake from another origin is accepted with a valid token for its path. Empty = no tokens.
+    token_secret: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -14,6 +14,7 @@ import time
 import gevent
 import h11
 
+from .. import tokens
 from ..responses import validate_websocket_send
 from ..translation import InvalidRequest
 from . import websocket as ws_proto
@@ -59,11 +60,15 @@ class WebSocketMixin:
             return
         info = request_info(headers, self.peer, self.local, config.proxy_headers)
         refusal = ws_proto.check_origin(headers, info.scheme, info.host, config.allowed_origins)
-        if refusal is not None:
-            stats.handshakes["origin_refused"] += 1
-            log.info("WebSocket from %s refused: %s", addr(self.peer), refusal)
-            self._respond(403, simple_body(403, refusal), close=True)
+        admission = tokens.admit_handshake(target, headers, refusal, config.token_secret)  # a token may allow it
+        if admission.target != target:  # the token never reaches the access log
+            self.request_line = f"{request.method.decode('latin-1')} {admission.target[:200].decode('latin-1')}"
+        if admission.refusal is not None:
+            stats.handshakes[admission.outcome] += 1
+            log.info("WebSocket from %s refused: %s", addr(self.peer), admission.refusal)
+            self._respond(403, simple_body(403, admission.refusal), close=True)
             return
+        target = admission.target  # without the token (nor does it reach a consumer)
         if sidecar.draining or not sidecar.layer_ok:
             stats.handshakes["unavailable"] += 1
             self._respond(503, simple_body(503, "draining" if sidecar.draining else "channel layer unavailable"),
@@ -78,6 +83,8 @@ class WebSocketMixin:
             stats.handshakes["bad_request"] += 1
             self._respond(400, simple_body(400, str(e)), close=True)
             return
+        if admission.claims is not None:
+            message[tokens.CLAIMS_KEY] = admission.claims
         self.path = message["path"]
         self.state = CONNECTING
         self.deadline = time.monotonic() + config.connect_timeout

@@ -7,6 +7,8 @@
 //
 // What it does for you:
 // - resolves a path against the page's origin (ws: for http:, wss: for https:);
+//   a function instead of a path is called before every attempt (it may return a
+//   Promise), so a page can fetch a fresh signed URL when the last token expired;
 // - reconnects with full-jitter exponential backoff: before attempt n it waits a
 //   random delay in [0, min(maxDelay, baseDelay * 2^n)); the attempt count goes
 //   back to 0 only after a connection stayed open `stableAfter` ms, so a server
@@ -89,7 +91,9 @@ export class ChannelSocket extends EventTarget {
   constructor(url, options = {}) {
     super();
     this.options = { ...DEFAULTS, ...options };
-    this.url = url;
+    // A function is asked for the URL before each attempt (a fresh connect token); a string is used as is.
+    this._urlSource = typeof url === "function" ? url : null;
+    this.url = this._urlSource ? null : url;
     this.attempt = 0; // failed attempts since the last stable connection
     this.queue = [];
     this.socket = null;
@@ -170,9 +174,38 @@ export class ChannelSocket extends EventTarget {
   _open() {
     this._retryTimer = null;
     if (this.stopped) return;
+    if (this._urlSource) {
+      let url;
+      try {
+        url = this._urlSource();
+      } catch (error) {
+        this._urlFailed(error);
+        return;
+      }
+      if (url && typeof url.then === "function") {
+        url.then((value) => this._openURL(value), (error) => this._urlFailed(error));
+        return;
+      }
+      this._openURL(url);
+      return;
+    }
+    this._openURL(this.url);
+  }
+
+  _urlFailed(error) {
+    // Fetching a URL failed (the app is down, say): a failed attempt, retried with the backoff.
+    if (this.stopped) return;
+    this._emit("error", error);
+    this._closed(1006, `no URL: ${error && error.message ? error.message : error}`);
+  }
+
+  _openURL(url) {
+    if (this.stopped) return;
+    if (this._urlSource) url = wsURL(String(url), this.options.location || globalThis.location);
+    this.url = url;
     let socket;
     try {
-      socket = new this._env.WebSocket(this.url, this.options.protocols);
+      socket = new this._env.WebSocket(url, this.options.protocols);
     } catch (error) {
       // A malformed URL or a blocked port: retrying would fail the same way.
       this._emit("error", error);
@@ -276,8 +309,12 @@ export class ChannelSocket extends EventTarget {
   }
 }
 
-/** Open a ChannelSocket to `path` (relative to the page, or a full ws(s):// URL). */
+/**
+ * Open a ChannelSocket to `path` (relative to the page, or a full ws(s):// URL), or to the URL
+ * a function returns (or resolves to) before every attempt.
+ */
 export function connect(path, options = {}) {
+  if (typeof path === "function") return new ChannelSocket(path, options);
   return new ChannelSocket(wsURL(path, options.location || globalThis.location), options);
 }
 

@@ -33,6 +33,9 @@ class Command(BaseCommand):
             argv += ["--bind", options["bind"]]
         if entry.allowed_origins:
             argv += ["--allowed-origins", *entry.allowed_origins]
+        if entry.sidecar_url and entry.token_secret and not os.environ.get("WSGI_CHANNELS_TOKEN_SECRET_FILE"):
+            # The site's token secret, through the environment rather than argv (visible in `ps`).
+            os.environ["WSGI_CHANNELS_TOKEN_SECRET"] = entry.token_secret
         argv += options["sidecar_args"]
         sys.stdout.flush()
         sys.stderr.flush()

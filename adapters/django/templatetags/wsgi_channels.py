@@ -1,0 +1,31 @@
+"""Template tags: ``{% load wsgi_channels %}``.
+
+``{% channels_url "/ws/news/" %}`` renders the URL a page opens for a WebSocket
+path (see :func:`wsgi_channels.adapters.django.connect.channels_url`): the
+sidecar's URL with a signed connect token when ``SIDECAR_URL`` is set, else the
+path. It reads ``request`` from the context (the ``request`` context processor)
+for the page's origin and the user. Keyword arguments: ``user_id``, ``groups``
+(comma-separated or a list), ``max_age``, ``alias``. In a script, quote it with
+``json_script`` or ``escapejs``::
+
+    connect("{% channels_url '/ws/news/' as url %}{{ url|escapejs }}")
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django import template
+
+from ..connect import _FROM_REQUEST
+from ..connect import channels_url as _channels_url
+
+register = template.Library()
+
+
+@register.simple_tag(takes_context=True)
+def channels_url(context: Any, path: str, user_id: Any = _FROM_REQUEST, groups: Any = None,
+                 max_age: Any = None, alias: str = "default") -> str:
+    if isinstance(groups, str):
+        groups = [g.strip() for g in groups.split(",") if g.strip()]
+    return _channels_url(context.get("request"), str(path), user_id=user_id, groups=groups,
+                         max_age=float(max_age) if max_age is not None else None, alias=alias)
