@@ -3,6 +3,8 @@
 README's two commands are the ones the demo and CI really run; every ``wsgi-channels``
 command line written in README.md, docs/deployment.md and examples/*/README.md uses flags that
 its subcommand has; every ``WSGI_CHANNELS_*`` variable named there is one the code reads.
+The Sphinx site in ``docs/`` builds with warnings as errors, every page in a toctree, its tutorials'
+code included from tested files and its charts drawn from the committed benchmark results.
 """
 from __future__ import annotations
 
@@ -218,3 +220,9 @@ def test_sphinx_build_with_warnings_as_errors(tmp_path):
     assert "channels.group_send" in flask and "routing_for" in flask, "the Flask tutorial shows the example's code"
     api = (out / "api" / "push.html").read_text()
     assert 'id="wsgi_channels.Group"' in api, "the API reference documents wsgi_channels.Group"
+
+
+def test_readme_points_at_the_docs_site():
+    readme = (ROOT / "README.md").read_text()
+    assert "[docs/](docs/)" in readme and "sphinx-build docs docs/_build/html" in readme
+    assert "'.[docs]'" in readme
