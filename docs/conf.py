@@ -18,8 +18,7 @@ from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(DOCS))
+sys.path.insert(0, str(DOCS))  # _charts; wsgi_channels itself is imported as installed (pip install -e)
 
 project = "wsgi_channels"
 author = "the wsgi_channels authors"
@@ -37,9 +36,8 @@ source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "_generated", "Thumbs.db", ".DS_Store"]
 
-# Markdown: ``#anchor`` links to headings down to ###, ``:::`` fences for directives.
+# Markdown: ``#anchor`` links to headings down to ###.
 myst_heading_anchors = 3
-myst_enable_extensions = ["colon_fence"]
 
 # Autodoc documents the public names where users import them (wsgi_channels.Group, ...).
 autodoc_member_order = "bysource"
