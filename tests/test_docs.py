@@ -226,3 +226,24 @@ def test_readme_points_at_the_docs_site():
     readme = (ROOT / "README.md").read_text()
     assert "[docs/](docs/)" in readme and "sphinx-build docs docs/_build/html" in readme
     assert "'.[docs]'" in readme
+
+
+def test_charted_benchmarks_write_json(tmp_path):
+    """Each charted script takes ``--json PATH`` and writes through ``benchmarks/_results.py``,
+    whose files hold the machine and date and no NaN (JSON has none)."""
+    import sys
+
+    for name in CHARTS:
+        source = (ROOT / "benchmarks" / f"{name}.py").read_text()
+        assert '"--json"' in source and f'_results.write(args.json, "{name}"' in source, name
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _results
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    path = tmp_path / "out" / "x.json"
+    _results.write(str(path), "x", {"p50": float("nan"), "rows": [{"rate": 1234.56789123}]}, peers=("redis",))
+    doc = json.loads(path.read_text())
+    assert doc["results"] == {"p50": None, "rows": [{"rate": 1234.57}]}
+    assert doc["benchmark"] == "x" and doc["date"].endswith("Z") and doc["machine"]["cores"] >= 1
+    assert "redis-py" in doc["versions"] and doc["versions"]["wsgi_channels"]
