@@ -24,6 +24,14 @@ adapter_packages = ["wsgi_channels.adapters"] + [
     "wsgi_channels.adapters." + p for p in find_packages(where="adapters")
 ]
 
+#: What the documentation build needs (docs/conf.py): Sphinx, its theme, Markdown pages, the charts.
+DOCS_REQUIRES = [
+    "sphinx>=7.2",
+    "furo>=2024.1",
+    "myst-parser>=2.0",  # the pages stay Markdown (as GitHub shows them); MyST lets Sphinx read them
+    "matplotlib>=3.8",  # docs/_charts.py draws the performance charts from docs/_data/*.json
+]
+
 TEST_REQUIRES = [
     "pytest>=8",
     "pytest-timeout>=2.3",
@@ -41,6 +49,7 @@ TEST_REQUIRES = [
     "mypy>=1.10",  # tests/test_translation.py: the sans-IO module is strictly typed
     "atheris>=2.3",  # tests/fuzz: coverage-guided fuzzing of the sidecar's input path
     "six>=1.16",  # asgiref 1.1.2's conformance suite (tests/test_asgiref_conformance.py) imports it
+    *DOCS_REQUIRES,  # tests/test_docs.py builds the documentation with warnings as errors
 ]
 
 #: What the examples need on top of the core (README's demo command installs it).
@@ -88,6 +97,7 @@ setup(
         "test": TEST_REQUIRES,
         "examples": EXAMPLES_REQUIRES,
         "benchmark": BENCH_REQUIRES,
+        "docs": DOCS_REQUIRES,
     },
     entry_points={"console_scripts": ["wsgi-channels = wsgi_channels.cli:main"]},
     classifiers=[

@@ -24,7 +24,10 @@ sender processes with two receivers on one channel (messages/s).
 Run from the repository root::
 
     .venv/bin/pip install -e '.[benchmark]'
-    .venv/bin/python benchmarks/layer_throughput.py [--quick] [--repeats N]
+    .venv/bin/python benchmarks/layer_throughput.py [--quick] [--repeats N] [--json PATH]
+
+``--json PATH`` also writes the rows (rates in messages or deliveries per second, latencies
+in seconds), the raw round trip and the machine to PATH (``benchmarks/_results.py``).
 """
 from __future__ import annotations
 
@@ -43,6 +46,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
 from servers import RedisServer  # noqa: E402
+
+import _results  # noqa: E402
 
 MESSAGE = {"type": "websocket.send", "text": "hello from a view " * 5}
 BIG_CAPACITY = 1_000_000
@@ -445,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer messages (a smoke run, not for figures)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is shown")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args(argv)
     q = args.quick
     n = 1000 if q else 5000
@@ -566,6 +572,15 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
 
     print_table(rows, rtt_samples, q, repeats)
+    _results.write(args.json, "layer_throughput", {
+        "quick": q, "repeats": repeats,
+        "raw_round_trip_s": {"min": min(rtt_samples), "max": max(rtt_samples)},
+        "contenders": {"ours": "wsgi_channels RedisChannelLayer", "core": "channels_redis RedisChannelLayer",
+                       "pubsub": "channels_redis RedisPubSubChannelLayer", "limit": "raw PING round trips"},
+        "rows": [{"name": r["name"], "unit": "seconds" if r["unit"] == "us" else "per_second",
+                  **{k: r[k] for k in ("ours", "core", "pubsub", "limit")}} for r in rows],
+        "notes": list(NOTES),
+    }, peers=("channels_redis", "redis"))
     return 0
 
 

@@ -16,7 +16,10 @@ The clients differ (websocket-client threads for ours, python-socketio clients f
 peer), so client overhead is part of each figure. The machine is shared and noisy:
 compare the ratios within one run, not absolute numbers.
 
-    python benchmarks/push_fanout.py [--clients 50] [--pushes 100]
+    python benchmarks/push_fanout.py [--clients 50] [--pushes 100] [--json PATH]
+
+``--json PATH`` also writes each stack's figures (latencies in seconds) and the machine to
+PATH (``benchmarks/_results.py``).
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ sys.path.insert(0, ROOT)
 import requests  # noqa: E402
 
 from servers import RedisServer, ServerProcess, free_port, wait_for_port  # noqa: E402
+
+import _results  # noqa: E402
 
 BIN = os.path.dirname(sys.executable)
 
@@ -180,12 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--pushes", type=int, default=100)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args(argv)
     from tabulate import tabulate
 
     workdir = tempfile.mkdtemp(prefix="bench-fanout-")
     redis = RedisServer().start()
     rows = []
+    stacks: list[dict] = []
     try:
         for name, run in [
             ("wsgi_channels redis (gunicorn -w 4)", lambda: run_ours(redis.url, args.clients, args.pushes, workdir)),
@@ -197,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                 r = run()
             except Exception as e:  # a failed stack is a result too: show it rather than hide it
                 rows.append([name, "failed", "", "", f"{type(e).__name__}: {str(e)[:60]}"])
+                stacks.append({"stack": name, "failed": f"{type(e).__name__}: {e}"})
                 continue
+            stacks.append({"stack": name, "p50_s": r["p50"], "p95_s": r["p95"], "max_s": r["max"],
+                           "burst_deliveries_per_s": r["deliveries/s"]})
             rows.append([name, f"{r['p50'] * 1000:.1f}", f"{r['p95'] * 1000:.1f}", f"{r['max'] * 1000:.1f}",
                          f"{r['deliveries/s']:.0f}"])
     finally:
@@ -205,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"push fan-out: {args.clients} clients, {args.pushes} pushes (latency: POST start -> arrival)")
     print(tabulate(rows, headers=["stack", "p50 ms", "p95 ms", "max ms", "burst deliveries/s"]))
+    _results.write(args.json, "push_fanout", {"clients": args.clients, "pushes": args.pushes, "stacks": stacks},
+                   peers=("flask-socketio", "python-socketio", "gunicorn"))
     return 0
 
 

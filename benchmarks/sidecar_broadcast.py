@@ -14,6 +14,7 @@ the message, same machine clock) and includes the client processes' own work on 
 2-core machine shared with others: compare ratios, not absolute numbers.
 
     python benchmarks/sidecar_broadcast.py [--count 10000] [--rounds 5] [--peer-count 2000] [--no-peer] [--deflate]
+                                           [--json PATH]
 
 ``--deflate``: our clients offer permessage-deflate, as browsers do, and the table
 also shows the sidecar's memory per socket before the first broadcast and after the
@@ -21,6 +22,9 @@ last (a server that keeps a compressor per socket grows by about 256 KiB a socke
 A 1 KB payload is used then, so the broadcast is compressed rather than sent plain.
 
 Targets (issue 5): none lost; p99 under 200 ms at 10,000 sockets.
+
+``--json PATH`` also writes every round of each table (times in milliseconds, as printed)
+and the machine to PATH (``benchmarks/_results.py``).
 """
 from __future__ import annotations
 
@@ -32,6 +36,8 @@ import time
 
 from _sidecar_stack import (ENV, HERE, ROOT, Clients, RedisServer, ServerProcess, Stack, free_port, percentile,
                             raise_nofile, rss_bytes, wait_for_port)
+
+import _results
 
 
 def run_rounds(send, clients: list[Clients], expected: int, rounds: int, gap: float) -> list[dict]:
@@ -133,13 +139,16 @@ def main() -> int:
     parser.add_argument("--peer-count", type=int, default=2000)
     parser.add_argument("--no-peer", action="store_true")
     parser.add_argument("--deflate", action="store_true", help="our clients offer permessage-deflate")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args()
+    settings = {k: getattr(args, k) for k in ("count", "processes", "rounds", "gap", "peer_count", "deflate")}
     raise_nofile()
     rows = ours(args.count, args.processes, args.rounds, args.gap, args.deflate)
     print_rows(f"Group send from a plain process to {args.count} WebSockets on one sidecar (Redis layer)", rows)
     print(f"targets: 0 lost, p99 < 200 ms; worst round here: lost {max(r['lost'] for r in rows)}, "
           f"p99 {max(r['p99_ms'] for r in rows):.1f} ms")
     if args.no_peer:
+        _results.write(args.json, "sidecar_broadcast", {**settings, "ours": rows}, peers=("python-socketio",))
         return 0
     ours_small = ours(args.peer_count, args.processes, args.rounds, args.gap)
     peer = socketio_peer(args.peer_count, args.processes, args.rounds, args.gap)
@@ -150,6 +159,9 @@ def main() -> int:
     print(f"\nmedian time until every client has the message: ours {a:.1f} ms, python-socketio {b:.1f} ms "
           f"(python-socketio / ours = {b / a:.2f}x); lost: ours {sum(r['lost'] for r in ours_small)}, "
           f"python-socketio {sum(r['lost'] for r in peer)}")
+    _results.write(args.json, "sidecar_broadcast", {**settings, "ours": rows, "ours_peer_count": ours_small,
+                                                    "python_socketio_peer_count": peer},
+                   peers=("python-socketio", "gevent"))
     return 0
 
 

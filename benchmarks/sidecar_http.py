@@ -10,7 +10,7 @@ package: ``apt-get install wrk``):
 - ``gunicorn``: ``gunicorn -w 2 -k gthread --threads 4 --keep-alive 5`` serving the app directly
   (the sync worker closes every connection, so it is not the keep-alive baseline).
 
-    python benchmarks/sidecar_http.py [--rounds 3] [--duration 10] [--connections 20] [--path /json]
+    python benchmarks/sidecar_http.py [--rounds 3] [--duration 10] [--connections 20] [--path /json] [--json PATH]
 
 Targets (issue 5): at least 70% of gunicorn's throughput, p50 within 1 ms of it. The
 machine has 2 cores shared with other work: the two sides are measured in alternating
@@ -21,6 +21,9 @@ Both sides are CPU-bound here (wrk and the servers share the cores), so the scri
 prints the CPU time each server process spent per request (``/proc/PID/stat``, user +
 system, over the timed run): a figure that moves less with the machine's load than req/s,
 and that says where the time goes.
+
+``--json PATH`` also writes every round of both sides (req/s, p50 and p99 in milliseconds,
+CPU microseconds per request by process) and the machine to PATH (``benchmarks/_results.py``).
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ import subprocess
 import sys
 
 from _sidecar_stack import ENV, ROOT, ServerProcess, Stack, cpu_seconds, free_port, wait_for_port
+
+import _results
 
 UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
@@ -159,6 +164,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating rounds of both sides (default 3); the targets are judged on the medians")
     parser.add_argument("--path", default="/json")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args()
 
     ours: list[dict] = []
@@ -176,6 +182,14 @@ def main() -> int:
     finally:
         stack.stop()
     report(args, ours, peer)
+
+    def kept(r: dict) -> dict:
+        return {k: v for k, v in r.items() if k != "raw"}
+
+    settings = {k: getattr(args, k) for k in ("duration", "connections", "wrk_threads", "worker_threads", "path")}
+    _results.write(args.json, "sidecar_http", {**settings, "rounds": [{"ours": kept(a), "gunicorn": kept(b)}
+                                                                       for a, b in zip(ours, peer)]},
+                   peers=("gunicorn", "redis"))
     return 0
 
 
