@@ -1,5 +1,9 @@
 """Shared fixtures: real Redis servers on free ports, and a layer for every backend.
 
+``redis_cluster`` / ``redis_sentinel`` (session) and ``fresh_redis_cluster`` /
+``fresh_redis_sentinel`` (one test's own, for kills and failovers) are a Redis Cluster
+and a Sentinel set (:mod:`redis_topology`).
+
 ``layer_url`` / ``layer`` are parametrised over every backend that must pass
 the contract: memory, the single-machine layer, one Redis (7, Debian 12's), three Redis
 shards, and one Redis 6.0 (Debian 11's, fetched by ``.ci/fetch-redis6``).
@@ -13,6 +17,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+from redis_topology import RedisClusterSet, RedisSentinelSet  # noqa: E402
 from servers import RedisServer, find_redis6_server  # noqa: E402
 
 BACKENDS = ["memory", "ipc", "redis", "redis3", "redis6"]
@@ -46,6 +51,39 @@ def fresh_redis():
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A Redis Cluster (3 primaries, 1 replica each) shared by the session. Tests leave its nodes
+    running as they found them; a test that kills or fails over a node takes ``fresh_redis_cluster``."""
+    cluster = RedisClusterSet().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def fresh_redis_cluster():
+    """A Redis Cluster of this test's own, for tests that kill, restart or fail over its nodes."""
+    cluster = RedisClusterSet().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel():
+    """A primary, two replicas and three sentinels shared by the session (nodes left running)."""
+    sentinel = RedisSentinelSet().start()
+    yield sentinel
+    sentinel.stop()
+
+
+@pytest.fixture
+def fresh_redis_sentinel():
+    """A Sentinel set of this test's own, for tests that kill, restart or fail over its nodes."""
+    sentinel = RedisSentinelSet().start()
+    yield sentinel
+    sentinel.stop()
 
 
 @pytest.fixture

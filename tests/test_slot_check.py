@@ -1,0 +1,146 @@
+"""The Redis Cluster static checks of :mod:`slot_check`, pointed at today's key names and scripts.
+
+Today's layer was written for standalone Redis with hash tags "from the start": a call on
+one queue or one group keeps to one slot, but a group membership of a process-local
+channel (the group's keys beside the prefix's index) and a receive over several channels
+do not, and several scripts build keys of their own. These tests show the checks find
+exactly that (so they can fail) and pass what is already right; the Cluster codec is then
+checked with the same functions and no findings allowed.
+"""
+from __future__ import annotations
+
+import pytest
+import redis
+
+from slot_check import Finding, one_slot_violations, random_names, undeclared_keys
+from wsgi_channels.layers import _redis_scripts as scripts
+from wsgi_channels.layers.base import non_local_name, validate_channel_name, validate_group_name
+from wsgi_channels.layers.redis import RedisChannelLayer
+
+
+@pytest.fixture(scope="module")
+def layer():
+    layer = RedisChannelLayer("redis://127.0.0.1:9/0")  # names keys only: never connects
+    yield layer
+    layer.close()
+
+
+def todays_calls(layer) -> dict:
+    """The KEYS of every script and multi-key command the layer sends today, by the layer's own code."""
+    q = layer._queue_keys
+    return {
+        "SEND to a channel": lambda n: q(n.channel),
+        "SEND to a reply channel": lambda n: q(non_local_name(n.reply)),
+        "SEND to a process-local channel": lambda n: q(non_local_name(n.local)),
+        "STATS of a prefix": lambda n: q(n.prefix),
+        "READ_DONE": lambda n: (layer._key("q", n.prefix), layer._key("u", n.prefix)),
+        "EVICT": lambda n: (layer._key("m", n.prefix),),
+        "MEMBERS": lambda n: layer._group_keys(n.group)[:2],
+        "FANOUT": lambda n: layer._group_keys(n.group),
+        "GROUP_ADD of a plain channel": lambda n: layer._group_keys(n.group),
+        "GROUP_ADD of a process-local channel": lambda n: layer._group_keys(n.group) + (layer._key("m", n.prefix),),
+        "RECEIVE over a channel list": lambda n: [layer._key("q", c) for c in n.receive],
+    }
+
+
+def test_names_are_valid_contract_names():
+    for names in random_names(2000):
+        for channel in (names.channel, names.local):
+            validate_channel_name(channel)
+        validate_channel_name(names.reply, receive=True)
+        validate_channel_name(names.prefix, receive=True)
+        validate_group_name(names.group)
+        assert non_local_name(names.local) == names.prefix and 1 <= len(names.receive) <= 5
+
+
+def test_one_slot_check_passes_single_queue_and_single_group_calls(layer):
+    calls = todays_calls(layer)
+    violations = one_slot_violations(calls)
+    passing = set(calls) - set(violations)
+    assert passing == {"SEND to a channel", "SEND to a reply channel", "SEND to a process-local channel",
+                       "STATS of a prefix", "READ_DONE", "EVICT", "MEMBERS", "FANOUT", "GROUP_ADD of a plain channel"}
+
+
+def test_one_slot_check_finds_todays_cross_slot_calls(layer):
+    violations = one_slot_violations(todays_calls(layer))
+    assert set(violations) == {"GROUP_ADD of a process-local channel", "RECEIVE over a channel list"}
+    failed, first, by_slot = violations["GROUP_ADD of a process-local channel"]
+    assert failed > 9_900  # two tags: one slot only by chance (1 in 16384)
+    assert len(by_slot) == 2
+    assert sorted(len(keys) for keys in by_slot.values()) == [1, 3]  # the prefix's index apart from g, gc, gp
+    assert layer._key("m", first.prefix) in [k for keys in by_slot.values() for k in keys]
+    failed, first, by_slot = violations["RECEIVE over a channel list"]
+    assert 0 < failed < 10_000  # a one-channel list keeps to its slot
+    assert len(first.receive) > 1
+
+
+def test_one_slot_check_counts_every_sample():
+    calls = {"always two slots": lambda n: (b"{a}x", b"{b}x"), "one slot": lambda n: (b"{a}x", b"y{a}")}
+    violations = one_slot_violations(calls, count=500)
+    assert list(violations) == ["always two slots"] and violations["always two slots"][0] == 500
+
+
+# -- Lua ----------------------------------------------------------------------------------------
+
+
+def test_scan_passes_scripts_that_take_their_keys_from_KEYS():
+    assert undeclared_keys(scripts.READ_DONE) == []
+    assert undeclared_keys(scripts.GROUP_DISCARD) == []
+    source = """
+    local q, u = KEYS[1], KEYS[2]
+    local function drop(queue, flag)
+      redis.call('DEL', queue, flag)
+    end
+    for i, key in ipairs(KEYS) do redis.call('LPOP', key) end
+    if redis.call('EXISTS', q) == 0 then drop(q, u) end
+    redis.call('SPUBLISH', KEYS[1], '')
+    return redis.call('TIME')
+    """
+    assert undeclared_keys(source) == []
+
+
+def test_scan_finds_keys_a_script_builds():
+    source = """
+    local q = KEYS[1]
+    local u = q .. ':u'
+    local function drop(queue) redis.call('DEL', queue) end
+    redis.call('RPUSH', q, ARGV[1])
+    redis.call('SET', u, 1)
+    drop(KEYS[1])
+    drop('P:' .. ARGV[2])
+    redis.call('PUBLISH', q, '')
+    """
+    found = undeclared_keys(source)
+    assert [(f.line, f.command, f.key) for f in found] == [(4, "DEL", "queue"), (6, "SET", "u"), (9, "PUBLISH", "")]
+    assert "SPUBLISH" in found[-1].reason
+
+
+def test_scan_finds_todays_built_keys():
+    def keys(source: str) -> set:
+        return {(f.command, f.key) for f in undeclared_keys(source)}
+
+    assert ("EXISTS", "u") in keys(scripts.RECEIVE_MANY)  # u = P .. 'u' .. rest
+    assert ("PUBLISH", "") in keys(scripts.SEND)
+    assert ("RPUSH", "q") in keys(scripts.FANOUT)  # a member's queue, in another slot than the group
+    assert ("EXISTS", "q") in keys(scripts.MEMBERS)  # a member prefix's queue
+    assert ("ZREM", "C.tag_key(P, 'g', g)") in keys(scripts.EVICT)  # leaving a group, from the prefix's slot
+    assert any(key.startswith("string.sub(v") for _, key in keys(scripts.STATS))  # a P:t: key named in an entry
+    assert all(isinstance(f, Finding) and f.line > 0 for f in undeclared_keys(scripts.FANOUT))
+
+
+def test_redis_itself_refuses_what_the_scan_reports(redis_cluster):
+    """A ``#!lua`` script may touch only its declared slot on a Redis 7 cluster: the server check the
+    codec will rely on at run time agrees with the static scan."""
+    key = "slot-check:{a}q"
+    node = redis_cluster.primary_for_key(key)
+    other = next(f"slot-check:{{{t}}}u" for t in "bcdefghijklmnop"
+                 if redis_cluster.primary_for_key(f"{{{t}}}") is node)  # another slot on the same node
+    built = "#!lua\nlocal q = KEYS[1]\nredis.call('SET', q, 1)\nreturn redis.call('SET', ARGV[1], 1)\n"
+    declared = "#!lua\nlocal q = KEYS[1]\nredis.call('SET', q, 1)\nreturn redis.call('SPUBLISH', q, '')\n"
+    assert [f.key for f in undeclared_keys(built)] == ["ARGV[1]"]
+    assert undeclared_keys(declared) == []
+    with node.client() as c:
+        with pytest.raises(redis.ResponseError, match="do not hash to the same slot"):
+            c.eval(built, 1, key, other)
+        assert c.eval(declared, 1, key) == 0
+        c.delete(key)
