@@ -295,3 +295,40 @@ def wait_until(predicate, timeout=5.0):
             return True
         time.sleep(0.01)
     return False
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def test_the_flags_and_their_environment_variables(monkeypatch):
+    from wsgi_channels.cli import build_parser
+    from wsgi_channels.timelimit import DEFAULT_TIME_LIMIT
+
+    args = build_parser().parse_args(["worker", "x:y"])
+    assert (args.time_limit, args.max_abandoned) == (DEFAULT_TIME_LIMIT, None) == (60.0, None)
+    monkeypatch.setenv("WSGI_CHANNELS_TIME_LIMIT", "7.5")
+    monkeypatch.setenv("WSGI_CHANNELS_MAX_ABANDONED", "3")
+    args = build_parser().parse_args(["worker", "x:y"])
+    assert (args.time_limit, args.max_abandoned) == (7.5, 3)
+    args = build_parser().parse_args(["worker", "x:y", "--time-limit", "0", "--max-abandoned", "0"])
+    assert (args.time_limit, args.max_abandoned) == (0.0, 0)  # an explicit flag wins
+
+
+def test_bad_values_are_one_line_errors(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(sys.executable), "wsgi-channels")
+    layer = f"ipc://{tmp_path}/channels.db"
+
+    def run(*argv, **env):
+        full = {**os.environ, **env}
+        full.pop("WSGI_CHANNELS_LAYER", None)
+        return subprocess.run([script, "worker", "stuck_app:routing", "--layer", layer, *argv], capture_output=True,
+                              text=True, timeout=30, env=full, cwd=os.path.dirname(__file__))
+
+    for result, words in ((run("--time-limit", "-1"), "--time-limit"), (run("--time-limit", "inf"), "--time-limit"),
+                          (run("--max-abandoned", "two"), "--max-abandoned"),
+                          (run(WSGI_CHANNELS_TIME_LIMIT="soon"), "WSGI_CHANNELS_TIME_LIMIT='soon'")):
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr and words in result.stderr.strip().splitlines()[-1], result.stderr

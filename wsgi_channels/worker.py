@@ -583,8 +583,8 @@ class Worker:
         self._inbox = queue.SimpleQueue()  # looked up now: gevent's patching may have replaced it
         self._inbox.put(_LEAD)
         self._idle = 0
-        log.info("worker serving %s with %d %s on %r", ", ".join(self.channels), self.concurrency,
-                 self.mode, self.layer)
+        log.info("worker serving %s with %d %s on %r, %s", ", ".join(self.channels), self.concurrency,
+                 self.mode, self.layer, f"time limit {self.time_limit:g}s" if self.time_limit else "no time limit")
         if self.time_limit:
             self._limiter = TimeLimiter(self.time_limit, self._on_stuck, self.name).start()
         self._threads = [self._spawn(i) for i in range(self.concurrency)]
