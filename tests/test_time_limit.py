@@ -104,7 +104,7 @@ def blocking_app(gate: Gate):
             def chunks():
                 for i in range(6):
                     yield b"%d" % i
-                    time.sleep(LIMIT * 0.6)  # each pause under the limit; all of them well over it
+                    time.sleep(0.5)  # each pause well under the limit of the test; all of them over it
 
             start_response("200 OK", [("Content-Type", "text/plain")])
             return chunks()
@@ -137,7 +137,7 @@ def test_a_stuck_request_gets_504_once_and_its_late_answer_is_never_sent(layer, 
             channel, message = layer.receive(["r.a?1"], block=True, timeout=5)
             waited = time.monotonic() - t0
             assert first == [] and message == GATEWAY_TIMEOUT
-            assert LIMIT <= waited < LIMIT + 1.0, waited
+            assert LIMIT <= waited < LIMIT + 2.0, waited  # checked every 50 ms; margin for a loaded machine
             assert worker.abandoned == 1 and all_threads_serving(worker)
             gate.open()  # the consumer answers now, too late
             assert receive_all(layer, "r.a?1", 1.0) == []  # no second response
@@ -159,9 +159,9 @@ def test_a_started_response_is_aborted(layer):
     worker = start_worker(layer, [route("http.request", WsgiConsumer(blocking_app(gate)))])
     try:
         layer.send("http.request", request_message("r.s?1", "/started-then-blocked"))
-        got = receive_all(layer, "r.s?1", LIMIT + 1.0)
-        gate.open()
-        got += receive_all(layer, "r.s?1", 0.5)
+        assert wait_until(lambda: worker.stats["timed_out"] == 1, 10)
+        gate.open()  # the late blocks would be sent now
+        got = receive_all(layer, "r.s?1", 1.0)
     finally:
         gate.open()
         worker.stop(grace=5)
@@ -186,10 +186,11 @@ def test_a_finished_response_is_not_answered_again_when_close_gets_stuck(layer, 
 
 
 def test_a_response_that_keeps_sending_is_not_stuck(layer):
-    worker = start_worker(layer, [route("http.request", WsgiConsumer(blocking_app(Gate())))])
+    """3 s of streaming, a chunk every 0.5 s, under a limit of 2 s: each chunk starts the count again."""
+    worker = start_worker(layer, [route("http.request", WsgiConsumer(blocking_app(Gate())))], time_limit=2.0)
     try:
         layer.send("http.request", request_message("r.p?1", "/slow-stream"))
-        got = receive_all(layer, "r.p?1", 6 * LIMIT * 0.6 + 2)
+        got = receive_all(layer, "r.p?1", 6)
     finally:
         worker.stop(grace=5)
     assert b"".join(m["content"] for m in got) == b"012345" and not got[-1]["more_content"]
