@@ -96,7 +96,7 @@ class Slot:
             self.content = None
         return False
 
-    def guard(self, send: Callable[..., bool], channel: str, message: dict, *args: Any) -> bool:
+    def guard(self, send: Callable[..., bool], channel: str, message: dict[str, Any], *args: Any) -> bool:
         """Make ``send(channel, message, *args)`` unless the message was given up (then drop it and
         return False). A send that goes out is progress: the time limit starts again."""
         with self.lock:
@@ -132,7 +132,7 @@ def _current_greenlet() -> Any:
     """The running greenlet when gevent has patched threading (so threads are greenlets), else None."""
     if "gevent" not in sys.modules:
         return None
-    from gevent import getcurrent, monkey
+    from gevent import getcurrent, monkey  # type: ignore[import-untyped]
 
     return getcurrent() if monkey.is_module_patched("threading") else None
 
@@ -148,7 +148,7 @@ def stack_of(slot: Slot) -> str:
     return "".join(traceback.format_stack(frame, limit=_MAX_STACK))
 
 
-def answer_for(slot: Slot) -> tuple[Optional[str], Optional[dict], str]:
+def answer_for(slot: Slot) -> tuple[Optional[str], Optional[dict[str, Any]], str]:
     """``(reply_channel, message, what)`` for the client of a given-up message; the message is None
     when there is nothing to send (``what`` says why)."""
     content = slot.content
@@ -198,7 +198,7 @@ class TimeLimiter:
         with self._lock:
             self._slots = [s for s in self._slots if s is not slot]
 
-    def check(self, now: Optional[float] = None) -> list:
+    def check(self, now: Optional[float] = None) -> list[Slot]:
         """Give up what runs past the limit now; returns the slots given up (for ``on_stuck``)."""
         now = time.perf_counter() if now is None else now
         limit = self.limit

@@ -105,7 +105,7 @@ def serve_metrics(worker: Any, host: str, port: int) -> tuple[str, int]:
     """Serve ``/metrics`` from a daemon thread; returns the bound ``(host, port)``."""
     family, _, _, _, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     server_class = type("_MetricsServer", (_Server,), {"address_family": family})
-    server = make_server(str(sockaddr[0]), port, _named(make_wsgi_app(make_registry(worker))), server_class,
+    server: WSGIServer = make_server(str(sockaddr[0]), port, _named(make_wsgi_app(make_registry(worker))), server_class,
                          handler_class=_Handler)
     threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
     bound = server.server_address
