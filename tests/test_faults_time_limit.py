@@ -18,7 +18,7 @@ import requests
 
 import faultkit as fk
 import stack
-from servers import RedisServer, free_port
+from servers import RedisServer, free_port, wait_for_port
 
 from wsgi_channels.cli import EXIT_RESTART
 
@@ -251,6 +251,7 @@ def test_no_server_announces_its_version(redis_url, tmp_path):
         side_admin = stack.sidecar(st.env, tmp_path, None, "--admin-bind", f"127.0.0.1:{sidecar_admin}")
         side_admin.start()
         try:
+            wait_for_port(sidecar_admin, proc=side_admin.proc, log=side_admin.log_path)  # may bind after the main port
             answers = {
                 "worker /metrics": requests.get(f"http://127.0.0.1:{st.admin}/metrics", timeout=10),
                 "worker 404": requests.get(f"http://127.0.0.1:{st.admin}/nothing", timeout=10),
