@@ -57,9 +57,9 @@ import time
 from collections import Counter, defaultdict, deque
 from typing import Any, Iterable, Optional, Sequence
 
-from .consumer import _local as _consumer_state
 from .cli import EXIT_RESTART
 from .consumer import DEFAULT_SEND_TIMEOUT, hold_replies, run_consumer, send_with_retry, use_reply_sender, use_slot
+from .consumer import _local as _consumer_state  # handle() reads the thread's slot: one attribute, no call
 from .exceptions import ConfigurationError, LayerUnavailable, StoreError
 from .layers.base import BaseChannelLayer
 from .message import Message
