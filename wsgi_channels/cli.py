@@ -16,7 +16,7 @@ import importlib
 import logging
 import sys
 
-__all__ = ["main", "EXIT_OK", "EXIT_USAGE", "EXIT_CONFIG", "EXIT_UNAVAILABLE"]
+__all__ = ["main", "EXIT_OK", "EXIT_USAGE", "EXIT_CONFIG", "EXIT_UNAVAILABLE", "EXIT_RESTART"]
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -24,6 +24,11 @@ EXIT_USAGE = 2
 EXIT_CONFIG = 3
 #: The layer could not be reached at start-up.
 EXIT_UNAVAILABLE = 4
+#: The worker stopped itself, after finishing its messages in flight, because too many of its
+#: threads were stuck in messages past the time limit (``--max-abandoned``): a supervisor
+#: (systemd ``Restart=on-failure``, Kubernetes, supervisord) starts a fresh process. 75 is
+#: ``EX_TEMPFAIL`` of sysexits.h: a temporary failure, try again.
+EXIT_RESTART = 75
 
 #: subcommand -> module providing ``register(subparsers)``.
 COMMANDS = {

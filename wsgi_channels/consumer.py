@@ -22,9 +22,10 @@ from .channel import deferred_sends
 from .exceptions import ChannelFull, LayerUnavailable
 from .layers.base import BaseChannelLayer
 from .message import Message
+from .timelimit import ABANDONED
 
 __all__ = ["run_consumer", "send_with_retry", "flush_sends", "hand_over_last", "use_reply_sender", "hold_replies",
-           "DEFAULT_SEND_TIMEOUT"]
+           "use_slot", "given_up", "DEFAULT_SEND_TIMEOUT"]
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,25 @@ class _ThreadState(threading.local):
     #: Messages handed over are only queued (the worker runs a batch: its responses go out
     #: together when it ends; see :meth:`~wsgi_channels.reply_sender.ReplySender.take`).
     hold: bool = False
+    #: The worker's :class:`~wsgi_channels.timelimit.Slot` of this thread, when a time limit is on:
+    #: sends go through it, so those of a message given up are dropped.
+    slot: Any = None
 
 
 _local = _ThreadState()
+
+
+def use_slot(slot: Any) -> None:
+    """Make ``slot`` (a :class:`~wsgi_channels.timelimit.Slot`, or None) this thread's: the sends
+    below then go through :meth:`~wsgi_channels.timelimit.Slot.guard`."""
+    _local.slot = slot
+
+
+def given_up() -> bool:
+    """True when the worker gave up the message this thread runs (it ran past the time limit): its
+    client was answered already, and every send it makes now is dropped."""
+    slot = _local.slot
+    return slot is not None and slot.state is ABANDONED
 
 
 def use_reply_sender(sender: Any) -> None:
@@ -68,6 +85,16 @@ def hand_over_last(layer: BaseChannelLayer, channel: str, content: dict, timeout
     sender = _local.sender
     if sender is None or sender.layer is not layer:
         return False
+    slot = _local.slot
+    if slot is not None:
+        # Dropped (the message was given up) counts as handed over: the caller must not send it.
+        slot.guard(_put, channel, content, sender, timeout)
+        return True
+    sender.put(channel, content, timeout, _local.hold)
+    return True
+
+
+def _put(channel: str, content: dict, sender: Any, timeout: float) -> bool:
     sender.put(channel, content, timeout, _local.hold)
     return True
 
@@ -76,9 +103,17 @@ def send_with_retry(layer: BaseChannelLayer, channel: str, content: dict,
                     timeout: float = DEFAULT_SEND_TIMEOUT, kind: str = "send") -> bool:
     """``layer.send`` (or ``send_group``), retried on ChannelFull/LayerUnavailable until ``timeout``.
 
-    Returns False (after logging) when the deadline passed; other errors
-    (invalid or too large messages) propagate.
+    Returns False (after logging) when the deadline passed, and (silently) when the
+    worker gave up the message being run (see :mod:`wsgi_channels.timelimit`); other
+    errors (invalid or too large messages) propagate.
     """
+    slot = _local.slot
+    if slot is not None:
+        return slot.guard(_send_with_retry, channel, content, layer, timeout, kind)
+    return _send_with_retry(channel, content, layer, timeout, kind)
+
+
+def _send_with_retry(channel: str, content: dict, layer: BaseChannelLayer, timeout: float, kind: str) -> bool:
     send = getattr(layer, kind)
     try:  # the fast path: one call, no clock reads
         send(channel, content)

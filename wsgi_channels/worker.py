@@ -1,7 +1,7 @@
 """The worker: receive messages from the layer and run the routed consumers.
 
 ``wsgi-channels worker ROUTING [--layer URL] [--threads N | --greenlets N]
-[--only-channels GLOB ...] [--exclude-channels GLOB ...]``
+[--only-channels GLOB ...] [--exclude-channels GLOB ...] [--time-limit SECONDS]``
 
 N threads (greenlets under gevent) share one receiving role (leader/follower):
 the thread that holds it makes the one blocking ``receive`` on the served
@@ -35,6 +35,13 @@ it stops receiving and waits up to ``grace`` seconds for the messages in flight.
 A consumer that raises is logged and counted; the worker goes on. A layer
 that is down (``LayerUnavailable``) is retried with capped exponential backoff
 and the outage is logged once when it starts and once when it ends.
+
+A message that runs past the time limit (``time_limit``, default 60 s) is given
+up (:mod:`wsgi_channels.timelimit`): its stack is logged, its client answered,
+its later sends dropped, and another thread takes its place. When too many
+given-up threads are still stuck (``max_abandoned``), :meth:`Worker.run` stops
+as on SIGTERM and returns ``EXIT_RESTART`` for the supervisor to start a fresh
+process.
 """
 from __future__ import annotations
 
@@ -50,14 +57,17 @@ import time
 from collections import Counter, defaultdict, deque
 from typing import Any, Iterable, Optional, Sequence
 
-from .consumer import DEFAULT_SEND_TIMEOUT, hold_replies, run_consumer, use_reply_sender
+from .cli import EXIT_RESTART
+from .consumer import DEFAULT_SEND_TIMEOUT, hold_replies, run_consumer, send_with_retry, use_reply_sender, use_slot
+from .consumer import _local as _consumer_state  # handle() reads the thread's slot: one attribute, no call
 from .exceptions import ConfigurationError, LayerUnavailable, StoreError
 from .layers.base import BaseChannelLayer
 from .message import Message
 from .reply_sender import ReplySender
 from .routing import Router
+from .timelimit import ABANDONED, DEFAULT_TIME_LIMIT, Slot, TimeLimiter, answer_for, stack_of
 
-__all__ = ["Worker", "select_channels", "register", "main", "STEAL_AFTER"]
+__all__ = ["Worker", "select_channels", "register", "main", "STEAL_AFTER", "DEFAULT_TIME_LIMIT"]
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +94,13 @@ class _Run:
     """The batch the leader is running: the messages not started yet, when the one in progress
     started, and whether the watchdog took the receiving role (and the rest) away."""
 
-    __slots__ = ("items", "started", "stolen")
+    __slots__ = ("items", "started", "stolen", "owner")
 
     def __init__(self, messages: list) -> None:
         self.items = deque(messages)
         self.started = time.monotonic()
         self.stolen = False
+        self.owner = threading.get_ident()  # the thread running it (see Worker._on_stuck)
 
 
 class _Job:
@@ -125,15 +136,25 @@ class Worker:
     ``layer`` is a layer instance or a URL (resolved with :func:`~wsgi_channels.get_layer`,
     so ``Channel``/``Group`` sends inside consumers that name no layer use the
     same instance when the URL is also the default). ``stats`` counts
-    ``messages``, ``errors``, ``unrouted`` and ``restarts``; ``by_channel``,
-    ``errors_by_channel`` and ``seconds_by_channel`` break them down (see
-    :mod:`wsgi_channels.worker_metrics` for Prometheus).
+    ``messages``, ``errors``, ``unrouted``, ``restarts`` and ``timed_out``; ``by_channel``,
+    ``errors_by_channel``, ``seconds_by_channel`` and ``timed_out_by_channel`` break them
+    down (see :mod:`wsgi_channels.worker_metrics` for Prometheus).
+
+    ``time_limit``: seconds a message may run (the count starts again at each message
+    its consumer sends) before it is given up (see :mod:`wsgi_channels.timelimit`): its
+    stack is logged, its client answered (504, an aborted response, or close 1011),
+    its later sends dropped, and its thread replaced; 0 turns the limit off.
+    ``max_abandoned``: when this many given-up threads are still running at once (by
+    default twice ``concurrency``), :meth:`run` stops receiving, finishes the messages
+    in flight and returns :data:`~wsgi_channels.cli.EXIT_RESTART`, for the process
+    supervisor to start a fresh worker; 0 never restarts.
     """
 
     def __init__(self, routing: Any, layer: Any = None, *, concurrency: int = 1,
                  only_channels: Sequence[str] = (), exclude_channels: Sequence[str] = (),
                  send_timeout: float = DEFAULT_SEND_TIMEOUT, grace: float = 30.0,
-                 name: str = "worker", mode: str = "threads") -> None:
+                 name: str = "worker", mode: str = "threads", time_limit: float = DEFAULT_TIME_LIMIT,
+                 max_abandoned: Optional[int] = None) -> None:
         from .channel import _resolve
 
         self.router = routing if isinstance(routing, Router) else Router(routing)
@@ -146,14 +167,23 @@ class Worker:
             )
         if concurrency < 1:
             raise ConfigurationError(f"concurrency must be at least 1, not {concurrency}")
+        if not 0 <= time_limit < float("inf"):
+            raise ConfigurationError(f"time_limit must be a number of seconds (0 = no limit), not {time_limit!r}")
+        if max_abandoned is not None and max_abandoned < 0:
+            raise ConfigurationError(f"max_abandoned must be 0 (never restart) or more, not {max_abandoned}")
         self.concurrency = concurrency
+        self.time_limit = time_limit
+        self.max_abandoned = 2 * concurrency if max_abandoned is None else max_abandoned
+        #: What :meth:`run` returns: EXIT_OK, or EXIT_RESTART after too many threads were abandoned.
+        self.exit_status = 0
         self.send_timeout = send_timeout
         self.grace = grace
         self.name = name
-        self.stats = {"messages": 0, "errors": 0, "unrouted": 0, "restarts": 0, "handed_out": 0}
+        self.stats = {"messages": 0, "errors": 0, "unrouted": 0, "restarts": 0, "handed_out": 0, "timed_out": 0}
         self.by_channel: Counter[str] = Counter()
         self.errors_by_channel: Counter[str] = Counter()
         self.seconds_by_channel: dict[str, float] = defaultdict(float)
+        self.timed_out_by_channel: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._stopping = threading.Event()
         self.mode = mode
@@ -176,6 +206,9 @@ class Worker:
         self._replies = ReplySender(self.layer) if getattr(self.layer, "send_many", None) else None
         self._send_then_receive = getattr(self.layer, "send_many_then_receive", None)
         self._watchdog: Optional[threading.Thread] = None
+        self._limiter: Optional[TimeLimiter] = None
+        self._threads_lock = threading.Lock()  # _threads and _abandoned change in the limiter and in supervise_once
+        self._abandoned: list[threading.Thread] = []  # replaced after a message given up, maybe still running
 
     # -- the loops ------------------------------------------------------------------------------
     #
@@ -193,6 +226,17 @@ class Worker:
     def _serve_loop(self) -> None:
         inbox, idle_lock, stopping, handle = self._inbox, self._idle_lock, self._stopping, self.handle
         use_reply_sender(self._replies)
+        limiter = self._limiter
+        slot = limiter.register() if limiter is not None else None
+        use_slot(slot)
+        try:
+            self._serve(inbox, idle_lock, stopping, handle, slot)
+        finally:
+            if limiter is not None and slot is not None and slot.state is not ABANDONED:
+                limiter.unregister(slot)
+
+    def _serve(self, inbox: Any, idle_lock: Any, stopping: threading.Event, handle: Any,
+               slot: Optional[Slot]) -> None:
         while True:
             with idle_lock:
                 self._idle += 1
@@ -212,11 +256,12 @@ class Worker:
                     inbox.put(_LEAD)  # the others still run what is queued before it, then stop
                     return
                 self._lead()
-                continue
-            if type(item) is _Job:
+            elif type(item) is _Job:
                 item.run()
-                continue
-            handle(*item)
+            else:
+                handle(*item)
+            if slot is not None and slot.state is ABANDONED:
+                return  # another thread took this one's place while its message was stuck
 
     def _lead(self) -> None:
         """Hold the receiving role: receive a batch, run it here, and again, until the worker stops,
@@ -411,7 +456,15 @@ class Worker:
     def handle(self, channel: str, content: Any) -> None:
         """Run the consumer routed for one message; errors are logged and counted, never raised."""
         t0 = time.perf_counter()
-        outcome = self._dispatch(channel, content)
+        slot = _consumer_state.slot
+        if slot is not None:
+            slot.begin(channel, content, t0)
+            outcome = self._dispatch(channel, content)
+            if slot.end():
+                self._late(slot)
+                return  # counted when it was given up
+        else:
+            outcome = self._dispatch(channel, content)
         elapsed = time.perf_counter() - t0
         with self._stats_lock:
             self.stats["messages"] += 1
@@ -443,6 +496,63 @@ class Worker:
             return "errors"
         return ""
 
+    # -- the time limit (see wsgi_channels.timelimit) ----------------------------------------------
+
+    def _on_stuck(self, slot: Slot) -> None:
+        """The limiter gave up the message of ``slot`` (its thread is stuck in it): pass on the receiving
+        role and the rest of its batch if it held them, start a thread in its place, log where it is
+        stuck, and answer its client. Runs on the limiter's thread."""
+        stuck_for = time.perf_counter() - slot.started
+        stack = stack_of(slot)  # first: the thread may move on at any moment
+        run = self._run
+        if run is not None and run.owner == slot.ident and self._take_over(run):
+            self._pass_on(run.items)
+            if self._replies is not None:
+                self._replies.flush()  # the responses of the batch's earlier messages
+        old = slot.thread
+        with self._threads_lock:
+            for i, thread in enumerate(self._threads):
+                if thread is old:
+                    self._abandoned.append(thread)
+                    if not self._stopping.is_set():
+                        self._threads[i] = self._spawn(i)
+                    break
+            abandoned = sum(t.is_alive() for t in self._abandoned)
+        with self._stats_lock:
+            self.stats["messages"] += 1
+            self.stats["timed_out"] += 1
+            self.by_channel[slot.channel] += 1
+            self.timed_out_by_channel[slot.channel] += 1
+            self.seconds_by_channel[slot.channel] += stuck_for
+        reply, answer, what = answer_for(slot)
+        content = slot.content
+        path = content.get("path") if type(content) is dict else None
+        log.error("message on %r%s ran %.1fs without sending, past the time limit of %gs: given up (%s); "
+                  "thread %s replaced (%d abandoned thread(s) still running). It is stuck here:\n%s",
+                  slot.channel, f" for {path!r:.200}" if isinstance(path, str) else "", stuck_for, self.time_limit,
+                  what, old.name, abandoned, stack, extra={"channel": slot.channel})
+        if old.name.rpartition("-")[2] != "abandoned":
+            old.name += "-abandoned"
+        if answer is not None:
+            assert reply is not None
+            try:
+                send_with_retry(self.layer, reply, answer, self.send_timeout)
+            except Exception:
+                log.exception("could not answer the client of a message given up on %r", slot.channel)
+
+    def _late(self, slot: Slot) -> None:
+        """The consumer of a message given up returned at last (its thread exits now)."""
+        log.warning("the message on %r given up %.1fs ago has finished; %d of its sends were dropped",
+                    slot.channel, time.perf_counter() - slot.given_up_at, slot.dropped,
+                    extra={"channel": slot.channel})
+
+    @property
+    def abandoned(self) -> int:
+        """Threads given up on (their message ran past the time limit) that still run."""
+        with self._threads_lock:
+            self._abandoned = [t for t in self._abandoned if t.is_alive()]
+            return len(self._abandoned)
+
     def _outage(self, error: Exception) -> None:
         with self._outage_lock:
             if self._outage_since is None:
@@ -473,8 +583,10 @@ class Worker:
         self._inbox = queue.SimpleQueue()  # looked up now: gevent's patching may have replaced it
         self._inbox.put(_LEAD)
         self._idle = 0
-        log.info("worker serving %s with %d %s on %r", ", ".join(self.channels), self.concurrency,
-                 self.mode, self.layer)
+        log.info("worker serving %s with %d %s on %r, %s", ", ".join(self.channels), self.concurrency,
+                 self.mode, self.layer, f"time limit {self.time_limit:g}s" if self.time_limit else "no time limit")
+        if self.time_limit:
+            self._limiter = TimeLimiter(self.time_limit, self._on_stuck, self.name).start()
         self._threads = [self._spawn(i) for i in range(self.concurrency)]
         if self.concurrency > 1:  # with one thread, nobody could take over
             self._watchdog = threading.Thread(target=self._watch, name=f"{self.name}-watchdog", daemon=True)
@@ -485,11 +597,17 @@ class Worker:
         """Replace any thread that died (a consumer raised a BaseException such as SystemExit)."""
         if self._stopping.is_set():
             return
-        for i, thread in enumerate(self._threads):
-            if not thread.is_alive():
-                self._count("restarts")
-                log.error("worker thread %s died; starting a new one", thread.name)
-                self._threads[i] = self._spawn(i)
+        with self._threads_lock:
+            for i, thread in enumerate(self._threads):
+                if not thread.is_alive():
+                    self._count("restarts")
+                    log.error("worker thread %s died; starting a new one", thread.name)
+                    self._threads[i] = self._spawn(i)
+
+    def wants_restart(self) -> bool:
+        """True when ``max_abandoned`` threads given up on still run: a fresh process should take over
+        (:meth:`run` then stops and returns EXIT_RESTART)."""
+        return bool(self.max_abandoned) and self._abandoned != [] and self.abandoned >= self.max_abandoned
 
     def stop(self, grace: Optional[float] = None) -> bool:
         """Stop receiving and wait up to ``grace`` seconds for in-flight messages; True if all finished.
@@ -504,15 +622,23 @@ class Worker:
         while self._leading and time.monotonic() < start + _RECEIVE_TIMEOUT + 1.0:
             time.sleep(0.01)  # a receive in progress returns within _RECEIVE_TIMEOUT; its messages run below
         self._busy.set()  # wakes the watchdog, which then sees the stop
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        alive = [t for t in self._threads if t.is_alive()]
+        while True:  # the list is read again: the time limit may give up a thread meanwhile
+            alive = [t for t in self._threads if t.is_alive()]
+            remaining = deadline - time.monotonic()
+            if not alive or remaining <= 0:
+                break
+            alive[0].join(min(remaining, 0.1))
+        if self._limiter is not None:
+            self._limiter.stop()
         if alive:
             log.warning("%d worker thread(s) still busy after the grace period; exiting anyway", len(alive))
         return not alive
 
-    def run(self) -> None:
-        """Serve until SIGTERM or SIGINT (main thread only), then stop within the grace period."""
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT (main thread only), then stop within the grace period.
+
+        Returns the process exit status: EXIT_OK, or EXIT_RESTART when it stopped because
+        ``max_abandoned`` threads were stuck (see :meth:`wants_restart`)."""
         def on_signal(signum: int, frame: Any) -> None:
             log.info("received %s: finishing in-flight messages (grace %.0fs)", signal.Signals(signum).name,
                      self.grace)
@@ -523,8 +649,15 @@ class Worker:
         self.start()
         while not self._stopping.wait(0.5):
             self.supervise_once()
+            if self.wants_restart():
+                log.error("%d threads are stuck in messages given up (--max-abandoned %d): stopping, for the "
+                          "process supervisor to start a fresh worker (exit status %d)", self.abandoned,
+                          self.max_abandoned, EXIT_RESTART)
+                self.exit_status = EXIT_RESTART
+                break
         self.stop()
         log.info("worker stopped: %s", self.stats)
+        return self.exit_status
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -573,7 +706,8 @@ def _command(args: Any) -> int:
         worker = Worker(routing, url, concurrency=args.greenlets or args.threads,
                         only_channels=_flat(args.only_channels), exclude_channels=_flat(args.exclude_channels),
                         send_timeout=args.send_timeout, grace=args.grace,
-                        mode="greenlets" if args.greenlets else "threads")
+                        mode="greenlets" if args.greenlets else "threads", time_limit=args.time_limit,
+                        max_abandoned=args.max_abandoned)
     except (ConfigurationError, StoreError) as e:  # StoreError: an ipc:// file that cannot be used
         log.error("%s", e)
         return cli.EXIT_CONFIG
@@ -590,8 +724,7 @@ def _command(args: Any) -> int:
         worker.layer.channel_statistics(worker.channels[0])  # reachable? (takes nothing)
     except LayerUnavailable as e:
         log.warning("channel layer not reachable at start-up (%s); the worker will keep retrying", e)
-    worker.run()
-    return cli.EXIT_OK
+    return worker.run()
 
 
 def _positive(value: str) -> int:
@@ -603,6 +736,18 @@ def _positive(value: str) -> int:
         n = 0
     if n < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return n
+
+
+def _count(value: str) -> int:
+    import argparse
+
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number (0 or more), got {value!r}")
     return n
 
 
@@ -653,6 +798,13 @@ def register(subparsers: Any) -> None:
                help=f"seconds a send to a full channel is retried before it is dropped (default {DEFAULT_SEND_TIMEOUT:g})")
     add_option(parser, "--grace", type=_seconds, default=30.0,
                help="seconds to finish in-flight messages after SIGTERM (default 30)")
+    add_option(parser, "--time-limit", type=_seconds, default=DEFAULT_TIME_LIMIT, metavar="SECONDS",
+               help="give up a message that runs this long without sending (its stack is logged, its client "
+                    "gets 504 or close 1011, another thread takes its place); 0 = no limit "
+                    f"(default {DEFAULT_TIME_LIMIT:g})")
+    add_option(parser, "--max-abandoned", type=_count, default=None, metavar="N",
+               help="when N threads given up on are still stuck, stop and exit with status 75 for the "
+                    "supervisor to restart the worker; 0 = never (default: twice the threads)")
     add_option(parser, "--admin-bind", default="", metavar="HOST:PORT", help="serve Prometheus /metrics here")
     add_option(parser, "--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=_command)

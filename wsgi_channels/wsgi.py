@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Any, Callable, Iterable, List, Optional
 
-from .consumer import DEFAULT_SEND_TIMEOUT, hand_over_last, send_with_retry
+from .consumer import DEFAULT_SEND_TIMEOUT, given_up, hand_over_last, send_with_retry
 from .exceptions import ChannelsError, InvalidMessage, LayerUnavailable
 from .message import Message
 from .responses import DEFAULT_CHUNK_SIZE, ResponseEncoder, encode_response_headers, parse_status
@@ -293,7 +293,8 @@ class WsgiConsumer:
         try:
             self._run(message, content, layer, response)
         except _ResponseAbandoned:
-            log.warning("reply channel %r stayed full for %.1fs: response abandoned", reply, self.send_timeout)
+            if not given_up():  # else the worker's time limit answered the client and logged it
+                log.warning("reply channel %r stayed full for %.1fs: response abandoned", reply, self.send_timeout)
 
     def _simple(self, layer: Any, reply: str, status: int, body: bytes) -> None:
         send_with_retry(layer, reply, {"status": status, "headers": _TEXT, "content": body, "more_content": False},

@@ -139,6 +139,11 @@ class HttpModeMixin:
             self.abort()
 
     def _deliver_http(self, message: dict) -> None:
+        if type(message) is dict and message.get("abort") is True:
+            # The worker gave the response up (time limit): the client must see it cut, not complete.
+            log.warning("response for %s %s aborted by the worker", self.request_line, self.reply_channel)
+            self.abort()
+            return
         first = not self.response_started
         try:
             validate_response_message(message, first=first)
