@@ -165,7 +165,7 @@ def test_frames_without_a_message_past_the_rate_close_1008(sidecar, kind):
         elif kind == "pong":
             burst += client.ws.send(Pong())
         else:
-            burst += client.ws.send(TextMessage(data="" if kind == "empty fragment" else "x" * 100,
+            burst += client.ws.send(TextMessage(data="" if kind == "empty fragment" else "x" * 63,
                                                 message_finished=False))
     client.sock.sendall(burst)
     events, _ = client.read_events(5, stop=lambda e: isinstance(e, CloseConnection))
@@ -192,12 +192,12 @@ def test_control_frames_and_fragments_within_the_rate_pass(tmp_path):
         events, _ = client.read_events(0.5)
         pongs += len([e for e in events if isinstance(e, Pong)])
         assert pongs == 50
-        # Fragments of 1 KiB and more carry data: 200 of them are one message, not a flood.
-        for i in range(200):
-            client.send(BytesMessage(data=bytes([i]) * 2048, message_finished=i == 199))
+        # Fragments of 64 bytes and more carry data: 1000 of them are one message, not a flood.
+        for i in range(1000):
+            client.send(BytesMessage(data=bytes([i % 256]) * 64, message_finished=i == 999))
         events, _ = client.read_events(5, stop=lambda e: isinstance(e, BytesMessage) and e.message_finished)
         data = b"".join(e.data for e in events if isinstance(e, BytesMessage))
-        assert data == b"".join(bytes([i]) * 2048 for i in range(200))
+        assert data == b"".join(bytes([i % 256]) * 64 for i in range(1000))
         assert not close_codes(events)
         client.close()
     finally:

@@ -361,7 +361,7 @@ def test_process_handles_a_bounded_number_of_frames_per_call():
 @pytest.mark.parametrize("make", [
     lambda: Ping(), lambda: Pong(),
     lambda: TextMessage(data="", message_finished=False),
-    lambda: BytesMessage(data=b"x" * 1000, message_finished=False),
+    lambda: BytesMessage(data=b"x" * 63, message_finished=False),
 ])
 def test_frames_without_a_message_are_rate_limited(make):
     client, server, _, _, _ = handshake()
@@ -387,10 +387,10 @@ def test_fragments_that_carry_data_and_whole_messages_are_not_rate_limited():
     client, server, _, _, _ = handshake()
     server.control_rate = 1.0
     server._tokens = 2.0
-    data = b"".join(client.send(BytesMessage(data=b"f" * 1024, message_finished=i == 99)) for i in range(100))
+    data = b"".join(client.send(BytesMessage(data=b"f" * 64, message_finished=i == 99)) for i in range(100))
     data += b"".join(client.send(TextMessage(data="")) for _ in range(100))  # empty but whole: for the app
     out, messages = server.receive_data(data, now=5.0)
-    assert out == b"" and messages == [b"f" * 102400] + [""] * 100 and server.open
+    assert out == b"" and messages == [b"f" * 6400] + [""] * 100 and server.open
 
 
 def test_text_size_is_counted_in_utf8_bytes():

@@ -33,13 +33,13 @@ _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 1 << 20
 _CLOSE_WAIT = 5.0
 _LAYER_RETRY_SECONDS = 0.05
-#: Work units of one connection's turn on the event loop: a byte received costs one, a frame
-#: one frame's worth (see connection_ws), a request answered by the sidecar itself more.
-#: 64 KiB is about half a millisecond of work.
+#: Work units of one connection's turn on the event loop: a byte received costs one, a request
+#: answered by the sidecar itself a quarter of a turn (see connection.py). A turn is a fraction of
+#: a millisecond: every step of another client's handshake may wait behind one.
 _TURN = 64 * 1024
 #: Frames a WebSocket handles per turn (WebSocketSession.process units: a frame, plus one per
-#: 8 KiB of its payload).
-_TURN_FRAMES = 64
+#: 8 KiB of its payload); a small frame costs about 10 us.
+_TURN_FRAMES = 16
 #: Longest a connection at the end of its turn waits for the loop to be idle before it goes on.
 _TURN_WAIT = 0.01
 #: Seconds a connection waits for a free layer slot (``Sidecar.layer_slots``) before

@@ -72,7 +72,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                help="unread data queued for all clients together; past it the clients with the most queued "
                     f"are closed first, 0 = no limit (default {d.max_outgoing_total})")
     add_option(p, "--control-frame-rate", default=d.control_frame_rate, type=_positive_float, metavar="PER_SECOND",
-               help="pings, pongs and fragments under 1 KiB a WebSocket client may send per second (bursts of "
+               help="pings, pongs and fragments under 64 bytes a WebSocket client may send per second (bursts of "
                     f"twice that); close 1008 past it, 0 = no limit (default {d.control_frame_rate:g})")
     add_option(p, "--allowed-origins", default=[], nargs="*", metavar="ORIGIN",
                help="origins allowed to open WebSockets (https://app.example.com, https://*.example.com for "

@@ -70,7 +70,7 @@ class SidecarConfig:
     #: A broadcast frame shared by many sockets counts once per socket.
     max_outgoing_total: int = 256 * 1024 * 1024
     #: Frames that carry no message a WebSocket client may send per second: pings, pongs, and
-    #: fragments under 1 KiB that do not end their message; bursts of twice as many pass. Past it
+    #: fragments under 64 bytes that do not end their message; bursts of twice as many pass. Past it
     #: the socket is closed with 1008 (0 = no limit).
     control_frame_rate: float = 100.0
     #: Origins allowed for WebSockets (``https://example.com``, or ``https://*.example.com`` for its

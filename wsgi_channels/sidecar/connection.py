@@ -56,8 +56,8 @@ __all__ = ["ClientConnection"]
 #: The response counter's label of each status class.
 _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 #: Work units of a request the sidecar answers itself (health, static files, errors): about
-#: 40 us of parsing and answering, the cost of moving 4 KiB; 16 of them make a turn.
-_REQUEST_COST = 4096
+#: 40 us of parsing and answering; 4 of them make a turn.
+_REQUEST_COST = _TURN // 4
 
 
 class ClientConnection(HttpModeMixin, WebSocketMixin):
