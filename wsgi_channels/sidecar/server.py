@@ -141,10 +141,11 @@ class Sidecar:
     def shed_outgoing(self) -> None:
         """All queued output passed ``max_outgoing_total``: close the clients with the most queued
         (the slowest readers) until the total is under three quarters of it, so the next writes
-        do not each close one more. Each is counted (``slow_closed``, ``dropped{outgoing_cap}``)."""
+        do not each close one more. Each is counted (``slow_closed``, ``dropped{outgoing_cap}``).
+        An open WebSocket keeps the rest of the frame being written and a close frame; anything
+        else (HTTP, a WebSocket already closing) is dropped at once, so the bound holds."""
         target = self.config.max_outgoing_total * 3 // 4
-        queued = sorted((c for c in self.connections
-                         if c.out_bytes and not c.aborted and (c.ws is None or c.ws.open)),
+        queued = sorted((c for c in self.connections if c.out_bytes and not c.aborted),
                         key=lambda c: c.out_bytes, reverse=True)
         for conn in queued:
             if self.queued_bytes <= target:
