@@ -20,7 +20,12 @@ again, for as long as the scenario lasts. The pipelined flood runs on ``--http o
 figures of the same scenario. The machine is shared (2 cores): figures are noisy; compare
 within one run only.
 
-    python benchmarks/sidecar_flood.py [--probes 300] [--rate 1000000] [--rounds 3]
+A second table shows the output bounds (item 7): ``--slow-readers`` sockets each ask for
+``--slow-mb`` MB of echo (1 MB binary messages) and never read; the sidecar's RSS, the bytes
+it holds queued, and the sockets it closes, with the process-wide ``--max-outgoing-total`` off
+and on, and with the defaults.
+
+    python benchmarks/sidecar_flood.py [--probes 300] [--rate 1000000] [--rounds 3] [--slow-readers 30]
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ import sys
 import threading
 import time
 
-from _sidecar_stack import CLI, ENV, ROOT, cpu_seconds, percentile
+from _sidecar_stack import CLI, ENV, ROOT, cpu_seconds, percentile, rss_bytes
 
 from servers import RedisServer, ServerProcess, free_port, wait_for_port  # noqa: E402
 
@@ -223,11 +228,67 @@ def run_scenario(side: Sidecar, kind: str, n: int, rate: int, rounds: int) -> di
             "closed": closed, "connections": connections}
 
 
+def binary_frame(size: int) -> bytes:
+    """A masked client binary frame of ``size`` bytes (mask key 0)."""
+    return struct.pack("!BBQ", 0x82, 0x80 | 127, size) + b"\x00\x00\x00\x00" + b"s" * size
+
+
+def run_slow_readers(redis_url: str, workdir: str, flags: tuple, n: int, mb: int) -> dict:
+    """``n`` sockets that never read, each sent ``mb`` 1 MB messages to echo back."""
+    side = Sidecar(redis_url, workdir, *flags)
+    pid = side.proc.proc.pid
+    peak = {"rss": 0, "queued": 0.0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak["rss"] = max(peak["rss"], rss_bytes(pid))
+            peak["queued"] = max(peak["queued"], metric(side.admin, "wsgi_channels_sidecar_queued_bytes"))
+            time.sleep(0.05)
+
+    socks = []
+    try:
+        probes(side.port, 20)
+        rss0 = rss_bytes(pid)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        for _ in range(n):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", side.port))
+            sock.sendall(handshake_request(side.port, "/slow"))
+            read_head(sock)
+            socks.append(sock)
+        message = binary_frame(1_000_000)
+        for _ in range(mb):
+            for sock in socks:
+                try:
+                    sock.sendall(message)
+                except OSError:
+                    pass  # closed already
+                time.sleep(0.005)  # the worker keeps up: websocket.receive never fills
+        time.sleep(3.0)
+        done.set()
+        sampler.join()
+        after = probes(side.port, 20)
+        return {"rss0": rss0, "rss": peak["rss"], "queued": peak["queued"],
+                "cap": metric(side.admin, "wsgi_channels_sidecar_dropped_total", reason="outgoing_cap"),
+                "own": metric(side.admin, "wsgi_channels_sidecar_dropped_total", reason="slow_client"),
+                "probe": percentile(after, 0.5)}
+    finally:
+        done.set()
+        for sock in socks:
+            sock.close()
+        side.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--probes", type=int, default=300, help="probes per measurement")
     parser.add_argument("--rate", type=int, default=1_000_000, help="flood bytes per second")
     parser.add_argument("--rounds", type=int, default=3, help="idle/flood alternations per scenario")
+    parser.add_argument("--slow-readers", type=int, default=30, help="sockets that never read (0 = skip)")
+    parser.add_argument("--slow-mb", type=int, default=8, help="MB of echo each slow reader asks for")
     args = parser.parse_args()
     import tempfile
 
@@ -244,7 +305,19 @@ def main() -> int:
         ("--http layer", ("--http", "layer"), ["pipelined"]),
     ]
     rows = []
+    slow_configurations = [
+        ("--max-outgoing-buffer 16 MiB, --max-outgoing-total 0 (no process bound)",
+         ("--max-outgoing-buffer", str(16 << 20), "--max-outgoing-total", "0")),
+        ("--max-outgoing-buffer 16 MiB, --max-outgoing-total 64 MiB",
+         ("--max-outgoing-buffer", str(16 << 20), "--max-outgoing-total", str(64 << 20))),
+        ("defaults (--max-outgoing-buffer 4 MiB, --max-outgoing-total 256 MiB)", ()),
+    ]
+    slow_rows = []
     try:
+        if args.slow_readers:
+            for title, flags in slow_configurations:
+                slow_rows.append((title, run_slow_readers(redis.url, workdir, flags, args.slow_readers,
+                                                          args.slow_mb)))
         for title, flags, kinds in configurations:
             side = Sidecar(redis.url, workdir, *flags)
             try:
@@ -269,6 +342,15 @@ def main() -> int:
         print(f"| {title} | {kind} | {i50:.2f} / {i99:.2f} | {f50:.2f} / {f99:.2f} | {f50 / i50:.2f}x / "
               f"{f99 / i99:.2f}x | {100 * r['cpu']:.0f}% | {r['read'] / 1e6:.2f} MB/s "
               f"| {int(r['closed'])} |")
+    if slow_rows:
+        print(f"\n{args.slow_readers} sockets that never read, each asking for {args.slow_mb} MB of echo "
+              "(loopback's kernel buffers hold about 3 MB per socket; the rest is queued in the sidecar)\n")
+        print("| sidecar | RSS before / peak (MiB) | peak queued (MiB) | closed: process bound / own bound "
+              "| new client's handshake+echo after (p50 ms) |")
+        print("|---|---|---|---|---|")
+        for title, r in slow_rows:
+            print(f"| {title} | {r['rss0'] / 2**20:.0f} / {r['rss'] / 2**20:.0f} | {r['queued'] / 2**20:.0f} "
+                  f"| {int(r['cap'])} / {int(r['own'])} | {1000 * r['probe']:.2f} |")
     return 0
 
 
