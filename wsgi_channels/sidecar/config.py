@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from ..config import parse_address
@@ -189,7 +189,7 @@ def origin_key(scheme: str, host: str, port: int | None) -> str:
     return f"{scheme}://{host}" if port is None or port == default else f"{scheme}://{host}:{port}"
 
 
-def origin_allowed(key: str, allowed: list[str]) -> bool:
+def origin_allowed(key: str, allowed: Sequence[str]) -> bool:
     """Whether the canonical origin ``key`` (:func:`origin_key`) is in ``allowed`` (normalized
     entries, as :class:`SidecarConfig` keeps them); ``scheme://*.domain[:port]`` entries match
     ``scheme://sub.domain[:port]`` with the same scheme and port, for any non-empty subdomain."""

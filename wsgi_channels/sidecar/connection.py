@@ -114,7 +114,6 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
     def run(self) -> None:
         """Read until the peer leaves or we are done; then send the disconnect and close."""
         sock = self.sock
-        self.greenlet = gevent.getcurrent()
         try:
             while self.state is not DONE:
                 try:

@@ -17,7 +17,8 @@ import h11
 from ..responses import validate_websocket_send
 from ..translation import InvalidRequest
 from . import websocket as ws_proto
-from ._connbase import _CLOSE_WAIT, _TURN, _TURN_FRAMES, CLOSING, CONNECTING, OPEN, access_log, addr, let_others_run, log
+from ._connbase import (_CLOSE_WAIT, _TURN, _TURN_FRAMES, CLOSING, CONNECTING, OPEN, access_log, addr,
+                        let_others_run, log)
 from .http import connect_message, request_info, simple_body
 
 __all__ = ["WebSocketMixin", "FrameCache"]

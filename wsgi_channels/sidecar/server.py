@@ -106,12 +106,13 @@ class Sidecar:
         limit = getattr(self.layer, "max_message_size", None)
         need = config.max_message_size + config.max_header_size + RECEIVE_OVERHEAD
         if isinstance(limit, int) and need > limit:
+            most = limit - config.max_header_size - RECEIVE_OVERHEAD
             raise ConfigurationError(
                 f"sidecar max_message_size ({config.max_message_size}) plus max_header_size "
                 f"({config.max_header_size}, the longest path a websocket.receive carries) plus {RECEIVE_OVERHEAD} "
                 f"for its other keys is over the layer's max_message_size ({limit}): a client message at the "
-                f"limit could not be passed on. Lower max_message_size to {limit - config.max_header_size - RECEIVE_OVERHEAD} "
-                "or less, or raise the layer's max_message_size (a layer URL option)")
+                f"limit could not be passed on. Lower max_message_size to {most} or less, or raise the layer's "
+                "max_message_size (a layer URL option)")
 
     # -- routing ----------------------------------------------------------------------------
 

@@ -132,10 +132,10 @@ def check_upgrade(method: bytes, http_version: bytes, headers: Sequence[tuple[by
         return "unsupported Sec-WebSocket-Version (only 13)"
     if not key or len(key) != 24:
         return "missing or malformed Sec-WebSocket-Key"
-    offers = check_extension_offers(offers)
-    if isinstance(offers, str):
-        return offers
-    return Upgrade(key=key, subprotocols=subprotocols, extension_offers=offers)
+    checked = check_extension_offers(offers)
+    if isinstance(checked, str):
+        return checked
+    return Upgrade(key=key, subprotocols=subprotocols, extension_offers=checked)
 
 
 #: RFC 6455 section 9.1: ``extension-param = token [ "=" (token | quoted-string) ]``.
@@ -318,7 +318,7 @@ class WebSocketSession:
         self.flooded = False
         #: :meth:`process` stopped at its limit with input left: call it again before feeding more.
         self.more = False
-        self._input: deque = deque()  # compressed input not yet handed to wsproto (see feed)
+        self._input: deque[bytes | memoryview] = deque()  # compressed input not yet handed to wsproto (see feed)
         self._frame_size = 0  # payload bytes of the data frame being received
         self._tokens = 2.0 * self.control_rate  # the rate limit's bucket, full at first
         self._tokens_at: float | None = None
