@@ -154,7 +154,7 @@ def sidecar(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["ping", "pong", "empty fragment", "small fragment"])
 def test_frames_without_a_message_past_the_rate_close_1008(sidecar, kind):
-    client = RawClient(sidecar.port, f"/flood-{kind.replace(' ', '-')}")
+    client = RawClient(sidecar.port, f"/flood-{kind.replace(' ', '-')}", timeout=20)
     before = sidecar.metric("wsgi_channels_sidecar_dropped_total", reason="control_flood")
     burst = b""
     if kind in ("empty fragment", "small fragment"):
@@ -168,7 +168,7 @@ def test_frames_without_a_message_past_the_rate_close_1008(sidecar, kind):
             burst += client.ws.send(TextMessage(data="" if kind == "empty fragment" else "x" * 63,
                                                 message_finished=False))
     client.sock.sendall(burst)
-    events, _ = client.read_events(5, stop=lambda e: isinstance(e, CloseConnection))
+    events, _ = client.read_events(20, stop=lambda e: isinstance(e, CloseConnection))
     client.close()
     assert close_codes(events) == [1008]
     if kind == "ping":
@@ -211,14 +211,14 @@ def finished(events: list) -> list:
     return [e for e in events if isinstance(e, (TextMessage, BytesMessage)) and e.message_finished]
 
 
-def read_all(client: RawClient, seconds: float = 10.0) -> list:
+def read_all(client: RawClient, seconds: float = 20.0) -> list:
     events, _ = client.read_events(seconds, stop=lambda e: isinstance(e, CloseConnection))
     return events
 
 
 def test_a_slow_reader_gets_a_1013_close_frame_and_its_disconnect_says_so(sidecar):
     before = sidecar.metric("wsgi_channels_sidecar_slow_closed_total")
-    client = RawClient(sidecar.port, "/slow-1013", rcvbuf=4096)
+    client = RawClient(sidecar.port, "/slow-1013", rcvbuf=4096, timeout=20)
     client.send(TextMessage(data="flood 12000"))  # ~12 MB back: more than the kernel holds, not read yet
     assert wait_for(lambda: sidecar.metric("wsgi_channels_sidecar_slow_closed_total") > before, timeout=10)
     events = read_all(client)  # what was on its way, then a real close frame
@@ -234,16 +234,20 @@ def test_all_queues_together_are_bounded_and_the_slowest_reader_goes_first(tmp_p
     h = Harness(tmp_path, "--http", "layer", "--max-outgoing-total", "4000000", "--max-outgoing-buffer",
                 "64000000").start()
     try:
-        slow = RawClient(h.port, "/slow", rcvbuf=4096)
+        fast = RawClient(h.port, "/fast", timeout=30)  # reads everything at once: never queued for long
+        slow = RawClient(h.port, "/slow", rcvbuf=4096, timeout=30)
         slow.send(TextMessage(data="flood 4000"))  # ~1 MB queued: under both bounds
         assert wait_for(lambda: h.metric("wsgi_channels_sidecar_queued_bytes") > 500_000)
-        slowest = RawClient(h.port, "/slowest", rcvbuf=4096)
+        slowest = RawClient(h.port, "/slowest", rcvbuf=4096, timeout=30)
         slowest.send(TextMessage(data="flood 12000"))  # ~9 MB to queue: under its own bound, over the total
-        fast = connect_fast(h)
-        assert wait_for(lambda: h.metric("wsgi_channels_sidecar_dropped_total", reason="outgoing_cap") == 1)
+        assert wait_for(lambda: h.metric("wsgi_channels_sidecar_dropped_total", reason="outgoing_cap") == 1,
+                        timeout=20)
         assert h.metric("wsgi_channels_sidecar_queued_bytes") <= 4_000_000
-        assert close_codes(read_all(slowest)) == [1013]
+        assert close_codes(read_all(slowest)) == [1013]  # within the sidecar's 5 s close wait
         slowest.close()
+        fast.send(TextMessage(data="flood 2000"))
+        events, _ = fast.read_events(30, stop=lambda e: isinstance(e, TextMessage) and e.data.endswith("1999"))
+        assert len(finished(events)) == 2000 and not close_codes(events)
         for client, count in ((slow, 4000), (fast, 0)):  # the others were left alone
             if count:
                 events, _ = client.read_events(20, stop=lambda e: isinstance(e, TextMessage)
@@ -251,7 +255,7 @@ def test_all_queues_together_are_bounded_and_the_slowest_reader_goes_first(tmp_p
                 assert len(finished(events)) == count
                 assert not close_codes(events)
             client.send(TextMessage(data="still here"))
-            events, _ = client.read_events(5, stop=lambda e: isinstance(e, TextMessage))
+            events, _ = client.read_events(20, stop=lambda e: isinstance(e, TextMessage))
             assert [e.data for e in events if isinstance(e, TextMessage)] == ["still here"]
             client.close()
         assert wait_for(lambda: h.metric("wsgi_channels_sidecar_queued_bytes") == 0)
@@ -260,14 +264,6 @@ def test_all_queues_together_are_bounded_and_the_slowest_reader_goes_first(tmp_p
         assert h.metric("wsgi_channels_sidecar_slow_closed_total") == 1
     finally:
         h.stop()
-
-
-def connect_fast(h: Harness) -> RawClient:
-    client = RawClient(h.port, "/fast")
-    client.send(TextMessage(data="flood 2000"))  # read at once: never queued for long
-    events, _ = client.read_events(20, stop=lambda e: isinstance(e, TextMessage) and e.data.endswith("1999"))
-    assert len(finished(events)) == 2000
-    return client
 
 
 # -- item 10: a malformed extension offer is a bad request, before the layer -----------------------
