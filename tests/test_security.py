@@ -197,6 +197,46 @@ def test_cross_site_refused_by_default(redis_url, tmp_path):
         side.stop()
 
 
+def test_subdomain_wildcard_in_the_allow_list(redis_url, tmp_path):
+    """``--allowed-origins 'http://*.example.com'`` used to be accepted and match only itself."""
+    consumer = fk.LayerConsumer(redis_url).start()
+    side = stack.sidecar(stack.env_for(redis_url), tmp_path, None, "--ping-interval", "0",
+                         "--allowed-origins", "http://*.example.com", "https://app.example").start()
+    try:
+        for origin, expected in (
+            ("http://chat.example.com", 101),
+            ("http://a.b.example.com", 101),
+            ("http://example.com", 403),              # the domain itself is not a subdomain
+            ("http://evil-example.com", 403),         # suffix tricks
+            ("http://example.com.evil.example", 403),
+            ("http://chatexample.com", 403),
+            ("https://chat.example.com", 403),        # scheme matters
+            ("http://chat.example.com:8080", 403),    # port matters
+            ("http://*.example.com", 403),            # the pattern is not an origin
+            ("https://app.example", 101),
+        ):
+            c = fk.RawClient(side.port)
+            status, _, _ = c.handshake("/wildcard", origin=origin)
+            c.close()
+            assert status == expected, origin
+        fk.wait_until(lambda: len(consumer.connects) == 3, 5)
+        assert len(consumer.connects) == 3, "only the allowed handshakes reached the app"
+    finally:
+        side.stop()
+        consumer.stop()
+
+
+@pytest.mark.parametrize("pattern", ["http://*", "https://a*.example.com", "https://*.*.example.com", "*.example.com"])
+def test_an_origin_pattern_that_cannot_work_is_refused_at_start(tmp_path, pattern):
+    from wsgi_channels.cli import EXIT_CONFIG
+
+    result = subprocess.run([sys.executable, "-m", "wsgi_channels", "sidecar", "--layer",
+                             f"ipc://{tmp_path / 'layer.db'}", "--allowed-origins", pattern],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == EXIT_CONFIG, result.stderr
+    assert "allowed origin" in result.stderr and pattern in result.stderr
+
+
 # -- proxy headers -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("trusted", [False, True])

@@ -238,6 +238,17 @@ def test_subprotocol_offers_that_are_not_tokens_are_ignored():
     (b"https://app.example", b"ws.example", "https", ["https://app.example"], True),
     (b"https://other.example", b"ws.example", "https", ["https://app.example"], False),
     (b"https://anything.example", b"ws.example", "https", ["*"], True),
+    # A subdomain wildcard: subdomains at any depth, same scheme and port; never the domain itself.
+    (b"http://a.example.com", b"ws.example", "http", ["http://*.example.com"], True),
+    (b"http://a.b.example.com", b"ws.example", "http", ["http://*.example.com"], True),
+    (b"http://A.Example.COM:80", b"ws.example", "http", ["http://*.example.com"], True),
+    (b"http://example.com", b"ws.example", "http", ["http://*.example.com"], False),
+    (b"http://evil-example.com", b"ws.example", "http", ["http://*.example.com"], False),
+    (b"http://a.example.com.evil.example", b"ws.example", "http", ["http://*.example.com"], False),
+    (b"https://a.example.com", b"ws.example", "https", ["http://*.example.com"], False),
+    (b"http://a.example.com:8080", b"ws.example", "http", ["http://*.example.com"], False),
+    (b"http://a.example.com:8080", b"ws.example", "http", ["http://*.example.com:8080"], True),
+    (b"http://*.example.com", b"ws.example", "http", ["http://*.example.com"], False),  # not a host
 ])
 def test_origin_check(origin, host, scheme, allowed, ok):
     headers = [(b"host", host)] + ([(b"origin", origin)] if origin is not None else [])
@@ -288,6 +299,14 @@ def test_config_validation_names_the_field():
         SidecarConfig.from_mapping({"bnid": "x"})
     assert SidecarConfig(allowed_origins="https://A.example:443, http://b.example:8080").allowed_origins == [
         "https://a.example", "http://b.example:8080"]
+    assert SidecarConfig(allowed_origins=["HTTPS://*.Example.com:443"]).allowed_origins == ["https://*.example.com"]
+    for pattern in ("http://*", "http://*.com", "http://a*.example.com", "http://*.*.example.com",
+                    "http://*example.com", "http://example.*", "*.example.com", "http://x.example:99999"):
+        with pytest.raises(ConfigurationError, match="allowed origin"):  # never accepted to match only itself
+            SidecarConfig(allowed_origins=[pattern])
+    for name in ("max_outgoing_total", "control_frame_rate"):
+        with pytest.raises(ConfigurationError, match=name):
+            SidecarConfig(**{name: -1})
 
 
 def test_cli_flags_and_environment(monkeypatch):
@@ -303,3 +322,116 @@ def test_cli_flags_and_environment(monkeypatch):
     assert config.bind == ["127.0.0.1:9999"] and config.http == "layer"
     assert config.ping_interval == 7.5 and config.ping_timeout == 3.0 and config.proxy_headers
     assert config.allowed_origins == ["https://a.example", "https://b.example"]
+    defaults = SidecarConfig()
+    assert (config.control_frame_rate, config.max_outgoing_total) == (defaults.control_frame_rate,
+                                                                    defaults.max_outgoing_total)
+    monkeypatch.setenv("WSGI_CHANNELS_CONTROL_FRAME_RATE", "12.5")
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    config = cli.build_config(parser.parse_args(["sidecar", "--max-outgoing-total", "1000"]))
+    assert config.control_frame_rate == 12.5 and config.max_outgoing_total == 1000
+
+
+# -- issue 21: bounded work per call, frames without a message rate-limited, sizes in bytes ------
+
+def test_process_handles_a_bounded_number_of_frames_per_call():
+    client, server, _, _, _ = handshake()
+    server.feed(b"".join(client.send(Ping(payload=b"%d" % i)) for i in range(1000)))
+    pongs = 0
+    calls = 0
+    while True:
+        out, messages = server.process(64)
+        client.receive_data(out)
+        got = [e for e in client.events() if isinstance(e, Pong)]
+        assert len(got) <= 64 and not messages
+        pongs += len(got)
+        calls += 1
+        if not server.more:
+            break
+    assert pongs == 1000 and calls >= 1000 // 64
+    # A large payload costs one unit per 8 KiB: a 1 MB message is a turn's work on its own.
+    server.feed(client.send(BytesMessage(data=b"b" * 1000_000)) + client.send(Ping(payload=b"after")))
+    out, messages = server.process(64)
+    assert server.more and messages == [b"b" * 1000_000] and out == b""
+    out, messages = server.process(64)
+    client.receive_data(out)
+    assert not server.more and [e.payload for e in client.events()] == [b"after"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Ping(), lambda: Pong(),
+    lambda: TextMessage(data="", message_finished=False),
+    lambda: BytesMessage(data=b"x" * 63, message_finished=False),
+])
+def test_frames_without_a_message_are_rate_limited(make):
+    client, server, _, _, _ = handshake()
+    server.control_rate = 8.0
+    server._tokens = 16.0  # as a session made with control_rate=8 starts: a burst of twice the rate
+    t = 100.0
+    for _ in range(16):  # the burst passes
+        out, _ = server.receive_data(client.send(make()), now=t)
+    assert server.open and not server.flooded
+    for _ in range(10):  # then one every 1/8 s, the rate itself, for ever
+        t += 0.125
+        server.receive_data(client.send(make()), now=t)
+    assert server.open and not server.flooded
+    out, _ = server.receive_data(client.send(make()), now=t)  # one too many
+    assert server.flooded and not server.open and server.close_code == 1008
+    client.receive_data(out)
+    assert [e.code for e in client.events() if isinstance(e, CloseConnection)] == [1008]
+    server.receive_data(b"\x89\x80\x00\x00\x00\x00", now=t + 0.01)  # a ping after our close: given up
+    assert server.closed and server.close_code == 1008
+
+
+def test_fragments_that_carry_data_and_whole_messages_are_not_rate_limited():
+    client, server, _, _, _ = handshake()
+    server.control_rate = 1.0
+    server._tokens = 2.0
+    data = b"".join(client.send(BytesMessage(data=b"f" * 64, message_finished=i == 99)) for i in range(100))
+    data += b"".join(client.send(TextMessage(data="")) for _ in range(100))  # empty but whole: for the app
+    out, messages = server.receive_data(data, now=5.0)
+    assert out == b"" and messages == [b"f" * 6400] + [""] * 100 and server.open
+
+
+def test_text_size_is_counted_in_utf8_bytes():
+    client, server, _, _, _ = handshake(max_message_size=10)
+    out, messages = server.receive_data(client.send(TextMessage(data="\u00e9" * 5)))  # 10 bytes: at the limit
+    assert messages == ["\u00e9" * 5] and out == b""
+    out, messages = server.receive_data(client.send(TextMessage(data="\u00e9" * 6)))  # 6 characters, 12 bytes
+    assert messages == [] and server.close_code == 1009
+
+
+@pytest.mark.parametrize("value,problem", [
+    ("permessage-deflate; server_max_window_bits=abc", "server_max_window_bits must be a number"),
+    ("permessage-deflate; client_max_window_bits=-1", "client_max_window_bits must be a number"),
+    ("permessage-deflate; server_max_window_bits=1 2", "malformed parameter"),
+    ('permessage-deflate; server_max_window_bits="a b"', "malformed parameter"),
+    ("permessage-deflate;;", "malformed parameter"),
+    ("permessage deflate", "malformed Sec-WebSocket-Extensions offer"),
+])
+def test_malformed_extension_offers_are_a_bad_request(value, problem):
+    headers = [(b"connection", b"Upgrade"), (b"sec-websocket-version", b"13"), (b"sec-websocket-key", b"x" * 24),
+               (b"sec-websocket-extensions", value.encode())]
+    result = wsp.check_upgrade(b"GET", b"1.1", headers)
+    assert isinstance(result, str) and problem in result, result
+
+
+@pytest.mark.parametrize("value,agreed", [
+    ("permessage-deflate", True),
+    ("permessage-deflate; client_max_window_bits", True),
+    ('permessage-deflate; server_max_window_bits="10"', True),  # a quoted value (RFC 6455 section 9.1)
+    ("permessage-deflate; server_max_window_bits=" + "9" * 5000, False),  # too large: declined
+    ("permessage-deflate; server_max_window_bits=7", False),
+    ("permessage-deflate; server_max_window_bits", False),  # needs a value (RFC 7692 section 7.1.2.1)
+    ("permessage-deflate; frobnicate", False),  # unknown parameter (RFC 7692 section 5.1)
+    ("permessage-deflate; client_no_context_takeover; client_no_context_takeover", False),
+    ("permessage-deflate; server_no_context_takeover=1", False),
+    ("x-webkit-deflate-frame, permessage-deflate; frobnicate, permessage-deflate", True),  # the next offer
+])
+def test_extension_offers_are_declined_or_agreed(value, agreed):
+    headers = [(b"connection", b"Upgrade"), (b"sec-websocket-version", b"13"), (b"sec-websocket-key", b"x" * 24),
+               (b"sec-websocket-extensions", value.encode())]
+    upgrade = wsp.check_upgrade(b"GET", b"1.1", headers)
+    assert isinstance(upgrade, wsp.Upgrade), upgrade
+    response, extensions = wsp.accept_headers(upgrade, None, True)
+    assert bool(extensions) is agreed, response

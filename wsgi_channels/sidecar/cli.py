@@ -61,15 +61,23 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_option(p, "--handshake-timeout", default=d.handshake_timeout, type=float, metavar="SECONDS",
                help=f"time a client has to send its request head (default {d.handshake_timeout:g})")
     add_option(p, "--max-message-size", default=d.max_message_size, type=int, metavar="BYTES",
-               help="close 1009 when a client message is larger")
+               help="close 1009 when a client message's payload is larger; with --max-header-size and 4 KiB "
+                    f"it must fit the layer's message limit (default {d.max_message_size})")
     add_option(p, "--max-header-size", default=d.max_header_size, type=int, metavar="BYTES",
                help="431 when a request head is larger")
     add_option(p, "--max-connections", default=d.max_connections, type=int, metavar="N",
                help=f"503 above this many open connections, 0 = no limit (default {d.max_connections})")
     add_option(p, "--max-outgoing-buffer", default=d.max_outgoing_buffer, type=int, metavar="BYTES",
-               help="close a client that has this much unread data queued")
+               help="close a client that has this much unread data queued (a WebSocket gets 1013)")
+    add_option(p, "--max-outgoing-total", default=d.max_outgoing_total, type=int, metavar="BYTES",
+               help="unread data queued for all clients together; past it the clients with the most queued "
+                    f"are closed first, 0 = no limit (default {d.max_outgoing_total})")
+    add_option(p, "--control-frame-rate", default=d.control_frame_rate, type=_positive_float, metavar="PER_SECOND",
+               help="pings, pongs and fragments under 64 bytes a WebSocket client may send per second (bursts of "
+                    f"twice that); close 1008 past it, 0 = no limit (default {d.control_frame_rate:g})")
     add_option(p, "--allowed-origins", default=[], nargs="*", metavar="ORIGIN",
-               help="origins allowed to open WebSockets ('*' = any); default: same origin as Host")
+               help="origins allowed to open WebSockets (https://app.example.com, https://*.example.com for "
+                    "its subdomains, '*' = any); default: same origin as Host")
     add_option(p, "--proxy-headers", action="store_true", default=False,
                help="trust X-Forwarded-For/-Proto/-Port (only behind your own proxy)")
     add_option(p, "--root-path", default="", metavar="PATH", help="mount point sent as root_path")
@@ -101,7 +109,8 @@ def build_config(args: argparse.Namespace) -> SidecarConfig:
         connect_timeout=args.connect_timeout, connect_timeout_accept=args.connect_timeout_accept,
         handshake_timeout=args.handshake_timeout, max_message_size=args.max_message_size,
         max_header_size=args.max_header_size, max_connections=args.max_connections,
-        max_outgoing_buffer=args.max_outgoing_buffer, allowed_origins=list(args.allowed_origins or []),
+        max_outgoing_buffer=args.max_outgoing_buffer, max_outgoing_total=args.max_outgoing_total,
+        control_frame_rate=args.control_frame_rate, allowed_origins=list(args.allowed_origins or []),
         proxy_headers=args.proxy_headers, root_path=args.root_path, access_log=args.access_log,
         admin_bind=args.admin_bind, compression=args.compression, grace_period=args.grace_period,
         health_path=args.health_path,

@@ -7,16 +7,21 @@ The command line (``wsgi-channels sidecar --flag``), environment variables
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from ..config import parse_address
 from ..exceptions import ConfigurationError
 
-__all__ = ["SidecarConfig", "HTTP_MODES"]
+__all__ = ["SidecarConfig", "HTTP_MODES", "RECEIVE_OVERHEAD", "origin_key", "origin_allowed"]
 
 HTTP_MODES = ("off", "layer")
+
+#: Room a ``websocket.receive`` message needs beside its payload and its path: the keys, the
+#: reply channel, ``order`` and msgpack's framing take under 200 bytes; this leaves a margin.
+RECEIVE_OVERHEAD = 4096
 
 
 @dataclass
@@ -48,15 +53,28 @@ class SidecarConfig:
     connect_timeout_accept: bool = False
     #: Seconds a client has to send its complete request head (slow-loris defence).
     handshake_timeout: float = 10.0
-    #: Largest WebSocket message accepted from a client (close 1009 above it).
-    max_message_size: int = 1024 * 1024 - 4096
+    #: Largest WebSocket message accepted from a client, in payload bytes (close 1009 above it).
+    #: The message travels in ``websocket.receive`` beside its path (up to ``max_header_size``)
+    #: and a few keys, so this plus ``max_header_size`` plus :data:`RECEIVE_OVERHEAD` must fit
+    #: the layer's ``max_message_size`` (checked at start): 1 MiB - 20 KiB suits the defaults.
+    max_message_size: int = 1024 * 1024 - 16 * 1024 - 4096
     #: Largest request head (request line + headers); 431 above it.
     max_header_size: int = 16 * 1024
     #: Most simultaneous connections (WebSocket and HTTP); more get 503 (0 = no limit).
     max_connections: int = 20000
-    #: Bytes queued for one slow client before it is closed (1008-style "slow client" close, counted).
+    #: Bytes queued for one slow client before it is closed (a WebSocket gets close 1013 "try again
+    #: later" where its socket still takes it, then the TCP connection goes; counted as slow).
     max_outgoing_buffer: int = 4 * 1024 * 1024
-    #: Origins allowed for WebSockets (``https://example.com``); empty = same origin as Host; ``*`` = any.
+    #: Bytes queued for all clients together; past it the clients with the most queued are closed
+    #: first (1013, counted) until the total is back under three quarters of it (0 = no limit).
+    #: A broadcast frame shared by many sockets counts once per socket.
+    max_outgoing_total: int = 256 * 1024 * 1024
+    #: Frames that carry no message a WebSocket client may send per second: pings, pongs, and
+    #: fragments under 64 bytes that do not end their message; bursts of twice as many pass. Past it
+    #: the socket is closed with 1008 (0 = no limit).
+    control_frame_rate: float = 100.0
+    #: Origins allowed for WebSockets (``https://example.com``, or ``https://*.example.com`` for its
+    #: subdomains); empty = same origin as Host; ``*`` = any.
     allowed_origins: list[str] = field(default_factory=list)
     #: Trust ``X-Forwarded-For`` / ``X-Forwarded-Proto`` / ``X-Forwarded-Port`` (only behind your own proxy).
     proxy_headers: bool = False
@@ -102,7 +120,8 @@ class SidecarConfig:
         for name in ("http_timeout", "connect_timeout", "handshake_timeout", "ping_timeout"):
             if float(getattr(self, name)) <= 0:
                 raise ConfigurationError(f"sidecar {name} must be a positive number of seconds")
-        for name in ("ping_interval", "grace_period", "max_request_body", "max_connections"):
+        for name in ("ping_interval", "grace_period", "max_request_body", "max_connections",
+                     "max_outgoing_total", "control_frame_rate"):
             if float(getattr(self, name)) < 0:
                 raise ConfigurationError(f"sidecar {name} must not be negative")
         for name in ("max_message_size", "max_header_size", "max_outgoing_buffer", "receive_batch",
@@ -132,14 +151,35 @@ class SidecarConfig:
 
 
 def _normalize_origin(origin: str) -> str:
-    """``HTTPS://Example.com:443/`` -> ``https://example.com``; ``*`` stays ``*``."""
+    """``HTTPS://Example.com:443/`` -> ``https://example.com``; ``*`` stays ``*``.
+
+    ``scheme://*.domain[:port]`` allows the subdomains of ``domain`` (any depth, not ``domain``
+    itself). Any other ``*`` is refused here: a pattern that would only ever match itself
+    must not be accepted silently.
+    """
     origin = origin.strip()
     if origin == "*":
         return origin
     parts = urlsplit(origin)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigurationError(f"allowed origin {origin!r} must look like https://host[:port] or be '*'")
-    return origin_key(parts.scheme, parts.hostname, parts.port)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+        raise ConfigurationError(f"allowed origin {origin!r} must look like https://host[:port], "
+                                 "https://*.domain[:port] or be '*'")
+    host = parts.hostname
+    if "*" in host:
+        domain = host[2:]
+        if not host.startswith("*.") or "*" in domain or not _DOMAIN_RE.fullmatch(domain) \
+                or ("." not in domain and domain != "localhost"):
+            raise ConfigurationError(f"allowed origin {origin!r}: a wildcard may only stand for the subdomains "
+                                     "of a domain with a dot in it, as in https://*.example.com[:port]")
+    return origin_key(parts.scheme, host, port)
+
+
+#: A DNS name (letters, digits, hyphens; dot-separated labels), lower-cased by origin_key.
+_DOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
 
 
 def origin_key(scheme: str, host: str, port: int | None) -> str:
@@ -150,3 +190,23 @@ def origin_key(scheme: str, host: str, port: int | None) -> str:
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"{scheme}://{host}" if port is None or port == default else f"{scheme}://{host}:{port}"
+
+
+def origin_allowed(key: str, allowed: Sequence[str]) -> bool:
+    """Whether the canonical origin ``key`` (:func:`origin_key`) is in ``allowed`` (normalized
+    entries, as :class:`SidecarConfig` keeps them); ``scheme://*.domain[:port]`` entries match
+    ``scheme://sub.domain[:port]`` with the same scheme and port, for any non-empty subdomain."""
+    if "*" in key:  # no browser sends one; a pattern matches hosts, never itself
+        return False
+    if key in allowed:
+        return True
+    for entry in allowed:
+        star = entry.find("://*.")
+        if star < 0:
+            continue
+        prefix, suffix = entry[:star + 3], entry[star + 4:]  # "https://" and ".example.com[:port]"
+        if key.startswith(prefix) and key.endswith(suffix) and len(key) > len(prefix) + len(suffix):
+            host = key[len(prefix):len(key) - len(suffix)]
+            if ":" not in host and "/" not in host and "[" not in host:
+                return True
+    return False

@@ -11,7 +11,16 @@ A :class:`ClientConnection` is driven from two sides:
 
 Writes go through :meth:`write`: a non-blocking send first, and only when the
 kernel buffer is full a short-lived writer greenlet flushes a bounded queue.
-A client whose queue passes ``max_outgoing_buffer`` is closed and counted.
+A client whose queue passes ``max_outgoing_buffer`` is closed and counted, and
+when all queues together pass ``max_outgoing_total`` the clients with the most
+queued are (:meth:`Sidecar.shed_outgoing`); a WebSocket gets close 1013 where
+its socket still takes it.
+
+No connection holds the event loop for long: gevent's ``recv`` returns without
+switching while data is waiting, and frames or requests the sidecar handles by
+itself never wait on anything, so a connection that has done a turn's work
+(:data:`_TURN` units: a byte received is one, a frame or a request answered here
+more) waits until every other ready greenlet has run (:func:`~._connbase.let_others_run`).
 Timeouts (handshake, connect, HTTP response, keepalive) are checked by the
 sidecar's sweeper through :meth:`check_timers`, so no timer exists per socket.
 
@@ -32,8 +41,9 @@ import h11
 
 from ..exceptions import ChannelFull, MessageTooLarge
 from . import websocket as ws_proto
-from ._connbase import (_CLOSE_WAIT, _LAYER_RETRY_SECONDS, _LINGER_BYTES, _LINGER_SECONDS, _RECV_SIZE, CLOSING,
-                        CONNECTING, DONE, HEAD, HTTP_BODY, LAYER_SLOT_TIMEOUT, OPEN, access_log, addr, log)
+from ._connbase import (_CLOSE_WAIT, _LAYER_RETRY_SECONDS, _LINGER_BYTES, _LINGER_SECONDS, _RECV_SIZE, _TURN,
+                        CLOSING, CONNECTING, DONE, HEAD, HTTP_BODY, LAYER_SLOT_TIMEOUT, OPEN, access_log, addr,
+                        let_others_run, log)
 from .connection_http import HttpModeMixin
 from .connection_ws import FrameCache, WebSocketMixin
 from .http import HttpConnection, HttpError, simple_body
@@ -45,6 +55,9 @@ __all__ = ["ClientConnection"]
 
 #: The response counter's label of each status class.
 _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
+#: Work units of a request the sidecar answers itself (health, static files, errors): about
+#: 40 us of parsing and answering; 4 of them make a turn.
+_REQUEST_COST = _TURN // 4
 
 
 class ClientConnection(HttpModeMixin, WebSocketMixin):
@@ -54,7 +67,7 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
                  "ping_sent", "reply_channel", "upgrade", "path", "order", "connect_sent", "disconnect_sent",
                  "out", "out_bytes", "writer", "aborted", "request_started", "body_channel", "body_buffer",
                  "body_size", "request_sent", "response_started", "request_line", "status", "greenlet",
-                 "close_after_flush", "started", "partial", "resp_bytes")
+                 "close_after_flush", "started", "partial", "resp_bytes", "credit")
 
     def __init__(self, sidecar: "Sidecar", sock: socket.socket, peer: Any) -> None:
         self.sidecar = sidecar
@@ -94,6 +107,7 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
         self.greenlet: gevent.Greenlet | None = None
         self.partial = False  # bytes of a request head have arrived
         self.resp_bytes = 0
+        self.credit = _TURN  # work left in this turn (see _pace)
 
     # -- the reading greenlet -------------------------------------------------------------------
 
@@ -116,7 +130,7 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
                 if self.ws is not None:
                     self._on_ws_data(data)
                 elif self.state is CLOSING:
-                    continue  # discard what arrives after our final response (lingering close)
+                    pass  # discard what arrives after our final response (lingering close)
                 elif self.state is CONNECTING:
                     # Frames before our 101 are kept for the session, within a bound.
                     self.body_size += len(data)
@@ -128,10 +142,18 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
                     self.partial = self.partial or self.state is HEAD
                     self.http.receive_data(data)
                     self._pump_http()
+                self._pace(len(data))
         except Exception:  # one bad client never takes the process down
             log.exception("sidecar connection from %s failed", self.peer)
         finally:
             self._finish()
+
+    def _pace(self, cost: int) -> None:
+        """Count ``cost`` units of work; at the end of a turn, let every other connection run."""
+        self.credit -= cost
+        if self.credit <= 0:
+            self.credit = _TURN
+            let_others_run()
 
     def _peer_gone(self) -> None:
         if self.ws is not None:
@@ -173,6 +195,7 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
         finally:
             if self.writer is not None:
                 self.writer.kill(block=False)
+            self._drop_queue()
             sock.close()
 
     # -- writing --------------------------------------------------------------------------------
@@ -183,10 +206,7 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
             return
         self.sidecar.stats.bytes_out += len(data)
         if self.out:
-            self.out.append(data)
-            self.out_bytes += len(data)
-            if self.out_bytes > self.sidecar.config.max_outgoing_buffer:
-                self._slow()
+            self._queue(data)
             return
         try:
             sent = self.sock.send(data, 0, 0.0)  # gevent: timeout 0.0 = never wait
@@ -196,44 +216,95 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
             self.abort()
             return
         if sent < len(data):
-            rest = memoryview(data)[sent:]
-            self.out.append(rest)
-            self.out_bytes = len(rest)
-            if self.out_bytes > self.sidecar.config.max_outgoing_buffer:
-                self._slow()
-            elif self.writer is None:
+            self._queue(memoryview(data)[sent:] if sent else data)
+            if self.writer is None and self.out and not self.aborted:
                 self.writer = gevent.spawn(self._flush)
 
+    def _queue(self, chunk: Any) -> None:
+        """Queue bytes the kernel did not take, within this client's and the process's bounds."""
+        size = len(chunk)
+        self.out.append(chunk)
+        self.out_bytes += size
+        sidecar = self.sidecar
+        sidecar.queued_bytes += size
+        config = sidecar.config
+        if self.out_bytes > config.max_outgoing_buffer:
+            self._slow("slow_client")
+        elif config.max_outgoing_total and sidecar.queued_bytes > config.max_outgoing_total:
+            sidecar.shed_outgoing()
+
     def _flush(self) -> None:
+        """The writer greenlet: send the queue in order, waiting for the socket to take it.
+
+        Invariant: only the writer takes from ``out``, and only its head (``out[0]``) may have
+        been partly sent; everything behind it is untouched, whole chunks (whole frames).
+        """
+        out = self.out
+        sock = self.sock
         try:
-            while self.out:
-                chunk = self.out[0]
-                self.sock.sendall(chunk)
-                self.out.popleft()
-                self.out_bytes -= len(chunk)
+            while out and not self.aborted:
+                chunk = out[0]
+                sent = sock.send(chunk)
+                if not out or out[0] is not chunk:
+                    continue  # aborted while we waited: the queue is gone
+                self.out_bytes -= sent
+                self.sidecar.queued_bytes -= sent
+                if sent == len(chunk):
+                    out.popleft()
+                else:
+                    out[0] = memoryview(chunk)[sent:]
         except OSError:
             self.abort()
         finally:
             self.writer = None
-            if self.close_after_flush and not self.out:
+            if self.close_after_flush and not self.out and not self.aborted:
                 self._shutdown_write()
 
-    def _slow(self) -> None:
+    def _drop_queue(self) -> None:
+        self.sidecar.queued_bytes -= self.out_bytes
+        self.out.clear()
+        self.out_bytes = 0
+
+    def _slow(self, reason: str) -> None:
+        """Too much is queued for this client (``reason``: ``slow_client`` for its own bound,
+        ``outgoing_cap`` for the process's): drop the queue and close.
+
+        A WebSocket keeps only the rest of the frame being written (the writer may be inside
+        ``send`` with it, and a cut frame would break the stream), then gets close 1013 ("try
+        again later": the shipped client reconnects) and the usual close wait; anything else is
+        dropped at once.
+        """
         stats = self.sidecar.stats
         stats.slow_closed += 1
-        stats.dropped["slow_client"] += 1
-        log.info("closing %s: client too slow to read (%d bytes queued)", self.peer, self.out_bytes)
-        if self.ws is not None and self.ws.close_code is None:
-            self.ws.close_code = ws_proto.CLOSE_ABNORMAL
-        self.abort()
+        stats.dropped[reason] += 1
+        log.info("closing %s: client too slow to read (%d bytes queued%s)", self.peer, self.out_bytes,
+                 ", over the process's max_outgoing_total" if reason == "outgoing_cap" else "")
+        ws = self.ws
+        if ws is None or not ws.open:
+            if ws is not None and ws.close_code is None:
+                ws.close_code = ws_proto.CLOSE_TRY_AGAIN
+            self.abort()
+            return
+        head = self.out[0] if self.out else None
+        self._drop_queue()
+        frame = ws.close(ws_proto.CLOSE_TRY_AGAIN, "client too slow to read")
+        for chunk in (head, frame):
+            if chunk:
+                self.out.append(chunk)
+                self.out_bytes += len(chunk)
+                self.sidecar.queued_bytes += len(chunk)
+        self.state = CLOSING
+        self.deadline = time.monotonic() + _CLOSE_WAIT
+        self.close_after_flush = True
+        if self.writer is None:
+            self.writer = gevent.spawn(self._flush)
 
     def abort(self) -> None:
         """Drop the socket now (dead or slow peer); the reading greenlet cleans up."""
         if self.aborted:
             return
         self.aborted = True
-        self.out.clear()
-        self.out_bytes = 0
+        self._drop_queue()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -334,6 +405,8 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
                 self.state = DONE
                 return
             event = None
+            if self.state is HEAD:  # answered here, between requests: pipelined ones wait their turn
+                self._pace(_REQUEST_COST)
 
     def _respond(self, status: int, body: bytes = b"", headers: list | tuple = (), close: bool = False,
                  content_type: bytes = b"text/plain; charset=utf-8") -> None:

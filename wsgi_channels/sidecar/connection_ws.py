@@ -18,7 +18,8 @@ from .. import tokens
 from ..responses import validate_websocket_send
 from ..translation import InvalidRequest
 from . import websocket as ws_proto
-from ._connbase import _CLOSE_WAIT, CLOSING, CONNECTING, OPEN, access_log, addr, log
+from ._connbase import (_CLOSE_WAIT, _TURN, _TURN_FRAMES, CLOSING, CONNECTING, OPEN, access_log, addr,
+                        let_others_run, log)
 from .http import connect_message, request_info, simple_body
 
 __all__ = ["WebSocketMixin", "FrameCache"]
@@ -104,7 +105,9 @@ class WebSocketMixin:
             subprotocol = None
         headers, extensions = ws_proto.accept_headers(self.upgrade, subprotocol, self.sidecar.config.compression)
         data, trailing = self.http.switch_protocols(headers)
-        self.ws = ws_proto.WebSocketSession(extensions, max_message_size=self.sidecar.config.max_message_size)
+        config = self.sidecar.config
+        self.ws = ws_proto.WebSocketSession(extensions, max_message_size=config.max_message_size,
+                                            control_rate=config.control_frame_rate)
         # The HTTP parser and the upgrade request are done with: free them (thousands of idle sockets).
         self.http = None  # type: ignore[assignment]
         self.upgrade = None
@@ -126,36 +129,53 @@ class WebSocketMixin:
     # -- WebSocket frames -----------------------------------------------------------------------
 
     def _on_ws_data(self, data: bytes) -> None:
+        """Frames from the client: hand each finished message to the layer, a turn's worth of
+        frames at a time (other connections run between turns)."""
         ws = self.ws
         assert ws is not None
-        out, messages = ws.receive_data(data)
-        if out:
-            self.write(out)
-        if messages:
-            stats = self.sidecar.stats
-            for payload in messages:
-                stats.frames_in += 1
-                if not ws.open:
-                    break
-                self.order += 1
-                key = "text" if isinstance(payload, str) else "bytes"
-                result = self._layer_send("websocket.receive", {"reply_channel": self.reply_channel,
-                                                                "path": self.path, key: payload,
-                                                                "order": self.order})
-                if result == "ok":
-                    continue
-                self.order -= 1
-                if result == "full":
-                    self.write(ws.close(ws_proto.CLOSE_TRY_AGAIN, "server busy"))
-                elif result == "too-large":
-                    self.write(ws.close(ws_proto.CLOSE_TOO_BIG, "message too big"))
-                else:
-                    stats.dropped["layer_down"] += 1  # the socket stays up through a layer outage
+        ws.feed(data)
+        flooded = ws.flooded
+        while True:
+            out, messages = ws.process(_TURN_FRAMES)
+            if out:
+                self.write(out)
+            if messages:
+                self._receive_messages(ws, messages)
+            if ws.flooded and not flooded:
+                flooded = True
+                self.sidecar.stats.dropped["control_flood"] += 1
+                log.info("closing %s: more than %g control frames or small fragments a second",
+                         addr(self.peer), ws.control_rate)
+            if not ws.more or self.aborted:
+                break
+            self.credit = _TURN
+            let_others_run()
         if ws.closed:
             self._close_soon()
         elif not ws.open and self.state is OPEN:
             self.state = CLOSING
             self.deadline = time.monotonic() + _CLOSE_WAIT
+
+    def _receive_messages(self, ws: ws_proto.WebSocketSession, messages: list) -> None:
+        stats = self.sidecar.stats
+        for payload in messages:
+            stats.frames_in += 1
+            if not ws.open:
+                break
+            self.order += 1
+            key = "text" if isinstance(payload, str) else "bytes"
+            result = self._layer_send("websocket.receive", {"reply_channel": self.reply_channel,
+                                                            "path": self.path, key: payload,
+                                                            "order": self.order})
+            if result == "ok":
+                continue
+            self.order -= 1
+            if result == "full":
+                self.write(ws.close(ws_proto.CLOSE_TRY_AGAIN, "server busy"))
+            elif result == "too-large":
+                self.write(ws.close(ws_proto.CLOSE_TOO_BIG, "message too big"))
+            else:
+                stats.dropped["layer_down"] += 1  # the socket stays up through a layer outage
 
     def send_ws_close(self, code: int) -> None:
         ws = self.ws

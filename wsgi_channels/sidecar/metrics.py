@@ -41,6 +41,8 @@ class SidecarStats:
         self.closes: Counter[int] = Counter()
         #: Connections the server tracks (set by the server; compared with the gauges in leak tests).
         self.tracked: Callable[[], int] = lambda: 0
+        #: Bytes queued for all clients (set by the server).
+        self.queued: Callable[[], int] = lambda: 0
 
     def snapshot(self) -> dict:
         """Plain dict of everything (used by tests and the health endpoint)."""
@@ -70,12 +72,15 @@ class StatsCollector:
                                 value=sum(1 for o in gc.get_objects() if isinstance(o, greenlet) and not o.dead))
         yield GaugeMetricFamily("wsgi_channels_sidecar_layer_up", "1 while the channel layer answers",
                                 value=s.layer_up)
+        yield GaugeMetricFamily("wsgi_channels_sidecar_queued_bytes",
+                                "Bytes queued for clients that the kernel has not taken yet", value=s.queued())
         for name, doc, value in (
             ("frames_received", "WebSocket messages received from clients", s.frames_in),
             ("frames_sent", "WebSocket messages sent to clients", s.frames_out),
             ("received_bytes", "Bytes received from clients", s.bytes_in),
             ("sent_bytes", "Bytes written to clients", s.bytes_out),
-            ("slow_closed", "Connections closed because the client did not read fast enough", s.slow_closed),
+            ("slow_closed", "Connections closed because the client did not read fast enough (its own bound, "
+                            "or the slowest when all queues together passed theirs; see dropped)", s.slow_closed),
             ("dead_closed", "WebSockets closed because they did not answer a ping in time", s.dead_closed),
             ("layer_errors", "Channel layer operations that failed (unreachable or erroring)", s.layer_errors),
             ("layer_messages", "Messages taken from this process's channel prefix", s.layer_messages),

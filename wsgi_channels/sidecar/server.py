@@ -10,6 +10,11 @@ Life of a sidecar (:meth:`Sidecar.serve_forever`)::
     SIGTERM/SIGINT: stop accepting; WebSockets get close 1001; in-flight HTTP finishes;
                     after the grace period the rest is dropped; disconnects are sent; exit 0
 
+Bounds: each connection takes its turn on the event loop (a flood on one socket leaves the
+others' latency nearly alone), each client's queued output is bounded by
+``max_outgoing_buffer`` and all of them together by ``max_outgoing_total``
+(:meth:`Sidecar.shed_outgoing` closes the clients with the most queued first).
+
 The process reads exactly one layer prefix, its own unguessable ``sidecar.XXXX!``;
 every reply channel it hands out is that prefix plus a random suffix. While the layer
 is unreachable the receive loop retries with backoff, open sockets stay up, new
@@ -33,10 +38,11 @@ import gevent.server
 
 from ..channel import default_layer_url
 from ..config import parse_address
+from ..exceptions import ConfigurationError
 from ..layers import from_url
 from ..layers.base import SIDECAR_PREFIX, BaseChannelLayer, new_local_channel, new_process_prefix
 from ._connbase import LAYER_SLOT_TIMEOUT
-from .config import SidecarConfig
+from .config import RECEIVE_OVERHEAD, SidecarConfig
 from .connection import ClientConnection
 from .connection_ws import FrameCache
 from .http import raw_response
@@ -66,8 +72,11 @@ class Sidecar:
     def __init__(self, config: SidecarConfig, layer: BaseChannelLayer | None = None) -> None:
         self.config = config
         self.layer = layer if layer is not None else from_url(config.layer or default_layer_url())
+        self._check_message_sizes()
         self.prefix = new_process_prefix(SIDECAR_PREFIX.rstrip("."))  # gets the layer's process_capacity
         self.stats = SidecarStats()
+        #: Bytes queued for all clients (what the kernel did not take yet); max_outgoing_total bounds it.
+        self.queued_bytes = 0
         self.routes: dict[str, ClientConnection] = {}
         self.connections: set[ClientConnection] = set()
         self.draining = False
@@ -91,6 +100,20 @@ class Sidecar:
         # suffixes are 12 characters long, so the member channel (suffix "0") is never routed.
         self._state_marker = ("wsgi_channels.alive." + self.prefix.rstrip("!"), f"{self.prefix}0")
 
+    def _check_message_sizes(self) -> None:
+        """A client message at ``max_message_size`` must fit the layer with its path and keys."""
+        config = self.config
+        limit = getattr(self.layer, "max_message_size", None)
+        need = config.max_message_size + config.max_header_size + RECEIVE_OVERHEAD
+        if isinstance(limit, int) and need > limit:
+            most = limit - config.max_header_size - RECEIVE_OVERHEAD
+            raise ConfigurationError(
+                f"sidecar max_message_size ({config.max_message_size}) plus max_header_size "
+                f"({config.max_header_size}, the longest path a websocket.receive carries) plus {RECEIVE_OVERHEAD} "
+                f"for its other keys is over the layer's max_message_size ({limit}): a client message at the "
+                f"limit could not be passed on. Lower max_message_size to {most} or less, or raise the layer's "
+                "max_message_size (a layer URL option)")
+
     # -- routing ----------------------------------------------------------------------------
 
     def route(self, conn: ClientConnection) -> str:
@@ -113,6 +136,22 @@ class Sidecar:
                 self.stats.http_open -= 1
         if conn.reply_channel is not None:
             self.routes.pop(conn.reply_channel, None)
+
+    # -- output bounds ----------------------------------------------------------------------
+
+    def shed_outgoing(self) -> None:
+        """All queued output passed ``max_outgoing_total``: close the clients with the most queued
+        (the slowest readers) until the total is under three quarters of it, so the next writes
+        do not each close one more. Each is counted (``slow_closed``, ``dropped{outgoing_cap}``).
+        An open WebSocket keeps the rest of the frame being written and a close frame; anything
+        else (HTTP, a WebSocket already closing) is dropped at once, so the bound holds."""
+        target = self.config.max_outgoing_total * 3 // 4
+        queued = sorted((c for c in self.connections if c.out_bytes and not c.aborted),
+                        key=lambda c: c.out_bytes, reverse=True)
+        for conn in queued:
+            if self.queued_bytes <= target:
+                break
+            conn._slow("outgoing_cap")
 
     # -- the layer --------------------------------------------------------------------------
 
@@ -302,6 +341,7 @@ class Sidecar:
         self._loops = [gevent.spawn(self._receive_loop), gevent.spawn(self._sweeper),
                        gevent.spawn(self._watch_layer_state)]
         self.stats.tracked = lambda: len(self.connections)
+        self.stats.queued = lambda: self.queued_bytes
         if self.config.admin_bind:
             from gevent.pywsgi import WSGIServer
 
