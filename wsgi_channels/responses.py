@@ -40,7 +40,8 @@ class HttpResponseMessage(TypedDict, total=False):
 
 # -- responses ------------------------------------------------------------------------------
 
-_TOKEN_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Used with fullmatch: "$" would also match before a trailing newline ("X-A\n" passing as a token).
+_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE_RE = re.compile(rb"[\x00\r\n]")
 _RESPONSE_KEYS = frozenset({"status", "headers", "content", "more_content"})
 
@@ -66,7 +67,7 @@ def check_header_pairs(headers: Any, where: str, framed: bool = False) -> None:
             raise InvalidMessage(f"{where}[{i}] must be [bytes, bytes], got {pair!r:.100}")
         if not framed:
             continue
-        if not _TOKEN_RE.match(pair[0]):
+        if not _TOKEN_RE.fullmatch(pair[0]):
             raise InvalidMessage(f"{where}[{i}]: header name {pair[0]!r:.60} is not an HTTP token")
         if _BAD_VALUE_RE.search(pair[1]):
             raise InvalidMessage(f"{where}[{i}]: header value {pair[1]!r:.60} contains CR, LF or NUL")
@@ -128,7 +129,7 @@ def encode_response_headers(headers: Any) -> List[Header]:
             name, value = pair[0].encode("latin-1"), pair[1].encode("latin-1")
         except UnicodeEncodeError:
             raise ValueError(f"WSGI response header {pair!r:.100} is not latin-1 (PEP 3333)") from None
-        if not _TOKEN_RE.match(name):
+        if not _TOKEN_RE.fullmatch(name):
             raise ValueError(f"WSGI response header name {pair[0]!r:.60} is not an HTTP token")
         if _BAD_VALUE_RE.search(value):
             raise ValueError(f"WSGI response header {pair[0]!r:.60} has CR, LF or NUL in its value")

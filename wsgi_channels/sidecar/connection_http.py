@@ -119,9 +119,10 @@ class HttpModeMixin:
             self.request_sent = True
             return
         self.request_sent = False
-        status = 413 if result == "too-large" else 503
+        status = {"too-large": 413, "invalid": 400}.get(result, 503)
         self._respond(status, simple_body(status, {"full": "too many requests waiting",
-                                                   "down": "channel layer unavailable"}.get(result, "")),
+                                                   "down": "channel layer unavailable",
+                                                   "invalid": "the request cannot be passed on"}.get(result, "")),
                       close=True)
 
     def _body_chunk(self, content: bytes, more: bool = False, closed: bool = False) -> None:
@@ -174,8 +175,9 @@ class HttpModeMixin:
         self.write(data + self.http.end_response())
         self._count_response(self.status, self.resp_bytes)
         if self.http.keep_alive and not self.sidecar.draining:
+            parked = self.resume is not None  # the reader waits (PIPELINE_LIMIT) and goes on itself
             self._next_request()
-            if not self.http.nothing_to_parse:
+            if not parked and not self.http.nothing_to_parse:
                 event = self.http.next_event()
                 if event is not h11.NEED_DATA:
                     gevent.spawn(self._pump_http, event)  # a pipelined request was waiting
