@@ -330,3 +330,103 @@ def test_pipelined_requests_beyond_the_bound_are_all_answered(tmp_path):
         c.close()
     finally:
         h.stop()
+
+
+# -- item 4: streamed responses with backpressure from the client to the worker --------------------
+
+@pytest.fixture(scope="module")
+def redis_url():
+    from servers import RedisServer
+
+    server = RedisServer().start()
+    yield server.url
+    server.stop()
+
+
+def _expected(n: int) -> bytes:
+    block = bytes(range(256)) * 256
+    return (block * (n // len(block) + 1))[:n]
+
+
+def fetch(port: int, target: str, rate: float = 0.0, stall: tuple[int, float] | None = None,
+          timeout: float = 60.0) -> tuple[int, bytes, bool]:
+    """GET ``target`` over a raw socket parsed with h11, reading at ``rate`` bytes/s (0: at full
+    speed); with ``stall=(n, seconds)``, reading nothing for ``seconds`` once ``n`` body bytes
+    arrived (its socket stays open), then the rest. (status, body, whether it was complete)."""
+    import h11
+
+    client = h11.Connection(h11.CLIENT)
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.sendall(client.send(h11.Request(method="GET", target=target, headers=[("host", "x")])))
+    s.sendall(client.send(h11.EndOfMessage()))
+    status, body, complete = 0, bytearray(), False
+    started = time.monotonic()
+    try:
+        while not complete:
+            event = client.next_event()
+            if event is h11.NEED_DATA:
+                if stall is not None and len(body) >= stall[0]:
+                    time.sleep(stall[1])
+                    stall = None
+                client.receive_data(s.recv(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if rate:
+                    ahead = len(body) / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            elif isinstance(event, h11.EndOfMessage):
+                complete = True
+    except (h11.RemoteProtocolError, ConnectionError):
+        pass  # closed before the end of the body
+    finally:
+        s.close()
+    return status, bytes(body), complete
+
+
+@pytest.mark.parametrize("rate", [0, 20_000_000], ids=["full-speed", "20MB-per-s"])
+@pytest.mark.parametrize("cl", ["0", "1"], ids=["chunked", "content-length"])
+def test_a_large_response_read_fast_arrives_whole(redis_url, tmp_path, cl, rate):
+    """50 MB read as fast as the client can, on loopback or over a 20 MB/s link: the worker
+    produces faster than either and used to overrun the sidecar's per-client buffer (the issue
+    saw 38.2 MB arrive). On an idle loopback the full-speed reader keeps up even without flow
+    control; the 20 MB/s one does not."""
+    size = 50_000_000
+    with fk.Stack(redis_url, tmp_path, sidecar_args=("--http", "layer")) as st:
+        status, body, complete = fetch(st.port, f"/bytes?n={size}&cl={cl}", rate=rate)
+        assert (status, len(body), complete) == (200, size, True)
+        assert body == _expected(size)
+        assert st.metrics().get("wsgi_channels_sidecar_slow_closed_total", 0) == 0
+
+
+def test_a_slow_reader_gets_the_whole_response_slowly(redis_url, tmp_path):
+    """20 MB read at 2 MB/s (10 s): the worker waits for credit instead of filling the sidecar's
+    buffer; it used to be cut off at about 4 MB as "client too slow"."""
+    size = 20_000_000
+    with fk.Stack(redis_url, tmp_path, sidecar_args=("--http", "layer")) as st:
+        t0 = time.monotonic()
+        status, body, complete = fetch(st.port, f"/bytes?n={size}", rate=2_000_000)
+        assert (status, len(body), complete) == (200, size, True)
+        assert body == _expected(size)
+        assert time.monotonic() - t0 > 8  # slowly, at the client's pace
+        assert "too slow" not in st.sidecar.log()
+
+
+@pytest.mark.parametrize("cl", ["0", "1"], ids=["chunked", "content-length"])
+def test_a_stalled_reader_is_closed_after_the_deadline_and_sees_a_truncated_response(redis_url, tmp_path, cl):
+    """A client that reads 1 MB and then nothing: after --http-timeout without progress the
+    sidecar closes it; the body it then reads ends without the last chunk (or short of the
+    Content-Length), which every HTTP client reports as an error. The worker gives up too."""
+    size = 200_000_000
+    with fk.Stack(redis_url, tmp_path, sidecar_args=("--http", "layer", "--http-timeout", "2")) as st:
+        status, body, complete = fetch(st.port, f"/bytes?n={size}&cl={cl}", stall=(1_000_000, 6.0))
+        assert status == 200 and not complete and 1_000_000 <= len(body) < 60_000_000, len(body)
+        assert body == _expected(len(body))  # what arrived is right, only the end is missing
+        assert "stalled for 2s" in st.sidecar.log()  # closed by the deadline, within the 6 s
+        assert "too slow" not in st.sidecar.log()
+        for w in st.workers:
+            w.wait_for_log("response abandoned: the client read nothing", timeout=15)
+        assert requests.get(f"http://127.0.0.1:{st.port}/hello", timeout=10).text == "hello"

@@ -23,6 +23,9 @@ __all__ = [
     "ResponseEncoder",
     "validate_websocket_send",
     "WEBSOCKET_SEND_KEYS",
+    "FLOW_KEY",
+    "ResponseFlow",
+    "response_flow",
 ]
 
 #: Largest ``content`` of one response message made by :class:`ResponseEncoder` (bytes).
@@ -224,6 +227,38 @@ class ResponseEncoder:
         self._emit(self._pending + data if self._pending else data, out, last=True)
         self._pending = b""
         return out
+
+
+# -- response flow control (docs/protocol.md) ------------------------------------------------
+
+#: Reserved key of an ``http.request`` by which a server offers response flow control:
+#: ``{"channel": "<credit channel ?>", "window": bytes, "timeout": seconds}``.
+FLOW_KEY = "__wsc_flow"
+
+
+class ResponseFlow(TypedDict):
+    channel: str
+    window: int
+    timeout: float
+
+
+def response_flow(request: Any) -> Optional[ResponseFlow]:
+    """The flow control a server offers in an ``http.request`` (its :data:`FLOW_KEY`), or None.
+
+    With it, a consumer keeps at most ``window`` response content bytes sent and not yet
+    acknowledged: past that it waits for a ``{"acked": n}`` message on ``channel`` (``n``
+    counts the response's content bytes the server has passed on to its client), up to
+    ``timeout`` seconds for each. A missing or malformed value means no flow control
+    (streaming as before), so a server that does not offer it changes nothing.
+    """
+    flow = request.get(FLOW_KEY) if isinstance(request, dict) else None
+    if not isinstance(flow, dict):
+        return None
+    channel, window, timeout = flow.get("channel"), flow.get("window"), flow.get("timeout")
+    if (not isinstance(channel, str) or "?" not in channel or type(window) is not int or window < 1
+            or not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0):
+        return None
+    return {"channel": channel, "window": window, "timeout": float(timeout)}
 
 
 # -- WebSocket ------------------------------------------------------------------------------

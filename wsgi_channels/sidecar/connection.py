@@ -225,6 +225,8 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
                 self.sock.sendall(chunk)
                 self.out.popleft()
                 self.out_bytes -= len(chunk)
+                if self.flow is not None:
+                    self._drained()  # HTTP response flow control (connection_http)
         except OSError:
             self.abort()
         finally:
@@ -547,6 +549,12 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
             if not self.response_started:
                 self._respond(504, simple_body(504, "no response from the application in time"), close=True)
             else:
+                # No response byte arrived or drained for http_timeout: the app or the client
+                # stalled. Closing mid-response is what the client can recognise (a chunked
+                # body without its last chunk, or fewer bytes than Content-Length).
+                self.sidecar.stats.dropped["http_response_stalled"] += 1
+                log.info("closing %s: response to \"%s\" stalled for %.0fs (%d bytes queued)", self.peer,
+                         self.request_line, self.sidecar.config.http_timeout, self.out_bytes)
                 self.abort()
         elif state is CLOSING:
             self.abort()
