@@ -131,8 +131,6 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
                 self.sidecar.stats.bytes_in += len(data)
                 if self.ws is not None:
                     self._on_ws_data(data)
-                elif self.state is CLOSING:
-                    continue  # discard what arrives after our final response (lingering close)
                 elif self.state is CONNECTING:
                     # Frames before our 101 are kept for the session, within a bound.
                     self.body_size += len(data)
@@ -262,6 +260,7 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
         if self.state is not DONE:
             self.state = CLOSING
             self.deadline = time.monotonic() + _CLOSE_WAIT
+            self.body_size = 0  # counts what is discarded from now on (_on_http_data)
             self._resume_reading()
         self.close_after_flush = True
         if not self.out:
@@ -336,6 +335,14 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
 
     def _on_http_data(self, data: bytes) -> None:
         """Bytes from an HTTP client (not yet a WebSocket): parse, act on every event."""
+        if self.state is CLOSING:
+            # Our final response is out (lingering close): what arrives is discarded, up to the
+            # size of a request body (a client finishing an upload we refused then reads our
+            # answer), so a client cannot keep the sidecar reading junk for the whole close wait.
+            self.body_size += len(data)
+            if self.body_size > max(_LINGER_BYTES, self.sidecar.config.max_request_body):
+                self.abort()
+            return
         if self.state is HEAD and not self.partial:
             self.partial = True
             # A request head has its deadline from its first byte, also on a kept-alive socket
