@@ -24,7 +24,6 @@ import gevent
 import h11
 
 from ..exceptions import InvalidMessage
-from ..layers.base import new_local_channel
 from ..responses import FLOW_KEY, validate_response_message
 from ..translation import InvalidRequest, build_request_message
 from ._connbase import _LAYER_RETRY_SECONDS, DONE, HTTP_BODY, log
@@ -33,7 +32,7 @@ from .http import header_value, request_info, simple_body
 __all__ = ["HttpModeMixin", "flow_window"]
 
 _FRAMING = (b"content-length", b"transfer-encoding")
-#: Credit channels: this prefix plus a random suffix, one per request.
+#: Credit channels: this prefix plus the random suffix of the request's reply channel.
 _CREDIT_PREFIX = "http.response.credit?"
 #: The largest flow-control window (bytes a consumer may have sent and not had acknowledged).
 MAX_FLOW_WINDOW = 1024 * 1024
@@ -79,7 +78,9 @@ class HttpModeMixin:
         self.path = message["path"]
         if request.method != b"HEAD":
             window = flow_window(config.max_outgoing_buffer)
-            channel = new_local_channel(_CREDIT_PREFIX)
+            # The reply channel's random suffix names the credit channel too: unique per
+            # request, known only to whoever has the reply channel, and no token to draw.
+            channel = _CREDIT_PREFIX + self.reply_channel.rpartition("!")[2]
             self.flow = (channel, window)
             message[FLOW_KEY] = {"channel": channel, "window": window,  # type: ignore[literal-required]
                                  "timeout": config.http_timeout}
@@ -212,7 +213,6 @@ class HttpModeMixin:
                     gevent.spawn(self._pump_http, event)  # a pipelined request was waiting
         else:
             self._close_soon()
-
 
     # -- response flow control ------------------------------------------------------------------
 
