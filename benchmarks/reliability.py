@@ -305,7 +305,11 @@ def write_doc(rows: list, args, started: float, path: Path) -> None:
     if args.soak_minutes < 30:
         lines.insert(-1, f"The soak above ran {args.soak_minutes:g} minutes (time was short on this run); "
                      "`--soak` runs the full 30.")
-    path.write_text("\n".join(lines) + "\n")
+    if path.exists():  # sections from other scripts (## headings, after the notes) are kept as they are
+        kept = path.read_text().split("\n## ", 1)
+        if len(kept) == 2:
+            lines += ["## " + kept[1].rstrip("\n"), ""]
+    path.write_text("\n".join(lines).rstrip("\n") + "\n")
 
 
 NOTES = [

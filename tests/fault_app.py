@@ -9,7 +9,8 @@ Two halves, as in production:
   G on connect and leaves it on disconnect, and echoes text frames; ``http.request``
   runs ``http_app`` (``/pid`` names the worker process, ``/slow?s=S`` records the
   pid in ``$FAULT_APP_PIDFILE`` then sleeps, ``/boom`` raises with a secret in
-  the message, anything else says hello).
+  the message, ``/bytes?n=N`` streams N bytes in 64 KiB blocks, with ``&cl=1`` under
+  a ``Content-Length``, anything else says hello).
 
 ``group_of(path)`` maps a WebSocket path to its group name.
 """
@@ -64,10 +65,23 @@ def http_app(environ, start_response):
         body = b"slept"
     elif path == "/boom":
         raise RuntimeError(f"application failure carrying {SECRET}")
+    elif path == "/bytes":
+        return _stream_bytes(int(params.get("n", "0")), params.get("cl") == "1", start_response)
     else:
         body = b"hello"
     start_response("200 OK", [("Content-Type", "text/plain"), ("X-Pid", str(os.getpid()))])
     return [body]
+
+
+def _stream_bytes(n: int, content_length: bool, start_response):
+    """``n`` bytes of a repeating pattern (so truncation and reordering both show), 64 KiB a block."""
+    headers = [("Content-Type", "application/octet-stream")]
+    if content_length:
+        headers.append(("Content-Length", str(n)))
+    start_response("200 OK", headers)
+    block = bytes(range(256)) * 256
+    for start in range(0, n, len(block)):
+        yield block[: min(len(block), n - start)]
 
 
 def ws_connect(message) -> None:

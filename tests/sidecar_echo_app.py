@@ -13,8 +13,8 @@ that answers ``websocket.*`` and ``http.request`` messages by path:
   ``/_test/disconnects``;
 - HTTP (``--http layer``): ``/echo-body`` answers with the request body, ``/stream`` streams
   three chunks, ``/never`` never answers, ``/slowpoke?S`` blocks the consumer S seconds,
-  ``/slow-reply?S`` answers after S seconds without blocking it; anything else answers
-  with a JSON summary of the request.
+  ``/slow-reply?S`` answers after S seconds without blocking it; ``/headers`` answers with
+  the request's headers as JSON pairs; anything else answers with a JSON summary of the request.
 - Capacities: ``websocket.connect`` and ``http.request`` hold 5 messages, ``websocket.receive`` 100.
 
 Usage: python tests/sidecar_echo_app.py PORT [sidecar flags...]
@@ -99,6 +99,10 @@ def handle(layer, sidecar, channel, m, bodies):
             layer.send(rc, {"content": b"three", "more_content": False})
         elif path == "/never":
             pass
+        elif path == "/headers":
+            pairs = [[n.decode("latin-1"), v.decode("latin-1")] for n, v in m["headers"]]
+            layer.send(rc, {"status": 200, "headers": [[b"content-type", b"application/json"]],
+                            "content": json.dumps(pairs).encode()})
         elif path == "/slowpoke":
             gevent.sleep(float(m["query_string"] or b"1"))
             layer.send(rc, {"status": 200, "content": b"finally"})

@@ -427,3 +427,103 @@ def test_property_body_stream(body, cuts, reads):
     got += stream.read()
     assert got == body
     assert stream.read(10) == b"" and stream.readline() == b""
+
+
+# -- response flow control (the sidecar's __wsc_flow offer) ---------------------------------------
+
+def _pattern_app(size):
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        block = bytes(range(256)) * 64
+        return (block[: min(len(block), size - i)] for i in range(0, size, len(block)))
+    return app
+
+
+def test_response_flow_control_keeps_at_most_a_window_unacknowledged():
+    """With the server's offer, the consumer never has more than a window of the response sent
+    and not acknowledged: a server acknowledging as its (slow) client reads gets it all."""
+    from wsgi_channels.responses import FLOW_KEY
+
+    layer = MemoryChannelLayer(capacity=1000)
+    size, window = 1_000_000, 100_000
+    client = channel_client(_pattern_app(size), layer)
+    message = client.http_message("GET", "/")
+    credit = layer.new_channel("http.response.credit?")
+    message[FLOW_KEY] = {"channel": credit, "window": window, "timeout": 5.0}
+    got, worst, granted, burst = [], [0], [0], [0]
+    done = threading.Event()
+
+    def grant():
+        received = sum(len(x["content"]) for x in got)
+        worst[0] = max(worst[0], received - granted[0])
+        if received - granted[0] >= window // 2:
+            granted[0] = received
+            layer.send(credit, {"acked": received})
+
+    def server():  # passes the response on slowly, acknowledging as the sidecar does
+        time.sleep(0.5)  # the consumer runs ahead as far as it may: what waits is at most a window
+        while True:
+            ch, m = layer.receive([message["reply_channel"]], block=False)
+            if ch is None:
+                break
+            got.append(m)
+        burst[0] = sum(len(x["content"]) for x in got)
+        grant()
+        more = not got or got[-1].get("more_content", False)
+        while more and not done.is_set():
+            ch, m = layer.receive([message["reply_channel"]], block=True, timeout=0.5)
+            if ch is None:
+                continue
+            got.append(m)
+            more = m.get("more_content", False)
+            time.sleep(0.002)
+            grant()
+
+    t = threading.Thread(target=server, daemon=True)
+    t.start()
+    client.send_and_consume("http.request", message)
+    t.join(10)
+    done.set()
+    assert b"".join(m["content"] for m in got) == (bytes(range(256)) * 64 * 100)[:size]
+    assert 0 < burst[0] <= window, burst[0]
+    assert 0 < worst[0] <= window, worst[0]
+    assert all(len(m["content"]) <= window // 2 for m in got)
+
+
+def test_response_flow_control_gives_up_when_no_credit_comes(caplog):
+    """A client that stopped reading: no credit within the server's timeout (plus a margin)
+    abandons the response and closes the app's iterable, freeing the worker thread."""
+    from wsgi_channels.responses import FLOW_KEY
+
+    layer = MemoryChannelLayer(capacity=1000)
+    bare_app.CLOSED.clear()
+
+    def endless(environ, start_response):
+        start_response("200 OK", [])
+        return bare_app.Closing("endless", [b"x" * 10000] * 1000)
+
+    client = channel_client(endless, layer)
+    message = client.http_message("GET", "/")
+    message[FLOW_KEY] = {"channel": layer.new_channel("http.response.credit?"), "window": 50000, "timeout": 0.3}
+    t0 = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        client.send_and_consume("http.request", message)
+    assert time.monotonic() - t0 < 3
+    assert "read nothing" in caplog.text and bare_app.CLOSED == ["endless"]
+    assert sum(len(m["content"]) for m in client.drain(message["reply_channel"])) <= 50000
+
+
+def test_a_malformed_flow_offer_means_no_flow_control():
+    from wsgi_channels.responses import FLOW_KEY, response_flow
+
+    assert response_flow({FLOW_KEY: {"channel": "c?x", "window": 10, "timeout": 1}}) == \
+        {"channel": "c?x", "window": 10, "timeout": 1.0}
+    for bad in (None, "c?x", {"channel": "c?x"}, {"channel": "cx", "window": 10, "timeout": 1},
+                {"channel": "c?x", "window": True, "timeout": 1}, {"channel": "c?x", "window": 10, "timeout": 0}):
+        assert response_flow({FLOW_KEY: bad}) is None, bad
+    layer = MemoryChannelLayer(capacity=1000)
+    client = channel_client(_pattern_app(300_000), layer)
+    message = client.http_message("GET", "/")
+    message[FLOW_KEY] = {"channel": "nonsense"}
+    client.send_and_consume("http.request", message)  # streams as before, without waiting
+    assert sum(len(m["content"]) for m in client.drain(message["reply_channel"])) == 300_000

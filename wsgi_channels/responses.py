@@ -23,6 +23,9 @@ __all__ = [
     "ResponseEncoder",
     "validate_websocket_send",
     "WEBSOCKET_SEND_KEYS",
+    "FLOW_KEY",
+    "ResponseFlow",
+    "response_flow",
 ]
 
 #: Largest ``content`` of one response message made by :class:`ResponseEncoder` (bytes).
@@ -40,7 +43,8 @@ class HttpResponseMessage(TypedDict, total=False):
 
 # -- responses ------------------------------------------------------------------------------
 
-_TOKEN_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Used with fullmatch: "$" would also match before a trailing newline ("X-A\n" passing as a token).
+_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE_RE = re.compile(rb"[\x00\r\n]")
 _RESPONSE_KEYS = frozenset({"status", "headers", "content", "more_content"})
 
@@ -66,7 +70,7 @@ def check_header_pairs(headers: Any, where: str, framed: bool = False) -> None:
             raise InvalidMessage(f"{where}[{i}] must be [bytes, bytes], got {pair!r:.100}")
         if not framed:
             continue
-        if not _TOKEN_RE.match(pair[0]):
+        if not _TOKEN_RE.fullmatch(pair[0]):
             raise InvalidMessage(f"{where}[{i}]: header name {pair[0]!r:.60} is not an HTTP token")
         if _BAD_VALUE_RE.search(pair[1]):
             raise InvalidMessage(f"{where}[{i}]: header value {pair[1]!r:.60} contains CR, LF or NUL")
@@ -128,7 +132,7 @@ def encode_response_headers(headers: Any) -> List[Header]:
             name, value = pair[0].encode("latin-1"), pair[1].encode("latin-1")
         except UnicodeEncodeError:
             raise ValueError(f"WSGI response header {pair!r:.100} is not latin-1 (PEP 3333)") from None
-        if not _TOKEN_RE.match(name):
+        if not _TOKEN_RE.fullmatch(name):
             raise ValueError(f"WSGI response header name {pair[0]!r:.60} is not an HTTP token")
         if _BAD_VALUE_RE.search(value):
             raise ValueError(f"WSGI response header {pair[0]!r:.60} has CR, LF or NUL in its value")
@@ -223,6 +227,38 @@ class ResponseEncoder:
         self._emit(self._pending + data if self._pending else data, out, last=True)
         self._pending = b""
         return out
+
+
+# -- response flow control (docs/protocol.md) ------------------------------------------------
+
+#: Reserved key of an ``http.request`` by which a server offers response flow control:
+#: ``{"channel": "<credit channel ?>", "window": bytes, "timeout": seconds}``.
+FLOW_KEY = "__wsc_flow"
+
+
+class ResponseFlow(TypedDict):
+    channel: str
+    window: int
+    timeout: float
+
+
+def response_flow(request: Any) -> Optional[ResponseFlow]:
+    """The flow control a server offers in an ``http.request`` (its :data:`FLOW_KEY`), or None.
+
+    With it, a consumer keeps at most ``window`` response content bytes sent and not yet
+    acknowledged: past that it waits for a ``{"acked": n}`` message on ``channel`` (``n``
+    counts the response's content bytes the server has passed on to its client), up to
+    ``timeout`` seconds for each. A missing or malformed value means no flow control
+    (streaming as before), so a server that does not offer it changes nothing.
+    """
+    flow = request.get(FLOW_KEY) if isinstance(request, dict) else None
+    if not isinstance(flow, dict):
+        return None
+    channel, window, timeout = flow.get("channel"), flow.get("window"), flow.get("timeout")
+    if (not isinstance(channel, str) or "?" not in channel or type(window) is not int or window < 1
+            or not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0):
+        return None
+    return {"channel": channel, "window": window, "timeout": float(timeout)}
 
 
 # -- WebSocket ------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ __all__ = [
     "BodyChunkMessage",
     "HTTP_VERSIONS",
     "split_target",
+    "target_authority",
+    "target_path",
     "build_request_message",
     "environ_to_request_message",
     "request_message_to_environ",
@@ -90,11 +92,28 @@ class BodyChunkMessage(TypedDict, total=False):
 
 # -- request target -------------------------------------------------------------------------
 
-_ABSOLUTE_RE = re.compile(rb"^[A-Za-z][A-Za-z0-9+.\-]*://[^/?#]*")
+_ABSOLUTE_RE = re.compile(rb"[A-Za-z][A-Za-z0-9+.\-]*://([^/?#]*)")
 _BAD_TARGET_BYTES = re.compile(rb"[\x00-\x20\x7f]")
 # The methods the contract accepts: upper-case letters and hyphens (GET, M-SEARCH, VERSION-CONTROL).
 # Other RFC 9110 tokens ("G.T", "X_1") are refused with 400 rather than handed to applications.
 _METHOD_RE = re.compile(r"^[A-Z][A-Z-]*\Z")
+
+
+def _shown(data: bytes) -> str:
+    """A client's bytes quoted for an error message: the text, never a ``b'...'`` repr."""
+    return repr(data[:100].decode("latin-1"))
+
+
+def target_authority(target: bytes) -> Optional[bytes]:
+    """The authority (``host[:port]``) of an absolute-form target (``http://host/path``), else None.
+
+    RFC 9112 3.2.2: a server that gets an absolute-form target uses its authority as the
+    request's host and ignores the ``Host`` header.
+    """
+    if target[:1] == b"/":
+        return None
+    m = _ABSOLUTE_RE.match(target)
+    return None if m is None else m.group(1)
 
 
 def split_target(target: bytes) -> Tuple[str, bytes]:
@@ -103,8 +122,9 @@ def split_target(target: bytes) -> Tuple[str, bytes]:
     ``path`` is percent-decoded and UTF-8 decoded; ``query_string`` stays raw.
     Origin-form (``/a?b``), absolute-form (``http://host/a?b``, used towards
     proxies and allowed by RFC 9112 3.2.2) and asterisk-form (``*``) are
-    accepted; a fragment is dropped. Anything else, control characters, or a
-    path that is not UTF-8 after decoding raises :class:`InvalidRequest`.
+    accepted; a fragment is dropped. Anything else, control characters, a
+    ``%00`` (which would put a NUL in ``PATH_INFO``), or a path that is not
+    UTF-8 after decoding raises :class:`InvalidRequest`.
     """
     if not isinstance(target, (bytes, bytearray)):
         raise InvalidRequest(f"request target must be bytes, not {type(target).__name__}")
@@ -112,7 +132,7 @@ def split_target(target: bytes) -> Tuple[str, bytes]:
     if not target:
         raise InvalidRequest("empty request target")
     if _BAD_TARGET_BYTES.search(target):
-        raise InvalidRequest(f"request target {target[:100]!r} contains a space or control character")
+        raise InvalidRequest(f"request target {_shown(target)} contains a space or control character")
     if target == b"*":
         return "*", b""
     raw = target
@@ -120,7 +140,7 @@ def split_target(target: bytes) -> Tuple[str, bytes]:
         m = _ABSOLUTE_RE.match(raw)
         if m is None:
             raise InvalidRequest(
-                f"request target {target[:100]!r} is neither origin-form (/path?query) "
+                f"request target {_shown(target)} is neither origin-form (/path?query) "
                 "nor absolute-form (http://host/path?query)"
             )
         raw = raw[m.end():]
@@ -128,13 +148,33 @@ def split_target(target: bytes) -> Tuple[str, bytes]:
             raw = b"/" + raw
     raw, _, _fragment = raw.partition(b"#")
     raw_path, _, query = raw.partition(b"?")
+    decoded = unquote_to_bytes(raw_path)
+    if b"\x00" in decoded:
+        raise InvalidRequest(f"request path {_shown(raw_path)} holds %00: a NUL cannot be part of a path")
     try:
-        path = unquote_to_bytes(raw_path).decode("utf-8")
+        path = decoded.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InvalidRequest(
-            f"request path {raw_path[:100]!r} is not UTF-8 once percent-decoded ({e.reason} at byte {e.start})"
+            f"request path {_shown(raw_path)} is not UTF-8 once percent-decoded ({e.reason} at byte {e.start})"
         ) from None
     return path, query
+
+
+def target_path(target: bytes) -> bytes:
+    """The raw (not percent-decoded) path of any request target form, for matching routes the
+    server answers itself (health, static files): ``http://host/_health?x`` -> ``/_health``."""
+    if target[:1] != b"/":
+        m = _ABSOLUTE_RE.match(target)
+        if m is not None:
+            target = target[m.end():]
+            if not target.startswith(b"/"):
+                target = b"/" + target
+    end = len(target)
+    for sep in (b"?", b"#"):
+        i = target.find(sep)
+        if 0 <= i < end:
+            end = i
+    return target[:end]
 
 
 # -- building and checking http.request -----------------------------------------------------

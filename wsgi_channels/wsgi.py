@@ -14,7 +14,12 @@ Outcomes a client sees:
   the response is abandoned (the server's timeout then closes the connection,
   so a truncated body is never mistaken for a complete one);
 - the reply channel stays full for ``send_timeout`` seconds: the response is
-  abandoned and the app's iterable closed, so a dead client cannot hold a worker.
+  abandoned and the app's iterable closed, so a dead client cannot hold a worker;
+- when the server offers flow control (the sidecar does: ``__wsc_flow`` in the
+  request, see ``docs/protocol.md``), at most a window of the response is sent
+  ahead of what the client has read; the consumer waits for credit, and abandons
+  the response when none comes for the timeout the server named (the client
+  stopped reading). A slow client then gets its whole response, slowly.
 
 The app's iterable is always closed (``close()``), as PEP 3333 requires.
 """
@@ -29,7 +34,8 @@ from typing import Any, Callable, Iterable, List, Optional
 from .consumer import DEFAULT_SEND_TIMEOUT, given_up, hand_over_last, send_with_retry
 from .exceptions import ChannelsError, InvalidMessage, LayerUnavailable
 from .message import Message
-from .responses import DEFAULT_CHUNK_SIZE, ResponseEncoder, encode_response_headers, parse_status
+from .responses import (DEFAULT_CHUNK_SIZE, ResponseEncoder, ResponseFlow, encode_response_headers, parse_status,
+                        response_flow)
 from .translation import request_message_to_environ, validate_body_chunk, validate_request_message
 
 __all__ = ["WsgiConsumer", "FileWrapper", "BodyStream", "RequestBodyError", "DEFAULT_MAX_BODY_SIZE"]
@@ -43,6 +49,10 @@ _TEXT = [[b"content-type", b"text/plain; charset=utf-8"]]
 #: size limit, so it cannot fail there for being too large (larger ones are sent at once,
 #: where a failure still reaches the app's error handling).
 _HAND_OVER_MAX = 64 * 1024
+#: Most seconds a consumer waits for credit beyond the timeout the server named (it waits
+#: twice that timeout when shorter), so that the server's own deadline, which closes the
+#: client, comes first.
+_CREDIT_MARGIN = 5.0
 
 
 def _size(message: dict) -> int:
@@ -185,16 +195,17 @@ class FileWrapper:
 
 
 class _ResponseAbandoned(Exception):
-    pass
+    """The response cannot go on (the reply channel stayed full, the client stopped reading)."""
 
 
 class _Response:
     """The state of one response: start_response, write() and the encoder, sending as it goes."""
 
     __slots__ = ("consumer", "layer", "reply", "head", "status_line", "headers", "encoder", "sent_any",
-                 "aborted")
+                 "aborted", "flow", "sent", "acked")
 
-    def __init__(self, consumer: "WsgiConsumer", layer: Any, reply: str, head: bool) -> None:
+    def __init__(self, consumer: "WsgiConsumer", layer: Any, reply: str, head: bool,
+                 flow: Optional[ResponseFlow] = None) -> None:
         self.consumer = consumer
         self.layer = layer
         self.reply = reply
@@ -204,6 +215,9 @@ class _Response:
         self.encoder: Optional[ResponseEncoder] = None
         self.sent_any = False
         self.aborted = False
+        self.flow = flow  # the server's flow control offer, or None (stream as fast as the app makes it)
+        self.sent = 0  # content bytes sent
+        self.acked = 0  # content bytes the server says it has passed on
 
     def start_response(self, status: str, headers: List[tuple], exc_info: Any = None) -> Callable[[bytes], None]:
         if exc_info is not None:
@@ -217,7 +231,10 @@ class _Response:
         code = parse_status(status)
         encoded = encode_response_headers(headers)
         self.status_line, self.headers = status, encoded
-        self.encoder = ResponseEncoder(code, encoded, self.consumer.chunk_size)
+        chunk_size = self.consumer.chunk_size
+        if self.flow is not None:  # messages of at most half a window keep the pipe full while waiting
+            chunk_size = max(1, min(chunk_size, self.flow["window"] // 2))
+        self.encoder = ResponseEncoder(code, encoded, chunk_size)
         return self.write
 
     def write(self, data: bytes) -> None:
@@ -227,7 +244,13 @@ class _Response:
 
     def _send(self, messages: list) -> None:
         timeout = self.consumer.send_timeout
+        flow = self.flow
         for m in messages:
+            size = len(m["content"])
+            if flow is not None:
+                if self.sent > self.acked and self.sent - self.acked + size > flow["window"]:
+                    self._wait_for_credit(flow, size)
+                self.sent += size
             # The response's last message (only the last has more_content False): a worker with
             # a batched sender sends it together with other threads' responses (one round trip
             # for many under load).
@@ -235,8 +258,29 @@ class _Response:
                 and hand_over_last(self.layer, self.reply, m, timeout)
             if not handed_over and not send_with_retry(self.layer, self.reply, m, timeout):
                 self.aborted = True
-                raise _ResponseAbandoned()
+                raise _ResponseAbandoned(f"reply channel {self.reply!r} stayed full for {timeout:.1f}s")
             self.sent_any = True
+
+    def _wait_for_credit(self, flow: ResponseFlow, size: int) -> None:
+        """Wait until ``size`` more bytes fit in the window; abandon the response when no credit
+        comes for the server's timeout (the client stopped reading)."""
+        timeout = flow["timeout"] + min(_CREDIT_MARGIN, flow["timeout"])
+        deadline = time.monotonic() + timeout
+        while self.sent > self.acked and self.sent - self.acked + size > flow["window"]:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.aborted = True
+                raise _ResponseAbandoned(f"the client read nothing for {timeout:.0f}s "
+                                         f"({self.sent - self.acked} bytes unacknowledged)")
+            try:
+                channel, credit = self.layer.receive([flow["channel"]], block=True, timeout=min(remaining, 1.0))
+            except LayerUnavailable:
+                time.sleep(min(0.1, remaining))
+                continue
+            acked = credit.get("acked") if channel is not None and isinstance(credit, dict) else None
+            if type(acked) is int and acked > self.acked:
+                self.acked = acked
+                deadline = time.monotonic() + timeout  # the client reads: a new deadline
 
     def feed(self, data: bytes) -> None:
         if self.encoder is None:
@@ -289,12 +333,12 @@ class WsgiConsumer:
                 self._simple(layer, reply, 400, b"Bad Request\n")
             return
         assert isinstance(reply, str)  # checked by validate_request_message
-        response = _Response(self, layer, reply, content["method"] == "HEAD")
+        response = _Response(self, layer, reply, content["method"] == "HEAD", response_flow(content))
         try:
             self._run(message, content, layer, response)
-        except _ResponseAbandoned:
+        except _ResponseAbandoned as e:
             if not given_up():  # else the worker's time limit answered the client and logged it
-                log.warning("reply channel %r stayed full for %.1fs: response abandoned", reply, self.send_timeout)
+                log.warning("response abandoned: %s", e)
 
     def _simple(self, layer: Any, reply: str, status: int, body: bytes) -> None:
         send_with_retry(layer, reply, {"status": status, "headers": _TEXT, "content": body, "more_content": False},

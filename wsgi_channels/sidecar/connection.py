@@ -37,16 +37,18 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import gevent
+import gevent.event
 import h11
 
 from ..exceptions import ChannelFull, MessageTooLarge
+from ..translation import target_authority, target_path
 from . import websocket as ws_proto
 from ._connbase import (_CLOSE_WAIT, _LAYER_RETRY_SECONDS, _LINGER_BYTES, _LINGER_SECONDS, _RECV_SIZE, _TURN,
                         CLOSING, CONNECTING, DONE, HEAD, HTTP_BODY, LAYER_SLOT_TIMEOUT, OPEN, access_log, addr,
                         let_others_run, log)
 from .connection_http import HttpModeMixin
 from .connection_ws import FrameCache, WebSocketMixin
-from .http import HttpConnection, HttpError, simple_body
+from .http import HttpConnection, HttpError, head_problem, simple_body
 
 if TYPE_CHECKING:  # pragma: no cover
     from .server import Sidecar
@@ -58,6 +60,15 @@ _STATUS_CLASS = {n: f"{n}xx" for n in range(1, 6)}
 #: Work units of a request the sidecar answers itself (health, static files, errors): about
 #: 40 us of parsing and answering; 4 of them make a turn.
 _REQUEST_COST = _TURN // 4
+#: HTTP: bytes a client may send ahead (pipelined requests) while a response is pending; past
+#: it the connection stops reading until the response ends. h11 then holds at most this plus
+#: one ``recv`` (``_RECV_SIZE``) per connection.
+PIPELINE_LIMIT = 64 * 1024
+#: Seconds a reader parked by :data:`PIPELINE_LIMIT` sleeps before it checks its state again
+#: (it is woken at once when the response ends or the connection closes).
+_PARKED_CHECK = 1.0
+#: Seconds a connection that timed out (408) waits for the client to close before it is dropped.
+_TIMED_OUT_LINGER = 1.0
 
 
 class ClientConnection(HttpModeMixin, WebSocketMixin):
@@ -67,7 +78,8 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
                  "ping_sent", "reply_channel", "upgrade", "path", "order", "connect_sent", "disconnect_sent",
                  "out", "out_bytes", "writer", "aborted", "request_started", "body_channel", "body_buffer",
                  "body_size", "request_sent", "response_started", "request_line", "status", "greenlet",
-                 "close_after_flush", "started", "partial", "resp_bytes", "credit")
+                 "close_after_flush", "started", "partial", "resp_bytes", "credit", "resume", "flow",
+                 "granted")
 
     def __init__(self, sidecar: "Sidecar", sock: socket.socket, peer: Any) -> None:
         self.sidecar = sidecar
@@ -108,6 +120,9 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
         self.partial = False  # bytes of a request head have arrived
         self.resp_bytes = 0
         self.credit = _TURN  # work left in this turn (see _pace)
+        self.resume: gevent.event.Event | None = None  # set while the reader is parked (_may_read)
+        self.flow: tuple[str, int] | None = None  # HTTP response flow control: (credit channel, window)
+        self.granted = 0  # response bytes acknowledged to the consumer on the credit channel
 
     # -- the reading greenlet -------------------------------------------------------------------
 
@@ -116,6 +131,8 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
         sock = self.sock
         try:
             while self.state is not DONE:
+                if not self._may_read():
+                    continue
                 try:
                     data = sock.recv(_RECV_SIZE)
                 except OSError:
@@ -129,8 +146,6 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
                 self.sidecar.stats.bytes_in += len(data)
                 if self.ws is not None:
                     self._on_ws_data(data)
-                elif self.state is CLOSING:
-                    pass  # discard what arrives after our final response (lingering close)
                 elif self.state is CONNECTING:
                     # Frames before our 101 are kept for the session, within a bound.
                     self.body_size += len(data)
@@ -139,9 +154,7 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
                     else:
                         self.http.receive_data(data)
                 else:
-                    self.partial = self.partial or self.state is HEAD
-                    self.http.receive_data(data)
-                    self._pump_http()
+                    self._on_http_data(data)
                 self._pace(len(data))
         except Exception:  # one bad client never takes the process down
             log.exception("sidecar connection from %s failed", self.peer)
@@ -253,6 +266,8 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
                     out.popleft()
                 else:
                     out[0] = memoryview(chunk)[sent:]
+                if self.flow is not None:
+                    self._drained()  # HTTP response flow control (connection_http)
         except OSError:
             self.abort()
         finally:
@@ -305,6 +320,7 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
             return
         self.aborted = True
         self._drop_queue()
+        self._resume_reading()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -316,6 +332,8 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
         if self.state is not DONE:
             self.state = CLOSING
             self.deadline = time.monotonic() + _CLOSE_WAIT
+            self.body_size = 0  # counts what is discarded from now on (_on_http_data)
+            self._resume_reading()
         self.close_after_flush = True
         if not self.out:
             self._shutdown_write()
@@ -358,6 +376,11 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
             return "full"
         if isinstance(error, MessageTooLarge):
             return "too-large"
+        if isinstance(error, (TypeError, ValueError)):
+            # The message itself was refused (InvalidMessage, a bad name): that request's
+            # problem, never a sign that the layer is down for everyone else.
+            log.error("message for %s refused by the channel layer: %s", channel, error)
+            return "invalid"
         sidecar.layer_failed(error)
         return "down"
 
@@ -382,13 +405,53 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
 
     # -- HTTP -----------------------------------------------------------------------------------
 
+    def _on_http_data(self, data: bytes) -> None:
+        """Bytes from an HTTP client (not yet a WebSocket): parse, act on every event."""
+        if self.state is CLOSING:
+            # Our final response is out (lingering close): what arrives is discarded, up to the
+            # size of a request body (a client finishing an upload we refused then reads our
+            # answer), so a client cannot keep the sidecar reading junk for the whole close wait.
+            self.body_size += len(data)
+            if self.body_size > max(_LINGER_BYTES, self.sidecar.config.max_request_body):
+                self.abort()
+            return
+        if self.state is HEAD and not self.partial:
+            self.partial = True
+            # A request head has its deadline from its first byte, also on a kept-alive socket
+            # (whose idle allowance is longer): a head dripped in byte by byte is cut off after
+            # handshake_timeout, not after the idle allowance.
+            self.deadline = min(self.deadline, time.monotonic() + self.sidecar.config.handshake_timeout)
+        self.http.receive_data(data)
+        self._pump_http()
+
+    def _may_read(self) -> bool:
+        """Whether the reader may ``recv`` now; False (after waiting, bounded) to check again.
+
+        An HTTP client that has sent :data:`PIPELINE_LIMIT` bytes more than its pending
+        requests is not read from until the response ends: what it sends meanwhile waits in
+        the kernel's buffers (TCP flow control holds it back), not in ours.
+        """
+        if self.state is not HTTP_BODY or self.http.unparsed < PIPELINE_LIMIT:
+            return True
+        resume = self.resume = gevent.event.Event()
+        try:
+            resume.wait(_PARKED_CHECK)
+        finally:
+            self.resume = None
+        if self.state is HEAD and not self.http.nothing_to_parse:
+            self._pump_http()  # the response ended: the requests held back go on from here
+        return False
+
+    def _resume_reading(self) -> None:
+        resume = self.resume
+        if resume is not None:
+            resume.set()
+
     def _pump_http(self, event: Any = None) -> None:
         """Handle every event the parser has; stop when it needs data or waits for us."""
         http = self.http
         while self.state is HEAD or self.state is HTTP_BODY:
             if event is None:
-                if http.nothing_to_parse:
-                    return
                 event = http.next_event()
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
@@ -446,10 +509,15 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
             self.body_channel = None
             self.body_buffer = []
             self.body_size = 0
+            self.flow = None
+            self.granted = 0
+            # The idle allowance of a kept-alive socket; a head that starts gets handshake_timeout
+            # from its first byte (_on_http_data).
             self.deadline = time.monotonic() + self.sidecar.config.handshake_timeout * 6
             if self.reply_channel is not None:
                 self.sidecar.unroute(self.reply_channel)
                 self.reply_channel = None
+            self._resume_reading()
         else:
             self._close_soon()
 
@@ -468,7 +536,18 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
         if len(target) + sum(len(n) + len(v) + 4 for n, v in headers) > config.max_header_size:
             self._respond(431, simple_body(431), close=True)
             return
-        path = target.split(b"?", 1)[0]
+        if request.method == b"CONNECT":
+            # Not a proxy: a 2xx would switch the socket to a tunnel (h11 sends no body after it).
+            self._respond(501, simple_body(501, "CONNECT is not supported"), close=True)
+            return
+        problem = head_problem(headers, target, config.proxy_headers)
+        if problem is not None:
+            self._respond(400, simple_body(400, problem), close=True)
+            return
+        if target[:1] != b"/" and target != b"*":
+            # Absolute-form (RFC 9112 3.2.2): the target's authority is the host; Host is ignored.
+            headers = _with_target_host(headers, target)
+        path = target_path(target)
         if ws_proto.is_upgrade(headers):
             self._on_upgrade(request, headers, target)
             return
@@ -536,6 +615,9 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
             self.sidecar.stats.dropped["handshake_timeout"] += 1
             if self.partial:
                 self._respond(408, simple_body(408), close=True)
+                # Long enough for the 408 to be read; a client that timed out does not hold
+                # its slot for the whole close wait.
+                self.deadline = min(self.deadline, now + _TIMED_OUT_LINGER)
             else:
                 self.abort()
         elif state is CONNECTING:
@@ -548,6 +630,22 @@ class ClientConnection(HttpModeMixin, WebSocketMixin):
             if not self.response_started:
                 self._respond(504, simple_body(504, "no response from the application in time"), close=True)
             else:
+                # No response byte arrived or drained for http_timeout: the app or the client
+                # stalled. Closing mid-response is what the client can recognise (a chunked
+                # body without its last chunk, or fewer bytes than Content-Length).
+                self.sidecar.stats.dropped["http_response_stalled"] += 1
+                log.info("closing %s: response to \"%s\" stalled for %.0fs (%d bytes queued)", self.peer,
+                         self.request_line, self.sidecar.config.http_timeout, self.out_bytes)
                 self.abort()
         elif state is CLOSING:
             self.abort()
+
+
+def _with_target_host(headers: list, target: bytes) -> list:
+    """``headers`` with ``Host`` set to the authority of the absolute-form ``target``."""
+    authority = target_authority(target)
+    if authority is None:
+        return headers
+    out = [(n, v) for n, v in headers if n != b"host"]
+    out.insert(next((i for i, (n, _) in enumerate(headers) if n == b"host"), 0), (b"host", authority))
+    return out

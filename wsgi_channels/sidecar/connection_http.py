@@ -6,6 +6,15 @@ soon as that much has arrived, with a ``body_channel`` that gets the rest chunk 
 chunk (held back while the application reads slowly). Response messages arriving
 on the reply channel are checked (:func:`~wsgi_channels.responses.validate_response_message`)
 and streamed to the client; keep-alive then starts the next request.
+
+Flow control of responses (``docs/protocol.md``): every ``http.request`` (but HEAD) names
+a ``?`` credit channel under the reserved key ``__wsc_flow``, with a window. A consumer that
+knows the key (:class:`~wsgi_channels.wsgi.WsgiConsumer`) keeps at most a window of response
+bytes unacknowledged and waits for credit; the sidecar sends ``{"acked": n}`` (the response's
+content bytes that have left its queue for the kernel) each time half a window more has
+drained. A response of up to half a window costs no credit message at all. A client that reads
+nothing for ``http_timeout`` seconds is closed; a consumer that does not know the key streams
+as before, bounded by ``max_outgoing_buffer``.
 """
 from __future__ import annotations
 
@@ -15,14 +24,24 @@ import gevent
 import h11
 
 from ..exceptions import InvalidMessage
-from ..responses import validate_response_message
+from ..responses import FLOW_KEY, validate_response_message
 from ..translation import InvalidRequest, build_request_message
 from ._connbase import _LAYER_RETRY_SECONDS, DONE, HTTP_BODY, log
 from .http import header_value, request_info, simple_body
 
-__all__ = ["HttpModeMixin"]
+__all__ = ["HttpModeMixin", "flow_window"]
 
 _FRAMING = (b"content-length", b"transfer-encoding")
+#: Credit channels: this prefix plus the random suffix of the request's reply channel.
+_CREDIT_PREFIX = "http.response.credit?"
+#: The largest flow-control window (bytes a consumer may have sent and not had acknowledged).
+MAX_FLOW_WINDOW = 1024 * 1024
+
+
+def flow_window(max_outgoing_buffer: int) -> int:
+    """The window offered to consumers: at most half the per-client outgoing buffer, so a
+    consumer that keeps to it never makes a reading client look too slow (and 1 MiB at most)."""
+    return max(16 * 1024, min(MAX_FLOW_WINDOW, max_outgoing_buffer // 2))
 
 
 class HttpModeMixin:
@@ -57,6 +76,14 @@ class HttpModeMixin:
             self._respond(400, simple_body(400, str(e)), close=True)
             return
         self.path = message["path"]
+        if request.method != b"HEAD":
+            window = flow_window(config.max_outgoing_buffer)
+            # The reply channel's random suffix names the credit channel too: unique per
+            # request, known only to whoever has the reply channel, and no token to draw.
+            channel = _CREDIT_PREFIX + self.reply_channel.rpartition("!")[2]
+            self.flow = (channel, window)
+            message[FLOW_KEY] = {"channel": channel, "window": window,  # type: ignore[literal-required]
+                                 "timeout": config.http_timeout}
         self.body_buffer = [message]  # the request itself waits here until the body is known
         self.write(self.http.continue_if_expected())
         self.body_size = 0
@@ -119,9 +146,10 @@ class HttpModeMixin:
             self.request_sent = True
             return
         self.request_sent = False
-        status = 413 if result == "too-large" else 503
+        status = {"too-large": 413, "invalid": 400}.get(result, 503)
         self._respond(status, simple_body(status, {"full": "too many requests waiting",
-                                                   "down": "channel layer unavailable"}.get(result, "")),
+                                                   "down": "channel layer unavailable",
+                                                   "invalid": "the request cannot be passed on"}.get(result, "")),
                       close=True)
 
     def _body_chunk(self, content: bytes, more: bool = False, closed: bool = False) -> None:
@@ -175,15 +203,53 @@ class HttpModeMixin:
         self.deadline = time.monotonic() + self.sidecar.config.http_timeout
         if more:
             self.write(data)
+            if self.flow is not None:
+                self._grant_credit()
             return
+        self.flow = None  # the response is complete: no consumer waits for credit any more
         self.write(data + self.http.end_response())
         self._count_response(self.status, self.resp_bytes)
         if self.http.keep_alive and not self.sidecar.draining:
+            parked = self.resume is not None  # the reader waits (PIPELINE_LIMIT) and goes on itself
             self._next_request()
-            if not self.http.nothing_to_parse:
+            if not parked and not self.http.nothing_to_parse:
                 event = self.http.next_event()
                 if event is not h11.NEED_DATA:
                     gevent.spawn(self._pump_http, event)  # a pipelined request was waiting
         else:
             self._close_soon()
 
+    # -- response flow control ------------------------------------------------------------------
+
+    def _drained(self) -> None:
+        """Some of a flow-controlled response left the outgoing queue for the kernel: the
+        client is reading. That is progress (the stall deadline starts again) and maybe credit."""
+        if self.state is HTTP_BODY and self.response_started:
+            self.deadline = time.monotonic() + self.sidecar.config.http_timeout
+            self._grant_credit()
+
+    def _grant_credit(self) -> None:
+        """Tell the consumer how much of its response has drained, once half a window more has."""
+        flow = self.flow
+        if flow is None or self.aborted:
+            return
+        # Content bytes that have left the queue; the queue also holds chunk framing, so this
+        # errs low until the queue is empty, when it is exact.
+        acked = self.resp_bytes - self.out_bytes
+        if acked - self.granted < flow[1] // 2:
+            return
+        self.granted = acked
+        message = {"acked": acked}
+        sender = self.sidecar.sender
+        if sender.batching:
+            sender.send_nowait(flow[0], message, self._credit_failed)
+            return
+        try:  # never waits: the caller is the layer's receive loop or the socket's writer
+            self.sidecar.layer.send(flow[0], message)
+        except Exception as e:
+            self._credit_failed(e)
+
+    def _credit_failed(self, error: BaseException) -> None:
+        # A later grant carries the total again; without one the consumer gives up after the
+        # timeout it was given and the stall deadline closes the connection.
+        log.warning("response credit for %s not delivered (%s: %s)", self.request_line, type(error).__name__, error)

@@ -9,29 +9,37 @@ including the ``101`` that hands the socket to the WebSocket session.
 ``X-Forwarded-*`` only when asked), and :func:`connect_message` builds the
 ``websocket.connect`` message (CONTRACT.md section 3). ``http.request``
 messages are built by :func:`wsgi_channels.translation.build_request_message`.
+:func:`head_problem` checks the values of a request head that the parser lets
+through but that must not reach a message (RFC 9112 sections 3.2 and 6.1, the
+proxy headers): the caller answers 400 with the reason.
 """
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import h11
 
-from ..translation import split_target
+from ..translation import split_target, target_authority
 
 __all__ = ["HttpConnection", "HttpError", "RequestInfo", "request_info", "connect_message", "simple_body",
-           "header_value"]
+           "header_value", "head_problem", "host_problem"]
 
 _REASONS = {
     200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
     408: b"Request Timeout", 413: b"Content Too Large", 426: b"Upgrade Required",
-    431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 502: b"Bad Gateway",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
+    502: b"Bad Gateway",
     503: b"Service Unavailable", 504: b"Gateway Timeout", 505: b"HTTP Version Not Supported",
 }
 SERVER_HEADER = (b"server", b"wsgi-channels-sidecar")
 _MIGHT_SWITCH_PROTOCOL = getattr(h11, "MIGHT_SWITCH_PROTOCOL")  # exported at run time, not in h11's stubs
 _BETWEEN_REQUESTS = (h11.IDLE, h11.DONE)
-_NOTHING_BUFFERED = (b"", False)  # h11's trailing_data: no unparsed byte, the client's side open
+# h11 quotes the offending input in its messages as a bytes or bytearray repr; an error body
+# names the problem without echoing the client's bytes back.
+_QUOTED_INPUT = re.compile(r":?\s*(?:bytearray\(|b'|b\").*", re.S)
 
 
 @dataclass
@@ -66,24 +74,44 @@ def simple_body(status: int, detail: str = "") -> bytes:
 class HttpConnection:
     """One HTTP/1.1 server connection (keep-alive aware) around h11."""
 
-    __slots__ = ("_h11",)
+    __slots__ = ("_h11", "unparsed")
 
     def __init__(self, max_header_size: int = 16384) -> None:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
+        #: Bytes received since the parser last ran dry (answered ``NEED_DATA``): an upper bound
+        #: of what h11 holds beyond one incomplete event. It grows while the parser is paused
+        #: (the client pipelines requests while a response is pending); the connection stops
+        #: reading past a bound, so a client can never make it buffer without limit.
+        self.unparsed = 0
 
     def receive_data(self, data: bytes) -> None:
-        """Feed bytes (``b""`` when the client shut its side)."""
-        self._h11.receive_data(data)
+        """Feed bytes (``b""`` when the client shut its side).
+
+        After the client's last request (HTTP/1.0, ``Connection: close``) bytes are only
+        counted, never buffered: nothing the client sends after it is read.
+        """
+        self.unparsed += len(data) or 1  # an end of input is something to parse too
+        if self._h11.their_state is not h11.MUST_CLOSE:
+            self._h11.receive_data(data)
 
     def next_event(self) -> Any:
         """The next ``h11.Request``/``Data``/``EndOfMessage``/``ConnectionClosed``, an
         :class:`HttpError`, ``h11.PAUSED`` (an upgrade, or the next request before this
         response ended) or ``h11.NEED_DATA``."""
+        conn = self._h11
+        if conn.their_state is h11.MUST_CLOSE:
+            # The client's last request is complete (HTTP/1.0 or "Connection: close"): what it
+            # sends after it is ignored, not an error that would replace the app's response.
+            # (``unparsed`` keeps counting those bytes: past the bound the connection stops reading.)
+            return h11.NEED_DATA
         try:
-            return self._h11.next_event()
+            event = conn.next_event()
         except h11.RemoteProtocolError as e:
             status = getattr(e, "error_status_hint", 400) or 400
-            return HttpError(status, str(e))
+            return HttpError(status, _QUOTED_INPUT.sub("", str(e)) or "malformed request")
+        if event is h11.NEED_DATA:
+            self.unparsed = 0  # what is left is at most an incomplete event, bounded by h11
+        return event
 
     @property
     def client_done(self) -> bool:
@@ -162,17 +190,103 @@ class HttpConnection:
     @property
     def nothing_to_parse(self) -> bool:
         """True when :meth:`next_event` could only answer ``NEED_DATA``: the client is between
-        requests or has sent all of this one, no unparsed byte is buffered, and its side is open.
+        requests or has sent all of this one, and nothing arrived since the parser last ran dry.
 
-        A keep-alive connection asks this instead of calling the parser after each request
-        and after each response (two h11 calls per request that found nothing).
+        A keep-alive connection asks this after each response instead of calling the parser
+        (an h11 call per request that found nothing). It costs O(1): h11's ``trailing_data``
+        copies the whole buffer, which made a pipelining client cost quadratic time.
         """
-        conn = self._h11
-        return conn.their_state in _BETWEEN_REQUESTS and conn.trailing_data == _NOTHING_BUFFERED
+        return self.unparsed == 0 and self._h11.their_state in _BETWEEN_REQUESTS
 
     @property
     def must_close(self) -> bool:
         return self._h11.our_state in (h11.MUST_CLOSE, h11.CLOSED, h11.ERROR)
+
+
+def _last(value: bytes) -> str:
+    # A trusted proxy appends the address it saw; earlier entries came from the client.
+    return value.decode("latin-1").split(",")[-1].strip()
+
+
+# RFC 3986 authority without userinfo: host (reg-name, IPv4 or an IP literal) and an optional port.
+_HOST_RE = re.compile(rb"(?:\[[0-9A-Za-z:.%\-_~]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::([0-9]{0,5}))?")
+
+
+def host_problem(value: bytes) -> str | None:
+    """Why ``value`` cannot be a ``Host`` header (or an absolute-form target's authority), or None.
+
+    RFC 9112 section 3.2: a server answers 400 to an invalid ``Host``. The value is an
+    RFC 3986 host with an optional port up to 65535; an empty value is allowed.
+    """
+    m = _HOST_RE.fullmatch(value)
+    if m is None:
+        return "invalid Host header (RFC 9112 3.2: host[:port])"
+    port = m.group(1)
+    if port and int(port) > 65535:
+        return "invalid Host header: port over 65535"
+    return None
+
+
+def _forwarded_port(value: bytes | None) -> int | None:
+    """``X-Forwarded-Port`` as a port number, or None when it is not one."""
+    if value is None:
+        return None
+    text = _last(value)
+    return int(text) if text.isdigit() and len(text) <= 5 and int(text) <= 65535 else None
+
+
+def _forwarded_for(value: bytes) -> str | None:
+    """The address a trusted proxy appended to ``X-Forwarded-For`` (an IP address), or None."""
+    text = _last(value)
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def head_problem(headers: Sequence[tuple[bytes, bytes]], target: bytes, proxy_headers: bool) -> str | None:
+    """Why a request head that h11 parsed must be answered 400, or None.
+
+    - ``Content-Length`` together with ``Transfer-Encoding`` (RFC 9112 6.1: a request
+      smuggling risk behind a proxy that trusts the length);
+    - an invalid ``Host`` or absolute-form authority (RFC 9112 3.2, 3.2.2), userinfo in it;
+    - with ``proxy_headers``: an ``X-Forwarded-For`` whose last entry is not an IP address,
+      an ``X-Forwarded-Port`` that is not a port, an ``X-Forwarded-Proto`` other than
+      ``http``/``https``. Each of these would otherwise reach the application's message
+      (and a port over 64 bits made the layer refuse the message).
+    """
+    has_length = has_te = False
+    for name, value in headers:
+        if name == b"content-length":
+            has_length = True
+        elif name == b"transfer-encoding":
+            has_te = True
+        elif name == b"host":
+            problem = host_problem(value)
+            if problem is not None:
+                return problem
+    if has_length and has_te:
+        return "both Content-Length and Transfer-Encoding (RFC 9112 6.1)"
+    authority = target_authority(target)
+    if authority is not None:
+        if b"@" in authority:
+            return "userinfo in the request target (RFC 9110 4.2.4)"
+        problem = host_problem(authority)
+        if problem is not None or not authority:
+            return "invalid authority in the absolute-form request target"
+    if proxy_headers:
+        fwd_for = header_value(headers, b"x-forwarded-for")
+        if fwd_for is not None and _forwarded_for(fwd_for) is None:
+            return "X-Forwarded-For: the last entry is not an IP address"
+        port = header_value(headers, b"x-forwarded-port")
+        if port is not None and _forwarded_port(port) is None:
+            return "X-Forwarded-Port is not a port number (0-65535)"
+        proto = header_value(headers, b"x-forwarded-proto")
+        if proto is not None and _last(proto).lower() not in ("http", "https"):
+            return "X-Forwarded-Proto must be http or https"
+    return None
 
 
 @dataclass
@@ -185,25 +299,22 @@ class RequestInfo:
     host: bytes | None
 
 
-def _last(value: bytes) -> str:
-    # A trusted proxy appends the address it saw; earlier entries came from the client.
-    return value.decode("latin-1").split(",")[-1].strip()
-
-
 def request_info(headers: Sequence[tuple[bytes, bytes]], peer: Any, local: Any, proxy_headers: bool,
                  secure: bool = False) -> RequestInfo:
-    """Scheme, client and server of a request; ``X-Forwarded-*`` counts only with ``proxy_headers``."""
+    """Scheme, client and server of a request; ``X-Forwarded-*`` counts only with ``proxy_headers``.
+
+    Proxy header values that :func:`head_problem` refuses are ignored here (the connection
+    answers 400 before it asks), so nothing a client wrote reaches a message unchecked.
+    """
     scheme = "https" if secure else "http"
     client = [str(peer[0]), int(peer[1])] if isinstance(peer, tuple) and len(peer) >= 2 else None
     server = [str(local[0]), int(local[1])] if isinstance(local, tuple) and len(local) >= 2 else None
     host = header_value(headers, b"host")
     if proxy_headers:
         fwd_for = header_value(headers, b"x-forwarded-for")
-        if fwd_for:
-            addr = _last(fwd_for)
-            port = header_value(headers, b"x-forwarded-port")
-            if addr:
-                client = [addr, int(port) if port and port.isdigit() else 0]
+        addr = _forwarded_for(fwd_for) if fwd_for else None
+        if addr is not None:
+            client = [addr, _forwarded_port(header_value(headers, b"x-forwarded-port")) or 0]
         proto = header_value(headers, b"x-forwarded-proto")
         if proto:
             p = _last(proto).lower()
