@@ -157,6 +157,39 @@ def test_bad_group_names(layer, name):
         assert "group name" in str(info.value)
 
 
+@pytest.mark.parametrize("name", ["chan\n", "proc.P!conn\n", "proc.P!\n", "reply?abc\n"])
+def test_channel_names_ending_in_a_newline_are_refused(layer, name):
+    # With re.match, a pattern ending in '$' also matches before a trailing newline.
+    calls = (lambda: layer.send(name, {"x": 1}), lambda: layer.group_add("nl.g", name),
+             lambda: layer.group_discard("nl.g", name), lambda: layer.receive([name]),
+             lambda: layer.channel_statistics(name))
+    for call in calls:
+        with pytest.raises(exc.InvalidChannelName, match="channel name"):
+            call()
+
+
+def test_group_names_ending_in_a_newline_are_refused(layer):
+    calls = (lambda: layer.group_add("nl.g\n", "nl.chan"), lambda: layer.group_discard("nl.g\n", "nl.chan"),
+             lambda: layer.send_group("nl.g\n", {"x": 1}), lambda: layer.group_channels("nl.g\n"))
+    for call in calls:
+        with pytest.raises(exc.InvalidGroupName, match="group name"):
+            call()
+    with pytest.raises(exc.InvalidGroupName):
+        new_process_prefix("sidecar\n")
+
+
+def test_a_member_name_with_a_newline_never_spoils_the_others_message(layer):
+    # On Redis such a member used to be stored, and its newline broke the entry naming every
+    # member of its prefix: all of them lost the message.
+    for member in ("nl.P!a", "nl.P!b"):
+        layer.group_add("nl.grp", member)
+    with pytest.raises(exc.InvalidChannelName):
+        layer.group_add("nl.grp", "nl.P!c\n")
+    layer.send_group("nl.grp", {"n": 1})
+    assert sorted(drain(layer, ["nl.P!"]), key=lambda item: item[0]) == [("nl.P!a", {"n": 1}), ("nl.P!b", {"n": 1})]
+    assert sorted(layer.group_channels("nl.grp")) == ["nl.P!a", "nl.P!b"]
+
+
 # -- messages ---------------------------------------------------------------------------------------
 
 
@@ -183,6 +216,22 @@ def test_unsupported_values_name_key_path(layer, message, path):
     assert str(info.value).startswith(path)
     layer.send("test.good", {"ok": 1})
     assert layer.receive(["test.good"]) == ("test.good", {"ok": 1})
+
+
+@pytest.mark.parametrize("message,path", [
+    ({"text": "\ud800"}, "message['text']: str"),
+    ({"headers": [[b"x", "ok\udfff"]]}, "message['headers'][0][1]: str"),
+    ({"inner": {"\udc80": 1}}, "message['inner']: key"),
+])
+def test_lone_surrogates_are_invalid_messages_naming_the_key_path(layer, message, path):
+    calls = (lambda: layer.send("sur.chan", message), lambda: layer.send("sur.P!x", message),
+             lambda: layer.send_group("sur.g", message))
+    for call in calls:
+        with pytest.raises(exc.InvalidMessage) as info:
+            call()
+        assert str(info.value).startswith(path) and "UTF-8" in str(info.value)
+    layer.send("sur.chan", {"ok": "\u2603"})
+    assert layer.receive(["sur.chan"]) == ("sur.chan", {"ok": "\u2603"})
 
 
 def test_reserved_key_rejected(layer):

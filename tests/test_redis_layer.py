@@ -342,6 +342,12 @@ def test_flush_uses_scan_and_clears_sessions_on_every_shard(redis_shards, made):
 # -- configuration ----------------------------------------------------------------------------------
 
 
+def test_a_key_prefix_ending_in_a_newline_is_refused(redis_server):
+    # '$' with re.match would accept it, and the prefix ends up inside every key name.
+    with pytest.raises(exc.ConfigurationError, match="prefix"):
+        from_url(redis_server.url, prefix="wsgi_channels\n")
+
+
 def test_from_url_forms(redis_shards, made):
     urls = [s.url for s in redis_shards]
     a = made(",".join(u + "?capacity=7" for u in urls))

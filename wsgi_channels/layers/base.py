@@ -34,8 +34,11 @@ __all__ = [
     "DEFAULT_BLOCK_TIMEOUT",
 ]
 
-CHANNEL_NAME_RE = re.compile(r"^[a-zA-Z0-9\-_.]+((\?|\!)[a-zA-Z0-9\-_.]*)?$")
-GROUP_NAME_RE = re.compile(r"^[a-zA-Z0-9\-_.]+$")
+# ``\Z``, not ``$``: with ``re.match``, ``$`` also matches before a trailing newline, which
+# would let ``"name\n"`` through (and a newline or space in a name breaks the Redis layer's
+# member lists).
+CHANNEL_NAME_RE = re.compile(r"^[a-zA-Z0-9\-_.]+((\?|\!)[a-zA-Z0-9\-_.]*)?\Z")
+GROUP_NAME_RE = re.compile(r"^[a-zA-Z0-9\-_.]+\Z")
 #: Longest channel or group name accepted (the contract asks for at least 100).
 MAX_NAME_LENGTH = 200
 #: Longest a blocking ``receive`` waits when no ``timeout`` is given (seconds).

@@ -53,7 +53,7 @@ __all__ = ["RedisChannelLayer"]
 
 log = logging.getLogger(__name__)
 
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,100}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,100}\Z")
 _CACHE_LIMIT = 10_000
 
 _SEND = Script(scripts.SEND)
