@@ -1,18 +1,18 @@
 """The single-machine layer (``ipc:///path/to/channels.db``): every process on one host, no server.
 
 Messages, groups and session entries live in one SQLite database in WAL mode
-(see :mod:`._ipc_store`; what each transaction does to the tables is in
-:mod:`._ipc_queues`). Every change is one SQLite transaction: a single
+(see :mod:`.store`; what each transaction does to the tables is in
+:mod:`.queues`). Every change is one SQLite transaction: a single
 statement on the fast paths (a send checks the capacity and inserts in one
 ``INSERT ... SELECT``; a receive deletes the head of its queue with
 ``DELETE ... RETURNING``), a ``BEGIN IMMEDIATE`` block otherwise. So capacities
 stay exact when many processes send at once, and a process killed at any point
 leaves each message either queued or delivered, never both. Writers also take
-an ``flock`` first (see :class:`._ipc_store.WriteLock`), which hands the store
+an ``flock`` first (see :class:`.store.WriteLock`), which hands the store
 from writer to writer faster than SQLite's sleeping busy handler.
 
 A blocking ``receive`` sleeps on a Unix datagram socket that senders poke after
-they commit (see :mod:`._ipc_wake`), with a slow poll (``poll_interval``,
+they commit (see :mod:`.wake`), with a slow poll (``poll_interval``,
 default 1 s) only as a safety net.
 
 Layout of a queue: ``messages`` rows ordered by id, keyed by the channel or, for
@@ -38,12 +38,12 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
-from ..exceptions import ConfigurationError, LayerUnavailable, StoreError
-from ..serialization import decode, encode
-from . import _ipc_queues as q
-from . import _ipc_wake as wake
-from ._ipc_store import ConnectionPool, WriteLock, current_pid, default_path, open_connection, prepare_path
-from .base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
+from ...exceptions import ConfigurationError, LayerUnavailable, StoreError
+from ...serialization import decode, encode
+from . import queues as q
+from . import wake
+from .store import ConnectionPool, WriteLock, current_pid, default_path, open_connection, prepare_path
+from ..base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
 
 __all__ = ["IpcChannelLayer"]
 
@@ -146,7 +146,7 @@ class IpcChannelLayer(BaseChannelLayer):
     @classmethod
     def from_url(cls, url: Any, **options: Any) -> "IpcChannelLayer":
         """``ipc:///abs/path.db``, ``ipc://rel/path.db`` or ``ipc://`` (the per-user default)."""
-        from . import parse_options
+        from .. import parse_options
 
         if not isinstance(url, str):
             raise ConfigurationError(f"ipc layer URL must be a string, not {url!r}")

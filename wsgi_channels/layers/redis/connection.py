@@ -41,8 +41,8 @@ from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .. import exceptions as exc
-from ._redis_wakeup import Doorbell
+from ... import exceptions as exc
+from .wakeup import Doorbell
 
 __all__ = ["Script", "Shard", "bulk", "packed", "run_everywhere", "fork_generation", "NETWORK_ERRORS", "IDLE_CLOSE",
            "NOW"]

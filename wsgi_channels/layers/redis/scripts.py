@@ -64,7 +64,7 @@ so the client packs the fixed part of a hot command once.
 """
 from __future__ import annotations
 
-from .base import SIDECAR_PREFIX
+from ..base import SIDECAR_PREFIX
 
 __all__ = ["SEND", "RECEIVE", "RECEIVE_MANY", "READ_DONE", "FANOUT", "MEMBERS", "GROUP_ADD", "GROUP_DISCARD",
            "EVICT", "STATS",

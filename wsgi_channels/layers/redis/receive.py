@@ -10,7 +10,7 @@ turns a popped group entry (one copy for every member behind a ``prefix!``) into
 Waiting: plain channels on one shard wait on the server with ``BLPOP`` (a batch receive,
 on Redis 7, with ``BLMPOP``, which also takes a backlog whole); anything else
 (process-local ``prefix!`` queues, several shards) waits on the shards' doorbells
-(:mod:`._redis_wakeup`), registered before the pop attempt that precedes each wait, so a
+(:mod:`.wakeup`), registered before the pop attempt that precedes each wait, so a
 push after that attempt always wakes the reader; only the scripts pop those queues.
 """
 from __future__ import annotations
@@ -22,15 +22,15 @@ from typing import Any, Callable, Iterable, Iterator
 
 from redis.exceptions import ResponseError
 
-from .. import exceptions as exc
-from . import _redis_conn
-from . import _redis_scripts as scripts
-from ._redis_conn import NOW, Script, Shard, bulk
-from ._redis_copies import GroupMessage
+from ... import exceptions as exc
+from . import connection
+from . import scripts
+from .connection import NOW, Script, Shard, bulk
+from .copies import GroupMessage
 
 __all__ = ["ReceivingMixin"]
 
-log = logging.getLogger("wsgi_channels.layers.redis")
+log = logging.getLogger(__name__)
 
 _RECEIVE = Script(scripts.RECEIVE)
 _RECEIVE_MANY = Script(scripts.RECEIVE_MANY)
@@ -87,7 +87,7 @@ class _ShardPlan:
         self.keys = [key("q", name) for name in names]
         self.flags = [b"1" if name.endswith("!") else b"0" for name in names]
         self.prefix = prefix
-        self.lpop = _redis_conn.packed("LPOP", self.keys[0]) if self.flags == [b"0"] else None
+        self.lpop = connection.packed("LPOP", self.keys[0]) if self.flags == [b"0"] else None
         #: Only plain channels (no ``prefix!``): a blocking wait may be one ``BLPOP`` (see _blocking_pop).
         self.plain = b"1" not in self.flags
         #: The last batch receive on them got less than it asked for: they were left empty, and
@@ -318,7 +318,7 @@ class ReceivingMixin:
         needs no second pop attempt after registering, one round trip instead of two.
         """
         key = tuple(names)
-        generation = (_redis_conn.fork_generation(), self._epoch)
+        generation = (connection.fork_generation(), self._epoch)
         watch = getattr(self._local, "watch", None)
         if watch is not None:
             if watch.key == key and watch.generation == generation:
@@ -336,7 +336,7 @@ class ReceivingMixin:
         """This thread's registration if it already watches exactly ``names`` (registered before any pop)."""
         watch = getattr(self._local, "watch", None)
         if watch is not None and watch.key == tuple(names) \
-                and watch.generation == (_redis_conn.fork_generation(), self._epoch):
+                and watch.generation == (connection.fork_generation(), self._epoch):
             return watch
         return None
 
@@ -428,7 +428,7 @@ class ReceivingMixin:
                 return batch
         done = b"*5\r\n" + bulk("EVALSHA", _READ_DONE.sha, 2, queue, self._key("u", name))
         for keys, step in self._blocking_steps(entry, wait):
-            pop = _redis_conn.packed("BLMPOP", step, 1, queue, "LEFT", "COUNT", limit)
+            pop = connection.packed("BLMPOP", step, 1, queue, "LEFT", "COUNT", limit)
             reply, cleared = shard.pipeline([done], _READ_DONE, then=pop, then_first=True)
             entry.read_at = time.monotonic()
             if type(reply) is ResponseError:
@@ -490,7 +490,7 @@ class ReceivingMixin:
         """
         shard = entry.shard
         for keys, step in self._blocking_steps(entry, wait):
-            reply = shard.execute_packed(_redis_conn.packed("BLPOP", *keys, step))
+            reply = shard.execute_packed(connection.packed("BLPOP", *keys, step))
             if reply is None:
                 continue
             key, data = reply
@@ -511,7 +511,7 @@ class ReceivingMixin:
         """
         shard = entry.shard
         for keys, step in self._blocking_steps(entry, wait):
-            command = _redis_conn.packed("BLMPOP", step, len(keys), *keys, "LEFT", "COUNT", limit)
+            command = connection.packed("BLMPOP", step, len(keys), *keys, "LEFT", "COUNT", limit)
             try:
                 if first is not None:
                     reply, first = first(command), None

@@ -1,6 +1,6 @@
 """The Redis layer (``redis://``, ``rediss://``): every process of every machine, one or many shards.
 
-Each operation is one Lua script (:mod:`._redis_scripts`), so one round trip:
+Each operation is one Lua script (:mod:`.scripts`), so one round trip:
 ``send`` checks capacity and queues the body inline; ``receive`` pops the first
 live entry of the channels asked for on a shard (from one plain channel, a plain
 ``LPOP`` does that); ``send_group`` runs one fan-out
@@ -11,17 +11,17 @@ hands out one ``(channel, message)`` per member from that single copy.
 busy channels (the worker, the sidecar's ``prefix!`` loop).
 
 Several shards are spread by a consistent-hash ring with virtual nodes
-(:mod:`.hashring`): a channel by its name, a process-local channel by its
+(:mod:`..hashring`): a channel by its name, a process-local channel by its
 ``prefix!``, a session key by the key. A group's memberships live beside each
 member's queue, so a group send needs no member list on the wire and a channel
 whose messages expire unread is evicted from its groups inside the same scripts.
 
-Receiving lives in :mod:`._redis_receive` (a blocking ``receive`` on plain channels of
+Receiving lives in :mod:`.receive` (a blocking ``receive`` on plain channels of
 one shard is one ``BLPOP``, a batch on Redis 7 one ``BLMPOP``; otherwise pub/sub doorbells
-(:mod:`._redis_wakeup`) wake it within milliseconds of a push on any shard), and URLs,
-options and encryption keys in :mod:`._redis_options`.
+(:mod:`.wakeup`) wake it within milliseconds of a push on any shard), and URLs,
+options and encryption keys in :mod:`.options`.
 
-Connections (:mod:`._redis_conn`) are made lazily per process (gunicorn forks
+Connections (:mod:`.connection`) are made lazily per process (gunicorn forks
 after import), never retried behind the caller's back (a resent ``send`` could
 deliver twice), and a failure raises
 :class:`~wsgi_channels.exceptions.LayerUnavailable`; the next call connects
@@ -38,16 +38,16 @@ import msgpack
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .. import exceptions as exc
-from ..serialization import encode
-from . import _redis_conn
-from . import _redis_scripts as scripts
-from ._redis_conn import NOW, Script, Shard, bulk, run_everywhere
-from ._redis_copies import CopyBuffer
-from ._redis_options import connection_url, fernet, options_from_url, split_urls
-from ._redis_receive import ReceivingMixin, _ShardPlan
-from .base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
-from .hashring import HashRing
+from ... import exceptions as exc
+from ...serialization import encode
+from . import connection
+from . import scripts
+from .connection import NOW, Script, Shard, bulk, run_everywhere
+from .copies import CopyBuffer
+from .options import connection_url, fernet, options_from_url, split_urls
+from .receive import ReceivingMixin, _ShardPlan
+from ..base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
+from ..hashring import HashRing
 
 __all__ = ["RedisChannelLayer"]
 
@@ -364,7 +364,7 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
 
     def group_channels(self, group: str) -> list[str]:
         validate_group_name(group)
-        payload = _redis_conn.packed("EVALSHA", _MEMBERS.sha, 2, *self._group_keys(group)[:2], self._p)
+        payload = connection.packed("EVALSHA", _MEMBERS.sha, 2, *self._group_keys(group)[:2], self._p)
         replies = run_everywhere(self._shards, _MEMBERS, [payload] * len(self._shards))
         return [m.decode() for reply in replies for m in reply]
 

@@ -35,7 +35,7 @@ import socket
 import sys
 from typing import Iterable
 
-from ._ipc_store import current_pid, ensure_private_dir, private_dir
+from .store import current_pid, ensure_private_dir, private_dir
 
 __all__ = ["wake_dir_for", "Waiter", "Poker"]
 

@@ -26,7 +26,7 @@ from typing import Iterable
 
 import msgpack
 
-from ._redis_conn import fork_generation
+from .connection import fork_generation
 
 __all__ = ["CopyBuffer", "GroupMessage"]
 
