@@ -40,7 +40,7 @@ from redis.retry import Retry
 
 from ... import exceptions as exc
 from ...serialization import encode
-from . import connection
+from . import connection, entries
 from . import scripts
 from .connection import NOW, Script, Shard, bulk, run_everywhere
 from .copies import CopyBuffer
@@ -168,14 +168,14 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         return (self._key("q", qname),)
 
     def _send_info(self, channel: str) -> tuple:
-        """(shard, packed command up to the entry, capacity, entry kind, queue name), cached per channel."""
+        """(shard, packed command up to the entry, capacity, the entry's head, queue name), cached per channel."""
         info = self._send_cache.get(channel)
         if info is None:
             validate_channel_name(channel)
             qname = non_local_name(channel)
             shard, command, capacity = self._queue_send_info(qname)
             info = (shard, command, capacity,
-                    (b"t" + channel.encode() + b"\n") if qname is not channel else b"m", qname)
+                    entries.targets_head([channel]) if qname is not channel else entries.message_head(), qname)
             if len(self._send_cache) >= _CACHE_LIMIT:
                 self._send_cache.clear()
             self._send_cache[channel] = info
@@ -233,13 +233,12 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         info = self._send_cache.get(channel)
         if info is None:
             info = self._send_info(channel)
-        shard, command, capacity, kind, _ = info
+        shard, command, capacity, head, _ = info
         body = encode(message, self.max_message_size)
         if self._fernet is not None:
             body = self._fernet.encrypt(body)
-        # The entry: 13 digits of its deadline on the server's clock, the kind, the body.
-        return shard, b"%s$%d\r\n%013d%s%s\r\n" % (
-            command, 13 + len(kind) + len(body), shard.now_ms() + self._expiry_ms, kind, body), capacity
+        # The entry (see entries): its deadline on the server's clock, its head, the body.
+        return shard, entries.append_entry(command, shard.now_ms() + self._expiry_ms, head, body), capacity
 
     def send(self, channel: str, message: dict) -> None:
         shard, payload, capacity = self._send_payload(channel, message)

@@ -23,10 +23,11 @@ from typing import Any, Callable, Iterable, Iterator
 from redis.exceptions import ResponseError
 
 from ... import exceptions as exc
-from . import connection
+from . import connection, entries
 from . import scripts
 from .connection import NOW, Script, Shard, bulk
 from .copies import GroupMessage
+from .entries import deadline as entry_deadline, is_message, message_body
 
 __all__ = ["ReceivingMixin"]
 
@@ -180,15 +181,17 @@ class ReceivingMixin:
     def _group_message(self, name: str, entry: bytes, now_ms: int) -> GroupMessage:
         """A popped ``t`` or ``r`` entry (one message for members of prefix ``name``), decrypted
         and decoded once."""
-        newline = entry.index(b"\n", 14)
-        if entry[13:14] == b"r":
-            space = entry.index(b" ", 14, newline)
-            targets = self._named_members(name, entry[space + 1:newline], int(entry[14:space]))
+        kind, field, body = entries.parse(entry)
+        if field is None:
+            raise exc.ChannelsError(f"a message entry on the process prefix {name!r} names no member")
+        if kind == entries.REFERENCE:
+            count, key = entries.reference(field)
+            targets = self._named_members(name, key, count)
         else:
-            targets = entry[14:newline].decode().split(" ")
-        plain = bytes(self._plaintext(memoryview(entry)[newline + 1:]))
+            targets = entries.names(field)
+        plain = bytes(self._plaintext(body))
         template = self._decoded(plain)
-        deadline = time.monotonic() + (int(entry[:13]) - now_ms) / 1000.0
+        deadline = time.monotonic() + (entry_deadline(entry) - now_ms) / 1000.0
         return GroupMessage(targets, plain, template, deadline)
 
     def _named_members(self, prefix: str, key: bytes, count: int) -> list[str]:
@@ -213,11 +216,11 @@ class ReceivingMixin:
         return names
 
     def _deliver(self, name: str, entry: bytes, now_ms: int, shared: bool = False) -> tuple[str, dict]:
-        if entry[13:14] == b"m":
-            return name, self._open(memoryview(entry)[14:])
-        newline = entry.index(b"\n", 14)
-        if entry.find(b" ", 14, newline) < 0:  # one target: a send to a process-local channel
-            return entry[14:newline].decode(), self._open(memoryview(entry)[newline + 1:])
+        kind, field, body = entries.parse(entry)
+        if field is None:
+            return name, self._open(body)
+        if kind == entries.TARGETS and entries.SEPARATOR not in field:
+            return field.decode(), self._open(body)  # one target: a send to a process-local channel
         message = self._group_message(name, entry, now_ms)
         first = message.copies(message.targets[:1], shared)[0]
         message.pos = 1
@@ -239,7 +242,7 @@ class ReceivingMixin:
             if entry.lpop is not None:
                 popped = self._pop_plain(shard, entry.lpop)
                 if popped is not None:
-                    return entry.names[0], self._open(memoryview(popped)[14:])
+                    return entry.names[0], self._open(message_body(popped))
                 continue
             command, shard_names = entry.receive(self._rr)
             reply = shard.call(_RECEIVE, command + NOW % shard.now_ms())
@@ -252,7 +255,7 @@ class ReceivingMixin:
         """The first live entry of a plain channel's queue (one ``LPOP``; expired ones are dropped)."""
         while True:
             entry = shard.execute_packed(lpop)
-            if entry is None or int(entry[:13]) > shard.now_ms():
+            if entry is None or entry_deadline(entry) > shard.now_ms():
                 return entry
 
     def _try_receive_batch(self, names: list[str], plan: list[_ShardPlan], limit: int,
@@ -289,7 +292,7 @@ class ReceivingMixin:
         """Add the message of a live popped ``entry`` of queue ``name`` to ``batch`` (the first member's,
         for a group entry, whose other members' copies are buffered); True when copies were buffered."""
         try:
-            if entry[13:14] != b"m" and name in self._copies:
+            if not is_message(entry) and name in self._copies:
                 # behind this prefix's earlier copies, so no member gets a later message first
                 self._copies.add(name, self._group_message(name, entry, now_ms))
                 return True
@@ -445,7 +448,7 @@ class ReceivingMixin:
             expired: list[str] = []
             buffered = False
             for data in reply[1]:
-                if int(data[:13]) <= now_ms:
+                if entry_deadline(data) <= now_ms:
                     expired += self._targets(name, data, now_ms)
                 else:
                     buffered = self._take_entry(name, data, now_ms, shared, batch) or buffered
@@ -494,9 +497,9 @@ class ReceivingMixin:
             if reply is None:
                 continue
             key, data = reply
-            if int(data[:13]) <= shard.now_ms():
+            if entry_deadline(data) <= shard.now_ms():
                 continue  # expired unread
-            return entry.names[entry.keys.index(key)], self._open(memoryview(data)[14:])
+            return entry.names[entry.keys.index(key)], self._open(message_body(data))
         return None
 
     def _blocking_pop_many(self, entry: _ShardPlan, wait: float, limit: int,
@@ -530,10 +533,10 @@ class ReceivingMixin:
             now_ms = shard.now_ms()
             batch = []
             for data in entries:
-                if int(data[:13]) <= now_ms:
+                if entry_deadline(data) <= now_ms:
                     continue  # expired unread
                 try:
-                    batch.append((name, self._open(memoryview(data)[14:])))
+                    batch.append((name, self._open(message_body(data))))
                 except exc.ChannelsError as e:
                     # One unreadable entry must not cost the rest of the batch, already popped.
                     log.error("dropped an unreadable message on %s: %s", name, e)
