@@ -22,7 +22,8 @@ from .layers import from_url
 from .layers.base import BaseChannelLayer, validate_channel_name, validate_group_name
 from .serialization import decode, encode
 
-__all__ = ["Channel", "Group", "get_layer", "default_layer_url", "deferred_sends", "DEFAULT_LAYER_URL"]
+__all__ = ["Channel", "Group", "get_layer", "resolve_layer", "default_layer_url", "deferred_sends",
+           "DEFAULT_LAYER_URL"]
 
 DEFAULT_LAYER_URL = "memory://"
 ENV_VAR = "WSGI_CHANNELS_LAYER"
@@ -66,10 +67,14 @@ def get_layer(url: str | None = None) -> BaseChannelLayer:
     return layer
 
 
-def _resolve(layer: LayerLike) -> BaseChannelLayer:
+def resolve_layer(layer: LayerLike) -> BaseChannelLayer:
+    """``layer`` itself when it is a layer, else the process's layer for that URL (None: the default)."""
     if layer is None or isinstance(layer, str):
         return get_layer(layer)
     return layer
+
+
+_resolve = resolve_layer  # the former private name, still imported by modules outside the core
 
 
 def _name(obj: Any) -> Any:
@@ -119,7 +124,7 @@ class Channel:
 
     @property
     def channel_layer(self) -> BaseChannelLayer:
-        return _resolve(self._layer)
+        return resolve_layer(self._layer)
 
     def send(self, content: dict, immediately: bool = False) -> None:
         """Send ``content``; inside a consumer it goes out when the consumer ends unless ``immediately``."""
@@ -149,7 +154,7 @@ class Group:
 
     @property
     def channel_layer(self) -> BaseChannelLayer:
-        return _resolve(self._layer)
+        return resolve_layer(self._layer)
 
     def add(self, channel: Channel | str) -> None:
         """Add a channel (name or :class:`Channel`); repeated adds renew the membership."""

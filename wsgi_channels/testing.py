@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
-from .channel import _resolve
+from .channel import resolve_layer
 from .consumer import run_consumer
 from .layers.base import BaseChannelLayer
 from .message import Message
@@ -44,7 +44,7 @@ class Client:
 
     def __init__(self, routing: Any, layer: Any = None, *, flush: bool = True) -> None:
         self.router = routing if isinstance(routing, Router) else Router(routing)
-        self.layer: BaseChannelLayer = _resolve(layer)
+        self.layer: BaseChannelLayer = resolve_layer(layer)
         if flush:
             self.layer.flush()
 

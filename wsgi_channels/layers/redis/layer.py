@@ -89,6 +89,8 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
     #: ``receive_batch`` costs one round trip however many messages it takes, so a reader
     #: may ask for as many as it can handle every time (the worker does).
     batch_round_trips = 1
+    #: ``send_many`` is one pipeline per shard.
+    send_many_batches = True
 
     def __init__(
         self,
