@@ -14,7 +14,7 @@ string before packing would cost the common case a pass of its own.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import msgpack
 
@@ -26,6 +26,7 @@ __all__ = [
     "validate_message",
     "encode",
     "decode",
+    "EncodedMessage",
 ]
 
 #: Key under which layers carry the full ``prefix!suffix`` name of a process-local channel.
@@ -170,12 +171,53 @@ def _unencodable(value: Any, parts: list) -> str | None:
     return None
 
 
-def encode(message: dict, max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE, extra: dict | None = None) -> bytes:
+class EncodedMessage(Mapping[str, Any]):
+    """A message validated and encoded once, handed to a layer as it is.
+
+    ``Channel.send``/``Group.send`` inside a consumer encode the message when they are
+    called (so a bad message fails there, and later changes to the dict change nothing) and
+    queue it in this form; the layer's :func:`encode` then takes its bytes instead of
+    packing the message a second time. Read as a mapping it is the message, decoded on
+    first use (a read-only view).
+    """
+
+    __slots__ = ("data", "_decoded")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._decoded: dict[str, Any] | None = None
+
+    def _message(self) -> dict[str, Any]:
+        if self._decoded is None:
+            self._decoded = decode(self.data)
+        return self._decoded
+
+    def __getitem__(self, key: str) -> Any:
+        return self._message()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._message())
+
+    def __len__(self) -> int:
+        return len(self._message())
+
+    def __repr__(self) -> str:
+        return f"EncodedMessage({self._message()!r})"
+
+
+def encode(message: dict[str, Any] | EncodedMessage, max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+           extra: dict[str, Any] | None = None) -> bytes:
     """Validate ``message`` and encode it; ``extra`` keys (layer-internal) are added unchecked.
 
     Raises :class:`InvalidMessage` (naming the key path of the bad value, a ``str`` that
-    is not valid Unicode included) or :class:`MessageTooLarge` (with the sizes).
+    is not valid Unicode included) or :class:`MessageTooLarge` (with the sizes). An
+    :class:`EncodedMessage` is not packed again: only its size is checked.
     """
+    if type(message) is EncodedMessage:
+        data = message.data if not extra else _packer().pack({**message._message(), **extra})
+        if max_size is not None and len(data) > max_size:
+            raise MessageTooLarge(f"message encodes to {len(data)} bytes, over the limit of {max_size} bytes")
+        return data
     validate_message(message)
     if extra:
         message = {**message, **extra}
