@@ -786,3 +786,45 @@ def test_session_store_set_get_delete_expire(layer):
     assert layer.session_get("flushed") is None
     with pytest.raises(TypeError):
         layer.session_get("")
+
+
+def test_session_compare_and_set(layer):
+    key = "order:" + layer.new_channel("cas.reply?")
+    assert layer.session_compare_and_set(key, b"1", b"2", 60) is False and layer.session_get(key) is None
+    assert layer.session_compare_and_set(key, None, b"1", 60) is True and layer.session_get(key) == b"1"
+    assert layer.session_compare_and_set(key, None, b"9", 60) is False
+    assert layer.session_compare_and_set(key, b"2", b"9", 60) is False and layer.session_get(key) == b"1"
+    assert layer.session_compare_and_set(key, b"1", b"2", 60) is True and layer.session_get(key) == b"2"
+    assert layer.session_compare_and_set(key, b"2", None, 60) is True and layer.session_get(key) is None
+    layer.session_set(key, b"x", ttl=0.3)
+    time.sleep(0.7)
+    assert layer.session_compare_and_set(key, b"x", b"y", 60) is False  # expired counts as absent
+    assert layer.session_compare_and_set(key, None, b"y", 60) is True and layer.session_get(key) == b"y"
+    with pytest.raises(TypeError):
+        layer.session_compare_and_set("", None, b"x", 60)
+    with pytest.raises(TypeError):
+        layer.session_compare_and_set(key, b"y", "not bytes", 60)
+    assert layer.session_get(key) == b"y"
+
+
+def test_session_compare_and_set_loses_no_update_between_clients(make_layer):
+    # Clients that each read the counter and compare-and-set it one higher, at once: every
+    # increment lands exactly once (separate layer instances: separate connections or processes).
+    first = make_layer()
+    clients = [make_layer() if first.cross_process else first for _ in range(4)]
+    key = "cas.counter"
+    per_client = 25
+
+    def bump(layer):
+        done = 0
+        while done < per_client:
+            raw = layer.session_get(key)
+            if layer.session_compare_and_set(key, raw, b"%d" % (int(raw or 0) + 1), 60):
+                done += 1
+
+    threads = [threading.Thread(target=bump, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert first.session_get(key) == b"%d" % (per_client * len(clients))

@@ -495,6 +495,21 @@ class BaseChannelLayer:
         """Remove ``key``; a no-op when absent."""
         raise NotImplementedError
 
+    def session_compare_and_set(self, key: str, expected: bytes | None, value: bytes | None, ttl: float) -> bool:
+        """Atomically, for every process: if ``key`` holds ``expected`` (None: absent or expired),
+        store ``value`` for ``ttl`` seconds (None: remove ``key``) and return True; else change
+        nothing and return False. ``enforce_ordering`` keeps its state with it.
+
+        No default: a read followed by a write is not atomic across processes.
+        """
+        raise NotImplementedError
+
+    @staticmethod
+    def _session_value(value: Any) -> bytes:
+        if not isinstance(value, (bytes, bytearray)):
+            raise TypeError(f"session value must be bytes, not {type(value).__name__}")
+        return bytes(value)
+
     @staticmethod
     def _session_key(key: Any) -> str:
         if not isinstance(key, str) or not key or len(key) > 2 * MAX_NAME_LENGTH:

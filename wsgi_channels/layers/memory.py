@@ -212,6 +212,21 @@ class MemoryChannelLayer(BaseChannelLayer):
         with self._cond:
             self._kv.pop(key, None)
 
+    def session_compare_and_set(self, key: str, expected: bytes | None, value: bytes | None, ttl: float) -> bool:
+        self._session_key(key)
+        if value is not None:
+            value = self._session_value(value)
+        with self._cond:
+            now = time.monotonic()
+            item = self._kv.get(key)
+            if (None if item is None or item[0] <= now else item[1]) != expected:
+                return False
+            if value is None:
+                self._kv.pop(key, None)
+            else:
+                self._kv[key] = (now + ttl, value)
+            return True
+
     # -- housekeeping -----------------------------------------------------------------------
 
     def flush(self) -> None:

@@ -533,6 +533,22 @@ class IpcChannelLayer(BaseChannelLayer):
         with self._connection() as conn, self._lock():
             conn.execute("DELETE FROM kv WHERE key = ?", (key,))
 
+    def session_compare_and_set(self, key: str, expected: bytes | None, value: bytes | None, ttl: float) -> bool:
+        self._session_key(key)
+        if value is not None:
+            value = self._session_value(value)
+        with self._write() as conn:  # one write transaction: nobody else reads or writes in between
+            now = time.time()
+            row = conn.execute("SELECT value FROM kv WHERE key = ? AND expires > ?", (key, now)).fetchone()
+            if (None if row is None else bytes(row[0])) != expected:
+                return False
+            if value is None:
+                conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)",
+                             (key, value, now + float(ttl)))
+            return True
+
     # -- housekeeping -------------------------------------------------------------------------
 
     def flush(self) -> None:

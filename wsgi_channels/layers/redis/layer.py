@@ -63,6 +63,7 @@ _MEMBERS = Script(scripts.MEMBERS)
 _GROUP_ADD = Script(scripts.GROUP_ADD)
 _GROUP_DISCARD = Script(scripts.GROUP_DISCARD)
 _STATS = Script(scripts.STATS)
+_SESSION_CAS = Script(scripts.SESSION_CAS)
 
 
 class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
@@ -413,6 +414,16 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
     def session_delete(self, key: str) -> None:
         self._session_key(key)
         self._shard_of(key).execute("DEL", self._key("s", key))
+
+    def session_compare_and_set(self, key: str, expected: bytes | None, value: bytes | None, ttl: float) -> bool:
+        self._session_key(key)
+        if value is not None:
+            value = self._session_value(value)
+            if ttl <= 0:
+                raise ValueError(f"session ttl must be positive, got {ttl!r}")
+        args = (b"0" if expected is None else b"1", expected or b"", b"0" if value is None else b"1", value or b"",
+                max(1, int(ttl * 1000)))
+        return bool(self._shard_of(key).script(_SESSION_CAS, (self._key("s", key),), args))
 
     # -- housekeeping -----------------------------------------------------------------------
 

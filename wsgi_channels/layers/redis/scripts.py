@@ -65,7 +65,7 @@ from ..base import SIDECAR_PREFIX
 from .entries import LUA_CONSTANTS, LUA_HELPERS
 
 __all__ = ["SEND", "RECEIVE", "RECEIVE_MANY", "READ_DONE", "FANOUT", "MEMBERS", "GROUP_ADD", "GROUP_DISCARD",
-           "EVICT", "STATS",
+           "EVICT", "STATS", "SESSION_CAS",
            "REF_MIN", "REF_MARGIN_MS"]
 
 #: Members of one prefix from which a group message names them through a ``P:t:`` key.
@@ -532,6 +532,19 @@ local C = common()
 local n = 0
 for i = 2, #ARGV do n = n + C.evict(ARGV[1], KEYS[1], ARGV[i]) end
 return n
+"""
+
+#: KEYS: s; ARGV: '1' if a value is expected, the expected value, '1' to store a value (else delete),
+#: the value, its TTL in ms. Returns 1 when the key held what was expected (and was changed), else 0.
+SESSION_CAS = r"""
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+if ARGV[3] == '1' then redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5]) else redis.call('DEL', KEYS[1]) end
+return 1
 """
 
 #: KEYS: q [u m]; ARGV: P. Returns {pending targets, head deadline or 0, now}.
