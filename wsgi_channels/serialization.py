@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Iterator, Mapping
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # no type information shipped
 
 from .exceptions import InvalidMessage, MessageTooLarge
 

@@ -64,7 +64,7 @@ class Client:
         """
         names = list(channels) if channels is not None else sorted(self.router.channels)
         channel, content = self.layer.receive(names, block=False)
-        if channel is None:
+        if channel is None or content is None:
             if fail_on_none:
                 raise NoMessage(f"no message waiting on {names}")
             return None
@@ -92,7 +92,7 @@ class Client:
         out: list[dict[str, Any]] = []
         while True:
             got, content = self.layer.receive([channel], block=False)
-            if got is None:
+            if got is None or content is None:
                 return out
             out.append(content)
 

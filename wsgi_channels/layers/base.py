@@ -297,12 +297,12 @@ class BaseChannelLayer:
         """Whether ``channel`` has queued messages; backends may refine this."""
         return False
 
-    def _encode(self, message: dict, channel: str | None = None) -> bytes:
+    def _encode(self, message: MessageDict, channel: str | None = None) -> bytes:
         extra = {RESERVED_KEY: channel} if channel is not None and "!" in channel else None
         return encode(message, self.max_message_size, extra)
 
     @staticmethod
-    def _decode(data: bytes, channel: str) -> tuple[str, dict]:
+    def _decode(data: bytes, channel: str) -> tuple[str, MessageDict]:
         """Decode a stored message and return the channel it was sent to (its full ``!`` name)."""
         message = decode(data)
         return message.pop(RESERVED_KEY, channel), message

@@ -43,7 +43,7 @@ from ...serialization import decode, encode
 from . import queues as q
 from . import wake
 from .store import ConnectionPool, WriteLock, current_pid, default_path, open_connection, prepare_path
-from ..base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
+from ..base import BaseChannelLayer, Received, non_local_name, validate_channel_name, validate_group_name
 
 __all__ = ["IpcChannelLayer"]
 
@@ -331,7 +331,7 @@ class IpcChannelLayer(BaseChannelLayer):
         with self._transaction(conn):
             return q.take_head(conn, queue, time.time())
 
-    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
+    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None) -> Received:
         names = list(dict.fromkeys(self._receive_channels(channels)))
         wait = self._block_timeout(block, timeout)
         if not names:

@@ -24,7 +24,7 @@ from collections import deque
 from itertools import repeat
 from typing import Iterable
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # no type information shipped
 
 from .connection import fork_generation
 

@@ -34,7 +34,7 @@ import re
 import threading
 from typing import Any, Iterable, Sequence
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # no type information shipped
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -250,7 +250,7 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
             raise exc.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
         self._sent += 1
 
-    def send_many(self, items: Sequence[tuple[str, dict]]) -> list[Exception | None]:
+    def send_many(self, items: Sequence[tuple[str, dict]]) -> list[BaseException | None]:
         """Send several messages with one write and one read per shard (a pipeline of ``send`` scripts).
 
         Returns one outcome per item, in order: ``None`` when queued, else the exception
@@ -265,7 +265,7 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         return outcomes
 
     def send_many_then_receive(self, items: Sequence[tuple[str, dict]], channels: Iterable[str], limit: int,
-                               timeout: float, outcomes: list) -> list[tuple[str, dict]]:
+                               timeout: float, outcomes: list[BaseException | None]) -> list[tuple[str, dict]]:
         """:meth:`send_many` of ``items``, then a blocking :meth:`receive_batch` of up to ``limit``
         messages of ``channels`` (waiting up to ``timeout`` seconds for the first), in one round
         trip where it can: when the channels are plain ones on one shard of Redis 7, the sends for
@@ -297,7 +297,7 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
             return self.receive_batch(channels, limit, block=True, timeout=timeout)
         return batch
 
-    def _send_pipeline(self, shard: Shard, entries: list, outcomes: list[Exception | None],
+    def _send_pipeline(self, shard: Shard, entries: list, outcomes: list[BaseException | None],
                        then: bytes | None = None) -> Any:
         """The send scripts of ``entries`` (from :meth:`_prepare_sends`) in one round trip, their
         outcomes recorded in ``outcomes``. ``then``: one more command written after them (see
@@ -314,10 +314,10 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         self._send_outcomes(entries, replies, outcomes)
         return replies[-1] if then is not None else None
 
-    def _prepare_sends(self, items: Sequence[tuple[str, dict]]) -> tuple[list[Exception | None], dict[Shard, list]]:
+    def _prepare_sends(self, items: Sequence[tuple[str, dict]]) -> tuple[list[BaseException | None], dict[Shard, list]]:
         """The outcomes of ``items`` so far (a bad name or message fails its own item only), and the
         ``(index, channel, capacity, payload)`` of the others, by shard."""
-        outcomes: list[Exception | None] = [None] * len(items)
+        outcomes: list[BaseException | None] = [None] * len(items)
         by_shard: dict[Shard, list] = {}
         for i, (channel, message) in enumerate(items):
             try:
@@ -328,7 +328,7 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
             by_shard.setdefault(shard, []).append((i, channel, capacity, payload))
         return outcomes, by_shard
 
-    def _send_outcomes(self, entries: list, replies: list, outcomes: list[Exception | None]) -> None:
+    def _send_outcomes(self, entries: list, replies: list, outcomes: list[BaseException | None]) -> None:
         """Record in ``outcomes`` what the send scripts of ``entries`` answered (``replies`` may go on
         with the reply of another command)."""
         for (i, channel, capacity, _), n in zip(entries, replies):

@@ -16,18 +16,19 @@ push after that attempt always wakes the reader; only the scripts pop those queu
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
 
 from redis.exceptions import ResponseError
 
 from ... import exceptions as exc
+from ..base import Received
 from . import connection, entries
 from . import scripts
 from .connection import NOW, Script, Shard, bulk
 from .copies import GroupMessage
 from .entries import deadline as entry_deadline, is_message, message_body
+from .wakeup import Watch
 
 __all__ = ["ReceivingMixin"]
 
@@ -37,37 +38,6 @@ _RECEIVE = Script(scripts.RECEIVE)
 _RECEIVE_MANY = Script(scripts.RECEIVE_MANY)
 _EVICT = Script(scripts.EVICT)
 _READ_DONE = Script(scripts.READ_DONE)
-
-
-class _Watch:
-    """One thread's doorbell registration for one channel list, kept between its receives.
-
-    Released when the thread receives on other channels, or when the thread ends (its
-    thread-local storage, and with it this object, goes away).
-    """
-
-    __slots__ = ("key", "generation", "watched", "event", "drained")
-
-    def __init__(self, key: tuple, generation: tuple, watched: list, timeout: float) -> None:
-        self.key = key
-        self.generation = generation  # (fork generation, layer epoch): stale after a fork or close()
-        self.watched = watched
-        self.event = threading.Event()
-        #: The last pop attempt, made after the event was cleared, left every queue empty (it
-        #: returned less than it was allowed to): any push since has rung the event.
-        self.drained = False
-        for bell, keys in watched:
-            bell.watch(keys, self.event, timeout)
-
-    def release(self) -> None:
-        watched, self.watched = self.watched, []
-        for bell, keys in watched:
-            bell.unwatch(keys, self.event)
-
-    def __del__(self) -> None:
-        # The owning thread ended: never block here (a collection can run anywhere).
-        for bell, keys in self.watched:
-            bell.unwatch(keys, self.event, blocking=False)
 
 
 class _ShardPlan:
@@ -139,6 +109,7 @@ class ReceivingMixin:
     _local: Any
     _epoch: int
     _block_step: float
+    expiry: float
     _key: Any
     _shard_of: Any
     _open: Any
@@ -313,7 +284,7 @@ class ReceivingMixin:
             return None
         return names, self._plan(names)
 
-    def _watch(self, names: list[str], plan: list, wait: float) -> _Watch:
+    def _watch(self, names: list[str], plan: list, wait: float) -> Watch:
         """An event rung by every push to the queues of ``plan``, kept for this thread's next receive.
 
         A thread that receives on the same channels again and again (the worker, the
@@ -331,11 +302,11 @@ class ReceivingMixin:
                 watch.release()
             else:
                 watch.watched = []  # forked: the parent's listener is abandoned here, never touched
-        watch = _Watch(key, generation, [(entry.shard.bell(), entry.keys) for entry in plan], min(wait, 2.0))
+        watch = Watch(key, generation, [(entry.shard.bell(), entry.keys) for entry in plan], min(wait, 2.0))
         self._local.watch = watch
         return watch
 
-    def _watching(self, names: list[str]) -> _Watch | None:
+    def _watching(self, names: list[str]) -> Watch | None:
         """This thread's registration if it already watches exactly ``names`` (registered before any pop)."""
         watch = getattr(self._local, "watch", None)
         if watch is not None and watch.key == tuple(names) \
@@ -343,7 +314,7 @@ class ReceivingMixin:
             return watch
         return None
 
-    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
+    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None) -> Received:
         if self._copies and type(channels) is list and len(channels) == 1 and channels[0] in self._copies:
             # Fast path for a process's reader on its prefix: the next member of a group message
             # fetched already (only validated names ever get a buffer).
@@ -425,10 +396,10 @@ class ReceivingMixin:
         entry = plan[0]
         shard, name, queue = entry.shard, names[0], entry.keys[0]
         if time.monotonic() - entry.read_at > self.expiry / 2:
-            batch = self._try_receive_batch(names, plan, limit, shared)
+            backlog = self._try_receive_batch(names, plan, limit, shared)
             entry.read_at = time.monotonic()
-            if batch:
-                return batch
+            if backlog:
+                return backlog
         done = b"*5\r\n" + bulk("EVALSHA", _READ_DONE.sha, 2, queue, self._key("u", name))
         for keys, step in self._blocking_steps(entry, wait):
             pop = connection.packed("BLMPOP", step, 1, queue, "LEFT", "COUNT", limit)
