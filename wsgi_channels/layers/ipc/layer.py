@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import threading
 import time
 import weakref
 from contextlib import contextmanager
@@ -52,57 +51,6 @@ log = logging.getLogger(__name__)
 _SWEEP_INTERVAL = 1.0
 _STALE_WAITER_INTERVAL = 60.0
 _MAX_IDLE_WAITERS = 64  # blocked threads or greenlets per process that keep their socket
-
-
-class _ProcessState:
-    """What one process owns besides connections: its waiter sockets and its poke socket.
-
-    Kept apart from the layer so a finalizer can release it at exit without a
-    reference to the layer, and only in the process that created it.
-    """
-
-    def __init__(self, wake_dir: str) -> None:
-        self.pid = current_pid()
-        self.wake_dir = wake_dir
-        self.lock = threading.Lock()
-        self.idle: dict[tuple[str, ...], list[wake.Waiter]] = {}
-        self.all: set[wake.Waiter] = set()
-        self.poker = wake.Poker()
-        self.sent = 0  # sends not yet added to the store's messages_count
-
-    def count_sent(self) -> None:
-        with self.lock:
-            self.sent += 1
-
-    def take_sent(self) -> int:
-        with self.lock:
-            n, self.sent = self.sent, 0
-        return n
-
-    def release(self, pool: ConnectionPool | None = None) -> None:
-        if current_pid() != self.pid:
-            return
-        with self.lock:
-            waiters, self.all, self.idle = list(self.all), set(), {}
-        sent = self.take_sent()
-        if pool is not None and (waiters or sent):
-            try:
-                with pool.connection() as conn:
-                    conn.execute("BEGIN IMMEDIATE")
-                    conn.executemany("DELETE FROM waiters WHERE addr = ?", [(w.addr,) for w in waiters])
-                    if sent:
-                        q.bump(conn, "messages_count", sent)
-                    conn.execute("COMMIT")
-            except Exception as e:  # dead sockets' rows go anyway when a sender finds them
-                log.debug("could not unregister waiters or record sends: %s", e)
-        for w in waiters:
-            w.close()
-        self.poker.close()
-        if waiters:
-            try:
-                os.rmdir(self.wake_dir)  # only if no other process has a socket there
-            except OSError:
-                pass
 
 
 class IpcChannelLayer(BaseChannelLayer):
@@ -135,7 +83,7 @@ class IpcChannelLayer(BaseChannelLayer):
         self._wake_dir, self._wake_private = wake.wake_dir_for(self.path)
         self._lock = WriteLock(self.path, self.busy_timeout)
         self._pool = ConnectionPool(lambda: open_connection(self.path, self.busy_timeout, self._lock))
-        self._state = _ProcessState(self._wake_dir)
+        self._state = wake.ProcessState(self._wake_dir)
         self._finalizer = weakref.finalize(self, self._state.release, self._pool)
         self._rr = 0
         self._last_sweep = 0.0
@@ -171,10 +119,10 @@ class IpcChannelLayer(BaseChannelLayer):
 
     # -- connections and transactions ---------------------------------------------------------
 
-    def _process_state(self) -> _ProcessState:
+    def _process_state(self) -> wake.ProcessState:
         state = self._state
         if state.pid != current_pid():  # forked: the parent's sockets are not ours to use or close
-            state = self._state = _ProcessState(self._wake_dir)
+            state = self._state = wake.ProcessState(self._wake_dir)
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, state.release, self._pool)
         return state
@@ -599,7 +547,7 @@ class IpcChannelLayer(BaseChannelLayer):
         if self._state.pid == current_pid():
             self._finalizer.detach()
             self._state.release(self._pool)
-            self._state = _ProcessState(self._wake_dir)
+            self._state = wake.ProcessState(self._wake_dir)
             self._finalizer = weakref.finalize(self, self._state.release, self._pool)
         self._pool.close()
         self._lock.close()
