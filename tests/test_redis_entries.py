@@ -70,7 +70,7 @@ def test_entries_built_in_python_are_read_by_the_lua(client):
         assert (int(deadline), lua_kind, [t.decode() for t in lua_targets], lua_count) == (dl, kind, targets, count)
         # and Python reads back what it built
         parsed_kind, field, parsed_body = entries.parse(entry)
-        assert (parsed_kind, entries.deadline(entry), bytes(parsed_body)) == (kind, dl, body)
+        assert (bytes([parsed_kind]), entries.deadline(entry), bytes(parsed_body)) == (kind, dl, body)
         if kind == b"t":
             assert entries.names(field) == targets
         elif kind == b"r":
@@ -120,13 +120,13 @@ def test_entries_built_by_the_lua_are_read_by_python(client, layer):
     for name in plain:
         entry = only_entry(name)
         kind, field, body = entries.parse(entry)
-        assert (kind, field, decode(body)) == (b"m", None, message)
+        assert (kind, field, decode(body)) == (entries.MESSAGE_KIND, None, message)
         assert before + 29_000 <= entries.deadline(entry) <= after + 31_000
     kind, field, body = entries.parse(only_entry("codec.F!"))
-    assert (kind, sorted(entries.names(field)), decode(body)) == (b"t", few, message)
+    assert (kind, sorted(entries.names(field)), decode(body)) == (entries.TARGETS_KIND, few, message)
     kind, field, body = entries.parse(only_entry("codec.M!"))
     count, key = entries.reference(field)
-    assert (kind, count, decode(body)) == (b"r", len(many), message)
+    assert (kind, count, decode(body)) == (entries.REFERENCE_KIND, len(many), message)
     assert sorted(client.get(key).decode().split(" ")) == sorted(many)
     # and the layer hands each member its copy from them
     got = layer.receive_batch(["codec.F!", "codec.M!", *plain], 1000)

@@ -1,10 +1,13 @@
 """What every channel layer shares: names, capacities, new channels, the API surface.
 
-Backends subclass :class:`BaseChannelLayer` and implement ``send``, ``receive``,
-``group_add``, ``group_discard``, ``group_channels``, ``send_group``, ``flush``
-and the statistics methods. Everything that is a rule of the contract (naming,
-message validation, capacity lookup, reply-channel names) lives here, so every
-backend applies it the same way.
+:class:`BaseChannelLayer` is the whole contract a backend implements, in one place: every
+method the push API, the worker, the consumers and the sidecar call. A backend implements
+``send``, ``receive``, ``group_add``, ``group_discard``, ``group_channels``, ``send_group``,
+``flush``, the statistics and the session methods (``session_compare_and_set`` included);
+``send_many``, ``receive_batch`` and ``send_many_then_receive`` have default implementations
+built on those, which a backend overrides when it can do the same in fewer round trips.
+Everything that is a rule of the contract (naming, message validation, capacity lookup,
+reply-channel names) lives here too, so every backend applies it the same way.
 """
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from ...exceptions import ChannelsError
 
 __all__ = [
     "DEADLINE_DIGITS", "KIND_AT", "REST_AT", "MESSAGE", "TARGETS", "REFERENCE", "SEPARATOR", "FIELD_END",
+    "MESSAGE_KIND", "TARGETS_KIND", "REFERENCE_KIND",
     "message_head", "targets_head", "reference_head", "build", "append_entry",
     "deadline", "is_message", "message_body", "parse", "names", "reference",
     "LUA_CONSTANTS", "LUA_HELPERS",
@@ -41,12 +42,13 @@ KIND_AT = DEADLINE_DIGITS
 REST_AT = KIND_AT + 1
 #: Kind bytes: a message for the queue's channel, for the members listed, for the members of a key.
 MESSAGE, TARGETS, REFERENCE = b"m", b"t", b"r"
+#: The same kinds as :func:`parse` returns them (the byte's value: comparing ints is the cheapest).
+MESSAGE_KIND, TARGETS_KIND, REFERENCE_KIND = MESSAGE[0], TARGETS[0], REFERENCE[0]
 #: Between the names of a ``t`` entry, and between the count and the key of an ``r`` entry.
 SEPARATOR = b" "
 #: Ends the target field of ``t`` and ``r`` entries; the body follows.
 FIELD_END = b"\n"
 
-_MESSAGE_BYTE, _TARGETS_BYTE, _REFERENCE_BYTE = MESSAGE[0], TARGETS[0], REFERENCE[0]
 _SEPARATOR_STR = SEPARATOR.decode()
 _ENTRY = b"%%0%dd%%s%%s" % DEADLINE_DIGITS
 _COMMAND_AND_ENTRY = b"%%s$%%d\r\n%s\r\n" % _ENTRY
@@ -91,7 +93,7 @@ def deadline(entry: bytes) -> int:
 
 def is_message(entry: bytes) -> bool:
     """Whether ``entry`` is an ``m`` entry (its body is for the queue's own channel)."""
-    return entry[KIND_AT] == _MESSAGE_BYTE
+    return entry[KIND_AT] == MESSAGE_KIND
 
 
 def message_body(entry: bytes) -> memoryview:
@@ -99,18 +101,19 @@ def message_body(entry: bytes) -> memoryview:
     return memoryview(entry)[REST_AT:]
 
 
-def parse(entry: bytes) -> tuple[bytes, bytes | None, memoryview]:
-    """``(kind, target field, body)`` of ``entry``; the field is None for an ``m`` entry.
+def parse(entry: bytes) -> tuple[int, bytes | None, memoryview]:
+    """``(kind, target field, body)`` of ``entry``: the kind as ``MESSAGE_KIND``, ``TARGETS_KIND`` or
+    ``REFERENCE_KIND``; the field None for an ``m`` entry.
 
     The field is parsed further with :func:`names` (``t``) or :func:`reference` (``r``).
     Raises :class:`~wsgi_channels.exceptions.ChannelsError` for an entry of no known shape.
     """
-    kind = entry[KIND_AT:REST_AT]
-    if kind == MESSAGE:
+    kind = entry[KIND_AT]
+    if kind == MESSAGE_KIND:
         return kind, None, memoryview(entry)[REST_AT:]
     end = entry.find(FIELD_END, REST_AT)
-    if end < 0 or kind not in (TARGETS, REFERENCE):
-        raise ChannelsError(f"a queued entry of kind {kind!r} could not be parsed: "
+    if end < 0 or (kind != TARGETS_KIND and kind != REFERENCE_KIND):
+        raise ChannelsError(f"a queued entry of kind {entry[KIND_AT:REST_AT]!r} could not be parsed: "
                             "is another application using the same key prefix?")
     return kind, entry[REST_AT:end], memoryview(entry)[end + 1:]
 
@@ -139,7 +142,7 @@ LUA_CONSTANTS = f"""
 -- The entry format, generated from wsgi_channels/layers/redis/entries.py.
 local E_DEADLINE_END, E_KIND_AT, E_REST_AT = {DEADLINE_DIGITS}, {KIND_AT + 1}, {REST_AT + 1}
 local E_MESSAGE, E_TARGETS, E_REFERENCE = {_lua_string(MESSAGE)}, {_lua_string(TARGETS)}, {_lua_string(REFERENCE)}
-local E_TARGETS_BYTE, E_REFERENCE_BYTE = {_TARGETS_BYTE}, {_REFERENCE_BYTE}
+local E_TARGETS_BYTE, E_REFERENCE_BYTE = {TARGETS_KIND}, {REFERENCE_KIND}
 local E_SEPARATOR, E_FIELD_END = {_lua_string(SEPARATOR)}, {_lua_string(FIELD_END)}
 """
 

@@ -44,6 +44,7 @@ from . import connection, entries
 from . import scripts
 from .connection import NOW, Script, Shard, bulk, run_everywhere
 from .copies import CopyBuffer
+from .entries import append_entry
 from .options import connection_url, fernet, options_from_url, split_urls
 from .receive import ReceivingMixin, _ShardPlan
 from ..base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
@@ -241,7 +242,7 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         if self._fernet is not None:
             body = self._fernet.encrypt(body)
         # The entry (see entries): its deadline on the server's clock, its head, the body.
-        return shard, entries.append_entry(command, shard.now_ms() + self._expiry_ms, head, body), capacity
+        return shard, append_entry(command, shard.now_ms() + self._expiry_ms, head, body), capacity
 
     def send(self, channel: str, message: dict) -> None:
         shard, payload, capacity = self._send_payload(channel, message)

@@ -27,7 +27,9 @@ from . import connection, entries
 from . import scripts
 from .connection import NOW, Script, Shard, bulk
 from .copies import GroupMessage
-from .entries import deadline as entry_deadline, is_message, message_body
+from .entries import REFERENCE_KIND, SEPARATOR, TARGETS_KIND, is_message, message_body
+from .entries import deadline as entry_deadline
+from .entries import parse as parse_entry
 from .wakeup import Watch
 
 __all__ = ["ReceivingMixin"]
@@ -152,10 +154,10 @@ class ReceivingMixin:
     def _group_message(self, name: str, entry: bytes, now_ms: int) -> GroupMessage:
         """A popped ``t`` or ``r`` entry (one message for members of prefix ``name``), decrypted
         and decoded once."""
-        kind, field, body = entries.parse(entry)
+        kind, field, body = parse_entry(entry)
         if field is None:
             raise exc.ChannelsError(f"a message entry on the process prefix {name!r} names no member")
-        if kind == entries.REFERENCE:
+        if kind == REFERENCE_KIND:
             count, key = entries.reference(field)
             targets = self._named_members(name, key, count)
         else:
@@ -187,10 +189,10 @@ class ReceivingMixin:
         return names
 
     def _deliver(self, name: str, entry: bytes, now_ms: int, shared: bool = False) -> tuple[str, dict]:
-        kind, field, body = entries.parse(entry)
+        kind, field, body = parse_entry(entry)
         if field is None:
             return name, self._open(body)
-        if kind == entries.TARGETS and entries.SEPARATOR not in field:
+        if kind == TARGETS_KIND and SEPARATOR not in field:
             return field.decode(), self._open(body)  # one target: a send to a process-local channel
         message = self._group_message(name, entry, now_ms)
         first = message.copies(message.targets[:1], shared)[0]
