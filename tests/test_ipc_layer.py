@@ -29,8 +29,8 @@ import pytest
 
 from wsgi_channels.exceptions import ConfigurationError, LayerUnavailable, StoreError
 from wsgi_channels.layers import from_url
-from wsgi_channels.layers._ipc_store import APPLICATION_ID
-from wsgi_channels.layers._ipc_wake import wake_dir_for
+from wsgi_channels.layers.ipc.store import APPLICATION_ID
+from wsgi_channels.layers.ipc.wake import wake_dir_for
 from wsgi_channels.layers.ipc import IpcChannelLayer
 
 pytestmark = pytest.mark.timeout(120)

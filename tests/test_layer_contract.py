@@ -1,6 +1,8 @@
 """The channel-layer contract (CONTRACT.md section 1), one suite for every backend.
 
 Parametrised by ``conftest.BACKENDS``: memory, ipc, one Redis 7, three Redis shards, one Redis 6.0.
+Bad names and messages are in ``test_layer_contract_input.py``, the batch methods (through each
+backend's own implementation and the default one) in ``test_layer_contract_batches.py``.
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import pytest
 
 from wsgi_channels import exceptions as exc
 from wsgi_channels.layers.base import new_process_prefix
-from wsgi_channels.serialization import DEFAULT_MAX_MESSAGE_SIZE, RESERVED_KEY, encode
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -121,108 +122,6 @@ def test_new_channel_is_unguessable_and_unique(layer):
 def test_new_channel_rejects_non_question_patterns(layer, pattern):
     with pytest.raises(TypeError):
         layer.new_channel(pattern)
-
-
-# -- names ----------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["", "with space", "ünïcode", "a?b?c", "a!b!c", "a" * 201, None, b"bytes", "q?"])
-def test_bad_channel_names_on_send(layer, name):
-    with pytest.raises(TypeError) as info:
-        layer.send(name, {"x": 1})
-    assert isinstance(info.value, exc.InvalidChannelName)
-    assert "channel name" in str(info.value)
-    layer.send("still.works", {"x": 1})
-    assert layer.receive(["still.works"]) == ("still.works", {"x": 1})
-
-
-def test_bad_channel_names_on_receive(layer):
-    with pytest.raises(TypeError, match="process prefix"):
-        layer.receive(["proc!suffix"])
-    with pytest.raises(TypeError, match="'a b'"):
-        layer.receive(["a b"])
-    with pytest.raises(TypeError, match="list of channel names"):
-        layer.receive("just.a.string")
-    with pytest.raises(TypeError):
-        layer.send("proc!", {"x": 1})
-
-
-@pytest.mark.parametrize("name", ["", "has space", "a!b", "a?b", "x" * 201, 7])
-def test_bad_group_names(layer, name):
-    for call in (lambda: layer.group_add(name, "ch"), lambda: layer.group_discard(name, "ch"),
-                 lambda: layer.send_group(name, {"x": 1}), lambda: layer.group_channels(name)):
-        with pytest.raises(TypeError) as info:
-            call()
-        assert isinstance(info.value, exc.InvalidGroupName)
-        assert "group name" in str(info.value)
-
-
-# -- messages ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("message", [None, [1, 2], "text", b"bytes", 42])
-def test_non_dict_messages_rejected(layer, message):
-    with pytest.raises(exc.InvalidMessage, match="must be a dict"):
-        layer.send("test.bad", message)
-    with pytest.raises(TypeError):
-        layer.send_group("grp", message)
-
-
-@pytest.mark.parametrize("message,path", [
-    ({"a": {1, 2}}, "message['a']"),
-    ({"headers": [[b"a", b"b"], [b"c", object()]]}, "message['headers'][1][1]"),
-    ({"a": {"b": {"c": 1j}}}, "message['a']['b']['c']"),
-    ({"a": {5: "int key"}}, "message['a']"),
-    ({"n": 2**64}, "message['n']"),
-    ({"n": 2**63}, "message['n']"),
-    ({1: "x"}, "message"),
-])
-def test_unsupported_values_name_key_path(layer, message, path):
-    with pytest.raises(TypeError) as info:
-        layer.send("test.bad", message)
-    assert str(info.value).startswith(path)
-    layer.send("test.good", {"ok": 1})
-    assert layer.receive(["test.good"]) == ("test.good", {"ok": 1})
-
-
-def test_reserved_key_rejected(layer):
-    with pytest.raises(exc.InvalidMessage, match=RESERVED_KEY):
-        layer.send("test.bad", {RESERVED_KEY: "other.channel!x"})
-    with pytest.raises(exc.InvalidMessage, match=RESERVED_KEY):
-        layer.send_group("grp", {RESERVED_KEY: "x"})
-
-
-def _sized(target: int, key: str = "b") -> dict:
-    overhead = len(encode({key: b""}, None))
-    msg = {key: b"x" * (target - overhead)}
-    # msgpack's length prefix grows with the payload: adjust until exact.
-    while len(encode(msg, None)) > target:
-        msg = {key: msg[key][:-1]}
-    assert len(encode(msg, None)) == target
-    return msg
-
-
-def test_size_limit_just_under_and_just_over(layer):
-    assert layer.max_message_size == DEFAULT_MAX_MESSAGE_SIZE
-    ok = _sized(DEFAULT_MAX_MESSAGE_SIZE)
-    layer.send("test.size", ok)
-    assert layer.receive(["test.size"])[1] == ok
-    too_big = {"b": ok["b"] + b"x"}
-    with pytest.raises(exc.MessageTooLarge) as info:
-        layer.send("test.size", too_big)
-    assert str(DEFAULT_MAX_MESSAGE_SIZE) in str(info.value)
-    assert isinstance(info.value, layer.MessageTooLarge)
-    layer.group_add("size.grp", "test.size")
-    with pytest.raises(layer.MessageTooLarge):
-        layer.send_group("size.grp", too_big)
-    assert layer.receive(["test.size"]) == (None, None)
-
-
-def test_configured_size_limit(make_layer):
-    layer = make_layer(max_message_size=1000)
-    layer.send("small", _sized(1000))
-    with pytest.raises(exc.MessageTooLarge):
-        layer.send("small", {"b": b"x" * 1000})
 
 
 # -- capacity -----------------------------------------------------------------------------------------
@@ -498,79 +397,6 @@ def test_statistics_and_extensions(layer):
     assert layer.channel_statistics("stats.chan")["messages_pending"] == 0
 
 
-def test_receive_batch_takes_a_backlog_in_order(layer):
-    assert layer.receive_batch(["batch.a"], limit=10) == []
-    for i in range(5):
-        layer.send("batch.a", {"i": i})
-        layer.send(f"batch.p!c{i}", {"i": i})
-    layer.group_add("batch.g", "batch.p!x")
-    layer.group_add("batch.g", "batch.p!y")
-    layer.send_group("batch.g", {"g": True})
-    got = layer.receive_batch(["batch.a", "batch.p!"], limit=4)
-    assert len(got) == 4
-    rest = layer.receive_batch(["batch.a", "batch.p!"], limit=100, block=True, timeout=1)
-    everything = got + rest
-    assert len(everything) == 12
-    assert [m["i"] for c, m in everything if c == "batch.a"] == list(range(5))
-    assert [m.get("i") for c, m in everything if c.startswith("batch.p!c")] == list(range(5))
-    assert sorted(c for c, m in everything if m.get("g")) == ["batch.p!x", "batch.p!y"]
-    assert layer.receive_batch(["batch.a", "batch.p!"], limit=3) == []
-    for bad in (0, -1, True, 1.5):
-        with pytest.raises(ValueError):
-            layer.receive_batch(["batch.a"], limit=bad)
-
-
-def test_receive_batch_hands_out_group_copies_per_member_in_order(layer):
-    members = [f"bat.side!c{i}" for i in range(500)]
-    for m in members:
-        layer.group_add("bat.g", m)
-    layer.send("bat.side!c7", {"n": -1})
-    layer.send_group("bat.g", {"n": 0})
-    layer.send_group("bat.g", {"n": 1})
-    layer.send("bat.plain", {"n": 9})
-    got = []
-    while True:
-        batch = layer.receive_batch(["bat.side!", "bat.plain"], 300)
-        assert len(batch) <= 300
-        if not batch:
-            break
-        got += batch
-    assert len(got) == 1 + 1000 + 1
-    per_member: dict = {}
-    for channel, message in got:
-        per_member.setdefault(channel, []).append(message["n"])
-    assert per_member.pop("bat.plain") == [9]
-    assert per_member.pop("bat.side!c7") == [-1, 0, 1]  # FIFO per member
-    assert all(v == [0, 1] for v in per_member.values()) and len(per_member) == 499
-    zeros = [m for _, m in got if m["n"] == 0]
-    zeros[0]["n"] = "changed"  # every delivery is its own copy
-    assert zeros[1]["n"] == 0
-    assert layer.receive_batch(["bat.side!"], 10) == []
-
-
-def test_receive_batch_shared_still_delivers_to_every_member_in_order(layer):
-    # shared=True lets a reader that never changes messages (the sidecar) skip the copies.
-    members = [f"shr.side!c{i}" for i in range(300)]
-    for m in members:
-        layer.group_add("shr.g", m)
-    layer.send_group("shr.g", {"n": 0, "list": [1, 2]})
-    layer.send("shr.side!c3", {"n": 1})
-    layer.send_group("shr.g", {"n": 2, "list": [1, 2]})
-    got = []
-    while True:
-        batch = layer.receive_batch(["shr.side!"], 128, shared=True)
-        assert len(batch) <= 128
-        if not batch:
-            break
-        got += batch
-    per_member: dict = {}
-    for channel, message in got:
-        assert message == {"n": 1} or message["list"] == [1, 2]
-        per_member.setdefault(channel, []).append(message["n"])
-    assert per_member.pop("shr.side!c3") == [0, 1, 2]
-    assert len(per_member) == 299 and all(v == [0, 2] for v in per_member.values())
-
-
 def test_receive_many_is_a_deprecated_alias(layer):
     layer.send("alias.chan", {"x": 1})
     with warnings.catch_warnings(record=True) as caught:
@@ -649,3 +475,45 @@ def test_session_store_set_get_delete_expire(layer):
     assert layer.session_get("flushed") is None
     with pytest.raises(TypeError):
         layer.session_get("")
+
+
+def test_session_compare_and_set(layer):
+    key = "order:" + layer.new_channel("cas.reply?")
+    assert layer.session_compare_and_set(key, b"1", b"2", 60) is False and layer.session_get(key) is None
+    assert layer.session_compare_and_set(key, None, b"1", 60) is True and layer.session_get(key) == b"1"
+    assert layer.session_compare_and_set(key, None, b"9", 60) is False
+    assert layer.session_compare_and_set(key, b"2", b"9", 60) is False and layer.session_get(key) == b"1"
+    assert layer.session_compare_and_set(key, b"1", b"2", 60) is True and layer.session_get(key) == b"2"
+    assert layer.session_compare_and_set(key, b"2", None, 60) is True and layer.session_get(key) is None
+    layer.session_set(key, b"x", ttl=0.3)
+    time.sleep(0.7)
+    assert layer.session_compare_and_set(key, b"x", b"y", 60) is False  # expired counts as absent
+    assert layer.session_compare_and_set(key, None, b"y", 60) is True and layer.session_get(key) == b"y"
+    with pytest.raises(TypeError):
+        layer.session_compare_and_set("", None, b"x", 60)
+    with pytest.raises(TypeError):
+        layer.session_compare_and_set(key, b"y", "not bytes", 60)
+    assert layer.session_get(key) == b"y"
+
+
+def test_session_compare_and_set_loses_no_update_between_clients(make_layer):
+    # Clients that each read the counter and compare-and-set it one higher, at once: every
+    # increment lands exactly once (separate layer instances: separate connections or processes).
+    first = make_layer()
+    clients = [make_layer() if first.cross_process else first for _ in range(4)]
+    key = "cas.counter"
+    per_client = 25
+
+    def bump(layer):
+        done = 0
+        while done < per_client:
+            raw = layer.session_get(key)
+            if layer.session_compare_and_set(key, raw, b"%d" % (int(raw or 0) + 1), 60):
+                done += 1
+
+    threads = [threading.Thread(target=bump, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert first.session_get(key) == b"%d" % (per_client * len(clients))

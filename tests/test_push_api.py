@@ -103,6 +103,27 @@ def test_deferred_sends_collect_copies_until_flushed():
             Channel("defer.a", layer=MemoryChannelLayer(max_message_size=100)).send({"b": b"x" * 200})
 
 
+def test_a_deferred_send_is_encoded_once_and_sent_as_it_is(layer):
+    # It used to be encoded (to check and copy it), decoded, and encoded again by the layer.
+    from wsgi_channels.consumer import flush_sends
+    from wsgi_channels.serialization import EncodedMessage, encode
+
+    message = {"n": [1], "text": "x"}
+    with deferred_sends() as outbox:
+        Channel("once.a", layer=layer).send(message)
+        Group("once.g", layer=layer).send({"g": 1})
+    queued = [m for _, _, _, m in outbox]
+    assert all(type(m) is EncodedMessage for m in queued)
+    assert encode(queued[0], layer.max_message_size) is queued[0].data  # the layer takes its bytes
+    assert queued[0] == message and dict(queued[0]) == message and len(queued[0]) == 2
+    with pytest.raises(exc.MessageTooLarge):
+        encode(queued[0], 5)  # still checked against the receiving layer's limit
+    layer.group_add("once.g", "once.b")
+    assert flush_sends(outbox) == 0
+    assert layer.receive(["once.a"]) == ("once.a", message)
+    assert layer.receive(["once.b"]) == ("once.b", {"g": 1})
+
+
 def test_public_names():
     for name in ("Channel", "Group", "get_layer", "from_url", "ChannelFull", "MessageTooLarge", "LayerUnavailable"):
         assert name in wsgi_channels.__all__ and getattr(wsgi_channels, name)

@@ -342,6 +342,12 @@ def test_flush_uses_scan_and_clears_sessions_on_every_shard(redis_shards, made):
 # -- configuration ----------------------------------------------------------------------------------
 
 
+def test_a_key_prefix_ending_in_a_newline_is_refused(redis_server):
+    # '$' with re.match would accept it, and the prefix ends up inside every key name.
+    with pytest.raises(exc.ConfigurationError, match="prefix"):
+        from_url(redis_server.url, prefix="wsgi_channels\n")
+
+
 def test_from_url_forms(redis_shards, made):
     urls = [s.url for s in redis_shards]
     a = made(",".join(u + "?capacity=7" for u in urls))
@@ -794,7 +800,7 @@ def test_group_send_to_a_dead_prefix_evicts_it_without_queueing(fresh_redis, mad
 def test_large_broadcast_names_its_members_through_one_key(fresh_redis, made):
     # From REF_MIN members of one prefix, the entry names a P:t: key holding the members instead of
     # listing them, so no script copies the names per message; readers fetch them once.
-    from wsgi_channels.layers._redis_scripts import REF_MIN
+    from wsgi_channels.layers.redis.scripts import REF_MIN
 
     sender = made(fresh_redis.url)
     reader = made(fresh_redis.url)  # another process: it has never seen the member list
@@ -840,7 +846,7 @@ def test_large_broadcast_names_its_members_through_one_key(fresh_redis, made):
 
 
 def test_large_broadcast_expired_unread_evicts_its_members(fresh_redis, made):
-    from wsgi_channels.layers._redis_scripts import REF_MIN
+    from wsgi_channels.layers.redis.scripts import REF_MIN
 
     layer = made(fresh_redis.url, expiry=0.5)
     members = [f"lost.side!c{i}" for i in range(REF_MIN)]
@@ -854,9 +860,9 @@ def test_large_broadcast_expired_unread_evicts_its_members(fresh_redis, made):
 
 
 def test_idle_connections_are_closed_after_a_burst(fresh_redis, made, monkeypatch):
-    from wsgi_channels.layers import _redis_conn
+    from wsgi_channels.layers.redis import connection
 
-    monkeypatch.setattr(_redis_conn, "IDLE_CLOSE", 0.2)
+    monkeypatch.setattr(connection, "IDLE_CLOSE", 0.2)
     layer = made(fresh_redis.url)
     shard = layer._shards[0]
     links = [shard.acquire() for _ in range(12)]  # what a burst of 12 concurrent calls leaves behind
@@ -892,7 +898,7 @@ def test_a_long_outage_logs_the_lost_wakeup_listener_once(caplog):
     try:
         # A process prefix is waited on through the wake-up listener (plain channels use BLPOP).
         assert layer.receive(["outage.proc!"], block=True, timeout=0.2) == (None, None)  # starts the listener
-        with caplog.at_level(logging.DEBUG, logger="wsgi_channels.layers._redis_wakeup"):
+        with caplog.at_level(logging.DEBUG, logger="wsgi_channels.layers.redis.wakeup"):
             server.restart(down_for=3.0)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline and not any("reconnected" in r.getMessage() for r in caplog.records):

@@ -120,3 +120,25 @@ def test_the_fast_check_agrees_at_the_depth_limit(depth, leaf):
     accepted = _full_check_accepts(message)
     assert _valid(message, 0) == accepted
     assert accepted == (depth <= 64 or (isinstance(leaf, str) and depth == 65))
+
+
+@given(messages, st.lists(st.text(), min_size=1, max_size=3),
+       st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3), st.booleans())
+@settings(max_examples=200, deadline=None)
+def test_a_lone_surrogate_anywhere_is_an_invalid_message_naming_its_key_path(message, path, bad, as_key):
+    # msgpack's own UnicodeEncodeError named neither the rule nor the place.
+    target, parts = message, []
+    for key in path[:-1]:
+        if isinstance(target.get(key, {}), dict):
+            target = target.setdefault(key, {})
+            parts.append(key)
+    if as_key:
+        target[bad] = 1
+        expected = "message" + "".join(f"[{p!r}]" for p in parts) + ": key"
+    else:
+        target[path[-1]] = "ok" + bad
+        expected = "message" + "".join(f"[{p!r}]" for p in parts + [path[-1]]) + ": str"
+    with pytest.raises(InvalidMessage) as info:
+        encode(message, None)
+    assert str(info.value).startswith(expected) and "cannot be encoded as UTF-8" in str(info.value)
+    assert decode(encode({"after": "\u2603"}, None)) == {"after": "\u2603"}  # the thread's packer still works

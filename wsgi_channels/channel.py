@@ -20,9 +20,10 @@ from typing import Any, Iterator, Union
 
 from .layers import from_url
 from .layers.base import BaseChannelLayer, validate_channel_name, validate_group_name
-from .serialization import decode, encode
+from .serialization import EncodedMessage, encode
 
-__all__ = ["Channel", "Group", "get_layer", "default_layer_url", "deferred_sends", "DEFAULT_LAYER_URL"]
+__all__ = ["Channel", "Group", "get_layer", "resolve_layer", "default_layer_url", "deferred_sends",
+           "DEFAULT_LAYER_URL"]
 
 DEFAULT_LAYER_URL = "memory://"
 ENV_VAR = "WSGI_CHANNELS_LAYER"
@@ -66,10 +67,14 @@ def get_layer(url: str | None = None) -> BaseChannelLayer:
     return layer
 
 
-def _resolve(layer: LayerLike) -> BaseChannelLayer:
+def resolve_layer(layer: LayerLike) -> BaseChannelLayer:
+    """``layer`` itself when it is a layer, else the process's layer for that URL (None: the default)."""
     if layer is None or isinstance(layer, str):
         return get_layer(layer)
     return layer
+
+
+_resolve = resolve_layer  # the former private name, still imported by modules outside the core
 
 
 def _name(obj: Any) -> Any:
@@ -83,8 +88,9 @@ def deferred_sends() -> Iterator[list]:
     Yields the list of pending ``(layer, kind, name, message)`` tuples, where
     ``kind`` is ``"send"`` or ``"send_group"``; the caller sends them (the
     worker does so with a bounded retry on ``ChannelFull``). Each message is
-    validated and copied when queued. Blocks nest: an inner block's sends
-    join the outer list.
+    validated and encoded when queued, as an
+    :class:`~wsgi_channels.serialization.EncodedMessage` that the layer sends without
+    encoding it again. Blocks nest: an inner block's sends join the outer list.
     """
     outer = _local.outbox
     if outer is not None:
@@ -104,8 +110,9 @@ def _dispatch(layer_like: LayerLike, kind: str, name: str, content: dict, immedi
     if outbox is None:
         getattr(layer, kind)(name, content)
     else:
-        # Validate, size-check and copy now, so later mutation changes nothing.
-        outbox.append((layer, kind, name, decode(encode(content, layer.max_message_size))))
+        # Validate, size-check and encode now, so later mutation changes nothing; the layer sends
+        # these bytes as they are (the message is encoded once).
+        outbox.append((layer, kind, name, EncodedMessage(encode(content, layer.max_message_size))))
 
 
 class Channel:
@@ -119,7 +126,7 @@ class Channel:
 
     @property
     def channel_layer(self) -> BaseChannelLayer:
-        return _resolve(self._layer)
+        return resolve_layer(self._layer)
 
     def send(self, content: dict, immediately: bool = False) -> None:
         """Send ``content``; inside a consumer it goes out when the consumer ends unless ``immediately``."""
@@ -149,7 +156,7 @@ class Group:
 
     @property
     def channel_layer(self) -> BaseChannelLayer:
-        return _resolve(self._layer)
+        return resolve_layer(self._layer)
 
     def add(self, channel: Channel | str) -> None:
         """Add a channel (name or :class:`Channel`); repeated adds renew the membership."""

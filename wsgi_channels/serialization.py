@@ -7,13 +7,16 @@ distinct through a round trip (msgpack's bin and str types).
 
 Validation walks the message once and names the key path of the first bad
 value, so an error reads ``message['headers'][1][0]: set is not allowed``.
+A ``str`` that UTF-8 cannot encode (a lone surrogate such as ``"\\ud800"``) is
+found by :func:`encode`, which names its key path the same way; checking every
+string before packing would cost the common case a pass of its own.
 """
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Iterator, Mapping
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # no type information shipped
 
 from .exceptions import InvalidMessage, MessageTooLarge
 
@@ -23,6 +26,7 @@ __all__ = [
     "validate_message",
     "encode",
     "decode",
+    "EncodedMessage",
 ]
 
 #: Key under which layers carry the full ``prefix!suffix`` name of a process-local channel.
@@ -141,15 +145,86 @@ def _packer() -> msgpack.Packer:
     return packer
 
 
-def encode(message: dict, max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE, extra: dict | None = None) -> bytes:
+def _not_utf8(text: str, where: str) -> str | None:
+    """The error for ``text`` (``where`` names it) if UTF-8 cannot encode it, else None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"{where} {text[:40]!r} cannot be encoded as UTF-8 ({e.reason} at position {e.start})"
+    return None
+
+
+def _unencodable(value: Any, parts: list) -> str | None:
+    """The error naming the first ``str`` (a value or a key) in ``value`` that UTF-8 cannot encode."""
+    if isinstance(value, str):
+        return _not_utf8(value, f"{_path(parts)}: str")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _not_utf8(k, f"{_path(parts)}: key") or _unencodable(v, parts + [k])
+            if found is not None:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _unencodable(v, parts + [i])
+            if found is not None:
+                return found
+    return None
+
+
+class EncodedMessage(Mapping[str, Any]):
+    """A message validated and encoded once, handed to a layer as it is.
+
+    ``Channel.send``/``Group.send`` inside a consumer encode the message when they are
+    called (so a bad message fails there, and later changes to the dict change nothing) and
+    queue it in this form; the layer's :func:`encode` then takes its bytes instead of
+    packing the message a second time. Read as a mapping it is the message, decoded on
+    first use (a read-only view).
+    """
+
+    __slots__ = ("data", "_decoded")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._decoded: dict[str, Any] | None = None
+
+    def _message(self) -> dict[str, Any]:
+        if self._decoded is None:
+            self._decoded = decode(self.data)
+        return self._decoded
+
+    def __getitem__(self, key: str) -> Any:
+        return self._message()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._message())
+
+    def __len__(self) -> int:
+        return len(self._message())
+
+    def __repr__(self) -> str:
+        return f"EncodedMessage({self._message()!r})"
+
+
+def encode(message: dict[str, Any] | EncodedMessage, max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
+           extra: dict[str, Any] | None = None) -> bytes:
     """Validate ``message`` and encode it; ``extra`` keys (layer-internal) are added unchecked.
 
-    Raises :class:`InvalidMessage` or :class:`MessageTooLarge` (with the sizes).
+    Raises :class:`InvalidMessage` (naming the key path of the bad value, a ``str`` that
+    is not valid Unicode included) or :class:`MessageTooLarge` (with the sizes). An
+    :class:`EncodedMessage` is not packed again: only its size is checked.
     """
+    if type(message) is EncodedMessage:
+        data = message.data if not extra else _packer().pack({**message._message(), **extra})
+        if max_size is not None and len(data) > max_size:
+            raise MessageTooLarge(f"message encodes to {len(data)} bytes, over the limit of {max_size} bytes")
+        return data
     validate_message(message)
     if extra:
         message = {**message, **extra}
-    data = _packer().pack(message)
+    try:
+        data = _packer().pack(message)
+    except UnicodeEncodeError:  # a lone surrogate: found and named only now, off the common path
+        raise InvalidMessage(_unencodable(message, []) or "a str in the message cannot be encoded as UTF-8") from None
     if max_size is not None and len(data) > max_size:
         raise MessageTooLarge(
             f"message encodes to {len(data)} bytes, over the limit of {max_size} bytes"

@@ -15,6 +15,26 @@ once its predecessor has run. If the predecessor never comes (it was
 dropped), the connection is not stalled: after ``timeout`` seconds the gap is
 skipped with a warning and the parked messages run. A message older than a
 skip is dropped with a warning.
+
+The ordering state is one number per connection in the layer's key-value store: the
+order of the next message to run. Every change of it is atomic on every layer
+(``session_compare_and_set``), in every process, so:
+
+- it only moves forward: a message that finished raises it to one past its own order
+  unless it is higher already, and a skip moves it from the value its parked messages
+  saw to the lowest of them, only if nobody moved it meanwhile;
+- a parked message never waits for the timeout when its predecessor has finished: the
+  consumer that parks it reads the state again afterwards, and if it moved, takes the
+  parked messages back and resends them (the predecessor's own release may have come
+  just before the message was parked);
+- each message runs at most once: the layer delivers it once, and a parked message is
+  taken off its wait channel by one reader only.
+
+What ``timeout`` trades away: a predecessor still *running* after ``timeout`` counts as
+missing, so the messages parked behind it run while it finishes (as a lost one would be
+skipped); give ``timeout`` more than the longest consumer. The ``websocket.disconnect``
+consumer deletes the state; a skipped consumer finishing after it writes the state once
+more, and it expires after ``ttl``.
 """
 from __future__ import annotations
 
@@ -139,6 +159,23 @@ def _expected(layer: Any, reply: str) -> int:
     return int(raw) if raw else 0
 
 
+#: Attempts of a compare-and-set before giving up (each failure means another process moved
+#: the state forward meanwhile, so this is never reached in practice).
+_CAS_ATTEMPTS = 50
+
+
+def _advance(layer: Any, reply: str, to: int, ttl: float) -> None:
+    """Raise the connection's next expected order to ``to``, never lowering it (atomic)."""
+    key = _order_key(reply)
+    for _ in range(_CAS_ATTEMPTS):
+        raw = layer.session_get(key)
+        if raw and int(raw) >= to:
+            return
+        if layer.session_compare_and_set(key, raw, str(to).encode(), ttl):
+            return
+    log.warning("ordering: could not record that message %d of %r ran (the state kept changing)", to - 1, reply)
+
+
 def _release(layer: Any, reply: str) -> list:
     """Take every parked message of ``reply`` off its wait channel."""
     wait = _wait_channel(reply)
@@ -156,21 +193,22 @@ def _resend(layer: Any, parked: list) -> None:
 
 
 def _recheck(layer: Any, reply: str, expected: int, ttl: float) -> None:
-    """Timer: resend the parked messages; if nothing moved since parking, skip the gap first.
+    """Timer: resend the parked messages; if the state has not moved since parking, skip the gap first.
 
-    Parked messages are resent even when the connection made progress: a
-    message parked just after its predecessor's consumer released the wait
-    channel (the state is read and written without a lock) is picked up here.
+    The skip is a compare-and-set from the state the parked message saw, so it never undoes
+    progress made in the meantime (by another process too).
     """
     try:
         parked = _release(layer, reply)
         if not parked:
             return
-        if _expected(layer, reply) == expected:
-            lowest = min(p["content"].get("order", 0) for p in parked)
+        key = _order_key(reply)
+        raw = layer.session_get(key)
+        lowest = min(p["content"].get("order", 0) for p in parked)
+        if (int(raw) if raw else 0) == expected and lowest > expected \
+                and layer.session_compare_and_set(key, raw, str(lowest).encode(), ttl):
             log.warning("ordering: messages %d..%d of %r never arrived after waiting; skipping them",
                         expected, lowest - 1, reply)
-            layer.session_set(_order_key(reply), str(lowest).encode(), ttl)
         for item in sorted(parked, key=lambda p: p["content"].get("order", 0)):
             layer.send(item["channel"], item["content"])
     except Exception:
@@ -204,6 +242,13 @@ def enforce_ordering(func: Optional[Callable] = None, *, timeout: float = DEFAUL
             return None
         if order > expected:
             layer.send(_wait_channel(reply), {"channel": message.channel.name, "content": message.content})
+            if _expected(layer, reply) != expected:
+                # Moved while this was being parked: the release that ran meanwhile may have missed
+                # it, so take the parked messages back now rather than after the timeout.
+                parked = _release(layer, reply)
+                if parked:
+                    _resend(layer, parked)
+                return None
             timer = threading.Timer(timeout, _recheck, (layer, reply, expected, ttl))
             timer.daemon = True
             timer.start()
@@ -214,7 +259,7 @@ def enforce_ordering(func: Optional[Callable] = None, *, timeout: float = DEFAUL
             if message.channel.name in _DISCONNECTS:
                 layer.session_delete(_order_key(reply))
             else:
-                layer.session_set(_order_key(reply), str(order + 1).encode(), ttl)
+                _advance(layer, reply, order + 1, ttl)
             parked = _release(layer, reply)
             if parked:
                 _resend(layer, parked)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
-from .channel import _resolve
+from .channel import resolve_layer
 from .consumer import run_consumer
 from .layers.base import BaseChannelLayer
 from .message import Message
@@ -44,7 +44,7 @@ class Client:
 
     def __init__(self, routing: Any, layer: Any = None, *, flush: bool = True) -> None:
         self.router = routing if isinstance(routing, Router) else Router(routing)
-        self.layer: BaseChannelLayer = _resolve(layer)
+        self.layer: BaseChannelLayer = resolve_layer(layer)
         if flush:
             self.layer.flush()
 
@@ -64,7 +64,7 @@ class Client:
         """
         names = list(channels) if channels is not None else sorted(self.router.channels)
         channel, content = self.layer.receive(names, block=False)
-        if channel is None:
+        if channel is None or content is None:
             if fail_on_none:
                 raise NoMessage(f"no message waiting on {names}")
             return None
@@ -92,7 +92,7 @@ class Client:
         out: list[dict[str, Any]] = []
         while True:
             got, content = self.layer.receive([channel], block=False)
-            if got is None:
+            if got is None or content is None:
                 return out
             out.append(content)
 

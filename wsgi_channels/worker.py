@@ -198,13 +198,13 @@ class Worker:
         self._io_bits = 0  # 1 for each of the last 32 messages run in a batch that waited on I/O
         self._parallel_until = 0.0  # until then (monotonic), messages are not run in batches
         self._hold = PARALLEL_HOLD
-        self._receive_batch = getattr(self.layer, "receive_batch", None) if concurrency > 1 else None
+        self._receive_batch = self.layer.receive_batch if concurrency > 1 else None
         self._backlog, self._probe, self._backoff = False, 0, 0.0
         self._outage_since: Optional[float] = None
         self._outage_lock = threading.Lock()
-        # Responses' last messages of all threads share round trips (layers with send_many).
-        self._replies = ReplySender(self.layer) if getattr(self.layer, "send_many", None) else None
-        self._send_then_receive = getattr(self.layer, "send_many_then_receive", None)
+        # Responses' last messages of all threads share round trips (layers whose send_many batches).
+        self._replies = ReplySender(self.layer) if self.layer.send_many_batches else None
+        self._send_then_receive = self.layer.send_many_then_receive
         self._watchdog: Optional[threading.Thread] = None
         self._limiter: Optional[TimeLimiter] = None
         self._threads_lock = threading.Lock()  # _threads and _abandoned change in the limiter and in supervise_once
@@ -300,7 +300,7 @@ class Worker:
         if self._receive_batch is not None:
             self._probe += 1
             if self._backlog or self._probe % _PROBE_EVERY == 0 \
-                    or getattr(self.layer, "batch_round_trips", 0) == 1:
+                    or self.layer.batch_round_trips == 1:
                 limit = self._idle + 1
         replies = self._replies
         held = replies.take() if send_held and replies is not None and self._send_then_receive is not None else []

@@ -1,10 +1,13 @@
 """What every channel layer shares: names, capacities, new channels, the API surface.
 
-Backends subclass :class:`BaseChannelLayer` and implement ``send``, ``receive``,
-``group_add``, ``group_discard``, ``group_channels``, ``send_group``, ``flush``
-and the statistics methods. Everything that is a rule of the contract (naming,
-message validation, capacity lookup, reply-channel names) lives here, so every
-backend applies it the same way.
+:class:`BaseChannelLayer` is the whole contract a backend implements, in one place: every
+method the push API, the worker, the consumers and the sidecar call. A backend implements
+``send``, ``receive``, ``group_add``, ``group_discard``, ``group_channels``, ``send_group``,
+``flush``, the statistics and the session methods (``session_compare_and_set`` included);
+``send_many``, ``receive_batch`` and ``send_many_then_receive`` have default implementations
+built on those, which a backend overrides when it can do the same in fewer round trips.
+Everything that is a rule of the contract (naming, message validation, capacity lookup,
+reply-channel names) lives here too, so every backend applies it the same way.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import re
 import threading
 import warnings
 from collections import Counter
-from typing import Any, Iterable, Mapping, Pattern
+from typing import Any, Iterable, Mapping, Pattern, Sequence, Union
 
 from .. import exceptions as exc
 from ..serialization import DEFAULT_MAX_MESSAGE_SIZE, RESERVED_KEY, decode, encode
@@ -32,10 +35,15 @@ __all__ = [
     "SIDECAR_PREFIX",
     "is_sidecar_prefix",
     "DEFAULT_BLOCK_TIMEOUT",
+    "MessageDict",
+    "Received",
 ]
 
-CHANNEL_NAME_RE = re.compile(r"^[a-zA-Z0-9\-_.]+((\?|\!)[a-zA-Z0-9\-_.]*)?$")
-GROUP_NAME_RE = re.compile(r"^[a-zA-Z0-9\-_.]+$")
+# ``\Z``, not ``$``: with ``re.match``, ``$`` also matches before a trailing newline, which
+# would let ``"name\n"`` through (and a newline or space in a name breaks the Redis layer's
+# member lists).
+CHANNEL_NAME_RE = re.compile(r"^[a-zA-Z0-9\-_.]+((\?|\!)[a-zA-Z0-9\-_.]*)?\Z")
+GROUP_NAME_RE = re.compile(r"^[a-zA-Z0-9\-_.]+\Z")
 #: Longest channel or group name accepted (the contract asks for at least 100).
 MAX_NAME_LENGTH = 200
 #: Longest a blocking ``receive`` waits when no ``timeout`` is given (seconds).
@@ -160,7 +168,11 @@ def is_sidecar_prefix(name: str) -> bool:
     return name.endswith("!") and name.startswith(SIDECAR_PREFIX)
 
 
-CapacityKey = str | Pattern[str]
+CapacityKey = Union[str, Pattern[str]]
+#: A channel message: a dict with str keys (values as :mod:`wsgi_channels.serialization` allows).
+MessageDict = dict[str, Any]
+#: What :meth:`BaseChannelLayer.receive` returns: ``(channel, message)``, or ``(None, None)``.
+Received = Union[tuple[str, MessageDict], tuple[None, None]]
 
 
 class BaseChannelLayer:
@@ -288,12 +300,12 @@ class BaseChannelLayer:
         """Whether ``channel`` has queued messages; backends may refine this."""
         return False
 
-    def _encode(self, message: dict, channel: str | None = None) -> bytes:
+    def _encode(self, message: MessageDict, channel: str | None = None) -> bytes:
         extra = {RESERVED_KEY: channel} if channel is not None and "!" in channel else None
         return encode(message, self.max_message_size, extra)
 
     @staticmethod
-    def _decode(data: bytes, channel: str) -> tuple[str, dict]:
+    def _decode(data: bytes, channel: str) -> tuple[str, MessageDict]:
         """Decode a stored message and return the channel it was sent to (its full ``!`` name)."""
         message = decode(data)
         return message.pop(RESERVED_KEY, channel), message
@@ -332,16 +344,65 @@ class BaseChannelLayer:
                 "group_drop_count": self._counts["group_drop_count"],
             }
 
-    # -- API --------------------------------------------------------------------------------
+    # -- the contract: what the worker, the sidecar and the push API call --------------------
+    #
+    # A backend implements the methods that raise NotImplementedError. The others have
+    # default implementations built on those, correct if not the fastest; a backend overrides
+    # them where it can do the same work in fewer round trips (the Redis layer overrides all
+    # of them), and says so with ``batch_round_trips`` and ``send_many_batches``. The contract
+    # suite (tests/test_layer_contract.py) runs every backend through both.
 
-    def send(self, channel: str, message: dict) -> None:
+    #: Round trips one :meth:`receive_batch` costs however many messages it takes, when that is a
+    #: constant (1 on Redis), else 0 (the default implementation costs one receive per message).
+    #: The worker asks for as many messages as it has idle threads every time when it is 1.
+    batch_round_trips: int = 0
+    #: Whether :meth:`send_many` costs fewer round trips than one :meth:`send` per item (Redis: one
+    #: pipeline per shard). The sidecar and the worker's reply sender collect sends from many
+    #: connections or threads into ``send_many`` calls only then; otherwise each sends on its own.
+    send_many_batches: bool = False
+
+    def send(self, channel: str, message: MessageDict) -> None:
+        """Queue a copy of ``message`` on ``channel`` (a later change of the dict changes nothing).
+
+        Never blocks. Raises :class:`~wsgi_channels.exceptions.InvalidChannelName` (also a
+        ``TypeError``) for a bad name, ``InvalidMessage`` for a value that is not allowed,
+        ``MessageTooLarge`` over ``max_message_size``, ``ChannelFull`` when the channel (for
+        ``prefix!suffix``, its prefix) holds its capacity, ``LayerUnavailable`` when the store
+        cannot be reached (the message was not queued).
+        """
         raise NotImplementedError
 
-    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
+    def send_many(self, items: Sequence[tuple[str, MessageDict]]) -> list[BaseException | None]:
+        """Send several ``(channel, message)`` items; one outcome per item, in order.
+
+        An outcome is ``None`` when the item was queued, else the exception :meth:`send` would
+        have raised for it alone; one item's failure never stops the others, and nothing is
+        raised. Items for one channel are queued in the order given. This default sends them
+        one by one; a backend that can pipeline them overrides it and sets ``send_many_batches``.
+        """
+        outcomes: list[BaseException | None] = []
+        for channel, message in items:
+            try:
+                self.send(channel, message)
+            except Exception as e:
+                outcomes.append(e)
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None) -> Received:
+        """The next message of one of ``channels``, as ``(channel, message)``, or ``(None, None)``.
+
+        With ``block``, waits for one up to ``timeout`` seconds (default
+        :data:`DEFAULT_BLOCK_TIMEOUT`, never for ever). FIFO per channel, at most once; a busy
+        channel never starves a quiet one of the same call. A ``prefix!`` name receives every
+        ``prefix!suffix`` channel and returns the full name. ``channels`` is a list (a single
+        string is refused); an empty list returns ``(None, None)`` at once.
+        """
         raise NotImplementedError
 
     def receive_batch(self, channels: Iterable[str], limit: int = 100, block: bool = False,
-                      timeout: float | None = None, shared: bool = False) -> list[tuple[str, dict]]:
+                      timeout: float | None = None, shared: bool = False) -> list[tuple[str, MessageDict]]:
         """Up to ``limit`` waiting messages at once, waiting (like :meth:`receive`) only for the first.
 
         Readers of busy channels (the worker, the sidecar's ``prefix!`` loop) use it to
@@ -351,45 +412,72 @@ class BaseChannelLayer:
         Every delivery is its own copy, unless ``shared``: a reader that never changes the
         messages it gets (the sidecar only frames them) allows the layer to give the members
         of one group message the same dict, which saves a copy per member of a broadcast.
+        This default takes one message per :meth:`receive` and copies every one.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be an int of at least 1, got {limit!r}")
         names = self._receive_channels(channels)
-        first = self.receive(names, block=block, timeout=timeout)
-        if first[0] is None:
-            return []
-        batch = [first]
-        while len(batch) < limit:
-            item = self.receive(names)
-            if item[0] is None:
+        channel, message = self.receive(names, block=block, timeout=timeout)
+        batch: list[tuple[str, MessageDict]] = []
+        while channel is not None and message is not None:
+            batch.append((channel, message))
+            if len(batch) >= limit:
                 break
-            batch.append(item)
+            channel, message = self.receive(names)
         return batch
 
-    def receive_many(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
+    def send_many_then_receive(self, items: Sequence[tuple[str, MessageDict]], channels: Iterable[str],
+                               limit: int, timeout: float,
+                               outcomes: list[BaseException | None]) -> list[tuple[str, MessageDict]]:
+        """:meth:`send_many` of ``items``, then a blocking :meth:`receive_batch` of up to ``limit``
+        messages of ``channels``, waiting up to ``timeout`` seconds for the first.
+
+        The worker sends the responses of a batch and waits for its next batch this way; a
+        backend may do both in one round trip (Redis 7 does). ``outcomes`` receives one entry
+        per item, as :meth:`send_many` returns them, before anything can raise: when the
+        receive fails (``LayerUnavailable``), it still tells which sends failed.
+        """
+        outcomes[:] = self.send_many(items)
+        return self.receive_batch(channels, limit, block=True, timeout=timeout)
+
+    def receive_many(self, channels: Iterable[str], block: bool = False, timeout: float | None = None) -> Received:
         """Deprecated alias of :meth:`receive` (ASGI v1 name)."""
         warnings.warn("receive_many() is deprecated; use receive()", DeprecationWarning, stacklevel=2)
         return self.receive(channels, block=block, timeout=timeout)
 
     def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group`` for ``group_expiry`` seconds (again: the membership is renewed)."""
         raise NotImplementedError
 
     def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; a no-op when it is not a member."""
         raise NotImplementedError
 
     def group_channels(self, group: str) -> list[str]:
+        """The current members of ``group``."""
         raise NotImplementedError
 
-    def send_group(self, group: str, message: dict) -> None:
+    def send_group(self, group: str, message: MessageDict) -> None:
+        """Queue a copy of ``message`` for every member of ``group``.
+
+        Never raises ``ChannelFull``: a member whose channel is full is skipped, counted in
+        ``group_drop_count`` and logged at debug. May raise ``MessageTooLarge``,
+        ``InvalidMessage`` and ``LayerUnavailable`` as :meth:`send` does.
+        """
         raise NotImplementedError
 
     def flush(self) -> None:
+        """Empty every queue, group and session entry this layer owns, for every client."""
         raise NotImplementedError
 
     def global_statistics(self) -> dict[str, int]:
+        """Layer-wide figures: any of ``messages_count``, ``messages_pending``, ``channel_full_count``,
+        ``group_drop_count``."""
         raise NotImplementedError
 
     def channel_statistics(self, channel: str) -> dict[str, int]:
+        """Figures of one channel (a ``prefix!`` counts its channels): ``messages_pending``,
+        ``messages_max_age`` (seconds) and the full and drop counters."""
         raise NotImplementedError
 
     # -- small key-value store (channel sessions, ordering state) -----------------------------
@@ -409,6 +497,21 @@ class BaseChannelLayer:
     def session_delete(self, key: str) -> None:
         """Remove ``key``; a no-op when absent."""
         raise NotImplementedError
+
+    def session_compare_and_set(self, key: str, expected: bytes | None, value: bytes | None, ttl: float) -> bool:
+        """Atomically, for every process: if ``key`` holds ``expected`` (None: absent or expired),
+        store ``value`` for ``ttl`` seconds (None: remove ``key``) and return True; else change
+        nothing and return False. ``enforce_ordering`` keeps its state with it.
+
+        No default: a read followed by a write is not atomic across processes.
+        """
+        raise NotImplementedError
+
+    @staticmethod
+    def _session_value(value: Any) -> bytes:
+        if not isinstance(value, (bytes, bytearray)):
+            raise TypeError(f"session value must be bytes, not {type(value).__name__}")
+        return bytes(value)
 
     @staticmethod
     def _session_key(key: Any) -> str:

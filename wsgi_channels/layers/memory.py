@@ -15,10 +15,10 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Iterable
+from typing import Any, Iterable
 
 from ..serialization import decode
-from .base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
+from .base import BaseChannelLayer, Received, non_local_name, validate_channel_name, validate_group_name
 
 __all__ = ["MemoryChannelLayer"]
 
@@ -42,7 +42,7 @@ class MemoryChannelLayer(BaseChannelLayer):
 
     cross_process = False
 
-    def __init__(self, **options) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self._cond = threading.Condition(threading.RLock())
         self._queues: dict[str, deque[_Entry]] = {}
@@ -110,7 +110,7 @@ class MemoryChannelLayer(BaseChannelLayer):
             self._sent += 1
             self._cond.notify_all()
 
-    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
+    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None) -> Received:
         names = self._receive_channels(channels)
         wait = self._block_timeout(block, timeout)
         if not names:
@@ -211,6 +211,21 @@ class MemoryChannelLayer(BaseChannelLayer):
         self._session_key(key)
         with self._cond:
             self._kv.pop(key, None)
+
+    def session_compare_and_set(self, key: str, expected: bytes | None, value: bytes | None, ttl: float) -> bool:
+        self._session_key(key)
+        if value is not None:
+            value = self._session_value(value)
+        with self._cond:
+            now = time.monotonic()
+            item = self._kv.get(key)
+            if (None if item is None or item[0] <= now else item[1]) != expected:
+                return False
+            if value is None:
+                self._kv.pop(key, None)
+            else:
+                self._kv[key] = (now + ttl, value)
+            return True
 
     # -- housekeeping -----------------------------------------------------------------------
 

@@ -47,7 +47,8 @@ class LayerSender:
 
     def __init__(self, layer: Any, result_timeout: float) -> None:
         self.layer = layer
-        self.send_many = getattr(layer, "send_many", None)
+        self.send_many = layer.send_many
+        self._batching: bool = layer.send_many_batches
         self.result_timeout = result_timeout
         self._queue: deque = deque()
         self._flushers = 0
@@ -56,7 +57,7 @@ class LayerSender:
 
     @property
     def batching(self) -> bool:
-        return self.send_many is not None
+        return self._batching
 
     def send(self, channel: str, message: dict) -> BaseException | None:
         """Queue one message and wait for its outcome: ``None`` when sent, else the exception.

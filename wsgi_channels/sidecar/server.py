@@ -175,21 +175,12 @@ class Sidecar:
     def _take_batch(self, first_timeout: float) -> list[tuple[str, dict]]:
         """Up to ``receive_batch`` messages (waiting at most ``first_timeout`` for the first).
 
-        A layer with ``receive_batch(channels, count, block=, timeout=)`` hands over many
-        messages per round trip. With plain ``receive`` the loop takes one message per call:
-        asking again "just in case" would add an empty round trip to every quiet batch,
-        and a group message for many sockets here is already handed out from one local
-        copy without further round trips. The loop only frames what it gets and never
-        changes it, so the members of one group message may share one dict (``shared``).
+        The layer's ``receive_batch`` hands over many messages per round trip where it can.
+        The loop only frames what it gets and never changes it, so the members of one group
+        message may share one dict (``shared``).
         """
-        channels = [self.prefix]
-        batch_receive = getattr(self.layer, "receive_batch", None)
-        if batch_receive is not None:
-            options = {"shared": True} if isinstance(self.layer, BaseChannelLayer) else {}
-            return list(batch_receive(channels, self.config.receive_batch, block=True, timeout=first_timeout,
-                                      **options))
-        channel, message = self.layer.receive(channels, block=True, timeout=first_timeout)
-        return [] if channel is None else [(channel, message)]
+        return self.layer.receive_batch([self.prefix], self.config.receive_batch, block=True,
+                                        timeout=first_timeout, shared=True)
 
     def _receive_loop(self) -> None:
         """The only reader of this process's prefix: take batches, hand each message to its connection."""

@@ -41,8 +41,9 @@ from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .. import exceptions as exc
-from ._redis_wakeup import Doorbell
+from ... import exceptions as exc
+from .entries import DEADLINE_DIGITS
+from .wakeup import Doorbell
 
 __all__ = ["Script", "Shard", "bulk", "packed", "run_everywhere", "fork_generation", "NETWORK_ERRORS", "IDLE_CLOSE",
            "NOW"]
@@ -74,8 +75,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
 
 #: The last argument of a hot command, packed: a time on the server's clock in ms, now or (the
-#: fan-out's) a deadline (13 digits until 2286).
-NOW = b"$13\r\n%d\r\n"
+#: fan-out's) a deadline, which the fan-out puts in front of its entries as it came (13 digits
+#: until 2286, the width of an entry's deadline).
+NOW = b"$%d\r\n%%d\r\n" % DEADLINE_DIGITS
 
 _pack = hiredis.pack_command  # packs a command in C; redis-py's own packer costs several microseconds
 

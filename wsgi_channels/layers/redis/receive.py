@@ -10,63 +10,36 @@ turns a popped group entry (one copy for every member behind a ``prefix!``) into
 Waiting: plain channels on one shard wait on the server with ``BLPOP`` (a batch receive,
 on Redis 7, with ``BLMPOP``, which also takes a backlog whole); anything else
 (process-local ``prefix!`` queues, several shards) waits on the shards' doorbells
-(:mod:`._redis_wakeup`), registered before the pop attempt that precedes each wait, so a
+(:mod:`.wakeup`), registered before the pop attempt that precedes each wait, so a
 push after that attempt always wakes the reader; only the scripts pop those queues.
 """
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any, Callable, Iterable, Iterator
 
 from redis.exceptions import ResponseError
 
-from .. import exceptions as exc
-from . import _redis_conn
-from . import _redis_scripts as scripts
-from ._redis_conn import NOW, Script, Shard, bulk
-from ._redis_copies import GroupMessage
+from ... import exceptions as exc
+from ..base import Received
+from . import connection, entries
+from . import scripts
+from .connection import NOW, Script, Shard, bulk
+from .copies import GroupMessage
+from .entries import REFERENCE_KIND, SEPARATOR, TARGETS_KIND, is_message, message_body
+from .entries import deadline as entry_deadline
+from .entries import parse as parse_entry
+from .wakeup import Watch
 
 __all__ = ["ReceivingMixin"]
 
-log = logging.getLogger("wsgi_channels.layers.redis")
+log = logging.getLogger(__name__)
 
 _RECEIVE = Script(scripts.RECEIVE)
 _RECEIVE_MANY = Script(scripts.RECEIVE_MANY)
 _EVICT = Script(scripts.EVICT)
 _READ_DONE = Script(scripts.READ_DONE)
-
-
-class _Watch:
-    """One thread's doorbell registration for one channel list, kept between its receives.
-
-    Released when the thread receives on other channels, or when the thread ends (its
-    thread-local storage, and with it this object, goes away).
-    """
-
-    __slots__ = ("key", "generation", "watched", "event", "drained")
-
-    def __init__(self, key: tuple, generation: tuple, watched: list, timeout: float) -> None:
-        self.key = key
-        self.generation = generation  # (fork generation, layer epoch): stale after a fork or close()
-        self.watched = watched
-        self.event = threading.Event()
-        #: The last pop attempt, made after the event was cleared, left every queue empty (it
-        #: returned less than it was allowed to): any push since has rung the event.
-        self.drained = False
-        for bell, keys in watched:
-            bell.watch(keys, self.event, timeout)
-
-    def release(self) -> None:
-        watched, self.watched = self.watched, []
-        for bell, keys in watched:
-            bell.unwatch(keys, self.event)
-
-    def __del__(self) -> None:
-        # The owning thread ended: never block here (a collection can run anywhere).
-        for bell, keys in self.watched:
-            bell.unwatch(keys, self.event, blocking=False)
 
 
 class _ShardPlan:
@@ -87,7 +60,7 @@ class _ShardPlan:
         self.keys = [key("q", name) for name in names]
         self.flags = [b"1" if name.endswith("!") else b"0" for name in names]
         self.prefix = prefix
-        self.lpop = _redis_conn.packed("LPOP", self.keys[0]) if self.flags == [b"0"] else None
+        self.lpop = connection.packed("LPOP", self.keys[0]) if self.flags == [b"0"] else None
         #: Only plain channels (no ``prefix!``): a blocking wait may be one ``BLPOP`` (see _blocking_pop).
         self.plain = b"1" not in self.flags
         #: The last batch receive on them got less than it asked for: they were left empty, and
@@ -138,6 +111,7 @@ class ReceivingMixin:
     _local: Any
     _epoch: int
     _block_step: float
+    expiry: float
     _key: Any
     _shard_of: Any
     _open: Any
@@ -180,15 +154,17 @@ class ReceivingMixin:
     def _group_message(self, name: str, entry: bytes, now_ms: int) -> GroupMessage:
         """A popped ``t`` or ``r`` entry (one message for members of prefix ``name``), decrypted
         and decoded once."""
-        newline = entry.index(b"\n", 14)
-        if entry[13:14] == b"r":
-            space = entry.index(b" ", 14, newline)
-            targets = self._named_members(name, entry[space + 1:newline], int(entry[14:space]))
+        kind, field, body = parse_entry(entry)
+        if field is None:
+            raise exc.ChannelsError(f"a message entry on the process prefix {name!r} names no member")
+        if kind == REFERENCE_KIND:
+            count, key = entries.reference(field)
+            targets = self._named_members(name, key, count)
         else:
-            targets = entry[14:newline].decode().split(" ")
-        plain = bytes(self._plaintext(memoryview(entry)[newline + 1:]))
+            targets = entries.names(field)
+        plain = bytes(self._plaintext(body))
         template = self._decoded(plain)
-        deadline = time.monotonic() + (int(entry[:13]) - now_ms) / 1000.0
+        deadline = time.monotonic() + (entry_deadline(entry) - now_ms) / 1000.0
         return GroupMessage(targets, plain, template, deadline)
 
     def _named_members(self, prefix: str, key: bytes, count: int) -> list[str]:
@@ -213,11 +189,11 @@ class ReceivingMixin:
         return names
 
     def _deliver(self, name: str, entry: bytes, now_ms: int, shared: bool = False) -> tuple[str, dict]:
-        if entry[13:14] == b"m":
-            return name, self._open(memoryview(entry)[14:])
-        newline = entry.index(b"\n", 14)
-        if entry.find(b" ", 14, newline) < 0:  # one target: a send to a process-local channel
-            return entry[14:newline].decode(), self._open(memoryview(entry)[newline + 1:])
+        kind, field, body = parse_entry(entry)
+        if field is None:
+            return name, self._open(body)
+        if kind == TARGETS_KIND and SEPARATOR not in field:
+            return field.decode(), self._open(body)  # one target: a send to a process-local channel
         message = self._group_message(name, entry, now_ms)
         first = message.copies(message.targets[:1], shared)[0]
         message.pos = 1
@@ -239,7 +215,7 @@ class ReceivingMixin:
             if entry.lpop is not None:
                 popped = self._pop_plain(shard, entry.lpop)
                 if popped is not None:
-                    return entry.names[0], self._open(memoryview(popped)[14:])
+                    return entry.names[0], self._open(message_body(popped))
                 continue
             command, shard_names = entry.receive(self._rr)
             reply = shard.call(_RECEIVE, command + NOW % shard.now_ms())
@@ -252,7 +228,7 @@ class ReceivingMixin:
         """The first live entry of a plain channel's queue (one ``LPOP``; expired ones are dropped)."""
         while True:
             entry = shard.execute_packed(lpop)
-            if entry is None or int(entry[:13]) > shard.now_ms():
+            if entry is None or entry_deadline(entry) > shard.now_ms():
                 return entry
 
     def _try_receive_batch(self, names: list[str], plan: list[_ShardPlan], limit: int,
@@ -289,7 +265,7 @@ class ReceivingMixin:
         """Add the message of a live popped ``entry`` of queue ``name`` to ``batch`` (the first member's,
         for a group entry, whose other members' copies are buffered); True when copies were buffered."""
         try:
-            if entry[13:14] != b"m" and name in self._copies:
+            if not is_message(entry) and name in self._copies:
                 # behind this prefix's earlier copies, so no member gets a later message first
                 self._copies.add(name, self._group_message(name, entry, now_ms))
                 return True
@@ -310,7 +286,7 @@ class ReceivingMixin:
             return None
         return names, self._plan(names)
 
-    def _watch(self, names: list[str], plan: list, wait: float) -> _Watch:
+    def _watch(self, names: list[str], plan: list, wait: float) -> Watch:
         """An event rung by every push to the queues of ``plan``, kept for this thread's next receive.
 
         A thread that receives on the same channels again and again (the worker, the
@@ -318,7 +294,7 @@ class ReceivingMixin:
         needs no second pop attempt after registering, one round trip instead of two.
         """
         key = tuple(names)
-        generation = (_redis_conn.fork_generation(), self._epoch)
+        generation = (connection.fork_generation(), self._epoch)
         watch = getattr(self._local, "watch", None)
         if watch is not None:
             if watch.key == key and watch.generation == generation:
@@ -328,19 +304,19 @@ class ReceivingMixin:
                 watch.release()
             else:
                 watch.watched = []  # forked: the parent's listener is abandoned here, never touched
-        watch = _Watch(key, generation, [(entry.shard.bell(), entry.keys) for entry in plan], min(wait, 2.0))
+        watch = Watch(key, generation, [(entry.shard.bell(), entry.keys) for entry in plan], min(wait, 2.0))
         self._local.watch = watch
         return watch
 
-    def _watching(self, names: list[str]) -> _Watch | None:
+    def _watching(self, names: list[str]) -> Watch | None:
         """This thread's registration if it already watches exactly ``names`` (registered before any pop)."""
         watch = getattr(self._local, "watch", None)
         if watch is not None and watch.key == tuple(names) \
-                and watch.generation == (_redis_conn.fork_generation(), self._epoch):
+                and watch.generation == (connection.fork_generation(), self._epoch):
             return watch
         return None
 
-    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
+    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None) -> Received:
         if self._copies and type(channels) is list and len(channels) == 1 and channels[0] in self._copies:
             # Fast path for a process's reader on its prefix: the next member of a group message
             # fetched already (only validated names ever get a buffer).
@@ -422,13 +398,13 @@ class ReceivingMixin:
         entry = plan[0]
         shard, name, queue = entry.shard, names[0], entry.keys[0]
         if time.monotonic() - entry.read_at > self.expiry / 2:
-            batch = self._try_receive_batch(names, plan, limit, shared)
+            backlog = self._try_receive_batch(names, plan, limit, shared)
             entry.read_at = time.monotonic()
-            if batch:
-                return batch
+            if backlog:
+                return backlog
         done = b"*5\r\n" + bulk("EVALSHA", _READ_DONE.sha, 2, queue, self._key("u", name))
         for keys, step in self._blocking_steps(entry, wait):
-            pop = _redis_conn.packed("BLMPOP", step, 1, queue, "LEFT", "COUNT", limit)
+            pop = connection.packed("BLMPOP", step, 1, queue, "LEFT", "COUNT", limit)
             reply, cleared = shard.pipeline([done], _READ_DONE, then=pop, then_first=True)
             entry.read_at = time.monotonic()
             if type(reply) is ResponseError:
@@ -445,7 +421,7 @@ class ReceivingMixin:
             expired: list[str] = []
             buffered = False
             for data in reply[1]:
-                if int(data[:13]) <= now_ms:
+                if entry_deadline(data) <= now_ms:
                     expired += self._targets(name, data, now_ms)
                 else:
                     buffered = self._take_entry(name, data, now_ms, shared, batch) or buffered
@@ -490,13 +466,13 @@ class ReceivingMixin:
         """
         shard = entry.shard
         for keys, step in self._blocking_steps(entry, wait):
-            reply = shard.execute_packed(_redis_conn.packed("BLPOP", *keys, step))
+            reply = shard.execute_packed(connection.packed("BLPOP", *keys, step))
             if reply is None:
                 continue
             key, data = reply
-            if int(data[:13]) <= shard.now_ms():
+            if entry_deadline(data) <= shard.now_ms():
                 continue  # expired unread
-            return entry.names[entry.keys.index(key)], self._open(memoryview(data)[14:])
+            return entry.names[entry.keys.index(key)], self._open(message_body(data))
         return None
 
     def _blocking_pop_many(self, entry: _ShardPlan, wait: float, limit: int,
@@ -511,7 +487,7 @@ class ReceivingMixin:
         """
         shard = entry.shard
         for keys, step in self._blocking_steps(entry, wait):
-            command = _redis_conn.packed("BLMPOP", step, len(keys), *keys, "LEFT", "COUNT", limit)
+            command = connection.packed("BLMPOP", step, len(keys), *keys, "LEFT", "COUNT", limit)
             try:
                 if first is not None:
                     reply, first = first(command), None
@@ -530,10 +506,10 @@ class ReceivingMixin:
             now_ms = shard.now_ms()
             batch = []
             for data in entries:
-                if int(data[:13]) <= now_ms:
+                if entry_deadline(data) <= now_ms:
                     continue  # expired unread
                 try:
-                    batch.append((name, self._open(memoryview(data)[14:])))
+                    batch.append((name, self._open(message_body(data))))
                 except exc.ChannelsError as e:
                     # One unreadable entry must not cost the rest of the batch, already popped.
                     log.error("dropped an unreadable message on %s: %s", name, e)

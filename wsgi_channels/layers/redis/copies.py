@@ -24,9 +24,9 @@ from collections import deque
 from itertools import repeat
 from typing import Iterable
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # no type information shipped
 
-from ._redis_conn import fork_generation
+from .connection import fork_generation
 
 __all__ = ["CopyBuffer", "GroupMessage"]
 

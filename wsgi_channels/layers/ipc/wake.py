@@ -33,11 +33,13 @@ import os
 import secrets
 import socket
 import sys
+import threading
 from typing import Iterable
 
-from ._ipc_store import current_pid, ensure_private_dir, private_dir
+from . import queues as q
+from .store import ConnectionPool, current_pid, ensure_private_dir, private_dir
 
-__all__ = ["wake_dir_for", "Waiter", "Poker"]
+__all__ = ["wake_dir_for", "Waiter", "Poker", "ProcessState"]
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +189,55 @@ def remove_stale(directory: str) -> list[str]:
                 continue
             gone.append(addr)
     return gone
+
+
+class ProcessState:
+    """What one process owns besides connections: its waiter sockets, its poke socket, and
+    the count of its sends not yet added to the store's ``messages_count``.
+
+    Kept apart from the layer so a finalizer can release it at exit without a
+    reference to the layer, and only in the process that created it.
+    """
+
+    def __init__(self, wake_dir: str) -> None:
+        self.pid = current_pid()
+        self.wake_dir = wake_dir
+        self.lock = threading.Lock()
+        self.idle: dict[tuple[str, ...], list[Waiter]] = {}
+        self.all: set[Waiter] = set()
+        self.poker = Poker()
+        self.sent = 0  # sends not yet added to the store's messages_count
+
+    def count_sent(self) -> None:
+        with self.lock:
+            self.sent += 1
+
+    def take_sent(self) -> int:
+        with self.lock:
+            n, self.sent = self.sent, 0
+        return n
+
+    def release(self, pool: ConnectionPool | None = None) -> None:
+        if current_pid() != self.pid:
+            return
+        with self.lock:
+            waiters, self.all, self.idle = list(self.all), set(), {}
+        sent = self.take_sent()
+        if pool is not None and (waiters or sent):
+            try:
+                with pool.connection() as conn:
+                    conn.execute("BEGIN IMMEDIATE")
+                    conn.executemany("DELETE FROM waiters WHERE addr = ?", [(w.addr,) for w in waiters])
+                    if sent:
+                        q.bump(conn, "messages_count", sent)
+                    conn.execute("COMMIT")
+            except Exception as e:  # dead sockets' rows go anyway when a sender finds them
+                log.debug("could not unregister waiters or record sends: %s", e)
+        for w in waiters:
+            w.close()
+        self.poker.close()
+        if waiters:
+            try:
+                os.rmdir(self.wake_dir)  # only if no other process has a socket there
+            except OSError:
+                pass

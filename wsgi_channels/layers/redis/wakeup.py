@@ -14,6 +14,8 @@ only write ``SUBSCRIBE`` commands to it under a lock. Its reads are bounded by
 the socket's timeout, so it notices ``close()`` and prunes idle subscriptions; a
 timeout never loses part of a reply (the hiredis reader keeps it). After a reconnect it resubscribes and
 wakes every waiter, so messages pushed while it was away are picked up at once.
+
+A receiving thread keeps its registration between receives on the same channels (:class:`Watch`).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from typing import Any, Callable, Iterable
 
 import hiredis
 
-__all__ = ["Doorbell"]
+__all__ = ["Doorbell", "Watch"]
 
 log = logging.getLogger(__name__)
 
@@ -221,3 +223,34 @@ class Doorbell:
                 del self._subscribed[key]
         if idle:
             self._send("UNSUBSCRIBE", idle)
+
+
+class Watch:
+    """One thread's doorbell registration for one channel list, kept between its receives.
+
+    Released when the thread receives on other channels, or when the thread ends (its
+    thread-local storage, and with it this object, goes away).
+    """
+
+    __slots__ = ("key", "generation", "watched", "event", "drained")
+
+    def __init__(self, key: tuple, generation: tuple, watched: list, timeout: float) -> None:
+        self.key = key
+        self.generation = generation  # (fork generation, layer epoch): stale after a fork or close()
+        self.watched = watched
+        self.event = threading.Event()
+        #: The last pop attempt, made after the event was cleared, left every queue empty (it
+        #: returned less than it was allowed to): any push since has rung the event.
+        self.drained = False
+        for bell, keys in watched:
+            bell.watch(keys, self.event, timeout)
+
+    def release(self) -> None:
+        watched, self.watched = self.watched, []
+        for bell, keys in watched:
+            bell.unwatch(keys, self.event)
+
+    def __del__(self) -> None:
+        # The owning thread ended: never block here (a collection can run anywhere).
+        for bell, keys in self.watched:
+            bell.unwatch(keys, self.event, blocking=False)

@@ -1,7 +1,7 @@
-"""What the ``ipc://`` layer's transactions do to the store's tables (see ``_ipc_store`` for the schema).
+"""What the ``ipc://`` layer's transactions do to the store's tables (see :mod:`.store` for the schema).
 
 Plain functions over an open ``sqlite3`` connection; the caller owns the
-transaction and the write lock. Kept apart from :mod:`.ipc`, which deals with
+transaction and the write lock. Kept apart from :mod:`.layer`, which deals with
 the API, processes, locks and wake-ups.
 
 Invariants every function keeps:

@@ -1,18 +1,18 @@
 """The single-machine layer (``ipc:///path/to/channels.db``): every process on one host, no server.
 
 Messages, groups and session entries live in one SQLite database in WAL mode
-(see :mod:`._ipc_store`; what each transaction does to the tables is in
-:mod:`._ipc_queues`). Every change is one SQLite transaction: a single
+(see :mod:`.store`; what each transaction does to the tables is in
+:mod:`.queues`). Every change is one SQLite transaction: a single
 statement on the fast paths (a send checks the capacity and inserts in one
 ``INSERT ... SELECT``; a receive deletes the head of its queue with
 ``DELETE ... RETURNING``), a ``BEGIN IMMEDIATE`` block otherwise. So capacities
 stay exact when many processes send at once, and a process killed at any point
 leaves each message either queued or delivered, never both. Writers also take
-an ``flock`` first (see :class:`._ipc_store.WriteLock`), which hands the store
+an ``flock`` first (see :class:`.store.WriteLock`), which hands the store
 from writer to writer faster than SQLite's sleeping busy handler.
 
 A blocking ``receive`` sleeps on a Unix datagram socket that senders poke after
-they commit (see :mod:`._ipc_wake`), with a slow poll (``poll_interval``,
+they commit (see :mod:`.wake`), with a slow poll (``poll_interval``,
 default 1 s) only as a safety net.
 
 Layout of a queue: ``messages`` rows ordered by id, keyed by the channel or, for
@@ -31,19 +31,18 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import threading
 import time
 import weakref
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
-from ..exceptions import ConfigurationError, LayerUnavailable, StoreError
-from ..serialization import decode, encode
-from . import _ipc_queues as q
-from . import _ipc_wake as wake
-from ._ipc_store import ConnectionPool, WriteLock, current_pid, default_path, open_connection, prepare_path
-from .base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
+from ...exceptions import ConfigurationError, LayerUnavailable, StoreError
+from ...serialization import decode, encode
+from . import queues as q
+from . import wake
+from .store import ConnectionPool, WriteLock, current_pid, default_path, open_connection, prepare_path
+from ..base import BaseChannelLayer, Received, non_local_name, validate_channel_name, validate_group_name
 
 __all__ = ["IpcChannelLayer"]
 
@@ -52,57 +51,6 @@ log = logging.getLogger(__name__)
 _SWEEP_INTERVAL = 1.0
 _STALE_WAITER_INTERVAL = 60.0
 _MAX_IDLE_WAITERS = 64  # blocked threads or greenlets per process that keep their socket
-
-
-class _ProcessState:
-    """What one process owns besides connections: its waiter sockets and its poke socket.
-
-    Kept apart from the layer so a finalizer can release it at exit without a
-    reference to the layer, and only in the process that created it.
-    """
-
-    def __init__(self, wake_dir: str) -> None:
-        self.pid = current_pid()
-        self.wake_dir = wake_dir
-        self.lock = threading.Lock()
-        self.idle: dict[tuple[str, ...], list[wake.Waiter]] = {}
-        self.all: set[wake.Waiter] = set()
-        self.poker = wake.Poker()
-        self.sent = 0  # sends not yet added to the store's messages_count
-
-    def count_sent(self) -> None:
-        with self.lock:
-            self.sent += 1
-
-    def take_sent(self) -> int:
-        with self.lock:
-            n, self.sent = self.sent, 0
-        return n
-
-    def release(self, pool: ConnectionPool | None = None) -> None:
-        if current_pid() != self.pid:
-            return
-        with self.lock:
-            waiters, self.all, self.idle = list(self.all), set(), {}
-        sent = self.take_sent()
-        if pool is not None and (waiters or sent):
-            try:
-                with pool.connection() as conn:
-                    conn.execute("BEGIN IMMEDIATE")
-                    conn.executemany("DELETE FROM waiters WHERE addr = ?", [(w.addr,) for w in waiters])
-                    if sent:
-                        q.bump(conn, "messages_count", sent)
-                    conn.execute("COMMIT")
-            except Exception as e:  # dead sockets' rows go anyway when a sender finds them
-                log.debug("could not unregister waiters or record sends: %s", e)
-        for w in waiters:
-            w.close()
-        self.poker.close()
-        if waiters:
-            try:
-                os.rmdir(self.wake_dir)  # only if no other process has a socket there
-            except OSError:
-                pass
 
 
 class IpcChannelLayer(BaseChannelLayer):
@@ -135,7 +83,7 @@ class IpcChannelLayer(BaseChannelLayer):
         self._wake_dir, self._wake_private = wake.wake_dir_for(self.path)
         self._lock = WriteLock(self.path, self.busy_timeout)
         self._pool = ConnectionPool(lambda: open_connection(self.path, self.busy_timeout, self._lock))
-        self._state = _ProcessState(self._wake_dir)
+        self._state = wake.ProcessState(self._wake_dir)
         self._finalizer = weakref.finalize(self, self._state.release, self._pool)
         self._rr = 0
         self._last_sweep = 0.0
@@ -146,7 +94,7 @@ class IpcChannelLayer(BaseChannelLayer):
     @classmethod
     def from_url(cls, url: Any, **options: Any) -> "IpcChannelLayer":
         """``ipc:///abs/path.db``, ``ipc://rel/path.db`` or ``ipc://`` (the per-user default)."""
-        from . import parse_options
+        from .. import parse_options
 
         if not isinstance(url, str):
             raise ConfigurationError(f"ipc layer URL must be a string, not {url!r}")
@@ -171,10 +119,10 @@ class IpcChannelLayer(BaseChannelLayer):
 
     # -- connections and transactions ---------------------------------------------------------
 
-    def _process_state(self) -> _ProcessState:
+    def _process_state(self) -> wake.ProcessState:
         state = self._state
         if state.pid != current_pid():  # forked: the parent's sockets are not ours to use or close
-            state = self._state = _ProcessState(self._wake_dir)
+            state = self._state = wake.ProcessState(self._wake_dir)
             self._finalizer.detach()
             self._finalizer = weakref.finalize(self, state.release, self._pool)
         return state
@@ -331,7 +279,7 @@ class IpcChannelLayer(BaseChannelLayer):
         with self._transaction(conn):
             return q.take_head(conn, queue, time.time())
 
-    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None):
+    def receive(self, channels: Iterable[str], block: bool = False, timeout: float | None = None) -> Received:
         names = list(dict.fromkeys(self._receive_channels(channels)))
         wait = self._block_timeout(block, timeout)
         if not names:
@@ -533,6 +481,22 @@ class IpcChannelLayer(BaseChannelLayer):
         with self._connection() as conn, self._lock():
             conn.execute("DELETE FROM kv WHERE key = ?", (key,))
 
+    def session_compare_and_set(self, key: str, expected: bytes | None, value: bytes | None, ttl: float) -> bool:
+        self._session_key(key)
+        if value is not None:
+            value = self._session_value(value)
+        with self._write() as conn:  # one write transaction: nobody else reads or writes in between
+            now = time.time()
+            row = conn.execute("SELECT value FROM kv WHERE key = ? AND expires > ?", (key, now)).fetchone()
+            if (None if row is None else bytes(row[0])) != expected:
+                return False
+            if value is None:
+                conn.execute("DELETE FROM kv WHERE key = ?", (key,))
+            else:
+                conn.execute("INSERT OR REPLACE INTO kv (key, value, expires) VALUES (?, ?, ?)",
+                             (key, value, now + float(ttl)))
+            return True
+
     # -- housekeeping -------------------------------------------------------------------------
 
     def flush(self) -> None:
@@ -583,7 +547,7 @@ class IpcChannelLayer(BaseChannelLayer):
         if self._state.pid == current_pid():
             self._finalizer.detach()
             self._state.release(self._pool)
-            self._state = _ProcessState(self._wake_dir)
+            self._state = wake.ProcessState(self._wake_dir)
             self._finalizer = weakref.finalize(self, self._state.release, self._pool)
         self._pool.close()
         self._lock.close()

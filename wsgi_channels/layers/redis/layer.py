@@ -1,6 +1,6 @@
 """The Redis layer (``redis://``, ``rediss://``): every process of every machine, one or many shards.
 
-Each operation is one Lua script (:mod:`._redis_scripts`), so one round trip:
+Each operation is one Lua script (:mod:`.scripts`), so one round trip:
 ``send`` checks capacity and queues the body inline; ``receive`` pops the first
 live entry of the channels asked for on a shard (from one plain channel, a plain
 ``LPOP`` does that); ``send_group`` runs one fan-out
@@ -11,17 +11,17 @@ hands out one ``(channel, message)`` per member from that single copy.
 busy channels (the worker, the sidecar's ``prefix!`` loop).
 
 Several shards are spread by a consistent-hash ring with virtual nodes
-(:mod:`.hashring`): a channel by its name, a process-local channel by its
+(:mod:`..hashring`): a channel by its name, a process-local channel by its
 ``prefix!``, a session key by the key. A group's memberships live beside each
 member's queue, so a group send needs no member list on the wire and a channel
 whose messages expire unread is evicted from its groups inside the same scripts.
 
-Receiving lives in :mod:`._redis_receive` (a blocking ``receive`` on plain channels of
+Receiving lives in :mod:`.receive` (a blocking ``receive`` on plain channels of
 one shard is one ``BLPOP``, a batch on Redis 7 one ``BLMPOP``; otherwise pub/sub doorbells
-(:mod:`._redis_wakeup`) wake it within milliseconds of a push on any shard), and URLs,
-options and encryption keys in :mod:`._redis_options`.
+(:mod:`.wakeup`) wake it within milliseconds of a push on any shard), and URLs,
+options and encryption keys in :mod:`.options`.
 
-Connections (:mod:`._redis_conn`) are made lazily per process (gunicorn forks
+Connections (:mod:`.connection`) are made lazily per process (gunicorn forks
 after import), never retried behind the caller's back (a resent ``send`` could
 deliver twice), and a failure raises
 :class:`~wsgi_channels.exceptions.LayerUnavailable`; the next call connects
@@ -34,26 +34,27 @@ import re
 import threading
 from typing import Any, Iterable, Sequence
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # no type information shipped
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .. import exceptions as exc
-from ..serialization import encode
-from . import _redis_conn
-from . import _redis_scripts as scripts
-from ._redis_conn import NOW, Script, Shard, bulk, run_everywhere
-from ._redis_copies import CopyBuffer
-from ._redis_options import connection_url, fernet, options_from_url, split_urls
-from ._redis_receive import ReceivingMixin, _ShardPlan
-from .base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
-from .hashring import HashRing
+from ... import exceptions as exc
+from ...serialization import encode
+from . import connection, entries
+from . import scripts
+from .connection import NOW, Script, Shard, bulk, run_everywhere
+from .copies import CopyBuffer
+from .entries import append_entry
+from .options import connection_url, fernet, options_from_url, split_urls
+from .receive import ReceivingMixin, _ShardPlan
+from ..base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
+from ..hashring import HashRing
 
 __all__ = ["RedisChannelLayer"]
 
 log = logging.getLogger(__name__)
 
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,100}$")
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,100}\Z")
 _CACHE_LIMIT = 10_000
 
 _SEND = Script(scripts.SEND)
@@ -63,6 +64,7 @@ _MEMBERS = Script(scripts.MEMBERS)
 _GROUP_ADD = Script(scripts.GROUP_ADD)
 _GROUP_DISCARD = Script(scripts.GROUP_DISCARD)
 _STATS = Script(scripts.STATS)
+_SESSION_CAS = Script(scripts.SESSION_CAS)
 
 
 class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
@@ -89,6 +91,8 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
     #: ``receive_batch`` costs one round trip however many messages it takes, so a reader
     #: may ask for as many as it can handle every time (the worker does).
     batch_round_trips = 1
+    #: ``send_many`` is one pipeline per shard.
+    send_many_batches = True
 
     def __init__(
         self,
@@ -168,14 +172,14 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         return (self._key("q", qname),)
 
     def _send_info(self, channel: str) -> tuple:
-        """(shard, packed command up to the entry, capacity, entry kind, queue name), cached per channel."""
+        """(shard, packed command up to the entry, capacity, the entry's head, queue name), cached per channel."""
         info = self._send_cache.get(channel)
         if info is None:
             validate_channel_name(channel)
             qname = non_local_name(channel)
             shard, command, capacity = self._queue_send_info(qname)
             info = (shard, command, capacity,
-                    (b"t" + channel.encode() + b"\n") if qname is not channel else b"m", qname)
+                    entries.targets_head([channel]) if qname is not channel else entries.message_head(), qname)
             if len(self._send_cache) >= _CACHE_LIMIT:
                 self._send_cache.clear()
             self._send_cache[channel] = info
@@ -233,13 +237,12 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         info = self._send_cache.get(channel)
         if info is None:
             info = self._send_info(channel)
-        shard, command, capacity, kind, _ = info
+        shard, command, capacity, head, _ = info
         body = encode(message, self.max_message_size)
         if self._fernet is not None:
             body = self._fernet.encrypt(body)
-        # The entry: 13 digits of its deadline on the server's clock, the kind, the body.
-        return shard, b"%s$%d\r\n%013d%s%s\r\n" % (
-            command, 13 + len(kind) + len(body), shard.now_ms() + self._expiry_ms, kind, body), capacity
+        # The entry (see entries): its deadline on the server's clock, its head, the body.
+        return shard, append_entry(command, shard.now_ms() + self._expiry_ms, head, body), capacity
 
     def send(self, channel: str, message: dict) -> None:
         shard, payload, capacity = self._send_payload(channel, message)
@@ -248,7 +251,7 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
             raise exc.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
         self._sent += 1
 
-    def send_many(self, items: Sequence[tuple[str, dict]]) -> list[Exception | None]:
+    def send_many(self, items: Sequence[tuple[str, dict]]) -> list[BaseException | None]:
         """Send several messages with one write and one read per shard (a pipeline of ``send`` scripts).
 
         Returns one outcome per item, in order: ``None`` when queued, else the exception
@@ -263,7 +266,7 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         return outcomes
 
     def send_many_then_receive(self, items: Sequence[tuple[str, dict]], channels: Iterable[str], limit: int,
-                               timeout: float, outcomes: list) -> list[tuple[str, dict]]:
+                               timeout: float, outcomes: list[BaseException | None]) -> list[tuple[str, dict]]:
         """:meth:`send_many` of ``items``, then a blocking :meth:`receive_batch` of up to ``limit``
         messages of ``channels`` (waiting up to ``timeout`` seconds for the first), in one round
         trip where it can: when the channels are plain ones on one shard of Redis 7, the sends for
@@ -295,7 +298,7 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
             return self.receive_batch(channels, limit, block=True, timeout=timeout)
         return batch
 
-    def _send_pipeline(self, shard: Shard, entries: list, outcomes: list[Exception | None],
+    def _send_pipeline(self, shard: Shard, entries: list, outcomes: list[BaseException | None],
                        then: bytes | None = None) -> Any:
         """The send scripts of ``entries`` (from :meth:`_prepare_sends`) in one round trip, their
         outcomes recorded in ``outcomes``. ``then``: one more command written after them (see
@@ -312,10 +315,10 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         self._send_outcomes(entries, replies, outcomes)
         return replies[-1] if then is not None else None
 
-    def _prepare_sends(self, items: Sequence[tuple[str, dict]]) -> tuple[list[Exception | None], dict[Shard, list]]:
+    def _prepare_sends(self, items: Sequence[tuple[str, dict]]) -> tuple[list[BaseException | None], dict[Shard, list]]:
         """The outcomes of ``items`` so far (a bad name or message fails its own item only), and the
         ``(index, channel, capacity, payload)`` of the others, by shard."""
-        outcomes: list[Exception | None] = [None] * len(items)
+        outcomes: list[BaseException | None] = [None] * len(items)
         by_shard: dict[Shard, list] = {}
         for i, (channel, message) in enumerate(items):
             try:
@@ -326,7 +329,7 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
             by_shard.setdefault(shard, []).append((i, channel, capacity, payload))
         return outcomes, by_shard
 
-    def _send_outcomes(self, entries: list, replies: list, outcomes: list[Exception | None]) -> None:
+    def _send_outcomes(self, entries: list, replies: list, outcomes: list[BaseException | None]) -> None:
         """Record in ``outcomes`` what the send scripts of ``entries`` answered (``replies`` may go on
         with the reply of another command)."""
         for (i, channel, capacity, _), n in zip(entries, replies):
@@ -364,7 +367,7 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
 
     def group_channels(self, group: str) -> list[str]:
         validate_group_name(group)
-        payload = _redis_conn.packed("EVALSHA", _MEMBERS.sha, 2, *self._group_keys(group)[:2], self._p)
+        payload = connection.packed("EVALSHA", _MEMBERS.sha, 2, *self._group_keys(group)[:2], self._p)
         replies = run_everywhere(self._shards, _MEMBERS, [payload] * len(self._shards))
         return [m.decode() for reply in replies for m in reply]
 
@@ -412,6 +415,16 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
     def session_delete(self, key: str) -> None:
         self._session_key(key)
         self._shard_of(key).execute("DEL", self._key("s", key))
+
+    def session_compare_and_set(self, key: str, expected: bytes | None, value: bytes | None, ttl: float) -> bool:
+        self._session_key(key)
+        if value is not None:
+            value = self._session_value(value)
+            if ttl <= 0:
+                raise ValueError(f"session ttl must be positive, got {ttl!r}")
+        args = (b"0" if expected is None else b"1", expected or b"", b"0" if value is None else b"1", value or b"",
+                max(1, int(ttl * 1000)))
+        return bool(self._shard_of(key).script(_SESSION_CAS, (self._key("s", key),), args))
 
     # -- housekeeping -----------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from ..exceptions import LayerUnavailable, StoreError
+from ...exceptions import LayerUnavailable, StoreError
 
 __all__ = [
     "APPLICATION_ID",

@@ -40,14 +40,11 @@ braces is the Redis Cluster hash tag):
     renews its TTL (expiry plus a margin) with every message naming it, so it lives
     as long as any entry that names it, and goes with its TTL.
 
-Entry format (one LIST element): 13 ASCII digits of the deadline in ms since the
-epoch (Redis ``TIME``), one kind byte, then either the body (``m``), or the target
-channel names separated by spaces, a newline and the body (``t``; process-local
-channels, one entry for every member behind one prefix), or, for at least
-:data:`REF_MIN` members, their count, a space, the ``P:t:`` key holding their names, a
-newline and the body (``r``). A broadcast to 10,000 sockets of one sidecar is then a
-small entry: no script copies the 190 KB of names per message, and the reading
-process fetches them once per membership (``GET``) and keeps them.
+The entries of a queue (``m``, ``t`` and, for at least :data:`REF_MIN` members of one
+prefix, ``r``) are described in :mod:`.entries`, which also makes the scripts' constants
+(``E_DEADLINE_END``, ``E_KIND_AT``, ...) and entry helpers. A broadcast to 10,000 sockets of one
+sidecar is a small ``r`` entry: no script copies the 190 KB of names per message, and the
+reading process fetches them once per membership (``GET``) and keeps them.
 
 The hot scripts (send, receive, fan-out) take "now" from the client, which
 tracks its offset to the Redis clock (``TIME`` once per connection), so every
@@ -64,10 +61,11 @@ so the client packs the fixed part of a hot command once.
 """
 from __future__ import annotations
 
-from .base import SIDECAR_PREFIX
+from ..base import SIDECAR_PREFIX
+from .entries import LUA_CONSTANTS, LUA_HELPERS
 
 __all__ = ["SEND", "RECEIVE", "RECEIVE_MANY", "READ_DONE", "FANOUT", "MEMBERS", "GROUP_ADD", "GROUP_DISCARD",
-           "EVICT", "STATS",
+           "EVICT", "STATS", "SESSION_CAS",
            "REF_MIN", "REF_MARGIN_MS"]
 
 #: Members of one prefix from which a group message names them through a ``P:t:`` key.
@@ -75,7 +73,7 @@ REF_MIN = 256
 #: How much longer than the messages naming it a ``P:t:`` key lives (clock differences between clients).
 REF_MARGIN_MS = 10_000
 
-_COMMON = r"""
+_COMMON = LUA_CONSTANTS + r"""
 local function common()
   local C = {}
 
@@ -83,35 +81,7 @@ local function common()
     local t = redis.call('TIME')
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   end
-
-  function C.deadline(v)
-    return tonumber(string.sub(v, 1, 13))
-  end
-
-  function C.split(names)
-    local out = {}
-    for name in string.gmatch(names, '[^ ]+') do out[#out + 1] = name end
-    return out
-  end
-
-  -- the members an entry is for: none for 'm', listed for 't', in a P:t: key for 'r'
-  function C.targets_of(v)
-    local kind = string.byte(v, 14)
-    local nl = string.find(v, '\n', 15, true)
-    if kind == 116 then return C.split(string.sub(v, 15, nl - 1)) end
-    if kind ~= 114 then return {} end
-    local names = redis.call('GET', string.sub(v, string.find(v, ' ', 15, true) + 1, nl - 1))
-    if not names then return {} end
-    return C.split(names)
-  end
-
-  -- how many members an entry is for
-  function C.count_of(v)
-    local kind = string.byte(v, 14)
-    if kind == 116 then return #C.targets_of(v) end
-    if kind == 114 then return tonumber(string.sub(v, 15, string.find(v, ' ', 15, true) - 1)) end
-    return 1
-  end
+""" + LUA_HELPERS + r"""
 
   function C.tag_key(P, kind, name)
     return P .. kind .. ':{' .. name .. '}'
@@ -196,7 +166,7 @@ if n == 1 then
       local C = common()
       C.bury(ARGV[3], u, m, C.deadline(entry) - tonumber(ARGV[1]))
     end
-    if redis.call('EXISTS', m) == 1 then redis.call('SET', u, string.sub(entry, 1, 13), 'PX', ARGV[4]) end
+    if redis.call('EXISTS', m) == 1 then redis.call('SET', u, string.sub(entry, 1, E_DEADLINE_END), 'PX', ARGV[4]) end
   end
   redis.call('PUBLISH', q, '')
 end
@@ -211,7 +181,7 @@ for i, q in ipairs(KEYS) do
   local v = redis.call('LPOP', q)
   if ARGV[i + 1] ~= '1' then
     while v do
-      if tonumber(string.sub(v, 1, 13)) > now then return {i, v, now} end
+      if tonumber(string.sub(v, 1, E_DEADLINE_END)) > now then return {i, v, now} end
       v = redis.call('LPOP', q)
     end
   else
@@ -221,7 +191,7 @@ for i, q in ipairs(KEYS) do
       if redis.call('EXISTS', u) == 1 then common().bury(P, u, m, now) end
     else
       while v do
-        if tonumber(string.sub(v, 1, 13)) > now then
+        if tonumber(string.sub(v, 1, E_DEADLINE_END)) > now then
           if redis.call('EXISTS', q) == 0 then redis.call('DEL', u) end
           return {i, v, now}
         end
@@ -252,7 +222,7 @@ for i, q in ipairs(KEYS) do
   local v = redis.call('LPOP', q)
   if not v and u and redis.call('EXISTS', u) == 1 then common().bury(P, u, m, now) end
   while v do
-    if tonumber(string.sub(v, 1, 13)) > now then
+    if tonumber(string.sub(v, 1, E_DEADLINE_END)) > now then
       out[#out + 1] = i
       out[#out + 1] = v
       got = got + 1
@@ -386,7 +356,7 @@ local function make_plan()
   local prefixes = {}
   for _, prefix in ipairs(order) do
     local b = buckets[prefix]
-    local names = table.concat(b, ' ')
+    local names = table.concat(b, E_SEPARATOR)
     if #b >= REF_MIN then
       local key = P .. 't:{' .. prefix .. '}:' .. redis.sha1hex(names)
       redis.call('SET', key, names, 'PX', tonumber(exp) + REF_MARGIN)
@@ -427,7 +397,7 @@ end
 local dropped = 0
 local plain, prefixes = plan[2], plan[3]
 if #plain > 0 then
-  local entry = dl .. 'm' .. body
+  local entry = dl .. E_MESSAGE .. body
   for i = 1, #plain, 2 do
     local c, cap = plain[i], plain[i + 1]
     if cap == 0 then cap = layer_capacity(nil) end
@@ -453,9 +423,9 @@ for i = 1, #prefixes, 4 do
   local q = P .. 'q:{' .. prefix .. '}'
   local entry
   if count >= REF_MIN then
-    entry = dl .. 'r' .. count .. ' ' .. targets .. '\n' .. body
+    entry = dl .. E_REFERENCE .. count .. E_SEPARATOR .. targets .. E_FIELD_END .. body
   else
-    entry = dl .. 't' .. targets .. '\n' .. body
+    entry = dl .. E_TARGETS .. targets .. E_FIELD_END .. body
   end
   local n = redis.call('RPUSH', q, entry)
   local u, m  -- the prefix's unread flag and index, needed when its queue was empty or is full
@@ -480,7 +450,7 @@ for i = 1, #prefixes, 4 do
         for _, c in ipairs(C.split(names)) do
           if redis.call('ZSCORE', g, c) then left[#left + 1] = c end
         end
-        entry = dl .. 't' .. table.concat(left, ' ') .. '\n' .. body
+        entry = dl .. E_TARGETS .. table.concat(left, E_SEPARATOR) .. E_FIELD_END .. body
         count = #left
       end
       if count > 0 then n = redis.call('RPUSH', q, entry) else n = -1 end
@@ -562,6 +532,19 @@ local C = common()
 local n = 0
 for i = 2, #ARGV do n = n + C.evict(ARGV[1], KEYS[1], ARGV[i]) end
 return n
+"""
+
+#: KEYS: s; ARGV: '1' if a value is expected, the expected value, '1' to store a value (else delete),
+#: the value, its TTL in ms. Returns 1 when the key held what was expected (and was changed), else 0.
+SESSION_CAS = r"""
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+if ARGV[3] == '1' then redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5]) else redis.call('DEL', KEYS[1]) end
+return 1
 """
 
 #: KEYS: q [u m]; ARGV: P. Returns {pending targets, head deadline or 0, now}.

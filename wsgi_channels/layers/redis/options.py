@@ -15,7 +15,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from .. import exceptions as exc
+from ... import exceptions as exc
 
 __all__ = ["LAYER_OPTIONS", "CONNECTION_OPTIONS", "fernet", "split_urls", "check_url", "connection_url",
            "options_from_url"]
@@ -99,7 +99,7 @@ def options_from_url(url: Any) -> tuple[list[str], dict[str, Any]]:
 
     Every shard may repeat an option, but all must agree on its value.
     """
-    from . import parse_options
+    from .. import parse_options
 
     merged: dict[str, Any] = {}
     hosts = []
