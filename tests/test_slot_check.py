@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from slot_check import Finding, one_slot_violations, random_names, undeclared_keys
-from wsgi_channels.layers import _redis_scripts as scripts
+from wsgi_channels.layers.redis import scripts
 from wsgi_channels.layers.base import non_local_name, validate_channel_name, validate_group_name
 from wsgi_channels.layers.redis import RedisChannelLayer
 
