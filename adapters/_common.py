@@ -144,7 +144,7 @@ def extend_message(message: Any) -> Any:
     """
     if hasattr(message, "__dict__") or not hasattr(message, "content"):
         return message
-    from ..message import Message
+    from ..consumers.message import Message
 
     if not isinstance(message, Message):
         return message
@@ -161,7 +161,7 @@ def extend_message(message: Any) -> Any:
 
 @functools.lru_cache(maxsize=None)
 def _extended_class() -> type:
-    from ..message import Message
+    from ..consumers.message import Message
 
     class ExtendedMessage(Message):
         """A :class:`Message` with room for adapter attributes; ``channel_session`` writes go to the original."""
@@ -188,7 +188,7 @@ def import_dotted(path: Any, what: str = "object") -> Any:
     Raises :class:`~wsgi_channels.ConfigurationError` naming ``what`` and the path.
     """
     from ..exceptions import ConfigurationError
-    from ..routing import import_object
+    from ..consumers.routing import import_object
 
     try:
         return import_object(path)

@@ -38,7 +38,7 @@ from urllib.parse import quote
 from ..channel import Channel, Group, default_layer_url, get_layer
 from ..exceptions import ConfigurationError
 from ..layers import layer_class, parse_options
-from ..sessions import channel_session
+from ..consumers.sessions import channel_session
 from ._common import (
     CLIENT_JS_URL,
     PushBuffer,

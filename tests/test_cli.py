@@ -123,7 +123,7 @@ def test_bad_message_and_names():
 def test_channel_globs_do_not_swallow_the_routing():
     """`--only-channels GLOB ROUTING` works: each flag takes one value (repeatable, commas allowed)."""
     from wsgi_channels.cli import build_parser
-    from wsgi_channels.worker import _flat
+    from wsgi_channels.cli.worker import _flat
 
     args = build_parser().parse_args(["worker", "--only-channels", "websocket.*", "chat:routing",
                                       "--only-channels", "http.request,http.disconnect"])
@@ -136,7 +136,7 @@ def test_channel_globs_do_not_swallow_the_routing():
 def test_flags_replace_the_environment_for_repeatable_options(monkeypatch):
     """WSGI_CHANNELS_BIND=a with --bind b listens on b only (argparse's append would keep a too)."""
     from wsgi_channels.cli import build_parser
-    from wsgi_channels.worker import _flat
+    from wsgi_channels.cli.worker import _flat
 
     monkeypatch.setenv("WSGI_CHANNELS_BIND", "127.0.0.1:9000")
     monkeypatch.setenv("WSGI_CHANNELS_EXCLUDE_CHANNELS", "http.*")

@@ -18,7 +18,7 @@ from wsgi_channels import (
     route,
     route_class,
 )
-from wsgi_channels.consumer import flush_sends, run_consumer, send_with_retry
+from wsgi_channels.consumers.consumer import flush_sends, run_consumer, send_with_retry
 from wsgi_channels.layers import from_url
 from wsgi_channels.layers.memory import MemoryChannelLayer
 from wsgi_channels.testing import Client, NoMessage

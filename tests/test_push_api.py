@@ -105,7 +105,7 @@ def test_deferred_sends_collect_copies_until_flushed():
 
 def test_a_deferred_send_is_encoded_once_and_sent_as_it_is(layer):
     # It used to be encoded (to check and copy it), decoded, and encoded again by the layer.
-    from wsgi_channels.consumer import flush_sends
+    from wsgi_channels.consumers.consumer import flush_sends
     from wsgi_channels.serialization import EncodedMessage, encode
 
     message = {"n": [1], "text": "x"}

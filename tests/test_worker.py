@@ -18,7 +18,7 @@ from werkzeug.test import Client as WerkzeugClient
 from servers import ServerProcess
 
 from wsgi_channels import ConfigurationError, route
-from wsgi_channels.cli import EXIT_CONFIG
+from wsgi_channels.exitcodes import EXIT_CONFIG
 from wsgi_channels.layers import from_url
 from wsgi_channels.layers.memory import MemoryChannelLayer
 from wsgi_channels.translation import build_request_message, validate_response_message
@@ -505,7 +505,7 @@ def test_worker_takes_batches_from_a_backlog(redis_url):
 def _waiting_to_receive(worker, client, idle):
     """True once ``idle`` threads wait on the inbox and the leader is blocked in its BLMPOP."""
     clients = client._shards[0].execute("CLIENT", "LIST").decode().split("\n")
-    return worker._idle == idle and any(" cmd=blmpop " in f" {c} " for c in clients)
+    return worker._scheduler.idle == idle and any(" cmd=blmpop " in f" {c} " for c in clients)
 
 
 def _queue_at_once(client, paths):

@@ -37,16 +37,16 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 # Consumer-side names are imported on first use, so pushing from a view does not
 # import the routing, consumer and WSGI machinery.
 _LAZY = {
-    "route": "wsgi_channels.routing",
-    "route_class": "wsgi_channels.routing",
-    "include": "wsgi_channels.routing",
-    "Message": "wsgi_channels.message",
-    "WsgiConsumer": "wsgi_channels.wsgi",
-    "channel_session": "wsgi_channels.sessions",
-    "enforce_ordering": "wsgi_channels.sessions",
-    "WebsocketConsumer": "wsgi_channels.generic",
-    "JsonWebsocketConsumer": "wsgi_channels.generic",
-    "WebsocketDemultiplexer": "wsgi_channels.generic",
+    "route": "wsgi_channels.consumers.routing",
+    "route_class": "wsgi_channels.consumers.routing",
+    "include": "wsgi_channels.consumers.routing",
+    "Message": "wsgi_channels.consumers.message",
+    "WsgiConsumer": "wsgi_channels.consumers.wsgi",
+    "channel_session": "wsgi_channels.consumers.sessions",
+    "enforce_ordering": "wsgi_channels.consumers.sessions",
+    "WebsocketConsumer": "wsgi_channels.consumers.generic",
+    "JsonWebsocketConsumer": "wsgi_channels.consumers.generic",
+    "WebsocketDemultiplexer": "wsgi_channels.consumers.generic",
 }
 
 __all__ = [

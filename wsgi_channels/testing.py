@@ -15,7 +15,7 @@
         assert status == 200
 
 Consumers run in the calling thread through the same code path the worker
-uses (:func:`~wsgi_channels.consumer.run_consumer`), so deferred sends,
+uses (:func:`~wsgi_channels.consumers.consumer.run_consumer`), so deferred sends,
 routing defaults and sessions behave as in production. ``Group``/``Channel``
 calls inside consumers that name no layer use the default layer, which is
 ``memory://`` when ``WSGI_CHANNELS_LAYER`` is unset: the same instance the
@@ -26,10 +26,10 @@ from __future__ import annotations
 from typing import Any, Iterable, Optional
 
 from .channel import resolve_layer
-from .consumer import run_consumer
+from .consumers.consumer import run_consumer
 from .layers.base import BaseChannelLayer
-from .message import Message
-from .routing import Router
+from .consumers.message import Message
+from .consumers.routing import Router
 from .translation import build_request_message
 
 __all__ = ["Client", "WebsocketClient", "NoMessage"]

@@ -1,6 +1,8 @@
 """The ``wsgi-channels`` command: one console script, one subcommand per job.
 
-Each subcommand lives in the module that does the job; that module provides
+Each subcommand has a module in this package (``worker``, ``sidecar``,
+``runserver``, ``tools``) that translates flags and ``WSGI_CHANNELS_*``
+variables into the server's own config and runs it; that module provides
 ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
 taking the parsed arguments and returning an exit status.
 
@@ -16,28 +18,18 @@ import importlib
 import logging
 import sys
 
-__all__ = ["main", "EXIT_OK", "EXIT_USAGE", "EXIT_CONFIG", "EXIT_UNAVAILABLE", "EXIT_RESTART"]
+from ..exitcodes import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-#: A start-up failure caused by configuration (bad URL, bad routing, unusable file).
-EXIT_CONFIG = 3
-#: The layer could not be reached at start-up.
-EXIT_UNAVAILABLE = 4
-#: The worker stopped itself, after finishing its messages in flight, because too many of its
-#: threads were stuck in messages past the time limit (``--max-abandoned``): a supervisor
-#: (systemd ``Restart=on-failure``, Kubernetes, supervisord) starts a fresh process. 75 is
-#: ``EX_TEMPFAIL`` of sysexits.h: a temporary failure, try again.
-EXIT_RESTART = 75
+__all__ = ["main", "build_parser", "setup_logging", "COMMANDS"]
 
 #: subcommand -> module providing ``register(subparsers)``.
 COMMANDS = {
-    "worker": "wsgi_channels.worker",
-    "sidecar": "wsgi_channels.sidecar.cli",
-    "runserver": "wsgi_channels.runserver",
-    "send": "wsgi_channels.tools",
-    "group-send": "wsgi_channels.tools",
-    "stats": "wsgi_channels.tools",
+    "worker": "wsgi_channels.cli.worker",
+    "sidecar": "wsgi_channels.cli.sidecar",
+    "runserver": "wsgi_channels.cli.runserver",
+    "send": "wsgi_channels.cli.tools",
+    "group-send": "wsgi_channels.cli.tools",
+    "stats": "wsgi_channels.cli.tools",
 }
 _GEVENT_COMMANDS = {"sidecar", "runserver"}
 
@@ -52,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wsgi-channels",
         description="Real-time messaging for WSGI apps: workers, the WebSocket sidecar and tools.",
     )
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"wsgi_channels {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -85,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         monkey.patch_all()
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .config import env_errors
+    from ..config import env_errors
 
     for message in env_errors(args):  # only the options of the subcommand that runs
         print(f"wsgi-channels {args.command}: {message}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(getattr(args, "log_level", None) or "info")
-    from .exceptions import ConfigurationError, LayerUnavailable, StoreError
+    from ..exceptions import ConfigurationError, LayerUnavailable, StoreError
 
     # A last line of defence: our own clear errors (and a port already taken) that a subcommand
     # did not catch become one line on stderr and an exit status, never a traceback.

@@ -17,11 +17,11 @@ import json
 import sys
 from typing import Any, Callable
 
-from .cli import EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_USAGE
-from .channel import Channel, Group, default_layer_url
-from .config import add_option
-from .exceptions import ChannelsError, ConfigurationError, LayerUnavailable, StoreError
-from .layers import from_url, require_cross_process
+from ..channel import Channel, Group, default_layer_url
+from ..config import add_option
+from ..exceptions import ChannelsError, ConfigurationError, LayerUnavailable, StoreError
+from ..exitcodes import EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_USAGE
+from ..layers import from_url, require_cross_process
 
 __all__ = ["register", "parse_json_message"]
 

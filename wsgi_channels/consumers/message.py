@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Optional
 
-from .channel import Channel
-from .layers.base import BaseChannelLayer
+from ..channel import Channel
+from ..layers.base import BaseChannelLayer
 
 TOKEN_CLAIMS_KEY = "__wsc_token"  # wsgi_channels.tokens.CLAIMS_KEY, set by the sidecar
 

@@ -27,7 +27,7 @@ import logging
 import re
 from typing import Any, Callable, Iterable, Optional, Pattern, Tuple, Union
 
-from .exceptions import ConfigurationError
+from ..exceptions import ConfigurationError
 
 __all__ = ["route", "route_class", "include", "Route", "RouteClass", "Include", "Router",
            "import_object", "DEFAULT_CONSUMERS"]

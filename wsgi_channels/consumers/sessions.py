@@ -44,9 +44,9 @@ import logging
 import threading
 from typing import Any, Callable, Optional
 
-from .channel import Channel
+from ..channel import Channel
 from .message import TOKEN_CLAIMS_KEY
-from .serialization import decode, encode
+from ..serialization import decode, encode
 
 __all__ = ["channel_session", "enforce_ordering", "ChannelSession", "DEFAULT_SESSION_TTL",
            "DEFAULT_ORDERING_TIMEOUT"]
