@@ -1,8 +1,8 @@
 """Pieces every framework adapter shares: handshake cookies, commit-bound pushes, the browser client.
 
 Nothing here imports a web framework. The adapters translate their framework's
-settings into the same few things: a layer URL, a routing, options, and allowed
-origins.
+settings into one :class:`~wsgi_channels.settings.AppSettings` (a layer URL with
+its options, a routing, allowed origins, the sidecar's URL and the token secret).
 
 Handshake cookies: only ``websocket.connect`` carries the HTTP headers. To give
 later ``websocket.receive``/``websocket.disconnect`` messages the same session
@@ -36,7 +36,6 @@ __all__ = [
     "extend_message",
     "origin_allowed",
     "sidecar_connect_url",
-    "check_sidecar_url",
     "reject",
     "set_attribute",
 ]
@@ -267,16 +266,6 @@ def sidecar_connect_url(sidecar_url: str, secret: Any, path: str, *, user_id: An
 
     return connect_url(sidecar_url, path, secret, user_id=user_id, groups=groups, origin=origin,
                        max_age=DEFAULT_MAX_AGE if max_age is None else max_age, setting=setting)
-
-
-def check_sidecar_url(url: Any, setting: str) -> str:
-    """``url`` stripped (``""`` when unset); a bad one raises ConfigurationError naming ``setting``."""
-    if not url:
-        return ""
-    from ..tokens import sidecar_base_url
-
-    sidecar_base_url(url, setting)
-    return str(url).strip()
 
 
 def origin_allowed(message: Any, allowed: Iterable[str]) -> bool:

@@ -299,7 +299,9 @@ def test_worker_greenlets_and_channel_globs(tmp_path, redis_url):
 def test_worker_refuses_memory_layer(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     env.pop("WSGI_CHANNELS_LAYER", None)
-    proc = subprocess.run([sys.executable, "-m", "wsgi_channels", "worker", "apps.flask_app:routing"],
+    # Named explicitly: with nothing named, the worker takes the user's ipc:// store (settings.py).
+    proc = subprocess.run([sys.executable, "-m", "wsgi_channels", "worker", "apps.flask_app:routing",
+                           "--layer", "memory://"],
                           env=env, cwd=str(TESTS), capture_output=True, text=True, timeout=30)
     assert proc.returncode == EXIT_CONFIG
     assert "the layer 'memory://' is private to one process" in proc.stderr

@@ -5,8 +5,10 @@ Push from any synchronous code::
     from wsgi_channels import Group
     Group("liveblog").send({"text": "new post"})
 
-The default layer comes from the ``WSGI_CHANNELS_LAYER`` environment variable
-(``memory://`` when unset); see :mod:`wsgi_channels.layers` for URLs.
+The default layer comes from the ``WSGI_CHANNELS_LAYER`` environment variable;
+unset, it is ``ipc://``, a store every process of the current user on this
+machine shares (see :mod:`wsgi_channels.settings`; :mod:`wsgi_channels.layers`
+for URLs).
 """
 from __future__ import annotations
 

@@ -42,7 +42,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_option(p, "--bind", default=None, action="append", metavar="ADDRESS",
                help=f"HOST:PORT or unix:PATH to listen on; repeat for several (default {d.bind[0]})")
     add_option(p, "--layer", default="", metavar="URL",
-               help="channel layer URL, redis://... or ipc://... (default: WSGI_CHANNELS_LAYER)")
+               help="channel layer URL, redis://... or ipc:///path (default: ipc://, this user's store on this machine)")
     add_option(p, "--http", default=d.http, choices=HTTP_MODES,
                help="'layer': send plain HTTP requests to http.request consumers; 'off': 404 (default off)")
     add_option(p, "--http-timeout", default=d.http_timeout, type=float, metavar="SECONDS",

@@ -35,16 +35,16 @@ def _load_routing(spec: str) -> Any:
 
 
 def _command(args: Any) -> int:
-    from ..channel import ENV_VAR, default_layer_url
     from ..layers import require_cross_process
+    from ..settings import ENV_VAR, command_layer_url
     from ..worker import Worker
 
-    url = args.layer or default_layer_url()
-    try:
-        require_cross_process(url, "the worker")
-    except ConfigurationError as e:
-        log.error("%s", e)
-        return EXIT_CONFIG
+    if args.layer:  # checked before the routing is imported: the mistake is the flag's
+        try:
+            require_cross_process(args.layer, "the worker")
+        except ConfigurationError as e:
+            log.error("%s", e)
+            return EXIT_CONFIG
     if args.greenlets:
         from gevent import monkey
 
@@ -62,9 +62,14 @@ def _command(args: Any) -> int:
         except (ValueError, argparse.ArgumentTypeError) as e:
             log.error("--admin-bind %r: %s", args.admin_bind, e)
             return EXIT_CONFIG
-    os.environ[ENV_VAR] = url  # Channel()/Group() in consumers use the worker's layer
+    if args.layer:
+        os.environ[ENV_VAR] = args.layer  # before the app is imported: its default layer is the flag's
     try:
         routing = _load_routing(args.routing)
+        # An explicit --layer, else the app's layer (routing_for(app) carries it), else the environment's.
+        url = command_layer_url(args.layer, getattr(routing, "layer_url", None), command="wsgi-channels worker")
+        require_cross_process(url, "the worker")
+        os.environ[ENV_VAR] = url  # Channel()/Group() in consumers use the worker's layer
         worker = Worker(routing, url, concurrency=args.greenlets or args.threads,
                         only_channels=_flat(args.only_channels), exclude_channels=_flat(args.exclude_channels),
                         send_timeout=args.send_timeout, grace=args.grace,
@@ -137,7 +142,11 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("worker", help="run consumers from a routing",
                                    description="Receive messages from the channel layer and run the routed consumers.")
     parser.add_argument("routing", metavar="ROUTING", help="the routing list as module:attribute")
-    add_option(parser, "--layer", default=None, help="channel layer URL (default: WSGI_CHANNELS_LAYER)")
+    # Not add_option: the environment's layer must not pass for an explicit flag, which wins over
+    # the app's own layer (see wsgi_channels.settings).
+    parser.add_argument("--layer", default=None, metavar="URL",
+                        help="channel layer URL (default: the app's layer when ROUTING carries one, else "
+                             "WSGI_CHANNELS_LAYER, else ipc://, this user's store on this machine)")
     group = parser.add_mutually_exclusive_group()
     add_option(group, "--threads", type=_positive, default=4, help="worker threads (default 4)")
     group.add_argument("--greenlets", type=_positive, default=None,

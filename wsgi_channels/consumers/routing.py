@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Optional, Pattern, Tuple, Union
 
 from ..exceptions import ConfigurationError
 
-__all__ = ["route", "route_class", "include", "Route", "RouteClass", "Include", "Router",
+__all__ = ["route", "route_class", "include", "Route", "RouteClass", "Include", "Router", "AppRouting",
            "import_object", "DEFAULT_CONSUMERS"]
 
 log = logging.getLogger(__name__)
@@ -199,6 +199,19 @@ class Include:
 
     def __repr__(self) -> str:
         return f"include({self._routing_spec!r})"
+
+
+class AppRouting(list):  # type: ignore[type-arg]
+    """A routing list that also names the layer its app pushes to (``layer_url``, or None).
+
+    The framework adapters' ``routing_for(app)`` return one, so ``wsgi-channels worker
+    myapp:routing`` serves the app's layer without a ``--layer`` that repeats it (an explicit
+    ``--layer`` still wins; see :mod:`wsgi_channels.settings`).
+    """
+
+    def __init__(self, routes: Iterable[Any] = (), layer_url: Optional[str] = None) -> None:
+        super().__init__(routes)
+        self.layer_url = layer_url
 
 
 def _load_routing(routing: Any) -> list:

@@ -61,7 +61,8 @@ class Worker:
 
     ``layer`` is a layer instance or a URL (resolved with :func:`~wsgi_channels.get_layer`,
     so ``Channel``/``Group`` sends inside consumers that name no layer use the
-    same instance when the URL is also the default). ``stats`` counts
+    same instance when the URL is also the default); None: the app's layer when
+    ``routing`` carries one (``routing_for(app)``), else the default layer. ``stats`` counts
     ``messages``, ``errors``, ``unrouted``, ``restarts`` and ``timed_out``; ``by_channel``,
     ``errors_by_channel``, ``seconds_by_channel`` and ``timed_out_by_channel`` break them
     down (see :mod:`wsgi_channels.worker.metrics` for Prometheus).
@@ -82,7 +83,7 @@ class Worker:
                  name: str = "worker", mode: str = "threads", time_limit: float = DEFAULT_TIME_LIMIT,
                  max_abandoned: Optional[int] = None) -> None:
         self.router = routing if isinstance(routing, Router) else Router(routing)
-        self.layer: BaseChannelLayer = resolve_layer(layer)
+        self.layer: BaseChannelLayer = resolve_layer(layer if layer is not None else getattr(routing, "layer_url", None))
         self.channels = select_channels(self.router.channels, only_channels, exclude_channels)
         if not self.channels:
             raise ConfigurationError(
