@@ -74,7 +74,7 @@ def _command(args: Any) -> int:
                         only_channels=_flat(args.only_channels), exclude_channels=_flat(args.exclude_channels),
                         send_timeout=args.send_timeout, grace=args.grace,
                         mode="greenlets" if args.greenlets else "threads", time_limit=args.time_limit,
-                        max_abandoned=args.max_abandoned)
+                        max_abandoned=args.max_abandoned, accept_unrouted=args.accept_unrouted)
     except (ConfigurationError, StoreError) as e:  # StoreError: an ipc:// file that cannot be used
         log.error("%s", e)
         return EXIT_CONFIG
@@ -168,6 +168,9 @@ def register(subparsers: Any) -> None:
     add_option(parser, "--max-abandoned", type=_count, default=None, metavar="N",
                help="when N threads given up on are still stuck, stop and exit with status 75 for the "
                     "supervisor to restart the worker; 0 = never (default: twice the threads)")
+    add_option(parser, "--accept-unrouted", action="store_true", default=False,
+               help="accept a WebSocket handshake whose path no route takes (default: refuse it, the client gets "
+                    "403 and the path is logged; either way it is counted as unrouted)")
     add_option(parser, "--admin-bind", default="", metavar="HOST:PORT", help="serve Prometheus /metrics here")
     add_option(parser, "--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=_command)

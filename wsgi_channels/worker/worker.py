@@ -75,14 +75,18 @@ class Worker:
     default twice ``concurrency``), :meth:`run` stops receiving, finishes the messages
     in flight and returns :data:`~wsgi_channels.exitcodes.EXIT_RESTART`, for the process
     supervisor to start a fresh worker; 0 never restarts.
+    ``accept_unrouted``: accept a WebSocket handshake that no route takes instead of refusing
+    it (see :class:`~wsgi_channels.consumers.routing.Router`; a ``routing`` that is already a
+    Router keeps its own choice); either way it is counted as ``unrouted``.
     """
 
     def __init__(self, routing: Any, layer: Any = None, *, concurrency: int = 1,
                  only_channels: Sequence[str] = (), exclude_channels: Sequence[str] = (),
                  send_timeout: float = DEFAULT_SEND_TIMEOUT, grace: float = 30.0,
                  name: str = "worker", mode: str = "threads", time_limit: float = DEFAULT_TIME_LIMIT,
-                 max_abandoned: Optional[int] = None) -> None:
-        self.router = routing if isinstance(routing, Router) else Router(routing)
+                 max_abandoned: Optional[int] = None, accept_unrouted: bool = False) -> None:
+        self.router = routing if isinstance(routing, Router) else Router(routing, accept_unrouted=accept_unrouted)
+        self._unrouted_connect = self.router.unrouted_connect
         self.layer: BaseChannelLayer = resolve_layer(layer if layer is not None else getattr(routing, "layer_url", None))
         self.channels = select_channels(self.router.channels, only_channels, exclude_channels)
         if not self.channels:
@@ -181,7 +185,7 @@ class Worker:
             log.exception("consumer %r raised on a message on %r", consumer, channel,
                           extra={"channel": channel})
             return "errors"
-        return ""
+        return "unrouted" if consumer is self._unrouted_connect else ""  # a handshake no route takes
 
     # -- the time limit (see .timelimit) -------------------------------------------------------
 
