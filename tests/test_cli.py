@@ -53,6 +53,18 @@ def test_help_of_every_subcommand():
     assert missing.returncode == 2 and "required: COMMAND" in missing.stderr
 
 
+@pytest.mark.parametrize("argv", [["worker", "demo:routing"], ["sidecar"], ["runserver", "demo:app"],
+                                  ["send", "chan", "{}"], ["group-send", "grp", "{}"], ["stats"]],
+                         ids=lambda argv: argv[0])
+def test_a_mistyped_option_shows_the_subcommands_usage(argv):
+    """``wsgi-channels sidecar --bnd`` printed the top-level usage (COMMAND ...), which names no option."""
+    result = run(argv[0], "--bnd=127.0.0.1:8001", *argv[1:])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"usage: wsgi-channels {argv[0]} [-h]"), result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"wsgi-channels {argv[0]}: error: unrecognized arguments: --bnd=127.0.0.1:8001", result.stderr
+
+
 BAD_LAYERS = [
     ("bogus://x", "scheme must be one of"),
     ("redis://127.0.0.1:notaport/0", "notaport"),

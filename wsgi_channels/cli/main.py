@@ -17,6 +17,7 @@ import errno
 import importlib
 import logging
 import sys
+from typing import Any
 
 from ..exitcodes import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
@@ -39,6 +40,21 @@ def _needs_gevent(argv: list[str]) -> bool:
     return command in _GEVENT_COMMANDS or (command == "worker" and any(a.startswith("--greenlets") for a in argv))
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that reports an unknown option itself, with its own usage.
+
+    argparse hands a subcommand's unrecognized arguments back to the top-level parser, whose
+    error shows the top-level usage (``wsgi-channels [-h] [--version] COMMAND ...``): no help
+    for ``wsgi-channels sidecar --bnd``. Here the subcommand's usage names its options.
+    """
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsgi-channels",
@@ -47,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"wsgi_channels {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     subparsers.required = True
     for module_name in dict.fromkeys(COMMANDS.values()):
         try:
