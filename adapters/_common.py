@@ -129,7 +129,7 @@ def handshake_cookie_header(message: Any) -> str:
 def handshake_cookies(message: Any) -> dict[str, str]:
     """The handshake's cookies as a dict (first value wins for repeated names)."""
     parsed = parse_cookie(handshake_cookie_header(message))
-    return {k: parsed.get(k) for k in parsed.keys()}
+    return {k: parsed[k] for k in parsed.keys()}
 
 
 def extend_message(message: Any) -> Any:
@@ -159,7 +159,7 @@ def extend_message(message: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _extended_class() -> type:
+def _extended_class() -> Any:
     from ..consumers.message import Message
 
     class ExtendedMessage(Message):

@@ -362,7 +362,7 @@ def _register_cli(app: Any) -> None:
 
         from ..cli import main
 
-        routing = routing_for(current_app._get_current_object())
+        routing = routing_for(current_app._get_current_object())  # type: ignore[attr-defined]
         HELD_ROUTING[:] = routing
         HELD_ROUTING.layer_url = routing.layer_url  # the app's layer, unless args hold a --layer
         sys.exit(main(["worker", f"{__name__}:HELD_ROUTING", *args]))

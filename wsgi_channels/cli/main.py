@@ -17,7 +17,7 @@ import errno
 import importlib
 import logging
 import sys
-from typing import Any
+from typing import Any, Optional, Sequence
 
 from ..exitcodes import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
@@ -48,7 +48,10 @@ class _CommandParser(argparse.ArgumentParser):
     for ``wsgi-channels sidecar --bnd``. Here the subcommand's usage names its options.
     """
 
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+    # typeshed overloads this method on the namespace's type; one signature covering them all is
+    # what argparse has, and what mypy cannot match against the overloads.
+    def parse_known_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
+                         namespace: Any = None) -> tuple[Any, list[str]]:
         parsed, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")

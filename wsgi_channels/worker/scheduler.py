@@ -240,6 +240,7 @@ class Scheduler:
         replies = self.replies
         held = replies.take() if send_held and replies is not None and self._send_then_receive is not None else []
         outcomes: list = []
+        messages: list[Any]
         self.leading = True
         try:
             if held:
@@ -248,8 +249,9 @@ class Scheduler:
             else:
                 if send_held and replies is not None:
                     replies.flush()
-                if limit > 1:
-                    messages = self._receive_batch(self.channels, limit=limit, block=True, timeout=RECEIVE_TIMEOUT)
+                receive_batch = self._receive_batch
+                if limit > 1 and receive_batch is not None:  # limit > 1 only with a batch receive
+                    messages = receive_batch(self.channels, limit=limit, block=True, timeout=RECEIVE_TIMEOUT)
                 else:
                     channel, content = self.layer.receive(self.channels, block=True, timeout=RECEIVE_TIMEOUT)
                     messages = [(channel, content)] if channel is not None else []
