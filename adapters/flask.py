@@ -94,7 +94,7 @@ class Channels:
     """The Flask extension; with no app bound it is a write-only emitter.
 
     ``layer`` sets the emitter's layer URL when used without an app (default:
-    ``WSGI_CHANNELS_LAYER`` from the environment, then ``memory://``).
+    ``WSGI_CHANNELS_LAYER`` from the environment, then ``ipc://``, the user's store on this machine).
     """
 
     def __init__(self, app: Any = None, *, layer: str | None = None, client_js_url: str | None = CLIENT_JS_URL) -> None:
@@ -111,7 +111,8 @@ class Channels:
         """Bind to ``app``. Config keys (defaults set with ``app.config.setdefault``):
 
         ``WSGI_CHANNELS_LAYER``
-            layer URL; default ``$WSGI_CHANNELS_LAYER``, else ``memory://``.
+            layer URL; default ``$WSGI_CHANNELS_LAYER``, else ``ipc://`` (the user's store on
+            this machine). ``routing_for(app)`` carries it to ``wsgi-channels worker``.
         ``WSGI_CHANNELS_ROUTING``
             extra routes for the worker: a list of routes or a dotted path to one
             (``"myapp.routing:routes"``); consumers registered with

@@ -3,7 +3,7 @@
 Settings (ini file or ``Configurator(settings=...)``), all under ``wsgi_channels.``:
 
 =================================  ==========================================================
-``wsgi_channels.layer``            layer URL (default ``$WSGI_CHANNELS_LAYER``, else ``memory://``)
+``wsgi_channels.layer``            layer URL (default ``$WSGI_CHANNELS_LAYER``, else ``ipc://``)
 ``wsgi_channels.routing``          dotted name of extra routes for the worker (``pkg.routing:routes``)
 ``wsgi_channels.allowed_origins``  origins or host names allowed to open WebSockets (list)
 ``wsgi_channels.transactional``    with ``pyramid_tm``: hold pushes until commit (default true)
