@@ -1,8 +1,8 @@
 """Pieces every framework adapter shares: handshake cookies, commit-bound pushes, the browser client.
 
 Nothing here imports a web framework. The adapters translate their framework's
-settings into the same few things: a layer URL, a routing, options, and allowed
-origins.
+settings into one :class:`~wsgi_channels.settings.AppSettings` (a layer URL with
+its options, a routing, allowed origins, the sidecar's URL and the token secret).
 
 Handshake cookies: only ``websocket.connect`` carries the HTTP headers. To give
 later ``websocket.receive``/``websocket.disconnect`` messages the same session
@@ -36,7 +36,6 @@ __all__ = [
     "extend_message",
     "origin_allowed",
     "sidecar_connect_url",
-    "check_sidecar_url",
     "reject",
     "set_attribute",
 ]
@@ -130,7 +129,7 @@ def handshake_cookie_header(message: Any) -> str:
 def handshake_cookies(message: Any) -> dict[str, str]:
     """The handshake's cookies as a dict (first value wins for repeated names)."""
     parsed = parse_cookie(handshake_cookie_header(message))
-    return {k: parsed.get(k) for k in parsed.keys()}
+    return {k: parsed[k] for k in parsed.keys()}
 
 
 def extend_message(message: Any) -> Any:
@@ -144,7 +143,7 @@ def extend_message(message: Any) -> Any:
     """
     if hasattr(message, "__dict__") or not hasattr(message, "content"):
         return message
-    from ..message import Message
+    from ..consumers.message import Message
 
     if not isinstance(message, Message):
         return message
@@ -160,8 +159,8 @@ def extend_message(message: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _extended_class() -> type:
-    from ..message import Message
+def _extended_class() -> Any:
+    from ..consumers.message import Message
 
     class ExtendedMessage(Message):
         """A :class:`Message` with room for adapter attributes; ``channel_session`` writes go to the original."""
@@ -188,7 +187,7 @@ def import_dotted(path: Any, what: str = "object") -> Any:
     Raises :class:`~wsgi_channels.ConfigurationError` naming ``what`` and the path.
     """
     from ..exceptions import ConfigurationError
-    from ..routing import import_object
+    from ..consumers.routing import import_object
 
     try:
         return import_object(path)
@@ -267,16 +266,6 @@ def sidecar_connect_url(sidecar_url: str, secret: Any, path: str, *, user_id: An
 
     return connect_url(sidecar_url, path, secret, user_id=user_id, groups=groups, origin=origin,
                        max_age=DEFAULT_MAX_AGE if max_age is None else max_age, setting=setting)
-
-
-def check_sidecar_url(url: Any, setting: str) -> str:
-    """``url`` stripped (``""`` when unset); a bad one raises ConfigurationError naming ``setting``."""
-    if not url:
-        return ""
-    from ..tokens import sidecar_base_url
-
-    sidecar_base_url(url, setting)
-    return str(url).strip()
 
 
 def origin_allowed(message: Any, allowed: Iterable[str]) -> bool:

@@ -46,13 +46,15 @@ import functools
 import logging
 import os
 import sys
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 from urllib.parse import quote
 
-from ..channel import Channel, Group, default_layer_url, get_layer
+from ..channel import Channel, Group, get_layer
+from ..consumers.routing import AppRouting
+from ..consumers.sessions import channel_session
 from ..exceptions import ConfigurationError
-from ..layers import layer_class
-from ..sessions import channel_session
+from ..settings import AppSettings, SettingNames, default_layer_url
 from ._common import (
     CLIENT_JS_URL,
     PushBuffer,
@@ -61,7 +63,6 @@ from ._common import (
     handshake_cookie_header,
     import_dotted,
     message_content,
-    check_sidecar_url,
     origin_allowed,
     reject,
     set_attribute,
@@ -75,43 +76,25 @@ logger = logging.getLogger(__name__)
 EXTENSION_KEY = "wsgi_channels"
 
 
-class _State:
-    """What ``init_app`` keeps in ``app.extensions["wsgi_channels"]``."""
+#: How Flask spells each setting (for error messages).
+_NAMES = SettingNames(layer="WSGI_CHANNELS_LAYER", options="WSGI_CHANNELS_OPTIONS", routing="WSGI_CHANNELS_ROUTING",
+                      allowed_origins="WSGI_CHANNELS_ALLOWED_ORIGINS", sidecar_url="WSGI_CHANNELS_SIDECAR_URL",
+                      token_secret="WSGI_CHANNELS_TOKEN_SECRET")
 
-    def __init__(self, extension: "Channels", app: Any) -> None:
-        self.extension = extension
-        config = app.config
-        url: str = config["WSGI_CHANNELS_LAYER"]
-        if config["WSGI_CHANNELS_OPTIONS"]:
-            # Options travel in the URL so get_layer() (one layer per URL per process) applies them everywhere.
-            from urllib.parse import urlencode
 
-            from ..layers import parse_options
+@dataclass
+class _State(AppSettings):
+    """What ``init_app`` keeps in ``app.extensions["wsgi_channels"]``: the app's checked settings
+    (``layer_url`` has ``WSGI_CHANNELS_OPTIONS`` folded in) and the extension."""
 
-            query = urlencode(config["WSGI_CHANNELS_OPTIONS"])
-            try:
-                parse_options(query)
-            except ConfigurationError as e:
-                raise ConfigurationError(f"WSGI_CHANNELS_OPTIONS: {e}") from None
-            url += ("&" if "?" in url else "?") + query
-        #: The layer URL with WSGI_CHANNELS_OPTIONS folded in (what every push and the worker use).
-        self.layer_url = url
-        self.routing_setting = config["WSGI_CHANNELS_ROUTING"]
-        self.options: dict = dict(config["WSGI_CHANNELS_OPTIONS"] or {})
-        origins = config["WSGI_CHANNELS_ALLOWED_ORIGINS"] or []
-        self.allowed_origins: list[str] = [origins] if isinstance(origins, str) else list(origins)
-        self.sidecar_url = check_sidecar_url(config["WSGI_CHANNELS_SIDECAR_URL"], "WSGI_CHANNELS_SIDECAR_URL")
-
-    @property
-    def layer(self) -> Any:
-        return get_layer(self.layer_url)
+    extension: Any = None
 
 
 class Channels:
     """The Flask extension; with no app bound it is a write-only emitter.
 
     ``layer`` sets the emitter's layer URL when used without an app (default:
-    ``WSGI_CHANNELS_LAYER`` from the environment, then ``memory://``).
+    ``WSGI_CHANNELS_LAYER`` from the environment, then ``ipc://``, the user's store on this machine).
     """
 
     def __init__(self, app: Any = None, *, layer: str | None = None, client_js_url: str | None = CLIENT_JS_URL) -> None:
@@ -128,7 +111,8 @@ class Channels:
         """Bind to ``app``. Config keys (defaults set with ``app.config.setdefault``):
 
         ``WSGI_CHANNELS_LAYER``
-            layer URL; default ``$WSGI_CHANNELS_LAYER``, else ``memory://``.
+            layer URL; default ``$WSGI_CHANNELS_LAYER``, else ``ipc://`` (the user's store on
+            this machine). ``routing_for(app)`` carries it to ``wsgi-channels worker``.
         ``WSGI_CHANNELS_ROUTING``
             extra routes for the worker: a list of routes or a dotted path to one
             (``"myapp.routing:routes"``); consumers registered with
@@ -160,15 +144,11 @@ class Channels:
         config.setdefault("WSGI_CHANNELS_ALLOWED_ORIGINS", [])
         config.setdefault("WSGI_CHANNELS_SIDECAR_URL", os.environ.get("WSGI_CHANNELS_SIDECAR_URL", ""))
         config.setdefault("WSGI_CHANNELS_TOKEN_SECRET", os.environ.get("WSGI_CHANNELS_TOKEN_SECRET") or None)
-        url = config["WSGI_CHANNELS_LAYER"]
-        try:
-            layer_class(url)
-        except ConfigurationError as e:
-            raise ConfigurationError(f"WSGI_CHANNELS_LAYER: {e}") from None
-        if not isinstance(config["WSGI_CHANNELS_OPTIONS"] or {}, dict):
-            raise ConfigurationError("WSGI_CHANNELS_OPTIONS must be a dict of layer keywords, got "
-                                     f"{type(config['WSGI_CHANNELS_OPTIONS']).__name__}")
-        app.extensions[EXTENSION_KEY] = _State(self, app)
+        app.extensions[EXTENSION_KEY] = _State.parse(
+            _NAMES, layer=config["WSGI_CHANNELS_LAYER"], options=config["WSGI_CHANNELS_OPTIONS"],
+            routing=config["WSGI_CHANNELS_ROUTING"], allowed_origins=config["WSGI_CHANNELS_ALLOWED_ORIGINS"],
+            sidecar_url=config["WSGI_CHANNELS_SIDECAR_URL"], token_secret=config["WSGI_CHANNELS_TOKEN_SECRET"],
+            extension=self)
         if self._client_js_url:
             app.add_url_rule(self._client_js_url, "wsgi_channels_client_js", _client_js_view)
         app.add_template_global(self.url, "channels_url")
@@ -289,8 +269,12 @@ class Channels:
 
         return decorator
 
-    def routing_for(self, app: Any) -> list:
-        """The worker's routing for ``app``: registered consumers (bound to ``app``), then ``WSGI_CHANNELS_ROUTING``."""
+    def routing_for(self, app: Any) -> AppRouting:
+        """The worker's routing for ``app``: registered consumers (bound to ``app``), then ``WSGI_CHANNELS_ROUTING``.
+
+        The list also carries the app's layer URL (``layer_url``): ``wsgi-channels worker`` serves
+        that layer unless ``--layer`` names another (see :mod:`wsgi_channels.settings`).
+        """
         from .. import route
 
         state = self._state(app)
@@ -300,11 +284,11 @@ class Channels:
             kwargs = dict(kwargs)
             check_origin = kwargs.pop("_check_origin")
             routes.append(route(channel, self._bind(app, func, session, check_origin, state), **kwargs))
-        extra = state.routing_setting
+        extra = state.routing
         if extra:
             extra = import_dotted(extra, "WSGI_CHANNELS_ROUTING")
             routes.extend(extra if isinstance(extra, (list, tuple)) else [extra])
-        return routes
+        return AppRouting(routes, layer_url=state.layer_url)
 
     def _bind(self, app: Any, func: Callable, session: bool, check_origin: bool, state: _State) -> Callable:
         loader = self._user_loader
@@ -356,8 +340,8 @@ def _client_js_view() -> Any:
                     headers={"Cache-Control": "public, max-age=300"})
 
 
-def routing_for(app: Any) -> list:
-    """The worker routing of a Flask ``app`` bound with :class:`Channels`."""
+def routing_for(app: Any) -> AppRouting:
+    """The worker routing of a Flask ``app`` bound with :class:`Channels`, carrying the app's layer URL."""
     state = app.extensions.get(EXTENSION_KEY)
     if state is None:
         raise RuntimeError(f"wsgi_channels is not initialised on the Flask app {app.import_name!r}")
@@ -379,9 +363,10 @@ def _register_cli(app: Any) -> None:
 
         from ..cli import main
 
-        state = current_app.extensions[EXTENSION_KEY]
-        HELD_ROUTING[:] = routing_for(current_app._get_current_object())
-        sys.exit(main(["worker", f"{__name__}:HELD_ROUTING", "--layer", state.layer_url, *args]))
+        routing = routing_for(current_app._get_current_object())  # type: ignore[attr-defined]
+        HELD_ROUTING[:] = routing
+        HELD_ROUTING.layer_url = routing.layer_url  # the app's layer, unless args hold a --layer
+        sys.exit(main(["worker", f"{__name__}:HELD_ROUTING", *args]))
 
     @group.command("sidecar", context_settings={"ignore_unknown_options": True})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -390,22 +375,20 @@ def _register_cli(app: Any) -> None:
         from flask import current_app
 
         state = current_app.extensions[EXTENSION_KEY]
-        argv = [sys.executable, "-m", "wsgi_channels", "sidecar", "--layer", state.layer_url]
-        if state.allowed_origins:
-            argv += ["--allowed-origins", *state.allowed_origins]
-        secret = current_app.config.get("WSGI_CHANNELS_TOKEN_SECRET") or current_app.secret_key
-        if state.sidecar_url and secret and not os.environ.get("WSGI_CHANNELS_TOKEN_SECRET_FILE"):
-            # The app's token secret, through the environment rather than argv (visible in `ps`).
-            try:
-                os.environ["WSGI_CHANNELS_TOKEN_SECRET"] = secret if isinstance(secret, str) else secret.decode()
-            except UnicodeDecodeError:
-                click.echo("flask channels sidecar: the token secret is not UTF-8 text; give the sidecar "
-                           "--token-secret-file or set WSGI_CHANNELS_TOKEN_SECRET", err=True)
+        # The app's token secret goes through the environment rather than argv (visible in `ps`).
+        settings = replace(state, token_secret=current_app.config.get("WSGI_CHANNELS_TOKEN_SECRET")
+                           or current_app.secret_key)
+        try:
+            argv, env = settings.sidecar_command(sys.executable, list(args))
+        except ConfigurationError as e:
+            click.echo(f"flask channels sidecar: {e}", err=True)
+            argv, env = replace(settings, token_secret="").sidecar_command(sys.executable, list(args))
+        os.environ.update(env)
         # The sidecar is a gevent server: a fresh interpreter patches before anything is imported.
-        os.execv(sys.executable, argv + list(args))
+        os.execv(sys.executable, argv)
 
     app.cli.add_command(group)
 
 
 #: The routing ``flask channels worker`` hands to the worker (filled just before it starts).
-HELD_ROUTING: list = []
+HELD_ROUTING = AppRouting()

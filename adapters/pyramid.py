@@ -3,7 +3,7 @@
 Settings (ini file or ``Configurator(settings=...)``), all under ``wsgi_channels.``:
 
 =================================  ==========================================================
-``wsgi_channels.layer``            layer URL (default ``$WSGI_CHANNELS_LAYER``, else ``memory://``)
+``wsgi_channels.layer``            layer URL (default ``$WSGI_CHANNELS_LAYER``, else ``ipc://``)
 ``wsgi_channels.routing``          dotted name of extra routes for the worker (``pkg.routing:routes``)
 ``wsgi_channels.allowed_origins``  origins or host names allowed to open WebSockets (list)
 ``wsgi_channels.transactional``    with ``pyramid_tm``: hold pushes until commit (default true)
@@ -32,13 +32,15 @@ from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import quote
 
-from ..channel import Channel, Group, default_layer_url, get_layer
+from ..channel import Channel, Group
+from ..consumers.routing import AppRouting
+from ..consumers.sessions import channel_session
 from ..exceptions import ConfigurationError
-from ..layers import layer_class, parse_options
-from ..sessions import channel_session
+from ..settings import AppSettings, SettingNames
 from ._common import (
     CLIENT_JS_URL,
     PushBuffer,
@@ -47,7 +49,6 @@ from ._common import (
     handshake_cookie_header,
     import_dotted,
     message_content,
-    check_sidecar_url,
     origin_allowed,
     reject,
     set_attribute,
@@ -62,23 +63,23 @@ PREFIX = "wsgi_channels."
 _KNOWN = {"layer", "routing", "allowed_origins", "transactional", "client_js_url", "sidecar_url", "token_secret"}
 
 
-class ChannelsSettings:
-    """The adapter's state, kept on the registry as ``registry.wsgi_channels``."""
+_NAMES = SettingNames(layer=PREFIX + "layer", options=PREFIX + "option.*", routing=PREFIX + "routing",
+                      allowed_origins=PREFIX + "allowed_origins", sidecar_url=PREFIX + "sidecar_url",
+                      token_secret=PREFIX + "token_secret")
 
-    def __init__(self, layer_url: str, routing: Any, allowed_origins: list[str], transactional: bool,
-                 client_js_url: str, sidecar_url: str = "", token_secret: str = "") -> None:
-        self.layer_url = layer_url
-        self.routing_setting = routing
-        self.allowed_origins = allowed_origins
-        self.transactional = transactional
-        self.client_js_url = client_js_url
-        self.sidecar_url = sidecar_url
-        self.token_secret = token_secret
-        self.consumers: list[tuple[str, Callable, dict, bool]] = []
 
-    @property
-    def layer(self) -> Any:
-        return get_layer(self.layer_url)
+@dataclass
+class ChannelsSettings(AppSettings):
+    """The adapter's state, kept on the registry as ``registry.wsgi_channels``: the app's checked
+    settings (:class:`~wsgi_channels.settings.AppSettings`; ``layer_url`` has the
+    ``wsgi_channels.option.*`` keywords folded in) plus Pyramid's own."""
+
+    #: With ``pyramid_tm``: hold pushes until the transaction commits.
+    transactional: bool = True
+    #: Path serving the browser client ("" to disable).
+    client_js_url: str = CLIENT_JS_URL
+    #: ``(channel, consumer, route filters, session)`` added by ``config.add_channel_route``.
+    consumers: list[tuple[str, Callable, dict, bool]] = field(default_factory=list)
 
 
 def parse_settings(settings: dict) -> ChannelsSettings:
@@ -90,34 +91,23 @@ def parse_settings(settings: dict) -> ChannelsSettings:
     if unknown:
         raise ConfigurationError(f"unknown setting(s) {', '.join(unknown)}; known: "
                                  + ", ".join(PREFIX + k for k in sorted(_KNOWN)) + f", {PREFIX}option.NAME")
-    url = str(settings.get(PREFIX + "layer") or default_layer_url()).strip()
-    try:
-        layer_class(url)
-    except ConfigurationError as e:
-        raise ConfigurationError(f"{PREFIX}layer: {e}") from None
-    options = {k[len(PREFIX + "option."):]: v for k, v in settings.items() if k.startswith(PREFIX + "option.")}
-    if options:
-        from urllib.parse import urlencode
-
-        try:
-            parse_options(urlencode(options))
-        except ConfigurationError as e:
-            raise ConfigurationError(f"{PREFIX}option.*: {e}") from None
-        url += ("&" if "?" in url else "?") + urlencode(options)
     try:
         transactional = asbool(settings.get(PREFIX + "transactional", True))
     except ValueError as e:
         raise ConfigurationError(f"{PREFIX}transactional: {e}") from None
     origins = settings.get(PREFIX + "allowed_origins") or []
-    origins = aslist(origins) if isinstance(origins, str) else list(origins)
-    client_js_url = settings.get(PREFIX + "client_js_url", CLIENT_JS_URL)
-    sidecar_url = check_sidecar_url(settings.get(PREFIX + "sidecar_url"), PREFIX + "sidecar_url")
     token_secret = str(settings.get(PREFIX + "token_secret") or "").strip()
-    if sidecar_url and not token_secret:
+    state = ChannelsSettings.parse(
+        _NAMES, layer=settings.get(PREFIX + "layer"),
+        options={k[len(PREFIX + "option."):]: v for k, v in settings.items() if k.startswith(PREFIX + "option.")},
+        routing=settings.get(PREFIX + "routing"),
+        allowed_origins=aslist(origins) if isinstance(origins, str) else list(origins),
+        sidecar_url=settings.get(PREFIX + "sidecar_url"), token_secret=token_secret,
+        transactional=transactional, client_js_url=settings.get(PREFIX + "client_js_url", CLIENT_JS_URL) or "")
+    if state.sidecar_url and not token_secret:
         raise ConfigurationError(f"{PREFIX}sidecar_url needs {PREFIX}token_secret: the secret connect tokens are "
                                  "signed with (give the sidecar the same one as --token-secret)")
-    return ChannelsSettings(url, settings.get(PREFIX + "routing"), origins, transactional, client_js_url or "",
-                            sidecar_url, token_secret)
+    return state
 
 
 class RequestChannels:
@@ -234,8 +224,12 @@ def add_channel_route(config: Any, channel: str, consumer: Any, *, session: bool
     config.action(("wsgi_channels.route", channel, repr(sorted(route_kwargs.items())), consumer), register)
 
 
-def routing_for(app_or_registry: Any) -> list:
-    """The worker's routing for a Pyramid app (the router from ``config.make_wsgi_app()``) or registry."""
+def routing_for(app_or_registry: Any) -> AppRouting:
+    """The worker's routing for a Pyramid app (the router from ``config.make_wsgi_app()``) or registry.
+
+    The list also carries the app's layer URL (``layer_url``), which ``wsgi-channels worker`` serves
+    unless ``--layer`` names another.
+    """
     from .. import route
 
     registry = getattr(app_or_registry, "registry", app_or_registry)
@@ -248,10 +242,10 @@ def routing_for(app_or_registry: Any) -> list:
         kwargs = dict(kwargs)
         check_origin = kwargs.pop("_check_origin")
         routes.append(route(channel, _bind(registry, state, func, session, check_origin), **kwargs))
-    if state.routing_setting:
-        extra = import_dotted(state.routing_setting, PREFIX + "routing")
+    if state.routing:
+        extra = import_dotted(state.routing, PREFIX + "routing")
         routes.extend(extra if isinstance(extra, (list, tuple)) else [extra])
-    return routes
+    return AppRouting(routes, layer_url=state.layer_url)
 
 
 def _bind(registry: Any, state: ChannelsSettings, func: Callable, session: bool, check_origin: bool) -> Callable:
@@ -308,7 +302,7 @@ def includeme(config: Any) -> None:
         config.add_view(_client_js_view, route_name="wsgi_channels.client_js")
 
     def check_routing() -> None:
-        if state.routing_setting:
-            import_dotted(state.routing_setting, PREFIX + "routing")
+        if state.routing:
+            import_dotted(state.routing, PREFIX + "routing")
 
     config.action("wsgi_channels.check_routing", check_routing, order=10)

@@ -36,9 +36,9 @@ MESSAGES = {
 
 def measure(url: str, count: int) -> dict[str, float]:
     """Microseconds per consumer call, by message kind, with the wsgi_channels found on sys.path."""
-    from wsgi_channels.consumer import run_consumer
+    from wsgi_channels.consumers.consumer import run_consumer
     from wsgi_channels.layers import from_url
-    from wsgi_channels.message import Message
+    from wsgi_channels.consumers.message import Message
 
     layer = from_url(url, capacity=count + 10)
     reply = layer.new_channel("bench.reply?")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import Flask
 
 from wsgi_channels import WsgiConsumer
-from wsgi_channels.routing import route
+from wsgi_channels.consumers.routing import route
 
 app = Flask(__name__)
 

@@ -27,7 +27,7 @@ import threading
 import time
 
 from wsgi_channels import route
-from wsgi_channels.wsgi import WsgiConsumer
+from wsgi_channels.consumers.wsgi import WsgiConsumer
 
 
 def app(environ, start_response):

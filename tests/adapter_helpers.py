@@ -1,9 +1,9 @@
 """Helpers for the adapter tests: run a routing on one message exactly as the worker does."""
 from __future__ import annotations
 
-from wsgi_channels.consumer import run_consumer
-from wsgi_channels.message import Message
-from wsgi_channels.routing import Router
+from wsgi_channels.consumers.consumer import run_consumer
+from wsgi_channels.consumers.message import Message
+from wsgi_channels.consumers.routing import Router
 
 
 def dispatch(routing, channel: str, content: dict, layer):

@@ -17,6 +17,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+# The suite's own default layer stays the in-memory one (the default before it became the user's
+# ipc:// store): tests never share a store with each other, with other runs on the machine, or with
+# a developer's running stack. Tests of the default itself unset it and move the store.
+os.environ.setdefault("WSGI_CHANNELS_LAYER", "memory://")
+
 from redis_topology import RedisClusterSet, RedisSentinelSet  # noqa: E402
 from servers import RedisServer, find_redis6_server  # noqa: E402
 

@@ -29,7 +29,7 @@ import sys  # noqa: E402
 import gevent  # noqa: E402
 
 from wsgi_channels.layers.memory import MemoryChannelLayer  # noqa: E402
-from wsgi_channels.sidecar import cli as sidecar_cli  # noqa: E402
+from wsgi_channels.cli import sidecar as sidecar_cli  # noqa: E402
 from wsgi_channels.sidecar.server import Sidecar  # noqa: E402
 
 DISCONNECTS: list = []

@@ -12,7 +12,7 @@ import hashlib
 from flask import Flask, Response, request
 
 from wsgi_channels import Channel, WsgiConsumer
-from wsgi_channels.routing import route
+from wsgi_channels.consumers.routing import route
 
 app = Flask(__name__)
 

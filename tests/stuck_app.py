@@ -21,7 +21,7 @@ import time
 from urllib.parse import parse_qs
 
 from wsgi_channels import route
-from wsgi_channels.wsgi import WsgiConsumer
+from wsgi_channels.consumers.wsgi import WsgiConsumer
 
 
 def _params(environ) -> dict:

@@ -262,3 +262,20 @@ def test_consumer_request_context_takes_any_decoded_path(layer):
     path = "/ws/room/tea & cake? 100% ü/"
     dispatch(routing_for(app), "websocket.connect", ws_connect(reply, path), layer)
     assert replies(layer, reply)[1] == {"text": json.dumps(["tea & cake? 100% ü", path])}
+
+
+def test_routing_for_carries_the_apps_layer_with_its_options():
+    """``wsgi-channels worker myapp:routing`` serves the layer the app pushes to (settings.py)."""
+    from wsgi_channels.adapters.flask import routing_for
+
+    app = flask.Flask("carried")
+    app.config.update(WSGI_CHANNELS_LAYER="memory://carried", WSGI_CHANNELS_OPTIONS={"capacity": 5})
+    channels = Channels(app)
+
+    @channels.consumer("websocket.receive")
+    def receive(message):
+        pass
+
+    routing = routing_for(app)
+    assert routing.layer_url == "memory://carried?capacity=5" == channels.routing_for(app).layer_url
+    assert len(routing) == 1

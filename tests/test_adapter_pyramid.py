@@ -240,3 +240,11 @@ def test_consumer_request_takes_any_decoded_path(layer):
     path = "/ws/room/tea & cake? 100% ü/"
     dispatch(routing_for(app), "websocket.connect", ws_connect(reply, path), layer)
     assert replies(layer, reply)[1] == {"text": f"tea & cake? 100% ü|{path}"}
+
+
+def test_routing_for_carries_the_apps_layer_with_its_options():
+    """``wsgi-channels worker myapp:routing`` serves the layer the app pushes to (settings.py)."""
+    app = make_app(**{"wsgi_channels.layer": "memory://pyr-carried", "wsgi_channels.option.capacity": "4"})
+    routing = routing_for(app)
+    assert routing.layer_url == app.registry.wsgi_channels.layer_url == "memory://pyr-carried?capacity=4"
+    assert len(routing) == 2  # the two channel routes, as before

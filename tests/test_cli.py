@@ -53,6 +53,18 @@ def test_help_of_every_subcommand():
     assert missing.returncode == 2 and "required: COMMAND" in missing.stderr
 
 
+@pytest.mark.parametrize("argv", [["worker", "demo:routing"], ["sidecar"], ["runserver", "demo:app"],
+                                  ["send", "chan", "{}"], ["group-send", "grp", "{}"], ["stats"]],
+                         ids=lambda argv: argv[0])
+def test_a_mistyped_option_shows_the_subcommands_usage(argv):
+    """``wsgi-channels sidecar --bnd`` printed the top-level usage (COMMAND ...), which names no option."""
+    result = run(argv[0], "--bnd=127.0.0.1:8001", *argv[1:])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"usage: wsgi-channels {argv[0]} [-h]"), result.stderr
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"wsgi-channels {argv[0]}: error: unrecognized arguments: --bnd=127.0.0.1:8001", result.stderr
+
+
 BAD_LAYERS = [
     ("bogus://x", "scheme must be one of"),
     ("redis://127.0.0.1:notaport/0", "notaport"),
@@ -123,7 +135,7 @@ def test_bad_message_and_names():
 def test_channel_globs_do_not_swallow_the_routing():
     """`--only-channels GLOB ROUTING` works: each flag takes one value (repeatable, commas allowed)."""
     from wsgi_channels.cli import build_parser
-    from wsgi_channels.worker import _flat
+    from wsgi_channels.cli.worker import _flat
 
     args = build_parser().parse_args(["worker", "--only-channels", "websocket.*", "chat:routing",
                                       "--only-channels", "http.request,http.disconnect"])
@@ -136,7 +148,7 @@ def test_channel_globs_do_not_swallow_the_routing():
 def test_flags_replace_the_environment_for_repeatable_options(monkeypatch):
     """WSGI_CHANNELS_BIND=a with --bind b listens on b only (argparse's append would keep a too)."""
     from wsgi_channels.cli import build_parser
-    from wsgi_channels.worker import _flat
+    from wsgi_channels.cli.worker import _flat
 
     monkeypatch.setenv("WSGI_CHANNELS_BIND", "127.0.0.1:9000")
     monkeypatch.setenv("WSGI_CHANNELS_EXCLUDE_CHANNELS", "http.*")

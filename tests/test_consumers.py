@@ -18,9 +18,10 @@ from wsgi_channels import (
     route,
     route_class,
 )
-from wsgi_channels.consumer import flush_sends, run_consumer, send_with_retry
+from wsgi_channels.consumers.consumer import flush_sends, run_consumer, send_with_retry
 from wsgi_channels.layers import from_url
 from wsgi_channels.layers.memory import MemoryChannelLayer
+from wsgi_channels.consumers.routing import Router
 from wsgi_channels.testing import Client, NoMessage
 
 SESSION_BACKENDS = ["memory", "ipc", "redis"]
@@ -346,9 +347,15 @@ def test_demultiplexer_group_send(ws_client):
 # -- defaults and the test client ---------------------------------------------------------
 
 def test_defaults_when_nothing_matches(layer):
-    client = Client([route("websocket.receive", lambda m: None, path="^/only/")], layer)
+    # Issue 20: a handshake no route takes is refused by default (it used to be accepted, and
+    # nothing ever arrived on it); a websocket.receive route taking the path still accepts it.
+    routing = [route("websocket.receive", lambda m: None, path="^/only/")]
+    client = Client(routing, layer)
+    assert client.websocket("/elsewhere/").connect() is False, "no route takes /elsewhere/: refused"
+    assert client.websocket("/only/").connect(), "a websocket.receive route takes /only/: accepted"
+    client = Client(Router(routing, accept_unrouted=True), layer)
     ws = client.websocket("/elsewhere/")
-    assert ws.connect(), "websocket.connect is accepted by default"
+    assert ws.connect(), "websocket.connect is accepted with accept_unrouted"
     ws.send_text("ignored")
     assert ws.receive(fail_on_none=False) is None
     ws.disconnect()

@@ -20,7 +20,7 @@ import faultkit as fk
 import stack
 from servers import RedisServer, free_port, wait_for_port
 
-from wsgi_channels.cli import EXIT_RESTART
+from wsgi_channels.exitcodes import EXIT_RESTART
 
 TESTS = Path(__file__).parent
 SIDECAR_HTTP_TIMEOUT = 60  # far above every --time-limit below

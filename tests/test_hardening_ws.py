@@ -324,7 +324,7 @@ def test_a_message_at_the_size_limit_passes_on_the_longest_path(tmp_path):
 def test_a_message_limit_the_layer_cannot_carry_is_refused_at_start(tmp_path):
     import subprocess
 
-    from wsgi_channels.cli import EXIT_CONFIG
+    from wsgi_channels.exitcodes import EXIT_CONFIG
 
     result = subprocess.run([sys.executable, "-m", "wsgi_channels", "sidecar", "--layer",
                              f"ipc://{tmp_path / 'layer.db'}", "--max-message-size", str(1 << 20)],

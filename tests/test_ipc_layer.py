@@ -111,11 +111,20 @@ def test_url_selects_path_and_options(tmp_path):
         layer.close()
 
 
-def test_relative_url_path(tmp_path, monkeypatch):
+def test_relative_url_path_is_refused_with_the_absolute_url_to_write(tmp_path, monkeypatch):
+    """``ipc://rel/ch.db`` used to resolve against each process's working directory: two processes
+    started from different directories silently used two stores. It is refused where it is written."""
     monkeypatch.chdir(tmp_path)
-    layer = from_url("ipc://rel/ch.db")
+    with pytest.raises(ConfigurationError) as e:
+        from_url("ipc://rel/ch.db")
+    assert "'ipc://rel/ch.db'" in str(e.value) and "relative path 'rel/ch.db'" in str(e.value)
+    assert f"ipc://{tmp_path}/rel/ch.db" in str(e.value)  # what to write instead
+    assert not (tmp_path / "rel").exists()  # nothing created
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    layer = from_url("ipc://~/ch.db")  # the home directory is absolute: accepted
     try:
-        assert layer.path == str(tmp_path / "rel" / "ch.db")
+        assert layer.path == str(home / "ch.db")
     finally:
         layer.close()
 

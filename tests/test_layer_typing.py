@@ -27,6 +27,6 @@ def test_the_layer_contract_is_strictly_typed():
 
 def test_the_core_and_the_layers_type_check():
     proc = mypy("wsgi_channels/layers/", "wsgi_channels/serialization.py", "wsgi_channels/channel.py",
-                "wsgi_channels/exceptions.py", "wsgi_channels/sessions.py", "wsgi_channels/message.py",
+                "wsgi_channels/exceptions.py", "wsgi_channels/consumers/sessions.py", "wsgi_channels/consumers/message.py",
                 "wsgi_channels/testing.py")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from wsgi_channels import Message, enforce_ordering
-from wsgi_channels.consumer import run_consumer
+from wsgi_channels.consumers.consumer import run_consumer
 
 pytestmark = pytest.mark.timeout(60)
 

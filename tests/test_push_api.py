@@ -18,13 +18,30 @@ from wsgi_channels.layers.memory import MemoryChannelLayer
 CLI = [sys.executable, "-m", "wsgi_channels"]
 
 
-def test_get_layer_defaults_to_memory_and_caches(monkeypatch):
+def test_get_layer_defaults_to_the_users_ipc_store_and_caches(monkeypatch, tmp_path, caplog):
+    """Nothing configured: the single-machine store every process of this user finds (it was
+    memory://, where pushes from gunicorn's workers reached nobody), announced once."""
+    import logging
+    import tempfile
+
+    from wsgi_channels import settings
+    from wsgi_channels.layers.ipc import IpcChannelLayer
+
     monkeypatch.delenv("WSGI_CHANNELS_LAYER", raising=False)
-    layer = get_layer()
-    assert isinstance(layer, MemoryChannelLayer)
-    assert get_layer() is layer
-    assert get_layer("memory://") is layer
-    assert get_layer("memory://other") is not layer
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the store's directory: <tmp>/wsgi_channels-<uid>
+    monkeypatch.setattr(settings, "_process_default", None)
+    monkeypatch.setattr(settings, "_announced", False)
+    with caplog.at_level(logging.INFO, logger="wsgi_channels.settings"):
+        layer = get_layer()
+        assert get_layer() is layer
+    assert isinstance(layer, IpcChannelLayer)
+    assert layer.path == str(tmp_path / f"wsgi_channels-{os.getuid()}" / "channels.db")
+    assert get_layer("ipc://") is layer
+    assert get_layer("memory://") is not layer
+    announced = [r.getMessage() for r in caplog.records if r.name == "wsgi_channels.settings"]
+    assert len(announced) == 1 and layer.path in announced[0] and "WSGI_CHANNELS_LAYER is unset" in announced[0]
+    settings.set_process_default("memory://")  # what the test client does: memory:// when nothing is named
+    assert isinstance(get_layer(), MemoryChannelLayer) and get_layer() is get_layer("memory://")
 
 
 def test_env_var_names_default_layer(monkeypatch):
@@ -105,7 +122,7 @@ def test_deferred_sends_collect_copies_until_flushed():
 
 def test_a_deferred_send_is_encoded_once_and_sent_as_it_is(layer):
     # It used to be encoded (to check and copy it), decoded, and encoded again by the layer.
-    from wsgi_channels.consumer import flush_sends
+    from wsgi_channels.consumers.consumer import flush_sends
     from wsgi_channels.serialization import EncodedMessage, encode
 
     message = {"n": [1], "text": "x"}

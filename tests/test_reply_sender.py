@@ -7,7 +7,7 @@ import pytest
 
 from wsgi_channels.layers import from_url
 from wsgi_channels.layers.redis import RedisChannelLayer
-from wsgi_channels.reply_sender import ReplySender
+from wsgi_channels.worker.reply_sender import ReplySender
 
 
 @pytest.fixture

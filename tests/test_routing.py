@@ -7,8 +7,8 @@ import types
 import pytest
 
 from wsgi_channels import ConfigurationError, include, route, route_class
-from wsgi_channels.generic import WebsocketConsumer
-from wsgi_channels.routing import DEFAULT_CONSUMERS, Router, import_object
+from wsgi_channels.consumers.generic import WebsocketConsumer
+from wsgi_channels.consumers.routing import DEFAULT_CONSUMERS, Router, import_object
 
 
 def a(message, **kw):
@@ -97,8 +97,8 @@ def test_unknown_channel_without_default_is_none():
 
 @pytest.mark.parametrize("make,words", [
     (lambda: Router([route("x", "no_such_module_zz.consumer")]), "cannot import 'no_such_module_zz'"),
-    (lambda: Router([route("x", "wsgi_channels.routing:nope")]), "has no attribute 'nope'"),
-    (lambda: Router([route("x", "wsgi_channels.routing:DEFAULT_CONSUMERS")]), "not callable"),
+    (lambda: Router([route("x", "wsgi_channels.consumers.routing:nope")]), "has no attribute 'nope'"),
+    (lambda: Router([route("x", "wsgi_channels.consumers.routing:DEFAULT_CONSUMERS")]), "not callable"),
     (lambda: route("x", 5), "not callable"),
     (lambda: route("x", a, path="(unclosed"), "not a valid regular expression"),
     (lambda: route("x", a, path=5), "must be a regular expression"),

@@ -228,7 +228,7 @@ def test_subdomain_wildcard_in_the_allow_list(redis_url, tmp_path):
 
 @pytest.mark.parametrize("pattern", ["http://*", "https://a*.example.com", "https://*.*.example.com", "*.example.com"])
 def test_an_origin_pattern_that_cannot_work_is_refused_at_start(tmp_path, pattern):
-    from wsgi_channels.cli import EXIT_CONFIG
+    from wsgi_channels.exitcodes import EXIT_CONFIG
 
     result = subprocess.run([sys.executable, "-m", "wsgi_channels", "sidecar", "--layer",
                              f"ipc://{tmp_path / 'layer.db'}", "--allowed-origins", pattern],

@@ -310,7 +310,7 @@ def test_config_validation_names_the_field():
 
 
 def test_cli_flags_and_environment(monkeypatch):
-    from wsgi_channels.sidecar import cli
+    from wsgi_channels.cli import sidecar as cli
 
     monkeypatch.setenv("WSGI_CHANNELS_PING_INTERVAL", "7.5")
     monkeypatch.setenv("WSGI_CHANNELS_ALLOWED_ORIGINS", "https://a.example https://b.example")

@@ -19,10 +19,10 @@ from servers import RedisServer
 from wsgi_channels import ConfigurationError, Group, route
 from wsgi_channels.layers import from_url
 from wsgi_channels.layers.memory import MemoryChannelLayer
-from wsgi_channels.timelimit import ABORT, GATEWAY_TIMEOUT, TimeLimiter
+from wsgi_channels.worker.timelimit import ABORT, GATEWAY_TIMEOUT, TimeLimiter
 from wsgi_channels.translation import build_request_message
 from wsgi_channels.worker import Worker
-from wsgi_channels.wsgi import WsgiConsumer
+from wsgi_channels.consumers.wsgi import WsgiConsumer
 
 LIMIT = 0.5
 
@@ -302,7 +302,7 @@ def wait_until(predicate, timeout=5.0):
 
 def test_the_flags_and_their_environment_variables(monkeypatch):
     from wsgi_channels.cli import build_parser
-    from wsgi_channels.timelimit import DEFAULT_TIME_LIMIT
+    from wsgi_channels.worker.timelimit import DEFAULT_TIME_LIMIT
 
     args = build_parser().parse_args(["worker", "x:y"])
     assert (args.time_limit, args.max_abandoned) == (DEFAULT_TIME_LIMIT, None) == (60.0, None)

@@ -18,7 +18,7 @@ from werkzeug.test import Client as WerkzeugClient
 from servers import ServerProcess
 
 from wsgi_channels import ConfigurationError, route
-from wsgi_channels.cli import EXIT_CONFIG
+from wsgi_channels.exitcodes import EXIT_CONFIG
 from wsgi_channels.layers import from_url
 from wsgi_channels.layers.memory import MemoryChannelLayer
 from wsgi_channels.translation import build_request_message, validate_response_message
@@ -299,7 +299,9 @@ def test_worker_greenlets_and_channel_globs(tmp_path, redis_url):
 def test_worker_refuses_memory_layer(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     env.pop("WSGI_CHANNELS_LAYER", None)
-    proc = subprocess.run([sys.executable, "-m", "wsgi_channels", "worker", "apps.flask_app:routing"],
+    # Named explicitly: with nothing named, the worker takes the user's ipc:// store (settings.py).
+    proc = subprocess.run([sys.executable, "-m", "wsgi_channels", "worker", "apps.flask_app:routing",
+                           "--layer", "memory://"],
                           env=env, cwd=str(TESTS), capture_output=True, text=True, timeout=30)
     assert proc.returncode == EXIT_CONFIG
     assert "the layer 'memory://' is private to one process" in proc.stderr
@@ -505,7 +507,7 @@ def test_worker_takes_batches_from_a_backlog(redis_url):
 def _waiting_to_receive(worker, client, idle):
     """True once ``idle`` threads wait on the inbox and the leader is blocked in its BLMPOP."""
     clients = client._shards[0].execute("CLIENT", "LIST").decode().split("\n")
-    return worker._idle == idle and any(" cmd=blmpop " in f" {c} " for c in clients)
+    return worker._scheduler.idle == idle and any(" cmd=blmpop " in f" {c} " for c in clients)
 
 
 def _queue_at_once(client, paths):

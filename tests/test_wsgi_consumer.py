@@ -24,7 +24,7 @@ from wsgi_channels import route
 from wsgi_channels.layers.memory import MemoryChannelLayer
 from wsgi_channels.testing import Client
 from wsgi_channels.translation import validate_response_message
-from wsgi_channels.wsgi import WsgiConsumer
+from wsgi_channels.consumers.wsgi import WsgiConsumer
 
 from apps import bare_app, flask_app, pyramid_app
 
@@ -139,7 +139,7 @@ from apps.django_app import get_app
 from wsgi_channels import route
 from wsgi_channels.layers.memory import MemoryChannelLayer
 from wsgi_channels.testing import Client
-from wsgi_channels.wsgi import WsgiConsumer
+from wsgi_channels.consumers.wsgi import WsgiConsumer
 app = get_app()
 cases = [("GET", "/", b"", None, ""), ("GET", "/cookies", b"", None, ""), ("GET", "/go", b"", None, ""),
          ("POST", "/upload", b"q" * 50000, "application/octet-stream", ""), ("GET", "/stream", b"", None, ""),
@@ -219,7 +219,7 @@ def test_content_length_overflow_is_cut(caplog):
 @pytest.mark.parametrize("app", ["no_start", "yields_str", "bad_header"])
 def test_misbehaving_apps_get_500(app, caplog):
     client = channel_client(bare_app.APPS[app])
-    with caplog.at_level(logging.ERROR, logger="wsgi_channels.wsgi"):
+    with caplog.at_level(logging.ERROR, logger="wsgi_channels.consumers.wsgi"):
         status, _, body = client.http("GET", "/")
     assert status == 500 and body == b"Internal Server Error\n"
     assert "Traceback" in caplog.text
@@ -229,7 +229,7 @@ def test_exception_gives_500_without_leaking(caplog):
     client = channel_client(flask_app.app)
     flask_app.app.config["PROPAGATE_EXCEPTIONS"] = True
     try:
-        with caplog.at_level(logging.ERROR, logger="wsgi_channels.wsgi"):
+        with caplog.at_level(logging.ERROR, logger="wsgi_channels.consumers.wsgi"):
             status, _, body = client.http("GET", "/boom")
     finally:
         flask_app.app.config["PROPAGATE_EXCEPTIONS"] = None
@@ -400,7 +400,7 @@ def test_slow_reader_within_deadline_gets_everything():
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from wsgi_channels.wsgi import BodyStream  # noqa: E402
+from wsgi_channels.consumers.wsgi import BodyStream  # noqa: E402
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -5,8 +5,10 @@ Push from any synchronous code::
     from wsgi_channels import Group
     Group("liveblog").send({"text": "new post"})
 
-The default layer comes from the ``WSGI_CHANNELS_LAYER`` environment variable
-(``memory://`` when unset); see :mod:`wsgi_channels.layers` for URLs.
+The default layer comes from the ``WSGI_CHANNELS_LAYER`` environment variable;
+unset, it is ``ipc://``, a store every process of the current user on this
+machine shares (see :mod:`wsgi_channels.settings`; :mod:`wsgi_channels.layers`
+for URLs).
 """
 from __future__ import annotations
 
@@ -37,16 +39,16 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 # Consumer-side names are imported on first use, so pushing from a view does not
 # import the routing, consumer and WSGI machinery.
 _LAZY = {
-    "route": "wsgi_channels.routing",
-    "route_class": "wsgi_channels.routing",
-    "include": "wsgi_channels.routing",
-    "Message": "wsgi_channels.message",
-    "WsgiConsumer": "wsgi_channels.wsgi",
-    "channel_session": "wsgi_channels.sessions",
-    "enforce_ordering": "wsgi_channels.sessions",
-    "WebsocketConsumer": "wsgi_channels.generic",
-    "JsonWebsocketConsumer": "wsgi_channels.generic",
-    "WebsocketDemultiplexer": "wsgi_channels.generic",
+    "route": "wsgi_channels.consumers.routing",
+    "route_class": "wsgi_channels.consumers.routing",
+    "include": "wsgi_channels.consumers.routing",
+    "Message": "wsgi_channels.consumers.message",
+    "WsgiConsumer": "wsgi_channels.consumers.wsgi",
+    "channel_session": "wsgi_channels.consumers.sessions",
+    "enforce_ordering": "wsgi_channels.consumers.sessions",
+    "WebsocketConsumer": "wsgi_channels.consumers.generic",
+    "JsonWebsocketConsumer": "wsgi_channels.consumers.generic",
+    "WebsocketDemultiplexer": "wsgi_channels.consumers.generic",
 }
 
 __all__ = [

@@ -21,12 +21,10 @@ from typing import Any, Iterator, Union
 from .layers import from_url
 from .layers.base import BaseChannelLayer, validate_channel_name, validate_group_name
 from .serialization import EncodedMessage, encode
+from .settings import DEFAULT_LAYER_URL, ENV_VAR, default_layer_url
 
 __all__ = ["Channel", "Group", "get_layer", "resolve_layer", "default_layer_url", "deferred_sends",
            "DEFAULT_LAYER_URL"]
-
-DEFAULT_LAYER_URL = "memory://"
-ENV_VAR = "WSGI_CHANNELS_LAYER"
 
 _layers: dict[tuple[int, str], BaseChannelLayer] = {}
 _layers_lock = threading.Lock()
@@ -43,13 +41,8 @@ _local = _ThreadState()
 LayerLike = Union[BaseChannelLayer, str, None]
 
 
-def default_layer_url() -> str:
-    """The URL in ``WSGI_CHANNELS_LAYER``, or ``memory://`` when it is unset or empty."""
-    return os.environ.get(ENV_VAR, "").strip() or DEFAULT_LAYER_URL
-
-
 def get_layer(url: str | None = None) -> BaseChannelLayer:
-    """The process's layer for ``url`` (default: ``WSGI_CHANNELS_LAYER``), built on first use.
+    """The process's layer for ``url`` (default: :func:`default_layer_url`), built on first use.
 
     One instance per URL per process id: a forked child gets a fresh layer.
     """

@@ -15,24 +15,31 @@
         assert status == 200
 
 Consumers run in the calling thread through the same code path the worker
-uses (:func:`~wsgi_channels.consumer.run_consumer`), so deferred sends,
+uses (:func:`~wsgi_channels.consumers.consumer.run_consumer`), so deferred sends,
 routing defaults and sessions behave as in production. ``Group``/``Channel``
-calls inside consumers that name no layer use the default layer, which is
-``memory://`` when ``WSGI_CHANNELS_LAYER`` is unset: the same instance the
-client uses by default.
+calls inside consumers that name no layer use the default layer. When
+``WSGI_CHANNELS_LAYER`` is unset, the client makes ``memory://`` this process's
+default (:func:`~wsgi_channels.settings.set_process_default`), so its layer and
+the consumers' are the same in-memory instance, and no test touches (or, with
+``flush``, empties) the user's ``ipc://`` store.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Iterable, Optional
 
 from .channel import resolve_layer
-from .consumer import run_consumer
+from .consumers.consumer import run_consumer
 from .layers.base import BaseChannelLayer
-from .message import Message
-from .routing import Router
+from .consumers.message import Message
+from .consumers.routing import Router
+from .settings import ENV_VAR, set_process_default
 from .translation import build_request_message
 
-__all__ = ["Client", "WebsocketClient", "NoMessage"]
+__all__ = ["Client", "WebsocketClient", "NoMessage", "TEST_LAYER_URL"]
+
+#: The client's layer when nothing names one.
+TEST_LAYER_URL = "memory://"
 
 
 class NoMessage(AssertionError):
@@ -44,6 +51,8 @@ class Client:
 
     def __init__(self, routing: Any, layer: Any = None, *, flush: bool = True) -> None:
         self.router = routing if isinstance(routing, Router) else Router(routing)
+        if layer is None and not os.environ.get(ENV_VAR, "").strip():
+            set_process_default(TEST_LAYER_URL)
         self.layer: BaseChannelLayer = resolve_layer(layer)
         if flush:
             self.layer.flush()

@@ -4,7 +4,7 @@ Settings, shaped like ``CACHES``::
 
     WSGI_CHANNELS = {
         "default": {
-            "LAYER": "redis://localhost:6379/0",        # default: $WSGI_CHANNELS_LAYER, else memory://
+            "LAYER": "redis://localhost:6379/0",        # default: $WSGI_CHANNELS_LAYER, else ipc://
             "ROUTING": "myproject.routing:routes",      # what `manage.py runworker` runs
             "OPTIONS": {"capacity": 500},               # layer constructor keywords
             "ALLOWED_ORIGINS": ["https://example.com"], # passed to `manage.py runsidecar`

@@ -50,7 +50,7 @@ def check_deploy(app_configs: Any = None, **kwargs: Any) -> list:
             entry = alias_settings(alias)
         except ConfigurationError:
             continue  # reported by check_settings
-        if entry.layer.startswith("memory:"):
+        if entry.configured_layer.startswith("memory:"):
             warnings.append(checks.Warning(
                 f"WSGI_CHANNELS[{alias!r}] uses the in-memory layer: pushes from one process never reach "
                 "a worker or sidecar in another.",

@@ -13,7 +13,7 @@ import functools
 import logging
 from typing import Any, Callable
 
-from ...sessions import channel_session
+from ...consumers.sessions import channel_session
 from .._common import extend_message, handshake_cookies, header, message_content, reject, set_attribute
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ Run it in one process (app + sidecar + worker, in-memory layer)::
 
 Or in production shape, beside gunicorn (see README.md and docs/deployment.md)::
 
-    export WSGI_CHANNELS_LAYER=redis://127.0.0.1:6379/0
+    export WSGI_CHANNELS_LAYER=redis://127.0.0.1:6379/0   # unset: this user's ipc:// store, on one machine
     gunicorn -w 4 liveblog:app                       # the pages and POST /posts, port 8000
     wsgi-channels sidecar --bind 127.0.0.1:8001      # WebSockets (nginx sends /ws/ here)
     wsgi-channels worker liveblog:routing            # the consumers

@@ -5,7 +5,7 @@ import io
 import sys
 
 from wsgi_channels import route
-from wsgi_channels.wsgi import WsgiConsumer
+from wsgi_channels.consumers.wsgi import WsgiConsumer
 
 CLOSED: list[str] = []
 

@@ -69,7 +69,7 @@ def __getattr__(name):
         return _urls()
     if name == "routing":  # for `wsgi-channels worker apps.django_app:routing`
         from wsgi_channels import route
-        from wsgi_channels.wsgi import WsgiConsumer
+        from wsgi_channels.consumers.wsgi import WsgiConsumer
 
         return [route("http.request", WsgiConsumer(get_app()))]
     raise AttributeError(name)

@@ -8,7 +8,7 @@ import time
 from flask import Flask, Response, redirect, request, stream_with_context, url_for
 
 from wsgi_channels import route
-from wsgi_channels.wsgi import WsgiConsumer
+from wsgi_channels.consumers.wsgi import WsgiConsumer
 
 app = Flask("flask_app")
 

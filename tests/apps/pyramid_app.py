@@ -9,7 +9,7 @@ from pyramid.httpexceptions import HTTPFound
 from pyramid.response import Response
 
 from wsgi_channels import route
-from wsgi_channels.wsgi import WsgiConsumer
+from wsgi_channels.consumers.wsgi import WsgiConsumer
 
 
 def home(request):

@@ -22,8 +22,11 @@ receiving queue; for a prefix with several members it lists them in
 order. Capacity counts rows, so a broadcast to 10,000 connections behind one
 prefix takes one slot.
 
-URL: ``ipc:///abs/path/channels.db`` or ``ipc://relative/path.db``; ``ipc://``
-alone uses ``<tmp>/wsgi_channels-<uid>/channels.db``. Query parameters are
+URL: ``ipc:///abs/path/channels.db`` (three slashes: an absolute path, or
+``ipc://~/path.db`` in the home directory); ``ipc://`` alone uses
+``<tmp>/wsgi_channels-<uid>/channels.db``. A relative path is refused: each
+process would resolve it against its own working directory, and two processes
+started from different directories would silently use two stores. Query parameters are
 constructor keywords (``ipc:///run/app/ch.db?capacity=500&poll_interval=0.5``).
 """
 from __future__ import annotations
@@ -93,7 +96,10 @@ class IpcChannelLayer(BaseChannelLayer):
 
     @classmethod
     def from_url(cls, url: Any, **options: Any) -> "IpcChannelLayer":
-        """``ipc:///abs/path.db``, ``ipc://rel/path.db`` or ``ipc://`` (the per-user default)."""
+        """``ipc:///abs/path.db``, ``ipc://~/path.db`` or ``ipc://`` (the per-user default).
+
+        A relative path (``ipc://relative/path.db``) raises :class:`ConfigurationError`.
+        """
         from .. import parse_options
 
         if not isinstance(url, str):
@@ -102,6 +108,11 @@ class IpcChannelLayer(BaseChannelLayer):
         if parts.scheme.lower() != "ipc":
             raise ConfigurationError(f"not an ipc:// URL: {url!r}")
         path = unquote(parts.netloc + parts.path)
+        if path and not os.path.isabs(os.path.expanduser(path)):
+            raise ConfigurationError(
+                f"ipc layer URL {url!r} names the relative path {path!r}, which each process would resolve "
+                f"against its own working directory: write an absolute path with three slashes, such as "
+                f"ipc://{os.path.abspath(path)} (or ipc:// alone for this user's default store)")
         opts = {**parse_options(parts.query), **options}
         for key in ("poll_interval", "busy_timeout"):
             if isinstance(opts.get(key), str):

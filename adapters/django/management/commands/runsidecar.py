@@ -28,15 +28,13 @@ class Command(BaseCommand):
             entry = alias_settings(options["alias"])
         except ConfigurationError as e:
             raise CommandError(str(e)) from None
-        argv = [sys.executable, "-m", "wsgi_channels", "sidecar", "--layer", entry.layer_url]
-        if options["bind"]:
-            argv += ["--bind", options["bind"]]
-        if entry.allowed_origins:
-            argv += ["--allowed-origins", *entry.allowed_origins]
-        if entry.sidecar_url and entry.token_secret and not os.environ.get("WSGI_CHANNELS_TOKEN_SECRET_FILE"):
-            # The site's token secret, through the environment rather than argv (visible in `ps`).
-            os.environ["WSGI_CHANNELS_TOKEN_SECRET"] = entry.token_secret
-        argv += options["sidecar_args"]
+        extra = (["--bind", options["bind"]] if options["bind"] else []) + options["sidecar_args"]
+        try:
+            # The site's token secret goes through the environment rather than argv (visible in `ps`).
+            argv, env = entry.sidecar_command(sys.executable, extra)
+        except ConfigurationError as e:
+            raise CommandError(str(e)) from None
+        os.environ.update(env)
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, argv)

@@ -18,16 +18,20 @@ import threading
 import time
 from typing import Any, Callable
 
-from .channel import deferred_sends
-from .exceptions import ChannelFull, LayerUnavailable
-from .layers.base import BaseChannelLayer
+from ..channel import deferred_sends
+from ..exceptions import ChannelFull, LayerUnavailable
+from ..layers.base import BaseChannelLayer
 from .message import Message
-from .timelimit import ABANDONED
 
 __all__ = ["run_consumer", "send_with_retry", "flush_sends", "hand_over_last", "use_reply_sender", "hold_replies",
            "use_slot", "given_up", "DEFAULT_SEND_TIMEOUT"]
 
 log = logging.getLogger(__name__)
+
+#: The state of the worker's time-limit slot (:class:`~wsgi_channels.worker.timelimit.Slot`) whose
+#: message was given up. Defined here, where sends are guarded, and imported by the worker's
+#: time limit: consumers never import the worker.
+ABANDONED = "abandoned"
 
 #: Seconds a reply may be retried against a full channel before it is dropped.
 DEFAULT_SEND_TIMEOUT = 5.0
@@ -40,9 +44,9 @@ class _ThreadState(threading.local):
     #: ``getattr(..., None)`` that misses raises inside and costs microseconds per reply.
     sender: Any = None
     #: Messages handed over are only queued (the worker runs a batch: its responses go out
-    #: together when it ends; see :meth:`~wsgi_channels.reply_sender.ReplySender.take`).
+    #: together when it ends; see :meth:`~wsgi_channels.worker.reply_sender.ReplySender.take`).
     hold: bool = False
-    #: The worker's :class:`~wsgi_channels.timelimit.Slot` of this thread, when a time limit is on:
+    #: The worker's :class:`~wsgi_channels.worker.timelimit.Slot` of this thread, when a time limit is on:
     #: sends go through it, so those of a message given up are dropped.
     slot: Any = None
 
@@ -51,8 +55,8 @@ _local = _ThreadState()
 
 
 def use_slot(slot: Any) -> None:
-    """Make ``slot`` (a :class:`~wsgi_channels.timelimit.Slot`, or None) this thread's: the sends
-    below then go through :meth:`~wsgi_channels.timelimit.Slot.guard`."""
+    """Make ``slot`` (a :class:`~wsgi_channels.worker.timelimit.Slot`, or None) this thread's: the sends
+    below then go through :meth:`~wsgi_channels.worker.timelimit.Slot.guard`."""
     _local.slot = slot
 
 
@@ -64,7 +68,7 @@ def given_up() -> bool:
 
 
 def use_reply_sender(sender: Any) -> None:
-    """Make ``sender`` (a :class:`~wsgi_channels.reply_sender.ReplySender`, or None) this
+    """Make ``sender`` (a :class:`~wsgi_channels.worker.reply_sender.ReplySender`, or None) this
     thread's sender for :func:`hand_over_last`; the worker sets it in each of its threads."""
     _local.sender = sender
 
@@ -104,7 +108,7 @@ def send_with_retry(layer: BaseChannelLayer, channel: str, content: dict,
     """``layer.send`` (or ``send_group``), retried on ChannelFull/LayerUnavailable until ``timeout``.
 
     Returns False (after logging) when the deadline passed, and (silently) when the
-    worker gave up the message being run (see :mod:`wsgi_channels.timelimit`); other
+    worker gave up the message being run (see :mod:`wsgi_channels.worker.timelimit`); other
     errors (invalid or too large messages) propagate.
     """
     slot = _local.slot

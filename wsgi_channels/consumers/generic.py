@@ -21,7 +21,7 @@ import json
 import logging
 from typing import Any, Optional
 
-from .channel import Channel, Group
+from ..channel import Channel, Group
 from .message import Message
 from .sessions import channel_session as _channel_session
 from .sessions import enforce_ordering as _enforce_ordering

@@ -14,22 +14,31 @@ start) against a key of the message content; named groups become keyword
 arguments of the consumer. ``include`` matches a prefix and hands the rest of
 the value to the included routes. The first matching route wins.
 
-When nothing matches, :class:`Router` falls back to defaults:
-``websocket.connect`` is accepted, ``websocket.receive`` and
-``websocket.disconnect`` are ignored, an ``http.request`` gets a 404, so no
-client waits for a timeout because a route is missing. A worker listens on
-the WebSocket channels only when its routing routes at least one of them.
+When nothing matches, :class:`Router` falls back to defaults, so no client
+waits for a timeout because a route is missing: an ``http.request`` gets a
+404; ``websocket.receive`` and ``websocket.disconnect`` are ignored; a
+``websocket.connect`` is accepted when a ``websocket.receive`` route takes its
+path (Channels 1.x's receive-only routings), and otherwise *refused* (the
+server answers 403), with a warning naming the path and the routes tried, and
+counted as ``unrouted``: a mistyped path or a name outside a route's pattern
+would otherwise get a socket on which nothing ever arrives.
+``Router(routing, accept_unrouted=True)`` (``wsgi-channels worker
+--accept-unrouted``) accepts such handshakes instead. A worker listens on the
+WebSocket channels only when its routing routes at least one of them.
 """
 from __future__ import annotations
 
 import importlib
 import logging
 import re
+import threading
+import time
+from collections import OrderedDict
 from typing import Any, Callable, Iterable, Optional, Pattern, Tuple, Union
 
-from .exceptions import ConfigurationError
+from ..exceptions import ConfigurationError
 
-__all__ = ["route", "route_class", "include", "Route", "RouteClass", "Include", "Router",
+__all__ = ["route", "route_class", "include", "Route", "RouteClass", "Include", "Router", "AppRouting",
            "import_object", "DEFAULT_CONSUMERS"]
 
 log = logging.getLogger(__name__)
@@ -201,6 +210,19 @@ class Include:
         return f"include({self._routing_spec!r})"
 
 
+class AppRouting(list):  # type: ignore[type-arg]
+    """A routing list that also names the layer its app pushes to (``layer_url``, or None).
+
+    The framework adapters' ``routing_for(app)`` return one, so ``wsgi-channels worker
+    myapp:routing`` serves the app's layer without a ``--layer`` that repeats it (an explicit
+    ``--layer`` still wins; see :mod:`wsgi_channels.settings`).
+    """
+
+    def __init__(self, routes: Iterable[Any] = (), layer_url: Optional[str] = None) -> None:
+        super().__init__(routes)
+        self.layer_url = layer_url
+
+
 def _load_routing(routing: Any) -> list:
     routing = import_object(routing)
     if isinstance(routing, (Route, Include)):
@@ -240,6 +262,18 @@ def _accept_connect(message: Any, **kwargs: Any) -> None:
         message.reply_channel.send({"accept": True})
 
 
+def _refuse_connect(message: Any, **kwargs: Any) -> None:
+    """No route takes this handshake's path: refuse it (the server answers 403)."""
+    if message.reply_channel is not None:
+        message.reply_channel.send({"accept": False})
+
+
+def _accept_unrouted(message: Any, **kwargs: Any) -> None:
+    """No route takes this handshake's path, and the router accepts such handshakes (``accept_unrouted``)."""
+    if message.reply_channel is not None:
+        message.reply_channel.send({"accept": True})
+
+
 def _ignore(message: Any, **kwargs: Any) -> None:
     pass
 
@@ -253,13 +287,31 @@ def _not_found(message: Any, **kwargs: Any) -> None:
 
 #: What happens to a message no route matches (other channels: logged and dropped).
 DEFAULT_CONSUMERS: dict[str, Consumer] = {
-    "websocket.connect": _accept_connect,
+    "websocket.connect": _refuse_connect,  # unless a websocket.receive route takes the path (Router.match)
     "websocket.receive": _ignore,
     "websocket.disconnect": _ignore,
     "http.request": _not_found,
     "http.disconnect": _ignore,
 }
 _WEBSOCKET_CHANNELS = ("websocket.connect", "websocket.receive", "websocket.disconnect")
+_WARN_EVERY = 60.0  # seconds between two warnings about the same unrouted path
+_WARNED_PATHS = 256  # paths remembered for that (a flood of distinct paths still logs at most this many a minute)
+_ROUTES_SHOWN = 12
+
+
+def _filters_text(filters: list[tuple[str, Pattern[str]]]) -> str:
+    return " ".join(f"{key}={pattern.pattern}" for key, pattern in filters)
+
+
+def _describe(node: Union[Route, Include], channel: str, prefix: str = "") -> list[str]:
+    """The filters of every route that handles ``channel``, an include's prefix first."""
+    if isinstance(node, Include):
+        inner = (prefix + " + " if prefix else "") + _filters_text(node.filters) if node.filters else prefix
+        return [d for child in node.routes for d in _describe(child, channel, inner)]
+    if not node._handles(channel):
+        return []
+    own = _filters_text(node.filters)
+    return [" + ".join(p for p in (prefix, own) if p) or "(any path)"]
 
 
 class Router:
@@ -270,9 +322,18 @@ class Router:
     no matching route is still answered); ``http.disconnect`` when
     ``http.request`` is routed. Dotted-path consumers are imported here, so a
     typo fails at start-up with the path in the error.
+
+    ``accept_unrouted``: accept a ``websocket.connect`` that no route takes (by default it
+    is refused: see the module's docstring). Either way :meth:`match` returns
+    :attr:`unrouted_connect` for it, which the worker counts as ``unrouted``.
     """
 
-    def __init__(self, routing: Any) -> None:
+    def __init__(self, routing: Any, *, accept_unrouted: bool = False) -> None:
+        self.accept_unrouted = accept_unrouted
+        #: The consumer :meth:`match` returns for a ``websocket.connect`` that no route takes.
+        self.unrouted_connect: Consumer = _accept_unrouted if accept_unrouted else DEFAULT_CONSUMERS["websocket.connect"]
+        self._warned: OrderedDict[str, float] = OrderedDict()
+        self._warned_lock = threading.Lock()
         self.root = Include(routing)
         self._resolve(self.root)
         routed = self.root.channel_names()
@@ -298,5 +359,43 @@ class Router:
         found = self.root.match(channel, content)
         if found is not None:
             return found
+        if channel == "websocket.connect":
+            return self._unrouted_connect(content)
         default = DEFAULT_CONSUMERS.get(channel)
         return (default, {}) if default is not None else None
+
+    def _unrouted_connect(self, content: dict) -> Match:
+        """No ``websocket.connect`` route takes this handshake: accept it when a ``websocket.receive``
+        route takes its path, else :attr:`unrouted_connect` (refuse, or accept), with a log line."""
+        if self.root.match("websocket.receive", content) is not None:
+            return _accept_connect, {}
+        path = content.get("path")
+        if self._should_warn(path if isinstance(path, str) else repr(path)):
+            connects = _describe(self.root, "websocket.connect")
+            receives = _describe(self.root, "websocket.receive")
+            tried = "; ".join(f"{kind} routes: {', '.join(found[:_ROUTES_SHOWN])}"
+                              + (f" and {len(found) - _ROUTES_SHOWN} more" if len(found) > _ROUTES_SHOWN else "")
+                              for kind, found in (("websocket.connect", connects), ("websocket.receive", receives))
+                              if found) or "no websocket.connect or websocket.receive route"
+            if self.accept_unrouted:
+                log.info("WebSocket handshake for path %.200r accepted although no route takes it (%s): "
+                         "accept_unrouted is on", path, tried, extra={"path": path})
+            else:
+                log.warning("WebSocket handshake for path %.200r refused (the server answers 403): no route takes "
+                            "it (%s). Correct the path or the route's pattern, or accept such handshakes with "
+                            "`wsgi-channels worker --accept-unrouted`", path, tried, extra={"path": path})
+        return self.unrouted_connect, {}
+
+    def _should_warn(self, path: str) -> bool:
+        """At most one warning per path every :data:`_WARN_EVERY` seconds: a client retrying a bad path
+        (or many distinct ones) cannot flood the log."""
+        now = time.monotonic()
+        with self._warned_lock:
+            last = self._warned.get(path)
+            if last is not None and now - last < _WARN_EVERY:
+                return False
+            self._warned[path] = now
+            self._warned.move_to_end(path)
+            while len(self._warned) > _WARNED_PATHS:
+                self._warned.popitem(last=False)
+            return True

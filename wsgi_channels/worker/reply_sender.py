@@ -13,10 +13,10 @@ takes them (:meth:`ReplySender.take`) to send with its next receive, or sends th
 (:meth:`ReplySender.flush`).
 
 Only a response's *last* message is handed over (see
-:func:`~wsgi_channels.consumer.hand_over_last`): the chunks before it were sent in
+:func:`~wsgi_channels.consumers.consumer.hand_over_last`): the chunks before it were sent in
 order by the consumer, and every HTTP reply channel serves one request, so nothing
 can overtake it. A full channel or an unreachable layer is retried as
-:func:`~wsgi_channels.consumer.send_with_retry` does, until the consumer's
+:func:`~wsgi_channels.consumers.consumer.send_with_retry` does, until the consumer's
 ``send_timeout``, by the thread that met it once it has given up the sending role,
 so one slow client never holds back the other responses.
 """
@@ -28,8 +28,8 @@ import time
 from collections import deque
 from typing import Any
 
-from .consumer import send_with_retry
-from .exceptions import ChannelFull, LayerUnavailable
+from ..consumers.consumer import send_with_retry
+from ..exceptions import ChannelFull, LayerUnavailable
 
 __all__ = ["ReplySender", "MAX_BATCH"]
 
@@ -97,7 +97,7 @@ class ReplySender:
             self.retry(failed)
 
     def retry(self, failed: list) -> None:
-        """Send again, with :func:`~wsgi_channels.consumer.send_with_retry`, what :meth:`settle` found
+        """Send again, with :func:`~wsgi_channels.consumers.consumer.send_with_retry`, what :meth:`settle` found
         failed (a full channel, an unreachable layer), until the latest of their deadlines."""
         deadline = time.monotonic() + max(timeout for _, _, timeout in failed)
         for channel, message, _ in failed:

@@ -17,11 +17,11 @@ import json
 import sys
 from typing import Any, Callable
 
-from .cli import EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_USAGE
-from .channel import Channel, Group, default_layer_url
-from .config import add_option
-from .exceptions import ChannelsError, ConfigurationError, LayerUnavailable, StoreError
-from .layers import from_url, require_cross_process
+from ..channel import Channel, Group, default_layer_url
+from ..config import add_option
+from ..exceptions import ChannelsError, ConfigurationError, LayerUnavailable, StoreError
+from ..exitcodes import EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_USAGE
+from ..layers import from_url, require_cross_process
 
 __all__ = ["register", "parse_json_message"]
 
@@ -55,9 +55,10 @@ def parse_json_message(text: str) -> dict:
 def _with_layer(args: argparse.Namespace, action: Callable[[Any], None]) -> int:
     """Run ``action(layer)`` on the ``--layer`` layer; library errors become one line on stderr."""
     layer = None
+    url = args.layer or default_layer_url()
     try:
-        require_cross_process(args.layer, f"wsgi-channels {args.command}")
-        layer = from_url(args.layer)
+        require_cross_process(url, f"wsgi-channels {args.command}")
+        layer = from_url(url)
         action(layer)
     except ChannelsError as e:
         print(f"wsgi-channels {args.command}: {e}", file=sys.stderr)
@@ -94,6 +95,9 @@ def _stats(args: argparse.Namespace) -> int:
     return _with_layer(args, action)
 
 
+_LAYER_HELP = "channel layer URL (default: ipc://, this user's store on this machine)"
+
+
 def register(subparsers: Any) -> None:
     for command, what in (("send", "channel"), ("group-send", "group")):
         p = subparsers.add_parser(command, help=f"send one JSON message to a {what}",
@@ -101,9 +105,9 @@ def register(subparsers: Any) -> None:
         p.add_argument("name", help=f"{what} name")
         p.add_argument("message", type=parse_json_message,
                        help='JSON object, e.g. \'{"text": "hi"}\', or - to read it from stdin')
-        add_option(p, "--layer", default=default_layer_url(), help="channel layer URL")
+        add_option(p, "--layer", default="", help=_LAYER_HELP)
         p.set_defaults(func=_send)
     p = subparsers.add_parser("stats", help="print layer statistics as JSON")
     p.add_argument("channels", nargs="*", help="channels to report on besides the global figures")
-    add_option(p, "--layer", default=default_layer_url(), help="channel layer URL")
+    add_option(p, "--layer", default="", help=_LAYER_HELP)
     p.set_defaults(func=_stats)

@@ -32,11 +32,11 @@ import time
 from typing import Any, Callable, Iterable, List, Optional
 
 from .consumer import DEFAULT_SEND_TIMEOUT, given_up, hand_over_last, send_with_retry
-from .exceptions import ChannelsError, InvalidMessage, LayerUnavailable
+from ..exceptions import ChannelsError, InvalidMessage, LayerUnavailable
 from .message import Message
-from .responses import (DEFAULT_CHUNK_SIZE, ResponseEncoder, ResponseFlow, encode_response_headers, parse_status,
+from ..responses import (DEFAULT_CHUNK_SIZE, ResponseEncoder, ResponseFlow, encode_response_headers, parse_status,
                         response_flow)
-from .translation import request_message_to_environ, validate_body_chunk, validate_request_message
+from ..translation import request_message_to_environ, validate_body_chunk, validate_request_message
 
 __all__ = ["WsgiConsumer", "FileWrapper", "BodyStream", "RequestBodyError", "DEFAULT_MAX_BODY_SIZE"]
 

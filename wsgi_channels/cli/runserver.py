@@ -24,7 +24,8 @@ import os
 import sys
 from typing import Any
 
-from .config import add_option
+from ..config import add_option
+from ..exitcodes import EXIT_CONFIG, EXIT_OK
 
 __all__ = ["register", "build", "run"]
 
@@ -34,12 +35,12 @@ DEFAULT_BIND = "127.0.0.1:8000"
 
 
 def _import(spec: str, what: str) -> Any:
-    from .routing import import_object
+    from ..consumers.routing import import_object
 
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     if ":" not in spec and "." not in spec:
-        from .exceptions import ConfigurationError
+        from ..exceptions import ConfigurationError
 
         raise ConfigurationError(f"{what} {spec!r} must be module:attribute (for example myapp:app)")
     return import_object(spec)
@@ -51,13 +52,13 @@ def build(app_spec: str, routing_specs: list[str], layer_url: str, bind: list[st
 
     Raises :class:`~wsgi_channels.ConfigurationError` naming what is wrong.
     """
-    from . import include, route
-    from .channel import ENV_VAR, get_layer
-    from .exceptions import ConfigurationError
-    from .sidecar.config import SidecarConfig
-    from .sidecar.server import Sidecar
-    from .worker import Worker
-    from .wsgi import WsgiConsumer
+    from ..channel import ENV_VAR, get_layer
+    from ..consumers.routing import include, route
+    from ..consumers.wsgi import WsgiConsumer
+    from ..exceptions import ConfigurationError
+    from ..sidecar.config import SidecarConfig
+    from ..sidecar.server import Sidecar
+    from ..worker import Worker
 
     # Before the app is imported: its pushes (Group(...).send()) must land on this layer.
     os.environ[ENV_VAR] = layer_url
@@ -85,8 +86,7 @@ def _display_url(address: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import cli
-    from .exceptions import ConfigurationError
+    from ..exceptions import ConfigurationError
 
     bind = [b for item in (args.bind or [DEFAULT_BIND]) for b in str(item).replace(",", " ").split()]
     layer_url = args.layer or "memory://runserver"
@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         sidecar, worker = build(args.app, args.routing or [], layer_url, bind, args.threads, options)
     except ConfigurationError as e:
         print(f"wsgi-channels runserver: {e}", file=sys.stderr)
-        return cli.EXIT_CONFIG
+        return EXIT_CONFIG
     import gevent
 
     def serve() -> Any:
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         worker.stop(grace=1)
         error = server.exception or server.value
         print(f"wsgi-channels runserver: cannot listen on {', '.join(bind)}: {error}", file=sys.stderr)
-        return cli.EXIT_CONFIG
+        return EXIT_CONFIG
     urls = ", ".join(_display_url(a) for a in sidecar.addresses)
     # stdout, flushed: the line a person (or a test) waits for.
     print(f"wsgi-channels runserver: serving {args.app} on {urls} (layer {layer_url}); press Ctrl+C to stop",
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         worker.stop(grace=5)
     log.info("runserver stopped")
-    return cli.EXIT_OK
+    return EXIT_OK
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:

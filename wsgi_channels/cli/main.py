@@ -1,6 +1,8 @@
 """The ``wsgi-channels`` command: one console script, one subcommand per job.
 
-Each subcommand lives in the module that does the job; that module provides
+Each subcommand has a module in this package (``worker``, ``sidecar``,
+``runserver``, ``tools``) that translates flags and ``WSGI_CHANNELS_*``
+variables into the server's own config and runs it; that module provides
 ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
 taking the parsed arguments and returning an exit status.
 
@@ -15,29 +17,20 @@ import errno
 import importlib
 import logging
 import sys
+from typing import Any, Optional, Sequence
 
-__all__ = ["main", "EXIT_OK", "EXIT_USAGE", "EXIT_CONFIG", "EXIT_UNAVAILABLE", "EXIT_RESTART"]
+from ..exitcodes import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE, EXIT_USAGE
 
-EXIT_OK = 0
-EXIT_USAGE = 2
-#: A start-up failure caused by configuration (bad URL, bad routing, unusable file).
-EXIT_CONFIG = 3
-#: The layer could not be reached at start-up.
-EXIT_UNAVAILABLE = 4
-#: The worker stopped itself, after finishing its messages in flight, because too many of its
-#: threads were stuck in messages past the time limit (``--max-abandoned``): a supervisor
-#: (systemd ``Restart=on-failure``, Kubernetes, supervisord) starts a fresh process. 75 is
-#: ``EX_TEMPFAIL`` of sysexits.h: a temporary failure, try again.
-EXIT_RESTART = 75
+__all__ = ["main", "build_parser", "setup_logging", "COMMANDS"]
 
 #: subcommand -> module providing ``register(subparsers)``.
 COMMANDS = {
-    "worker": "wsgi_channels.worker",
-    "sidecar": "wsgi_channels.sidecar.cli",
-    "runserver": "wsgi_channels.runserver",
-    "send": "wsgi_channels.tools",
-    "group-send": "wsgi_channels.tools",
-    "stats": "wsgi_channels.tools",
+    "worker": "wsgi_channels.cli.worker",
+    "sidecar": "wsgi_channels.cli.sidecar",
+    "runserver": "wsgi_channels.cli.runserver",
+    "send": "wsgi_channels.cli.tools",
+    "group-send": "wsgi_channels.cli.tools",
+    "stats": "wsgi_channels.cli.tools",
 }
 _GEVENT_COMMANDS = {"sidecar", "runserver"}
 
@@ -47,15 +40,33 @@ def _needs_gevent(argv: list[str]) -> bool:
     return command in _GEVENT_COMMANDS or (command == "worker" and any(a.startswith("--greenlets") for a in argv))
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that reports an unknown option itself, with its own usage.
+
+    argparse hands a subcommand's unrecognized arguments back to the top-level parser, whose
+    error shows the top-level usage (``wsgi-channels [-h] [--version] COMMAND ...``): no help
+    for ``wsgi-channels sidecar --bnd``. Here the subcommand's usage names its options.
+    """
+
+    # typeshed overloads this method on the namespace's type; one signature covering them all is
+    # what argparse has, and what mypy cannot match against the overloads.
+    def parse_known_args(self, args: Optional[Sequence[str]] = None,  # type: ignore[override]
+                         namespace: Any = None) -> tuple[Any, list[str]]:
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wsgi-channels",
         description="Real-time messaging for WSGI apps: workers, the WebSocket sidecar and tools.",
     )
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"wsgi_channels {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     subparsers.required = True
     for module_name in dict.fromkeys(COMMANDS.values()):
         try:
@@ -85,13 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         monkey.patch_all()
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .config import env_errors
+    from ..config import env_errors
 
     for message in env_errors(args):  # only the options of the subcommand that runs
         print(f"wsgi-channels {args.command}: {message}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(getattr(args, "log_level", None) or "info")
-    from .exceptions import ConfigurationError, LayerUnavailable, StoreError
+    from ..exceptions import ConfigurationError, LayerUnavailable, StoreError
 
     # A last line of defence: our own clear errors (and a port already taken) that a subcommand
     # did not catch become one line on stderr and an exit status, never a traceback.

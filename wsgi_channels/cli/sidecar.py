@@ -1,4 +1,4 @@
-"""``wsgi-channels sidecar``: the command line front door of :class:`~.config.SidecarConfig`.
+"""``wsgi-channels sidecar``: the command line front door of :class:`~wsgi_channels.sidecar.SidecarConfig`.
 
 Every flag is also read from ``WSGI_CHANNELS_<FLAG>`` (an explicit flag wins).
 gevent is monkey-patched by :func:`wsgi_channels.cli.main` before this module
@@ -14,9 +14,10 @@ from typing import Any
 from ..channel import default_layer_url
 from ..config import add_option, parse_bool
 from ..exceptions import ConfigurationError
+from ..exitcodes import EXIT_CONFIG
 from ..layers import require_cross_process
+from ..sidecar.config import HTTP_MODES, SidecarConfig
 from ..tokens import token_secret
-from .config import HTTP_MODES, SidecarConfig
 
 __all__ = ["register", "build_config", "run", "setup_access_log"]
 
@@ -41,7 +42,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_option(p, "--bind", default=None, action="append", metavar="ADDRESS",
                help=f"HOST:PORT or unix:PATH to listen on; repeat for several (default {d.bind[0]})")
     add_option(p, "--layer", default="", metavar="URL",
-               help="channel layer URL, redis://... or ipc://... (default: WSGI_CHANNELS_LAYER)")
+               help="channel layer URL, redis://... or ipc:///path (default: ipc://, this user's store on this machine)")
     add_option(p, "--http", default=d.http, choices=HTTP_MODES,
                help="'layer': send plain HTTP requests to http.request consumers; 'off': 404 (default off)")
     add_option(p, "--http-timeout", default=d.http_timeout, type=float, metavar="SECONDS",
@@ -133,8 +134,6 @@ def setup_access_log(target: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import EXIT_CONFIG
-
     try:
         config = build_config(args)
         require_cross_process(config.layer or default_layer_url(), "the sidecar")
@@ -142,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wsgi-channels sidecar: {e}", file=sys.stderr)
         return EXIT_CONFIG
     setup_access_log(config.access_log)
-    from .server import Sidecar
+    from ..sidecar.server import Sidecar
 
     try:
         sidecar = Sidecar(config)

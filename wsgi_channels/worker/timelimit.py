@@ -20,7 +20,7 @@ The limit runs from the start of a message, and again from each message the
 consumer sends (a streamed response that keeps sending is not stuck). Sends made
 with ``immediately=True`` or straight on the layer are not seen: only
 ``Channel``/``Group`` sends (deferred to the end of the consumer) and the
-responses of :class:`~wsgi_channels.wsgi.WsgiConsumer` are.
+responses of :class:`~wsgi_channels.consumers.wsgi.WsgiConsumer` are.
 
 This module holds the mechanism: the per-thread :class:`Slot` the worker's threads
 run messages in, the :class:`TimeLimiter` thread that watches them, and the
@@ -34,6 +34,8 @@ import threading
 import time
 import traceback
 from typing import Any, Callable, Optional
+
+from ..consumers.consumer import ABANDONED
 
 __all__ = ["Slot", "TimeLimiter", "answer_for", "stack_of", "DEFAULT_TIME_LIMIT", "GATEWAY_TIMEOUT", "ABORT",
            "CLOSE_INTERNAL_ERROR"]
@@ -51,7 +53,7 @@ ABORT = {"content": b"", "more_content": False, "abort": True}
 CLOSE_INTERNAL_ERROR = 1011
 _MAX_STACK = 60  # frames logged per stuck thread
 
-IDLE, RUNNING, ABANDONED = "idle", "running", "abandoned"
+IDLE, RUNNING = "idle", "running"  # and ABANDONED, defined where sends are guarded
 # What a slot's consumer has sent on the message's reply channel.
 NOTHING, STARTED, FINISHED = 0, 1, 2
 

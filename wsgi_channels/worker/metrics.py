@@ -50,7 +50,8 @@ class WorkerCollector:
             for channel in w.channels:
                 family.add_metric([channel], values.get(channel, 0))
             yield family
-        yield CounterMetricFamily("wsgi_channels_worker_unrouted", "Messages no route matched",
+        yield CounterMetricFamily("wsgi_channels_worker_unrouted",
+                                  "Messages no route matched, WebSocket handshakes refused for it included",
                                   value=stats["unrouted"])
         yield CounterMetricFamily("wsgi_channels_worker_thread_restarts", "Worker threads replaced after dying",
                                   value=stats["restarts"])
