@@ -41,7 +41,7 @@ from .layers.base import (BaseChannelLayer, HistoryPage, Position, PresenceEntry
                           validate_channel_name, validate_group_name)
 from .presence import current_user
 from .responses import validate_websocket_send
-from .serialization import EncodedMessage, encode
+from .serialization import EncodedMessage, encode, refuse_reserved
 
 __all__ = ["Channel", "Group", "get_layer", "resolve_layer", "default_layer_url", "deferred_sends",
            "DEFAULT_LAYER_URL"]
@@ -131,10 +131,11 @@ _WEBSOCKET_KEYS = ("text", "bytes", "close", "accept")
 _HTTP_KEYS = ("status", "headers", "content", "more_content", "abort")
 
 
-def _websocket_shape(content: Any, target: str, known: bool) -> None:
+def _websocket_shape(content: Any, target: Any, known: bool) -> None:
     """Check ``content`` as a ``websocket.send`` message when it is one (or ``known`` to be one).
 
-    Raises :class:`InvalidMessage` naming the target, the key and the rule.
+    Raises :class:`InvalidMessage` naming the target (a Channel or Group: its repr, made only
+    then), the key and the rule.
     """
     if type(content) is not dict:
         return  # not a dict: encode() says so, with the type
@@ -152,37 +153,37 @@ def _websocket_shape(content: Any, target: str, known: bool) -> None:
         validate_websocket_send(content)
     except InvalidMessage as e:
         raise InvalidMessage(
-            f"{target}: {e} ({why}: 'text' a str or 'bytes' bytes, and only 'close', 'accept' or "
+            f"{target!r}.send: {e} ({why}: 'text' a str or 'bytes' bytes, and only 'close', 'accept' or "
             "'subprotocol' besides; for JSON send {'text': json.dumps(data)})") from None
 
 
-def _reply_shape(content: Any, name: str) -> None:
+def _reply_shape(content: Any, channel: "Channel") -> None:
     """A message for a sidecar's reply channel: a WebSocket send or an HTTP response, nothing else."""
     if type(content) is not dict or not content:
         return
     for key in _WEBSOCKET_KEYS:
         if key in content:
-            _websocket_shape(content, f"Channel({name!r}).send", True)
+            _websocket_shape(content, channel, True)
             return
     for key in _HTTP_KEYS:
         if key in content:
             return  # an HTTP response: the sidecar checks it against the response's state
     raise InvalidMessage(
-        f"Channel({name!r}).send: a sidecar's reply channel takes a WebSocket send ('text', 'bytes', 'close', "
+        f"{channel!r}.send: a sidecar's reply channel takes a WebSocket send ('text', 'bytes', 'close', "
         f"'accept') or an HTTP response ('status', 'content', ...), and this message has only "
         f"{sorted(content)[:5]!r}; for JSON send {{'text': json.dumps(data)}}")
 
 
 def _dispatch(layer_like: LayerLike, kind: str, name: str, content: dict, immediately: bool) -> None:
     layer = layer_like if isinstance(layer_like, BaseChannelLayer) else get_layer(layer_like)
-    # Validate (reserved keys strictly: application code never sends the server's keys),
-    # size-check and encode now; the layer sends these bytes as they are (encoded once).
-    encoded = EncodedMessage(encode(content, layer.max_message_size, strict=True))
     outbox = None if immediately else _local.outbox
     if outbox is None:
-        getattr(layer, kind)(name, encoded)
+        refuse_reserved(content)  # strictly: application code never sends the server's keys
+        getattr(layer, kind)(name, content)
     else:
-        outbox.append((layer, kind, name, encoded))
+        # Validate (reserved keys strictly), size-check and encode now, so later mutation changes
+        # nothing; the layer sends these bytes as they are (the message is encoded once).
+        outbox.append((layer, kind, name, EncodedMessage(encode(content, layer.max_message_size, strict=True))))
 
 
 class Channel:
@@ -208,7 +209,7 @@ class Channel:
         anything else raises :class:`InvalidMessage` here.
         """
         if self._sidecar:
-            _reply_shape(content, self.name)
+            _reply_shape(content, self)
         _dispatch(self._layer, "send", self.name, content, immediately)
 
     def __str__(self) -> str:
@@ -272,7 +273,7 @@ class Group:
         kept and numbered (:meth:`history`).
         """
         layer = self._layer if isinstance(self._layer, BaseChannelLayer) else get_layer(self._layer)
-        _websocket_shape(content, f"Group({self.name!r}).send", layer.group_features(self.name) is not None)
+        _websocket_shape(content, self, layer._has_features and layer.group_features(self.name) is not None)
         _dispatch(layer, "send_group", self.name, content, immediately)
 
     def position(self) -> Position:

@@ -36,6 +36,7 @@ __all__ = [
     "SERVER_KEYS",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "reserved_key",
+    "refuse_reserved",
     "validate_message",
     "encode",
     "decode",
@@ -156,12 +157,21 @@ def _refuse_reserved(key: str) -> None:
         "with '__wsc_' or '__asgi_' (docs/protocol.md, Reserved names)")
 
 
-def _plain_keys(message: dict[Any, Any]) -> bool:
-    """Whether every key is an exact str not starting with "_" (the common case: nothing to look at)."""
-    for key in message:
-        if type(key) is not str or "_" <= key < "`":
-            return False
-    return True
+def refuse_reserved(message: Any, strict: bool = True) -> None:
+    """Raise :class:`InvalidMessage` if ``message`` (a dict) uses a reserved key (``strict``: the
+    :data:`SERVER_KEYS` too); anything else is left to :func:`validate_message`."""
+    if type(message) is dict:
+        for key in message:
+            # "_" <= key < "`": the key starts with "_" (a C comparison, no slice made).
+            if type(key) is not str or "_" <= key < "`":
+                break
+        else:
+            return
+    elif not isinstance(message, dict):
+        return
+    key = reserved_key(message, strict)
+    if key is not None:
+        _refuse_reserved(key)
 
 
 def validate_message(message: Any, strict: bool = False) -> None:
@@ -170,14 +180,35 @@ def validate_message(message: Any, strict: bool = False) -> None:
     Reserved keys are refused (``strict``: :data:`SERVER_KEYS` as well; see the module
     docstring).
     """
-    if not isinstance(message, dict):
-        raise InvalidMessage(f"a message must be a dict, not {type(message).__name__}")
-    if not _plain_keys(message):
-        key = reserved_key(message, strict)
-        if key is not None:
-            _refuse_reserved(key)
+    if type(message) is not dict:
+        if not isinstance(message, dict):
+            raise InvalidMessage(f"a message must be a dict, not {type(message).__name__}")
+    elif _valid_top(message):
+        return
+    key = reserved_key(message, strict)
+    if key is not None:
+        _refuse_reserved(key)
     if not _valid(message, 0):
         _check(message, [], 0)
+
+
+def _valid_top(message: dict[Any, Any]) -> bool:
+    """:func:`_valid` of the message itself, also False when a key sorts before "`" (starts with "_",
+    an upper-case letter, a digit...): then the reserved-name rule looks at the keys, and
+    :func:`_valid` again. One comparison per key on the common path (lower-case keys)."""
+    for k in message:
+        if type(k) is not str or k < "`":
+            return False
+    for v in message.values():
+        t = type(v)
+        if t is str or t is bytes or t is bool or v is None or t is float:
+            continue
+        if t is int:
+            if not _INT_MIN <= v <= _INT_MAX:
+                return False
+        elif not _valid(v, 1):
+            return False
+    return True
 
 
 def _default(obj: Any) -> Any:

@@ -219,25 +219,29 @@ class Presence:
 
     # -- changes ----------------------------------------------------------------------------
 
-    def changed(self, group: str, events: list[list[Any]], now: float) -> tuple[PresenceChange, bool]:
-        """Count a change made of ``events``: (the change, whether it is sent to the sidecars).
+    def changed(self, group: str, events: list[list[Any]], now: float) -> tuple[PresenceChange, Optional[PresenceChange]]:
+        """Count a change made of ``events``: (the change, with its events, for the caller; what is
+        sent to the sidecars, or None).
 
         Events mode sends every change; past ``events_max`` (or with ``join_leave`` off) the
-        group switches to count mode with one ``m: "c"`` change and sends nothing more
-        until it is back under 80 % of ``events_max`` (one ``m: "e"``, ``stale``).
+        group switches to count mode with one ``m: "c"`` change without events and sends
+        nothing more until it is back under 80 % of ``events_max`` (one ``m: "e"``, ``stale``).
         """
         self.v += 1
         self.touched = now
-        clients, users = len(self.entries), len(self.users)
+        v, clients, users = self.v, len(self.entries), len(self.users)
         if self.mode == "e":
             if not self.join_leave or clients > self.events_max:
                 self.mode = "c"
-                return PresenceChange(group, self.v, clients, users, "c", []), True
-            return PresenceChange(group, self.v, clients, users, "e", events), True
+                return (PresenceChange(group, v, clients, users, "c", events),
+                        PresenceChange(group, v, clients, users, "c", []))
+            change = PresenceChange(group, v, clients, users, "e", events)
+            return change, change
         if self.join_leave and clients < 0.8 * self.events_max:
             self.mode = "e"
-            return PresenceChange(group, self.v, clients, users, "e", [], stale=True), True
-        return PresenceChange(group, self.v, clients, users, "c", []), False
+            return (PresenceChange(group, v, clients, users, "e", events),
+                    PresenceChange(group, v, clients, users, "e", [], stale=True))
+        return PresenceChange(group, v, clients, users, "c", events), None
 
 
 def sweep_idle(histories: dict[str, History], presences: dict[str, Presence], now: float) -> None:

@@ -268,6 +268,8 @@ class BaseChannelLayer:
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         self._features = FeatureRules(group_history, group_presence)
+        #: Whether any pattern is configured: the one attribute a plain group's operations look at.
+        self._has_features = bool(self._features)
         wanted = {name for name, rules in (("history", self._features.history),
                                            ("presence", self._features.presence)) if rules}
         missing = wanted - self.features_supported
@@ -392,7 +394,7 @@ class BaseChannelLayer:
 
     def group_features(self, group: str) -> Optional[Features]:
         """The history and presence options of ``group`` (None: neither; one dict lookup)."""
-        return self._features.of(group) if self._features else None
+        return self._features.of(group) if self._has_features else None
 
     def history_options(self, group: str) -> Optional[HistoryOptions]:
         """The ``group_history`` options of ``group``, or None when no pattern matches it."""
@@ -405,7 +407,7 @@ class BaseChannelLayer:
         return found.presence if found else None
 
     def _require_history(self, group: str) -> HistoryOptions:
-        options = self.history_options(group)
+        options = self.history_options(validate_group_name(group))
         if options is None:
             raise exc.HistoryNotEnabled(
                 f"group {group!r} keeps no history in this process: add a group_history pattern for it "
@@ -414,7 +416,7 @@ class BaseChannelLayer:
         return options
 
     def _require_presence(self, group: str) -> PresenceOptions:
-        options = self.presence_options(group)
+        options = self.presence_options(validate_group_name(group))
         if options is None:
             raise exc.PresenceNotEnabled(
                 f"group {group!r} keeps no presence in this process: add a group_presence pattern for it "

@@ -104,7 +104,8 @@ class PresenceChange(NamedTuple):
     join and leave is sent) or ``"c"`` (count only: too many members, or ``join_leave``
     off); ``events`` are ``["j", conn_id, user, info, since_ms]`` and ``["l", conn_id]``,
     in order; ``stale`` says the member list may have changed without events (a switch
-    back from count mode).
+    back from count mode). The presence methods return the change with the events they
+    made; what the sidecars receive in count mode carries none (or nothing is sent).
     """
 
     group: str

@@ -165,7 +165,7 @@ class MemoryChannelLayer(BaseChannelLayer):
     def group_add(self, group: str, channel: str, presence: Any = None) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
-        features = self.group_features(group)
+        features = self._features.of(group) if self._has_features else None
         if features is None and presence is None:
             with self._cond:  # a plain group: exactly the work it always was
                 self._groups.setdefault(group, {})[channel] = time.monotonic() + self.group_expiry
@@ -193,7 +193,7 @@ class MemoryChannelLayer(BaseChannelLayer):
     def group_discard(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
-        features = self.group_features(group)
+        features = self._features.of(group) if self._has_features else None
         with self._cond:
             members = self._groups.get(group)
             was = None
@@ -222,7 +222,7 @@ class MemoryChannelLayer(BaseChannelLayer):
     def send_group(self, group: str, message: dict) -> None:
         validate_group_name(group)
         data = self._encode(message)
-        history = self.history_options(group) if self._features else None
+        history = self.history_options(group) if self._has_features else None
         with self._cond:
             now = time.monotonic()
             stamped = None if history is None else self._history_append(group, history, data, now)
@@ -297,7 +297,7 @@ class MemoryChannelLayer(BaseChannelLayer):
     # -- presence -----------------------------------------------------------------------------
 
     def _presence_add(self, group: str, options: PresenceOptions, channel: str, user: str | None, info: bytes,
-                      now: float) -> tuple[bool, dict, tuple[PresenceChange, bool] | None]:
+                      now: float) -> tuple[bool, dict, tuple[PresenceChange, PresenceChange | None] | None]:
         """Make or update ``channel``'s entry: (made or changed, the notice's ``p``, the change). Lock held."""
         state = self._presences.get(group)
         cid = conn_id(channel)
@@ -319,11 +319,12 @@ class MemoryChannelLayer(BaseChannelLayer):
         events = [event for event in (state.remove(cid, owner) for cid in conn_ids) if event is not None]
         return self._presence_send(group, state.changed(group, events, now), now) if events else None
 
-    def _presence_send(self, group: str, made: tuple[PresenceChange, bool], now: float) -> PresenceChange:
-        """Send a change (when its mode says so) to the group's sidecar members; return it. Lock held."""
-        change, send = made
-        if send:
-            self._fan_out(group, encode({}, None, change.message()), None, now, sidecars_only=True)
+    def _presence_send(self, group: str, made: tuple[PresenceChange, PresenceChange | None],
+                       now: float) -> PresenceChange:
+        """Send a change (what its mode says to send) to the group's sidecar members; return it. Lock held."""
+        change, sent = made
+        if sent is not None:
+            self._fan_out(group, encode({}, None, sent.message()), None, now, sidecars_only=True)
             self._cond.notify_all()
         return change
 
