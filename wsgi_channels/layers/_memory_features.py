@@ -18,11 +18,10 @@ from collections import deque
 from itertools import islice
 from typing import Any, Mapping, Optional
 
-from ..exceptions import InvalidMessage
-from ..serialization import decode, encode
-from .features import MAX_USER_LENGTH, PresenceChange, PresenceEntry, PresenceOptions, new_epoch
+from ..serialization import decode
+from .features import PresenceChange, PresenceEntry, PresenceOptions, new_epoch, presence_change
 
-__all__ = ["History", "Presence", "history_of", "sweep_idle", "checked_entries"]
+__all__ = ["History", "Presence", "history_of", "sweep_idle"]
 
 #: Seconds an empty presence group keeps its change version (then it is forgotten).
 EMPTY_PRESENCE_KEEP = 3600.0
@@ -220,28 +219,13 @@ class Presence:
     # -- changes ----------------------------------------------------------------------------
 
     def changed(self, group: str, events: list[list[Any]], now: float) -> tuple[PresenceChange, Optional[PresenceChange]]:
-        """Count a change made of ``events``: (the change, with its events, for the caller; what is
-        sent to the sidecars, or None).
-
-        Events mode sends every change; past ``events_max`` (or with ``join_leave`` off) the
-        group switches to count mode with one ``m: "c"`` change without events and sends
-        nothing more until it is back under 80 % of ``events_max`` (one ``m: "e"``, ``stale``).
-        """
+        """Count a change made of ``events``: (the change for the caller, what the sidecars get or
+        None), by :func:`.features.presence_change`."""
         self.v += 1
         self.touched = now
-        v, clients, users = self.v, len(self.entries), len(self.users)
-        if self.mode == "e":
-            if not self.join_leave or clients > self.events_max:
-                self.mode = "c"
-                return (PresenceChange(group, v, clients, users, "c", events),
-                        PresenceChange(group, v, clients, users, "c", []))
-            change = PresenceChange(group, v, clients, users, "e", events)
-            return change, change
-        if self.join_leave and clients < 0.8 * self.events_max:
-            self.mode = "e"
-            return (PresenceChange(group, v, clients, users, "e", events),
-                    PresenceChange(group, v, clients, users, "e", [], stale=True))
-        return PresenceChange(group, v, clients, users, "c", events), None
+        self.mode, change, sent = presence_change(group, self.v, len(self.entries), len(self.users), self.mode,
+                                                  self.join_leave, self.events_max, events)
+        return change, sent
 
 
 def sweep_idle(histories: dict[str, History], presences: dict[str, Presence], now: float) -> None:
@@ -256,22 +240,3 @@ def sweep_idle(histories: dict[str, History], presences: dict[str, Presence], no
         state = presences[group]
         if not state.entries and not state.owners and state.touched < now - EMPTY_PRESENCE_KEEP:
             del presences[group]
-
-
-def checked_entries(entries: Any) -> dict[str, tuple[Optional[str], bytes, float]]:
-    """``{conn_id: {"user", "info", "since"}}`` given to ``presence_reassert``, checked and with
-    ``info`` encoded: ``{conn_id: (user, encoded info, since)}``."""
-    if not isinstance(entries, Mapping):
-        raise InvalidMessage(f"presence entries must be a dict of conn_id -> entry, not {type(entries).__name__}")
-    out: dict[str, tuple[Optional[str], bytes, float]] = {}
-    for cid, entry in entries.items():
-        if not isinstance(cid, str) or not 0 < len(cid) <= 64 or not isinstance(entry, Mapping):
-            raise InvalidMessage(f"presence entry {cid!r}: a conn_id (str) mapping to {{'user', 'info', 'since'}}")
-        user = entry.get("user")
-        if user is not None and (not isinstance(user, str) or len(user) > MAX_USER_LENGTH):
-            raise InvalidMessage(f"presence entry {cid!r}: user must be a str of at most {MAX_USER_LENGTH} characters")
-        since = entry.get("since")
-        if not isinstance(since, (int, float)) or isinstance(since, bool):
-            since = time.time()
-        out[cid] = (user, encode({"i": entry.get("info")}, None), float(since))
-    return out

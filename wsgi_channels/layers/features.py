@@ -28,6 +28,7 @@ the sidecar only:
 from __future__ import annotations
 
 import base64
+import time as _time
 import fnmatch
 import os
 import re
@@ -44,6 +45,7 @@ __all__ = [
     "HistoryPage",
     "PresenceEntry",
     "PresenceChange",
+    "presence_change",
     "HistoryOptions",
     "PresenceOptions",
     "FeatureRules",
@@ -53,6 +55,7 @@ __all__ = [
     "new_epoch",
     "check_since_limit",
     "add_notice",
+    "check_entries",
     "discard_notice",
     "MAX_HISTORY_LIMIT",
     "MAX_USER_LENGTH",
@@ -123,6 +126,28 @@ class PresenceChange(NamedTuple):
         if self.stale:
             body["stale"] = True
         return {PRESENCE_KEY: body}
+
+
+def presence_change(group: str, v: int, clients: int, users: int, mode: str, join_leave: bool, events_max: int,
+                    events: list[list[Any]]) -> tuple[str, PresenceChange, Optional[PresenceChange]]:
+    """The rule of change messages, shared by the backends: given a group's change number ``v``,
+    its counts after the change, its mode before it and its options, return (the mode after it,
+    the change with its events for the caller, what is sent to the sidecars or None).
+
+    Events mode sends every change; past ``events_max`` (or with ``join_leave`` off) the group
+    switches to count mode with one ``m: "c"`` change without events and sends nothing more
+    until it is back under 80 % of ``events_max`` (one ``m: "e"`` change marked ``stale``).
+    """
+    if mode == "e":
+        if not join_leave or clients > events_max:
+            return ("c", PresenceChange(group, v, clients, users, "c", events),
+                    PresenceChange(group, v, clients, users, "c", []))
+        change = PresenceChange(group, v, clients, users, "e", events)
+        return "e", change, change
+    if join_leave and clients < 0.8 * events_max:
+        return ("e", PresenceChange(group, v, clients, users, "e", events),
+                PresenceChange(group, v, clients, users, "e", [], stale=True))
+    return "c", PresenceChange(group, v, clients, users, "c", events), None
 
 
 # -- options ----------------------------------------------------------------------------------
@@ -419,3 +444,23 @@ def check_presence(presence: Any, group: str, options: PresenceOptions) -> tuple
                              f"{options.info_max_bytes} of {options.pattern!r}")
     return user, info
 
+
+def check_entries(entries: Any) -> dict[str, tuple[Optional[str], bytes, float]]:
+    """``{conn_id: {"user", "info", "since"}}`` given to ``presence_reassert``, checked and with
+    ``info`` encoded: ``{conn_id: (user, encoded info, since)}``."""
+    from ..serialization import encode
+
+    if not isinstance(entries, Mapping):
+        raise InvalidMessage(f"presence entries must be a dict of conn_id -> entry, not {type(entries).__name__}")
+    out: dict[str, tuple[Optional[str], bytes, float]] = {}
+    for cid, entry in entries.items():
+        if not isinstance(cid, str) or not 0 < len(cid) <= 64 or not isinstance(entry, Mapping):
+            raise InvalidMessage(f"presence entry {cid!r}: a conn_id (str) mapping to {{'user', 'info', 'since'}}")
+        user = entry.get("user")
+        if user is not None and (not isinstance(user, str) or len(user) > MAX_USER_LENGTH):
+            raise InvalidMessage(f"presence entry {cid!r}: user must be a str of at most {MAX_USER_LENGTH} characters")
+        since = entry.get("since")
+        if not isinstance(since, (int, float)) or isinstance(since, bool):
+            since = _time.time()
+        out[cid] = (user, encode({"i": entry.get("info")}, None), float(since))
+    return out

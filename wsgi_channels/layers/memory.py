@@ -30,7 +30,7 @@ from . import _memory_features as mf
 from .base import (BaseChannelLayer, Received, is_sidecar_prefix, non_local_name, validate_channel_name,
                    validate_group_name)
 from .features import (STAMP_KEY, HistoryOptions, HistoryPage, PresenceChange, PresenceEntry, PresenceOptions,
-                       add_notice, check_since_limit, discard_notice)
+                       add_notice, check_entries, check_since_limit, discard_notice)
 
 __all__ = ["MemoryChannelLayer"]
 
@@ -356,7 +356,7 @@ class MemoryChannelLayer(BaseChannelLayer):
 
     def presence_reassert(self, owner: str, group: str, entries: Any) -> PresenceChange | None:
         validate_group_name(group)
-        checked = mf.checked_entries(entries)
+        checked = check_entries(entries)
         with self._cond:
             now = time.monotonic()
             state = self._presences.get(group)
