@@ -21,12 +21,15 @@ from .exceptions import (
     ChannelFull,
     ChannelsError,
     ConfigurationError,
+    HistoryNotEnabled,
     InvalidChannelName,
     InvalidGroupName,
     InvalidMessage,
     InvalidToken,
     LayerUnavailable,
     MessageTooLarge,
+    PresenceFull,
+    PresenceNotEnabled,
     StoreError,
     TokenExpired,
 )
@@ -66,6 +69,9 @@ __all__ = [
     "StoreError",
     "InvalidToken",
     "TokenExpired",
+    "PresenceFull",
+    "HistoryNotEnabled",
+    "PresenceNotEnabled",
     *_LAZY,
 ]
 
