@@ -237,3 +237,18 @@ def test_new_modules_are_strictly_typed():
                            "wsgi_channels/presence.py", "wsgi_channels/layers/base.py"],
                           cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_check_push_is_what_the_push_api_checks():
+    """For code that queues pushes and sends them later through the layer (after-commit buffers)."""
+    from wsgi_channels.channel import check_push
+
+    layer = MemoryChannelLayer(group_history={"chat.*": {}})
+    reply = new_process_prefix("sidecar") + "c"
+    for kind, name, bad in [("send_group", "g", {"text": {"a": 1}}), ("send_group", "chat.1", {"title": 1}),
+                            ("send", reply, {"title": 1}), ("send", "x", {"__wsc_token": {}}),
+                            ("send_group", "g", {"text": "x", "__wsc_n": 1})]:
+        with pytest.raises(exc.InvalidMessage):
+            check_push(layer, kind, name, bad)
+    check_push(layer, "send_group", "g", {"title": 1})
+    check_push(layer, "send", "app.channel", {"text": {"a": 1}})

@@ -44,7 +44,7 @@ from .responses import validate_websocket_send
 from .serialization import EncodedMessage, encode, refuse_reserved
 
 __all__ = ["Channel", "Group", "get_layer", "resolve_layer", "default_layer_url", "deferred_sends",
-           "DEFAULT_LAYER_URL"]
+           "check_push", "DEFAULT_LAYER_URL"]
 
 DEFAULT_LAYER_URL = "memory://"
 ENV_VAR = "WSGI_CHANNELS_LAYER"
@@ -172,6 +172,18 @@ def _reply_shape(content: Any, channel: "Channel") -> None:
         f"{channel!r}.send: a sidecar's reply channel takes a WebSocket send ('text', 'bytes', 'close', "
         f"'accept') or an HTTP response ('status', 'content', ...), and this message has only "
         f"{sorted(content)[:5]!r}; for JSON send {{'text': json.dumps(data)}}")
+
+
+def check_push(layer: BaseChannelLayer, kind: str, name: str, content: Any) -> None:
+    """The checks ``Channel(name).send`` (``kind`` "send") and ``Group(name).send`` ("send_group")
+    make before a message leaves: the WebSocket shape where it is known, and the reserved keys,
+    strictly. For code that queues pushes itself and sends them later through the layer (the
+    adapters' after-commit buffers), so that a mistake still surfaces where it is made."""
+    if kind == "send_group":
+        _websocket_shape(content, Group(name), layer._has_features and layer.group_features(name) is not None)
+    elif "!" in name and is_sidecar_prefix(non_local_name(name)):
+        _reply_shape(content, Channel(name))
+    refuse_reserved(content)
 
 
 def _dispatch(layer_like: LayerLike, kind: str, name: str, content: dict, immediately: bool) -> None:
