@@ -252,3 +252,10 @@ def test_check_push_is_what_the_push_api_checks():
             check_push(layer, kind, name, bad)
     check_push(layer, "send_group", "g", {"title": 1})
     check_push(layer, "send", "app.channel", {"text": {"a": 1}})
+
+
+def test_presence_add_on_a_layer_without_the_feature_says_so(layer):
+    """Every backend, those without presence too: PresenceNotEnabled, not a TypeError of its group_add."""
+    with pytest.raises(exc.PresenceNotEnabled, match="room.1"):
+        Group("room.1", layer=layer).add("some.member", presence={"user": "u"})
+    assert Group("room.1", layer=layer).channels() == []

@@ -263,6 +263,7 @@ class Group:
         if presence is None:
             layer.group_add(self.name, name)
             return
+        layer._require_presence(self.name)  # PresenceNotEnabled here, whatever the backend
         if isinstance(presence, Mapping) and "user" not in presence:
             presence = {**presence, "user": current_user()}
         layer.group_add(self.name, name, presence=presence)
