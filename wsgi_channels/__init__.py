@@ -23,12 +23,15 @@ from .exceptions import (
     ChannelFull,
     ChannelsError,
     ConfigurationError,
+    HistoryNotEnabled,
     InvalidChannelName,
     InvalidGroupName,
     InvalidMessage,
     InvalidToken,
     LayerUnavailable,
     MessageTooLarge,
+    PresenceFull,
+    PresenceNotEnabled,
     StoreError,
     TokenExpired,
 )
@@ -68,6 +71,9 @@ __all__ = [
     "StoreError",
     "InvalidToken",
     "TokenExpired",
+    "PresenceFull",
+    "HistoryNotEnabled",
+    "PresenceNotEnabled",
     *_LAZY,
 ]
 

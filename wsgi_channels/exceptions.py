@@ -20,6 +20,10 @@ __all__ = [
     "StoreError",
     "InvalidToken",
     "TokenExpired",
+    "PresenceFull",
+    "FeatureNotEnabled",
+    "HistoryNotEnabled",
+    "PresenceNotEnabled",
 ]
 
 
@@ -82,3 +86,28 @@ class InvalidToken(ChannelsError, ValueError):
 
 class TokenExpired(InvalidToken):
     """A connect token whose ``exp`` has passed (a page older than the token's lifetime)."""
+
+
+class PresenceFull(ChannelsError):
+    """A presence entry was not added: the group holds ``max_members`` entries already.
+
+    Raised by ``Group(name).add(channel, presence=...)`` before anything changed: the
+    channel did not join the group either.
+    """
+
+
+class FeatureNotEnabled(ChannelsError, LookupError):
+    """A history or presence operation on a group that no configured pattern names.
+
+    The message names the group and the layer option to set (``group_history`` or
+    ``group_presence``); every process that publishes, adds members or reads must have it.
+    """
+
+
+class HistoryNotEnabled(FeatureNotEnabled):
+    """``position()``/``history()`` of a group that matches no ``group_history`` pattern."""
+
+
+class PresenceNotEnabled(FeatureNotEnabled):
+    """``add(..., presence=...)``, ``presence()`` or ``presence_stats()`` of a group that matches no
+    ``group_presence`` pattern."""

@@ -10,6 +10,16 @@ value, so an error reads ``message['headers'][1][0]: set is not allowed``.
 A ``str`` that UTF-8 cannot encode (a lone surrogate such as ``"\\ud800"``) is
 found by :func:`encode`, which names its key path the same way; checking every
 string before packing would cost the common case a pass of its own.
+
+Reserved keys (CONTRACT.md section 5, ``docs/protocol.md`` "Reserved names"): top-level
+keys starting with ``__wsc_`` or ``__asgi_`` belong to wsgi_channels. Every layer
+operation refuses them (:class:`InvalidMessage` naming the key), except the
+:data:`SERVER_KEYS` a server adds to the messages it sends on behalf of a client (the
+sidecar's ``__wsc_flow`` in ``http.request``, ``__wsc_token`` in ``websocket.connect``);
+the push API (``Channel.send``, ``Group.send``), which application code calls, refuses
+those too (``encode(..., strict=True)``). Keys the layer itself adds (``__asgi_channel__``,
+a history stamp, a membership notice) go in through ``extra``/:func:`with_keys`, never
+through validation.
 """
 from __future__ import annotations
 
@@ -22,15 +32,26 @@ from .exceptions import InvalidMessage, MessageTooLarge
 
 __all__ = [
     "RESERVED_KEY",
+    "RESERVED_PREFIXES",
+    "SERVER_KEYS",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "reserved_key",
+    "refuse_reserved",
     "validate_message",
     "encode",
     "decode",
     "EncodedMessage",
+    "with_keys",
+    "encoded_size",
 ]
 
 #: Key under which layers carry the full ``prefix!suffix`` name of a process-local channel.
 RESERVED_KEY = "__asgi_channel__"
+#: Top-level message keys starting with these are wsgi_channels' own (CONTRACT.md section 5).
+RESERVED_PREFIXES = ("__wsc_", "__asgi_")
+#: Reserved keys a server puts in the messages it sends for a client: the layer's ``send``
+#: lets them through (the sidecar sends them), the push API refuses them.
+SERVER_KEYS = frozenset({"__wsc_flow", "__wsc_token"})
 
 #: Default limit on the encoded size of one message (1 MiB).
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
@@ -116,14 +137,78 @@ def _check(value: Any, parts: list, depth: int) -> None:
     )
 
 
-def validate_message(message: Any) -> None:
-    """Raise :class:`InvalidMessage` unless ``message`` is a valid channel message."""
-    if not isinstance(message, dict):
-        raise InvalidMessage(f"a message must be a dict, not {type(message).__name__}")
-    if RESERVED_KEY in message:
-        raise InvalidMessage(f"message[{RESERVED_KEY!r}] is reserved for the channel layer")
+def reserved_key(message: Any, strict: bool = False) -> str | None:
+    """The first top-level key of ``message`` that the reserved-name rule refuses, or None.
+
+    ``strict`` refuses :data:`SERVER_KEYS` too (the push API); otherwise they pass.
+    """
+    for key in message:
+        # "_" <= key < "`": starts with "_" (one C comparison each, no slice made).
+        if type(key) is str and "_" <= key < "`" and key.startswith(RESERVED_PREFIXES) \
+                and (strict or key not in SERVER_KEYS):
+            return key
+    return None
+
+
+def _refuse_reserved(key: str) -> None:
+    where = "the channel layer" if key.startswith("__asgi_") else "wsgi_channels"
+    raise InvalidMessage(
+        f"message[{key!r}] is reserved for {where}: application messages may not use keys starting "
+        "with '__wsc_' or '__asgi_' (docs/protocol.md, Reserved names)")
+
+
+def refuse_reserved(message: Any, strict: bool = True) -> None:
+    """Raise :class:`InvalidMessage` if ``message`` (a dict) uses a reserved key (``strict``: the
+    :data:`SERVER_KEYS` too); anything else is left to :func:`validate_message`."""
+    if type(message) is dict:
+        for key in message:
+            # "_" <= key < "`": the key starts with "_" (a C comparison, no slice made).
+            if type(key) is not str or "_" <= key < "`":
+                break
+        else:
+            return
+    elif not isinstance(message, dict):
+        return
+    key = reserved_key(message, strict)
+    if key is not None:
+        _refuse_reserved(key)
+
+
+def validate_message(message: Any, strict: bool = False) -> None:
+    """Raise :class:`InvalidMessage` unless ``message`` is a valid channel message.
+
+    Reserved keys are refused (``strict``: :data:`SERVER_KEYS` as well; see the module
+    docstring).
+    """
+    if type(message) is not dict:
+        if not isinstance(message, dict):
+            raise InvalidMessage(f"a message must be a dict, not {type(message).__name__}")
+    elif _valid_top(message):
+        return
+    key = reserved_key(message, strict)
+    if key is not None:
+        _refuse_reserved(key)
     if not _valid(message, 0):
         _check(message, [], 0)
+
+
+def _valid_top(message: dict[Any, Any]) -> bool:
+    """:func:`_valid` of the message itself, also False when a key sorts before "`" (starts with "_",
+    an upper-case letter, a digit...): then the reserved-name rule looks at the keys, and
+    :func:`_valid` again. One comparison per key on the common path (lower-case keys)."""
+    for k in message:
+        if type(k) is not str or k < "`":
+            return False
+    for v in message.values():
+        t = type(v)
+        if t is str or t is bytes or t is bool or v is None or t is float:
+            continue
+        if t is int:
+            if not _INT_MIN <= v <= _INT_MAX:
+                return False
+        elif not _valid(v, 1):
+            return False
+    return True
 
 
 def _default(obj: Any) -> Any:
@@ -206,19 +291,21 @@ class EncodedMessage(Mapping[str, Any]):
 
 
 def encode(message: dict[str, Any] | EncodedMessage, max_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
-           extra: dict[str, Any] | None = None) -> bytes:
+           extra: dict[str, Any] | None = None, strict: bool = False) -> bytes:
     """Validate ``message`` and encode it; ``extra`` keys (layer-internal) are added unchecked.
 
     Raises :class:`InvalidMessage` (naming the key path of the bad value, a ``str`` that
-    is not valid Unicode included) or :class:`MessageTooLarge` (with the sizes). An
-    :class:`EncodedMessage` is not packed again: only its size is checked.
+    is not valid Unicode included, or a reserved key: ``strict`` refuses the
+    :data:`SERVER_KEYS` too) or :class:`MessageTooLarge` (with the sizes). An
+    :class:`EncodedMessage` is not packed again: only its size is checked (it was
+    validated when it was made).
     """
     if type(message) is EncodedMessage:
         data = message.data if not extra else _packer().pack({**message._message(), **extra})
         if max_size is not None and len(data) > max_size:
             raise MessageTooLarge(f"message encodes to {len(data)} bytes, over the limit of {max_size} bytes")
         return data
-    validate_message(message)
+    validate_message(message, strict)
     if extra:
         message = {**message, **extra}
     try:
@@ -235,3 +322,50 @@ def encode(message: dict[str, Any] | EncodedMessage, max_size: int | None = DEFA
 def decode(data: bytes) -> dict:
     """Decode bytes made by :func:`encode` (str stays str, bytes stays bytes)."""
     return msgpack.unpackb(data, raw=False, strict_map_key=True)
+
+
+def _map_header(n: int) -> bytes:
+    if n <= 15:
+        return bytes((0x80 | n,))
+    if n <= 0xFFFF:
+        return b"\xde" + n.to_bytes(2, "big")
+    return b"\xdf" + n.to_bytes(4, "big")
+
+
+def with_keys(data: bytes, extra: dict[str, Any]) -> bytes:
+    """``data`` (a message made by :func:`encode`) with the keys of ``extra`` added, not decoded.
+
+    The layer stamps a stored message this way (``__wsc_h`` of a history group, for the
+    sidecars' copies only): the msgpack map's header is rewritten for the new count and
+    the packed pairs appended, so the body is never unpacked or checked again. ``extra``'s
+    keys are reserved ones, which a valid message never holds, and its values are the
+    layer's own (no validation).
+    """
+    first = data[0]
+    if 0x80 <= first <= 0x8F:
+        n, start = first & 0x0F, 1
+    elif first == 0xDE:
+        n, start = int.from_bytes(data[1:3], "big"), 3
+    elif first == 0xDF:
+        n, start = int.from_bytes(data[1:5], "big"), 5
+    else:
+        raise ValueError("not an encoded message (a msgpack map)")
+    packer = _packer()
+    tail = b"".join(packer.pack(key) + packer.pack(value) for key, value in extra.items())
+    return _map_header(n + len(extra)) + data[start:] + tail
+
+
+def encoded_size(value: Any, root: str, key: str) -> int:
+    """Bytes ``value`` takes in a message (msgpack), after checking it is a valid message value.
+
+    Errors name it as ``root[key]`` (``presence['info']: set is not allowed``).
+    """
+    try:
+        _check(value, [key], 1)
+        try:
+            return len(_packer().pack(value))
+        except UnicodeEncodeError:
+            raise InvalidMessage(_unencodable(value, [key]) or f"message[{key!r}] cannot be encoded as UTF-8") from None
+    except InvalidMessage as e:
+        text = str(e)
+        raise InvalidMessage(root + text[len("message"):] if text.startswith("message[") else text) from None

@@ -34,10 +34,21 @@ _NUMERIC = {"expiry": float, "group_expiry": float, "capacity": int, "max_messag
             "process_capacity": int}
 
 
+#: Options a query may repeat, one ``PATTERN[:FIELD=VALUE]...`` item each (layers/features.py).
+_REPEATED = frozenset({"group_history", "group_presence"})
+
+
 def parse_options(query: str) -> dict[str, Any]:
-    """Constructor keywords from a URL query string; numbers for the contract's numeric options."""
+    """Constructor keywords from a URL query string; numbers for the contract's numeric options.
+
+    ``group_history``/``group_presence`` may repeat (``?group_history=chat.*:size=100&group_history=news.*``):
+    their items are collected into a list, in order.
+    """
     options: dict[str, Any] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
+        if key in _REPEATED:
+            options.setdefault(key, []).append(value)
+            continue
         convert = _NUMERIC.get(key)
         try:
             options[key] = convert(value) if convert else value

@@ -8,6 +8,11 @@ method the push API, the worker, the consumers and the sidecar call. A backend i
 built on those, which a backend overrides when it can do the same in fewer round trips.
 Everything that is a rule of the contract (naming, message validation, capacity lookup,
 reply-channel names) lives here too, so every backend applies it the same way.
+
+Group history (issue 18) and presence (issue 19) are declared here as well, with the
+configuration (``group_history``/``group_presence``, :mod:`.features`) and the public
+checks; a backend that supports them lists them in ``features_supported`` and implements
+the hooks marked below.
 """
 from __future__ import annotations
 
@@ -18,10 +23,23 @@ import re
 import threading
 import warnings
 from collections import Counter
-from typing import Any, Iterable, Mapping, Pattern, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Pattern, Sequence, Union
 
 from .. import exceptions as exc
 from ..serialization import DEFAULT_MAX_MESSAGE_SIZE, RESERVED_KEY, decode, encode
+from .features import (
+    Features,
+    FeatureRules,
+    HistoryOptions,
+    HistoryPage,
+    Position,
+    PresenceChange,
+    PresenceEntry,
+    PresenceOptions,
+    Spec,
+    check_presence,
+    check_since_limit,
+)
 
 __all__ = [
     "BaseChannelLayer",
@@ -37,6 +55,10 @@ __all__ = [
     "DEFAULT_BLOCK_TIMEOUT",
     "MessageDict",
     "Received",
+    "Position",
+    "HistoryPage",
+    "PresenceEntry",
+    "PresenceChange",
 ]
 
 # ``\Z``, not ``$``: with ``re.match``, ``$`` also matches before a trailing newline, which
@@ -197,9 +219,19 @@ class BaseChannelLayer:
         one channel (CONTRACT.md section 3), and every process that answers the sidecar
         gets it without configuration. Any other ``prefix!`` has ``capacity``, counted on the
         prefix, as ASGI v1 (and asgiref 1.x's conformance suite) requires.
+    ``group_history``
+        groups that keep their recent messages, numbered, for resume: ``{"chat.*": {"size":
+        100, "ttl": 300}}`` (grammar and fields: :mod:`wsgi_channels.layers.features`).
+        Every process that sends to, adds to or reads such a group must have the same
+        patterns (give them in the layer URL, which every process reads).
+    ``group_presence``
+        groups that keep a presence list: ``{"room.*": {"max_members": 1000, "ttl": 60}}``.
     """
 
     extensions = ["groups", "flush", "statistics"]
+    #: The optional features this backend implements (``"history"``, ``"presence"``);
+    #: configuring another one raises :class:`ConfigurationError` at construction.
+    features_supported: frozenset[str] = frozenset()
     #: Whether other processes can reach this layer (False only for the in-memory layer).
     cross_process = True
 
@@ -219,6 +251,8 @@ class BaseChannelLayer:
         channel_capacity: Mapping[CapacityKey, int] | Iterable[tuple[CapacityKey, int]] | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         process_capacity: int = 10000,
+        group_history: Spec = None,
+        group_presence: Spec = None,
     ) -> None:
         if expiry <= 0 or group_expiry <= 0:
             raise exc.ConfigurationError("expiry and group_expiry must be positive numbers of seconds")
@@ -233,6 +267,18 @@ class BaseChannelLayer:
         self._capacity_cache: dict[str, int] = {}
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
+        self._features = FeatureRules(group_history, group_presence)
+        #: Whether any pattern is configured: the one attribute a plain group's operations look at.
+        self._has_features = bool(self._features)
+        wanted = {name for name, rules in (("history", self._features.history),
+                                           ("presence", self._features.presence)) if rules}
+        missing = wanted - self.features_supported
+        if missing:
+            raise exc.ConfigurationError(
+                f"{type(self).__name__} does not support group_{sorted(missing)[0]} yet: "
+                "use memory:// or ipc:// for it, or leave the option out")
+        if wanted:
+            self.extensions = [*type(self).extensions, *sorted(wanted)]
 
     @classmethod
     def from_url(cls, url: Any, **options: Any) -> "BaseChannelLayer":
@@ -344,6 +390,46 @@ class BaseChannelLayer:
                 "group_drop_count": self._counts["group_drop_count"],
             }
 
+    # -- group history and presence: configuration ------------------------------------------
+
+    def group_features(self, group: str) -> Optional[Features]:
+        """The history and presence options of ``group`` (None: neither; one dict lookup)."""
+        return self._features.of(group) if self._has_features else None
+
+    def history_options(self, group: str) -> Optional[HistoryOptions]:
+        """The ``group_history`` options of ``group``, or None when no pattern matches it."""
+        found = self.group_features(group)
+        return found.history if found else None
+
+    def presence_options(self, group: str) -> Optional[PresenceOptions]:
+        """The ``group_presence`` options of ``group``, or None when no pattern matches it."""
+        found = self.group_features(group)
+        return found.presence if found else None
+
+    def _require_history(self, group: str) -> HistoryOptions:
+        options = self.history_options(validate_group_name(group))
+        if options is None:
+            raise exc.HistoryNotEnabled(
+                f"group {group!r} keeps no history in this process: add a group_history pattern for it "
+                "(layer option group_history, e.g. ?group_history=chat.*:size=100:ttl=300 in the layer URL "
+                "every process uses)")
+        return options
+
+    def _require_presence(self, group: str) -> PresenceOptions:
+        options = self.presence_options(validate_group_name(group))
+        if options is None:
+            raise exc.PresenceNotEnabled(
+                f"group {group!r} keeps no presence in this process: add a group_presence pattern for it "
+                "(layer option group_presence, e.g. ?group_presence=room.*:max_members=1000 in the layer URL "
+                "every process uses)")
+        return options
+
+    def _presence_arg(self, group: str, presence: Any) -> tuple[PresenceOptions, Optional[str], Any]:
+        """``(options, user, info)`` of a ``group_add(..., presence=...)`` argument, checked."""
+        options = self._require_presence(group)
+        user, info = check_presence(presence, group, options)
+        return options, user, info
+
     # -- the contract: what the worker, the sidecar and the push API call --------------------
     #
     # A backend implements the methods that raise NotImplementedError. The others have
@@ -445,12 +531,32 @@ class BaseChannelLayer:
         warnings.warn("receive_many() is deprecated; use receive()", DeprecationWarning, stacklevel=2)
         return self.receive(channels, block=block, timeout=timeout)
 
-    def group_add(self, group: str, channel: str) -> None:
-        """Add ``channel`` to ``group`` for ``group_expiry`` seconds (again: the membership is renewed)."""
+    # ``*args, **options`` (not ``presence=None``) only so that a backend without presence may
+    # still declare ``group_add(self, group, channel)`` under mypy: ``presence`` is the one
+    # keyword there is. Tighten to ``presence: Mapping | None = None`` once every backend takes it.
+    def group_add(self, group: str, channel: str, *args: Any, **options: Any) -> None:
+        """Add ``channel`` to ``group`` for ``group_expiry`` seconds (again: the membership is renewed).
+
+        ``presence=`` (groups with a ``group_presence`` pattern only, else
+        :class:`PresenceNotEnabled`): ``{"user": str | None, "info": value}`` makes or updates
+        the channel's presence entry (keyed by :func:`wsgi_channels.presence.conn_id`), first:
+        past ``max_members`` it raises :class:`PresenceFull` and nothing changes, the
+        membership included. An ``info`` over ``info_max_bytes`` raises ``InvalidMessage``.
+        Without ``presence`` no entry is made.
+
+        In a history or presence group, a new membership of a ``sidecar.*!`` channel (or a
+        presence entry this call made or changed) queues a membership notice on the channel
+        (``__wsc_n``, :func:`.features.add_notice`), atomically with the membership and
+        whatever its capacity, so that the sidecar knows to follow the group.
+        """
         raise NotImplementedError
 
     def group_discard(self, group: str, channel: str) -> None:
-        """Remove ``channel`` from ``group``; a no-op when it is not a member."""
+        """Remove ``channel`` from ``group``; a no-op when it is not a member.
+
+        Also removes its presence entry (a leave), and queues a discard notice on a sidecar
+        channel that was a member of a history or presence group.
+        """
         raise NotImplementedError
 
     def group_channels(self, group: str) -> list[str]:
@@ -463,7 +569,113 @@ class BaseChannelLayer:
         Never raises ``ChannelFull``: a member whose channel is full is skipped, counted in
         ``group_drop_count`` and logged at debug. May raise ``MessageTooLarge``,
         ``InvalidMessage`` and ``LayerUnavailable`` as :meth:`send` does.
+
+        In a history group the message also gets the group's next offset (1, 2, 3, ...
+        contiguous within an epoch, assigned atomically with storing it) and is kept for
+        :meth:`group_history` (the last ``size``, for ``ttl`` seconds); the copies queued on
+        ``sidecar.*!`` prefixes carry ``__wsc_h = [group, epoch, offset]``, every other member
+        gets the message exactly as sent.
         """
+        raise NotImplementedError
+
+    # -- group history (issue 18) ---------------------------------------------------------------
+
+    def group_position(self, group: str) -> Position:
+        """``(epoch, offset)`` of ``group``'s stream: the offset of its latest message (0: none yet).
+
+        Makes the epoch when the group has none, so a page never embeds an empty one. Raises
+        :class:`HistoryNotEnabled` for a group no ``group_history`` pattern matches.
+        """
+        self._require_history(group)
+        page = self._history_read([(group, 0, 0)])[0]
+        if isinstance(page, BaseException):
+            raise page
+        return Position(page.epoch, page.top)
+
+    def group_history(self, group: str, since: int, limit: int = 300) -> HistoryPage:
+        """The kept messages of ``group`` with offset > ``since``, oldest first, at most ``limit``.
+
+        Returns ``(epoch, top, [(offset, message), ...])``, ``top`` being the latest offset.
+        A gap shows: the first offset is above ``since + 1``, or there are no messages while
+        ``top > since``. ``since`` above ``top`` returns nothing (the stream is not the one
+        the caller followed: compare the epoch, which changes whenever messages may have been
+        lost). ``limit``: 1..10000. Raises :class:`HistoryNotEnabled` as
+        :meth:`group_position` does.
+        """
+        self._require_history(group)
+        since, limit = check_since_limit(since, limit)
+        page = self._history_read([(group, since, limit)])[0]
+        if isinstance(page, BaseException):
+            raise page
+        return page
+
+    def _history_read(self, requests: Sequence[tuple[str, int, int]]) -> list[Union[HistoryPage, BaseException]]:
+        """For each ``(group, since, limit)`` its :class:`HistoryPage` (``limit`` 0: the position
+        only), or the exception reading it raised; one round trip per shard for all of them.
+
+        No configuration check (the sidecar reads groups its own process has no pattern
+        for); makes the epoch of a group that has none. Backend hook.
+        """
+        raise NotImplementedError
+
+    # -- presence (issue 19) --------------------------------------------------------------------
+
+    def group_presence(self, group: str) -> dict[str, PresenceEntry]:
+        """``{conn_id: {"user", "info", "since"}}`` of ``group``'s live entries (those of an owner
+        whose lease passed are left out at once). Raises :class:`PresenceNotEnabled` for a group
+        no ``group_presence`` pattern matches."""
+        self._require_presence(group)
+        return self._presence_entries(group)
+
+    def group_presence_stats(self, group: str) -> dict[str, int]:
+        """``{"clients": entries, "users": distinct non-None users}`` of ``group``, in O(1) whatever
+        its size (entries of a dead owner count until they are swept)."""
+        self._require_presence(group)
+        return self._presence_counts(group)
+
+    def _presence_entries(self, group: str) -> dict[str, PresenceEntry]:
+        """Backend hook of :meth:`group_presence` (no configuration check)."""
+        raise NotImplementedError
+
+    def _presence_counts(self, group: str) -> dict[str, int]:
+        """Backend hook of :meth:`group_presence_stats` (no configuration check)."""
+        raise NotImplementedError
+
+    def presence_refresh(self, owner: str, groups: Sequence[str]) -> list[bool]:
+        """Renew ``owner``'s lease (its entries' liveness) in each of ``groups`` for the group's
+        presence ttl; False for a group where the owner has no lease any more (it was swept:
+        the owner puts its entries back with :meth:`presence_reassert`). One command per group.
+
+        ``owner`` is a process prefix (``sidecar.<token>!``), or the channel itself for a
+        member that is not on one. No configuration check (the sidecar calls it).
+        """
+        raise NotImplementedError
+
+    def presence_remove(self, group: str, owner: str, conn_ids: Sequence[str]) -> Optional[PresenceChange]:
+        """Remove ``owner``'s entries ``conn_ids`` from ``group`` (its sockets closed); the change
+        (leaves) is sent to the group's sidecars and returned, None when nothing was removed.
+        Idempotent: whoever removes an entry first makes its one leave."""
+        raise NotImplementedError
+
+    def presence_reassert(self, owner: str, group: str,
+                          entries: Mapping[str, Mapping[str, Any]]) -> Optional[PresenceChange]:
+        """Make ``owner``'s entries in ``group`` exactly ``entries`` (``{conn_id: {"user", "info",
+        "since"}}``) and renew its lease: entries missing are added (joins, within
+        ``max_members``), entries not listed are removed (leaves). The change is sent and
+        returned (None: nothing changed). The sidecar calls it when a refresh answered False
+        and, as a reconciliation, every tenth refresh."""
+        raise NotImplementedError
+
+    def presence_sweep(self, limit: int = 32) -> list[PresenceChange]:
+        """Remove every entry of owners whose lease passed, in up to ``limit`` groups; each
+        change (leaves) is sent to its group's sidecars and returned. Atomic per group: of
+        several sweepers racing, exactly one removes an entry and makes its leave."""
+        raise NotImplementedError
+
+    def _send_group_internal(self, group: str, message: MessageDict, sidecars_only: bool = True) -> None:
+        """Queue a layer-made message (reserved keys, not validated, not stamped nor kept) for
+        ``group``'s members on ``sidecar.*!`` prefixes (``sidecars_only``) or all of them.
+        Backend hook."""
         raise NotImplementedError
 
     def flush(self) -> None:

@@ -15,6 +15,9 @@ A blocking ``receive`` sleeps on a Unix datagram socket that senders poke after
 they commit (see :mod:`.wake`), with a slow poll (``poll_interval``,
 default 1 s) only as a safety net.
 
+Group history and presence (``group_history``/``group_presence``) are in
+:mod:`.features`; a group with neither takes exactly the paths below.
+
 Layout of a queue: ``messages`` rows ordered by id, keyed by the channel or, for
 a process-local channel, by its ``prefix!``. A group send stores one row per
 receiving queue; for a prefix with several members it lists them in
@@ -41,11 +44,13 @@ from typing import Any, Iterable, Iterator
 from urllib.parse import unquote, urlsplit
 
 from ...exceptions import ConfigurationError, LayerUnavailable, StoreError
-from ...serialization import decode, encode
+from ...serialization import decode, encode, with_keys
 from . import queues as q
 from . import wake
+from .features import IpcFeatures
 from .store import ConnectionPool, WriteLock, current_pid, default_path, open_connection, prepare_path
-from ..base import BaseChannelLayer, Received, non_local_name, validate_channel_name, validate_group_name
+from ..base import Received, non_local_name, validate_channel_name, validate_group_name
+from ..features import STAMP_KEY
 
 __all__ = ["IpcChannelLayer"]
 
@@ -56,7 +61,7 @@ _STALE_WAITER_INTERVAL = 60.0
 _MAX_IDLE_WAITERS = 64  # blocked threads or greenlets per process that keep their socket
 
 
-class IpcChannelLayer(BaseChannelLayer):
+class IpcChannelLayer(IpcFeatures):
     """Cross-process channel layer on one machine; options as :class:`BaseChannelLayer`, plus:
 
     ``path``
@@ -91,6 +96,7 @@ class IpcChannelLayer(BaseChannelLayer):
         self._rr = 0
         self._last_sweep = 0.0
         self._last_stale_check = time.monotonic()
+        self._unstamped_checks: dict[str, float] = {}
         with self._pool.connection():  # open now: a bad path fails here, not at the first send
             pass
 
@@ -417,9 +423,16 @@ class IpcChannelLayer(BaseChannelLayer):
 
     # -- groups -------------------------------------------------------------------------------
 
-    def group_add(self, group: str, channel: str) -> None:
+    def group_add(self, group: str, channel: str, presence: Any = None) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
+        features = self._features.of(group) if self._has_features else None
+        if features is not None or presence is not None:
+            if features is None:
+                self._require_presence(group)  # raises PresenceNotEnabled
+            assert features is not None
+            self._feature_group_add(group, channel, features, presence)
+            return
         with self._connection() as conn, self._lock():
             conn.execute(
                 "INSERT OR REPLACE INTO groups (grp, channel, expires) VALUES (?, ?, ?)",
@@ -429,6 +442,10 @@ class IpcChannelLayer(BaseChannelLayer):
     def group_discard(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
+        features = self._features.of(group) if self._has_features else None
+        if features is not None:
+            self._feature_group_discard(group, channel, features)
+            return
         with self._connection() as conn, self._lock():
             conn.execute("DELETE FROM groups WHERE grp = ? AND channel = ?", (group, channel))
 
@@ -451,14 +468,19 @@ class IpcChannelLayer(BaseChannelLayer):
                 self._poke(conn, queues)
 
     def _send_group(self, conn: sqlite3.Connection, group: str, data: bytes) -> list[str]:
-        """Queue one copy per receiving queue in one transaction; return the queues that got one."""
+        """Queue one copy per receiving queue in one transaction; return the queues that got one.
+
+        A history group's message gets its offset and is kept in the same transaction; the
+        copies for sidecar prefixes carry the stamp."""
         with self._transaction(conn):
             now = time.time()
+            stamp = self._history_stamp(conn, group, data, now)
+            stamped = None if stamp is None else with_keys(data, {STAMP_KEY: [group, stamp[0], stamp[1]]})
             buckets: dict[str, list[str]] = {}
             rows = conn.execute("SELECT channel FROM groups WHERE grp = ? AND expires > ?", (group, now)).fetchall()
             for (channel,) in rows:
                 buckets.setdefault(non_local_name(channel), []).append(channel)
-            filled, skipped = q.queue_group_copies(conn, buckets, now, self.expiry, data, self.get_capacity)
+            filled, skipped = q.queue_group_copies(conn, buckets, now, self.expiry, data, self.get_capacity, stamped)
             dropped = sum(n for _, n in skipped)
             for queue, n in skipped:
                 log.debug("group %r: %d member(s) behind full channel %r skipped", group, n, queue)
@@ -512,12 +534,16 @@ class IpcChannelLayer(BaseChannelLayer):
 
     def flush(self) -> None:
         with self._write() as conn:
-            for table in ("messages", "targets", "groups", "kv"):
+            for table in ("messages", "targets", "groups", "kv", "hist", "hist_meta", "presence", "presence_owner",
+                          "presence_users", "presence_meta"):
                 conn.execute(f"DELETE FROM {table}")
 
     def _counters(self, conn: sqlite3.Connection) -> dict[str, int]:
         counts = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-        return {name: int(counts.get(name, 0)) for name in ("messages_count", "channel_full_count", "group_drop_count")}
+        found = {name: int(counts.get(name, 0)) for name in ("messages_count", "channel_full_count", "group_drop_count")}
+        if counts.get("history_unstamped_count"):
+            found["history_unstamped_count"] = int(counts["history_unstamped_count"])
+        return found
 
     def global_statistics(self) -> dict[str, int]:
         """Store-wide figures, shared by every process (the full/drop counters too)."""

@@ -16,6 +16,8 @@ import functools
 import sqlite3
 from typing import Callable, Iterator
 
+from ..base import is_sidecar_prefix
+
 __all__ = [
     "INSERT", "INSERT_IF_ROOM", "HEAD", "DELETE_HEAD",
     "chunks", "marks", "bump", "waiter_addrs", "present", "drop", "expire_queue", "room",
@@ -128,23 +130,35 @@ def room(conn: sqlite3.Connection, queue: str, now: float, capacity: int) -> int
     return capacity - used
 
 
+#: Seconds an empty presence group keeps its change number (then its row is removed).
+EMPTY_PRESENCE_KEEP = 3600.0
+
+
 def sweep_due(conn: sqlite3.Connection, now: float) -> bool:
-    """Whether anything has expired (three index probes; no write lock needed)."""
+    """Whether anything has expired (five index probes; no write lock needed)."""
     return bool(conn.execute(
         "SELECT EXISTS (SELECT 1 FROM messages WHERE expires <= ?1)"
         " OR EXISTS (SELECT 1 FROM groups WHERE expires <= ?1)"
-        " OR EXISTS (SELECT 1 FROM kv WHERE expires <= ?1)",
+        " OR EXISTS (SELECT 1 FROM kv WHERE expires <= ?1)"
+        " OR EXISTS (SELECT 1 FROM hist WHERE expires <= ?1)"
+        " OR EXISTS (SELECT 1 FROM hist_meta WHERE expires <= ?1)",
         (now,),
     ).fetchone()[0])
 
 
 def sweep(conn: sqlite3.Connection, now: float, stale_waiters: list[str]) -> None:
-    """Delete every expired message, membership and session entry, and dead receivers' registrations."""
+    """Delete every expired message, membership, session entry, kept message and history meta, long
+    empty presence groups, and dead receivers' registrations. (Presence entries of a lapsed owner
+    are removed by ``presence_sweep``, which sends their leaves.)"""
     rows = conn.execute("SELECT id, queue, target, fanout FROM messages WHERE expires <= ?", (now,)).fetchall()
     drop(conn, [r for r in rows if r[1].endswith("!")])
     conn.executemany("DELETE FROM messages WHERE id = ?", [(r[0],) for r in rows if not r[1].endswith("!")])
     conn.execute("DELETE FROM groups WHERE expires <= ?", (now,))
     conn.execute("DELETE FROM kv WHERE expires <= ?", (now,))
+    conn.execute("DELETE FROM hist WHERE expires <= ?", (now,))
+    conn.execute("DELETE FROM hist_meta WHERE expires <= ?", (now,))
+    conn.execute("DELETE FROM presence_meta WHERE clients = 0 AND touched < ? AND NOT EXISTS "
+                 "(SELECT 1 FROM presence_owner o WHERE o.grp = presence_meta.grp)", (now - EMPTY_PRESENCE_KEEP,))
     conn.executemany("DELETE FROM waiters WHERE addr = ?", [(a,) for a in stale_waiters])
 
 
@@ -224,18 +238,22 @@ def take_rows(conn: sqlite3.Connection, queue: str, limit: int, now: float, out:
 
 def queue_group_copies(
     conn: sqlite3.Connection, buckets: dict[str, list[str]], now: float, expiry: float, data: bytes,
-    capacity_of: Callable[[str], int],
+    capacity_of: Callable[[str], int], stamped: bytes | None = None,
 ) -> tuple[list[str], list[tuple[str, int]]]:
     """One row per receiving queue (members behind one prefix share it); skip full queues.
 
-    Returns the queues that got a copy, and ``(queue, members)`` for each one skipped.
+    ``stamped`` (a history group's message with its ``__wsc_h``) goes to sidecar prefixes
+    instead of ``data``. Returns the queues that got a copy, and ``(queue, members)`` for
+    each one skipped.
     """
     filled: list[str] = []
     skipped: list[tuple[str, int]] = []
+    plain = data
     for queue, members in buckets.items():
         if room(conn, queue, now, capacity_of(queue)) <= 0:
             skipped.append((queue, len(members)))
             continue
+        data = stamped if stamped is not None and is_sidecar_prefix(queue) else plain
         filled.append(queue)
         if len(members) == 1:
             target = members[0] if members[0] != queue else None

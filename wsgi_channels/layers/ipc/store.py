@@ -49,8 +49,10 @@ log = logging.getLogger(__name__)
 
 #: ``PRAGMA application_id`` of a wsgi_channels store: "WSCh" in ASCII.
 APPLICATION_ID = 0x57534368
-#: ``PRAGMA user_version``: bumped when the schema changes incompatibly.
-SCHEMA_VERSION = 1
+#: ``PRAGMA user_version``: bumped when the schema changes. Version 2 added the history and
+#: presence tables to version 1's (a v1 file is upgraded in place when a v2 process opens it;
+#: a v1 process then refuses the file: restart every process of the machine together).
+SCHEMA_VERSION = 2
 
 # Messages: one row per plain send, one row per (group send, receiving queue).
 #   queue   the channel, or ``prefix!`` for a process-local channel (capacity counts rows here)
@@ -99,6 +101,68 @@ CREATE INDEX waiters_addr ON waiters (addr);
 CREATE TABLE counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+# Version 2: group history and presence (see history.py and presence.py).
+#   hist        kept messages of history groups, offsets first..top contiguous per group
+#   hist_meta   per history group: epoch, top offset, the boot id it was made under, when it expires
+#   presence    entries: conn_id, user, encoded info, since (wall clock), owner (a process prefix)
+#   presence_owner   each owner's lease in a group (expires: wall clock)
+#   presence_users   per user the number of its entries (a row per user: users = row count)
+#   presence_meta    per presence group: the counts (O(1) stats), change number, mode, options
+_SCHEMA_V2 = """
+CREATE TABLE hist (
+    grp TEXT NOT NULL,
+    off INTEGER NOT NULL,
+    expires REAL NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (grp, off)
+) WITHOUT ROWID;
+CREATE INDEX hist_expires ON hist (expires);
+CREATE TABLE hist_meta (
+    grp TEXT PRIMARY KEY,
+    epoch TEXT NOT NULL,
+    top INTEGER NOT NULL,
+    boot TEXT NOT NULL,
+    expires REAL NOT NULL,
+    meta_ttl REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX hist_meta_expires ON hist_meta (expires);
+CREATE TABLE presence (
+    grp TEXT NOT NULL,
+    conn TEXT NOT NULL,
+    usr TEXT,
+    info BLOB NOT NULL,
+    since REAL NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (grp, conn)
+) WITHOUT ROWID;
+CREATE INDEX presence_by_owner ON presence (grp, owner);
+CREATE TABLE presence_owner (
+    grp TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (grp, owner)
+) WITHOUT ROWID;
+CREATE INDEX presence_owner_expires ON presence_owner (expires);
+CREATE TABLE presence_users (
+    grp TEXT NOT NULL,
+    usr TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (grp, usr)
+) WITHOUT ROWID;
+CREATE TABLE presence_meta (
+    grp TEXT PRIMARY KEY,
+    clients INTEGER NOT NULL,
+    users INTEGER NOT NULL,
+    v INTEGER NOT NULL,
+    mode TEXT NOT NULL,
+    ttl REAL NOT NULL,
+    events_max INTEGER NOT NULL,
+    join_leave INTEGER NOT NULL,
+    max_members INTEGER NOT NULL,
+    touched REAL NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -185,8 +249,9 @@ def prepare_path(path: str, private: bool = False) -> str:
     return path
 
 
-def _check_marker(conn: sqlite3.Connection, path: str) -> bool:
-    """True when the file is a current wsgi_channels store; False when it is an empty database."""
+def _check_marker(conn: sqlite3.Connection, path: str) -> int:
+    """The store's schema version; 0 for an empty database. Raises :class:`StoreError` for
+    anything else than a wsgi_channels store this code can read (or upgrade)."""
     if not conn.in_transaction:  # one snapshot: another process may be creating the schema right now
         conn.execute("BEGIN")
         try:
@@ -196,15 +261,15 @@ def _check_marker(conn: sqlite3.Connection, path: str) -> bool:
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if app_id == APPLICATION_ID:
-        if version != SCHEMA_VERSION:
+        if not 1 <= version <= SCHEMA_VERSION:
             raise StoreError(
                 f"channel store {path!r} has schema version {version}, this wsgi_channels reads version "
                 f"{SCHEMA_VERSION}: use a new path, or delete the file (its messages are short-lived)"
             )
-        return True
+        return int(version)
     tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
     if app_id == 0 and version == 0 and tables == 0:
-        return False
+        return 0
     raise StoreError(
         f"{path!r} is an SQLite database but not a wsgi_channels store "
         f"(application_id {app_id:#x}, {tables} schema object(s)); refusing to touch it"
@@ -215,16 +280,26 @@ def _check_marker(conn: sqlite3.Connection, path: str) -> bool:
 _PAGE_SIZE = 1024
 
 
+def _statements(schema: str) -> list[str]:
+    return [statement for statement in schema.split(";") if statement.strip()]
+
+
 def _initialize(conn: sqlite3.Connection, path: str) -> None:
+    """Create the schema in an empty store, or upgrade a version-1 store, in one transaction."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        if not _check_marker(conn, path):  # another process may have won the race
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        version = _check_marker(conn, path)  # another process may have won the race
+        if version == 0:
+            for statement in _statements(_SCHEMA) + _statements(_SCHEMA_V2):
+                conn.execute(statement)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             log.info("created channel store %s", path)
+        elif version == 1:
+            for statement in _statements(_SCHEMA_V2):
+                conn.execute(statement)
+            log.warning("upgraded channel store %s to schema version %d (history and presence tables): "
+                        "processes of an older wsgi_channels can no longer open it", path, SCHEMA_VERSION)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -245,15 +320,15 @@ def open_connection(path: str, busy_timeout: float, lock: "WriteLock") -> sqlite
     except sqlite3.Error as e:
         raise StoreError(f"cannot open channel store {path!r}: {e}") from e
     try:
-        ours = _check_marker(conn, path)
-        if not ours or conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        current = _check_marker(conn, path) == SCHEMA_VERSION
+        if not current or conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
             with lock():
-                ours = _check_marker(conn, path)
-                if not ours:
+                version = _check_marker(conn, path)
+                if not version:
                     conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")  # only takes effect on an empty file
                 if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
                     conn.execute("PRAGMA journal_mode = WAL")
-                if not ours:
+                if version != SCHEMA_VERSION:
                     _initialize(conn, path)
         conn.execute("PRAGMA synchronous = NORMAL")
         # After a checkpoint the WAL file is cut back to this size: no unbounded growth.
