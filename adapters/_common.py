@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 from werkzeug.http import parse_cookie
 
-from ..channel import Channel, Group, _resolve
+from ..channel import Channel, Group, _resolve, check_push
 from ..layers.base import BaseChannelLayer
 
 __all__ = [
@@ -215,6 +215,7 @@ class PushBuffer:
         layer = _resolve(self._layer)
         from ..serialization import decode, encode
 
+        check_push(layer, kind, name, content)  # a bad push fails in the view, as Group.send would
         copy = decode(encode(content, layer.max_message_size))
         with self._lock:
             self._items.append((kind, name, copy))

@@ -179,3 +179,18 @@ def test_cli_errors_are_clear():
     assert r.returncode == 3 and "private to one process" in r.stderr
     r = run_cli("send", "x", "{}", "--layer", "redis://127.0.0.1:1/0")
     assert r.returncode == 4 and "Traceback" not in r.stderr and "unavailable" in r.stderr
+
+
+def test_pushes_held_for_a_commit_are_checked_when_queued():
+    """The adapters' after-commit buffers make Group.send's caller-side checks when a push is
+    queued, in the view, not after the commit in a log line."""
+    from wsgi_channels.adapters._common import PushBuffer
+    from wsgi_channels.exceptions import InvalidMessage
+
+    buffer = PushBuffer("memory://")
+    with pytest.raises(InvalidMessage, match="text"):
+        buffer.group_send("feed", {"text": {"a": 1}})
+    with pytest.raises(InvalidMessage, match="__wsc_"):
+        buffer.send("news", {"__wsc_h": 1})
+    buffer.group_send("feed", {"text": "fine"})
+    assert len(buffer) == 1
