@@ -16,6 +16,9 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+# An illegal sidecar connection state transition raises (it is only logged in production); the
+# sidecars the tests start inherit it.
+os.environ.setdefault("WSGI_CHANNELS_STRICT_STATES", "1")
 
 from redis_topology import RedisClusterSet, RedisSentinelSet  # noqa: E402
 from servers import RedisServer, find_redis6_server  # noqa: E402

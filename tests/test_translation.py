@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from wsgi_channels.exceptions import InvalidMessage
 from wsgi_channels.serialization import decode, encode
-from wsgi_channels.translation import (
+from wsgi_channels.protocol.translation import (
     InvalidRequest,
     ResponseEncoder,
     build_request_message,

@@ -73,7 +73,7 @@ class _AppendReplacingDefault(argparse._AppendAction):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        seen = getattr(namespace, "_wsgi_channels_appended", set())
+        seen: set[str] = getattr(namespace, "_wsgi_channels_appended", set())
         if self.dest not in seen:
             setattr(namespace, self.dest, None)
             seen.add(self.dest)

@@ -58,7 +58,7 @@ from typing import Any, Iterable, Optional, Sequence, Union
 from urllib.parse import quote, unquote, unquote_to_bytes, urlencode, urlsplit
 
 from .exceptions import ConfigurationError, InvalidToken, TokenExpired
-from .translation import InvalidRequest, split_target
+from .protocol.translation import InvalidRequest, split_target
 
 __all__ = [
     "TOKEN_PARAM",

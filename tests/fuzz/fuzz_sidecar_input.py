@@ -30,9 +30,9 @@ with atheris.instrument_imports(include=["wsgi_channels", "h11", "wsproto"]):
     import h11
     from wsproto.extensions import PerMessageDeflate
 
-    from wsgi_channels.sidecar import http as shttp
-    from wsgi_channels.sidecar import websocket as sws
-    from wsgi_channels.translation import InvalidRequest, build_request_message, validate_request_message
+    from wsgi_channels.protocol import http as shttp
+    from wsgi_channels.protocol import websocket as sws
+    from wsgi_channels.protocol.translation import InvalidRequest, build_request_message, validate_request_message
 
 MAX_MESSAGE = 4096
 ORIGIN_LISTS = ([], ["*"], ["https://app.example"])
