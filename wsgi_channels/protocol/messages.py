@@ -27,6 +27,7 @@ __all__ = [
     "websocket_disconnect",
     "http_disconnect",
     "body_chunk",
+    "http_response_abort",
 ]
 
 Header = List[bytes]  # [name, value]; tuples are accepted on input and arrive as lists from a layer
@@ -147,6 +148,14 @@ def websocket_disconnect(reply_channel: str, path: str, code: int, order: int) -
 def http_disconnect(reply_channel: str, path: str) -> HttpDisconnectMessage:
     """The ``http.disconnect`` of a request whose client left."""
     return {"reply_channel": reply_channel, "path": path}
+
+
+def http_response_abort() -> dict[str, Any]:
+    """The message by which a consumer gives up a response it has started (the app failed
+    mid-stream, or ran past the worker's time limit): the server closes the client's
+    connection at once, so the cut response is never taken for a complete one. The
+    ``content`` and ``more_content`` keys end the response on a server that ignores ``abort``."""
+    return {"content": b"", "more_content": False, "abort": True}
 
 
 def body_chunk(content: bytes, more_content: bool = False, closed: bool = False) -> BodyChunkMessage:
