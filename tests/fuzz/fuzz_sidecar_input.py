@@ -3,12 +3,12 @@
 Two targets, chosen by the first byte of each input (see :func:`one_input`):
 
 - ``http``: bytes, cut into chunks at fuzzer-chosen points, go into
-  :class:`~wsgi_channels.sidecar.http.HttpConnection`; every event is handled the way
+  :class:`~wsgi_channels.protocol.http.HttpConnection`; every event is handled the way
   the sidecar's connection handles it (upgrade checks, origin check, proxy headers,
   ``websocket.connect`` / ``http.request`` building, responses, keep-alive, the switch to
   a WebSocket session that gets the trailing bytes);
 - ``ws``: bytes go straight into an accepted
-  :class:`~wsgi_channels.sidecar.websocket.WebSocketSession` (with or without
+  :class:`~wsgi_channels.protocol.websocket.WebSocketSession` (with or without
   permessage-deflate and a small size limit).
 
 Only the exception the sidecar turns into a 400 (``InvalidRequest``) may escape a

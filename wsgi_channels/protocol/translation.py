@@ -4,7 +4,7 @@ Nothing here touches a socket, gevent or a layer: the sidecar's HTTP side uses
 :func:`build_request_message`, the consumer side :func:`request_message_to_environ`,
 and both can be tested with plain values. What travels back (``http.response``
 messages, :class:`ResponseEncoder`, WebSocket reply messages) lives in
-:mod:`wsgi_channels.responses`, re-exported here so one import serves both directions; the message ``TypedDict``s
+:mod:`wsgi_channels.protocol.responses`, re-exported here so one import serves both directions; the message ``TypedDict``s
 in :mod:`wsgi_channels.protocol.messages`.
 
 The message shapes are CONTRACT.md sections 2 and 3. Where a rule is a choice
