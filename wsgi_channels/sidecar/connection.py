@@ -300,7 +300,7 @@ class ClientConnection:
         A WebSocket keeps only the rest of the frame being written (the writer may be inside
         ``send`` with it, and a cut frame would break the stream), then gets close 1013 ("try
         again later": the shipped client reconnects) and the usual close wait; anything else is
-        dropped at once.
+        dropped at once, as is a connection whose reader is already closing it (DONE).
         """
         stats = self.sidecar.stats
         stats.slow_closed += 1
@@ -308,7 +308,9 @@ class ClientConnection:
         log.info("closing %s: client too slow to read (%d bytes queued%s)", self.peer, self.out_bytes,
                  ", over the process's max_outgoing_total" if reason == "outgoing_cap" else "")
         session = self.ws.session if self.ws is not None else None
-        if session is None or not session.open:
+        if session is None or not session.open or self.state is DONE:
+            # (DONE: the reader is closing the socket; the queue may still be flushing, and
+            # the process-wide bound can pick it: drop it, there is no close handshake left.)
             if session is not None and session.close_code is None:
                 session.close_code = CLOSE_TRY_AGAIN
             self.abort()

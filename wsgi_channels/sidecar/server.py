@@ -149,7 +149,11 @@ class Sidecar:
         for conn in queued:
             if self.queued_bytes <= target:
                 break
-            conn.slow("outgoing_cap")
+            try:
+                conn.slow("outgoing_cap")
+            except Exception:  # never the writing connection's problem
+                log.exception("shedding %s failed", conn.peer)
+                conn.abort()
 
     # -- the layer --------------------------------------------------------------------------
 
