@@ -223,3 +223,17 @@ def test_the_admin_port_answers_as_soon_as_the_main_port_does(tmp_path: Path):
     finally:
         stack.stop_all([side])
     assert "illegal connection state transition" not in side.log()
+
+
+# -- connect tokens: the same Origin rule, names checked whole ---------------------------------
+
+def test_a_token_group_name_ending_in_a_newline_is_refused_when_signed():
+    with pytest.raises(ValueError, match="is not a group name"):
+        tokens.sign_connect_token(SECRET, "/ws/x", groups=["room\n"])
+    token = tokens.sign_connect_token(SECRET, "/ws/x", origin="HTTPS://App.Example:443/")
+    claims = tokens.verify_connect_token(token, SECRET, path="/ws/x", origin="https://app.example")
+    assert claims["origin"] == "https://app.example"
+    with pytest.raises(ValueError, match="is not an origin"):
+        tokens.sign_connect_token(SECRET, "/ws/x", origin="https://*.example.com")
+    with pytest.raises(tokens.InvalidToken):
+        tokens.verify_connect_token(token + "\n", SECRET, path="/ws/x")
