@@ -67,9 +67,11 @@ class StatsCollector:
         yield g
         yield GaugeMetricFamily("wsgi_channels_sidecar_tracked_connections",
                                 "Client connections the server holds state for", value=s.tracked())
-        # Walking the heap costs milliseconds: fine at scrape time, never on a hot path.
+        # Walking the heap costs milliseconds: fine at scrape time, never on a hot path. The type is
+        # asked of type(), never of the object: isinstance() reads ``__class__``, which a lazy proxy
+        # (Django's settings-backed objects, in a process that embeds the sidecar) answers by loading.
         yield GaugeMetricFamily("wsgi_channels_sidecar_greenlets", "Live greenlets in the process",
-                                value=sum(1 for o in gc.get_objects() if isinstance(o, greenlet) and not o.dead))
+                                value=sum(1 for o in gc.get_objects() if issubclass(type(o), greenlet) and not o.dead))
         yield GaugeMetricFamily("wsgi_channels_sidecar_layer_up", "1 while the channel layer answers",
                                 value=s.layer_up)
         yield GaugeMetricFamily("wsgi_channels_sidecar_queued_bytes",
