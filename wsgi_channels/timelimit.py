@@ -50,7 +50,7 @@ GATEWAY_TIMEOUT = {"status": 504, "headers": [[b"content-type", b"text/plain; ch
                    "content": b"Gateway Timeout: the application did not answer in time\n",
                    "more_content": False}
 #: Ends a started response without completing it: the server drops the connection.
-ABORT = http_response_abort()  # {"content": b"", "more_content": False, "abort": True}
+ABORT = http_response_abort()  # {"content": b"", "more_content": True, "abort": True}
 CLOSE_INTERNAL_ERROR = CLOSE_INTERNAL  # the close-code table's "internal error" (reconnect)
 _MAX_STACK = 60  # frames logged per stuck thread
 

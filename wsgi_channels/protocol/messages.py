@@ -153,9 +153,10 @@ def http_disconnect(reply_channel: str, path: str) -> HttpDisconnectMessage:
 def http_response_abort() -> dict[str, Any]:
     """The message by which a consumer gives up a response it has started (the app failed
     mid-stream, or ran past the worker's time limit): the server closes the client's
-    connection at once, so the cut response is never taken for a complete one. The
-    ``content`` and ``more_content`` keys end the response on a server that ignores ``abort``."""
-    return {"content": b"", "more_content": False, "abort": True}
+    connection at once, so the cut response is never taken for a complete one.
+    ``more_content`` stays True: a server that does not know ``abort`` never ends the response
+    cleanly either (it waits for the rest, then its own timeout closes the connection)."""
+    return {"content": b"", "more_content": True, "abort": True}
 
 
 def body_chunk(content: bytes, more_content: bool = False, closed: bool = False) -> BodyChunkMessage:

@@ -37,7 +37,7 @@ DEFAULT_CHUNK_SIZE = 256 * 1024
 # Used with fullmatch: "$" would also match before a trailing newline ("X-A\n" passing as a token).
 _TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE_RE = re.compile(rb"[\x00\r\n]")
-_RESPONSE_KEYS = frozenset({"status", "headers", "content", "more_content"})
+_RESPONSE_KEYS = frozenset({"status", "headers", "content", "more_content", "abort"})
 
 
 def _check_keys(message: Any, allowed: frozenset[str], a_message: str, kind: str) -> None:
@@ -72,7 +72,9 @@ def validate_response_message(message: Any, first: bool) -> HttpResponseMessage:
 
     The first message needs ``status`` (int 200-999; 1xx cannot end a request)
     and may carry ``headers``; later ones may not carry either. ``content`` is
-    bytes, ``more_content`` a bool; other keys are refused so typos surface.
+    bytes, ``more_content`` a bool; ``abort`` (True, in a later message only) gives
+    the response up (:func:`~wsgi_channels.protocol.messages.http_response_abort`);
+    other keys are refused so typos surface.
     Raises :class:`InvalidMessage` naming the key.
     """
     _check_keys(message, _RESPONSE_KEYS, "an http.response message", "http.response message")
@@ -87,6 +89,9 @@ def validate_response_message(message: Any, first: bool) -> HttpResponseMessage:
         for key in ("status", "headers"):
             if key in message:
                 raise InvalidMessage(f"message[{key!r}] is only allowed in the first http.response message")
+    if "abort" in message and (message["abort"] is not True or first):
+        raise InvalidMessage("message['abort'] must be True, in a message after the first (a response that has "
+                             "not started is answered with a status instead)")
     content = message.get("content", b"")
     if not isinstance(content, bytes):
         raise InvalidMessage(f"message['content'] must be bytes, got {type(content).__name__}")
