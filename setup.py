@@ -47,6 +47,8 @@ TEST_REQUIRES = [
     "gunicorn>=22",
     "playwright>=1.40",  # drives Debian's /usr/bin/chromium; never downloads a browser
     "mypy>=1.10",  # tests/test_translation.py: the sans-IO module is strictly typed
+    "types-gevent",  # tests/test_protocol_typing.py: mypy on the sidecar (gevent ships no annotations)
+    "types-greenlet",
     "atheris>=2.3",  # tests/fuzz: coverage-guided fuzzing of the sidecar's input path
     "six>=1.16",  # asgiref 1.1.2's conformance suite (tests/test_asgiref_conformance.py) imports it
     *DOCS_REQUIRES,  # tests/test_docs.py builds the documentation with warnings as errors

@@ -21,7 +21,11 @@ from typing import Any, Callable, Iterable
 from werkzeug.http import parse_cookie
 
 from ..channel import Channel, Group, _resolve, check_push
+from ..exceptions import ConfigurationError
 from ..layers.base import BaseChannelLayer
+from ..protocol.close_codes import CLOSE_POLICY
+from ..protocol.origin import normalize_origins, parse_origin
+from ..protocol.origin import origin_allowed as _origin_key_allowed
 
 __all__ = [
     "CLIENT_JS",
@@ -35,6 +39,7 @@ __all__ = [
     "import_dotted",
     "extend_message",
     "origin_allowed",
+    "check_allowed_origins",
     "sidecar_connect_url",
     "reject",
     "set_attribute",
@@ -269,26 +274,36 @@ def sidecar_connect_url(sidecar_url: str, secret: Any, path: str, *, user_id: An
                        max_age=DEFAULT_MAX_AGE if max_age is None else max_age, setting=setting)
 
 
-def origin_allowed(message: Any, allowed: Iterable[str]) -> bool:
-    """Whether the handshake's ``Origin`` is in ``allowed`` (``"*"`` allows any; no list allows any).
+def check_allowed_origins(origins: Iterable[str], setting: str) -> list[str]:
+    """The allowed origins of a setting in canonical form; an entry that is not an origin raises
+    :class:`ConfigurationError` naming ``setting`` (the adapters call it when they read settings)."""
+    try:
+        return normalize_origins(origins or ())
+    except ValueError as e:
+        raise ConfigurationError(f"{setting}: {e}") from None
 
-    Entries are full origins (``https://example.com``) or host names
-    (``example.com``, matched against the Origin's host). A handshake
-    without an Origin header (not a browser) is allowed.
+
+@functools.lru_cache(maxsize=32)
+def _canonical_origins(entries: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(check_allowed_origins(entries, "allowed origins"))
+
+
+def origin_allowed(message: Any, allowed: Iterable[str]) -> bool:
+    """Whether the handshake's ``Origin`` may open the socket, by the one Origin rule
+    (:mod:`wsgi_channels.protocol.origin`, the sidecar's): entries are origins
+    (``https://example.com``) or subdomain wildcards (``https://*.example.com``); ``"*"`` or
+    no list allows any (the sidecar has refused other sites by then unless it lists them). A
+    handshake without an Origin header (not a browser) is allowed. An entry that is not an
+    origin raises :class:`ConfigurationError` naming it.
     """
-    allowed = [a.strip().rstrip("/").lower() for a in allowed or () if a and a.strip()]
-    if not allowed or "*" in allowed:
+    entries = _canonical_origins(tuple(allowed or ()))
+    if not entries or "*" in entries:
         return True
     origin = header(message, "origin")
     if origin is None:
         return True
-    origin = origin.strip().rstrip("/").lower()
-    if origin in allowed:
-        return True
-    from urllib.parse import urlsplit
-
-    host = urlsplit(origin).hostname or ""
-    return host in allowed
+    key = parse_origin(origin)
+    return key is not None and _origin_key_allowed(key, entries)
 
 
 def reject(message: Any) -> None:
@@ -303,5 +318,5 @@ def reject(message: Any) -> None:
     if content.get("order", 0) == 0 and "headers" in content:
         reply.send({"accept": False})
     else:
-        reply.send({"close": 1008})
+        reply.send({"close": CLOSE_POLICY})
 

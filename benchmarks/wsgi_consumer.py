@@ -72,7 +72,7 @@ def one_request(layer, message: dict, reply: str) -> None:
 
 def through_layer(url: str, n: int, clients: int) -> tuple[list[float], float]:
     from wsgi_channels.layers import from_url
-    from wsgi_channels.translation import build_request_message
+    from wsgi_channels.protocol.translation import build_request_message
 
     layer = from_url(url)
     message = dict(build_request_message(reply_channel="x", method="GET", target=b"/", http_version="1.1",

@@ -16,6 +16,9 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+# An illegal sidecar connection state transition raises (it is only logged in production); the
+# sidecars the tests start inherit it.
+os.environ.setdefault("WSGI_CHANNELS_STRICT_STATES", "1")
 
 # The suite's own default layer stays the in-memory one (the default before it became the user's
 # ipc:// store): tests never share a store with each other, with other runs on the machine, or with

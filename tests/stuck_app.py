@@ -6,6 +6,7 @@
   stuck for good);
 - ``/stream-then-hang?s=S`` starts a chunked response (two blocks, so the first is
   sent), then sleeps S seconds before the rest;
+- ``/stream-then-fail`` starts a chunked response, then raises (the app fails mid-stream);
 - ``/stream?n=N&every=E`` sends N chunks E seconds apart (a slow response that
   keeps sending, so it is never stuck);
 - anything else answers ``hello`` with the worker's pid.
@@ -44,6 +45,14 @@ def http_app(environ, start_response):
 
         start_response("200 OK", [("Content-Type", "text/plain")])
         return stream()
+    if path == "/stream-then-fail":
+        def failing():
+            yield b"first block\n"
+            yield b"second block\n"  # the encoder holds one block back: this sends the first
+            raise RuntimeError("the app failed mid-stream")
+
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return failing()
     if path == "/stream":
         def chunks():
             for i in range(int(params.get("n", "5"))):

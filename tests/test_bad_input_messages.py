@@ -23,7 +23,7 @@ from wsgi_channels.exceptions import InvalidChannelName, InvalidGroupName, Inval
 from wsgi_channels.layers import from_url
 from wsgi_channels.layers.base import validate_channel_name, validate_group_name
 from wsgi_channels.serialization import validate_message
-from wsgi_channels.translation import (InvalidRequest, build_request_message, validate_response_message,
+from wsgi_channels.protocol.translation import (InvalidRequest, build_request_message, validate_response_message,
                                        validate_websocket_send)
 
 

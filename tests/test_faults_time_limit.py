@@ -191,6 +191,29 @@ def test_a_started_response_that_gets_stuck_is_cut_so_the_client_can_tell(redis_
     assert "aborted by the worker" in side and "bad http.response" not in side, side[-3000:]
 
 
+def test_an_app_that_fails_mid_stream_has_its_response_cut_at_once(redis_url, tmp_path):
+    """No time limit involved: the app raises after its response started. The consumer sends
+    ``{"abort": True}`` and the sidecar closes the client's connection at once, not after its
+    HTTP timeout (60 s here)."""
+    with TimeLimitStack(redis_url, tmp_path, "--threads", "2") as st:
+        client = fk.RawClient(st.sidecar.port, timeout=20)
+        t0 = time.monotonic()
+        client.send(b"GET /stream-then-fail HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, _ = client.read_head()
+        assert status == 200 and headers.get("transfer-encoding") == "chunked", headers
+        assert client.eof(timeout=10), "the connection stayed open"
+        waited = time.monotonic() - t0
+        body = client.buf
+        client.close()
+        assert b"first block" in body and not body.endswith(b"0\r\n\r\n"), body
+        assert waited < 10, waited
+        assert requests.get(st.base + "/hello", timeout=10).status_code == 200
+        log = st.worker.log()
+        side = st.sidecar.log()
+    assert "the app failed mid-stream" in log and "abandoned after it started" in log, log[-3000:]
+    assert "aborted by the worker" in side and "bad http.response" not in side, side[-3000:]
+
+
 def test_too_many_stuck_threads_restart_the_worker_after_it_drains(redis_url, tmp_path):
     """``--max-abandoned 2``: two threads stuck for good stop the worker, which first finishes a
     streamed response in flight (it keeps sending: never stuck), then exits with status 75."""

@@ -118,7 +118,7 @@ def test_a_message_the_layer_refuses_does_not_mark_it_down():
     a, b = socket.socketpair()
     try:
         conn = ClientConnection(sidecar, a, ("127.0.0.1", 1))
-        assert conn._layer_send("http.request", {"port": 2 ** 70}) == "invalid"
+        assert conn.layer_send("http.request", {"port": 2 ** 70}) == "invalid"
         assert sidecar.layer_ok and sidecar.stats.layer_errors == 0
     finally:
         a.close()
@@ -259,7 +259,7 @@ def test_connect_is_refused_without_a_body_it_never_sends(proxied):
 
 def test_header_names_with_a_trailing_newline_are_not_tokens():
     from wsgi_channels.exceptions import InvalidMessage
-    from wsgi_channels.responses import encode_response_headers, validate_response_message
+    from wsgi_channels.protocol.responses import encode_response_headers, validate_response_message
 
     with pytest.raises(InvalidMessage, match="not an HTTP token"):
         validate_response_message({"status": 200, "headers": [[b"x-a\n", b"v"]]}, first=True)

@@ -12,9 +12,9 @@ from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Pin
 from wsproto.extensions import PerMessageDeflate
 
 from wsgi_channels.exceptions import ConfigurationError
-from wsgi_channels.sidecar import websocket as wsp
+from wsgi_channels.protocol import websocket as wsp
 from wsgi_channels.sidecar.config import SidecarConfig
-from wsgi_channels.sidecar.http import HttpConnection, HttpError, connect_message, request_info
+from wsgi_channels.protocol.http import HttpConnection, HttpError, connect_message, request_info
 
 
 def handshake(compression=False, subprotocols=(), max_message_size=1 << 20, extra_headers=(), offer=None):

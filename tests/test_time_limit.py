@@ -20,7 +20,7 @@ from wsgi_channels import ConfigurationError, Group, route
 from wsgi_channels.layers import from_url
 from wsgi_channels.layers.memory import MemoryChannelLayer
 from wsgi_channels.worker.timelimit import ABORT, GATEWAY_TIMEOUT, TimeLimiter
-from wsgi_channels.translation import build_request_message
+from wsgi_channels.protocol.translation import build_request_message
 from wsgi_channels.worker import Worker
 from wsgi_channels.consumers.wsgi import WsgiConsumer
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from wsgi_channels.exceptions import InvalidMessage
 from wsgi_channels.serialization import decode, encode
-from wsgi_channels.translation import (
+from wsgi_channels.protocol.translation import (
     InvalidRequest,
     ResponseEncoder,
     build_request_message,
@@ -415,8 +415,8 @@ def test_translation_is_strictly_typed():
     root = Path(__file__).parent.parent
     cache = Path(tempfile.gettempdir()) / "wsgi_channels-mypy-cache"
     proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
-                           "--cache-dir", str(cache), "wsgi_channels/translation.py",
-                           "wsgi_channels/responses.py", "wsgi_channels/tokens.py"],
+                           "--cache-dir", str(cache), "wsgi_channels/protocol/translation.py",
+                           "wsgi_channels/protocol/responses.py", "wsgi_channels/tokens.py"],
                           cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

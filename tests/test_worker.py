@@ -21,7 +21,7 @@ from wsgi_channels import ConfigurationError, route
 from wsgi_channels.exitcodes import EXIT_CONFIG
 from wsgi_channels.layers import from_url
 from wsgi_channels.layers.memory import MemoryChannelLayer
-from wsgi_channels.translation import build_request_message, validate_response_message
+from wsgi_channels.protocol.translation import build_request_message, validate_response_message
 from wsgi_channels.worker import Worker, select_channels
 
 TESTS = Path(__file__).parent

@@ -23,7 +23,7 @@ from werkzeug.test import Client as WerkzeugClient
 from wsgi_channels import route
 from wsgi_channels.layers.memory import MemoryChannelLayer
 from wsgi_channels.testing import Client
-from wsgi_channels.translation import validate_response_message
+from wsgi_channels.protocol.translation import validate_response_message
 from wsgi_channels.consumers.wsgi import WsgiConsumer
 
 from apps import bare_app, flask_app, pyramid_app
@@ -442,7 +442,7 @@ def _pattern_app(size):
 def test_response_flow_control_keeps_at_most_a_window_unacknowledged():
     """With the server's offer, the consumer never has more than a window of the response sent
     and not acknowledged: a server acknowledging as its (slow) client reads gets it all."""
-    from wsgi_channels.responses import FLOW_KEY
+    from wsgi_channels.protocol.responses import FLOW_KEY
 
     layer = MemoryChannelLayer(capacity=1000)
     size, window = 1_000_000, 100_000
@@ -493,7 +493,7 @@ def test_response_flow_control_keeps_at_most_a_window_unacknowledged():
 def test_response_flow_control_gives_up_when_no_credit_comes(caplog):
     """A client that stopped reading: no credit within the server's timeout (plus a margin)
     abandons the response and closes the app's iterable, freeing the worker thread."""
-    from wsgi_channels.responses import FLOW_KEY
+    from wsgi_channels.protocol.responses import FLOW_KEY
 
     layer = MemoryChannelLayer(capacity=1000)
     bare_app.CLOSED.clear()
@@ -514,7 +514,7 @@ def test_response_flow_control_gives_up_when_no_credit_comes(caplog):
 
 
 def test_a_malformed_flow_offer_means_no_flow_control():
-    from wsgi_channels.responses import FLOW_KEY, response_flow
+    from wsgi_channels.protocol.responses import FLOW_KEY, response_flow
 
     assert response_flow({FLOW_KEY: {"channel": "c?x", "window": 10, "timeout": 1}}) == \
         {"channel": "c?x", "window": 10, "timeout": 1.0}

@@ -58,7 +58,8 @@ from typing import Any, Iterable, Optional, Sequence, Union
 from urllib.parse import quote, unquote, unquote_to_bytes, urlencode, urlsplit
 
 from .exceptions import ConfigurationError, InvalidToken, TokenExpired
-from .translation import InvalidRequest, split_target
+from .protocol.origin import parse_origin
+from .protocol.translation import InvalidRequest, split_target
 
 __all__ = [
     "TOKEN_PARAM",
@@ -94,8 +95,8 @@ MAX_TOKEN_LENGTH = 4096
 Secret = Union[str, bytes]
 
 _PURPOSE = b"wsgi_channels connect token v1"
-_B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
-_GROUP_RE = re.compile(r"^[a-zA-Z0-9\-_.]{1,100}$")  # the contract's group name rule
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")  # used with fullmatch ("$" also matches before a final newline)
+_GROUP_RE = re.compile(r"[a-zA-Z0-9\-_.]{1,100}")  # the contract's group name rule; fullmatch
 _RESERVED_CLAIMS = frozenset({"exp", "iat", "path", "sub", "groups", "origin"})
 _TOKEN_PARAM_BYTES = TOKEN_PARAM.encode()
 _TOKEN_PARAM_TAIL = b"wsc_token"  # also found when the leading '_' is percent-encoded
@@ -137,17 +138,12 @@ def _check_path_claim(path: Any) -> str:
 
 
 def _normalize_origin(origin: str) -> str:
-    """``HTTPS://App.example.com:443/`` -> ``https://app.example.com``; ValueError when not an origin."""
-    parts = urlsplit(origin.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https") or not parts.hostname:
+    """``HTTPS://App.example.com:443/`` -> ``https://app.example.com`` (the one Origin rule's canonical
+    form, :mod:`wsgi_channels.protocol.origin`); ValueError when not an http(s) origin."""
+    key = parse_origin(origin)
+    if key is None or not key.startswith(("http://", "https://")) or "*" in key:
         raise ValueError(f"{origin!r} is not an origin like https://host[:port]")
-    host = parts.hostname.lower()
-    if ":" in host:
-        host = f"[{host}]"
-    port = parts.port  # ValueError for a bad port
-    default = 443 if scheme == "https" else 80
-    return f"{scheme}://{host}" if port is None or port == default else f"{scheme}://{host}:{port}"
+    return key
 
 
 def sign_connect_token(secret: Secret, path: str, *, user_id: Optional[Union[str, int]] = None,
@@ -175,7 +171,7 @@ def sign_connect_token(secret: Secret, path: str, *, user_id: Optional[Union[str
             raise TypeError("connect token groups must be a list of group names, not one string")
         groups = list(groups)
         for name in groups:
-            if not isinstance(name, str) or not _GROUP_RE.match(name):
+            if not isinstance(name, str) or not _GROUP_RE.fullmatch(name):
                 raise ValueError(f"connect token group {name!r} is not a group name "
                                  "(1-100 of a-z, A-Z, 0-9, '-', '_', '.')")
         claims["groups"] = groups
@@ -224,7 +220,7 @@ def verify_connect_token(token: Any, secrets: Union[Secret, Sequence[Secret]], *
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidToken("malformed", f"the connect token is longer than {MAX_TOKEN_LENGTH} characters")
     payload, dot, mac = token.partition(".")
-    if not dot or not _B64URL.match(payload) or not _B64URL.match(mac):
+    if not dot or not _B64URL.fullmatch(payload) or not _B64URL.fullmatch(mac):
         raise InvalidToken("malformed", "the connect token is not PAYLOAD.SIGNATURE in URL-safe base64")
     keys = [_key(_secret_bytes(s)) for s in ([secrets] if isinstance(secrets, (str, bytes)) else secrets)]
     if not keys:

@@ -3,12 +3,12 @@
 Two targets, chosen by the first byte of each input (see :func:`one_input`):
 
 - ``http``: bytes, cut into chunks at fuzzer-chosen points, go into
-  :class:`~wsgi_channels.sidecar.http.HttpConnection`; every event is handled the way
+  :class:`~wsgi_channels.protocol.http.HttpConnection`; every event is handled the way
   the sidecar's connection handles it (upgrade checks, origin check, proxy headers,
   ``websocket.connect`` / ``http.request`` building, responses, keep-alive, the switch to
   a WebSocket session that gets the trailing bytes);
 - ``ws``: bytes go straight into an accepted
-  :class:`~wsgi_channels.sidecar.websocket.WebSocketSession` (with or without
+  :class:`~wsgi_channels.protocol.websocket.WebSocketSession` (with or without
   permessage-deflate and a small size limit).
 
 Only the exception the sidecar turns into a 400 (``InvalidRequest``) may escape a
@@ -30,9 +30,9 @@ with atheris.instrument_imports(include=["wsgi_channels", "h11", "wsproto"]):
     import h11
     from wsproto.extensions import PerMessageDeflate
 
-    from wsgi_channels.sidecar import http as shttp
-    from wsgi_channels.sidecar import websocket as sws
-    from wsgi_channels.translation import InvalidRequest, build_request_message, validate_request_message
+    from wsgi_channels.protocol import http as shttp
+    from wsgi_channels.protocol import websocket as sws
+    from wsgi_channels.protocol.translation import InvalidRequest, build_request_message, validate_request_message
 
 MAX_MESSAGE = 4096
 ORIGIN_LISTS = ([], ["*"], ["https://app.example"])

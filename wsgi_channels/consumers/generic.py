@@ -21,6 +21,8 @@ import json
 import logging
 from typing import Any, Optional
 
+from wsgi_channels.protocol.close_codes import CLOSE_INVALID_PAYLOAD
+
 from ..channel import Channel, Group
 from .message import Message
 from .sessions import channel_session as _channel_session
@@ -168,13 +170,13 @@ class JsonWebsocketConsumer(WebsocketConsumer):
         text = message.get("text")
         if text is None:
             log.warning("binary frame sent to a JSON consumer on %r: closing with 1007", message.get("path"))
-            self.close(1007)
+            self.close(CLOSE_INVALID_PAYLOAD)
             return
         try:
             content = self.decode_json(text)
         except ValueError:
             log.warning("non-JSON text frame on %r: closing with 1007", message.get("path"))
-            self.close(1007)
+            self.close(CLOSE_INVALID_PAYLOAD)
             return
         self.receive(content, **kwargs)
 

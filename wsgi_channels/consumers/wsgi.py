@@ -11,8 +11,8 @@ Outcomes a client sees:
 - a body that stops arriving for ``body_timeout`` seconds: 408;
 - the app raises before the response starts: 500 with a generic page; the
   traceback goes to the log, never to the client; after the response started,
-  the response is abandoned (the server's timeout then closes the connection,
-  so a truncated body is never mistaken for a complete one);
+  the response is aborted (``{"abort": True}``: the sidecar closes the client's
+  connection at once, so a truncated body is never mistaken for a complete one);
 - the reply channel stays full for ``send_timeout`` seconds: the response is
   abandoned and the app's iterable closed, so a dead client cannot hold a worker;
 - when the server offers flow control (the sidecar does: ``__wsc_flow`` in the
@@ -30,6 +30,8 @@ import logging
 import sys
 import time
 from typing import Any, Callable, Iterable, List, Optional
+
+from wsgi_channels.protocol.messages import http_response_abort
 
 from .consumer import DEFAULT_SEND_TIMEOUT, given_up, hand_over_last, send_with_retry
 from ..exceptions import ChannelsError, InvalidMessage, LayerUnavailable
@@ -406,6 +408,8 @@ class WsgiConsumer:
             log.info("request body error: %s", error)
         if response.sent_any:
             log.warning("response to %r abandoned after it started: the client sees a truncated response", path)
+            if status != 400:  # (400: the client left; nobody to tell)
+                send_with_retry(response.layer, path, http_response_abort(), self.send_timeout)
             return
         if status == 400:
             return  # the client left: nobody to answer

@@ -1,8 +1,10 @@
 """The sidecar: a gevent server that holds browsers' WebSockets (and optionally HTTP) beside a WSGI server.
 
 Run it with ``wsgi-channels sidecar --bind 127.0.0.1:8001 --layer redis://...``.
-Protocol handling is sans-IO (:mod:`.http` on h11, :mod:`.websocket` on
-wsproto); :mod:`.server` and :mod:`.connection` only move bytes and messages.
+Protocol handling is sans-IO (:mod:`wsgi_channels.protocol`: h11 and wsproto);
+:mod:`.server` (listeners, the layer receive loop, the sweeper, draining) and
+:mod:`.connection` (one state machine per client socket, :mod:`.state`, owning an
+:mod:`.http_side` and a :mod:`.websocket_side`) only move bytes and messages.
 :class:`SidecarConfig` is the one configuration object every front door builds.
 """
 from __future__ import annotations

@@ -7,13 +7,12 @@ The command line (``wsgi-channels sidecar --flag``), environment variables
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
-from urllib.parse import urlsplit
+from typing import Any
 
 from ..config import parse_address
 from ..exceptions import ConfigurationError
+from ..protocol.origin import normalize_origin, origin_allowed, origin_key
 
 __all__ = ["SidecarConfig", "HTTP_MODES", "RECEIVE_OVERHEAD", "origin_key", "origin_allowed"]
 
@@ -130,7 +129,10 @@ class SidecarConfig:
                 raise ConfigurationError(f"sidecar {name} must be at least 1")
         if isinstance(self.allowed_origins, str):
             self.allowed_origins = [o for o in self.allowed_origins.replace(",", " ").split() if o]
-        self.allowed_origins = [_normalize_origin(o) for o in self.allowed_origins]
+        try:
+            self.allowed_origins = [normalize_origin(o) for o in self.allowed_origins]
+        except ValueError as e:
+            raise ConfigurationError(str(e)) from None
         if self.root_path.endswith("/"):
             self.root_path = self.root_path.rstrip("/")
         if self.root_path and not self.root_path.startswith("/"):
@@ -148,65 +150,3 @@ class SidecarConfig:
             raise ConfigurationError(f"unknown sidecar setting(s): {', '.join(unknown)}; "
                                      f"known: {', '.join(sorted(known))}")
         return cls(**settings)
-
-
-def _normalize_origin(origin: str) -> str:
-    """``HTTPS://Example.com:443/`` -> ``https://example.com``; ``*`` stays ``*``.
-
-    ``scheme://*.domain[:port]`` allows the subdomains of ``domain`` (any depth, not ``domain``
-    itself). Any other ``*`` is refused here: a pattern that would only ever match itself
-    must not be accepted silently.
-    """
-    origin = origin.strip()
-    if origin == "*":
-        return origin
-    parts = urlsplit(origin)
-    try:
-        port = parts.port
-    except ValueError:
-        port = -1
-    if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
-        raise ConfigurationError(f"allowed origin {origin!r} must look like https://host[:port], "
-                                 "https://*.domain[:port] or be '*'")
-    host = parts.hostname
-    if "*" in host:
-        domain = host[2:]
-        if not host.startswith("*.") or "*" in domain or not _DOMAIN_RE.fullmatch(domain) \
-                or ("." not in domain and domain != "localhost"):
-            raise ConfigurationError(f"allowed origin {origin!r}: a wildcard may only stand for the subdomains "
-                                     "of a domain with a dot in it, as in https://*.example.com[:port]")
-    return origin_key(parts.scheme, host, port)
-
-
-#: A DNS name (letters, digits, hyphens; dot-separated labels), lower-cased by origin_key.
-_DOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
-
-
-def origin_key(scheme: str, host: str, port: int | None) -> str:
-    """Canonical ``scheme://host[:port]`` with default ports dropped, for comparisons."""
-    scheme = scheme.lower()
-    host = host.lower()
-    default = {"http": 80, "https": 443, "ws": 80, "wss": 443}.get(scheme)
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{scheme}://{host}" if port is None or port == default else f"{scheme}://{host}:{port}"
-
-
-def origin_allowed(key: str, allowed: Sequence[str]) -> bool:
-    """Whether the canonical origin ``key`` (:func:`origin_key`) is in ``allowed`` (normalized
-    entries, as :class:`SidecarConfig` keeps them); ``scheme://*.domain[:port]`` entries match
-    ``scheme://sub.domain[:port]`` with the same scheme and port, for any non-empty subdomain."""
-    if "*" in key:  # no browser sends one; a pattern matches hosts, never itself
-        return False
-    if key in allowed:
-        return True
-    for entry in allowed:
-        star = entry.find("://*.")
-        if star < 0:
-            continue
-        prefix, suffix = entry[:star + 3], entry[star + 4:]  # "https://" and ".example.com[:port]"
-        if key.startswith(prefix) and key.endswith(suffix) and len(key) > len(prefix) + len(suffix):
-            host = key[len(prefix):len(key) - len(suffix)]
-            if ":" not in host and "/" not in host and "[" not in host:
-                return True
-    return False

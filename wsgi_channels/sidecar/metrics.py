@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from greenlet import greenlet
 
@@ -44,9 +44,9 @@ class SidecarStats:
         #: Bytes queued for all clients (set by the server).
         self.queued: Callable[[], int] = lambda: 0
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         """Plain dict of everything (used by tests and the health endpoint)."""
-        out = {k: v for k, v in vars(self).items() if isinstance(v, int)}
+        out: dict[str, Any] = {k: v for k, v in vars(self).items() if isinstance(v, int)}
         out["handshakes"] = dict(self.handshakes)
         out["dropped"] = dict(self.dropped)
         out["http_responses"] = dict(self.http_responses)
@@ -67,9 +67,11 @@ class StatsCollector:
         yield g
         yield GaugeMetricFamily("wsgi_channels_sidecar_tracked_connections",
                                 "Client connections the server holds state for", value=s.tracked())
-        # Walking the heap costs milliseconds: fine at scrape time, never on a hot path.
+        # Walking the heap costs milliseconds: fine at scrape time, never on a hot path. The type is
+        # asked of type(), never of the object: isinstance() reads ``__class__``, which a lazy proxy
+        # (Django's settings-backed objects, in a process that embeds the sidecar) answers by loading.
         yield GaugeMetricFamily("wsgi_channels_sidecar_greenlets", "Live greenlets in the process",
-                                value=sum(1 for o in gc.get_objects() if isinstance(o, greenlet) and not o.dead))
+                                value=sum(1 for o in gc.get_objects() if issubclass(type(o), greenlet) and not o.dead))
         yield GaugeMetricFamily("wsgi_channels_sidecar_layer_up", "1 while the channel layer answers",
                                 value=s.layer_up)
         yield GaugeMetricFamily("wsgi_channels_sidecar_queued_bytes",
@@ -92,8 +94,8 @@ class StatsCollector:
             ("http_responses", "HTTP responses by status class", "status", s.http_responses),
         ):
             c = CounterMetricFamily(f"wsgi_channels_sidecar_{name}", doc, labels=[label])
-            for key, value in sorted(counter.items()):
-                c.add_metric([str(key)], value)
+            for label_value, value in sorted(counter.items()):
+                c.add_metric([str(label_value)], value)
             yield c
         c = CounterMetricFamily("wsgi_channels_sidecar_closes", "WebSocket closes by close code", labels=["code"])
         for key, value in sorted(s.closes.items()):

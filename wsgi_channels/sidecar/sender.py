@@ -59,17 +59,17 @@ class LayerSender:
     def batching(self) -> bool:
         return self._batching
 
-    def send(self, channel: str, message: dict) -> BaseException | None:
+    def send(self, channel: str, message: Any) -> BaseException | None:
         """Queue one message and wait for its outcome: ``None`` when sent, else the exception.
 
         The wait is bounded: a batch that takes longer than ``result_timeout`` (the layer's
         own socket timeouts normally end it first) reports ``TimeoutError``.
         """
-        result = gevent.event.AsyncResult()
+        result: gevent.event.AsyncResult[BaseException | None] = gevent.event.AsyncResult()
         self._enqueue((channel, message, result))
         return result.get()  # bounded by the watchdog
 
-    def send_nowait(self, channel: str, message: dict, on_error: Callable[[BaseException], None]) -> None:
+    def send_nowait(self, channel: str, message: Any, on_error: Callable[[BaseException], None]) -> None:
         """Queue one message without waiting; ``on_error(exception)`` is called (from the flusher)
         only if it was not sent, within the same ``result_timeout`` bound as :meth:`send`."""
         self._enqueue((channel, message, _Callback(on_error)))

@@ -41,14 +41,14 @@ from ..config import parse_address
 from ..exceptions import ConfigurationError
 from ..layers import from_url
 from ..layers.base import SIDECAR_PREFIX, BaseChannelLayer, new_local_channel, new_process_prefix
-from ._connbase import LAYER_SLOT_TIMEOUT
+from ..protocol.close_codes import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART
+from ..protocol.http import raw_response
+from .common import LAYER_SLOT_TIMEOUT
 from .config import RECEIVE_OVERHEAD, SidecarConfig
 from .connection import ClientConnection
-from .connection_ws import FrameCache
-from .http import raw_response
 from .metrics import SidecarStats, make_metrics_app, make_registry
 from .sender import LayerSender
-from .websocket import CLOSE_GOING_AWAY
+from .websocket_side import FrameCache
 
 __all__ = ["Sidecar", "STATIC_DIR"]
 
@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 
 #: Most layer calls (sends) in flight at once from connection greenlets.
 LAYER_CONCURRENCY = 16
-#: Close code telling clients to reconnect: the service restarted (RFC 6455 registry).
-CLOSE_SERVICE_RESTART = 1012
 #: Seconds between checks that the layer still holds this sidecar's marker membership.
 STATE_CHECK_SECONDS = 2.0
 
@@ -130,7 +128,7 @@ class Sidecar:
     def forget(self, conn: ClientConnection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
-            if conn.ws is not None:
+            if conn.is_websocket:
                 self.stats.websockets_open -= 1
             else:
                 self.stats.http_open -= 1
@@ -151,7 +149,11 @@ class Sidecar:
         for conn in queued:
             if self.queued_bytes <= target:
                 break
-            conn._slow("outgoing_cap")
+            try:
+                conn.slow("outgoing_cap")
+            except Exception:  # never the writing connection's problem
+                log.exception("shedding %s failed", conn.peer)
+                conn.abort()
 
     # -- the layer --------------------------------------------------------------------------
 
@@ -266,7 +268,7 @@ class Sidecar:
             self._stopped.wait(STATE_CHECK_SECONDS)
 
     def _layer_state_lost(self) -> None:
-        sockets = [conn for conn in list(self.connections) if conn.ws is not None]
+        sockets = [conn for conn in list(self.connections) if conn.is_websocket]
         log.warning("the channel layer lost its state (group memberships are gone); closing %d WebSocket(s) "
                     "with 1012 so clients reconnect and rejoin", len(sockets))
         self.stats.dropped["layer_state_lost"] += len(sockets)
@@ -326,20 +328,30 @@ class Sidecar:
         return server
 
     def start(self) -> None:
-        """Listen, start the receive loop, the sweeper and the admin endpoint; return at once."""
-        for address in self.config.bind:
-            self._servers.append(self._listen(address))
-        self._loops = [gevent.spawn(self._receive_loop), gevent.spawn(self._sweeper),
-                       gevent.spawn(self._watch_layer_state)]
+        """Listen, start the receive loop, the sweeper and the admin endpoint; return at once.
+
+        The admin endpoint binds first, then every ``--bind`` address: once a client can
+        connect to the main port, the metrics answer too (a client that saw the sidecar listen
+        never gets "connection refused" from its admin port). When any address cannot be
+        bound, nothing stays listening and the error is raised.
+        """
         self.stats.tracked = lambda: len(self.connections)
         self.stats.queued = lambda: self.queued_bytes
-        if self.config.admin_bind:
-            from gevent.pywsgi import WSGIServer
+        try:
+            if self.config.admin_bind:
+                from gevent.pywsgi import WSGIServer
 
-            host, port = parse_address(self.config.admin_bind)
-            self._admin = WSGIServer((host, port), make_metrics_app(make_registry(self.stats)), log=None)
-            self._admin.start()
-            log.info("metrics on http://%s:%d/metrics", host, self._admin.address[1])
+                host, port = parse_address(self.config.admin_bind)
+                self._admin = WSGIServer((host, port), make_metrics_app(make_registry(self.stats)), log=None)
+                self._admin.start()
+                log.info("metrics on http://%s:%d/metrics", host, self._admin.address[1])
+            for address in self.config.bind:
+                self._servers.append(self._listen(address))
+        except BaseException:
+            self._close_listeners()
+            raise
+        self._loops = [gevent.spawn(self._receive_loop), gevent.spawn(self._sweeper),
+                       gevent.spawn(self._watch_layer_state)]
         log.info("sidecar prefix %s, layer %s, http %s", self.prefix, type(self.layer).__name__, self.config.http)
 
     def serve_forever(self) -> int:
@@ -357,10 +369,8 @@ class Sidecar:
 
     # -- stopping ---------------------------------------------------------------------------
 
-    def stop(self, grace_period: float | None = None) -> None:
-        """Stop accepting, close WebSockets with 1001, let HTTP finish, then drop what is left."""
-        grace = self.config.grace_period if grace_period is None else grace_period
-        self.draining = True
+    def _close_listeners(self) -> None:
+        """Stop listening on every ``--bind`` address (the admin endpoint too when ``admin``)."""
         for server in self._servers:
             server.close()
         for path in self._unix_paths:
@@ -369,6 +379,15 @@ class Sidecar:
             except OSError:
                 pass
         self._unix_paths.clear()
+        if self._admin is not None and not self._loops:  # start() failed: nothing else will stop it
+            self._admin.stop(timeout=1)
+            self._admin = None
+
+    def stop(self, grace_period: float | None = None) -> None:
+        """Stop accepting, close WebSockets with 1001, let HTTP finish, then drop what is left."""
+        grace = self.config.grace_period if grace_period is None else grace_period
+        self.draining = True
+        self._close_listeners()
         for conn in list(self.connections):
             try:
                 conn.drain(CLOSE_GOING_AWAY)

@@ -35,6 +35,9 @@ import time
 import traceback
 from typing import Any, Callable, Optional
 
+from wsgi_channels.protocol.close_codes import CLOSE_INTERNAL
+from wsgi_channels.protocol.messages import http_response_abort
+
 from ..consumers.consumer import ABANDONED
 
 __all__ = ["Slot", "TimeLimiter", "answer_for", "stack_of", "DEFAULT_TIME_LIMIT", "GATEWAY_TIMEOUT", "ABORT",
@@ -49,8 +52,8 @@ GATEWAY_TIMEOUT = {"status": 504, "headers": [[b"content-type", b"text/plain; ch
                    "content": b"Gateway Timeout: the application did not answer in time\n",
                    "more_content": False}
 #: Ends a started response without completing it: the server drops the connection.
-ABORT = {"content": b"", "more_content": False, "abort": True}
-CLOSE_INTERNAL_ERROR = 1011
+ABORT = http_response_abort()  # {"content": b"", "more_content": True, "abort": True}
+CLOSE_INTERNAL_ERROR = CLOSE_INTERNAL  # the close-code table's "internal error" (reconnect)
 _MAX_STACK = 60  # frames logged per stuck thread
 
 IDLE, RUNNING = "idle", "running"  # and ABANDONED, defined where sends are guarded

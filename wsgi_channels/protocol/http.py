@@ -1,4 +1,4 @@
-"""The HTTP/1.1 side of a sidecar connection, sans-IO, on h11.
+"""The HTTP/1.1 side of a server connection, sans-IO, on h11.
 
 :class:`HttpConnection` wraps one ``h11.Connection``: the server feeds it
 bytes, takes parsed events (a request head, body chunks, its end, or an
@@ -8,7 +8,7 @@ including the ``101`` that hands the socket to the WebSocket session.
 :func:`request_info` works out scheme, client and server addresses (trusting
 ``X-Forwarded-*`` only when asked), and :func:`connect_message` builds the
 ``websocket.connect`` message (CONTRACT.md section 3). ``http.request``
-messages are built by :func:`wsgi_channels.translation.build_request_message`.
+messages are built by :func:`wsgi_channels.protocol.translation.build_request_message`.
 :func:`head_problem` checks the values of a request head that the parser lets
 through but that must not reach a message (RFC 9112 sections 3.2 and 6.1, the
 proxy headers): the caller answers 400 with the reason.
@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import h11
 
-from ..translation import split_target, target_authority
+from .messages import WebSocketConnectMessage, websocket_connect
+from .translation import split_target, target_authority
 
 __all__ = ["HttpConnection", "HttpError", "RequestInfo", "request_info", "connect_message", "simple_body",
            "header_value", "head_problem", "host_problem"]
@@ -324,18 +325,10 @@ def request_info(headers: Sequence[tuple[bytes, bytes]], peer: Any, local: Any, 
 
 
 def connect_message(*, reply_channel: str, target: bytes, headers: Sequence[tuple[bytes, bytes]],
-                    info: RequestInfo, root_path: str, subprotocols: list[str]) -> dict[str, Any]:
+                    info: RequestInfo, root_path: str, subprotocols: list[str]) -> WebSocketConnectMessage:
     """The ``websocket.connect`` message (order 0). Raises ``InvalidRequest`` for a bad target."""
     path, query_string = split_target(target)
-    return {
-        "reply_channel": reply_channel,
-        "scheme": "wss" if info.scheme == "https" else "ws",
-        "path": path,
-        "query_string": query_string,
-        "root_path": root_path,
-        "headers": [[n, v] for n, v in headers],
-        "client": info.client,
-        "server": info.server,
-        "subprotocols": subprotocols,
-        "order": 0,
-    }
+    return websocket_connect(reply_channel=reply_channel, scheme="wss" if info.scheme == "https" else "ws",
+                             path=path, query_string=query_string, root_path=root_path,
+                             headers=[[n, v] for n, v in headers], client=info.client, server=info.server,
+                             subprotocols=subprotocols)

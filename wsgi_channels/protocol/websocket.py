@@ -1,7 +1,7 @@
 """The WebSocket side of a sidecar connection, sans-IO: bytes in -> messages out, messages in -> bytes out.
 
-The HTTP upgrade request is parsed by :mod:`wsgi_channels.sidecar.http` (h11);
-this module checks it (:func:`check_upgrade`, :func:`check_origin`), builds
+The HTTP upgrade request is parsed by :mod:`wsgi_channels.protocol.http` (h11);
+this module checks it (:func:`check_upgrade`; the Origin in :mod:`.origin`), builds
 the ``101`` headers (:func:`accept_headers`) and then runs RFC 6455 through
 wsproto inside :class:`WebSocketSession`. wsproto hands over fragments as they
 arrive; the session buffers them into whole messages and enforces the message
@@ -29,7 +29,6 @@ import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
-from urllib.parse import urlsplit
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
@@ -37,7 +36,9 @@ from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
-from .config import origin_allowed, origin_key
+from .close_codes import (CLOSE_ABNORMAL, CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_POLICY,
+                          CLOSE_TOO_BIG, CLOSE_TRY_AGAIN)
+from .origin import check_origin
 
 __all__ = [
     "Upgrade",
@@ -62,13 +63,7 @@ __all__ = [
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_ABNORMAL = 1006
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_AGAIN = 1013
+# The CLOSE_* names are re-exported from .close_codes (the policy table) for the session's users.
 
 #: Messages shorter than this (in bytes, or characters for text) are sent uncompressed.
 COMPRESS_MIN = 128
@@ -190,40 +185,6 @@ def check_extension_offers(offers: Sequence[str]) -> list[str] | str:
         if acceptable:
             kept.append("; ".join([name] + [p if v is None else f"{p}={int(v)}" for p, v in params]))
     return kept
-
-
-def check_origin(headers: Sequence[tuple[bytes, bytes]], scheme: str, host: bytes | None,
-                 allowed: Sequence[str]) -> str | None:
-    """Return None when the request's Origin may open a WebSocket, else the reason it may not.
-
-    With no allow-list the Origin must be the site itself (same scheme family,
-    host and port as the Host header): a page on another site cannot ride the
-    user's cookies into a WebSocket (cross-site WebSocket hijacking). Requests
-    without Origin (non-browser clients) pass: browsers always send it.
-    """
-    origin = next((v for n, v in headers if n == b"origin"), None)
-    if origin is None:
-        return None
-    if "*" in allowed:
-        return None
-    try:
-        parts = urlsplit(origin.decode("latin-1").strip())
-        key = origin_key(parts.scheme, parts.hostname or "", parts.port) if parts.hostname else None
-    except ValueError:
-        key = None
-    if key is None:
-        return f"Origin {origin!r} is not a valid origin"
-    if allowed:
-        return None if origin_allowed(key, allowed) else f"Origin {key} is not in the allowed origins"
-    if host is None:
-        return "Origin check: the request has no Host header"
-    http_scheme = "https" if scheme in ("https", "wss") else "http"
-    try:
-        hp = urlsplit("//" + host.decode("latin-1").strip())
-        own = origin_key(http_scheme, hp.hostname or "", hp.port)
-    except ValueError:
-        return "Origin check: bad Host header"
-    return None if key == own else f"Origin {key} is not this site ({own})"
 
 
 def accept_headers(upgrade: Upgrade, subprotocol: str | None, compression: bool

@@ -1,10 +1,9 @@
-"""What the parts of a sidecar client connection share: states, limits, loggers.
+"""What the parts of a sidecar client connection share: turns on the event loop, waits and
+bounds, the access log.
 
-:class:`~.connection.ClientConnection` is one object per client socket, written in
-three modules so each stays readable: :mod:`.connection` (reading, writing,
-closing, timers, HTTP requests answered by the sidecar itself),
-:mod:`.connection_http` (HTTP mode: ``http.request`` and responses through the
-layer) and :mod:`.connection_ws` (the WebSocket handshake and frames).
+A :class:`~.connection.ClientConnection` owns its parts: an
+:class:`~.http_side.HttpSide` (requests before any upgrade, and HTTP mode) and, once a
+handshake goes to the layer, a :class:`~.websocket_side.WebSocketSide`.
 """
 from __future__ import annotations
 
@@ -14,38 +13,32 @@ from typing import Any
 import gevent
 from gevent.hub import Waiter
 
-__all__ = ["HEAD", "HTTP_BODY", "CONNECTING", "OPEN", "CLOSING", "DONE", "LAYER_SLOT_TIMEOUT", "addr",
-           "let_others_run"]
+__all__ = ["LAYER_SLOT_TIMEOUT", "CLOSE_WAIT", "LAYER_RETRY_SECONDS", "LINGER_BYTES", "TURN", "TURN_FRAMES",
+           "REQUEST_COST", "access_log", "addr", "let_others_run"]
 
-log = logging.getLogger("wsgi_channels.sidecar.connection")
 access_log = logging.getLogger("wsgi_channels.sidecar.access")
 
-# Connection states.
-HEAD = "head"              # waiting for (the rest of) a request head
-HTTP_BODY = "http-body"    # HTTP mode: request sent to the layer, body still arriving or response awaited
-CONNECTING = "connecting"  # websocket.connect sent, waiting for the consumer's answer
-OPEN = "open"              # WebSocket open
-CLOSING = "closing"        # our close frame or final response sent; waiting for the peer / the flush
-DONE = "done"
-
-_RECV_SIZE = 65536
-_LINGER_SECONDS = 2.0
-_LINGER_BYTES = 1 << 20
-_CLOSE_WAIT = 5.0
-_LAYER_RETRY_SECONDS = 0.05
+#: Seconds a connection whose last bytes are out waits for the peer to close (``CLOSING``).
+CLOSE_WAIT = 5.0
+#: Seconds between retries of a send to a full channel that must not be dropped.
+LAYER_RETRY_SECONDS = 0.05
+#: Bytes a closing connection reads and discards (see the lingering close).
+LINGER_BYTES = 1 << 20
 #: Work units of one connection's turn on the event loop: a byte received costs one, a request
-#: answered by the sidecar itself a quarter of a turn (see connection.py). A turn is a fraction of
-#: a millisecond: every step of another client's handshake may wait behind one.
-_TURN = 64 * 1024
+#: answered by the sidecar itself a quarter of a turn (:data:`REQUEST_COST`). A turn is a
+#: fraction of a millisecond: every step of another client's handshake may wait behind one.
+TURN = 64 * 1024
+#: Work units of a request the sidecar answers itself (health, static files, errors): about
+#: 40 us of parsing and answering; 4 of them make a turn.
+REQUEST_COST = TURN // 4
 #: Frames a WebSocket handles per turn (WebSocketSession.process units: a frame, plus one per
 #: 8 KiB of its payload); a small frame costs about 10 us.
-_TURN_FRAMES = 16
+TURN_FRAMES = 16
 #: Longest a connection at the end of its turn waits for the loop to be idle before it goes on.
 _TURN_WAIT = 0.01
 #: Seconds a connection waits for a free layer slot (``Sidecar.layer_slots``) before
 #: treating the layer as unavailable.
 LAYER_SLOT_TIMEOUT = 10.0
-
 
 
 def addr(peer: Any) -> str:
@@ -65,7 +58,7 @@ def let_others_run() -> None:
     """
     hub = gevent.get_hub()
     loop = hub.loop
-    waiter = Waiter(hub)
+    waiter: Waiter[Any] = Waiter(hub)
     idle = loop.idle()
     timer = loop.timer(_TURN_WAIT)
     idle.start(waiter.switch, None)

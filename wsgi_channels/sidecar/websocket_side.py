@@ -1,0 +1,314 @@
+"""The WebSocket part of a sidecar connection: the held handshake, frames to the layer and back.
+
+The upgrade request is checked (version, key, Origin, then a connect token may admit it:
+:func:`~wsgi_channels.tokens.admit_handshake` right after
+:func:`~wsgi_channels.protocol.origin.check_origin`) before anything reaches the layer;
+``websocket.connect`` is sent and the ``101`` waits for the consumer's answer. Frames become
+``websocket.receive`` messages with their ``order``; messages for the socket are checked
+(:func:`~wsgi_channels.protocol.responses.validate_websocket_send`) and written, the frame of a
+group message encoded once for every socket with the same compression.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import gevent
+import h11
+
+from .. import tokens
+from ..protocol import websocket as ws_proto
+from ..protocol.close_codes import CLOSE_ABNORMAL, CLOSE_NORMAL, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN
+from ..protocol.http import connect_message, request_info, simple_body
+from ..protocol.messages import websocket_disconnect, websocket_receive
+from ..protocol.origin import check_origin
+from ..protocol.responses import validate_websocket_send
+from ..protocol.translation import InvalidRequest
+from .common import LAYER_RETRY_SECONDS, TURN, TURN_FRAMES, access_log, addr, let_others_run
+from .state import State
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .connection import ClientConnection
+
+__all__ = ["WebSocketSide", "FrameCache"]
+
+log = logging.getLogger(__name__)
+
+CONNECTING, OPEN = State.CONNECTING, State.OPEN
+
+#: Seconds a websocket.disconnect is retried while its channel is full.
+_DISCONNECT_RETRY = 2.0
+
+
+class FrameCache(dict[Any, bytes]):
+    """The sidecar's encoded frames of the message being delivered, by (compression window, payload).
+
+    The members of one group message arrive one after another sharing one message dict:
+    ``checked`` is the last dict found valid, so it is checked once, not once per socket.
+    """
+
+    __slots__ = ("checked",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked: object = None
+
+
+class WebSocketSide:
+    """The WebSocket part of one :class:`~.connection.ClientConnection`, from the moment its
+    ``websocket.connect`` goes to the layer (``session`` is set once the socket is accepted)."""
+
+    __slots__ = ("conn", "upgrade", "session", "order", "connect_sent", "disconnect_sent", "ping_sent")
+
+    def __init__(self, conn: "ClientConnection", upgrade: ws_proto.Upgrade) -> None:
+        self.conn = conn
+        self.upgrade: ws_proto.Upgrade | None = upgrade  # until accepted
+        self.session: ws_proto.WebSocketSession | None = None  # once accepted
+        self.order = 0  # of the last websocket.receive sent
+        self.connect_sent = False
+        self.disconnect_sent = False
+        self.ping_sent = 0.0
+
+    # -- the handshake --------------------------------------------------------------------------
+
+    @classmethod
+    def handshake(cls, conn: "ClientConnection", request: h11.Request, headers: list[tuple[bytes, bytes]],
+                  target: bytes) -> None:
+        """An upgrade request (state HEAD): answer it now (400/426/403/503), or send
+        ``websocket.connect`` and hold it (CONNECTING) as the connection's WebSocket part."""
+        http = conn.http
+        assert http is not None  # the request was parsed there
+        sidecar = conn.sidecar
+        config = sidecar.config
+        stats = sidecar.stats
+        upgrade = ws_proto.check_upgrade(request.method, request.http_version, headers)
+        if not isinstance(upgrade, str) and not isinstance(http.parser.next_event(), h11.EndOfMessage):
+            upgrade = "a WebSocket handshake request cannot have a body"
+        if isinstance(upgrade, str):
+            stats.handshakes["bad_request"] += 1
+            status = 426 if "Version" in upgrade else 400
+            http.respond(status, simple_body(status, upgrade),
+                         headers=[(b"sec-websocket-version", b"13")] if status == 426 else (), close=True)
+            return
+        info = request_info(headers, conn.peer, conn.local, config.proxy_headers)
+        refusal = check_origin(headers, info.scheme, info.host, config.allowed_origins)
+        admission = tokens.admit_handshake(target, headers, refusal, config.token_secret)  # a token may allow it
+        if admission.target != target:  # the token never reaches the access log
+            conn.request_line = f"{request.method.decode('latin-1')} {admission.target[:200].decode('latin-1')}"
+        if admission.refusal is not None:
+            stats.handshakes[admission.outcome] += 1
+            log.info("WebSocket from %s refused: %s", addr(conn.peer), admission.refusal)
+            http.respond(403, simple_body(403, admission.refusal), close=True)
+            return
+        target = admission.target  # without the token (nor does it reach a consumer)
+        if sidecar.draining or not sidecar.layer_ok:
+            stats.handshakes["unavailable"] += 1
+            http.respond(503, simple_body(503, "draining" if sidecar.draining else "channel layer unavailable"),
+                         close=True)
+            return
+        reply_channel = conn.reply_channel = sidecar.route(conn)
+        try:
+            message = connect_message(reply_channel=reply_channel, target=target, headers=headers, info=info,
+                                      root_path=config.root_path, subprotocols=upgrade.subprotocols)
+        except InvalidRequest as e:
+            stats.handshakes["bad_request"] += 1
+            http.respond(400, simple_body(400, str(e)), close=True)
+            return
+        if admission.claims is not None:
+            message[tokens.CLAIMS_KEY] = admission.claims  # type: ignore[literal-required]
+        conn.path = message["path"]
+        ws = conn.ws = cls(conn, upgrade)
+        conn.set_state(CONNECTING)
+        conn.held = 0
+        conn.deadline = time.monotonic() + config.connect_timeout
+        result = conn.layer_send("websocket.connect", message)
+        if result == "ok":
+            ws.connect_sent = True
+        elif result == "invalid":
+            # The layer refused the message itself (logged by send_outcome): this request's
+            # problem, answered as a bad request; the layer is not down.
+            stats.handshakes["bad_request"] += 1
+            http.respond(400, simple_body(400, "the handshake cannot be passed on"), close=True)
+        else:
+            stats.handshakes["connect_full" if result == "full" else "unavailable"] += 1
+            http.respond(503, simple_body(503, "server busy" if result == "full" else "channel layer unavailable"),
+                         close=True)
+
+    def accept(self, subprotocol: str | None) -> None:
+        """The consumer accepted (or the connect timeout accepts): send the 101, open the session."""
+        conn = self.conn
+        upgrade, http = self.upgrade, conn.http
+        assert upgrade is not None and http is not None  # CONNECTING
+        if subprotocol is not None and subprotocol not in upgrade.subprotocols:
+            log.error("consumer chose subprotocol %r that %s did not offer (%r); accepting without it",
+                      subprotocol, conn.reply_channel, upgrade.subprotocols)
+            subprotocol = None
+        config = conn.sidecar.config
+        headers, extensions = ws_proto.accept_headers(upgrade, subprotocol, config.compression)
+        data, trailing = http.parser.switch_protocols(headers)
+        self.session = ws_proto.WebSocketSession(extensions, max_message_size=config.max_message_size,
+                                                 control_rate=config.control_frame_rate)
+        # The HTTP parser and the upgrade request are done with: free them (thousands of idle sockets).
+        conn.http = None
+        self.upgrade = None
+        conn.set_state(OPEN)
+        conn.last_active = time.monotonic()
+        conn.write(data)
+        stats = conn.sidecar.stats
+        stats.handshakes["accepted"] += 1
+        stats.websockets_open += 1
+        stats.http_open -= 1  # counted as HTTP until the upgrade
+        access_log.info("%s WSCONNECT %s", addr(conn.peer), conn.path)
+        if trailing:
+            gevent.spawn(self.on_data, trailing)  # frames sent before our 101: handle them on a reader
+
+    def reject(self, status: int, outcome: str) -> None:
+        """Refuse the held handshake with ``status`` (403: the consumer said no; 503: no answer, draining)."""
+        conn = self.conn
+        conn.sidecar.stats.handshakes[outcome] += 1
+        if conn.http is not None:
+            conn.http.respond(status, simple_body(status), close=True)
+
+    def connect_timed_out(self) -> None:
+        """No answer from the connect consumer within ``connect_timeout``."""
+        conn = self.conn
+        if conn.sidecar.config.connect_timeout_accept:
+            conn.sidecar.stats.handshakes["timeout_accepted"] += 1
+            self.accept(None)
+        else:
+            self.reject(503, "connect_timeout")
+
+    # -- frames from the client -----------------------------------------------------------------
+
+    def on_data(self, data: bytes) -> None:
+        """Frames from the client: hand each finished message to the layer, a turn's worth of
+        frames at a time (other connections run between turns)."""
+        conn = self.conn
+        ws = self.session
+        assert ws is not None
+        ws.feed(data)
+        flooded = ws.flooded
+        while True:
+            out, messages = ws.process(TURN_FRAMES)
+            if out:
+                conn.write(out)
+            if messages:
+                self._receive_messages(ws, messages)
+            if ws.flooded and not flooded:
+                flooded = True
+                conn.sidecar.stats.dropped["control_flood"] += 1
+                log.info("closing %s: more than %g control frames or small fragments a second",
+                         addr(conn.peer), ws.control_rate)
+            if not ws.more or conn.aborted:
+                break
+            conn.credit = TURN
+            let_others_run()
+        if ws.closed:
+            conn.close_soon()
+        elif not ws.open and conn.state is OPEN:
+            conn.closing()
+
+    def _receive_messages(self, ws: ws_proto.WebSocketSession, messages: list[str | bytes]) -> None:
+        conn = self.conn
+        stats = conn.sidecar.stats
+        reply_channel = conn.reply_channel or ""
+        for payload in messages:
+            stats.frames_in += 1
+            if not ws.open:
+                break
+            self.order += 1
+            result = conn.layer_send("websocket.receive",
+                                     websocket_receive(reply_channel, conn.path, payload, self.order))
+            if result == "ok":
+                continue
+            self.order -= 1
+            if result == "full":
+                conn.write(ws.close(CLOSE_TRY_AGAIN, "server busy"))
+            elif result == "too-large":
+                conn.write(ws.close(CLOSE_TOO_BIG, "message too big"))
+            elif result == "invalid":
+                stats.dropped["invalid"] += 1  # that message's problem (logged): the socket goes on
+            else:
+                stats.dropped["layer_down"] += 1  # the socket stays up through a layer outage
+
+    def send_close(self, code: int) -> None:
+        """Start the close handshake with ``code`` (an accepted socket only)."""
+        ws = self.session
+        if ws is not None:
+            conn = self.conn
+            conn.write(ws.close(code))
+            if conn.state is OPEN:
+                conn.closing()
+
+    def check_pings(self, now: float) -> None:
+        """OPEN: ping an idle client; close one that did not answer within ``ping_timeout``."""
+        ws = self.session
+        if ws is None:
+            return
+        conn = self.conn
+        config = conn.sidecar.config
+        if ws.awaiting_pong:
+            if now - self.ping_sent > config.ping_timeout:
+                conn.sidecar.stats.dead_closed += 1
+                log.info("closing %s: no pong within %.1fs", conn.reply_channel, config.ping_timeout)
+                ws.close_code = CLOSE_ABNORMAL
+                conn.abort()
+        elif config.ping_interval and now - conn.last_active > config.ping_interval:
+            self.ping_sent = now
+            conn.write(ws.ping())
+
+    def send_disconnect(self) -> None:
+        """The connection is done: send its one ``websocket.disconnect`` (if it sent a connect)."""
+        if not self.connect_sent or self.disconnect_sent:
+            return
+        self.disconnect_sent = True
+        conn = self.conn
+        code = CLOSE_ABNORMAL
+        if self.session is not None and self.session.close_code is not None:
+            code = self.session.close_code
+        conn.sidecar.stats.closes[code] += 1
+        message = websocket_disconnect(conn.reply_channel or "", conn.path, code, self.order + 1)
+        deadline = time.monotonic() + _DISCONNECT_RETRY
+        while True:
+            result = conn.layer_send("websocket.disconnect", message)
+            if result != "full" or time.monotonic() > deadline:
+                break
+            gevent.sleep(LAYER_RETRY_SECONDS)
+        if result != "ok":
+            log.warning("websocket.disconnect for %s not delivered (%s)", conn.reply_channel, result)
+        access_log.info("%s WSDISCONNECT %s %d", addr(conn.peer), conn.path, code)
+
+    # -- messages from the layer ----------------------------------------------------------------
+
+    def deliver(self, message: Any, frames: FrameCache) -> None:
+        """A message for a WebSocket (pending or open): accept/reject, a frame, a close."""
+        conn = self.conn
+        if frames.checked is not message:
+            try:
+                validate_websocket_send(message)
+            except Exception as e:
+                log.error("bad message for WebSocket %s: %s", conn.reply_channel, e)
+                return
+            frames.checked = message
+        text, data, close = message.get("text"), message.get("bytes"), message.get("close")
+        if conn.state is CONNECTING:
+            if close or message.get("accept") is False:
+                self.reject(403, "rejected")
+                return
+            self.accept(message.get("subprotocol"))
+        ws = self.session
+        if ws is None or not ws.open:
+            return
+        if text is not None or data is not None:
+            payload = text if text is not None else data
+            key = (ws.deflate_bits, payload)
+            frame = frames.get(key)
+            if frame is None:
+                if len(frames) > 3:
+                    frames.clear()  # a few entries: the payload being broadcast right now, per window size
+                frame = frames[key] = ws_proto.message_frame(payload, ws.deflate_bits)
+            conn.write(frame)
+            conn.sidecar.stats.frames_out += 1
+        if close:
+            self.send_close(CLOSE_NORMAL if close is True else close)
