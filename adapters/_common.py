@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable
 
 from werkzeug.http import parse_cookie
 
-from ..channel import Channel, Group, _resolve, check_push
+from ..channel import Channel, Group, check_push, resolve_layer
 from ..exceptions import ConfigurationError
 from ..layers.base import BaseChannelLayer
 from ..protocol.close_codes import CLOSE_POLICY
@@ -217,7 +217,7 @@ class PushBuffer:
         return len(self._items)
 
     def _add(self, kind: str, name: str, content: dict) -> None:
-        layer = _resolve(self._layer)
+        layer = resolve_layer(self._layer)
         from ..serialization import decode, encode
 
         check_push(layer, kind, name, content)  # a bad push fails in the view, as Group.send would
@@ -241,7 +241,7 @@ class PushBuffer:
             items, self._items = self._items, []
         if not items:
             return 0
-        layer = _resolve(self._layer)
+        layer = resolve_layer(self._layer)
         sent = 0
         for kind, name, content in items:
             try:

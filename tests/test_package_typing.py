@@ -21,7 +21,7 @@ pytestmark = pytest.mark.timeout(300)
 
 CHECKED = ["wsgi_channels/consumers", "wsgi_channels/worker", "wsgi_channels/cli", "wsgi_channels/adapters",
            "wsgi_channels/settings.py", "wsgi_channels/exitcodes.py", "wsgi_channels/config.py",
-           "wsgi_channels/testing.py", "wsgi_channels/message.py", "wsgi_channels/sessions.py"]
+           "wsgi_channels/testing.py"]
 
 
 def test_consumers_worker_cli_settings_and_adapters_type_check(tmp_path):

@@ -40,7 +40,7 @@ from .layers import from_url
 from .layers.base import (BaseChannelLayer, HistoryPage, Position, PresenceEntry, is_sidecar_prefix, non_local_name,
                           validate_channel_name, validate_group_name)
 from .presence import current_user
-from .responses import validate_websocket_send
+from .protocol.responses import validate_websocket_send
 from .serialization import EncodedMessage, encode, refuse_reserved
 from .settings import DEFAULT_LAYER_URL, ENV_VAR, default_layer_url
 

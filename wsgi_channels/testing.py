@@ -34,7 +34,7 @@ from .layers.base import BaseChannelLayer
 from .consumers.message import Message
 from .consumers.routing import Router
 from .settings import ENV_VAR, set_process_default
-from .translation import build_request_message
+from .protocol.translation import build_request_message
 
 __all__ = ["Client", "WebsocketClient", "NoMessage", "TEST_LAYER_URL"]
 

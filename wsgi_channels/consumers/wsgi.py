@@ -36,9 +36,9 @@ from wsgi_channels.protocol.messages import http_response_abort
 from .consumer import DEFAULT_SEND_TIMEOUT, given_up, hand_over_last, send_with_retry
 from ..exceptions import ChannelsError, InvalidMessage, LayerUnavailable
 from .message import Message
-from ..responses import (DEFAULT_CHUNK_SIZE, ResponseEncoder, ResponseFlow, encode_response_headers, parse_status,
+from ..protocol.responses import (DEFAULT_CHUNK_SIZE, ResponseEncoder, ResponseFlow, encode_response_headers, parse_status,
                         response_flow)
-from ..translation import request_message_to_environ, validate_body_chunk, validate_request_message
+from ..protocol.translation import request_message_to_environ, validate_body_chunk, validate_request_message
 
 __all__ = ["WsgiConsumer", "FileWrapper", "BodyStream", "RequestBodyError", "DEFAULT_MAX_BODY_SIZE"]
 
