@@ -6,7 +6,8 @@ and a Sentinel set (:mod:`redis_topology`).
 
 ``layer_url`` / ``layer`` are parametrised over every backend that must pass
 the contract: memory, the single-machine layer, one Redis (7, Debian 12's), three Redis
-shards, and one Redis 6.0 (Debian 11's, fetched by ``.ci/fetch-redis6``).
+shards, one Redis 6.0 (Debian 11's, fetched by ``.ci/fetch-redis6``), and the primary of a
+Sentinel set (``redis+sentinel://``, the session's ``redis_sentinel``).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from redis_topology import RedisClusterSet, RedisSentinelSet  # noqa: E402
 from servers import RedisServer, find_redis6_server  # noqa: E402
 
-BACKENDS = ["memory", "ipc", "redis", "redis3", "redis6"]
+BACKENDS = ["memory", "ipc", "redis", "redis3", "redis6", "sentinel"]
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +102,8 @@ def layer_url_for(request, tmp_path):
             return request.getfixturevalue("redis6_server").url
         if kind == "redis3":
             return ",".join(s.url for s in request.getfixturevalue("redis_shards"))
+        if kind == "sentinel":
+            return request.getfixturevalue("redis_sentinel").url
         raise ValueError(kind)
 
     return make

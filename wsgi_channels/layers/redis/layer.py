@@ -26,13 +26,24 @@ after import), never retried behind the caller's back (a resent ``send`` could
 deliver twice), and a failure raises
 :class:`~wsgi_channels.exceptions.LayerUnavailable`; the next call connects
 afresh, so a Redis restart needs no process restart.
+
+A shard may be a Sentinel-watched service (:mod:`.sentinel`): the layer follows its
+failovers (:attr:`RedisChannelLayer.topology_epoch` counts them, and
+:meth:`RedisChannelLayer.on_topology_change` registers a callback). Replication is
+asynchronous, so what a primary acknowledged just before it died may be missing on its
+successor: each process re-adds the group memberships it changed in the last
+:data:`MEMBERSHIP_REPLAY_SECONDS` after a failover, and ``wait_replicas`` makes writes
+wait for replicas (``WAIT``, in the same round trip) for those who prefer latency to
+that risk.
 """
 from __future__ import annotations
 
 import logging
 import re
 import threading
-from typing import Any, Iterable, Sequence
+import time
+from collections import deque
+from typing import Any, Callable, Iterable, Sequence
 
 import msgpack  # type: ignore[import-untyped]  # no type information shipped
 from redis.backoff import NoBackoff
@@ -42,15 +53,18 @@ from ... import exceptions as exc
 from ...serialization import encode
 from . import connection, entries
 from . import scripts
-from .connection import NOW, Script, Shard, bulk, run_everywhere
+from .connection import NOW, Script, Shard, bulk, packed, run_everywhere
 from .copies import CopyBuffer
 from .entries import append_entry
+from .members import ServerMember
 from .options import connection_url, fernet, options_from_url, split_urls
 from .receive import ReceivingMixin, _ShardPlan
+from .sentinel import SentinelLocator
+from .urls import is_topology_url, parse_topology_url
 from ..base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
 from ..hashring import HashRing
 
-__all__ = ["RedisChannelLayer"]
+__all__ = ["RedisChannelLayer", "MEMBERSHIP_REPLAY_SECONDS"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +79,13 @@ _GROUP_ADD = Script(scripts.GROUP_ADD)
 _GROUP_DISCARD = Script(scripts.GROUP_DISCARD)
 _STATS = Script(scripts.STATS)
 _SESSION_CAS = Script(scripts.SESSION_CAS)
+
+#: After a failover, each process adds again (or discards again) the group memberships it changed
+#: this many seconds before: replication is asynchronous, and a membership acknowledged just before
+#: the old primary died may be missing on its successor. Replaying is idempotent (``group_add``
+#: renews, ``group_discard`` of a non-member does nothing) and keeps this process's order.
+MEMBERSHIP_REPLAY_SECONDS = 5.0
+_JOURNAL_LIMIT = 10_000
 
 
 class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
@@ -84,6 +105,12 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         ``socket_timeout``.
     ``connection_options``
         further keywords for redis-py connections (``ssl_ca_certs``, ``username``, ...).
+    ``wait_replicas`` / ``wait_replicas_timeout``
+        with ``wait_replicas=N`` (default 0: off), every write (sends, group sends, memberships)
+        is followed, in the same round trip, by ``WAIT N ms`` (``wait_replicas_timeout``
+        seconds, default 0.1): it returns once N replicas have it. A send is never undone: when
+        fewer replicas confirm in time, it is counted (``unreplicated_count`` in
+        ``global_statistics()``) and a warning is logged once per outage.
 
     Plus the common keywords of :class:`~wsgi_channels.layers.base.BaseChannelLayer`.
     """
@@ -103,6 +130,8 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         socket_connect_timeout: float = 2.0,
         connection_options: dict[str, Any] | None = None,
         ring_replicas: int = 256,
+        wait_replicas: int = 0,
+        wait_replicas_timeout: float = 0.1,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -133,10 +162,23 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         }
         self.hosts = [connection_url(u) for u in split_urls(hosts)]
         try:
-            self._shards = [Shard(u, conn_options) for u in self.hosts]
+            self._members = [self._member(u, conn_options, timeouts) for u in self.hosts]
         except (TypeError, ValueError) as e:  # redis-py's parsing of an option's value
             raise exc.ConfigurationError(f"invalid Redis layer option in {hosts!r}: {e}") from None
-        self._ring = HashRing([s.identity for s in self._shards], replicas=ring_replicas)
+        identities = [m.identity for m in self._members]
+        if len(set(identities)) != len(identities):
+            raise exc.ConfigurationError(f"the Redis layer URLs {self.hosts!r} name the same server twice")
+        self._ring = HashRing(identities, replicas=ring_replicas)
+        self._shards = [v for m in self._members for v in m.vshards()]
+        self._wait, self._wait_for = self._wait_command(wait_replicas, wait_replicas_timeout)
+        self._unreplicated = 0
+        self._replication_ok = True
+        #: (monotonic time, "add" or "discard", group, channel) of this process's recent membership
+        #: changes, kept only where a shard can fail over (see MEMBERSHIP_REPLAY_SECONDS).
+        self._journal: deque | None = deque() if any(s.fails_over for s in self._shards) else None
+        self._topology_callbacks: list[Callable[[], None]] = []
+        for member in self._members:
+            member.on_change(self._topology_changed)
         self._expiry_ms = max(1, int(self.expiry * 1000))
         self._gexp_ms = max(1, int(self.group_expiry * 1000))
         self._send_cache: dict[str, tuple] = {}
@@ -151,6 +193,105 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         self._local = threading.local()  # this thread's kept doorbell registration (_Watch)
         self._epoch = 0  # bumped by close(): registrations made before are stale
 
+    def _member(self, url: str, options: dict[str, Any], timeouts: tuple[float, float]) -> Any:
+        """The ring member for one URL: a server, or the primary of a Sentinel service."""
+        if not is_topology_url(url):
+            return ServerMember(Shard(url, options, self._p))
+        parsed = parse_topology_url(url)
+        extra = dict(parsed.options)
+        if parsed.kind == "sentinel":
+            locator = SentinelLocator(parsed, timeouts[0], timeouts[1], {**extra, **options})
+            # The address is the sentinels' to tell: a placeholder until the first connection asks them.
+            shard = Shard(parsed.node_url(f"primary-of-{parsed.service_name}", 6379), {**options, **extra},
+                          self._p, locator=locator)
+            sentinels = ",".join(f"{h}:{p}" for h, p in sorted(parsed.nodes))
+            return ServerMember(shard, f"sentinel:{parsed.service_name}/{parsed.db}@{sentinels}")
+        raise exc.ConfigurationError(f"{parsed}: Redis Cluster URLs are not supported yet")
+
+    @staticmethod
+    def _wait_command(replicas: Any, timeout: Any) -> tuple[bytes | None, int]:
+        try:
+            count, ms = int(replicas), max(0, int(float(timeout) * 1000))
+        except (TypeError, ValueError):
+            raise exc.ConfigurationError(f"wait_replicas must be a number of replicas and wait_replicas_timeout a "
+                                         f"number of seconds, not {replicas!r} and {timeout!r}") from None
+        if count < 0:
+            raise exc.ConfigurationError(f"wait_replicas must be 0 (off) or more, not {count}")
+        return (packed("WAIT", count, ms) if count else None), count
+
+    # -- failovers ----------------------------------------------------------------------------
+
+    @property
+    def topology_epoch(self) -> int:
+        """A number that grows with every failover (or slot move) this process's layer followed."""
+        return sum(m.epoch for m in self._members)
+
+    def on_topology_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` after every failover this layer follows, once this process's recent
+        membership changes are re-applied (in a thread of the layer's; keep it short). The sidecar
+        checks its state at once then, instead of at its next check."""
+        self._topology_callbacks.append(callback)
+
+    def _topology_changed(self) -> None:
+        threading.Thread(target=self._after_failover, name="wsgi-channels-failover", daemon=True).start()
+
+    def _after_failover(self) -> None:
+        if self._journal is not None:
+            self._replay_memberships()
+        for callback in list(self._topology_callbacks):
+            try:
+                callback()
+            except Exception:
+                log.exception("topology change callback %r failed", callback)
+
+    def _journal_membership(self, op: str, group: str, channel: str) -> None:
+        journal = self._journal
+        if journal is None:
+            return
+        now = time.monotonic()
+        journal.append((now, op, group, channel))
+        while journal and (now - journal[0][0] > MEMBERSHIP_REPLAY_SECONDS or len(journal) > _JOURNAL_LIMIT):
+            journal.popleft()
+
+    def _replay_memberships(self) -> None:
+        """Re-apply this process's membership changes of the last few seconds, in order (after a failover)."""
+        assert self._journal is not None
+        cutoff = time.monotonic() - MEMBERSHIP_REPLAY_SECONDS
+        recent = [entry for entry in list(self._journal) if entry[0] >= cutoff]
+        if not recent:
+            return
+        failed = 0
+        for _, op, group, channel in recent:
+            try:
+                (self._group_add if op == "add" else self._group_discard)(group, channel)
+            except exc.ChannelsError:
+                failed += 1
+        log.info("re-applied %d recent group membership change(s) after a failover (%d failed)",
+                 len(recent) - failed, failed)
+
+    def _replicated(self, acked: Any) -> None:
+        """Note the reply of a ``WAIT`` that followed a write: fewer replicas than asked is counted."""
+        if isinstance(acked, int) and acked >= self._wait_for:
+            self._replication_ok = True
+            return
+        self._unreplicated += 1
+        if self._replication_ok:
+            self._replication_ok = False
+            log.warning("a write was confirmed by %s replica(s), fewer than wait_replicas=%d, within "
+                        "wait_replicas_timeout: it stays queued on the primary and may be lost if that fails "
+                        "now (logged once until replicas confirm again)", acked, self._wait_for)
+
+    def _script_waited(self, shard: Any, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """``shard.script(...)``, followed by the ``WAIT`` of ``wait_replicas`` in the same round trip."""
+        if self._wait is None:
+            return shard.script(script, keys, args)
+        reply, acked = shard.pipeline([packed("EVALSHA", script.sha, len(keys), *keys, *args)], script,
+                                      tail=(self._wait,))
+        if isinstance(reply, Exception):
+            raise reply
+        self._replicated(acked)
+        return reply
+
     @classmethod
     def from_url(cls, url: Any, **options: Any) -> "RedisChannelLayer":
         """Build from one URL, comma-separated URLs or a list (shards); query options apply to all."""
@@ -159,8 +300,9 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
 
     # -- names to shards and keys -----------------------------------------------------------
 
-    def _shard_of(self, name: str) -> Shard:
-        return self._shards[self._ring.node_for(name)]
+    def _shard_of(self, name: str) -> Any:
+        """The vshard that holds ``name``'s keys (a Shard, for a server or a Sentinel service)."""
+        return self._members[self._ring.node_for(name)].vshard_for(name)
 
     def _key(self, kind: str, name: str) -> bytes:
         return f"{self._p}{kind}:{{{name}}}".encode()
@@ -246,7 +388,14 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
 
     def send(self, channel: str, message: dict) -> None:
         shard, payload, capacity = self._send_payload(channel, message)
-        if shard.call(_SEND, payload) < 0:
+        if self._wait is None:
+            n = shard.call(_SEND, payload)
+        else:
+            n, acked = shard.pipeline([payload], _SEND, tail=(self._wait,))
+            if isinstance(n, Exception):
+                raise n
+            self._replicated(acked)
+        if n < 0:
             self._count("channel_full_count")
             raise exc.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
         self._sent += 1
@@ -304,8 +453,9 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         outcomes recorded in ``outcomes``. ``then``: one more command written after them (see
         :meth:`Shard.pipeline`), whose reply is returned; a network failure is then raised too,
         once recorded for the sends."""
+        tail = (self._wait,) if self._wait is not None else ()
         try:
-            replies = shard.pipeline([e[3] for e in entries], _SEND, then=then)
+            replies = shard.pipeline([e[3] for e in entries], _SEND, then=then, tail=tail)
         except exc.LayerUnavailable as e:
             for entry in entries:
                 outcomes[entry[0]] = e
@@ -313,6 +463,8 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
                 raise
             return None
         self._send_outcomes(entries, replies, outcomes)
+        if tail:
+            self._replicated(replies[len(entries)])
         return replies[-1] if then is not None else None
 
     def _prepare_sends(self, items: Sequence[tuple[str, dict]]) -> tuple[list[BaseException | None], dict[Shard, list]]:
@@ -350,20 +502,29 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
     def group_add(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
+        self._group_add(group, channel)
+        self._journal_membership("add", group, channel)
+
+    def _group_add(self, group: str, channel: str) -> None:
         qname = non_local_name(channel)
         keys: tuple[bytes, ...] = self._group_keys(group)
         if qname is not channel:
             keys += (self._key("m", qname),)
-        self._shard_of(qname).script(_GROUP_ADD, keys, (channel, self._gexp_ms, self.get_capacity(qname), group))
+        self._script_waited(self._shard_of(qname), _GROUP_ADD, keys,
+                            (channel, self._gexp_ms, self.get_capacity(qname), group))
 
     def group_discard(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
+        self._group_discard(group, channel)
+        self._journal_membership("discard", group, channel)
+
+    def _group_discard(self, group: str, channel: str) -> None:
         qname = non_local_name(channel)
         keys: tuple[bytes, ...] = self._group_keys(group)
         if qname is not channel:
             keys += (self._key("m", qname),)
-        self._shard_of(qname).script(_GROUP_DISCARD, keys, (channel, group))
+        self._script_waited(self._shard_of(qname), _GROUP_DISCARD, keys, (channel, group))
 
     def group_channels(self, group: str) -> list[str]:
         validate_group_name(group)
@@ -392,8 +553,13 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         head, size, exp = self._fanout_command(group), len(body), self._expiry_ms
         # One format per shard: the script takes the messages' deadline on that shard's clock.
         # run_everywhere runs a single shard's script directly, without its concurrent path.
-        dropped = sum(run_everywhere(self._shards, _FANOUT, [_FANOUT_TAIL % (head, size, body, s.now_ms() + exp)
-                                                             for s in self._shards]))
+        replies = run_everywhere(self._shards, _FANOUT, [_FANOUT_TAIL % (head, size, body, s.now_ms() + exp)
+                                                         for s in self._shards], tail=self._wait)
+        if self._wait is not None:
+            for acked in replies[1::2]:
+                self._replicated(acked)
+            replies = replies[::2]
+        dropped = sum(replies)
         if dropped:
             self._count("group_drop_count", dropped)
             log.debug("group %r: %d member(s) behind full channels skipped", group, dropped)
@@ -442,22 +608,28 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         # Only this layer's key shapes: another application's prefix can never match.
         return [self._pb + b"[qumgst]:{*", self._pb + b"g[cp]:{*"]
 
+    def _nodes(self) -> list[Shard]:
+        """Every primary of every member, once each."""
+        return list({id(n): n for m in self._members for n in m.nodes()}.values())
+
     def flush(self) -> None:
         """Remove every key of this prefix on every shard (SCAN, never KEYS) and local buffers."""
-        for shard in self._shards:
+        for shard in self._nodes():
             for keys in self._scan(shard, self._patterns()):
                 shard.execute("UNLINK", *keys)
         self._copies.clear()
 
     def global_statistics(self) -> dict[str, int]:
-        """``messages_count`` counts sends made by this layer instance; ``messages_pending`` entries queued."""
+        """``messages_count`` counts sends made by this layer instance; ``messages_pending`` entries queued;
+        with ``wait_replicas``, ``unreplicated_count`` the writes fewer replicas confirmed in time."""
         pending = 0
-        for shard in self._shards:
+        for shard in self._nodes():
             for keys in self._scan(shard, [self._pb + b"q:{*"]):
                 for key in keys:
                     pending += shard.execute("LLEN", key)
         pending += self._copies.pending()
-        return {"messages_count": self._sent, "messages_pending": pending, **self._local_statistics()}
+        extra = {"unreplicated_count": self._unreplicated} if self._wait is not None else {}
+        return {"messages_count": self._sent, "messages_pending": pending, **self._local_statistics(), **extra}
 
     def channel_statistics(self, channel: str) -> dict[str, int]:
         qname = non_local_name(validate_channel_name(channel, receive=channel.endswith("!")))
@@ -468,8 +640,8 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
 
     def close(self) -> None:
         self._epoch += 1
-        for shard in self._shards:
-            shard.close()
+        for member in self._members:
+            member.close()
 
     def __repr__(self) -> str:
-        return f"<RedisChannelLayer hosts={[s.label for s in self._shards]} prefix={self.prefix!r}>"
+        return f"<RedisChannelLayer hosts={[m.identity for m in self._members]} prefix={self.prefix!r}>"

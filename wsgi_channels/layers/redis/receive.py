@@ -12,6 +12,11 @@ on Redis 7, with ``BLMPOP``, which also takes a backlog whole); anything else
 (process-local ``prefix!`` queues, several shards) waits on the shards' doorbells
 (:mod:`.wakeup`), registered before the pop attempt that precedes each wait, so a
 push after that attempt always wakes the reader; only the scripts pop those queues.
+
+A blocking receive on a shard that can fail over (a Sentinel service) rides out a failover
+within its own wait: when its server goes away it asks where the primary is now (at most
+every 100 ms) and goes on waiting there; only when its wait ends first does it raise
+``LayerUnavailable``. Doorbell registrations are made again after a failover.
 """
 from __future__ import annotations
 
@@ -110,6 +115,7 @@ class ReceivingMixin:
     _rr: int
     _local: Any
     _epoch: int
+    topology_epoch: int
     _block_step: float
     expiry: float
     _key: Any
@@ -125,12 +131,10 @@ class ReceivingMixin:
         key = tuple(names)
         plan = self._plans.get(key)
         if plan is None:
-            by_shard: dict[int, list] = {}
+            by_shard: dict[Any, list] = {}
             for name in dict.fromkeys(names):
-                index = self._ring.node_for(name)
-                by_shard.setdefault(index, []).append(name)
-            plan = [_ShardPlan(self._shards[index], shard_names, self._key, self._p)
-                    for index, shard_names in by_shard.items()]
+                by_shard.setdefault(self._shard_of(name), []).append(name)
+            plan = [_ShardPlan(shard, shard_names, self._key, self._p) for shard, shard_names in by_shard.items()]
             if len(self._plans) >= 1000:
                 self._plans.clear()
             self._plans[key] = plan
@@ -294,7 +298,7 @@ class ReceivingMixin:
         needs no second pop attempt after registering, one round trip instead of two.
         """
         key = tuple(names)
-        generation = (connection.fork_generation(), self._epoch)
+        generation = self._watch_generation()
         watch = getattr(self._local, "watch", None)
         if watch is not None:
             if watch.key == key and watch.generation == generation:
@@ -308,11 +312,15 @@ class ReceivingMixin:
         self._local.watch = watch
         return watch
 
+    def _watch_generation(self) -> tuple:
+        """What a doorbell registration depends on: the process (fork), the layer (``close()``), and
+        where the servers are (a failover moves the doorbells, so registrations are made again)."""
+        return connection.fork_generation(), self._epoch, self.topology_epoch
+
     def _watching(self, names: list[str]) -> Watch | None:
         """This thread's registration if it already watches exactly ``names`` (registered before any pop)."""
         watch = getattr(self._local, "watch", None)
-        if watch is not None and watch.key == tuple(names) \
-                and watch.generation == (connection.fork_generation(), self._epoch):
+        if watch is not None and watch.key == tuple(names) and watch.generation == self._watch_generation():
             return watch
         return None
 
@@ -397,6 +405,7 @@ class ReceivingMixin:
         """
         entry = plan[0]
         shard, name, queue = entry.shard, names[0], entry.keys[0]
+        deadline = time.monotonic() + wait
         if time.monotonic() - entry.read_at > self.expiry / 2:
             backlog = self._try_receive_batch(names, plan, limit, shared)
             entry.read_at = time.monotonic()
@@ -405,7 +414,12 @@ class ReceivingMixin:
         done = b"*5\r\n" + bulk("EVALSHA", _READ_DONE.sha, 2, queue, self._key("u", name))
         for keys, step in self._blocking_steps(entry, wait):
             pop = connection.packed("BLMPOP", step, 1, queue, "LEFT", "COUNT", limit)
-            reply, cleared = shard.pipeline([done], _READ_DONE, then=pop, then_first=True)
+            try:
+                reply, cleared = shard.pipeline([done], _READ_DONE, then=pop, then_first=True)
+            except exc.LayerUnavailable as e:
+                self._ride_out(entry, deadline, e)
+                entry.read_at = float("-inf")  # a new server: the script runs before the next wait
+                return self._blocking_pop_prefix(names, plan, max(0.0, deadline - time.monotonic()), limit, shared)
             entry.read_at = time.monotonic()
             if type(reply) is ResponseError:
                 self._no_blmpop(shard, reply)
@@ -465,8 +479,13 @@ class ReceivingMixin:
         skips nothing but an expired head, which is dropped here as the scripts drop it.
         """
         shard = entry.shard
+        deadline = time.monotonic() + wait
         for keys, step in self._blocking_steps(entry, wait):
-            reply = shard.execute_packed(connection.packed("BLPOP", *keys, step))
+            try:
+                reply = shard.execute_packed(connection.packed("BLPOP", *keys, step), blocking=True)
+            except exc.LayerUnavailable as e:
+                self._ride_out(entry, deadline, e)
+                continue
             if reply is None:
                 continue
             key, data = reply
@@ -486,18 +505,23 @@ class ReceivingMixin:
         instead of the shard (it writes other commands with it) and returns the pop's reply.
         """
         shard = entry.shard
+        deadline = time.monotonic() + wait
         for keys, step in self._blocking_steps(entry, wait):
             command = connection.packed("BLMPOP", step, len(keys), *keys, "LEFT", "COUNT", limit)
             try:
                 if first is not None:
-                    reply, first = first(command), None
+                    write_with, first = first, None
+                    reply = write_with(command)
                     if type(reply) is ResponseError:
                         raise reply
                 else:
-                    reply = shard.execute_packed(command)
+                    reply = shard.execute_packed(command, blocking=True)
             except ResponseError as e:
                 self._no_blmpop(shard, e)
                 return None
+            except exc.LayerUnavailable as e:
+                self._ride_out(entry, deadline, e)
+                continue
             shard.blmpop = True
             if reply is None:
                 continue
@@ -561,7 +585,11 @@ class ReceivingMixin:
         event = watch.event
         while True:
             event.clear()  # a push after this pop attempt sets it again
-            got = attempt()
+            try:
+                got = attempt()
+            except exc.LayerUnavailable as e:
+                self._ride_out(plan, deadline, e)
+                got = None
             if got:
                 watch.drained = 0 < len(got) < limit
                 return got
@@ -569,3 +597,20 @@ class ReceivingMixin:
             if remaining <= 0:
                 return None
             event.wait(remaining)
+            if watch.generation != self._watch_generation():  # a failover moved the doorbells
+                watch = self._watch(names, plan, max(0.0, deadline - time.monotonic()))
+                event = watch.event
+
+    def _ride_out(self, plan: Any, deadline: float, error: exc.LayerUnavailable) -> None:
+        """After ``error`` in a blocking receive: on shards that can fail over, wait (up to ``deadline``)
+        until one of them moved, asking where their servers are at most every 100 ms, then return
+        for the caller to go on there. Anything else, or no move in time, raises ``error``."""
+        shards = [entry.shard for entry in plan] if isinstance(plan, list) else [plan.shard]
+        if not any(shard.fails_over for shard in shards):
+            raise error
+        epochs = [shard.topology_epoch for shard in shards]
+        while time.monotonic() < deadline:
+            if any([shard.recheck() for shard in shards]) or [s.topology_epoch for s in shards] != epochs:
+                return
+            time.sleep(0.05)
+        raise error
