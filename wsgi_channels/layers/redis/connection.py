@@ -223,7 +223,7 @@ class Shard:
     cluster = False
 
     def __init__(self, url: str, options: dict[str, Any], key_prefix: str = "", locator: Any = None,
-                 sharded_bell: bool = False) -> None:
+                 sharded_bell: bool = False, probe: bool = False) -> None:
         parts = urlsplit(url)
         pool = redis.ConnectionPool.from_url(url, **options)
         self.connection_class = pool.connection_class
@@ -252,6 +252,13 @@ class Shard:
         self._move_lock = threading.Lock()
         self._on_move: list = []
         self.closed = False
+        #: Called by the doorbell when the server says its subscriptions' slot moved (Cluster).
+        self.on_bell_moved: Any = None
+        #: Whether the server is a Redis Cluster node: asked (``INFO cluster``) with the first
+        #: connection's ``TIME`` when ``probe``, else None.
+        self.cluster_enabled: bool | None = None
+        if probe:
+            self._connect_extra = (_pack(("INFO", "cluster")),)
 
     def _set_labels(self) -> None:
         kw = self.connection_kwargs
@@ -330,9 +337,22 @@ class Shard:
             raise self.unavailable(e, sent=False) from e
         return link
 
+    def probe_cluster(self) -> bool:
+        """Whether this server is a Redis Cluster node (learnt with its first connection)."""
+        if self.cluster_enabled is None:
+            self.release(self.acquire())
+        return bool(self.cluster_enabled)
+
     def _connect(self, link: _Link) -> None:
         self.clock_offset, extra = link.connect(self._connect_extra)
-        if extra:
+        if len(extra) == 1:  # the probe
+            info = extra[0]
+            if isinstance(info, ResponseError):  # INFO refused (an ACL): not taken for a Cluster
+                self.cluster_enabled = False
+            else:
+                self.cluster_enabled = b"cluster_enabled:1" in (info if isinstance(info, bytes) else b"")
+            self._connect_extra = ()
+        elif extra:
             role, client_id = extra
             if isinstance(role, ResponseError) or not role or role[0] != b"master":
                 raise _NotPrimary(f"{self.address[0]}:{self.address[1]} is not a primary "
@@ -595,7 +615,8 @@ class Shard:
         if bell is None:
             with self._bell_lock:
                 if self._bell is None:
-                    self._bell = Doorbell(self._new_connection, self.label, sharded=self._sharded_bell)
+                    self._bell = Doorbell(self._new_connection, self.label, sharded=self._sharded_bell,
+                                          on_moved=self.on_bell_moved)
                 bell = self._bell
         return bell
 

@@ -28,6 +28,7 @@ from redis.exceptions import ResponseError
 
 from ... import exceptions as exc
 from ..base import Received
+from . import cluster_scripts as cscripts
 from . import connection, entries
 from . import scripts
 from .connection import NOW, Script, Shard, bulk
@@ -45,6 +46,10 @@ _RECEIVE = Script(scripts.RECEIVE)
 _RECEIVE_MANY = Script(scripts.RECEIVE_MANY)
 _EVICT = Script(scripts.EVICT)
 _READ_DONE = Script(scripts.READ_DONE)
+_C_RECEIVE = Script(cscripts.RECEIVE)
+_C_RECEIVE_MANY = Script(cscripts.RECEIVE_MANY)
+_C_EVICT = Script(cscripts.EVICT)
+_C_READ_DONE = Script(cscripts.READ_DONE)
 
 
 class _ShardPlan:
@@ -57,14 +62,17 @@ class _ShardPlan:
     plain ``LPOP`` (``lpop``) does the script's work, the deadline checked on our side.
     """
 
-    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "plain", "drained", "read_at", "_packed")
+    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "plain", "drained", "read_at", "_packed",
+                 "scripts")
 
-    def __init__(self, shard: Shard, names: list[str], key: Any, prefix: str) -> None:
+    def __init__(self, shard: Any, names: list[str], prefix: str) -> None:
         self.shard = shard
         self.names = names
-        self.keys = [key("q", name) for name in names]
+        self.keys = [shard.key("q", name) for name in names]
         self.flags = [b"1" if name.endswith("!") else b"0" for name in names]
         self.prefix = prefix
+        #: (RECEIVE, RECEIVE_MANY) of the shard's key layout.
+        self.scripts = (_C_RECEIVE, _C_RECEIVE_MANY) if shard.cluster else (_RECEIVE, _RECEIVE_MANY)
         self.lpop = connection.packed("LPOP", self.keys[0]) if self.flags == [b"0"] else None
         #: Only plain channels (no ``prefix!``): a blocking wait may be one ``BLPOP`` (see _blocking_pop).
         self.plain = b"1" not in self.flags
@@ -83,11 +91,20 @@ class _ShardPlan:
         if got is None:
             keys, flags, names = (self.keys[r:] + self.keys[:r], self.flags[r:] + self.flags[:r],
                                   self.names[r:] + self.names[:r])
-            script = _RECEIVE_MANY if many else _RECEIVE
-            # EVALSHA sha numkeys keys... P flags... [most] now
-            count = 4 + 2 * len(keys) + (2 if many else 1)
-            got = self._packed[(r, many)] = (
-                b"*%d\r\n" % count + bulk("EVALSHA", script.sha, len(keys), *keys, self.prefix, *flags), names)
+            script = self.scripts[many]
+            if self.shard.cluster:
+                # EVALSHA sha numkeys bucket-keys... (q | q u m)... flags... [most] now: every key declared
+                shard = self.shard
+                keys = list(shard.bucket_keys) + [k for name in names for k in (
+                    (shard.key("q", name), shard.key("u", name), shard.key("m", name)) if name.endswith("!")
+                    else (shard.key("q", name),))]
+                count = 3 + len(keys) + len(flags) + (2 if many else 1)
+                head = b"*%d\r\n" % count + bulk("EVALSHA", script.sha, len(keys), *keys, *flags)
+            else:
+                # EVALSHA sha numkeys keys... P flags... [most] now
+                count = 4 + 2 * len(keys) + (2 if many else 1)
+                head = b"*%d\r\n" % count + bulk("EVALSHA", script.sha, len(keys), *keys, self.prefix, *flags)
+            got = self._packed[(r, many)] = (head, names)
         return got
 
     def receive(self, rr: int) -> tuple[bytes, list[str]]:
@@ -134,7 +151,7 @@ class ReceivingMixin:
             by_shard: dict[Any, list] = {}
             for name in dict.fromkeys(names):
                 by_shard.setdefault(self._shard_of(name), []).append(name)
-            plan = [_ShardPlan(shard, shard_names, self._key, self._p) for shard, shard_names in by_shard.items()]
+            plan = [_ShardPlan(shard, shard_names, self._p) for shard, shard_names in by_shard.items()]
             if len(self._plans) >= 1000:
                 self._plans.clear()
             self._plans[key] = plan
@@ -149,8 +166,12 @@ class ReceivingMixin:
 
     def _evict(self, prefix: str, channels: list[str]) -> None:
         """Members whose buffered message expired here, unread, leave their groups."""
+        shard = self._shard_of(prefix)
         try:
-            self._shard_of(prefix).script(_EVICT, (self._key("m", prefix),), (self._p, *channels))
+            if shard.cluster:
+                shard.script(_C_EVICT, shard.bucket_keys + (shard.key("m", prefix),), channels)
+            else:
+                shard.script(_EVICT, (shard.key("m", prefix),), (self._p, *channels))
         except exc.LayerUnavailable as e:
             log.warning("could not evict %d expired channel(s) of %s from their groups: %s",
                         len(channels), prefix, e)
@@ -179,7 +200,9 @@ class ReceivingMixin:
         """
         names = self._members_cache.get(key)
         if names is None:
-            data = self._shard_of(prefix).execute("GET", key)
+            shard = self._shard_of(prefix)
+            # On a Cluster the reference is a field of the bucket's hash of member lists.
+            data = shard.execute("HGET", shard.key("t", ""), key) if shard.cluster else shard.execute("GET", key)
             if data is None:
                 raise exc.ChannelsError(f"the member list {key.decode()!r} of a group message for {prefix!r} "
                                         "is gone (flushed, or evicted by Redis' maxmemory policy)")
@@ -203,7 +226,8 @@ class ReceivingMixin:
         message.pos = 1
         self._copies.add(name, message)
         # Other threads of this process waiting on this prefix can take the rest now.
-        self._shard_of(name).bell().ring(self._key("q", name))
+        shard = self._shard_of(name)
+        shard.bell().ring(shard.key("q", name))
         return first
 
     def _try_receive(self, names: list[str], plan: list[_ShardPlan]) -> tuple[str, dict] | None:
@@ -222,7 +246,7 @@ class ReceivingMixin:
                     return entry.names[0], self._open(message_body(popped))
                 continue
             command, shard_names = entry.receive(self._rr)
-            reply = shard.call(_RECEIVE, command + NOW % shard.now_ms())
+            reply = shard.call(entry.scripts[0], command + NOW % shard.now_ms())
             if reply is not None:
                 return self._deliver(shard_names[reply[0] - 1], reply[1], reply[2])
         return None
@@ -252,7 +276,7 @@ class ReceivingMixin:
             shard = entry.shard
             command, shard_names = entry.receive_many(self._rr)
             most = b"%d" % (limit - len(batch))
-            reply = shard.call(_RECEIVE_MANY, b"%s$%d\r\n%s\r\n" % (command, len(most), most)
+            reply = shard.call(entry.scripts[1], b"%s$%d\r\n%s\r\n" % (command, len(most), most)
                                + NOW % shard.now_ms())
             if not reply:
                 continue
@@ -411,11 +435,12 @@ class ReceivingMixin:
             entry.read_at = time.monotonic()
             if backlog:
                 return backlog
-        done = b"*5\r\n" + bulk("EVALSHA", _READ_DONE.sha, 2, queue, self._key("u", name))
+        read_done = _C_READ_DONE if shard.cluster else _READ_DONE
+        done = b"*5\r\n" + bulk("EVALSHA", read_done.sha, 2, queue, shard.key("u", name))
         for keys, step in self._blocking_steps(entry, wait):
             pop = connection.packed("BLMPOP", step, 1, queue, "LEFT", "COUNT", limit)
             try:
-                reply, cleared = shard.pipeline([done], _READ_DONE, then=pop, then_first=True)
+                reply, cleared = shard.pipeline([done], read_done, then=pop, then_first=True)
             except exc.LayerUnavailable as e:
                 self._ride_out(entry, deadline, e)
                 entry.read_at = float("-inf")  # a new server: the script runs before the next wait
