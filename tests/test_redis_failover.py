@@ -48,7 +48,7 @@ def sidecar_prefix(st) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("topology", ["sentinel"], indirect=True)
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"], indirect=True)
 @pytest.mark.parametrize("fault", ["kill", "switchover"])
 def test_failover_under_traffic(topology, fault, tmp_path):
     url = topology.url
@@ -131,7 +131,7 @@ def test_failover_under_traffic(topology, fault, tmp_path):
         assert first_frame - t_fault <= KILL_BOUND + 1.0
 
 
-@pytest.mark.parametrize("topology", ["sentinel"], indirect=True)
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"], indirect=True)
 def test_membership_made_just_before_a_crash_is_replayed(topology):
     """A group membership acknowledged by the primary but never replicated (its replicas were cut off
     just before, and it died at once) is added again by the process that made it, after the failover."""

@@ -163,11 +163,7 @@ class ClusterTopology:
                 self._refreshed = time.monotonic()
             changed = self._apply(reply, source)
         if changed:
-            for callback in list(self._callbacks):
-                try:
-                    callback()
-                except Exception:  # pragma: no cover
-                    log.exception("topology change callback failed")
+            self._changed()
         return changed
 
     def _ask(self) -> tuple[list, tuple[str, int]]:
@@ -216,31 +212,46 @@ class ClusterTopology:
         for slot in self.slots:
             address = next((a for lo, hi, a in ranges if lo <= slot <= hi), None)
             owners.append(self.node(address) if address is not None else None)
-        primaries = list(dict.fromkeys(a for _, _, a in ranges))
-        changed = [o.address if o else None for o in owners] != [o.address if o else None for o in self.owners]
-        had_map = any(o is not None for o in self.owners)
-        self.owners, self.primaries = owners, primaries
+        self.primaries = list(dict.fromkeys(a for _, _, a in ranges))
         for address in list(self._nodes):
-            if address not in primaries:
+            if address not in self.primaries:
                 self._nodes.pop(address).close()  # a node gone, demoted or only a seed: its doorbell and pool go
-        if changed and had_map:
-            self.epoch += 1
-            log.warning("Redis Cluster slots moved: buckets now on %s",
-                        ", ".join(sorted({f"{o.address[0]}:{o.address[1]}" for o in owners if o})))
-            for shard in {id(o): o for o in owners if o}.values():
-                if shard._bell is not None:
-                    shard._bell.reconnect()  # waiters register again with the new owners
-        return changed and had_map
+        return self._set_owners(owners)
+
+    def _set_owners(self, owners: list) -> bool:
+        """Install a new bucket -> primary map; True (and the epoch bumped) when a bucket moved."""
+        before = [o.address if o else None for o in self.owners]
+        had_map = any(before)
+        self.owners = owners
+        if [o.address if o else None for o in owners] == before or not had_map:
+            return False
+        self.epoch += 1
+        log.warning("Redis Cluster slots moved: buckets now on %s",
+                    ", ".join(sorted({f"{o.address[0]}:{o.address[1]}" for o in owners if o})))
+        for shard in {id(o): o for o in owners if o}.values():
+            if shard._bell is not None:
+                shard._bell.reconnect()  # waiters register again with the new owners
+        return True
 
     def moved(self, index: int, address: tuple[str, int] | None) -> None:
         """A ``MOVED`` for bucket ``index``: patch it now, then read the whole map again."""
+        changed = False
         if address is not None and address[0]:
             old = self.owners[index]
             if old is None or old.address != address:
                 owners = list(self.owners)
                 owners[index] = self.node(address)
-                self.owners = owners
-        self.refresh()
+                with self._lock:
+                    changed = self._set_owners(owners)
+        if not self.refresh() and changed:  # a refresh that changed the map has told the callbacks
+            self._changed()
+
+    def _changed(self) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback()
+            except Exception:  # pragma: no cover
+                log.exception("topology change callback failed")
 
     def primary_shards(self) -> list[Shard]:
         """A pool for every primary (flush and statistics visit each)."""
@@ -324,9 +335,13 @@ class ClusterBucket:
         """``run(owner)``, following redirects and riding out a short failover (see the module docstring)."""
         hops = 0
         deadline: float | None = None
+        ask: Shard | None = None
         while True:
             shard = self.node()
             try:
+                if ask is not None:  # the slot is migrating there: ASKING, then the command, once
+                    target, ask = ask, None
+                    return asking(target)
                 return run(shard)
             except ResponseError as e:
                 kind, address = _redirect(e)
@@ -342,8 +357,8 @@ class ClusterBucket:
                     raise shard.unavailable(e, sent=False) from None
                 hops += 1
                 if kind == "ASK" and address is not None:
-                    return asking(self.topology.node(address))
-                if kind == "MOVED":
+                    ask = self.topology.node(address)
+                elif kind == "MOVED":
                     self.topology.moved(self.index, address)
                 elif kind == "READONLY":
                     self.topology.refresh(force=True)
@@ -483,23 +498,29 @@ def run_all(items: Sequence[tuple[Any, Script, bytes]], tail: bytes | None = Non
 
     Returns the replies in order (with ``tail``: script, tail, script, tail, ...). A reply that
     says "not run here" (a redirect, ``NOSCRIPT``) is sent again through its vshard; an error
-    reply of another kind is returned in its place. A network failure of a node raises
-    ``LayerUnavailable`` once every other node's replies are read (none is resent).
+    reply of another kind is returned in its place. Items of a node that refused the connection
+    (nothing was sent) go to their vshard's new owner when the map says it moved. A network
+    failure after the write raises ``LayerUnavailable`` once every other node's replies are read
+    (none is resent).
     """
     per = 1 if tail is None else 2
-    by_node: dict[int, tuple[Shard, list[int]]] = {}
+    by_node: dict[int, tuple[Any, list[int]]] = {}
     for i, (vshard, _, _) in enumerate(items):
         node = vshard.node()
         by_node.setdefault(id(node), (node, []))[1].append(i)
     replies: list = [None] * (len(items) * per)
-    links: list[tuple[Shard, _Link, list[int]]] = []
+    links: list[tuple[Any, _Link, list[int]]] = []
     error: BaseException | None = None
+    refused: list[tuple[Any, int, list[int], BaseException]] = []
     try:
         for node, indexes in by_node.values():
             try:
                 link = node.acquire()
             except exc.LayerUnavailable as e:
-                error = error or e
+                if getattr(e, "sent", True):
+                    error = error or e
+                else:
+                    refused.append((node, node.epoch, indexes, e))
                 continue
             links.append((node, link, indexes))
         for node, link, indexes in list(links):
@@ -525,7 +546,20 @@ def run_all(items: Sequence[tuple[Any, Script, bytes]], tail: bytes | None = Non
             link.disconnect()
         raise
     if error is not None:
+        for vshard, _, _ in items:
+            if vshard.fails_over:
+                vshard.recheck()  # the next call asks the right node
         raise error
+    for node, epoch, indexes, refusal in refused:
+        for i in indexes:
+            vshard, script, payload = items[i]
+            if not vshard.fails_over:
+                raise refusal
+            vshard.recheck()
+            if vshard.node() is node and node.epoch == epoch:
+                raise refusal  # nothing moved (yet): the node is just down
+            again = vshard.pipeline([payload], script, tail=(tail,) if tail is not None else ())
+            replies[i * per:(i + 1) * per] = again
     for i, (vshard, script, payload) in enumerate(items):
         reply = replies[i * per]
         if isinstance(reply, ResponseError) and (_redirect(reply)[0] or str(reply).startswith("NOSCRIPT")):

@@ -331,6 +331,10 @@ class Shard:
             raise self.unavailable(e, sent=False) from None
         except ResponseError as e:
             link.disconnect()
+            if "not allowed in cluster mode" in str(e):
+                raise exc.ConfigurationError(
+                    f"{self.label} is a Redis Cluster node, and a Redis Cluster has only database 0: use /0 in the "
+                    "URL (or a redis+cluster:// URL)") from None
             raise exc.ConfigurationError(f"Redis at {self.label} refused the connection: {e}") from None
         except NETWORK_ERRORS as e:
             link.disconnect()
