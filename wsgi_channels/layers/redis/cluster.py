@@ -49,7 +49,7 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from ... import exceptions as exc
-from .connection import NETWORK_ERRORS, Script, Shard, _Link, fork_generation, packed
+from .connection import NETWORK_ERRORS, Script, Shard, Link, fork_generation, packed
 from .slots import bucket_of, check_tag_count, tag_slot, tag_table
 
 __all__ = ["ClusterTopology", "ClusterBucket", "ClusterMember", "run_all", "DEFAULT_COLOCATE"]
@@ -509,7 +509,7 @@ def run_all(items: Sequence[tuple[Any, Script, bytes]], tail: bytes | None = Non
         node = vshard.node()
         by_node.setdefault(id(node), (node, []))[1].append(i)
     replies: list = [None] * (len(items) * per)
-    links: list[tuple[Any, _Link, list[int]]] = []
+    links: list[tuple[Any, Link, list[int]]] = []
     error: BaseException | None = None
     refused: list[tuple[Any, int, list[int], BaseException]] = []
     try:

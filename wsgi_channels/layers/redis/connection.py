@@ -23,27 +23,21 @@ parent's sockets are abandoned there, never used or closed.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import select
-import socket
-import struct
-import sys
 import threading
 import time
 from collections import deque
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
-import hiredis
 import redis
 from redis.exceptions import AuthenticationError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ... import exceptions as exc
-from .entries import DEADLINE_DIGITS
+from .link import NOW, Link, Script, _pack, bulk, packed
 from .wakeup import Doorbell
 
 __all__ = ["Script", "Shard", "bulk", "packed", "run_everywhere", "fork_generation", "NETWORK_ERRORS", "IDLE_CLOSE",
@@ -52,7 +46,6 @@ __all__ = ["Script", "Shard", "bulk", "packed", "run_everywhere", "fork_generati
 log = logging.getLogger(__name__)
 
 NETWORK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
-_READ_SIZE = 65536
 #: Seconds a pooled connection may sit unused before it is closed (checked at most once a second).
 IDLE_CLOSE = 30.0
 #: A connection idle for longer than this is checked for a close by the server before use. A
@@ -76,135 +69,6 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
-
-#: The last argument of a hot command, packed: a time on the server's clock in ms, now or (the
-#: fan-out's) a deadline, which the fan-out puts in front of its entries as it came (13 digits
-#: until 2286, the width of an entry's deadline).
-NOW = b"$%d\r\n%%d\r\n" % DEADLINE_DIGITS
-
-_pack = hiredis.pack_command  # packs a command in C; redis-py's own packer costs several microseconds
-
-
-def packed(*args: Any) -> bytes:
-    """The command ``args`` packed for the wire."""
-    return _pack(args)
-
-
-def bulk(*args: Any) -> bytes:
-    """``args`` as RESP bulk strings, without the array header: the fixed part of a command packed once.
-
-    A hot command is ``b"*%d\r\n" % count + bulk(fixed...)`` followed by its variable
-    arguments packed in place, which costs a fraction of packing the whole command each time.
-    """
-    packed = _pack(args)
-    return packed[packed.index(b"\r\n") + 2:]
-
-
-def _kernel_timeouts(sock: Any) -> None:
-    """Move a plain blocking socket's timeout into the kernel (``SO_RCVTIMEO``/``SO_SNDTIMEO``).
-
-    Python enforces a socket timeout with a ``poll`` before every ``send`` and ``recv``;
-    the kernel's timeouts bound the same calls with one system call each. TLS sockets and
-    gevent's cooperative sockets keep Python's timeout (they need it to work as they do).
-    """
-    if type(sock).__module__ != "socket":
-        return
-    timeout = sock.gettimeout()
-    if not timeout:
-        return
-    seconds = int(timeout)
-    value = struct.pack("ll", seconds, int((timeout - seconds) * 1_000_000))
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-    sock.settimeout(None)
-
-
-def _poll_class() -> Any:
-    """The operating system's ``select.poll``, even under gevent's monkey-patching.
-
-    The stale-connection check polls with a zero timeout, so it never blocks and needs no
-    cooperation; gevent's patched ``poll`` would cost about 30 microseconds a call (watchers,
-    a hub round), the real one under one.
-    """
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("select"):
-        return monkey.get_original("select", "poll")
-    return select.poll
-
-
-class Script:
-    """A Lua script known by its SHA1; loaded on demand (after a Redis restart too)."""
-
-    __slots__ = ("source", "sha")
-
-    def __init__(self, source: str) -> None:
-        self.source = source.encode()
-        self.sha = hashlib.sha1(self.source).hexdigest()
-
-
-class _Link:
-    """One connection: redis-py connects it (TLS, AUTH, SELECT); replies are read with our own
-    hiredis reader straight from its socket, which keeps the per-call cost to a few microseconds."""
-
-    __slots__ = ("conn", "sock", "reader", "poll", "used", "epoch", "client_id")
-
-    def __init__(self, conn: Any, epoch: int = 0) -> None:
-        self.conn = conn
-        self.sock: Any = None
-        self.reader: Any = None
-        self.poll: Any = None
-        self.used = 0.0  # time.monotonic() when last given back to the pool
-        self.epoch = epoch  # the shard's epoch (which server it stands for) when this link was made
-        self.client_id: int | None = None  # CLIENT ID, fetched at connect where a failover may need it
-
-    def connect(self, extra: Sequence[bytes] = ()) -> tuple[float, list]:
-        """Connect; returns the Redis clock's offset from ours in ms (measured around one ``TIME``)
-        and the replies of the packed commands ``extra``, sent in the same round trip."""
-        self.conn.connect()
-        self.sock = self.conn._sock
-        _kernel_timeouts(self.sock)
-        self.reader = hiredis.Reader(replyError=ResponseError)
-        self.poll = _poll_class()()
-        self.poll.register(self.sock.fileno(), select.POLLIN)
-        before = time.time()
-        self.sock.sendall(_pack(("TIME",)) + b"".join(extra))
-        reply = self.read()
-        after = time.time()
-        others = [self.read() for _ in extra]
-        if isinstance(reply, ResponseError):
-            message = str(reply)
-            if message.startswith(("NOAUTH", "WRONGPASS")):
-                raise AuthenticationError(message)  # a password is required, or the given one is wrong
-            raise reply
-        seconds, micros = reply
-        return int(seconds) * 1000 + int(micros) / 1000 - (before + after) * 500, others
-
-    def stale(self) -> bool:
-        """Readable while idle: closed by the server (a restart) or out of step."""
-        return bool(self.poll.poll(0))
-
-    def disconnect(self) -> None:
-        self.sock = self.poll = None
-        self.conn.disconnect()
-
-    def write(self, payload: bytes) -> None:
-        """Send ``payload`` whole: one ``send()`` is the rule (gevent's ``sendall()`` adds a
-        ``getsockopt`` per call), the rest, if any, with ``sendall()``."""
-        sent = self.sock.send(payload)
-        if sent < len(payload):
-            self.sock.sendall(memoryview(payload)[sent:])
-
-    def read(self) -> Any:
-        reader = self.reader
-        reply = reader.gets()
-        while reply is False:
-            data = self.sock.recv(_READ_SIZE)
-            if not data:
-                raise RedisConnectionError("connection closed by the server")
-            reader.feed(data)
-            reply = reader.gets()
-        return reply
-
 
 class Shard:
     """One Redis server: a small per-process connection pool and its wake-up listener.
@@ -247,8 +111,8 @@ class Shard:
         #: Whether the server behind this shard can change under it (a failover).
         self.fails_over = locator is not None
         self.located = locator is None
-        self._connect_extra = (_pack(("ROLE",)), _pack(("CLIENT", "ID"))) if locator is not None else ()
-        self._blocked: dict[_Link, None] = {}  # links inside a blocking command (an ordered set)
+        self._connect_extra: tuple[bytes, ...] = (packed("ROLE"), packed("CLIENT", "ID")) if locator is not None else ()
+        self._blocked: dict[Link, None] = {}  # links inside a blocking command (an ordered set)
         self._move_lock = threading.Lock()
         self._on_move: list = []
         self.closed = False
@@ -258,12 +122,12 @@ class Shard:
         #: connection's ``TIME`` when ``probe``, else None.
         self.cluster_enabled: bool | None = None
         if probe:
-            self._connect_extra = (_pack(("INFO", "cluster")),)
+            self._connect_extra = (packed("INFO", "cluster"),)
 
     def _set_labels(self) -> None:
         kw = self.connection_kwargs
         host, port = kw.get("host"), kw.get("port")
-        self.address = (host, port)
+        self.address: tuple[str, int] = (str(host), int(port or 0))
         self.label = f"{self._scheme}://{host}:{port}/{kw.get('db', 0)}"
         self.identity = f"{host}:{port}/{kw.get('db', 0)}"
 
@@ -300,14 +164,14 @@ class Shard:
             self._blocked = {}
             self._move_lock = threading.Lock()
 
-    def acquire(self) -> _Link:
+    def acquire(self) -> Link:
         if self._generation != _fork_generation:
             self._check_pid()
         try:
             link = self._free.pop()
         except IndexError:
             epoch = self.epoch
-            link = _Link(self._new_connection(), epoch)
+            link = Link(self._new_connection(), epoch)
         else:
             if time.monotonic() - link.used < _STALE_CHECK_AFTER:
                 return link
@@ -347,7 +211,7 @@ class Shard:
             self.release(self.acquire())
         return bool(self.cluster_enabled)
 
-    def _connect(self, link: _Link) -> None:
+    def _connect(self, link: Link) -> None:
         self.clock_offset, extra = link.connect(self._connect_extra)
         if len(extra) == 1:  # the probe
             info = extra[0]
@@ -363,7 +227,7 @@ class Shard:
                                   f"(ROLE: {role[0] if isinstance(role, list) and role else role!r})")
             link.client_id = client_id if isinstance(client_id, int) else None
 
-    def release(self, link: _Link) -> None:
+    def release(self, link: Link) -> None:
         if self._generation != _fork_generation:
             return
         if link.epoch != self.epoch or self.closed:
@@ -464,7 +328,7 @@ class Shard:
         conn = self.connection_class(**{**kwargs, "socket_timeout": 1.0, "socket_connect_timeout": 0.5})
         try:
             conn.connect()
-            conn.send_packed_command(b"".join(_pack(("CLIENT", "UNBLOCK", i)) for i in client_ids), check_health=False)
+            conn.send_packed_command(b"".join(packed("CLIENT", "UNBLOCK", i) for i in client_ids), check_health=False)
             for _ in client_ids:
                 conn.read_response()
         except Exception as e:  # a dead old primary: its blocked clients saw the connection end anyway
@@ -662,7 +526,7 @@ def run_everywhere(shards: Sequence[Shard], script: Script, payloads: Sequence[b
     if len(shards) == 1 and tail is None:
         return [shards[0].call(script, payloads[0])]
     per = 1 if tail is None else 2
-    links: list[_Link] = []
+    links: list[Link] = []
     replies: list = []
     failed: Shard | None = None
     error: BaseException | None = None

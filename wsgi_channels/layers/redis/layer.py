@@ -41,7 +41,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from collections import deque
 from typing import Any, Callable, Iterable, Sequence
 
@@ -57,10 +56,13 @@ from ...serialization import encode
 from . import connection, entries
 from . import scripts
 from . import cluster_scripts as cscripts
-from .cluster import DEFAULT_COLOCATE, ClusterMember, make_topology, run_all
-from .connection import NOW, Script, Shard, bulk, packed, run_everywhere
+from .cluster import DEFAULT_COLOCATE, ClusterMember, make_topology
+from .cluster_groups import FANOUT_TAIL as _FANOUT_TAIL
+from .cluster_groups import ClusterGroupsMixin
+from .connection import Script, Shard, bulk, run_everywhere
 from .copies import CopyBuffer
 from .entries import append_entry
+from .failover import MEMBERSHIP_REPLAY_SECONDS, FailoverMixin
 from .members import ServerMember
 from .slots import DEFAULT_TAG_COUNT, check_tag_count
 from .options import connection_url, fernet, options_from_url, split_urls
@@ -79,7 +81,6 @@ _CACHE_LIMIT = 10_000
 
 _SEND = Script(scripts.SEND)
 _FANOUT = Script(scripts.FANOUT)
-_FANOUT_TAIL = b"%s$%d\r\n%s\r\n" + NOW  # the command's head, then its body and deadline
 _MEMBERS = Script(scripts.MEMBERS)
 _GROUP_ADD = Script(scripts.GROUP_ADD)
 _GROUP_DISCARD = Script(scripts.GROUP_DISCARD)
@@ -87,23 +88,14 @@ _STATS = Script(scripts.STATS)
 _SESSION_CAS = Script(scripts.SESSION_CAS)
 # The same operations on a Redis Cluster bucket (every key declared, see cluster_scripts).
 _C_SEND = Script(cscripts.SEND)
-_C_FANOUT = Script(cscripts.FANOUT)
-_C_MEMBERS = Script(cscripts.MEMBERS)
-_C_SETTLE = Script(cscripts.SETTLE)
 _C_GROUP_ADD = Script(cscripts.GROUP_ADD)
 _C_GROUP_DISCARD = Script(cscripts.GROUP_DISCARD)
 _C_STATS = Script(cscripts.STATS)
 _C_SESSION_CAS = Script(cscripts.SESSION_CAS)
 
-#: After a failover, each process adds again (or discards again) the group memberships it changed
-#: this many seconds before: replication is asynchronous, and a membership acknowledged just before
-#: the old primary died may be missing on its successor. Replaying is idempotent (``group_add``
-#: renews, ``group_discard`` of a non-member does nothing) and keeps this process's order.
-MEMBERSHIP_REPLAY_SECONDS = 5.0
-_JOURNAL_LIMIT = 10_000
 
 
-class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
+class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseChannelLayer):
     """Channel layer on one or more Redis servers.
 
     ``hosts``
@@ -262,90 +254,6 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
             if all(getattr(m, "resolved", True) for m in self._members):
                 self._all_vshards = vshards
         return vshards
-
-    @staticmethod
-    def _wait_command(replicas: Any, timeout: Any) -> tuple[bytes | None, int]:
-        try:
-            count, ms = int(replicas), max(0, int(float(timeout) * 1000))
-        except (TypeError, ValueError):
-            raise exc.ConfigurationError(f"wait_replicas must be a number of replicas and wait_replicas_timeout a "
-                                         f"number of seconds, not {replicas!r} and {timeout!r}") from None
-        if count < 0:
-            raise exc.ConfigurationError(f"wait_replicas must be 0 (off) or more, not {count}")
-        return (packed("WAIT", count, ms) if count else None), count
-
-    # -- failovers ----------------------------------------------------------------------------
-
-    @property
-    def topology_epoch(self) -> int:
-        """A number that grows with every failover (or slot move) this process's layer followed."""
-        return sum(m.epoch for m in self._members)
-
-    def on_topology_change(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` after every failover this layer follows, once this process's recent
-        membership changes are re-applied (in a thread of the layer's; keep it short). The sidecar
-        checks its state at once then, instead of at its next check."""
-        self._topology_callbacks.append(callback)
-
-    def _topology_changed(self) -> None:
-        threading.Thread(target=self._after_failover, name="wsgi-channels-failover", daemon=True).start()
-
-    def _after_failover(self) -> None:
-        if self._journal is not None:
-            self._replay_memberships()
-        for callback in list(self._topology_callbacks):
-            try:
-                callback()
-            except Exception:
-                log.exception("topology change callback %r failed", callback)
-
-    def _journal_membership(self, op: str, group: str, channel: str) -> None:
-        journal = self._journal
-        if journal is None:
-            return
-        now = time.monotonic()
-        journal.append((now, op, group, channel))
-        while journal and (now - journal[0][0] > MEMBERSHIP_REPLAY_SECONDS or len(journal) > _JOURNAL_LIMIT):
-            journal.popleft()
-
-    def _replay_memberships(self) -> None:
-        """Re-apply this process's membership changes of the last few seconds, in order (after a failover)."""
-        assert self._journal is not None
-        cutoff = time.monotonic() - MEMBERSHIP_REPLAY_SECONDS
-        recent = [entry for entry in list(self._journal) if entry[0] >= cutoff]
-        if not recent:
-            return
-        failed = 0
-        for _, op, group, channel in recent:
-            try:
-                (self._group_add if op == "add" else self._group_discard)(group, channel)
-            except exc.ChannelsError:
-                failed += 1
-        log.info("re-applied %d recent group membership change(s) after a failover (%d failed)",
-                 len(recent) - failed, failed)
-
-    def _replicated(self, acked: Any) -> None:
-        """Note the reply of a ``WAIT`` that followed a write: fewer replicas than asked is counted."""
-        if isinstance(acked, int) and acked >= self._wait_for:
-            self._replication_ok = True
-            return
-        self._unreplicated += 1
-        if self._replication_ok:
-            self._replication_ok = False
-            log.warning("a write was confirmed by %s replica(s), fewer than wait_replicas=%d, within "
-                        "wait_replicas_timeout: it stays queued on the primary and may be lost if that fails "
-                        "now (logged once until replicas confirm again)", acked, self._wait_for)
-
-    def _script_waited(self, shard: Any, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """``shard.script(...)``, followed by the ``WAIT`` of ``wait_replicas`` in the same round trip."""
-        if self._wait is None:
-            return shard.script(script, keys, args)
-        reply, acked = shard.pipeline([packed("EVALSHA", script.sha, len(keys), *keys, *args)], script,
-                                      tail=(self._wait,))
-        if isinstance(reply, Exception):
-            raise reply
-        self._replicated(acked)
-        return reply
 
     @classmethod
     def from_url(cls, url: Any, **options: Any) -> "RedisChannelLayer":
@@ -614,31 +522,6 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
             found += self._cluster_group_channels([v for v in self._shards if v.cluster], group)
         return found
 
-    def _cluster_group_channels(self, buckets: list, group: str) -> list[str]:
-        """The members of ``group`` in every bucket: one script per bucket (every node written, then
-        read), then, in buckets with process prefixes among them, one more that settles those prefixes
-        first (expired entries trimmed, dead prefixes' channels evicted) as the standalone script does."""
-        replies = run_all([(b, _C_MEMBERS, connection.packed("EVALSHA", _C_MEMBERS.sha, 6, *b.bucket_keys, group))
-                           for b in buckets])
-        found: list[str] = []
-        settle = []
-        for bucket, reply in zip(buckets, replies):
-            if isinstance(reply, Exception):
-                raise reply
-            names = [m.decode() for m in reply]
-            prefixes = list(dict.fromkeys(non_local_name(n) for n in names if "!" in n))
-            if not prefixes:
-                found += names
-                continue
-            keys = [k for p in prefixes for k in (bucket.key("q", p), bucket.key("u", p), bucket.key("m", p))]
-            settle.append((bucket, _C_SETTLE, connection.packed(
-                "EVALSHA", _C_SETTLE.sha, 6 + len(keys), *bucket.bucket_keys, *keys, group)))
-        for reply in run_all(settle) if settle else ():
-            if isinstance(reply, Exception):
-                raise reply
-            found += [m.decode() for m in reply]
-        return found
-
     def _fanout_command(self, group: str) -> bytes:
         """The fan-out script's packed command up to the body, cached per group."""
         command = self._group_cache.get(group)
@@ -676,62 +559,6 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         if dropped:
             self._count("group_drop_count", dropped)
             log.debug("group %r: %d member(s) behind full channels skipped", group, dropped)
-
-    @property
-    def _all_cluster(self) -> bool | None:
-        """Whether every vshard is a Cluster bucket (None until every member knows what it is)."""
-        if self._all_vshards is None:
-            return None
-        return all(v.cluster for v in self._all_vshards)
-
-    def _cluster_fanout_head(self, bucket: Any, group: str, sig: bytes, members: Sequence[str],
-                             plain: int) -> bytes:
-        """The packed fan-out command for ``bucket`` up to the body: the bucket's keys, then the queue
-        keys of the group's plan there (``plain`` plain members, then process prefixes), its ``sig``."""
-        keys = [bucket.key("q", name) for name in members[:plain]]
-        for prefix in members[plain:]:
-            keys += [bucket.key("q", prefix), bucket.key("u", prefix), bucket.key("m", prefix)]
-        return b"*%d\r\n" % (3 + 6 + len(keys) + 9) + bulk(
-            "EVALSHA", _C_FANOUT.sha, 6 + len(keys), *bucket.bucket_keys, *keys, group, sig, self._expiry_ms,
-            self._gexp_ms, self.capacity, self.process_capacity, self._rules_flag)
-
-    def _cluster_send_group(self, buckets: list, group: str, body: bytes) -> int:
-        """The fan-out in every bucket, every node written then read (one round trip). A bucket whose
-        plan's members this process does not know yet (or any more) answers them instead of pushing;
-        it is sent again with their queues' keys (a second round trip, after a membership change)."""
-        validate_group_name(group)
-        plans = self._fanout_plans
-        exp, size = self._expiry_ms, len(body)
-        pending = list(buckets)
-        dropped = 0
-        for _ in range(5):
-            heads = []
-            for bucket in pending:
-                known = plans.get((group, bucket))
-                heads.append(known[1] if known is not None else self._cluster_fanout_head(bucket, group, b"", [], 0))
-            replies = run_all([(b, _C_FANOUT, _FANOUT_TAIL % (head, size, body, b.now_ms() + exp))
-                               for b, head in zip(pending, heads)], tail=self._wait)
-            if self._wait is not None:
-                for acked in replies[1::2]:
-                    self._replicated(acked)
-                replies = replies[::2]
-            again = []
-            for bucket, reply in zip(pending, replies):
-                if isinstance(reply, Exception):
-                    raise reply
-                if reply[0] != -1:
-                    dropped += reply[0]
-                    continue
-                sig, plain, names = reply[1], reply[2], [n.decode() for n in reply[3:]]
-                if len(plans) >= _CACHE_LIMIT:
-                    plans.clear()
-                plans[(group, bucket)] = (sig, self._cluster_fanout_head(bucket, group, sig, names, plain))
-                again.append(bucket)
-            if not again:
-                return dropped
-            pending = again
-        raise exc.LayerUnavailable(f"the members of group {group!r} kept changing during a group send; "
-                                   "the call did not complete for some of them")
 
     # -- key-value store ------------------------------------------------------------------------
 

@@ -123,7 +123,6 @@ class ReceivingMixin:
     counter (``_rr``), this thread's doorbell registration (``_local``, ``_epoch``).
     """
 
-    _shards: list
     _ring: Any
     _p: str
     _plans: dict
