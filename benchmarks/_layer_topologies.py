@@ -1,0 +1,300 @@
+"""``layer_throughput.py --topologies``: the Redis layer on a Cluster and behind Sentinel, beside standalone Redis.
+
+Four deployments started by this script on this machine, measured in the same run, in
+rounds (each round visits every deployment, starting one further along each time), the
+median of the rounds shown:
+
+- ``standalone``: one ``redis-server``;
+- ``standalone+replica``: the same with one replica: the durability of the Cluster's
+  primaries, which do the replication work on the same 2 cores, so this is the fair
+  baseline of the Cluster's >= 80% targets (the replica-less figure is shown beside it);
+- ``standalone+2 replicas``: the data nodes of the Sentinel set without the sentinels, the
+  baseline of Sentinel's targets;
+- ``sentinel``: a primary, two replicas, three sentinels (``redis+sentinel://``);
+- ``cluster``: three primaries with a replica each (``redis+cluster://``).
+
+Rows (rates per second): ``send``; ``receive``; the send-then-receive loop; ``Group.send()``
+to 100 members spread over every primary (plain channels, which the Cluster spreads over
+its 12 buckets, so over all three primaries; group sends per second, every delivery then
+checked); ``send`` with ``wait_replicas=1`` (``WAIT 1 100`` in the same round trip) where
+there is a replica. Beside ours, channels_redis 4.x (its core layer, awaited from one
+event loop) on the same deployments: on the Cluster it fails, and its error is shown.
+"""
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+from redis_topology import RedisClusterSet, RedisSentinelSet
+from servers import RedisServer
+
+MESSAGE = {"type": "websocket.send", "text": "hello from a view " * 5}
+BIG = 1_000_000
+ORDER = ["standalone", "standalone+replica", "standalone+2 replicas", "sentinel", "cluster"]
+#: Each topology's fair baseline (the same data nodes without what the topology adds).
+BASELINE = {"cluster": "standalone+replica", "sentinel": "standalone+2 replicas"}
+
+
+def _ours(url: str, **options: Any) -> Any:
+    from wsgi_channels.layers import from_url
+
+    return from_url(url, capacity=BIG, process_capacity=BIG, **options)
+
+
+def _theirs(host: Any) -> Any:
+    from channels_redis.core import RedisChannelLayer
+
+    return RedisChannelLayer(hosts=[host], capacity=BIG, prefix="bench-topo")
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+# -- ours ---------------------------------------------------------------------------------------
+
+
+def ours_send(layer: Any, n: int) -> float:
+    layer.flush()
+    start = time.perf_counter()
+    for _ in range(n):
+        layer.send("bench.send", MESSAGE)
+    return _rate(n, time.perf_counter() - start)
+
+
+def ours_receive(layer: Any, n: int) -> float:
+    layer.flush()
+    for _ in range(n):
+        layer.send("bench.recv", MESSAGE)
+    start = time.perf_counter()
+    for _ in range(n):
+        if layer.receive(["bench.recv"])[0] is None:
+            raise RuntimeError("wsgi_channels lost a message")
+    return _rate(n, time.perf_counter() - start)
+
+
+def ours_loop(layer: Any, n: int) -> float:
+    layer.flush()
+    start = time.perf_counter()
+    for _ in range(n):
+        layer.send("bench.loop", MESSAGE)
+        if layer.receive(["bench.loop"])[0] is None:
+            raise RuntimeError("wsgi_channels lost a message")
+    return _rate(n, time.perf_counter() - start)
+
+
+MEMBERS = [f"bench.member{i}" for i in range(100)]
+
+
+def ours_group(layer: Any, k: int) -> float:
+    layer.flush()
+    for m in MEMBERS:
+        layer.group_add("bench.group", m)
+    layer.send_group("bench.group", MESSAGE)  # the plans made, every bucket's members known
+    start = time.perf_counter()
+    for _ in range(k):
+        layer.send_group("bench.group", MESSAGE)
+    elapsed = time.perf_counter() - start
+    got = sum(len(layer.receive_batch([m], 1000)) for m in MEMBERS)
+    if got != (k + 1) * len(MEMBERS):
+        raise RuntimeError(f"wsgi_channels delivered {got} of {(k + 1) * len(MEMBERS)}")
+    return _rate(k, elapsed)
+
+
+# -- channels_redis -------------------------------------------------------------------------------
+
+
+class Theirs:
+    """channels_redis' core layer on one event loop; ``error`` holds what stopped it (the Cluster)."""
+
+    def __init__(self, host: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.layer = _theirs(host)
+        self.error: str | None = None
+
+    def run(self, make: Callable[[], Any]) -> float | None:
+        if self.error is not None:
+            return None
+        try:
+            return self.loop.run_until_complete(make())
+        except Exception as e:
+            self.error = f"{type(e).__module__}.{type(e).__name__}: {str(e)[:120]}"
+            return None
+
+    def send(self, n: int) -> float | None:
+        async def go() -> float:
+            await self.layer.flush()
+            start = time.perf_counter()
+            for _ in range(n):
+                await self.layer.send("bench.send", MESSAGE)
+            return _rate(n, time.perf_counter() - start)
+        return self.run(go)
+
+    def receive(self, n: int) -> float | None:
+        async def go() -> float:
+            await self.layer.flush()
+            for _ in range(n):
+                await self.layer.send("bench.recv", MESSAGE)
+            start = time.perf_counter()
+            for _ in range(n):
+                await self.layer.receive("bench.recv")
+            return _rate(n, time.perf_counter() - start)
+        return self.run(go)
+
+    def loop_rate(self, n: int) -> float | None:
+        async def go() -> float:
+            await self.layer.flush()
+            start = time.perf_counter()
+            for _ in range(n):
+                await self.layer.send("bench.loop", MESSAGE)
+                await self.layer.receive("bench.loop")
+            return _rate(n, time.perf_counter() - start)
+        return self.run(go)
+
+    def group(self, k: int) -> float | None:
+        async def go() -> float:
+            await self.layer.flush()
+            for m in MEMBERS:
+                await self.layer.group_add("bench.group", m)
+            start = time.perf_counter()
+            for _ in range(k):
+                await self.layer.group_send("bench.group", MESSAGE)
+            elapsed = time.perf_counter() - start
+            await self.layer.flush()
+            return _rate(k, elapsed)
+        return self.run(go)
+
+    def close(self) -> None:
+        try:
+            if self.error is None:
+                self.loop.run_until_complete(self.layer.flush())
+            self.loop.run_until_complete(self.layer.close_pools())
+        except Exception:
+            pass
+        self.loop.close()
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+
+def start_deployments() -> dict[str, tuple[Any, str, Any, list]]:
+    """name -> (ours' URL, a host for channels_redis, a description, processes to stop)."""
+    out: dict[str, tuple[Any, str, Any, list]] = {}
+    alone = RedisServer().start()
+    out["standalone"] = (alone.url, alone.url, "1 redis-server", [alone])
+    primary = RedisServer().start()
+    replica = RedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    out["standalone+replica"] = (primary.url, primary.url, "1 primary + 1 replica", [primary, replica])
+    primary2 = RedisServer().start()
+    replicas2 = [RedisServer(extra_args=["--replicaof", "127.0.0.1", str(primary2.port)]).start() for _ in range(2)]
+    out["standalone+2 replicas"] = (primary2.url, primary2.url, "1 primary + 2 replicas", [primary2, *replicas2])
+    sentinel = RedisSentinelSet().start()
+    theirs = {"sentinels": [("127.0.0.1", s.port) for s in sentinel.sentinels], "master_name": sentinel.service}
+    out["sentinel"] = (sentinel.url, theirs, "1 primary + 2 replicas + 3 sentinels", [sentinel])
+    cluster = RedisClusterSet().start()
+    out["cluster"] = (cluster.url, f"redis://127.0.0.1:{cluster.nodes[0].port}/0", "3 primaries + 3 replicas",
+                      [cluster])
+    return out
+
+
+def run(repeats: int, quick: bool) -> dict:
+    n = 1000 if quick else 4000
+    k = 20 if quick else 100
+    deployments = start_deployments()
+    try:
+        ours = {name: _ours(d[0]) for name, d in deployments.items()}
+        waited = {name: _ours(d[0], wait_replicas=1, wait_replicas_timeout=0.1)
+                  for name, d in deployments.items() if name != "standalone"}
+        theirs = {name: Theirs(d[1]) for name, d in deployments.items()}
+        rows: dict[str, dict[str, list]] = {}
+
+        def note(row: str, name: str, value: Any) -> None:
+            rows.setdefault(row, {}).setdefault(name, []).append(value)
+
+        for layer in ours.values():  # warm up: connections, scripts, plans
+            ours_loop(layer, 50)
+            ours_group(layer, 2)
+        for name in ORDER:
+            theirs[name].loop_rate(50)
+        for r in range(repeats):
+            for name in ORDER[r % len(ORDER):] + ORDER[:r % len(ORDER)]:
+                layer, peer = ours[name], theirs[name]
+                note("send", name, (ours_send(layer, n), peer.send(n)))
+                note("receive", name, (ours_receive(layer, n), peer.receive(n)))
+                note("send-then-receive loop", name, (ours_loop(layer, n), peer.loop_rate(n)))
+                note("Group.send() to 100 members (group sends/s)", name, (ours_group(layer, k), peer.group(k)))
+                if name in waited:
+                    note("send, wait_replicas=1", name, (ours_send(waited[name], n), None))
+                print(f"  round {r + 1}: {name}", file=sys.stderr, flush=True)
+        spread = len({ours["cluster"]._shard_of(m).node().address for m in MEMBERS})
+        errors = {name: t.error for name, t in theirs.items() if t.error}
+        for layer in list(ours.values()) + list(waited.values()):
+            layer.flush()
+            layer.close()
+        for t in theirs.values():
+            t.close()
+    finally:
+        for _, _, _, procs in deployments.values():
+            for p in procs:
+                p.stop()
+    medians = {row: {name: tuple(statistics.median(v[i] for v in values) if all(v[i] is not None for v in values)
+                                 else None for i in range(2))
+                     for name, values in by_name.items()}
+               for row, by_name in rows.items()}
+    return {"rows": medians, "errors": errors, "spread": spread, "repeats": repeats, "n": n, "k": k,
+            "deployments": {name: d[2] for name, d in deployments.items()}}
+
+
+def print_tables(result: dict) -> None:
+    rows, errors = result["rows"], result["errors"]
+    print()
+    print(f"The Redis layer by topology, median of {result['repeats']} rounds ({result['n']} messages, "
+          f"{result['k']} group sends per figure). Same machine, same run; the machine is shared and noisy: "
+          "read the ratios.")
+    for name, what in result["deployments"].items():
+        print(f"  {name}: {what}")
+    print(f"  The 100 group members' buckets live on {result['spread']} of the Cluster's 3 primaries.")
+    print()
+    header = ["rate per second", *ORDER, "cluster vs standalone+replica", "sentinel vs standalone+2 replicas",
+              "cluster vs standalone"]
+    lines = [header]
+    for row, by_name in rows.items():
+        ours = {name: by_name.get(name, (None, None))[0] for name in ORDER}
+
+        def ratio(a: Any, b: Any) -> str:
+            return f"{a / b:.0%}" if a and b else ""
+
+        lines.append([f"wsgi_channels: {row}", *(f"{ours[n]:,.0f}" if ours[n] else "n/a" for n in ORDER),
+                      ratio(ours["cluster"], ours[BASELINE["cluster"]]),
+                      ratio(ours["sentinel"], ours[BASELINE["sentinel"]]),
+                      ratio(ours["cluster"], ours["standalone"])])
+        theirs = {name: by_name.get(name, (None, None))[1] for name in ORDER}
+        if row != "send, wait_replicas=1":
+            lines.append([f"channels_redis: {row}",
+                          *(f"{theirs[n]:,.0f}" if theirs[n] else ("error" if n in errors else "n/a") for n in ORDER),
+                          "", ratio(theirs["sentinel"], theirs[BASELINE["sentinel"]]), ""])
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    for i, line in enumerate(lines):
+        print("  ".join(str(c).ljust(w) if j == 0 else str(c).rjust(w) for j, (c, w) in enumerate(zip(line, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    loop = rows["send-then-receive loop"]
+    group = rows["Group.send() to 100 members (group sends/s)"]
+    for row, figures in (("send-then-receive loop", loop), ("Group.send() to 100 members", group)):
+        for name in ("cluster", "sentinel"):
+            got = figures[name][0] / figures[BASELINE[name]][0]
+            plain = figures[name][0] / figures["standalone"][0]
+            print(f"Target: {row} on {name} >= 80% of {BASELINE[name]}: {'met' if got >= 0.8 else 'MISSED'} "
+                  f"({got:.0%}; {plain:.0%} of standalone without replicas)")
+    waited = rows.get("send, wait_replicas=1", {})
+    for name in ("standalone+replica", "standalone+2 replicas", "sentinel", "cluster"):
+        if name in waited and rows["send"][name][0]:
+            print(f"wait_replicas=1 costs {1 - waited[name][0] / rows['send'][name][0]:.0%} of the send rate on {name} "
+                  f"({rows['send'][name][0]:,.0f} -> {waited[name][0]:,.0f}/s; each send waits for a replica's "
+                  "acknowledgement, on loopback here, a network round trip in production)")
+    for name, error in errors.items():
+        print(f"channels_redis on {name}: {error}")
