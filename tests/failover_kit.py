@@ -73,13 +73,14 @@ class _Loop(threading.Thread):
 class SendLoop(_Loop):
     """``layer.send(channel, {"seq": n})`` every ``interval`` seconds, through a layer of its own."""
 
-    def __init__(self, url: str, channel: str, interval: float = 0.01, call: str = "send") -> None:
+    def __init__(self, url: str, channel: str, interval: float = 0.01, call: str = "send", **options: Any) -> None:
         super().__init__(url, interval)
         self.channel = channel
         self.call = call
+        self.options = options
 
     def run(self) -> None:
-        layer = from_url(self.url)
+        layer = from_url(self.url, **self.options)
         seq = 0
         try:
             while not self.stopping.is_set():
