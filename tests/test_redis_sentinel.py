@@ -178,3 +178,45 @@ def test_the_layer_tells_of_a_failover_after_replaying_recent_memberships(fresh_
         time.sleep(0.02)
     assert len(calls) == 1 and calls[0][1] == 1 and calls[0][2] == ["told.p!c"]
     layer.close()
+
+
+def test_a_forked_child_follows_a_switchover(fresh_redis_sentinel):
+    """gunicorn forks after import: a child of a process that already used the layer (the primary
+    located, the monitor running in the parent) must follow the next failover on its own."""
+    sentinel = fresh_redis_sentinel
+    layer = from_url(sentinel.url)
+    layer.flush()
+    layer.send("forked", {"n": 0})
+    assert layer.receive(["forked"]) == ("forked", {"n": 0})
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a blocking receive across the switch-over, then the answer on the pipe
+        code = 1
+        try:
+            deadline = time.monotonic() + 15
+            got = (None, None)
+            while got[0] is None and time.monotonic() < deadline:
+                got = layer.receive(["forked"], block=True, timeout=2)
+            os.write(write_end, json.dumps([got[1], layer.topology_epoch, time.monotonic()]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    old = sentinel.primary()
+    time.sleep(0.5)
+    sentinel.failover()
+    new = sentinel.wait_failover(old)
+    sender = from_url(sentinel.url)
+    deadline = time.monotonic() + 5
+    while sender._shards[0].address[1] != new.port and time.monotonic() < deadline:
+        sender._shards[0].recheck()
+        time.sleep(0.05)
+    sent_at = time.monotonic()
+    sender.send("forked", {"n": 1})
+    _, status = os.waitpid(pid, 0)
+    answer = json.loads(os.read(read_end, 1000) or b"null")
+    assert os.WEXITSTATUS(status) == 0 and answer[:2] == [{"n": 1}, 1], answer
+    # CLOCK_MONOTONIC is one clock for every process of the machine.
+    assert answer[2] - sent_at < 1.5, f"the child stayed on the old primary for {answer[2] - sent_at:.2f}s"
+    sender.close()
+    layer.close()

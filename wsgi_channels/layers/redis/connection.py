@@ -163,7 +163,8 @@ class Shard:
             self._bell_lock = threading.Lock()
             self._blocked = {}
             self._move_lock = threading.Lock()
-
+            if self.locator is not None and self.located:
+                self.locator.ensure_monitor(self)  # the parent's monitor thread does not exist here
     def acquire(self) -> Link:
         if self._generation != _fork_generation:
             self._check_pid()

@@ -89,23 +89,30 @@ class SentinelLocator:
 
     # -- asking ----------------------------------------------------------------------------
 
-    def ask(self) -> tuple[str, int]:
+    def ask(self, keep: dict | None = None) -> tuple[str, int]:
         """The primary's address as the sentinels name it; ``LayerUnavailable`` when none does, or
-        none knows of the latest failover announced."""
+        none knows of the latest failover announced. ``keep``: a dict in which the connection to
+        the sentinel that answered is kept for the next question (the monitor's, once a second)."""
         problems = []
         count = len(self.sentinels)
         for k in range(count):
             i = (self._preferred + k) % count
             host, port = self.sentinels[i]
-            conn = self._connection(i)
+            conn = keep.pop(i, None) if keep is not None else None
             try:
-                conn.connect()
+                if conn is None:
+                    conn = self._connection(i)
+                    conn.connect()
                 conn.send_command("SENTINEL", "MASTER", self.service, check_health=False)
                 reply = conn.read_response()
             except Exception as e:
                 problems.append(f"{host}:{port}: {type(e).__name__}: {e}")
+                if conn is not None:
+                    conn.disconnect()
                 continue
-            finally:
+            if keep is not None:
+                keep[i] = conn
+            else:
                 conn.disconnect()
             fields = dict(zip(map(_text, reply[::2]), map(_text, reply[1::2]))) if isinstance(reply, list) else {}
             if "ip" not in fields:
@@ -162,6 +169,7 @@ class SentinelLocator:
 
     def _run(self, shard: Any, generation: int) -> None:
         subscribed: dict[int, tuple[Any, Any]] = {}  # sentinel index -> (connection, reader)
+        asking: dict[int, Any] = {}  # the connection the once-a-second question goes on
         retry_at: dict[int, float] = {}
         last_ask = time.monotonic()
         try:
@@ -203,7 +211,7 @@ class SentinelLocator:
                     last_ask = time.monotonic()
                     self._asked = last_ask
                     try:
-                        address = self.ask()
+                        address = self.ask(asking)
                     except exc.LayerUnavailable as e:
                         log.debug("%s", e)
                     else:
@@ -213,7 +221,7 @@ class SentinelLocator:
         except Exception:  # pragma: no cover - the monitor must never die silently
             log.exception("sentinel monitor of %r stopped", self.service)
         finally:
-            for conn, _ in subscribed.values():
+            for conn in [c for c, _ in subscribed.values()] + list(asking.values()):
                 try:
                     conn.disconnect()
                 except Exception:  # pragma: no cover
