@@ -89,6 +89,33 @@ def ours_loop(layer: Any, n: int) -> float:
 MEMBERS = [f"bench.member{i}" for i in range(100)]
 
 
+def _script_usec(layer: Any) -> list[float]:
+    """Microseconds of EVALSHA each primary spent since its last reset (INFO commandstats)."""
+    out = []
+    for node in layer._nodes():
+        info = node.execute("INFO", "commandstats").decode()
+        match = next((line for line in info.splitlines() if line.startswith("cmdstat_evalsha:")), "")
+        usec = dict(part.split("=") for part in match.split(":", 1)[1].split(",")).get("usec", "0") if match else "0"
+        out.append(float(usec))
+    return out
+
+
+def ours_group_server(layer: Any, k: int) -> tuple[float, float]:
+    """(server time per group send summed over the primaries, on the busiest primary), in us: what the
+    fan-outs cost the servers, whatever the machine's cores."""
+    layer.flush()
+    for m in MEMBERS:
+        layer.group_add("bench.group", m)
+    layer.send_group("bench.group", MESSAGE)
+    for node in layer._nodes():
+        node.execute("CONFIG", "RESETSTAT")
+    for _ in range(k):
+        layer.send_group("bench.group", MESSAGE)
+    usec = _script_usec(layer)
+    layer.flush()
+    return sum(usec) / k, max(usec) / k
+
+
 def ours_group(layer: Any, k: int) -> float:
     layer.flush()
     for m in MEMBERS:
@@ -208,6 +235,7 @@ def run(repeats: int, quick: bool) -> dict:
         ours = {name: _ours(d[0]) for name, d in deployments.items()}
         waited = {name: _ours(d[0], wait_replicas=1, wait_replicas_timeout=0.1)
                   for name, d in deployments.items() if name != "standalone"}
+        three = _ours(deployments["cluster"][0], cluster_tags=3, prefix="tags3")  # one bucket per primary
         theirs = {name: Theirs(d[1]) for name, d in deployments.items()}
         rows: dict[str, dict[str, list]] = {}
 
@@ -228,10 +256,14 @@ def run(repeats: int, quick: bool) -> dict:
                 note("Group.send() to 100 members (group sends/s)", name, (ours_group(layer, k), peer.group(k)))
                 if name in waited:
                     note("send, wait_replicas=1", name, (ours_send(waited[name], n), None))
+                if name == "cluster":
+                    note("Group.send() to 100 members, cluster_tags=3", name, (ours_group(three, k), None))
+                note("server us per Group.send(), all primaries", name, (ours_group_server(layer, k)[0], None))
+                note("server us per Group.send(), busiest primary", name, (ours_group_server(layer, k)[1], None))
                 print(f"  round {r + 1}: {name}", file=sys.stderr, flush=True)
         spread = len({ours["cluster"]._shard_of(m).node().address for m in MEMBERS})
         errors = {name: t.error for name, t in theirs.items() if t.error}
-        for layer in list(ours.values()) + list(waited.values()):
+        for layer in list(ours.values()) + list(waited.values()) + [three]:
             layer.flush()
             layer.close()
         for t in theirs.values():
@@ -258,7 +290,7 @@ def print_tables(result: dict) -> None:
         print(f"  {name}: {what}")
     print(f"  The 100 group members' buckets live on {result['spread']} of the Cluster's 3 primaries.")
     print()
-    header = ["rate per second", *ORDER, "cluster vs standalone+replica", "sentinel vs standalone+2 replicas",
+    header = ["rate per second (server us: lower is better)", *ORDER, "cluster vs standalone+replica", "sentinel vs standalone+2 replicas",
               "cluster vs standalone"]
     lines = [header]
     for row, by_name in rows.items():
@@ -272,7 +304,7 @@ def print_tables(result: dict) -> None:
                       ratio(ours["sentinel"], ours[BASELINE["sentinel"]]),
                       ratio(ours["cluster"], ours["standalone"])])
         theirs = {name: by_name.get(name, (None, None))[1] for name in ORDER}
-        if row != "send, wait_replicas=1":
+        if not row.startswith(("send, wait_replicas", "server us", "Group.send() to 100 members, cluster_tags")):
             lines.append([f"channels_redis: {row}",
                           *(f"{theirs[n]:,.0f}" if theirs[n] else ("error" if n in errors else "n/a") for n in ORDER),
                           "", ratio(theirs["sentinel"], theirs[BASELINE["sentinel"]]), ""])
@@ -296,5 +328,16 @@ def print_tables(result: dict) -> None:
             print(f"wait_replicas=1 costs {1 - waited[name][0] / rows['send'][name][0]:.0%} of the send rate on {name} "
                   f"({rows['send'][name][0]:,.0f} -> {waited[name][0]:,.0f}/s; each send waits for a replica's "
                   "acknowledgement, on loopback here, a network round trip in production)")
+    three = rows.get("Group.send() to 100 members, cluster_tags=3", {}).get("cluster", (None,))[0]
+    if three:
+        print(f"Group.send() to 100 members on the cluster with cluster_tags=3 (one bucket per primary): "
+              f"{three / group[BASELINE['cluster']][0]:.0%} of {BASELINE['cluster']}")
+    total = rows["server us per Group.send(), all primaries"]
+    busiest = rows["server us per Group.send(), busiest primary"]
+    print(f"Server time per Group.send() to 100 members: standalone {total['standalone'][0]:.0f} us; cluster "
+          f"{total['cluster'][0]:.0f} us over its primaries (one fan-out per bucket: 12 scripts), "
+          f"{busiest['cluster'][0]:.0f} us on the busiest primary. On this 2-core machine the primaries, their "
+          "replicas and the client share two cores, so the sum counts; with a core per primary, the busiest one "
+          "would.")
     for name, error in errors.items():
         print(f"channels_redis on {name}: {error}")

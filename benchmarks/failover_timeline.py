@@ -7,7 +7,8 @@ For each topology (a Sentinel set: primary, 2 replicas, 3 sentinels with
 - a real stack on it (gunicorn pushing to a group on each POST at 40/s, a sidecar holding 3
   WebSockets joined to that group by a worker's consumer), and a thread sending to a
   channel every 10 ms through the layer;
-- the primary that serves the sidecar's queue (and that channel) is killed with ``kill -9``;
+- the primary that serves the sidecar's queue (and that channel) is killed with ``kill -9``
+  (times run from the signal; sends and pushes count once they start after the process is gone);
 - the script notes when any sentinel (any cluster node) first names a successor that answers
   ``ROLE`` as a primary ("promotion visible"), the end of the first send that succeeded after
   the kill, and the first frame a WebSocket received of a push made after the kill.
@@ -71,15 +72,16 @@ def one_run(kind: str, log_dir: Path) -> dict:
             watch = topology.watch_promotion(victim)
             t_kill = time.monotonic()
             topology.kill(victim)
+            t_dead = time.monotonic()  # reaped: a send that started before may still have succeeded
             t_visible = watch.wait(20)
             deadline = time.monotonic() + 15
             first_send = None
             first_frame = None
             while time.monotonic() < deadline and (first_send is None or first_frame is None):
                 time.sleep(0.1)
-                ok = sender.first_ok_after(t_kill)
+                ok = sender.first_ok_after(t_dead)
                 first_send = ok.end if ok else None
-                after = {seq for seq, t, status in list(pusher.results) if t >= t_kill and status == 200}
+                after = {seq for seq, t, status in list(pusher.results) if t >= t_dead and status == 200}
                 frames = [t for li in listeners for seq, t in list(li.got) if seq in after]
                 first_frame = min(frames) if frames else None
             closes = [c for li in listeners for c in li.closes]

@@ -83,6 +83,7 @@ def test_failover_under_traffic(topology, fault, tmp_path):
                 topology.kill(victim)
             else:
                 topology.switchover(victim)
+            t_done = time.monotonic()  # the process reaped (a send that started before may have succeeded)
             t_visible = watch.wait(20)
             time.sleep(3.0)
         finally:
@@ -102,7 +103,7 @@ def test_failover_under_traffic(topology, fault, tmp_path):
     for loop in loops:
         assert loop.unexpected() == [], loop.unexpected()[:3]
     # Sends succeed again in time, and never fail once the promotion has been visible for 0.5 s.
-    first = sender.first_ok_after(t_fault)
+    first = sender.first_ok_after(t_done)
     assert first is not None
     if fault == "kill":
         assert first.end - t_fault <= KILL_BOUND, (first.end - t_fault, t_visible - t_fault)
@@ -126,7 +127,7 @@ def test_failover_under_traffic(topology, fault, tmp_path):
         assert li.closes == [] and li.connects == 1, (li.closes, li.connects)
         assert set(pushed) <= {seq for seq, _ in li.got}
     first_frame = min(t for li in listeners for seq, t in li.got
-                      if any(s == seq and ts >= t_fault for s, ts, status in pusher.results if status == 200))
+                      if any(s == seq and ts >= t_done for s, ts, status in pusher.results if status == 200))
     if fault == "kill":
         assert first_frame - t_fault <= KILL_BOUND + 1.0
 
