@@ -227,3 +227,28 @@ def test_a_slot_migration_under_traffic(fresh_redis_cluster):
     assert woke == [(channels[0], {"after": True})] and time.monotonic() - started < 1.5
     layer.close()
     reader.close()
+
+
+def restricted_user(nodes, name: str = "app", password: str = "app-secret") -> None:
+    """An application user without @admin and @dangerous (no INFO, ROLE, CLIENT UNBLOCK, CONFIG), as
+    managed services hand out; ACLs are per node."""
+    for node in nodes:
+        node.call("ACL", "SETUSER", name, "reset", "on", f">{password}", "~*", "&*", "+@all", "-@admin",
+                  "-@dangerous")
+
+
+def test_a_user_without_admin_commands_still_gets_a_working_cluster(redis_cluster):
+    restricted_user(redis_cluster.running())
+    node = redis_cluster.nodes[0]
+    with node.client() as c:
+        with pytest.raises(redis.ResponseError, match="no permissions"):
+            c.execute_command("AUTH", "app", "app-secret") and c.execute_command("INFO", "server")
+    layer = from_url(f"redis://app:app-secret@127.0.0.1:{node.port}/0")  # detected with CLUSTER INFO
+    layer.flush()
+    assert type(layer._shard_of("acl.x")).__name__ == "ClusterBucket"
+    for i in range(30):
+        layer.group_add("acl", f"acl.{i}")
+    layer.send_group("acl", {"n": 1})
+    assert all(layer.receive([f"acl.{i}"]) == (f"acl.{i}", {"n": 1}) for i in range(30))
+    layer.flush()
+    layer.close()

@@ -220,3 +220,53 @@ def test_a_forked_child_follows_a_switchover(fresh_redis_sentinel):
     assert answer[2] - sent_at < 1.5, f"the child stayed on the old primary for {answer[2] - sent_at:.2f}s"
     sender.close()
     layer.close()
+
+
+def test_redis_6_behind_sentinel_follows_a_switchover():
+    """What Redis 6 gets: standalone and Sentinel work as on Redis 7 (here Redis 6.0, the binary of the
+    redis6 contract backend, for the data nodes and the sentinels): a receive blocked on the old primary
+    goes on with the new one at once."""
+    from redis_topology import RedisSentinelSet
+    from servers import find_redis6_server
+
+    sentinel = RedisSentinelSet(binary=find_redis6_server()).start()
+    try:
+        assert sentinel.primary().info("server")["redis_version"].startswith("6.")
+        layer, sender = from_url(sentinel.url), from_url(sentinel.url)
+        layer.flush()
+        layer.send("six", {"n": 1})
+        assert layer.receive(["six"], block=True, timeout=2) == ("six", {"n": 1})
+        got: list = []
+        thread = threading.Thread(target=lambda: got.append((layer.receive(["six"], block=True, timeout=12),
+                                                             time.monotonic())), daemon=True)
+        thread.start()
+        time.sleep(0.5)
+        old = sentinel.primary()
+        sentinel.failover()
+        new = sentinel.wait_failover(old)
+        deadline = time.monotonic() + 5
+        while sender._shards[0].address[1] != new.port and time.monotonic() < deadline:
+            sender._shards[0].recheck()
+            time.sleep(0.05)
+        sent_at = time.monotonic()
+        sender.send("six", {"n": 2})
+        thread.join(15)
+        assert got and got[0][0] == ("six", {"n": 2}) and got[0][1] - sent_at < 1.5
+        layer.close()
+        sender.close()
+    finally:
+        sentinel.stop()
+
+
+def test_a_user_without_admin_commands_still_reaches_the_primary(redis_sentinel):
+    """``ROLE`` (ACL @admin) refused at connect: the layer goes on without that check."""
+    for node in redis_sentinel.data:
+        node.call("ACL", "SETUSER", "app", "reset", "on", ">app-secret", "~*", "&*", "+@all", "-@admin",
+                  "-@dangerous")
+    url = redis_sentinel.url.replace("redis+sentinel://", "redis+sentinel://app:app-secret@")
+    layer = from_url(url)
+    layer.flush()
+    layer.send("acl.s", {"n": 1})
+    assert layer.receive(["acl.s"], block=True, timeout=2) == ("acl.s", {"n": 1})
+    assert layer._shards[0].address == ("127.0.0.1", redis_sentinel.primary().port)
+    layer.close()

@@ -98,6 +98,7 @@ class ClusterTopology:
         self._nodes: dict[tuple[str, int], Shard] = {}
         if first is not None:
             first._sharded_bell = True
+            first.on_bell_moved = self._bell_moved
             self._nodes[first.address] = first
         self.owners: list[Shard | None] = [None] * len(tags)
         self.primaries: list[tuple[str, int]] = []
@@ -189,7 +190,11 @@ class ClusterTopology:
                                    f"({'; '.join(problems)}); the call did not complete")
 
     def _check_version(self, shard: Shard) -> None:
-        info = shard.execute("INFO", "server")
+        try:
+            info = shard.execute("INFO", "server")
+        except ResponseError:  # INFO not allowed to this user (ACL @dangerous): the scripts will tell
+            self._checked = True
+            return
         text = info.decode() if isinstance(info, bytes) else str(info)
         match = re.search(r"redis_version:(\d+)\.(\d+)", text)
         if match and int(match.group(1)) < 7:
@@ -228,9 +233,9 @@ class ClusterTopology:
         self.epoch += 1
         log.warning("Redis Cluster slots moved: buckets now on %s",
                     ", ".join(sorted({f"{o.address[0]}:{o.address[1]}" for o in owners if o})))
-        for shard in {id(o): o for o in owners if o}.values():
+        for shard in list(self._nodes.values()):
             if shard._bell is not None:
-                shard._bell.reconnect()  # waiters register again with the new owners
+                shard._bell._wake_all()  # waiters pop again, from the new owners, and register there
         return True
 
     def moved(self, index: int, address: tuple[str, int] | None) -> None:

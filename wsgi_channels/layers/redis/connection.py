@@ -118,11 +118,12 @@ class Shard:
         self.closed = False
         #: Called by the doorbell when the server says its subscriptions' slot moved (Cluster).
         self.on_bell_moved: Any = None
-        #: Whether the server is a Redis Cluster node: asked (``INFO cluster``) with the first
+        #: Whether the server is a Redis Cluster node: asked (``CLUSTER INFO``) with the first
         #: connection's ``TIME`` when ``probe``, else None.
         self.cluster_enabled: bool | None = None
         if probe:
-            self._connect_extra = (packed("INFO", "cluster"),)
+            # CLUSTER INFO (ACL @slow, unlike INFO) answers on a Cluster node, and refuses elsewhere.
+            self._connect_extra = (packed("CLUSTER", "INFO"),)
 
     def _set_labels(self) -> None:
         kw = self.connection_kwargs
@@ -214,16 +215,15 @@ class Shard:
 
     def _connect(self, link: Link) -> None:
         self.clock_offset, extra = link.connect(self._connect_extra)
-        if len(extra) == 1:  # the probe
+        if len(extra) == 1:  # the probe: "cluster support disabled" on a standalone server
             info = extra[0]
-            if isinstance(info, ResponseError):  # INFO refused (an ACL): not taken for a Cluster
-                self.cluster_enabled = False
-            else:
-                self.cluster_enabled = b"cluster_enabled:1" in (info if isinstance(info, bytes) else b"")
+            self.cluster_enabled = isinstance(info, bytes) and b"cluster_state:" in info
             self._connect_extra = ()
         elif extra:
             role, client_id = extra
-            if isinstance(role, ResponseError) or not role or role[0] != b"master":
+            if isinstance(role, ResponseError) and str(role).startswith(("NOPERM", "ERR unknown command")):
+                pass  # ROLE is not allowed to this user (ACL @admin): a READONLY reply will tell instead
+            elif isinstance(role, ResponseError) or not role or role[0] != b"master":
                 raise _NotPrimary(f"{self.address[0]}:{self.address[1]} is not a primary "
                                   f"(ROLE: {role[0] if isinstance(role, list) and role else role!r})")
             link.client_id = client_id if isinstance(client_id, int) else None

@@ -11,7 +11,7 @@ maps it to the *vshard* whose keys hold it:
     routed to the primary that serves its slot (keys ``P:kind:{TAG}name``).
 
 A plain ``redis://`` URL may point at a Cluster node (managed services hand out one
-endpoint): its member learns it with its first connection (``INFO cluster``, in the same
+endpoint): its member learns it with its first connection (``CLUSTER INFO``, in the same
 round trip as the ``TIME`` every connection sends) and from then on stands for a
 ``ClusterMember`` seeded with that node.
 
