@@ -1,14 +1,15 @@
 """Channel layers, chosen by URL.
 
-=============================================  ==============================================
-``memory://`` (or ``memory://name``)           one process (tests, ``runserver``)
-``ipc:///path/to/store.db``                    every process on one machine, no server
-``redis://[:password@]host:port/db``           Redis; ``rediss://`` for TLS (a Cluster node
-                                               is detected and used as a Cluster)
-``redis+cluster://host:port[,host:port...]/``  a Redis Cluster, by seed nodes; ``rediss+cluster://``
-``redis+sentinel://host:port[,...]/NAME[/db]`` the primary of Sentinel service NAME; ``rediss+sentinel://``
-``redis://a:6379/0,redis://b:6379/0``          several Redis servers, sharded by a hash ring
-=============================================  ==============================================
+===============================================  ==============================================
+``memory://`` (or ``memory://name``)             one process (tests, ``runserver``)
+``ipc:///path/to/store.db``                      every process on one machine, no server
+``redis://[:password@]host:port/db``             Redis; ``rediss://`` for TLS (a Cluster node is
+                                                 detected and used as a Cluster)
+``redis+cluster://host:port[,host:port...]/``    a Redis Cluster, by seed nodes; ``rediss+cluster://``
+``redis+sentinel://host:port[,...]/NAME[/db]``   the primary of Sentinel service NAME;
+                                                 ``rediss+sentinel://``
+``redis://a:6379/0,redis://b:6379/0``            several Redis servers, sharded by a hash ring
+===============================================  ==============================================
 
 Query parameters set constructor keywords (``redis://h:6379/0?capacity=500``);
 keywords passed to :func:`from_url` win over them.
