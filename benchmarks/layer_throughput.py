@@ -25,6 +25,11 @@ Run from the repository root::
 
     .venv/bin/pip install -e '.[benchmark]'
     .venv/bin/python benchmarks/layer_throughput.py [--quick] [--repeats N] [--json PATH]
+    .venv/bin/python benchmarks/layer_throughput.py --topologies [--quick] [--repeats N] [--json PATH]
+
+``--topologies`` prints another table instead (``benchmarks/_layer_topologies.py``): the layer
+on a 3-primary Redis Cluster and behind Sentinel, beside standalone Redis with and without a
+replica, with channels_redis on the same deployments (and its error on the Cluster).
 
 ``--json PATH`` also writes the rows (rates in messages or deliveries per second, latencies
 in seconds), the raw round trip and the machine to PATH (``benchmarks/_results.py``).
@@ -451,7 +456,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer messages (a smoke run, not for figures)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is shown")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--topologies", action="store_true",
+                        help="compare standalone Redis, Sentinel and a Redis Cluster instead")
     args = parser.parse_args(argv)
+    if args.topologies:
+        import _layer_topologies
+
+        result = _layer_topologies.run(max(1, args.repeats), args.quick)
+        _layer_topologies.print_tables(result)
+        _results.write(args.json, "layer_topologies", {
+            "quick": args.quick, "repeats": result["repeats"], "deployments": result["deployments"],
+            "rows": {row: {name: {"ours": v[0], "channels_redis": v[1]} for name, v in by_name.items()}
+                     for row, by_name in result["rows"].items()},
+            "channels_redis_errors": result["errors"], "members_spread_over_primaries": result["spread"],
+        }, peers=("channels_redis", "redis"))
+        return 0
     q = args.quick
     n = 1000 if q else 5000
     n_lat = 500 if q else 3000

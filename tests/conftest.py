@@ -6,7 +6,9 @@ and a Sentinel set (:mod:`redis_topology`).
 
 ``layer_url`` / ``layer`` are parametrised over every backend that must pass
 the contract: memory, the single-machine layer, one Redis (7, Debian 12's), three Redis
-shards, and one Redis 6.0 (Debian 11's, fetched by ``.ci/fetch-redis6``).
+shards, one Redis 6.0 (Debian 11's, fetched by ``.ci/fetch-redis6``), the primary of a
+Sentinel set (``redis+sentinel://``, the session's ``redis_sentinel``) and a Redis Cluster of
+three primaries (``redis+cluster://``, the session's ``redis_cluster``).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ os.environ.setdefault("WSGI_CHANNELS_LAYER", "memory://")
 from redis_topology import RedisClusterSet, RedisSentinelSet  # noqa: E402
 from servers import RedisServer, find_redis6_server  # noqa: E402
 
-BACKENDS = ["memory", "ipc", "redis", "redis3", "redis6"]
+BACKENDS = ["memory", "ipc", "redis", "redis3", "redis6", "sentinel", "cluster"]
 
 
 @pytest.fixture(scope="session")
@@ -109,6 +111,10 @@ def layer_url_for(request, tmp_path):
             return request.getfixturevalue("redis6_server").url
         if kind == "redis3":
             return ",".join(s.url for s in request.getfixturevalue("redis_shards"))
+        if kind == "sentinel":
+            return request.getfixturevalue("redis_sentinel").url
+        if kind == "cluster":
+            return request.getfixturevalue("redis_cluster").url
         raise ValueError(kind)
 
     return make

@@ -7,6 +7,7 @@ another process sending, fork safety, and gevent.
 """
 from __future__ import annotations
 
+import signal
 import os
 import re
 import socket
@@ -927,7 +928,7 @@ def test_send_many_then_receive_sends_with_the_blocking_pop(request, made, serve
     sender.send("st.work", {"w": 1})
     shard = layer._shards[0]
     trips, real = [], shard._roundtrip
-    shard._roundtrip = lambda payload, count=None: (trips.append(count), real(payload, count))[1]
+    shard._roundtrip = lambda payload, count=None, **kw: (trips.append(count), real(payload, count, **kw))[1]
     outcomes: list = []
     items = [("st.reply1", {"r": 1}), ("st.full", {"n": 1}), ("bad name", {})]
     assert layer.send_many_then_receive(items, ["st.work"], 10, 5, outcomes) == [("st.work", {"w": 1})]
@@ -1052,3 +1053,28 @@ def test_a_push_right_after_a_blocking_pop_on_a_prefix_does_not_bury_it(fresh_re
     assert sorted(m["single"] for _, m in got if "single" in m) == list(range(20))
     assert sorted(c for c, m in got if m.get("g") == 1) == sorted(members)
     assert len(sender.group_channels("race.g")) == len(members)
+
+
+def test_a_stalled_redis_is_named_with_the_timeout_that_expired(fresh_redis):
+    """Issue 20 item 4: a Redis that stops answering (here SIGSTOP) reads as the address, the timeout
+    and the option that sets it, not as ``BlockingIOError: [Errno 11]`` (a kernel receive timeout)."""
+    from wsgi_channels.layers import from_url
+
+    layer = from_url(fresh_redis.url + "?socket_timeout=1")
+    fresh = from_url(fresh_redis.url + "?socket_timeout=1.5")
+    layer.send("stall.a", {"n": 1})  # a pooled connection, then a stall on it
+    fresh_redis.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(exc.LayerUnavailable) as pooled:
+            layer.send("stall.a", {"n": 2})
+        with pytest.raises(exc.LayerUnavailable) as connecting:  # the kernel accepts; TIME is never answered
+            fresh.receive(["stall.a"])
+    finally:
+        fresh_redis.send_signal(signal.SIGCONT)
+    where = f"Redis at 127.0.0.1:{fresh_redis.port}"
+    assert str(pooled.value).startswith(f"{where} did not answer within 1 s (option socket_timeout)"), pooled.value
+    assert str(connecting.value).startswith(f"{where} did not answer within 1.5 s (option socket_timeout)")
+    assert "Errno" not in str(pooled.value) + str(connecting.value)
+    assert layer.receive(["stall.a"], block=True, timeout=2)[1] in ({"n": 1}, {"n": 2})  # and it goes on
+    layer.close()
+    fresh.close()

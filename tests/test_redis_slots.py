@@ -1,4 +1,4 @@
-"""The slot-balanced hash-tag table of :mod:`wsgi_channels.layers.redis_slots`.
+"""The slot-balanced hash-tag table of :mod:`wsgi_channels.layers.redis.slots`.
 
 Key names on a Redis Cluster depend on this table, so its values are pinned here: a
 change to the search would move every key of every deployment.
@@ -12,8 +12,8 @@ import pytest
 from redis.crc import key_slot
 
 from wsgi_channels import exceptions as exc
-from wsgi_channels.layers import redis_slots
-from wsgi_channels.layers.redis_slots import SLOTS, bucket_of, tag_of, tag_slot, tag_table
+from wsgi_channels.layers.redis import slots as redis_slots
+from wsgi_channels.layers.redis.slots import SLOTS, bucket_of, tag_of, tag_slot, tag_table
 
 
 def test_pinned_values():

@@ -1,4 +1,4 @@
-"""Parsing of ``redis+cluster://`` and ``redis+sentinel://`` URLs (:mod:`wsgi_channels.layers.redis_urls`).
+"""Parsing of ``redis+cluster://`` and ``redis+sentinel://`` URLs (:mod:`wsgi_channels.layers.redis.urls`).
 
 Pure parsing: nothing connects here. What the parsed URL is good for is shown at the end
 against the real test deployments: the node and sentinel URLs it makes reach them with
@@ -12,7 +12,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from wsgi_channels import exceptions as exc
-from wsgi_channels.layers.redis_urls import is_topology_url, parse_topology_url, redact
+from wsgi_channels.layers.redis.urls import is_topology_url, parse_topology_url, redact
 
 
 def test_cluster_url_with_seeds_credentials_and_options():

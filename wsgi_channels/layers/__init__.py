@@ -1,11 +1,15 @@
 """Channel layers, chosen by URL.
 
-=====================================  ==============================================
-``memory://`` (or ``memory://name``)   one process (tests, ``runserver``)
-``ipc:///path/to/store.db``            every process on one machine, no server
-``redis://[:password@]host:port/db``   Redis; ``rediss://`` for TLS
-``redis://a:6379/0,redis://b:6379/0``  several Redis servers, sharded by a hash ring
-=====================================  ==============================================
+===============================================  ==============================================
+``memory://`` (or ``memory://name``)             one process (tests, ``runserver``)
+``ipc:///path/to/store.db``                      every process on one machine, no server
+``redis://[:password@]host:port/db``             Redis; ``rediss://`` for TLS (a Cluster node is
+                                                 detected and used as a Cluster)
+``redis+cluster://host:port[,host:port...]/``    a Redis Cluster, by seed nodes; ``rediss+cluster://``
+``redis+sentinel://host:port[,...]/NAME[/db]``   the primary of Sentinel service NAME;
+                                                 ``rediss+sentinel://``
+``redis://a:6379/0,redis://b:6379/0``            several Redis servers, sharded by a hash ring
+===============================================  ==============================================
 
 Query parameters set constructor keywords (``redis://h:6379/0?capacity=500``);
 keywords passed to :func:`from_url` win over them.
@@ -28,7 +32,12 @@ SCHEMES = {
     "ipc": "wsgi_channels.layers.ipc:IpcChannelLayer",
     "redis": "wsgi_channels.layers.redis:RedisChannelLayer",
     "rediss": "wsgi_channels.layers.redis:RedisChannelLayer",
+    "redis+cluster": "wsgi_channels.layers.redis:RedisChannelLayer",
+    "rediss+cluster": "wsgi_channels.layers.redis:RedisChannelLayer",
+    "redis+sentinel": "wsgi_channels.layers.redis:RedisChannelLayer",
+    "rediss+sentinel": "wsgi_channels.layers.redis:RedisChannelLayer",
 }
+_REDIS_SCHEMES = frozenset(s for s, target in SCHEMES.items() if target.endswith(":RedisChannelLayer"))
 
 _NUMERIC = {"expiry": float, "group_expiry": float, "capacity": int, "max_message_size": int,
             "process_capacity": int}
@@ -75,7 +84,7 @@ def layer_class(url: str | Sequence[str]) -> type[BaseChannelLayer]:
     if not urls or not all(isinstance(u, str) and u.strip() for u in urls):
         raise ConfigurationError(f"empty or invalid channel layer URL: {url!r}")
     schemes = {_scheme(u) for u in urls}
-    if len(urls) > 1 and not schemes <= {"redis", "rediss"}:
+    if len(urls) > 1 and not schemes <= _REDIS_SCHEMES:
         raise ConfigurationError(f"only Redis URLs can be combined into shards, got {url!r}")
     module_name, _, class_name = SCHEMES[schemes.pop()].partition(":")
     return getattr(importlib.import_module(module_name), class_name)

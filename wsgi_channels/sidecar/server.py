@@ -97,6 +97,10 @@ class Sidecar:
         # A group and member of our own whose loss means the layer lost its state; connection
         # suffixes are 12 characters long, so the member channel (suffix "0") is never routed.
         self._state_marker = ("wsgi_channels.alive." + self.prefix.rstrip("!"), f"{self.prefix}0")
+        # After a failover the layer re-adds recent memberships itself; the marker is checked at once.
+        self._state_due = gevent.event.Event()
+        if hasattr(self.layer, "on_topology_change"):
+            self.layer.on_topology_change(self._state_due.set)
 
     def _check_message_sizes(self) -> None:
         """A client message at ``max_message_size`` must fit the layer with its path and keys."""
@@ -265,7 +269,8 @@ class Sidecar:
                     renewed = time.monotonic()
             except Exception as e:  # the receive loop reports outages; try again next time
                 log.debug("layer state check failed: %s", e)
-            self._stopped.wait(STATE_CHECK_SECONDS)
+            gevent.wait([self._stopped, self._state_due], timeout=STATE_CHECK_SECONDS, count=1)
+            self._state_due.clear()
 
     def _layer_state_lost(self) -> None:
         sockets = [conn for conn in list(self.connections) if conn.is_websocket]

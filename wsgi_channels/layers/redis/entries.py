@@ -31,7 +31,7 @@ __all__ = [
     "MESSAGE_KIND", "TARGETS_KIND", "REFERENCE_KIND",
     "message_head", "targets_head", "reference_head", "build", "append_entry",
     "deadline", "is_message", "message_body", "parse", "names", "reference",
-    "LUA_CONSTANTS", "LUA_HELPERS",
+    "LUA_CONSTANTS", "LUA_HELPERS", "lua_helpers",
 ]
 
 #: Digits of the deadline at the start of every entry (ms since the epoch, zero-padded).
@@ -146,11 +146,15 @@ local E_TARGETS_BYTE, E_REFERENCE_BYTE = {TARGETS_KIND}, {REFERENCE_KIND}
 local E_SEPARATOR, E_FIELD_END = {_lua_string(SEPARATOR)}, {_lua_string(FIELD_END)}
 """
 
-#: The entry helpers of the scripts' ``common()`` table ``C`` (made only when a script needs
-#: them). An entry is built in Lua as ``deadline .. E_MESSAGE .. body``, ``deadline .. E_TARGETS
-#: .. names .. E_FIELD_END .. body`` or ``deadline .. E_REFERENCE .. count .. E_SEPARATOR .. key ..
-#: E_FIELD_END .. body``, where ``deadline`` comes ready from the client (13 digits).
-LUA_HELPERS = r"""
+def lua_helpers(fetch: str) -> str:
+    """The entry helpers of the scripts' ``common()`` table ``C`` (made only when a script needs
+    them). ``fetch`` is the Lua expression that reads the member names an ``r`` entry's reference
+    ``ref`` stands for (a ``GET`` of that key on standalone Redis; on a Cluster, an ``HGET`` of the
+    bucket's hash, so that the key is declared). An entry is built in Lua as ``deadline .. E_MESSAGE
+    .. body``, ``deadline .. E_TARGETS .. names .. E_FIELD_END .. body`` or ``deadline .. E_REFERENCE
+    .. count .. E_SEPARATOR .. ref .. E_FIELD_END .. body``, where ``deadline`` comes ready from the
+    client (13 digits)."""
+    return r"""
   function C.deadline(v)
     return tonumber(string.sub(v, 1, E_DEADLINE_END))
   end
@@ -161,13 +165,14 @@ LUA_HELPERS = r"""
     return out
   end
 
-  -- the members an entry is for: none for 'm', listed for 't', in a P:t: key for 'r'
+  -- the members an entry is for: none for 'm', listed for 't', behind a reference for 'r'
   function C.targets_of(v)
     local kind = string.byte(v, E_KIND_AT)
     local nl = string.find(v, E_FIELD_END, E_REST_AT, true)
     if kind == E_TARGETS_BYTE then return C.split(string.sub(v, E_REST_AT, nl - 1)) end
     if kind ~= E_REFERENCE_BYTE then return {} end
-    local names = redis.call('GET', string.sub(v, string.find(v, E_SEPARATOR, E_REST_AT, true) + 1, nl - 1))
+    local ref = string.sub(v, string.find(v, E_SEPARATOR, E_REST_AT, true) + 1, nl - 1)
+    local names = """ + fetch + r"""
     if not names then return {} end
     return C.split(names)
   end
@@ -182,3 +187,7 @@ LUA_HELPERS = r"""
     return 1
   end
 """
+
+
+#: The entry helpers of the standalone scripts: an ``r`` entry's reference is a ``P:t:`` key.
+LUA_HELPERS = lua_helpers("redis.call('GET', ref)")

@@ -26,31 +26,53 @@ after import), never retried behind the caller's back (a resent ``send`` could
 deliver twice), and a failure raises
 :class:`~wsgi_channels.exceptions.LayerUnavailable`; the next call connects
 afresh, so a Redis restart needs no process restart.
+
+A shard may be a Sentinel-watched service (:mod:`.sentinel`): the layer follows its
+failovers (:attr:`RedisChannelLayer.topology_epoch` counts them, and
+:meth:`RedisChannelLayer.on_topology_change` registers a callback). Replication is
+asynchronous, so what a primary acknowledged just before it died may be missing on its
+successor: each process re-adds the group memberships it changed in the last
+:data:`MEMBERSHIP_REPLAY_SECONDS` after a failover, and ``wait_replicas`` makes writes
+wait for replicas (``WAIT``, in the same round trip) for those who prefer latency to
+that risk.
 """
 from __future__ import annotations
 
 import logging
 import re
 import threading
-from typing import Any, Iterable, Sequence
+from collections import deque
+from typing import Any, Callable, Iterable, Sequence
+
+from urllib.parse import urlsplit, urlunsplit
 
 import msgpack  # type: ignore[import-untyped]  # no type information shipped
 from redis.backoff import NoBackoff
+from redis.crc import key_slot
 from redis.retry import Retry
 
 from ... import exceptions as exc
 from ...serialization import encode
 from . import connection, entries
 from . import scripts
-from .connection import NOW, Script, Shard, bulk, run_everywhere
+from . import cluster_scripts as cscripts
+from .cluster import DEFAULT_COLOCATE, ClusterMember, make_topology
+from .cluster_groups import FANOUT_TAIL as _FANOUT_TAIL
+from .cluster_groups import ClusterGroupsMixin
+from .connection import Script, Shard, bulk, run_everywhere
 from .copies import CopyBuffer
 from .entries import append_entry
+from .failover import MEMBERSHIP_REPLAY_SECONDS, FailoverMixin
+from .members import ServerMember
+from .slots import DEFAULT_TAG_COUNT, check_tag_count
 from .options import connection_url, fernet, options_from_url, split_urls
 from .receive import ReceivingMixin, _ShardPlan
+from .sentinel import SentinelLocator
+from .urls import is_topology_url, parse_topology_url
 from ..base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
 from ..hashring import HashRing
 
-__all__ = ["RedisChannelLayer"]
+__all__ = ["RedisChannelLayer", "MEMBERSHIP_REPLAY_SECONDS"]
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +81,21 @@ _CACHE_LIMIT = 10_000
 
 _SEND = Script(scripts.SEND)
 _FANOUT = Script(scripts.FANOUT)
-_FANOUT_TAIL = b"%s$%d\r\n%s\r\n" + NOW  # the command's head, then its body and deadline
 _MEMBERS = Script(scripts.MEMBERS)
 _GROUP_ADD = Script(scripts.GROUP_ADD)
 _GROUP_DISCARD = Script(scripts.GROUP_DISCARD)
 _STATS = Script(scripts.STATS)
 _SESSION_CAS = Script(scripts.SESSION_CAS)
+# The same operations on a Redis Cluster bucket (every key declared, see cluster_scripts).
+_C_SEND = Script(cscripts.SEND)
+_C_GROUP_ADD = Script(cscripts.GROUP_ADD)
+_C_GROUP_DISCARD = Script(cscripts.GROUP_DISCARD)
+_C_STATS = Script(cscripts.STATS)
+_C_SESSION_CAS = Script(cscripts.SESSION_CAS)
 
 
-class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
+
+class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseChannelLayer):
     """Channel layer on one or more Redis servers.
 
     ``hosts``
@@ -84,6 +112,19 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         ``socket_timeout``.
     ``connection_options``
         further keywords for redis-py connections (``ssl_ca_certs``, ``username``, ...).
+    ``cluster_tags``
+        on a Redis Cluster, the number of hash-tag buckets names are spread over (default 12:
+        even over 1, 2, 3, 4, 6 and 12 primaries; a multiple of the primaries balances them).
+        Every key's name depends on it: keep it fixed for a deployment (flush to change it).
+    ``cluster_colocate``
+        on a Redis Cluster, lists of globs whose plain channels share one bucket (default
+        ``[["http.*", "websocket.*"]]``: the worker's channels are one blocking pop on one node).
+    ``wait_replicas`` / ``wait_replicas_timeout``
+        with ``wait_replicas=N`` (default 0: off), every write (sends, group sends, memberships)
+        is followed, in the same round trip, by ``WAIT N ms`` (``wait_replicas_timeout``
+        seconds, default 0.1): it returns once N replicas have it. A send is never undone: when
+        fewer replicas confirm in time, it is counted (``unreplicated_count`` in
+        ``global_statistics()``) and a warning is logged once per outage.
 
     Plus the common keywords of :class:`~wsgi_channels.layers.base.BaseChannelLayer`.
     """
@@ -103,6 +144,10 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         socket_connect_timeout: float = 2.0,
         connection_options: dict[str, Any] | None = None,
         ring_replicas: int = 256,
+        wait_replicas: int = 0,
+        wait_replicas_timeout: float = 0.1,
+        cluster_tags: int = DEFAULT_TAG_COUNT,
+        cluster_colocate: Sequence[Sequence[str]] = DEFAULT_COLOCATE,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -132,11 +177,28 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
             "protocol": 2,  # RESP2: pub/sub wake-ups arrive as replies, scripts' replies keep their shape
         }
         self.hosts = [connection_url(u) for u in split_urls(hosts)]
+        self._cluster_tags = check_tag_count(int(cluster_tags) if isinstance(cluster_tags, str)
+                                             and cluster_tags.isdigit() else cluster_tags)
+        self._colocate = cluster_colocate
         try:
-            self._shards = [Shard(u, conn_options) for u in self.hosts]
+            self._members = [self._member(u, conn_options, timeouts) for u in self.hosts]
         except (TypeError, ValueError) as e:  # redis-py's parsing of an option's value
             raise exc.ConfigurationError(f"invalid Redis layer option in {hosts!r}: {e}") from None
-        self._ring = HashRing([s.identity for s in self._shards], replicas=ring_replicas)
+        identities = [m.identity for m in self._members]
+        if len(set(identities)) != len(identities):
+            raise exc.ConfigurationError(f"the Redis layer URLs {self.hosts!r} name the same server twice")
+        self._ring = HashRing(identities, replicas=ring_replicas)
+        self._all_vshards: list | None = None
+        self._wait, self._wait_for = self._wait_command(wait_replicas, wait_replicas_timeout)
+        self._unreplicated = 0
+        self._replication_ok = True
+        #: (monotonic time, "add" or "discard", group, channel) of this process's recent membership
+        #: changes (see MEMBERSHIP_REPLAY_SECONDS); None for a layer whose servers never fail over.
+        self._journal: deque | None = deque() if any(isinstance(m, ClusterMember) or m.shard.fails_over
+                                                     or not m.resolved for m in self._members) else None
+        self._topology_callbacks: list[Callable[[], None]] = []
+        for member in self._members:
+            member.on_change(self._topology_changed)
         self._expiry_ms = max(1, int(self.expiry * 1000))
         self._gexp_ms = max(1, int(self.group_expiry * 1000))
         self._send_cache: dict[str, tuple] = {}
@@ -146,10 +208,52 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         self._plans: dict[tuple, list[_ShardPlan]] = {}
         self._copies = CopyBuffer()  # group messages fetched for several members of a prefix
         self._members_cache: dict[bytes, list[str]] = {}  # P:t: key -> the member names it holds
+        self._fanout_plans: dict[tuple, tuple[bytes, bytes]] = {}  # (group, bucket) -> (sig, command head)
         self._rr = 0
         self._sent = 0
         self._local = threading.local()  # this thread's kept doorbell registration (_Watch)
         self._epoch = 0  # bumped by close(): registrations made before are stale
+
+    def _member(self, url: str, options: dict[str, Any], timeouts: tuple[float, float]) -> Any:
+        """The ring member for one URL: a server (maybe a Cluster node), a Sentinel service or a Cluster."""
+        if not is_topology_url(url):
+            parts = urlsplit(url)
+
+            def node_url(host: str, port: int) -> str:
+                userinfo = parts.netloc.rpartition("@")[0]
+                hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                return urlunsplit(parts._replace(netloc=(userinfo + "@" if userinfo else "") + hostport))
+
+            def as_cluster(shard: Shard) -> ClusterMember:
+                if shard.connection_kwargs.get("db", 0):
+                    raise exc.ConfigurationError(
+                        f"{shard.label} is a Redis Cluster node, and a Redis Cluster has only database 0: "
+                        f"use /0 in the URL (or a redis+cluster:// URL)")
+                topology = make_topology([shard.address], node_url, options, self._p, self._cluster_tags, shard)
+                return ClusterMember(topology, shard.identity, self._p, self._colocate)
+
+            return ServerMember(Shard(url, options, self._p, probe=True), as_cluster=as_cluster)
+        parsed = parse_topology_url(url)
+        if parsed.kind == "sentinel":
+            locator = SentinelLocator(parsed, timeouts[0], timeouts[1], {**dict(parsed.options), **options})
+            # The address is the sentinels' to tell: a placeholder until the first connection asks them.
+            shard = Shard(parsed.node_url(f"primary-of-{parsed.service_name}", 6379), options, self._p,
+                          locator=locator)
+            sentinels = ",".join(f"{h}:{p}" for h, p in sorted(parsed.nodes))
+            return ServerMember(shard, f"sentinel:{parsed.service_name}/{parsed.db}@{sentinels}")
+        topology = make_topology(parsed.nodes, parsed.node_url, options, self._p, self._cluster_tags)
+        identity = "cluster:" + ",".join(f"{h}:{p}" for h, p in sorted(parsed.nodes))
+        return ClusterMember(topology, identity, self._p, self._colocate)
+
+    @property
+    def _shards(self) -> list:
+        """Every vshard of every member (a member that may be a Cluster node finds out first)."""
+        vshards = self._all_vshards
+        if vshards is None:
+            vshards = [v for m in self._members for v in m.vshards()]
+            if all(getattr(m, "resolved", True) for m in self._members):
+                self._all_vshards = vshards
+        return vshards
 
     @classmethod
     def from_url(cls, url: Any, **options: Any) -> "RedisChannelLayer":
@@ -159,17 +263,22 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
 
     # -- names to shards and keys -----------------------------------------------------------
 
-    def _shard_of(self, name: str) -> Shard:
-        return self._shards[self._ring.node_for(name)]
+    def _shard_of(self, name: str) -> Any:
+        """The vshard that holds ``name``'s keys (a Shard, for a server or a Sentinel service)."""
+        return self._members[self._ring.node_for(name)].vshard_for(name)
 
     def _key(self, kind: str, name: str) -> bytes:
         return f"{self._p}{kind}:{{{name}}}".encode()
 
-    def _queue_keys(self, qname: str) -> tuple:
-        """Keys of the queue of a channel or a ``prefix!`` (plus flag and index keys for a prefix)."""
+    def _queue_keys(self, qname: str, shard: Any = None) -> tuple:
+        """Keys of the queue of a channel or a ``prefix!`` (plus flag and index keys for a prefix),
+        as the send and statistics scripts take them (on a Cluster, a prefix's with the bucket's keys)."""
+        shard = shard if shard is not None else self._shard_of(qname)
+        key = shard.key
         if qname.endswith("!"):
-            return (self._key("q", qname), self._key("u", qname), self._key("m", qname))
-        return (self._key("q", qname),)
+            keys = (key("q", qname), key("u", qname), key("m", qname))
+            return keys + shard.bucket_keys if shard.cluster else keys
+        return (key("q", qname),)
 
     def _send_info(self, channel: str) -> tuple:
         """(shard, packed command up to the entry, capacity, the entry's head, queue name), cached per channel."""
@@ -177,33 +286,41 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         if info is None:
             validate_channel_name(channel)
             qname = non_local_name(channel)
-            shard, command, capacity = self._queue_send_info(qname)
+            shard, command, capacity, script = self._queue_send_info(qname)
             info = (shard, command, capacity,
-                    entries.targets_head([channel]) if qname is not channel else entries.message_head(), qname)
+                    entries.targets_head([channel]) if qname is not channel else entries.message_head(), qname,
+                    script)
             if len(self._send_cache) >= _CACHE_LIMIT:
                 self._send_cache.clear()
             self._send_cache[channel] = info
         return info
 
     def _queue_send_info(self, qname: str) -> tuple:
-        """(shard, packed command up to the entry, capacity) of a queue, cached per queue: the
-        one-off reply channels of HTTP requests on one ``prefix!`` share it (one lookup, not a
+        """(shard, packed command up to the entry, capacity, send script) of a queue, cached per queue:
+        the one-off reply channels of HTTP requests on one ``prefix!`` share it (one lookup, not a
         name check, hash-ring walk and command packing per request)."""
         info = self._queue_cache.get(qname)
         if info is None:
-            keys = self._queue_keys(qname)
+            shard = self._shard_of(qname)
+            keys = self._queue_keys(qname, shard)
             capacity = self.get_capacity(qname)
-            command = b"*%d\r\n" % (len(keys) + 8) + bulk(
-                "EVALSHA", _SEND.sha, len(keys), *keys, self._expiry_ms, capacity, self._p, self._gexp_ms)
-            info = (self._shard_of(qname), command, capacity)
+            if shard.cluster:
+                script = _C_SEND
+                command = b"*%d\r\n" % (len(keys) + 7) + bulk(
+                    "EVALSHA", script.sha, len(keys), *keys, self._expiry_ms, capacity, self._gexp_ms)
+            else:
+                script = _SEND
+                command = b"*%d\r\n" % (len(keys) + 8) + bulk(
+                    "EVALSHA", script.sha, len(keys), *keys, self._expiry_ms, capacity, self._p, self._gexp_ms)
+            info = (shard, command, capacity, script)
             if len(self._queue_cache) >= _CACHE_LIMIT:
                 self._queue_cache.clear()
             self._queue_cache[qname] = info
         return info
 
     def _channel_in_use(self, channel: str) -> bool:
-        shard, keys = self._shard_of(channel), self._queue_keys(channel)
-        return bool(shard.execute("EXISTS", keys[0]))
+        shard = self._shard_of(channel)
+        return bool(shard.execute("EXISTS", shard.key("q", channel)))
 
     # -- bodies -----------------------------------------------------------------------------
 
@@ -233,20 +350,27 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
     # -- messages ---------------------------------------------------------------------------
 
     def _send_payload(self, channel: str, message: dict) -> tuple:
-        """(shard, the packed ``EVALSHA`` of the send script, capacity) for one message."""
+        """(shard, the packed ``EVALSHA`` of the send script, capacity, the script) for one message."""
         info = self._send_cache.get(channel)
         if info is None:
             info = self._send_info(channel)
-        shard, command, capacity, head, _ = info
+        shard, command, capacity, head, _, script = info
         body = encode(message, self.max_message_size)
         if self._fernet is not None:
             body = self._fernet.encrypt(body)
         # The entry (see entries): its deadline on the server's clock, its head, the body.
-        return shard, append_entry(command, shard.now_ms() + self._expiry_ms, head, body), capacity
+        return shard, append_entry(command, shard.now_ms() + self._expiry_ms, head, body), capacity, script
 
     def send(self, channel: str, message: dict) -> None:
-        shard, payload, capacity = self._send_payload(channel, message)
-        if shard.call(_SEND, payload) < 0:
+        shard, payload, capacity, script = self._send_payload(channel, message)
+        if self._wait is None:
+            n = shard.call(script, payload)
+        else:
+            n, acked = shard.pipeline([payload], script, tail=(self._wait,))
+            if isinstance(n, Exception):
+                raise n
+            self._replicated(acked)
+        if n < 0:
             self._count("channel_full_count")
             raise exc.ChannelFull(f"channel {channel!r} is full ({capacity} messages waiting)")
         self._sent += 1
@@ -304,8 +428,9 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         outcomes recorded in ``outcomes``. ``then``: one more command written after them (see
         :meth:`Shard.pipeline`), whose reply is returned; a network failure is then raised too,
         once recorded for the sends."""
+        tail = (self._wait,) if self._wait is not None else ()
         try:
-            replies = shard.pipeline([e[3] for e in entries], _SEND, then=then)
+            replies = shard.pipeline([e[3] for e in entries], entries[0][4], then=then, tail=tail)
         except exc.LayerUnavailable as e:
             for entry in entries:
                 outcomes[entry[0]] = e
@@ -313,26 +438,28 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
                 raise
             return None
         self._send_outcomes(entries, replies, outcomes)
+        if tail:
+            self._replicated(replies[len(entries)])
         return replies[-1] if then is not None else None
 
     def _prepare_sends(self, items: Sequence[tuple[str, dict]]) -> tuple[list[BaseException | None], dict[Shard, list]]:
         """The outcomes of ``items`` so far (a bad name or message fails its own item only), and the
-        ``(index, channel, capacity, payload)`` of the others, by shard."""
+        ``(index, channel, capacity, payload, script)`` of the others, by shard."""
         outcomes: list[BaseException | None] = [None] * len(items)
         by_shard: dict[Shard, list] = {}
         for i, (channel, message) in enumerate(items):
             try:
-                shard, payload, capacity = self._send_payload(channel, message)
+                shard, payload, capacity, script = self._send_payload(channel, message)
             except Exception as e:
                 outcomes[i] = e
                 continue
-            by_shard.setdefault(shard, []).append((i, channel, capacity, payload))
+            by_shard.setdefault(shard, []).append((i, channel, capacity, payload, script))
         return outcomes, by_shard
 
     def _send_outcomes(self, entries: list, replies: list, outcomes: list[BaseException | None]) -> None:
         """Record in ``outcomes`` what the send scripts of ``entries`` answered (``replies`` may go on
         with the reply of another command)."""
-        for (i, channel, capacity, _), n in zip(entries, replies):
+        for (i, channel, capacity, _, _), n in zip(entries, replies):
             if isinstance(n, Exception):
                 outcomes[i] = n
             elif n < 0:
@@ -350,26 +477,50 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
     def group_add(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
+        self._group_add(group, channel)
+        self._journal_membership("add", group, channel)
+
+    def _membership(self, group: str, channel: str, standalone: Script, cluster: Script,
+                    args: tuple) -> tuple:
+        """(shard, script, keys, args) of a membership change of ``channel`` in ``group``: made in the
+        member's shard (its bucket, on a Cluster), beside its queue."""
         qname = non_local_name(channel)
-        keys: tuple[bytes, ...] = self._group_keys(group)
+        shard = self._shard_of(qname)
+        if shard.cluster:
+            keys: tuple[bytes, ...] = shard.bucket_keys
+            if qname is not channel:
+                keys += (shard.key("m", qname),)
+            return shard, cluster, keys, (group, channel) + args
+        keys = self._group_keys(group)
         if qname is not channel:
             keys += (self._key("m", qname),)
-        self._shard_of(qname).script(_GROUP_ADD, keys, (channel, self._gexp_ms, self.get_capacity(qname), group))
+        return shard, standalone, keys, (channel,) + args + (group,)
+
+    def _group_add(self, group: str, channel: str) -> None:
+        qname = non_local_name(channel)
+        self._script_waited(*self._membership(group, channel, _GROUP_ADD, _C_GROUP_ADD,
+                                              (self._gexp_ms, self.get_capacity(qname))))
 
     def group_discard(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
-        qname = non_local_name(channel)
-        keys: tuple[bytes, ...] = self._group_keys(group)
-        if qname is not channel:
-            keys += (self._key("m", qname),)
-        self._shard_of(qname).script(_GROUP_DISCARD, keys, (channel, group))
+        self._group_discard(group, channel)
+        self._journal_membership("discard", group, channel)
+
+    def _group_discard(self, group: str, channel: str) -> None:
+        self._script_waited(*self._membership(group, channel, _GROUP_DISCARD, _C_GROUP_DISCARD, ()))
 
     def group_channels(self, group: str) -> list[str]:
         validate_group_name(group)
-        payload = connection.packed("EVALSHA", _MEMBERS.sha, 2, *self._group_keys(group)[:2], self._p)
-        replies = run_everywhere(self._shards, _MEMBERS, [payload] * len(self._shards))
-        return [m.decode() for reply in replies for m in reply]
+        standalone = [v for v in self._shards if not v.cluster]
+        found = []
+        if standalone:
+            payload = connection.packed("EVALSHA", _MEMBERS.sha, 2, *self._group_keys(group)[:2], self._p)
+            replies = run_everywhere(standalone, _MEMBERS, [payload] * len(standalone))
+            found = [m.decode() for reply in replies for m in reply]
+        if len(standalone) < len(self._shards):
+            found += self._cluster_group_channels([v for v in self._shards if v.cluster], group)
+        return found
 
     def _fanout_command(self, group: str) -> bytes:
         """The fan-out script's packed command up to the body, cached per group."""
@@ -390,10 +541,21 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
         if self._fernet is not None:
             body = self._fernet.encrypt(body)
         head, size, exp = self._fanout_command(group), len(body), self._expiry_ms
-        # One format per shard: the script takes the messages' deadline on that shard's clock.
-        # run_everywhere runs a single shard's script directly, without its concurrent path.
-        dropped = sum(run_everywhere(self._shards, _FANOUT, [_FANOUT_TAIL % (head, size, body, s.now_ms() + exp)
-                                                             for s in self._shards]))
+        vshards = self._shards
+        standalone = [v for v in vshards if not v.cluster] if self._all_cluster is not True else []
+        dropped = 0
+        if standalone:
+            # One format per shard: the script takes the messages' deadline on that shard's clock.
+            # run_everywhere runs a single shard's script directly, without its concurrent path.
+            replies = run_everywhere(standalone, _FANOUT, [_FANOUT_TAIL % (head, size, body, s.now_ms() + exp)
+                                                           for s in standalone], tail=self._wait)
+            if self._wait is not None:
+                for acked in replies[1::2]:
+                    self._replicated(acked)
+                replies = replies[::2]
+            dropped = sum(replies)
+        if len(standalone) < len(vshards):
+            dropped += self._cluster_send_group([v for v in vshards if v.cluster], group, body)
         if dropped:
             self._count("group_drop_count", dropped)
             log.debug("group %r: %d member(s) behind full channels skipped", group, dropped)
@@ -402,7 +564,8 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
 
     def session_get(self, key: str) -> bytes | None:
         self._session_key(key)
-        return self._shard_of(key).execute("GET", self._key("s", key))
+        shard = self._shard_of(key)
+        return shard.execute("GET", shard.key("s", key))
 
     def session_set(self, key: str, value: bytes, ttl: float) -> None:
         self._session_key(key)
@@ -410,11 +573,13 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
             raise TypeError(f"session value must be bytes, not {type(value).__name__}")
         if ttl <= 0:
             raise ValueError(f"session ttl must be positive, got {ttl!r}")
-        self._shard_of(key).execute("SET", self._key("s", key), value, "PX", max(1, int(ttl * 1000)))
+        shard = self._shard_of(key)
+        shard.execute("SET", shard.key("s", key), value, "PX", max(1, int(ttl * 1000)))
 
     def session_delete(self, key: str) -> None:
         self._session_key(key)
-        self._shard_of(key).execute("DEL", self._key("s", key))
+        shard = self._shard_of(key)
+        shard.execute("DEL", shard.key("s", key))
 
     def session_compare_and_set(self, key: str, expected: bytes | None, value: bytes | None, ttl: float) -> bool:
         self._session_key(key)
@@ -424,7 +589,8 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
                 raise ValueError(f"session ttl must be positive, got {ttl!r}")
         args = (b"0" if expected is None else b"1", expected or b"", b"0" if value is None else b"1", value or b"",
                 max(1, int(ttl * 1000)))
-        return bool(self._shard_of(key).script(_SESSION_CAS, (self._key("s", key),), args))
+        shard = self._shard_of(key)
+        return bool(shard.script(_C_SESSION_CAS if shard.cluster else _SESSION_CAS, (shard.key("s", key),), args))
 
     # -- housekeeping -----------------------------------------------------------------------
 
@@ -439,37 +605,51 @@ class RedisChannelLayer(ReceivingMixin, BaseChannelLayer):
                     break
 
     def _patterns(self) -> list[bytes]:
-        # Only this layer's key shapes: another application's prefix can never match.
-        return [self._pb + b"[qumgst]:{*", self._pb + b"g[cp]:{*"]
+        # Only this layer's key shapes (standalone and Cluster): another application's prefix never matches.
+        return [self._pb + b"[qumgst]:{*", self._pb + b"g[cple]:{*", self._pb + b"td:{*"]
+
+    def _nodes(self) -> list[Shard]:
+        """Every primary of every member, once each."""
+        return list({id(n): n for m in self._members for n in m.nodes()}.values())
 
     def flush(self) -> None:
         """Remove every key of this prefix on every shard (SCAN, never KEYS) and local buffers."""
-        for shard in self._shards:
+        for shard in self._nodes():
             for keys in self._scan(shard, self._patterns()):
-                shard.execute("UNLINK", *keys)
+                by_slot: dict[int, list[bytes]] = {}
+                for key in keys:  # a multi-key UNLINK stays in one slot on a Cluster
+                    by_slot.setdefault(key_slot(key), []).append(key)
+                for same in by_slot.values():
+                    shard.execute("UNLINK", *same)
         self._copies.clear()
 
     def global_statistics(self) -> dict[str, int]:
-        """``messages_count`` counts sends made by this layer instance; ``messages_pending`` entries queued."""
+        """``messages_count`` counts sends made by this layer instance; ``messages_pending`` entries queued;
+        with ``wait_replicas``, ``unreplicated_count`` the writes fewer replicas confirmed in time."""
         pending = 0
-        for shard in self._shards:
+        for shard in self._nodes():
             for keys in self._scan(shard, [self._pb + b"q:{*"]):
                 for key in keys:
                     pending += shard.execute("LLEN", key)
         pending += self._copies.pending()
-        return {"messages_count": self._sent, "messages_pending": pending, **self._local_statistics()}
+        extra = {"unreplicated_count": self._unreplicated} if self._wait is not None else {}
+        return {"messages_count": self._sent, "messages_pending": pending, **self._local_statistics(), **extra}
 
     def channel_statistics(self, channel: str) -> dict[str, int]:
         qname = non_local_name(validate_channel_name(channel, receive=channel.endswith("!")))
-        pending, head, now_ms = self._shard_of(qname).script(_STATS, self._queue_keys(qname), (self._p,))
+        shard = self._shard_of(qname)
+        if shard.cluster:
+            pending, head, now_ms = shard.script(_C_STATS, self._queue_keys(qname, shard), ())
+        else:
+            pending, head, now_ms = shard.script(_STATS, self._queue_keys(qname, shard), (self._p,))
         age = max(0.0, (now_ms - (head - self._expiry_ms)) / 1000.0) if head else 0.0
         pending += self._copies.pending(qname)
         return {"messages_pending": pending, "messages_max_age": int(age), **self._local_statistics()}
 
     def close(self) -> None:
         self._epoch += 1
-        for shard in self._shards:
-            shard.close()
+        for member in self._members:
+            member.close()
 
     def __repr__(self) -> str:
-        return f"<RedisChannelLayer hosts={[s.label for s in self._shards]} prefix={self.prefix!r}>"
+        return f"<RedisChannelLayer hosts={[m.identity for m in self._members]} prefix={self.prefix!r}>"

@@ -4,8 +4,10 @@ string) and the keys that encrypt its message bodies.
 ``redis://host:6379/0?expiry=30&capacity=500`` carries layer keywords (:data:`LAYER_OPTIONS`)
 and redis-py connection options (:data:`CONNECTION_OPTIONS`: TLS files, user name, ...);
 several shards are written as a list, or as one string of URLs separated by commas (the
-form ``WSGI_CHANNELS_LAYER`` takes). A bad host, port, database or option name is refused
-with a :class:`~wsgi_channels.exceptions.ConfigurationError` that names it.
+form ``WSGI_CHANNELS_LAYER`` takes). ``redis+cluster://`` and ``redis+sentinel://`` URLs
+(:mod:`.urls`) take the same options and may be shards too. A bad host, port, database or
+option name is refused with a :class:`~wsgi_channels.exceptions.ConfigurationError` that
+names it.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ... import exceptions as exc
+from .urls import is_topology_url, parse_topology_url
 
 __all__ = ["LAYER_OPTIONS", "CONNECTION_OPTIONS", "fernet", "split_urls", "check_url", "connection_url",
            "options_from_url"]
@@ -23,7 +26,8 @@ __all__ = ["LAYER_OPTIONS", "CONNECTION_OPTIONS", "fernet", "split_urls", "check
 #: Layer keywords a URL's query string may set (``symmetric_encryption_keys`` separated by commas).
 LAYER_OPTIONS = frozenset({"expiry", "group_expiry", "capacity", "max_message_size", "process_capacity",
                            "prefix", "socket_timeout", "socket_connect_timeout", "ring_replicas",
-                           "symmetric_encryption_keys"})
+                           "symmetric_encryption_keys", "cluster_tags", "wait_replicas",
+                           "wait_replicas_timeout"})
 #: redis-py connection options a URL may carry (TLS files and checks, user name, client name, ...).
 CONNECTION_OPTIONS = frozenset({
     "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",
@@ -32,7 +36,7 @@ CONNECTION_OPTIONS = frozenset({
     "max_connections", "db",
 })
 #: A comma starts a new URL only where a scheme follows (commas may appear inside a query value).
-_URL_SEPARATOR = re.compile(r",(?=\s*rediss?://)", re.I)
+_URL_SEPARATOR = re.compile(r",(?=\s*rediss?(?:\+(?:cluster|sentinel))?://)", re.I)
 
 
 def fernet(keys: Any) -> Any:
@@ -68,13 +72,17 @@ def split_urls(url_or_list: Any) -> list[str]:
 
 def check_url(url: str) -> None:
     """Refuse a Redis URL whose host, port or database number cannot be used, naming the part."""
+    if is_topology_url(url):
+        parse_topology_url(url)
+        return
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError for a port that is not a number or out of range
     except ValueError as e:
         raise exc.ConfigurationError(f"invalid Redis URL {url!r}: {e}") from None
     if parts.scheme.lower() not in ("redis", "rediss"):
-        raise exc.ConfigurationError(f"{url!r} is not a redis:// or rediss:// URL")
+        raise exc.ConfigurationError(f"{url!r} is not a redis://, rediss://, redis+cluster:// or "
+                                     "redis+sentinel:// URL")
     if not parts.hostname:
         raise exc.ConfigurationError(f"invalid Redis URL {url!r}: no host (redis://HOST:PORT/DB)")
     db = parts.path.strip("/")
@@ -85,13 +93,35 @@ def check_url(url: str) -> None:
 
 def connection_url(url: str) -> str:
     """``url`` with only the redis-py connection options in its query (checked by name)."""
+    if is_topology_url(url):
+        _check_names(k for k, _ in parse_topology_url(url).options)
+        return url.strip()
     parts = urlsplit(url)
     pairs = parse_qsl(parts.query, keep_blank_values=True)
-    unknown = sorted({k for k, _ in pairs} - CONNECTION_OPTIONS)
-    if unknown:
-        known = ", ".join(sorted(LAYER_OPTIONS | CONNECTION_OPTIONS))
-        raise exc.ConfigurationError(f"unknown Redis layer URL option(s) {', '.join(unknown)}; known: {known}")
+    _check_names(k for k, _ in pairs)
     return urlunsplit(parts._replace(query=urlencode(pairs), fragment=""))
+
+
+def _check_names(names: Any) -> None:
+    unknown = sorted(set(names) - CONNECTION_OPTIONS)
+    if unknown:
+        known = ", ".join(sorted(LAYER_OPTIONS | CONNECTION_OPTIONS | {"sentinel_username", "sentinel_password",
+                                                                      "sentinel_ssl"}))
+        raise exc.ConfigurationError(f"unknown Redis layer URL option(s) {', '.join(unknown)}; known: {known}")
+
+
+def _without_layer_options(url: str) -> tuple[str, list[tuple[str, str]]]:
+    """(``url`` without the layer keywords in its query, those keywords' pairs)."""
+    if is_topology_url(url):
+        # Seed lists hold commas and the path a service name, so the query is cut off as text.
+        head, mark, query = url.strip().partition("?")
+        query, _, _ = query.partition("#")
+    else:
+        parts = urlsplit(url)
+        head, mark, query = urlunsplit(parts._replace(query="", fragment="")), "?", parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    rest = urlencode([(k, v) for k, v in pairs if k not in LAYER_OPTIONS])
+    return head + (f"?{rest}" if rest else ""), [(k, v) for k, v in pairs if k in LAYER_OPTIONS]
 
 
 def options_from_url(url: Any) -> tuple[list[str], dict[str, Any]]:
@@ -104,14 +134,12 @@ def options_from_url(url: Any) -> tuple[list[str], dict[str, Any]]:
     merged: dict[str, Any] = {}
     hosts = []
     for u in split_urls(url):
-        parts = urlsplit(u)
-        pairs = parse_qsl(parts.query, keep_blank_values=True)
-        for key, value in parse_options(urlencode([(k, v) for k, v in pairs if k in LAYER_OPTIONS])).items():
+        host, pairs = _without_layer_options(u)
+        for key, value in parse_options(urlencode(pairs)).items():
             if key in merged and merged[key] != value:
                 raise exc.ConfigurationError(f"shard URLs disagree on option {key!r}")
             merged[key] = value
-        hosts.append(urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in pairs
-                                                                 if k not in LAYER_OPTIONS]))))
+        hosts.append(host)
     keys = merged.get("symmetric_encryption_keys")
     if isinstance(keys, str):
         merged["symmetric_encryption_keys"] = [k for k in keys.split(",") if k]

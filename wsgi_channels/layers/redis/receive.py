@@ -12,6 +12,11 @@ on Redis 7, with ``BLMPOP``, which also takes a backlog whole); anything else
 (process-local ``prefix!`` queues, several shards) waits on the shards' doorbells
 (:mod:`.wakeup`), registered before the pop attempt that precedes each wait, so a
 push after that attempt always wakes the reader; only the scripts pop those queues.
+
+A blocking receive on a shard that can fail over (a Sentinel service) rides out a failover
+within its own wait: when its server goes away it asks where the primary is now (at most
+every 100 ms) and goes on waiting there; only when its wait ends first does it raise
+``LayerUnavailable``. Doorbell registrations are made again after a failover.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from redis.exceptions import ResponseError
 
 from ... import exceptions as exc
 from ..base import Received
+from . import cluster_scripts as cscripts
 from . import connection, entries
 from . import scripts
 from .connection import NOW, Script, Shard, bulk
@@ -40,6 +46,10 @@ _RECEIVE = Script(scripts.RECEIVE)
 _RECEIVE_MANY = Script(scripts.RECEIVE_MANY)
 _EVICT = Script(scripts.EVICT)
 _READ_DONE = Script(scripts.READ_DONE)
+_C_RECEIVE = Script(cscripts.RECEIVE)
+_C_RECEIVE_MANY = Script(cscripts.RECEIVE_MANY)
+_C_EVICT = Script(cscripts.EVICT)
+_C_READ_DONE = Script(cscripts.READ_DONE)
 
 
 class _ShardPlan:
@@ -52,14 +62,17 @@ class _ShardPlan:
     plain ``LPOP`` (``lpop``) does the script's work, the deadline checked on our side.
     """
 
-    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "plain", "drained", "read_at", "_packed")
+    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "plain", "drained", "read_at", "_packed",
+                 "scripts")
 
-    def __init__(self, shard: Shard, names: list[str], key: Any, prefix: str) -> None:
+    def __init__(self, shard: Any, names: list[str], prefix: str) -> None:
         self.shard = shard
         self.names = names
-        self.keys = [key("q", name) for name in names]
+        self.keys = [shard.key("q", name) for name in names]
         self.flags = [b"1" if name.endswith("!") else b"0" for name in names]
         self.prefix = prefix
+        #: (RECEIVE, RECEIVE_MANY) of the shard's key layout.
+        self.scripts = (_C_RECEIVE, _C_RECEIVE_MANY) if shard.cluster else (_RECEIVE, _RECEIVE_MANY)
         self.lpop = connection.packed("LPOP", self.keys[0]) if self.flags == [b"0"] else None
         #: Only plain channels (no ``prefix!``): a blocking wait may be one ``BLPOP`` (see _blocking_pop).
         self.plain = b"1" not in self.flags
@@ -78,11 +91,20 @@ class _ShardPlan:
         if got is None:
             keys, flags, names = (self.keys[r:] + self.keys[:r], self.flags[r:] + self.flags[:r],
                                   self.names[r:] + self.names[:r])
-            script = _RECEIVE_MANY if many else _RECEIVE
-            # EVALSHA sha numkeys keys... P flags... [most] now
-            count = 4 + 2 * len(keys) + (2 if many else 1)
-            got = self._packed[(r, many)] = (
-                b"*%d\r\n" % count + bulk("EVALSHA", script.sha, len(keys), *keys, self.prefix, *flags), names)
+            script = self.scripts[many]
+            if self.shard.cluster:
+                # EVALSHA sha numkeys bucket-keys... (q | q u m)... flags... [most] now: every key declared
+                shard = self.shard
+                keys = list(shard.bucket_keys) + [k for name in names for k in (
+                    (shard.key("q", name), shard.key("u", name), shard.key("m", name)) if name.endswith("!")
+                    else (shard.key("q", name),))]
+                count = 3 + len(keys) + len(flags) + (2 if many else 1)
+                head = b"*%d\r\n" % count + bulk("EVALSHA", script.sha, len(keys), *keys, *flags)
+            else:
+                # EVALSHA sha numkeys keys... P flags... [most] now
+                count = 4 + 2 * len(keys) + (2 if many else 1)
+                head = b"*%d\r\n" % count + bulk("EVALSHA", script.sha, len(keys), *keys, self.prefix, *flags)
+            got = self._packed[(r, many)] = (head, names)
         return got
 
     def receive(self, rr: int) -> tuple[bytes, list[str]]:
@@ -101,7 +123,6 @@ class ReceivingMixin:
     counter (``_rr``), this thread's doorbell registration (``_local``, ``_epoch``).
     """
 
-    _shards: list
     _ring: Any
     _p: str
     _plans: dict
@@ -110,6 +131,7 @@ class ReceivingMixin:
     _rr: int
     _local: Any
     _epoch: int
+    topology_epoch: int
     _block_step: float
     expiry: float
     _key: Any
@@ -125,12 +147,10 @@ class ReceivingMixin:
         key = tuple(names)
         plan = self._plans.get(key)
         if plan is None:
-            by_shard: dict[int, list] = {}
+            by_shard: dict[Any, list] = {}
             for name in dict.fromkeys(names):
-                index = self._ring.node_for(name)
-                by_shard.setdefault(index, []).append(name)
-            plan = [_ShardPlan(self._shards[index], shard_names, self._key, self._p)
-                    for index, shard_names in by_shard.items()]
+                by_shard.setdefault(self._shard_of(name), []).append(name)
+            plan = [_ShardPlan(shard, shard_names, self._p) for shard, shard_names in by_shard.items()]
             if len(self._plans) >= 1000:
                 self._plans.clear()
             self._plans[key] = plan
@@ -145,8 +165,12 @@ class ReceivingMixin:
 
     def _evict(self, prefix: str, channels: list[str]) -> None:
         """Members whose buffered message expired here, unread, leave their groups."""
+        shard = self._shard_of(prefix)
         try:
-            self._shard_of(prefix).script(_EVICT, (self._key("m", prefix),), (self._p, *channels))
+            if shard.cluster:
+                shard.script(_C_EVICT, shard.bucket_keys + (shard.key("m", prefix),), channels)
+            else:
+                shard.script(_EVICT, (shard.key("m", prefix),), (self._p, *channels))
         except exc.LayerUnavailable as e:
             log.warning("could not evict %d expired channel(s) of %s from their groups: %s",
                         len(channels), prefix, e)
@@ -175,7 +199,9 @@ class ReceivingMixin:
         """
         names = self._members_cache.get(key)
         if names is None:
-            data = self._shard_of(prefix).execute("GET", key)
+            shard = self._shard_of(prefix)
+            # On a Cluster the reference is a field of the bucket's hash of member lists.
+            data = shard.execute("HGET", shard.key("t", ""), key) if shard.cluster else shard.execute("GET", key)
             if data is None:
                 raise exc.ChannelsError(f"the member list {key.decode()!r} of a group message for {prefix!r} "
                                         "is gone (flushed, or evicted by Redis' maxmemory policy)")
@@ -199,7 +225,8 @@ class ReceivingMixin:
         message.pos = 1
         self._copies.add(name, message)
         # Other threads of this process waiting on this prefix can take the rest now.
-        self._shard_of(name).bell().ring(self._key("q", name))
+        shard = self._shard_of(name)
+        shard.bell().ring(shard.key("q", name))
         return first
 
     def _try_receive(self, names: list[str], plan: list[_ShardPlan]) -> tuple[str, dict] | None:
@@ -218,7 +245,7 @@ class ReceivingMixin:
                     return entry.names[0], self._open(message_body(popped))
                 continue
             command, shard_names = entry.receive(self._rr)
-            reply = shard.call(_RECEIVE, command + NOW % shard.now_ms())
+            reply = shard.call(entry.scripts[0], command + NOW % shard.now_ms())
             if reply is not None:
                 return self._deliver(shard_names[reply[0] - 1], reply[1], reply[2])
         return None
@@ -248,7 +275,7 @@ class ReceivingMixin:
             shard = entry.shard
             command, shard_names = entry.receive_many(self._rr)
             most = b"%d" % (limit - len(batch))
-            reply = shard.call(_RECEIVE_MANY, b"%s$%d\r\n%s\r\n" % (command, len(most), most)
+            reply = shard.call(entry.scripts[1], b"%s$%d\r\n%s\r\n" % (command, len(most), most)
                                + NOW % shard.now_ms())
             if not reply:
                 continue
@@ -294,7 +321,7 @@ class ReceivingMixin:
         needs no second pop attempt after registering, one round trip instead of two.
         """
         key = tuple(names)
-        generation = (connection.fork_generation(), self._epoch)
+        generation = self._watch_generation()
         watch = getattr(self._local, "watch", None)
         if watch is not None:
             if watch.key == key and watch.generation == generation:
@@ -308,11 +335,15 @@ class ReceivingMixin:
         self._local.watch = watch
         return watch
 
+    def _watch_generation(self) -> tuple:
+        """What a doorbell registration depends on: the process (fork), the layer (``close()``), and
+        where the servers are (a failover moves the doorbells, so registrations are made again)."""
+        return connection.fork_generation(), self._epoch, self.topology_epoch
+
     def _watching(self, names: list[str]) -> Watch | None:
         """This thread's registration if it already watches exactly ``names`` (registered before any pop)."""
         watch = getattr(self._local, "watch", None)
-        if watch is not None and watch.key == tuple(names) \
-                and watch.generation == (connection.fork_generation(), self._epoch):
+        if watch is not None and watch.key == tuple(names) and watch.generation == self._watch_generation():
             return watch
         return None
 
@@ -397,15 +428,22 @@ class ReceivingMixin:
         """
         entry = plan[0]
         shard, name, queue = entry.shard, names[0], entry.keys[0]
+        deadline = time.monotonic() + wait
         if time.monotonic() - entry.read_at > self.expiry / 2:
             backlog = self._try_receive_batch(names, plan, limit, shared)
             entry.read_at = time.monotonic()
             if backlog:
                 return backlog
-        done = b"*5\r\n" + bulk("EVALSHA", _READ_DONE.sha, 2, queue, self._key("u", name))
+        read_done = _C_READ_DONE if shard.cluster else _READ_DONE
+        done = b"*5\r\n" + bulk("EVALSHA", read_done.sha, 2, queue, shard.key("u", name))
         for keys, step in self._blocking_steps(entry, wait):
             pop = connection.packed("BLMPOP", step, 1, queue, "LEFT", "COUNT", limit)
-            reply, cleared = shard.pipeline([done], _READ_DONE, then=pop, then_first=True)
+            try:
+                reply, cleared = shard.pipeline([done], read_done, then=pop, then_first=True)
+            except exc.LayerUnavailable as e:
+                self._ride_out(entry, deadline, e)
+                entry.read_at = float("-inf")  # a new server: the script runs before the next wait
+                return self._blocking_pop_prefix(names, plan, max(0.0, deadline - time.monotonic()), limit, shared)
             entry.read_at = time.monotonic()
             if type(reply) is ResponseError:
                 self._no_blmpop(shard, reply)
@@ -465,8 +503,13 @@ class ReceivingMixin:
         skips nothing but an expired head, which is dropped here as the scripts drop it.
         """
         shard = entry.shard
+        deadline = time.monotonic() + wait
         for keys, step in self._blocking_steps(entry, wait):
-            reply = shard.execute_packed(connection.packed("BLPOP", *keys, step))
+            try:
+                reply = shard.execute_packed(connection.packed("BLPOP", *keys, step), blocking=True)
+            except exc.LayerUnavailable as e:
+                self._ride_out(entry, deadline, e)
+                continue
             if reply is None:
                 continue
             key, data = reply
@@ -486,18 +529,23 @@ class ReceivingMixin:
         instead of the shard (it writes other commands with it) and returns the pop's reply.
         """
         shard = entry.shard
+        deadline = time.monotonic() + wait
         for keys, step in self._blocking_steps(entry, wait):
             command = connection.packed("BLMPOP", step, len(keys), *keys, "LEFT", "COUNT", limit)
             try:
                 if first is not None:
-                    reply, first = first(command), None
+                    write_with, first = first, None
+                    reply = write_with(command)
                     if type(reply) is ResponseError:
                         raise reply
                 else:
-                    reply = shard.execute_packed(command)
+                    reply = shard.execute_packed(command, blocking=True)
             except ResponseError as e:
                 self._no_blmpop(shard, e)
                 return None
+            except exc.LayerUnavailable as e:
+                self._ride_out(entry, deadline, e)
+                continue
             shard.blmpop = True
             if reply is None:
                 continue
@@ -561,7 +609,11 @@ class ReceivingMixin:
         event = watch.event
         while True:
             event.clear()  # a push after this pop attempt sets it again
-            got = attempt()
+            try:
+                got = attempt()
+            except exc.LayerUnavailable as e:
+                self._ride_out(plan, deadline, e)
+                got = None
             if got:
                 watch.drained = 0 < len(got) < limit
                 return got
@@ -569,3 +621,20 @@ class ReceivingMixin:
             if remaining <= 0:
                 return None
             event.wait(remaining)
+            if watch.generation != self._watch_generation():  # a failover moved the doorbells
+                watch = self._watch(names, plan, max(0.0, deadline - time.monotonic()))
+                event = watch.event
+
+    def _ride_out(self, plan: Any, deadline: float, error: exc.LayerUnavailable) -> None:
+        """After ``error`` in a blocking receive: on shards that can fail over, wait (up to ``deadline``)
+        until one of them moved, asking where their servers are at most every 100 ms, then return
+        for the caller to go on there. Anything else, or no move in time, raises ``error``."""
+        shards = [entry.shard for entry in plan] if isinstance(plan, list) else [plan.shard]
+        if not any(shard.fails_over for shard in shards):
+            raise error
+        epochs = [shard.topology_epoch for shard in shards]
+        while time.monotonic() < deadline:
+            if any([shard.recheck() for shard in shards]) or [s.topology_epoch for s in shards] != epochs:
+                return
+            time.sleep(0.05)
+        raise error

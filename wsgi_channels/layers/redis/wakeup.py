@@ -16,6 +16,14 @@ timeout never loses part of a reply (the hiredis reader keeps it). After a recon
 wakes every waiter, so messages pushed while it was away are picked up at once.
 
 A receiving thread keeps its registration between receives on the same channels (:class:`Watch`).
+
+On a Redis Cluster (``sharded``) the listener uses sharded pub/sub (``SSUBSCRIBE``, one
+command per slot, answered by ``smessage``): the scripts ``SPUBLISH`` on the queue's key,
+which stays in the queue's slot. When the slot leaves the node (a failover or a
+resharding) the server ends those subscriptions itself (an unasked ``sunsubscribe``): the
+waiters are woken and ``on_moved`` is called, so the layer looks up the new owner. After a
+Sentinel failover the layer calls :meth:`Doorbell.reconnect`: a subscription to a demoted
+primary goes silent rather than failing, so it is moved actively.
 """
 from __future__ import annotations
 
@@ -27,6 +35,7 @@ from collections import deque
 from typing import Any, Callable, Iterable
 
 import hiredis
+from redis.crc import key_slot
 
 __all__ = ["Doorbell", "Watch"]
 
@@ -42,9 +51,18 @@ _READ_SIZE = 65536
 class Doorbell:
     """Pub/sub wake-ups for the queues of one shard, shared by every thread of one process."""
 
-    def __init__(self, connect: Callable[[], Any], label: str) -> None:
+    def __init__(self, connect: Callable[[], Any], label: str, sharded: bool = False,
+                 on_moved: Callable[[], None] | None = None) -> None:
         self._connect = connect
         self._label = label
+        self.sharded = sharded
+        self._subscribe, self._unsubscribe = ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else ("SUBSCRIBE", "UNSUBSCRIBE")
+        self._message = b"smessage" if sharded else b"message"
+        self._confirmed = b"ssubscribe" if sharded else b"subscribe"
+        #: Called (from the listener) when the server says the keys' slot is no longer its own.
+        self.on_moved = on_moved
+        self._leaving: set[bytes] = set()  # keys we unsubscribed from ourselves (a sunsubscribe expected)
+        self._moving = False  # reconnect() asked for a new connection (a failover)
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._waiters: dict[bytes, set] = {}
@@ -76,7 +94,7 @@ class Doorbell:
                                                 daemon=True)
                 self._thread.start()
         if new:
-            self._send("SUBSCRIBE", new)
+            self._send(self._subscribe, new)
         deadline = time.monotonic() + timeout
         for pending in waits:
             remaining = deadline - time.monotonic()
@@ -114,8 +132,31 @@ class Doorbell:
     def close(self) -> None:
         self._closed = True
         self._wake_all()
+        self.reconnect()
+
+    def reconnect(self, label: str | None = None) -> None:
+        """Drop the listener's connection now: it connects again (to the server the shard names
+        now, called ``label``), subscribes to everything again and wakes every waiter."""
+        with self._send_lock:
+            self._label = label or self._label
+            conn = self._conn
+            self._moving = not self._closed
+            if conn is not None and conn._sock is not None:
+                try:
+                    conn._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     # -- the listener -----------------------------------------------------------------------
+
+    def _batches(self, keys: list[bytes]) -> list[list[bytes]]:
+        """``keys`` in commands of at most 500; sharded ones never mix slots in one command."""
+        if not self.sharded:
+            return [keys[i:i + 500] for i in range(0, len(keys), 500)]
+        by_slot: dict[int, list[bytes]] = {}
+        for key in keys:
+            by_slot.setdefault(key_slot(key), []).append(key)
+        return [same[i:i + 500] for same in by_slot.values() for i in range(0, len(same), 500)]
 
     def _send(self, command: str, keys: list[bytes]) -> None:
         with self._send_lock:
@@ -123,8 +164,8 @@ class Doorbell:
             if conn is None:
                 return  # the listener subscribes to everything pending when it connects
             try:
-                for i in range(0, len(keys), 500):
-                    conn.send_command(command, *keys[i:i + 500], check_health=False)
+                for batch in self._batches(keys):
+                    conn.send_command(command, *batch, check_health=False)
             except Exception as e:  # the listener sees the broken connection and reconnects
                 log.debug("wake-up subscription on %s failed: %s", self._label, e)
 
@@ -149,9 +190,13 @@ class Doorbell:
                         for key in keys:
                             self._pending.setdefault(key, threading.Event())
                         self._subscribed.clear()
-                    for i in range(0, len(keys), 500):
-                        conn.send_command("SUBSCRIBE", *keys[i:i + 500], check_health=False)
-                if backoff > 0.05:
+                        self._leaving.clear()
+                    for batch in self._batches(keys):
+                        conn.send_command(self._subscribe, *batch, check_health=False)
+                    moved, self._moving = self._moving, False
+                if moved:
+                    log.info("wake-up listener moved to %s", self._label)
+                elif backoff > 0.05:
                     log.warning("wake-up listener reconnected to %s", self._label)
                 backoff = 0.05
                 self._wake_all()  # anything pushed while we were away is fetched now
@@ -181,10 +226,15 @@ class Doorbell:
             except Exception as e:
                 if self._closed:
                     break
+                if self._moving:  # reconnect(): a failover, not an outage
+                    self._wake_all()
+                    continue
                 # Once per outage: retries (every second at most) during a long one log at debug.
                 (log.warning if backoff == 0.05 else log.debug)(
                     "wake-up listener lost %s: %s; reconnecting", self._label, e)
                 self._wake_all()  # waiters retry their pop and see the error for themselves
+                if self.on_moved is not None:
+                    self.on_moved()  # a dead node: the layer looks for the keys' new owner
                 time.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX)
             finally:
@@ -198,18 +248,36 @@ class Doorbell:
 
     def _handle(self, reply: Any) -> None:
         if not isinstance(reply, list) or len(reply) < 2:
+            if isinstance(reply, Exception):
+                # A refused subscription (MOVED: the slot lives on another node now).
+                log.debug("wake-up listener on %s: %s", self._label, reply)
+                self._wake_all()
+                if self.on_moved is not None:
+                    self.on_moved()
             return
         kind, key = reply[0], reply[1]
-        if kind == b"message":
+        if kind == self._message:
             with self._lock:
                 for event in self._waiters.get(key, ()):
                     event.set()
-        elif kind == b"subscribe":
+        elif kind == self._confirmed:
             with self._lock:
                 self._subscribed[key] = time.monotonic()
                 pending = self._pending.pop(key, None)
             if pending is not None:
                 pending.set()
+        elif kind == b"sunsubscribe" and self.sharded:
+            with self._lock:
+                if key in self._leaving:
+                    self._leaving.discard(key)
+                    return
+                # Not asked for: the key's slot left this node. Waiters pop again (from the new
+                # owner, once the layer knows it) and register there.
+                self._subscribed.pop(key, None)
+                for event in self._waiters.get(key, ()):
+                    event.set()
+            if self.on_moved is not None:
+                self.on_moved()
 
     def _prune(self, now: float) -> None:
         with self._lock:
@@ -221,8 +289,10 @@ class Doorbell:
             # afresh, and Redis handles the UNSUBSCRIBE and that SUBSCRIBE in order.
             for key in idle:
                 del self._subscribed[key]
+            if self.sharded:
+                self._leaving.update(idle)
         if idle:
-            self._send("UNSUBSCRIBE", idle)
+            self._send(self._unsubscribe, idle)
 
 
 class Watch:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
-from .. import exceptions as exc
+from ... import exceptions as exc
 
 __all__ = ["TOPOLOGY_SCHEMES", "RedisTopologyURL", "parse_topology_url", "is_topology_url", "redact"]
 

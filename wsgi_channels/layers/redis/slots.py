@@ -30,7 +30,7 @@ from functools import lru_cache
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from .. import exceptions as exc
+from ... import exceptions as exc
 
 __all__ = ["SLOTS", "DEFAULT_TAG_COUNT", "tag_table", "bucket_of", "tag_of", "tag_slot", "key_slot",
            "check_tag_count"]

@@ -1,0 +1,90 @@
+"""The members of the Redis layer's hash ring: a server, a Sentinel-watched service, or a Redis Cluster.
+
+The ring (:mod:`..hashring`) maps a name to a member by the member's ``identity``; the member
+maps it to the *vshard* whose keys hold it:
+
+:class:`ServerMember`
+    one standalone server, or the primary of a Sentinel service: one vshard, the
+    :class:`~.connection.Shard` itself (keys ``P:kind:{name}``, as ever).
+:class:`~.cluster.ClusterMember`
+    a Redis Cluster: one vshard per hash-tag bucket (:class:`~.cluster.ClusterBucket`), each
+    routed to the primary that serves its slot (keys ``P:kind:{TAG}name``).
+
+A plain ``redis://`` URL may point at a Cluster node (managed services hand out one
+endpoint): its member learns it with its first connection (``CLUSTER INFO``, in the same
+round trip as the ``TIME`` every connection sends) and from then on stands for a
+``ClusterMember`` seeded with that node.
+
+``identity`` never depends on what a member turns out to be, so every process agrees on the
+ring: ``host:port/db`` for a server (as before), ``sentinel:NAME/db@sentinels`` and
+``cluster:seeds`` otherwise. Every process must be given the same URLs.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable
+
+from .connection import Shard
+
+__all__ = ["ServerMember"]
+
+
+class ServerMember:
+    """One Redis server (or the primary of a Sentinel service) of the ring: one vshard; or, when the
+    server turns out to be a Cluster node, the Cluster it belongs to (``as_cluster`` builds it)."""
+
+    def __init__(self, shard: Shard, identity: str | None = None,
+                 as_cluster: Callable[[Shard], Any] | None = None) -> None:
+        self.shard = shard
+        self.identity = identity or shard.identity
+        self._as_cluster = as_cluster
+        self._cluster: Any = None
+        #: Whether it is known what this member is (a URL that may name a Cluster node: not yet).
+        self.resolved = as_cluster is None
+        self._callbacks: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def _resolve(self) -> Any:
+        """The ClusterMember this server belongs to, or None (it is a standalone server)."""
+        if not self.resolved:
+            with self._lock:
+                if not self.resolved:
+                    if self.shard.probe_cluster():
+                        self._cluster = self._as_cluster(self.shard)  # type: ignore[misc]
+                        for callback in self._callbacks:
+                            self._cluster.on_change(callback)
+                    self.resolved = True
+        return self._cluster
+
+    def vshard_for(self, name: str) -> Any:
+        if self.resolved and self._cluster is None:
+            return self.shard
+        cluster = self._resolve()
+        return self.shard if cluster is None else cluster.vshard_for(name)
+
+    def vshards(self) -> list:
+        cluster = self._resolve()
+        return [self.shard] if cluster is None else cluster.vshards()
+
+    def nodes(self) -> list[Shard]:
+        """Every primary this member's keys may live on (flush and statistics visit each)."""
+        cluster = self._resolve()
+        return [self.shard] if cluster is None else cluster.nodes()
+
+    @property
+    def epoch(self) -> int:
+        """Bumped by every failover this process followed."""
+        return self.shard.epoch if self._cluster is None else self._cluster.epoch
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        self.shard.on_move(callback)
+        self._callbacks.append(callback)
+        if self._cluster is not None:
+            self._cluster.on_change(callback)
+
+    def close(self) -> None:
+        self.shard.close()
+        if self.shard.locator is not None:
+            self.shard.locator.close()
+        if self._cluster is not None:
+            self._cluster.close()
