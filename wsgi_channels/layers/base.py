@@ -23,7 +23,7 @@ import re
 import threading
 import warnings
 from collections import Counter
-from typing import Any, Iterable, Mapping, Optional, Pattern, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Pattern, Sequence, Union
 
 from .. import exceptions as exc
 from ..serialization import DEFAULT_MAX_MESSAGE_SIZE, RESERVED_KEY, decode, encode
@@ -446,6 +446,17 @@ class BaseChannelLayer:
     #: pipeline per shard). The sidecar and the worker's reply sender collect sends from many
     #: connections or threads into ``send_many`` calls only then; otherwise each sends on its own.
     send_many_batches: bool = False
+
+    @property
+    def topology_epoch(self) -> int:
+        """A number that grows each time the layer followed a change of the servers behind it
+        (a failover, a slot move); 0 for a layer whose store never moves (memory, ipc)."""
+        return 0
+
+    def on_topology_change(self, callback: Callable[[], None]) -> None:
+        """Have ``callback()`` called after each change that :attr:`topology_epoch` counts, once
+        the layer has re-applied what it must (the sidecar then checks its state at once).
+        A layer whose store never moves never calls it."""
 
     def send(self, channel: str, message: MessageDict) -> None:
         """Queue a copy of ``message`` on ``channel`` (a later change of the dict changes nothing).

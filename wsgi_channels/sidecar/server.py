@@ -99,8 +99,7 @@ class Sidecar:
         self._state_marker = ("wsgi_channels.alive." + self.prefix.rstrip("!"), f"{self.prefix}0")
         # After a failover the layer re-adds recent memberships itself; the marker is checked at once.
         self._state_due = gevent.event.Event()
-        if hasattr(self.layer, "on_topology_change"):
-            self.layer.on_topology_change(self._state_due.set)
+        self.layer.on_topology_change(self._state_due.set)
 
     def _check_message_sizes(self) -> None:
         """A client message at ``max_message_size`` must fit the layer with its path and keys."""
