@@ -26,6 +26,7 @@ from typing import Any
 
 from ..config import add_option
 from ..exitcodes import EXIT_CONFIG, EXIT_OK
+from .layer_options import add_layer_feature_options, layer_url_with_features
 
 __all__ = ["register", "build", "run"]
 
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from ..exceptions import ConfigurationError
 
     bind = [b for item in (args.bind or [DEFAULT_BIND]) for b in str(item).replace(",", " ").split()]
-    layer_url = args.layer or "memory://runserver"
+    layer_url = layer_url_with_features(args.layer or "memory://runserver", args)
     # A development server stops quickly: idle keep-alive connections are not waited for long.
     options = {"allowed_origins": list(args.allowed_origins or []), "grace_period": 2.0}
     try:
@@ -148,6 +149,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_option(p, "--threads", type=int, default=8, help="worker greenlets (default 8)")
     add_option(p, "--allowed-origins", default=[], nargs="*", metavar="ORIGIN",
                help="origins allowed to open WebSockets (default: same origin)")
+    add_layer_feature_options(p)
     add_option(p, "--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
     return p
