@@ -99,3 +99,23 @@ def __getattr__(name):
         globals()[name] = value
         return value
     raise AttributeError(name)
+
+
+# -- a bare WSGI app for `wsgi-channels runserver --group-history` ----------------------------------
+
+
+def position_wsgi(environ, start_response):
+    """``GET /``: ``chat.lobby``'s position as JSON (500 without a history pattern); ``POST /``: send to it."""
+    import json
+
+    from wsgi_channels import Group
+
+    group = Group("chat.lobby")
+    if environ["REQUEST_METHOD"] == "POST":
+        group.send({"text": "posted"})
+        start_response("204 No Content", [])
+        return [b""]
+    epoch, offset = group.position()
+    body = json.dumps({"epoch": epoch, "offset": offset}).encode()
+    start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
