@@ -387,7 +387,7 @@ def _flask_login_user() -> Any:
     logged in, which presence lists as no user)."""
     from flask_login import current_user
 
-    return current_user._get_current_object()  # type: ignore[attr-defined]
+    return current_user._get_current_object()
 
 
 def _handshake_request_context(app: Any, message: Any) -> Any:

@@ -2,24 +2,24 @@
 
 Settings (ini file or ``Configurator(settings=...)``), all under ``wsgi_channels.``:
 
-=================================  ==========================================================
-``wsgi_channels.layer``            layer URL (default ``$WSGI_CHANNELS_LAYER``, else ``ipc://``)
-``wsgi_channels.routing``          dotted name of extra routes for the worker (``pkg.routing:routes``)
-``wsgi_channels.allowed_origins``  origins or host names allowed to open WebSockets (list)
-``wsgi_channels.transactional``    with ``pyramid_tm``: hold pushes until commit (default true)
-``wsgi_channels.client_js_url``    path serving the browser client (default ``/_wsgi_channels/static/channels.js``;
-                                   empty to disable)
-``wsgi_channels.option.NAME``      layer constructor keywords (``wsgi_channels.option.capacity = 500``)
-``wsgi_channels.sidecar_url``      the sidecar's public URL when it is not on the app's origin
-                                   (``http://127.0.0.1:8001``): ``request.channels_url(path)`` then
-                                   renders it with a signed connect token
-``wsgi_channels.token_secret``     the secret connect tokens are signed with (the sidecar's
-                                   ``--token-secret``); needed with ``sidecar_url``
-``wsgi_channels.presence_authorize``  dotted name of ``(request, group) -> bool``: who may read
-                                   the presence view (unset: the view answers 404)
-``wsgi_channels.presence_url``     path of the presence view (default ``/_wsgi_channels/presence/``,
-                                   the group follows; empty to disable)
-=================================  ==========================================================
+=====================================  ==========================================================
+``wsgi_channels.layer``                layer URL (default ``$WSGI_CHANNELS_LAYER``, else ``ipc://``)
+``wsgi_channels.routing``              dotted name of extra routes for the worker (``pkg.routing:routes``)
+``wsgi_channels.allowed_origins``      origins or host names allowed to open WebSockets (list)
+``wsgi_channels.transactional``        with ``pyramid_tm``: hold pushes until commit (default true)
+``wsgi_channels.client_js_url``        path serving the browser client (default ``/_wsgi_channels/static/channels.js``;
+                                       empty to disable)
+``wsgi_channels.option.NAME``          layer constructor keywords (``wsgi_channels.option.capacity = 500``)
+``wsgi_channels.sidecar_url``          the sidecar's public URL when it is not on the app's origin
+                                       (``http://127.0.0.1:8001``): ``request.channels_url(path)`` then
+                                       renders it with a signed connect token
+``wsgi_channels.token_secret``         the secret connect tokens are signed with (the sidecar's
+                                       ``--token-secret``); needed with ``sidecar_url``
+``wsgi_channels.presence_authorize``   dotted name of ``(request, group) -> bool``: who may read
+                                       the presence view (unset: the view answers 404)
+``wsgi_channels.presence_url``         path of the presence view (default ``/_wsgi_channels/presence/``,
+                                       the group follows; empty to disable)
+=====================================  ==========================================================
 
 Group history and presence are layer options too, in URL items (several separated
 by spaces or lines): ``wsgi_channels.option.group_history = chat.*:size=100:ttl=300
