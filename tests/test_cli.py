@@ -309,3 +309,36 @@ def test_runserver_serves_history_groups_with_the_flag(tmp_path):
         assert requests.get(f"{base}/", timeout=10).json() == {"epoch": first["epoch"], "offset": 1}
     finally:
         assert proc.stop() == 0
+
+
+def test_runserver_serves_the_layer_the_app_folded_its_options_into(tmp_path):
+    """A Flask app with ``WSGI_CHANNELS_OPTIONS`` (group history) under ``runserver``: its layer URL is
+    runserver's plus the options, and runserver serves that one layer, so the app's push reaches the
+    socket (before, the app pushed to a second in-memory layer no socket read)."""
+    import json
+
+    import requests
+    import websocket
+
+    from servers import ServerProcess, free_port, wait_for_port
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": tests}
+    env.pop("WSGI_CHANNELS_LAYER", None)
+    proc = ServerProcess([SCRIPT, "runserver", "apps.presence_apps:flask_app", "--routing",
+                          "apps.presence_apps:flask_routing", "--bind", f"127.0.0.1:{port}"],
+                         str(tmp_path / "runserver.log"), env=env, cwd=tests).start()
+    try:
+        wait_for_port(port, proc=proc.proc, log=proc.log_path, timeout=20)
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws/", timeout=10,
+                                         origin=f"http://127.0.0.1:{port}")
+        try:
+            assert requests.post(f"http://127.0.0.1:{port}/post", timeout=10).status_code == 204
+            assert ws.recv() == "posted"
+        finally:
+            ws.close()
+        assert json.loads(requests.get(f"http://127.0.0.1:{port}/page", timeout=10).text)["offset"] == 1
+        assert "runserver serves" not in proc.log()
+    finally:
+        assert proc.stop() == 0

@@ -1,7 +1,8 @@
 """One small app per framework serving the presence view and a page with ``channels_position``,
 for ``tests/test_adapter_presence_http.py`` (under gunicorn, on the layer of ``WSGI_CHANNELS_LAYER``).
 
-- ``apps.presence_apps:flask_app``, ``apps.presence_apps:pyramid_app``;
+- ``apps.presence_apps:flask_app`` (and ``flask_routing``: a socket on ``/ws/`` joins ``news``;
+  ``POST /post`` sends to ``chat.lobby`` and to ``news``), ``apps.presence_apps:pyramid_app``;
 - Django: ``DJANGO_SETTINGS_MODULE=apps.presence_apps`` (this module is its settings and URLconf too)
   and ``apps.presence_apps:django_app``.
 
@@ -30,11 +31,32 @@ def _flask():
     app.config.update(WSGI_CHANNELS_OPTIONS=OPTIONS, WSGI_CHANNELS_PRESENCE_AUTHORIZE=f"{__name__}:may_see")
     Channels(app)
 
+    channels = app.extensions["wsgi_channels"].extension
+
     @app.get("/page")
     def page():
         return flask.render_template_string('{{ channels_position("chat.lobby") }}')
 
+    @app.post("/post")
+    def post():
+        channels.group_send("chat.lobby", {"text": "kept"})  # numbered and kept (no socket follows it here)
+        channels.group_send("news", {"text": "posted"})
+        return "", 204
+
+    @channels.consumer("websocket.connect", path=r"^/ws/$")
+    def connect(message):
+        channels.group("news").add(message.reply_channel)
+        message.reply_channel.send({"accept": True})
+
     return app
+
+
+def _flask_routing():
+    import sys
+
+    from wsgi_channels.adapters.flask import routing_for
+
+    return routing_for(sys.modules[__name__].flask_app)  # the one app (module __getattr__ builds it once)
 
 
 # -- Pyramid ---------------------------------------------------------------------------------------
@@ -93,7 +115,8 @@ def _django():
 
 
 def __getattr__(name):
-    builders = {"flask_app": _flask, "pyramid_app": _pyramid, "django_app": _django, "urlpatterns": _django_urls}
+    builders = {"flask_app": _flask, "pyramid_app": _pyramid, "django_app": _django, "urlpatterns": _django_urls,
+                "flask_routing": _flask_routing}
     if name in builders:
         value = builders[name]()
         globals()[name] = value
