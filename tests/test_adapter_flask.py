@@ -495,3 +495,24 @@ def test_channels_position_renders_the_position_read_before_the_data():
 
         with pytest.raises(HistoryNotEnabled):
             channels.position("news")
+
+
+def test_the_worker_says_nothing_when_the_app_only_adds_options_to_the_environments_layer(monkeypatch, caplog):
+    """``routing_for(app)`` carries ``$WSGI_CHANNELS_LAYER`` plus the app's options: the worker serves it
+    without warning that the environment's layer is not used (it is, with the options)."""
+    import logging
+
+    from wsgi_channels.settings import command_layer_url
+
+    monkeypatch.setenv("WSGI_CHANNELS_LAYER", "memory://env-layer")
+    app = flask.Flask("env-plus-options")
+    app.config["WSGI_CHANNELS_OPTIONS"] = FEATURES
+    Channels(app)
+    carried = routing_for(app).layer_url
+    assert carried.startswith("memory://env-layer?group_history=")
+    with caplog.at_level(logging.WARNING, logger="wsgi_channels.settings"):
+        assert command_layer_url(None, carried) == carried
+        assert command_layer_url(None, "memory://other") == "memory://other"
+    assert [r.getMessage() for r in caplog.records] == [
+        "WSGI_CHANNELS_LAYER='memory://env-layer' is not used: the app's own setting names the layer "
+        "'memory://other', where the app pushes (give --layer to choose another)"]

@@ -109,7 +109,8 @@ def command_layer_url(flag: Optional[str], app_layer: Optional[str] = None, *, c
         return flag.strip()
     if app_layer:
         env = os.environ.get(ENV_VAR, "").strip()
-        if env and env != app_layer:
+        # The app's layer is often the environment's with the app's options added: nothing to say then.
+        if env and env != app_layer and not (app_layer.startswith(env) and app_layer[len(env)] in "?&"):
             log.warning("%s%s=%r is not used: the app's own setting names the layer %r, where the app pushes "
                         "(give --layer to choose another)", f"{command}: " if command else "", ENV_VAR, env,
                         app_layer)
