@@ -57,6 +57,7 @@ __all__ = [
     "PRESENCE_URL",
     "position_of",
     "position_json",
+    "SafeJSON",
     "PresenceAnswer",
     "presence_answer",
 ]
@@ -384,11 +385,21 @@ def position_of(layer: Any, group: str, memo: Optional[dict] = None) -> dict:
     return value
 
 
-def position_json(value: Any) -> str:
+class SafeJSON(str):
+    """JSON text a template inserts as it is: ``__html__`` is how Jinja (``Markup``), Chameleon and
+    Mako know a value needs no escaping (escaping would turn its quotes into ``&#34;``)."""
+
+    __slots__ = ()
+
+    def __html__(self) -> str:
+        return str(self)
+
+
+def position_json(value: Any) -> SafeJSON:
     """``value`` as JSON safe inside an HTML ``<script>`` (``<``, ``>``, ``&``, ``'`` escaped)."""
     text = json.dumps(value, separators=(",", ":"))
-    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("'", "\\u0027"))
+    return SafeJSON(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+                    .replace("'", "\\u0027"))
 
 
 class PresenceAnswer(NamedTuple):

@@ -236,8 +236,8 @@ def channels_url(request: Any, path: str, *, user_id: Any = _AUTHENTICATED, grou
 
 def channels_position(request: Any, group: str) -> str:
     """``request.channels_position(group)``: the group's history position as JSON
-    (``{"epoch": ..., "offset": ...}``, safe inside ``<script>``) for ``channels.js``'s
-    ``positions``. Every call in one request answers the same: call it (or
+    (``{"epoch": ..., "offset": ...}``, safe inside ``<script>``, and marked so that Chameleon
+    and Jinja templates insert it unescaped) for ``channels.js``'s ``positions``. Every call in one request answers the same: call it (or
     ``request.channels.position(group)``) in the view *before* reading the data the page
     renders, and the template renders that position, so the page's socket is replayed
     everything published after the read. Raises ``HistoryNotEnabled`` for a group

@@ -304,7 +304,10 @@ def feature_app(name, **settings):
             return request.response
 
         def late(request):
-            request.response.text = request.channels_position("chat.lobby")
+            import jinja2  # an autoescaping template engine (pyramid_jinja2's) leaves the JSON as it is
+
+            template = jinja2.Environment(autoescape=True).from_string("{{ position }}")
+            request.response.text = template.render(position=request.channels_position("chat.lobby"))
             return request.response
 
         for route_name, path, view in (("login", "/login/{uid}", login), ("page", "/page", page),
