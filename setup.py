@@ -40,6 +40,7 @@ TEST_REQUIRES = [
     "websocket-client>=1.7",
     "cryptography>=42",
     "flask>=3.0",
+    "flask-login>=0.6.3",  # tests/test_adapter_flask.py: the presence user from Flask-Login's current_user
     "pyramid>=2.0",
     "pyramid_tm>=2.5",
     "transaction>=4.0",

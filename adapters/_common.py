@@ -9,20 +9,29 @@ later ``websocket.receive``/``websocket.disconnect`` messages the same session
 and user, the ``Cookie`` header seen at connect is kept in the channel session
 (when the consumer helper's ``channel_session`` is available) and read back
 from there.
+
+Group history and presence for pages: :func:`position_of` (what each adapter's
+``channels_position`` helper renders, the same value for the whole request) and
+:func:`presence_answer` (the presence view ``GET /_wsgi_channels/presence/<group>``
+that ``channels.js``'s ``presence(group)`` reads), framework-free; the adapters wrap
+them in their own responses and template helpers.
 """
 from __future__ import annotations
 
+import base64
 import functools
+import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple, Optional
 
 from werkzeug.http import parse_cookie
 
 from ..channel import Channel, Group, check_push, resolve_layer
-from ..exceptions import ConfigurationError
-from ..layers.base import BaseChannelLayer
+from ..exceptions import ConfigurationError, InvalidGroupName, LayerUnavailable, PresenceNotEnabled
+from ..layers.base import BaseChannelLayer, validate_group_name
+from ..presence import consuming
 from ..protocol.close_codes import CLOSE_POLICY
 from ..protocol.origin import normalize_origins, parse_origin
 from ..protocol.origin import origin_allowed as _origin_key_allowed
@@ -43,6 +52,14 @@ __all__ = [
     "sidecar_connect_url",
     "reject",
     "set_attribute",
+    "set_lazy_attribute",
+    "consuming",
+    "PRESENCE_URL",
+    "position_of",
+    "position_json",
+    "SafeJSON",
+    "PresenceAnswer",
+    "presence_answer",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,6 +71,8 @@ if not CLIENT_JS.is_file():  # editable install: adapters/ sits beside wsgi_chan
 
 #: Where the adapters serve it by default.
 CLIENT_JS_URL = "/_wsgi_channels/static/channels.js"  # the sidecar serves the same path
+#: Where the adapters serve the presence view (``channels.js``'s default ``presenceURL``); the group follows.
+PRESENCE_URL = "/_wsgi_channels/presence/"
 
 _COOKIE_KEY = "_wsgi_channels_cookie"
 
@@ -168,12 +187,23 @@ def _extended_class() -> Any:
     from ..consumers.message import Message
 
     class ExtendedMessage(Message):
-        """A :class:`Message` with room for adapter attributes; ``channel_session`` writes go to the original."""
+        """A :class:`Message` with room for adapter attributes; ``channel_session`` writes go to the original.
+
+        An attribute set with :func:`set_lazy_attribute` is computed on its first read and kept.
+        """
 
         def __setattr__(self, name: str, value: Any) -> None:
             object.__setattr__(self, name, value)
             if name == "channel_session" and "_original" in self.__dict__:
                 setattr(self.__dict__["_original"], name, value)
+
+        def __getattr__(self, name: str) -> Any:  # only for names not found the usual way
+            lazy = self.__dict__.get("_lazy")
+            if lazy is None or name not in lazy:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            value = lazy.pop(name)()
+            object.__setattr__(self, name, value)
+            return value
 
     return ExtendedMessage
 
@@ -184,6 +214,17 @@ def set_attribute(message: Any, name: str, value: Any) -> None:
         setattr(message, name, value)
     except (AttributeError, TypeError):
         logger.debug("message type %s does not take attribute %s", type(message).__name__, name)
+
+
+def set_lazy_attribute(message: Any, name: str, factory: Callable[[], Any]) -> None:
+    """Make ``message.<name>`` the result of ``factory()``, called on the first read only (the user
+    of a socket costs a session or database read that most messages never need). A message that is
+    not an :func:`extend_message` view gets the value now."""
+    if type(message) is not _extended_class():
+        set_attribute(message, name, factory())
+        return
+    message.__dict__.pop(name, None)  # a value set before would hide the factory
+    message.__dict__.setdefault("_lazy", {})[name] = factory
 
 
 def import_dotted(path: Any, what: str = "object") -> Any:
@@ -320,3 +361,101 @@ def reject(message: Any) -> None:
     else:
         reply.send({"close": CLOSE_POLICY})
 
+
+
+# -- group history and presence for pages -------------------------------------------------------------
+
+
+def position_of(layer: Any, group: str, memo: Optional[dict] = None) -> dict:
+    """``{"epoch", "offset"}`` of ``Group(group).position()`` on ``layer``, for a page's ``positions``.
+
+    ``memo`` (a dict kept on the request) makes every call of one request answer the same: a view
+    calls the helper *before* it reads the data it renders, and the template's call renders that
+    position, so every message published after the read has a greater offset and is replayed to
+    the page's socket. Raises ``HistoryNotEnabled`` when the group has no ``group_history`` pattern.
+    """
+    if memo is not None and group in memo:
+        return memo[group]
+    from ..channel import Group
+
+    position = Group(group, layer=layer).position()
+    value = {"epoch": position.epoch, "offset": position.offset}
+    if memo is not None:
+        memo[group] = value
+    return value
+
+
+class SafeJSON(str):
+    """JSON text a template inserts as it is: ``__html__`` is how Jinja (``Markup``), Chameleon and
+    Mako know a value needs no escaping (escaping would turn its quotes into ``&#34;``)."""
+
+    __slots__ = ()
+
+    def __html__(self) -> str:
+        return str(self)
+
+
+def position_json(value: Any) -> SafeJSON:
+    """``value`` as JSON safe inside an HTML ``<script>`` (``<``, ``>``, ``&``, ``'`` escaped)."""
+    text = json.dumps(value, separators=(",", ":"))
+    return SafeJSON(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+                    .replace("'", "\\u0027"))
+
+
+class PresenceAnswer(NamedTuple):
+    """What the presence view answers: a status, a JSON body and the headers to send with it."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]]
+
+
+_PRESENCE_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-store"),
+                     ("X-Content-Type-Options", "nosniff")]
+
+
+def _json_value(value: Any) -> Any:
+    """JSON has no bytes: a presence ``info`` holding bytes shows them as base64 text."""
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _answer(status: int, body: Any) -> PresenceAnswer:
+    return PresenceAnswer(status, json.dumps(body, separators=(",", ":"), default=_json_value).encode(),
+                          list(_PRESENCE_HEADERS))
+
+
+def presence_answer(layer: Any, authorize: Optional[Callable[[Any, str], Any]], request: Any,
+                    group: str) -> PresenceAnswer:
+    """The presence view, framework-free: who is in ``group``, for ``channels.js``'s ``presence(group)``.
+
+    404 unless the app configured ``authorize`` (the view lists users: it is never open by default);
+    400 for a name that is not a group name; 403 when ``authorize(request, group)`` is false; 404 for
+    a group without a ``group_presence`` pattern; 503 when the layer cannot be reached. 200:
+    ``{"group", "clients", "users", "members": [{"id", "user", "info", "since"}]}``, ``id`` the
+    connection's presence id (never its reply channel), ``since`` in milliseconds, members oldest
+    first; ``clients``/``users`` count these members (the same read). Never cached.
+    """
+    if authorize is None:
+        return _answer(404, {"error": "the presence view is not enabled: configure who may read it"})
+    try:
+        validate_group_name(group)
+    except InvalidGroupName as e:
+        return _answer(400, {"error": str(e)})
+    if not authorize(request, group):
+        return _answer(403, {"error": f"not allowed to see who is in {group!r}"})
+    from ..channel import Group
+
+    try:
+        entries = Group(group, layer=layer).presence()
+    except PresenceNotEnabled:
+        return _answer(404, {"error": f"group {group!r} has no presence (no group_presence pattern matches it)"})
+    except LayerUnavailable:
+        logger.warning("presence view: the channel layer is unavailable", exc_info=True)
+        return _answer(503, {"error": "the channel layer is unavailable"})
+    members = sorted(({"id": cid, "user": e.get("user"), "info": e.get("info"),
+                       "since": int(round(float(e.get("since") or 0) * 1000))} for cid, e in entries.items()),
+                     key=lambda m: (m["since"], m["id"]))
+    users = {m["user"] for m in members if m["user"] is not None}
+    return _answer(200, {"group": group, "clients": len(members), "users": len(users), "members": members})

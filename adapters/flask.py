@@ -32,6 +32,16 @@ through the app's own ``session_interface`` (signed cookie sessions or a
 server-side one), and extensions that load the user from the session (such as
 Flask-Login's ``current_user``) work as in a view. Changes made to that
 session are not saved: there is no HTTP response to carry a cookie.
+``message.user`` is what :meth:`Channels.user_loader` returns, else (an app
+using Flask-Login) ``flask_login.current_user``, loaded on first use; it is
+also the user of presence entries the consumer adds without one
+(``Group(name).add(message.reply_channel, presence={})``).
+
+Group history and presence for pages: ``channels.position(group)`` in a view
+(before it reads the data it renders) and ``{{ channels_position(group) }}`` in
+its template render the group's position for ``channels.js``'s ``positions``;
+``GET /_wsgi_channels/presence/<group>`` answers ``presence(group)`` once
+``WSGI_CHANNELS_PRESENCE_AUTHORIZE`` says who may read it.
 
 With no app, the same object is a write-only emitter (Flask-SocketIO's trick)
 for Celery tasks and scripts: ``Channels(layer="redis://...").group_send(...)``.
@@ -57,15 +67,21 @@ from ..exceptions import ConfigurationError
 from ..settings import AppSettings, SettingNames, default_layer_url
 from ._common import (
     CLIENT_JS_URL,
+    PRESENCE_URL,
     PushBuffer,
     client_js_bytes,
+    consuming,
     extend_message,
     handshake_cookie_header,
     import_dotted,
     message_content,
     origin_allowed,
+    position_json,
+    position_of,
+    presence_answer,
     reject,
     set_attribute,
+    set_lazy_attribute,
     sidecar_connect_url,
 )
 
@@ -79,7 +95,8 @@ EXTENSION_KEY = "wsgi_channels"
 #: How Flask spells each setting (for error messages).
 _NAMES = SettingNames(layer="WSGI_CHANNELS_LAYER", options="WSGI_CHANNELS_OPTIONS", routing="WSGI_CHANNELS_ROUTING",
                       allowed_origins="WSGI_CHANNELS_ALLOWED_ORIGINS", sidecar_url="WSGI_CHANNELS_SIDECAR_URL",
-                      token_secret="WSGI_CHANNELS_TOKEN_SECRET")
+                      token_secret="WSGI_CHANNELS_TOKEN_SECRET",
+                      presence_authorize="WSGI_CHANNELS_PRESENCE_AUTHORIZE")
 
 
 @dataclass
@@ -95,11 +112,15 @@ class Channels:
 
     ``layer`` sets the emitter's layer URL when used without an app (default:
     ``WSGI_CHANNELS_LAYER`` from the environment, then ``ipc://``, the user's store on this machine).
+    ``client_js_url`` and ``presence_url`` are where the app serves the browser client and the
+    presence view (None: not at all).
     """
 
-    def __init__(self, app: Any = None, *, layer: str | None = None, client_js_url: str | None = CLIENT_JS_URL) -> None:
+    def __init__(self, app: Any = None, *, layer: str | None = None, client_js_url: str | None = CLIENT_JS_URL,
+                 presence_url: str | None = PRESENCE_URL) -> None:
         self._emitter_layer = layer
         self._client_js_url = client_js_url
+        self._presence_url = presence_url
         self._consumers: list[tuple[str, Callable, dict, bool]] = []
         self._user_loader: Callable[[Any], Any] | None = None
         if app is not None:
@@ -118,7 +139,11 @@ class Channels:
             (``"myapp.routing:routes"``); consumers registered with
             :meth:`consumer` come first.
         ``WSGI_CHANNELS_OPTIONS``
-            layer constructor keywords (``{"capacity": 500}``).
+            layer constructor keywords (``{"capacity": 500}``), folded into the layer URL
+            that the worker and ``flask channels sidecar`` get too. Group history and
+            presence are two of them: ``{"group_history": {"chat.*": {"size": 100, "ttl":
+            300}}, "group_presence": {"room.*": {"max_members": 1000}}}`` (or URL items,
+            ``"chat.*:size=100:ttl=300"``).
         ``WSGI_CHANNELS_ALLOWED_ORIGINS``
             origins (or host names) allowed to open WebSockets; empty allows any.
             Checked by consumers registered with ``check_origin=True`` (the default
@@ -133,6 +158,10 @@ class Channels:
             the secret connect tokens are signed with (the sidecar's
             ``--token-secret``); default ``$WSGI_CHANNELS_TOKEN_SECRET``, else
             ``app.secret_key``.
+        ``WSGI_CHANNELS_PRESENCE_AUTHORIZE``
+            ``(request, group) -> bool`` or its dotted path: who may read the presence
+            view ``GET /_wsgi_channels/presence/<group>`` (403 when false). Unset, the
+            view answers 404: it lists users, so it is never open by default.
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(f"wsgi_channels is already initialised on the Flask app {app.import_name!r}; "
@@ -144,14 +173,21 @@ class Channels:
         config.setdefault("WSGI_CHANNELS_ALLOWED_ORIGINS", [])
         config.setdefault("WSGI_CHANNELS_SIDECAR_URL", os.environ.get("WSGI_CHANNELS_SIDECAR_URL", ""))
         config.setdefault("WSGI_CHANNELS_TOKEN_SECRET", os.environ.get("WSGI_CHANNELS_TOKEN_SECRET") or None)
-        app.extensions[EXTENSION_KEY] = _State.parse(
+        config.setdefault("WSGI_CHANNELS_PRESENCE_AUTHORIZE", None)
+        state = _State.parse(
             _NAMES, layer=config["WSGI_CHANNELS_LAYER"], options=config["WSGI_CHANNELS_OPTIONS"],
             routing=config["WSGI_CHANNELS_ROUTING"], allowed_origins=config["WSGI_CHANNELS_ALLOWED_ORIGINS"],
             sidecar_url=config["WSGI_CHANNELS_SIDECAR_URL"], token_secret=config["WSGI_CHANNELS_TOKEN_SECRET"],
-            extension=self)
+            presence_authorize=config["WSGI_CHANNELS_PRESENCE_AUTHORIZE"], extension=self)
+        state.presence_authorizer(_NAMES.presence_authorize)  # a path that does not import fails here
+        app.extensions[EXTENSION_KEY] = state
         if self._client_js_url:
             app.add_url_rule(self._client_js_url, "wsgi_channels_client_js", _client_js_view)
+        if self._presence_url:
+            app.add_url_rule(self._presence_url.rstrip("/") + "/<path:group>", "wsgi_channels_presence",
+                             _presence_view, methods=["GET"])
         app.add_template_global(self.url, "channels_url")
+        app.add_template_global(self._position_markup, "channels_position")
         _register_cli(app)
 
     def _state(self, app: Any = None) -> _State | None:
@@ -241,10 +277,33 @@ class Channels:
                                    max_age=max_age, setting="WSGI_CHANNELS_SIDECAR_URL",
                                    secret_setting="app.secret_key or WSGI_CHANNELS_TOKEN_SECRET")
 
+    def position(self, group: str) -> dict:
+        """``{"epoch", "offset"}`` of the group's history (``Group(group).position()``) for a page's
+        ``positions``; the Jinja global ``channels_position(group)`` renders it as JSON.
+
+        Within a request every call answers the same (kept in ``flask.g``): call it in the view
+        *before* reading the data the page renders, and the template renders that position, so
+        the page's socket is replayed everything published after the read. Raises
+        ``HistoryNotEnabled`` for a group without a ``group_history`` pattern.
+        """
+        from flask import g, has_app_context
+
+        memo = None
+        if has_app_context():
+            memo = g.setdefault("_wsgi_channels_positions", {})
+        return position_of(self.layer_url, group, memo)
+
+    def _position_markup(self, group: str) -> Any:
+        from markupsafe import Markup
+
+        return Markup(position_json(self.position(group)))
+
     # -- consumers -----------------------------------------------------------------------------------------------------
 
     def user_loader(self, func: Callable[[Any], Any]) -> Callable[[Any], Any]:
-        """Register ``func(session) -> user or None``; WebSocket consumers get it as ``message.user``."""
+        """Register ``func(session) -> user or None``; WebSocket consumers get it as ``message.user``
+        (and presence entries their user). Without one, an app using Flask-Login gets
+        ``flask_login.current_user`` there."""
         self._user_loader = func
         return func
 
@@ -300,15 +359,20 @@ class Channels:
                     logger.info("WebSocket refused: Origin not allowed", extra={"path": message_content(message).get("path")})
                     return reject(message)
                 if not session:
-                    return func(message, **kwargs)
+                    with consuming(message):
+                        return func(message, **kwargs)
                 with _handshake_request_context(app, message):
                     import flask
 
                     user = loader(flask.session) if loader is not None else None
-                    set_attribute(message, "user", user)
+                    if loader is None and getattr(app, "login_manager", None) is not None:
+                        set_lazy_attribute(message, "user", _flask_login_user)
+                    else:
+                        set_attribute(message, "user", user)
                     set_attribute(message, "session", flask.session)
                     flask.g.user = user
-                    return func(message, **kwargs)
+                    with consuming(message):  # presence entries added without a user get message.user
+                        return func(message, **kwargs)
 
         functools.update_wrapper(run, func)
         if session:
@@ -316,6 +380,14 @@ class Channels:
         return run
 
 
+
+
+def _flask_login_user() -> Any:
+    """Flask-Login's user of the handshake's request context (its ``AnonymousUserMixin`` when not
+    logged in, which presence lists as no user)."""
+    from flask_login import current_user
+
+    return current_user._get_current_object()
 
 
 def _handshake_request_context(app: Any, message: Any) -> Any:
@@ -338,6 +410,14 @@ def _client_js_view() -> Any:
 
     return Response(client_js_bytes(), mimetype="text/javascript",
                     headers={"Cache-Control": "public, max-age=300"})
+
+
+def _presence_view(group: str) -> Any:
+    from flask import Response, current_app, request
+
+    state = current_app.extensions[EXTENSION_KEY]
+    answer = presence_answer(state.layer_url, state.presence_authorizer(_NAMES.presence_authorize), request, group)
+    return Response(answer.body, status=answer.status, headers=answer.headers)
 
 
 def routing_for(app: Any) -> AppRouting:

@@ -2,20 +2,28 @@
 
 Settings (ini file or ``Configurator(settings=...)``), all under ``wsgi_channels.``:
 
-=================================  ==========================================================
-``wsgi_channels.layer``            layer URL (default ``$WSGI_CHANNELS_LAYER``, else ``ipc://``)
-``wsgi_channels.routing``          dotted name of extra routes for the worker (``pkg.routing:routes``)
-``wsgi_channels.allowed_origins``  origins or host names allowed to open WebSockets (list)
-``wsgi_channels.transactional``    with ``pyramid_tm``: hold pushes until commit (default true)
-``wsgi_channels.client_js_url``    path serving the browser client (default ``/_wsgi_channels/static/channels.js``;
-                                   empty to disable)
-``wsgi_channels.option.NAME``      layer constructor keywords (``wsgi_channels.option.capacity = 500``)
-``wsgi_channels.sidecar_url``      the sidecar's public URL when it is not on the app's origin
-                                   (``http://127.0.0.1:8001``): ``request.channels_url(path)`` then
-                                   renders it with a signed connect token
-``wsgi_channels.token_secret``     the secret connect tokens are signed with (the sidecar's
-                                   ``--token-secret``); needed with ``sidecar_url``
-=================================  ==========================================================
+=====================================  ==========================================================
+``wsgi_channels.layer``                layer URL (default ``$WSGI_CHANNELS_LAYER``, else ``ipc://``)
+``wsgi_channels.routing``              dotted name of extra routes for the worker (``pkg.routing:routes``)
+``wsgi_channels.allowed_origins``      origins or host names allowed to open WebSockets (list)
+``wsgi_channels.transactional``        with ``pyramid_tm``: hold pushes until commit (default true)
+``wsgi_channels.client_js_url``        path serving the browser client (default ``/_wsgi_channels/static/channels.js``;
+                                       empty to disable)
+``wsgi_channels.option.NAME``          layer constructor keywords (``wsgi_channels.option.capacity = 500``)
+``wsgi_channels.sidecar_url``          the sidecar's public URL when it is not on the app's origin
+                                       (``http://127.0.0.1:8001``): ``request.channels_url(path)`` then
+                                       renders it with a signed connect token
+``wsgi_channels.token_secret``         the secret connect tokens are signed with (the sidecar's
+                                       ``--token-secret``); needed with ``sidecar_url``
+``wsgi_channels.presence_authorize``   dotted name of ``(request, group) -> bool``: who may read
+                                       the presence view (unset: the view answers 404)
+``wsgi_channels.presence_url``         path of the presence view (default ``/_wsgi_channels/presence/``,
+                                       the group follows; empty to disable)
+=====================================  ==========================================================
+
+Group history and presence are layer options too, in URL items (several separated
+by spaces or lines): ``wsgi_channels.option.group_history = chat.*:size=100:ttl=300
+news.*`` and ``wsgi_channels.option.group_presence = room.*:max_members=1000``.
 
 In views, ``request.channels.group_send("room", {...})`` pushes. When the
 request is managed by ``pyramid_tm`` (``request.tm``), pushes join the
@@ -27,6 +35,15 @@ path=...)``; the worker's routing is :func:`routing_for` ``(app)``. A
 consumer receives ``message.registry``, ``message.request`` (a request built
 from the handshake, with ``message.session`` from the app's configured session
 factory) and runs with Pyramid's thread locals pushed, as a view would.
+``message.user`` is the handshake's ``authenticated_userid`` (the app's security
+policy), computed on first use; it is also the user of presence entries the
+consumer adds without one (``Group(name).add(message.reply_channel, presence={})``).
+
+Pages: ``request.channels_position(group)`` renders a history group's position as
+JSON for ``channels.js``'s ``positions``, the same for the whole request (call it, or
+``request.channels.position(group)``, in the view before reading the data the page
+renders). The presence view ``GET /_wsgi_channels/presence/<group>`` answers
+``presence(group)`` once ``wsgi_channels.presence_authorize`` says who may read it.
 """
 from __future__ import annotations
 
@@ -43,15 +60,21 @@ from ..exceptions import ConfigurationError
 from ..settings import AppSettings, SettingNames
 from ._common import (
     CLIENT_JS_URL,
+    PRESENCE_URL,
     PushBuffer,
     client_js_app,
+    consuming,
     extend_message,
     handshake_cookie_header,
     import_dotted,
     message_content,
     origin_allowed,
+    position_json,
+    position_of,
+    presence_answer,
     reject,
     set_attribute,
+    set_lazy_attribute,
     sidecar_connect_url,
 )
 
@@ -60,12 +83,13 @@ __all__ = ["includeme", "routing_for", "ChannelsSettings", "RequestChannels", "r
 logger = logging.getLogger(__name__)
 
 PREFIX = "wsgi_channels."
-_KNOWN = {"layer", "routing", "allowed_origins", "transactional", "client_js_url", "sidecar_url", "token_secret"}
+_KNOWN = {"layer", "routing", "allowed_origins", "transactional", "client_js_url", "sidecar_url", "token_secret",
+          "presence_authorize", "presence_url"}
 
 
 _NAMES = SettingNames(layer=PREFIX + "layer", options=PREFIX + "option.*", routing=PREFIX + "routing",
                       allowed_origins=PREFIX + "allowed_origins", sidecar_url=PREFIX + "sidecar_url",
-                      token_secret=PREFIX + "token_secret")
+                      token_secret=PREFIX + "token_secret", presence_authorize=PREFIX + "presence_authorize")
 
 
 @dataclass
@@ -78,6 +102,8 @@ class ChannelsSettings(AppSettings):
     transactional: bool = True
     #: Path serving the browser client ("" to disable).
     client_js_url: str = CLIENT_JS_URL
+    #: Path of the presence view, the group following it ("" to disable).
+    presence_url: str = PRESENCE_URL
     #: ``(channel, consumer, route filters, session)`` added by ``config.add_channel_route``.
     consumers: list[tuple[str, Callable, dict, bool]] = field(default_factory=list)
 
@@ -103,7 +129,9 @@ def parse_settings(settings: dict) -> ChannelsSettings:
         routing=settings.get(PREFIX + "routing"),
         allowed_origins=aslist(origins) if isinstance(origins, str) else list(origins),
         sidecar_url=settings.get(PREFIX + "sidecar_url"), token_secret=token_secret,
-        transactional=transactional, client_js_url=settings.get(PREFIX + "client_js_url", CLIENT_JS_URL) or "")
+        presence_authorize=settings.get(PREFIX + "presence_authorize") or None,
+        transactional=transactional, client_js_url=settings.get(PREFIX + "client_js_url", CLIENT_JS_URL) or "",
+        presence_url=settings.get(PREFIX + "presence_url", PRESENCE_URL) or "")
     if state.sidecar_url and not token_secret:
         raise ConfigurationError(f"{PREFIX}sidecar_url needs {PREFIX}token_secret: the secret connect tokens are "
                                  "signed with (give the sidecar the same one as --token-secret)")
@@ -128,6 +156,12 @@ class RequestChannels:
 
     def channel(self, name: str) -> Channel:
         return Channel(name, layer=self.settings.layer_url)
+
+    def position(self, group: str) -> dict:
+        """``{"epoch", "offset"}`` of a history group, the same for every call in this request
+        (see :func:`channels_position`)."""
+        memo = self.request.__dict__.setdefault("_wsgi_channels_positions", {})
+        return position_of(self.settings.layer_url, group, memo)
 
     def send(self, channel: str, content: dict) -> None:
         """Send to a channel (after commit inside a ``pyramid_tm`` transaction)."""
@@ -200,6 +234,17 @@ def channels_url(request: Any, path: str, *, user_id: Any = _AUTHENTICATED, grou
                                setting=PREFIX + "sidecar_url", secret_setting=PREFIX + "token_secret")
 
 
+def channels_position(request: Any, group: str) -> str:
+    """``request.channels_position(group)``: the group's history position as JSON
+    (``{"epoch": ..., "offset": ...}``, safe inside ``<script>``, and marked so that Chameleon
+    and Jinja templates insert it unescaped) for ``channels.js``'s ``positions``. Every call in one request answers the same: call it (or
+    ``request.channels.position(group)``) in the view *before* reading the data the page
+    renders, and the template renders that position, so the page's socket is replayed
+    everything published after the read. Raises ``HistoryNotEnabled`` for a group
+    without a ``group_history`` pattern."""
+    return position_json(request.channels.position(group))
+
+
 def add_channel_route(config: Any, channel: str, consumer: Any, *, session: bool | None = None,
                       check_origin: bool | None = None, **route_kwargs: Any) -> None:
     """Directive: ``config.add_channel_route("websocket.receive", consumer, path=r"^/ws/chat/")``.
@@ -270,12 +315,14 @@ def _bind(registry: Any, state: ChannelsSettings, func: Callable, session: bool,
         try:
             set_attribute(message, "registry", registry)
             set_attribute(message, "request", request)
+            set_lazy_attribute(message, "user", lambda: request.authenticated_userid)
             if session:
                 from pyramid.interfaces import ISessionFactory
 
                 factory = registry.queryUtility(ISessionFactory)
                 set_attribute(message, "session", request.session if factory is not None else None)
-            return func(message, **kwargs)
+            with consuming(message):  # presence entries added without a user get message.user
+                return func(message, **kwargs)
         finally:
             env["closer"]()
 
@@ -287,8 +334,22 @@ def _client_js_view(request: Any) -> Any:
     return request.get_response(client_js_app)
 
 
+def _presence_view(request: Any) -> Any:
+    state: ChannelsSettings = request.registry.wsgi_channels
+    answer = presence_answer(state.layer_url, state.presence_authorizer(_NAMES.presence_authorize), request,
+                             request.matchdict["group"])
+    response = request.response
+    response.status_int = answer.status
+    response.body = answer.body
+    for name, value in answer.headers:
+        response.headers[name] = value
+    return response
+
+
 def includeme(config: Any) -> None:
-    """Read ``wsgi_channels.*`` settings, add ``request.channels`` and the ``add_channel_route`` directive."""
+    """Read ``wsgi_channels.*`` settings, add ``request.channels``, ``request.channels_url``,
+    ``request.channels_position``, the ``add_channel_route`` directive, and the routes of the
+    browser client and the presence view."""
     try:
         state = parse_settings(config.get_settings())
     except ConfigurationError:
@@ -296,13 +357,18 @@ def includeme(config: Any) -> None:
     config.registry.wsgi_channels = state
     config.add_request_method(RequestChannels, "channels", reify=True)
     config.add_request_method(channels_url, "channels_url")
+    config.add_request_method(channels_position, "channels_position")
     config.add_directive("add_channel_route", add_channel_route)
     if state.client_js_url:
         config.add_route("wsgi_channels.client_js", state.client_js_url)
         config.add_view(_client_js_view, route_name="wsgi_channels.client_js")
+    if state.presence_url:
+        config.add_route("wsgi_channels.presence", state.presence_url.rstrip("/") + "/{group:.*}")
+        config.add_view(_presence_view, route_name="wsgi_channels.presence", request_method=("GET", "HEAD"))
 
     def check_routing() -> None:
         if state.routing:
             import_dotted(state.routing, PREFIX + "routing")
+        state.presence_authorizer(_NAMES.presence_authorize)  # a path that does not import fails at commit
 
     config.action("wsgi_channels.check_routing", check_routing, order=10)

@@ -211,3 +211,112 @@ def test_channels_url_template_tag_signs_for_the_logged_in_user():
         verify_connect_token(parse_qs(urlsplit(url).query)["_wsc_token"][0], "own-secret", path="/ws/feed/")
     assert _render('{% channels_url "/ws/feed/" %}') == "/ws/feed/"  # no SIDECAR_URL: same origin
     assert _check_ids(default={"LAYER": LAYER, "SIDECAR_URL": "8001"}) == ["wsgi_channels.E002"]
+
+
+# -- group history and presence: options, the presence user, the presence view, channels_position ----------
+
+FEATURE_LAYER = "memory://django-features"
+FEATURES = {"LAYER": FEATURE_LAYER, "OPTIONS": {"group_history": {"chat.*": {"size": 5}},
+                                                "group_presence": {"room.*": {"max_members": 3}}}}
+FEATURE_URL = "memory://django-features?group_history=chat.*:size=5&group_presence=room.*:max_members=3"
+
+
+def may_see_presence(request, group):
+    """The presence view's authorisation in these tests: logged in, and 'room.secret' is closed."""
+    return group != "room.secret" and request.user.is_authenticated
+
+
+@pytest.fixture
+def feature_layer():
+    layer = get_layer(FEATURE_URL)
+    layer.flush()
+    return layer
+
+
+def test_group_history_and_presence_options_travel_in_the_layer_url(feature_layer):
+    from wsgi_channels.adapters.django import get_layer_url
+
+    with override_settings(WSGI_CHANNELS={"default": FEATURES}):
+        assert get_layer_url() == FEATURE_URL
+    assert feature_layer.history_options("chat.a").size == 5 and feature_layer.presence_options("room.b")
+    assert _check_ids(default={**FEATURES, "OPTIONS": {"group_history": {"chat.*": {"size": -1}}}}) \
+        == ["wsgi_channels.E002"]
+    with override_settings(WSGI_CHANNELS={"default": {**FEATURES, "OPTIONS": {"group_presence": "room.*:ttl=2"}}}):
+        message = checks.run_checks(tags=["wsgi_channels"])[0].msg
+        assert message.startswith("WSGI_CHANNELS['default']['OPTIONS']: group_presence 'room.*': ttl=2"), message
+    assert _check_ids(default={**FEATURES, "PRESENCE_AUTHORIZE": "no.such.module:may_see"}) == ["wsgi_channels.E005"]
+    assert _check_ids(default={**FEATURES, "PRESENCE_AUTHORIZE": f"{__name__}:may_see_presence"}) == []
+
+
+@django_consumer
+def join_room(message):
+    Group("room.1", layer=FEATURE_URL).add(message.reply_channel, presence={"info": {"via": "django"}})
+
+
+def test_presence_user_is_the_django_user_of_the_handshake(feature_layer):
+    from wsgi_channels import route
+    from wsgi_channels.presence import conn_id
+
+    carol, anonymous = feature_layer.new_channel("test.carol?"), feature_layer.new_channel("test.anon?")
+    routing = [route("websocket.connect", join_room)]
+    dispatch(routing, "websocket.connect", ws_connect(carol, "/ws/room/", session_cookie()), feature_layer)
+    dispatch(routing, "websocket.connect", ws_connect(anonymous, "/ws/room/"), feature_layer)
+    members = Group("room.1", layer=feature_layer).presence()
+    carol_pk = str(User.objects.get(username="carol").pk)
+    assert {cid: e["user"] for cid, e in members.items()} == {conn_id(carol): carol_pk, conn_id(anonymous): None}
+    assert members[conn_id(carol)]["info"] == {"via": "django"}
+
+
+def test_presence_view_answers_who_is_in_a_group(feature_layer):
+    import json
+
+    from wsgi_channels.presence import conn_id
+
+    a, b = feature_layer.new_channel("test.a?"), feature_layer.new_channel("test.b?")
+    Group("room.1", layer=feature_layer).add(a, presence={"user": "7", "info": [1, 2]})
+    Group("room.1", layer=feature_layer).add(b, presence={"user": "8"})
+    member, stranger = Client(), Client()
+    assert member.login(username="carol", password="pw")
+    with override_settings(WSGI_CHANNELS={"default": {**FEATURES,
+                                                      "PRESENCE_AUTHORIZE": f"{__name__}:may_see_presence"}}):
+        response = member.get("/_wsgi_channels/presence/room.1")
+        assert response.status_code == 200, response.content
+        assert response["Cache-Control"] == "no-store" and response["Content-Type"] == "application/json"
+        got = json.loads(response.content)
+        assert (got["group"], got["clients"], got["users"]) == ("room.1", 2, 2)
+        assert {m["id"]: (m["user"], m["info"]) for m in got["members"]} == {conn_id(a): ("7", [1, 2]),
+                                                                            conn_id(b): ("8", None)}
+        assert a.encode() not in response.content and b.encode() not in response.content
+        for client, path, status in [(stranger, "room.1", 403), (member, "room.secret", 403),
+                                     (member, "bad%20name!", 400), (member, "chat.lobby", 404)]:
+            response = client.get(f"/_wsgi_channels/presence/{path}")
+            assert (response.status_code, response["Cache-Control"]) == (status, "no-store"), path
+            assert "error" in json.loads(response.content)
+        assert member.post("/_wsgi_channels/presence/room.1").status_code == 405
+    with override_settings(WSGI_CHANNELS={"default": FEATURES}):
+        assert member.get("/_wsgi_channels/presence/room.1").status_code == 404
+
+
+def test_channels_position_renders_the_position_read_before_the_data(feature_layer):
+    from django.test import RequestFactory
+
+    from wsgi_channels import HistoryNotEnabled
+    from wsgi_channels.adapters.django import channels_position
+
+    epoch = Group("chat.lobby", layer=feature_layer).position().epoch
+    with override_settings(WSGI_CHANNELS={"default": FEATURES}):
+        from django.template.backends.django import DjangoTemplates
+
+        engine = DjangoTemplates({"NAME": "t", "DIRS": [], "APP_DIRS": False, "OPTIONS": {
+            "context_processors": ["django.template.context_processors.request"]}})
+        template = engine.from_string('{% load wsgi_channels %}<script>connect("/ws/", {positions: '
+                                      '{"chat.lobby": {% channels_position "chat.lobby" %}}})</script>')
+        request = RequestFactory().get("/")
+        assert str(channels_position(request, "chat.lobby")) == f'{{"epoch":"{epoch}","offset":0}}'  # the view, first
+        group_send("chat.lobby", {"text": "published while the page reads its data"})
+        html = template.render({}, request)
+        assert f'{{"chat.lobby": {{"epoch":"{epoch}","offset":0}}}}' in html, html
+        assert Group("chat.lobby", layer=feature_layer).position().offset == 1
+        assert f'"offset":1}}' in template.render({}, RequestFactory().get("/"))  # a new request reads anew
+        with pytest.raises(HistoryNotEnabled):
+            channels_position(request, "news")

@@ -279,3 +279,240 @@ def test_routing_for_carries_the_apps_layer_with_its_options():
     routing = routing_for(app)
     assert routing.layer_url == "memory://carried?capacity=5" == channels.routing_for(app).layer_url
     assert len(routing) == 1
+
+
+# -- group history and presence: options, the presence user, the presence view, channels_position ----------
+
+FEATURES = {"group_history": {"chat.*": {"size": 5, "ttl": 300}}, "group_presence": ["room.*:max_members=3"]}
+
+
+def may_see_presence(request, group):
+    """The presence view's authorisation in these tests: the caller says who it is, 'room.secret' is closed."""
+    return group != "room.secret" and request.headers.get("X-Member") == "yes"
+
+
+def feature_app(name="features", **config):
+    app = flask.Flask(name)
+    app.secret_key = "features-secret"
+    app.config.update(WSGI_CHANNELS_LAYER=f"memory://{name}", WSGI_CHANNELS_OPTIONS=FEATURES, **config)
+    channels = Channels(app)
+    layer = get_layer(app.extensions["wsgi_channels"].layer_url)
+    layer.flush()
+    return app, channels, layer
+
+
+def test_group_history_and_presence_options_travel_in_the_layer_url():
+    app, channels, layer = feature_app("opts-features")
+    url = app.extensions["wsgi_channels"].layer_url
+    assert url == "memory://opts-features?group_history=chat.*:size=5:ttl=300&group_presence=room.*:max_members=3"
+    assert routing_for(app).layer_url == url  # what `flask channels worker` serves
+    assert layer.history_options("chat.lobby").size == 5 and layer.presence_options("room.1").max_members == 3
+    assert layer.history_options("news") is None
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"group_history": {"chat.*": {"size": 0}}}, "WSGI_CHANNELS_OPTIONS: group_history 'chat.*': size=0"),
+    ({"group_presence": "room.*:ttl=1"}, "WSGI_CHANNELS_OPTIONS: group_presence 'room.*': ttl=1"),
+    ({"group_history": {"chat.*": {"sise": 5}}}, "unknown field(s) sise"),
+])
+def test_bad_history_or_presence_options_fail_at_init_naming_the_setting(options, words):
+    app = flask.Flask("bad-features")
+    app.config.update(WSGI_CHANNELS_LAYER="memory://bad-features", WSGI_CHANNELS_OPTIONS=options)
+    with pytest.raises(ConfigurationError) as caught:
+        Channels(app)
+    assert words in str(caught.value)
+
+
+def test_presence_authorize_that_does_not_import_fails_at_init():
+    app = flask.Flask("bad-authorize")
+    app.config.update(WSGI_CHANNELS_LAYER="memory://x", WSGI_CHANNELS_PRESENCE_AUTHORIZE="no.such.module:may_see")
+    with pytest.raises(ConfigurationError, match="WSGI_CHANNELS_PRESENCE_AUTHORIZE.*no.such.module"):
+        Channels(app)
+
+
+class _Account:
+    """A Flask-Login user."""
+
+    is_active = True
+    is_anonymous = False
+
+    def __init__(self, uid):
+        self.id = uid
+
+    @property
+    def is_authenticated(self):
+        return True
+
+    def get_id(self):
+        return self.id
+
+
+def test_presence_user_is_the_flask_login_user_of_the_handshake():
+    """An app using Flask-Login: a presence entry added without a user gets current_user's id."""
+    import flask_login  # a test dependency (setup.py), never skipped
+    app, channels, layer = feature_app("login-features")
+    manager = flask_login.LoginManager(app)
+    loaded = []
+
+    @manager.user_loader
+    def load(uid):
+        loaded.append(uid)
+        return _Account(uid)
+
+    @app.post("/login/<uid>")
+    def login(uid):
+        flask_login.login_user(_Account(uid))
+        return "ok"
+
+    @channels.consumer("websocket.connect", path=r"^/ws/room/$")
+    def connect(message):
+        channels.group("room.1").add(message.reply_channel, presence={"info": {"page": "room"}})
+        message.reply_channel.send({"accept": True})
+
+    @channels.consumer("websocket.receive", path=r"^/ws/room/$")
+    def receive(message):
+        message.reply_channel.send({"text": "pong"})  # never reads message.user
+
+    client = app.test_client()
+    assert client.post("/login/alice").status_code == 200
+    cookie = f"session={client.get_cookie('session').value}"
+    alice, anonymous = layer.new_channel("test.alice?"), layer.new_channel("test.anon?")
+    loaded.clear()
+    dispatch(routing_for(app), "websocket.receive", ws_receive(alice, "/ws/room/", "ping"), layer)
+    assert loaded == [], "the user is loaded on first use only"
+    dispatch(routing_for(app), "websocket.connect", ws_connect(alice, "/ws/room/", cookie), layer)
+    dispatch(routing_for(app), "websocket.connect", ws_connect(anonymous, "/ws/room/"), layer)
+    members = Group("room.1", layer=layer).presence()
+    from wsgi_channels.presence import conn_id
+
+    assert {cid: e["user"] for cid, e in members.items()} == {conn_id(alice): "alice", conn_id(anonymous): None}
+    assert members[conn_id(alice)]["info"] == {"page": "room"} and loaded == ["alice"]
+
+
+def test_presence_user_comes_from_the_user_loader_and_an_explicit_user_wins():
+    app, channels, layer = feature_app("loader-features")
+
+    @app.post("/login/<name>")
+    def login(name):
+        flask.session["user"] = name
+        return "ok"
+
+    @channels.user_loader
+    def load(session):
+        return session.get("user")
+
+    @channels.consumer("websocket.connect", path=r"^/ws/(?P<how>\w+)/$")
+    def connect(message, how):
+        channels.group("room.2").add(message.reply_channel, presence={"user": "chosen"} if how == "explicit" else {})
+
+    client = app.test_client()
+    client.post("/login/bob")
+    cookie = f"session={client.get_cookie('session').value}"
+    a, b = layer.new_channel("test.a?"), layer.new_channel("test.b?")
+    dispatch(routing_for(app), "websocket.connect", ws_connect(a, "/ws/default/", cookie), layer)
+    dispatch(routing_for(app), "websocket.connect", ws_connect(b, "/ws/explicit/", cookie), layer)
+    from wsgi_channels.presence import conn_id
+
+    users = {cid: e["user"] for cid, e in Group("room.2", layer=layer).presence().items()}
+    assert users == {conn_id(a): "bob", conn_id(b): "chosen"}
+
+
+def test_presence_view_answers_who_is_in_a_group():
+    app, channels, layer = feature_app("view-features", WSGI_CHANNELS_PRESENCE_AUTHORIZE=may_see_presence)
+    a, b, c = (layer.new_channel(f"test.{n}?") for n in "abc")
+    Group("room.1", layer=layer).add(a, presence={"user": "alice", "info": {"avatar": b"\x89PNG"}})
+    Group("room.1", layer=layer).add(b, presence={"user": "bob"})
+    Group("room.1", layer=layer).add(c, presence={"user": "alice"})  # a second tab
+    Group("room.1", layer=layer).add(layer.new_channel("test.plain?"))  # a member without presence
+    client = app.test_client()
+    member = {"X-Member": "yes"}
+    response = client.get("/_wsgi_channels/presence/room.1", headers=member)
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-store" and response.mimetype == "application/json"
+    body = response.get_json()
+    from wsgi_channels.presence import conn_id
+
+    assert (body["group"], body["clients"], body["users"]) == ("room.1", 3, 2)
+    assert {m["id"]: m["user"] for m in body["members"]} == {conn_id(a): "alice", conn_id(b): "bob",
+                                                              conn_id(c): "alice"}
+    first = next(m for m in body["members"] if m["id"] == conn_id(a))
+    assert first["info"] == {"avatar": "iVBORw=="}  # bytes as base64 text
+    since = Group("room.1", layer=layer).presence()[conn_id(a)]["since"]
+    assert first["since"] == round(since * 1000) and isinstance(first["since"], int)
+    assert [m["since"] for m in body["members"]] == sorted(m["since"] for m in body["members"])
+    for name in (a, b, c):
+        assert name not in response.get_data(as_text=True), "the view must never list reply channels"
+    # Refusals, each a JSON body that is never cached.
+    for path, headers, status in [("room.1", {}, 403), ("room.secret", member, 403), ("bad%20name!", member, 400),
+                                  ("chat.lobby", member, 404)]:
+        got = client.get(f"/_wsgi_channels/presence/{path}", headers=headers)
+        assert (got.status_code, got.headers["Cache-Control"]) == (status, "no-store"), path
+        assert "error" in got.get_json()
+    assert client.post("/_wsgi_channels/presence/room.1", headers=member).status_code == 405
+
+
+def test_presence_view_is_a_404_until_the_app_says_who_may_read_it():
+    app, channels, layer = feature_app("closed-features")
+    Group("room.1", layer=layer).add(layer.new_channel("test.a?"), presence={"user": "alice"})
+    response = app.test_client().get("/_wsgi_channels/presence/room.1", headers={"X-Member": "yes"})
+    assert response.status_code == 404 and "alice" not in response.get_data(as_text=True)
+    # Served elsewhere, or not at all.
+    app2 = flask.Flask("moved")
+    app2.config.update(WSGI_CHANNELS_LAYER="memory://moved", WSGI_CHANNELS_OPTIONS=FEATURES,
+                       WSGI_CHANNELS_PRESENCE_AUTHORIZE=f"{__name__}:may_see_presence")
+    Channels(app2, presence_url="/who/")
+    assert app2.test_client().get("/who/room.9", headers={"X-Member": "yes"}).get_json()["clients"] == 0
+    app3 = flask.Flask("none")
+    app3.config.update(WSGI_CHANNELS_LAYER="memory://none", WSGI_CHANNELS_PRESENCE_AUTHORIZE=may_see_presence)
+    Channels(app3, presence_url=None)
+    assert "wsgi_channels_presence" not in app3.view_functions
+
+
+def test_channels_position_renders_the_position_read_before_the_data():
+    """The view reads the position first, then its data; a message published in between (offset 1)
+    is after the rendered position, so the page's socket gets it replayed."""
+    app, channels, layer = feature_app("position-features")
+    page = ('<script>connect("/ws/", {positions: {"chat.lobby": {{ channels_position("chat.lobby") }}}})</script>'
+            '<p>{{ posts }}</p>')
+
+    @app.get("/page")
+    def view():
+        channels.position("chat.lobby")  # before reading the data
+        channels.group_send("chat.lobby", {"text": "published while the page reads its data"})
+        return flask.render_template_string(page, posts="[]")
+
+    @app.get("/late")
+    def late():
+        return flask.render_template_string('{{ channels_position("chat.lobby") }}')
+
+    epoch = Group("chat.lobby", layer=layer).position().epoch
+    html = app.test_client().get("/page").get_data(as_text=True)
+    assert f'{{positions: {{"chat.lobby": {{"epoch":"{epoch}","offset":0}}}}}})' in html, html
+    assert Group("chat.lobby", layer=layer).position().offset == 1
+    assert json.loads(app.test_client().get("/late").get_data(as_text=True)) == {"epoch": epoch, "offset": 1}
+    with app.test_request_context("/"):
+        from wsgi_channels import HistoryNotEnabled
+
+        with pytest.raises(HistoryNotEnabled):
+            channels.position("news")
+
+
+def test_the_worker_says_nothing_when_the_app_only_adds_options_to_the_environments_layer(monkeypatch, caplog):
+    """``routing_for(app)`` carries ``$WSGI_CHANNELS_LAYER`` plus the app's options: the worker serves it
+    without warning that the environment's layer is not used (it is, with the options)."""
+    import logging
+
+    from wsgi_channels.settings import command_layer_url
+
+    monkeypatch.setenv("WSGI_CHANNELS_LAYER", "memory://env-layer")
+    app = flask.Flask("env-plus-options")
+    app.config["WSGI_CHANNELS_OPTIONS"] = FEATURES
+    Channels(app)
+    carried = routing_for(app).layer_url
+    assert carried.startswith("memory://env-layer?group_history=")
+    with caplog.at_level(logging.WARNING, logger="wsgi_channels.settings"):
+        assert command_layer_url(None, carried) == carried
+        assert command_layer_url(None, "memory://other") == "memory://other"
+    assert [r.getMessage() for r in caplog.records] == [
+        "WSGI_CHANNELS_LAYER='memory://env-layer' is not used: the app's own setting names the layer "
+        "'memory://other', where the app pushes (give --layer to choose another)"]

@@ -248,3 +248,185 @@ def test_routing_for_carries_the_apps_layer_with_its_options():
     routing = routing_for(app)
     assert routing.layer_url == app.registry.wsgi_channels.layer_url == "memory://pyr-carried?capacity=4"
     assert len(routing) == 2  # the two channel routes, as before
+
+
+# -- group history and presence: options, the presence user, the presence view, channels_position ----------
+
+FEATURE_SETTINGS = {"wsgi_channels.option.group_history": "chat.*:size=5:ttl=300\nnews.*",
+                    "wsgi_channels.option.group_presence": "room.*:max_members=3"}
+
+
+def may_see_presence(request, group):
+    """The presence view's authorisation in these tests: logged in, and 'room.secret' is closed."""
+    return group != "room.secret" and request.authenticated_userid is not None
+
+
+def feature_app(name, **settings):
+    """A Pyramid app whose security policy reads the user from the session (as a login form would set it)."""
+    from pyramid.authentication import SessionAuthenticationHelper
+
+    class Policy:
+        helper = SessionAuthenticationHelper()
+
+        def identity(self, request):
+            return self.helper.authenticated_userid(request)
+
+        def authenticated_userid(self, request):
+            return self.helper.authenticated_userid(request)
+
+        def permits(self, request, context, permission):
+            return True
+
+    joined = []
+
+    def connect(message):
+        joined.append(message.reply_channel.name)
+        room = Group("room.1", layer=message.registry.wsgi_channels.layer_url)
+        room.add(message.reply_channel, presence={"info": {"n": len(joined)}})  # no user: the handshake's
+        message.reply_channel.send({"accept": True})
+
+    def receive(message):
+        message.reply_channel.send({"text": "pong"})
+
+    with Configurator(settings={"wsgi_channels.layer": f"memory://{name}", **FEATURE_SETTINGS, **settings}) as config:
+        config.set_session_factory(SignedCookieSessionFactory("s3cret"))
+        config.set_security_policy(Policy())
+        config.include("wsgi_channels.adapters.pyramid")
+
+        def login(request):
+            Policy.helper.remember(request, request.matchdict["uid"])
+            return request.response
+
+        def page(request):
+            request.channels.position("chat.lobby")  # before reading the data
+            request.channels.group("chat.lobby").send({"text": "published while the page reads its data"})
+            request.response.text = f'positions: {{"chat.lobby": {request.channels_position("chat.lobby")}}}'
+            return request.response
+
+        def late(request):
+            import jinja2  # an autoescaping template engine (pyramid_jinja2's) leaves the JSON as it is
+
+            template = jinja2.Environment(autoescape=True).from_string("{{ position }}")
+            request.response.text = template.render(position=request.channels_position("chat.lobby"))
+            return request.response
+
+        for route_name, path, view in (("login", "/login/{uid}", login), ("page", "/page", page),
+                                       ("late", "/late", late)):
+            config.add_route(route_name, path)
+            config.add_view(view, route_name=route_name)
+        config.add_channel_route("websocket.connect", connect, path=r"^/ws/room/$")
+        config.add_channel_route("websocket.receive", receive, path=r"^/ws/room/$")
+        app = config.make_wsgi_app()
+    layer = get_layer(app.registry.wsgi_channels.layer_url)
+    layer.flush()
+    return app, layer
+
+
+def test_group_history_and_presence_options_travel_in_the_layer_url():
+    app, layer = feature_app("pyr-opts")
+    url = app.registry.wsgi_channels.layer_url
+    assert url == ("memory://pyr-opts?group_history=chat.*:size=5:ttl=300&group_history=news.*"
+                   "&group_presence=room.*:max_members=3")
+    assert routing_for(app).layer_url == url
+    assert layer.history_options("chat.x").size == 5 and layer.history_options("news.y").size == 100
+    assert layer.presence_options("room.1").max_members == 3
+
+
+def test_bad_history_or_presence_options_are_named():
+    with pytest.raises(ConfigurationError, match=r"wsgi_channels\.option\.group_history: 'chat\.\*': size='many' is not an int"):
+        make_app(**{"wsgi_channels.option.group_history": "chat.*:size=many"})
+    with pytest.raises(ConfigurationError, match=r"wsgi_channels\.option\.group_presence: .*ttl"):
+        make_app(**{"wsgi_channels.option.group_presence": "room.*:ttl=1"})
+    # Checked in a config action: Pyramid reports it at commit (ConfigurationExecutionError) with the setting's name.
+    with pytest.raises(Exception, match=r"wsgi_channels\.presence_authorize: cannot import 'no\.such\.module'"):
+        make_app(**{"wsgi_channels.presence_authorize": "no.such.module:may_see"})
+
+
+def test_presence_user_is_the_authenticated_userid_of_the_handshake():
+    app, layer = feature_app("pyr-user")
+    status, headers, _ = call(app, "POST", "/login/carol")
+    cookie = [v for k, v in headers if k.lower() == "set-cookie"][0].split(";", 1)[0]
+    carol, anonymous = layer.new_channel("test.carol?"), layer.new_channel("test.anon?")
+    routing = routing_for(app)
+    dispatch(routing, "websocket.connect", ws_connect(carol, "/ws/room/", cookie), layer)
+    dispatch(routing, "websocket.connect", ws_connect(anonymous, "/ws/room/"), layer)
+    from wsgi_channels.presence import conn_id
+
+    members = Group("room.1", layer=layer).presence()
+    assert {cid: e["user"] for cid, e in members.items()} == {conn_id(carol): "carol", conn_id(anonymous): None}
+    assert members[conn_id(carol)]["info"] == {"n": 1}
+
+
+def test_message_user_is_computed_on_first_use_only():
+    calls = []
+
+    def consumer(message):
+        message.reply_channel.send({"text": "no user needed"})
+
+    def who(message):
+        message.reply_channel.send({"text": f"{message.user}/{message.user}"})
+
+    class Policy:
+        def identity(self, request):
+            return None
+
+        def authenticated_userid(self, request):
+            calls.append(request.path)
+            return "dave"
+
+        def permits(self, request, context, permission):
+            return True
+
+    with Configurator(settings={"wsgi_channels.layer": "memory://pyr-lazy"}) as config:
+        config.set_security_policy(Policy())
+        config.include("wsgi_channels.adapters.pyramid")
+        config.add_channel_route("websocket.receive", consumer, path=r"^/ws/quiet/$", session=False)
+        config.add_channel_route("websocket.receive", who, path=r"^/ws/who/$", session=False)
+        app = config.make_wsgi_app()
+    layer = get_layer("memory://pyr-lazy")
+    reply = layer.new_channel("test.r?")
+    dispatch(routing_for(app), "websocket.receive", ws_receive(reply, "/ws/quiet/", "x"), layer)
+    assert calls == []
+    dispatch(routing_for(app), "websocket.receive", ws_receive(reply, "/ws/who/", "x"), layer)
+    assert calls == ["/ws/who/"] and replies(layer, reply)[-1] == {"text": "dave/dave"}
+
+
+def test_presence_view_answers_who_is_in_a_group():
+    import json
+
+    from werkzeug.test import Client
+
+    from wsgi_channels.presence import conn_id
+
+    app, layer = feature_app("pyr-view", **{"wsgi_channels.presence_authorize": f"{__name__}:may_see_presence"})
+    a, b = layer.new_channel("test.a?"), layer.new_channel("test.b?")
+    Group("room.1", layer=layer).add(a, presence={"user": "alice", "info": {"x": 1}})
+    Group("room.1", layer=layer).add(b, presence={"user": None})
+    stranger, member = Client(app), Client(app)  # each keeps its cookies
+    assert member.post("/login/erin").status_code == 200
+    response = member.get("/_wsgi_channels/presence/room.1")
+    assert response.status_code == 200, response.data
+    assert response.headers["Cache-Control"] == "no-store" and response.mimetype == "application/json"
+    got = response.get_json()
+    assert (got["group"], got["clients"], got["users"]) == ("room.1", 2, 1)
+    assert {m["id"]: (m["user"], m["info"]) for m in got["members"]} == {conn_id(a): ("alice", {"x": 1}),
+                                                                        conn_id(b): (None, None)}
+    assert a.encode() not in response.data and b.encode() not in response.data
+    for client, path, status in [(stranger, "room.1", 403), (member, "room.secret", 403),
+                                 (member, "bad%20name!", 400), (member, "chat.lobby", 404)]:
+        response = client.get(f"/_wsgi_channels/presence/{path}")
+        assert (response.status_code, response.headers["Cache-Control"]) == (status, "no-store"), path
+        assert "error" in json.loads(response.data)
+    closed, _ = feature_app("pyr-closed")
+    assert Client(closed).get("/_wsgi_channels/presence/room.1").status_code == 404
+
+
+def test_channels_position_renders_the_position_read_before_the_data():
+    import json
+
+    app, layer = feature_app("pyr-position")
+    epoch = Group("chat.lobby", layer=layer).position().epoch
+    status, _, body = call(app, "GET", "/page")
+    assert status.startswith("200") and body.decode() == f'positions: {{"chat.lobby": {{"epoch":"{epoch}","offset":0}}}}'
+    assert Group("chat.lobby", layer=layer).position().offset == 1
+    assert json.loads(call(app, "GET", "/late")[2]) == {"epoch": epoch, "offset": 1}

@@ -227,3 +227,118 @@ def test_ctrl_c_during_start_up_is_quiet(tmp_path):
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
+
+
+# -- --group-history / --group-presence ---------------------------------------------------------------
+
+FEATURE_COMMANDS = [["worker", "demo:routing"], ["sidecar", "--bind", "127.0.0.1:0"],
+                    ["runserver", "demo:app", "--routing", "demo:routing", "--bind", "127.0.0.1:0"],
+                    ["send", "chan", "{}"], ["group-send", "grp", "{}"], ["stats"]]
+
+
+@pytest.mark.parametrize("command", FEATURE_COMMANDS, ids=lambda argv: argv[0])
+def test_bad_history_or_presence_flags_stop_every_command_at_start(command, tmp_path):
+    layer = ["--layer", f"ipc://{tmp_path}/channels.db"] if command[0] != "runserver" else []
+    result = run(*command, *layer, "--group-history", "chat.*:size=0")
+    assert_one_line_error(result, 2, "argument --group-history: group_history 'chat.*': size=0 must be from 1 to 10000")
+    result = run(*command, *layer, "--group-presence", "room.*:colour=blue")
+    assert_one_line_error(result, 2, "argument --group-presence: group_presence 'room.*': unknown field(s) colour")
+    env = {**os.environ, "WSGI_CHANNELS_GROUP_PRESENCE": "room.*:ttl=1"}
+    env.pop("WSGI_CHANNELS_LAYER", None)
+    result = subprocess.run([SCRIPT, *command, *layer], capture_output=True, text=True, timeout=30, cwd=EXAMPLES,
+                            env=env)
+    assert_one_line_error(result, 2, "WSGI_CHANNELS_GROUP_PRESENCE='room.*:ttl=1'", "ttl=1 must be at least 5")
+
+
+def test_group_send_keeps_history_with_the_flag(tmp_path):
+    """The flag reaches the command's layer: its messages to a history group are numbered and kept."""
+    from wsgi_channels.layers import from_url
+
+    url = f"ipc://{tmp_path}/channels.db"
+    for n in (1, 2):
+        result = run("group-send", "--layer", url, "--group-history", "news.*:size=3", "news.a",
+                     f'{{"text": "post {n}"}}')
+        assert result.returncode == 0, result.stderr
+    layer = from_url(url + "?group_history=news.*:size=3")
+    try:
+        page = layer.group_history("news.a", 0)
+        assert (page.top, page.messages) == (2, [(1, {"text": "post 1"}), (2, {"text": "post 2"})])
+    finally:
+        layer.close()
+
+
+def test_feature_flags_are_added_to_the_layer_url_after_its_own_items(monkeypatch):
+    from wsgi_channels.cli import build_parser
+    from wsgi_channels.cli.layer_options import layer_url_with_features
+    from wsgi_channels.cli.sidecar import build_config
+
+    monkeypatch.delenv("WSGI_CHANNELS_LAYER", raising=False)
+    parser = build_parser()
+    args = parser.parse_args(["sidecar", "--layer", "ipc:///tmp/s.db?group_history=chat.vip", "--group-history",
+                              "chat.*:size=10", "--group-history", "news.* blog.*:ttl=60",
+                              "--group-presence", "room.*:max_members=5:join_leave=0"])
+    assert build_config(args).layer == ("ipc:///tmp/s.db?group_history=chat.vip&group_history=chat.*:size=10"
+                                        "&group_history=news.*&group_history=blog.*:ttl=60"
+                                        "&group_presence=room.*:max_members=5:join_leave=0")
+    assert build_config(parser.parse_args(["sidecar"])).layer == ""  # no flags: the default layer, as before
+    monkeypatch.setenv("WSGI_CHANNELS_GROUP_HISTORY", "a.* b.*:size=2")
+    args = build_parser().parse_args(["worker", "x:y"])
+    assert layer_url_with_features("redis://h:6379/0?capacity=5,redis://k:6379/0", args) == \
+        "redis://h:6379/0?capacity=5,redis://k:6379/0?group_history=a.*&group_history=b.*:size=2"
+
+
+def test_runserver_serves_history_groups_with_the_flag(tmp_path):
+    """``wsgi-channels runserver --group-history``: the app, the worker and the sidecar share the layer."""
+    import requests
+
+    from servers import ServerProcess, free_port, wait_for_port
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": tests}
+    env.pop("WSGI_CHANNELS_LAYER", None)
+    proc = ServerProcess([SCRIPT, "runserver", "apps.presence_apps:position_wsgi", "--bind", f"127.0.0.1:{port}",
+                          "--group-history", "chat.*:size=5"], str(tmp_path / "runserver.log"), env=env,
+                         cwd=tests).start()
+    try:
+        wait_for_port(port, proc=proc.proc, log=proc.log_path, timeout=20)
+        base = f"http://127.0.0.1:{port}"
+        first = requests.get(f"{base}/", timeout=10).json()
+        assert first["offset"] == 0 and len(first["epoch"]) == 8
+        assert requests.post(f"{base}/", timeout=10).status_code == 204
+        assert requests.get(f"{base}/", timeout=10).json() == {"epoch": first["epoch"], "offset": 1}
+    finally:
+        assert proc.stop() == 0
+
+
+def test_runserver_serves_the_layer_the_app_folded_its_options_into(tmp_path):
+    """A Flask app with ``WSGI_CHANNELS_OPTIONS`` (group history) under ``runserver``: its layer URL is
+    runserver's plus the options, and runserver serves that one layer, so the app's push reaches the
+    socket (before, the app pushed to a second in-memory layer no socket read)."""
+    import json
+
+    import requests
+    import websocket
+
+    from servers import ServerProcess, free_port, wait_for_port
+
+    tests = os.path.dirname(os.path.abspath(__file__))
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": tests}
+    env.pop("WSGI_CHANNELS_LAYER", None)
+    proc = ServerProcess([SCRIPT, "runserver", "apps.presence_apps:flask_app", "--routing",
+                          "apps.presence_apps:flask_routing", "--bind", f"127.0.0.1:{port}"],
+                         str(tmp_path / "runserver.log"), env=env, cwd=tests).start()
+    try:
+        wait_for_port(port, proc=proc.proc, log=proc.log_path, timeout=20)
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws/", timeout=10,
+                                         origin=f"http://127.0.0.1:{port}")
+        try:
+            assert requests.post(f"http://127.0.0.1:{port}/post", timeout=10).status_code == 204
+            assert ws.recv() == "posted"
+        finally:
+            ws.close()
+        assert json.loads(requests.get(f"http://127.0.0.1:{port}/page", timeout=10).text)["offset"] == 1
+        assert "runserver serves" not in proc.log()
+    finally:
+        assert proc.stop() == 0

@@ -77,7 +77,7 @@ def test_documented_environment_variables_are_read():
     from_flags = {"WSGI_CHANNELS_" + f[2:].upper().replace("-", "_") for f in flags}
     # Flask config keys (README "Flask") are spelled like the variables on purpose.
     flask_keys = {"WSGI_CHANNELS_LAYER", "WSGI_CHANNELS_ROUTING", "WSGI_CHANNELS_OPTIONS",
-                  "WSGI_CHANNELS_ALLOWED_ORIGINS", "WSGI_CHANNELS_SIDECAR_URL"}
+                  "WSGI_CHANNELS_ALLOWED_ORIGINS", "WSGI_CHANNELS_SIDECAR_URL", "WSGI_CHANNELS_PRESENCE_AUTHORIZE"}
     source = (ROOT / "adapters" / "flask.py").read_text()
     for key in flask_keys:
         assert key in source, key

@@ -611,3 +611,47 @@ def test_an_app_that_waits_on_io_gets_a_thread_per_message(redis_url):
         client.close()
     assert len(set(threads_of("/io-par"))) == 4, f"each I/O message got a thread of its own: {ran}"
     assert worker.stats["handed_out"] == handed_out, "no batch was needed to be taken over"
+
+
+# -- group history and presence: the flags, and the user of presence entries ---------------------------
+
+def _ask(layer, channel, content, timeout=10.0):
+    reply = layer.new_channel("test.reply?")
+    layer.send(channel, {**content, "reply_channel": reply})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got, message = layer.receive([reply], block=True, timeout=0.5)
+        if got is not None:
+            return message
+    raise AssertionError(f"no answer on {channel}")
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_worker_adds_presence_with_the_messages_user_and_its_feature_flags(tmp_path, how):
+    """``--group-presence``/``WSGI_CHANNELS_GROUP_PRESENCE`` reach the worker's layer, and a consumer that adds a
+    presence entry without a user gets the user of the message it consumes (here the connect token's ``sub``)."""
+    from wsgi_channels.presence import conn_id
+
+    url = f"ipc://{tmp_path / 'channels.db'}"
+    flags = ["--group-presence", "room.*:max_members=10", "--group-history", "chat.*:size=5"]
+    env = {}
+    if how == "environment":
+        flags, env = [], {"WSGI_CHANNELS_GROUP_PRESENCE": "room.*:max_members=10",
+                          "WSGI_CHANNELS_GROUP_HISTORY": "chat.*:size=5"}
+    proc = worker_process(tmp_path, url, "apps.presence_routing:routing", *flags, name=how, env_extra=env)
+    layer = from_url(url + "?group_presence=room.*:max_members=10&group_history=chat.*:size=5")
+    try:
+        member, anonymous = layer.new_channel("test.member?"), layer.new_channel("test.anon?")
+        assert _ask(layer, "test.join", {"group": "room.1", "member": member, "__wsc_token": {"sub": "u7"}}) \
+            == {"done": True}
+        assert _ask(layer, "test.join", {"group": "room.1", "member": anonymous}) == {"done": True}
+        members = layer.group_presence("room.1")
+        assert {cid: (e["user"], e["info"]) for cid, e in members.items()} == {
+            conn_id(member): ("u7", {"via": "worker"}), conn_id(anonymous): (None, {"via": "worker"})}
+        layer.send_group("chat.lobby", {"text": "kept"})
+        assert _ask(layer, "test.position", {"group": "chat.lobby"}) == {
+            "epoch": layer.group_position("chat.lobby").epoch, "offset": 1}
+        assert _ask(layer, "test.position", {"group": "news"}) == {"error": "HistoryNotEnabled"}
+    finally:
+        layer.close()
+        assert proc.stop() == 0

@@ -25,24 +25,34 @@ process that names it explicitly gets.
 **An app's settings** (:class:`AppSettings`): the layer URL with the layer options
 folded into its query (so :func:`~wsgi_channels.get_layer`, one layer per URL per
 process, applies them in every process that reads the URL), the extra routing,
-the origins allowed to open WebSockets, the sidecar's public URL and the connect
-token secret. A bad value raises :class:`~wsgi_channels.ConfigurationError`
-naming the framework's own setting.
+the origins allowed to open WebSockets, the sidecar's public URL, the connect
+token secret and the presence view's authorisation. A bad value raises
+:class:`~wsgi_channels.ConfigurationError` naming the framework's own setting.
+
+**Group history and presence** (``group_history``/``group_presence``) are layer
+options like ``capacity``, in one grammar everywhere (:mod:`wsgi_channels.layers.features`):
+``PATTERN[:FIELD=VALUE]...`` items, repeatable. Every process that publishes to or
+adds members to such a group must have the same patterns, so the one place to set them
+is the layer URL that every process reads
+(``WSGI_CHANNELS_LAYER=ipc://?group_history=chat.*:size=100``); the adapters' options and
+the commands' ``--group-history``/``--group-presence`` flags only add items to that URL
+(:func:`with_layer_options`), after its own (the first matching pattern wins).
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, NamedTuple, Optional, TypeVar
+from typing import Any, Callable, Mapping, NamedTuple, Optional, TypeVar
 from urllib.parse import urlencode
 
 from .exceptions import ConfigurationError
 
-__all__ = ["ENV_VAR", "DEFAULT_LAYER_URL", "default_layer_url", "set_process_default", "command_layer_url",
-           "AppSettings", "SettingNames"]
+__all__ = ["ENV_VAR", "DEFAULT_LAYER_URL", "FEATURE_OPTIONS", "default_layer_url", "set_process_default",
+           "command_layer_url", "feature_items", "with_layer_options", "AppSettings", "SettingNames"]
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +109,73 @@ def command_layer_url(flag: Optional[str], app_layer: Optional[str] = None, *, c
         return flag.strip()
     if app_layer:
         env = os.environ.get(ENV_VAR, "").strip()
-        if env and env != app_layer:
+        # The app's layer is often the environment's with the app's options added: nothing to say then.
+        if env and env != app_layer and not (app_layer.startswith(env) and app_layer[len(env)] in "?&"):
             log.warning("%s%s=%r is not used: the app's own setting names the layer %r, where the app pushes "
                         "(give --layer to choose another)", f"{command}: " if command else "", ENV_VAR, env,
                         app_layer)
         return app_layer
     return default_layer_url()
+
+
+#: Layer options whose value is a list of ``PATTERN[:FIELD=VALUE]...`` items (repeated in a URL query).
+FEATURE_OPTIONS = ("group_history", "group_presence")
+
+# A comma starts another URL only where a scheme follows (as in layers.layer_class).
+_URL_SPLIT = re.compile(r",(?=\s*[A-Za-z][A-Za-z0-9+.\-]*://)")
+
+
+def feature_items(option: str, spec: Any) -> list[str]:
+    """``group_history``/``group_presence`` in any form the layer takes (a mapping of globs to
+    fields, a list of pairs, ``PATTERN[:FIELD=VALUE]...`` items in a str or a list) as URL items,
+    checked field by field. Raises :class:`ConfigurationError` saying what is wrong (callers add
+    the setting's name); a compiled regex cannot travel in a URL and is refused."""
+    from .layers.features import format_item, parse_history, parse_presence
+
+    if option not in FEATURE_OPTIONS:
+        raise ValueError(f"not a feature option: {option!r}")
+    (parse_history if option == "group_history" else parse_presence)(spec)
+    if spec is None:
+        return []
+    if isinstance(spec, str):
+        return spec.split()
+    items: list[str] = []
+    for item in spec.items() if isinstance(spec, Mapping) else spec:
+        if isinstance(item, str):
+            items.extend(item.split())
+            continue
+        pattern, fields = item
+        if not isinstance(pattern, str):
+            raise ConfigurationError(f"{option}: the pattern {getattr(pattern, 'pattern', pattern)!r} is a compiled "
+                                     "regex, which cannot travel in the layer URL to the other processes; write it as "
+                                     "a glob ('chat.*')")
+        fields = dict(fields) if isinstance(fields, Mapping) else {}
+        # 100.0 is accepted as an int field; its URL form must read back as one.
+        items.append(format_item(pattern, {k: int(v) if isinstance(v, float) and v.is_integer() else v
+                                           for k, v in fields.items()}))
+    return items
+
+
+def _query_pairs(options: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    pairs: list[tuple[str, Any]] = []
+    for key, value in options.items():
+        if key in FEATURE_OPTIONS:
+            pairs.extend((key, item) for item in feature_items(key, value))
+        else:
+            pairs.append((key, value))
+    return pairs
+
+
+def with_layer_options(url: str, options: Mapping[str, Any]) -> str:
+    """``url`` with layer ``options`` added to its query (``group_history``/``group_presence`` as
+    repeated items, after any the URL has: the first matching pattern wins). Several shard URLs
+    take them on the last one, whose options apply to every shard."""
+    pairs = _query_pairs(options)
+    if not pairs:
+        return url
+    last = _URL_SPLIT.split(url)[-1]
+    # ':' '*' '=' stay readable (chat.*:size=100): a query value is split at its first '=' only.
+    return url + ("&" if "?" in last else "?") + urlencode(pairs, safe=":*=")
 
 
 class SettingNames(NamedTuple):
@@ -117,6 +188,12 @@ class SettingNames(NamedTuple):
     allowed_origins: str
     sidecar_url: str
     token_secret: str
+    presence_authorize: str = "the presence view's authorisation"
+
+    def option(self, key: str) -> str:
+        """The name of one layer option (``wsgi_channels.option.group_history`` where options are
+        ``wsgi_channels.option.*``), else the options setting's own name."""
+        return self.options.replace("*", key) if self.options.endswith("*") else self.options
 
 
 @dataclass
@@ -135,13 +212,39 @@ class AppSettings:
     sidecar_url: str = ""
     #: The secret connect tokens are signed with (the sidecar's ``--token-secret``).
     token_secret: Any = field(default="", repr=False)
+    #: ``(request, group) -> bool``, or its dotted path: who may read the presence view (None: nobody, 404).
+    presence_authorize: Any = None
 
     @cached_property
     def layer_url(self) -> str:
-        """The layer URL with :attr:`options` in its query: what every push and the worker use."""
-        if not self.options:
-            return self.configured_layer
-        return self.configured_layer + ("&" if "?" in self.configured_layer else "?") + urlencode(self.options)
+        """The layer URL with :attr:`options` in its query (``group_history``/``group_presence``
+        as URL items): what every push, the worker and the sidecar commands use."""
+        return with_layer_options(self.configured_layer, self.options)
+
+    def presence_authorizer(self, setting: str = "") -> Optional[Callable[[Any, str], Any]]:
+        """The callable :attr:`presence_authorize` names (imported once), or None.
+
+        Raises :class:`ConfigurationError` naming ``setting`` when the path does not import or
+        names something that is not callable."""
+        value = self.presence_authorize
+        if value is None or value == "":
+            return None
+        resolved = self.__dict__.get("_presence_authorizer")
+        if resolved is None:
+            if isinstance(value, str):
+                from .consumers.routing import import_object
+
+                try:
+                    resolved = import_object(value.strip())
+                except ConfigurationError as e:
+                    raise ConfigurationError(f"{setting}: {e}") from None
+            else:
+                resolved = value
+            if not callable(resolved):
+                raise ConfigurationError(f"{setting} must be a callable (request, group) -> bool or its dotted path, "
+                                         f"got {resolved!r}")
+            self.__dict__["_presence_authorizer"] = resolved
+        return resolved
 
     @property
     def layer(self) -> Any:
@@ -153,7 +256,7 @@ class AppSettings:
     @classmethod
     def parse(cls: type[_S], names: SettingNames, *, layer: Any = None, options: Any = None, routing: Any = None,
               allowed_origins: Any = None, sidecar_url: Any = None, token_secret: Any = None,
-              **extra: Any) -> _S:
+              presence_authorize: Any = None, **extra: Any) -> _S:
         """Check raw values (None: unset) and build the settings; ``extra`` goes to a subclass's fields.
 
         Raises :class:`ConfigurationError` naming the setting (``names``) and what is wrong with it.
@@ -173,10 +276,14 @@ class AppSettings:
         if not isinstance(options, dict):
             raise ConfigurationError(f"{names.options} must be a dict of layer keywords, got "
                                      f"{type(options).__name__}")
-        try:
-            parse_options(urlencode(options))
-        except ConfigurationError as e:
-            raise ConfigurationError(f"{names.options}: {e}") from None
+        for key, value in options.items():
+            try:
+                if key in FEATURE_OPTIONS:
+                    feature_items(key, value)
+                else:
+                    parse_options(urlencode({key: value}))
+            except ConfigurationError as e:
+                raise ConfigurationError(f"{names.option(key)}: {e}") from None
         origins = allowed_origins or []
         origins = [origins] if isinstance(origins, str) else origins
         if not isinstance(origins, (list, tuple)) or not all(isinstance(o, str) for o in origins):
@@ -190,7 +297,12 @@ class AppSettings:
             sidecar = str(sidecar_url).strip()
         if token_secret is not None and not isinstance(token_secret, (str, bytes)):
             raise ConfigurationError(f"{names.token_secret} must be a string")
-        return cls(layer, dict(options), routing, list(origins), sidecar, token_secret or "", **extra)
+        if presence_authorize is not None and not isinstance(presence_authorize, str) \
+                and not callable(presence_authorize):
+            raise ConfigurationError(f"{names.presence_authorize} must be a callable (request, group) -> bool or its "
+                                     f"dotted path ('myapp.auth:may_see_presence'), got {presence_authorize!r}")
+        return cls(layer, dict(options), routing, list(origins), sidecar, token_secret or "",
+                   presence_authorize or None, **extra)
 
     def sidecar_command(self, python: str, extra: list[str]) -> tuple[list[str], dict[str, str]]:
         """``(argv, environment)`` that start ``wsgi-channels sidecar`` on these settings in a fresh

@@ -32,6 +32,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list:
                 errors.append(checks.Error(f"WSGI_CHANNELS[{alias!r}]['ROUTING'] cannot be imported: {e}",
                                            hint="Give a dotted path to a list of routes, e.g. 'myproject.routing:routes'.",
                                            id="wsgi_channels.E003"))
+        setting = f"WSGI_CHANNELS[{alias!r}]['PRESENCE_AUTHORIZE']"
+        try:
+            entry.presence_authorizer(setting)
+        except Exception as e:
+            errors.append(checks.Error(str(e) if setting in str(e) else f"{setting} cannot be imported: {e}",
+                                       hint="Give a callable (request, group) -> bool or its dotted path, e.g. "
+                                            "'myproject.presence:may_see'.", id="wsgi_channels.E005"))
     if "default" not in settings and settings:
         errors.append(checks.Error("WSGI_CHANNELS has no 'default' alias.",
                                    hint="Name one alias 'default', as with CACHES.", id="wsgi_channels.E004"))

@@ -15,7 +15,7 @@ from ...exceptions import ConfigurationError
 from ...settings import AppSettings, SettingNames
 
 DEFAULT_ALIAS = "default"
-KNOWN_KEYS = {"LAYER", "ROUTING", "OPTIONS", "ALLOWED_ORIGINS", "SIDECAR_URL", "TOKEN_SECRET"}
+KNOWN_KEYS = {"LAYER", "ROUTING", "OPTIONS", "ALLOWED_ORIGINS", "SIDECAR_URL", "TOKEN_SECRET", "PRESENCE_AUTHORIZE"}
 
 
 @dataclass
@@ -30,7 +30,7 @@ class AliasSettings(AppSettings):
 def _names(alias: str) -> SettingNames:
     where = f"WSGI_CHANNELS[{alias!r}]"
     return SettingNames(*(f"{where}[{key!r}]" for key in ("LAYER", "OPTIONS", "ROUTING", "ALLOWED_ORIGINS",
-                                                          "SIDECAR_URL", "TOKEN_SECRET")))
+                                                          "SIDECAR_URL", "TOKEN_SECRET", "PRESENCE_AUTHORIZE")))
 
 
 def raw_settings() -> dict:
@@ -75,4 +75,5 @@ def alias_settings(alias: str = DEFAULT_ALIAS) -> AliasSettings:
         token_secret = getattr(django_settings, "SECRET_KEY", "") or ""
     return AliasSettings.parse(_names(alias), layer=entry.get("LAYER"), options=entry.get("OPTIONS"), routing=routing,
                                allowed_origins=origins, sidecar_url=entry.get("SIDECAR_URL"),
-                               token_secret=token_secret, alias=alias)
+                               token_secret=token_secret, presence_authorize=entry.get("PRESENCE_AUTHORIZE"),
+                               alias=alias)

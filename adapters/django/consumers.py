@@ -14,7 +14,7 @@ import logging
 from typing import Any, Callable
 
 from ...consumers.sessions import channel_session
-from .._common import extend_message, handshake_cookies, header, message_content, reject, set_attribute
+from .._common import consuming, extend_message, handshake_cookies, header, message_content, reject, set_attribute
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ def django_consumer(func: Callable | None = None, *, session: bool = True, user:
 
     With ``session`` (default) the message gets ``message.session`` (the
     handshake's Django session, never saved back) and, with ``user``,
-    ``message.user`` (``AnonymousUser`` when not logged in).
+    ``message.user`` (``AnonymousUser`` when not logged in), which is also the user
+    of presence entries the consumer adds without one
+    (``Group(name).add(message.reply_channel, presence={})``).
     """
     if func is None:
         return lambda f: django_consumer(f, session=session, user=user)
@@ -67,7 +69,8 @@ def django_consumer(func: Callable | None = None, *, session: bool = True, user:
         try:
             if session:
                 _load_session_and_user(message, user)
-            return func(message, **kwargs)
+            with consuming(message):
+                return func(message, **kwargs)
         finally:
             close_old_connections()
 

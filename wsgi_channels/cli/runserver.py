@@ -26,6 +26,7 @@ from typing import Any
 
 from ..config import add_option
 from ..exitcodes import EXIT_CONFIG, EXIT_OK
+from .layer_options import add_layer_feature_options, layer_url_with_features
 
 __all__ = ["register", "build", "run"]
 
@@ -62,16 +63,41 @@ def build(app_spec: str, routing_specs: list[str], layer_url: str, bind: list[st
 
     # Before the app is imported: its pushes (Group(...).send()) must land on this layer.
     os.environ[ENV_VAR] = layer_url
-    layer = get_layer(layer_url)
     app = _import(app_spec, "APP")
     if not callable(app):
         raise ConfigurationError(f"APP {app_spec!r} is not a WSGI application (not callable)")
-    routing: list = [include(_import(spec, "--routing")) for spec in routing_specs]
+    imported = [_import(spec, "--routing") for spec in routing_specs]
+    layer_url = _served_layer(layer_url, imported)
+    os.environ[ENV_VAR] = layer_url
+    layer = get_layer(layer_url)
+    routing: list = [include(r) for r in imported]
     routing.append(route("http.request", WsgiConsumer(app)))
     config = SidecarConfig(bind=bind, layer=layer_url, http="layer", **(sidecar_options or {}))
     sidecar = Sidecar(config, layer=layer)
     worker = Worker(routing, layer, concurrency=threads, name="runserver-worker")
     return sidecar, worker
+
+
+def _served_layer(url: str, routings: list[Any]) -> str:
+    """The layer this process serves: ``url``, or the app's layer when a routing carries ``url`` with
+    the app's own layer options added (``routing_for(app)`` of an app with ``WSGI_CHANNELS_OPTIONS``,
+    such as ``group_history``). One process holds the app, the worker and the sidecar: they must
+    share one layer instance (one per URL), or the app's pushes never reach the sockets.
+
+    Raises :class:`~wsgi_channels.ConfigurationError` when routings carry different such layers.
+    """
+    from ..exceptions import ConfigurationError
+
+    carried = {u for u in (getattr(r, "layer_url", None) for r in routings) if isinstance(u, str) and u != url}
+    extending = {u for u in carried if u.startswith(url) and u[len(url)] in "?&"}
+    for other in sorted(carried - extending):
+        log.warning("a routing carries the layer %r, not %r which runserver serves: its app's pushes will not "
+                    "reach these sockets", other, url)
+    if len(extending) > 1:
+        raise ConfigurationError(f"the routings carry different layer options ({', '.join(sorted(extending))}): "
+                                 "one process serves one layer; put the options in one place, the layer URL "
+                                 "(--layer, or --group-history/--group-presence)")
+    return extending.pop() if extending else url
 
 
 def _display_url(address: Any) -> str:
@@ -89,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     from ..exceptions import ConfigurationError
 
     bind = [b for item in (args.bind or [DEFAULT_BIND]) for b in str(item).replace(",", " ").split()]
-    layer_url = args.layer or "memory://runserver"
+    layer_url = layer_url_with_features(args.layer or "memory://runserver", args)
     # A development server stops quickly: idle keep-alive connections are not waited for long.
     options = {"allowed_origins": list(args.allowed_origins or []), "grace_period": 2.0}
     try:
@@ -119,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     urls = ", ".join(_display_url(a) for a in sidecar.addresses)
     # stdout, flushed: the line a person (or a test) waits for.
-    print(f"wsgi-channels runserver: serving {args.app} on {urls} (layer {layer_url}); press Ctrl+C to stop",
+    print(f"wsgi-channels runserver: serving {args.app} on {urls} (layer {sidecar.config.layer}); press Ctrl+C to "
+          "stop",
           flush=True)
     try:
         while not server.dead:
@@ -148,6 +175,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_option(p, "--threads", type=int, default=8, help="worker greenlets (default 8)")
     add_option(p, "--allowed-origins", default=[], nargs="*", metavar="ORIGIN",
                help="origins allowed to open WebSockets (default: same origin)")
+    add_layer_feature_options(p)
     add_option(p, "--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
     return p

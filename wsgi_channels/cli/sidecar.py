@@ -18,6 +18,7 @@ from ..exitcodes import EXIT_CONFIG
 from ..layers import require_cross_process
 from ..sidecar.config import HTTP_MODES, SidecarConfig
 from ..tokens import token_secret
+from .layer_options import add_layer_feature_options, layer_url_with_features
 
 __all__ = ["register", "build_config", "run", "setup_access_log"]
 
@@ -94,6 +95,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
                     "signed connect token for its path (wsgi_channels.tokens)")
     add_option(p, "--token-secret-file", default="", metavar="FILE",
                help="read the connect token secret(s) from FILE, one per line (keeps it out of `ps`)")
+    add_layer_feature_options(p)
     add_option(p, "--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=run)
     return p
@@ -103,8 +105,11 @@ def build_config(args: argparse.Namespace) -> SidecarConfig:
     """Parsed arguments -> :class:`SidecarConfig` (raises ConfigurationError naming the bad value)."""
     bind = args.bind or SidecarConfig().bind
     flat = [b for item in bind for b in str(item).replace(",", " ").split()]
+    layer = args.layer
+    if getattr(args, "group_history", None) or getattr(args, "group_presence", None):
+        layer = layer_url_with_features(layer or default_layer_url(), args)
     return SidecarConfig(
-        bind=flat, layer=args.layer, http=args.http, http_timeout=args.http_timeout,
+        bind=flat, layer=layer, http=args.http, http_timeout=args.http_timeout,
         http_body_inline=args.http_body_inline, max_request_body=args.max_request_body,
         ping_interval=args.ping_interval, ping_timeout=args.ping_timeout,
         connect_timeout=args.connect_timeout, connect_timeout_accept=args.connect_timeout_accept,

@@ -22,6 +22,7 @@ from ..config import add_option
 from ..exceptions import ChannelsError, ConfigurationError, LayerUnavailable, StoreError
 from ..exitcodes import EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_USAGE
 from ..layers import from_url, require_cross_process
+from .layer_options import add_layer_feature_options, layer_url_with_features
 
 __all__ = ["register", "parse_json_message"]
 
@@ -55,7 +56,7 @@ def parse_json_message(text: str) -> dict:
 def _with_layer(args: argparse.Namespace, action: Callable[[Any], None]) -> int:
     """Run ``action(layer)`` on the ``--layer`` layer; library errors become one line on stderr."""
     layer = None
-    url = args.layer or default_layer_url()
+    url = layer_url_with_features(args.layer or default_layer_url(), args)
     try:
         require_cross_process(url, f"wsgi-channels {args.command}")
         layer = from_url(url)
@@ -106,8 +107,10 @@ def register(subparsers: Any) -> None:
         p.add_argument("message", type=parse_json_message,
                        help='JSON object, e.g. \'{"text": "hi"}\', or - to read it from stdin')
         add_option(p, "--layer", default="", help=_LAYER_HELP)
+        add_layer_feature_options(p)
         p.set_defaults(func=_send)
     p = subparsers.add_parser("stats", help="print layer statistics as JSON")
     p.add_argument("channels", nargs="*", help="channels to report on besides the global figures")
     add_option(p, "--layer", default="", help=_LAYER_HELP)
+    add_layer_feature_options(p)
     p.set_defaults(func=_stats)

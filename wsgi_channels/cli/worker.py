@@ -1,7 +1,8 @@
 """``wsgi-channels worker ROUTING``: the command line front door of :class:`~wsgi_channels.worker.Worker`.
 
 ``wsgi-channels worker ROUTING [--layer URL] [--threads N | --greenlets N]
-[--only-channels GLOB ...] [--exclude-channels GLOB ...] [--time-limit SECONDS]``
+[--only-channels GLOB ...] [--exclude-channels GLOB ...] [--time-limit SECONDS]
+[--group-history PATTERN[:FIELD=VALUE]...] [--group-presence ...]``
 
 Every flag is also read from ``WSGI_CHANNELS_<FLAG>`` (an explicit flag wins).
 ``--greenlets`` runs under gevent, which :func:`wsgi_channels.cli.main` patches
@@ -17,6 +18,7 @@ from typing import Any, Optional
 
 from ..config import add_option
 from ..consumers.consumer import DEFAULT_SEND_TIMEOUT
+from .layer_options import add_layer_feature_options, layer_url_with_features
 from ..exceptions import ConfigurationError, LayerUnavailable, StoreError
 from ..exitcodes import EXIT_CONFIG
 from ..worker.timelimit import DEFAULT_TIME_LIMIT
@@ -68,6 +70,7 @@ def _command(args: Any) -> int:
         routing = _load_routing(args.routing)
         # An explicit --layer, else the app's layer (routing_for(app) carries it), else the environment's.
         url = command_layer_url(args.layer, getattr(routing, "layer_url", None), command="wsgi-channels worker")
+        url = layer_url_with_features(url, args)
         require_cross_process(url, "the worker")
         os.environ[ENV_VAR] = url  # Channel()/Group() in consumers use the worker's layer
         worker = Worker(routing, url, concurrency=args.greenlets or args.threads,
@@ -172,6 +175,7 @@ def register(subparsers: Any) -> None:
                help="accept a WebSocket handshake whose path no route takes (default: refuse it, the client gets "
                     "403 and the path is logged; either way it is counted as unrouted)")
     add_option(parser, "--admin-bind", default="", metavar="HOST:PORT", help="serve Prometheus /metrics here")
+    add_layer_feature_options(parser)
     add_option(parser, "--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.set_defaults(func=_command)
 

@@ -9,7 +9,10 @@ The worker and :mod:`wsgi_channels.testing` both go through
 - a send to a full channel is retried with a short backoff until a deadline
   (``send_timeout``), then dropped and logged: a slow client can delay a
   worker by at most that long, never forever;
-- a layer that is down (``LayerUnavailable``) is retried the same way.
+- a layer that is down (``LayerUnavailable``) is retried the same way;
+- the message is this thread's current message while the consumer runs
+  (:func:`wsgi_channels.presence.consuming`), so a presence entry added without
+  a ``user`` gets the user of the connection it came from.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any, Callable
 from ..channel import deferred_sends
 from ..exceptions import ChannelFull, LayerUnavailable
 from ..layers.base import BaseChannelLayer
+from ..presence import consuming
 from .message import Message
 
 __all__ = ["run_consumer", "send_with_retry", "flush_sends", "hand_over_last", "use_reply_sender", "hold_replies",
@@ -166,7 +170,8 @@ def run_consumer(consumer: Callable[..., Any], message: Message, kwargs: dict,
     """Call ``consumer(message, **kwargs)`` and then make its sends; re-raises its exception."""
     with deferred_sends() as outbox:
         try:
-            return consumer(message, **kwargs)
+            with consuming(message):
+                return consumer(message, **kwargs)
         finally:
             if outbox:
                 flush_sends(outbox, send_timeout)
