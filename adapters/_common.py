@@ -233,7 +233,7 @@ def import_dotted(path: Any, what: str = "object") -> Any:
     Raises :class:`~wsgi_channels.ConfigurationError` naming ``what`` and the path.
     """
     from ..exceptions import ConfigurationError
-    from ..consumers.routing import import_object
+    from ..config import import_object
 
     try:
         return import_object(path)

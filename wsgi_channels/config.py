@@ -7,10 +7,14 @@ server; this module holds the pieces they share.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 from typing import Any, Callable
 
-__all__ = ["ENV_PREFIX", "env_name", "add_option", "parse_bool", "parse_address", "EnvError", "env_errors"]
+from .exceptions import ConfigurationError
+
+__all__ = ["ENV_PREFIX", "env_name", "add_option", "parse_bool", "parse_address", "EnvError", "env_errors",
+           "import_object"]
 
 ENV_PREFIX = "WSGI_CHANNELS_"
 
@@ -109,3 +113,24 @@ def add_option(parser: Any, flag: str, *, default: Any = None,
     if type is not None:
         kwargs["type"] = type
     return parser.add_argument(flag, default=default, **kwargs)
+
+def import_object(path: Any) -> Any:
+    """Import ``"package.module:attr"`` or ``"package.module.attr"``; other values are returned as they are."""
+    if not isinstance(path, str):
+        return path
+    module_name, sep, attr = path.partition(":")
+    if not sep:
+        module_name, _, attr = path.rpartition(".")
+    if not module_name or not attr:
+        raise ConfigurationError(f"{path!r} is not a dotted path such as 'package.module:name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigurationError(f"cannot import {module_name!r} (from {path!r}): {e}") from e
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigurationError(f"module {module_name!r} has no attribute {attr!r} (from {path!r})") from None
+    return obj

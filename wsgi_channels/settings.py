@@ -232,7 +232,7 @@ class AppSettings:
         resolved = self.__dict__.get("_presence_authorizer")
         if resolved is None:
             if isinstance(value, str):
-                from .consumers.routing import import_object
+                from .config import import_object
 
                 try:
                     resolved = import_object(value.strip())

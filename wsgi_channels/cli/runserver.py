@@ -36,7 +36,7 @@ DEFAULT_BIND = "127.0.0.1:8000"
 
 
 def _import(spec: str, what: str) -> Any:
-    from ..consumers.routing import import_object
+    from ..config import import_object
 
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())

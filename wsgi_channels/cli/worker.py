@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def _load_routing(spec: str) -> Any:
-    from ..consumers.routing import import_object
+    from ..config import import_object
 
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # like gunicorn: the routing module is found from the cwd

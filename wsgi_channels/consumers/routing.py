@@ -28,7 +28,6 @@ WebSocket channels only when its routing routes at least one of them.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import re
 import threading
@@ -36,6 +35,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Callable, Iterable, Optional, Pattern, Tuple, Union
 
+from ..config import import_object
 from ..exceptions import ConfigurationError
 
 __all__ = ["route", "route_class", "include", "Route", "RouteClass", "Include", "Router", "AppRouting",
@@ -47,26 +47,6 @@ Consumer = Callable[..., Any]
 Match = Tuple[Consumer, dict]
 
 
-def import_object(path: Any) -> Any:
-    """Import ``"package.module:attr"`` or ``"package.module.attr"``; other values are returned as they are."""
-    if not isinstance(path, str):
-        return path
-    module_name, sep, attr = path.partition(":")
-    if not sep:
-        module_name, _, attr = path.rpartition(".")
-    if not module_name or not attr:
-        raise ConfigurationError(f"{path!r} is not a dotted path such as 'package.module:name'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ConfigurationError(f"cannot import {module_name!r} (from {path!r}): {e}") from e
-    obj: Any = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigurationError(f"module {module_name!r} has no attribute {attr!r} (from {path!r})") from None
-    return obj
 
 
 def _compile_filters(filters: dict[str, Any]) -> list[tuple[str, Pattern[str]]]:
