@@ -63,6 +63,8 @@ from .connection import Script, Shard, bulk, run_everywhere
 from .copies import CopyBuffer
 from .entries import append_entry
 from .failover import MEMBERSHIP_REPLAY_SECONDS, FailoverMixin
+from .history import FEATURE_KEY_KINDS, HistoryMixin
+from .presence import PresenceMixin
 from .members import ServerMember
 from .slots import DEFAULT_TAG_COUNT, check_tag_count
 from .options import connection_url, fernet, options_from_url, split_urls
@@ -95,7 +97,8 @@ _C_SESSION_CAS = Script(cscripts.SESSION_CAS)
 
 
 
-class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseChannelLayer):
+class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, HistoryMixin, PresenceMixin,
+                        BaseChannelLayer):
     """Channel layer on one or more Redis servers.
 
     ``hosts``
@@ -134,6 +137,8 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseC
     batch_round_trips = 1
     #: ``send_many`` is one pipeline per shard.
     send_many_batches = True
+    #: Group history and presence (:mod:`.history`, :mod:`.presence`), not on Redis Cluster yet.
+    features_supported = frozenset({"history", "presence"})
 
     def __init__(
         self,
@@ -474,9 +479,12 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseC
         """The group's memberships, their capacities and its fan-out plan (one hash tag)."""
         return self._key("g", group), self._key("gc", group), self._key("gp", group)
 
-    def group_add(self, group: str, channel: str) -> None:
+    def group_add(self, group: str, channel: str, presence: Any = None) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
+        features = self._features.of(group) if self._has_features else None
+        if features is not None or presence is not None:
+            return self._group_add_featured(group, channel, presence, features)
         self._group_add(group, channel)
         self._journal_membership("add", group, channel)
 
@@ -504,6 +512,9 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseC
     def group_discard(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
+        features = self._features.of(group) if self._has_features else None
+        if features is not None:
+            return self._group_discard_featured(group, channel, features)
         self._group_discard(group, channel)
         self._journal_membership("discard", group, channel)
 
@@ -537,6 +548,9 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseC
         return command
 
     def send_group(self, group: str, message: dict) -> None:
+        history = self.history_options(group) if self._has_features else None
+        if history is not None:
+            return self._send_group_history(group, message, history)
         body = encode(message, self.max_message_size)
         if self._fernet is not None:
             body = self._fernet.encrypt(body)
@@ -606,7 +620,8 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseC
 
     def _patterns(self) -> list[bytes]:
         # Only this layer's key shapes (standalone and Cluster): another application's prefix never matches.
-        return [self._pb + b"[qumgst]:{*", self._pb + b"g[cple]:{*", self._pb + b"td:{*"]
+        return [self._pb + b"[qumgst]:{*", self._pb + b"g[cple]:{*", self._pb + b"td:{*",
+                *(self._pb + kind.encode() + b":{*" for kind in FEATURE_KEY_KINDS)]
 
     def _nodes(self) -> list[Shard]:
         """Every primary of every member, once each."""

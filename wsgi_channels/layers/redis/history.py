@@ -1,0 +1,217 @@
+"""Group history on the Redis layer (issue 18), and what history and presence share there.
+
+A history group's stream lives on the group's own shard (the ring places it by the group's
+name, with the group's hash tag): one script numbers and keeps a message (:data:`.feature_scripts.HIST_APPEND`),
+then the group's fan-out on every shard queues the message for the members, the copies for
+``sidecar.*!`` prefixes stamped ``__wsc_h = [group, epoch, offset]`` (:data:`.feature_scripts.FEATURE_FANOUT`).
+The offset is assigned and the message kept in one atomic step, so offsets are contiguous and
+never reused within an epoch. The fan-out is the next step: with several publishers at once, a
+sidecar may receive offset 5 before offset 4 (a later fan-out overtook an earlier one): the
+message is already kept when its copy is queued, so a reader that saw 5 and reads the history
+finds 4 there, and a copy below what it has seen is a duplicate.
+
+The epoch follows the server: see :mod:`.feature_scripts` (run_id rule). A membership of a
+``sidecar.*!`` channel in a history or presence group queues its notice (``__wsc_n``) in the
+membership's own script, whatever the channel's capacity.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+from redis.exceptions import ResponseError
+
+from ... import exceptions as exc
+from ...presence import conn_id
+from ...serialization import encode, with_keys
+from ..base import is_sidecar_prefix, non_local_name, validate_group_name
+from ..features import (STAMP_KEY, Features, HistoryOptions, HistoryPage, add_notice, check_since_limit,
+                        discard_notice, new_epoch)
+from . import feature_scripts as fs
+from .connection import Script, packed, run_everywhere
+from .entries import DEADLINE_DIGITS, history_item
+
+__all__ = ["HistoryMixin", "FEATURE_KEY_KINDS"]
+
+_APPEND = Script(fs.HIST_APPEND)
+_READ = Script(fs.HIST_READ)
+_FANOUT = Script(fs.FEATURE_FANOUT)
+_ADD_NOTICE = Script(fs.GROUP_ADD_NOTICE)
+_DISCARD_NOTICE = Script(fs.GROUP_DISCARD_NOTICE)
+
+#: Key kinds of history and presence (``flush`` removes them; see :mod:`.feature_scripts`).
+FEATURE_KEY_KINDS = ("h", "hm", "pe", "pu", "po", "pm", "pb", "px")
+#: Meta lifetime of a stream first touched by a reader with no pattern for it (as memory and ipc).
+DEFAULT_META_TTL = 86400.0
+
+_DEADLINE = b"%%0%dd" % DEADLINE_DIGITS
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+def unavailable(what: str, error: BaseException) -> exc.LayerUnavailable:
+    """A refusal by Redis (an error reply: out of memory, a read-only replica, ...) as the layer's error."""
+    return exc.LayerUnavailable(f"Redis refused {what}: {error}")
+
+
+class HistoryMixin:
+    """Group history, notices and the features' fan-out of :class:`~.layer.RedisChannelLayer`."""
+
+    _p: str
+    _fernet: Any
+    _wait: Any
+    _expiry_ms: int
+    _gexp_ms: int
+    _rules_flag: bytes
+    capacity: int
+    process_capacity: int
+    max_message_size: int
+
+    # -- shared by history and presence -------------------------------------------------------
+
+    def _feature_shard(self, name: str) -> Any:
+        """The shard holding ``name``'s history or presence (the group's own, by the ring)."""
+        shard = self._shard_of(name)  # type: ignore[attr-defined]
+        if shard.cluster:
+            raise exc.ConfigurationError(
+                "group history and presence are not implemented on Redis Cluster yet: use one Redis, "
+                "shards of single servers or Sentinel services for groups with group_history/group_presence")
+        return shard
+
+    def _sealed(self, body: bytes) -> bytes:
+        return self._fernet.encrypt(body) if self._fernet is not None else body
+
+    def _run(self, what: str, shard: Any, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """``shard``'s script (with ``wait_replicas``' WAIT), an error reply raised as ``LayerUnavailable``."""
+        try:
+            return self._script_waited(shard, script, keys, args)  # type: ignore[attr-defined]
+        except ResponseError as e:
+            raise unavailable(what, e) from e
+
+    def _feature_fan_out(self, group: str, body: bytes, mode: str, stamped: bytes = b"") -> int:
+        """Queue ``body`` for ``group``'s members on every shard (``mode``: :data:`.feature_scripts.STAMPED`,
+        ``stamped`` for ``sidecar.*!`` prefixes; :data:`.feature_scripts.SIDECARS_ONLY`); the members
+        skipped because their channel was full (counted)."""
+        shards = [v for v in self._shards if not v.cluster]  # type: ignore[attr-defined]
+        if len(shards) < len(self._shards):  # type: ignore[attr-defined]
+            raise exc.ConfigurationError("group history and presence are not implemented on Redis Cluster yet")
+        keys = self._group_keys(group)  # type: ignore[attr-defined]
+        payloads = [packed("EVALSHA", _FANOUT.sha, len(keys), *keys, self._p, self._expiry_ms, self._gexp_ms,
+                           self.capacity, self.process_capacity, self._rules_flag, body,
+                           _DEADLINE % (s.now_ms() + self._expiry_ms), mode, stamped) for s in shards]
+        try:
+            replies = run_everywhere(shards, _FANOUT, payloads, tail=self._wait)
+        except ResponseError as e:
+            raise unavailable(f"a message for group {group!r}", e) from e
+        if self._wait is not None:
+            for acked in replies[1::2]:
+                self._replicated(acked)  # type: ignore[attr-defined]
+            replies = replies[::2]
+        dropped = sum(replies)
+        if dropped:
+            self._count("group_drop_count", dropped)  # type: ignore[attr-defined]
+        return dropped
+
+    def _send_group_internal(self, group: str, message: dict, sidecars_only: bool = True) -> None:
+        validate_group_name(group)
+        body = self._sealed(encode({}, None, message))
+        if sidecars_only:
+            self._feature_fan_out(group, body, fs.SIDECARS_ONLY)
+        else:
+            self._feature_fan_out(group, body, fs.STAMPED, body)
+
+    def _notice_membership(self, group: str, channel: str, notice: Optional[dict], always: bool = False) -> bool:
+        """Add (``notice``: the add notice) or discard (None) the membership of a ``sidecar.*!`` channel,
+        queueing its notice in the same script; True when it was a new membership (a discard: a member)."""
+        qname = non_local_name(channel)
+        shard = self._shard_of(qname)  # type: ignore[attr-defined]
+        if shard.cluster:
+            self._feature_shard(qname)
+        keys = self._group_keys(group) + (self._key("m", qname), self._key("q", qname),  # type: ignore[attr-defined]
+                                          self._key("u", qname))  # type: ignore[attr-defined]
+        deadline = _DEADLINE % (shard.now_ms() + self._expiry_ms)
+        if notice is not None:
+            body = self._sealed(encode({}, None, notice))
+            args: tuple = (channel, self._gexp_ms, self.get_capacity(qname), group,  # type: ignore[attr-defined]
+                           "2" if always else "1", deadline, self._expiry_ms, body)
+            return bool(self._run(f"group_add to {group!r}", shard, _ADD_NOTICE, keys, args))
+        body = self._sealed(encode({}, None, discard_notice(group)))
+        args = (channel, group, deadline, self._expiry_ms, self._gexp_ms, body)
+        return bool(self._run(f"group_discard from {group!r}", shard, _DISCARD_NOTICE, keys, args))
+
+    def _group_add_featured(self, group: str, channel: str, presence: Any, features: Optional[Features]) -> None:
+        """``group_add`` in a history or presence group (or with ``presence=``): the presence entry first
+        (``PresenceFull`` changes nothing), then the membership with its notice, then the change."""
+        made = None
+        if presence is not None:
+            options, user, info = self._presence_arg(group, presence)  # type: ignore[attr-defined]
+            made = self._presence_put(group, options, channel, user, encode({"i": info}, None))  # type: ignore[attr-defined]
+        assert features is not None
+        if is_sidecar_prefix(non_local_name(channel)):
+            notice = add_notice(group, features.history is not None, made[1] if made is not None else None)
+            self._notice_membership(group, channel, notice, always=made is not None and made[0])
+        else:
+            self._group_add(group, channel)  # type: ignore[attr-defined]
+        self._journal_membership("add", group, channel)  # type: ignore[attr-defined]
+        if made is not None and made[2] is not None and made[2][1] is not None:
+            self._send_group_internal(group, made[2][1].message())
+
+    def _group_discard_featured(self, group: str, channel: str, features: Features) -> None:
+        """``group_discard`` in a history or presence group: the membership (its notice), then the entry."""
+        if is_sidecar_prefix(non_local_name(channel)):
+            self._notice_membership(group, channel, None)
+        else:
+            self._group_discard(group, channel)  # type: ignore[attr-defined]
+        self._journal_membership("discard", group, channel)  # type: ignore[attr-defined]
+        if features.presence is not None:
+            self.presence_remove(group, non_local_name(channel), [conn_id(channel)])  # type: ignore[attr-defined]
+
+    # -- history ------------------------------------------------------------------------------
+
+    def _send_group_history(self, group: str, message: dict, options: HistoryOptions) -> None:
+        """``send_group`` to a history group: number and keep (one script on the group's shard), then
+        the fan-out with the stamped copies for the sidecars."""
+        validate_group_name(group)
+        body = encode(message, self.max_message_size)
+        plain = self._sealed(body)
+        shard = self._feature_shard(group)
+        keys = (shard.key("h", group), shard.key("hm", group))
+        epoch, offset = self._run(f"a message for history group {group!r}", shard, _APPEND, keys,
+                                  (new_epoch(), options.size, _ms(options.ttl), _ms(options.meta_ttl), plain))
+        stamped = self._sealed(with_keys(body, {STAMP_KEY: [group, epoch.decode(), offset]}))
+        self._feature_fan_out(group, plain, fs.STAMPED, stamped)
+
+    def _history_read(self, requests: Sequence[tuple[str, int, int]]) -> list[Union[HistoryPage, BaseException]]:
+        found: list[Any] = [None] * len(requests)
+        by_shard: dict[Any, list] = {}
+        for i, (group, since, limit) in enumerate(requests):
+            try:
+                validate_group_name(group)
+                check_since_limit(since, limit, allow_zero=True)
+                shard = self._feature_shard(group)
+            except Exception as e:
+                found[i] = e
+                continue
+            options = self.history_options(group)  # type: ignore[attr-defined]
+            keys = (shard.key("h", group), shard.key("hm", group))
+            meta_ttl = options.meta_ttl if options is not None else DEFAULT_META_TTL
+            by_shard.setdefault(shard, []).append(
+                (i, packed("EVALSHA", _READ.sha, 2, *keys, new_epoch(), _ms(meta_ttl), since, limit)))
+        for shard, items in by_shard.items():
+            try:
+                replies = shard.pipeline([payload for _, payload in items], _READ)
+            except exc.LayerUnavailable as e:
+                for i, _ in items:
+                    found[i] = e
+                continue
+            for (i, _), reply in zip(items, replies):
+                if isinstance(reply, Exception):
+                    found[i] = unavailable("a history read", reply)
+                    continue
+                messages = []
+                for item in reply[2:]:
+                    offset, body = history_item(item)
+                    messages.append((offset, self._open(body)))  # type: ignore[attr-defined]
+                found[i] = HistoryPage(reply[0].decode(), int(reply[1]), messages)
+        return found
