@@ -20,7 +20,7 @@ import pytest
 
 from wsgi_channels.layers import from_url
 
-FEATURE_BACKENDS = ["memory", "ipc", "redis", "redis3"]
+FEATURE_BACKENDS = ["memory", "ipc", "redis", "redis3", "sentinel"]
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
 

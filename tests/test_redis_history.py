@@ -1,0 +1,136 @@
+"""Group history and presence on Redis beyond the shared suites: the epoch follows the server.
+
+The conformance suites (``test_layer_history.py``, ``test_layer_presence.py``,
+``test_history_epoch.py``) run on ``redis``, ``redis3`` and ``sentinel`` through
+``feature_backends``; here are the rules only a Redis has: a restart (empty, or from its
+append-only file, which may miss the last writes) and a failover start new streams, a Redis
+down surfaces as ``LayerUnavailable``, and the history is encrypted like the queues.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from servers import RedisServer
+from wsgi_channels import exceptions as exc
+from wsgi_channels.layers import from_url
+from wsgi_channels.layers.base import new_process_prefix
+from wsgi_channels.layers.features import STAMP_KEY
+
+pytestmark = pytest.mark.timeout(120)
+
+Q = "group_history=chat.*:size=10:ttl=300&group_presence=room.*:ttl=5"
+
+
+@pytest.fixture
+def made():
+    layers = []
+
+    def make(url, **options):
+        layer = from_url(url + ("&" if "?" in url else "?") + Q, **options)
+        layers.append(layer)
+        return layer
+
+    yield make
+    for layer in layers:
+        layer.close()
+
+
+def _position_after_restart(layer, group):
+    try:
+        return layer.group_position(group)
+    except exc.LayerUnavailable:  # a pooled connection that died with the server: the next call reconnects
+        return layer.group_position(group)
+
+
+def test_a_restart_from_the_append_only_file_starts_a_new_stream(made):
+    """The server kept the messages (appendfsync always), yet it is another server process: what an
+    AOF restart may have lost is not knowable, so the stream is a new one."""
+    server = RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    try:
+        layer = made(server.url)
+        for i in range(3):
+            layer.send_group("chat.aof", {"text": str(i)})
+        before = layer.group_position("chat.aof")
+        assert before.offset == 3
+        server.restart(sig=15)  # SIGTERM: the data is on disk
+        client = redis.Redis(port=server.port)
+        assert client.exists(b"wsgi_channels:h:{chat.aof}")  # the old stream came back from the file
+        client.close()
+        after = _position_after_restart(layer, "chat.aof")
+        assert after.epoch != before.epoch and after.offset == 0
+        assert layer.group_history("chat.aof", 0).messages == []
+        layer.send_group("chat.aof", {"text": "new"})
+        assert layer.group_history("chat.aof", 0) == (after.epoch, 1, [(1, {"text": "new"})])
+    finally:
+        server.stop()
+
+
+def test_an_empty_restart_and_flushall_start_new_streams(fresh_redis, made):
+    layer = made(fresh_redis.url)
+    layer.send_group("chat.r", {"text": "x"})
+    first = layer.group_position("chat.r")
+    fresh_redis.restart()
+    second = _position_after_restart(layer, "chat.r")
+    assert second.epoch != first.epoch and second.offset == 0
+    layer.send_group("chat.r", {"text": "y"})
+    redis.Redis(port=fresh_redis.port).flushall()
+    third = layer.group_position("chat.r")
+    assert third.epoch not in (first.epoch, second.epoch) and third.offset == 0
+
+
+def test_redis_down_is_layer_unavailable(fresh_redis, made):
+    layer = made(fresh_redis.url)
+    prefix = new_process_prefix("sidecar")
+    layer.group_add("room.down", prefix + "a", presence={"user": "u"})
+    fresh_redis.kill()
+    calls = [lambda: layer.send_group("chat.down", {"text": "x"}), lambda: layer.group_position("chat.down"),
+             lambda: layer.group_history("chat.down", 0), lambda: layer.group_presence("room.down"),
+             lambda: layer.group_presence_stats("room.down"), lambda: layer.presence_refresh(prefix, ["room.down"]),
+             lambda: layer.presence_sweep(), lambda: layer.presence_remove("room.down", prefix, ["x"]),
+             lambda: layer.group_add("room.down", prefix + "b", presence={"user": "v"}),
+             lambda: layer.group_discard("room.down", prefix + "a")]
+    for call in calls:
+        with pytest.raises(exc.LayerUnavailable):
+            call()
+
+
+def test_history_and_notices_are_encrypted_at_rest(fresh_redis, made):
+    layer = made(fresh_redis.url, symmetric_encryption_keys=["secret"])
+    prefix = new_process_prefix("sidecar")
+    layer.group_add("chat.enc", prefix + "a")
+    layer.send_group("chat.enc", {"text": "confidential"})
+    client = redis.Redis(port=fresh_redis.port)
+    stored = b"".join(client.lrange(b"wsgi_channels:h:{chat.enc}", 0, -1))
+    queued = b"".join(client.lrange(f"wsgi_channels:q:{{{prefix}}}".encode(), 0, -1))
+    client.close()
+    assert b"confidential" not in stored and b"confidential" not in queued and b"chat.enc" not in queued
+    epoch = layer.group_position("chat.enc").epoch
+    assert layer.group_history("chat.enc", 0).messages == [(1, {"text": "confidential"})]
+    got = [m for _, m in layer.receive_batch([prefix], 10)]
+    assert got[1] == {"text": "confidential", STAMP_KEY: ["chat.enc", epoch, 1]}
+
+
+def test_a_sentinel_failover_starts_a_new_stream(fresh_redis_sentinel, made):
+    sentinels = fresh_redis_sentinel
+    layer = made(sentinels.url)
+    for i in range(3):
+        layer.send_group("chat.fo", {"text": str(i)})
+    before = layer.group_position("chat.fo")
+    old = sentinels.primary()
+    sentinels.failover()
+    sentinels.wait_failover(old, timeout=10.0)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            after = layer.group_position("chat.fo")
+            if after.epoch != before.epoch:
+                break
+        except exc.LayerUnavailable:
+            pass
+        assert time.monotonic() < deadline, "the stream kept its epoch across a failover"
+        time.sleep(0.1)
+    # the replica had every message (a switch-over loses nothing), but it is another server: a new stream
+    assert after.offset == 0
