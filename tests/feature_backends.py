@@ -20,7 +20,7 @@ import pytest
 
 from wsgi_channels.layers import from_url
 
-FEATURE_BACKENDS = ["memory", "ipc", "redis", "redis3", "sentinel"]
+FEATURE_BACKENDS = ["memory", "ipc", "redis", "redis3", "sentinel", "cluster"]
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
 
@@ -96,10 +96,16 @@ def _redis_groups(layer) -> dict[str, set[str]]:
             for what, kinds in _REDIS_KINDS.items():
                 for kind in kinds:
                     for key in client.scan_iter(match=f"{layer.prefix}:{kind}:{{*", count=1000):
-                        found[what].add(key.decode().split("{", 1)[1].split("}", 1)[0])
+                        found[what].add(_group_of(key.decode()))
         finally:
             client.close()
     return found
+
+
+def _group_of(key: str) -> str:
+    """The group of a key ``P:kind:{group}[:owner]``, or on a Cluster ``P:kind:{bucket}group[:owner]``."""
+    tag, rest = key.split("{", 1)[1].split("}", 1)
+    return tag if not rest or rest.startswith(":") else rest.split(":", 1)[0]
 
 
 def _redis_urls(layer) -> list[str]:

@@ -27,6 +27,9 @@ from ..base import is_sidecar_prefix, non_local_name, validate_group_name
 from ..features import (STAMP_KEY, Features, HistoryOptions, HistoryPage, add_notice, check_since_limit,
                         discard_notice, new_epoch)
 from . import feature_scripts as fs
+from .cluster_features import ADD_NOTICE as C_ADD_NOTICE
+from .cluster_features import DISCARD_NOTICE as C_DISCARD_NOTICE
+from .cluster_features import ClusterFeaturesMixin
 from .connection import Script, packed, run_everywhere
 from .entries import DEADLINE_DIGITS, history_item
 
@@ -55,7 +58,7 @@ def unavailable(what: str, error: BaseException) -> exc.LayerUnavailable:
     return exc.LayerUnavailable(f"Redis refused {what}: {error}")
 
 
-class HistoryMixin:
+class HistoryMixin(ClusterFeaturesMixin):
     """Group history, notices and the features' fan-out of :class:`~.layer.RedisChannelLayer`."""
 
     _p: str
@@ -71,13 +74,9 @@ class HistoryMixin:
     # -- shared by history and presence -------------------------------------------------------
 
     def _feature_shard(self, name: str) -> Any:
-        """The shard holding ``name``'s history or presence (the group's own, by the ring)."""
-        shard = self._shard_of(name)  # type: ignore[attr-defined]
-        if shard.cluster:
-            raise exc.ConfigurationError(
-                "group history and presence are not implemented on Redis Cluster yet: use one Redis, "
-                "shards of single servers or Sentinel services for groups with group_history/group_presence")
-        return shard
+        """The shard holding ``name``'s history or presence (the group's own: by the ring, and on a
+        Cluster the group's bucket, whose tag every key of the group carries)."""
+        return self._shard_of(name)  # type: ignore[attr-defined]
 
     def _sealed(self, body: bytes) -> bytes:
         return self._fernet.encrypt(body) if self._fernet is not None else body
@@ -93,9 +92,15 @@ class HistoryMixin:
         """Queue ``body`` for ``group``'s members on every shard (``mode``: :data:`.feature_scripts.STAMPED`,
         ``stamped`` for ``sidecar.*!`` prefixes; :data:`.feature_scripts.SIDECARS_ONLY`); the members
         skipped because their channel was full (counted)."""
-        shards = [v for v in self._shards if not v.cluster]  # type: ignore[attr-defined]
-        if len(shards) < len(self._shards):  # type: ignore[attr-defined]
-            raise exc.ConfigurationError("group history and presence are not implemented on Redis Cluster yet")
+        vshards = self._shards  # type: ignore[attr-defined]
+        shards = [v for v in vshards if not v.cluster]
+        dropped = 0
+        if len(shards) < len(vshards):
+            dropped = self._cluster_feature_fan_out([v for v in vshards if v.cluster], group, body, mode, stamped)
+        if not shards:
+            if dropped:
+                self._count("group_drop_count", dropped)  # type: ignore[attr-defined]
+            return dropped
         keys = self._group_keys(group)  # type: ignore[attr-defined]
         payloads = [packed("EVALSHA", _FANOUT.sha, len(keys), *keys, self._p, self._expiry_ms, self._gexp_ms,
                            self.capacity, self.process_capacity, self._rules_flag, body,
@@ -108,7 +113,7 @@ class HistoryMixin:
             for acked in replies[1::2]:
                 self._replicated(acked)  # type: ignore[attr-defined]
             replies = replies[::2]
-        dropped = sum(replies)
+        dropped += sum(replies)
         if dropped:
             self._count("group_drop_count", dropped)  # type: ignore[attr-defined]
         return dropped
@@ -126,19 +131,22 @@ class HistoryMixin:
         queueing its notice in the same script; True when it was a new membership (a discard: a member)."""
         qname = non_local_name(channel)
         shard = self._shard_of(qname)  # type: ignore[attr-defined]
-        if shard.cluster:
-            self._feature_shard(qname)
-        keys = self._group_keys(group) + (self._key("m", qname), self._key("q", qname),  # type: ignore[attr-defined]
-                                          self._key("u", qname))  # type: ignore[attr-defined]
         deadline = _DEADLINE % (shard.now_ms() + self._expiry_ms)
+        if shard.cluster:  # the member's bucket (cluster_features); the group and the channel first
+            keys = shard.bucket_keys + (shard.key("m", qname), shard.key("q", qname), shard.key("u", qname))
+            scripts, names = (C_ADD_NOTICE, C_DISCARD_NOTICE), (group, channel)
+        else:
+            keys = self._group_keys(group) + (self._key("m", qname), self._key("q", qname),  # type: ignore[attr-defined]
+                                              self._key("u", qname))  # type: ignore[attr-defined]
+            scripts, names = (_ADD_NOTICE, _DISCARD_NOTICE), (channel, group)
         if notice is not None:
-            body = self._sealed(encode({}, None, notice))
-            args: tuple = (channel, self._gexp_ms, self.get_capacity(qname), group,  # type: ignore[attr-defined]
-                           "2" if always else "1", deadline, self._expiry_ms, body)
-            return bool(self._run(f"group_add to {group!r}", shard, _ADD_NOTICE, keys, args))
+            fixed = (self._gexp_ms, self.get_capacity(qname))  # type: ignore[attr-defined]
+            rest = ("2" if always else "1", deadline, self._expiry_ms, self._sealed(encode({}, None, notice)))
+            args = names + fixed + rest if shard.cluster else (channel,) + fixed + (group,) + rest
+            return bool(self._run(f"group_add to {group!r}", shard, scripts[0], keys, args))
         body = self._sealed(encode({}, None, discard_notice(group)))
-        args = (channel, group, deadline, self._expiry_ms, self._gexp_ms, body)
-        return bool(self._run(f"group_discard from {group!r}", shard, _DISCARD_NOTICE, keys, args))
+        args = names + (deadline, self._expiry_ms, self._gexp_ms, body)
+        return bool(self._run(f"group_discard from {group!r}", shard, scripts[1], keys, args))
 
     def _group_add_featured(self, group: str, channel: str, presence: Any, features: Optional[Features]) -> None:
         """``group_add`` in a history or presence group (or with ``presence=``): the presence entry first

@@ -137,7 +137,7 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
     batch_round_trips = 1
     #: ``send_many`` is one pipeline per shard.
     send_many_batches = True
-    #: Group history and presence (:mod:`.history`, :mod:`.presence`), not on Redis Cluster yet.
+    #: Group history and presence (:mod:`.history`, :mod:`.presence`).
     features_supported = frozenset({"history", "presence"})
 
     def __init__(

@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping, Optional, Sequence
 
+from redis.exceptions import ResponseError
+
 from ... import exceptions as exc
 from ...presence import conn_id
 from ...serialization import decode
@@ -35,7 +37,7 @@ _SWEEP = Script(fs.PRESENCE_SWEEP)
 _LIST = Script(fs.PRESENCE_LIST)
 _COUNTS = Script(fs.PRESENCE_COUNTS)
 
-#: The name of the sweep index (``P:px:{presence}``) on each shard.
+#: The name of the sweep index on each shard (``P:px:{presence}``; in each Cluster bucket ``P:px:{T}presence``).
 INDEX = "presence"
 
 
@@ -159,8 +161,11 @@ class PresenceMixin:
 
     def presence_sweep(self, limit: int = 32) -> list[PresenceChange]:
         changes: list[PresenceChange] = []
-        for shard in [v for v in self._shards if not v.cluster]:  # type: ignore[attr-defined]
-            due = shard.execute("ZRANGEBYSCORE", shard.key("px", INDEX), "-inf", shard.now_ms(), "LIMIT", 0, limit)
+        for shard in self._shards:  # type: ignore[attr-defined]
+            try:
+                due = shard.execute("ZRANGEBYSCORE", shard.key("px", INDEX), "-inf", shard.now_ms(), "LIMIT", 0, limit)
+            except ResponseError as e:
+                raise unavailable("a presence sweep", e) from e
             for raw in due:
                 group = raw.decode()
                 change = self._presence_send(group, self._presence_script(
