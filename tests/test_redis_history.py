@@ -134,3 +134,36 @@ def test_a_sentinel_failover_starts_a_new_stream(fresh_redis_sentinel, made):
         time.sleep(0.1)
     # the replica had every message (a switch-over loses nothing), but it is another server: a new stream
     assert after.offset == 0
+
+
+def test_one_redis_queues_the_stamped_copies_in_offset_order(fresh_redis, made):
+    """On one Redis the offset, the kept message and every member's copy are one script: concurrent
+    publishers never make a sidecar see offset n + 1 before n."""
+    import threading
+
+    prefix = new_process_prefix("sidecar")
+    reader = made(fresh_redis.url)
+    reader.group_add("chat.order", prefix + "a")
+    reader.group_add("chat.order", "plain.member")
+    publishers = [made(fresh_redis.url) for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def publish(layer, who):
+        barrier.wait(10)
+        for i in range(100):
+            layer.send_group("chat.order", {"text": f"{who}:{i}"})
+
+    threads = [threading.Thread(target=publish, args=(layer, w)) for w, layer in enumerate(publishers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    got = []
+    while True:
+        batch = reader.receive_batch([prefix], 1000)
+        if not batch:
+            break
+        got += [m for _, m in batch if STAMP_KEY in m]
+    assert [m[STAMP_KEY][2] for m in got] == list(range(1, 401))
+    history = reader.group_history("chat.order", 0, limit=400).messages
+    assert [(o, m["text"]) for o, m in history] == [(m[STAMP_KEY][2], m["text"]) for m in got][-10:]

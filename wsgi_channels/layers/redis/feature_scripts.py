@@ -42,17 +42,18 @@ from .scripts import _COMMON, FANOUT, GROUP_ADD, GROUP_DISCARD
 
 __all__ = ["HIST_APPEND", "HIST_READ", "FEATURE_FANOUT", "GROUP_ADD_NOTICE", "GROUP_DISCARD_NOTICE",
            "PRESENCE_PUT", "PRESENCE_REMOVE", "PRESENCE_REFRESH", "PRESENCE_REASSERT", "PRESENCE_SWEEP",
-           "PRESENCE_LIST", "PRESENCE_COUNTS", "EMPTY_PRESENCE_KEEP_MS", "STAMPED", "SIDECARS_ONLY"]
+           "PRESENCE_LIST", "PRESENCE_COUNTS", "EMPTY_PRESENCE_KEEP_MS", "STAMPED", "SIDECARS_ONLY", "KEEP"]
 
 #: Milliseconds the presence keys of a group outlive its last change or refresh.
 EMPTY_PRESENCE_KEEP_MS = 3_600_000
-#: Modes of :data:`FEATURE_FANOUT`: stamped copies for sidecar prefixes; sidecar prefixes only.
-STAMPED, SIDECARS_ONLY = "s", "o"
+#: Modes of :data:`FEATURE_FANOUT`: stamped copies for sidecar prefixes; sidecar prefixes only; keep
+#: the message in the group's history, then stamped copies.
+STAMPED, SIDECARS_ONLY, KEEP = "s", "o", "k"
 
 _STREAM = LUA_CONSTANTS + f"""
 local DEADLINE_FORMAT = '%0{DEADLINE_DIGITS}d'
 """ + r"""
-local function now_ms()
+local function time_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
@@ -82,19 +83,26 @@ local function trim_aged(h, now)
 end
 """
 
+_APPEND = _STREAM + r"""
+-- Keep body under the stream's next offset (trimmed to size and ttl); the epoch and the offset.
+local function history_append(h, hm, candidate, size, ttl, meta_ttl, body)
+  local now = time_ms()
+  local epoch, top = stream(h, hm, candidate, meta_ttl)
+  top = top + 1
+  redis.call('RPUSH', h, string.format(DEADLINE_FORMAT, now + ttl) .. E_HISTORY .. top .. E_FIELD_END .. body)
+  redis.call('LTRIM', h, -size, -1)
+  trim_aged(h, now)
+  redis.call('PEXPIRE', h, ttl)
+  redis.call('HSET', hm, 't', top, 'm', meta_ttl)
+  redis.call('PEXPIRE', hm, meta_ttl)
+  return epoch, top
+end
+"""
+
 #: KEYS: h hm; ARGV: candidate epoch, size, ttl ms, meta ttl ms, body. Returns {epoch, offset}.
-HIST_APPEND = _STREAM + r"""
-local h, hm = KEYS[1], KEYS[2]
-local size, ttl, meta_ttl = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local now = now_ms()
-local epoch, top = stream(h, hm, ARGV[1], meta_ttl)
-top = top + 1
-redis.call('RPUSH', h, string.format(DEADLINE_FORMAT, now + ttl) .. E_HISTORY .. top .. E_FIELD_END .. ARGV[5])
-redis.call('LTRIM', h, -size, -1)
-trim_aged(h, now)
-redis.call('PEXPIRE', h, ttl)
-redis.call('HSET', hm, 't', top, 'm', meta_ttl)
-redis.call('PEXPIRE', hm, meta_ttl)
+HIST_APPEND = _APPEND + r"""
+local epoch, top = history_append(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+                                  tonumber(ARGV[4]), ARGV[5])
 return {epoch, top}
 """
 
@@ -102,7 +110,7 @@ return {epoch, top}
 #: Returns {epoch, top, item, item, ...}: the kept items with offset > since, at most limit.
 HIST_READ = _STREAM + r"""
 local h, hm = KEYS[1], KEYS[2]
-local now = now_ms()
+local now = time_ms()
 local epoch, top, meta_ttl, made = stream(h, hm, ARGV[1], tonumber(ARGV[2]))
 if not made and redis.call('PTTL', hm) < meta_ttl then redis.call('PEXPIRE', hm, meta_ttl) end
 local out = {epoch, top}
@@ -127,7 +135,6 @@ def _derive(source: str, old: str, new: str, count: int = 1) -> str:
 
 
 _FANOUT_FILTER = f"""
-local MODE, SBODY = ARGV[9], ARGV[10]
 local function sidecar(prefix) return string.sub(prefix, 1, #SIDECAR) == SIDECAR end
 local function prefix_body(prefix)
   if MODE == '{STAMPED}' and sidecar(prefix) then return SBODY end
@@ -145,13 +152,35 @@ if MODE == '{SIDECARS_ONLY}' then
 end
 """
 
-#: The fan-out script of :mod:`.scripts` (same KEYS and ARGV) with ARGV[9] the mode and
+_FANOUT_HISTORY = _APPEND + f"""
+local MODE, SBODY = ARGV[9], ARGV[10]
+local EPOCH, TOP
+if MODE == '{KEEP}' then
+  EPOCH, TOP = history_append(KEYS[4], KEYS[5], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]),
+                              tonumber(ARGV[14]), body)
+  SBODY = SBODY .. cmsgpack.pack(EPOCH) .. cmsgpack.pack(TOP)
+  MODE = '{STAMPED}'
+end
+local function result(dropped)
+  if EPOCH then return {{dropped, EPOCH, TOP}} end
+  return dropped
+end
+"""
+
+#: The fan-out script of :mod:`.scripts` (KEYS g gc gp, ARGV 1-8 the same) with ARGV[9] the mode and
 #: ARGV[10] the stamped body: ``s`` queues ARGV[10] instead of the body on ``sidecar.*!``
 #: prefixes, ``o`` queues the body on ``sidecar.*!`` prefixes only (the layer's own messages).
-FEATURE_FANOUT = _derive(
-    _derive(FANOUT, "local plain, prefixes = plan[2], plan[3]\n",
-            "local plain, prefixes = plan[2], plan[3]\n" + _FANOUT_FILTER),
-    "E_FIELD_END .. body", "E_FIELD_END .. prefix_body(prefix)", count=3)
+#: ``k`` first keeps the message in the history group's stream (KEYS h hm follow; ARGV 11-14:
+#: candidate epoch, size, ttl ms, meta ttl ms) and stamps the sidecars' copies with its offset:
+#: ARGV[10] is then the stamped message up to the epoch and the offset, which the script packs
+#: after it (``cmsgpack``). Returns the members skipped as full, with ``k`` ``{skipped, epoch, offset}``.
+FEATURE_FANOUT = _derive(_derive(_derive(_derive(
+    _derive(FANOUT, "E_FIELD_END .. body", "E_FIELD_END .. prefix_body(prefix)", count=3),
+    "local function now_ms() return tonumber(dl) - tonumber(exp) end\n",
+    "local function now_ms() return tonumber(dl) - tonumber(exp) end\n" + _FANOUT_HISTORY),
+    "local plain, prefixes = plan[2], plan[3]\n", "local plain, prefixes = plan[2], plan[3]\n" + _FANOUT_FILTER),
+    "  if not plan then return 0 end\n", "  if not plan then return result(0) end\n"),
+    "\nreturn dropped\n", "\nreturn result(dropped)\n")
 
 _NOTICE_PUSH = r"""
 local function push_notice(q, u, c, dl, exp, gexp, body)

@@ -47,6 +47,8 @@ FEATURE_KEY_KINDS = ("h", "hm", "pe", "pu", "po", "pm", "pb", "px")
 DEFAULT_META_TTL = 86400.0
 
 _DEADLINE = b"%%0%dd" % DEADLINE_DIGITS
+#: How msgpack ends ``[group, "", 0]``: cut off, the rest of a stamp for the script to complete.
+_EMPTY_EPOCH_AND_ZERO = b"\xa0\x00"
 
 
 def _ms(seconds: float) -> int:
@@ -88,11 +90,11 @@ class HistoryMixin(ClusterFeaturesMixin):
         except ResponseError as e:
             raise unavailable(what, e) from e
 
-    def _feature_fan_out(self, group: str, body: bytes, mode: str, stamped: bytes = b"") -> int:
+    def _feature_fan_out(self, group: str, body: bytes, mode: str, stamped: bytes = b"", skip: Any = None) -> int:
         """Queue ``body`` for ``group``'s members on every shard (``mode``: :data:`.feature_scripts.STAMPED`,
-        ``stamped`` for ``sidecar.*!`` prefixes; :data:`.feature_scripts.SIDECARS_ONLY`); the members
-        skipped because their channel was full (counted)."""
-        vshards = self._shards  # type: ignore[attr-defined]
+        ``stamped`` for ``sidecar.*!`` prefixes; :data:`.feature_scripts.SIDECARS_ONLY`), but on ``skip``;
+        the members skipped because their channel was full (counted)."""
+        vshards = [v for v in self._shards if v is not skip]  # type: ignore[attr-defined]
         shards = [v for v in vshards if not v.cluster]
         dropped = 0
         if len(shards) < len(vshards):
@@ -178,15 +180,33 @@ class HistoryMixin(ClusterFeaturesMixin):
     # -- history ------------------------------------------------------------------------------
 
     def _send_group_history(self, group: str, message: dict, options: HistoryOptions) -> None:
-        """``send_group`` to a history group: number and keep (one script on the group's shard), then
-        the fan-out with the stamped copies for the sidecars."""
+        """``send_group`` to a history group. On the group's own shard one script numbers and keeps the
+        message and queues the copies of the members there, the sidecars' stamped (:data:`.feature_scripts.KEEP`);
+        then the fan-out on the other shards, if any, with the stamp it answered. An encrypted layer
+        (the stamp goes inside the encrypted body) and a Cluster (members in other buckets than the
+        group's) number and keep first, then fan out everywhere."""
         validate_group_name(group)
         body = encode(message, self.max_message_size)
         plain = self._sealed(body)
         shard = self._feature_shard(group)
         keys = (shard.key("h", group), shard.key("hm", group))
-        epoch, offset = self._run(f"a message for history group {group!r}", shard, _APPEND, keys,
-                                  (new_epoch(), options.size, _ms(options.ttl), _ms(options.meta_ttl), plain))
+        args = (new_epoch(), options.size, _ms(options.ttl), _ms(options.meta_ttl))
+        what = f"a message for history group {group!r}"
+        if self._fernet is None and not shard.cluster:
+            # the stamped copy but for the epoch and the offset, which the script packs after it
+            head = with_keys(body, {STAMP_KEY: [group, "", 0]})
+            assert head.endswith(_EMPTY_EPOCH_AND_ZERO)
+            fkeys = self._group_keys(group) + keys  # type: ignore[attr-defined]
+            dropped, epoch, offset = self._run(what, shard, _FANOUT, fkeys, (
+                self._p, self._expiry_ms, self._gexp_ms, self.capacity, self.process_capacity, self._rules_flag, body,
+                _DEADLINE % (shard.now_ms() + self._expiry_ms), fs.KEEP, head[:-len(_EMPTY_EPOCH_AND_ZERO)]) + args)
+            if dropped:
+                self._count("group_drop_count", dropped)  # type: ignore[attr-defined]
+            if len(self._shards) > 1:  # type: ignore[attr-defined]
+                stamped = with_keys(body, {STAMP_KEY: [group, epoch.decode(), offset]})
+                self._feature_fan_out(group, body, fs.STAMPED, stamped, skip=shard)
+            return
+        epoch, offset = self._run(what, shard, _APPEND, keys, args + (plain,))
         stamped = self._sealed(with_keys(body, {STAMP_KEY: [group, epoch.decode(), offset]}))
         self._feature_fan_out(group, plain, fs.STAMPED, stamped)
 
