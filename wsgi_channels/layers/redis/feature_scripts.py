@@ -31,8 +31,12 @@ CSPRNG) and offset 0. ``FLUSHALL``, ``flush()`` and an expired meta remove the m
 stream too.
 
 The fan-out of a history group's message and of the layer's own messages is the fan-out
-script of :mod:`.scripts` with two more arguments (checked below when the module loads):
-the stamped body that ``sidecar.*!`` prefixes receive instead, or "sidecars only".
+script of :mod:`.scripts` with more arguments (derived when the module loads, each change
+checked to apply exactly where expected): the stamped body that ``sidecar.*!`` prefixes
+receive instead, or "sidecars only", or "keep first": the message is numbered and kept in the
+group's stream and the sidecars' copies stamped in the same script (the stamp's epoch and
+offset packed by ``cmsgpack`` after the rest, which the client packed), so on the group's own
+server the copies are queued in offset order.
 """
 from __future__ import annotations
 

@@ -144,10 +144,10 @@ class HistoryMixin(ClusterFeaturesMixin):
         if notice is not None:
             fixed = (self._gexp_ms, self.get_capacity(qname))  # type: ignore[attr-defined]
             rest = ("2" if always else "1", deadline, self._expiry_ms, self._sealed(encode({}, None, notice)))
-            args = names + fixed + rest if shard.cluster else (channel,) + fixed + (group,) + rest
+            args: tuple[Any, ...] = names + fixed + rest if shard.cluster else (channel,) + fixed + (group,) + rest
             return bool(self._run(f"group_add to {group!r}", shard, scripts[0], keys, args))
         body = self._sealed(encode({}, None, discard_notice(group)))
-        args = names + (deadline, self._expiry_ms, self._gexp_ms, body)
+        args = (*names, deadline, self._expiry_ms, self._gexp_ms, body)
         return bool(self._run(f"group_discard from {group!r}", shard, scripts[1], keys, args))
 
     def _group_add_featured(self, group: str, channel: str, presence: Any, features: Optional[Features]) -> None:
