@@ -1,10 +1,11 @@
 """Group history and presence on Redis beyond the shared suites: the epoch follows the server.
 
 The conformance suites (``test_layer_history.py``, ``test_layer_presence.py``,
-``test_history_epoch.py``) run on ``redis``, ``redis3`` and ``sentinel`` through
+``test_history_epoch.py``) run on ``redis``, ``redis3``, ``sentinel`` and ``cluster`` through
 ``feature_backends``; here are the rules only a Redis has: a restart (empty, or from its
-append-only file, which may miss the last writes) and a failover start new streams, a Redis
-down surfaces as ``LayerUnavailable``, and the history is encrypted like the queues.
+append-only file, which may miss the last writes) and a failover (Sentinel, Cluster) start new streams, a Redis
+down surfaces as ``LayerUnavailable``, the history is encrypted like the queues, and on one Redis
+the sidecars' copies arrive in offset order whatever the publishers.
 """
 from __future__ import annotations
 
@@ -167,3 +168,28 @@ def test_one_redis_queues_the_stamped_copies_in_offset_order(fresh_redis, made):
     assert [m[STAMP_KEY][2] for m in got] == list(range(1, 401))
     history = reader.group_history("chat.order", 0, limit=400).messages
     assert [(o, m["text"]) for o, m in history] == [(m[STAMP_KEY][2], m["text"]) for m in got][-10:]
+
+
+def test_a_cluster_failover_starts_a_new_stream(fresh_redis_cluster, made):
+    cluster = fresh_redis_cluster
+    layer = made(cluster.url)
+    for i in range(3):
+        layer.send_group("chat.cfo", {"text": str(i)})
+    before = layer.group_position("chat.cfo")
+    primary = cluster.primary_for_key(layer._shard_of("chat.cfo").key("h", "chat.cfo"))
+    replica = cluster.replicas_of(primary)[0]
+    cluster.failover(replica)
+    cluster.wait_failover(primary, timeout=15.0)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            after = layer.group_position("chat.cfo")
+            if after.epoch != before.epoch:
+                break
+        except exc.LayerUnavailable:
+            pass
+        assert time.monotonic() < deadline, "the stream kept its epoch across a failover"
+        time.sleep(0.1)
+    assert after.offset == 0
+    layer.send_group("chat.cfo", {"text": "after"})
+    assert layer.group_history("chat.cfo", 0) == (after.epoch, 1, [(1, {"text": "after"})])
