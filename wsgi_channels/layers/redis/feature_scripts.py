@@ -46,8 +46,10 @@ from .scripts import _COMMON, FANOUT, GROUP_ADD, GROUP_DISCARD
 
 __all__ = ["HIST_APPEND", "HIST_READ", "FEATURE_FANOUT", "GROUP_ADD_NOTICE", "GROUP_DISCARD_NOTICE",
            "PRESENCE_PUT", "PRESENCE_REMOVE", "PRESENCE_REFRESH", "PRESENCE_REASSERT", "PRESENCE_SWEEP",
-           "PRESENCE_LIST", "PRESENCE_COUNTS", "EMPTY_PRESENCE_KEEP_MS", "STAMPED", "SIDECARS_ONLY", "KEEP"]
+           "PRESENCE_LIST", "PRESENCE_COUNTS", "FEATURE_KEY_KINDS", "EMPTY_PRESENCE_KEEP_MS", "STAMPED", "SIDECARS_ONLY", "KEEP"]
 
+#: Key kinds of history and presence (``flush`` removes them).
+FEATURE_KEY_KINDS = ("h", "hm", "pe", "pu", "po", "pm", "pb", "px")
 #: Milliseconds the presence keys of a group outlive its last change or refresh.
 EMPTY_PRESENCE_KEEP_MS = 3_600_000
 #: Modes of :data:`FEATURE_FANOUT`: stamped copies for sidecar prefixes; sidecar prefixes only; keep

@@ -27,6 +27,7 @@ from ..base import is_sidecar_prefix, non_local_name, validate_group_name
 from ..features import (STAMP_KEY, Features, HistoryOptions, HistoryPage, add_notice, check_since_limit,
                         discard_notice, new_epoch)
 from . import feature_scripts as fs
+from .feature_scripts import FEATURE_KEY_KINDS
 from .cluster_features import ADD_NOTICE as C_ADD_NOTICE
 from .cluster_features import DISCARD_NOTICE as C_DISCARD_NOTICE
 from .cluster_features import ClusterFeaturesMixin
@@ -41,8 +42,6 @@ _FANOUT = Script(fs.FEATURE_FANOUT)
 _ADD_NOTICE = Script(fs.GROUP_ADD_NOTICE)
 _DISCARD_NOTICE = Script(fs.GROUP_DISCARD_NOTICE)
 
-#: Key kinds of history and presence (``flush`` removes them; see :mod:`.feature_scripts`).
-FEATURE_KEY_KINDS = ("h", "hm", "pe", "pu", "po", "pm", "pb", "px")
 #: Meta lifetime of a stream first touched by a reader with no pattern for it (as memory and ipc).
 DEFAULT_META_TTL = 86400.0
 
