@@ -95,8 +95,8 @@ local function history_append(h, hm, candidate, size, ttl, meta_ttl, body)
   local now = time_ms()
   local epoch, top = stream(h, hm, candidate, meta_ttl)
   top = top + 1
-  redis.call('RPUSH', h, string.format(DEADLINE_FORMAT, now + ttl) .. E_HISTORY .. top .. E_FIELD_END .. body)
-  redis.call('LTRIM', h, -size, -1)
+  local n = redis.call('RPUSH', h, string.format(DEADLINE_FORMAT, now + ttl) .. E_HISTORY .. top .. E_FIELD_END .. body)
+  if n > size then redis.call('LTRIM', h, -size, -1) end
   trim_aged(h, now)
   redis.call('PEXPIRE', h, ttl)
   redis.call('HSET', hm, 't', top, 'm', meta_ttl)
