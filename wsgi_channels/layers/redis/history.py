@@ -97,24 +97,21 @@ class HistoryMixin(ClusterFeaturesMixin):
         shards = [v for v in vshards if not v.cluster]
         dropped = 0
         if len(shards) < len(vshards):
-            dropped = self._cluster_feature_fan_out([v for v in vshards if v.cluster], group, body, mode, stamped)
-        if not shards:
-            if dropped:
-                self._count("group_drop_count", dropped)  # type: ignore[attr-defined]
-            return dropped
-        keys = self._group_keys(group)  # type: ignore[attr-defined]
-        payloads = [packed("EVALSHA", _FANOUT.sha, len(keys), *keys, self._p, self._expiry_ms, self._gexp_ms,
-                           self.capacity, self.process_capacity, self._rules_flag, body,
-                           _DEADLINE % (s.now_ms() + self._expiry_ms), mode, stamped) for s in shards]
-        try:
-            replies = run_everywhere(shards, _FANOUT, payloads, tail=self._wait)
-        except ResponseError as e:
-            raise unavailable(f"a message for group {group!r}", e) from e
-        if self._wait is not None:
-            for acked in replies[1::2]:
-                self._replicated(acked)  # type: ignore[attr-defined]
-            replies = replies[::2]
-        dropped += sum(replies)
+            dropped += self._cluster_feature_fan_out([v for v in vshards if v.cluster], group, body, mode, stamped)
+        if shards:
+            keys = self._group_keys(group)  # type: ignore[attr-defined]
+            payloads = [packed("EVALSHA", _FANOUT.sha, len(keys), *keys, self._p, self._expiry_ms, self._gexp_ms,
+                               self.capacity, self.process_capacity, self._rules_flag, body,
+                               _DEADLINE % (s.now_ms() + self._expiry_ms), mode, stamped) for s in shards]
+            try:
+                replies = run_everywhere(shards, _FANOUT, payloads, tail=self._wait)
+            except ResponseError as e:
+                raise unavailable(f"a message for group {group!r}", e) from e
+            if self._wait is not None:
+                for acked in replies[1::2]:
+                    self._replicated(acked)  # type: ignore[attr-defined]
+                replies = replies[::2]
+            dropped += sum(replies)
         if dropped:
             self._count("group_drop_count", dropped)  # type: ignore[attr-defined]
         return dropped
