@@ -193,3 +193,19 @@ def test_a_cluster_failover_starts_a_new_stream(fresh_redis_cluster, made):
     assert after.offset == 0
     layer.send_group("chat.cfo", {"text": "after"})
     assert layer.group_history("chat.cfo", 0) == (after.epoch, 1, [(1, {"text": "after"})])
+
+
+def test_history_and_presence_with_wait_replicas(redis_sentinel, made):
+    layer = made(redis_sentinel.url, wait_replicas=1, wait_replicas_timeout=1.0, prefix="waiting")
+    prefix = new_process_prefix("sidecar")
+    try:
+        layer.group_add("chat.w", prefix + "a")
+        layer.group_add("room.w", prefix + "a", presence={"user": "u"})
+        layer.send_group("chat.w", {"text": "replicated"})
+        epoch = layer.group_position("chat.w").epoch
+        got = [m for _, m in layer.receive_batch([prefix], 10)]
+        assert {"text": "replicated", STAMP_KEY: ["chat.w", epoch, 1]} in got
+        assert layer.group_presence_stats("room.w") == {"clients": 1, "users": 1}
+        assert layer.global_statistics()["unreplicated_count"] == 0
+    finally:
+        layer.flush()
