@@ -40,7 +40,8 @@ from ..channel import default_layer_url
 from ..config import parse_address
 from ..exceptions import ConfigurationError
 from ..layers import from_url
-from ..layers.base import SIDECAR_PREFIX, BaseChannelLayer, new_local_channel, new_process_prefix
+from ..layers.base import BaseChannelLayer
+from ..layers.names import SIDECAR_PREFIX, new_local_channel, new_process_prefix
 from ..protocol.close_codes import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART
 from ..protocol.http import raw_response
 from .common import LAYER_SLOT_TIMEOUT

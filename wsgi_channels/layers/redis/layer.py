@@ -69,8 +69,9 @@ from .options import connection_url, fernet, options_from_url, split_urls
 from .receive import ReceivingMixin, _ShardPlan
 from .sentinel import SentinelLocator
 from .urls import is_topology_url, parse_topology_url
-from ..base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
+from ..base import BaseChannelLayer
 from ..hashring import HashRing
+from ..names import non_local_name, validate_channel_name, validate_group_name
 
 __all__ = ["RedisChannelLayer", "MEMBERSHIP_REPLAY_SECONDS"]
 
@@ -204,7 +205,7 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseC
         self._send_cache: dict[str, tuple] = {}
         self._queue_cache: dict[str, tuple] = {}
         self._group_cache: dict[str, bytes] = {}
-        self._rules_flag = b"1" if self._capacity_rules else b"0"
+        self._rules_flag = b"1" if self._capacities else b"0"
         self._plans: dict[tuple, list[_ShardPlan]] = {}
         self._copies = CopyBuffer()  # group messages fetched for several members of a prefix
         self._members_cache: dict[bytes, list[str]] = {}  # P:t: key -> the member names it holds
