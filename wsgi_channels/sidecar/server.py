@@ -93,7 +93,8 @@ class Sidecar:
         #: pooled layer connection, so this bounds the sidecar's Redis connections however
         #: many clients connect at the same moment (plus the receive loop's and the wake-ups').
         self.layer_slots = gevent.lock.BoundedSemaphore(LAYER_CONCURRENCY)
-        #: Sends coalesced into one round trip per batch when the layer has ``send_many``.
+        #: Sends coalesced into one round trip per batch when the layer's ``send_many`` batches
+        #: (``send_many_batches``; the connections check ``sender.batching``).
         self.sender = LayerSender(self.layer, LAYER_SLOT_TIMEOUT)
         # A group and member of our own whose loss means the layer lost its state; connection
         # suffixes are 12 characters long, so the member channel (suffix "0") is never routed.

@@ -16,10 +16,19 @@ Several shards are spread by a consistent-hash ring with virtual nodes
 member's queue, so a group send needs no member list on the wire and a channel
 whose messages expire unread is evicted from its groups inside the same scripts.
 
-Receiving lives in :mod:`.receive` (a blocking ``receive`` on plain channels of
-one shard is one ``BLPOP``, a batch on Redis 7 one ``BLMPOP``; otherwise pub/sub doorbells
-(:mod:`.wakeup`) wake it within milliseconds of a push on any shard), and URLs,
-options and encryption keys in :mod:`.options`.
+This module holds the layer's class, its sends and its groups; each other concern has its
+own module, which the layer owns an object of or calls with explicit arguments:
+
+- receiving, :mod:`.receive` (a mixin with declared attributes): how a blocking receive
+  waits is described under ``socket_timeout`` below; :mod:`.plans` packs the receive
+  commands of a channel list per shard, :mod:`.delivery` turns popped entries into
+  messages (a group entry into one per member, through :mod:`.copies`);
+- :mod:`.sends`: the packed ``SEND`` command of each channel, kept;
+- :mod:`.bodies`: message bodies, encoded and (with keys) encrypted;
+- :mod:`.sessions`: the small key-value store; :mod:`.keyspace`: ``flush`` and statistics;
+- :mod:`.members` (servers, Sentinel services, Clusters: the ring's members, made from the
+  URLs), :mod:`.options` (URLs, options, encryption keys), :mod:`.failover` and
+  :mod:`.cluster_groups` (mixins with declared attributes).
 
 Connections (:mod:`.connection`) are made lazily per process (gunicorn forks
 after import), never retried behind the caller's back (a resent ``send`` could
@@ -98,9 +107,15 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseC
         list of secrets; message bodies are encrypted with the first, decrypted with any
         (rotate by putting the new key first). Needs ``cryptography``.
     ``socket_timeout`` / ``socket_connect_timeout``
-        seconds (defaults 5 and 2). They bound a dead network; the one command that waits on
-        the server (``BLPOP``, see :meth:`_blocking_pop`) always asks for less than
-        ``socket_timeout``.
+        seconds (defaults 5 and 2). They bound a dead network. A blocking receive waits in one
+        of two ways: on plain channels of one shard, and (on Redis 7) on one process prefix,
+        the server holds the command (``BLPOP``; ``BLMPOP`` for a batch on Redis 7), and each
+        such wait asks for less than ``socket_timeout`` (:meth:`_blocking_steps`), so the
+        server, never the socket, times it out; anything else (several shards, a prefix on
+        Redis 6, channels mixed with prefixes) tries its pop script and then waits on the
+        shards' doorbells (:mod:`.wakeup`): the scripts ``PUBLISH`` (``SPUBLISH`` on a
+        Cluster) when a queue stops being empty, and one pub/sub listener per shard and
+        process wakes the waiters within milliseconds of a push on any shard.
     ``connection_options``
         further keywords for redis-py connections (``ssl_ca_certs``, ``username``, ...).
     ``cluster_tags``
