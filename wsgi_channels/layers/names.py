@@ -169,7 +169,7 @@ def new_local_channel(prefix: str) -> str:
     return prefix + _token(LOCAL_SUFFIX_CHARS)
 
 
-#: The sidecar's process prefixes start with this; they get ``process_capacity`` (see BaseChannelLayer).
+#: The sidecar's process prefixes start with this; they get ``process_capacity`` (see :mod:`.capacity`).
 SIDECAR_PREFIX = "sidecar."
 
 
