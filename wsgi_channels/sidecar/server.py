@@ -40,7 +40,8 @@ from ..channel import default_layer_url
 from ..config import parse_address
 from ..exceptions import ConfigurationError
 from ..layers import from_url
-from ..layers.base import SIDECAR_PREFIX, BaseChannelLayer, new_local_channel, new_process_prefix
+from ..layers.base import BaseChannelLayer
+from ..layers.names import SIDECAR_PREFIX, new_local_channel, new_process_prefix
 from ..protocol.close_codes import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART
 from ..protocol.http import raw_response
 from .common import LAYER_SLOT_TIMEOUT
@@ -92,7 +93,8 @@ class Sidecar:
         #: pooled layer connection, so this bounds the sidecar's Redis connections however
         #: many clients connect at the same moment (plus the receive loop's and the wake-ups').
         self.layer_slots = gevent.lock.BoundedSemaphore(LAYER_CONCURRENCY)
-        #: Sends coalesced into one round trip per batch when the layer has ``send_many``.
+        #: Sends coalesced into one round trip per batch when the layer's ``send_many`` batches
+        #: (``send_many_batches``; the connections check ``sender.batching``).
         self.sender = LayerSender(self.layer, LAYER_SLOT_TIMEOUT)
         # A group and member of our own whose loss means the layer lost its state; connection
         # suffixes are 12 characters long, so the member channel (suffix "0") is never routed.
