@@ -28,20 +28,25 @@ class Client:
     def __init__(self, url: str) -> None:
         self.ws = websocket.create_connection(url, timeout=5)
         self.raw: list = []
+        self.joined: list = []  # groups announced by {"t": "j"} frames (not returned by next())
 
     def next(self, timeout: float = 5.0):
         """The next frame: ``("control", dict)``, ``("text", str)`` or ``("bytes", bytes)``."""
         self.ws.settimeout(timeout)
-        opcode, data = self.ws.recv_data()
-        self.raw.append((opcode, data))
-        if opcode == websocket.ABNF.OPCODE_BINARY:
-            return "bytes", data
-        text = data.decode()
-        if text.startswith("\x00\x00"):
-            return "text", text[1:]
-        if text.startswith("\x00"):
-            return "control", json.loads(text[1:])
-        return "text", text
+        while True:
+            opcode, data = self.ws.recv_data()
+            self.raw.append((opcode, data))
+            if opcode == websocket.ABNF.OPCODE_BINARY:
+                return "bytes", data
+            text = data.decode()
+            if text.startswith("\x00\x00"):
+                return "text", text[1:]
+            if not text.startswith("\x00"):
+                return "text", text
+            body = json.loads(text[1:])
+            if body["t"] != "j":
+                return "control", body
+            self.joined.append(body["g"])
 
     def messages(self, n: int, timeout: float = 5.0) -> list:
         """Frames until ``n`` message frames came: ``[(position or None, payload)]`` plus controls."""
@@ -78,7 +83,7 @@ class ResumeStack:
         self.procs: list = []
 
     def start(self) -> "ResumeStack":
-        side = stack.sidecar(self.env, self.tmp_path, self.port, "--ping-interval", "0")
+        side = stack.sidecar(self.env, self.tmp_path, self.port, "--ping-interval", "0", "--connect-timeout", "1.5")
         work = stack.worker("resume_app:routing", TESTS, self.env, self.tmp_path)
         self.procs += [side.start(), work.start()]
         work.wait_for_log("worker serving", timeout=30)
@@ -128,6 +133,7 @@ def test_reconnect_with_position_gets_every_missed_message_once_in_order_then_li
     rs.publish(group, "a1", "a2")
     got = c.messages(2)
     assert [v for _, v in got] == ["a1", "a2"]
+    assert c.joined == [group]  # joined without a resume: announced at the accept
     (g, epoch, last) = got[-1][0]
     assert g == group and got[0][0][2] == last - 1
     c.close()
@@ -284,3 +290,40 @@ def test_new_store_after_a_restart_is_a_gap(tmp_path):
         c.close()
     finally:
         s.stop()
+
+
+def test_resuming_a_group_the_socket_never_joins_is_a_gap_after_the_connect_timeout(rs):
+    c = Client(rs.ws("/ws/chat.joined?_wsc_r=chat.other:AAAAAAAA:5"))
+    t0 = time.monotonic()
+    kind, value = c.next(timeout=5)
+    assert (kind, value) == ("control", {"t": "gap", "g": "chat.other", "why": "not-joined"})
+    assert 1.0 < time.monotonic() - t0 < 3.5
+    assert c.joined == ["chat.joined"]
+    c.close()
+
+
+@pytest.mark.parametrize("target, kept, opted_in, resume", [
+    (b"/ws/x", b"/ws/x", False, {}),
+    (b"/ws/x?a=1&_wsc=1&b=2", b"/ws/x?a=1&b=2", True, {}),
+    (b"/ws/x?_wsc_r=chat.a:Ep-_1:0,chat.b:E:12&_wsc_r=c:F:3", b"/ws/x", True,
+     {"chat.a": ("Ep-_1", 0), "chat.b": ("E", 12), "c": ("F", 3)}),
+    (b"/ws/x?%5Fwsc=1&_wsc_new=zz&x=%5Fwsc", b"/ws/x?x=%5Fwsc", True, {}),
+])
+def test_split_options_removes_every_wsc_parameter(target, kept, opted_in, resume):
+    from wsgi_channels.sidecar.resume import split_options
+
+    out, options = split_options(target)
+    assert (out, options.opted_in, options.resume) == (kept, opted_in, resume)
+
+
+@pytest.mark.parametrize("query, words", [
+    (b"_wsc=yes", "use _wsc=1"),
+    (b"_wsc_r=" + b",".join(b"g%d:E:1" % i for i in range(33)), "more than 32 groups"),
+    (b"_wsc_r=g:E:99999999999999999999", "not an integer"),
+    (b"_wsc_r=g:" + b"E" * 17 + b":1", "is not an epoch"),
+])
+def test_split_options_names_a_bad_value(query, words):
+    from wsgi_channels.sidecar.resume import split_options
+
+    with pytest.raises(ValueError, match=words):
+        split_options(b"/ws/x?" + query)

@@ -382,3 +382,19 @@ test("resumeURL keeps other parameters and the connect token, replaces old _wsc 
   assert.equal(resumeURL("ws://h/ws/", { "bad name": { epoch: "E", offset: 1 }, g: { epoch: "E!", offset: 1 },
     h: { epoch: "E", offset: -1 } }), "ws://h/ws/?_wsc=1");
 });
+
+test("a history group joined without any position is reported as a gap (no-position) after a reconnect", () => {
+  const { events, last, clock } = makeResume();
+  last().serverOpen();
+  last().serverMessage(ctl({ t: "j", g: "chat.quiet" }));
+  last().serverMessage(ctl({ t: "j", g: "chat.busy" }));
+  last().serverMessage(ctl({ t: "h", g: "chat.busy", e: "E", o: 1 }));
+  last().serverMessage("m1");
+  last().serverClose(1001);
+  clock.advance(60000);
+  assert.equal(last().url, "ws://example.test/ws/?_wsc=1&_wsc_r=chat.busy:E:1");
+  last().serverOpen();
+  assert.deepEqual(events.filter(([t]) => t === "gap"), [
+    ["gap", { group: "chat.quiet", reason: "no-position", epoch: null, offset: null }],
+  ]);
+});

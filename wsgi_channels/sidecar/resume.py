@@ -21,6 +21,11 @@ frames"):
     missed messages are no longer kept, ``unavailable`` - the layer could not be read,
     ``timeout``, ``not-joined`` - the connection never joined the group): reload the state;
     ``e``/``o`` (when known) are the stream's current position.
+``{"t": "j", "g": group}``
+    the socket joined history group ``group`` without resuming it (sent at the accept, or when
+    it joins later): a client that has no position of the group yet knows it is in it, and can
+    tell its app that a later reconnect cannot resume it until a message (or the page) gives
+    one.
 ``{"t": "p", "g", "v", "c", "u", "m", "ev", "stale"?}``
     a presence change of a group the connection is in (the layer's ``__wsc_p`` body).
 
@@ -47,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .websocket_side import WebSocketSide
 
 __all__ = ["Options", "split_options", "Follower", "control", "escape_text", "OPT_IN_PARAM", "RESUME_PARAM",
-           "CONTROL_MARK", "RESUME_WAIT", "MAX_RESUME_GROUPS", "has_reserved", "strip_stamp"]
+           "CONTROL_MARK", "MAX_RESUME_GROUPS", "has_reserved", "strip_stamp"]
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +60,6 @@ OPT_IN_PARAM = "_wsc"
 RESUME_PARAM = "_wsc_r"
 #: First character of a control frame (and escape of an app text frame starting with it).
 CONTROL_MARK = "\x00"
-#: Seconds a resume waits for the membership notice after the accept, and for the history read.
-RESUME_WAIT = 10.0
 #: Most groups one handshake may resume.
 MAX_RESUME_GROUPS = 32
 #: Messages read per history page while catching up.
@@ -194,19 +197,33 @@ class Follower:
             self.side.conn.sidecar.presence.joined(self, group, presence)
         if body.get("h") and self.opted_in:
             state = self.groups.setdefault(group, _Group())
+            if state.joined:
+                return
             state.joined = True
-            if group in self.wanted and self.side.session is not None:
-                self._start(group)
+            if self.side.session is not None:
+                if group in self.wanted:
+                    self._start(group)
+                else:
+                    self.side.write_control({"t": "j", "g": group})
 
     def accepted(self) -> None:
-        """The socket is open: start the resumes whose notice already came."""
-        if not self.wanted:
-            return
-        self.deadline = time.monotonic() + RESUME_WAIT
-        for group in list(self.wanted):
-            state = self.groups.get(group)
-            if state is not None and state.joined:
+        """The socket is open: start the resumes whose notice already came; announce the other
+        history groups it joined."""
+        if self.wanted:
+            self.deadline = time.monotonic() + self.wait
+        for group, state in list(self.groups.items()):
+            if not state.joined:
+                continue
+            if group in self.wanted:
                 self._start(group)
+            else:
+                self.side.write_control({"t": "j", "g": group})
+
+    @property
+    def wait(self) -> float:
+        """Seconds a resume waits for the membership notice after the accept, and for the history
+        read: the sidecar's ``connect_timeout`` (the time the connect consumer has anyway)."""
+        return float(self.side.conn.sidecar.config.connect_timeout)
 
     def stamped(self, message: dict[str, Any], stamp: Any) -> tuple[bool, Optional[tuple[str, str, int]]]:
         """A history message for this socket: ``(deliver, position)``; not delivered when a
@@ -307,6 +324,7 @@ class Follower:
 
     def check(self, now: float) -> None:
         """Timeouts (called by the sweeper): a notice that never came, a read that never answered."""
+        wait = self.wait
         if self.wanted and self.deadline and now > self.deadline and self.side.session is not None:
             for group in list(self.wanted):
                 del self.wanted[group]
@@ -315,7 +333,7 @@ class Follower:
                     state.held = []
                 self._finish(group, None, "not-joined", None, None)
         for group, state in list(self.groups.items()):
-            if state.started and now - state.started > RESUME_WAIT:
+            if state.started and now - state.started > wait:
                 self._finish(group, None, "timeout", None, None)
 
     def presence_change(self, body: Any) -> None:

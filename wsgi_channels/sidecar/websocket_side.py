@@ -332,7 +332,10 @@ class WebSocketSide:
             if follower is not None and follower.opted_in:
                 deliver, position = follower.stamped(message, original[STAMP_KEY])
                 if not deliver:
-                    return
+                    if self.conn.state is CONNECTING and message.get("accept") is not False \
+                            and not message.get("close"):
+                        self._deliver({"accept": True, "subprotocol": message.get("subprotocol")}, FrameCache())
+                    return  # a frame accepts the handshake, as ever, even when it is held
         self._deliver(message, frames, position)
 
     def _deliver(self, message: Any, frames: FrameCache, position: tuple[str, str, int] | None = None) -> None:

@@ -38,7 +38,9 @@
 // position of each group it saw on every reconnect (`_wsc_r=GROUP:EPOCH:OFFSET`).
 // `positions` (as the adapters' channels_position renders them) resume the first connect too,
 // so nothing published between page render and connect is lost. `socket.position(group)` is
-// the last position seen.
+// the last position seen. A history group the socket joined but never got a message of (and
+// had no page position for) cannot be resumed: the reconnect fires "gap" with reason
+// "no-position" for it.
 
 /**
  * The close-code contract between this client and the wsgi_channels sidecar.
@@ -144,6 +146,8 @@ export class ChannelSocket extends EventTarget {
       if (pos && typeof pos === "object") this.positions[group] = { epoch: String(pos.epoch), offset: Number(pos.offset) };
     }
     this._next = null; // the position announced for the next message frame
+    this._unplaced = new Set(); // history groups joined with no position known: a reconnect cannot resume them
+    this._opened = false;
     this._env = {
       WebSocket: options.WebSocket || globalThis.WebSocket,
       setTimeout: options.setTimeout || globalThis.setTimeout.bind(globalThis),
@@ -275,6 +279,14 @@ export class ChannelSocket extends EventTarget {
         this.attempt = 0;
       }, this.options.stableAfter);
       this._emit("open", { url: this.url });
+      if (this._opened) {
+        // Joined on an earlier connection, never a message nor a page position: nothing to resume from.
+        for (const group of this._unplaced) {
+          if (!this.positions[group]) this._emit("gap", { group, reason: "no-position", epoch: null, offset: null });
+        }
+      }
+      this._unplaced.clear();
+      this._opened = true;
       const pending = this.queue;
       this.queue = [];
       for (const data of pending) socket.send(data);
@@ -331,6 +343,9 @@ export class ChannelSocket extends EventTarget {
     const group = body.g;
     if (body.t === "h") {
       this._next = { g: group, e: String(body.e), o: Number(body.o) };
+      this._unplaced.delete(group);
+    } else if (body.t === "j") {
+      if (!this.positions[group]) this._unplaced.add(group);
     } else if (body.t === "recovered") {
       this._advance(group, String(body.e), Number(body.o));
       this._emit("recovered", { group, epoch: body.e, offset: body.o, count: body.n });
