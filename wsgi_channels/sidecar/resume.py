@@ -19,7 +19,8 @@ frames"):
 ``{"t": "gap", "g", "e", "o", "why"}``
     a resume could not be honoured (``why``: ``epoch`` - the stream restarted, ``trimmed`` -
     missed messages are no longer kept, ``unavailable`` - the layer could not be read,
-    ``timeout``, ``not-joined`` - the connection never joined the group): reload the state;
+    ``timeout``, ``not-joined`` - the connection never joined the group; and without a resume,
+    ``skipped`` - live copies never reached this socket: its channel was full): reload the state;
     ``e``/``o`` (when known) are the stream's current position.
 ``{"t": "j", "g": group}``
     the socket joined history group ``group`` without resuming it (sent at the accept, or when
@@ -247,6 +248,10 @@ class Follower:
         if epoch == state.epoch and offset <= state.last:
             self.side.conn.sidecar.stats.resumes["duplicate_dropped"] += 1
             return False, None
+        if epoch == state.epoch and state.last and offset > state.last + 1:
+            # Copies this socket never got (its channel was full, or its membership lapsed): say so.
+            self.side.conn.sidecar.stats.resumes["gap_skipped"] += 1
+            self.side.write_control({"t": "gap", "g": group, "why": "skipped", "e": epoch, "o": offset - 1})
         state.epoch, state.last = epoch, offset
         return True, (group, epoch, offset)
 
