@@ -398,3 +398,16 @@ test("a history group joined without any position is reported as a gap (no-posit
     ["gap", { group: "chat.quiet", reason: "no-position", epoch: null, offset: null }],
   ]);
 });
+
+test("presence(group) reads the app's presence view and rejects naming the HTTP status", async () => {
+  const asked = [];
+  const fetch = async (url, init) => {
+    asked.push([url, init.credentials]);
+    if (url.endsWith("/room.closed")) return { ok: false, status: 404 };
+    return { ok: true, status: 200, json: async () => ({ group: "room.a", clients: 1, users: 1, members: [] }) };
+  };
+  const { sock } = make({ fetch });
+  assert.deepEqual(await sock.presence("room.a"), { group: "room.a", clients: 1, users: 1, members: [] });
+  await assert.rejects(sock.presence("room.closed"), /HTTP 404/);
+  assert.deepEqual(asked, [["/_wsgi_channels/presence/room.a", "same-origin"], ["/_wsgi_channels/presence/room.closed", "same-origin"]]);
+});

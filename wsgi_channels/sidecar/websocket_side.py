@@ -44,7 +44,8 @@ _DISCONNECT_RETRY = 2.0
 
 
 class FrameCache(dict[Any, bytes]):
-    """The sidecar's encoded frames of the message being delivered, by (compression window, payload).
+    """The sidecar's encoded frames of the message being delivered, by (compression window, payload)
+    (and its position frame, by (compression window, position)).
 
     The members of one group message arrive one after another sharing one message dict:
     ``checked`` is the last dict found valid, so it is checked once, not once per socket.
@@ -359,15 +360,24 @@ class WebSocketSide:
         if text is not None or data is not None:
             payload = text if text is not None else data
             if self.follower is not None and self.follower.opted_in:
-                if position is not None:
-                    self.write_control({"t": "h", "g": position[0], "e": position[1], "o": position[2]})
+                if position is not None:  # one encoding per broadcast, as for the message's frame
+                    hkey = (ws.deflate_bits, position)
+                    hframe = frames.get(hkey)
+                    if hframe is None:
+                        if len(frames) > 7:
+                            frames.clear()
+                        hframe = frames[hkey] = ws_proto.message_frame(
+                            control({"t": "h", "g": position[0], "e": position[1], "o": position[2]}),
+                            ws.deflate_bits)
+                    conn.write(hframe)
                 if text is not None and text.startswith(CONTROL_MARK):
                     payload = CONTROL_MARK + text
             key = (ws.deflate_bits, payload)
             frame = frames.get(key)
             if frame is None:
-                if len(frames) > 3:
-                    frames.clear()  # a few entries: the payload being broadcast right now, per window size
+                if len(frames) > 7:
+                    frames.clear()  # a few entries: the payload being broadcast right now (and its
+                    # position frame, escaped form), per window size
                 frame = frames[key] = ws_proto.message_frame(payload, ws.deflate_bits)
             conn.write(frame)
             conn.sidecar.stats.frames_out += 1

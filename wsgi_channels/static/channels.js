@@ -30,7 +30,8 @@
 //   const socket = connect("/ws/chat/", { resume: true, positions: { "chat.lobby": {"epoch": "Xy3k9Qa2", "offset": 1542} } });
 //   socket.on("recovered", ({ group }) => ...);   // every missed message of group came, once, in order
 //   socket.on("gap", ({ group, reason }) => ...); // some could not be recovered: reload the group's state
-//   socket.on("presence", ({ group, change }) => ...);
+//   socket.on("presence", ({ group, change }) => ...);   // joins and leaves as they happen
+//   const now = await socket.presence("room.lobby");       // the list, from the app's presence view
 //
 // `resume: true` (implied by `positions` and by `presence: true`) opts in with `_wsc=1`: the
 // sidecar then announces each history message's position in a control frame (a text frame
@@ -104,6 +105,7 @@ const DEFAULTS = Object.freeze({
   resume: false, // opt in to history positions, resume and presence frames (the sidecar's _wsc=1)
   presence: false, // presence frames ("presence" events); opts in as resume does
   positions: null, // {group: {epoch, offset}}: where the page's data stands (channels_position)
+  presenceURL: "/_wsgi_channels/presence/", // the app's presence view, read by presence(group)
 });
 
 /** The first character of a sidecar control frame (an app text frame starting with it comes escaped). */
@@ -198,6 +200,21 @@ export class ChannelSocket extends EventTarget {
   position(group) {
     const pos = this.positions[group];
     return pos ? { ...pos } : null;
+  }
+
+  /**
+   * The members of presence group `group` now, from the app's presence view (served by the
+   * adapters at `presenceURL`, on the page's origin, with the page's cookies):
+   * {group, clients, users, members: [{id, user, info, since}]}. Rejects with an Error naming
+   * the HTTP status (404: the app has not said who may read it; 403: not this user).
+   */
+  async presence(group) {
+    const fetchFn = this.options.fetch || globalThis.fetch;
+    const response = await fetchFn(this.options.presenceURL + encodeURIComponent(group), {
+      credentials: "same-origin", headers: { Accept: "application/json" },
+    });
+    if (!response.ok) throw new Error(`presence(${JSON.stringify(group)}): HTTP ${response.status}`);
+    return response.json();
   }
 
   /** Send `value` as a JSON text frame. */
