@@ -13,7 +13,7 @@ import gevent
 
 from wsgi_channels.exceptions import LayerUnavailable
 from wsgi_channels.layers.memory import MemoryChannelLayer
-from wsgi_channels.sidecar.resume import Follower, Options
+from wsgi_channels.sidecar.resume import Follower, HistoryReader, Options
 
 GROUP = "chat.f"
 
@@ -24,7 +24,7 @@ class Side:
     def __init__(self, layer) -> None:
         presence = SimpleNamespace(joined=lambda *a: None, left=lambda *a: None, closed=lambda *a: None)
         sidecar = SimpleNamespace(layer=layer, stats=SimpleNamespace(resumes=Counter()), presence=presence,
-                                  config=SimpleNamespace(connect_timeout=1.0))
+                                  config=SimpleNamespace(connect_timeout=1.0), history_reader=HistoryReader(layer))
         self.conn = SimpleNamespace(sidecar=sidecar, reply_channel="sidecar.x!y", aborted=False)
         self.session = None
         self.out: list = []

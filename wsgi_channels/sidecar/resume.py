@@ -41,10 +41,12 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from collections import deque
+from typing import TYPE_CHECKING, Any, Optional, Union
 from urllib.parse import unquote_to_bytes
 
 import gevent
+import gevent.event
 
 from ..layers.base import GROUP_NAME_RE, MAX_NAME_LENGTH
 from ..layers.features import NOTICE_KEY, PRESENCE_KEY, STAMP_KEY, valid_epoch
@@ -52,7 +54,7 @@ from ..layers.features import NOTICE_KEY, PRESENCE_KEY, STAMP_KEY, valid_epoch
 if TYPE_CHECKING:  # pragma: no cover
     from .websocket_side import WebSocketSide
 
-__all__ = ["Options", "split_options", "Follower", "control", "escape_text", "OPT_IN_PARAM", "RESUME_PARAM",
+__all__ = ["Options", "split_options", "Follower", "HistoryReader", "control", "escape_text", "OPT_IN_PARAM", "RESUME_PARAM",
            "CONTROL_MARK", "MAX_RESUME_GROUPS", "has_reserved", "strip_stamp"]
 
 log = logging.getLogger(__name__)
@@ -142,6 +144,52 @@ def has_reserved(message: Any) -> bool:
 def strip_stamp(message: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``message`` without ``__wsc_h`` (the delivered dict may be shared: never changed)."""
     return {k: v for k, v in message.items() if k != STAMP_KEY}
+
+
+class HistoryReader:
+    """The history reads of all resuming sockets of a sidecar, coalesced: everything asked while a
+    read is in flight goes out as one ``_history_read`` (one round trip per shard on Redis), so a
+    thousand clients resuming after a sidecar restart cost a few round trips, not a thousand
+    concurrent ones. One batch in flight at a time; each waiter is bounded by its own timeout."""
+
+    MAX_BATCH = 256
+
+    def __init__(self, layer: Any) -> None:
+        self.layer = layer
+        self._queue: deque[tuple[tuple[str, int, int], gevent.event.AsyncResult[Any]]] = deque()
+        self._running = False
+
+    def read(self, group: str, since: int, limit: int, timeout: float) -> Any:
+        """The :class:`~wsgi_channels.layers.features.HistoryPage` of ``group`` after ``since``;
+        raises what the read raised, or ``gevent.Timeout`` after ``timeout`` seconds (the read
+        itself is never interrupted: its answer is dropped)."""
+        result: gevent.event.AsyncResult[Any] = gevent.event.AsyncResult()
+        self._queue.append(((group, since, limit), result))
+        if not self._running:
+            self._running = True
+            gevent.spawn(self._flush)
+        page = result.get(timeout=timeout)
+        if isinstance(page, BaseException):
+            raise page
+        return page
+
+    def _flush(self) -> None:
+        queue = self._queue
+        try:
+            while queue:
+                batch = [queue.popleft() for _ in range(min(len(queue), self.MAX_BATCH))]
+                pages: list[Union[Any, BaseException]]
+                try:
+                    pages = self.layer._history_read([request for request, _ in batch])
+                except Exception as e:  # the layer reports per request; this is an outage
+                    pages = [e] * len(batch)
+                for (_, result), page in zip(batch, pages):
+                    result.set(page)
+        finally:
+            self._running = False
+            if queue:  # killed mid-way: never strand what is queued
+                self._running = True
+                gevent.spawn(self._flush)
 
 
 class _Group:
@@ -267,16 +315,15 @@ class Follower:
 
     def _read(self, group: str, epoch: str, since: int) -> None:
         """Read what ``group`` kept after ``since`` (pages up to its top), then merge it."""
-        layer = self.side.conn.sidecar.layer
+        reader = self.side.conn.sidecar.history_reader
+        deadline = time.monotonic() + self.wait
         messages: list[tuple[int, dict[str, Any]]] = []
         cursor = since
         why = ""
         page: Any = None
         try:
             while True:
-                page = layer._history_read([(group, cursor, _PAGE)])[0]
-                if isinstance(page, BaseException):
-                    raise page
+                page = reader.read(group, cursor, _PAGE, max(0.0, deadline - time.monotonic()))
                 if page.epoch != epoch or since > page.top:
                     why = "epoch"
                     break
@@ -287,9 +334,13 @@ class Follower:
                 if not page.messages or page.messages[-1][0] >= page.top:
                     break
                 cursor = page.messages[-1][0]
+        except gevent.Timeout:
+            why = "timeout"
+            page = None
         except Exception as e:
             log.info("resume of %r for %s: history unavailable (%s)", group, self.side.conn.reply_channel, e)
             why = "unavailable"
+            page = None
         if why:
             known = page is not None and not isinstance(page, BaseException)
             self._finish(group, None, why, page.epoch if known else None, page.top if known else None)

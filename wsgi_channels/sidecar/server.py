@@ -48,6 +48,7 @@ from .config import RECEIVE_OVERHEAD, SidecarConfig
 from .connection import ClientConnection
 from .metrics import SidecarStats, make_metrics_app, make_registry
 from .presence import PresenceKeeper
+from .resume import HistoryReader
 from .sender import LayerSender
 from .websocket_side import FrameCache
 
@@ -76,6 +77,8 @@ class Sidecar:
         self.stats = SidecarStats()
         #: The presence entries of this process's sockets (it owns them: see .presence).
         self.presence = PresenceKeeper(self)
+        #: Resumes' history reads, coalesced (see .resume).
+        self.history_reader = HistoryReader(self.layer)
         #: Bytes queued for all clients (what the kernel did not take yet); max_outgoing_total bounds it.
         self.queued_bytes = 0
         self.routes: dict[str, ClientConnection] = {}
