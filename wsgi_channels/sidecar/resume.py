@@ -15,7 +15,8 @@ frames"):
     the next message frame is message ``offset`` of ``group``'s stream ``epoch``.
 ``{"t": "recovered", "g", "e", "o", "n"}``
     a resume succeeded: the ``n`` missed messages (each after its ``"h"``) are delivered and
-    ``o`` is the latest; every later message comes exactly once, in order.
+    ``o`` is the latest; every later message comes exactly once, in order. (A ``close`` sent to
+    the group is never replayed.)
 ``{"t": "gap", "g", "e", "o", "why"}``
     a resume could not be honoured (``why``: ``epoch`` - the stream restarted, ``trimmed`` -
     missed messages are no longer kept, ``unavailable`` - the layer could not be read,
@@ -360,10 +361,14 @@ class Follower:
             return
         stats = side.conn.sidecar.stats
         if messages is not None and epoch is not None and top is not None:
+            count = 0
             for offset, message in messages:
+                if message.get("text") is None and message.get("bytes") is None:
+                    continue  # a close (or accept) sent to the group is never replayed: it acted once
                 side.write_message(message, (group, epoch, offset))
+                count += 1
             state.epoch, state.last = epoch, top
-            side.write_control({"t": "recovered", "g": group, "e": epoch, "o": top, "n": len(messages)})
+            side.write_control({"t": "recovered", "g": group, "e": epoch, "o": top, "n": count})
             stats.resumes["recovered"] += 1
         else:
             body: dict[str, Any] = {"t": "gap", "g": group, "why": why}
