@@ -411,3 +411,21 @@ test("presence(group) reads the app's presence view and rejects naming the HTTP 
   await assert.rejects(sock.presence("room.closed"), /HTTP 404/);
   assert.deepEqual(asked, [["/_wsgi_channels/presence/room.a", "same-origin"], ["/_wsgi_channels/presence/room.closed", "same-origin"]]);
 });
+
+test("at most 32 groups are resumed: the most recently updated", () => {
+  const positions = {};
+  for (let i = 0; i < 40; i += 1) positions[`g${i}`] = { epoch: "E", offset: i };
+  const url = resumeURL("ws://h/ws/", positions);
+  const items = url.split("_wsc_r=")[1].split(",");
+  assert.equal(items.length, 32);
+  assert.equal(items[0], "g8:E:8");
+  const { sock, last, clock } = makeResume({ positions });
+  last().serverOpen();
+  last().serverMessage(ctl({ t: "h", g: "g0", e: "E", o: 100 }));
+  last().serverMessage("x");
+  last().serverClose(1006);
+  clock.advance(60000);
+  assert.ok(last().url.endsWith(",g0:E:100"), last().url);
+  assert.ok(!last().url.includes("g8:E:8,") && last().url.includes("=g9:E:9,"), last().url);
+  assert.equal(sock.position("g0").offset, 100);
+});

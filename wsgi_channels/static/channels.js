@@ -112,6 +112,8 @@ const DEFAULTS = Object.freeze({
 const CONTROL_MARK = "\u0000";
 const GROUP_RE = /^[a-zA-Z0-9\-_.]{1,200}$/;
 const EPOCH_RE = /^[A-Za-z0-9_-]{1,16}$/;
+/** Most groups one handshake may resume (the sidecar refuses more): the most recently updated are sent. */
+export const MAX_RESUME_GROUPS = 32;
 
 /** `url` with the opt-in and resume parameters for `positions` ({group: {epoch, offset}}). */
 export function resumeURL(url, positions) {
@@ -122,6 +124,7 @@ export function resumeURL(url, positions) {
     if (!Number.isSafeInteger(offset) || offset < 0) continue;
     items.push(`${group}:${pos.epoch}:${offset}`);
   }
+  items.splice(0, Math.max(0, items.length - MAX_RESUME_GROUPS)); // positions are kept oldest first
   const [base, hash] = String(url).split("#", 2);
   const kept = base.replace(/([?&])_wsc(_r)?(=[^&]*)?(?=&|$)/g, "$1").replace(/[?&]+$/, "").replace(/&&+/g, "&").replace("?&", "?");
   let params = "_wsc=1";
@@ -346,7 +349,10 @@ export class ChannelSocket extends EventTarget {
 
   _advance(group, epoch, offset) {
     const pos = this.positions[group];
-    if (!pos || pos.epoch !== epoch || offset > pos.offset) this.positions[group] = { epoch, offset };
+    if (!pos || pos.epoch !== epoch || offset > pos.offset) {
+      delete this.positions[group]; // re-inserted last: the most recently updated are the ones resumed
+      this.positions[group] = { epoch, offset };
+    }
   }
 
   _control(text) {
@@ -367,8 +373,8 @@ export class ChannelSocket extends EventTarget {
       this._advance(group, String(body.e), Number(body.o));
       this._emit("recovered", { group, epoch: body.e, offset: body.o, count: body.n });
     } else if (body.t === "gap") {
+      delete this.positions[group];
       if (typeof body.e === "string") this.positions[group] = { epoch: body.e, offset: Number(body.o) };
-      else delete this.positions[group];
       this._emit("gap", { group, reason: body.why, epoch: body.e ?? null, offset: body.o ?? null });
     } else if (body.t === "p") {
       const { t: _t, g: _g, ...change } = body;
