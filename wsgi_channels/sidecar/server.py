@@ -48,6 +48,8 @@ from .common import LAYER_SLOT_TIMEOUT
 from .config import RECEIVE_OVERHEAD, SidecarConfig
 from .connection import ClientConnection
 from .metrics import SidecarStats, make_metrics_app, make_registry
+from .presence import PresenceKeeper
+from .resume import HistoryReader
 from .sender import LayerSender
 from .websocket_side import FrameCache
 
@@ -74,6 +76,10 @@ class Sidecar:
         self._check_message_sizes()
         self.prefix = new_process_prefix(SIDECAR_PREFIX.rstrip("."))  # gets the layer's process_capacity
         self.stats = SidecarStats()
+        #: The presence entries of this process's sockets (it owns them: see .presence).
+        self.presence = PresenceKeeper(self)
+        #: Resumes' history reads, coalesced (see .resume).
+        self.history_reader = HistoryReader(self.layer)
         #: Bytes queued for all clients (what the kernel did not take yet); max_outgoing_total bounds it.
         self.queued_bytes = 0
         self.routes: dict[str, ClientConnection] = {}
@@ -357,7 +363,7 @@ class Sidecar:
             self._close_listeners()
             raise
         self._loops = [gevent.spawn(self._receive_loop), gevent.spawn(self._sweeper),
-                       gevent.spawn(self._watch_layer_state)]
+                       gevent.spawn(self._watch_layer_state), gevent.spawn(self.presence.run, self._stopped)]
         log.info("sidecar prefix %s, layer %s, http %s", self.prefix, type(self.layer).__name__, self.config.http)
 
     def serve_forever(self) -> int:
@@ -410,6 +416,7 @@ class Sidecar:
         if self._admin is not None:
             self._admin.stop(timeout=1)
         self._stopped.set()
+        self.presence.stop()
         try:
             self.layer.group_discard(*self._state_marker)
         except Exception:  # the layer is down: the marker expires with group_expiry
