@@ -35,6 +35,7 @@ DOCS_REQUIRES = [
 TEST_REQUIRES = [
     "pytest>=8",
     "pytest-timeout>=2.3",
+    "pytest-xdist>=3.5",  # CI runs the suite on two processes (-n 2 --dist loadfile): most tests wait on servers
     "hypothesis>=6.100",
     "requests>=2.31",
     "websocket-client>=1.7",

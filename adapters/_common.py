@@ -30,7 +30,8 @@ from werkzeug.http import parse_cookie
 
 from ..channel import Channel, Group, check_push, resolve_layer
 from ..exceptions import ConfigurationError, InvalidGroupName, LayerUnavailable, PresenceNotEnabled
-from ..layers.base import BaseChannelLayer, validate_group_name
+from ..layers.base import BaseChannelLayer
+from ..layers.names import validate_group_name
 from ..presence import consuming
 from ..protocol.close_codes import CLOSE_POLICY
 from ..protocol.origin import normalize_origins, parse_origin

@@ -36,7 +36,7 @@ sys.path.insert(0, ROOT)
 
 from servers import RedisServer  # noqa: E402
 from wsgi_channels.layers import from_url  # noqa: E402
-from wsgi_channels.layers.base import new_process_prefix  # noqa: E402
+from wsgi_channels.layers.names import new_process_prefix  # noqa: E402
 
 QUERY = "group_history=hist.*:size=100:ttl=300&group_presence=room.*:max_members=2000:ttl=60"
 MESSAGE = {"type": "websocket.send", "text": "hello from a view " * 5}

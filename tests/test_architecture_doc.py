@@ -5,7 +5,8 @@ code in the page exists (imported, then looked up attribute by attribute); every
 package has its line there; the table of a sidecar connection's states is
 :data:`wsgi_channels.sidecar.state.TRANSITIONS`; and the page's table of import rules names
 exactly the rules the tests enforce: those of ``tests/test_import_rules.py`` and the ones below
-(:data:`ARCH_RULES`, checked here with the same walker), with what each forbids.
+(:data:`ARCH_RULES`, checked here with the same walker), with what each forbids. No module of
+the package is over :data:`MAX_MODULE_LINES` lines, as the page says.
 """
 from __future__ import annotations
 
@@ -194,6 +195,32 @@ def test_every_module_has_its_line():
     wanted |= {f"adapters/{p.name}" + ("/" if p.is_dir() else "") for p in ADAPTERS.iterdir()
                if p.name not in ("__init__.py", "__pycache__")}
     assert not sorted(wanted - named), f"modules without a line in docs/architecture.md: {sorted(wanted - named)}"
+
+
+#: The most lines a module of the package may have ("one module, one job"; the page states it).
+MAX_MODULE_LINES = 600
+
+
+def long_modules(package: Path, limit: int = MAX_MODULE_LINES) -> list[str]:
+    """``"path: N lines"`` for every module under ``package`` over ``limit`` lines, longest first."""
+    counts = {p.relative_to(package).as_posix(): len(p.read_text().splitlines()) for p in package.rglob("*.py")}
+    return [f"{path}: {n} lines" for path, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+            if n > limit]
+
+
+def test_no_module_is_over_the_line_limit():
+    assert f"over {MAX_MODULE_LINES} lines" in TEXT, "docs/architecture.md no longer states the module size limit"
+    too_long = long_modules(PACKAGE)
+    assert not too_long, (f"modules of wsgi_channels/ over {MAX_MODULE_LINES} lines (split each along a seam, "
+                          "see docs/architecture.md):\n" + "\n".join(too_long))
+
+
+def test_the_line_limit_names_every_long_module(tmp_path):
+    """The checker itself: every module over the limit is named (nested ones too), none at it."""
+    (tmp_path / "sub").mkdir()
+    for name, lines in (("ok.py", 600), ("long.py", 601), ("sub/longer.py", 750), ("notes.txt", 900)):
+        (tmp_path / name).write_text("x = 1\n" * lines)
+    assert long_modules(tmp_path) == ["sub/longer.py: 750 lines", "long.py: 601 lines"]
 
 
 def test_state_table_is_the_transition_table():

@@ -21,7 +21,7 @@ import stack
 from servers import RedisServer
 from wsgi_channels.exceptions import InvalidChannelName, InvalidGroupName, InvalidMessage, MessageTooLarge
 from wsgi_channels.layers import from_url
-from wsgi_channels.layers.base import validate_channel_name, validate_group_name
+from wsgi_channels.layers.names import validate_channel_name, validate_group_name
 from wsgi_channels.serialization import validate_message
 from wsgi_channels.protocol.translation import (InvalidRequest, build_request_message, validate_response_message,
                                        validate_websocket_send)
@@ -133,7 +133,7 @@ def test_second_status_aborts_the_response_without_mixing_bodies(app_side):
 
 def test_bad_names_non_serialisable_and_oversized_messages_fail_in_the_sender(app_side):
     _, layer = app_side
-    from wsgi_channels.layers.base import MAX_NAME_LENGTH
+    from wsgi_channels.layers.names import MAX_NAME_LENGTH
 
     for name in ("", "has space", "a" * (MAX_NAME_LENGTH + 1), "x?", "pre!", "ünïcode", None, 5, b"bytes"):
         with pytest.raises(InvalidChannelName) as e:

@@ -14,7 +14,7 @@ import warnings
 import pytest
 
 from wsgi_channels import exceptions as exc
-from wsgi_channels.layers.base import new_process_prefix
+from wsgi_channels.layers.names import new_process_prefix
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from wsgi_channels import exceptions as exc
-from wsgi_channels.layers.base import new_process_prefix
+from wsgi_channels.layers.names import new_process_prefix
 from wsgi_channels.serialization import DEFAULT_MAX_MESSAGE_SIZE, RESERVED_KEY, encode
 
 from test_layer_contract import drain

@@ -19,7 +19,7 @@ import pytest
 
 from wsgi_channels import Channel, Group, exceptions as exc
 from wsgi_channels.layers import from_url, parse_options
-from wsgi_channels.layers.base import new_process_prefix
+from wsgi_channels.layers.names import new_process_prefix
 from wsgi_channels.layers.features import HistoryOptions, PresenceOptions, format_item, parse_history, parse_presence
 from wsgi_channels.layers.memory import MemoryChannelLayer
 

@@ -12,7 +12,7 @@ import pytest
 
 from feature_backends import drain, feature_backend, feature_layer, stored_groups, sweep_concurrently  # noqa: F401
 from wsgi_channels import Group, exceptions as exc
-from wsgi_channels.layers.base import new_process_prefix
+from wsgi_channels.layers.names import new_process_prefix
 from wsgi_channels.layers.features import NOTICE_KEY, PRESENCE_KEY
 from wsgi_channels.presence import conn_id, consuming
 

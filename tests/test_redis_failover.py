@@ -58,7 +58,11 @@ def test_failover_under_traffic(topology, fault, tmp_path):
     victim = topology.primary_for(layer._shard_of(channel).key("q", channel))
     for member in ("m1", "m2"):
         layer.group_add(group, prefix + member)
-    loops = [SendLoop(url, channel), ReceiveLoop(url, [channel]), GroupLoop(url, group), ReceiveLoop(url, [prefix])]
+    # The sender's layer allows a backlog of 1000 (10 s of its sends): while a layer still writes to
+    # the old primary (up to the monitor's 1 s safety net) nobody reads there, and a backlog of 100
+    # (the default capacity) filled up on a loaded CI machine. ChannelFull stays an unexpected error.
+    loops = [SendLoop(url, channel, capacity=1000), ReceiveLoop(url, [channel]), GroupLoop(url, group),
+             ReceiveLoop(url, [prefix])]
     sender, reader, grouper, group_reader = loops
     listeners: list = []
     pusher = None

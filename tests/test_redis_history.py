@@ -17,7 +17,7 @@ import redis
 from servers import RedisServer
 from wsgi_channels import exceptions as exc
 from wsgi_channels.layers import from_url
-from wsgi_channels.layers.base import new_process_prefix
+from wsgi_channels.layers.names import new_process_prefix
 from wsgi_channels.layers.features import STAMP_KEY
 
 pytestmark = pytest.mark.timeout(120)

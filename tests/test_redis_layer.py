@@ -366,7 +366,7 @@ def test_from_url_forms(redis_shards, made):
         from_url(urls[0] + "?capasity=3")
     # connection options stay in the URL for redis-py; encryption keys are comma-separated
     d = made(f"{urls[0]}?client_name=bench&symmetric_encryption_keys=k1,k2&capacity=4,{urls[1]}?capacity=4")
-    assert len(d.hosts) == 2 and d.capacity == 4 and d._fernet is not None
+    assert len(d.hosts) == 2 and d.capacity == 4 and d._bodies.fernet is not None
     assert "client_name=bench" in d.hosts[0] and "symmetric" not in d.hosts[0]
     d.send("url.opts", {"n": 1})
     assert d.receive(["url.opts"]) == ("url.opts", {"n": 1})

@@ -25,7 +25,7 @@ from fault_app import SECRET
 from servers import RedisServer, free_port
 from wsgi_channels.exceptions import ChannelsError, LayerUnavailable
 from wsgi_channels.layers import from_url
-from wsgi_channels.layers.base import new_process_prefix
+from wsgi_channels.layers.names import new_process_prefix
 
 PASSWORD = "pw-4b8e1c0d9a77-never-shown"
 
@@ -71,7 +71,7 @@ def test_reply_channel_names_carry_at_least_72_bits_from_a_csprng(sidecar_and_ap
     for c in clients:
         c.close()
     # The same RNG seed in two processes still gives different names: a CSPRNG, not `random`.
-    code = ("import random; random.seed(0); from wsgi_channels.layers.base import new_process_prefix; "
+    code = ("import random; random.seed(0); from wsgi_channels.layers.names import new_process_prefix; "
             "from wsgi_channels.layers.memory import MemoryChannelLayer; "
             "print(new_process_prefix('sidecar'), MemoryChannelLayer().new_channel('http.response?'))")
     env = dict(os.environ, PYTHONHASHSEED="0")
@@ -96,7 +96,7 @@ def test_new_channel_and_prefix_tokens_look_uniform():
 def test_a_forked_child_never_reuses_its_parents_random_bytes():
     """Tokens come from a pool of os.urandom bytes; gunicorn forks after import, so a child that
     kept its parent's pool would hand out the names the parent hands out next."""
-    from wsgi_channels.layers.base import new_local_channel
+    from wsgi_channels.layers.names import new_local_channel
 
     new_local_channel("p.x!")  # the parent's pool now holds unused bytes
     read, write = os.pipe()

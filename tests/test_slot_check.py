@@ -18,7 +18,7 @@ import redis
 
 from slot_check import Finding, one_slot_violations, random_names, undeclared_keys
 from wsgi_channels.layers.redis import cluster_scripts, scripts
-from wsgi_channels.layers.base import non_local_name, validate_channel_name, validate_group_name
+from wsgi_channels.layers.names import non_local_name, validate_channel_name, validate_group_name
 from wsgi_channels.layers.redis import RedisChannelLayer
 from wsgi_channels.layers.redis.connection import NOW
 from wsgi_channels.layers.redis.layer import _C_GROUP_ADD, _C_GROUP_DISCARD, _FANOUT_TAIL, _GROUP_ADD, _GROUP_DISCARD

@@ -37,8 +37,8 @@ from typing import Any, Iterator, Mapping, Optional, Union
 
 from .exceptions import InvalidMessage
 from .layers import from_url
-from .layers.base import (BaseChannelLayer, HistoryPage, Position, PresenceEntry, is_sidecar_prefix, non_local_name,
-                          validate_channel_name, validate_group_name)
+from .layers.base import BaseChannelLayer, HistoryPage, Position, PresenceEntry
+from .layers.names import is_sidecar_prefix, non_local_name, validate_channel_name, validate_group_name
 from .presence import current_user
 from .protocol.responses import validate_websocket_send
 from .serialization import EncodedMessage, encode, refuse_reserved

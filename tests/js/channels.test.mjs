@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  ChannelSocket, STOP_CODES, backoffDelay, connect, shouldReconnect, wsURL,
+  ChannelSocket, STOP_CODES, backoffDelay, connect, resumeURL, shouldReconnect, wsURL,
 } from "../../wsgi_channels/static/channels.js";
 
 class FakeSocket {
@@ -306,4 +306,126 @@ test("a URL function may return a Promise; a rejected one is a failed attempt, r
   FakeSocket.instances[0].serverOpen();
   assert.deepEqual(events.at(-1), ["open", "ws://rt.test/ws/y?_wsc_token=ok"]);
   s.close();
+});
+
+// -- resume after reconnect and presence (the sidecar's control frames) --------------------------
+
+function makeResume(options = {}) {
+  const made = make({ resume: true, ...options });
+  for (const type of ["recovered", "gap", "presence"]) {
+    made.sock.addEventListener(type, (e) => made.events.push([type, e.detail]));
+  }
+  return made;
+}
+
+const ctl = (body) => "\u0000" + JSON.stringify(body);
+
+test("without resume the URL and the frames are untouched (a NUL text frame is a message)", () => {
+  const { events, last } = make();
+  assert.equal(last().url, "ws://example.test/ws/");
+  last().serverOpen();
+  last().serverMessage("\u0000x");
+  assert.deepEqual(events.filter(([t]) => t === "message"), [["message", "\u0000x"]]);
+});
+
+test("resume opts in, tracks positions from control frames, and sends them on reconnect", () => {
+  const { sock, events, last, clock } = makeResume();
+  assert.equal(last().url, "ws://example.test/ws/?_wsc=1");
+  last().serverOpen();
+  last().serverMessage(ctl({ t: "h", g: "chat.a", e: "Ep1", o: 7 }));
+  last().serverMessage('{"n":7}');
+  last().serverMessage(ctl({ t: "h", g: "chat.a", e: "Ep1", o: 8 }));
+  last().serverMessage(new ArrayBuffer(2));
+  last().serverMessage("\u0000\u0000app"); // an app frame starting with NUL, escaped
+  assert.deepEqual(sock.position("chat.a"), { epoch: "Ep1", offset: 8 });
+  const messages = events.filter(([t]) => t === "message").map(([, d]) => d);
+  assert.equal(messages.length, 3);
+  assert.equal(messages[0], '{"n":7}');
+  assert.equal(messages[2], "\u0000app");
+  assert.deepEqual(events.filter(([t]) => t === "json").map(([, d]) => d), [{ n: 7 }]);
+  last().serverClose(1006);
+  clock.advance(60000);
+  assert.equal(last().url, "ws://example.test/ws/?_wsc=1&_wsc_r=chat.a:Ep1:8");
+});
+
+test("initial positions from the page resume the first connect; recovered and gap events", () => {
+  const { sock, events, last } = makeResume({ resume: false, positions: { "chat.a": { epoch: "E", offset: 3 } } });
+  assert.equal(last().url, "ws://example.test/ws/?_wsc=1&_wsc_r=chat.a:E:3");
+  last().serverOpen();
+  last().serverMessage(ctl({ t: "h", g: "chat.a", e: "E", o: 4 }));
+  last().serverMessage("m4");
+  last().serverMessage(ctl({ t: "recovered", g: "chat.a", e: "E", o: 4, n: 1 }));
+  last().serverMessage(ctl({ t: "gap", g: "chat.b", why: "epoch", e: "F", o: 9 }));
+  last().serverMessage(ctl({ t: "gap", g: "chat.c", why: "unavailable" }));
+  assert.deepEqual(events.filter(([t]) => ["recovered", "gap"].includes(t)), [
+    ["recovered", { group: "chat.a", epoch: "E", offset: 4, count: 1 }],
+    ["gap", { group: "chat.b", reason: "epoch", epoch: "F", offset: 9 }],
+    ["gap", { group: "chat.c", reason: "unavailable", epoch: null, offset: null }],
+  ]);
+  assert.deepEqual(sock.position("chat.b"), { epoch: "F", offset: 9 });
+  assert.equal(sock.position("chat.c"), null);
+  assert.equal(events.filter(([t]) => t === "message").length, 1);
+});
+
+test("presence frames become presence events", () => {
+  const { events, last } = makeResume({ resume: false, presence: true });
+  last().serverOpen();
+  last().serverMessage(ctl({ t: "p", g: "room.a", v: 2, c: 1, u: 1, m: "e", ev: [["l", "abc"]] }));
+  assert.deepEqual(events.filter(([t]) => t === "presence"), [
+    ["presence", { group: "room.a", change: { v: 2, c: 1, u: 1, m: "e", ev: [["l", "abc"]] } }],
+  ]);
+});
+
+test("resumeURL keeps other parameters and the connect token, replaces old _wsc ones, skips bad positions", () => {
+  assert.equal(resumeURL("ws://h/ws/?_wsc_token=T&x=1&_wsc=1&_wsc_r=a:b:1", { g: { epoch: "E", offset: 2 } }),
+    "ws://h/ws/?_wsc_token=T&x=1&_wsc=1&_wsc_r=g:E:2");
+  assert.equal(resumeURL("ws://h/ws/", { "bad name": { epoch: "E", offset: 1 }, g: { epoch: "E!", offset: 1 },
+    h: { epoch: "E", offset: -1 } }), "ws://h/ws/?_wsc=1");
+});
+
+test("a history group joined without any position is reported as a gap (no-position) after a reconnect", () => {
+  const { events, last, clock } = makeResume();
+  last().serverOpen();
+  last().serverMessage(ctl({ t: "j", g: "chat.quiet" }));
+  last().serverMessage(ctl({ t: "j", g: "chat.busy" }));
+  last().serverMessage(ctl({ t: "h", g: "chat.busy", e: "E", o: 1 }));
+  last().serverMessage("m1");
+  last().serverClose(1001);
+  clock.advance(60000);
+  assert.equal(last().url, "ws://example.test/ws/?_wsc=1&_wsc_r=chat.busy:E:1");
+  last().serverOpen();
+  assert.deepEqual(events.filter(([t]) => t === "gap"), [
+    ["gap", { group: "chat.quiet", reason: "no-position", epoch: null, offset: null }],
+  ]);
+});
+
+test("presence(group) reads the app's presence view and rejects naming the HTTP status", async () => {
+  const asked = [];
+  const fetch = async (url, init) => {
+    asked.push([url, init.credentials]);
+    if (url.endsWith("/room.closed")) return { ok: false, status: 404 };
+    return { ok: true, status: 200, json: async () => ({ group: "room.a", clients: 1, users: 1, members: [] }) };
+  };
+  const { sock } = make({ fetch });
+  assert.deepEqual(await sock.presence("room.a"), { group: "room.a", clients: 1, users: 1, members: [] });
+  await assert.rejects(sock.presence("room.closed"), /HTTP 404/);
+  assert.deepEqual(asked, [["/_wsgi_channels/presence/room.a", "same-origin"], ["/_wsgi_channels/presence/room.closed", "same-origin"]]);
+});
+
+test("at most 32 groups are resumed: the most recently updated", () => {
+  const positions = {};
+  for (let i = 0; i < 40; i += 1) positions[`g${i}`] = { epoch: "E", offset: i };
+  const url = resumeURL("ws://h/ws/", positions);
+  const items = url.split("_wsc_r=")[1].split(",");
+  assert.equal(items.length, 32);
+  assert.equal(items[0], "g8:E:8");
+  const { sock, last, clock } = makeResume({ positions });
+  last().serverOpen();
+  last().serverMessage(ctl({ t: "h", g: "g0", e: "E", o: 100 }));
+  last().serverMessage("x");
+  last().serverClose(1006);
+  clock.advance(60000);
+  assert.ok(last().url.endsWith(",g0:E:100"), last().url);
+  assert.ok(!last().url.includes("g8:E:8,") && last().url.includes("=g9:E:9,"), last().url);
+  assert.equal(sock.position("g0").offset, 100);
 });

@@ -1,4 +1,4 @@
-"""What every channel layer shares: names, capacities, new channels, the API surface.
+"""What every channel layer shares: capacities, message checks, new channels, the API surface.
 
 :class:`BaseChannelLayer` is the whole contract a backend implements, in one place: every
 method the push API, the worker, the consumers and the sidecar call. A backend implements
@@ -6,8 +6,10 @@ method the push API, the worker, the consumers and the sidecar call. A backend i
 ``flush``, the statistics and the session methods (``session_compare_and_set`` included);
 ``send_many``, ``receive_batch`` and ``send_many_then_receive`` have default implementations
 built on those, which a backend overrides when it can do the same in fewer round trips.
-Everything that is a rule of the contract (naming, message validation, capacity lookup,
-reply-channel names) lives here too, so every backend applies it the same way.
+The rules of the contract every backend applies the same way live beside it: the name rules
+and the random names (new channels, process prefixes, reply channels) in :mod:`.names`, the
+capacity of each channel in :mod:`.capacity`, message checks in
+:mod:`wsgi_channels.serialization`.
 
 Group history (issue 18) and presence (issue 19) are declared here as well, with the
 configuration (``group_history``/``group_presence``, :mod:`.features`) and the public
@@ -16,17 +18,14 @@ the hooks marked below.
 """
 from __future__ import annotations
 
-import base64
-import fnmatch
-import os
-import re
 import threading
 import warnings
 from collections import Counter
-from typing import Any, Callable, Iterable, Mapping, Optional, Pattern, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from .. import exceptions as exc
 from ..serialization import DEFAULT_MAX_MESSAGE_SIZE, RESERVED_KEY, decode, encode
+from .capacity import CapacityRules, CapacitySpec
 from .features import (
     Features,
     FeatureRules,
@@ -40,18 +39,16 @@ from .features import (
     check_presence,
     check_since_limit,
 )
+from .names import (
+    MAX_NAME_LENGTH,
+    new_channel_name,
+    validate_channel_name,
+    validate_group_name,
+    validate_new_channel_pattern,
+)
 
 __all__ = [
     "BaseChannelLayer",
-    "CHANNEL_NAME_RE",
-    "GROUP_NAME_RE",
-    "MAX_NAME_LENGTH",
-    "validate_channel_name",
-    "validate_group_name",
-    "non_local_name",
-    "new_process_prefix",
-    "SIDECAR_PREFIX",
-    "is_sidecar_prefix",
     "DEFAULT_BLOCK_TIMEOUT",
     "MessageDict",
     "Received",
@@ -61,136 +58,10 @@ __all__ = [
     "PresenceChange",
 ]
 
-# ``\Z``, not ``$``: with ``re.match``, ``$`` also matches before a trailing newline, which
-# would let ``"name\n"`` through (and a newline or space in a name breaks the Redis layer's
-# member lists).
-CHANNEL_NAME_RE = re.compile(r"^[a-zA-Z0-9\-_.]+((\?|\!)[a-zA-Z0-9\-_.]*)?\Z")
-GROUP_NAME_RE = re.compile(r"^[a-zA-Z0-9\-_.]+\Z")
-#: Longest channel or group name accepted (the contract asks for at least 100).
-MAX_NAME_LENGTH = 200
 #: Longest a blocking ``receive`` waits when no ``timeout`` is given (seconds).
 DEFAULT_BLOCK_TIMEOUT = 5.0
-#: Characters of randomness in ``new_channel`` names and process prefixes
-#: (urlsafe base64: 6 bits each, so 16 characters = 96 bits).
-_TOKEN_CHARS = 16
-#: Length of the per-connection suffix a process puts after its own prefix (72 random bits).
-LOCAL_SUFFIX_CHARS = 12
 
 
-class _RandomPool:
-    """Bytes from the operating system's CSPRNG (``os.urandom``), read a page at a time and each
-    handed out once: a token costs a slice instead of a ``getrandom`` call (under load, a system
-    call per request is also a point where the process can be preempted). A forked child never
-    hands out its parent's bytes."""
-
-    SIZE = 4096
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._data = b""
-        self._pos = 0
-
-    def take(self, n: int) -> bytes:
-        with self._lock:
-            pos = self._pos
-            if pos + n > len(self._data):
-                self._data, pos = os.urandom(max(self.SIZE, n)), 0
-            self._pos = pos + n
-            return self._data[pos:pos + n]
-
-    def discard(self) -> None:
-        self._lock = threading.Lock()  # a lock held by another thread at fork time stays held here
-        self._data, self._pos = b"", 0
-
-
-_random = _RandomPool()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_random.discard)
-
-
-def _token(chars: int = _TOKEN_CHARS) -> str:
-    """``chars`` characters of CSPRNG randomness in urlsafe base64 (A-Z a-z 0-9 - _, inside the
-    name rule), 6 bits each."""
-    return base64.urlsafe_b64encode(_random.take((chars * 3 + 3) // 4)).decode()[:chars]
-
-
-def validate_channel_name(name: Any, receive: bool = False) -> str:
-    """Return ``name`` if it is a valid channel name, else raise :class:`InvalidChannelName`.
-
-    For sending (``receive=False``) a name ending in ``?`` or ``!`` is refused:
-    those are patterns or prefixes, never destinations. For receiving, a ``!``
-    name must end at the ``!`` and a ``?`` name must have a suffix.
-    """
-    if not isinstance(name, str):
-        raise exc.InvalidChannelName(f"channel name must be a str, not {type(name).__name__}: {name!r}")
-    if len(name) > MAX_NAME_LENGTH:
-        raise exc.InvalidChannelName(
-            f"channel name {name[:40]!r}... is {len(name)} characters, over the limit of {MAX_NAME_LENGTH}"
-        )
-    if not CHANNEL_NAME_RE.match(name):
-        raise exc.InvalidChannelName(
-            f"channel name {name!r} is invalid: use letters, digits, '-', '_' and '.', "
-            "optionally one '?' or '!' followed by more of them"
-        )
-    if name.endswith("?"):
-        raise exc.InvalidChannelName(
-            f"channel name {name!r} ends in '?': that is a pattern for new_channel(), not a channel"
-        )
-    if "!" in name:
-        if receive and not name.endswith("!"):
-            raise exc.InvalidChannelName(
-                f"cannot receive on {name!r}: receive on its process prefix {non_local_name(name)!r}"
-            )
-        if not receive and name.endswith("!"):
-            raise exc.InvalidChannelName(
-                f"cannot send to {name!r}: a process-local channel needs a suffix after '!'"
-            )
-    return name
-
-
-def validate_group_name(name: Any) -> str:
-    """Return ``name`` if it is a valid group name, else raise :class:`InvalidGroupName`."""
-    if not isinstance(name, str):
-        raise exc.InvalidGroupName(f"group name must be a str, not {type(name).__name__}: {name!r}")
-    if len(name) > MAX_NAME_LENGTH:
-        raise exc.InvalidGroupName(
-            f"group name {name[:40]!r}... is {len(name)} characters, over the limit of {MAX_NAME_LENGTH}"
-        )
-    if not GROUP_NAME_RE.match(name):
-        raise exc.InvalidGroupName(
-            f"group name {name!r} is invalid: use only letters, digits, '-', '_' and '.'"
-        )
-    return name
-
-
-def non_local_name(channel: str) -> str:
-    """``'prefix!suffix'`` -> ``'prefix!'``; any other name is returned unchanged."""
-    i = channel.find("!")
-    return channel if i < 0 else channel[: i + 1]
-
-
-def new_process_prefix(name: str = "process") -> str:
-    """An unguessable process-local prefix such as ``'sidecar.Xy3...!'`` for one reading process."""
-    validate_group_name(name)
-    return f"{name}.{_token()}!"
-
-
-def new_local_channel(prefix: str) -> str:
-    """A reply channel on the process prefix ``prefix`` (``'sidecar.Xy3...!'``): the prefix plus
-    a random suffix, so knowing one connection's channel tells nothing about another's."""
-    return prefix + _token(LOCAL_SUFFIX_CHARS)
-
-
-#: The sidecar's process prefixes start with this; they get ``process_capacity`` (see BaseChannelLayer).
-SIDECAR_PREFIX = "sidecar."
-
-
-def is_sidecar_prefix(name: str) -> bool:
-    """Whether ``name`` (a non-local ``prefix!``) is one of the sidecar's own process prefixes."""
-    return name.endswith("!") and name.startswith(SIDECAR_PREFIX)
-
-
-CapacityKey = Union[str, Pattern[str]]
 #: A channel message: a dict with str keys (values as :mod:`wsgi_channels.serialization` allows).
 MessageDict = dict[str, Any]
 #: What :meth:`BaseChannelLayer.receive` returns: ``(channel, message)``, or ``(None, None)``.
@@ -248,7 +119,7 @@ class BaseChannelLayer:
         expiry: float = 60,
         group_expiry: float = 86400,
         capacity: int = 100,
-        channel_capacity: Mapping[CapacityKey, int] | Iterable[tuple[CapacityKey, int]] | None = None,
+        channel_capacity: CapacitySpec = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         process_capacity: int = 10000,
         group_history: Spec = None,
@@ -263,8 +134,7 @@ class BaseChannelLayer:
         self.capacity = int(capacity)
         self.max_message_size = int(max_message_size)
         self.process_capacity = int(process_capacity)
-        self._capacity_rules = self._compile_capacities(channel_capacity)
-        self._capacity_cache: dict[str, int] = {}
+        self._capacities = CapacityRules(channel_capacity, self.capacity, self.process_capacity)
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         self._features = FeatureRules(group_history, group_presence)
@@ -290,54 +160,17 @@ class BaseChannelLayer:
 
     # -- capacities -------------------------------------------------------------------------
 
-    @staticmethod
-    def _compile_capacities(spec: Any) -> list[tuple[Pattern[str], int]]:
-        if not spec:
-            return []
-        items = spec.items() if isinstance(spec, Mapping) else spec
-        rules = []
-        for pattern, cap in items:
-            if isinstance(pattern, str):
-                compiled = re.compile(fnmatch.translate(pattern))
-            elif isinstance(pattern, re.Pattern):
-                compiled = pattern
-            else:
-                raise exc.ConfigurationError(
-                    f"channel_capacity key {pattern!r} must be a glob string or a compiled regex"
-                )
-            if int(cap) < 1:
-                raise exc.ConfigurationError(f"channel_capacity for {pattern!r} must be at least 1")
-            rules.append((compiled, int(cap)))
-        return rules
-
     def get_capacity(self, channel: str) -> int:
         """Capacity of ``channel`` (for ``prefix!suffix``, of ``prefix!``); first matching rule wins."""
-        name = non_local_name(channel)
-        cap = self._capacity_cache.get(name)
-        if cap is None:
-            cap = self.process_capacity if is_sidecar_prefix(name) else self.capacity
-            for pattern, value in self._capacity_rules:
-                if pattern.match(name):
-                    cap = value
-                    break
-            if len(self._capacity_cache) < 10000:
-                self._capacity_cache[name] = cap
-        return cap
+        return self._capacities.of(channel)
 
     # -- names and messages -----------------------------------------------------------------
 
     def new_channel(self, pattern: str) -> str:
         """Return ``pattern`` (which must end in ``?``) plus an unguessable, unused suffix."""
-        if not isinstance(pattern, str) or not pattern.endswith("?"):
-            raise exc.InvalidChannelName(
-                f"new_channel pattern must end in '?' (single-reader channel), got {pattern!r}"
-            )
-        if len(pattern) + _TOKEN_CHARS > MAX_NAME_LENGTH or not CHANNEL_NAME_RE.match(pattern):
-            raise exc.InvalidChannelName(
-                f"new_channel pattern {pattern!r} is invalid: letters, digits, '-', '_' and '.' then one '?'"
-            )
+        validate_new_channel_pattern(pattern)
         for _ in range(10):
-            name = pattern + _token()
+            name = new_channel_name(pattern)
             if not self._channel_in_use(name):
                 return name
         raise exc.ChannelsError("could not find an unused channel name")  # pragma: no cover

@@ -27,10 +27,10 @@ from ..exceptions import PresenceFull
 from ..presence import conn_id
 from ..serialization import decode, encode, with_keys
 from . import _memory_features as mf
-from .base import (BaseChannelLayer, Received, is_sidecar_prefix, non_local_name, validate_channel_name,
-                   validate_group_name)
+from .base import BaseChannelLayer, Received
 from .features import (STAMP_KEY, HistoryOptions, HistoryPage, PresenceChange, PresenceEntry, PresenceOptions,
                        add_notice, check_entries, check_since_limit, discard_notice)
+from .names import is_sidecar_prefix, non_local_name, validate_channel_name, validate_group_name
 
 __all__ = ["MemoryChannelLayer"]
 

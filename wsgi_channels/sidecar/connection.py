@@ -188,6 +188,7 @@ class ClientConnection:
         try:
             if self.ws is not None:
                 self.ws.send_disconnect()
+                self.ws.closed()
             self._lingering_close()
         finally:
             self.sidecar.forget(self)

@@ -14,7 +14,7 @@ client; keep-alive then starts the next request.
 
 Flow control of responses (``docs/protocol.md``): every ``http.request`` (but HEAD) names
 a ``?`` credit channel under the reserved key ``__wsc_flow``, with a window. A consumer that
-knows the key (:class:`~wsgi_channels.wsgi.WsgiConsumer`) keeps at most a window of response
+knows the key (:class:`~wsgi_channels.consumers.wsgi.WsgiConsumer`) keeps at most a window of response
 bytes unacknowledged and waits for credit; the sidecar sends ``{"acked": n}`` (the response's
 content bytes that have left its queue for the kernel) each time half a window more has
 drained. A response of up to half a window costs no credit message at all. A client that reads

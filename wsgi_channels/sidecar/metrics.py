@@ -39,6 +39,9 @@ class SidecarStats:
         self.dropped: Counter[str] = Counter()
         self.http_responses: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
+        #: Resumes after reconnect by outcome (``recovered``, ``gap_<why>``, ``duplicate_dropped``) and
+        #: presence upkeep (``presence_reasserted``, ``presence_swept``...).
+        self.resumes: Counter[str] = Counter()
         #: Connections the server tracks (set by the server; compared with the gauges in leak tests).
         self.tracked: Callable[[], int] = lambda: 0
         #: Bytes queued for all clients (set by the server).
@@ -50,6 +53,7 @@ class SidecarStats:
         out["handshakes"] = dict(self.handshakes)
         out["dropped"] = dict(self.dropped)
         out["http_responses"] = dict(self.http_responses)
+        out["resumes"] = dict(self.resumes)
         return out
 
 
@@ -92,6 +96,7 @@ class StatsCollector:
             ("handshakes", "WebSocket handshakes by outcome", "outcome", s.handshakes),
             ("dropped", "Connections or messages dropped, by reason", "reason", s.dropped),
             ("http_responses", "HTTP responses by status class", "status", s.http_responses),
+            ("history", "Resumes after reconnect by outcome, and presence upkeep", "outcome", s.resumes),
         ):
             c = CounterMetricFamily(f"wsgi_channels_sidecar_{name}", doc, labels=[label])
             for label_value, value in sorted(counter.items()):

@@ -2,7 +2,8 @@
 
 Every connection greenlet sends its own messages (``http.request``, body chunks,
 ``websocket.connect``/``receive``/``disconnect``) and waits for the outcome, as it
-would with a plain ``layer.send``. When the layer has ``send_many`` (Redis), the
+would with a plain ``layer.send``. When the layer's ``send_many`` batches
+(``send_many_batches``: Redis, one pipeline per shard), the
 messages of all connections that send at about the same moment go out together:
 a few flusher greenlets each take everything queued, send it as one pipeline (one
 write, one read) and hand every connection its own outcome. Under load this turns
@@ -43,7 +44,12 @@ MAX_BATCH = 256
 
 
 class LayerSender:
-    """Coalesce :meth:`send` calls from many greenlets into ``layer.send_many`` batches."""
+    """Coalesce :meth:`send` calls from many greenlets into ``layer.send_many`` batches.
+
+    Every layer has ``send_many`` (:class:`~wsgi_channels.layers.base.BaseChannelLayer`);
+    :attr:`batching` tells the connections whether to use this sender (the layer's
+    ``send_many_batches``) or to call ``layer.send`` themselves.
+    """
 
     def __init__(self, layer: Any, result_timeout: float) -> None:
         self.layer = layer

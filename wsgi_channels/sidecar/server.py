@@ -40,13 +40,16 @@ from ..channel import default_layer_url
 from ..config import parse_address
 from ..exceptions import ConfigurationError
 from ..layers import from_url
-from ..layers.base import SIDECAR_PREFIX, BaseChannelLayer, new_local_channel, new_process_prefix
+from ..layers.base import BaseChannelLayer
+from ..layers.names import SIDECAR_PREFIX, new_local_channel, new_process_prefix
 from ..protocol.close_codes import CLOSE_GOING_AWAY, CLOSE_SERVICE_RESTART
 from ..protocol.http import raw_response
 from .common import LAYER_SLOT_TIMEOUT
 from .config import RECEIVE_OVERHEAD, SidecarConfig
 from .connection import ClientConnection
 from .metrics import SidecarStats, make_metrics_app, make_registry
+from .presence import PresenceKeeper
+from .resume import HistoryReader
 from .sender import LayerSender
 from .websocket_side import FrameCache
 
@@ -73,6 +76,10 @@ class Sidecar:
         self._check_message_sizes()
         self.prefix = new_process_prefix(SIDECAR_PREFIX.rstrip("."))  # gets the layer's process_capacity
         self.stats = SidecarStats()
+        #: The presence entries of this process's sockets (it owns them: see .presence).
+        self.presence = PresenceKeeper(self)
+        #: Resumes' history reads, coalesced (see .resume).
+        self.history_reader = HistoryReader(self.layer)
         #: Bytes queued for all clients (what the kernel did not take yet); max_outgoing_total bounds it.
         self.queued_bytes = 0
         self.routes: dict[str, ClientConnection] = {}
@@ -92,7 +99,8 @@ class Sidecar:
         #: pooled layer connection, so this bounds the sidecar's Redis connections however
         #: many clients connect at the same moment (plus the receive loop's and the wake-ups').
         self.layer_slots = gevent.lock.BoundedSemaphore(LAYER_CONCURRENCY)
-        #: Sends coalesced into one round trip per batch when the layer has ``send_many``.
+        #: Sends coalesced into one round trip per batch when the layer's ``send_many`` batches
+        #: (``send_many_batches``; the connections check ``sender.batching``).
         self.sender = LayerSender(self.layer, LAYER_SLOT_TIMEOUT)
         # A group and member of our own whose loss means the layer lost its state; connection
         # suffixes are 12 characters long, so the member channel (suffix "0") is never routed.
@@ -355,7 +363,7 @@ class Sidecar:
             self._close_listeners()
             raise
         self._loops = [gevent.spawn(self._receive_loop), gevent.spawn(self._sweeper),
-                       gevent.spawn(self._watch_layer_state)]
+                       gevent.spawn(self._watch_layer_state), gevent.spawn(self.presence.run, self._stopped)]
         log.info("sidecar prefix %s, layer %s, http %s", self.prefix, type(self.layer).__name__, self.config.http)
 
     def serve_forever(self) -> int:
@@ -408,6 +416,7 @@ class Sidecar:
         if self._admin is not None:
             self._admin.stop(timeout=1)
         self._stopped.set()
+        self.presence.stop()
         try:
             self.layer.group_discard(*self._state_marker)
         except Exception:  # the layer is down: the marker expires with group_expiry

@@ -3,14 +3,19 @@
 One connection (:class:`~.connection.ClientConnection`) goes through::
 
     HEAD ──request──▶ HTTP_BODY ──response ends, keep-alive──▶ HEAD
-      │                  │
-      │ upgrade          └──final response / error──▶ CLOSING ──▶ DONE
-      ▼
+     │ │                 │
+     │ │                 └──final response / error──▶ CLOSING ──▶ DONE
+     │ └──answered by the sidecar (400, 403, 426, 503, ...), keep-alive ends, draining──▶ CLOSING
+     │ upgrade
+     ▼
     CONNECTING ──accept──▶ OPEN ──close frame / slow reader──▶ CLOSING
-      └──reject (403/503)──▶ CLOSING
+     └──reject (403/503)──▶ CLOSING
 
-and any state goes to DONE when the peer leaves or the socket fails. Every change goes
-through :meth:`ClientConnection.set_state`, which looks the pair up in :data:`TRANSITIONS`
+    HEAD, HTTP_BODY, CONNECTING, OPEN ──the peer left / the socket failed──▶ DONE
+
+which is :data:`TRANSITIONS`, pair for pair (``CLOSING ──▶ DONE``: the peer closed, or the
+close wait passed; ``DONE`` is final). Every change goes through
+:meth:`ClientConnection.set_state`, which looks the pair up in :data:`TRANSITIONS`
 (only when the state changes: setting the state it already has is no transition and costs
 one comparison).
 

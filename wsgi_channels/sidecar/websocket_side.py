@@ -25,7 +25,9 @@ from ..protocol.messages import websocket_disconnect, websocket_receive
 from ..protocol.origin import check_origin
 from ..protocol.responses import validate_websocket_send
 from ..protocol.translation import InvalidRequest
+from ..layers.features import NOTICE_KEY, PRESENCE_KEY, STAMP_KEY
 from .common import LAYER_RETRY_SECONDS, TURN, TURN_FRAMES, access_log, addr, let_others_run
+from .resume import CONTROL_MARK, Follower, Options, control, has_reserved, split_options, strip_stamp
 from .state import State
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,27 +44,34 @@ _DISCONNECT_RETRY = 2.0
 
 
 class FrameCache(dict[Any, bytes]):
-    """The sidecar's encoded frames of the message being delivered, by (compression window, payload).
+    """The sidecar's encoded frames of the message being delivered, by (compression window, payload)
+    (and its position frame, by (compression window, position)).
 
     The members of one group message arrive one after another sharing one message dict:
     ``checked`` is the last dict found valid, so it is checked once, not once per socket.
     """
 
-    __slots__ = ("checked",)
+    __slots__ = ("checked", "stripped")
 
     def __init__(self) -> None:
         super().__init__()
         self.checked: object = None
+        #: ``(message, its copy without __wsc_h)`` of the last history message delivered.
+        self.stripped: tuple[object, Any] = (None, None)
 
 
 class WebSocketSide:
     """The WebSocket part of one :class:`~.connection.ClientConnection`, from the moment its
     ``websocket.connect`` goes to the layer (``session`` is set once the socket is accepted)."""
 
-    __slots__ = ("conn", "upgrade", "session", "order", "connect_sent", "disconnect_sent", "ping_sent")
+    __slots__ = ("conn", "upgrade", "session", "order", "connect_sent", "disconnect_sent", "ping_sent", "follower")
 
-    def __init__(self, conn: "ClientConnection", upgrade: ws_proto.Upgrade) -> None:
+    def __init__(self, conn: "ClientConnection", upgrade: ws_proto.Upgrade, options: Options | None = None) -> None:
         self.conn = conn
+        #: History and presence state: from the handshake when the client opted in, else made by
+        #: the first membership notice (presence entries are kept for every socket).
+        self.follower: Follower | None = Follower(self, options) if options is not None and options.opted_in \
+            else None
         self.upgrade: ws_proto.Upgrade | None = upgrade  # until accepted
         self.session: ws_proto.WebSocketSession | None = None  # once accepted
         self.order = 0  # of the last websocket.receive sent
@@ -102,6 +111,16 @@ class WebSocketSide:
             http.respond(403, simple_body(403, admission.refusal), close=True)
             return
         target = admission.target  # without the token (nor does it reach a consumer)
+        try:
+            stripped, options = split_options(target)
+        except ValueError as e:
+            stats.handshakes["bad_request"] += 1
+            log.info("WebSocket from %s refused: %s", addr(conn.peer), e)
+            http.respond(400, simple_body(400, str(e)), close=True)
+            return
+        if stripped != target:  # _wsc* parameters reach no log line and no consumer
+            target = stripped
+            conn.request_line = f"{request.method.decode('latin-1')} {target[:200].decode('latin-1')}"
         if sidecar.draining or not sidecar.layer_ok:
             stats.handshakes["unavailable"] += 1
             http.respond(503, simple_body(503, "draining" if sidecar.draining else "channel layer unavailable"),
@@ -118,7 +137,7 @@ class WebSocketSide:
         if admission.claims is not None:
             message[tokens.CLAIMS_KEY] = admission.claims  # type: ignore[literal-required]
         conn.path = message["path"]
-        ws = conn.ws = cls(conn, upgrade)
+        ws = conn.ws = cls(conn, upgrade, options)
         conn.set_state(CONNECTING)
         conn.held = 0
         conn.deadline = time.monotonic() + config.connect_timeout
@@ -160,6 +179,8 @@ class WebSocketSide:
         stats.websockets_open += 1
         stats.http_open -= 1  # counted as HTTP until the upgrade
         access_log.info("%s WSCONNECT %s", addr(conn.peer), conn.path)
+        if self.follower is not None:
+            self.follower.accepted()
         if trailing:
             gevent.spawn(self.on_data, trailing)  # frames sent before our 101: handle them on a reader
 
@@ -257,6 +278,8 @@ class WebSocketSide:
         elif config.ping_interval and now - conn.last_active > config.ping_interval:
             self.ping_sent = now
             conn.write(ws.ping())
+        if self.follower is not None:
+            self.follower.check(now)
 
     def send_disconnect(self) -> None:
         """The connection is done: send its one ``websocket.disconnect`` (if it sent a connect)."""
@@ -279,10 +302,44 @@ class WebSocketSide:
             log.warning("websocket.disconnect for %s not delivered (%s)", conn.reply_channel, result)
         access_log.info("%s WSDISCONNECT %s %d", addr(conn.peer), conn.path, code)
 
+    def closed(self) -> None:
+        """The socket is gone: its presence entries are removed (the sidecar owns them)."""
+        follower = self.follower
+        if follower is not None and follower.presence:
+            self.conn.sidecar.presence.closed(follower)
+
     # -- messages from the layer ----------------------------------------------------------------
 
     def deliver(self, message: Any, frames: FrameCache) -> None:
         """A message for a WebSocket (pending or open): accept/reject, a frame, a close."""
+        position = None
+        if has_reserved(message):
+            follower = self.follower
+            if NOTICE_KEY in message or PRESENCE_KEY in message:
+                if follower is None and NOTICE_KEY in message:
+                    follower = self.follower = Follower(self, Options())
+                if follower is not None:
+                    if NOTICE_KEY in message:
+                        follower.notice(message[NOTICE_KEY])
+                    else:
+                        follower.presence_change(message[PRESENCE_KEY])
+                return
+            original = message
+            if frames.stripped[0] is original:
+                message = frames.stripped[1]
+            else:
+                message = strip_stamp(original)
+                frames.stripped = (original, message)
+            if follower is not None and follower.opted_in:
+                deliver, position = follower.stamped(message, original[STAMP_KEY])
+                if not deliver:
+                    if self.conn.state is CONNECTING and message.get("accept") is not False \
+                            and not message.get("close"):
+                        self._deliver({"accept": True, "subprotocol": message.get("subprotocol")}, FrameCache())
+                    return  # a frame accepts the handshake, as ever, even when it is held
+        self._deliver(message, frames, position)
+
+    def _deliver(self, message: Any, frames: FrameCache, position: tuple[str, str, int] | None = None) -> None:
         conn = self.conn
         if frames.checked is not message:
             try:
@@ -302,13 +359,39 @@ class WebSocketSide:
             return
         if text is not None or data is not None:
             payload = text if text is not None else data
+            if self.follower is not None and self.follower.opted_in:
+                if position is not None:  # one encoding per broadcast, as for the message's frame
+                    hkey = (ws.deflate_bits, position)
+                    hframe = frames.get(hkey)
+                    if hframe is None:
+                        if len(frames) > 7:
+                            frames.clear()
+                        hframe = frames[hkey] = ws_proto.message_frame(
+                            control({"t": "h", "g": position[0], "e": position[1], "o": position[2]}),
+                            ws.deflate_bits)
+                    conn.write(hframe)
+                if text is not None and text.startswith(CONTROL_MARK):
+                    payload = CONTROL_MARK + text
             key = (ws.deflate_bits, payload)
             frame = frames.get(key)
             if frame is None:
-                if len(frames) > 3:
-                    frames.clear()  # a few entries: the payload being broadcast right now, per window size
+                if len(frames) > 7:
+                    frames.clear()  # a few entries: the payload being broadcast right now (and its
+                    # position frame, escaped form), per window size
                 frame = frames[key] = ws_proto.message_frame(payload, ws.deflate_bits)
             conn.write(frame)
             conn.sidecar.stats.frames_out += 1
         if close:
             self.send_close(CLOSE_NORMAL if close is True else close)
+
+    # -- control frames (resume, presence: see .resume) -----------------------------------------
+
+    def write_control(self, body: dict[str, Any]) -> None:
+        """One control frame for an opted-in client."""
+        ws = self.session
+        if ws is not None and ws.open:
+            self.conn.write(ws_proto.message_frame(control(body), ws.deflate_bits))
+
+    def write_message(self, message: Any, position: tuple[str, str, int]) -> None:
+        """A history message (from the history, or held during a resume) with its position."""
+        self._deliver(message, FrameCache(), position)

@@ -24,6 +24,24 @@
 // reason, willReconnect, delay}), "reconnecting" (detail: {attempt, delay}),
 // "stop" (detail: {code, reason}), "drop" (detail: the dropped message),
 // "error" (detail: the error).
+//
+// Resume after reconnect (group history) and presence, with the wsgi_channels sidecar:
+//
+//   const socket = connect("/ws/chat/", { resume: true, positions: { "chat.lobby": {"epoch": "Xy3k9Qa2", "offset": 1542} } });
+//   socket.on("recovered", ({ group }) => ...);   // every missed message of group came, once, in order
+//   socket.on("gap", ({ group, reason }) => ...); // some could not be recovered: reload the group's state
+//   socket.on("presence", ({ group, change }) => ...);   // joins and leaves as they happen
+//   const now = await socket.presence("room.lobby");       // the list, from the app's presence view
+//
+// `resume: true` (implied by `positions` and by `presence: true`) opts in with `_wsc=1`: the
+// sidecar then announces each history message's position in a control frame (a text frame
+// starting with NUL, never shown to "message" listeners), and the client sends the last
+// position of each group it saw on every reconnect (`_wsc_r=GROUP:EPOCH:OFFSET`).
+// `positions` (as the adapters' channels_position renders them) resume the first connect too,
+// so nothing published between page render and connect is lost. `socket.position(group)` is
+// the last position seen. A history group the socket joined but never got a message of (and
+// had no page position for) cannot be resumed: the reconnect fires "gap" with reason
+// "no-position" for it.
 
 /**
  * The close-code contract between this client and the wsgi_channels sidecar.
@@ -84,7 +102,35 @@ const DEFAULTS = Object.freeze({
   maxQueue: 100, // messages buffered while not connected
   maxAttempts: Infinity, // give up ("stop" with code 0) after this many failed attempts in a row
   reconnect: true,
+  resume: false, // opt in to history positions, resume and presence frames (the sidecar's _wsc=1)
+  presence: false, // presence frames ("presence" events); opts in as resume does
+  positions: null, // {group: {epoch, offset}}: where the page's data stands (channels_position)
+  presenceURL: "/_wsgi_channels/presence/", // the app's presence view, read by presence(group)
 });
+
+/** The first character of a sidecar control frame (an app text frame starting with it comes escaped). */
+const CONTROL_MARK = "\u0000";
+const GROUP_RE = /^[a-zA-Z0-9\-_.]{1,200}$/;
+const EPOCH_RE = /^[A-Za-z0-9_-]{1,16}$/;
+/** Most groups one handshake may resume (the sidecar refuses more): the most recently updated are sent. */
+export const MAX_RESUME_GROUPS = 32;
+
+/** `url` with the opt-in and resume parameters for `positions` ({group: {epoch, offset}}). */
+export function resumeURL(url, positions) {
+  const items = [];
+  for (const [group, pos] of Object.entries(positions || {})) {
+    if (!pos || !GROUP_RE.test(group) || !EPOCH_RE.test(String(pos.epoch))) continue;
+    const offset = Number(pos.offset);
+    if (!Number.isSafeInteger(offset) || offset < 0) continue;
+    items.push(`${group}:${pos.epoch}:${offset}`);
+  }
+  items.splice(0, Math.max(0, items.length - MAX_RESUME_GROUPS)); // positions are kept oldest first
+  const [base, hash] = String(url).split("#", 2);
+  const kept = base.replace(/([?&])_wsc(_r)?(=[^&]*)?(?=&|$)/g, "$1").replace(/[?&]+$/, "").replace(/&&+/g, "&").replace("?&", "?");
+  let params = "_wsc=1";
+  if (items.length) params += `&_wsc_r=${items.join(",")}`;
+  return `${kept}${kept.includes("?") ? "&" : "?"}${params}${hash !== undefined ? `#${hash}` : ""}`;
+}
 
 /** A WebSocket that reconnects, queues and speaks JSON. Create it with connect(). */
 export class ChannelSocket extends EventTarget {
@@ -98,6 +144,15 @@ export class ChannelSocket extends EventTarget {
     this.queue = [];
     this.socket = null;
     this.stopped = false;
+    this.optedIn = !!(this.options.resume || this.options.presence || this.options.positions);
+    /** The last position seen per history group: {group: {epoch, offset}}. */
+    this.positions = {};
+    for (const [group, pos] of Object.entries(this.options.positions || {})) {
+      if (pos && typeof pos === "object") this.positions[group] = { epoch: String(pos.epoch), offset: Number(pos.offset) };
+    }
+    this._next = null; // the position announced for the next message frame
+    this._unplaced = new Set(); // history groups joined with no position known: a reconnect cannot resume them
+    this._opened = false;
     this._env = {
       WebSocket: options.WebSocket || globalThis.WebSocket,
       setTimeout: options.setTimeout || globalThis.setTimeout.bind(globalThis),
@@ -142,6 +197,27 @@ export class ChannelSocket extends EventTarget {
       this._emit("drop", dropped);
     }
     return false;
+  }
+
+  /** The last position seen of history group `group` ({epoch, offset}), or null. */
+  position(group) {
+    const pos = this.positions[group];
+    return pos ? { ...pos } : null;
+  }
+
+  /**
+   * The members of presence group `group` now, from the app's presence view (served by the
+   * adapters at `presenceURL`, on the page's origin, with the page's cookies):
+   * {group, clients, users, members: [{id, user, info, since}]}. Rejects with an Error naming
+   * the HTTP status (404: the app has not said who may read it; 403: not this user).
+   */
+  async presence(group) {
+    const fetchFn = this.options.fetch || globalThis.fetch;
+    const response = await fetchFn(this.options.presenceURL + encodeURIComponent(group), {
+      credentials: "same-origin", headers: { Accept: "application/json" },
+    });
+    if (!response.ok) throw new Error(`presence(${JSON.stringify(group)}): HTTP ${response.status}`);
+    return response.json();
   }
 
   /** Send `value` as a JSON text frame. */
@@ -203,6 +279,8 @@ export class ChannelSocket extends EventTarget {
     if (this.stopped) return;
     if (this._urlSource) url = wsURL(String(url), this.options.location || globalThis.location);
     this.url = url;
+    if (this.optedIn) url = resumeURL(url, this.positions);
+    this._next = null;
     let socket;
     try {
       socket = new this._env.WebSocket(url, this.options.protocols);
@@ -221,17 +299,38 @@ export class ChannelSocket extends EventTarget {
         this.attempt = 0;
       }, this.options.stableAfter);
       this._emit("open", { url: this.url });
+      if (this._opened) {
+        // Joined on an earlier connection, never a message nor a page position: nothing to resume from.
+        for (const group of this._unplaced) {
+          if (!this.positions[group]) this._emit("gap", { group, reason: "no-position", epoch: null, offset: null });
+        }
+      }
+      this._unplaced.clear();
+      this._opened = true;
       const pending = this.queue;
       this.queue = [];
       for (const data of pending) socket.send(data);
     };
     socket.onmessage = (event) => {
       if (socket !== this.socket) return;
-      this._emit("message", event.data);
-      if (typeof event.data === "string") {
+      let data = event.data;
+      if (this.optedIn && typeof data === "string" && data.startsWith(CONTROL_MARK)) {
+        if (!data.startsWith(CONTROL_MARK, 1)) {
+          this._control(data.slice(1));
+          return;
+        }
+        data = data.slice(1); // an app text frame that starts with NUL, escaped by the sidecar
+      }
+      const next = this._next;
+      if (next !== null) {
+        this._next = null;
+        this._advance(next.g, next.e, next.o);
+      }
+      this._emit("message", data);
+      if (typeof data === "string") {
         let value;
         try {
-          value = JSON.parse(event.data);
+          value = JSON.parse(data);
         } catch (_) {
           return; // not JSON: "message" listeners have it
         }
@@ -248,8 +347,44 @@ export class ChannelSocket extends EventTarget {
     };
   }
 
+  _advance(group, epoch, offset) {
+    const pos = this.positions[group];
+    if (!pos || pos.epoch !== epoch || offset > pos.offset) {
+      delete this.positions[group]; // re-inserted last: the most recently updated are the ones resumed
+      this.positions[group] = { epoch, offset };
+    }
+  }
+
+  _control(text) {
+    let body;
+    try {
+      body = JSON.parse(text);
+    } catch (_) {
+      return;
+    }
+    if (!body || typeof body !== "object" || typeof body.g !== "string") return;
+    const group = body.g;
+    if (body.t === "h") {
+      this._next = { g: group, e: String(body.e), o: Number(body.o) };
+      this._unplaced.delete(group);
+    } else if (body.t === "j") {
+      if (!this.positions[group]) this._unplaced.add(group);
+    } else if (body.t === "recovered") {
+      this._advance(group, String(body.e), Number(body.o));
+      this._emit("recovered", { group, epoch: body.e, offset: body.o, count: body.n });
+    } else if (body.t === "gap") {
+      delete this.positions[group];
+      if (typeof body.e === "string") this.positions[group] = { epoch: body.e, offset: Number(body.o) };
+      this._emit("gap", { group, reason: body.why, epoch: body.e ?? null, offset: body.o ?? null });
+    } else if (body.t === "p") {
+      const { t: _t, g: _g, ...change } = body;
+      this._emit("presence", { group, change });
+    }
+  }
+
   _closed(code, reason) {
     this.socket = null;
+    this._next = null;
     if (this._stableTimer !== null) {
       this._env.clearTimeout(this._stableTimer);
       this._stableTimer = null;

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence, Union
 
 from ...presence import conn_id
 from ...serialization import encode
-from ..base import BaseChannelLayer, is_sidecar_prefix, non_local_name, validate_group_name
+from ..base import BaseChannelLayer
 from ..features import (Features, HistoryPage, PresenceChange, PresenceEntry, PresenceOptions, add_notice,
                         check_entries, check_since_limit, discard_notice)
+from ..names import is_sidecar_prefix, non_local_name, validate_group_name
 from . import history as hist
 from . import presence as pres
 from . import queues as q

@@ -49,8 +49,9 @@ from . import queues as q
 from . import wake
 from .features import IpcFeatures
 from .store import ConnectionPool, WriteLock, current_pid, default_path, open_connection, prepare_path
-from ..base import Received, non_local_name, validate_channel_name, validate_group_name
+from ..base import Received
 from ..features import STAMP_KEY
+from ..names import non_local_name, validate_channel_name, validate_group_name
 
 __all__ = ["IpcChannelLayer"]
 

@@ -16,7 +16,7 @@ import functools
 import sqlite3
 from typing import Callable, Iterator
 
-from ..base import is_sidecar_prefix
+from ..names import is_sidecar_prefix
 
 __all__ = [
     "INSERT", "INSERT_IF_ROOM", "HEAD", "DELETE_HEAD",

@@ -16,7 +16,7 @@ from . import cluster_scripts as cscripts
 from . import connection
 from .cluster import run_all
 from .connection import NOW, Script, bulk
-from ..base import non_local_name, validate_group_name
+from ..names import non_local_name, validate_group_name
 
 __all__ = ["ClusterGroupsMixin"]
 

@@ -34,7 +34,7 @@ follows it when it moves). Needs Redis 7.0 (``#!lua``, ``SPUBLISH``, ``ZMSCORE``
 """
 from __future__ import annotations
 
-from ..base import SIDECAR_PREFIX
+from ..names import SIDECAR_PREFIX
 from . import scripts as standalone
 from .entries import LUA_CONSTANTS, lua_helpers
 from .scripts import REF_MARGIN_MS, REF_MIN

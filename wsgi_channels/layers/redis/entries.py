@@ -16,12 +16,12 @@ there, or, from ``REF_MIN`` members (see :mod:`.scripts`), an ``r`` entry naming
 a ``P:t:`` key, so no script copies thousands of names per message.
 
 Channel names hold neither spaces nor newlines (the name rules of
-:mod:`wsgi_channels.layers.base`), so the separators never occur inside a name.
+:mod:`wsgi_channels.layers.names`), so the separators never occur inside a name.
 
 Python builds and parses entries with the functions here. The Lua scripts get the same
 constants as locals from :data:`LUA_CONSTANTS` (generated from the constants below, put first
 in every script that touches an entry), and their parsing helpers from :data:`LUA_HELPERS`;
-``tests/test_redis_layer.py`` round-trips every kind between the two on a real server.
+``tests/test_redis_entries.py`` round-trips every kind between the two on a real server.
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ server the copies are queued in offset order.
 """
 from __future__ import annotations
 
-from ..base import SIDECAR_PREFIX
+from ..names import SIDECAR_PREFIX
 from .entries import DEADLINE_DIGITS, LUA_CONSTANTS
 from .scripts import _COMMON, FANOUT, GROUP_ADD, GROUP_DISCARD
 

@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 from ... import exceptions as exc
 from ...presence import conn_id
 from ...serialization import encode, with_keys
-from ..base import is_sidecar_prefix, non_local_name, validate_group_name
+from ..names import is_sidecar_prefix, non_local_name, validate_group_name
 from ..features import (STAMP_KEY, Features, HistoryOptions, HistoryPage, add_notice, check_since_limit,
                         discard_notice, new_epoch)
 from . import feature_scripts as fs
@@ -63,7 +63,7 @@ class HistoryMixin(ClusterFeaturesMixin):
     """Group history, notices and the features' fan-out of :class:`~.layer.RedisChannelLayer`."""
 
     _p: str
-    _fernet: Any
+    _bodies: Any
     _wait: Any
     _expiry_ms: int
     _gexp_ms: int
@@ -80,7 +80,9 @@ class HistoryMixin(ClusterFeaturesMixin):
         return self._shard_of(name)  # type: ignore[attr-defined]
 
     def _sealed(self, body: bytes) -> bytes:
-        return self._fernet.encrypt(body) if self._fernet is not None else body
+        """``body`` (an encoded message) as stored: encrypted when the layer has keys (:mod:`.bodies`)."""
+        fernet = self._bodies.fernet
+        return fernet.encrypt(body) if fernet is not None else body
 
     def _run(self, what: str, shard: Any, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
         """``shard``'s script (with ``wait_replicas``' WAIT), an error reply raised as ``LayerUnavailable``."""
@@ -188,7 +190,7 @@ class HistoryMixin(ClusterFeaturesMixin):
         keys = (shard.key("h", group), shard.key("hm", group))
         args = (new_epoch(), options.size, _ms(options.ttl), _ms(options.meta_ttl))
         what = f"a message for history group {group!r}"
-        if self._fernet is None and not shard.cluster:
+        if self._bodies.fernet is None and not shard.cluster:
             # the stamped copy but for the epoch and the offset, which the script packs after it
             head = with_keys(body, {STAMP_KEY: [group, "", 0]})
             assert head.endswith(_EMPTY_EPOCH_AND_ZERO)
@@ -236,6 +238,6 @@ class HistoryMixin(ClusterFeaturesMixin):
                 messages = []
                 for item in reply[2:]:
                     offset, body = history_item(item)
-                    messages.append((offset, self._open(body)))  # type: ignore[attr-defined]
+                    messages.append((offset, self._bodies.open(body)))
                 found[i] = HistoryPage(reply[0].decode(), int(reply[1]), messages)
         return found

@@ -16,10 +16,19 @@ Several shards are spread by a consistent-hash ring with virtual nodes
 member's queue, so a group send needs no member list on the wire and a channel
 whose messages expire unread is evicted from its groups inside the same scripts.
 
-Receiving lives in :mod:`.receive` (a blocking ``receive`` on plain channels of
-one shard is one ``BLPOP``, a batch on Redis 7 one ``BLMPOP``; otherwise pub/sub doorbells
-(:mod:`.wakeup`) wake it within milliseconds of a push on any shard), and URLs,
-options and encryption keys in :mod:`.options`.
+This module holds the layer's class, its sends and its groups; each other concern has its
+own module, which the layer owns an object of or calls with explicit arguments:
+
+- receiving, :mod:`.receive` (a mixin with declared attributes): how a blocking receive
+  waits is described under ``socket_timeout`` below; :mod:`.plans` packs the receive
+  commands of a channel list per shard, :mod:`.delivery` turns popped entries into
+  messages (a group entry into one per member, through :mod:`.copies`);
+- :mod:`.sends`: the packed ``SEND`` command of each channel, kept;
+- :mod:`.bodies`: message bodies, encoded and (with keys) encrypted;
+- :mod:`.sessions`: the small key-value store; :mod:`.keyspace`: ``flush`` and statistics;
+- :mod:`.members` (servers, Sentinel services, Clusters: the ring's members, made from the
+  URLs), :mod:`.options` (URLs, options, encryption keys), :mod:`.failover` and
+  :mod:`.cluster_groups` (mixins with declared attributes).
 
 Connections (:mod:`.connection`) are made lazily per process (gunicorn forks
 after import), never retried behind the caller's back (a resent ``send`` could
@@ -44,35 +53,33 @@ import threading
 from collections import deque
 from typing import Any, Callable, Iterable, Sequence
 
-from urllib.parse import urlsplit, urlunsplit
-
-import msgpack  # type: ignore[import-untyped]  # no type information shipped
 from redis.backoff import NoBackoff
-from redis.crc import key_slot
 from redis.retry import Retry
 
 from ... import exceptions as exc
-from ...serialization import encode
-from . import connection, entries
+from . import connection, keyspace, sessions
 from . import scripts
 from . import cluster_scripts as cscripts
-from .cluster import DEFAULT_COLOCATE, ClusterMember, make_topology
+from .bodies import Bodies
+from .cluster import DEFAULT_COLOCATE, ClusterMember
 from .cluster_groups import FANOUT_TAIL as _FANOUT_TAIL
 from .cluster_groups import ClusterGroupsMixin
 from .connection import Script, Shard, bulk, run_everywhere
 from .copies import CopyBuffer
+from .delivery import Delivery
 from .entries import append_entry
 from .failover import MEMBERSHIP_REPLAY_SECONDS, FailoverMixin
-from .history import FEATURE_KEY_KINDS, HistoryMixin
+from .history import HistoryMixin
 from .presence import PresenceMixin
-from .members import ServerMember
+from .members import member_for_url
 from .slots import DEFAULT_TAG_COUNT, check_tag_count
-from .options import connection_url, fernet, options_from_url, split_urls
-from .receive import ReceivingMixin, _ShardPlan
-from .sentinel import SentinelLocator
-from .urls import is_topology_url, parse_topology_url
-from ..base import BaseChannelLayer, non_local_name, validate_channel_name, validate_group_name
+from .options import connection_url, options_from_url, split_urls
+from .plans import ShardPlan
+from .receive import ReceivingMixin
+from .sends import SendCommands
+from ..base import BaseChannelLayer
 from ..hashring import HashRing
+from ..names import non_local_name, validate_channel_name, validate_group_name
 
 __all__ = ["RedisChannelLayer", "MEMBERSHIP_REPLAY_SECONDS"]
 
@@ -81,20 +88,13 @@ log = logging.getLogger(__name__)
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-:]{1,100}\Z")
 _CACHE_LIMIT = 10_000
 
-_SEND = Script(scripts.SEND)
 _FANOUT = Script(scripts.FANOUT)
 _MEMBERS = Script(scripts.MEMBERS)
 _GROUP_ADD = Script(scripts.GROUP_ADD)
 _GROUP_DISCARD = Script(scripts.GROUP_DISCARD)
-_STATS = Script(scripts.STATS)
-_SESSION_CAS = Script(scripts.SESSION_CAS)
 # The same operations on a Redis Cluster bucket (every key declared, see cluster_scripts).
-_C_SEND = Script(cscripts.SEND)
 _C_GROUP_ADD = Script(cscripts.GROUP_ADD)
 _C_GROUP_DISCARD = Script(cscripts.GROUP_DISCARD)
-_C_STATS = Script(cscripts.STATS)
-_C_SESSION_CAS = Script(cscripts.SESSION_CAS)
-
 
 
 class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, HistoryMixin, PresenceMixin,
@@ -110,9 +110,15 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
         list of secrets; message bodies are encrypted with the first, decrypted with any
         (rotate by putting the new key first). Needs ``cryptography``.
     ``socket_timeout`` / ``socket_connect_timeout``
-        seconds (defaults 5 and 2). They bound a dead network; the one command that waits on
-        the server (``BLPOP``, see :meth:`_blocking_pop`) always asks for less than
-        ``socket_timeout``.
+        seconds (defaults 5 and 2). They bound a dead network. A blocking receive waits in one
+        of two ways: on plain channels of one shard, and (on Redis 7) on one process prefix,
+        the server holds the command (``BLPOP``; ``BLMPOP`` for a batch on Redis 7), and each
+        such wait asks for less than ``socket_timeout`` (:meth:`_blocking_steps`), so the
+        server, never the socket, times it out; anything else (several shards, a prefix on
+        Redis 6, channels mixed with prefixes) tries its pop script and then waits on the
+        shards' doorbells (:mod:`.wakeup`): the scripts ``PUBLISH`` (``SPUBLISH`` on a
+        Cluster) when a queue stops being empty, and one pub/sub listener per shard and
+        process wakes the waiters within milliseconds of a push on any shard.
     ``connection_options``
         further keywords for redis-py connections (``ssl_ca_certs``, ``username``, ...).
     ``cluster_tags``
@@ -163,7 +169,7 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
         self.prefix = prefix
         self._p = prefix + ":"
         self._pb = self._p.encode()
-        self._fernet = fernet(symmetric_encryption_keys)
+        self._bodies = Bodies(symmetric_encryption_keys)
         try:
             timeouts = float(socket_timeout), float(socket_connect_timeout)
         except (TypeError, ValueError):
@@ -186,7 +192,8 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
                                              and cluster_tags.isdigit() else cluster_tags)
         self._colocate = cluster_colocate
         try:
-            self._members = [self._member(u, conn_options, timeouts) for u in self.hosts]
+            self._members = [member_for_url(u, conn_options, timeouts, self._p, self._cluster_tags, self._colocate)
+                             for u in self.hosts]
         except (TypeError, ValueError) as e:  # redis-py's parsing of an option's value
             raise exc.ConfigurationError(f"invalid Redis layer option in {hosts!r}: {e}") from None
         identities = [m.identity for m in self._members]
@@ -206,49 +213,18 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
             member.on_change(self._topology_changed)
         self._expiry_ms = max(1, int(self.expiry * 1000))
         self._gexp_ms = max(1, int(self.group_expiry * 1000))
-        self._send_cache: dict[str, tuple] = {}
-        self._queue_cache: dict[str, tuple] = {}
+        self._sends = SendCommands(self._shard_of, self._queue_keys, self.get_capacity, self._p, self._expiry_ms,
+                                   self._gexp_ms)
         self._group_cache: dict[str, bytes] = {}
-        self._rules_flag = b"1" if self._capacity_rules else b"0"
-        self._plans: dict[tuple, list[_ShardPlan]] = {}
+        self._rules_flag = b"1" if self._capacities else b"0"
+        self._plans: dict[tuple, list[ShardPlan]] = {}
         self._copies = CopyBuffer()  # group messages fetched for several members of a prefix
-        self._members_cache: dict[bytes, list[str]] = {}  # P:t: key -> the member names it holds
+        self._delivery = Delivery(self._shard_of, self._p, self._bodies, self._copies)
         self._fanout_plans: dict[tuple, tuple[bytes, bytes]] = {}  # (group, bucket) -> (sig, command head)
         self._rr = 0
         self._sent = 0
         self._local = threading.local()  # this thread's kept doorbell registration (_Watch)
         self._epoch = 0  # bumped by close(): registrations made before are stale
-
-    def _member(self, url: str, options: dict[str, Any], timeouts: tuple[float, float]) -> Any:
-        """The ring member for one URL: a server (maybe a Cluster node), a Sentinel service or a Cluster."""
-        if not is_topology_url(url):
-            parts = urlsplit(url)
-
-            def node_url(host: str, port: int) -> str:
-                userinfo = parts.netloc.rpartition("@")[0]
-                hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                return urlunsplit(parts._replace(netloc=(userinfo + "@" if userinfo else "") + hostport))
-
-            def as_cluster(shard: Shard) -> ClusterMember:
-                if shard.connection_kwargs.get("db", 0):
-                    raise exc.ConfigurationError(
-                        f"{shard.label} is a Redis Cluster node, and a Redis Cluster has only database 0: "
-                        f"use /0 in the URL (or a redis+cluster:// URL)")
-                topology = make_topology([shard.address], node_url, options, self._p, self._cluster_tags, shard)
-                return ClusterMember(topology, shard.identity, self._p, self._colocate)
-
-            return ServerMember(Shard(url, options, self._p, probe=True), as_cluster=as_cluster)
-        parsed = parse_topology_url(url)
-        if parsed.kind == "sentinel":
-            locator = SentinelLocator(parsed, timeouts[0], timeouts[1], {**dict(parsed.options), **options})
-            # The address is the sentinels' to tell: a placeholder until the first connection asks them.
-            shard = Shard(parsed.node_url(f"primary-of-{parsed.service_name}", 6379), options, self._p,
-                          locator=locator)
-            sentinels = ",".join(f"{h}:{p}" for h, p in sorted(parsed.nodes))
-            return ServerMember(shard, f"sentinel:{parsed.service_name}/{parsed.db}@{sentinels}")
-        topology = make_topology(parsed.nodes, parsed.node_url, options, self._p, self._cluster_tags)
-        identity = "cluster:" + ",".join(f"{h}:{p}" for h, p in sorted(parsed.nodes))
-        return ClusterMember(topology, identity, self._p, self._colocate)
 
     @property
     def _shards(self) -> list:
@@ -285,84 +261,19 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
             return keys + shard.bucket_keys if shard.cluster else keys
         return (key("q", qname),)
 
-    def _send_info(self, channel: str) -> tuple:
-        """(shard, packed command up to the entry, capacity, the entry's head, queue name), cached per channel."""
-        info = self._send_cache.get(channel)
-        if info is None:
-            validate_channel_name(channel)
-            qname = non_local_name(channel)
-            shard, command, capacity, script = self._queue_send_info(qname)
-            info = (shard, command, capacity,
-                    entries.targets_head([channel]) if qname is not channel else entries.message_head(), qname,
-                    script)
-            if len(self._send_cache) >= _CACHE_LIMIT:
-                self._send_cache.clear()
-            self._send_cache[channel] = info
-        return info
-
-    def _queue_send_info(self, qname: str) -> tuple:
-        """(shard, packed command up to the entry, capacity, send script) of a queue, cached per queue:
-        the one-off reply channels of HTTP requests on one ``prefix!`` share it (one lookup, not a
-        name check, hash-ring walk and command packing per request)."""
-        info = self._queue_cache.get(qname)
-        if info is None:
-            shard = self._shard_of(qname)
-            keys = self._queue_keys(qname, shard)
-            capacity = self.get_capacity(qname)
-            if shard.cluster:
-                script = _C_SEND
-                command = b"*%d\r\n" % (len(keys) + 7) + bulk(
-                    "EVALSHA", script.sha, len(keys), *keys, self._expiry_ms, capacity, self._gexp_ms)
-            else:
-                script = _SEND
-                command = b"*%d\r\n" % (len(keys) + 8) + bulk(
-                    "EVALSHA", script.sha, len(keys), *keys, self._expiry_ms, capacity, self._p, self._gexp_ms)
-            info = (shard, command, capacity, script)
-            if len(self._queue_cache) >= _CACHE_LIMIT:
-                self._queue_cache.clear()
-            self._queue_cache[qname] = info
-        return info
-
     def _channel_in_use(self, channel: str) -> bool:
         shard = self._shard_of(channel)
         return bool(shard.execute("EXISTS", shard.key("q", channel)))
-
-    # -- bodies -----------------------------------------------------------------------------
-
-    def _plaintext(self, body: bytes | memoryview) -> bytes | memoryview:
-        if self._fernet is None:
-            return body
-        from cryptography.fernet import InvalidToken
-
-        try:
-            return self._fernet.decrypt(bytes(body))
-        except InvalidToken:
-            raise exc.ChannelsError(
-                "a message could not be decrypted: no key in symmetric_encryption_keys matches it"
-            ) from None
-
-    def _open(self, body: bytes | memoryview) -> dict:
-        return self._decoded(self._plaintext(body))
-
-    @staticmethod
-    def _decoded(plain: bytes | memoryview) -> dict:
-        try:
-            return msgpack.unpackb(plain, raw=False, strict_map_key=True)
-        except (ValueError, msgpack.UnpackException) as e:
-            raise exc.ChannelsError(f"a stored message could not be decoded ({e}): "
-                                    "is another application using the same key prefix?") from None
 
     # -- messages ---------------------------------------------------------------------------
 
     def _send_payload(self, channel: str, message: dict) -> tuple:
         """(shard, the packed ``EVALSHA`` of the send script, capacity, the script) for one message."""
-        info = self._send_cache.get(channel)
+        info = self._sends.by_channel.get(channel)
         if info is None:
-            info = self._send_info(channel)
+            info = self._sends.info(channel)
         shard, command, capacity, head, _, script = info
-        body = encode(message, self.max_message_size)
-        if self._fernet is not None:
-            body = self._fernet.encrypt(body)
+        body = self._bodies.seal(message, self.max_message_size)
         # The entry (see entries): its deadline on the server's clock, its head, the body.
         return shard, append_entry(command, shard.now_ms() + self._expiry_ms, head, body), capacity, script
 
@@ -551,9 +462,7 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
         history = self.history_options(group) if self._has_features else None
         if history is not None:
             return self._send_group_history(group, message, history)
-        body = encode(message, self.max_message_size)
-        if self._fernet is not None:
-            body = self._fernet.encrypt(body)
+        body = self._bodies.seal(message, self.max_message_size)
         head, size, exp = self._fanout_command(group), len(body), self._expiry_ms
         vshards = self._shards
         standalone = [v for v in vshards if not v.cluster] if self._all_cluster is not True else []
@@ -574,54 +483,24 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
             self._count("group_drop_count", dropped)
             log.debug("group %r: %d member(s) behind full channels skipped", group, dropped)
 
-    # -- key-value store ------------------------------------------------------------------------
+    # -- key-value store (:mod:`.sessions`) -------------------------------------------------------
 
     def session_get(self, key: str) -> bytes | None:
-        self._session_key(key)
-        shard = self._shard_of(key)
-        return shard.execute("GET", shard.key("s", key))
+        return sessions.get(self._shard_of(self._session_key(key)), key)
 
     def session_set(self, key: str, value: bytes, ttl: float) -> None:
-        self._session_key(key)
-        if not isinstance(value, bytes):
-            raise TypeError(f"session value must be bytes, not {type(value).__name__}")
-        if ttl <= 0:
-            raise ValueError(f"session ttl must be positive, got {ttl!r}")
-        shard = self._shard_of(key)
-        shard.execute("SET", shard.key("s", key), value, "PX", max(1, int(ttl * 1000)))
+        sessions.put(self._shard_of(self._session_key(key)), key, value, ttl)
 
     def session_delete(self, key: str) -> None:
-        self._session_key(key)
-        shard = self._shard_of(key)
-        shard.execute("DEL", shard.key("s", key))
+        sessions.delete(self._shard_of(self._session_key(key)), key)
 
     def session_compare_and_set(self, key: str, expected: bytes | None, value: bytes | None, ttl: float) -> bool:
         self._session_key(key)
         if value is not None:
             value = self._session_value(value)
-            if ttl <= 0:
-                raise ValueError(f"session ttl must be positive, got {ttl!r}")
-        args = (b"0" if expected is None else b"1", expected or b"", b"0" if value is None else b"1", value or b"",
-                max(1, int(ttl * 1000)))
-        shard = self._shard_of(key)
-        return bool(shard.script(_C_SESSION_CAS if shard.cluster else _SESSION_CAS, (shard.key("s", key),), args))
+        return sessions.compare_and_set(self._shard_of(key), key, expected, value, ttl)
 
-    # -- housekeeping -----------------------------------------------------------------------
-
-    def _scan(self, shard: Shard, patterns: Sequence[bytes]) -> Iterable[list[bytes]]:
-        for pattern in patterns:
-            cursor = b"0"
-            while True:
-                cursor, keys = shard.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-                if keys:
-                    yield keys
-                if cursor in (b"0", 0, "0"):
-                    break
-
-    def _patterns(self) -> list[bytes]:
-        # Only this layer's key shapes (standalone and Cluster): another application's prefix never matches.
-        return [self._pb + b"[qumgst]:{*", self._pb + b"g[cple]:{*", self._pb + b"td:{*",
-                *(self._pb + kind.encode() + b":{*" for kind in FEATURE_KEY_KINDS)]
+    # -- housekeeping (:mod:`.keyspace`) ------------------------------------------------------
 
     def _nodes(self) -> list[Shard]:
         """Every primary of every member, once each."""
@@ -629,35 +508,20 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
 
     def flush(self) -> None:
         """Remove every key of this prefix on every shard (SCAN, never KEYS) and local buffers."""
-        for shard in self._nodes():
-            for keys in self._scan(shard, self._patterns()):
-                by_slot: dict[int, list[bytes]] = {}
-                for key in keys:  # a multi-key UNLINK stays in one slot on a Cluster
-                    by_slot.setdefault(key_slot(key), []).append(key)
-                for same in by_slot.values():
-                    shard.execute("UNLINK", *same)
+        keyspace.unlink_all(self._nodes(), keyspace.key_patterns(self._pb))
         self._copies.clear()
 
     def global_statistics(self) -> dict[str, int]:
         """``messages_count`` counts sends made by this layer instance; ``messages_pending`` entries queued;
         with ``wait_replicas``, ``unreplicated_count`` the writes fewer replicas confirmed in time."""
-        pending = 0
-        for shard in self._nodes():
-            for keys in self._scan(shard, [self._pb + b"q:{*"]):
-                for key in keys:
-                    pending += shard.execute("LLEN", key)
-        pending += self._copies.pending()
+        pending = keyspace.count_queued(self._nodes(), self._pb) + self._copies.pending()
         extra = {"unreplicated_count": self._unreplicated} if self._wait is not None else {}
         return {"messages_count": self._sent, "messages_pending": pending, **self._local_statistics(), **extra}
 
     def channel_statistics(self, channel: str) -> dict[str, int]:
         qname = non_local_name(validate_channel_name(channel, receive=channel.endswith("!")))
         shard = self._shard_of(qname)
-        if shard.cluster:
-            pending, head, now_ms = shard.script(_C_STATS, self._queue_keys(qname, shard), ())
-        else:
-            pending, head, now_ms = shard.script(_STATS, self._queue_keys(qname, shard), (self._p,))
-        age = max(0.0, (now_ms - (head - self._expiry_ms)) / 1000.0) if head else 0.0
+        pending, age = keyspace.queue_figures(shard, self._queue_keys(qname, shard), self._p, self._expiry_ms)
         pending += self._copies.pending(qname)
         return {"messages_pending": pending, "messages_max_age": int(age), **self._local_statistics()}
 

@@ -18,15 +18,21 @@ round trip as the ``TIME`` every connection sends) and from then on stands for a
 ``identity`` never depends on what a member turns out to be, so every process agrees on the
 ring: ``host:port/db`` for a server (as before), ``sentinel:NAME/db@sentinels`` and
 ``cluster:seeds`` otherwise. Every process must be given the same URLs.
+:func:`member_for_url` makes the member a URL names.
 """
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
+from ... import exceptions as exc
+from .cluster import ClusterMember, make_topology
 from .connection import Shard
+from .sentinel import SentinelLocator
+from .urls import is_topology_url, parse_topology_url
 
-__all__ = ["ServerMember"]
+__all__ = ["ServerMember", "member_for_url"]
 
 
 class ServerMember:
@@ -88,3 +94,41 @@ class ServerMember:
             self.shard.locator.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+def member_for_url(url: str, options: dict[str, Any], timeouts: tuple[float, float], prefix: str,
+                   cluster_tags: int, colocate: Sequence[Sequence[str]]) -> Any:
+    """The ring member for one URL: a server (maybe a Cluster node), a Sentinel service or a Cluster.
+
+    ``options``: redis-py connection keywords; ``timeouts``: (socket, connect) seconds, for the
+    sentinels too; ``prefix``: the layer's key prefix with its ``:``; ``cluster_tags`` and
+    ``colocate``: the layer's options of the same names, for a Cluster.
+    """
+    if not is_topology_url(url):
+        parts = urlsplit(url)
+
+        def node_url(host: str, port: int) -> str:
+            userinfo = parts.netloc.rpartition("@")[0]
+            hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            return urlunsplit(parts._replace(netloc=(userinfo + "@" if userinfo else "") + hostport))
+
+        def as_cluster(shard: Shard) -> ClusterMember:
+            if shard.connection_kwargs.get("db", 0):
+                raise exc.ConfigurationError(
+                    f"{shard.label} is a Redis Cluster node, and a Redis Cluster has only database 0: "
+                    f"use /0 in the URL (or a redis+cluster:// URL)")
+            topology = make_topology([shard.address], node_url, options, prefix, cluster_tags, shard)
+            return ClusterMember(topology, shard.identity, prefix, colocate)
+
+        return ServerMember(Shard(url, options, prefix, probe=True), as_cluster=as_cluster)
+    parsed = parse_topology_url(url)
+    if parsed.kind == "sentinel":
+        locator = SentinelLocator(parsed, timeouts[0], timeouts[1], {**dict(parsed.options), **options})
+        # The address is the sentinels' to tell: a placeholder until the first connection asks them.
+        shard = Shard(parsed.node_url(f"primary-of-{parsed.service_name}", 6379), options, prefix,
+                      locator=locator)
+        sentinels = ",".join(f"{h}:{p}" for h, p in sorted(parsed.nodes))
+        return ServerMember(shard, f"sentinel:{parsed.service_name}/{parsed.db}@{sentinels}")
+    topology = make_topology(parsed.nodes, parsed.node_url, options, prefix, cluster_tags)
+    identity = "cluster:" + ",".join(f"{h}:{p}" for h, p in sorted(parsed.nodes))
+    return ClusterMember(topology, identity, prefix, colocate)

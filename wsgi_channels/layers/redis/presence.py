@@ -21,7 +21,7 @@ from redis.exceptions import ResponseError
 from ... import exceptions as exc
 from ...presence import conn_id
 from ...serialization import decode
-from ..base import non_local_name, validate_group_name
+from ..names import non_local_name, validate_group_name
 from ..features import PresenceChange, PresenceEntry, PresenceOptions, check_entries, presence_change
 from . import feature_scripts as fs
 from .connection import Script, packed

@@ -1,11 +1,12 @@
 """The receiving half of the Redis layer: ``receive``, ``receive_batch`` and their waits.
 
 A mixin of :class:`~wsgi_channels.layers.redis.RedisChannelLayer` (its state lives there).
-A channel list is planned once per shard (:class:`_ShardPlan`): the queues on that shard
-and their receive scripts' commands, packed once. A receive pops the first live entry of
-those queues in one script per shard (a single plain channel needs only ``LPOP``), and
-turns a popped group entry (one copy for every member behind a ``prefix!``) into one
-``(channel, message)`` per member, the rest kept in the layer's copy buffer.
+A channel list is planned once per shard (:class:`~.plans.ShardPlan`): the queues on that
+shard and their receive scripts' commands, packed once. A receive pops the first live entry
+of those queues in one script per shard (a single plain channel needs only ``LPOP``); the
+layer's :class:`~.delivery.Delivery` turns a popped group entry (one copy for every member
+behind a ``prefix!``) into one ``(channel, message)`` per member, the rest kept in the
+layer's copy buffer.
 
 Waiting: plain channels on one shard wait on the server with ``BLPOP`` (a batch receive,
 on Redis 7, with ``BLMPOP``, which also takes a backlog whole); anything else
@@ -29,120 +30,51 @@ from redis.exceptions import ResponseError
 from ... import exceptions as exc
 from ..base import Received
 from . import cluster_scripts as cscripts
-from . import connection, entries
+from . import connection
 from . import scripts
+from .bodies import Bodies
 from .connection import NOW, Script, Shard, bulk
-from .copies import GroupMessage
-from .entries import REFERENCE_KIND, SEPARATOR, TARGETS_KIND, is_message, message_body
+from .copies import CopyBuffer
+from .delivery import Delivery
+from .entries import message_body
 from .entries import deadline as entry_deadline
-from .entries import parse as parse_entry
+from .plans import ShardPlan
 from .wakeup import Watch
 
 __all__ = ["ReceivingMixin"]
 
 log = logging.getLogger(__name__)
 
-_RECEIVE = Script(scripts.RECEIVE)
-_RECEIVE_MANY = Script(scripts.RECEIVE_MANY)
-_EVICT = Script(scripts.EVICT)
 _READ_DONE = Script(scripts.READ_DONE)
-_C_RECEIVE = Script(cscripts.RECEIVE)
-_C_RECEIVE_MANY = Script(cscripts.RECEIVE_MANY)
-_C_EVICT = Script(cscripts.EVICT)
 _C_READ_DONE = Script(cscripts.READ_DONE)
-
-
-class _ShardPlan:
-    """The queues of one channel list that live on one shard, with their receive commands packed.
-
-    A receive tries the queues in turn, starting one further along each time (so a busy
-    channel cannot starve a quiet one); the fixed part of the command for each starting
-    point is packed once. A single plain channel (not a ``prefix!``) needs no script: its
-    queue holds only ``m`` entries and nothing but an expired head is ever skipped, so a
-    plain ``LPOP`` (``lpop``) does the script's work, the deadline checked on our side.
-    """
-
-    __slots__ = ("shard", "names", "keys", "flags", "prefix", "lpop", "plain", "drained", "read_at", "_packed",
-                 "scripts")
-
-    def __init__(self, shard: Any, names: list[str], prefix: str) -> None:
-        self.shard = shard
-        self.names = names
-        self.keys = [shard.key("q", name) for name in names]
-        self.flags = [b"1" if name.endswith("!") else b"0" for name in names]
-        self.prefix = prefix
-        #: (RECEIVE, RECEIVE_MANY) of the shard's key layout.
-        self.scripts = (_C_RECEIVE, _C_RECEIVE_MANY) if shard.cluster else (_RECEIVE, _RECEIVE_MANY)
-        self.lpop = connection.packed("LPOP", self.keys[0]) if self.flags == [b"0"] else None
-        #: Only plain channels (no ``prefix!``): a blocking wait may be one ``BLPOP`` (see _blocking_pop).
-        self.plain = b"1" not in self.flags
-        #: The last batch receive on them got less than it asked for: they were left empty, and
-        #: the next one starts with the blocking pop (an answer at once if a message came since).
-        self.drained = False
-        #: When (monotonic) a blocking pop on a process prefix of this list last returned: see
-        #: :meth:`ReceivingMixin._blocking_pop_prefix`.
-        self.read_at = float("-inf")
-        self._packed: dict[tuple[int, bool], tuple[bytes, list[str]]] = {}
-
-    def _command(self, rr: int, many: bool) -> tuple[bytes, list[str]]:
-        """(packed command up to its per-call arguments, names in the order tried)."""
-        r = rr % len(self.names)
-        got = self._packed.get((r, many))
-        if got is None:
-            keys, flags, names = (self.keys[r:] + self.keys[:r], self.flags[r:] + self.flags[:r],
-                                  self.names[r:] + self.names[:r])
-            script = self.scripts[many]
-            if self.shard.cluster:
-                # EVALSHA sha numkeys bucket-keys... (q | q u m)... flags... [most] now: every key declared
-                shard = self.shard
-                keys = list(shard.bucket_keys) + [k for name in names for k in (
-                    (shard.key("q", name), shard.key("u", name), shard.key("m", name)) if name.endswith("!")
-                    else (shard.key("q", name),))]
-                count = 3 + len(keys) + len(flags) + (2 if many else 1)
-                head = b"*%d\r\n" % count + bulk("EVALSHA", script.sha, len(keys), *keys, *flags)
-            else:
-                # EVALSHA sha numkeys keys... P flags... [most] now
-                count = 4 + 2 * len(keys) + (2 if many else 1)
-                head = b"*%d\r\n" % count + bulk("EVALSHA", script.sha, len(keys), *keys, self.prefix, *flags)
-            got = self._packed[(r, many)] = (head, names)
-        return got
-
-    def receive(self, rr: int) -> tuple[bytes, list[str]]:
-        return self._command(rr, False)
-
-    def receive_many(self, rr: int) -> tuple[bytes, list[str]]:
-        return self._command(rr, True)
 
 
 class ReceivingMixin:
     """``receive`` and ``receive_batch`` of :class:`~wsgi_channels.layers.redis.RedisChannelLayer`.
 
-    Uses the layer's shards, ring, keys and bodies (``_shards``, ``_ring``, ``_key``,
-    ``_shard_of``, ``_open``, ``_plaintext``, ``_decoded``), and its receiving state: plans
-    (``_plans``), copy buffer (``_copies``), member lists (``_members_cache``), round-robin
-    counter (``_rr``), this thread's doorbell registration (``_local``, ``_epoch``).
+    Uses the layer's key prefix and name lookup (``_p``, ``_shard_of``), its bodies
+    (``_bodies``), what delivers popped entries (``_delivery``) and its receiving state:
+    plans (``_plans``), copy buffer (``_copies``), round-robin counter (``_rr``), this
+    thread's doorbell registration (``_local``, ``_epoch``), the longest server-side wait
+    (``_block_step``).
     """
 
-    _ring: Any
     _p: str
     _plans: dict
-    _copies: Any
-    _members_cache: dict
+    _bodies: Bodies
+    _delivery: Delivery
+    _copies: CopyBuffer
     _rr: int
     _local: Any
     _epoch: int
     topology_epoch: int
     _block_step: float
     expiry: float
-    _key: Any
     _shard_of: Any
-    _open: Any
-    _plaintext: Any
-    _decoded: Any
     _receive_channels: Any
     _block_timeout: Any
 
-    def _plan(self, names: list[str]) -> list[_ShardPlan]:
+    def _plan(self, names: list[str]) -> list[ShardPlan]:
         """Per shard, the queues of ``names`` on it, cached per channel list."""
         key = tuple(names)
         plan = self._plans.get(key)
@@ -150,88 +82,15 @@ class ReceivingMixin:
             by_shard: dict[Any, list] = {}
             for name in dict.fromkeys(names):
                 by_shard.setdefault(self._shard_of(name), []).append(name)
-            plan = [_ShardPlan(shard, shard_names, self._p) for shard, shard_names in by_shard.items()]
+            plan = [ShardPlan(shard, shard_names, self._p) for shard, shard_names in by_shard.items()]
             if len(self._plans) >= 1000:
                 self._plans.clear()
             self._plans[key] = plan
         return plan
 
-    def _take_buffered(self, names: Iterable[str], limit: int, shared: bool = False) -> list[tuple[str, dict]]:
-        """Up to ``limit`` (channel, message) pairs from group messages already fetched for ``names``."""
-        taken, expired = self._copies.take(names, limit, shared)
-        for name, channels in expired:
-            self._evict(name, channels)
-        return taken
-
-    def _evict(self, prefix: str, channels: list[str]) -> None:
-        """Members whose buffered message expired here, unread, leave their groups."""
-        shard = self._shard_of(prefix)
-        try:
-            if shard.cluster:
-                shard.script(_C_EVICT, shard.bucket_keys + (shard.key("m", prefix),), channels)
-            else:
-                shard.script(_EVICT, (shard.key("m", prefix),), (self._p, *channels))
-        except exc.LayerUnavailable as e:
-            log.warning("could not evict %d expired channel(s) of %s from their groups: %s",
-                        len(channels), prefix, e)
-
-    def _group_message(self, name: str, entry: bytes, now_ms: int) -> GroupMessage:
-        """A popped ``t`` or ``r`` entry (one message for members of prefix ``name``), decrypted
-        and decoded once."""
-        kind, field, body = parse_entry(entry)
-        if field is None:
-            raise exc.ChannelsError(f"a message entry on the process prefix {name!r} names no member")
-        if kind == REFERENCE_KIND:
-            count, key = entries.reference(field)
-            targets = self._named_members(name, key, count)
-        else:
-            targets = entries.names(field)
-        plain = bytes(self._plaintext(body))
-        template = self._decoded(plain)
-        deadline = time.monotonic() + (entry_deadline(entry) - now_ms) / 1000.0
-        return GroupMessage(targets, plain, template, deadline)
-
-    def _named_members(self, prefix: str, key: bytes, count: int) -> list[str]:
-        """The members held by a ``P:t:`` key (an ``r`` entry's), fetched once and kept.
-
-        The key is named by the SHA1 of its content, so a kept list never goes stale; the
-        fan-out keeps the key alive as long as any entry that names it.
-        """
-        names = self._members_cache.get(key)
-        if names is None:
-            shard = self._shard_of(prefix)
-            # On a Cluster the reference is a field of the bucket's hash of member lists.
-            data = shard.execute("HGET", shard.key("t", ""), key) if shard.cluster else shard.execute("GET", key)
-            if data is None:
-                raise exc.ChannelsError(f"the member list {key.decode()!r} of a group message for {prefix!r} "
-                                        "is gone (flushed, or evicted by Redis' maxmemory policy)")
-            names = data.decode().split(" ")
-            if len(names) != count:
-                raise exc.ChannelsError(f"the member list {key.decode()!r} names {len(names)} channels, "
-                                        f"not {count}")
-            if len(self._members_cache) >= 64:
-                self._members_cache.clear()
-            self._members_cache[key] = names
-        return names
-
-    def _deliver(self, name: str, entry: bytes, now_ms: int, shared: bool = False) -> tuple[str, dict]:
-        kind, field, body = parse_entry(entry)
-        if field is None:
-            return name, self._open(body)
-        if kind == TARGETS_KIND and SEPARATOR not in field:
-            return field.decode(), self._open(body)  # one target: a send to a process-local channel
-        message = self._group_message(name, entry, now_ms)
-        first = message.copies(message.targets[:1], shared)[0]
-        message.pos = 1
-        self._copies.add(name, message)
-        # Other threads of this process waiting on this prefix can take the rest now.
-        shard = self._shard_of(name)
-        shard.bell().ring(shard.key("q", name))
-        return first
-
-    def _try_receive(self, names: list[str], plan: list[_ShardPlan]) -> tuple[str, dict] | None:
+    def _try_receive(self, names: list[str], plan: list[ShardPlan]) -> tuple[str, dict] | None:
         if self._copies:
-            got = self._take_buffered(names, 1)
+            got = self._delivery.take_buffered(names, 1)
             if got:
                 return got[0]
         self._rr += 1
@@ -242,12 +101,12 @@ class ReceivingMixin:
             if entry.lpop is not None:
                 popped = self._pop_plain(shard, entry.lpop)
                 if popped is not None:
-                    return entry.names[0], self._open(message_body(popped))
+                    return entry.names[0], self._bodies.open(message_body(popped))
                 continue
             command, shard_names = entry.receive(self._rr)
             reply = shard.call(entry.scripts[0], command + NOW % shard.now_ms())
             if reply is not None:
-                return self._deliver(shard_names[reply[0] - 1], reply[1], reply[2])
+                return self._delivery.deliver(shard_names[reply[0] - 1], reply[1], reply[2])
         return None
 
     @staticmethod
@@ -258,12 +117,12 @@ class ReceivingMixin:
             if entry is None or entry_deadline(entry) > shard.now_ms():
                 return entry
 
-    def _try_receive_batch(self, names: list[str], plan: list[_ShardPlan], limit: int,
+    def _try_receive_batch(self, names: list[str], plan: list[ShardPlan], limit: int,
                            shared: bool) -> list[tuple[str, dict]]:
         """Up to ``limit`` messages: buffered group copies first, then one script per shard."""
         batch: list[tuple[str, dict]] = []
         if self._copies:
-            batch = self._take_buffered(names, limit, shared)
+            batch = self._delivery.take_buffered(names, limit, shared)
             if len(batch) >= limit:
                 return batch
         self._rr += 1
@@ -282,26 +141,11 @@ class ReceivingMixin:
             now_ms = reply[-1]
             buffered = False
             for j in range(0, len(reply) - 1, 2):
-                buffered = self._take_entry(shard_names[reply[j] - 1], reply[j + 1], now_ms, shared, batch) \
+                buffered = self._delivery.take_entry(shard_names[reply[j] - 1], reply[j + 1], now_ms, shared, batch) \
                     or buffered
             if buffered and len(batch) < limit:
-                batch += self._take_buffered(names, limit - len(batch), shared)
+                batch += self._delivery.take_buffered(names, limit - len(batch), shared)
         return batch
-
-    def _take_entry(self, name: str, entry: bytes, now_ms: int, shared: bool, batch: list) -> bool:
-        """Add the message of a live popped ``entry`` of queue ``name`` to ``batch`` (the first member's,
-        for a group entry, whose other members' copies are buffered); True when copies were buffered."""
-        try:
-            if not is_message(entry) and name in self._copies:
-                # behind this prefix's earlier copies, so no member gets a later message first
-                self._copies.add(name, self._group_message(name, entry, now_ms))
-                return True
-            batch.append(self._deliver(name, entry, now_ms, shared))
-            return name in self._copies
-        except exc.ChannelsError as e:
-            # One unreadable entry must not cost the rest of the batch, already popped.
-            log.error("dropped an unreadable message on %s: %s", name, e)
-            return False
 
     def _resolve_plan(self, channels: Iterable[str]) -> tuple[list[str], list] | None:
         """The validated names and per-shard plan of a channel list (None when it is empty)."""
@@ -351,7 +195,7 @@ class ReceivingMixin:
         if self._copies and type(channels) is list and len(channels) == 1 and channels[0] in self._copies:
             # Fast path for a process's reader on its prefix: the next member of a group message
             # fetched already (only validated names ever get a buffer).
-            taken = self._take_buffered(channels, 1)
+            taken = self._delivery.take_buffered(channels, 1)
             if taken:
                 return taken[0]
         resolved = self._resolve_plan(channels)
@@ -411,7 +255,7 @@ class ReceivingMixin:
                 return batch
         return self._await(names, plan, wait, lambda: self._try_receive_batch(names, plan, limit, shared), limit) or []
 
-    def _blocking_pop_prefix(self, names: list[str], plan: list[_ShardPlan], wait: float, limit: int,
+    def _blocking_pop_prefix(self, names: list[str], plan: list[ShardPlan], wait: float, limit: int,
                              shared: bool) -> list[tuple[str, dict]] | None:
         """Up to ``limit`` messages of one process prefix's queue with ``BLMPOP`` (Redis 7+), waiting up
         to ``wait`` seconds for the first; None when the server has no ``BLMPOP`` (then the doorbell
@@ -460,25 +304,18 @@ class ReceivingMixin:
             buffered = False
             for data in reply[1]:
                 if entry_deadline(data) <= now_ms:
-                    expired += self._targets(name, data, now_ms)
+                    expired += self._delivery.targets(name, data, now_ms)
                 else:
-                    buffered = self._take_entry(name, data, now_ms, shared, batch) or buffered
+                    buffered = self._delivery.take_entry(name, data, now_ms, shared, batch) or buffered
             if expired:
-                self._evict(name, expired)
+                self._delivery.evict(name, expired)
             if buffered and len(batch) < limit:
-                batch += self._take_buffered(names, limit - len(batch), shared)
+                batch += self._delivery.take_buffered(names, limit - len(batch), shared)
             if batch:
                 return batch
         return []
 
-    def _targets(self, name: str, entry: bytes, now_ms: int) -> list[str]:
-        """The members an expired ``t`` or ``r`` entry of prefix ``name`` was for (none when unreadable)."""
-        try:
-            return self._group_message(name, entry, now_ms).targets
-        except exc.ChannelsError:
-            return []
-
-    def _blocking_steps(self, entry: _ShardPlan, wait: float) -> Iterator[tuple[list[bytes], str]]:
+    def _blocking_steps(self, entry: ShardPlan, wait: float) -> Iterator[tuple[list[bytes], str]]:
         """The keys, in the order to try, and the timeout of each blocking pop within ``wait`` seconds.
 
         Each pop asks for less than the socket timeout (the server times it out, never us),
@@ -495,7 +332,7 @@ class ReceivingMixin:
             r = self._rr % len(keys)
             yield keys[r:] + keys[:r], "%.3f" % max(0.01, min(remaining, self._block_step))
 
-    def _blocking_pop(self, entry: _ShardPlan, wait: float) -> tuple[str, dict] | None:
+    def _blocking_pop(self, entry: ShardPlan, wait: float) -> tuple[str, dict] | None:
         """The next message of plain channels on one shard, waiting up to ``wait`` seconds on the server.
 
         One ``BLPOP`` answers as soon as a message is pushed: no doorbell, no second pop.
@@ -515,10 +352,10 @@ class ReceivingMixin:
             key, data = reply
             if entry_deadline(data) <= shard.now_ms():
                 continue  # expired unread
-            return entry.names[entry.keys.index(key)], self._open(message_body(data))
+            return entry.names[entry.keys.index(key)], self._bodies.open(message_body(data))
         return None
 
-    def _blocking_pop_many(self, entry: _ShardPlan, wait: float, limit: int,
+    def _blocking_pop_many(self, entry: ShardPlan, wait: float, limit: int,
                            first: Callable[[bytes], Any] | None = None) -> list[tuple[str, dict]] | None:
         """Up to ``limit`` messages of plain channels on one shard with ``BLMPOP`` (Redis 7+), waiting up
         to ``wait`` seconds for the first: one command, no script, whether a backlog waits or not.
@@ -557,7 +394,7 @@ class ReceivingMixin:
                 if entry_deadline(data) <= now_ms:
                     continue  # expired unread
                 try:
-                    batch.append((name, self._open(message_body(data))))
+                    batch.append((name, self._bodies.open(message_body(data))))
                 except exc.ChannelsError as e:
                     # One unreadable entry must not cost the rest of the batch, already popped.
                     log.error("dropped an unreadable message on %s: %s", name, e)
@@ -574,7 +411,7 @@ class ReceivingMixin:
             raise error
         shard.blmpop = False
 
-    def _pop_plan(self, channels: Iterable[str], wait: float) -> _ShardPlan | None:
+    def _pop_plan(self, channels: Iterable[str], wait: float) -> ShardPlan | None:
         """The plan of ``channels`` when a blocking batch receive on them is one ``BLMPOP`` (plain
         channels on one shard that has it, or may), else None."""
         resolved = self._resolve_plan(channels)

@@ -61,7 +61,7 @@ so the client packs the fixed part of a hot command once.
 """
 from __future__ import annotations
 
-from ..base import SIDECAR_PREFIX
+from ..names import SIDECAR_PREFIX
 from .entries import LUA_CONSTANTS, LUA_HELPERS
 
 __all__ = ["SEND", "RECEIVE", "RECEIVE_MANY", "READ_DONE", "FANOUT", "MEMBERS", "GROUP_ADD", "GROUP_DISCARD",

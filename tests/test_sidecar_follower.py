@@ -1,0 +1,132 @@
+"""The resume rules of one socket (:class:`wsgi_channels.sidecar.resume.Follower`), in memory.
+
+The follower is driven as the sidecar drives it (notices, stamped messages, the accept, the
+sweeper's timer check) on a real in-memory layer with history; what it would write to the socket
+is recorded. The same rules run over real processes in ``test_sidecar_resume.py``.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+
+import gevent
+
+from wsgi_channels.exceptions import LayerUnavailable
+from wsgi_channels.layers.memory import MemoryChannelLayer
+from wsgi_channels.sidecar.resume import Follower, HistoryReader, Options
+
+GROUP = "chat.f"
+
+
+class Side:
+    """What a Follower needs of its WebSocketSide: the connection's sidecar, and the writes (recorded)."""
+
+    def __init__(self, layer) -> None:
+        presence = SimpleNamespace(joined=lambda *a: None, left=lambda *a: None, closed=lambda *a: None)
+        sidecar = SimpleNamespace(layer=layer, stats=SimpleNamespace(resumes=Counter()), presence=presence,
+                                  config=SimpleNamespace(connect_timeout=1.0), history_reader=HistoryReader(layer))
+        self.conn = SimpleNamespace(sidecar=sidecar, reply_channel="sidecar.x!y", aborted=False)
+        self.session = None
+        self.out: list = []
+
+    def open(self) -> None:
+        self.session = SimpleNamespace(open=True)
+
+    def write_control(self, body) -> None:
+        if self.session is not None:
+            self.out.append(("control", body))
+
+    def write_message(self, message, position) -> None:
+        self.out.append((position[2], message["text"]))
+
+
+def make(resume=None):
+    layer = MemoryChannelLayer(group_history={"chat.*": {"size": 5}})
+    side = Side(layer)
+    follower = Follower(side, Options(True, resume or {}))
+    return layer, side, follower
+
+
+def live(follower, side, layer_epoch, offset, text):
+    """A live stamped copy, as the receive loop hands it over: written when the follower says so."""
+    message = {"text": text}
+    deliver, position = follower.stamped(message, [GROUP, layer_epoch, offset])
+    if deliver:
+        side.out.append((position[2], text))
+
+
+def test_resume_merges_history_and_held_live_messages_exactly_once():
+    layer, side, _ = make()
+    for i in range(1, 4):
+        layer.send_group(GROUP, {"text": f"m{i}"})
+    epoch = layer.group_position(GROUP).epoch
+    side = Side(layer)
+    follower = Follower(side, Options(True, {GROUP: (epoch, 1)}))
+    follower.notice({"g": GROUP, "a": True, "h": True, "p": None})
+    live(follower, side, epoch, 4, "m4")  # arrives before the accept: held
+    side.open()
+    follower.accepted()  # starts the read
+    live(follower, side, epoch, 5, "m5")  # while the read runs: held
+    layer.send_group(GROUP, {"text": "m4"})  # the history now has m2..m4 (size 5)
+    layer.send_group(GROUP, {"text": "m5"})
+    gevent.sleep(0.05)
+    live(follower, side, epoch, 5, "m5")  # a late copy of what was delivered: dropped
+    live(follower, side, epoch, 6, "m6")
+    assert side.out == [(2, "m2"), (3, "m3"), (4, "m4"), (5, "m5"),
+                        ("control", {"t": "recovered", "g": GROUP, "e": epoch, "o": 5, "n": 4}), (6, "m6")]
+    assert side.conn.sidecar.stats.resumes["duplicate_dropped"] == 1
+
+
+def test_trimmed_history_is_a_gap_and_the_held_messages_follow_it():
+    layer, side, _ = make()
+    for i in range(1, 9):
+        layer.send_group(GROUP, {"text": f"m{i}"})  # size 5: m1..m3 are gone
+    epoch = layer.group_position(GROUP).epoch
+    side = Side(layer)
+    follower = Follower(side, Options(True, {GROUP: (epoch, 1)}))
+    side.open()
+    follower.notice({"g": GROUP, "a": True, "h": True, "p": None})
+    live(follower, side, epoch, 9, "m9")
+    gevent.sleep(0.05)
+    assert side.out == [("control", {"t": "gap", "g": GROUP, "why": "trimmed", "e": epoch, "o": 8}), (9, "m9")]
+
+
+def test_a_hole_in_live_offsets_is_reported_as_skipped():
+    layer, side, follower = make()
+    side.open()
+    follower.notice({"g": GROUP, "a": True, "h": True, "p": None})
+    assert side.out == [("control", {"t": "j", "g": GROUP})]
+    live(follower, side, "E", 3, "a")
+    live(follower, side, "E", 4, "b")
+    live(follower, side, "E", 7, "c")
+    assert side.out[1:] == [(3, "a"), (4, "b"), ("control", {"t": "gap", "g": GROUP, "why": "skipped", "e": "E", "o": 6}),
+                            (7, "c")]
+
+
+def test_a_read_that_never_answers_is_a_timeout_gap():
+    class Stuck(MemoryChannelLayer):
+        def _history_read(self, requests):
+            gevent.sleep(30)
+
+    layer = Stuck(group_history={"chat.*": {}})
+    side = Side(layer)
+    follower = Follower(side, Options(True, {GROUP: ("E", 1)}))
+    side.open()
+    follower.notice({"g": GROUP, "a": True, "h": True, "p": None})
+    live(follower, side, "E", 2, "held")
+    import time
+    follower.check(time.monotonic() + 2)
+    assert side.out == [("control", {"t": "gap", "g": GROUP, "why": "timeout"}), (2, "held")]
+
+
+def test_a_history_read_that_fails_is_an_unavailable_gap():
+    class Down(MemoryChannelLayer):
+        def _history_read(self, requests):
+            return [LayerUnavailable("the store is gone") for _ in requests]
+
+    side = Side(Down(group_history={"chat.*": {}}))
+    follower = Follower(side, Options(True, {GROUP: ("E", 1)}))
+    side.open()
+    follower.notice({"g": GROUP, "a": True, "h": True, "p": None})
+    gevent.sleep(0.05)
+    assert side.out == [("control", {"t": "gap", "g": GROUP, "why": "unavailable"})]
