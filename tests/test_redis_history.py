@@ -137,16 +137,21 @@ def test_a_sentinel_failover_starts_a_new_stream(fresh_redis_sentinel, made):
     assert after.offset == 0
 
 
-def test_one_redis_queues_the_stamped_copies_in_offset_order(fresh_redis, made):
-    """On one Redis the offset, the kept message and every member's copy are one script: concurrent
-    publishers never make a sidecar see offset n + 1 before n."""
+@pytest.mark.parametrize("kind", ["redis", "redis3", "encrypted"])
+def test_sidecars_get_the_stamped_copies_in_offset_order(kind, layer_url_for, made):
+    """Concurrent publishers never make a sidecar see offset n + 1 before n: on one Redis the offset,
+    the kept message and every copy are one script; on shards (or encrypted) each server queues the
+    stamped copies in offset order."""
     import threading
 
-    prefix = new_process_prefix("sidecar")
-    reader = made(fresh_redis.url)
-    reader.group_add("chat.order", prefix + "a")
+    url = layer_url_for("redis3" if kind == "redis3" else "redis")
+    options = {"symmetric_encryption_keys": ["secret"]} if kind == "encrypted" else {}
+    reader = made(url, prefix=f"order{kind}", **options)
+    prefixes = [new_process_prefix("sidecar") for _ in range(6)]
+    for prefix in prefixes:
+        reader.group_add("chat.order", prefix + "a")
     reader.group_add("chat.order", "plain.member")
-    publishers = [made(fresh_redis.url) for _ in range(4)]
+    publishers = [made(url, prefix=f"order{kind}", **options) for _ in range(4)]
     barrier = threading.Barrier(4)
 
     def publish(layer, who):
@@ -159,15 +164,19 @@ def test_one_redis_queues_the_stamped_copies_in_offset_order(fresh_redis, made):
         t.start()
     for t in threads:
         t.join(60)
-    got = []
-    while True:
-        batch = reader.receive_batch([prefix], 1000)
-        if not batch:
-            break
-        got += [m for _, m in batch if STAMP_KEY in m]
-    assert [m[STAMP_KEY][2] for m in got] == list(range(1, 401))
-    history = reader.group_history("chat.order", 0, limit=400).messages
-    assert [(o, m["text"]) for o, m in history] == [(m[STAMP_KEY][2], m["text"]) for m in got][-10:]
+    try:
+        for prefix in prefixes:
+            got = []
+            while True:
+                batch = reader.receive_batch([prefix], 1000)
+                if not batch:
+                    break
+                got += [m for _, m in batch if STAMP_KEY in m]
+            assert [m[STAMP_KEY][2] for m in got] == list(range(1, 401)), prefix
+        history = reader.group_history("chat.order", 0, limit=400).messages
+        assert [(o, m["text"]) for o, m in history] == [(m[STAMP_KEY][2], m["text"]) for m in got][-10:]
+    finally:
+        reader.flush()
 
 
 def test_a_cluster_failover_starts_a_new_stream(fresh_redis_cluster, made):

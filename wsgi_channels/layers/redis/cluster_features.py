@@ -114,7 +114,8 @@ class ClusterFeaturesMixin:
             "EVALSHA", _FANOUT.sha, 6 + len(keys), *bucket.bucket_keys, *keys, group, sig, self._expiry_ms,
             self._gexp_ms, self.capacity, self.process_capacity, self._rules_flag)
 
-    def _cluster_feature_fan_out(self, buckets: list, group: str, body: bytes, mode: str, stamped: bytes) -> int:
+    def _cluster_feature_fan_out(self, buckets: list, group: str, body: bytes, mode: str, stamped: bytes,
+                                 order: Any = None) -> int:
         """:meth:`.cluster_groups.ClusterGroupsMixin._cluster_send_group` with the features' fan-out."""
         plans = self._fanout_plans
         tail = bulk(mode, stamped)

@@ -46,12 +46,16 @@ from .scripts import _COMMON, FANOUT, GROUP_ADD, GROUP_DISCARD
 
 __all__ = ["HIST_APPEND", "HIST_READ", "FEATURE_FANOUT", "GROUP_ADD_NOTICE", "GROUP_DISCARD_NOTICE",
            "PRESENCE_PUT", "PRESENCE_REMOVE", "PRESENCE_REFRESH", "PRESENCE_REASSERT", "PRESENCE_SWEEP",
-           "PRESENCE_LIST", "PRESENCE_COUNTS", "FEATURE_KEY_KINDS", "EMPTY_PRESENCE_KEEP_MS", "STAMPED", "SIDECARS_ONLY", "KEEP"]
+           "PRESENCE_LIST", "PRESENCE_COUNTS", "FEATURE_KEY_KINDS", "EMPTY_PRESENCE_KEEP_MS", "STAMPED",
+           "SIDECARS_ONLY", "KEEP", "ORDER_WAIT"]
 
 #: Key kinds of history and presence (``flush`` removes them).
-FEATURE_KEY_KINDS = ("h", "hm", "pe", "pu", "po", "pm", "pb", "px")
+FEATURE_KEY_KINDS = ("h", "hm", "hx", "pe", "pu", "po", "pm", "pb", "px")
 #: Milliseconds the presence keys of a group outlive its last change or refresh.
 EMPTY_PRESENCE_KEEP_MS = 3_600_000
+#: What the fan-out answers instead of queueing a stamped copy whose predecessor has not been queued
+#: on that server yet (another publisher's fan-out is under way): the caller sends it again shortly.
+ORDER_WAIT = -2
 #: Modes of :data:`FEATURE_FANOUT`: stamped copies for sidecar prefixes; sidecar prefixes only; keep
 #: the message in the group's history, then stamped copies.
 STAMPED, SIDECARS_ONLY, KEEP = "s", "o", "k"
@@ -171,6 +175,17 @@ local function result(dropped)
   if EPOCH then return {{dropped, EPOCH, TOP}} end
   return dropped
 end
+if MODE == '{STAMPED}' and not EPOCH and ARGV[12] then
+  -- stamped copies of another server's stream: queued in offset order (see ORDER_WAIT)
+  local offset, last = tonumber(ARGV[12]), redis.call('GET', KEYS[4])
+  local same, at = false, 0
+  if last then
+    local sp = string.find(last, ' ', 1, true)
+    same, at = string.sub(last, 1, sp - 1) == ARGV[11], tonumber(string.sub(last, sp + 1))
+  end
+  if ARGV[13] ~= '1' and offset > 1 and (not last or (same and at < offset - 1)) then return {ORDER_WAIT} end
+  if not same or at < offset then redis.call('SET', KEYS[4], ARGV[11] .. ' ' .. offset, 'PX', ARGV[14]) end
+end
 """
 
 #: The fan-out script of :mod:`.scripts` (KEYS g gc gp, ARGV 1-8 the same) with ARGV[9] the mode and
@@ -180,6 +195,12 @@ end
 #: candidate epoch, size, ttl ms, meta ttl ms) and stamps the sidecars' copies with its offset:
 #: ARGV[10] is then the stamped message up to the epoch and the offset, which the script packs
 #: after it (``cmsgpack``). Returns the members skipped as full, with ``k`` ``{skipped, epoch, offset}``.
+#: ``s`` with ARGV 11-14 (epoch, offset, '1' to force, ttl ms of the mark) and KEYS[4] (``P:hx:{group}``,
+#: the latest ``epoch offset`` queued on this server): copies of a stream kept on another server
+#: (several shards, or an encrypted layer: the client stamps them) are queued in offset order. A copy
+#: whose predecessor in the same epoch has not been queued here yet is not queued: the answer is
+#: :data:`ORDER_WAIT` and the caller sends it again, forced after a while (a publisher that died
+#: between keeping its message and queueing its copies). The mark lives as long as the stream's meta.
 FEATURE_FANOUT = _derive(_derive(_derive(_derive(
     _derive(FANOUT, "E_FIELD_END .. body", "E_FIELD_END .. prefix_body(prefix)", count=3),
     "local function now_ms() return tonumber(dl) - tonumber(exp) end\n",

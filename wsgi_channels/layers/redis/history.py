@@ -16,6 +16,7 @@ membership's own script, whatever the channel's capacity.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Optional, Sequence, Union
 
 from redis.exceptions import ResponseError
@@ -46,6 +47,9 @@ _DISCARD_NOTICE = Script(fs.GROUP_DISCARD_NOTICE)
 DEFAULT_META_TTL = 86400.0
 
 _DEADLINE = b"%%0%dd" % DEADLINE_DIGITS
+#: Longest a stamped copy waits for its predecessor's to be queued on a server (another publisher's
+#: fan-out under way) before it is queued anyway: that publisher died between keeping and queueing.
+ORDER_WAIT_SECONDS = 0.25
 #: How msgpack ends ``[group, "", 0]``: cut off, the rest of a stamp for the script to complete.
 _EMPTY_EPOCH_AND_ZERO = b"\xa0\x00"
 
@@ -91,20 +95,32 @@ class HistoryMixin(ClusterFeaturesMixin):
         except ResponseError as e:
             raise unavailable(what, e) from e
 
-    def _feature_fan_out(self, group: str, body: bytes, mode: str, stamped: bytes = b"", skip: Any = None) -> int:
+    def _feature_fan_out(self, group: str, body: bytes, mode: str, stamped: bytes = b"", skip: Any = None,
+                         order: Optional[tuple] = None) -> int:
         """Queue ``body`` for ``group``'s members on every shard (``mode``: :data:`.feature_scripts.STAMPED`,
         ``stamped`` for ``sidecar.*!`` prefixes; :data:`.feature_scripts.SIDECARS_ONLY`), but on ``skip``;
-        the members skipped because their channel was full (counted)."""
+        the members skipped because their channel was full (counted). ``order``: ``(epoch, offset,
+        meta ttl ms)`` of the stamp: each server queues the copies in offset order, so a shard that
+        answers :data:`.feature_scripts.ORDER_WAIT` gets the copy again shortly (forced after
+        :data:`ORDER_WAIT_SECONDS`)."""
         vshards = [v for v in self._shards if v is not skip]  # type: ignore[attr-defined]
         shards = [v for v in vshards if not v.cluster]
         dropped = 0
         if len(shards) < len(vshards):
-            dropped += self._cluster_feature_fan_out([v for v in vshards if v.cluster], group, body, mode, stamped)
-        if shards:
-            keys = self._group_keys(group)  # type: ignore[attr-defined]
+            dropped += self._cluster_feature_fan_out([v for v in vshards if v.cluster], group, body, mode, stamped,
+                                                     order)
+        keys = self._group_keys(group)  # type: ignore[attr-defined]
+        tail: tuple = ()
+        if order is not None:
+            keys += (self._key("hx", group),)  # type: ignore[attr-defined]
+            tail = (order[0], order[1])
+        waited = 0.0
+        while shards:
+            force = "1" if waited >= ORDER_WAIT_SECONDS else "0"
             payloads = [packed("EVALSHA", _FANOUT.sha, len(keys), *keys, self._p, self._expiry_ms, self._gexp_ms,
                                self.capacity, self.process_capacity, self._rules_flag, body,
-                               _DEADLINE % (s.now_ms() + self._expiry_ms), mode, stamped) for s in shards]
+                               _DEADLINE % (s.now_ms() + self._expiry_ms), mode, stamped,
+                               *(tail + (force, order[2]) if order is not None else ())) for s in shards]
             try:
                 replies = run_everywhere(shards, _FANOUT, payloads, tail=self._wait)
             except ResponseError as e:
@@ -113,7 +129,12 @@ class HistoryMixin(ClusterFeaturesMixin):
                 for acked in replies[1::2]:
                     self._replicated(acked)  # type: ignore[attr-defined]
                 replies = replies[::2]
-            dropped += sum(replies)
+            dropped += sum(r for r in replies if r != fs.ORDER_WAIT)
+            shards = [s for s, r in zip(shards, replies) if r == fs.ORDER_WAIT]
+            if shards:
+                pause = min(0.01, 0.0005 + waited / 4)
+                time.sleep(pause)
+                waited += pause
         if dropped:
             self._count("group_drop_count", dropped)  # type: ignore[attr-defined]
         return dropped
@@ -202,11 +223,12 @@ class HistoryMixin(ClusterFeaturesMixin):
                 self._count("group_drop_count", dropped)  # type: ignore[attr-defined]
             if len(self._shards) > 1:  # type: ignore[attr-defined]
                 stamped = with_keys(body, {STAMP_KEY: [group, epoch.decode(), offset]})
-                self._feature_fan_out(group, body, fs.STAMPED, stamped, skip=shard)
+                self._feature_fan_out(group, body, fs.STAMPED, stamped, skip=shard,
+                                      order=(epoch, offset, _ms(options.meta_ttl)))
             return
         epoch, offset = self._run(what, shard, _APPEND, keys, args + (plain,))
         stamped = self._sealed(with_keys(body, {STAMP_KEY: [group, epoch.decode(), offset]}))
-        self._feature_fan_out(group, plain, fs.STAMPED, stamped)
+        self._feature_fan_out(group, plain, fs.STAMPED, stamped, order=(epoch, offset, _ms(options.meta_ttl)))
 
     def _history_read(self, requests: Sequence[tuple[str, int, int]]) -> list[Union[HistoryPage, BaseException]]:
         found: list[Any] = [None] * len(requests)
