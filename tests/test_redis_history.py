@@ -137,14 +137,14 @@ def test_a_sentinel_failover_starts_a_new_stream(fresh_redis_sentinel, made):
     assert after.offset == 0
 
 
-@pytest.mark.parametrize("kind", ["redis", "redis3", "encrypted"])
+@pytest.mark.parametrize("kind", ["redis", "redis3", "encrypted", "cluster"])
 def test_sidecars_get_the_stamped_copies_in_offset_order(kind, layer_url_for, made):
     """Concurrent publishers never make a sidecar see offset n + 1 before n: on one Redis the offset,
     the kept message and every copy are one script; on shards (or encrypted) each server queues the
     stamped copies in offset order."""
     import threading
 
-    url = layer_url_for("redis3" if kind == "redis3" else "redis")
+    url = layer_url_for(kind if kind in ("redis3", "cluster") else "redis")
     options = {"symmetric_encryption_keys": ["secret"]} if kind == "encrypted" else {}
     reader = made(url, prefix=f"order{kind}", **options)
     prefixes = [new_process_prefix("sidecar") for _ in range(6)]

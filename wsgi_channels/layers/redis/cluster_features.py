@@ -10,16 +10,37 @@ and runs the fan-out with the same two-step protocol (the plan's keys learnt fro
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from ... import exceptions as exc
 from . import cluster_scripts as cscripts
 from .cluster import run_all
 from .connection import NOW, Script, bulk
-from .feature_scripts import SIDECARS_ONLY, STAMPED, _derive
+from .feature_scripts import ORDER_WAIT, SIDECARS_ONLY, STAMPED, _derive
 
 __all__ = ["ClusterFeaturesMixin", "C_FEATURE_FANOUT", "C_GROUP_ADD_NOTICE", "C_GROUP_DISCARD_NOTICE", "ADD_NOTICE",
            "DISCARD_NOTICE"]
+
+_ORDER = f"""
+local ORDERED = ARGV[12] ~= nil
+-- stamped copies are queued in offset order (feature_scripts.FEATURE_FANOUT); the mark is the last
+-- key, moved (mark()) only where the copies are queued (not when the plan's keys are asked for)
+local function mark() end
+if ORDERED then
+  local hx, offset = KEYS[#KEYS], tonumber(ARGV[13])
+  local last = redis.call('GET', hx)
+  local same, at = false, 0
+  if last then
+    local sp = string.find(last, ' ', 1, true)
+    same, at = string.sub(last, 1, sp - 1) == ARGV[12], tonumber(string.sub(last, sp + 1))
+  end
+  if ARGV[14] ~= '1' and offset > 1 and (not last or (same and at < offset - 1)) then return {{{ORDER_WAIT}}} end
+  mark = function()
+    if not same or at < offset then redis.call('SET', hx, ARGV[12] .. ' ' .. offset, 'PX', ARGV[15]) end
+  end
+end
+"""
 
 _FILTER = f"""
 local MODE, SBODY = ARGV[10], ARGV[11]
@@ -35,9 +56,16 @@ end
 """
 
 #: The Cluster fan-out (same KEYS, ARGV 1-9) with ARGV[10] the mode and ARGV[11] the stamped body,
-#: as :data:`.feature_scripts.FEATURE_FANOUT` (the plan and its keys are the plain fan-out's).
-C_FEATURE_FANOUT = _derive(_derive(_derive(_derive(
+#: as :data:`.feature_scripts.FEATURE_FANOUT` (the plan and its keys are the plain fan-out's); with
+#: ARGV 12-15 (epoch, offset, '1' to force, ttl ms) and the bucket's ``P:hx:{T}group`` mark as the last
+#: key, the stamped copies are queued in offset order (:data:`.feature_scripts.ORDER_WAIT`).
+C_FEATURE_FANOUT = _derive(_derive(_derive(_derive(_derive(_derive(_derive(_derive(
     cscripts.FANOUT,
+    "local function now_ms() return tonumber(dl) - tonumber(exp) end\n",
+    "local function now_ms() return tonumber(dl) - tonumber(exp) end\n" + _ORDER),
+    "#KEYS ~= 6 + #plain / 2", "#KEYS ~= (ORDERED and 7 or 6) + #plain / 2"),
+    "  if not plan then return {0} end\n", "  if not plan then mark() return {0} end\n"),
+    "\nlocal dropped = 0\n", "\nmark()\nlocal dropped = 0\n"),
     "local plain, prefixes = plan[4], plan[5]\n", "local plain, prefixes = plan[4], plan[5]\n" + _FILTER),
     "if #plain > 0 then\n  local entry = dl .. E_MESSAGE .. body",
     f"if #plain > 0 and MODE ~= '{SIDECARS_ONLY}' then\n  local entry = dl .. E_MESSAGE .. body"),
@@ -90,6 +118,8 @@ return 0
 """)
 
 _FANOUT = Script(C_FEATURE_FANOUT)
+#: As :data:`.history.ORDER_WAIT_SECONDS` (defined here: history imports this module).
+ORDER_WAIT_SECONDS = 0.25
 #: The scripts of :data:`C_GROUP_ADD_NOTICE` and :data:`C_GROUP_DISCARD_NOTICE`.
 ADD_NOTICE = Script(C_GROUP_ADD_NOTICE)
 DISCARD_NOTICE = Script(C_GROUP_DISCARD_NOTICE)
@@ -106,11 +136,14 @@ class ClusterFeaturesMixin:
     _rules_flag: bytes
     _wait: bytes | None
 
-    def _cluster_feature_head(self, bucket: Any, group: str, sig: bytes, members: list, plain: int) -> bytes:
+    def _cluster_feature_head(self, bucket: Any, group: str, sig: bytes, members: list, plain: int,
+                              ordered: bool) -> bytes:
         keys = [bucket.key("q", name) for name in members[:plain]]
         for prefix in members[plain:]:
             keys += [bucket.key("q", prefix), bucket.key("u", prefix), bucket.key("m", prefix)]
-        return b"*%d\r\n" % (3 + 6 + len(keys) + 11) + bulk(
+        if ordered:
+            keys.append(bucket.key("hx", group))
+        return b"*%d\r\n" % (3 + 6 + len(keys) + 11 + (4 if ordered else 0)) + bulk(
             "EVALSHA", _FANOUT.sha, 6 + len(keys), *bucket.bucket_keys, *keys, group, sig, self._expiry_ms,
             self._gexp_ms, self.capacity, self.process_capacity, self._rules_flag)
 
@@ -118,34 +151,50 @@ class ClusterFeaturesMixin:
                                  order: Any = None) -> int:
         """:meth:`.cluster_groups.ClusterGroupsMixin._cluster_send_group` with the features' fan-out."""
         plans = self._fanout_plans
+        ordered = order is not None
         tail = bulk(mode, stamped)
         pending = list(buckets)
         dropped = 0
-        for _ in range(5):
+        waited = 0.0
+        rounds = 0
+        while pending and rounds < 5:
             items = []
+            force = "1" if waited >= ORDER_WAIT_SECONDS else "0"
             for bucket in pending:
-                known = plans.get((group, bucket, "features"))
-                head = known[1] if known is not None else self._cluster_feature_head(bucket, group, b"", [], 0)
-                items.append((bucket, _FANOUT, head + bulk(body) + NOW % (bucket.now_ms() + self._expiry_ms) + tail))
+                known = plans.get((group, bucket, "features", ordered))
+                head = known[1] if known is not None else self._cluster_feature_head(bucket, group, b"", [], 0, ordered)
+                extra = bulk(order[0], order[1], force, order[2]) if order is not None else b""
+                items.append((bucket, _FANOUT,
+                              head + bulk(body) + NOW % (bucket.now_ms() + self._expiry_ms) + tail + extra))
             replies = run_all(items, tail=self._wait)
             if self._wait is not None:
                 for acked in replies[1::2]:
                     self._replicated(acked)  # type: ignore[attr-defined]
                 replies = replies[::2]
-            again = []
+            again, later = [], []
             for bucket, reply in zip(pending, replies):
                 if isinstance(reply, Exception):
                     raise exc.LayerUnavailable(f"Redis refused a message for group {group!r}: {reply}")
+                if reply[0] == ORDER_WAIT:
+                    later.append(bucket)
+                    continue
                 if reply[0] != -1:
                     dropped += reply[0]
                     continue
                 sig, plain, names = reply[1], reply[2], [n.decode() for n in reply[3:]]
                 if len(plans) >= 10_000:
                     plans.clear()
-                plans[(group, bucket, "features")] = (sig, self._cluster_feature_head(bucket, group, sig, names, plain))
+                plans[(group, bucket, "features", ordered)] = (
+                    sig, self._cluster_feature_head(bucket, group, sig, names, plain, ordered))
                 again.append(bucket)
-            if not again:
-                return dropped
-            pending = again
+            if later:
+                pause = min(0.01, 0.0005 + waited / 4)
+                time.sleep(pause)
+                waited += pause
+            else:
+                rounds += 1  # a round of plan changes (waiting for a predecessor is bounded by time)
+            pending = again + later
+        if not pending:
+            return dropped
         raise exc.LayerUnavailable(f"the members of group {group!r} kept changing during a group send; "
                                    "the call did not complete for some of them")
