@@ -4,8 +4,8 @@ The conformance suites (``test_layer_history.py``, ``test_layer_presence.py``,
 ``test_history_epoch.py``) run on ``redis``, ``redis3``, ``sentinel`` and ``cluster`` through
 ``feature_backends``; here are the rules only a Redis has: a restart (empty, or from its
 append-only file, which may miss the last writes) and a failover (Sentinel, Cluster) start new streams, a Redis
-down surfaces as ``LayerUnavailable``, the history is encrypted like the queues, and on one Redis
-the sidecars' copies arrive in offset order whatever the publishers.
+down surfaces as ``LayerUnavailable``, the history is encrypted like the queues, and the sidecars'
+copies arrive in offset order whatever the publishers (one Redis, shards, encrypted, Cluster).
 """
 from __future__ import annotations
 

@@ -5,10 +5,12 @@ name, with the group's hash tag): one script numbers and keeps a message (:data:
 then the group's fan-out on every shard queues the message for the members, the copies for
 ``sidecar.*!`` prefixes stamped ``__wsc_h = [group, epoch, offset]`` (:data:`.feature_scripts.FEATURE_FANOUT`).
 The offset is assigned and the message kept in one atomic step, so offsets are contiguous and
-never reused within an epoch. The fan-out is the next step: with several publishers at once, a
-sidecar may receive offset 5 before offset 4 (a later fan-out overtook an earlier one): the
-message is already kept when its copy is queued, so a reader that saw 5 and reads the history
-finds 4 there, and a copy below what it has seen is a duplicate.
+never reused within an epoch; on the group's own server the members' copies are queued in the
+same script (the stamp completed in Lua). The copies on other servers (shards, Cluster buckets)
+and all of them on an encrypted layer (the stamp is inside the encrypted body, so the client
+makes it) are queued next, each server keeping them in offset order: a copy whose predecessor's
+has not been queued there yet waits for it (:data:`ORDER_WAIT_SECONDS` at most, then it is queued
+anyway: the publisher of the predecessor died between keeping it and queueing its copies).
 
 The epoch follows the server: see :mod:`.feature_scripts` (run_id rule). A membership of a
 ``sidecar.*!`` channel in a history or presence group queues its notice (``__wsc_n``) in the
