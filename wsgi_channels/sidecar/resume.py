@@ -49,7 +49,7 @@ from urllib.parse import unquote_to_bytes
 import gevent
 import gevent.event
 
-from ..layers.base import GROUP_NAME_RE, MAX_NAME_LENGTH
+from ..layers.names import GROUP_NAME_RE, MAX_NAME_LENGTH
 from ..layers.features import NOTICE_KEY, PRESENCE_KEY, STAMP_KEY, valid_epoch
 
 if TYPE_CHECKING:  # pragma: no cover
