@@ -10,7 +10,14 @@ What it shows:
 - the nickname chosen on the page is remembered in the Pyramid session (signed cookie)
   and read by the WebSocket consumer from the handshake's cookies;
 - ``request.channels.group_send`` from a view (``POST /chat/<room>/announce``), sent only
-  after ``pyramid_tm`` commits.
+  after ``pyramid_tm`` commits;
+- group history and resume: a room keeps its last 100 messages for 5 minutes, the page is
+  rendered with the room's position (``request.channels_position``) and the client resumes
+  from it after every reconnect, so no line is lost or shown twice;
+- presence: the consumer adds each socket to the room with the nickname as its presence user
+  (``Group(...).add(reply_channel, presence={"user": nick})``); the page lists who is in the
+  room (``socket.presence(group)``, served by the presence view at ``/chat/-/presence/``, for
+  visitors with a nickname) and keeps the list live from the ``join`` and ``leave`` events.
 
 Run it in one process (app + sidecar + worker, in-memory layer)::
 
@@ -43,6 +50,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOM_PATH = r"^/ws/chat/(?P<room>[^/]{1,50})/$"
 ROOM_RE = re.compile(r"^[^/]{1,50}$")
 NICK_RE = re.compile(r"^[\w .-]{1,30}$")
+#: Group history (resume) and presence of the rooms' groups (``chat-<hash>``).
+LAYER_OPTIONS = {"group_history": "chat-*:size=100:ttl=300", "group_presence": "chat-*:max_members=1000"}
+#: Where the presence view answers (``/_wsgi_channels/presence/`` is the live blog's in the demo).
+PRESENCE_URL = "/chat/-/presence/"
 
 STYLE = """
 :root { color-scheme: light dark; --accent: #2563eb; --muted: #6b7280; --line: #d1d5db; --bg-soft: #f3f4f6; }
@@ -69,6 +80,9 @@ button:disabled { opacity: .5; cursor: default; }
 #log .notice { color: var(--muted); font-style: italic; }
 #log .nick { font-weight: 600; }
 #hint { color: #dc2626; font-size: .85rem; min-height: 1.3em; margin: -.5rem 0 0; }
+#here { font-size: .9rem; color: var(--muted); margin: 0 0 .5rem; }
+#people { display: inline; list-style: none; padding: 0; margin: 0; }
+#people li { display: inline; margin-right: .5rem; color: inherit; font-weight: 600; }
 """
 
 PAGE = """<!doctype html>
@@ -80,6 +94,7 @@ PAGE = """<!doctype html>
 <form method="post" action="nick" id="nickform"><label for="nick">Nickname</label>
 <input id="nick" name="nick" value="{nick}" required maxlength="30"> <button>Set</button></form>
 <p id="status" data-state="connecting">connecting…</p>
+<div id="here">In the room: <ul id="people" aria-live="polite"></ul></div>
 <div id="log" aria-live="polite"></div>
 <form id="say"><input id="text" autocomplete="off" placeholder="Say something" maxlength="2000">
 <button>Send</button></form>
@@ -91,7 +106,9 @@ const status = document.getElementById("status");
 const hint = document.getElementById("hint");
 const input = document.getElementById("text");
 // The server refuses sockets without a nickname; a browser only sees that as 1006, so ask first.
-const socket = {has_nick} ? connect({ws_path}) : null;
+// It resumes from the room's position when the page was rendered, and after every reconnect.
+const group = {group};
+const socket = {has_nick} ? connect({ws_path}, {{ positions: {{ [group]: {position} }}, presenceURL: {presence_url} }}) : null;
 window.chatSocket = socket;
 function show(state, text) {{ status.dataset.state = state; status.textContent = text; }}
 function line(cls, nick, text) {{
@@ -128,6 +145,48 @@ else {{
     if (m.type === "message") line("message", m.nick, m.text);
     else line("notice", null, m.text);
   }});
+  socket.on("resume", ({{ recovered, reason }}) => {{
+    if (!recovered) line("notice", null, `(some messages could not be recovered: ${{reason}})`);
+  }});
+  // Who is here: the list from the presence view, kept live by join and leave events. Events
+  // that arrive while the list is being read are applied after it (both are idempotent).
+  const members = new Map();  // connection id -> nickname
+  let pending = null;  // events held while reading the list
+  const people = document.getElementById("people");
+  function render() {{
+    const nicks = [...new Set(members.values())].sort();
+    people.replaceChildren(...nicks.map((nick) => {{
+      const li = document.createElement("li");
+      li.textContent = nick;
+      li.dataset.user = nick;
+      return li;
+    }}));
+  }}
+  function apply([kind, id, user]) {{
+    if (kind === "join") members.set(id, user);
+    else members.delete(id);
+  }}
+  async function reload() {{
+    pending = [];
+    try {{
+      const now = await socket.presence(group);
+      members.clear();
+      for (const m of now.members) members.set(m.id, m.user);
+    }} catch (e) {{
+      console.warn("presence:", e.message);
+    }}
+    for (const event of pending) apply(event);
+    pending = null;
+    render();
+  }}
+  function change(event) {{
+    if (pending) pending.push(event);
+    else {{ apply(event); render(); }}
+  }}
+  socket.on("open", reload);
+  socket.on("join", (d) => {{ if (d.group === group) change(["join", d.connId, d.user]); }});
+  socket.on("leave", (d) => {{ if (d.group === group) change(["leave", d.connId]); }});
+  socket.on("count", (d) => {{ if (d.group === group && d.stale) reload(); }});
 }}
 </script>
 </body></html>
@@ -151,7 +210,10 @@ def _room(request) -> str:  # type: ignore[no-untyped-def]
 def room_view(request):  # type: ignore[no-untyped-def]
     room = _room(request)
     nick = request.session.get("nick", "")
+    name = group(room).name
     page = PAGE.format(room=html.escape(room), nick=html.escape(nick), has_nick=json.dumps(bool(nick)),
+                       group=json.dumps(name), position=request.channels_position(name),
+                       presence_url=json.dumps(request.script_name + PRESENCE_URL),
                        style=STYLE, client_js=request.script_name + "/_wsgi_channels/static/channels.js",
                        ws_path=json.dumps(f"{request.script_name}/ws/chat/{quote(room, safe='')}/"))
     return Response(page, content_type="text/html")
@@ -196,7 +258,7 @@ def ws_connect(message, room):  # type: ignore[no-untyped-def]
         return reject(message)  # the page shows "set a nickname"
     message.channel_session["nick"] = nick
     message.channel_session["room"] = room
-    group(room).add(message.reply_channel)
+    group(room).add(message.reply_channel, presence={"user": nick})
     message.reply_channel.send({"accept": True})
     group(room).send({"text": json.dumps({"type": "notice", "text": f"{nick} joined"})})
 
@@ -220,8 +282,18 @@ def ws_disconnect(message, room):  # type: ignore[no-untyped-def]
         group(room).send({"text": json.dumps({"type": "notice", "text": f"{nick} left"})})
 
 
-def make_app(settings: dict | None = None):  # type: ignore[no-untyped-def]
+def may_see_who_is_here(request, group_name: str) -> bool:
+    """Who may read a room's presence (``wsgi_channels.presence_authorize``): visitors with a nickname."""
+    return bool(request.session.get("nick")) and group_name.startswith("chat-")
+
+
+def make_app(settings: dict | None = None, layer_options: dict | None = None):  # type: ignore[no-untyped-def]
+    """The app; ``layer_options`` replace :data:`LAYER_OPTIONS` (the demo serves two apps on one layer)."""
     settings = dict(settings or {})
+    for key, value in (LAYER_OPTIONS if layer_options is None else layer_options).items():
+        settings.setdefault("wsgi_channels.option." + key, value)
+    settings.setdefault("wsgi_channels.presence_authorize", may_see_who_is_here)
+    settings.setdefault("wsgi_channels.presence_url", PRESENCE_URL)
     secret = settings.pop("chat.secret", None) or os.environ.get("CHAT_SECRET", "change-me-in-production")
     with Configurator(settings=settings) as config:
         config.set_session_factory(SignedCookieSessionFactory(secret, httponly=True, samesite="Lax"))
