@@ -43,6 +43,8 @@ from pyramid.session import SignedCookieSessionFactory
 
 from wsgi_channels import Group
 from wsgi_channels.adapters.pyramid import reject, routing_for
+from wsgi_channels.layers import supports_group_features
+from wsgi_channels.settings import default_layer_url
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: A room name is any 1-50 characters but '/': spaces and punctuation included. The page's URL
@@ -52,6 +54,14 @@ ROOM_RE = re.compile(r"^[^/]{1,50}$")
 NICK_RE = re.compile(r"^[\w .-]{1,30}$")
 #: Group history (resume) and presence of the rooms' groups (``chat-<hash>``).
 LAYER_OPTIONS = {"group_history": "chat-*:size=100:ttl=300", "group_presence": "chat-*:max_members=1000"}
+
+
+def chat_layer_options() -> dict:
+    """:data:`LAYER_OPTIONS` where the app's layer keeps history and presence (memory://, ipc://),
+    else none: the page then connects without a position and lists nobody."""
+    return dict(LAYER_OPTIONS) if supports_group_features(default_layer_url()) else {}
+
+
 #: Where the presence view answers (``/_wsgi_channels/presence/`` is the live blog's in the demo).
 PRESENCE_URL = "/chat/-/presence/"
 
@@ -108,7 +118,8 @@ const input = document.getElementById("text");
 // The server refuses sockets without a nickname; a browser only sees that as 1006, so ask first.
 // It resumes from the room's position when the page was rendered, and after every reconnect.
 const group = {group};
-const socket = {has_nick} ? connect({ws_path}, {{ positions: {{ [group]: {position} }}, presenceURL: {presence_url} }}) : null;
+const position = {position};
+const socket = {has_nick} ? connect({ws_path}, {{ positions: position && {{ [group]: position }}, presenceURL: {presence_url} }}) : null;
 window.chatSocket = socket;
 function show(state, text) {{ status.dataset.state = state; status.textContent = text; }}
 function line(cls, nick, text) {{
@@ -211,8 +222,9 @@ def room_view(request):  # type: ignore[no-untyped-def]
     room = _room(request)
     nick = request.session.get("nick", "")
     name = group(room).name
+    history = request.registry.settings.get("wsgi_channels.option.group_history")
     page = PAGE.format(room=html.escape(room), nick=html.escape(nick), has_nick=json.dumps(bool(nick)),
-                       group=json.dumps(name), position=request.channels_position(name),
+                       group=json.dumps(name), position=request.channels_position(name) if history else "null",
                        presence_url=json.dumps(request.script_name + PRESENCE_URL),
                        style=STYLE, client_js=request.script_name + "/_wsgi_channels/static/channels.js",
                        ws_path=json.dumps(f"{request.script_name}/ws/chat/{quote(room, safe='')}/"))
@@ -258,7 +270,10 @@ def ws_connect(message, room):  # type: ignore[no-untyped-def]
         return reject(message)  # the page shows "set a nickname"
     message.channel_session["nick"] = nick
     message.channel_session["room"] = room
-    group(room).add(message.reply_channel, presence={"user": nick})
+    if message.registry.settings.get("wsgi_channels.option.group_presence"):
+        group(room).add(message.reply_channel, presence={"user": nick})  # listed with the nickname
+    else:
+        group(room).add(message.reply_channel)
     message.reply_channel.send({"accept": True})
     group(room).send({"text": json.dumps({"type": "notice", "text": f"{nick} joined"})})
 
@@ -290,7 +305,7 @@ def may_see_who_is_here(request, group_name: str) -> bool:
 def make_app(settings: dict | None = None, layer_options: dict | None = None):  # type: ignore[no-untyped-def]
     """The app; ``layer_options`` replace :data:`LAYER_OPTIONS` (the demo serves two apps on one layer)."""
     settings = dict(settings or {})
-    for key, value in (LAYER_OPTIONS if layer_options is None else layer_options).items():
+    for key, value in (chat_layer_options() if layer_options is None else layer_options).items():
         settings.setdefault("wsgi_channels.option." + key, value)
     settings.setdefault("wsgi_channels.presence_authorize", may_see_who_is_here)
     settings.setdefault("wsgi_channels.presence_url", PRESENCE_URL)

@@ -46,12 +46,20 @@ import time
 from flask import Flask, abort, g, jsonify, redirect, render_template_string, request
 
 from wsgi_channels.adapters.flask import Channels, routing_for
+from wsgi_channels.layers import supports_group_features
+from wsgi_channels.settings import default_layer_url
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GROUP = "liveblog"
 WS_PATH = "/ws/liveblog/"
 #: The layer options: the group keeps its last 500 messages for an hour, for resume.
 LAYER_OPTIONS = {"group_history": f"{GROUP}:size=500:ttl=3600"}
+
+
+def history_options() -> dict:
+    """:data:`LAYER_OPTIONS` where the app's layer keeps group history (memory://, ipc://), else
+    none: the page then connects without a position, as before history existed."""
+    return dict(LAYER_OPTIONS) if supports_group_features(default_layer_url()) else {}
 
 channels = Channels()
 
@@ -100,7 +108,7 @@ const status = document.getElementById("status");
 const posts = document.getElementById("posts");
 // Resumes from the position the posts above were read at: nothing published since is lost.
 const socket = connect({{ ws_url|tojson }}, {
-  positions: { {{ group|tojson }}: {{ channels_position(group) }} },
+  positions: {% if history %}{ {{ group|tojson }}: {{ channels_position(group) }} }{% else %}null{% endif %},
 });
 window.liveblogSocket = socket;
 window.liveblogReceived = [];  // ids of the posts the socket delivered, in order (the tests read it)
@@ -147,7 +155,7 @@ def create_app(layer_options: dict | None = None) -> Flask:
     """The app; ``layer_options`` replace :data:`LAYER_OPTIONS` (the demo serves two apps on one layer)."""
     app = Flask(__name__)
     app.config["LIVEBLOG_WS_URL"] = os.environ.get("LIVEBLOG_WS_URL", "")
-    app.config["WSGI_CHANNELS_OPTIONS"] = dict(LAYER_OPTIONS if layer_options is None else layer_options)
+    app.config["WSGI_CHANNELS_OPTIONS"] = history_options() if layer_options is None else dict(layer_options)
     channels.init_app(app)
 
     @app.teardown_appcontext
@@ -158,10 +166,12 @@ def create_app(layer_options: dict | None = None) -> Flask:
 
     @app.get("/")
     def index():  # type: ignore[no-untyped-def]
-        channels.position(GROUP)  # first: the template renders this position, read before the posts
+        history = "group_history" in app.config["WSGI_CHANNELS_OPTIONS"]
+        if history:
+            channels.position(GROUP)  # first: the template renders this position, read before the posts
         rows = get_db().execute("SELECT id, title, body FROM posts ORDER BY id DESC LIMIT 50").fetchall()
         return render_template_string(
-            PAGE, posts=rows, style=STYLE, group=GROUP, posts_url=request.script_root + "/posts",
+            PAGE, posts=rows, style=STYLE, group=GROUP, history=history, posts_url=request.script_root + "/posts",
             client_js=request.script_root + "/_wsgi_channels/static/channels.js",
             ws_url=app.config["LIVEBLOG_WS_URL"] or channels.url(WS_PATH))
 
