@@ -177,16 +177,22 @@ else {{
     if (kind === "join") members.set(id, user);
     else members.delete(id);
   }}
+  let again = false;  // asked to read again while reading
   async function reload() {{
+    if (pending) {{ again = true; return; }}
     pending = [];
-    try {{
-      const now = await socket.presence(group);
-      members.clear();
-      for (const m of now.members) members.set(m.id, m.user);
-    }} catch (e) {{
-      console.warn("presence:", e.message);
-    }}
-    for (const event of pending) apply(event);
+    do {{
+      again = false;
+      try {{
+        const now = await socket.presence(group);
+        members.clear();
+        for (const m of now.members) members.set(m.id, m.user);
+      }} catch (e) {{
+        console.warn("presence:", e.message);
+      }}
+      for (const event of pending) apply(event);
+      pending = [];
+    }} while (again);
     pending = null;
     render();
   }}
