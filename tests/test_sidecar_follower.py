@@ -24,7 +24,7 @@ class Side:
     def __init__(self, layer) -> None:
         presence = SimpleNamespace(joined=lambda *a: None, left=lambda *a: None, closed=lambda *a: None)
         sidecar = SimpleNamespace(layer=layer, stats=SimpleNamespace(resumes=Counter()), presence=presence,
-                                  config=SimpleNamespace(connect_timeout=1.0), history_reader=HistoryReader(layer))
+                                  config=SimpleNamespace(connect_timeout=1.0, max_replay=1000), history_reader=HistoryReader(layer))
         self.conn = SimpleNamespace(sidecar=sidecar, reply_channel="sidecar.x!y", aborted=False)
         self.session = None
         self.out: list = []
@@ -74,7 +74,7 @@ def test_resume_merges_history_and_held_live_messages_exactly_once():
     live(follower, side, epoch, 6, "m6")
     assert side.out == [(2, "m2"), (3, "m3"), (4, "m4"), (5, "m5"),
                         ("control", {"t": "recovered", "g": GROUP, "e": epoch, "o": 5, "n": 4}), (6, "m6")]
-    assert side.conn.sidecar.stats.resumes["duplicate_dropped"] == 1
+    assert side.conn.sidecar.stats.resumes["duplicate_dropped"] == 3  # the two held ones, and the late copy
 
 
 def test_trimmed_history_is_a_gap_and_the_held_messages_follow_it():
@@ -91,42 +91,74 @@ def test_trimmed_history_is_a_gap_and_the_held_messages_follow_it():
     assert side.out == [("control", {"t": "gap", "g": GROUP, "why": "trimmed", "e": epoch, "o": 8}), (9, "m9")]
 
 
-def test_a_hole_in_live_offsets_is_reported_as_skipped():
-    layer, side, follower = make()
+def joined_live(size=20, max_replay=1000):
+    """A follower in step with a group of a memory layer after its first message (offset 1)."""
+    layer = MemoryChannelLayer(group_history={"chat.*": {"size": size}})
+    side = Side(layer)
+    side.conn.sidecar.config.max_replay = max_replay
+    follower = Follower(side, Options(True, {}))
     side.open()
     follower.notice({"g": GROUP, "a": True, "h": True, "p": None})
-    assert side.out == [("control", {"t": "j", "g": GROUP})]
-    live(follower, side, "E", 3, "a")
+    layer.send_group(GROUP, {"text": "m1"})
+    epoch = layer.group_position(GROUP).epoch
+    live(follower, side, epoch, 1, "m1")
+    return layer, side, follower, epoch
+
+
+def test_copies_out_of_order_are_written_in_offset_order_without_reading_the_history():
+    layer, side, follower, epoch = joined_live()
+    live(follower, side, epoch, 3, "m3")
+    live(follower, side, epoch, 4, "m4")
+    assert side.out[-1] == (1, "m1")  # held ahead of the hole
+    live(follower, side, epoch, 2, "m2")
+    live(follower, side, epoch, 3, "m3")  # a late duplicate
+    gevent.sleep(0.3)
+    assert side.out[1:] == [(1, "m1"), (2, "m2"), (3, "m3"), (4, "m4")]
+    stats = side.conn.sidecar.stats.resumes
+    assert stats["reordered"] == 2 and stats["filled"] == 0 and stats["duplicate_dropped"] == 1
+
+
+def test_a_hole_that_no_copy_fills_is_read_from_the_history_after_the_wait():
+    from wsgi_channels.sidecar.resume import REORDER_WAIT
+
+    layer, side, follower, epoch = joined_live()
+    for i in range(2, 6):
+        layer.send_group(GROUP, {"text": f"m{i}"})  # kept; copies 2..4 never reach the socket
+    live(follower, side, epoch, 5, "m5")
+    gevent.sleep(REORDER_WAIT / 2)
+    assert side.out[-1] == (1, "m1")
+    gevent.sleep(REORDER_WAIT)
+    live(follower, side, epoch, 6, "m6")
+    assert side.out[1:] == [(1, "m1"), (2, "m2"), (3, "m3"), (4, "m4"), (5, "m5"), (6, "m6")]
+    assert side.conn.sidecar.stats.resumes["filled"] == 3
+
+
+def test_a_hole_the_history_no_longer_has_is_a_trimmed_gap_then_what_it_has():
+    layer, side, follower, epoch = joined_live(size=3)
+    for i in range(2, 9):
+        layer.send_group(GROUP, {"text": f"m{i}"})  # size 3: 6..8 kept
+    live(follower, side, epoch, 8, "m8")
+    gevent.sleep(0.3)
+    assert side.out[1:] == [(1, "m1"), ("control", {"t": "gap", "g": GROUP, "why": "trimmed", "e": epoch, "o": 5}),
+                            (6, "m6"), (7, "m7"), (8, "m8")]
+
+
+def test_a_hole_larger_than_max_replay_is_a_too_many_gap():
+    layer, side, follower, epoch = joined_live(max_replay=3)
+    for i in range(2, 7):
+        layer.send_group(GROUP, {"text": f"m{i}"})
+    live(follower, side, epoch, 6, "m6")  # 2..5 missing: 4 > 3
+    gevent.sleep(0.3)
+    assert side.out[1:] == [(1, "m1"), ("control", {"t": "gap", "g": GROUP, "why": "too_many", "e": epoch, "o": 5}),
+                            (6, "m6")]
+
+
+def test_a_hole_in_another_epoch_is_an_epoch_gap():
+    layer, side, follower, _ = joined_live()
+    live(follower, side, "E", 3, "a")  # a stream the history does not know (its epoch changed)
     live(follower, side, "E", 4, "b")
     live(follower, side, "E", 7, "c")
-    assert side.out[1:] == [(3, "a"), (4, "b"), ("control", {"t": "gap", "g": GROUP, "why": "skipped", "e": "E", "o": 6}),
+    gevent.sleep(0.3)
+    assert side.out[2:] == [(3, "a"), (4, "b"), ("control", {"t": "gap", "g": GROUP, "why": "epoch",
+                                                             "e": layer.group_position(GROUP).epoch, "o": 1}),
                             (7, "c")]
-
-
-def test_a_read_that_never_answers_is_a_timeout_gap():
-    class Stuck(MemoryChannelLayer):
-        def _history_read(self, requests):
-            gevent.sleep(30)
-
-    layer = Stuck(group_history={"chat.*": {}})
-    side = Side(layer)
-    follower = Follower(side, Options(True, {GROUP: ("E", 1)}))
-    side.open()
-    follower.notice({"g": GROUP, "a": True, "h": True, "p": None})
-    live(follower, side, "E", 2, "held")
-    import time
-    follower.check(time.monotonic() + 2)
-    assert side.out == [("control", {"t": "gap", "g": GROUP, "why": "timeout"}), (2, "held")]
-
-
-def test_a_history_read_that_fails_is_an_unavailable_gap():
-    class Down(MemoryChannelLayer):
-        def _history_read(self, requests):
-            return [LayerUnavailable("the store is gone") for _ in requests]
-
-    side = Side(Down(group_history={"chat.*": {}}))
-    follower = Follower(side, Options(True, {GROUP: ("E", 1)}))
-    side.open()
-    follower.notice({"g": GROUP, "a": True, "h": True, "p": None})
-    gevent.sleep(0.05)
-    assert side.out == [("control", {"t": "gap", "g": GROUP, "why": "unavailable"})]
