@@ -162,3 +162,32 @@ def test_a_hole_in_another_epoch_is_an_epoch_gap():
     assert side.out[2:] == [(3, "a"), (4, "b"), ("control", {"t": "gap", "g": GROUP, "why": "epoch",
                                                              "e": layer.group_position(GROUP).epoch, "o": 1}),
                             (7, "c")]
+
+
+def test_a_read_that_never_answers_is_a_timeout_gap():
+    class Stuck(MemoryChannelLayer):
+        def _history_read(self, requests):
+            gevent.sleep(30)
+
+    layer = Stuck(group_history={"chat.*": {}})
+    side = Side(layer)
+    follower = Follower(side, Options(True, {GROUP: ("E", 1)}))
+    side.open()
+    follower.notice({"g": GROUP, "a": True, "h": True, "p": None})
+    live(follower, side, "E", 2, "held")
+    import time
+    follower.check(time.monotonic() + 2)
+    assert side.out == [("control", {"t": "gap", "g": GROUP, "why": "timeout"}), (2, "held")]
+
+
+def test_a_history_read_that_fails_is_an_unavailable_gap():
+    class Down(MemoryChannelLayer):
+        def _history_read(self, requests):
+            return [LayerUnavailable("the store is gone") for _ in requests]
+
+    side = Side(Down(group_history={"chat.*": {}}))
+    follower = Follower(side, Options(True, {GROUP: ("E", 1)}))
+    side.open()
+    follower.notice({"g": GROUP, "a": True, "h": True, "p": None})
+    gevent.sleep(0.05)
+    assert side.out == [("control", {"t": "gap", "g": GROUP, "why": "unavailable"})]
