@@ -22,7 +22,8 @@ class Side:
     """What a Follower needs of its WebSocketSide: the connection's sidecar, and the writes (recorded)."""
 
     def __init__(self, layer) -> None:
-        presence = SimpleNamespace(joined=lambda *a: None, left=lambda *a: None, closed=lambda *a: None)
+        presence = SimpleNamespace(joined=lambda *a: None, left=lambda *a: None, closed=lambda *a: None,
+                                   count=lambda *a: None, uncount=lambda *a: None)
         sidecar = SimpleNamespace(layer=layer, stats=SimpleNamespace(resumes=Counter()), presence=presence,
                                   config=SimpleNamespace(connect_timeout=1.0, max_replay=1000), history_reader=HistoryReader(layer))
         self.conn = SimpleNamespace(sidecar=sidecar, reply_channel="sidecar.x!y", aborted=False)

@@ -227,7 +227,7 @@ class Follower:
     ``presence`` (``{group: entry}``, from notices) is what the sidecar refreshes and removes.
     """
 
-    __slots__ = ("side", "options", "groups", "wanted", "presence", "deadline")
+    __slots__ = ("side", "options", "groups", "wanted", "presence", "deadline", "pframes")
 
     def __init__(self, side: "WebSocketSide", options: Options) -> None:
         self.side = side
@@ -236,6 +236,8 @@ class Follower:
         self.wanted = dict(options.resume)  # resumes not started yet
         self.presence: dict[str, dict[str, Any]] = {}
         self.deadline = 0.0  # for ``wanted`` notices, set at the accept
+        #: ``{group: [time the next presence frame may go, the merged frame waiting or None]}``.
+        self.pframes: dict[str, list[Any]] = {}
 
     @property
     def opted_in(self) -> bool:
@@ -248,16 +250,21 @@ class Follower:
         if not isinstance(body, dict) or not isinstance(body.get("g"), str):
             return
         group = body["g"]
+        keeper = self.side.conn.sidecar.presence
         if not body.get("a"):
             self.groups.pop(group, None)
+            keeper.uncount(self, group)
+            self.pframes.pop(group, None)
             entry = self.presence.pop(group, None)
             if entry is not None:
-                self.side.conn.sidecar.presence.left(self, group, entry)
+                keeper.left(self, group, entry)
             return
         presence = body.get("p")
         if isinstance(presence, dict) and isinstance(presence.get("id"), str):
             self.presence[group] = presence
-            self.side.conn.sidecar.presence.joined(self, group, presence)
+            keeper.joined(self, group, presence)
+            if presence.get("m") == "c" and self.opted_in:  # no change will come: the counts are read
+                keeper.count(self, group)
         if body.get("h") and self.opted_in:
             state = self.groups.setdefault(group, _Group())
             if state.joined:
@@ -522,4 +529,4 @@ class Follower:
     def presence_change(self, body: Any) -> None:
         """``__wsc_p``: forward a presence change of a group this socket is in."""
         if self.opted_in and isinstance(body, dict):
-            self.side.write_control({"t": "p", **body})
+            self.side.conn.sidecar.presence.frame(self, body)
