@@ -18,11 +18,11 @@ frames"):
     ``o`` is the latest; every later message comes exactly once, in order. (A ``close`` sent to
     the group is never replayed.)
 ``{"t": "gap", "g", "e", "o", "why"}``
-    a resume could not be honoured (``why``: ``epoch`` - the stream restarted, ``trimmed`` -
-    missed messages are no longer kept, ``unavailable`` - the layer could not be read,
-    ``timeout``, ``not-joined`` - the connection never joined the group; and without a resume,
-    ``skipped`` - live copies never reached this socket: its channel was full): reload the state;
-    ``e``/``o`` (when known) are the stream's current position.
+    a resume, or a hole in live messages, could not be honoured (``why``: ``epoch`` - the
+    stream restarted, ``trimmed`` - missed messages are no longer kept, ``too_many`` - more than
+    ``--max-replay`` are missing, ``unavailable`` - the layer could not be read, ``timeout``,
+    ``not-joined`` - the connection never joined the group): reload the state; ``e``/``o`` (when
+    known) are the stream's current position (for a hole: the offset before the next message).
 ``{"t": "j", "g": group}``
     the socket joined history group ``group`` without resuming it (sent at the accept, or when
     it joins later): a client that has no position of the group yet knows it is in it, and can
@@ -35,7 +35,13 @@ Resume: ``_wsc_r=GROUP:EPOCH:OFFSET`` (repeatable; commas separate several too).
 connect consumer accepted and the membership notice (``__wsc_n``) of the group arrived,
 :class:`Follower` reads the group's history after ``OFFSET``; messages of the group arriving
 meanwhile are held, then merged by offset, so each message reaches the client exactly once,
-in order; a different epoch or a trimmed history is a ``gap``, never a ``recovered``.
+in order; a different epoch, a trimmed history or more than ``--max-replay`` missed messages is
+a ``gap``, never a ``recovered``.
+
+Live messages go out in offset order: one that comes ahead of a hole (cross-shard fan-out, or
+copies the layer dropped because the sidecar's prefix was full) waits :data:`REORDER_WAIT` for
+the missing copies, which are then read from the history; only what the history cannot give
+is a ``gap``.
 """
 from __future__ import annotations
 
