@@ -376,9 +376,10 @@ class Follower:
         """The hole after ``last`` did not fill within :data:`REORDER_WAIT`: read the missing
         messages from the history and write everything in offset order; what the history cannot
         give (trimmed, another epoch, unreadable, more than ``--max-replay``) is a ``gap``."""
-        if self.groups.get(group) is not state or state.hole != hole or not state.ahead or state.filling:
-            return
         side = self.side
+        if self.groups.get(group) is not state or state.hole != hole or not state.ahead or state.filling \
+                or side.session is None or not side.session.open:
+            return
         stats = side.conn.sidecar.stats
         since, until = state.last, max(state.ahead)
         missing = until - since - len(state.ahead)
