@@ -192,3 +192,74 @@ def test_a_history_read_that_fails_is_an_unavailable_gap():
     follower.notice({"g": GROUP, "a": True, "h": True, "p": None})
     gevent.sleep(0.05)
     assert side.out == [("control", {"t": "gap", "g": GROUP, "why": "unavailable"})]
+
+
+def test_identical_history_reads_waiting_together_are_read_once():
+    class Counting(MemoryChannelLayer):
+        asked: list = []
+
+        def _history_read(self, requests):
+            Counting.asked.append(list(requests))
+            return super()._history_read(requests)
+
+    layer = Counting(group_history={"chat.*": {}})
+    layer.send_group(GROUP, {"text": "m1"})
+    reader = HistoryReader(layer)
+    pages = [gevent.spawn(reader.read, GROUP, 0, 10, 1.0) for _ in range(50)]
+    pages.append(gevent.spawn(reader.read, GROUP, 1, 10, 1.0))
+    gevent.joinall(pages, timeout=2)
+    assert [len(p.value.messages) for p in pages] == [1] * 50 + [0]
+    assert sum(len(batch) for batch in Counting.asked) == 2  # (GROUP, 0, 10) once, (GROUP, 1, 10) once
+
+
+class Sock:
+    """What the presence keeper needs of a follower's socket: the control frames it writes, timed."""
+
+    def __init__(self) -> None:
+        self.session = SimpleNamespace(open=True)
+        self.frames: list = []
+
+    def write_control(self, body) -> None:
+        import time
+        self.frames.append((time.monotonic(), body))
+
+
+def keeper():
+    from wsgi_channels.sidecar.presence import PresenceKeeper
+
+    sidecar = SimpleNamespace(prefix="sidecar.test!", stats=SimpleNamespace(resumes=Counter()),
+                              layer=MemoryChannelLayer(group_presence={"room.*": {}}))
+    return PresenceKeeper(sidecar)
+
+
+def test_presence_changes_coming_fast_reach_a_socket_merged_at_most_three_a_second():
+    import time
+    from wsgi_channels.sidecar.presence import FRAME_INTERVAL
+
+    k = keeper()
+    sock = Sock()
+    follower = SimpleNamespace(side=sock, pframes={})
+    start = time.monotonic()
+    for v in range(1, 61):  # 60 changes in 1.2 s
+        k.frame(follower, {"g": "room.a", "v": v, "c": v, "u": v, "m": "e", "ev": [["j", f"c{v}", "u", None, 0]]})
+        gevent.sleep(0.02)
+    gevent.sleep(FRAME_INTERVAL + 0.05)
+    times = [t - start for t, _ in sock.frames]
+    assert all(b - a >= FRAME_INTERVAL - 0.01 for a, b in zip(times, times[1:])), times
+    assert len(sock.frames) <= 5
+    assert [ev[1] for _, f in sock.frames for ev in f["ev"]] == [f"c{v}" for v in range(1, 61)]  # none lost
+    assert sock.frames[-1][1]["v"] == 60 and sock.frames[-1][1]["c"] == 60
+
+
+def test_merging_a_join_with_its_leave_cancels_both():
+    from wsgi_channels.sidecar.presence import merge
+
+    pending = merge(None, {"g": "room.a", "v": 1, "c": 1, "u": 1, "m": "e", "ev": [["j", "x", "ann", None, 0]]})
+    pending = merge(pending, {"g": "room.a", "v": 2, "c": 2, "u": 2, "m": "e", "ev": [["j", "y", "bob", None, 0]]})
+    pending = merge(pending, {"g": "room.a", "v": 3, "c": 1, "u": 1, "m": "e", "ev": [["l", "x"]]})
+    assert pending == {"g": "room.a", "v": 3, "c": 1, "u": 1, "m": "e", "ev": [["j", "y", "bob", None, 0]]}
+    # A leave then a join of the same connection (a reassert) both stay; a stale change marks the merge stale.
+    pending = merge(pending, {"g": "room.a", "v": 4, "c": 0, "u": 0, "m": "e", "ev": [["l", "z"]]})
+    pending = merge(pending, {"g": "room.a", "v": 5, "c": 1, "u": 1, "m": "e", "ev": [["j", "z", "cy", None, 1]],
+                              "stale": True})
+    assert pending["ev"][1:] == [["l", "z"], ["j", "z", "cy", None, 1]] and pending["stale"] is True
