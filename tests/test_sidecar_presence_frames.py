@@ -142,6 +142,12 @@ def test_a_storm_of_joins_and_leaves_gives_each_member_at_most_three_frames_a_se
             storm = list(pool.map(lambda i: s.client(group, f"s{i}"), range(STORM)))
         s.wait_clients(group, 3 + STORM)
         joined = time.monotonic()
+        deadline = joined + 3  # count mode: the counts are read and sent within a second or so
+        while not all(f and f[-1][1]["c"] == 3 + STORM and f[-1][1]["m"] == "c" for f in frames):
+            assert time.monotonic() < deadline, [f[-1:] for f in frames]
+            time.sleep(0.05)
+        counted = time.monotonic() - joined
+        leaving = time.monotonic()
         with ThreadPoolExecutor(32) as pool:
             list(pool.map(lambda c: c.close(), storm))
         s.wait_clients(group, 3)
@@ -154,7 +160,8 @@ def test_a_storm_of_joins_and_leaves_gives_each_member_at_most_three_frames_a_se
             t.join(2)
         total = s.metric(0, "presence_frames")
         rates = [frames_per_second([t for t, _ in f]) for f in frames]
-        print(f"\n{STORM} clients joined in {joined - t0:.1f}s and left in {left - joined:.1f}s; "
+        print(f"\n{STORM} clients joined in {joined - t0:.1f}s (watchers had the count {counted:.1f}s later) "
+              f"and left in {left - leaving:.1f}s; "
               f"frames per watcher {[len(f) for f in frames]}, most in one second {rates}; "
               f"sidecar presence frames {total:.0f} (to {3 + STORM} sockets), "
               f"merged changes {s.metric(0, 'presence_merged'):.0f}, count reads {s.metric(0, 'presence_count_reads'):.0f}")

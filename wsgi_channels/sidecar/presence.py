@@ -144,7 +144,7 @@ class PresenceKeeper:
             return
         mode = body.get("m")
         if mode == "c":
-            self.count(follower, group)
+            self.count(follower, group, fresh=False)  # this change has the counts
         elif mode == "e":
             self.uncount(follower, group)
         now = time.monotonic()
@@ -171,12 +171,14 @@ class PresenceKeeper:
         follower.side.write_control({"t": "p", **body})
         self.sidecar.stats.resumes["presence_frames"] += 1
 
-    def count(self, follower: "Follower", group: str) -> None:
-        """``follower`` follows ``group`` in count mode: it gets the counts read every :data:`COUNT_SECONDS`."""
+    def count(self, follower: "Follower", group: str, fresh: bool = True) -> None:
+        """``follower`` follows ``group`` in count mode: it gets the counts read every :data:`COUNT_SECONDS`
+        when they changed (``fresh``: the next ones whatever they are)."""
         members = self.counting.setdefault(group, set())
         if follower not in members:
             members.add(follower)
-            self._fresh.add(follower)
+            if fresh:
+                self._fresh.add(follower)
             self._wake.set()
 
     def uncount(self, follower: "Follower", group: str) -> None:
