@@ -95,8 +95,8 @@ def test_refresh_is_one_command_per_group_per_period_whatever_the_sockets(tmp_pa
         window = 3.6  # refresh every ttl/3 = 1.67s: 2 or 3 rounds of 2 groups
         time.sleep(window)
         commands = s.metric(0, "presence_refresh_commands") - before
-        rounds = window / (TTL / 3)
-        assert 2 * int(rounds) <= commands <= 2 * (int(rounds) + 1), commands
+        rounds = window / (TTL / 3)  # 2.16: 2 or 3 rounds in the window (1 on a machine that stalls)
+        assert 2 <= commands <= 2 * (int(rounds) + 1), commands  # per socket, a round alone would be 31
         assert s.layer.group_presence_stats("room.cost")["clients"] == 30  # the entries stay alive
         for c in clients:
             c.close()
