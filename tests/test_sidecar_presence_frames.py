@@ -6,8 +6,8 @@ store, real WebSocket clients:
 - a socket that closes leaves, for the other clients, within a second;
 - a sidecar renews its sockets' entries with one command per group per refresh period, however
   many sockets it holds (its ``presence_refresh_commands`` metric);
-- a storm of clients joining and leaving at once gives each member at most three presence
-  frames in any second (changes merged; past ``events_max``, count updates once a second);
+- a storm of clients joining, reconnecting and leaving at once gives each member at most three
+  presence frames in any second (changes merged; past ``events_max``, count updates once a second);
 - three sidecars, one killed with SIGKILL, its peers' sweepers and a third one racing: each of
   its members leaves exactly once.
 """
@@ -115,7 +115,7 @@ def frames_per_second(times: list[float]) -> int:
     return best
 
 
-def test_a_storm_of_joins_and_leaves_gives_each_member_at_most_three_frames_a_second(tmp_path):
+def test_a_storm_of_joins_reconnects_and_leaves_gives_each_member_at_most_three_frames_a_second(tmp_path):
     s = Stack(tmp_path)
     try:
         group = "storm.one"
@@ -147,6 +147,15 @@ def test_a_storm_of_joins_and_leaves_gives_each_member_at_most_three_frames_a_se
             assert time.monotonic() < deadline, [f[-1:] for f in frames]
             time.sleep(0.05)
         counted = time.monotonic() - joined
+
+        def reconnect(i: int) -> Client:
+            storm[i].close()
+            return s.client(group, f"s{i}")
+
+        with ThreadPoolExecutor(32) as pool:  # the reconnect storm: every one drops and comes back
+            storm = list(pool.map(reconnect, range(STORM)))
+        s.wait_clients(group, 3 + STORM)
+        reconnected = time.monotonic()
         leaving = time.monotonic()
         with ThreadPoolExecutor(32) as pool:
             list(pool.map(lambda c: c.close(), storm))
@@ -160,8 +169,8 @@ def test_a_storm_of_joins_and_leaves_gives_each_member_at_most_three_frames_a_se
             t.join(2)
         total = s.metric(0, "presence_frames")
         rates = [frames_per_second([t for t, _ in f]) for f in frames]
-        print(f"\n{STORM} clients joined in {joined - t0:.1f}s (watchers had the count {counted:.1f}s later) "
-              f"and left in {left - leaving:.1f}s; "
+        print(f"\n{STORM} clients joined in {joined - t0:.1f}s (watchers had the count {counted:.1f}s later)"
+              f", reconnected in {reconnected - joined - counted:.1f}s and left in {left - leaving:.1f}s; "
               f"frames per watcher {[len(f) for f in frames]}, most in one second {rates}; "
               f"sidecar presence frames {total:.0f} (to {3 + STORM} sockets), "
               f"merged changes {s.metric(0, 'presence_merged'):.0f}, count reads {s.metric(0, 'presence_count_reads'):.0f}")
