@@ -263,3 +263,25 @@ def test_merging_a_join_with_its_leave_cancels_both():
     pending = merge(pending, {"g": "room.a", "v": 5, "c": 1, "u": 1, "m": "e", "ev": [["j", "z", "cy", None, 1]],
                               "stale": True})
     assert pending["ev"][1:] == [["l", "z"], ["j", "z", "cy", None, 1]] and pending["stale"] is True
+
+
+def test_a_hole_among_the_messages_held_during_a_resume_is_filled_from_the_history():
+    layer, side, _ = make()
+    for i in range(1, 4):
+        layer.send_group(GROUP, {"text": f"m{i}"})
+    epoch = layer.group_position(GROUP).epoch
+    side = Side(layer)
+    follower = Follower(side, Options(True, {GROUP: (epoch, 1)}))
+    follower.notice({"g": GROUP, "a": True, "h": True, "p": None})
+    side.open()
+    live(follower, side, epoch, 5, "m5")  # held; the copy of 4 never comes
+    follower.accepted()
+    gevent.sleep(0.02)  # the replay read 2..3
+    layer.send_group(GROUP, {"text": "m4"})
+    layer.send_group(GROUP, {"text": "m5"})
+    gevent.sleep(0.3)
+    controls = [o for o in side.out if o[0] == "control"]
+    assert [o for o in side.out if o[0] != "control"] == [(2, "m2"), (3, "m3"), (4, "m4"), (5, "m5")], side.out
+    assert controls == [("control", {"t": "recovered", "g": GROUP, "e": epoch, "o": 3, "n": 2})]
+    assert side.out.index(controls[0]) == 2  # after the replay, before the held and the filled ones
+    assert side.conn.sidecar.stats.resumes["filled"] == 1
