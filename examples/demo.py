@@ -6,7 +6,8 @@ nothing else (no Redis) is needed::
     python3 -m venv .venv && .venv/bin/pip install -e '.[examples]' && .venv/bin/python examples/demo.py
 
 Requests under ``/chat/`` and ``/ws/chat/`` go to the chat app; everything else to the
-live blog. Options after the script name go to ``wsgi-channels runserver``
+live blog. Both apps are built with the same layer options (the live blog's group history and
+the chat's history and presence patterns): one process serves one layer. Options after the script name go to ``wsgi-channels runserver``
 (``--bind 0.0.0.0:8000`` for instance).
 """
 from __future__ import annotations
@@ -22,15 +23,27 @@ for _sub in ("liveblog", "chat"):
 import chat  # noqa: E402
 import liveblog  # noqa: E402
 
+from wsgi_channels.consumers.routing import AppRouting  # noqa: E402
+
+
+#: One process serves one layer, so both apps get the group history and presence patterns of both.
+LAYER_OPTIONS = {
+    "group_history": f"{liveblog.LAYER_OPTIONS['group_history']} {chat.LAYER_OPTIONS['group_history']}",
+    "group_presence": chat.LAYER_OPTIONS["group_presence"],
+}
+blog_app = liveblog.create_app(layer_options=LAYER_OPTIONS)
+chat_app = chat.make_app(layer_options=LAYER_OPTIONS)
+
 
 def app(environ, start_response):  # type: ignore[no-untyped-def]
     """The WSGI app: ``/chat/...`` is the Pyramid chat, the rest the Flask live blog."""
-    target = chat.app if environ.get("PATH_INFO", "").startswith("/chat/") else liveblog.app
+    target = chat_app if environ.get("PATH_INFO", "").startswith("/chat/") else blog_app
     return target(environ, start_response)
 
 
-#: Both apps' consumers (each routes its own WebSocket paths).
-routing = liveblog.routing + chat.routing
+_blog_routing, _chat_routing = liveblog.routing_for(blog_app), chat.routing_for(chat_app)
+#: Both apps' consumers (each routes its own WebSocket paths), on the layer both apps push to.
+routing = AppRouting(_blog_routing + _chat_routing, layer_url=_blog_routing.layer_url)
 
 
 def main(argv: list[str] | None = None) -> int:

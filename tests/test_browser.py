@@ -89,6 +89,10 @@ def _chat(context, second, url, pages):
         pages.append((page, errs))
     (ann, ann_errors), (ben, ben_errors) = pages
     ann.wait_for_selector("#log >> text=ben joined")
+    # Who is in the room: the presence list, live on both pages.
+    for page in (ann, ben):
+        page.wait_for_function("() => [...document.querySelectorAll('#people li')].map((li) => li.dataset.user)"
+                               ".join(',') === 'ann,ben'")
     ben.fill("#text", "hello from ben")
     ben.press("#text", "Enter")
     ann.wait_for_selector("#log >> text=ben: hello from ben")
@@ -112,6 +116,9 @@ def _chat(context, second, url, pages):
                               arg="ben: " + long_line + suffix)
     ben.close()
     ann.wait_for_selector("#log >> text=ben left")
+    # ben's socket closed: the sidecar removed his presence entry and ann's list dropped him.
+    ann.wait_for_function("() => [...document.querySelectorAll('#people li')].map((li) => li.dataset.user)"
+                          ".join(',') === 'ann'")
     assert ann_errors == [] and ben_errors == []
 
 

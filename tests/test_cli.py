@@ -287,6 +287,19 @@ def test_feature_flags_are_added_to_the_layer_url_after_its_own_items(monkeypatc
         "redis://h:6379/0?capacity=5,redis://k:6379/0?group_history=a.*&group_history=b.*:size=2"
 
 
+def test_sidecar_max_replay_flag_environment_and_bad_value(monkeypatch):
+    from wsgi_channels.cli import build_parser
+    from wsgi_channels.cli.sidecar import build_config
+    from wsgi_channels.exceptions import ConfigurationError
+
+    assert build_config(build_parser().parse_args(["sidecar"])).max_replay == 1000
+    assert build_config(build_parser().parse_args(["sidecar", "--max-replay", "5"])).max_replay == 5
+    monkeypatch.setenv("WSGI_CHANNELS_MAX_REPLAY", "0")  # 0: a resume that missed anything is a gap
+    assert build_config(build_parser().parse_args(["sidecar"])).max_replay == 0
+    with pytest.raises(ConfigurationError, match="max_replay must not be negative"):
+        build_config(build_parser().parse_args(["sidecar", "--max-replay", "-1"]))
+
+
 def test_runserver_serves_history_groups_with_the_flag(tmp_path):
     """``wsgi-channels runserver --group-history``: the app, the worker and the sidecar share the layer."""
     import requests

@@ -54,8 +54,11 @@ def test_liveblog_runserver_pushes_a_post_to_open_sockets(procs, tmp_path):
     assert js.status_code == 200 and "export function connect" in js.text
     r = requests.post(f"http://127.0.0.1:{server.port}/posts", json={"title": "Hello", "body": "world"}, timeout=10)
     assert r.status_code == 201, r.text
-    for sock in (a, b):
+    for sock in (a, b):  # raw WebSocket clients (no _wsc=1) see the post exactly as before
         assert json.loads(sock.recv()) == {"id": r.json()["id"], "title": "Hello", "body": "world"}
+    # The page renders the group's position after the post: its socket resumes from offset 1.
+    assert re.search(r'"liveblog": \{"epoch":"[\w-]+","offset":1\}', page_after := requests.get(
+        f"http://127.0.0.1:{server.port}/", timeout=10).text), page_after[-1500:]
     assert requests.post(f"http://127.0.0.1:{server.port}/posts", json={"title": ""}, timeout=10).status_code == 400
     a.close()
     b.close()
@@ -135,8 +138,12 @@ def test_demo_serves_both_apps_from_one_process(procs, tmp_path):
     procs.append(server.start())
     server.wait_for_log("serving demo:app")
     assert "chat at http://127.0.0.1:" in server.log()
-    assert "Live blog" in requests.get(f"http://127.0.0.1:{server.port}/", timeout=10).text
-    assert "Room lobby" in requests.get(f"http://127.0.0.1:{server.port}/chat/lobby/", timeout=10).text
+    # One layer for both apps, with both examples' history and presence patterns.
+    assert "group_history=liveblog:" in server.log() and "group_presence=chat-*" in server.log(), server.log()
+    blog_page = requests.get(f"http://127.0.0.1:{server.port}/", timeout=10).text
+    assert "Live blog" in blog_page and re.search(r'"liveblog": \{"epoch":"[\w-]+","offset":0\}', blog_page)
+    chat_page = requests.get(f"http://127.0.0.1:{server.port}/chat/lobby/", timeout=10).text
+    assert "Room lobby" in chat_page and '"/chat/-/presence/"' in chat_page
     chat = ws(server.port, "/ws/chat/lobby/?nick=dee")
     blog = ws(server.port, "/ws/liveblog/")
     assert json.loads(chat.recv())["text"] == "dee joined"

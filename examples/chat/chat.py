@@ -10,7 +10,14 @@ What it shows:
 - the nickname chosen on the page is remembered in the Pyramid session (signed cookie)
   and read by the WebSocket consumer from the handshake's cookies;
 - ``request.channels.group_send`` from a view (``POST /chat/<room>/announce``), sent only
-  after ``pyramid_tm`` commits.
+  after ``pyramid_tm`` commits;
+- group history and resume: a room keeps its last 100 messages for 5 minutes, the page is
+  rendered with the room's position (``request.channels_position``) and the client resumes
+  from it after every reconnect, so no line is lost or shown twice;
+- presence: the consumer adds each socket to the room with the nickname as its presence user
+  (``Group(...).add(reply_channel, presence={"user": nick})``); the page lists who is in the
+  room (``socket.presence(group)``, served by the presence view at ``/chat/-/presence/``, for
+  visitors with a nickname) and keeps the list live from the ``join`` and ``leave`` events.
 
 Run it in one process (app + sidecar + worker, in-memory layer)::
 
@@ -36,6 +43,8 @@ from pyramid.session import SignedCookieSessionFactory
 
 from wsgi_channels import Group
 from wsgi_channels.adapters.pyramid import reject, routing_for
+from wsgi_channels.layers import supports_group_features
+from wsgi_channels.settings import default_layer_url
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: A room name is any 1-50 characters but '/': spaces and punctuation included. The page's URL
@@ -43,6 +52,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOM_PATH = r"^/ws/chat/(?P<room>[^/]{1,50})/$"
 ROOM_RE = re.compile(r"^[^/]{1,50}$")
 NICK_RE = re.compile(r"^[\w .-]{1,30}$")
+#: Group history (resume) and presence of the rooms' groups (``chat-<hash>``).
+LAYER_OPTIONS = {"group_history": "chat-*:size=100:ttl=300", "group_presence": "chat-*:max_members=1000"}
+
+
+def chat_layer_options() -> dict:
+    """:data:`LAYER_OPTIONS` where the app's layer keeps history and presence (memory://, ipc://),
+    else none: the page then connects without a position and lists nobody."""
+    return dict(LAYER_OPTIONS) if supports_group_features(default_layer_url()) else {}
+
+
+#: Where the presence view answers (``/_wsgi_channels/presence/`` is the live blog's in the demo).
+PRESENCE_URL = "/chat/-/presence/"
 
 STYLE = """
 :root { color-scheme: light dark; --accent: #2563eb; --muted: #6b7280; --line: #d1d5db; --bg-soft: #f3f4f6; }
@@ -69,6 +90,9 @@ button:disabled { opacity: .5; cursor: default; }
 #log .notice { color: var(--muted); font-style: italic; }
 #log .nick { font-weight: 600; }
 #hint { color: #dc2626; font-size: .85rem; min-height: 1.3em; margin: -.5rem 0 0; }
+#here { font-size: .9rem; color: var(--muted); margin: 0 0 .5rem; }
+#people { display: inline; list-style: none; padding: 0; margin: 0; }
+#people li { display: inline; margin-right: .5rem; color: inherit; font-weight: 600; }
 """
 
 PAGE = """<!doctype html>
@@ -80,6 +104,7 @@ PAGE = """<!doctype html>
 <form method="post" action="nick" id="nickform"><label for="nick">Nickname</label>
 <input id="nick" name="nick" value="{nick}" required maxlength="30"> <button>Set</button></form>
 <p id="status" data-state="connecting">connecting…</p>
+<div id="here">In the room: <ul id="people" aria-live="polite"></ul></div>
 <div id="log" aria-live="polite"></div>
 <form id="say"><input id="text" autocomplete="off" placeholder="Say something" maxlength="2000">
 <button>Send</button></form>
@@ -91,7 +116,10 @@ const status = document.getElementById("status");
 const hint = document.getElementById("hint");
 const input = document.getElementById("text");
 // The server refuses sockets without a nickname; a browser only sees that as 1006, so ask first.
-const socket = {has_nick} ? connect({ws_path}) : null;
+// It resumes from the room's position when the page was rendered, and after every reconnect.
+const group = {group};
+const position = {position};
+const socket = {has_nick} ? connect({ws_path}, {{ positions: position && {{ [group]: position }}, presenceURL: {presence_url} }}) : null;
 window.chatSocket = socket;
 function show(state, text) {{ status.dataset.state = state; status.textContent = text; }}
 function line(cls, nick, text) {{
@@ -128,6 +156,54 @@ else {{
     if (m.type === "message") line("message", m.nick, m.text);
     else line("notice", null, m.text);
   }});
+  socket.on("resume", ({{ recovered, reason }}) => {{
+    if (!recovered) line("notice", null, `(some messages could not be recovered: ${{reason}})`);
+  }});
+  // Who is here: the list from the presence view, kept live by join and leave events. Events
+  // that arrive while the list is being read are applied after it (both are idempotent).
+  const members = new Map();  // connection id -> nickname
+  let pending = null;  // events held while reading the list
+  const people = document.getElementById("people");
+  function render() {{
+    const nicks = [...new Set(members.values())].sort();
+    people.replaceChildren(...nicks.map((nick) => {{
+      const li = document.createElement("li");
+      li.textContent = nick;
+      li.dataset.user = nick;
+      return li;
+    }}));
+  }}
+  function apply([kind, id, user]) {{
+    if (kind === "join") members.set(id, user);
+    else members.delete(id);
+  }}
+  let again = false;  // asked to read again while reading
+  async function reload() {{
+    if (pending) {{ again = true; return; }}
+    pending = [];
+    do {{
+      again = false;
+      try {{
+        const now = await socket.presence(group);
+        members.clear();
+        for (const m of now.members) members.set(m.id, m.user);
+      }} catch (e) {{
+        console.warn("presence:", e.message);
+      }}
+      for (const event of pending) apply(event);
+      pending = [];
+    }} while (again);
+    pending = null;
+    render();
+  }}
+  function change(event) {{
+    if (pending) pending.push(event);
+    else {{ apply(event); render(); }}
+  }}
+  socket.on("open", reload);
+  socket.on("join", (d) => {{ if (d.group === group) change(["join", d.connId, d.user]); }});
+  socket.on("leave", (d) => {{ if (d.group === group) change(["leave", d.connId]); }});
+  socket.on("count", (d) => {{ if (d.group === group && d.stale) reload(); }});
 }}
 </script>
 </body></html>
@@ -151,7 +227,11 @@ def _room(request) -> str:  # type: ignore[no-untyped-def]
 def room_view(request):  # type: ignore[no-untyped-def]
     room = _room(request)
     nick = request.session.get("nick", "")
+    name = group(room).name
+    history = request.registry.settings.get("wsgi_channels.option.group_history")
     page = PAGE.format(room=html.escape(room), nick=html.escape(nick), has_nick=json.dumps(bool(nick)),
+                       group=json.dumps(name), position=request.channels_position(name) if history else "null",
+                       presence_url=json.dumps(request.script_name + PRESENCE_URL),
                        style=STYLE, client_js=request.script_name + "/_wsgi_channels/static/channels.js",
                        ws_path=json.dumps(f"{request.script_name}/ws/chat/{quote(room, safe='')}/"))
     return Response(page, content_type="text/html")
@@ -196,7 +276,10 @@ def ws_connect(message, room):  # type: ignore[no-untyped-def]
         return reject(message)  # the page shows "set a nickname"
     message.channel_session["nick"] = nick
     message.channel_session["room"] = room
-    group(room).add(message.reply_channel)
+    if message.registry.settings.get("wsgi_channels.option.group_presence"):
+        group(room).add(message.reply_channel, presence={"user": nick})  # listed with the nickname
+    else:
+        group(room).add(message.reply_channel)
     message.reply_channel.send({"accept": True})
     group(room).send({"text": json.dumps({"type": "notice", "text": f"{nick} joined"})})
 
@@ -220,8 +303,18 @@ def ws_disconnect(message, room):  # type: ignore[no-untyped-def]
         group(room).send({"text": json.dumps({"type": "notice", "text": f"{nick} left"})})
 
 
-def make_app(settings: dict | None = None):  # type: ignore[no-untyped-def]
+def may_see_who_is_here(request, group_name: str) -> bool:
+    """Who may read a room's presence (``wsgi_channels.presence_authorize``): visitors with a nickname."""
+    return bool(request.session.get("nick")) and group_name.startswith("chat-")
+
+
+def make_app(settings: dict | None = None, layer_options: dict | None = None):  # type: ignore[no-untyped-def]
+    """The app; ``layer_options`` replace :data:`LAYER_OPTIONS` (the demo serves two apps on one layer)."""
     settings = dict(settings or {})
+    for key, value in (chat_layer_options() if layer_options is None else layer_options).items():
+        settings.setdefault("wsgi_channels.option." + key, value)
+    settings.setdefault("wsgi_channels.presence_authorize", may_see_who_is_here)
+    settings.setdefault("wsgi_channels.presence_url", PRESENCE_URL)
     secret = settings.pop("chat.secret", None) or os.environ.get("CHAT_SECRET", "change-me-in-production")
     with Configurator(settings=settings) as config:
         config.set_session_factory(SignedCookieSessionFactory(secret, httponly=True, samesite="Lax"))

@@ -6,7 +6,13 @@ What it shows:
   the view saves the post, commits, then ``channels.group_send("liveblog", ...)``;
 - WebSocket consumers registered with ``@channels.consumer`` that join and leave the
   ``liveblog`` group;
-- the page using the shipped browser client (``/_wsgi_channels/static/channels.js``).
+- the page using the shipped browser client (``/_wsgi_channels/static/channels.js``);
+- group history and resume: the ``liveblog`` group keeps its last 500 posts for an hour
+  (``WSGI_CHANNELS_OPTIONS``), the view renders the group's position
+  (``channels.position(GROUP)``, read *before* the posts) into the page, and the client resumes
+  from it: a post published between rendering and connecting, or while the sidecar restarts
+  or the network is down, still reaches the page, once. When the client says it cannot
+  recover (``resume`` with ``recovered: false``), the page reloads the posts from ``GET /posts``.
 
 Run it in one process (app + sidecar + worker, in-memory layer)::
 
@@ -31,20 +37,29 @@ origin), ``WSGI_CHANNELS_LAYER``, ``WSGI_CHANNELS_SIDECAR_URL`` and ``WSGI_CHANN
 """
 from __future__ import annotations
 
-import html
 import json
 import os
 import sqlite3
 import sys
 import time
 
-from flask import Flask, abort, g, jsonify, redirect, request
+from flask import Flask, abort, g, jsonify, redirect, render_template_string, request
 
 from wsgi_channels.adapters.flask import Channels, routing_for
+from wsgi_channels.layers import supports_group_features
+from wsgi_channels.settings import default_layer_url
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GROUP = "liveblog"
 WS_PATH = "/ws/liveblog/"
+#: The layer options: the group keeps its last 500 messages for an hour, for resume.
+LAYER_OPTIONS = {"group_history": f"{GROUP}:size=500:ttl=3600"}
+
+
+def history_options() -> dict:
+    """:data:`LAYER_OPTIONS` where the app's layer keeps group history (memory://, ipc://), else
+    none: the page then connects without a position, as before history existed."""
+    return dict(LAYER_OPTIONS) if supports_group_features(default_layer_url()) else {}
 
 channels = Channels()
 
@@ -72,10 +87,11 @@ article h2 { font-size: 1.15rem; margin: 0 0 .25rem; overflow-wrap: anywhere; }
 article p { margin: 0; color: var(--muted); overflow-wrap: anywhere; }
 """
 
+#: The page, a Jinja template (``render_template_string``): ``channels_position`` is the adapter's helper.
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Live blog</title>
-<style>{style}</style></head>
+<style>{{ style|safe }}</style></head>
 <body>
 <header><h1>Live blog</h1><p id="status" data-state="connecting">connecting…</p></header>
 <form method="post" action="posts">
@@ -83,28 +99,41 @@ PAGE = """<!doctype html>
   <input name="body" placeholder="Text" aria-label="Text">
   <button>Publish</button>
 </form>
-<section id="posts">{posts}</section>
+<section id="posts">
+{%- for post in posts %}<article id="post-{{ post.id }}"><h2>{{ post.title }}</h2><p>{{ post.body }}</p></article>{% endfor -%}
+</section>
 <script type="module">
-import {{ connect }} from "{client_js}";
+import { connect } from {{ client_js|tojson }};
 const status = document.getElementById("status");
 const posts = document.getElementById("posts");
-const socket = connect({ws_url});
+// Resumes from the position the posts above were read at: nothing published since is lost.
+const socket = connect({{ ws_url|tojson }}, {
+  positions: {% if history %}{ {{ group|tojson }}: {{ channels_position(group) }} }{% else %}null{% endif %},
+});
 window.liveblogSocket = socket;
-function show(state, text) {{ status.dataset.state = state; status.textContent = text; }}
-socket.on("open", () => show("open", "live"));
-socket.on("reconnecting", (d) => show("reconnecting", `reconnecting (attempt ${{d.attempt}})…`));
-socket.on("stop", (d) => show("stopped", `stopped (${{d.code}})`));
-socket.on("json", (post) => {{
-  if (document.getElementById(`post-${{post.id}}`)) return;
+window.liveblogReceived = [];  // ids of the posts the socket delivered, in order (the tests read it)
+function show(state, text) { status.dataset.state = state; status.textContent = text; }
+function add(post) {
+  if (document.getElementById(`post-${post.id}`)) return;
   const article = document.createElement("article");
-  article.id = `post-${{post.id}}`;
+  article.id = `post-${post.id}`;
   const h = document.createElement("h2");
   h.textContent = post.title;
   const p = document.createElement("p");
   p.textContent = post.body;
   article.append(h, p);
   posts.prepend(article);
-}});
+}
+socket.on("open", () => show("open", "live"));
+socket.on("reconnecting", (d) => show("reconnecting", `reconnecting (attempt ${d.attempt})…`));
+socket.on("stop", (d) => show("stopped", `stopped (${d.code})`));
+socket.on("json", (post) => { window.liveblogReceived.push(post.id); add(post); });
+// Posts missed while away that the group's history no longer has: read them from the app.
+socket.on("resume", async ({ recovered }) => {
+  if (recovered) return;
+  const response = await fetch({{ posts_url|tojson }}, { headers: { Accept: "application/json" } });
+  if (response.ok) for (const post of await response.json()) add(post);
+});
 </script>
 </body></html>
 """
@@ -122,9 +151,11 @@ def get_db() -> sqlite3.Connection:
     return g.db
 
 
-def create_app() -> Flask:
+def create_app(layer_options: dict | None = None) -> Flask:
+    """The app; ``layer_options`` replace :data:`LAYER_OPTIONS` (the demo serves two apps on one layer)."""
     app = Flask(__name__)
     app.config["LIVEBLOG_WS_URL"] = os.environ.get("LIVEBLOG_WS_URL", "")
+    app.config["WSGI_CHANNELS_OPTIONS"] = history_options() if layer_options is None else dict(layer_options)
     channels.init_app(app)
 
     @app.teardown_appcontext
@@ -135,11 +166,14 @@ def create_app() -> Flask:
 
     @app.get("/")
     def index():  # type: ignore[no-untyped-def]
+        history = "group_history" in app.config["WSGI_CHANNELS_OPTIONS"]
+        if history:
+            channels.position(GROUP)  # first: the template renders this position, read before the posts
         rows = get_db().execute("SELECT id, title, body FROM posts ORDER BY id DESC LIMIT 50").fetchall()
-        posts = "".join(f'<article id="post-{r["id"]}"><h2>{html.escape(r["title"])}</h2>'
-                        f'<p>{html.escape(r["body"])}</p></article>' for r in rows)
-        return PAGE.format(posts=posts, style=STYLE, client_js=request.script_root + "/_wsgi_channels/static/channels.js",
-                           ws_url=json.dumps(app.config["LIVEBLOG_WS_URL"] or channels.url(WS_PATH)))
+        return render_template_string(
+            PAGE, posts=rows, style=STYLE, group=GROUP, history=history, posts_url=request.script_root + "/posts",
+            client_js=request.script_root + "/_wsgi_channels/static/channels.js",
+            ws_url=app.config["LIVEBLOG_WS_URL"] or channels.url(WS_PATH))
 
     @app.post("/posts")
     def publish():  # type: ignore[no-untyped-def]

@@ -277,10 +277,10 @@ test("a URL function is asked before every attempt (a fresh signed URL after a t
     location: { href: "http://app.test:8000/page" }, WebSocket: FakeSocket, setTimeout: clock.setTimeout,
     clearTimeout: clock.clearTimeout, now: clock.now, window: null, navigator: null, random: () => 0.5,
   });
-  assert.equal(FakeSocket.instances[0].url, "ws://app.test:8000/ws/x?_wsc_token=t1");
+  assert.equal(FakeSocket.instances[0].url, "ws://app.test:8000/ws/x?_wsc_token=t1&_wsc=1");
   FakeSocket.instances[0].serverClose(1006);
   clock.advance(1000);
-  assert.equal(FakeSocket.instances[1].url, "ws://app.test:8000/ws/x?_wsc_token=t2");
+  assert.equal(FakeSocket.instances[1].url, "ws://app.test:8000/ws/x?_wsc_token=t2&_wsc=1");
   assert.equal(s.url, "ws://app.test:8000/ws/x?_wsc_token=t2");
   s.close();
 });
@@ -305,14 +305,15 @@ test("a URL function may return a Promise; a rejected one is a failed attempt, r
   assert.equal(FakeSocket.instances.length, 1);
   FakeSocket.instances[0].serverOpen();
   assert.deepEqual(events.at(-1), ["open", "ws://rt.test/ws/y?_wsc_token=ok"]);
+  assert.equal(FakeSocket.instances[0].url, "ws://rt.test/ws/y?_wsc_token=ok&_wsc=1");
   s.close();
 });
 
 // -- resume after reconnect and presence (the sidecar's control frames) --------------------------
 
 function makeResume(options = {}) {
-  const made = make({ resume: true, ...options });
-  for (const type of ["recovered", "gap", "presence"]) {
+  const made = make(options);
+  for (const type of ["recovered", "gap", "presence", "resume", "join", "leave", "count"]) {
     made.sock.addEventListener(type, (e) => made.events.push([type, e.detail]));
   }
   return made;
@@ -320,15 +321,15 @@ function makeResume(options = {}) {
 
 const ctl = (body) => "\u0000" + JSON.stringify(body);
 
-test("without resume the URL and the frames are untouched (a NUL text frame is a message)", () => {
-  const { events, last } = make();
+test("resume: false opts out: the URL and the frames are a raw socket's (a NUL text frame is a message)", () => {
+  const { events, last } = make({ resume: false });
   assert.equal(last().url, "ws://example.test/ws/");
   last().serverOpen();
   last().serverMessage("\u0000x");
   assert.deepEqual(events.filter(([t]) => t === "message"), [["message", "\u0000x"]]);
 });
 
-test("resume opts in, tracks positions from control frames, and sends them on reconnect", () => {
+test("the client always opts in, tracks positions from control frames, and sends them on reconnect", () => {
   const { sock, events, last, clock } = makeResume();
   assert.equal(last().url, "ws://example.test/ws/?_wsc=1");
   last().serverOpen();
@@ -349,7 +350,7 @@ test("resume opts in, tracks positions from control frames, and sends them on re
 });
 
 test("initial positions from the page resume the first connect; recovered and gap events", () => {
-  const { sock, events, last } = makeResume({ resume: false, positions: { "chat.a": { epoch: "E", offset: 3 } } });
+  const { sock, events, last } = makeResume({ positions: { "chat.a": { epoch: "E", offset: 3 } } });
   assert.equal(last().url, "ws://example.test/ws/?_wsc=1&_wsc_r=chat.a:E:3");
   last().serverOpen();
   last().serverMessage(ctl({ t: "h", g: "chat.a", e: "E", o: 4 }));
@@ -368,7 +369,7 @@ test("initial positions from the page resume the first connect; recovered and ga
 });
 
 test("presence frames become presence events", () => {
-  const { events, last } = makeResume({ resume: false, presence: true });
+  const { events, last } = makeResume();
   last().serverOpen();
   last().serverMessage(ctl({ t: "p", g: "room.a", v: 2, c: 1, u: 1, m: "e", ev: [["l", "abc"]] }));
   assert.deepEqual(events.filter(([t]) => t === "presence"), [
@@ -428,4 +429,92 @@ test("at most 32 groups are resumed: the most recently updated", () => {
   assert.ok(last().url.endsWith(",g0:E:100"), last().url);
   assert.ok(!last().url.includes("g8:E:8,") && last().url.includes("=g9:E:9,"), last().url);
   assert.equal(sock.position("g0").offset, 100);
+});
+
+test("resume events: recovered true, or false with the reason mapped from the sidecar's why", () => {
+  const { events, last, clock } = makeResume({ positions: { "chat.a": { epoch: "E", offset: 3 } } });
+  last().serverOpen();
+  last().serverMessage(ctl({ t: "recovered", g: "chat.a", e: "E", o: 3, n: 0 }));
+  const whys = ["epoch", "trimmed", "too_many", "unavailable", "timeout", "not-joined", "skipped"];
+  for (const why of whys) last().serverMessage(ctl({ t: "gap", g: `g.${why}`, why, e: "F", o: 1 }));
+  last().serverMessage(ctl({ t: "j", g: "chat.quiet" }));
+  last().serverClose(1006);
+  clock.advance(60000);
+  last().serverOpen();
+  assert.deepEqual(events.filter(([t]) => t === "resume").map(([, d]) => d), [
+    { group: "chat.a", recovered: true, reason: null },
+    { group: "g.epoch", recovered: false, reason: "epoch" },
+    { group: "g.trimmed", recovered: false, reason: "gap" },
+    { group: "g.too_many", recovered: false, reason: "too_many" },
+    { group: "g.unavailable", recovered: false, reason: "unavailable" },
+    { group: "g.timeout", recovered: false, reason: "timeout" },
+    { group: "g.not-joined", recovered: false, reason: "not-joined" },
+    { group: "g.skipped", recovered: false, reason: "skipped" },
+    { group: "chat.quiet", recovered: false, reason: "no-position" },
+  ]);
+  // The lower-level gap event keeps the sidecar's word.
+  assert.deepEqual(events.filter(([t]) => t === "gap")[1], ["gap", { group: "g.trimmed", reason: "trimmed", epoch: "F", offset: 1 }]);
+});
+
+test("a message at or below the last position of its stream is never shown twice; after a gap the held ones are", () => {
+  const { events, last } = makeResume({ positions: { "chat.a": { epoch: "E", offset: 5 } } });
+  last().serverOpen();
+  for (const o of [5, 6, 6, 7]) {
+    last().serverMessage(ctl({ t: "h", g: "chat.a", e: "E", o }));
+    last().serverMessage(`m${o}`);
+  }
+  last().serverMessage(ctl({ t: "h", g: "chat.a", e: "New", o: 1 })); // a new stream starts again at 1
+  last().serverMessage("n1");
+  // A gap: the position becomes the stream's top (9), and the messages held during the read follow.
+  last().serverMessage(ctl({ t: "gap", g: "chat.a", why: "trimmed", e: "New", o: 9 }));
+  for (const o of [8, 9, 10]) {
+    last().serverMessage(ctl({ t: "h", g: "chat.a", e: "New", o }));
+    last().serverMessage(`n${o}`);
+  }
+  last().serverMessage(ctl({ t: "h", g: "chat.a", e: "New", o: 10 }));
+  last().serverMessage("n10 again");
+  assert.deepEqual(events.filter(([t]) => t === "message").map(([, d]) => d), ["m6", "m7", "n1", "n8", "n9", "n10"]);
+});
+
+test("presence frames become join, leave and count events (count mode: count only)", () => {
+  const { events, last } = makeResume();
+  last().serverOpen();
+  last().serverMessage(ctl({ t: "p", g: "room.a", v: 3, c: 2, u: 1, m: "e",
+    ev: [["j", "c1", "ann", { color: "red" }, 1700000000000], ["j", "c2", "ann", null, 1700000000500], ["l", "c0"]] }));
+  last().serverMessage(ctl({ t: "p", g: "room.a", v: 9, c: 1500, u: 900, m: "c", ev: [] }));
+  last().serverMessage(ctl({ t: "p", g: "room.a", v: 12, c: 100, u: 80, m: "e", ev: [], stale: true }));
+  const got = events.filter(([t]) => ["join", "leave", "count"].includes(t));
+  assert.deepEqual(got, [
+    ["join", { group: "room.a", connId: "c1", user: "ann", info: { color: "red" }, since: 1700000000000 }],
+    ["join", { group: "room.a", connId: "c2", user: "ann", info: null, since: 1700000000500 }],
+    ["leave", { group: "room.a", connId: "c0" }],
+    ["count", { group: "room.a", clients: 2, users: 1, mode: "events", stale: false }],
+    ["count", { group: "room.a", clients: 1500, users: 900, mode: "count", stale: false }],
+    ["count", { group: "room.a", clients: 100, users: 80, mode: "events", stale: true }],
+  ]);
+  assert.equal(events.filter(([t]) => t === "presence").length, 3);
+  assert.equal(events.filter(([t]) => t === "message").length, 0);
+});
+
+test("an error with no close after it (Node 20's refused connect) counts as close 1006 and is retried", () => {
+  const { clock, last, events } = make({ baseDelay: 100, errorCloseAfter: 1000 });
+  const first = last();
+  first.onerror({ type: "error" }); // readyState stays CONNECTING, no close ever comes
+  clock.advance(999);
+  assert.equal(FakeSocket.instances.length, 1);
+  assert.equal(events.filter(([t]) => t === "close").length, 0);
+  clock.advance(1);
+  assert.deepEqual(events.filter(([t]) => t === "close").map(([, d]) => [d.code, d.willReconnect]), [[1006, true]]);
+  assert.deepEqual(first.closedWith, [undefined, undefined]);
+  clock.advance(100);
+  assert.equal(FakeSocket.instances.length, 2, "a second attempt");
+  first.serverClose(1006); // a late close of the abandoned socket changes nothing
+  assert.equal(events.filter(([t]) => t === "reconnecting").length, 1);
+  // A browser: error then close at once: one close, one retry, the timer is cancelled.
+  last().onerror({ type: "error" });
+  last().serverClose(1006);
+  clock.advance(5000);
+  assert.equal(events.filter(([t]) => t === "close").length, 2);
+  assert.equal(events.filter(([t]) => t === "reconnecting").length, 2);
+  assert.equal(FakeSocket.instances.length, 3);
 });

@@ -77,6 +77,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     add_option(p, "--control-frame-rate", default=d.control_frame_rate, type=_positive_float, metavar="PER_SECOND",
                help="pings, pongs and fragments under 64 bytes a WebSocket client may send per second (bursts of "
                     f"twice that); close 1008 past it, 0 = no limit (default {d.control_frame_rate:g})")
+    add_option(p, "--max-replay", default=d.max_replay, type=int, metavar="N",
+               help="most missed messages of a history group a resume replays (or a hole in live messages is "
+                    f"filled with); more gives the client a gap 'too_many' (default {d.max_replay})")
     add_option(p, "--allowed-origins", default=[], nargs="*", metavar="ORIGIN",
                help="origins allowed to open WebSockets (https://app.example.com, https://*.example.com for "
                     "its subdomains, '*' = any); default: same origin as Host")
@@ -119,7 +122,7 @@ def build_config(args: argparse.Namespace) -> SidecarConfig:
         control_frame_rate=args.control_frame_rate, allowed_origins=list(args.allowed_origins or []),
         proxy_headers=args.proxy_headers, root_path=args.root_path, access_log=args.access_log,
         admin_bind=args.admin_bind, compression=args.compression, grace_period=args.grace_period,
-        health_path=args.health_path,
+        health_path=args.health_path, max_replay=args.max_replay,
         token_secret=token_secret(args.token_secret, args.token_secret_file),
     )
 

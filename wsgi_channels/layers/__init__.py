@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 from ..exceptions import ConfigurationError
 from .base import BaseChannelLayer
 
-__all__ = ["from_url", "BaseChannelLayer", "SCHEMES", "parse_options", "require_cross_process"]
+__all__ = ["from_url", "BaseChannelLayer", "SCHEMES", "parse_options", "require_cross_process", "supports_group_features"]
 
 #: URL scheme -> "module:Class" (imported on first use, so Redis is not needed for memory://).
 SCHEMES = {
@@ -107,3 +107,10 @@ def require_cross_process(url: str | Sequence[str], command: str) -> None:
 def from_url(url: str | Sequence[str], **options: Any) -> BaseChannelLayer:
     """Build a new layer from a URL (or a list of Redis shard URLs); ``options`` are constructor keywords."""
     return layer_class(url).from_url(url, **options)
+
+
+def supports_group_features(url: str | Sequence[str]) -> bool:
+    """Whether the layer ``url`` selects keeps group history and presence (``group_history`` and
+    ``group_presence`` options), without building it: an app that works on any layer turns them
+    on where they exist (the examples do)."""
+    return layer_class(url)._history_read is not BaseChannelLayer._history_read

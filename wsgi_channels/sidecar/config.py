@@ -91,6 +91,9 @@ class SidecarConfig:
     health_path: str = "/_health"
     #: Most messages taken from the layer in one batch by the receive loop.
     receive_batch: int = 1000
+    #: Most missed messages of a group one resume replays (or one hole in live messages is filled
+    #: with) from the history; more is reported as a gap (``too_many``), never replayed in part.
+    max_replay: int = 1000
     #: Secret(s) shared with the app for signed connect tokens (:mod:`wsgi_channels.tokens`), one per line;
     #: a handshake from another origin is accepted with a valid token for its path. Empty = no tokens.
     token_secret: str = field(default="", repr=False)
@@ -120,7 +123,7 @@ class SidecarConfig:
             if float(getattr(self, name)) <= 0:
                 raise ConfigurationError(f"sidecar {name} must be a positive number of seconds")
         for name in ("ping_interval", "grace_period", "max_request_body", "max_connections",
-                     "max_outgoing_total", "control_frame_rate"):
+                     "max_outgoing_total", "control_frame_rate", "max_replay"):
             if float(getattr(self, name)) < 0:
                 raise ConfigurationError(f"sidecar {name} must not be negative")
         for name in ("max_message_size", "max_header_size", "max_outgoing_buffer", "receive_batch",

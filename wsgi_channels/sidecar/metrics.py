@@ -39,8 +39,11 @@ class SidecarStats:
         self.dropped: Counter[str] = Counter()
         self.http_responses: Counter[str] = Counter()
         self.closes: Counter[int] = Counter()
-        #: Resumes after reconnect by outcome (``recovered``, ``gap_<why>``, ``duplicate_dropped``) and
-        #: presence upkeep (``presence_reasserted``, ``presence_swept``...).
+        #: Resumes after reconnect by outcome (``recovered``, ``gap_<why>``, ``duplicate_dropped``), live
+        #: messages put back in order (``reordered``: after a late copy; ``filled``: read from the
+        #: history; ``hole_gap_<why>``), presence upkeep (``presence_refresh_commands``,
+        #: ``presence_reasserted``, ``presence_swept``, ``presence_removed``, ``presence_count_reads``)
+        #: and presence frames (``presence_frames`` written, ``presence_merged`` changes merged).
         self.resumes: Counter[str] = Counter()
         #: Connections the server tracks (set by the server; compared with the gauges in leak tests).
         self.tracked: Callable[[], int] = lambda: 0

@@ -18,11 +18,11 @@ frames"):
     ``o`` is the latest; every later message comes exactly once, in order. (A ``close`` sent to
     the group is never replayed.)
 ``{"t": "gap", "g", "e", "o", "why"}``
-    a resume could not be honoured (``why``: ``epoch`` - the stream restarted, ``trimmed`` -
-    missed messages are no longer kept, ``unavailable`` - the layer could not be read,
-    ``timeout``, ``not-joined`` - the connection never joined the group; and without a resume,
-    ``skipped`` - live copies never reached this socket: its channel was full): reload the state;
-    ``e``/``o`` (when known) are the stream's current position.
+    a resume, or a hole in live messages, could not be honoured (``why``: ``epoch`` - the
+    stream restarted, ``trimmed`` - missed messages are no longer kept, ``too_many`` - more than
+    ``--max-replay`` are missing, ``unavailable`` - the layer could not be read, ``timeout``,
+    ``not-joined`` - the connection never joined the group): reload the state; ``e``/``o`` (when
+    known) are the stream's current position (for a hole: the offset before the next message).
 ``{"t": "j", "g": group}``
     the socket joined history group ``group`` without resuming it (sent at the accept, or when
     it joins later): a client that has no position of the group yet knows it is in it, and can
@@ -35,7 +35,13 @@ Resume: ``_wsc_r=GROUP:EPOCH:OFFSET`` (repeatable; commas separate several too).
 connect consumer accepted and the membership notice (``__wsc_n``) of the group arrived,
 :class:`Follower` reads the group's history after ``OFFSET``; messages of the group arriving
 meanwhile are held, then merged by offset, so each message reaches the client exactly once,
-in order; a different epoch or a trimmed history is a ``gap``, never a ``recovered``.
+in order; a different epoch, a trimmed history or more than ``--max-replay`` missed messages is
+a ``gap``, never a ``recovered``.
+
+Live messages go out in offset order: one that comes ahead of a hole (cross-shard fan-out, or
+copies the layer dropped because the sidecar's prefix was full) waits :data:`REORDER_WAIT` for
+the missing copies, which are then read from the history; only what the history cannot give
+is a ``gap``.
 """
 from __future__ import annotations
 
@@ -56,7 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .websocket_side import WebSocketSide
 
 __all__ = ["Options", "split_options", "Follower", "HistoryReader", "control", "escape_text", "OPT_IN_PARAM", "RESUME_PARAM",
-           "CONTROL_MARK", "MAX_RESUME_GROUPS", "has_reserved", "strip_stamp"]
+           "CONTROL_MARK", "MAX_RESUME_GROUPS", "REORDER_WAIT", "has_reserved", "strip_stamp"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,12 @@ CONTROL_MARK = "\x00"
 MAX_RESUME_GROUPS = 32
 #: Messages read per history page while catching up.
 _PAGE = 1000
+#: Seconds a live message that arrived ahead of its predecessor (offset 6 before 5: cross-shard
+#: fan-out, or a copy dropped because the sidecar's prefix was full) waits for the missing ones
+#: before they are read from the history.
+REORDER_WAIT = 0.15
+#: Live messages held ahead of a hole, per group and socket, past which the history is read at once.
+MAX_AHEAD = 1000
 _MAX_OFFSET = 2 ** 63 - 1
 
 
@@ -179,13 +191,16 @@ class HistoryReader:
         try:
             while queue:
                 batch = [queue.popleft() for _ in range(min(len(queue), self.MAX_BATCH))]
+                # Identical requests (the sockets of one group filling the same hole) are read once.
+                requests = list(dict.fromkeys(request for request, _ in batch))
                 pages: list[Union[Any, BaseException]]
                 try:
-                    pages = self.layer._history_read([request for request, _ in batch])
+                    pages = self.layer._history_read(requests)
                 except Exception as e:  # the layer reports per request; this is an outage
-                    pages = [e] * len(batch)
-                for (_, result), page in zip(batch, pages):
-                    result.set(page)
+                    pages = [e] * len(requests)
+                answers = dict(zip(requests, pages))
+                for request, result in batch:
+                    result.set(answers[request])
         finally:
             self._running = False
             if queue:  # killed mid-way: never strand what is queued
@@ -197,7 +212,7 @@ class _Group:
     """One history group a connection follows: the last position delivered and, while a resume
     reads the history, the live messages held back (``held`` is None when live)."""
 
-    __slots__ = ("epoch", "last", "held", "joined", "started")
+    __slots__ = ("epoch", "last", "held", "joined", "started", "ahead", "filling", "hole")
 
     def __init__(self) -> None:
         self.epoch: Optional[str] = None
@@ -205,6 +220,10 @@ class _Group:
         self.held: Optional[list[tuple[str, int, dict[str, Any]]]] = None
         self.joined = False
         self.started = 0.0  # monotonic time the history read started (0: none running)
+        #: Live messages of ``epoch`` that came ahead of a hole after ``last``, by offset.
+        self.ahead: dict[int, dict[str, Any]] = {}
+        self.filling = False  # a history read fills the hole
+        self.hole = 0  # counts holes opened: a timer of an older one does nothing
 
 
 class Follower:
@@ -214,7 +233,7 @@ class Follower:
     ``presence`` (``{group: entry}``, from notices) is what the sidecar refreshes and removes.
     """
 
-    __slots__ = ("side", "options", "groups", "wanted", "presence", "deadline")
+    __slots__ = ("side", "options", "groups", "wanted", "presence", "deadline", "pframes")
 
     def __init__(self, side: "WebSocketSide", options: Options) -> None:
         self.side = side
@@ -223,6 +242,8 @@ class Follower:
         self.wanted = dict(options.resume)  # resumes not started yet
         self.presence: dict[str, dict[str, Any]] = {}
         self.deadline = 0.0  # for ``wanted`` notices, set at the accept
+        #: ``{group: [time the next presence frame may go, the merged frame waiting or None]}``.
+        self.pframes: dict[str, list[Any]] = {}
 
     @property
     def opted_in(self) -> bool:
@@ -235,16 +256,21 @@ class Follower:
         if not isinstance(body, dict) or not isinstance(body.get("g"), str):
             return
         group = body["g"]
+        keeper = self.side.conn.sidecar.presence
         if not body.get("a"):
             self.groups.pop(group, None)
+            keeper.uncount(self, group)
+            self.pframes.pop(group, None)
             entry = self.presence.pop(group, None)
             if entry is not None:
-                self.side.conn.sidecar.presence.left(self, group, entry)
+                keeper.left(self, group, entry)
             return
         presence = body.get("p")
         if isinstance(presence, dict) and isinstance(presence.get("id"), str):
             self.presence[group] = presence
-            self.side.conn.sidecar.presence.joined(self, group, presence)
+            keeper.joined(self, group, presence)
+            if presence.get("m") == "c" and self.opted_in:  # no change will come: the counts are read
+                keeper.count(self, group)
         if body.get("h") and self.opted_in:
             state = self.groups.setdefault(group, _Group())
             if state.joined:
@@ -294,15 +320,122 @@ class Follower:
         if group in self.wanted:  # before the notice or the accept: the resume reads it later
             state.held = [(epoch, offset, message)]
             return False, None
-        if epoch == state.epoch and offset <= state.last:
-            self.side.conn.sidecar.stats.resumes["duplicate_dropped"] += 1
-            return False, None
-        if epoch == state.epoch and state.last and offset > state.last + 1:
-            # Copies this socket never got (its channel was full, or its membership lapsed): say so.
-            self.side.conn.sidecar.stats.resumes["gap_skipped"] += 1
-            self.side.write_control({"t": "gap", "g": group, "why": "skipped", "e": epoch, "o": offset - 1})
-        state.epoch, state.last = epoch, offset
-        return True, (group, epoch, offset)
+        return (True, (group, epoch, offset)) if self._live(group, state, epoch, offset, message) else (False, None)
+
+    # -- live messages in offset order -------------------------------------------------------
+
+    def _live(self, group: str, state: _Group, epoch: str, offset: int, message: dict[str, Any]) -> bool:
+        """A live message of a group in step: True when it is the next one (the caller writes it);
+        otherwise it was a duplicate (dropped), or came ahead of a hole (kept in ``ahead`` until the
+        hole fills, from a late copy or the history, or is reported as a gap), or it filled the
+        hole (written here, with the ones it unblocked)."""
+        stats = self.side.conn.sidecar.stats
+        if epoch != state.epoch or not state.last:
+            if state.ahead:  # the stream restarted under messages held ahead: say so, go on from here
+                state.ahead.clear()
+                state.hole += 1
+                self.side.write_control({"t": "gap", "g": group, "why": "epoch", "e": epoch, "o": offset - 1})
+                stats.resumes["hole_gap_epoch"] += 1
+            state.epoch, state.last = epoch, offset
+            return True
+        if offset <= state.last or offset in state.ahead:
+            stats.resumes["duplicate_dropped"] += 1
+            return False
+        if offset == state.last + 1:
+            if not state.ahead:
+                state.last = offset
+                return True
+            self._write(group, state, offset, message)
+            self._drain(group, state)
+            return False
+        state.ahead[offset] = message
+        if len(state.ahead) == 1 and not state.filling:
+            state.hole += 1
+            gevent.spawn_later(REORDER_WAIT, self._repair, group, state, state.hole)
+        elif len(state.ahead) > MAX_AHEAD and not state.filling:
+            gevent.spawn(self._repair, group, state, state.hole)
+        return False
+
+    def _write(self, group: str, state: _Group, offset: int, message: dict[str, Any], kept: bool = False) -> None:
+        """Write message ``offset`` (a ``close`` read from the history, ``kept``, is never acted on again)."""
+        state.last = offset
+        if not kept or message.get("text") is not None or message.get("bytes") is not None:
+            self.side.write_message(message, (group, state.epoch or "", offset))
+
+    def _drain(self, group: str, state: _Group) -> None:
+        """Write the messages held ahead that follow ``last`` without a hole."""
+        ahead = state.ahead
+        stats = self.side.conn.sidecar.stats
+        while state.last + 1 in ahead:
+            self._write(group, state, state.last + 1, ahead.pop(state.last + 1))
+            stats.resumes["reordered"] += 1
+        if not ahead:
+            state.hole += 1  # the waiting timer has nothing to do
+
+    def _repair(self, group: str, state: _Group, hole: int) -> None:
+        """The hole after ``last`` did not fill within :data:`REORDER_WAIT`: read the missing
+        messages from the history and write everything in offset order; what the history cannot
+        give (trimmed, another epoch, unreadable, more than ``--max-replay``) is a ``gap``."""
+        side = self.side
+        if self.groups.get(group) is not state or state.hole != hole or not state.ahead or state.filling \
+                or side.session is None or not side.session.open:
+            return
+        stats = side.conn.sidecar.stats
+        since, until = state.last, max(state.ahead)
+        missing = until - since - len(state.ahead)
+        why, found, page = "", {}, None
+        if missing > self.max_replay:
+            why = "too_many"
+        else:
+            state.filling = True
+            try:
+                page = side.conn.sidecar.history_reader.read(group, since, min(until - since, 10000), self.wait)
+                if page.epoch != state.epoch:
+                    why = "epoch"
+                else:
+                    found = dict(page.messages)
+            except gevent.Timeout:
+                why = "timeout"
+            except Exception as e:
+                log.info("filling a hole of %r for %s: history unavailable (%s)", group, side.conn.reply_channel, e)
+                why = "unavailable"
+            finally:
+                state.filling = False
+        if self.groups.get(group) is not state or side.session is None or not side.session.open:
+            return
+        ahead = state.ahead
+        if why:
+            first = min(ahead)
+            body: dict[str, Any] = {"t": "gap", "g": group, "why": why, "e": state.epoch, "o": first - 1}
+            if why == "epoch" and page is not None:
+                body["e"], body["o"] = page.epoch, page.top
+            side.write_control(body)
+            stats.resumes[f"hole_gap_{why}"] += 1
+            state.last = first - 1
+        else:
+            while ahead:
+                offset = state.last + 1
+                message, kept = ahead.pop(offset, None), False
+                if message is None and offset in found:
+                    message, kept = found[offset], True
+                    stats.resumes["filled"] += 1
+                if message is None:  # the history no longer has it: go on from what it has
+                    later = [o for o in found if o > offset] + list(ahead)
+                    first = min(later)
+                    side.write_control({"t": "gap", "g": group, "why": "trimmed", "e": state.epoch, "o": first - 1})
+                    stats.resumes["hole_gap_trimmed"] += 1
+                    state.last = first - 1
+                    continue
+                self._write(group, state, offset, message, kept)
+        self._drain(group, state)
+        if ahead:  # messages came ahead of a new hole during the read
+            state.hole += 1
+            gevent.spawn_later(REORDER_WAIT, self._repair, group, state, state.hole)
+
+    @property
+    def max_replay(self) -> int:
+        """Most missed messages a resume replays, or a hole is filled with (``--max-replay``)."""
+        return int(getattr(self.side.conn.sidecar.config, "max_replay", 1000))
 
     # -- resume -----------------------------------------------------------------------------
 
@@ -330,6 +463,9 @@ class Follower:
                     break
                 if cursor < page.top and (not page.messages or page.messages[0][0] != cursor + 1):
                     why = "trimmed"
+                    break
+                if page.top - since > self.max_replay:  # never a partial replay presented as complete
+                    why = "too_many"
                     break
                 messages.extend(page.messages)
                 if not page.messages or page.messages[-1][0] >= page.top:
@@ -377,11 +513,11 @@ class Follower:
             side.write_control(body)
             state.epoch, state.last = epoch, 0
             stats.resumes[f"gap_{why}"] += 1
-        for h_epoch, offset, message in held:
-            if h_epoch == state.epoch and offset <= state.last:
-                continue  # delivered from the history
-            state.epoch, state.last = h_epoch, offset
-            side.write_message(message, (group, h_epoch, offset))
+        if len({h[0] for h in held}) == 1:
+            held.sort(key=lambda h: h[1])  # copies may have come out of order: _live sees them in order
+        for h_epoch, offset, message in held:  # as live messages: duplicates dropped, holes repaired
+            if self._live(group, state, h_epoch, offset, message):
+                side.write_message(message, (group, h_epoch, offset))
 
     def check(self, now: float) -> None:
         """Timeouts (called by the sweeper): a notice that never came, a read that never answered."""
@@ -400,4 +536,4 @@ class Follower:
     def presence_change(self, body: Any) -> None:
         """``__wsc_p``: forward a presence change of a group this socket is in."""
         if self.opted_in and isinstance(body, dict):
-            self.side.write_control({"t": "p", **body})
+            self.side.conn.sidecar.presence.frame(self, body)

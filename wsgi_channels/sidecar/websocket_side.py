@@ -305,7 +305,7 @@ class WebSocketSide:
     def closed(self) -> None:
         """The socket is gone: its presence entries are removed (the sidecar owns them)."""
         follower = self.follower
-        if follower is not None and follower.presence:
+        if follower is not None:
             self.conn.sidecar.presence.closed(follower)
 
     # -- messages from the layer ----------------------------------------------------------------

@@ -27,21 +27,35 @@
 //
 // Resume after reconnect (group history) and presence, with the wsgi_channels sidecar:
 //
-//   const socket = connect("/ws/chat/", { resume: true, positions: { "chat.lobby": {"epoch": "Xy3k9Qa2", "offset": 1542} } });
-//   socket.on("recovered", ({ group }) => ...);   // every missed message of group came, once, in order
-//   socket.on("gap", ({ group, reason }) => ...); // some could not be recovered: reload the group's state
-//   socket.on("presence", ({ group, change }) => ...);   // joins and leaves as they happen
+//   const socket = connect("/ws/chat/", { positions: { "chat.lobby": {"epoch": "Xy3k9Qa2", "offset": 1542} } });
+//   socket.on("resume", ({ group, recovered, reason }) => {   // after every (re)connect, per history group
+//     if (!recovered) reloadFromTheServer(group);                // reason: "epoch", "gap", "too_many", ...
+//   });
+//   socket.on("join", ({ group, connId, user, info, since }) => ...);  // presence: someone came
+//   socket.on("leave", ({ group, connId }) => ...);                    // ... and left
+//   socket.on("count", ({ group, clients, users }) => ...);           // after every presence change
 //   const now = await socket.presence("room.lobby");       // the list, from the app's presence view
 //
-// `resume: true` (implied by `positions` and by `presence: true`) opts in with `_wsc=1`: the
-// sidecar then announces each history message's position in a control frame (a text frame
-// starting with NUL, never shown to "message" listeners), and the client sends the last
-// position of each group it saw on every reconnect (`_wsc_r=GROUP:EPOCH:OFFSET`).
-// `positions` (as the adapters' channels_position renders them) resume the first connect too,
-// so nothing published between page render and connect is lost. `socket.position(group)` is
-// the last position seen. A history group the socket joined but never got a message of (and
-// had no page position for) cannot be resumed: the reconnect fires "gap" with reason
-// "no-position" for it.
+// The client always opts in with `_wsc=1` (`resume: false` opts out: then the URL and the frames
+// are exactly a raw WebSocket's): the sidecar then announces each history message's position in
+// a control frame (a text frame starting with NUL, never shown to "message" listeners), and the
+// client sends the last position of each group it saw on every reconnect
+// (`_wsc_r=GROUP:EPOCH:OFFSET`) and drops a message it already had (same epoch, offset not
+// above the last). `positions` (as the adapters' channels_position renders them) resume the
+// first connect too, so nothing published between page render and connect is lost.
+// `socket.position(group)` is the last position seen.
+//
+// "resume" (detail {group, recovered, reason}): recovered true (reason null) when every missed
+// message came, once, in order; false when some cannot be, with reason "epoch" (the group's
+// stream restarted: its history may have lost messages), "gap" (older than the kept history),
+// "too_many" (more than the sidecar replays), "no-position" (a group joined without any
+// position: nothing to resume from), or the sidecar's own word ("unavailable", "timeout",
+// "not-joined", "skipped"). The lower-level "recovered" and "gap" events carry the sidecar's
+// frames as they are (gap's reason is the sidecar's `why`, "trimmed" for "gap").
+//
+// Node 20+: runs unchanged with Node's global WebSocket (Node 22; `--experimental-websocket` on
+// Node 20) given an absolute ws:// URL. Node 20 fires "error" and never "close" when a connect is
+// refused; an "error" not followed by "close" within `errorCloseAfter` ms counts as close 1006.
 
 /**
  * The close-code contract between this client and the wsgi_channels sidecar.
@@ -102,8 +116,8 @@ const DEFAULTS = Object.freeze({
   maxQueue: 100, // messages buffered while not connected
   maxAttempts: Infinity, // give up ("stop" with code 0) after this many failed attempts in a row
   reconnect: true,
-  resume: false, // opt in to history positions, resume and presence frames (the sidecar's _wsc=1)
-  presence: false, // presence frames ("presence" events); opts in as resume does
+  resume: true, // opt in to history positions, resume and presence frames (the sidecar's _wsc=1); false: a raw socket
+  errorCloseAfter: 1000, // ms: an "error" with no "close" after it (Node 20) then counts as close 1006
   positions: null, // {group: {epoch, offset}}: where the page's data stands (channels_position)
   presenceURL: "/_wsgi_channels/presence/", // the app's presence view, read by presence(group)
 });
@@ -114,6 +128,9 @@ const GROUP_RE = /^[a-zA-Z0-9\-_.]{1,200}$/;
 const EPOCH_RE = /^[A-Za-z0-9_-]{1,16}$/;
 /** Most groups one handshake may resume (the sidecar refuses more): the most recently updated are sent. */
 export const MAX_RESUME_GROUPS = 32;
+
+/** The "resume" event's reason for the sidecar's `why` of a gap frame. */
+export const RESUME_REASONS = Object.freeze({ epoch: "epoch", trimmed: "gap", too_many: "too_many" });
 
 /** `url` with the opt-in and resume parameters for `positions` ({group: {epoch, offset}}). */
 export function resumeURL(url, positions) {
@@ -144,7 +161,7 @@ export class ChannelSocket extends EventTarget {
     this.queue = [];
     this.socket = null;
     this.stopped = false;
-    this.optedIn = !!(this.options.resume || this.options.presence || this.options.positions);
+    this.optedIn = this.options.resume !== false;
     /** The last position seen per history group: {group: {epoch, offset}}. */
     this.positions = {};
     for (const [group, pos] of Object.entries(this.options.positions || {})) {
@@ -152,6 +169,7 @@ export class ChannelSocket extends EventTarget {
     }
     this._next = null; // the position announced for the next message frame
     this._unplaced = new Set(); // history groups joined with no position known: a reconnect cannot resume them
+    this._afterGap = new Set(); // groups whose position came from a gap frame on this connection
     this._opened = false;
     this._env = {
       WebSocket: options.WebSocket || globalThis.WebSocket,
@@ -165,6 +183,7 @@ export class ChannelSocket extends EventTarget {
     if (!this._env.WebSocket) throw new Error("ChannelSocket: no WebSocket implementation available");
     this._retryTimer = null;
     this._stableTimer = null;
+    this._errorTimer = null;
     this._onOnline = () => this._online();
     this._onOffline = () => this._offline();
     const win = this._env.window;
@@ -281,6 +300,7 @@ export class ChannelSocket extends EventTarget {
     this.url = url;
     if (this.optedIn) url = resumeURL(url, this.positions);
     this._next = null;
+    this._afterGap.clear();
     let socket;
     try {
       socket = new this._env.WebSocket(url, this.options.protocols);
@@ -302,7 +322,9 @@ export class ChannelSocket extends EventTarget {
       if (this._opened) {
         // Joined on an earlier connection, never a message nor a page position: nothing to resume from.
         for (const group of this._unplaced) {
-          if (!this.positions[group]) this._emit("gap", { group, reason: "no-position", epoch: null, offset: null });
+          if (this.positions[group]) continue;
+          this._emit("gap", { group, reason: "no-position", epoch: null, offset: null });
+          this._emit("resume", { group, recovered: false, reason: "no-position" });
         }
       }
       this._unplaced.clear();
@@ -324,6 +346,10 @@ export class ChannelSocket extends EventTarget {
       const next = this._next;
       if (next !== null) {
         this._next = null;
+        const seen = this.positions[next.g];
+        // Already had it (same stream, not past the last): never shown twice. After a gap the
+        // position is the stream's top, and the messages held during the read still follow it.
+        if (seen && !this._afterGap.has(next.g) && seen.epoch === next.e && next.o <= seen.offset) return;
         this._advance(next.g, next.e, next.o);
       }
       this._emit("message", data);
@@ -340,6 +366,18 @@ export class ChannelSocket extends EventTarget {
     socket.onerror = (event) => {
       if (socket !== this.socket) return;
       this._emit("error", event);
+      // A browser follows "error" with "close"; Node 20 may not (a refused connect): then it counts as 1006.
+      if (this._errorTimer !== null) this._env.clearTimeout(this._errorTimer);
+      this._errorTimer = this._env.setTimeout(() => {
+        this._errorTimer = null;
+        if (socket !== this.socket) return;
+        this._closed(1006, "error without close"); // detaches it first: a late "close" of it is ignored
+        try {
+          socket.close();
+        } catch (_) {
+          // closing a socket that never opened may throw: it is abandoned anyway
+        }
+      }, this.options.errorCloseAfter);
     };
     socket.onclose = (event) => {
       if (socket !== this.socket) return;
@@ -352,6 +390,7 @@ export class ChannelSocket extends EventTarget {
     if (!pos || pos.epoch !== epoch || offset > pos.offset) {
       delete this.positions[group]; // re-inserted last: the most recently updated are the ones resumed
       this.positions[group] = { epoch, offset };
+      this._afterGap.delete(group);
     }
   }
 
@@ -372,19 +411,39 @@ export class ChannelSocket extends EventTarget {
     } else if (body.t === "recovered") {
       this._advance(group, String(body.e), Number(body.o));
       this._emit("recovered", { group, epoch: body.e, offset: body.o, count: body.n });
+      this._emit("resume", { group, recovered: true, reason: null });
     } else if (body.t === "gap") {
       delete this.positions[group];
       if (typeof body.e === "string") this.positions[group] = { epoch: body.e, offset: Number(body.o) };
+      this._afterGap.add(group);
       this._emit("gap", { group, reason: body.why, epoch: body.e ?? null, offset: body.o ?? null });
+      const why = String(body.why);
+      this._emit("resume", { group, recovered: false, reason: RESUME_REASONS[why] || why });
     } else if (body.t === "p") {
       const { t: _t, g: _g, ...change } = body;
       this._emit("presence", { group, change });
+      for (const ev of Array.isArray(body.ev) ? body.ev : []) {
+        if (!Array.isArray(ev)) continue;
+        if (ev[0] === "j") {
+          this._emit("join", { group, connId: ev[1], user: ev[2] ?? null, info: ev[3] ?? null, since: ev[4] ?? null });
+        } else if (ev[0] === "l") {
+          this._emit("leave", { group, connId: ev[1] });
+        }
+      }
+      if (Number.isFinite(body.c)) {
+        this._emit("count", { group, clients: body.c, users: Number.isFinite(body.u) ? body.u : null,
+          mode: body.m === "c" ? "count" : "events", stale: !!body.stale });
+      }
     }
   }
 
   _closed(code, reason) {
     this.socket = null;
     this._next = null;
+    if (this._errorTimer !== null) {
+      this._env.clearTimeout(this._errorTimer);
+      this._errorTimer = null;
+    }
     if (this._stableTimer !== null) {
       this._env.clearTimeout(this._stableTimer);
       this._stableTimer = null;
@@ -434,7 +493,8 @@ export class ChannelSocket extends EventTarget {
     this.stopped = true;
     if (this._retryTimer !== null) this._env.clearTimeout(this._retryTimer);
     if (this._stableTimer !== null) this._env.clearTimeout(this._stableTimer);
-    this._retryTimer = this._stableTimer = null;
+    if (this._errorTimer !== null) this._env.clearTimeout(this._errorTimer);
+    this._retryTimer = this._stableTimer = this._errorTimer = null;
     const win = this._env.window;
     if (win && win.removeEventListener) {
       win.removeEventListener("online", this._onOnline);
