@@ -20,7 +20,7 @@ import pytest
 
 from wsgi_channels.layers import from_url
 
-FEATURE_BACKENDS = ["memory", "ipc"]
+FEATURE_BACKENDS = ["memory", "ipc", "redis", "redis3", "sentinel", "cluster"]
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
 
@@ -77,7 +77,44 @@ def stored_groups(layer) -> dict[str, set[str]]:
         finally:
             conn.close()
         return {"history": history, "presence": presence}
+    if kind == "RedisChannelLayer":
+        return _redis_groups(layer)
     raise AssertionError(f"no inspector for {kind}: add one to feature_backends.stored_groups")
+
+
+_REDIS_KINDS = {"history": ("h", "hm"), "presence": ("pe", "pu", "po", "pm", "pb")}
+
+
+def _redis_groups(layer) -> dict[str, set[str]]:
+    """The groups named by the hash tag of a history or presence key on any server of the layer."""
+    import redis
+
+    found: dict[str, set[str]] = {"history": set(), "presence": set()}
+    for url in _redis_urls(layer):
+        client = redis.Redis.from_url(url)
+        try:
+            for what, kinds in _REDIS_KINDS.items():
+                for kind in kinds:
+                    for key in client.scan_iter(match=f"{layer.prefix}:{kind}:{{*", count=1000):
+                        found[what].add(_group_of(key.decode()))
+        finally:
+            client.close()
+    return found
+
+
+def _group_of(key: str) -> str:
+    """The group of a key ``P:kind:{group}[:owner]``, or on a Cluster ``P:kind:{bucket}group[:owner]``."""
+    tag, rest = key.split("{", 1)[1].split("}", 1)
+    return tag if not rest or rest.startswith(":") else rest.split(":", 1)[0]
+
+
+def _redis_urls(layer) -> list[str]:
+    """A URL of every primary the layer writes to (its shards, or a Sentinel service's primary)."""
+    urls = []
+    for shard in layer._nodes():
+        host, port = shard.address
+        urls.append(f"redis://{host}:{port}/{shard.connection_kwargs.get('db', 0)}")
+    return urls
 
 
 def _child(code: str, *args: str) -> subprocess.Popen:

@@ -5,6 +5,7 @@ An entry is one element of a queue's LIST::
     DDDDDDDDDDDDD m <body>                                  a message for the queue's channel
     DDDDDDDDDDDDD t <name> <name> ...\\n<body>                 one message for these members of a prefix
     DDDDDDDDDDDDD r <count> <P:t: key>\\n<body>                one message for the members that key holds
+    DDDDDDDDDDDDD h <offset>\\n<body>                        a kept message of a history group (not a queue)
 
 (without the spaces around the kind byte). ``D``: :data:`DEADLINE_DIGITS` ASCII digits of the
 deadline in ms since the epoch on the Redis clock (13 digits last until the year 2286); then
@@ -28,7 +29,7 @@ from ...exceptions import ChannelsError
 
 __all__ = [
     "DEADLINE_DIGITS", "KIND_AT", "REST_AT", "MESSAGE", "TARGETS", "REFERENCE", "SEPARATOR", "FIELD_END",
-    "MESSAGE_KIND", "TARGETS_KIND", "REFERENCE_KIND",
+    "MESSAGE_KIND", "TARGETS_KIND", "REFERENCE_KIND", "HISTORY", "history_item",
     "message_head", "targets_head", "reference_head", "build", "append_entry",
     "deadline", "is_message", "message_body", "parse", "names", "reference",
     "LUA_CONSTANTS", "LUA_HELPERS", "lua_helpers",
@@ -42,6 +43,9 @@ KIND_AT = DEADLINE_DIGITS
 REST_AT = KIND_AT + 1
 #: Kind bytes: a message for the queue's channel, for the members listed, for the members of a key.
 MESSAGE, TARGETS, REFERENCE = b"m", b"t", b"r"
+#: Kind byte of an item of a history group's kept stream (``P:h:{group}``, see :mod:`.history`):
+#: the deadline is when it ages out, the field its offset.
+HISTORY = b"h"
 #: The same kinds as :func:`parse` returns them (the byte's value: comparing ints is the cheapest).
 MESSAGE_KIND, TARGETS_KIND, REFERENCE_KIND = MESSAGE[0], TARGETS[0], REFERENCE[0]
 #: Between the names of a ``t`` entry, and between the count and the key of an ``r`` entry.
@@ -129,6 +133,15 @@ def reference(field: bytes) -> tuple[int, bytes]:
     return int(count), key
 
 
+def history_item(item: bytes) -> tuple[int, memoryview]:
+    """``(offset, body)`` of an item of a history group's kept stream."""
+    end = item.find(FIELD_END, REST_AT)
+    if end < 0 or item[KIND_AT:REST_AT] != HISTORY:
+        raise ChannelsError("a kept history item could not be parsed: is another application using the same "
+                            "key prefix?")
+    return int(item[REST_AT:end]), memoryview(item)[end + 1:]
+
+
 # -- the Lua side ---------------------------------------------------------------------------------
 
 
@@ -144,6 +157,7 @@ local E_DEADLINE_END, E_KIND_AT, E_REST_AT = {DEADLINE_DIGITS}, {KIND_AT + 1}, {
 local E_MESSAGE, E_TARGETS, E_REFERENCE = {_lua_string(MESSAGE)}, {_lua_string(TARGETS)}, {_lua_string(REFERENCE)}
 local E_TARGETS_BYTE, E_REFERENCE_BYTE = {TARGETS_KIND}, {REFERENCE_KIND}
 local E_SEPARATOR, E_FIELD_END = {_lua_string(SEPARATOR)}, {_lua_string(FIELD_END)}
+local E_HISTORY = {_lua_string(HISTORY)}
 """
 
 def lua_helpers(fetch: str) -> str:

@@ -15,6 +15,7 @@ from redis.crc import key_slot
 from . import cluster_scripts as cscripts
 from . import scripts
 from .connection import Script
+from .feature_scripts import FEATURE_KEY_KINDS
 
 __all__ = ["key_patterns", "scan", "unlink_all", "count_queued", "queue_figures"]
 
@@ -25,7 +26,8 @@ _C_STATS = Script(cscripts.STATS)
 def key_patterns(pb: bytes) -> list[bytes]:
     """``SCAN`` patterns of every key shape of the layer with key prefix ``pb`` (``b"prefix:"``)."""
     # Only this layer's key shapes (standalone and Cluster): another application's prefix never matches.
-    return [pb + b"[qumgst]:{*", pb + b"g[cple]:{*", pb + b"td:{*"]
+    return [pb + b"[qumgst]:{*", pb + b"g[cple]:{*", pb + b"td:{*",
+            *(pb + kind.encode() + b":{*" for kind in FEATURE_KEY_KINDS)]  # history and presence
 
 
 def scan(shard: Any, patterns: Sequence[bytes]) -> Iterator[list[bytes]]:

@@ -69,6 +69,8 @@ from .copies import CopyBuffer
 from .delivery import Delivery
 from .entries import append_entry
 from .failover import MEMBERSHIP_REPLAY_SECONDS, FailoverMixin
+from .history import HistoryMixin
+from .presence import PresenceMixin
 from .members import member_for_url
 from .slots import DEFAULT_TAG_COUNT, check_tag_count
 from .options import connection_url, options_from_url, split_urls
@@ -95,7 +97,8 @@ _C_GROUP_ADD = Script(cscripts.GROUP_ADD)
 _C_GROUP_DISCARD = Script(cscripts.GROUP_DISCARD)
 
 
-class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseChannelLayer):
+class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, HistoryMixin, PresenceMixin,
+                        BaseChannelLayer):
     """Channel layer on one or more Redis servers.
 
     ``hosts``
@@ -140,6 +143,8 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseC
     batch_round_trips = 1
     #: ``send_many`` is one pipeline per shard.
     send_many_batches = True
+    #: Group history and presence (:mod:`.history`, :mod:`.presence`).
+    features_supported = frozenset({"history", "presence"})
 
     def __init__(
         self,
@@ -385,9 +390,12 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseC
         """The group's memberships, their capacities and its fan-out plan (one hash tag)."""
         return self._key("g", group), self._key("gc", group), self._key("gp", group)
 
-    def group_add(self, group: str, channel: str) -> None:
+    def group_add(self, group: str, channel: str, presence: Any = None) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
+        features = self._features.of(group) if self._has_features else None
+        if features is not None or presence is not None:
+            return self._group_add_featured(group, channel, presence, features)
         self._group_add(group, channel)
         self._journal_membership("add", group, channel)
 
@@ -415,6 +423,9 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseC
     def group_discard(self, group: str, channel: str) -> None:
         validate_group_name(group)
         validate_channel_name(channel)
+        features = self._features.of(group) if self._has_features else None
+        if features is not None:
+            return self._group_discard_featured(group, channel, features)
         self._group_discard(group, channel)
         self._journal_membership("discard", group, channel)
 
@@ -448,6 +459,9 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, BaseC
         return command
 
     def send_group(self, group: str, message: dict) -> None:
+        history = self.history_options(group) if self._has_features else None
+        if history is not None:
+            return self._send_group_history(group, message, history)
         body = self._bodies.seal(message, self.max_message_size)
         head, size, exp = self._fanout_command(group), len(body), self._expiry_ms
         vshards = self._shards

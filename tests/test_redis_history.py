@@ -1,0 +1,273 @@
+"""Group history and presence on Redis beyond the shared suites: the epoch follows the server.
+
+The conformance suites (``test_layer_history.py``, ``test_layer_presence.py``,
+``test_history_epoch.py``) run on ``redis``, ``redis3``, ``sentinel`` and ``cluster`` through
+``feature_backends``; here are the rules only a Redis has: a restart (empty, or from its
+append-only file, which may miss the last writes) and a failover (Sentinel, Cluster) start new streams, a Redis
+down surfaces as ``LayerUnavailable``, the history is encrypted like the queues, and the sidecars'
+copies arrive in offset order whatever the publishers (one Redis, shards, encrypted, Cluster).
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+from servers import RedisServer
+from wsgi_channels import exceptions as exc
+from wsgi_channels.layers import from_url
+from wsgi_channels.layers.names import new_process_prefix
+from wsgi_channels.layers.features import STAMP_KEY
+
+pytestmark = pytest.mark.timeout(120)
+
+Q = "group_history=chat.*:size=10:ttl=300&group_presence=room.*:ttl=5"
+
+
+@pytest.fixture
+def made():
+    layers = []
+
+    def make(url, **options):
+        layer = from_url(url + ("&" if "?" in url else "?") + Q, **options)
+        layers.append(layer)
+        return layer
+
+    yield make
+    for layer in layers:
+        layer.close()
+
+
+def _position_after_restart(layer, group):
+    try:
+        return layer.group_position(group)
+    except exc.LayerUnavailable:  # a pooled connection that died with the server: the next call reconnects
+        return layer.group_position(group)
+
+
+def test_a_restart_from_the_append_only_file_starts_a_new_stream(made):
+    """The server kept the messages (appendfsync always), yet it is another server process: what an
+    AOF restart may have lost is not knowable, so the stream is a new one."""
+    server = RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    try:
+        layer = made(server.url)
+        for i in range(3):
+            layer.send_group("chat.aof", {"text": str(i)})
+        before = layer.group_position("chat.aof")
+        assert before.offset == 3
+        server.restart(sig=15)  # SIGTERM: the data is on disk
+        client = redis.Redis(port=server.port)
+        assert client.exists(b"wsgi_channels:h:{chat.aof}")  # the old stream came back from the file
+        client.close()
+        after = _position_after_restart(layer, "chat.aof")
+        assert after.epoch != before.epoch and after.offset == 0
+        assert layer.group_history("chat.aof", 0).messages == []
+        layer.send_group("chat.aof", {"text": "new"})
+        assert layer.group_history("chat.aof", 0) == (after.epoch, 1, [(1, {"text": "new"})])
+    finally:
+        server.stop()
+
+
+def test_an_empty_restart_and_flushall_start_new_streams(fresh_redis, made):
+    layer = made(fresh_redis.url)
+    layer.send_group("chat.r", {"text": "x"})
+    first = layer.group_position("chat.r")
+    fresh_redis.restart()
+    second = _position_after_restart(layer, "chat.r")
+    assert second.epoch != first.epoch and second.offset == 0
+    layer.send_group("chat.r", {"text": "y"})
+    redis.Redis(port=fresh_redis.port).flushall()
+    third = layer.group_position("chat.r")
+    assert third.epoch not in (first.epoch, second.epoch) and third.offset == 0
+
+
+def test_redis_down_is_layer_unavailable(fresh_redis, made):
+    layer = made(fresh_redis.url)
+    prefix = new_process_prefix("sidecar")
+    layer.group_add("room.down", prefix + "a", presence={"user": "u"})
+    fresh_redis.kill()
+    calls = [lambda: layer.send_group("chat.down", {"text": "x"}), lambda: layer.group_position("chat.down"),
+             lambda: layer.group_history("chat.down", 0), lambda: layer.group_presence("room.down"),
+             lambda: layer.group_presence_stats("room.down"), lambda: layer.presence_refresh(prefix, ["room.down"]),
+             lambda: layer.presence_sweep(), lambda: layer.presence_remove("room.down", prefix, ["x"]),
+             lambda: layer.group_add("room.down", prefix + "b", presence={"user": "v"}),
+             lambda: layer.group_discard("room.down", prefix + "a")]
+    for call in calls:
+        with pytest.raises(exc.LayerUnavailable):
+            call()
+
+
+def test_history_and_notices_are_encrypted_at_rest(fresh_redis, made):
+    layer = made(fresh_redis.url, symmetric_encryption_keys=["secret"])
+    prefix = new_process_prefix("sidecar")
+    layer.group_add("chat.enc", prefix + "a")
+    layer.send_group("chat.enc", {"text": "confidential"})
+    client = redis.Redis(port=fresh_redis.port)
+    stored = b"".join(client.lrange(b"wsgi_channels:h:{chat.enc}", 0, -1))
+    queued = b"".join(client.lrange(f"wsgi_channels:q:{{{prefix}}}".encode(), 0, -1))
+    client.close()
+    assert b"confidential" not in stored and b"confidential" not in queued and b"chat.enc" not in queued
+    epoch = layer.group_position("chat.enc").epoch
+    assert layer.group_history("chat.enc", 0).messages == [(1, {"text": "confidential"})]
+    got = [m for _, m in layer.receive_batch([prefix], 10)]
+    assert got[1] == {"text": "confidential", STAMP_KEY: ["chat.enc", epoch, 1]}
+
+
+def test_a_sentinel_failover_starts_a_new_stream(fresh_redis_sentinel, made):
+    sentinels = fresh_redis_sentinel
+    layer = made(sentinels.url)
+    for i in range(3):
+        layer.send_group("chat.fo", {"text": str(i)})
+    before = layer.group_position("chat.fo")
+    old = sentinels.primary()
+    sentinels.failover()
+    sentinels.wait_failover(old, timeout=10.0)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            after = layer.group_position("chat.fo")
+            if after.epoch != before.epoch:
+                break
+        except exc.LayerUnavailable:
+            pass
+        assert time.monotonic() < deadline, "the stream kept its epoch across a failover"
+        time.sleep(0.1)
+    # the replica had every message (a switch-over loses nothing), but it is another server: a new stream
+    assert after.offset == 0
+
+
+@pytest.mark.parametrize("kind", ["redis", "redis3", "encrypted", "cluster"])
+def test_sidecars_get_the_stamped_copies_in_offset_order(kind, layer_url_for, made):
+    """Concurrent publishers never make a sidecar see offset n + 1 before n: on one Redis the offset,
+    the kept message and every copy are one script; on shards (or encrypted) each server queues the
+    stamped copies in offset order."""
+    import threading
+
+    url = layer_url_for(kind if kind in ("redis3", "cluster") else "redis")
+    options = {"symmetric_encryption_keys": ["secret"]} if kind == "encrypted" else {}
+    reader = made(url, prefix=f"order{kind}", **options)
+    prefixes = [new_process_prefix("sidecar") for _ in range(6)]
+    for prefix in prefixes:
+        reader.group_add("chat.order", prefix + "a")
+    reader.group_add("chat.order", "plain.member")
+    publishers = [made(url, prefix=f"order{kind}", **options) for _ in range(4)]
+    barrier = threading.Barrier(4)
+
+    def publish(layer, who):
+        barrier.wait(10)
+        for i in range(100):
+            layer.send_group("chat.order", {"text": f"{who}:{i}"})
+
+    threads = [threading.Thread(target=publish, args=(layer, w)) for w, layer in enumerate(publishers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        for prefix in prefixes:
+            got = []
+            while True:
+                batch = reader.receive_batch([prefix], 1000)
+                if not batch:
+                    break
+                got += [m for _, m in batch if STAMP_KEY in m]
+            assert [m[STAMP_KEY][2] for m in got] == list(range(1, 401)), prefix
+        history = reader.group_history("chat.order", 0, limit=400).messages
+        assert [(o, m["text"]) for o, m in history] == [(m[STAMP_KEY][2], m["text"]) for m in got][-10:]
+    finally:
+        reader.flush()
+
+
+def test_a_cluster_failover_starts_a_new_stream(fresh_redis_cluster, made):
+    cluster = fresh_redis_cluster
+    layer = made(cluster.url)
+    for i in range(3):
+        layer.send_group("chat.cfo", {"text": str(i)})
+    before = layer.group_position("chat.cfo")
+    primary = cluster.primary_for_key(layer._shard_of("chat.cfo").key("h", "chat.cfo"))
+    replica = cluster.replicas_of(primary)[0]
+    cluster.failover(replica)
+    cluster.wait_failover(primary, timeout=15.0)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            after = layer.group_position("chat.cfo")
+            if after.epoch != before.epoch:
+                break
+        except exc.LayerUnavailable:
+            pass
+        assert time.monotonic() < deadline, "the stream kept its epoch across a failover"
+        time.sleep(0.1)
+    assert after.offset == 0
+    layer.send_group("chat.cfo", {"text": "after"})
+    assert layer.group_history("chat.cfo", 0) == (after.epoch, 1, [(1, {"text": "after"})])
+
+
+def test_history_and_presence_with_wait_replicas(redis_sentinel, made):
+    layer = made(redis_sentinel.url, wait_replicas=1, wait_replicas_timeout=1.0, prefix="waiting")
+    prefix = new_process_prefix("sidecar")
+    try:
+        layer.group_add("chat.w", prefix + "a")
+        layer.group_add("room.w", prefix + "a", presence={"user": "u"})
+        layer.send_group("chat.w", {"text": "replicated"})
+        epoch = layer.group_position("chat.w").epoch
+        got = [m for _, m in layer.receive_batch([prefix], 10)]
+        assert {"text": "replicated", STAMP_KEY: ["chat.w", epoch, 1]} in got
+        assert layer.group_presence_stats("room.w") == {"clients": 1, "users": 1}
+        assert layer.global_statistics()["unreplicated_count"] == 0
+    finally:
+        layer.flush()
+
+
+def test_resume_and_live_order_through_a_real_sidecar_on_shards(tmp_path, redis_shards):
+    """A real sidecar and worker on three Redis shards: a reconnect gets every missed message once,
+    in order, then ``recovered``; four concurrent publishers never cause a ``skipped`` gap."""
+    import threading
+
+    from test_sidecar_resume import OPTIONS, Client, ResumeStack
+
+    class RedisStack(ResumeStack):
+        def __init__(self, tmp_path) -> None:
+            super().__init__(tmp_path)
+            self.url = ",".join(f"{s.url}?{OPTIONS}&prefix=resume3" for s in redis_shards)
+            import stack
+            self.env = stack.env_for(self.url, stack.ROOT / "tests")
+
+    rs = RedisStack(tmp_path).start()
+    try:
+        rs.layer.flush()
+        group = "chat.redis"
+        c = Client(rs.ws(f"/ws/{group}?_wsc=1"))
+        rs.wait_members(group, 1)
+        rs.publish(group, "a1", "a2")
+        got = c.messages(2)
+        (_, epoch, last) = got[-1][0]
+        c.close()
+        rs.wait_members(group, 0)
+        rs.publish(group, *[f"b{i}" for i in range(20)])
+        c = Client(rs.ws(f"/ws/{group}?_wsc_r={group}:{epoch}:{last}"))
+        got = c.messages(20)
+        assert [v for k, v in got if k != "control"] == [f"b{i}" for i in range(20)]
+        assert c.next()[1] == {"t": "recovered", "g": group, "e": epoch, "o": last + 20, "n": 20}
+        rs.wait_members(group, 1)
+
+        def publish(who):
+            from wsgi_channels.layers import from_url
+            layer = from_url(rs.url)
+            for i in range(50):
+                layer.send_group(group, {"text": f"p{who}:{i}"})
+            layer.close()
+
+        threads = [threading.Thread(target=publish, args=(w,)) for w in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        got = c.messages(200, timeout=10)
+        assert [k for k, _ in got if k == "control"] == [], [v for k, v in got if k == "control"]
+        assert [k[2] for k, _ in got] == list(range(last + 21, last + 221))
+        c.close()
+    finally:
+        rs.layer.flush()
+        rs.stop()

@@ -1,0 +1,430 @@
+"""Lua of group history (issue 18) and presence (issue 19) on the Redis layer.
+
+Key layout (``P`` the layer's key prefix and ``:``; every key of one group has the group's
+hash tag, so a group's history or presence lives on one shard: the group's own, by the ring):
+
+``P:h:{group}``
+    LIST of the kept messages, oldest first: ``h`` items of :mod:`.entries` (the deadline when
+    the item ages out, its offset, the body). Trimmed to ``size`` on each append and by age
+    from the head, so the kept offsets are contiguous; its TTL is the history ``ttl``.
+``P:hm:{group}``
+    HASH ``e`` epoch, ``t`` latest offset, ``r`` the ``run_id`` of the server that wrote it,
+    ``m`` meta ttl (ms); expires ``meta_ttl`` after the latest append or read.
+``P:pe:{group}``
+    HASH of the presence entries: ``o:<cid>`` owner, ``u:<cid>`` user (``+name``, or ``''``:
+    none), ``i:<cid>`` info (encoded), ``s:<cid>`` since (seconds since the epoch, as text).
+``P:pu:{group}`` / ``P:po:{group}`` / ``P:pm:{group}``
+    HASH user -> entries (refcounts: ``HLEN`` is the users count), ZSET owner -> lease
+    deadline (ms, server clock), HASH of the change version ``v``, mode ``m`` and the options
+    of the latest add (``ttl`` ms, ``ev``, ``jl``, ``max``).
+``P:pb:{group}:<owner>``
+    SET of an owner's conn_ids in the group.
+``P:px:{presence}``
+    ZSET group -> its earliest owner lease, per shard: what ``presence_sweep`` looks at.
+
+The epoch rule: a stream's meta remembers the ``run_id`` of the server that wrote it. A
+server restarted (even from its persistence files, which may miss the last writes) or
+another server that took over after a failover (asynchronous replication may have lost
+acknowledged appends) has another ``run_id``, so the script starts a new stream there: a
+new epoch (the client's random candidate, :func:`..features.new_epoch`; a script has no
+CSPRNG) and offset 0. ``FLUSHALL``, ``flush()`` and an expired meta remove the meta: a new
+stream too.
+
+The fan-out of a history group's message and of the layer's own messages is the fan-out
+script of :mod:`.scripts` with more arguments (derived when the module loads, each change
+checked to apply exactly where expected): the stamped body that ``sidecar.*!`` prefixes
+receive instead, or "sidecars only", or "keep first": the message is numbered and kept in the
+group's stream and the sidecars' copies stamped in the same script (the stamp's epoch and
+offset packed by ``cmsgpack`` after the rest, which the client packed), so on the group's own
+server the copies are queued in offset order.
+"""
+from __future__ import annotations
+
+from ..names import SIDECAR_PREFIX
+from .entries import DEADLINE_DIGITS, LUA_CONSTANTS
+from .scripts import _COMMON, FANOUT, GROUP_ADD, GROUP_DISCARD
+
+__all__ = ["HIST_APPEND", "HIST_READ", "FEATURE_FANOUT", "GROUP_ADD_NOTICE", "GROUP_DISCARD_NOTICE",
+           "PRESENCE_PUT", "PRESENCE_REMOVE", "PRESENCE_REFRESH", "PRESENCE_REASSERT", "PRESENCE_SWEEP",
+           "PRESENCE_LIST", "PRESENCE_COUNTS", "FEATURE_KEY_KINDS", "EMPTY_PRESENCE_KEEP_MS", "STAMPED",
+           "SIDECARS_ONLY", "KEEP", "ORDER_WAIT"]
+
+#: Key kinds of history and presence (``flush`` removes them).
+FEATURE_KEY_KINDS = ("h", "hm", "hx", "pe", "pu", "po", "pm", "pb", "px")
+#: Milliseconds the presence keys of a group outlive its last change or refresh.
+EMPTY_PRESENCE_KEEP_MS = 3_600_000
+#: What the fan-out answers instead of queueing a stamped copy whose predecessor has not been queued
+#: on that server yet (another publisher's fan-out is under way): the caller sends it again shortly.
+ORDER_WAIT = -2
+#: Modes of :data:`FEATURE_FANOUT`: stamped copies for sidecar prefixes; sidecar prefixes only; keep
+#: the message in the group's history, then stamped copies.
+STAMPED, SIDECARS_ONLY, KEEP = "s", "o", "k"
+
+_STREAM = LUA_CONSTANTS + f"""
+local DEADLINE_FORMAT = '%0{DEADLINE_DIGITS}d'
+""" + r"""
+local function time_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The stream's epoch, latest offset and meta ttl; a new stream (candidate epoch, offset 0,
+-- no messages) when it has no meta or another server process wrote it (see the module).
+local function stream(h, hm, candidate, meta_ttl)
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+  local meta = redis.call('HMGET', hm, 'e', 't', 'r', 'm')
+  if meta[1] and meta[3] == run then
+    return meta[1], tonumber(meta[2]), tonumber(meta[4]) or meta_ttl, false
+  end
+  redis.call('DEL', h)
+  redis.call('HSET', hm, 'e', candidate, 't', 0, 'r', run, 'm', meta_ttl)
+  redis.call('PEXPIRE', hm, meta_ttl)
+  return candidate, 0, meta_ttl, true
+end
+
+-- Drop the aged items at the head (one ttl per group: age order is offset order); the first kept.
+local function trim_aged(h, now)
+  local v = redis.call('LINDEX', h, 0)
+  while v and tonumber(string.sub(v, 1, E_DEADLINE_END)) <= now do
+    redis.call('LPOP', h)
+    v = redis.call('LINDEX', h, 0)
+  end
+  return v
+end
+"""
+
+_APPEND = _STREAM + r"""
+-- Keep body under the stream's next offset (trimmed to size and ttl); the epoch and the offset.
+local function history_append(h, hm, candidate, size, ttl, meta_ttl, body)
+  local now = time_ms()
+  local epoch, top = stream(h, hm, candidate, meta_ttl)
+  top = top + 1
+  local n = redis.call('RPUSH', h, string.format(DEADLINE_FORMAT, now + ttl) .. E_HISTORY .. top .. E_FIELD_END .. body)
+  if n > size then redis.call('LTRIM', h, -size, -1) end
+  trim_aged(h, now)
+  redis.call('PEXPIRE', h, ttl)
+  redis.call('HSET', hm, 't', top, 'm', meta_ttl)
+  redis.call('PEXPIRE', hm, meta_ttl)
+  return epoch, top
+end
+"""
+
+#: KEYS: h hm; ARGV: candidate epoch, size, ttl ms, meta ttl ms, body. Returns {epoch, offset}.
+HIST_APPEND = _APPEND + r"""
+local epoch, top = history_append(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+                                  tonumber(ARGV[4]), ARGV[5])
+return {epoch, top}
+"""
+
+#: KEYS: h hm; ARGV: candidate epoch, meta ttl ms for a new stream, since, limit (0: the position).
+#: Returns {epoch, top, item, item, ...}: the kept items with offset > since, at most limit.
+HIST_READ = _STREAM + r"""
+local h, hm = KEYS[1], KEYS[2]
+local now = time_ms()
+local epoch, top, meta_ttl, made = stream(h, hm, ARGV[1], tonumber(ARGV[2]))
+if not made and redis.call('PTTL', hm) < meta_ttl then redis.call('PEXPIRE', hm, meta_ttl) end
+local out = {epoch, top}
+local limit = tonumber(ARGV[4])
+if limit == 0 then return out end
+local first = trim_aged(h, now)
+if not first then return out end
+local f = tonumber(string.sub(first, E_REST_AT, string.find(first, E_FIELD_END, E_REST_AT, true) - 1))
+local start = math.max(0, tonumber(ARGV[3]) + 1 - f)
+for _, v in ipairs(redis.call('LRANGE', h, start, start + limit - 1)) do out[#out + 1] = v end
+return out
+"""
+
+
+def _derive(source: str, old: str, new: str, count: int = 1) -> str:
+    """``source`` with ``old`` replaced by ``new``, checked to occur exactly ``count`` times: a change
+    of the script derived from fails here, at import, not in a test that happens to need it."""
+    found = source.count(old)
+    if found != count:
+        raise AssertionError(f"deriving a feature script: {old!r} occurs {found} times, not {count}")
+    return source.replace(old, new)
+
+
+_FANOUT_FILTER = f"""
+local function sidecar(prefix) return string.sub(prefix, 1, #SIDECAR) == SIDECAR end
+local function prefix_body(prefix)
+  if MODE == '{STAMPED}' and sidecar(prefix) then return SBODY end
+  return body
+end
+if MODE == '{SIDECARS_ONLY}' then
+  plain = {{}}
+  local only = {{}}
+  for i = 1, #prefixes, 4 do
+    if sidecar(prefixes[i]) then
+      for k = 0, 3 do only[#only + 1] = prefixes[i + k] end
+    end
+  end
+  prefixes = only
+end
+"""
+
+_FANOUT_HISTORY = _APPEND + f"""
+local MODE, SBODY = ARGV[9], ARGV[10]
+local EPOCH, TOP
+if MODE == '{KEEP}' then
+  EPOCH, TOP = history_append(KEYS[4], KEYS[5], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]),
+                              tonumber(ARGV[14]), body)
+  SBODY = SBODY .. cmsgpack.pack(EPOCH) .. cmsgpack.pack(TOP)
+  MODE = '{STAMPED}'
+end
+local function result(dropped)
+  if EPOCH then return {{dropped, EPOCH, TOP}} end
+  return dropped
+end
+if MODE == '{STAMPED}' and not EPOCH and ARGV[12] then
+  -- stamped copies of another server's stream: queued in offset order (see ORDER_WAIT)
+  local offset, last = tonumber(ARGV[12]), redis.call('GET', KEYS[4])
+  local same, at = false, 0
+  if last then
+    local sp = string.find(last, ' ', 1, true)
+    same, at = string.sub(last, 1, sp - 1) == ARGV[11], tonumber(string.sub(last, sp + 1))
+  end
+  if ARGV[13] ~= '1' and offset > 1 and (not last or (same and at < offset - 1)) then return {ORDER_WAIT} end
+  if not same or at < offset then redis.call('SET', KEYS[4], ARGV[11] .. ' ' .. offset, 'PX', ARGV[14]) end
+end
+"""
+
+#: The fan-out script of :mod:`.scripts` (KEYS g gc gp, ARGV 1-8 the same) with ARGV[9] the mode and
+#: ARGV[10] the stamped body: ``s`` queues ARGV[10] instead of the body on ``sidecar.*!``
+#: prefixes, ``o`` queues the body on ``sidecar.*!`` prefixes only (the layer's own messages).
+#: ``k`` first keeps the message in the history group's stream (KEYS h hm follow; ARGV 11-14:
+#: candidate epoch, size, ttl ms, meta ttl ms) and stamps the sidecars' copies with its offset:
+#: ARGV[10] is then the stamped message up to the epoch and the offset, which the script packs
+#: after it (``cmsgpack``). Returns the members skipped as full, with ``k`` ``{skipped, epoch, offset}``.
+#: ``s`` with ARGV 11-14 (epoch, offset, '1' to force, ttl ms of the mark) and KEYS[4] (``P:hx:{group}``,
+#: the latest ``epoch offset`` queued on this server): copies of a stream kept on another server
+#: (several shards, or an encrypted layer: the client stamps them) are queued in offset order. A copy
+#: whose predecessor in the same epoch has not been queued here yet is not queued: the answer is
+#: :data:`ORDER_WAIT` and the caller sends it again, forced after a while (a publisher that died
+#: between keeping its message and queueing its copies). The mark lives as long as the stream's meta.
+FEATURE_FANOUT = _derive(_derive(_derive(_derive(
+    _derive(FANOUT, "E_FIELD_END .. body", "E_FIELD_END .. prefix_body(prefix)", count=3),
+    "local function now_ms() return tonumber(dl) - tonumber(exp) end\n",
+    "local function now_ms() return tonumber(dl) - tonumber(exp) end\n" + _FANOUT_HISTORY),
+    "local plain, prefixes = plan[2], plan[3]\n", "local plain, prefixes = plan[2], plan[3]\n" + _FANOUT_FILTER),
+    "  if not plan then return 0 end\n", "  if not plan then return result(0) end\n"),
+    "\nreturn dropped\n", "\nreturn result(dropped)\n")
+
+_NOTICE_PUSH = r"""
+local function push_notice(q, u, c, dl, exp, gexp, body)
+  local n = redis.call('RPUSH', q, dl .. E_TARGETS .. c .. E_FIELD_END .. body)
+  redis.call('PEXPIRE', q, exp)
+  if n == 1 then
+    redis.call('SET', u, dl, 'PX', gexp)
+    redis.call('PUBLISH', q, '')
+  end
+end
+"""
+
+_ADD_BODY = _derive(GROUP_ADD[len(_COMMON):], "\nreturn 1\n", "\n")
+assert GROUP_ADD.startswith(_COMMON)
+#: GROUP_ADD of a ``sidecar.*!`` channel in a history or presence group, which queues a notice on
+#: the channel (whatever its capacity) when the membership is new, or always with ARGV[5] '2'.
+#: KEYS: g gc gp m q u; ARGV: channel, group expiry ms, capacity, group, '1' or '2', the notice's
+#: deadline (13 digits), expiry ms, the notice's body. Returns 1 for a new membership, else 0.
+GROUP_ADD_NOTICE = _COMMON + _NOTICE_PUSH + "\nlocal was = redis.call('ZSCORE', KEYS[1], ARGV[1])\n" + _ADD_BODY \
+    + r"""
+local new = (not was) or tonumber(was) <= now
+if ARGV[5] == '2' or new then push_notice(KEYS[5], KEYS[6], c, ARGV[6], ARGV[7], gexp, ARGV[8]) end
+if new then return 1 end
+return 0
+"""
+
+#: GROUP_DISCARD of a ``sidecar.*!`` channel in a history or presence group: a notice when it was a
+#: member. KEYS: g gc gp m q u; ARGV: channel, group, the notice's deadline, expiry ms, group
+#: expiry ms, the notice's body. Returns 1 when it was a member.
+GROUP_DISCARD_NOTICE = _COMMON + _NOTICE_PUSH + "\nlocal was = redis.call('ZSCORE', KEYS[1], ARGV[1])\n" \
+    + _derive(GROUP_DISCARD, "\nreturn 1\n", "\n") + r"""
+if was and tonumber(was) > common().now_ms() then
+  push_notice(KEYS[5], KEYS[6], c, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
+  return 1
+end
+return 0
+"""
+
+# -- presence ------------------------------------------------------------------------------------
+
+#: KEYS of every presence script: pe pu po pm px pb(base); ARGV[1] the group.
+_PRESENCE = f"""
+local KEEP = {EMPTY_PRESENCE_KEEP_MS}
+""" + r"""
+local pe, pu, po, pm, px, pb = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local GROUP = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local meta = redis.call('HMGET', pm, 'v', 'm', 'ttl', 'ev', 'jl', 'max')
+local V, MODE = tonumber(meta[1]) or 0, meta[2] or 'e'
+local TTL, EVMAX, JL, MAX = tonumber(meta[3]), tonumber(meta[4]), meta[5], tonumber(meta[6])
+
+local function configure(ttl, ev, jl, max)
+  TTL, EVMAX, JL, MAX = tonumber(ttl), tonumber(ev), jl, tonumber(max)
+  redis.call('HSET', pm, 'ttl', ttl, 'ev', ev, 'jl', jl, 'max', max)
+end
+
+local function by_owner(owner) return pb .. ':' .. owner end
+local function clients() return redis.call('HLEN', pe) / 4 end
+
+local function count_user(u, d)
+  if u == '' then return end
+  if redis.call('HINCRBY', pu, u, d) <= 0 then redis.call('HDEL', pu, u) end
+end
+
+-- renew owner's lease (never shortened)
+local function lease(owner)
+  local deadline = now + TTL
+  local cur = tonumber(redis.call('ZSCORE', po, owner) or '0')
+  if cur < deadline then redis.call('ZADD', po, deadline, owner) end
+  redis.call('PEXPIRE', by_owner(owner), KEEP + TTL)
+end
+
+-- make or update an entry and renew its owner's lease: the join event (nil: nothing changed), since
+local function put(cid, owner, u, i, s)
+  local old = redis.call('HMGET', pe, 'o:' .. cid, 'u:' .. cid, 'i:' .. cid, 's:' .. cid)
+  local event
+  if not old[1] then
+    redis.call('HSET', pe, 'o:' .. cid, owner, 'u:' .. cid, u, 'i:' .. cid, i, 's:' .. cid, s)
+    redis.call('SADD', by_owner(owner), cid)
+    count_user(u, 1)
+    event = {'j', cid, u, i, s}
+  elseif old[2] ~= u or old[3] ~= i then
+    count_user(old[2], -1)
+    count_user(u, 1)
+    redis.call('HSET', pe, 'u:' .. cid, u, 'i:' .. cid, i)
+    event = {'j', cid, u, i, old[4]}
+    s = old[4]
+  else
+    s = old[4]
+  end
+  lease(owner)
+  return event, s
+end
+
+-- remove an entry (its owner loses its lease with its last entry): the leave event
+local function drop(cid)
+  local f = redis.call('HMGET', pe, 'o:' .. cid, 'u:' .. cid)
+  if not f[1] then return nil end
+  redis.call('HDEL', pe, 'o:' .. cid, 'u:' .. cid, 'i:' .. cid, 's:' .. cid)
+  redis.call('SREM', by_owner(f[1]), cid)
+  if redis.call('EXISTS', by_owner(f[1])) == 0 then redis.call('ZREM', po, f[1]) end
+  count_user(f[2], -1)
+  return {'l', cid}
+end
+
+-- the sweep index and the keys' lifetime, after any change of the leases
+local function finish()
+  local first = redis.call('ZRANGE', po, 0, 0, 'WITHSCORES')
+  if first[1] then redis.call('ZADD', px, first[2], GROUP) else redis.call('ZREM', px, GROUP) end
+  local keep = KEEP + (TTL or 0)
+  for _, k in ipairs({pe, pu, po, pm}) do redis.call('PEXPIRE', k, keep) end
+end
+
+-- count a change made of events (the mode rule of features.presence_change):
+-- {v, clients, users, mode before, join_leave, events_max, event, ...}
+local function changed(events)
+  V = V + 1
+  local c, u, before = clients(), redis.call('HLEN', pu), MODE
+  if MODE == 'e' then
+    if JL ~= '1' or c > (EVMAX or 0) then MODE = 'c' end
+  elseif JL == '1' and c < 0.8 * (EVMAX or 0) then
+    MODE = 'e'
+  end
+  redis.call('HSET', pm, 'v', V, 'm', MODE)
+  local out = {V, c, u, before, JL or '0', EVMAX or 0}
+  for _, e in ipairs(events) do out[#out + 1] = e end
+  return out
+end
+"""
+
+#: ARGV: group, ttl ms, events_max, join_leave ('1'/'0'), max_members, cid, owner, user, info, since.
+#: Returns {-1, clients} past max_members (nothing changed), else {made or changed (1/0), since,
+#: mode after, change or nothing}.
+PRESENCE_PUT = _PRESENCE + r"""
+local cid = ARGV[6]
+if redis.call('HEXISTS', pe, 'o:' .. cid) == 0 and clients() >= tonumber(ARGV[5]) then
+  return {-1, clients()}
+end
+configure(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+local event, since = put(cid, ARGV[7], ARGV[8], ARGV[9], ARGV[10])
+local change
+if event then change = changed({event}) end
+finish()
+if change then return {1, since, MODE, change} end
+return {0, since, MODE}
+"""
+
+#: ARGV: group, owner, cid, cid, ... Returns the change, or {} when nothing was removed.
+PRESENCE_REMOVE = _PRESENCE + r"""
+local events = {}
+for k = 3, #ARGV do
+  if redis.call('HGET', pe, 'o:' .. ARGV[k]) == ARGV[2] then events[#events + 1] = drop(ARGV[k]) end
+end
+if #events == 0 then return {} end
+finish()
+return changed(events)
+"""
+
+#: ARGV: group, owner. Returns 1 when the owner had a lease there (renewed), else 0.
+PRESENCE_REFRESH = _PRESENCE + r"""
+if not TTL or not redis.call('ZSCORE', po, ARGV[2]) then return 0 end
+lease(ARGV[2])
+finish()
+return 1
+"""
+
+#: ARGV: group, ttl ms, events_max, join_leave, max_members (options for a group with none stored),
+#: owner, then cid, user, info, since for each entry. Returns the change, or {}.
+PRESENCE_REASSERT = _PRESENCE + r"""
+if not TTL then configure(ARGV[2], ARGV[3], ARGV[4], ARGV[5]) end
+local owner = ARGV[6]
+local wanted = {}
+for k = 7, #ARGV, 4 do wanted[ARGV[k]] = true end
+local events = {}
+for _, cid in ipairs(redis.call('SMEMBERS', by_owner(owner))) do
+  if not wanted[cid] then events[#events + 1] = drop(cid) end
+end
+for k = 7, #ARGV, 4 do
+  local cid = ARGV[k]
+  local cur = redis.call('HGET', pe, 'o:' .. cid)
+  if cur and cur ~= owner then
+    cur = nil  -- another owner's (cannot happen for real conn_ids: they name one channel)
+  elseif not cur and clients() >= MAX then
+    cur = nil  -- full: left out
+  else
+    local event = put(cid, owner, ARGV[k + 1], ARGV[k + 2], ARGV[k + 3])
+    if event then events[#events + 1] = event end
+  end
+end
+finish()
+if #events == 0 then return {} end
+return changed(events)
+"""
+
+#: ARGV: group. Removes every entry of the owners whose lease passed; the change, or {}.
+PRESENCE_SWEEP = _PRESENCE + r"""
+local events = {}
+for _, owner in ipairs(redis.call('ZRANGEBYSCORE', po, '-inf', now)) do
+  for _, cid in ipairs(redis.call('SMEMBERS', by_owner(owner))) do
+    local event = drop(cid)
+    if event then events[#events + 1] = event end
+  end
+  redis.call('ZREM', po, owner)
+  redis.call('DEL', by_owner(owner))
+end
+finish()
+if #events == 0 then return {} end
+return changed(events)
+"""
+
+#: ARGV: group. Returns {the entries' fields (HGETALL), the owners whose lease has not passed}.
+PRESENCE_LIST = _PRESENCE + r"""
+return {redis.call('HGETALL', pe), redis.call('ZRANGEBYSCORE', po, '(' .. now, '+inf')}
+"""
+
+#: KEYS: pe pu. Returns {clients, users}.
+PRESENCE_COUNTS = r"""
+return {redis.call('HLEN', KEYS[1]) / 4, redis.call('HLEN', KEYS[2])}
+"""

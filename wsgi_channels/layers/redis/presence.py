@@ -1,0 +1,177 @@
+"""Presence on the Redis layer (issue 19): entries, leases, sweeps and changes, one script per step.
+
+A presence group lives on the group's own shard (keys in :mod:`.feature_scripts`). Each step
+(an add, a removal, a refresh, a reassertion, a sweep) is one script, so it is atomic for every
+process: of several sweepers racing, exactly one removes a lapsed owner's entries and makes their
+leaves. The script applies the change rule of :func:`..features.presence_change` (the mode
+stored with the group) and returns what changed; this process then sends the change to the
+group's ``sidecar.*!`` members (one fan-out on every shard, :meth:`_send_group_internal`).
+
+Leases are deadlines on the Redis clock (``TIME`` inside the scripts), so processes with
+drifting clocks agree on whose lease passed. ``P:px:{presence}`` indexes each group by its
+earliest lease: a sweep looks only at groups with a lapsed owner.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+from redis.exceptions import ResponseError
+
+from ... import exceptions as exc
+from ...presence import conn_id
+from ...serialization import decode
+from ..names import non_local_name, validate_group_name
+from ..features import PresenceChange, PresenceEntry, PresenceOptions, check_entries, presence_change
+from . import feature_scripts as fs
+from .connection import Script, packed
+from .history import unavailable
+
+__all__ = ["PresenceMixin"]
+
+_PUT = Script(fs.PRESENCE_PUT)
+_REMOVE = Script(fs.PRESENCE_REMOVE)
+_REFRESH = Script(fs.PRESENCE_REFRESH)
+_REASSERT = Script(fs.PRESENCE_REASSERT)
+_SWEEP = Script(fs.PRESENCE_SWEEP)
+_LIST = Script(fs.PRESENCE_LIST)
+_COUNTS = Script(fs.PRESENCE_COUNTS)
+
+#: The name of the sweep index on each shard (``P:px:{presence}``; in each Cluster bucket ``P:px:{T}presence``).
+INDEX = "presence"
+
+
+def _user(user: Optional[str]) -> str:
+    return "" if user is None else "+" + user
+
+
+def _unuser(stored: bytes) -> Optional[str]:
+    return stored[1:].decode() if stored else None
+
+
+def _options_args(options: PresenceOptions) -> tuple:
+    return (int(options.ttl * 1000), options.events_max, "1" if options.join_leave else "0", options.max_members)
+
+
+class PresenceMixin:
+    """Presence of :class:`~.layer.RedisChannelLayer`."""
+
+    def _presence_keys(self, group: str) -> tuple[Any, tuple[bytes, ...]]:
+        shard = self._feature_shard(group)  # type: ignore[attr-defined]
+        key = shard.key
+        return shard, (key("pe", group), key("pu", group), key("po", group), key("pm", group), key("px", INDEX),
+                       key("pb", group))
+
+    def _presence_script(self, what: str, group: str, script: Script, args: Sequence[Any]) -> Any:
+        shard, keys = self._presence_keys(group)
+        return self._run(what, shard, script, keys, (group,) + tuple(args))  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _event(raw: list) -> list:
+        if raw[0] == b"l":
+            return ["l", raw[1].decode()]
+        return ["j", raw[1].decode(), _unuser(raw[2]), decode(raw[3])["i"], int(float(raw[4]) * 1000)]
+
+    def _changed(self, group: str, reply: list) -> tuple[PresenceChange, Optional[PresenceChange]]:
+        """(the change, what the sidecars get or None) of a script's change reply."""
+        v, clients, users, before, join_leave, events_max = reply[:6]
+        events = [self._event(raw) for raw in reply[6:]]
+        _, change, sent = presence_change(group, int(v), int(clients), int(users), before.decode(),
+                                          join_leave == b"1", int(events_max), events)
+        return change, sent
+
+    def _presence_send(self, group: str, reply: list) -> Optional[PresenceChange]:
+        """Send the change of a script's reply ({}: none) to the group's sidecars; return it."""
+        if not reply:
+            return None
+        change, sent = self._changed(group, reply)
+        if sent is not None:
+            self._send_group_internal(group, sent.message())  # type: ignore[attr-defined]
+        return change
+
+    def _presence_put(self, group: str, options: PresenceOptions, channel: str, user: Optional[str],
+                      info: bytes) -> tuple[bool, dict, Optional[tuple[PresenceChange, Optional[PresenceChange]]]]:
+        """Make or update ``channel``'s entry: (made or changed, the notice's ``p``, the change not sent yet)."""
+        cid = conn_id(channel)
+        reply = self._presence_script(f"a presence entry in {group!r}", group, _PUT,
+                                      _options_args(options) + (cid, non_local_name(channel), _user(user), info,
+                                                                repr(time.time())))
+        if reply[0] == -1:
+            raise exc.PresenceFull(f"group {group!r} has {reply[1]} presence entries (max_members "
+                                   f"{options.max_members} of {options.pattern!r}): not added")
+        since = float(reply[1])
+        notice = {"id": cid, "ttl": options.ttl, "ev": options.events_max, "m": reply[2].decode(), "u": user,
+                  "i": decode(info)["i"], "s": since}
+        return bool(reply[0]), notice, self._changed(group, reply[3]) if len(reply) > 3 else None
+
+    def _presence_entries(self, group: str) -> dict[str, PresenceEntry]:
+        validate_group_name(group)
+        fields, live = self._presence_script(f"the presence of {group!r}", group, _LIST, ())
+        live_owners = set(live)
+        flat = dict(zip(fields[::2], fields[1::2]))
+        found: dict[str, PresenceEntry] = {}
+        for name, owner in flat.items():
+            if not name.startswith(b"o:") or owner not in live_owners:
+                continue
+            cid = name[2:]
+            found[cid.decode()] = {"user": _unuser(flat.get(b"u:" + cid, b"")),
+                                   "info": decode(flat[b"i:" + cid])["i"], "since": float(flat[b"s:" + cid])}
+        return found
+
+    def _presence_counts(self, group: str) -> dict[str, int]:
+        validate_group_name(group)
+        shard, keys = self._presence_keys(group)
+        clients, users = self._run(f"the presence counts of {group!r}", shard, _COUNTS,  # type: ignore[attr-defined]
+                                   keys[:2], ())
+        return {"clients": int(clients), "users": int(users)}
+
+    def presence_refresh(self, owner: str, groups: Sequence[str]) -> list[bool]:
+        by_shard: dict[Any, list] = {}
+        for i, group in enumerate(groups):
+            shard, keys = self._presence_keys(group)
+            by_shard.setdefault(shard, []).append(
+                (i, packed("EVALSHA", _REFRESH.sha, len(keys), *keys, group, owner)))
+        found = [False] * len(groups)
+        for shard, items in by_shard.items():
+            replies = shard.pipeline([payload for _, payload in items], _REFRESH)
+            for (i, _), reply in zip(items, replies):
+                if isinstance(reply, Exception):
+                    raise unavailable("a presence refresh", reply)
+                found[i] = bool(reply)
+        return found
+
+    def presence_remove(self, group: str, owner: str, conn_ids: Sequence[str]) -> Optional[PresenceChange]:
+        validate_group_name(group)
+        conn_ids = list(conn_ids)
+        if not conn_ids:
+            return None
+        reply = self._presence_script(f"a presence removal in {group!r}", group, _REMOVE, [owner] + conn_ids)
+        return self._presence_send(group, reply)
+
+    def presence_reassert(self, owner: str, group: str,
+                          entries: Mapping[str, Mapping[str, Any]]) -> Optional[PresenceChange]:
+        validate_group_name(group)
+        checked = check_entries(entries)
+        options = self.presence_options(group) or PresenceOptions()  # type: ignore[attr-defined]
+        args: list[Any] = list(_options_args(options)) + [owner]
+        for cid, (user, info, since) in checked.items():
+            args += [cid, _user(user), info, repr(since)]
+        reply = self._presence_script(f"a presence reassertion in {group!r}", group, _REASSERT, args)
+        return self._presence_send(group, reply)
+
+    def presence_sweep(self, limit: int = 32) -> list[PresenceChange]:
+        changes: list[PresenceChange] = []
+        for shard in self._shards:  # type: ignore[attr-defined]
+            try:
+                due = shard.execute("ZRANGEBYSCORE", shard.key("px", INDEX), "-inf", shard.now_ms(), "LIMIT", 0, limit)
+            except ResponseError as e:
+                raise unavailable("a presence sweep", e) from e
+            for raw in due:
+                group = raw.decode()
+                change = self._presence_send(group, self._presence_script(
+                    f"a presence sweep of {group!r}", group, _SWEEP, ()))
+                if change is not None:
+                    changes.append(change)
+                    if len(changes) >= limit:
+                        return changes
+        return changes
