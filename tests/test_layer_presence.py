@@ -5,6 +5,7 @@ presence ttl), so the tests about lapsed owners wait that long once each.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -242,8 +243,22 @@ def test_three_racing_sweepers_make_exactly_one_leave_per_entry(feature_layer):
         layer.group_add("hall.s", dead[i % 3] + f"c{i}", presence={"user": f"u{i % 50}"})
     drain(layer, [observer] + dead)
     time.sleep(5.2)
-    layer.presence_refresh(observer, ["hall.s"])  # the observer's own lease stays
-    results = sweep_concurrently(feature_layer, layer, PRES, sweepers=3)
+    # The observer is a live owner: it renews its lease while the sweepers race, as a sidecar does
+    # (sweeper processes starting slowly on a loaded machine must not outlive its ttl).
+    layer.presence_refresh(observer, ["hall.s"])
+    sweeping = threading.Event()
+
+    def keep_alive() -> None:
+        while not sweeping.wait(0.5):
+            layer.presence_refresh(observer, ["hall.s"])
+
+    keeper = threading.Thread(target=keep_alive, daemon=True)
+    keeper.start()
+    try:
+        results = sweep_concurrently(feature_layer, layer, PRES, sweepers=3)
+    finally:
+        sweeping.set()
+        keeper.join(10)
     removed = [cid for one in results for cid in one]
     assert len(removed) == 300 and len(set(removed)) == 300, [len(r) for r in results]
     assert set(removed) == {conn_id(dead[i % 3] + f"c{i}") for i in range(300)}
