@@ -33,7 +33,7 @@ Sections (``all`` runs the first three; ``storm`` is separate, it starts process
 redis-server. The script adds its own ``group_history``/``group_presence`` patterns to the URL.
 
     python benchmarks/history_presence.py all [--layer URL] [--json PATH]
-    python benchmarks/history_presence.py storm --sockets 1000 --rate 20 [--layer URL] [--json PATH]
+    python benchmarks/history_presence.py storm [--sockets 1000,200 --rate 20,100] [--no-resume] [--layer URL]
 
 Figures from a 2-core machine shared with other work, clients on the same machine: read the
 ratios and the counts; timings move with the machine's load. Nothing here asserts.
@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import shutil
 import sqlite3
 import statistics
 import sys
@@ -332,8 +333,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--payload", type=int, default=100, help="memory: bytes of text per message")
     parser.add_argument("--big", type=int, default=100_000, help="presence: the largest group (100, 10000, 100000)")
     parser.add_argument("--reads", type=int, default=300, help="presence: timed reads per figure")
-    parser.add_argument("--sockets", type=int, default=1000, help="storm: WebSocket clients")
-    parser.add_argument("--rate", type=float, default=20.0, help="storm: messages/s published to their group")
+    parser.add_argument("--sockets", default="1000,200", help="storm: WebSocket clients (a comma list: one storm each)")
+    parser.add_argument("--rate", default="20,100", help="storm: messages/s published to their group (a comma "
+                                                          "list, paired with --sockets)")
+    parser.add_argument("--no-resume", action="store_true", help="storm: the clients reconnect without positions "
+                                                                  "(the baseline: what they miss counts as gaps)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (store, logs)")
     parser.add_argument("--down", type=float, default=2.0, help="storm: seconds the sidecar stays dead")
     parser.add_argument("--after", type=float, default=15.0, help="storm: seconds of publishing after the restart")
     parser.add_argument("--client-procs", type=int, default=2, help="storm: client processes")
@@ -351,15 +356,23 @@ def main(argv: list[str] | None = None) -> int:
             results["memory"] = bench_memory(url, args.messages, args.payload)
         if args.section in ("all", "presence"):
             results["presence"] = bench_presence(url, args.big, args.reads)
-        if args.section == "storm":
+        if args.section == "storm" or (args.section == "all" and scheme(url) != "memory"):
             if scheme(url) == "memory":
                 parser.error("storm needs a layer several processes share: ipc:// or redis://")
             from _storm import run_storm
 
-            results["storm"] = run_storm(url, tmp, args)
+            sockets = [int(v) for v in args.sockets.split(",")]
+            rates = [float(v) for v in args.rate.split(",")]
+            if len(sockets) != len(rates):
+                parser.error(f"--sockets has {len(sockets)} values and --rate {len(rates)}: give as many of each")
+            results["storm"] = [run_storm(url, tmp, n, r, not args.no_resume, args) for n, r in zip(sockets, rates)]
     finally:
         if server is not None:
             server.stop()
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     _results.write(args.json, "history_presence", results)
     return 0
 
