@@ -1,6 +1,6 @@
 """Group history and presence (issues 18 and 19): what they cost, and a sidecar kill-restart storm.
 
-Sections (``all`` runs the first three; ``storm`` is separate, it starts processes):
+Sections (``all`` runs them all, but ``storm`` on ``memory://``):
 
 ``send``
     ``Group.send()`` p50/p99 to a group of 10 and of 100 members, with history (a
@@ -28,12 +28,13 @@ Sections (``all`` runs the first three; ``storm`` is separate, it starts process
     whole run (every offset exactly once, in order: duplicates, gaps, ``gap`` frames).
     Target (issue 18): 10,000 sockets, 100 msg/s, caught up within 10 s.
 
-``--layer URL``: ``ipc://PATH`` (default: a new store in a temporary directory), ``memory://``
+``--layer URL``: ``ipc://PATH`` (default: a new store per section in a temporary directory), ``memory://``
 (not for ``storm``: it needs processes), ``redis://...``, or ``redis`` to start a throwaway
 redis-server. The script adds its own ``group_history``/``group_presence`` patterns to the URL.
 
     python benchmarks/history_presence.py all [--layer URL] [--json PATH]
-    python benchmarks/history_presence.py storm [--sockets 1000,200 --rate 20,100] [--no-resume] [--layer URL]
+    python benchmarks/history_presence.py storm [--sockets 1000,200 --rate 20,100] [--no-resume | --baseline]
+                                        [--layer URL]
 
 Figures from a 2-core machine shared with other work, clients on the same machine: read the
 ratios and the counts; timings move with the machine's load. Nothing here asserts.
@@ -338,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                                                           "list, paired with --sockets)")
     parser.add_argument("--no-resume", action="store_true", help="storm: the clients reconnect without positions "
                                                                   "(the baseline: what they miss counts as gaps)")
+    parser.add_argument("--baseline", action="store_true", help="storm: also run each storm with clients that "
+                                                                 "reconnect without positions, after it")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (store, logs)")
     parser.add_argument("--down", type=float, default=2.0, help="storm: seconds the sidecar stays dead")
     parser.add_argument("--after", type=float, default=15.0, help="storm: seconds of publishing after the restart")
@@ -346,16 +349,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="hist-bench-")
     url, server = base_layer(args.layer, tmp)
-    url = with_features(url)
     print(f"layer: {url.split('?')[0]}; machine: {_results.machine()}")
     results: dict = {"layer": scheme(url)}
+
+    def section(name: str) -> str:
+        """The layer URL of one section: a store of its own on the default ``ipc://``, the throwaway
+        Redis flushed; a layer given by URL is shared (what one section leaves, such as presence
+        entries the storm's sidecar then sweeps, weighs on the next)."""
+        if not args.layer:
+            return with_features(f"ipc://{os.path.join(tmp, name + '.db')}")
+        if server is not None:
+            layer = from_url(url)
+            layer.flush()
+            layer.close()
+        return with_features(url)
+
     try:
         if args.section in ("all", "send"):
-            results["send"] = bench_send(url, args.sends)
+            results["send"] = bench_send(section("send"), args.sends)
         if args.section in ("all", "memory"):
-            results["memory"] = bench_memory(url, args.messages, args.payload)
+            results["memory"] = bench_memory(section("memory"), args.messages, args.payload)
         if args.section in ("all", "presence"):
-            results["presence"] = bench_presence(url, args.big, args.reads)
+            results["presence"] = bench_presence(section("presence"), args.big, args.reads)
         if args.section == "storm" or (args.section == "all" and scheme(url) != "memory"):
             if scheme(url) == "memory":
                 parser.error("storm needs a layer several processes share: ipc:// or redis://")
@@ -365,7 +380,12 @@ def main(argv: list[str] | None = None) -> int:
             rates = [float(v) for v in args.rate.split(",")]
             if len(sockets) != len(rates):
                 parser.error(f"--sockets has {len(sockets)} values and --rate {len(rates)}: give as many of each")
-            results["storm"] = [run_storm(url, tmp, n, r, not args.no_resume, args) for n, r in zip(sockets, rates)]
+            modes = [not args.no_resume] + ([False] if args.baseline and not args.no_resume else [])
+            results["storm"] = []
+            for i, (n, r) in enumerate(zip(sockets, rates)):
+                for mode in modes:
+                    store = f"storm{i}" + ("" if mode else "-baseline")
+                    results["storm"].append(run_storm(section(store), tmp, n, r, mode, args))
     finally:
         if server is not None:
             server.stop()
