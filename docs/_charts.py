@@ -217,6 +217,11 @@ def history_presence(doc: dict) -> Any:
 # -- the notes the page includes ----------------------------------------------------------------
 
 
+def _secs(value: float | None) -> str:
+    """Seconds as the notes print them; ``-`` when the run had none (no client got there)."""
+    return "-" if value is None else f"{value:.1f} s"
+
+
 def _summary(doc: dict) -> str:
     res = doc["results"]
     name = doc["benchmark"]
@@ -278,7 +283,7 @@ def _summary(doc: dict) -> str:
                      "| duplicates | gaps | `gap` frames |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
             for s in storms:
                 text += (f"| {s['connected']:,} | {s['rate']:g} | {'with positions' if s.get('resume') else 'no positions'}"
-                         f" | {s['caught_up_p50_s']:.1f} s | {s['caught_up_p99_s']:.1f} s | {s['within_10s']:,} | "
+                         f" | {_secs(s['caught_up_p50_s'])} | {_secs(s['caught_up_p99_s'])} | {s['within_10s']:,} | "
                          f"{s['received']:,} of {s['expected']:,} | {s['replayed']:,} | {s['dups']} | {s['gaps']:,} | "
                          f"{s['gap_frames']} |\n")
             text += ("\n(Without positions the clients miss what was published while they were away: those are "
