@@ -78,6 +78,8 @@ class Follower:
                 self.recovered_at = now
             elif kind == "gap":
                 self.gap_frames += 1
+                why = str(body.get("why"))
+                self.failures["gap:" + why] = self.failures.get("gap:" + why, 0) + 1
             return
         offset, self.pending = self.pending, None
         if offset is None:

@@ -199,7 +199,8 @@ def report(summaries: list, sockets: int, rate: float, args, publisher, top: int
     for s in summaries:
         for k, v in s["failures"].items():
             failures[k] = failures.get(k, 0) + v
-    res["handshake_failures"] = failures
+    res["handshake_failures"] = {k: v for k, v in failures.items() if not k.startswith("gap:")}
+    res["gap_reasons"] = {k[4:]: v for k, v in failures.items() if k.startswith("gap:")}
     print(f"sidecar dead {dead_s:.2f} s (SIGKILL to listening again); {publisher.sent:,} published "
           f"(top offset {top:,}), {publisher.late} sends late, errors {publisher.errors or 'none'}")
     print(f"{'sockets':>8} {'msg/s':>6} {'reconnected':>12} {'recovered':>10} {'caught up':>10} {'<=10 s':>7} "
@@ -212,5 +213,6 @@ def report(summaries: list, sockets: int, rate: float, args, publisher, top: int
               f"{(max(values) if values else float('nan')):>7.2f}")
     print(f"messages received {res['received']:,} of {expected:,} expected (each client: first to last offset), "
           f"{res['replayed']:,} of them replayed from history; "
-          f"handshake failures while down/reconnecting: {failures or 'none'}")
+          f"handshake failures while down/reconnecting: {res['handshake_failures'] or 'none'}; "
+          f"gap frames by reason: {res['gap_reasons'] or 'none'}")
     return res
