@@ -3,7 +3,8 @@
 Each client opts in (``_wsc=1``) on ``/ws/<group>``, reads control frames (text frames starting
 with NUL, docs/protocol.md "Resume and presence frames"), and follows the group's offsets: the
 ``h`` frame before each message gives its offset, so it counts duplicates (an offset at or below
-the last one it had) and gaps (an offset more than one above it). When its connection ends it
+the last one it had) and gaps (an offset more than one above it), and among the gaps the silent
+ones: no ``gap`` frame came before them. When its connection ends it
 reconnects every 100-300 ms (random, as browsers' back-off does) with
 ``_wsc_r=<group>:<epoch>:<last offset>`` until the server answers 101.
 
@@ -44,7 +45,7 @@ from _wsclients import mask_frame, open_client, raise_nofile  # noqa: E402
 class Follower:
     __slots__ = ("path", "group", "client", "epoch", "last", "first", "received", "dups", "gaps", "gap_frames",
                  "recovered", "recovered_at", "reconnected_at", "lost_at", "attempts", "after", "epochs",
-                 "pending", "failures", "closed", "resume", "replayed")
+                 "pending", "failures", "closed", "resume", "replayed", "announced", "silent")
 
     def __init__(self, path: tuple, group: str, resume: bool = True) -> None:
         self.path, self.group, self.resume = path, group, resume
@@ -62,6 +63,8 @@ class Follower:
         self.failures: dict = {}
         self.closed = False
         self.replayed = 0  # the "n" of the recovered frames: messages replayed from history
+        self.announced = False  # a gap frame came since the last message
+        self.silent = 0  # offsets skipped without a gap frame before them: a hole nobody was told of
 
     def handle(self, text: str, now: float) -> None:
         if text.startswith("\x00") and not text.startswith("\x00\x00"):
@@ -78,6 +81,7 @@ class Follower:
                 self.recovered_at = now
             elif kind == "gap":
                 self.gap_frames += 1
+                self.announced = True
                 why = str(body.get("why"))
                 self.failures["gap:" + why] = self.failures.get("gap:" + why, 0) + 1
             return
@@ -93,6 +97,9 @@ class Follower:
             return
         elif offset > self.last + 1:
             self.gaps += offset - self.last - 1
+            if not self.announced:
+                self.silent += offset - self.last - 1
+        self.announced = False
         self.last = offset
         if self.reconnected_at is not None:
             self.after.append((data["t"], now))
@@ -145,7 +152,8 @@ class Follower:
     def summary(self, t_listen: float) -> dict:
         caught = next((arrival for t, arrival in self.after if t >= t_listen), None)
         return {"first": self.first, "last": self.last, "received": self.received, "dups": self.dups,
-                "gaps": self.gaps, "gap_frames": self.gap_frames, "recovered": self.recovered, "replayed": self.replayed,
+                "gaps": self.gaps, "silent_gaps": self.silent, "gap_frames": self.gap_frames,
+                "recovered": self.recovered, "replayed": self.replayed,
                 "epoch_changes": len(self.epochs), "attempts": self.attempts, "failures": self.failures,
                 "reconnect_s": (self.reconnected_at - t_listen) if self.reconnected_at else None,
                 "recovered_s": (self.recovered_at - t_listen) if self.recovered_at else None,

@@ -111,7 +111,8 @@ def run_storm(url: str, tmp: str, sockets: int, rate: float, resume: bool, args)
         for n in per:
             clients.append(subprocess.Popen(
                 [sys.executable, os.path.join(HERE, "_resume_clients.py"), "--port", str(port), "--group", group,
-                 "--count", str(n)] + ([] if resume else ["--no-resume"]), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=HERE, env=env))
+                 "--count", str(n)] + ([] if resume else ["--no-resume"]),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=HERE, env=env))
         connected = 0
         for c in clients:
             line = c.stdout.readline()  # type: ignore[union-attr]
@@ -188,6 +189,7 @@ def report(summaries: list, sockets: int, rate: float, args, publisher, top: int
         "replayed": sum(s["replayed"] for s in summaries),
         "dups": sum(s["dups"] for s in summaries), "gaps": sum(s["gaps"] for s in summaries),
         "gap_frames": sum(s["gap_frames"] for s in summaries),
+        "silent_gaps": sum(s.get("silent_gaps", 0) for s in summaries),
         "epoch_changes": sum(s["epoch_changes"] for s in summaries),
         "reconnect_p50_s": pct(recon, 0.5), "reconnect_p99_s": pct(recon, 0.99),
         "recovered_p50_s": pct(recov, 0.5), "recovered_p99_s": pct(recov, 0.99),
@@ -204,7 +206,7 @@ def report(summaries: list, sockets: int, rate: float, args, publisher, top: int
     print(f"sidecar dead {dead_s:.2f} s (SIGKILL to listening again); {publisher.sent:,} published "
           f"(top offset {top:,}), {publisher.late} sends late, errors {publisher.errors or 'none'}")
     print(f"{'sockets':>8} {'msg/s':>6} {'reconnected':>12} {'recovered':>10} {'caught up':>10} {'<=10 s':>7} "
-          f"{'complete':>9} {'dups':>5} {'gaps':>5} {'gap frames':>11}")
+          f"{'complete':>9} {'dups':>5} {'gaps':>5} {'silent':>6} {'gap frames':>11}")
     print(f"{connected:>8,} {rate:>6g} {len(recon):>12,} {res['recovered_frames']:>10,} {len(caught):>10,} "
           f"{res['within_10s']:>7,} {len(complete):>9,} {res['dups']:>5} {res['gaps']:>5} {res['gap_frames']:>11}")
     print(f"{'from listening again to':<32} {'p50 s':>7} {'p99 s':>7} {'max s':>7}")

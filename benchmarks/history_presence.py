@@ -351,6 +351,15 @@ def main(argv: list[str] | None = None) -> int:
     url, server = base_layer(args.layer, tmp)
     print(f"layer: {url.split('?')[0]}; machine: {_results.machine()}")
     results: dict = {"layer": scheme(url)}
+    try:
+        from_url(with_features(url)).close()
+    except Exception as e:  # a backend without history or presence yet
+        if server is not None:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"the layer {url.split('?')[0]} refused the history/presence options this script adds "
+              f"({FEATURES}): {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
 
     def section(name: str) -> str:
         """The layer URL of one section: a store of its own on the default ``ipc://``, the throwaway

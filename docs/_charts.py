@@ -282,8 +282,9 @@ def _summary(doc: dict) -> str:
             text += ("\n\n| sockets | msg/s | reconnect | caught up p50 | p99 | within 10 s | messages | replayed "
                      "| duplicates | gaps | `gap` frames |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
             for s in storms:
-                text += (f"| {s['connected']:,} | {s['rate']:g} | {'with positions' if s.get('resume') else 'no positions'}"
-                         f" | {_secs(s['caught_up_p50_s'])} | {_secs(s['caught_up_p99_s'])} | {s['within_10s']:,} | "
+                mode = "with positions" if s.get("resume") else "no positions"
+                text += (f"| {s['connected']:,} | {s['rate']:g} | {mode} | {_secs(s['caught_up_p50_s'])} | "
+                         f"{_secs(s['caught_up_p99_s'])} | {s['within_10s']:,} | "
                          f"{s['received']:,} of {s['expected']:,} | {s['replayed']:,} | {s['dups']} | {s['gaps']:,} | "
                          f"{s['gap_frames']} |\n")
             text += ("\n(Without positions the clients miss what was published while they were away: those are "
