@@ -208,7 +208,8 @@ def report(summaries: list, sockets: int, rate: float, args, publisher, top: int
     print(f"{'sockets':>8} {'msg/s':>6} {'reconnected':>12} {'recovered':>10} {'caught up':>10} {'<=10 s':>7} "
           f"{'complete':>9} {'dups':>5} {'gaps':>5} {'silent':>6} {'gap frames':>11}")
     print(f"{connected:>8,} {rate:>6g} {len(recon):>12,} {res['recovered_frames']:>10,} {len(caught):>10,} "
-          f"{res['within_10s']:>7,} {len(complete):>9,} {res['dups']:>5} {res['gaps']:>5} {res['gap_frames']:>11}")
+          f"{res['within_10s']:>7,} {len(complete):>9,} {res['dups']:>5} {res['gaps']:>5} {res['silent_gaps']:>6} "
+          f"{res['gap_frames']:>11}")
     print(f"{'from listening again to':<32} {'p50 s':>7} {'p99 s':>7} {'max s':>7}")
     for label, values in (("reconnected (101)", recon), ("'recovered' frame", recov), ("caught up", caught)):
         print(f"{label:<32} {pct(values, 0.5):>7.2f} {pct(values, 0.99):>7.2f} "

@@ -217,8 +217,11 @@ def timed(fn, n: int) -> list[float]:
     return out
 
 
-def count_commands(layer, kind: str, fn) -> float | None:
-    """Commands (Redis) or SQL statements (ipc) ``fn`` makes; None when not countable."""
+def count_commands(layer, kind: str, fn) -> tuple[int, int | None] | None:
+    """``(commands, scripts)`` ``fn`` makes: on Redis every command ``INFO commandstats`` counts (those
+    run inside scripts too) and the script calls among them (EVAL/EVALSHA/FCALL: one round trip
+    each); on ``ipc://`` the SQL statements (BEGIN and COMMIT included) and None; None when not
+    countable."""
     if kind == "ipc":
         counted = [0]
         with layer._connection() as conn:  # the pool hands this thread the same connection back
@@ -228,17 +231,19 @@ def count_commands(layer, kind: str, fn) -> float | None:
         finally:
             with layer._connection() as conn:
                 conn.set_trace_callback(None)
-        return counted[0]
+        return counted[0], None
     if kind == "redis":
         import redis
 
         client = redis.Redis.from_url(redis_url(layer))
-        calls = lambda: sum(v["calls"] for v in client.info("commandstats").values())  # noqa: E731
-        before = calls()
+        before = client.info("commandstats")
         fn()
-        after = calls()
+        after = client.info("commandstats")
         client.close()
-        return after - before - 1  # the INFO itself
+        delta = {k: v["calls"] - before.get(k, {}).get("calls", 0) for k, v in after.items()}
+        delta["cmdstat_info"] = delta.get("cmdstat_info", 0) - 1  # the first INFO itself
+        scripts = sum(v for k, v in delta.items() if k.split("_", 1)[1].split("|")[0] in ("eval", "evalsha", "fcall"))
+        return (sum(delta.values()), scripts)
     return None
 
 
@@ -277,16 +282,18 @@ def bench_presence(url: str, big: int, reads: int) -> dict:
         groups.append(name)
     drain(layer, [owner])
     refresh = []
-    print(f"{'groups':>7} {'refresh p50 us':>15} {'per group us':>13} {'commands':>9} {'per group':>10}  "
-          f"presence_refresh(owner, groups)")
+    print(f"{'groups':>7} {'refresh p50 us':>15} {'per group us':>13} {'commands':>9} {'per group':>10} "
+          f"{'scripts':>8}  presence_refresh(owner, groups); Redis commands include those inside scripts")
     for n in (1, 20):
         t = timed(lambda: layer.presence_refresh(owner, groups[:n]), reads)
-        cmds = count_commands(layer, kind, lambda: layer.presence_refresh(owner, groups[:n]))
+        counted = count_commands(layer, kind, lambda: layer.presence_refresh(owner, groups[:n]))
+        cmds, scripts = counted if counted is not None else (None, None)
         row = {"groups": n, "p50_s": pct(t, 0.5), "per_group_s": pct(t, 0.5) / n, "commands": cmds,
-               "commands_per_group": (cmds / n) if cmds is not None else None}
+               "commands_per_group": (cmds / n) if cmds is not None else None, "scripts": scripts}
         refresh.append(row)
         print(f"{n:>7} {us(row['p50_s']):>15} {us(row['per_group_s']):>13} "
-              f"{cmds if cmds is not None else '-':>9} {row['commands_per_group'] or '-':>10}")
+              f"{cmds if cmds is not None else '-':>9} {row['commands_per_group'] or '-':>10} "
+              f"{scripts if scripts is not None else '-':>8}")
     out["refresh"] = refresh
     out["refresh_unit"] = {"ipc": "SQL statements", "redis": "Redis commands"}.get(kind, "-")
     layer.close()
