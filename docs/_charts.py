@@ -280,15 +280,15 @@ def _summary(doc: dict) -> str:
         storms = res.get("storm", [])
         if storms:
             text += ("\n\n| sockets | msg/s | reconnect | caught up p50 | p99 | within 10 s | messages | replayed "
-                     "| duplicates | gaps | `gap` frames |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+                     "| duplicates | gaps | of them silent | `gap` frames |\n" + "|---" * 12 + "|\n")
             for s in storms:
                 mode = "with positions" if s.get("resume") else "no positions"
                 text += (f"| {s['connected']:,} | {s['rate']:g} | {mode} | {_secs(s['caught_up_p50_s'])} | "
                          f"{_secs(s['caught_up_p99_s'])} | {s['within_10s']:,} | "
                          f"{s['received']:,} of {s['expected']:,} | {s['replayed']:,} | {s['dups']} | {s['gaps']:,} | "
-                         f"{s['gap_frames']} |\n")
-            text += ("\n(Without positions the clients miss what was published while they were away: those are "
-                     "its gaps.)")
+                         f"{s['silent_gaps']:,} | {s['gap_frames']} |\n")
+            text += ("\n(A gap is an offset a client never got; a silent one came without a `gap` frame before "
+                     "it. Without positions the clients miss, silently, what was published while they were away.)")
         return text
     return ""
 
