@@ -16,7 +16,8 @@ Sections (``all`` runs them all, but ``storm`` on ``memory://``):
     ``group_presence()`` of 1,000 members (on 3 sidecar prefixes) p50/p99 (target: p99 < 5 ms),
     ``group_presence_stats()`` at 100, 10,000 and 100,000 members (should be flat), and the cost
     of the sidecar's lease refresh per (sidecar, group): time per group, and the commands it
-    makes (Redis: ``INFO commandstats`` delta; ``ipc://``: SQL statements).
+    makes (Redis: ``INFO commandstats`` delta, which counts the commands run inside scripts too,
+    and the script calls among them; ``ipc://``: SQL statements, BEGIN and COMMIT included).
 ``storm``
     ``--sockets`` opted-in WebSocket clients (``_wsc=1``, gevent, raw RFC 6455,
     ``_resume_clients.py``) on one real sidecar process with a worker (``tests/resume_app.py``)
@@ -25,12 +26,13 @@ Sections (``all`` runs them all, but ``storm`` on ``memory://``):
     with their ``_wsc_r`` positions. Per client: the time from the sidecar listening again to
     being caught up (having every message published before that moment: the first arrival of a
     message published at or after it, all earlier offsets having come), and the counts over the
-    whole run (every offset exactly once, in order: duplicates, gaps, ``gap`` frames).
-    Target (issue 18): 10,000 sockets, 100 msg/s, caught up within 10 s.
+    whole run (every offset exactly once, in order: duplicates, gaps, silent gaps - those no
+    ``gap`` frame announced -, ``gap`` frames by reason). ``--baseline`` runs each storm again with
+    clients that reconnect without positions. Target (issue 18): 10,000 sockets, 100 msg/s, caught up within 10 s.
 
-``--layer URL``: ``ipc://PATH`` (default: a new store per section in a temporary directory), ``memory://``
-(not for ``storm``: it needs processes), ``redis://...``, or ``redis`` to start a throwaway
-redis-server. The script adds its own ``group_history``/``group_presence`` patterns to the URL.
+``--layer URL``: ``ipc://PATH`` (default: a new store per section in a temporary directory),
+``memory://`` (not for ``storm``: it needs processes), ``redis://...``, or ``redis`` to start a
+throwaway redis-server (``$WSGI_CHANNELS_REDIS6`` if set), flushed between sections. The script adds its own ``group_history``/``group_presence`` patterns to the URL.
 
     python benchmarks/history_presence.py all [--layer URL] [--json PATH]
     python benchmarks/history_presence.py storm [--sockets 1000,200 --rate 20,100] [--no-resume | --baseline]
