@@ -32,11 +32,12 @@ Sections (``all`` runs them all, but ``storm`` on ``memory://``):
 
 ``--layer URL``: ``ipc://PATH`` (default: a new store per section in a temporary directory),
 ``memory://`` (not for ``storm``: it needs processes), ``redis://...``, or ``redis`` to start a
-throwaway redis-server (``$WSGI_CHANNELS_REDIS6`` if set), flushed between sections. The script adds its own ``group_history``/``group_presence`` patterns to the URL.
+throwaway redis-server (``$WSGI_CHANNELS_REDIS6`` if set), flushed between sections. The
+script adds its own ``group_history``/``group_presence`` patterns to the URL.
 
     python benchmarks/history_presence.py all [--layer URL] [--json PATH]
-    python benchmarks/history_presence.py storm [--sockets 1000,200 --rate 20,100] [--no-resume | --baseline]
-                                        [--layer URL]
+    python benchmarks/history_presence.py storm [--sockets 1000,200 --rate 20,100]
+                                        [--no-resume | --baseline] [--layer URL]
 
 Figures from a 2-core machine shared with other work, clients on the same machine: read the
 ratios and the counts; timings move with the machine's load. Nothing here asserts.
