@@ -183,7 +183,43 @@ def sidecar_http(doc: dict) -> Any:
     return fig
 
 
+@chart("history_presence", "Group history and presence on ipc://: their cost, and a sidecar kill-restart storm")
+def history_presence(doc: dict) -> Any:
+    res = doc["results"]
+    rows = res["send"]["rows"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    _grouped(left, [f"{r['members']} members\n{r['kind']}" for r in rows], [
+        ("history off", [r["off_p50_s"] * 1e6 for r in rows], PEERS[1]),
+        ("history on", [r["on_p50_s"] * 1e6 for r in rows], OURS),
+    ], lambda v: f"{v:,.0f}")
+    left.set_yscale("log")
+    left.set_ylim(1, max(r["on_p50_s"] for r in rows) * 1e6 * 8)
+    left.set_ylabel("us, log scale (lower is better)")
+    left.set_title("Group.send() p50, history off and on, same run", fontsize=10)
+    for label in left.get_xticklabels():
+        label.set_fontsize(7)
+    storms = [s for s in res.get("storm", []) if s.get("resume")]
+    base = {(s["sockets"], s["rate"]): s for s in res.get("storm", []) if not s.get("resume")}
+    groups = [f"{s['connected']:,} sockets\n{s['rate']:g} msg/s" for s in storms]
+    _grouped(right, groups, [
+        ("resumed: caught up p50", [s["caught_up_p50_s"] for s in storms], OURS),
+        ("resumed: p99", [s["caught_up_p99_s"] for s in storms], "#7fb2dc"),
+        ("no positions: live again p50", [base.get((s["sockets"], s["rate"]), {}).get("caught_up_p50_s")
+                                          for s in storms], PEERS[1]),
+    ], lambda v: f"{v:.1f}")
+    right.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    right.set_ylabel("s after the sidecar listens again (lower is better)")
+    wrong = sum(s["dups"] + s["gaps"] + s["gap_frames"] for s in storms)
+    right.set_title(f"kill -9 the sidecar, start it again ({wrong} duplicates or gaps)", fontsize=10)
+    return fig
+
+
 # -- the notes the page includes ----------------------------------------------------------------
+
+
+def _secs(value: float | None) -> str:
+    """Seconds as the notes print them; ``-`` when the run had none (no client got there)."""
+    return "-" if value is None else f"{value:.1f} s"
 
 
 def _summary(doc: dict) -> str:
@@ -228,6 +264,32 @@ def _summary(doc: dict) -> str:
             return "No round had gunicorn running on both of its workers: no ratio."
         return (f"Throughput {ratio:.0%} of gunicorn's, p50 {diff:+.2f} ms (medians of {len(kept)} alternating "
                 f"rounds of {res['duration']} s).")
+    if name == "history_presence":
+        rows = res["send"]["rows"]
+        ratios = [r["ratio_p50"] for r in rows]
+        met = sum(1 for r in rows if r["target_met"])
+        mem = res["memory"]
+        pres = res["presence"]
+        stats = pres["stats"]
+        text = (f"`Group.send()` p50 with history {min(ratios):.2f}x to {max(ratios):.2f}x the same send without "
+                f"(target <= 1.3x: met in {met} of {len(rows)} cases). {mem['bytes_per_message']:,.0f} bytes per "
+                f"stored message of {mem['serialised_bytes']} bytes ({mem['measured']}). `group_presence()` of "
+                f"{pres['presence_1000']['entries']:,} members: p50 {pres['presence_1000']['p50_s'] * 1e3:.1f} ms, "
+                f"p99 {pres['presence_1000']['p99_s'] * 1e3:.1f} ms; `group_presence_stats()` p50 "
+                + ", ".join(f"{s['p50_s'] * 1e6:.0f} us at {s['clients']:,}" for s in stats) + ".")
+        storms = res.get("storm", [])
+        if storms:
+            text += ("\n\n| sockets | msg/s | reconnect | caught up p50 | p99 | within 10 s | messages | replayed "
+                     "| duplicates | gaps | of them silent | `gap` frames |\n" + "|---" * 12 + "|\n")
+            for s in storms:
+                mode = "with positions" if s.get("resume") else "no positions"
+                text += (f"| {s['connected']:,} | {s['rate']:g} | {mode} | {_secs(s['caught_up_p50_s'])} | "
+                         f"{_secs(s['caught_up_p99_s'])} | {s['within_10s']:,} | "
+                         f"{s['received']:,} of {s['expected']:,} | {s['replayed']:,} | {s['dups']} | {s['gaps']:,} | "
+                         f"{s['silent_gaps']:,} | {s['gap_frames']} |\n")
+            text += ("\n(A gap is an offset a client never got; a silent one came without a `gap` frame before "
+                     "it. Without positions the clients miss, silently, what was published while they were away.)")
+        return text
     return ""
 
 

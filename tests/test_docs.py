@@ -100,7 +100,7 @@ def test_readme_sidecar_flag_table_matches_the_parser():
 # -- the Sphinx site (docs/) -------------------------------------------------------------------
 
 SITE = ROOT / "docs"
-CHARTS = ("layer_throughput", "push_fanout", "sidecar_broadcast", "sidecar_http")
+CHARTS = ("layer_throughput", "push_fanout", "sidecar_broadcast", "sidecar_http", "history_presence")
 
 
 def site_pages() -> dict[str, Path]:
