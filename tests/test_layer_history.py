@@ -130,14 +130,15 @@ def test_notices_one_per_new_membership_only_to_sidecars(feature_layer):
     layer.group_add("chat.n", "plain.member")  # not a sidecar channel: no notice
     layer.group_add("plain.group", channel)  # not a history/presence group: no notice
     notices = [(ch, m) for ch, m in drain(layer, [prefix])]
-    assert notices == [(channel, {NOTICE_KEY: {"g": "chat.n", "a": True, "h": True, "p": None}})]
+    joined = list(layer.group_position("chat.n"))
+    assert notices == [(channel, {NOTICE_KEY: {"g": "chat.n", "a": True, "h": joined, "p": None}})]
     assert drain(layer, ["plain.member"]) == []
     layer.group_discard("chat.n", channel)
     layer.group_discard("chat.n", channel)  # not a member any more: nothing
     layer.group_discard("plain.group", channel)
     assert drain(layer, [prefix]) == [(channel, {NOTICE_KEY: {"g": "chat.n", "a": False}})]
     layer.group_add("chat.n", channel)  # a new membership again
-    assert drain(layer, [prefix]) == [(channel, {NOTICE_KEY: {"g": "chat.n", "a": True, "h": True, "p": None}})]
+    assert drain(layer, [prefix]) == [(channel, {NOTICE_KEY: {"g": "chat.n", "a": True, "h": joined, "p": None}})]
 
 
 def test_notice_comes_before_every_message_that_sees_the_membership(feature_layer):
@@ -152,6 +153,32 @@ def test_notice_comes_before_every_message_that_sees_the_membership(feature_laye
     assert layer.group_history("chat.o", 0).messages[0] == (1, {"text": "before"})
 
 
+def test_join_notice_carries_the_position_at_the_membership(feature_layer):
+    """The notice's ``h`` is ``group_position`` at the join, and every message after it reaches
+    the member (issue 18: a socket that joins and leaves before any message can resume)."""
+    layer = feature_layer(HIST)
+    first, a = sidecar_channel()
+    second, b = sidecar_channel()
+    layer.group_add("chat.j", a)  # no message yet: the position makes the epoch, as group_position does
+    at_a = layer.group_position("chat.j")
+    assert at_a.offset == 0
+    for i in range(3):
+        layer.send_group("chat.j", {"text": f"m{i}"})
+    at_b = layer.group_position("chat.j")
+    layer.group_add("chat.j", b)
+    for i in range(3, 8):
+        layer.send_group("chat.j", {"text": f"m{i}"})
+    for prefix, channel, at, after in ((first, a, at_a, 8), (second, b, at_b, 5)):
+        got = drain(layer, [prefix])
+        assert got[0] == (channel, {NOTICE_KEY: {"g": "chat.j", "a": True, "h": [at.epoch, at.offset], "p": None}})
+        stamps = [m[STAMP_KEY] for _, m in got[1:]]
+        assert stamps == [["chat.j", at.epoch, o] for o in range(at.offset + 1, at.offset + after + 1)]
+    # a group with presence only: no position
+    layer.group_add("room.j", a, presence={"user": "u"})
+    notice = [m for _, m in drain(layer, [first]) if NOTICE_KEY in m][0][NOTICE_KEY]
+    assert notice["h"] is False
+
+
 def test_notices_bypass_capacity(feature_layer):
     layer = feature_layer(HIST, process_capacity=2)
     prefix, channel = sidecar_channel()
@@ -162,7 +189,8 @@ def test_notices_bypass_capacity(feature_layer):
     layer.group_add("chat.full", channel)
     layer.send_group("chat.full", {"text": "dropped"})  # full: skipped and counted, still kept in history
     got = [m for _, m in drain(layer, [prefix])]
-    assert got == [{"text": "a"}, {"text": "b"}, {NOTICE_KEY: {"g": "chat.full", "a": True, "h": True, "p": None}}]
+    epoch = layer.group_position("chat.full").epoch
+    assert got == [{"text": "a"}, {"text": "b"}, {NOTICE_KEY: {"g": "chat.full", "a": True, "h": [epoch, 0], "p": None}}]
     assert layer.group_history("chat.full", 0).messages == [(1, {"text": "dropped"})]
     assert layer.global_statistics()["group_drop_count"] >= 1
 
