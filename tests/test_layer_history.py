@@ -5,6 +5,7 @@ The epoch rules are in ``test_history_epoch.py``, presence in ``test_layer_prese
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -153,12 +154,26 @@ def test_notice_comes_before_every_message_that_sees_the_membership(feature_laye
     assert layer.group_history("chat.o", 0).messages[0] == (1, {"text": "before"})
 
 
+def placed_prefixes(layer, group: str) -> tuple[str, str]:
+    """Two sidecar prefixes: on a Redis layer of several shards (or Cluster buckets) the first on
+    the shard holding ``group``'s history and the second on another one (the notice's position
+    is read in the membership's script there, from the order mark here)."""
+    home = getattr(layer, "_feature_shard", None)
+    if home is None or len(layer._shards) < 2:
+        return new_process_prefix("sidecar"), new_process_prefix("sidecar")
+    found: dict[bool, str] = {}
+    while len(found) < 2:
+        prefix = new_process_prefix("sidecar")
+        found.setdefault(layer._shard_of(prefix) is home(group), prefix)
+    return found[True], found[False]
+
+
 def test_join_notice_carries_the_position_at_the_membership(feature_layer):
     """The notice's ``h`` is ``group_position`` at the join, and every message after it reaches
     the member (issue 18: a socket that joins and leaves before any message can resume)."""
     layer = feature_layer(HIST)
-    first, a = sidecar_channel()
-    second, b = sidecar_channel()
+    first, second = placed_prefixes(layer, "chat.j")
+    a, b = first + "conn1", second + "conn1"
     layer.group_add("chat.j", a)  # no message yet: the position makes the epoch, as group_position does
     at_a = layer.group_position("chat.j")
     assert at_a.offset == 0
@@ -177,6 +192,41 @@ def test_join_notice_carries_the_position_at_the_membership(feature_layer):
     layer.group_add("room.j", a, presence={"user": "u"})
     notice = [m for _, m in drain(layer, [first]) if NOTICE_KEY in m][0][NOTICE_KEY]
     assert notice["h"] is False
+
+
+def test_join_position_is_exact_while_messages_are_published(feature_layer):
+    """Members join while two publishers send: each one gets exactly the messages after its
+    notice's position (none missing, none from before it), on the group's shard and elsewhere."""
+    layer = feature_layer("group_history=big.*:size=1000")
+    prefixes = [p for _ in range(4) for p in placed_prefixes(layer, "big.race")]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def publish(who: int) -> None:
+        try:
+            i = 0
+            while not stop.is_set() and i < 400:
+                layer.send_group("big.race", {"text": f"{who}:{i}"})
+                i += 1
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=publish, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for prefix in prefixes:
+        time.sleep(0.01)
+        layer.group_add("big.race", prefix + "c")
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    epoch, top = layer.group_position("big.race")
+    for prefix in prefixes:
+        got = [m for _, m in drain(layer, [prefix])]
+        joined = got[0][NOTICE_KEY]["h"]
+        assert joined[0] == epoch
+        assert sorted(m[STAMP_KEY][2] for m in got[1:]) == list(range(joined[1] + 1, top + 1)), prefix
 
 
 def test_notices_bypass_capacity(feature_layer):
