@@ -18,7 +18,7 @@ from servers import RedisServer
 from wsgi_channels import exceptions as exc
 from wsgi_channels.layers import from_url
 from wsgi_channels.layers.names import new_process_prefix
-from wsgi_channels.layers.features import STAMP_KEY
+from wsgi_channels.layers.features import NOTICE_KEY, STAMP_KEY
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -111,6 +111,8 @@ def test_history_and_notices_are_encrypted_at_rest(fresh_redis, made):
     epoch = layer.group_position("chat.enc").epoch
     assert layer.group_history("chat.enc", 0).messages == [(1, {"text": "confidential"})]
     got = [m for _, m in layer.receive_batch([prefix], 10)]
+    # the notice is sealed whole (no script can complete it): the position read just before the join
+    assert got[0] == {NOTICE_KEY: {"g": "chat.enc", "a": True, "h": [epoch, 0], "p": None}}
     assert got[1] == {"text": "confidential", STAMP_KEY: ["chat.enc", epoch, 1]}
 
 
