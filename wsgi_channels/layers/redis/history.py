@@ -14,7 +14,9 @@ anyway: the publisher of the predecessor died between keeping it and queueing it
 
 The epoch follows the server: see :mod:`.feature_scripts` (run_id rule). A membership of a
 ``sidecar.*!`` channel in a history or presence group queues its notice (``__wsc_n``) in the
-membership's own script, whatever the channel's capacity.
+membership's own script, whatever the channel's capacity, completed there with the group's
+position at the membership (:func:`.feature_scripts.join_position`: from the stream on the
+group's own server, from the server's order mark elsewhere).
 """
 from __future__ import annotations
 
