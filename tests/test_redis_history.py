@@ -270,6 +270,19 @@ def test_resume_and_live_order_through_a_real_sidecar_on_shards(tmp_path, redis_
         assert [k for k, _ in got if k == "control"] == [], [v for k, v in got if k == "control"]
         assert [k[2] for k, _ in got] == list(range(last + 21, last + 221))
         c.close()
+        # joined and left before any message: resumed from the join frame's position
+        early = "chat.early3"
+        rs.publish(early, "before")
+        c = Client(rs.ws(f"/ws/{early}?_wsc=1"))
+        joined = c.join_frame(early)
+        assert joined == {"t": "j", "g": early, "e": rs.layer.group_position(early).epoch, "o": 1}
+        c.close()
+        rs.wait_members(early, 0)
+        rs.publish(early, *[f"e{i}" for i in range(5)])
+        c = Client(rs.ws(f"/ws/{early}?_wsc_r={early}:{joined['e']}:1"))
+        assert [(k[2], v) for k, v in c.messages(5)] == [(2 + i, f"e{i}") for i in range(5)]
+        assert c.next()[1] == {"t": "recovered", "g": early, "e": joined["e"], "o": 6, "n": 5}
+        c.close()
     finally:
         rs.layer.flush()
         rs.stop()
