@@ -240,7 +240,8 @@ def test_notices_bypass_capacity(feature_layer):
     layer.send_group("chat.full", {"text": "dropped"})  # full: skipped and counted, still kept in history
     got = [m for _, m in drain(layer, [prefix])]
     epoch = layer.group_position("chat.full").epoch
-    assert got == [{"text": "a"}, {"text": "b"}, {NOTICE_KEY: {"g": "chat.full", "a": True, "h": [epoch, 0], "p": None}}]
+    notice = {NOTICE_KEY: {"g": "chat.full", "a": True, "h": [epoch, 0], "p": None}}
+    assert got == [{"text": "a"}, {"text": "b"}, notice]
     assert layer.group_history("chat.full", 0).messages == [(1, {"text": "dropped"})]
     assert layer.global_statistics()["group_drop_count"] >= 1
 

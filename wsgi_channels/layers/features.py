@@ -404,7 +404,8 @@ def check_since_limit(since: Any, limit: Any, allow_zero: bool = False) -> tuple
     return since, limit
 
 
-def add_notice(group: str, history: Union[bool, Sequence[Any]], presence: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+def add_notice(group: str, history: Union[bool, Sequence[Any]],
+               presence: Optional[Mapping[str, Any]]) -> dict[str, Any]:
     """The membership notice queued on a sidecar reply channel that joined ``group`` (or whose
     presence entry this add made or changed): ``{"__wsc_n": {"g", "a": True, "p", "h"}}``.
 
