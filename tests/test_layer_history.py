@@ -5,6 +5,7 @@ The epoch rules are in ``test_history_epoch.py``, presence in ``test_layer_prese
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 
@@ -130,14 +131,15 @@ def test_notices_one_per_new_membership_only_to_sidecars(feature_layer):
     layer.group_add("chat.n", "plain.member")  # not a sidecar channel: no notice
     layer.group_add("plain.group", channel)  # not a history/presence group: no notice
     notices = [(ch, m) for ch, m in drain(layer, [prefix])]
-    assert notices == [(channel, {NOTICE_KEY: {"g": "chat.n", "a": True, "h": True, "p": None}})]
+    joined = list(layer.group_position("chat.n"))
+    assert notices == [(channel, {NOTICE_KEY: {"g": "chat.n", "a": True, "h": joined, "p": None}})]
     assert drain(layer, ["plain.member"]) == []
     layer.group_discard("chat.n", channel)
     layer.group_discard("chat.n", channel)  # not a member any more: nothing
     layer.group_discard("plain.group", channel)
     assert drain(layer, [prefix]) == [(channel, {NOTICE_KEY: {"g": "chat.n", "a": False}})]
     layer.group_add("chat.n", channel)  # a new membership again
-    assert drain(layer, [prefix]) == [(channel, {NOTICE_KEY: {"g": "chat.n", "a": True, "h": True, "p": None}})]
+    assert drain(layer, [prefix]) == [(channel, {NOTICE_KEY: {"g": "chat.n", "a": True, "h": joined, "p": None}})]
 
 
 def test_notice_comes_before_every_message_that_sees_the_membership(feature_layer):
@@ -152,6 +154,81 @@ def test_notice_comes_before_every_message_that_sees_the_membership(feature_laye
     assert layer.group_history("chat.o", 0).messages[0] == (1, {"text": "before"})
 
 
+def placed_prefixes(layer, group: str) -> tuple[str, str]:
+    """Two sidecar prefixes: on a Redis layer of several shards (or Cluster buckets) the first on
+    the shard holding ``group``'s history and the second on another one (the notice's position
+    is read in the membership's script there, from the order mark here)."""
+    home = getattr(layer, "_feature_shard", None)
+    if home is None or len(layer._shards) < 2:
+        return new_process_prefix("sidecar"), new_process_prefix("sidecar")
+    found: dict[bool, str] = {}
+    while len(found) < 2:
+        prefix = new_process_prefix("sidecar")
+        found.setdefault(layer._shard_of(prefix) is home(group), prefix)
+    return found[True], found[False]
+
+
+def test_join_notice_carries_the_position_at_the_membership(feature_layer):
+    """The notice's ``h`` is ``group_position`` at the join, and every message after it reaches
+    the member (issue 18: a socket that joins and leaves before any message can resume)."""
+    layer = feature_layer(HIST)
+    first, second = placed_prefixes(layer, "chat.j")
+    a, b = first + "conn1", second + "conn1"
+    layer.group_add("chat.j", a)  # no message yet: the position makes the epoch, as group_position does
+    at_a = layer.group_position("chat.j")
+    assert at_a.offset == 0
+    for i in range(3):
+        layer.send_group("chat.j", {"text": f"m{i}"})
+    at_b = layer.group_position("chat.j")
+    layer.group_add("chat.j", b)
+    for i in range(3, 8):
+        layer.send_group("chat.j", {"text": f"m{i}"})
+    for prefix, channel, at, after in ((first, a, at_a, 8), (second, b, at_b, 5)):
+        got = drain(layer, [prefix])
+        assert got[0] == (channel, {NOTICE_KEY: {"g": "chat.j", "a": True, "h": [at.epoch, at.offset], "p": None}})
+        stamps = [m[STAMP_KEY] for _, m in got[1:]]
+        assert stamps == [["chat.j", at.epoch, o] for o in range(at.offset + 1, at.offset + after + 1)]
+    # a group with presence only: no position
+    layer.group_add("room.j", a, presence={"user": "u"})
+    notice = [m for _, m in drain(layer, [first]) if NOTICE_KEY in m][0][NOTICE_KEY]
+    assert notice["h"] is False
+
+
+def test_join_position_is_exact_while_messages_are_published(feature_layer):
+    """Members join while two publishers send: each one gets exactly the messages after its
+    notice's position (none missing, none from before it), on the group's shard and elsewhere."""
+    layer = feature_layer("group_history=big.*:size=1000")
+    prefixes = [p for _ in range(4) for p in placed_prefixes(layer, "big.race")]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def publish(who: int) -> None:
+        try:
+            i = 0
+            while not stop.is_set() and i < 400:
+                layer.send_group("big.race", {"text": f"{who}:{i}"})
+                i += 1
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=publish, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for prefix in prefixes:
+        time.sleep(0.01)
+        layer.group_add("big.race", prefix + "c")
+    stop.set()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    epoch, top = layer.group_position("big.race")
+    for prefix in prefixes:
+        got = [m for _, m in drain(layer, [prefix])]
+        joined = got[0][NOTICE_KEY]["h"]
+        assert joined[0] == epoch
+        assert sorted(m[STAMP_KEY][2] for m in got[1:]) == list(range(joined[1] + 1, top + 1)), prefix
+
+
 def test_notices_bypass_capacity(feature_layer):
     layer = feature_layer(HIST, process_capacity=2)
     prefix, channel = sidecar_channel()
@@ -162,7 +239,9 @@ def test_notices_bypass_capacity(feature_layer):
     layer.group_add("chat.full", channel)
     layer.send_group("chat.full", {"text": "dropped"})  # full: skipped and counted, still kept in history
     got = [m for _, m in drain(layer, [prefix])]
-    assert got == [{"text": "a"}, {"text": "b"}, {NOTICE_KEY: {"g": "chat.full", "a": True, "h": True, "p": None}}]
+    epoch = layer.group_position("chat.full").epoch
+    notice = {NOTICE_KEY: {"g": "chat.full", "a": True, "h": [epoch, 0], "p": None}}
+    assert got == [{"text": "a"}, {"text": "b"}, notice]
     assert layer.group_history("chat.full", 0).messages == [(1, {"text": "dropped"})]
     assert layer.global_statistics()["group_drop_count"] >= 1
 

@@ -18,7 +18,7 @@ from servers import RedisServer
 from wsgi_channels import exceptions as exc
 from wsgi_channels.layers import from_url
 from wsgi_channels.layers.names import new_process_prefix
-from wsgi_channels.layers.features import STAMP_KEY
+from wsgi_channels.layers.features import NOTICE_KEY, STAMP_KEY
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -111,6 +111,8 @@ def test_history_and_notices_are_encrypted_at_rest(fresh_redis, made):
     epoch = layer.group_position("chat.enc").epoch
     assert layer.group_history("chat.enc", 0).messages == [(1, {"text": "confidential"})]
     got = [m for _, m in layer.receive_batch([prefix], 10)]
+    # the notice is sealed whole (no script can complete it): the position read just before the join
+    assert got[0] == {NOTICE_KEY: {"g": "chat.enc", "a": True, "h": [epoch, 0], "p": None}}
     assert got[1] == {"text": "confidential", STAMP_KEY: ["chat.enc", epoch, 1]}
 
 
@@ -267,6 +269,19 @@ def test_resume_and_live_order_through_a_real_sidecar_on_shards(tmp_path, redis_
         got = c.messages(200, timeout=10)
         assert [k for k, _ in got if k == "control"] == [], [v for k, v in got if k == "control"]
         assert [k[2] for k, _ in got] == list(range(last + 21, last + 221))
+        c.close()
+        # joined and left before any message: resumed from the join frame's position
+        early = "chat.early3"
+        rs.publish(early, "before")
+        c = Client(rs.ws(f"/ws/{early}?_wsc=1"))
+        joined = c.join_frame(early)
+        assert joined == {"t": "j", "g": early, "e": rs.layer.group_position(early).epoch, "o": 1}
+        c.close()
+        rs.wait_members(early, 0)
+        rs.publish(early, *[f"e{i}" for i in range(5)])
+        c = Client(rs.ws(f"/ws/{early}?_wsc_r={early}:{joined['e']}:1"))
+        assert [(k[2], v) for k, v in c.messages(5)] == [(2 + i, f"e{i}") for i in range(5)]
+        assert c.next()[1] == {"t": "recovered", "g": early, "e": joined["e"], "o": 6, "n": 5}
         c.close()
     finally:
         rs.layer.flush()

@@ -285,3 +285,45 @@ def test_a_hole_among_the_messages_held_during_a_resume_is_filled_from_the_histo
     assert controls == [("control", {"t": "recovered", "g": GROUP, "e": epoch, "o": 3, "n": 2})]
     assert side.out.index(controls[0]) == 2  # after the replay, before the held and the filled ones
     assert side.conn.sidecar.stats.resumes["filled"] == 1
+
+
+def test_a_join_notice_with_a_position_places_the_stream_there():
+    """``h: [epoch, offset]``: the ``j`` frame carries it, and the first live messages are in step
+    with it (one ahead of a hole waits for the missing one, filled from the history), also at 0."""
+    layer = MemoryChannelLayer(group_history={"chat.*": {"size": 20}})
+    layer.send_group(GROUP, {"text": "before"})  # offset 1: before the join
+    epoch = layer.group_position(GROUP).epoch
+    side = Side(layer)
+    follower = Follower(side, Options(True, {}))
+    follower.notice({"g": GROUP, "a": True, "p": None, "h": [epoch, 1]})
+    live(follower, side, epoch, 1, "before")  # a copy of what came before the join: not the socket's
+    side.open()
+    follower.accepted()
+    assert side.out == [("control", {"t": "j", "g": GROUP, "e": epoch, "o": 1})]
+    layer.send_group(GROUP, {"text": "m2"})
+    layer.send_group(GROUP, {"text": "m3"})
+    live(follower, side, epoch, 3, "m3")  # ahead of 2: waits, then 2 comes from the history
+    gevent.sleep(0.3)
+    assert side.out[1:] == [(2, "m2"), (3, "m3")]
+    assert side.conn.sidecar.stats.resumes["filled"] == 1
+    # at 0 (no message yet): the first live message is offset 1, in step too
+    side2 = Side(layer)
+    follower2 = Follower(side2, Options(True, {}))
+    side2.open()
+    follower2.notice({"g": GROUP, "a": True, "p": None, "h": ["Ep", 0]})
+    live(follower2, side2, "Ep", 2, "x2")
+    assert side2.out == [("control", {"t": "j", "g": GROUP, "e": "Ep", "o": 0})]  # held ahead of 1
+    live(follower2, side2, "Ep", 1, "x1")
+    assert side2.out[1:] == [(1, "x1"), (2, "x2")]
+
+
+def test_a_join_notice_without_a_position_sends_a_bare_join_frame():
+    layer = MemoryChannelLayer(group_history={"chat.*": {"size": 20}})
+    side = Side(layer)
+    follower = Follower(side, Options(True, {}))
+    side.open()
+    follower.notice({"g": GROUP, "a": True, "h": True, "p": None})  # a layer without positions
+    follower.notice({"g": "chat.bad", "a": True, "h": ["not an epoch!", 3], "p": None})
+    assert side.out == [("control", {"t": "j", "g": GROUP}), ("control", {"t": "j", "g": "chat.bad"})]
+    live(follower, side, "E", 5, "m5")  # no position: the first message starts the stream
+    assert side.out[-1] == (5, "m5")

@@ -29,6 +29,7 @@ class Client:
         self.ws = websocket.create_connection(url, timeout=5)
         self.raw: list = []
         self.joined: list = []  # groups announced by {"t": "j"} frames (not returned by next())
+        self.joins: list = []  # those frames
 
     def next(self, timeout: float = 5.0):
         """The next frame: ``("control", dict)``, ``("text", str)`` or ``("bytes", bytes)``."""
@@ -47,6 +48,19 @@ class Client:
             if body["t"] != "j":
                 return "control", body
             self.joined.append(body["g"])
+            self.joins.append(body)
+
+    def join_frame(self, group: str, timeout: float = 5.0) -> dict:
+        """The ``{"t": "j"}`` frame of ``group`` (waiting for it; nothing else may come first)."""
+        self.ws.settimeout(timeout)
+        while not any(j["g"] == group for j in self.joins):
+            opcode, data = self.ws.recv_data()
+            self.raw.append((opcode, data))
+            body = json.loads(data[1:]) if data.startswith(b"\x00") and not data.startswith(b"\x00\x00") else None
+            assert body is not None and body["t"] == "j", f"{data!r} came before the join frame of {group}"
+            self.joined.append(body["g"])
+            self.joins.append(body)
+        return next(j for j in self.joins if j["g"] == group)
 
     def messages(self, n: int, timeout: float = 5.0) -> list:
         """Frames until ``n`` message frames came: ``[(position or None, payload)]`` plus controls."""
@@ -151,6 +165,30 @@ def test_reconnect_with_position_gets_every_missed_message_once_in_order_then_li
     assert not controls
     rs.publish(group, "live1", "live2")
     assert [v for _, v in c.messages(2)] == ["live1", "live2"]
+    c.close()
+
+
+def test_a_socket_that_left_before_any_message_resumes_from_its_join_position(rs):
+    """The join frame carries the group's position at the membership: a client that joined and
+    dropped before any message of the group resumes from it, with exactly what it missed."""
+    group = "chat.early"
+    rs.publish(group, "before1", "before2")  # published before the join: never delivered to it
+    c = connect(rs, group, "_wsc=1")
+    joined = c.join_frame(group)
+    epoch, offset = rs.layer.group_position(group)
+    assert joined == {"t": "j", "g": group, "e": epoch, "o": offset} and offset == 2
+    c.close()
+    rs.wait_members(group, 0)
+    rs.publish(group, *[f"m{i}" for i in range(5)])
+    c = Client(rs.ws(f"/ws/{group}?_wsc_r={group}:{joined['e']}:{joined['o']}"))
+    got = c.messages(5)
+    assert [v for k, v in got if k != "control"] == [f"m{i}" for i in range(5)]
+    assert [k[2] for k, v in got if k != "control"] == [3, 4, 5, 6, 7]
+    assert not [v for k, v in got if k == "control"]
+    kind, value = c.next()
+    assert kind == "control" and value == {"t": "recovered", "g": group, "e": epoch, "o": 7, "n": 5}, value
+    rs.publish(group, "live")
+    assert c.messages(1) == [((group, epoch, 8), "live")]
     c.close()
 
 

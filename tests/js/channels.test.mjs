@@ -400,6 +400,28 @@ test("a history group joined without any position is reported as a gap (no-posit
   ]);
 });
 
+test("a history group joined at a position (the j frame's e/o) is resumed from it after a reconnect", () => {
+  const { sock, events, last, clock } = makeResume({ positions: { "chat.known": { epoch: "K", offset: 7 } } });
+  last().serverOpen();
+  last().serverMessage(ctl({ t: "j", g: "chat.quiet", e: "Ep0ch_-1", o: 12 }));
+  last().serverMessage(ctl({ t: "j", g: "chat.known", e: "K", o: 9 })); // a known position is kept
+  last().serverMessage(ctl({ t: "j", g: "chat.bad", e: "no good", o: 3 })); // not a position: none
+  assert.deepEqual(sock.position("chat.quiet"), { epoch: "Ep0ch_-1", offset: 12 });
+  assert.deepEqual(sock.position("chat.known"), { epoch: "K", offset: 7 });
+  assert.equal(sock.position("chat.bad"), null);
+  last().serverMessage(ctl({ t: "h", g: "chat.quiet", e: "Ep0ch_-1", o: 12 })); // at the join: not shown
+  last().serverMessage("old");
+  last().serverMessage(ctl({ t: "h", g: "chat.quiet", e: "Ep0ch_-1", o: 13 }));
+  last().serverMessage("new");
+  assert.deepEqual(events.filter(([t]) => t === "message").map(([, d]) => d), ["new"]);
+  last().serverClose(1006);
+  clock.advance(60000);
+  assert.equal(last().url, "ws://example.test/ws/?_wsc=1&_wsc_r=chat.known:K:7,chat.quiet:Ep0ch_-1:13");
+  last().serverOpen();
+  assert.deepEqual(events.filter(([t]) => t === "resume").map(([, d]) => d),
+    [{ group: "chat.bad", recovered: false, reason: "no-position" }]);
+});
+
 test("presence(group) reads the app's presence view and rejects naming the HTTP status", async () => {
   const asked = [];
   const fetch = async (url, init) => {

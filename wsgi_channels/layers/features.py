@@ -21,7 +21,8 @@ the sidecar only:
     ``sidecar.*!`` prefix receives; other receivers get the message exactly as sent.
 ``__wsc_n`` (:data:`NOTICE_KEY`)
     a membership notice queued on a sidecar reply channel when it joins or leaves a history
-    or presence group (:func:`add_notice`, :func:`discard_notice`).
+    or presence group (:func:`add_notice`, :func:`discard_notice`); on joining a history
+    group it carries the group's position at the membership.
 ``__wsc_p`` (:data:`PRESENCE_KEY`)
     a presence change, sent to a group's sidecar members only (:meth:`PresenceChange.message`).
 """
@@ -403,15 +404,23 @@ def check_since_limit(since: Any, limit: Any, allow_zero: bool = False) -> tuple
     return since, limit
 
 
-def add_notice(group: str, history: bool, presence: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+def add_notice(group: str, history: Union[bool, Sequence[Any]],
+               presence: Optional[Mapping[str, Any]]) -> dict[str, Any]:
     """The membership notice queued on a sidecar reply channel that joined ``group`` (or whose
-    presence entry this add made or changed): ``{"__wsc_n": {"g", "a": True, "h", "p"}}``.
+    presence entry this add made or changed): ``{"__wsc_n": {"g", "a": True, "p", "h"}}``.
+
+    ``h`` is False for a group without history, else the group's position at the moment of the
+    membership, ``[epoch, offset]``, taken atomically with it: every message of the group with a
+    higher offset sees the membership (it reaches the channel), every one up to it was published
+    before. (``True``, a history group without a position, is what layers before it sent: the
+    sidecar still accepts it.) ``h`` is the map's last key, so a Redis script can complete it.
 
     ``p`` is None, or the entry as the sidecar needs it to keep it alive and to put it back
     after a sweep: ``{"id", "ttl", "ev", "m", "u", "i", "s"}`` (conn_id, the group's
     presence ttl and events_max, its mode, user, info, since).
     """
-    return {NOTICE_KEY: {"g": group, "a": True, "h": history, "p": dict(presence) if presence is not None else None}}
+    h: Any = history if isinstance(history, bool) else [str(history[0]), int(history[1])]
+    return {NOTICE_KEY: {"g": group, "a": True, "p": dict(presence) if presence is not None else None, "h": h}}
 
 
 def discard_notice(group: str) -> dict[str, Any]:

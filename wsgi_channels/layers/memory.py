@@ -184,8 +184,9 @@ class MemoryChannelLayer(BaseChannelLayer):
             new = members.get(channel, 0.0) <= now
             members[channel] = now + self.group_expiry
             if is_sidecar_prefix(non_local_name(channel)) and (new or (made is not None and made[0])):
-                self._push_internal(channel, add_notice(group, features.history is not None,
-                                                        made[1] if made is not None else None), now)
+                # the position under the lock that makes the membership: exactly the messages after it see it
+                position = self._join_position(group, features, now)
+                self._push_internal(channel, add_notice(group, position, made[1] if made is not None else None), now)
             if made is not None and made[2] is not None:
                 self._presence_send(group, made[2], now)
             self._cond.notify_all()
@@ -275,6 +276,14 @@ class MemoryChannelLayer(BaseChannelLayer):
         history = mf.history_of(self._histories, group, now, options.meta_ttl)
         offset = history.append(data, now, options.size, options.ttl, options.meta_ttl)
         return with_keys(data, {STAMP_KEY: [group, history.epoch, offset]})
+
+    def _join_position(self, group: str, features: Any, now: float) -> Any:
+        """The notice's ``h``: False, or the group's ``[epoch, offset]`` (as group_position). Lock held."""
+        if features.history is None:
+            return False
+        history = mf.history_of(self._histories, group, now, features.history.meta_ttl)
+        history.read(0, 0, now)  # touches the meta, as group_position does
+        return [history.epoch, history.top]
 
     def _history_read(self, requests: Any) -> list[Any]:
         found: list[Any] = []

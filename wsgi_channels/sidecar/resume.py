@@ -23,11 +23,13 @@ frames"):
     ``--max-replay`` are missing, ``unavailable`` - the layer could not be read, ``timeout``,
     ``not-joined`` - the connection never joined the group): reload the state; ``e``/``o`` (when
     known) are the stream's current position (for a hole: the offset before the next message).
-``{"t": "j", "g": group}``
+``{"t": "j", "g": group, "e": epoch, "o": offset}``
     the socket joined history group ``group`` without resuming it (sent at the accept, or when
-    it joins later): a client that has no position of the group yet knows it is in it, and can
-    tell its app that a later reconnect cannot resume it until a message (or the page) gives
-    one.
+    it joins later), at position ``e``/``o`` (the layer's notice carries the group's position
+    at the membership): every later message of the group comes to the socket, so a client
+    with no position of the group yet takes this one and can resume from it. Without ``e``/``o``
+    (a layer whose notice has no position) a reconnect cannot resume the group until a message
+    (or the page) gives a position.
 ``{"t": "p", "g", "v", "c", "u", "m", "ev", "stale"?}``
     a presence change of a group the connection is in (the layer's ``__wsc_p`` body).
 
@@ -212,7 +214,7 @@ class _Group:
     """One history group a connection follows: the last position delivered and, while a resume
     reads the history, the live messages held back (``held`` is None when live)."""
 
-    __slots__ = ("epoch", "last", "held", "joined", "started", "ahead", "filling", "hole")
+    __slots__ = ("epoch", "last", "held", "joined", "started", "ahead", "filling", "hole", "placed", "origin")
 
     def __init__(self) -> None:
         self.epoch: Optional[str] = None
@@ -224,6 +226,10 @@ class _Group:
         self.ahead: dict[int, dict[str, Any]] = {}
         self.filling = False  # a history read fills the hole
         self.hole = 0  # counts holes opened: a timer of an older one does nothing
+        #: ``last`` is a known position even at 0 (the join notice's): a later message is in order or a hole
+        self.placed = False
+        #: ``(epoch, offset)`` the socket joined at (the notice's), for the ``j`` frame
+        self.origin: Optional[tuple[str, int]] = None
 
 
 class Follower:
@@ -271,16 +277,38 @@ class Follower:
             keeper.joined(self, group, presence)
             if presence.get("m") == "c" and self.opted_in:  # no change will come: the counts are read
                 keeper.count(self, group)
-        if body.get("h") and self.opted_in:
+        history = body.get("h")
+        if history and self.opted_in:
             state = self.groups.setdefault(group, _Group())
             if state.joined:
                 return
             state.joined = True
+            if group not in self.wanted:
+                self._place(state, history)
             if self.side.session is not None:
                 if group in self.wanted:
                     self._start(group)
                 else:
-                    self.side.write_control({"t": "j", "g": group})
+                    self.side.write_control(self._joined(group, state))
+
+    @staticmethod
+    def _place(state: _Group, history: Any) -> None:
+        """A join without a resume: the notice's ``[epoch, offset]`` (the group's position at the
+        membership: every later message comes live) is where the socket's stream starts. A
+        notice with ``True`` (a layer without positions) leaves it unknown."""
+        if not isinstance(history, list) or len(history) != 2 or not valid_epoch(history[0]) \
+                or type(history[1]) is not int or not 0 <= history[1] <= _MAX_OFFSET:
+            return
+        state.origin = (history[0], history[1])
+        if state.epoch is None and not state.ahead:  # nothing of the group came before its notice
+            state.epoch, state.last, state.placed = history[0], history[1], True
+
+    @staticmethod
+    def _joined(group: str, state: _Group) -> dict[str, Any]:
+        """The ``j`` frame: with the position the socket joined at when the notice gave one."""
+        if state.origin is None:
+            return {"t": "j", "g": group}
+        return {"t": "j", "g": group, "e": state.origin[0], "o": state.origin[1]}
 
     def accepted(self) -> None:
         """The socket is open: start the resumes whose notice already came; announce the other
@@ -293,7 +321,7 @@ class Follower:
             if group in self.wanted:
                 self._start(group)
             else:
-                self.side.write_control({"t": "j", "g": group})
+                self.side.write_control(self._joined(group, state))
 
     @property
     def wait(self) -> float:
@@ -330,7 +358,7 @@ class Follower:
         hole fills, from a late copy or the history, or is reported as a gap), or it filled the
         hole (written here, with the ones it unblocked)."""
         stats = self.side.conn.sidecar.stats
-        if epoch != state.epoch or not state.last:
+        if epoch != state.epoch or not (state.last or state.placed):
             if state.ahead:  # the stream restarted under messages held ahead: say so, go on from here
                 state.ahead.clear()
                 state.hole += 1

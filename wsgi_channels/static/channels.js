@@ -49,7 +49,8 @@
 // message came, once, in order; false when some cannot be, with reason "epoch" (the group's
 // stream restarted: its history may have lost messages), "gap" (older than the kept history),
 // "too_many" (more than the sidecar replays), "no-position" (a group joined without any
-// position: nothing to resume from), or the sidecar's own word ("unavailable", "timeout",
+// position, with a layer whose join notices carry none: nothing to resume from; the shipped
+// layers give the position of the join), or the sidecar's own word ("unavailable", "timeout",
 // "not-joined", "skipped"). The lower-level "recovered" and "gap" events carry the sidecar's
 // frames as they are (gap's reason is the sidecar's `why`, "trimmed" for "gap").
 //
@@ -407,7 +408,16 @@ export class ChannelSocket extends EventTarget {
       this._next = { g: group, e: String(body.e), o: Number(body.o) };
       this._unplaced.delete(group);
     } else if (body.t === "j") {
-      if (!this.positions[group]) this._unplaced.add(group);
+      // Joined at position e/o (the layer's notice): every later message of the group comes to this
+      // socket, so a reconnect resumes from it exactly. A position already known is kept.
+      const offset = Number(body.o);
+      if (this.positions[group]) {
+        // kept
+      } else if (typeof body.e === "string" && EPOCH_RE.test(body.e) && Number.isSafeInteger(offset) && offset >= 0) {
+        this.positions[group] = { epoch: body.e, offset };
+      } else {
+        this._unplaced.add(group); // a layer without join positions: nothing to resume from
+      }
     } else if (body.t === "recovered") {
       this._advance(group, String(body.e), Number(body.o));
       this._emit("recovered", { group, epoch: body.e, offset: body.o, count: body.n });

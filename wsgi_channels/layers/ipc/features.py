@@ -132,8 +132,11 @@ class IpcFeatures(BaseChannelLayer):
                     notice_p = pres.notice_p(conn, made[1], made[2])
                 # The notice first, then the change: the sidecar learns of the membership before anything of it.
                 if is_sidecar_prefix(non_local_name(channel)) and (row is None or row[0] <= now or (made and made[0])):
-                    queues.append(self._queue_notice(conn, channel, add_notice(group, features.history is not None,
-                                                                               notice_p), now))
+                    # in the membership's transaction: exactly the messages after this position see it
+                    position: Any = False
+                    if features.history is not None:
+                        position = list(hist.position(conn, group, now, features.history.meta_ttl))
+                    queues.append(self._queue_notice(conn, channel, add_notice(group, position, notice_p), now))
                 if sent is not None:
                     queues += self._queue_internal(conn, group, sent.message(), now)
             if queues:

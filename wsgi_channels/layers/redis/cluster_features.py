@@ -17,7 +17,7 @@ from ... import exceptions as exc
 from . import cluster_scripts as cscripts
 from .cluster import run_all
 from .connection import NOW, Script, bulk
-from .feature_scripts import ORDER_WAIT, SIDECARS_ONLY, STAMPED, _derive
+from .feature_scripts import ORDER_WAIT, SIDECARS_ONLY, STAMPED, _derive, join_position
 
 __all__ = ["ClusterFeaturesMixin", "C_FEATURE_FANOUT", "C_GROUP_ADD_NOTICE", "C_GROUP_DISCARD_NOTICE", "ADD_NOTICE",
            "DISCARD_NOTICE"]
@@ -90,17 +90,21 @@ _WAS = "local mem = g .. ' ' .. c\n"
 
 
 def _with_push(source: str) -> str:
-    """``source`` (a Cluster script: ``#!lua`` then its prelude) with the notice helper after the prelude."""
-    return _derive(source, "\nlocal function common()", _PUSH + "\nlocal function common()")
+    """``source`` (a Cluster script: ``#!lua`` then its prelude) with the notice helpers after the prelude."""
+    return _derive(source, "\nlocal function common()", _PUSH + join_position(10) + "\nlocal function common()")
 
 
 #: The Cluster GROUP_ADD with a notice, as :data:`.feature_scripts.GROUP_ADD_NOTICE`. KEYS: gl ge gc gp
-#: t td m q u; ARGV: group, channel, group expiry ms, capacity, '1' or '2', deadline, expiry ms, body.
+#: t td m q u [hx]; ARGV: group, channel, group expiry ms, capacity, '1' or '2', deadline, expiry ms,
+#: body [, 'm', epoch, offset]. The membership is in the member's bucket and the group's stream in
+#: the group's (another slot): the position comes from the bucket's order mark
+#: (:func:`.feature_scripts.join_position`, mode ``m``), which every stamped copy queued in the
+#: bucket moves in the script that queues it.
 C_GROUP_ADD_NOTICE = _derive(_derive(
     _with_push(cscripts.GROUP_ADD), _WAS, _WAS + "local was = redis.call('ZSCORE', GE, mem)\n"),
     "\nreturn 1\n", r"""
 local new = (not was) or tonumber(was) <= now
-if ARGV[5] == '2' or new then push_notice(KEYS[8], KEYS[9], c, ARGV[6], ARGV[7], gexp, ARGV[8]) end
+if ARGV[5] == '2' or new then push_notice(KEYS[8], KEYS[9], c, ARGV[6], ARGV[7], gexp, notice_body()) end
 if new then return 1 end
 return 0
 """)

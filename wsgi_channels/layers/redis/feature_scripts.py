@@ -47,7 +47,7 @@ from .scripts import _COMMON, FANOUT, GROUP_ADD, GROUP_DISCARD
 __all__ = ["HIST_APPEND", "HIST_READ", "FEATURE_FANOUT", "GROUP_ADD_NOTICE", "GROUP_DISCARD_NOTICE",
            "PRESENCE_PUT", "PRESENCE_REMOVE", "PRESENCE_REFRESH", "PRESENCE_REASSERT", "PRESENCE_SWEEP",
            "PRESENCE_LIST", "PRESENCE_COUNTS", "FEATURE_KEY_KINDS", "EMPTY_PRESENCE_KEEP_MS", "STAMPED",
-           "SIDECARS_ONLY", "KEEP", "ORDER_WAIT"]
+           "SIDECARS_ONLY", "KEEP", "ORDER_WAIT", "POSITION_LOCAL", "POSITION_MARK", "join_position"]
 
 #: Key kinds of history and presence (``flush`` removes them).
 FEATURE_KEY_KINDS = ("h", "hm", "hx", "pe", "pu", "po", "pm", "pb", "px")
@@ -220,16 +220,67 @@ local function push_notice(q, u, c, dl, exp, gexp, body)
 end
 """
 
+#: Modes of the join position in the notice scripts: read the stream here (the history lives on the
+#: membership's server) or derive it from the order mark (the history lives elsewhere).
+POSITION_LOCAL, POSITION_MARK = "l", "m"
+
+
+def join_position(first_key: int) -> str:
+    """Lua ``notice_body()``: the add notice's body (ARGV[8]), completed with the group's position
+    at the membership when ARGV[9] asks for it (the body then ends where ``[epoch, offset]``'s
+    items go: ``h`` is the notice's last key). ``KEYS[first_key]`` on:
+
+    ``l`` (:data:`POSITION_LOCAL`): the group's stream is on this server (KEYS h hm; ARGV[10],
+    ARGV[11] the candidate epoch and meta ttl ms): the position is read as ``group_position``
+    reads it (same epoch rule, the meta touched), in the script of the membership: every message
+    numbered after it is queued after the membership (the history's script queues this server's
+    copies in the same step), so it sees it.
+
+    ``m`` (:data:`POSITION_MARK`): the stream lives on another server or slot (KEYS hx, this
+    server's order mark of the group: the ``epoch offset`` of the latest stamped copy queued
+    here; ARGV[10], ARGV[11] ``group_position`` read just before). Stamped copies are queued
+    here in offset order, each moving the mark in the script that queues it
+    (:data:`FEATURE_FANOUT`), so the mark is exactly where this membership cuts the stream: the
+    copies up to it were queued before (the socket joined after those messages), every later
+    one is queued after and sees it. No mark: no copy was queued here since the position was
+    read (a copy would have set it), so that position is the cut. A mark of another epoch: no
+    copy of the stream read was queued here yet, so it is cut at 0 (if the mark's stream is the
+    newer one, the position read is already stale, and a resume from it reports ``epoch``).
+    """
+    return f"""
+local function notice_body()
+  local how, body = ARGV[9], ARGV[8]
+  if not how then return body end
+  local epoch, top
+  if how == '{POSITION_LOCAL}' then
+    local hm, meta_ttl, made = KEYS[{first_key + 1}], tonumber(ARGV[11])
+    epoch, top, meta_ttl, made = stream(KEYS[{first_key}], hm, ARGV[10], meta_ttl)
+    if not made and redis.call('PTTL', hm) < meta_ttl then redis.call('PEXPIRE', hm, meta_ttl) end
+  else
+    epoch, top = ARGV[10], tonumber(ARGV[11])
+    local last = redis.call('GET', KEYS[{first_key}])
+    if last then
+      local sp = string.find(last, ' ', 1, true)
+      if string.sub(last, 1, sp - 1) == epoch then top = tonumber(string.sub(last, sp + 1)) else top = 0 end
+    end
+  end
+  return body .. cmsgpack.pack(epoch) .. cmsgpack.pack(top)
+end
+"""
+
+
 _ADD_BODY = _derive(GROUP_ADD[len(_COMMON):], "\nreturn 1\n", "\n")
 assert GROUP_ADD.startswith(_COMMON)
+assert _STREAM.startswith(LUA_CONSTANTS)
 #: GROUP_ADD of a ``sidecar.*!`` channel in a history or presence group, which queues a notice on
 #: the channel (whatever its capacity) when the membership is new, or always with ARGV[5] '2'.
-#: KEYS: g gc gp m q u; ARGV: channel, group expiry ms, capacity, group, '1' or '2', the notice's
-#: deadline (13 digits), expiry ms, the notice's body. Returns 1 for a new membership, else 0.
-GROUP_ADD_NOTICE = _COMMON + _NOTICE_PUSH + "\nlocal was = redis.call('ZSCORE', KEYS[1], ARGV[1])\n" + _ADD_BODY \
-    + r"""
+#: KEYS: g gc gp m q u [h hm | hx]; ARGV: channel, group expiry ms, capacity, group, '1' or '2', the
+#: notice's deadline (13 digits), expiry ms, the notice's body [, position mode, epoch, ms or offset]
+#: (:func:`join_position`). Returns 1 for a new membership, else 0.
+GROUP_ADD_NOTICE = _COMMON + _STREAM[len(LUA_CONSTANTS):] + _NOTICE_PUSH + join_position(7) \
+    + "\nlocal was = redis.call('ZSCORE', KEYS[1], ARGV[1])\n" + _ADD_BODY + r"""
 local new = (not was) or tonumber(was) <= now
-if ARGV[5] == '2' or new then push_notice(KEYS[5], KEYS[6], c, ARGV[6], ARGV[7], gexp, ARGV[8]) end
+if ARGV[5] == '2' or new then push_notice(KEYS[5], KEYS[6], c, ARGV[6], ARGV[7], gexp, notice_body()) end
 if new then return 1 end
 return 0
 """

@@ -14,7 +14,9 @@ anyway: the publisher of the predecessor died between keeping it and queueing it
 
 The epoch follows the server: see :mod:`.feature_scripts` (run_id rule). A membership of a
 ``sidecar.*!`` channel in a history or presence group queues its notice (``__wsc_n``) in the
-membership's own script, whatever the channel's capacity.
+membership's own script, whatever the channel's capacity, completed there with the group's
+position at the membership (:func:`.feature_scripts.join_position`: from the stream on the
+group's own server, from the server's order mark elsewhere).
 """
 from __future__ import annotations
 
@@ -149,9 +151,39 @@ class HistoryMixin(ClusterFeaturesMixin):
         else:
             self._feature_fan_out(group, body, fs.STAMPED, body)
 
-    def _notice_membership(self, group: str, channel: str, notice: Optional[dict], always: bool = False) -> bool:
-        """Add (``notice``: the add notice) or discard (None) the membership of a ``sidecar.*!`` channel,
-        queueing its notice in the same script; True when it was a new membership (a discard: a member)."""
+    def _join_notice(self, shard: Any, group: str, history: Optional[HistoryOptions],
+                     presence: Optional[dict]) -> tuple[tuple, tuple]:
+        """The add notice for a membership made on ``shard``: ``(extra keys, (body, position
+        arguments...))`` of the notice script, which completes the group's position at the
+        membership (``h``) in the same script (:func:`.feature_scripts.join_position`): read from
+        the stream when it lives on ``shard`` (not a Cluster: another slot there), else from
+        ``shard``'s order mark, given ``group_position`` read just before. An encrypted body cannot
+        be completed by a script: the position read just before goes in whole. It is then at or
+        before the membership's cut (a message numbered between the read and the membership may
+        have been queued here before the membership): the sidecar takes such a message, missing
+        from its live stream, from the history (a hole) or a resume replays it, never the other way
+        round (a message after the position the socket would not get)."""
+        if history is None:
+            return (), (self._sealed(encode({}, None, add_notice(group, False, presence))),)
+        home = self._feature_shard(group)
+        if self._bodies.fernet is None and home is shard and not shard.cluster:
+            head = encode({}, None, add_notice(group, ["", 0], presence))
+            assert head.endswith(_EMPTY_EPOCH_AND_ZERO)
+            return ((shard.key("h", group), shard.key("hm", group)),
+                    (head[:-len(_EMPTY_EPOCH_AND_ZERO)], fs.POSITION_LOCAL, new_epoch(), _ms(history.meta_ttl)))
+        read = self._history_read([(group, 0, 0)])[0]
+        if isinstance(read, BaseException):
+            raise read
+        if self._bodies.fernet is not None:
+            return (), (self._sealed(encode({}, None, add_notice(group, [read.epoch, read.top], presence))),)
+        head = encode({}, None, add_notice(group, ["", 0], presence))
+        return ((shard.key("hx", group),),
+                (head[:-len(_EMPTY_EPOCH_AND_ZERO)], fs.POSITION_MARK, read.epoch, read.top))
+
+    def _notice_membership(self, group: str, channel: str, add: Optional[tuple] = None, always: bool = False) -> bool:
+        """Add (``add``: the group's history options or None, and the notice's presence entry) or
+        discard (None) the membership of a ``sidecar.*!`` channel, queueing its notice in the same
+        script; True when it was a new membership (a discard: a member)."""
         qname = non_local_name(channel)
         shard = self._shard_of(qname)  # type: ignore[attr-defined]
         deadline = _DEADLINE % (shard.now_ms() + self._expiry_ms)
@@ -162,11 +194,12 @@ class HistoryMixin(ClusterFeaturesMixin):
             keys = self._group_keys(group) + (self._key("m", qname), self._key("q", qname),  # type: ignore[attr-defined]
                                               self._key("u", qname))  # type: ignore[attr-defined]
             scripts, names = (_ADD_NOTICE, _DISCARD_NOTICE), (channel, group)
-        if notice is not None:
+        if add is not None:
+            more, notice = self._join_notice(shard, group, add[0], add[1])
             fixed = (self._gexp_ms, self.get_capacity(qname))  # type: ignore[attr-defined]
-            rest = ("2" if always else "1", deadline, self._expiry_ms, self._sealed(encode({}, None, notice)))
+            rest = ("2" if always else "1", deadline, self._expiry_ms) + notice
             args: tuple[Any, ...] = names + fixed + rest if shard.cluster else (channel,) + fixed + (group,) + rest
-            return bool(self._run(f"group_add to {group!r}", shard, scripts[0], keys, args))
+            return bool(self._run(f"group_add to {group!r}", shard, scripts[0], keys + more, args))
         body = self._sealed(encode({}, None, discard_notice(group)))
         args = (*names, deadline, self._expiry_ms, self._gexp_ms, body)
         return bool(self._run(f"group_discard from {group!r}", shard, scripts[1], keys, args))
@@ -180,8 +213,8 @@ class HistoryMixin(ClusterFeaturesMixin):
             made = self._presence_put(group, options, channel, user, encode({"i": info}, None))  # type: ignore[attr-defined]
         assert features is not None
         if is_sidecar_prefix(non_local_name(channel)):
-            notice = add_notice(group, features.history is not None, made[1] if made is not None else None)
-            self._notice_membership(group, channel, notice, always=made is not None and made[0])
+            self._notice_membership(group, channel, (features.history, made[1] if made is not None else None),
+                                    always=made is not None and made[0])
         else:
             self._group_add(group, channel)  # type: ignore[attr-defined]
         self._journal_membership("add", group, channel)  # type: ignore[attr-defined]
