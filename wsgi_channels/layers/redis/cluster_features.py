@@ -17,7 +17,7 @@ from ... import exceptions as exc
 from . import cluster_scripts as cscripts
 from .cluster import run_all
 from .connection import NOW, Script, bulk
-from .feature_scripts import ORDER_WAIT, SIDECARS_ONLY, STAMPED, _derive, join_position
+from .feature_scripts import _NOTICE_PUSH, ORDER_WAIT, SIDECARS_ONLY, STAMPED, _derive, join_position
 
 __all__ = ["ClusterFeaturesMixin", "C_FEATURE_FANOUT", "C_GROUP_ADD_NOTICE", "C_GROUP_DISCARD_NOTICE", "ADD_NOTICE",
            "DISCARD_NOTICE"]
@@ -76,16 +76,8 @@ C_FEATURE_FANOUT = _derive(_derive(_derive(_derive(_derive(_derive(_derive(_deri
     "  local u, m = KEYS[k + 1], KEYS[k + 2]\n"),
     "E_FIELD_END .. body", "E_FIELD_END .. prefix_body(prefix)", count=3)
 
-_PUSH = r"""
-local function push_notice(q, u, c, dl, exp, gexp, body)
-  local n = redis.call('RPUSH', q, dl .. E_TARGETS .. c .. E_FIELD_END .. body)
-  redis.call('PEXPIRE', q, exp)
-  if n == 1 then
-    redis.call('SET', u, dl, 'PX', gexp)
-    redis.call('SPUBLISH', q, '')
-  end
-end
-"""
+# The notice push of the standalone scripts, waking the member's sidecar with a sharded publish.
+_PUSH = _derive(_NOTICE_PUSH, "redis.call('PUBLISH', q, '')", "redis.call('SPUBLISH', q, '')")
 _WAS = "local mem = g .. ' ' .. c\n"
 
 
