@@ -11,10 +11,15 @@ hash tag, so a group's history or presence lives on one shard: the group's own, 
     HASH ``e`` epoch, ``t`` latest offset, ``r`` the ``run_id`` of the server that wrote it,
     ``m`` meta ttl (ms); expires ``meta_ttl`` after the latest append or read.
 ``P:pe:{group}``
-    HASH of the presence entries: ``o:<cid>`` owner, ``u:<cid>`` user (``+name``, or ``''``:
-    none), ``i:<cid>`` info (encoded), ``s:<cid>`` since (seconds since the epoch, as text).
+    HASH of the presence entries (``HLEN`` is the clients count), each one field: conn_id ->
+    ``owner since tag digest rest``, separated by spaces (no space inside the first four):
+    the owner (a ``sidecar.*!`` prefix), since (seconds since the epoch, as text), the user's
+    tag (hex, ``''``: no user), the digest of the user and info (hex: an update with the same
+    digest changes nothing), then the user and info (msgpack ``{"i": info, "u": user}``). The tag
+    and digest are BLAKE2b: the scripts need user equality (counts, updates), never the user
+    (:mod:`.presence`).
 ``P:pu:{group}`` / ``P:po:{group}`` / ``P:pm:{group}``
-    HASH user -> entries (refcounts: ``HLEN`` is the users count), ZSET owner -> lease
+    HASH user tag -> entries (refcounts: ``HLEN`` is the users count), ZSET owner -> lease
     deadline (ms, server clock), HASH of the change version ``v``, mode ``m`` and the options
     of the latest add (``ttl`` ms, ``ev``, ``jl``, ``max``).
 ``P:pb:{group}:<owner>``
@@ -249,6 +254,7 @@ return 0
 # -- presence ------------------------------------------------------------------------------------
 
 #: KEYS of every presence script: pe pu po pm px pb(base); ARGV[1] the group.
+#: An entry is one field of ``pe``: conn_id -> ``owner since tag digest rest`` (see the module).
 _PRESENCE = f"""
 local KEEP = {EMPTY_PRESENCE_KEEP_MS}
 """ + r"""
@@ -266,7 +272,18 @@ local function configure(ttl, ev, jl, max)
 end
 
 local function by_owner(owner) return pb .. ':' .. owner end
-local function clients() return redis.call('HLEN', pe) / 4 end
+local function clients() return redis.call('HLEN', pe) end
+
+-- an entry's owner, since, user tag and digest (the rest is this layer's clients' business)
+local function fields(v)
+  local a = string.find(v, ' ', 1, true)
+  local b = string.find(v, ' ', a + 1, true)
+  local c = string.find(v, ' ', b + 1, true)
+  local d = string.find(v, ' ', c + 1, true)
+  return string.sub(v, 1, a - 1), string.sub(v, a + 1, b - 1), string.sub(v, b + 1, c - 1), string.sub(v, c + 1, d - 1)
+end
+
+local function owner_of(v) return string.sub(v, 1, string.find(v, ' ', 1, true) - 1) end
 
 local function count_user(u, d)
   if u == '' then return end
@@ -281,23 +298,25 @@ local function lease(owner)
   redis.call('PEXPIRE', by_owner(owner), KEEP + TTL)
 end
 
--- make or update an entry and renew its owner's lease: the join event (nil: nothing changed), since
-local function put(cid, owner, u, i, s)
-  local old = redis.call('HMGET', pe, 'o:' .. cid, 'u:' .. cid, 'i:' .. cid, 's:' .. cid)
+-- make or update an entry (the same digest: unchanged) and renew its owner's lease: the join
+-- event (nil: nothing changed), since
+local function put(cid, owner, tag, digest, rest, s)
+  local old = redis.call('HGET', pe, cid)
   local event
-  if not old[1] then
-    redis.call('HSET', pe, 'o:' .. cid, owner, 'u:' .. cid, u, 'i:' .. cid, i, 's:' .. cid, s)
+  if not old then
+    redis.call('HSET', pe, cid, owner .. ' ' .. s .. ' ' .. tag .. ' ' .. digest .. ' ' .. rest)
     redis.call('SADD', by_owner(owner), cid)
-    count_user(u, 1)
-    event = {'j', cid, u, i, s}
-  elseif old[2] ~= u or old[3] ~= i then
-    count_user(old[2], -1)
-    count_user(u, 1)
-    redis.call('HSET', pe, 'u:' .. cid, u, 'i:' .. cid, i)
-    event = {'j', cid, u, i, old[4]}
-    s = old[4]
+    count_user(tag, 1)
+    event = {'j', cid, rest, s}
   else
-    s = old[4]
+    local o, os, otag, odigest = fields(old)
+    s = os
+    if odigest ~= digest then
+      count_user(otag, -1)
+      count_user(tag, 1)
+      redis.call('HSET', pe, cid, o .. ' ' .. s .. ' ' .. tag .. ' ' .. digest .. ' ' .. rest)
+      event = {'j', cid, rest, s}
+    end
   end
   lease(owner)
   return event, s
@@ -305,12 +324,13 @@ end
 
 -- remove an entry (its owner loses its lease with its last entry): the leave event
 local function drop(cid)
-  local f = redis.call('HMGET', pe, 'o:' .. cid, 'u:' .. cid)
-  if not f[1] then return nil end
-  redis.call('HDEL', pe, 'o:' .. cid, 'u:' .. cid, 'i:' .. cid, 's:' .. cid)
-  redis.call('SREM', by_owner(f[1]), cid)
-  if redis.call('EXISTS', by_owner(f[1])) == 0 then redis.call('ZREM', po, f[1]) end
-  count_user(f[2], -1)
+  local v = redis.call('HGET', pe, cid)
+  if not v then return nil end
+  local owner, _, tag = fields(v)
+  redis.call('HDEL', pe, cid)
+  redis.call('SREM', by_owner(owner), cid)
+  if redis.call('EXISTS', by_owner(owner)) == 0 then redis.call('ZREM', po, owner) end
+  count_user(tag, -1)
   return {'l', cid}
 end
 
@@ -339,16 +359,16 @@ local function changed(events)
 end
 """
 
-#: ARGV: group, ttl ms, events_max, join_leave ('1'/'0'), max_members, cid, owner, user, info, since.
-#: Returns {-1, clients} past max_members (nothing changed), else {made or changed (1/0), since,
-#: mode after, change or nothing}.
+#: ARGV: group, ttl ms, events_max, join_leave ('1'/'0'), max_members, cid, owner, tag, digest, rest,
+#: since. Returns {-1, clients} past max_members (nothing changed), else {made or changed (1/0),
+#: since, mode after, change or nothing}. A join event is ``{'j', cid, rest, since}``.
 PRESENCE_PUT = _PRESENCE + r"""
 local cid = ARGV[6]
-if redis.call('HEXISTS', pe, 'o:' .. cid) == 0 and clients() >= tonumber(ARGV[5]) then
+if redis.call('HEXISTS', pe, cid) == 0 and clients() >= tonumber(ARGV[5]) then
   return {-1, clients()}
 end
 configure(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-local event, since = put(cid, ARGV[7], ARGV[8], ARGV[9], ARGV[10])
+local event, since = put(cid, ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
 local change
 if event then change = changed({event}) end
 finish()
@@ -360,7 +380,8 @@ return {0, since, MODE}
 PRESENCE_REMOVE = _PRESENCE + r"""
 local events = {}
 for k = 3, #ARGV do
-  if redis.call('HGET', pe, 'o:' .. ARGV[k]) == ARGV[2] then events[#events + 1] = drop(ARGV[k]) end
+  local v = redis.call('HGET', pe, ARGV[k])
+  if v and owner_of(v) == ARGV[2] then events[#events + 1] = drop(ARGV[k]) end
 end
 if #events == 0 then return {} end
 finish()
@@ -376,25 +397,25 @@ return 1
 """
 
 #: ARGV: group, ttl ms, events_max, join_leave, max_members (options for a group with none stored),
-#: owner, then cid, user, info, since for each entry. Returns the change, or {}.
+#: owner, then cid, tag, digest, rest, since for each entry. Returns the change, or {}.
 PRESENCE_REASSERT = _PRESENCE + r"""
 if not TTL then configure(ARGV[2], ARGV[3], ARGV[4], ARGV[5]) end
 local owner = ARGV[6]
 local wanted = {}
-for k = 7, #ARGV, 4 do wanted[ARGV[k]] = true end
+for k = 7, #ARGV, 5 do wanted[ARGV[k]] = true end
 local events = {}
 for _, cid in ipairs(redis.call('SMEMBERS', by_owner(owner))) do
   if not wanted[cid] then events[#events + 1] = drop(cid) end
 end
-for k = 7, #ARGV, 4 do
+for k = 7, #ARGV, 5 do
   local cid = ARGV[k]
-  local cur = redis.call('HGET', pe, 'o:' .. cid)
-  if cur and cur ~= owner then
+  local cur = redis.call('HGET', pe, cid)
+  if cur and owner_of(cur) ~= owner then
     cur = nil  -- another owner's (cannot happen for real conn_ids: they name one channel)
   elseif not cur and clients() >= MAX then
     cur = nil  -- full: left out
   else
-    local event = put(cid, owner, ARGV[k + 1], ARGV[k + 2], ARGV[k + 3])
+    local event = put(cid, owner, ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4])
     if event then events[#events + 1] = event end
   end
 end
@@ -419,12 +440,29 @@ if #events == 0 then return {} end
 return changed(events)
 """
 
-#: ARGV: group. Returns {the entries' fields (HGETALL), the owners whose lease has not passed}.
-PRESENCE_LIST = _PRESENCE + r"""
-return {redis.call('HGETALL', pe), redis.call('ZRANGEBYSCORE', po, '(' .. now, '+inf')}
+#: KEYS: pe po; ARGV: none. Returns the live entries, flat: {cid, entry, cid, entry, ...}, those of
+#: owners whose lease passed (not swept yet) left out here, not in this process: while no lease has
+#: passed (the usual case) the answer is ``HGETALL`` as it is.
+PRESENCE_LIST = r"""
+local pe, po = KEYS[1], KEYS[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', pe)
+if not redis.call('ZRANGEBYSCORE', po, '-inf', now, 'LIMIT', 0, 1)[1] then return all end
+local live = {}
+for _, owner in ipairs(redis.call('ZRANGEBYSCORE', po, '(' .. now, '+inf')) do live[owner] = true end
+local out = {}
+for k = 1, #all, 2 do
+  local v = all[k + 1]
+  if live[string.sub(v, 1, string.find(v, ' ', 1, true) - 1)] then
+    out[#out + 1] = all[k]
+    out[#out + 1] = v
+  end
+end
+return out
 """
 
 #: KEYS: pe pu. Returns {clients, users}.
 PRESENCE_COUNTS = r"""
-return {redis.call('HLEN', KEYS[1]) / 4, redis.call('HLEN', KEYS[2])}
+return {redis.call('HLEN', KEYS[1]), redis.call('HLEN', KEYS[2])}
 """

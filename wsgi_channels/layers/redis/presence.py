@@ -13,14 +13,17 @@ earliest lease: a sweep looks only at groups with a lapsed owner.
 """
 from __future__ import annotations
 
+import hashlib
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import msgpack  # type: ignore[import-untyped]  # no type information shipped
 
 from redis.exceptions import ResponseError
 
 from ... import exceptions as exc
 from ...presence import conn_id
-from ...serialization import decode
+from ...serialization import with_keys
 from ..names import non_local_name, validate_group_name
 from ..features import PresenceChange, PresenceEntry, PresenceOptions, check_entries, presence_change
 from . import feature_scripts as fs
@@ -41,20 +44,31 @@ _COUNTS = Script(fs.PRESENCE_COUNTS)
 INDEX = "presence"
 
 
-def _user(user: Optional[str]) -> str:
-    return "" if user is None else "+" + user
-
-
-def _unuser(stored: bytes) -> Optional[str]:
-    return stored[1:].decode() if stored else None
-
-
 def _options_args(options: PresenceOptions) -> tuple:
     return (int(options.ttl * 1000), options.events_max, "1" if options.join_leave else "0", options.max_members)
 
 
 class PresenceMixin:
     """Presence of :class:`~.layer.RedisChannelLayer`."""
+
+    #: The BLAKE2b key of the entries' user tags and digests (b"": none).
+    _presence_key = b""
+
+    def _entry(self, user: Optional[str], info: bytes) -> tuple[bytes, bytes, bytes]:
+        """(user tag, digest, rest) of an entry as the scripts store it (:mod:`.feature_scripts`):
+        ``info`` is the encoded ``{"i": info}``; the rest adds the user to it."""
+        rest = with_keys(info, {"u": user})
+        key = self._presence_key
+        tag = b"" if user is None else hashlib.blake2b(user.encode(), digest_size=16, key=key,
+                                                          person=b"wsc-user").hexdigest().encode()
+        digest = hashlib.blake2b(rest, digest_size=16, key=key, person=b"wsc-entry").hexdigest().encode()
+        return tag, digest, rest
+
+    def _entry_rests(self, rests: Sequence[bytes]) -> Iterable[dict]:
+        """The ``{"u", "i"}`` of entries' rests (one msgpack stream: a thousand maps in one call)."""
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=True)
+        unpacker.feed(b"".join(rests))
+        return unpacker
 
     def _presence_keys(self, group: str) -> tuple[Any, tuple[bytes, ...]]:
         shard = self._feature_shard(group)  # type: ignore[attr-defined]
@@ -66,11 +80,11 @@ class PresenceMixin:
         shard, keys = self._presence_keys(group)
         return self._run(what, shard, script, keys, (group,) + tuple(args))  # type: ignore[attr-defined]
 
-    @staticmethod
-    def _event(raw: list) -> list:
+    def _event(self, raw: list) -> list:
         if raw[0] == b"l":
             return ["l", raw[1].decode()]
-        return ["j", raw[1].decode(), _unuser(raw[2]), decode(raw[3])["i"], int(float(raw[4]) * 1000)]
+        rest = next(iter(self._entry_rests([raw[2]])))
+        return ["j", raw[1].decode(), rest["u"], rest["i"], int(float(raw[3]) * 1000)]
 
     def _changed(self, group: str, reply: list) -> tuple[PresenceChange, Optional[PresenceChange]]:
         """(the change, what the sidecars get or None) of a script's change reply."""
@@ -94,29 +108,23 @@ class PresenceMixin:
         """Make or update ``channel``'s entry: (made or changed, the notice's ``p``, the change not sent yet)."""
         cid = conn_id(channel)
         reply = self._presence_script(f"a presence entry in {group!r}", group, _PUT,
-                                      _options_args(options) + (cid, non_local_name(channel), _user(user), info,
-                                                                repr(time.time())))
+                                      _options_args(options) + (cid, non_local_name(channel),
+                                                                *self._entry(user, info), repr(time.time())))
         if reply[0] == -1:
             raise exc.PresenceFull(f"group {group!r} has {reply[1]} presence entries (max_members "
                                    f"{options.max_members} of {options.pattern!r}): not added")
         since = float(reply[1])
         notice = {"id": cid, "ttl": options.ttl, "ev": options.events_max, "m": reply[2].decode(), "u": user,
-                  "i": decode(info)["i"], "s": since}
+                  "i": self._bodies.decoded(info)["i"], "s": since}  # type: ignore[attr-defined]
         return bool(reply[0]), notice, self._changed(group, reply[3]) if len(reply) > 3 else None
 
     def _presence_entries(self, group: str) -> dict[str, PresenceEntry]:
         validate_group_name(group)
-        fields, live = self._presence_script(f"the presence of {group!r}", group, _LIST, ())
-        live_owners = set(live)
-        flat = dict(zip(fields[::2], fields[1::2]))
-        found: dict[str, PresenceEntry] = {}
-        for name, owner in flat.items():
-            if not name.startswith(b"o:") or owner not in live_owners:
-                continue
-            cid = name[2:]
-            found[cid.decode()] = {"user": _unuser(flat.get(b"u:" + cid, b"")),
-                                   "info": decode(flat[b"i:" + cid])["i"], "since": float(flat[b"s:" + cid])}
-        return found
+        shard, keys = self._presence_keys(group)
+        flat = self._run(f"the presence of {group!r}", shard, _LIST, (keys[0], keys[2]), ())  # type: ignore[attr-defined]
+        parts = [value.split(b" ", 4) for value in flat[1::2]]
+        return {cid.decode(): {"user": entry["u"], "info": entry["i"], "since": float(part[1])}
+                for cid, part, entry in zip(flat[::2], parts, self._entry_rests([part[4] for part in parts]))}
 
     def _presence_counts(self, group: str) -> dict[str, int]:
         validate_group_name(group)
@@ -155,7 +163,7 @@ class PresenceMixin:
         options = self.presence_options(group) or PresenceOptions()  # type: ignore[attr-defined]
         args: list[Any] = list(_options_args(options)) + [owner]
         for cid, (user, info, since) in checked.items():
-            args += [cid, _user(user), info, repr(since)]
+            args += [cid, *self._entry(user, info), repr(since)]
         reply = self._presence_script(f"a presence reassertion in {group!r}", group, _REASSERT, args)
         return self._presence_send(group, reply)
 
