@@ -18,7 +18,8 @@ from servers import RedisServer
 from wsgi_channels import exceptions as exc
 from wsgi_channels.layers import from_url
 from wsgi_channels.layers.names import new_process_prefix
-from wsgi_channels.layers.features import STAMP_KEY
+from wsgi_channels.layers.features import PRESENCE_KEY, STAMP_KEY
+from wsgi_channels.presence import conn_id
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -271,3 +272,81 @@ def test_resume_and_live_order_through_a_real_sidecar_on_shards(tmp_path, redis_
     finally:
         rs.layer.flush()
         rs.stop()
+
+
+def _stored_values(port: int, prefix: str) -> bytes:
+    """Every key name and value a layer with key prefix ``prefix`` stored, raw, concatenated."""
+    client = redis.Redis(port=port)
+    out = []
+    try:
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            kind = client.type(key)
+            out.append(key)
+            if kind == b"hash":
+                for field, value in client.hgetall(key).items():
+                    out += [field, value]
+            elif kind == b"zset":
+                out += client.zrange(key, 0, -1)
+            elif kind == b"set":
+                out += list(client.smembers(key))
+            elif kind == b"list":
+                out += client.lrange(key, 0, -1)
+            elif kind == b"string":
+                out.append(client.get(key) or b"")
+    finally:
+        client.close()
+    return b"\n".join(out)
+
+
+def test_presence_is_encrypted_at_rest(fresh_redis, made):
+    """Users and infos are stored encrypted; the scripts count users and see updates by keyed tags
+    and digests, so counts, updates, removals, sweeps and reassertions work as without keys."""
+    keys = ["secret"]
+    layer = made(fresh_redis.url, symmetric_encryption_keys=keys, prefix="encp")
+    other = made(fresh_redis.url, symmetric_encryption_keys=keys, prefix="encp")  # another process's layer
+    live, dead = new_process_prefix("sidecar"), new_process_prefix("sidecar")
+    layer.group_add("room.enc", live + "a", presence={"user": "alice-secret", "info": {"note": "classified-a"}})
+    other.group_add("room.enc", live + "b", presence={"user": "alice-secret", "info": {"note": "classified-b"}})
+    layer.group_add("room.enc", dead + "c", presence={"user": "bob-secret", "info": None})
+    stored = _stored_values(fresh_redis.port, "encp")
+    for secret in (b"alice-secret", b"bob-secret", b"classified"):
+        assert secret not in stored
+    assert b"\xa5alice" not in stored and b"note" not in stored  # not even msgpack's view of them
+    # an unkeyed digest of a guessed user is not stored either (the tags are keyed)
+    plain = made(fresh_redis.url, prefix="encp")
+    assert plain._entry("alice-secret", b"\x81\xa1i\xc0")[0] not in stored
+    entries = other.group_presence("room.enc")
+    assert {k: (v["user"], v["info"]) for k, v in entries.items()} == {
+        conn_id(live + "a"): ("alice-secret", {"note": "classified-a"}),
+        conn_id(live + "b"): ("alice-secret", {"note": "classified-b"}),
+        conn_id(dead + "c"): ("bob-secret", None)}
+    assert layer.group_presence_stats("room.enc") == {"clients": 3, "users": 2}
+    drain_from = [live, dead]
+    while layer.receive_batch(drain_from, 1000):
+        pass
+    # the same entry again (encrypted anew: another ciphertext) is no change; a new info is one
+    other.group_add("room.enc", live + "a", presence={"user": "alice-secret", "info": {"note": "classified-a"}})
+    assert [m for _, m in layer.receive_batch([live], 100) if PRESENCE_KEY in m] == []
+    other.group_add("room.enc", live + "a", presence={"user": "carol-secret", "info": 2})
+    got = [m[PRESENCE_KEY] for _, m in layer.receive_batch([live], 100) if PRESENCE_KEY in m]
+    assert got[0]["ev"] == [["j", conn_id(live + "a"), "carol-secret", 2, int(entries[conn_id(live + "a")]["since"] * 1000)]]
+    assert layer.group_presence_stats("room.enc") == {"clients": 3, "users": 3}
+    assert b"carol-secret" not in _stored_values(fresh_redis.port, "encp")
+    layer.group_discard("room.enc", live + "b")
+    assert layer.group_presence_stats("room.enc") == {"clients": 2, "users": 2}
+    # the dead owner's lease passes (ttl 5): filtered at once, then swept with one leave
+    deadline = time.monotonic() + 5.5
+    while time.monotonic() < deadline:
+        layer.presence_refresh(live, ["room.enc"])
+        time.sleep(0.5)
+    assert set(layer.group_presence("room.enc")) == {conn_id(live + "a")}
+    assert [(c.group, c.events) for c in other.presence_sweep()] == [("room.enc", [["l", conn_id(dead + "c")]])]
+    assert layer.group_presence_stats("room.enc") == {"clients": 1, "users": 1}
+    change = layer.presence_reassert(dead, "room.enc", {conn_id(dead + "c"): {"user": "bob-secret", "info": [1]}})
+    assert change.events[0][:4] == ["j", conn_id(dead + "c"), "bob-secret", [1]]
+    assert layer.group_presence_stats("room.enc") == {"clients": 2, "users": 2}
+    assert b"bob-secret" not in _stored_values(fresh_redis.port, "encp")
+    # a layer without the keys cannot read the entries
+    with pytest.raises(exc.ChannelsError, match="symmetric_encryption_keys this layer lacks"):
+        plain.group_presence("room.enc")
+    layer.flush()

@@ -70,7 +70,7 @@ from .delivery import Delivery
 from .entries import append_entry
 from .failover import MEMBERSHIP_REPLAY_SECONDS, FailoverMixin
 from .history import HistoryMixin
-from .presence import PresenceMixin
+from .presence import PresenceMixin, presence_key
 from .members import member_for_url
 from .slots import DEFAULT_TAG_COUNT, check_tag_count
 from .options import connection_url, options_from_url, split_urls
@@ -170,6 +170,7 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
         self._p = prefix + ":"
         self._pb = self._p.encode()
         self._bodies = Bodies(symmetric_encryption_keys)
+        self._presence_key = presence_key(symmetric_encryption_keys)
         try:
             timeouts = float(socket_timeout), float(socket_connect_timeout)
         except (TypeError, ValueError):

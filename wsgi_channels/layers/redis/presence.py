@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import msgpack  # type: ignore[import-untyped]  # no type information shipped
 
@@ -30,7 +30,7 @@ from . import feature_scripts as fs
 from .connection import Script, packed
 from .history import unavailable
 
-__all__ = ["PresenceMixin"]
+__all__ = ["PresenceMixin", "presence_key"]
 
 _PUT = Script(fs.PRESENCE_PUT)
 _REMOVE = Script(fs.PRESENCE_REMOVE)
@@ -44,6 +44,16 @@ _COUNTS = Script(fs.PRESENCE_COUNTS)
 INDEX = "presence"
 
 
+def presence_key(keys: Any) -> bytes:
+    """The BLAKE2b key of presence tags and digests for ``symmetric_encryption_keys`` (b"": none):
+    derived from the first key (the one that encrypts), apart from its Fernet key."""
+    if not keys:
+        return b""
+    first = keys[0]
+    raw = first.encode() if isinstance(first, str) else bytes(first)
+    return hashlib.sha256(b"wsgi_channels presence tags\0" + raw).digest()
+
+
 def _options_args(options: PresenceOptions) -> tuple:
     return (int(options.ttl * 1000), options.events_max, "1" if options.join_leave else "0", options.max_members)
 
@@ -51,24 +61,36 @@ def _options_args(options: PresenceOptions) -> tuple:
 class PresenceMixin:
     """Presence of :class:`~.layer.RedisChannelLayer`."""
 
-    #: The BLAKE2b key of the entries' user tags and digests (b"": none).
+    #: The BLAKE2b key of the entries' user tags and digests (:func:`presence_key`; b"": none).
     _presence_key = b""
 
     def _entry(self, user: Optional[str], info: bytes) -> tuple[bytes, bytes, bytes]:
         """(user tag, digest, rest) of an entry as the scripts store it (:mod:`.feature_scripts`):
-        ``info`` is the encoded ``{"i": info}``; the rest adds the user to it."""
-        rest = with_keys(info, {"u": user})
+        ``info`` is the encoded ``{"i": info}``; the rest adds the user to it, encrypted like a
+        message body on an encrypted layer. The scripts count users by tag and see an update by
+        the digest; keyed on an encrypted layer, neither tells a reader of Redis who is there."""
+        plain = with_keys(info, {"u": user})
         key = self._presence_key
         tag = b"" if user is None else hashlib.blake2b(user.encode(), digest_size=16, key=key,
                                                           person=b"wsc-user").hexdigest().encode()
-        digest = hashlib.blake2b(rest, digest_size=16, key=key, person=b"wsc-entry").hexdigest().encode()
-        return tag, digest, rest
+        digest = hashlib.blake2b(plain, digest_size=16, key=key, person=b"wsc-entry").hexdigest().encode()
+        return tag, digest, self._sealed(plain)  # type: ignore[attr-defined]
 
-    def _entry_rests(self, rests: Sequence[bytes]) -> Iterable[dict]:
+    def _entry_rests(self, rests: Sequence[bytes]) -> list[dict]:
         """The ``{"u", "i"}`` of entries' rests (one msgpack stream: a thousand maps in one call)."""
+        if self._bodies.fernet is not None:  # type: ignore[attr-defined]
+            rests = [bytes(self._bodies.plaintext(rest)) for rest in rests]  # type: ignore[attr-defined]
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=True)
         unpacker.feed(b"".join(rests))
-        return unpacker
+        try:
+            found = list(unpacker)
+        except (ValueError, msgpack.UnpackException):
+            found = []
+        if len(found) != len(rests) or not all(type(entry) is dict and "u" in entry for entry in found):
+            raise exc.ChannelsError("stored presence entries could not be decoded: are they encrypted with "
+                                    "symmetric_encryption_keys this layer lacks, or is another application "
+                                    "using the same key prefix?")
+        return found
 
     def _presence_keys(self, group: str) -> tuple[Any, tuple[bytes, ...]]:
         shard = self._feature_shard(group)  # type: ignore[attr-defined]
@@ -83,7 +105,7 @@ class PresenceMixin:
     def _event(self, raw: list) -> list:
         if raw[0] == b"l":
             return ["l", raw[1].decode()]
-        rest = next(iter(self._entry_rests([raw[2]])))
+        rest = self._entry_rests([raw[2]])[0]
         return ["j", raw[1].decode(), rest["u"], rest["i"], int(float(raw[3]) * 1000)]
 
     def _changed(self, group: str, reply: list) -> tuple[PresenceChange, Optional[PresenceChange]]:
