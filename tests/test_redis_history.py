@@ -70,6 +70,96 @@ def test_a_restart_from_the_append_only_file_starts_a_new_stream(made):
         server.stop()
 
 
+@pytest.mark.parametrize("sig", [15, 9])
+def test_trusting_persistence_keeps_the_stream_across_aof_restarts(made, sig):
+    """``history_trust_persistence``: with ``appendfsync always`` every acknowledged append is on disk,
+    so a restart (SIGTERM, or SIGKILL) that kept the stream keeps its epoch; FLUSHALL still starts a
+    new one, and so does a layer without the option."""
+    server = RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    try:
+        layer = made(server.url + "?history_trust_persistence=1")
+        for i in range(3):
+            layer.send_group("chat.trust", {"text": str(i)})
+        before = layer.group_position("chat.trust")
+        server.restart(sig=sig)
+        after = _position_after_restart(layer, "chat.trust")
+        assert after == before and after.offset == 3
+        assert [m["text"] for _, m in layer.group_history("chat.trust", 0).messages] == ["0", "1", "2"]
+        layer.send_group("chat.trust", {"text": "3"})
+        assert layer.group_position("chat.trust") == (before.epoch, 4)
+        server.restart(sig=sig)  # again: the meta now names the previous restart's run
+        assert _position_after_restart(layer, "chat.trust") == (before.epoch, 4)
+        redis.Redis(port=server.port).flushall()
+        flushed = layer.group_position("chat.trust")
+        assert flushed.epoch != before.epoch and flushed.offset == 0
+        layer.send_group("chat.trust", {"text": "x"})
+        server.restart(sig=sig)
+        untrusting = made(server.url)  # the default: another run of the server is another stream
+        assert untrusting.group_position("chat.trust").epoch not in (before.epoch, flushed.epoch)
+    finally:
+        server.stop()
+
+
+def test_trusting_persistence_still_changes_the_epoch_without_the_data(fresh_redis, made):
+    """An empty restart (no persistence) and a server without its append-only file on never keep a stream."""
+    layer = made(fresh_redis.url + "?history_trust_persistence=1")
+    layer.send_group("chat.empty", {"text": "x"})
+    first = layer.group_position("chat.empty")
+    fresh_redis.restart()
+    second = _position_after_restart(layer, "chat.empty")
+    assert second.epoch != first.epoch and second.offset == 0
+    rdb = RedisServer(extra_args=["--save", "3600 1"]).start()  # snapshots only: a restart may lose the tail
+    try:
+        layer = made(rdb.url + "?history_trust_persistence=1")
+        layer.send_group("chat.rdb", {"text": "x"})
+        before = layer.group_position("chat.rdb")
+        redis.Redis(port=rdb.port).save()
+        rdb.restart(sig=15)
+        client = redis.Redis(port=rdb.port)
+        assert client.exists(b"wsgi_channels:hm:{chat.rdb}")  # the meta came back from the snapshot
+        client.close()
+        after = _position_after_restart(layer, "chat.rdb")
+        assert after.epoch != before.epoch and after.offset == 0
+    finally:
+        rdb.stop()
+
+
+def test_trusting_persistence_still_changes_the_epoch_on_a_promoted_replica(made):
+    """A replica promoted to primary (a failover behind one address) holds the stream's meta, copied by
+    asynchronous replication that may have lost its tail: even trusting persistence, a new stream."""
+    args = ["--appendonly", "yes", "--appendfsync", "always"]
+    primary = RedisServer(extra_args=args).start()
+    replica = RedisServer(extra_args=args + ["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    try:
+        layer = made(primary.url + "?history_trust_persistence=1")
+        for i in range(3):
+            layer.send_group("chat.promo", {"text": str(i)})
+        before = layer.group_position("chat.promo")
+        client = redis.Redis(port=replica.port)
+        deadline = time.monotonic() + 10
+        while not client.exists(b"wsgi_channels:hm:{chat.promo}"):
+            assert time.monotonic() < deadline, "the replica never got the stream"
+            time.sleep(0.05)
+        primary.kill()
+        client.replicaof("NO", "ONE")
+        client.close()
+        promoted = made(replica.url + "?history_trust_persistence=1")
+        after = promoted.group_position("chat.promo")
+        assert after.epoch != before.epoch and after.offset == 0
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+def test_trusting_persistence_is_refused_where_failovers_are_expected():
+    for url in ("redis+sentinel://127.0.0.1:1/mymaster?history_trust_persistence=1",
+                "redis+cluster://127.0.0.1:1?history_trust_persistence=1"):
+        with pytest.raises(exc.ConfigurationError, match="covers restarts of one Redis server"):
+            from_url(url)
+    with pytest.raises(exc.ConfigurationError, match="history_trust_persistence must be 1 or 0"):
+        from_url("redis://127.0.0.1:1/0?history_trust_persistence=maybe")
+
+
 def test_an_empty_restart_and_flushall_start_new_streams(fresh_redis, made):
     layer = made(fresh_redis.url)
     layer.send_group("chat.r", {"text": "x"})

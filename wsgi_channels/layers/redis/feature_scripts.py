@@ -37,6 +37,15 @@ new epoch (the client's random candidate, :func:`..features.new_epoch`; a script
 CSPRNG) and offset 0. ``FLUSHALL``, ``flush()`` and an expired meta remove the meta: a new
 stream too.
 
+``history_trust_persistence`` (for servers run with ``appendfsync always``) keeps a stream whose
+meta survived a restart: another ``run_id`` is trusted when this server is a standalone
+primary (``redis_mode``) with ``aof_enabled:1`` that has not switched replication ids in this
+run (``second_repl_offset:-1``: a replica promoted by a failover has, until it restarts). A
+restart without the data, ``FLUSHALL`` and an expired meta leave no meta: a new stream. It covers
+restarts of one server: the layer refuses it with Sentinel and Cluster, where failovers are
+expected (a promoted replica that restarted before the stream was next touched would look like a
+restarted primary, and asynchronous replication may have lost the tail).
+
 The fan-out of a history group's message and of the layer's own messages is the fan-out
 script of :mod:`.scripts` with more arguments (derived when the module loads, each change
 checked to apply exactly where expected): the stamped body that ``sidecar.*!`` prefixes
@@ -75,12 +84,28 @@ local function time_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- history_trust_persistence (set by the script from its ARGV): see the module
+local TRUST = false
+
+-- Whether this server process may be trusted to hold what an earlier run of it wrote: a
+-- standalone primary with its append-only file on, that was not a replica promoted in this run.
+local function restarted_from_aof(server)
+  if not string.find(server, 'redis_mode:standalone', 1, true) then return false end
+  local repl = redis.call('INFO', 'replication')
+  if not string.find(repl, 'role:master', 1, true) or not string.find(repl, 'second_repl_offset:-1', 1, true) then
+    return false
+  end
+  return string.find(redis.call('INFO', 'persistence'), 'aof_enabled:1', 1, true) ~= nil
+end
+
 -- The stream's epoch, latest offset and meta ttl; a new stream (candidate epoch, offset 0,
 -- no messages) when it has no meta or another server process wrote it (see the module).
 local function stream(h, hm, candidate, meta_ttl)
-  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+  local server = redis.call('INFO', 'server')
+  local run = string.match(server, 'run_id:(%w+)')
   local meta = redis.call('HMGET', hm, 'e', 't', 'r', 'm')
-  if meta[1] and meta[3] == run then
+  if meta[1] and (meta[3] == run or (TRUST and restarted_from_aof(server))) then
+    if meta[3] ~= run then redis.call('HSET', hm, 'r', run) end
     return meta[1], tonumber(meta[2]), tonumber(meta[4]) or meta_ttl, false
   end
   redis.call('DEL', h)
@@ -116,16 +141,20 @@ local function history_append(h, hm, candidate, size, ttl, meta_ttl, body)
 end
 """
 
-#: KEYS: h hm; ARGV: candidate epoch, size, ttl ms, meta ttl ms, body. Returns {epoch, offset}.
+#: KEYS: h hm; ARGV: candidate epoch, size, ttl ms, meta ttl ms, body, trust ('1': history_trust_persistence).
+#: Returns {epoch, offset}.
 HIST_APPEND = _APPEND + r"""
+TRUST = ARGV[6] == '1'
 local epoch, top = history_append(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
                                   tonumber(ARGV[4]), ARGV[5])
 return {epoch, top}
 """
 
-#: KEYS: h hm; ARGV: candidate epoch, meta ttl ms for a new stream, since, limit (0: the position).
+#: KEYS: h hm; ARGV: candidate epoch, meta ttl ms for a new stream, since, limit (0: the position),
+#: trust ('1': history_trust_persistence).
 #: Returns {epoch, top, item, item, ...}: the kept items with offset > since, at most limit.
 HIST_READ = _STREAM + r"""
+TRUST = ARGV[5] == '1'
 local h, hm = KEYS[1], KEYS[2]
 local now = time_ms()
 local epoch, top, meta_ttl, made = stream(h, hm, ARGV[1], tonumber(ARGV[2]))
@@ -173,6 +202,7 @@ _FANOUT_HISTORY = _APPEND + f"""
 local MODE, SBODY = ARGV[9], ARGV[10]
 local EPOCH, TOP
 if MODE == '{KEEP}' then
+  TRUST = ARGV[15] == '1'
   EPOCH, TOP = history_append(KEYS[4], KEYS[5], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]),
                               tonumber(ARGV[14]), body)
   SBODY = SBODY .. cmsgpack.pack(EPOCH) .. cmsgpack.pack(TOP)
@@ -198,8 +228,8 @@ end
 #: The fan-out script of :mod:`.scripts` (KEYS g gc gp, ARGV 1-8 the same) with ARGV[9] the mode and
 #: ARGV[10] the stamped body: ``s`` queues ARGV[10] instead of the body on ``sidecar.*!``
 #: prefixes, ``o`` queues the body on ``sidecar.*!`` prefixes only (the layer's own messages).
-#: ``k`` first keeps the message in the history group's stream (KEYS h hm follow; ARGV 11-14:
-#: candidate epoch, size, ttl ms, meta ttl ms) and stamps the sidecars' copies with its offset:
+#: ``k`` first keeps the message in the history group's stream (KEYS h hm follow; ARGV 11-15:
+#: candidate epoch, size, ttl ms, meta ttl ms, trust) and stamps the sidecars' copies with its offset:
 #: ARGV[10] is then the stamped message up to the epoch and the offset, which the script packs
 #: after it (``cmsgpack``). Returns the members skipped as full, with ``k`` ``{skipped, epoch, offset}``.
 #: ``s`` with ARGV 11-14 (epoch, offset, '1' to force, ttl ms of the mark) and KEYS[4] (``P:hx:{group}``,
