@@ -15,7 +15,7 @@ hash tag, so a group's history or presence lives on one shard: the group's own, 
     ``owner since tag digest rest``, separated by spaces (no space inside the first four):
     the owner (a ``sidecar.*!`` prefix), since (seconds since the epoch, as text), the user's
     tag (hex, ``''``: no user), the digest of the user and info (hex: an update with the same
-    digest changes nothing), then the user and info (msgpack ``{"i": info, "u": user}``, sealed
+    digest changes nothing), then the user and info (msgpack ``{"info": info, "user": user}``, sealed
     like a message body: encrypted with ``symmetric_encryption_keys``). The tag and digest are
     BLAKE2b, keyed on an encrypted layer (a key derived from the first encryption key), so that
     they reveal nothing to a reader of Redis: the scripts need user equality (the users count,
