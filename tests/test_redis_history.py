@@ -17,9 +17,10 @@ import redis
 from servers import RedisServer
 from wsgi_channels import exceptions as exc
 from wsgi_channels.layers import from_url
-from wsgi_channels.layers.names import new_process_prefix
-from wsgi_channels.layers.features import PRESENCE_KEY, STAMP_KEY
+from wsgi_channels.layers.features import PRESENCE_KEY
 from wsgi_channels.presence import conn_id
+from wsgi_channels.layers.names import new_process_prefix
+from wsgi_channels.layers.features import STAMP_KEY
 
 pytestmark = pytest.mark.timeout(120)
 
