@@ -17,6 +17,8 @@ import redis
 from servers import RedisServer
 from wsgi_channels import exceptions as exc
 from wsgi_channels.layers import from_url
+from wsgi_channels.layers.features import PRESENCE_KEY
+from wsgi_channels.presence import conn_id
 from wsgi_channels.layers.names import new_process_prefix
 from wsgi_channels.layers.features import NOTICE_KEY, STAMP_KEY
 
@@ -67,6 +69,96 @@ def test_a_restart_from_the_append_only_file_starts_a_new_stream(made):
         assert layer.group_history("chat.aof", 0) == (after.epoch, 1, [(1, {"text": "new"})])
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("sig", [15, 9])
+def test_trusting_persistence_keeps_the_stream_across_aof_restarts(made, sig):
+    """``history_trust_persistence``: with ``appendfsync always`` every acknowledged append is on disk,
+    so a restart (SIGTERM, or SIGKILL) that kept the stream keeps its epoch; FLUSHALL still starts a
+    new one, and so does a layer without the option."""
+    server = RedisServer(extra_args=["--appendonly", "yes", "--appendfsync", "always"]).start()
+    try:
+        layer = made(server.url + "?history_trust_persistence=1")
+        for i in range(3):
+            layer.send_group("chat.trust", {"text": str(i)})
+        before = layer.group_position("chat.trust")
+        server.restart(sig=sig)
+        after = _position_after_restart(layer, "chat.trust")
+        assert after == before and after.offset == 3
+        assert [m["text"] for _, m in layer.group_history("chat.trust", 0).messages] == ["0", "1", "2"]
+        layer.send_group("chat.trust", {"text": "3"})
+        assert layer.group_position("chat.trust") == (before.epoch, 4)
+        server.restart(sig=sig)  # again: the meta now names the previous restart's run
+        assert _position_after_restart(layer, "chat.trust") == (before.epoch, 4)
+        redis.Redis(port=server.port).flushall()
+        flushed = layer.group_position("chat.trust")
+        assert flushed.epoch != before.epoch and flushed.offset == 0
+        layer.send_group("chat.trust", {"text": "x"})
+        server.restart(sig=sig)
+        untrusting = made(server.url)  # the default: another run of the server is another stream
+        assert untrusting.group_position("chat.trust").epoch not in (before.epoch, flushed.epoch)
+    finally:
+        server.stop()
+
+
+def test_trusting_persistence_still_changes_the_epoch_without_the_data(fresh_redis, made):
+    """An empty restart (no persistence) and a server without its append-only file on never keep a stream."""
+    layer = made(fresh_redis.url + "?history_trust_persistence=1")
+    layer.send_group("chat.empty", {"text": "x"})
+    first = layer.group_position("chat.empty")
+    fresh_redis.restart()
+    second = _position_after_restart(layer, "chat.empty")
+    assert second.epoch != first.epoch and second.offset == 0
+    rdb = RedisServer(extra_args=["--save", "3600 1"]).start()  # snapshots only: a restart may lose the tail
+    try:
+        layer = made(rdb.url + "?history_trust_persistence=1")
+        layer.send_group("chat.rdb", {"text": "x"})
+        before = layer.group_position("chat.rdb")
+        redis.Redis(port=rdb.port).save()
+        rdb.restart(sig=15)
+        client = redis.Redis(port=rdb.port)
+        assert client.exists(b"wsgi_channels:hm:{chat.rdb}")  # the meta came back from the snapshot
+        client.close()
+        after = _position_after_restart(layer, "chat.rdb")
+        assert after.epoch != before.epoch and after.offset == 0
+    finally:
+        rdb.stop()
+
+
+def test_trusting_persistence_still_changes_the_epoch_on_a_promoted_replica(made):
+    """A replica promoted to primary (a failover behind one address) holds the stream's meta, copied by
+    asynchronous replication that may have lost its tail: even trusting persistence, a new stream."""
+    args = ["--appendonly", "yes", "--appendfsync", "always"]
+    primary = RedisServer(extra_args=args).start()
+    replica = RedisServer(extra_args=args + ["--replicaof", "127.0.0.1", str(primary.port)]).start()
+    try:
+        layer = made(primary.url + "?history_trust_persistence=1")
+        for i in range(3):
+            layer.send_group("chat.promo", {"text": str(i)})
+        before = layer.group_position("chat.promo")
+        client = redis.Redis(port=replica.port)
+        deadline = time.monotonic() + 10
+        while not client.exists(b"wsgi_channels:hm:{chat.promo}"):
+            assert time.monotonic() < deadline, "the replica never got the stream"
+            time.sleep(0.05)
+        primary.kill()
+        client.replicaof("NO", "ONE")
+        client.close()
+        promoted = made(replica.url + "?history_trust_persistence=1")
+        after = promoted.group_position("chat.promo")
+        assert after.epoch != before.epoch and after.offset == 0
+    finally:
+        replica.stop()
+        primary.stop()
+
+
+def test_trusting_persistence_is_refused_where_failovers_are_expected():
+    for url in ("redis+sentinel://127.0.0.1:1/mymaster?history_trust_persistence=1",
+                "redis+cluster://127.0.0.1:1?history_trust_persistence=1"):
+        with pytest.raises(exc.ConfigurationError, match="covers restarts of one Redis server"):
+            from_url(url)
+    with pytest.raises(exc.ConfigurationError, match="history_trust_persistence must be 1 or 0"):
+        from_url("redis://127.0.0.1:1/0?history_trust_persistence=maybe")
 
 
 def test_an_empty_restart_and_flushall_start_new_streams(fresh_redis, made):
@@ -286,3 +378,81 @@ def test_resume_and_live_order_through_a_real_sidecar_on_shards(tmp_path, redis_
     finally:
         rs.layer.flush()
         rs.stop()
+
+
+def _stored_values(port: int, prefix: str) -> bytes:
+    """Every key name and value a layer with key prefix ``prefix`` stored, raw, concatenated."""
+    client = redis.Redis(port=port)
+    out = []
+    try:
+        for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            kind = client.type(key)
+            out.append(key)
+            if kind == b"hash":
+                for field, value in client.hgetall(key).items():
+                    out += [field, value]
+            elif kind == b"zset":
+                out += client.zrange(key, 0, -1)
+            elif kind == b"set":
+                out += list(client.smembers(key))
+            elif kind == b"list":
+                out += client.lrange(key, 0, -1)
+            elif kind == b"string":
+                out.append(client.get(key) or b"")
+    finally:
+        client.close()
+    return b"\n".join(out)
+
+
+def test_presence_is_encrypted_at_rest(fresh_redis, made):
+    """Users and infos are stored encrypted; the scripts count users and see updates by keyed tags
+    and digests, so counts, updates, removals, sweeps and reassertions work as without keys."""
+    keys = ["secret"]
+    layer = made(fresh_redis.url, symmetric_encryption_keys=keys, prefix="encp")
+    other = made(fresh_redis.url, symmetric_encryption_keys=keys, prefix="encp")  # another process's layer
+    live, dead = new_process_prefix("sidecar"), new_process_prefix("sidecar")
+    layer.group_add("room.enc", live + "a", presence={"user": "alice-secret", "info": {"note": "classified-a"}})
+    other.group_add("room.enc", live + "b", presence={"user": "alice-secret", "info": {"note": "classified-b"}})
+    layer.group_add("room.enc", dead + "c", presence={"user": "bob-secret", "info": None})
+    stored = _stored_values(fresh_redis.port, "encp")
+    for secret in (b"alice-secret", b"bob-secret", b"classified"):
+        assert secret not in stored
+    assert b"\xa5alice" not in stored and b"note" not in stored  # not even msgpack's view of them
+    # an unkeyed digest of a guessed user is not stored either (the tags are keyed)
+    plain = made(fresh_redis.url, prefix="encp")
+    assert plain._entry("alice-secret", b"\x81\xa1i\xc0")[0] not in stored
+    entries = other.group_presence("room.enc")
+    assert {k: (v["user"], v["info"]) for k, v in entries.items()} == {
+        conn_id(live + "a"): ("alice-secret", {"note": "classified-a"}),
+        conn_id(live + "b"): ("alice-secret", {"note": "classified-b"}),
+        conn_id(dead + "c"): ("bob-secret", None)}
+    assert layer.group_presence_stats("room.enc") == {"clients": 3, "users": 2}
+    drain_from = [live, dead]
+    while layer.receive_batch(drain_from, 1000):
+        pass
+    # the same entry again (encrypted anew: another ciphertext) is no change; a new info is one
+    other.group_add("room.enc", live + "a", presence={"user": "alice-secret", "info": {"note": "classified-a"}})
+    assert [m for _, m in layer.receive_batch([live], 100) if PRESENCE_KEY in m] == []
+    other.group_add("room.enc", live + "a", presence={"user": "carol-secret", "info": 2})
+    got = [m[PRESENCE_KEY] for _, m in layer.receive_batch([live], 100) if PRESENCE_KEY in m]
+    assert got[0]["ev"] == [["j", conn_id(live + "a"), "carol-secret", 2, int(entries[conn_id(live + "a")]["since"] * 1000)]]
+    assert layer.group_presence_stats("room.enc") == {"clients": 3, "users": 3}
+    assert b"carol-secret" not in _stored_values(fresh_redis.port, "encp")
+    layer.group_discard("room.enc", live + "b")
+    assert layer.group_presence_stats("room.enc") == {"clients": 2, "users": 2}
+    # the dead owner's lease passes (ttl 5): filtered at once, then swept with one leave
+    deadline = time.monotonic() + 5.5
+    while time.monotonic() < deadline:
+        layer.presence_refresh(live, ["room.enc"])
+        time.sleep(0.5)
+    assert set(layer.group_presence("room.enc")) == {conn_id(live + "a")}
+    assert [(c.group, c.events) for c in other.presence_sweep()] == [("room.enc", [["l", conn_id(dead + "c")]])]
+    assert layer.group_presence_stats("room.enc") == {"clients": 1, "users": 1}
+    change = layer.presence_reassert(dead, "room.enc", {conn_id(dead + "c"): {"user": "bob-secret", "info": [1]}})
+    assert change.events[0][:4] == ["j", conn_id(dead + "c"), "bob-secret", [1]]
+    assert layer.group_presence_stats("room.enc") == {"clients": 2, "users": 2}
+    assert b"bob-secret" not in _stored_values(fresh_redis.port, "encp")
+    # a layer without the keys cannot read the entries
+    with pytest.raises(exc.ChannelsError, match="symmetric_encryption_keys this layer lacks"):
+        plain.group_presence("room.enc")
+    layer.flush()

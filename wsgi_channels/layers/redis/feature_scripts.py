@@ -11,10 +11,17 @@ hash tag, so a group's history or presence lives on one shard: the group's own, 
     HASH ``e`` epoch, ``t`` latest offset, ``r`` the ``run_id`` of the server that wrote it,
     ``m`` meta ttl (ms); expires ``meta_ttl`` after the latest append or read.
 ``P:pe:{group}``
-    HASH of the presence entries: ``o:<cid>`` owner, ``u:<cid>`` user (``+name``, or ``''``:
-    none), ``i:<cid>`` info (encoded), ``s:<cid>`` since (seconds since the epoch, as text).
+    HASH of the presence entries (``HLEN`` is the clients count), each one field: conn_id ->
+    ``owner since tag digest rest``, separated by spaces (no space inside the first four):
+    the owner (a ``sidecar.*!`` prefix), since (seconds since the epoch, as text), the user's
+    tag (hex, ``''``: no user), the digest of the user and info (hex: an update with the same
+    digest changes nothing), then the user and info (msgpack ``{"info": info, "user": user}``, sealed
+    like a message body: encrypted with ``symmetric_encryption_keys``). The tag and digest are
+    BLAKE2b, keyed on an encrypted layer (a key derived from the first encryption key), so that
+    they reveal nothing to a reader of Redis: the scripts need user equality (the users count,
+    an update that changes nothing), never the user (:mod:`.presence`).
 ``P:pu:{group}`` / ``P:po:{group}`` / ``P:pm:{group}``
-    HASH user -> entries (refcounts: ``HLEN`` is the users count), ZSET owner -> lease
+    HASH user tag -> entries (refcounts: ``HLEN`` is the users count), ZSET owner -> lease
     deadline (ms, server clock), HASH of the change version ``v``, mode ``m`` and the options
     of the latest add (``ttl`` ms, ``ev``, ``jl``, ``max``).
 ``P:pb:{group}:<owner>``
@@ -29,6 +36,15 @@ acknowledged appends) has another ``run_id``, so the script starts a new stream 
 new epoch (the client's random candidate, :func:`..features.new_epoch`; a script has no
 CSPRNG) and offset 0. ``FLUSHALL``, ``flush()`` and an expired meta remove the meta: a new
 stream too.
+
+``history_trust_persistence`` (for servers run with ``appendfsync always``) keeps a stream whose
+meta survived a restart: another ``run_id`` is trusted when this server is a standalone
+primary (``redis_mode``) with ``aof_enabled:1`` that has not switched replication ids in this
+run (``second_repl_offset:-1``: a replica promoted by a failover has, until it restarts). A
+restart without the data, ``FLUSHALL`` and an expired meta leave no meta: a new stream. It covers
+restarts of one server: the layer refuses it with Sentinel and Cluster, where failovers are
+expected (a promoted replica that restarted before the stream was next touched would look like a
+restarted primary, and asynchronous replication may have lost the tail).
 
 The fan-out of a history group's message and of the layer's own messages is the fan-out
 script of :mod:`.scripts` with more arguments (derived when the module loads, each change
@@ -68,12 +84,28 @@ local function time_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- history_trust_persistence (set by the script from its ARGV): see the module
+local TRUST = false
+
+-- Whether this server process may be trusted to hold what an earlier run of it wrote: a
+-- standalone primary with its append-only file on, that was not a replica promoted in this run.
+local function restarted_from_aof(server)
+  if not string.find(server, 'redis_mode:standalone', 1, true) then return false end
+  local repl = redis.call('INFO', 'replication')
+  if not string.find(repl, 'role:master', 1, true) or not string.find(repl, 'second_repl_offset:-1', 1, true) then
+    return false
+  end
+  return string.find(redis.call('INFO', 'persistence'), 'aof_enabled:1', 1, true) ~= nil
+end
+
 -- The stream's epoch, latest offset and meta ttl; a new stream (candidate epoch, offset 0,
 -- no messages) when it has no meta or another server process wrote it (see the module).
 local function stream(h, hm, candidate, meta_ttl)
-  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+  local server = redis.call('INFO', 'server')
+  local run = string.match(server, 'run_id:(%w+)')
   local meta = redis.call('HMGET', hm, 'e', 't', 'r', 'm')
-  if meta[1] and meta[3] == run then
+  if meta[1] and (meta[3] == run or (TRUST and restarted_from_aof(server))) then
+    if meta[3] ~= run then redis.call('HSET', hm, 'r', run) end
     return meta[1], tonumber(meta[2]), tonumber(meta[4]) or meta_ttl, false
   end
   redis.call('DEL', h)
@@ -109,16 +141,20 @@ local function history_append(h, hm, candidate, size, ttl, meta_ttl, body)
 end
 """
 
-#: KEYS: h hm; ARGV: candidate epoch, size, ttl ms, meta ttl ms, body. Returns {epoch, offset}.
+#: KEYS: h hm; ARGV: candidate epoch, size, ttl ms, meta ttl ms, body, trust ('1': history_trust_persistence).
+#: Returns {epoch, offset}.
 HIST_APPEND = _APPEND + r"""
+TRUST = ARGV[6] == '1'
 local epoch, top = history_append(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
                                   tonumber(ARGV[4]), ARGV[5])
 return {epoch, top}
 """
 
-#: KEYS: h hm; ARGV: candidate epoch, meta ttl ms for a new stream, since, limit (0: the position).
+#: KEYS: h hm; ARGV: candidate epoch, meta ttl ms for a new stream, since, limit (0: the position),
+#: trust ('1': history_trust_persistence).
 #: Returns {epoch, top, item, item, ...}: the kept items with offset > since, at most limit.
 HIST_READ = _STREAM + r"""
+TRUST = ARGV[5] == '1'
 local h, hm = KEYS[1], KEYS[2]
 local now = time_ms()
 local epoch, top, meta_ttl, made = stream(h, hm, ARGV[1], tonumber(ARGV[2]))
@@ -166,6 +202,7 @@ _FANOUT_HISTORY = _APPEND + f"""
 local MODE, SBODY = ARGV[9], ARGV[10]
 local EPOCH, TOP
 if MODE == '{KEEP}' then
+  TRUST = ARGV[15] == '1'
   EPOCH, TOP = history_append(KEYS[4], KEYS[5], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]),
                               tonumber(ARGV[14]), body)
   SBODY = SBODY .. cmsgpack.pack(EPOCH) .. cmsgpack.pack(TOP)
@@ -191,8 +228,8 @@ end
 #: The fan-out script of :mod:`.scripts` (KEYS g gc gp, ARGV 1-8 the same) with ARGV[9] the mode and
 #: ARGV[10] the stamped body: ``s`` queues ARGV[10] instead of the body on ``sidecar.*!``
 #: prefixes, ``o`` queues the body on ``sidecar.*!`` prefixes only (the layer's own messages).
-#: ``k`` first keeps the message in the history group's stream (KEYS h hm follow; ARGV 11-14:
-#: candidate epoch, size, ttl ms, meta ttl ms) and stamps the sidecars' copies with its offset:
+#: ``k`` first keeps the message in the history group's stream (KEYS h hm follow; ARGV 11-15:
+#: candidate epoch, size, ttl ms, meta ttl ms, trust) and stamps the sidecars' copies with its offset:
 #: ARGV[10] is then the stamped message up to the epoch and the offset, which the script packs
 #: after it (``cmsgpack``). Returns the members skipped as full, with ``k`` ``{skipped, epoch, offset}``.
 #: ``s`` with ARGV 11-14 (epoch, offset, '1' to force, ttl ms of the mark) and KEYS[4] (``P:hx:{group}``,
@@ -300,6 +337,7 @@ return 0
 # -- presence ------------------------------------------------------------------------------------
 
 #: KEYS of every presence script: pe pu po pm px pb(base); ARGV[1] the group.
+#: An entry is one field of ``pe``: conn_id -> ``owner since tag digest rest`` (see the module).
 _PRESENCE = f"""
 local KEEP = {EMPTY_PRESENCE_KEEP_MS}
 """ + r"""
@@ -317,7 +355,18 @@ local function configure(ttl, ev, jl, max)
 end
 
 local function by_owner(owner) return pb .. ':' .. owner end
-local function clients() return redis.call('HLEN', pe) / 4 end
+local function clients() return redis.call('HLEN', pe) end
+
+-- an entry's owner, since, user tag and digest (the rest is this layer's clients' business)
+local function fields(v)
+  local a = string.find(v, ' ', 1, true)
+  local b = string.find(v, ' ', a + 1, true)
+  local c = string.find(v, ' ', b + 1, true)
+  local d = string.find(v, ' ', c + 1, true)
+  return string.sub(v, 1, a - 1), string.sub(v, a + 1, b - 1), string.sub(v, b + 1, c - 1), string.sub(v, c + 1, d - 1)
+end
+
+local function owner_of(v) return string.sub(v, 1, string.find(v, ' ', 1, true) - 1) end
 
 local function count_user(u, d)
   if u == '' then return end
@@ -332,23 +381,25 @@ local function lease(owner)
   redis.call('PEXPIRE', by_owner(owner), KEEP + TTL)
 end
 
--- make or update an entry and renew its owner's lease: the join event (nil: nothing changed), since
-local function put(cid, owner, u, i, s)
-  local old = redis.call('HMGET', pe, 'o:' .. cid, 'u:' .. cid, 'i:' .. cid, 's:' .. cid)
+-- make or update an entry (the same digest: unchanged) and renew its owner's lease: the join
+-- event (nil: nothing changed), since
+local function put(cid, owner, tag, digest, rest, s)
+  local old = redis.call('HGET', pe, cid)
   local event
-  if not old[1] then
-    redis.call('HSET', pe, 'o:' .. cid, owner, 'u:' .. cid, u, 'i:' .. cid, i, 's:' .. cid, s)
+  if not old then
+    redis.call('HSET', pe, cid, owner .. ' ' .. s .. ' ' .. tag .. ' ' .. digest .. ' ' .. rest)
     redis.call('SADD', by_owner(owner), cid)
-    count_user(u, 1)
-    event = {'j', cid, u, i, s}
-  elseif old[2] ~= u or old[3] ~= i then
-    count_user(old[2], -1)
-    count_user(u, 1)
-    redis.call('HSET', pe, 'u:' .. cid, u, 'i:' .. cid, i)
-    event = {'j', cid, u, i, old[4]}
-    s = old[4]
+    count_user(tag, 1)
+    event = {'j', cid, rest, s}
   else
-    s = old[4]
+    local o, os, otag, odigest = fields(old)
+    s = os
+    if odigest ~= digest then
+      count_user(otag, -1)
+      count_user(tag, 1)
+      redis.call('HSET', pe, cid, o .. ' ' .. s .. ' ' .. tag .. ' ' .. digest .. ' ' .. rest)
+      event = {'j', cid, rest, s}
+    end
   end
   lease(owner)
   return event, s
@@ -356,12 +407,13 @@ end
 
 -- remove an entry (its owner loses its lease with its last entry): the leave event
 local function drop(cid)
-  local f = redis.call('HMGET', pe, 'o:' .. cid, 'u:' .. cid)
-  if not f[1] then return nil end
-  redis.call('HDEL', pe, 'o:' .. cid, 'u:' .. cid, 'i:' .. cid, 's:' .. cid)
-  redis.call('SREM', by_owner(f[1]), cid)
-  if redis.call('EXISTS', by_owner(f[1])) == 0 then redis.call('ZREM', po, f[1]) end
-  count_user(f[2], -1)
+  local v = redis.call('HGET', pe, cid)
+  if not v then return nil end
+  local owner, _, tag = fields(v)
+  redis.call('HDEL', pe, cid)
+  redis.call('SREM', by_owner(owner), cid)
+  if redis.call('EXISTS', by_owner(owner)) == 0 then redis.call('ZREM', po, owner) end
+  count_user(tag, -1)
   return {'l', cid}
 end
 
@@ -390,16 +442,16 @@ local function changed(events)
 end
 """
 
-#: ARGV: group, ttl ms, events_max, join_leave ('1'/'0'), max_members, cid, owner, user, info, since.
-#: Returns {-1, clients} past max_members (nothing changed), else {made or changed (1/0), since,
-#: mode after, change or nothing}.
+#: ARGV: group, ttl ms, events_max, join_leave ('1'/'0'), max_members, cid, owner, tag, digest, rest,
+#: since. Returns {-1, clients} past max_members (nothing changed), else {made or changed (1/0),
+#: since, mode after, change or nothing}. A join event is ``{'j', cid, rest, since}``.
 PRESENCE_PUT = _PRESENCE + r"""
 local cid = ARGV[6]
-if redis.call('HEXISTS', pe, 'o:' .. cid) == 0 and clients() >= tonumber(ARGV[5]) then
+if redis.call('HEXISTS', pe, cid) == 0 and clients() >= tonumber(ARGV[5]) then
   return {-1, clients()}
 end
 configure(ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-local event, since = put(cid, ARGV[7], ARGV[8], ARGV[9], ARGV[10])
+local event, since = put(cid, ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
 local change
 if event then change = changed({event}) end
 finish()
@@ -411,7 +463,8 @@ return {0, since, MODE}
 PRESENCE_REMOVE = _PRESENCE + r"""
 local events = {}
 for k = 3, #ARGV do
-  if redis.call('HGET', pe, 'o:' .. ARGV[k]) == ARGV[2] then events[#events + 1] = drop(ARGV[k]) end
+  local v = redis.call('HGET', pe, ARGV[k])
+  if v and owner_of(v) == ARGV[2] then events[#events + 1] = drop(ARGV[k]) end
 end
 if #events == 0 then return {} end
 finish()
@@ -427,25 +480,25 @@ return 1
 """
 
 #: ARGV: group, ttl ms, events_max, join_leave, max_members (options for a group with none stored),
-#: owner, then cid, user, info, since for each entry. Returns the change, or {}.
+#: owner, then cid, tag, digest, rest, since for each entry. Returns the change, or {}.
 PRESENCE_REASSERT = _PRESENCE + r"""
 if not TTL then configure(ARGV[2], ARGV[3], ARGV[4], ARGV[5]) end
 local owner = ARGV[6]
 local wanted = {}
-for k = 7, #ARGV, 4 do wanted[ARGV[k]] = true end
+for k = 7, #ARGV, 5 do wanted[ARGV[k]] = true end
 local events = {}
 for _, cid in ipairs(redis.call('SMEMBERS', by_owner(owner))) do
   if not wanted[cid] then events[#events + 1] = drop(cid) end
 end
-for k = 7, #ARGV, 4 do
+for k = 7, #ARGV, 5 do
   local cid = ARGV[k]
-  local cur = redis.call('HGET', pe, 'o:' .. cid)
-  if cur and cur ~= owner then
+  local cur = redis.call('HGET', pe, cid)
+  if cur and owner_of(cur) ~= owner then
     cur = nil  -- another owner's (cannot happen for real conn_ids: they name one channel)
   elseif not cur and clients() >= MAX then
     cur = nil  -- full: left out
   else
-    local event = put(cid, owner, ARGV[k + 1], ARGV[k + 2], ARGV[k + 3])
+    local event = put(cid, owner, ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4])
     if event then events[#events + 1] = event end
   end
 end
@@ -470,12 +523,29 @@ if #events == 0 then return {} end
 return changed(events)
 """
 
-#: ARGV: group. Returns {the entries' fields (HGETALL), the owners whose lease has not passed}.
-PRESENCE_LIST = _PRESENCE + r"""
-return {redis.call('HGETALL', pe), redis.call('ZRANGEBYSCORE', po, '(' .. now, '+inf')}
+#: KEYS: pe po; ARGV: none. Returns the live entries, flat: {cid, entry, cid, entry, ...}, those of
+#: owners whose lease passed (not swept yet) left out here, not in this process: while no lease has
+#: passed (the usual case) the answer is ``HGETALL`` as it is.
+PRESENCE_LIST = r"""
+local pe, po = KEYS[1], KEYS[2]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', pe)
+if not redis.call('ZRANGEBYSCORE', po, '-inf', now, 'LIMIT', 0, 1)[1] then return all end
+local live = {}
+for _, owner in ipairs(redis.call('ZRANGEBYSCORE', po, '(' .. now, '+inf')) do live[owner] = true end
+local out = {}
+for k = 1, #all, 2 do
+  local v = all[k + 1]
+  if live[string.sub(v, 1, string.find(v, ' ', 1, true) - 1)] then
+    out[#out + 1] = all[k]
+    out[#out + 1] = v
+  end
+end
+return out
 """
 
 #: KEYS: pe pu. Returns {clients, users}.
 PRESENCE_COUNTS = r"""
-return {redis.call('HLEN', KEYS[1]) / 4, redis.call('HLEN', KEYS[2])}
+return {redis.call('HLEN', KEYS[1]), redis.call('HLEN', KEYS[2])}
 """

@@ -62,6 +62,18 @@ def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
 
+def trust_persistence(value: Any) -> bool:
+    """``history_trust_persistence`` as a bool (keyword or URL query: 1/0, true/false, yes/no, on/off)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise exc.ConfigurationError(f"history_trust_persistence must be 1 or 0 (true/false), not {value!r}")
+
+
 def unavailable(what: str, error: BaseException) -> exc.LayerUnavailable:
     """A refusal by Redis (an error reply: out of memory, a read-only replica, ...) as the layer's error."""
     return exc.LayerUnavailable(f"Redis refused {what}: {error}")
@@ -76,6 +88,7 @@ class HistoryMixin(ClusterFeaturesMixin):
     _expiry_ms: int
     _gexp_ms: int
     _rules_flag: bytes
+    _trust: bytes
     capacity: int
     process_capacity: int
     max_message_size: int
@@ -253,7 +266,8 @@ class HistoryMixin(ClusterFeaturesMixin):
             fkeys = self._group_keys(group) + keys  # type: ignore[attr-defined]
             dropped, epoch, offset = self._run(what, shard, _FANOUT, fkeys, (
                 self._p, self._expiry_ms, self._gexp_ms, self.capacity, self.process_capacity, self._rules_flag, body,
-                _DEADLINE % (shard.now_ms() + self._expiry_ms), fs.KEEP, head[:-len(_EMPTY_EPOCH_AND_ZERO)]) + args)
+                _DEADLINE % (shard.now_ms() + self._expiry_ms), fs.KEEP, head[:-len(_EMPTY_EPOCH_AND_ZERO)]) + args
+                + (self._trust,))
             if dropped:
                 self._count("group_drop_count", dropped)  # type: ignore[attr-defined]
             if len(self._shards) > 1:  # type: ignore[attr-defined]
@@ -261,7 +275,7 @@ class HistoryMixin(ClusterFeaturesMixin):
                 self._feature_fan_out(group, body, fs.STAMPED, stamped, skip=shard,
                                       order=(epoch, offset, _ms(options.meta_ttl)))
             return
-        epoch, offset = self._run(what, shard, _APPEND, keys, args + (plain,))
+        epoch, offset = self._run(what, shard, _APPEND, keys, args + (plain, self._trust))
         stamped = self._sealed(with_keys(body, {STAMP_KEY: [group, epoch.decode(), offset]}))
         self._feature_fan_out(group, plain, fs.STAMPED, stamped, order=(epoch, offset, _ms(options.meta_ttl)))
 
@@ -280,7 +294,7 @@ class HistoryMixin(ClusterFeaturesMixin):
             keys = (shard.key("h", group), shard.key("hm", group))
             meta_ttl = options.meta_ttl if options is not None else DEFAULT_META_TTL
             by_shard.setdefault(shard, []).append(
-                (i, packed("EVALSHA", _READ.sha, 2, *keys, new_epoch(), _ms(meta_ttl), since, limit)))
+                (i, packed("EVALSHA", _READ.sha, 2, *keys, new_epoch(), _ms(meta_ttl), since, limit, self._trust)))
         for shard, items in by_shard.items():
             try:
                 replies = shard.pipeline([payload for _, payload in items], _READ)

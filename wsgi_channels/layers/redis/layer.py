@@ -70,7 +70,8 @@ from .delivery import Delivery
 from .entries import append_entry
 from .failover import MEMBERSHIP_REPLAY_SECONDS, FailoverMixin
 from .history import HistoryMixin
-from .presence import PresenceMixin
+from .presence import PresenceMixin, presence_key
+from .history import trust_persistence
 from .members import member_for_url
 from .slots import DEFAULT_TAG_COUNT, check_tag_count
 from .options import connection_url, options_from_url, split_urls
@@ -134,6 +135,10 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
         seconds, default 0.1): it returns once N replicas have it. A send is never undone: when
         fewer replicas confirm in time, it is counted (``unreplicated_count`` in
         ``global_statistics()``) and a warning is logged once per outage.
+    ``history_trust_persistence``
+        keep a history stream's epoch across a restart of its server that kept the stream (for
+        servers run with ``appendonly yes`` and ``appendfsync always``; see :mod:`.feature_scripts`).
+        Refused with Sentinel and Cluster URLs.
 
     Plus the common keywords of :class:`~wsgi_channels.layers.base.BaseChannelLayer`.
     """
@@ -159,6 +164,7 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
         wait_replicas_timeout: float = 0.1,
         cluster_tags: int = DEFAULT_TAG_COUNT,
         cluster_colocate: Sequence[Sequence[str]] = DEFAULT_COLOCATE,
+        history_trust_persistence: bool | str = False,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -170,6 +176,8 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
         self._p = prefix + ":"
         self._pb = self._p.encode()
         self._bodies = Bodies(symmetric_encryption_keys)
+        self._presence_key = presence_key(symmetric_encryption_keys)
+        self._trust = b"1" if trust_persistence(history_trust_persistence) else b"0"
         try:
             timeouts = float(socket_timeout), float(socket_connect_timeout)
         except (TypeError, ValueError):
@@ -206,6 +214,10 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
         self._replication_ok = True
         #: (monotonic time, "add" or "discard", group, channel) of this process's recent membership
         #: changes (see MEMBERSHIP_REPLAY_SECONDS); None for a layer whose servers never fail over.
+        if self._trust == b"1" and any(isinstance(m, ClusterMember) or m.shard.fails_over for m in self._members):
+            raise exc.ConfigurationError("history_trust_persistence covers restarts of one Redis server: with "
+                                         "Sentinel or a Cluster a failover may lose the tail of a stream, so "
+                                         "every failover starts new streams; drop the option there")
         self._journal: deque | None = deque() if any(isinstance(m, ClusterMember) or m.shard.fails_over
                                                      or not m.resolved for m in self._members) else None
         self._topology_callbacks: list[Callable[[], None]] = []

@@ -27,7 +27,8 @@ __all__ = ["LAYER_OPTIONS", "CONNECTION_OPTIONS", "fernet", "split_urls", "check
 LAYER_OPTIONS = frozenset({"expiry", "group_expiry", "capacity", "max_message_size", "process_capacity",
                            "prefix", "socket_timeout", "socket_connect_timeout", "ring_replicas",
                            "symmetric_encryption_keys", "cluster_tags", "wait_replicas",
-                           "wait_replicas_timeout", "group_history", "group_presence"})
+                           "wait_replicas_timeout", "group_history", "group_presence",
+                           "history_trust_persistence"})
 #: redis-py connection options a URL may carry (TLS files and checks, user name, client name, ...).
 CONNECTION_OPTIONS = frozenset({
     "ssl_ca_certs", "ssl_ca_path", "ssl_certfile", "ssl_keyfile", "ssl_password", "ssl_cert_reqs",

@@ -13,21 +13,23 @@ earliest lease: a sweep looks only at groups with a lapsed owner.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any, Mapping, Optional, Sequence
+
+import msgpack  # type: ignore[import-untyped]  # no type information shipped
 
 from redis.exceptions import ResponseError
 
 from ... import exceptions as exc
 from ...presence import conn_id
-from ...serialization import decode
 from ..names import non_local_name, validate_group_name
 from ..features import PresenceChange, PresenceEntry, PresenceOptions, check_entries, presence_change
 from . import feature_scripts as fs
 from .connection import Script, packed
 from .history import unavailable
 
-__all__ = ["PresenceMixin"]
+__all__ = ["PresenceMixin", "presence_key"]
 
 _PUT = Script(fs.PRESENCE_PUT)
 _REMOVE = Script(fs.PRESENCE_REMOVE)
@@ -41,12 +43,18 @@ _COUNTS = Script(fs.PRESENCE_COUNTS)
 INDEX = "presence"
 
 
-def _user(user: Optional[str]) -> str:
-    return "" if user is None else "+" + user
+#: How an encoded ``{"i": info}`` starts, and the rest of an entry around the packed info.
+_INFO_HEAD, _REST_HEAD, _USER_KEY = b"\x81\xa1i", b"\x82\xa4info", b"\xa4user"
 
 
-def _unuser(stored: bytes) -> Optional[str]:
-    return stored[1:].decode() if stored else None
+def presence_key(keys: Any) -> bytes:
+    """The BLAKE2b key of presence tags and digests for ``symmetric_encryption_keys`` (b"": none):
+    derived from the first key (the one that encrypts), apart from its Fernet key."""
+    if not keys:
+        return b""
+    first = keys[0]
+    raw = first.encode() if isinstance(first, str) else bytes(first)
+    return hashlib.sha256(b"wsgi_channels presence tags\0" + raw).digest()
 
 
 def _options_args(options: PresenceOptions) -> tuple:
@@ -55,6 +63,40 @@ def _options_args(options: PresenceOptions) -> tuple:
 
 class PresenceMixin:
     """Presence of :class:`~.layer.RedisChannelLayer`."""
+
+    #: The BLAKE2b key of the entries' user tags and digests (:func:`presence_key`; b"": none).
+    _presence_key = b""
+
+    def _entry(self, user: Optional[str], info: bytes) -> tuple[bytes, bytes, bytes]:
+        """(user tag, digest, rest) of an entry as the scripts store it (:mod:`.feature_scripts`):
+        ``info`` is the encoded ``{"i": info}``; the rest is ``{"info": info, "user": user}``
+        (msgpack: the entry ``group_presence`` hands out but for ``since``), encrypted like a
+        message body on an encrypted layer. The scripts count users by tag and see an update by
+        the digest; keyed on an encrypted layer, neither tells a reader of Redis who is there."""
+        if not info.startswith(_INFO_HEAD):
+            raise ValueError("not an encoded {'i': info}")
+        plain = _REST_HEAD + info[len(_INFO_HEAD):] + _USER_KEY + msgpack.packb(user)
+        key = self._presence_key
+        tag = b"" if user is None else hashlib.blake2b(user.encode(), digest_size=16, key=key,
+                                                          person=b"wsc-user").hexdigest().encode()
+        digest = hashlib.blake2b(plain, digest_size=16, key=key, person=b"wsc-entry").hexdigest().encode()
+        return tag, digest, self._sealed(plain)  # type: ignore[attr-defined]
+
+    def _entry_rests(self, rests: Sequence[bytes]) -> list[dict]:
+        """The ``{"info", "user"}`` of entries' rests (one msgpack stream: a thousand maps in one call)."""
+        if self._bodies.fernet is not None:  # type: ignore[attr-defined]
+            rests = [bytes(self._bodies.plaintext(rest)) for rest in rests]  # type: ignore[attr-defined]
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=True)
+        unpacker.feed(b"".join(rests))
+        try:
+            found = list(unpacker)
+        except (ValueError, msgpack.UnpackException):
+            found = []
+        if len(found) != len(rests) or not all(type(entry) is dict and "user" in entry for entry in found):
+            raise exc.ChannelsError("stored presence entries could not be decoded: are they encrypted with "
+                                    "symmetric_encryption_keys this layer lacks, or is another application "
+                                    "using the same key prefix?")
+        return found
 
     def _presence_keys(self, group: str) -> tuple[Any, tuple[bytes, ...]]:
         shard = self._feature_shard(group)  # type: ignore[attr-defined]
@@ -66,11 +108,11 @@ class PresenceMixin:
         shard, keys = self._presence_keys(group)
         return self._run(what, shard, script, keys, (group,) + tuple(args))  # type: ignore[attr-defined]
 
-    @staticmethod
-    def _event(raw: list) -> list:
+    def _event(self, raw: list) -> list:
         if raw[0] == b"l":
             return ["l", raw[1].decode()]
-        return ["j", raw[1].decode(), _unuser(raw[2]), decode(raw[3])["i"], int(float(raw[4]) * 1000)]
+        rest = self._entry_rests([raw[2]])[0]
+        return ["j", raw[1].decode(), rest["user"], rest["info"], int(float(raw[3]) * 1000)]
 
     def _changed(self, group: str, reply: list) -> tuple[PresenceChange, Optional[PresenceChange]]:
         """(the change, what the sidecars get or None) of a script's change reply."""
@@ -94,28 +136,27 @@ class PresenceMixin:
         """Make or update ``channel``'s entry: (made or changed, the notice's ``p``, the change not sent yet)."""
         cid = conn_id(channel)
         reply = self._presence_script(f"a presence entry in {group!r}", group, _PUT,
-                                      _options_args(options) + (cid, non_local_name(channel), _user(user), info,
-                                                                repr(time.time())))
+                                      _options_args(options) + (cid, non_local_name(channel),
+                                                                *self._entry(user, info), repr(time.time())))
         if reply[0] == -1:
             raise exc.PresenceFull(f"group {group!r} has {reply[1]} presence entries (max_members "
                                    f"{options.max_members} of {options.pattern!r}): not added")
         since = float(reply[1])
         notice = {"id": cid, "ttl": options.ttl, "ev": options.events_max, "m": reply[2].decode(), "u": user,
-                  "i": decode(info)["i"], "s": since}
+                  "i": self._bodies.decoded(info)["i"], "s": since}  # type: ignore[attr-defined]
         return bool(reply[0]), notice, self._changed(group, reply[3]) if len(reply) > 3 else None
 
     def _presence_entries(self, group: str) -> dict[str, PresenceEntry]:
         validate_group_name(group)
-        fields, live = self._presence_script(f"the presence of {group!r}", group, _LIST, ())
-        live_owners = set(live)
-        flat = dict(zip(fields[::2], fields[1::2]))
-        found: dict[str, PresenceEntry] = {}
-        for name, owner in flat.items():
-            if not name.startswith(b"o:") or owner not in live_owners:
-                continue
-            cid = name[2:]
-            found[cid.decode()] = {"user": _unuser(flat.get(b"u:" + cid, b"")),
-                                   "info": decode(flat[b"i:" + cid])["i"], "since": float(flat[b"s:" + cid])}
+        shard, keys = self._presence_keys(group)
+        flat = self._run(f"the presence of {group!r}", shard, _LIST, (keys[0], keys[2]), ())  # type: ignore[attr-defined]
+        # As few objects as can be per entry: a thousand entries make Python's cyclic GC run, and a
+        # full collection of a large heap is what a slow call (the p99) spends its time on.
+        parts = [value.split(b" ", 4) for value in flat[1::2]]
+        found: dict[str, Any] = {}
+        for cid, part, entry in zip(flat[::2], parts, self._entry_rests([part[4] for part in parts])):
+            entry["since"] = float(part[1])
+            found[cid.decode()] = entry
         return found
 
     def _presence_counts(self, group: str) -> dict[str, int]:
@@ -155,7 +196,7 @@ class PresenceMixin:
         options = self.presence_options(group) or PresenceOptions()  # type: ignore[attr-defined]
         args: list[Any] = list(_options_args(options)) + [owner]
         for cid, (user, info, since) in checked.items():
-            args += [cid, _user(user), info, repr(since)]
+            args += [cid, *self._entry(user, info), repr(since)]
         reply = self._presence_script(f"a presence reassertion in {group!r}", group, _REASSERT, args)
         return self._presence_send(group, reply)
 
