@@ -51,7 +51,7 @@
 // "too_many" (more than the sidecar replays), "no-position" (a group joined without any
 // position, with a layer whose join notices carry none: nothing to resume from; the shipped
 // layers give the position of the join), or the sidecar's own word ("unavailable", "timeout",
-// "not-joined", "skipped"). The lower-level "recovered" and "gap" events carry the sidecar's
+// "not-joined"). The lower-level "recovered" and "gap" events carry the sidecar's
 // frames as they are (gap's reason is the sidecar's `why`, "trimmed" for "gap").
 //
 // Node 20+: runs unchanged with Node's global WebSocket (Node 22; `--experimental-websocket` on
