@@ -44,7 +44,7 @@ def _env(url: str) -> dict:
 
 def _sidecar(env: dict, port: int, tmp: str, n: int) -> ServerProcess:
     return ServerProcess([sys.executable, "-m", "wsgi_channels", "sidecar", "--bind", f"127.0.0.1:{port}",
-                          "--ping-interval", "0", "--connect-timeout", "10", "--log-level", "warning"],
+                          "--ping-interval", "0", "--connect-timeout", "10", "--log-level", os.environ.get("STORM_SIDECAR_LOG", "warning")],
                          os.path.join(tmp, f"sidecar{n}.log"), env=env, cwd=ROOT)
 
 

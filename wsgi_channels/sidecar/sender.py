@@ -3,7 +3,9 @@
 Every connection greenlet sends its own messages (``http.request``, body chunks,
 ``websocket.connect``/``receive``/``disconnect``) and waits for the outcome, as it
 would with a plain ``layer.send``. When the layer's ``send_many`` batches
-(``send_many_batches``: Redis, one pipeline per shard), the
+(``send_many_batches``: Redis, one pipeline per shard), or its sends may wait (``ipc://``:
+its ``send_many`` sends one by one, but back to back, a flusher taking the store lock
+again without waiting for a turn of the loop, and the connections queue in order), the
 messages of all connections that send at about the same moment go out together:
 a few flusher greenlets each take everything queued, send it as one pipeline (one
 write, one read) and hand every connection its own outcome. Under load this turns
@@ -33,6 +35,8 @@ from typing import Any, Callable
 import gevent
 import gevent.event
 
+from ..layers.memory import MemoryChannelLayer
+
 __all__ = ["LayerSender", "FLUSHERS", "MAX_BATCH"]
 
 log = logging.getLogger(__name__)
@@ -47,14 +51,19 @@ class LayerSender:
     """Coalesce :meth:`send` calls from many greenlets into ``layer.send_many`` batches.
 
     Every layer has ``send_many`` (:class:`~wsgi_channels.layers.base.BaseChannelLayer`);
-    :attr:`batching` tells the connections whether to use this sender (the layer's
-    ``send_many_batches``) or to call ``layer.send`` themselves.
+    :attr:`batching` tells the connections whether to use this sender (every layer but the
+    memory layer) or to call ``layer.send`` themselves.
     """
 
     def __init__(self, layer: Any, result_timeout: float) -> None:
         self.layer = layer
         self.send_many = layer.send_many
-        self._batching: bool = layer.send_many_batches
+        # A layer that pipelines send_many (Redis), and one whose sends may wait (ipc: a store lock
+        # other processes take too, waited for by sleeping): a flusher's sends follow one another
+        # without giving the loop a turn between them, where one greenlet per connection, each
+        # woken in turn, managed about one send per loop turn under a reconnect storm (issue 18).
+        # Only the memory layer's sends, which never wait, are made by the connections themselves.
+        self._batching: bool = layer.send_many_batches or not isinstance(layer, MemoryChannelLayer)
         self.result_timeout = result_timeout
         self._queue: deque = deque()
         self._flushers = 0
