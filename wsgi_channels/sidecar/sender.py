@@ -37,7 +37,7 @@ import gevent.event
 
 from ..layers.memory import MemoryChannelLayer
 
-__all__ = ["LayerSender", "FLUSHERS", "MAX_BATCH"]
+__all__ = ["LayerSender", "FLUSHERS", "MAX_BATCH", "SERIAL_BATCH"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 FLUSHERS = 2
 #: Most messages in one batch.
 MAX_BATCH = 256
+#: Most messages in one batch of a layer whose ``send_many`` sends one by one (``ipc://``): the
+#: flusher lets the loop run between such batches, or it would keep the store's lock from the
+#: receive loop (a lock released and taken again at once is never handed to its waiters).
+SERIAL_BATCH = 16
 
 
 class LayerSender:
@@ -101,8 +105,10 @@ class LayerSender:
             self._watchdog = gevent.spawn(self._watch)
         key = id(gevent.getcurrent())
         try:
+            serial = not self.layer.send_many_batches
+            most = SERIAL_BATCH if serial else MAX_BATCH
             while queue:
-                batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+                batch = [queue.popleft() for _ in range(min(len(queue), most))]
                 self._in_flight[key] = (time.monotonic(), batch)
                 try:
                     outcomes = self.send_many([(channel, message) for channel, message, _ in batch])
@@ -112,6 +118,11 @@ class LayerSender:
                 for (_, _, result), outcome in zip(batch, outcomes):
                     if not result.ready():  # the watchdog may have answered already
                         result.set(outcome)
+                if serial and queue:
+                    # Sends one by one take the store's lock one after another: give the others
+                    # who wait for it (the receive loop above all) their turn between batches.
+                    self._in_flight.pop(key, None)
+                    gevent.sleep(0)
         finally:
             entry = self._in_flight.pop(key, None)
             if entry is not None:  # killed mid-batch: nobody waits forever
