@@ -7,7 +7,9 @@ messages, 600 s), a publisher thread in this process sending ``--rate`` messages
 (``{"s": n, "t": time}``) on its own schedule. Then: SIGKILL the sidecar, ``--down`` s later
 start a new one on the same port; the moment it accepts a TCP connection again is ``t_listen``.
 The publisher goes on for ``--after`` s, stops; each client reports when it has the last offset
-(or after a timeout).
+(or after a timeout). ``STORM_SIDECAR_LOG=info`` runs the sidecars at that log level, and
+``WSGI_CHANNELS_SIDECAR_PROFILE=FILE`` has the new one write a cProfile to FILE and log its
+connections by state every second (the killed one never writes).
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def _env(url: str) -> dict:
 
 def _sidecar(env: dict, port: int, tmp: str, n: int) -> ServerProcess:
     return ServerProcess([sys.executable, "-m", "wsgi_channels", "sidecar", "--bind", f"127.0.0.1:{port}",
-                          "--ping-interval", "0", "--connect-timeout", "10", "--log-level", "warning"],
+                          "--ping-interval", "0", "--connect-timeout", "10",
+                          "--log-level", os.environ.get("STORM_SIDECAR_LOG", "warning")],
                          os.path.join(tmp, f"sidecar{n}.log"), env=env, cwd=ROOT)
 
 

@@ -6,6 +6,7 @@ is recorded. The same rules run over real processes in ``test_sidecar_resume.py`
 """
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from types import SimpleNamespace
 
@@ -26,7 +27,8 @@ class Side:
                                    count=lambda *a: None, uncount=lambda *a: None)
         sidecar = SimpleNamespace(layer=layer, stats=SimpleNamespace(resumes=Counter()), presence=presence,
                                   config=SimpleNamespace(connect_timeout=1.0, max_replay=1000), history_reader=HistoryReader(layer))
-        self.conn = SimpleNamespace(sidecar=sidecar, reply_channel="sidecar.x!y", aborted=False)
+        self.conn = SimpleNamespace(sidecar=sidecar, reply_channel="sidecar.x!y", aborted=False,
+                                    corked=contextlib.nullcontext)
         self.session = None
         self.out: list = []
 

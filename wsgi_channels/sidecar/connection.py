@@ -33,7 +33,8 @@ import logging
 import socket
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Union
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Union
 
 import gevent
 import gevent.event
@@ -71,7 +72,7 @@ class ClientConnection:
 
     __slots__ = ("sidecar", "sock", "peer", "local", "state", "deadline", "last_active", "reply_channel", "path",
                  "request_line", "out", "out_bytes", "writer", "aborted", "close_after_flush", "credit", "resume",
-                 "held", "http", "ws")
+                 "held", "http", "ws", "cork")
 
     def __init__(self, sidecar: "Sidecar", sock: socket.socket, peer: Any) -> None:
         self.sidecar = sidecar
@@ -103,6 +104,8 @@ class ClientConnection:
         self.http: HttpSide | None = HttpSide(self)
         #: The WebSocket part, from the moment its ``websocket.connect`` goes to the layer.
         self.ws: WebSocketSide | None = None
+        #: While :meth:`corked`: the writes to make as one (a resume's replay: one syscall, not two a message).
+        self.cork: list[bytes] | None = None
 
     @property
     def is_websocket(self) -> bool:
@@ -226,9 +229,26 @@ class ClientConnection:
 
     # -- writing --------------------------------------------------------------------------------
 
+    @contextmanager
+    def corked(self) -> Iterator[None]:
+        """Collect the writes made inside into one :meth:`write` at the end (nested: the outermost)."""
+        if self.cork is not None:
+            yield
+            return
+        cork = self.cork = []
+        try:
+            yield
+        finally:
+            self.cork = None
+            if cork:
+                self.write(cork[0] if len(cork) == 1 else b"".join(cork))
+
     def write(self, data: bytes) -> None:
         """Queue ``data`` for the peer without blocking the caller; close slow readers."""
         if not data or self.aborted:
+            return
+        if self.cork is not None:
+            self.cork.append(data)
             return
         self.sidecar.stats.bytes_out += len(data)
         if self.out:
@@ -369,8 +389,12 @@ class ClientConnection:
         else:
             slots = sidecar.layer_slots
             if not slots.acquire(timeout=LAYER_SLOT_TIMEOUT):
-                sidecar.layer_failed(TimeoutError(f"no free layer slot within {LAYER_SLOT_TIMEOUT:g}s"))
-                return "down"
+                # Every slot was busy that long: this process is congested (a reconnect storm),
+                # the layer is not down (a failing send says that): waiters take the slots in
+                # order, and this one is answered as if the channel were full (503, 1013).
+                sidecar.stats.dropped["layer_busy"] += 1
+                log.info("no free layer slot within %gs for %s: answered as busy", LAYER_SLOT_TIMEOUT, channel)
+                return "full"
             try:
                 sidecar.layer.send(channel, message)
                 error = None

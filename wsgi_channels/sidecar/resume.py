@@ -514,6 +514,11 @@ class Follower:
 
     def _finish(self, group: str, messages: Optional[list[tuple[int, dict[str, Any]]]], why: str,
                 epoch: Optional[str], top: Optional[int]) -> None:
+        with self.side.conn.corked():  # the replay as one write (ClientConnection.corked)
+            self._finish_now(group, messages, why, epoch, top)
+
+    def _finish_now(self, group: str, messages: Optional[list[tuple[int, dict[str, Any]]]], why: str,
+                    epoch: Optional[str], top: Optional[int]) -> None:
         """Deliver the read (or report the gap), then what was held, and go live. Once per resume:
         the first of the read and its timeout decides."""
         state = self.groups.get(group)

@@ -3,7 +3,9 @@
 Every connection greenlet sends its own messages (``http.request``, body chunks,
 ``websocket.connect``/``receive``/``disconnect``) and waits for the outcome, as it
 would with a plain ``layer.send``. When the layer's ``send_many`` batches
-(``send_many_batches``: Redis, one pipeline per shard), the
+(``send_many_batches``: Redis, one pipeline per shard), or its sends may wait (``ipc://``:
+its ``send_many`` sends one by one, but back to back, a flusher taking the store lock
+again without waiting for a turn of the loop, and the connections queue in order), the
 messages of all connections that send at about the same moment go out together:
 a few flusher greenlets each take everything queued, send it as one pipeline (one
 write, one read) and hand every connection its own outcome. Under load this turns
@@ -33,7 +35,9 @@ from typing import Any, Callable
 import gevent
 import gevent.event
 
-__all__ = ["LayerSender", "FLUSHERS", "MAX_BATCH"]
+from ..layers.memory import MemoryChannelLayer
+
+__all__ = ["LayerSender", "FLUSHERS", "MAX_BATCH", "SERIAL_BATCH"]
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +45,29 @@ log = logging.getLogger(__name__)
 FLUSHERS = 2
 #: Most messages in one batch.
 MAX_BATCH = 256
+#: Most messages in one batch of a layer whose ``send_many`` sends one by one (``ipc://``): the
+#: flusher lets the loop run between such batches, or it would keep the store's lock from the
+#: receive loop (a lock released and taken again at once is never handed to its waiters).
+SERIAL_BATCH = 16
 
 
 class LayerSender:
     """Coalesce :meth:`send` calls from many greenlets into ``layer.send_many`` batches.
 
     Every layer has ``send_many`` (:class:`~wsgi_channels.layers.base.BaseChannelLayer`);
-    :attr:`batching` tells the connections whether to use this sender (the layer's
-    ``send_many_batches``) or to call ``layer.send`` themselves.
+    :attr:`batching` tells the connections whether to use this sender (every layer but the
+    memory layer) or to call ``layer.send`` themselves.
     """
 
     def __init__(self, layer: Any, result_timeout: float) -> None:
         self.layer = layer
         self.send_many = layer.send_many
-        self._batching: bool = layer.send_many_batches
+        # A layer that pipelines send_many (Redis), and one whose sends may wait (ipc: a store lock
+        # other processes take too, waited for by sleeping): a flusher's sends follow one another
+        # without giving the loop a turn between them, where one greenlet per connection, each
+        # woken in turn, managed about one send per loop turn under a reconnect storm (issue 18).
+        # Only the memory layer's sends, which never wait, are made by the connections themselves.
+        self._batching: bool = layer.send_many_batches or not isinstance(layer, MemoryChannelLayer)
         self.result_timeout = result_timeout
         self._queue: deque = deque()
         self._flushers = 0
@@ -92,8 +105,10 @@ class LayerSender:
             self._watchdog = gevent.spawn(self._watch)
         key = id(gevent.getcurrent())
         try:
+            serial = not self.layer.send_many_batches
+            most = SERIAL_BATCH if serial else MAX_BATCH
             while queue:
-                batch = [queue.popleft() for _ in range(min(len(queue), MAX_BATCH))]
+                batch = [queue.popleft() for _ in range(min(len(queue), most))]
                 self._in_flight[key] = (time.monotonic(), batch)
                 try:
                     outcomes = self.send_many([(channel, message) for channel, message, _ in batch])
@@ -103,6 +118,11 @@ class LayerSender:
                 for (_, _, result), outcome in zip(batch, outcomes):
                     if not result.ready():  # the watchdog may have answered already
                         result.set(outcome)
+                if serial and queue:
+                    # Sends one by one take the store's lock one after another: give the others
+                    # who wait for it (the receive loop above all) their turn between batches.
+                    self._in_flight.pop(key, None)
+                    gevent.sleep(0)
         finally:
             entry = self._in_flight.pop(key, None)
             if entry is not None:  # killed mid-batch: nobody waits forever

@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 
 #: Most layer calls (sends) in flight at once from connection greenlets.
 LAYER_CONCURRENCY = 16
+#: Encoded frames kept for resumes' replays (a storm of clients replays the same history).
+REPLAY_FRAMES = 4096
+#: Environment variable: a file the sidecar writes a cProfile of its whole run to when it stops
+#: (``python -m pstats FILE``); a diagnostic, off unless set.
+PROFILE_ENV = "WSGI_CHANNELS_SIDECAR_PROFILE"
 #: Seconds between checks that the layer still holds this sidecar's marker membership.
 STATE_CHECK_SECONDS = 2.0
 
@@ -95,10 +100,14 @@ class Sidecar:
         self._static = self._load_static()
         self.addresses: list[Any] = []
         self._frames = FrameCache()
+        #: Frames of resumes' replays (history messages and their positions), shared by sockets.
+        self.replay_frames = FrameCache(limit=REPLAY_FRAMES)
         #: Layer calls in flight from connection greenlets at once. Each call in flight holds a
         #: pooled layer connection, so this bounds the sidecar's Redis connections however
         #: many clients connect at the same moment (plus the receive loop's and the wake-ups').
         self.layer_slots = gevent.lock.BoundedSemaphore(LAYER_CONCURRENCY)
+        #: Handshakes that found ``websocket.connect`` full wait for it in order (websocket_side.send_connect).
+        self.connect_gate = gevent.lock.Semaphore(1)
         #: Sends coalesced into one round trip per batch when the layer's ``send_many`` batches
         #: (``send_many_batches``; the connections check ``sender.batching``).
         self.sender = LayerSender(self.layer, LAYER_SLOT_TIMEOUT)
@@ -368,11 +377,34 @@ class Sidecar:
 
     def serve_forever(self) -> int:
         """Run until SIGTERM or SIGINT, then drain; the exit status."""
+        profile_path = os.environ.get(PROFILE_ENV)
+        profiler = None
+        if profile_path:  # a diagnostic: every greenlet's time, written when the process stops
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+            gevent.spawn(self._log_load)
         self.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             gevent.signal_handler(sig, self._on_signal, sig)
         self._stopped.wait()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile_path)
+            log.warning("profile written to %s (%s)", profile_path, PROFILE_ENV)
         return 0
+
+    def _log_load(self) -> None:
+        """With :data:`PROFILE_ENV`: every second, the connections by state and the sends queued."""
+        while not self._stopped.is_set():
+            gevent.sleep(1.0)
+            states: dict[str, int] = {}
+            for conn in list(self.connections):
+                states[conn.state.name] = states.get(conn.state.name, 0) + 1
+            log.warning("load: %s; sends queued %d; layer %s; handshakes %s; dropped %s; messages %d",
+                        states, len(self.sender._queue), "up" if self.layer_ok else "down",
+                        dict(self.stats.handshakes), dict(self.stats.dropped), self.stats.layer_messages)
 
     def _on_signal(self, sig: int) -> None:
         if not self.draining:

@@ -33,7 +33,7 @@ from .state import State
 if TYPE_CHECKING:  # pragma: no cover
     from .connection import ClientConnection
 
-__all__ = ["WebSocketSide", "FrameCache"]
+__all__ = ["WebSocketSide", "FrameCache", "send_connect"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,40 @@ CONNECTING, OPEN = State.CONNECTING, State.OPEN
 
 #: Seconds a websocket.disconnect is retried while its channel is full.
 _DISCONNECT_RETRY = 2.0
+#: Seconds between a waiting handshake's tries of a full websocket.connect channel: first, most.
+_CONNECT_RETRY_FIRST = 0.01
+_CONNECT_RETRY_MAX = 0.25
+
+
+def send_connect(conn: "ClientConnection", message: Any) -> str:
+    """Send a handshake's ``websocket.connect``; :meth:`ClientConnection.layer_send`'s outcome, or
+    ``"answered"`` when the handshake was refused while it waited (its deadline, draining).
+
+    A full ``websocket.connect`` channel (the consumers are behind: a reconnect storm) is not
+    answered 503 at once: the handshake queues, in order, behind the others that found it full
+    (``Sidecar.connect_gate``), and only the first in line tries again, backing off, so waiting
+    handshakes cost the layer one send per try, not one each. It is answered 503 only when its
+    ``connect_timeout`` passes first, as a handshake the consumer did not answer would be.
+    """
+    gate = conn.sidecar.connect_gate
+    if not gate.locked():
+        result = conn.layer_send("websocket.connect", message)
+        if result != "full":
+            return result
+    if not gate.acquire(timeout=max(0.0, conn.deadline - time.monotonic())):
+        return "answered" if conn.state is not CONNECTING else "full"
+    try:
+        delay = _CONNECT_RETRY_FIRST
+        while True:
+            if conn.state is not CONNECTING or conn.aborted:
+                return "answered"
+            result = conn.layer_send("websocket.connect", message)
+            if result != "full" or time.monotonic() + delay > conn.deadline:
+                return result
+            gevent.sleep(delay)
+            delay = min(delay * 2, _CONNECT_RETRY_MAX)
+    finally:
+        gate.release()
 
 
 class FrameCache(dict[Any, bytes]):
@@ -51,10 +85,13 @@ class FrameCache(dict[Any, bytes]):
     ``checked`` is the last dict found valid, so it is checked once, not once per socket.
     """
 
-    __slots__ = ("checked", "stripped")
+    __slots__ = ("checked", "stripped", "limit")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 8) -> None:
         super().__init__()
+        #: Entries kept before it is cleared: a few for a broadcast; many for resumes' replays
+        #: (:attr:`Sidecar.replay_frames`: the clients of a reconnect storm replay the same messages).
+        self.limit = limit
         self.checked: object = None
         #: ``(message, its copy without __wsc_h)`` of the last history message delivered.
         self.stripped: tuple[object, Any] = (None, None)
@@ -141,7 +178,9 @@ class WebSocketSide:
         conn.set_state(CONNECTING)
         conn.held = 0
         conn.deadline = time.monotonic() + config.connect_timeout
-        result = conn.layer_send("websocket.connect", message)
+        result = send_connect(conn, message)
+        if result == "answered":
+            return  # refused while it waited (connect timeout, draining)
         if result == "ok":
             ws.connect_sent = True
         elif result == "invalid":
@@ -359,27 +398,27 @@ class WebSocketSide:
             return
         if text is not None or data is not None:
             payload = text if text is not None else data
+            hframe = b""
             if self.follower is not None and self.follower.opted_in:
                 if position is not None:  # one encoding per broadcast, as for the message's frame
                     hkey = (ws.deflate_bits, position)
                     hframe = frames.get(hkey)
                     if hframe is None:
-                        if len(frames) > 7:
+                        if len(frames) >= frames.limit:
                             frames.clear()
                         hframe = frames[hkey] = ws_proto.message_frame(
                             control({"t": "h", "g": position[0], "e": position[1], "o": position[2]}),
                             ws.deflate_bits)
-                    conn.write(hframe)
                 if text is not None and text.startswith(CONTROL_MARK):
                     payload = CONTROL_MARK + text
             key = (ws.deflate_bits, payload)
             frame = frames.get(key)
             if frame is None:
-                if len(frames) > 7:
+                if len(frames) >= frames.limit:
                     frames.clear()  # a few entries: the payload being broadcast right now (and its
                     # position frame, escaped form), per window size
                 frame = frames[key] = ws_proto.message_frame(payload, ws.deflate_bits)
-            conn.write(frame)
+            conn.write(hframe + frame if hframe else frame)  # the position and its message: one send
             conn.sidecar.stats.frames_out += 1
         if close:
             self.send_close(CLOSE_NORMAL if close is True else close)
@@ -393,5 +432,6 @@ class WebSocketSide:
             self.conn.write(ws_proto.message_frame(control(body), ws.deflate_bits))
 
     def write_message(self, message: Any, position: tuple[str, str, int]) -> None:
-        """A history message (from the history, or held during a resume) with its position."""
-        self._deliver(message, FrameCache(), position)
+        """A history message (from the history, or held during a resume) with its position; the
+        frames are shared by every socket replaying the same messages (``Sidecar.replay_frames``)."""
+        self._deliver(message, self.conn.sidecar.replay_frames, position)
