@@ -279,6 +279,9 @@ class BaseChannelLayer:
     #: pipeline per shard). The sidecar and the worker's reply sender collect sends from many
     #: connections or threads into ``send_many`` calls only then; otherwise each sends on its own.
     send_many_batches: bool = False
+    #: Whether a send may wait (on a lock, a server): the sidecar then has its sends made by a few
+    #: flusher greenlets rather than by each connection. False only where sends never wait (memory).
+    sends_may_wait: bool = True
 
     @property
     def topology_epoch(self) -> int:

@@ -53,6 +53,7 @@ class MemoryChannelLayer(BaseChannelLayer):
     """In-process channel layer; see :class:`~wsgi_channels.layers.base.BaseChannelLayer` for options."""
 
     cross_process = False
+    sends_may_wait = False  # its sends take an in-process lock held for microseconds
     features_supported = frozenset({"history", "presence"})
 
     def __init__(self, **options: Any) -> None:

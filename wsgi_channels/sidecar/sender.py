@@ -35,8 +35,6 @@ from typing import Any, Callable
 import gevent
 import gevent.event
 
-from ..layers.memory import MemoryChannelLayer
-
 __all__ = ["LayerSender", "FLUSHERS", "MAX_BATCH", "SERIAL_BATCH"]
 
 log = logging.getLogger(__name__)
@@ -56,7 +54,7 @@ class LayerSender:
 
     Every layer has ``send_many`` (:class:`~wsgi_channels.layers.base.BaseChannelLayer`);
     :attr:`batching` tells the connections whether to use this sender (every layer but the
-    memory layer) or to call ``layer.send`` themselves.
+    memory layer, whose ``sends_may_wait`` is False) or to call ``layer.send`` themselves.
     """
 
     def __init__(self, layer: Any, result_timeout: float) -> None:
@@ -67,7 +65,7 @@ class LayerSender:
         # without giving the loop a turn between them, where one greenlet per connection, each
         # woken in turn, managed about one send per loop turn under a reconnect storm (issue 18).
         # Only the memory layer's sends, which never wait, are made by the connections themselves.
-        self._batching: bool = layer.send_many_batches or not isinstance(layer, MemoryChannelLayer)
+        self._batching: bool = layer.send_many_batches or layer.sends_may_wait
         self.result_timeout = result_timeout
         self._queue: deque = deque()
         self._flushers = 0

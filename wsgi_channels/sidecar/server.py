@@ -377,7 +377,7 @@ class Sidecar:
 
     def serve_forever(self) -> int:
         """Run until SIGTERM or SIGINT, then drain; the exit status."""
-        profile_path = os.environ.get(PROFILE_ENV)
+        profile_path = os.environ.get(PROFILE_ENV) or ""
         profiler = None
         if profile_path:  # a diagnostic: every greenlet's time, written when the process stops
             import cProfile

@@ -402,8 +402,10 @@ class WebSocketSide:
             if self.follower is not None and self.follower.opted_in:
                 if position is not None:  # one encoding per broadcast, as for the message's frame
                     hkey = (ws.deflate_bits, position)
-                    hframe = frames.get(hkey)
-                    if hframe is None:
+                    cached = frames.get(hkey)
+                    if cached is not None:
+                        hframe = cached
+                    else:
                         if len(frames) >= frames.limit:
                             frames.clear()
                         hframe = frames[hkey] = ws_proto.message_frame(
