@@ -177,8 +177,13 @@ def _boolean(value: Any, pattern: str, name: str) -> bool:
     raise ConfigurationError(f"{pattern!r}: {name}={value!r} is not a boolean (1/0, true/false)")
 
 
-def _user_fields(cls: type) -> set[str]:
-    return {f.name for f in fields(cls)} - {"pattern"}
+def _check_fields(setting: str, cls: type, pattern: str, spec: Mapping[str, Any]) -> None:
+    """Refuse fields of ``spec`` that ``cls`` (an options dataclass) does not have, naming those it has."""
+    known = [f.name for f in fields(cls) if f.name != "pattern"]
+    unknown = sorted(set(spec) - set(known))
+    if unknown:
+        raise ConfigurationError(f"{setting} {pattern!r}: unknown field(s) {', '.join(unknown)}; "
+                                 f"known: {', '.join(known)}")
 
 
 @dataclass(frozen=True)
@@ -199,10 +204,7 @@ class HistoryOptions:
 
     @classmethod
     def build(cls, pattern: str, spec: Mapping[str, Any]) -> "HistoryOptions":
-        unknown = sorted(set(spec) - _user_fields(cls))
-        if unknown:
-            raise ConfigurationError(f"group_history {pattern!r}: unknown field(s) {', '.join(unknown)}; "
-                                     "known: size, ttl, meta_ttl")
+        _check_fields("group_history", cls, pattern, spec)
         size = _number(spec.get("size", 100), int, pattern, "size")
         ttl = _number(spec.get("ttl", 300.0), float, pattern, "ttl")
         if not 1 <= size <= MAX_HISTORY_LIMIT:
@@ -238,10 +240,7 @@ class PresenceOptions:
 
     @classmethod
     def build(cls, pattern: str, spec: Mapping[str, Any]) -> "PresenceOptions":
-        unknown = sorted(set(spec) - _user_fields(cls))
-        if unknown:
-            raise ConfigurationError(f"group_presence {pattern!r}: unknown field(s) {', '.join(unknown)}; "
-                                     "known: max_members, join_leave, events_max, info_max_bytes, ttl")
+        _check_fields("group_presence", cls, pattern, spec)
         options = cls(
             max_members=_number(spec.get("max_members", 1000), int, pattern, "max_members"),
             join_leave=_boolean(spec.get("join_leave", True), pattern, "join_leave"),
