@@ -11,7 +11,9 @@ tests. A missing ``redis-server`` fails loudly: it is never a skip.
 """
 from __future__ import annotations
 
+import collections
 import os
+import random
 import shutil
 import signal
 import socket
@@ -23,10 +25,41 @@ from pathlib import Path
 __all__ = ["free_port", "wait_for_port", "RedisServer", "find_redis_server", "find_redis6_server", "ServerProcess"]
 
 
+#: Ports :func:`free_port` draws from: below Redis Cluster nodes' ports and bus ports (10000-32767,
+#: tests/redis_topology.py) and below the kernel's ephemeral range (32768+). A port the kernel
+#: hands out (``bind(0)``) is an ephemeral one, so a client socket opened anywhere on the machine
+#: between the check and the server's own bind could take it as its local port ("Address already
+#: in use"); these never are. Each pytest-xdist process draws from its own half.
+_PORTS = (2000, 9999)
+_handed_out: "collections.deque[int]" = collections.deque(maxlen=1000)
+
+
+def _port_range() -> tuple[int, int]:
+    lo, hi = _PORTS
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if worker.startswith("gw") and worker[2:].isdigit() and count > 1:
+        share = (hi - lo + 1) // count
+        lo += int(worker[2:]) % count * share
+        hi = lo + share - 1
+    return lo, hi
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on now, outside the ephemeral range (see :data:`_PORTS`)."""
+    lo, hi = _port_range()
+    for _ in range(2000):
+        port = random.randint(lo, hi)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.append(port)
+        return port
+    raise RuntimeError(f"no free port found in {lo}-{hi}")
 
 
 def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0, proc=None, log=None) -> None:
