@@ -1,11 +1,12 @@
-"""The presence read on Redis: one script, one msgpack answer, kept for the next reads.
+"""The presence read on Redis: one script answering with msgpack fragments written with the entries.
 
-``group_presence`` is one script per call (``PRESENCE_LIST``) that answers with the whole map
-in one msgpack string, which the script keeps (``P:pc:{group}``) until the group's entries
-change: these tests hold it to exactly what the entries are after every kind of change, on
-every kind of value, and check that the kept answer stays on the primary (it is neither
-replicated nor written to the append-only file). The shared rules are in
-``test_layer_presence.py``; encryption at rest in ``test_redis_history.py``.
+``group_presence`` is one script per call (``PRESENCE_LIST``) that answers with each entry as
+msgpack, kept beside the entry (``P:pf:{group}``) by every script that changes it, so that a
+read only joins them: these tests hold it to exactly what the entries are after every kind of
+change, on every kind of value, and check that a group changed by a layer from before the
+fragments (which changed the entries alone) is still read right, and has its fragments made
+again by the next step of this layer. The shared rules are in ``test_layer_presence.py``;
+encryption at rest in ``test_redis_history.py``.
 """
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ def _read(layer, group):
 @pytest.mark.parametrize("keys", [None, ["secret"]], ids=["plain", "encrypted"])
 def test_every_change_is_read_back_at_once(redis_server, made, keys):
     """Adds, updates, removals, a reassertion and a sweep, each followed by a read from this layer
-    and from another (another process's): every read is the entries as they are, never an older
-    answer kept by the script; values of every kind survive, ``since`` exactly."""
+    and from another (another process's): every read is the entries as they are, never a fragment
+    older than its entry; values of every kind survive, ``since`` exactly."""
     options = {"symmetric_encryption_keys": keys} if keys else {}
     layer = made(redis_server.url, prefix="prd", **options)
     other = made(redis_server.url, prefix="prd", **options)
@@ -84,7 +85,7 @@ def test_every_change_is_read_back_at_once(redis_server, made, keys):
     expected[long_name] = (None, {"long": True})
 
     def check(lapsed=False):
-        for reader in (layer, other, layer):  # the second read of each reader may be the kept answer
+        for reader in (layer, other):
             got = _read(reader, "room.rd")
             assert {cid: v[:2] for cid, v in got.items()} == expected
             if not keys and not lapsed:
@@ -118,10 +119,17 @@ def test_every_change_is_read_back_at_once(redis_server, made, keys):
     check()
 
 
-def test_a_thousand_members_in_one_script_call(redis_server, made):
-    """A read of 1,000 members is one command (one round trip); the first builds the answer, the
-    next ones return it while the entries are unchanged (``INFO commandstats``: the script runs
-    no ``HGETALL`` then)."""
+def _calls(client) -> dict:
+    return {k: v["calls"] for k, v in client.info("commandstats").items()}
+
+
+def _delta(before: dict, after: dict, *names: str) -> int:
+    return sum(after.get(f"cmdstat_{n}", 0) - before.get(f"cmdstat_{n}", 0) for n in names)
+
+
+def test_a_thousand_members_in_one_script_call_that_only_joins_fragments(redis_server, made):
+    """A read of 1,000 members is one command (one round trip), which reads the fragments
+    (``HVALS``), not the entries (``HGETALL``): ``INFO commandstats``."""
     layer = made(redis_server.url, prefix="prk")
     layer.flush()
     owners = [new_process_prefix("sidecar") for _ in range(3)]
@@ -130,50 +138,59 @@ def test_a_thousand_members_in_one_script_call(redis_server, made):
                                                   for i in range(334 if j == 0 else 333)})
     client = redis.Redis.from_url(redis_server.url)
     try:
-        def calls():
-            stats = client.info("commandstats")
-            return {k: v["calls"] for k, v in stats.items()}
-
-        before = calls()
-        assert len(layer.group_presence("room.k")) == 1000
-        middle = calls()
+        before = _calls(client)
         for _ in range(5):
-            assert len(layer.group_presence("room.k")) == 1000
-        after = calls()
-        scripts = [k for k in after if k.split("_", 1)[1].split("|")[0] in ("eval", "evalsha")]
-        assert sum(middle[k] - before.get(k, 0) for k in scripts) == 1
-        assert sum(after[k] - middle.get(k, 0) for k in scripts) == 5
-        assert middle.get("cmdstat_hgetall", 0) - before.get("cmdstat_hgetall", 0) == 1
-        assert after.get("cmdstat_hgetall", 0) == middle.get("cmdstat_hgetall", 0)
+            entries = layer.group_presence("room.k")
+            assert len(entries) == 1000 and entries["o1-7"]["info"] == {"name": "N7"}
+        after = _calls(client)
+        assert _delta(before, after, "eval", "evalsha") == 5
+        assert _delta(before, after, "hvals") == 5 and _delta(before, after, "hgetall") == 0
     finally:
         client.close()
 
 
-def test_the_kept_answer_stays_on_the_primary(redis_sentinel, made):
-    """The read keeps its answer on the primary only: the replicas never get it (the script does
-    not propagate it, so the append-only file does not get it either: each change of a group
-    would otherwise copy the whole list to every replica and to the file)."""
-    layer = made(redis_sentinel.url, prefix="prr")
+def test_a_group_changed_by_a_layer_before_the_fragments_is_read_right_then_mended(redis_server, made):
+    """A layer from before ``pf`` changes an entry and the change number alone (as its scripts
+    did): reads make the fragments from the entries meanwhile; the next step of this layer (a
+    refresh here) makes ``pf`` again, and reads join fragments again."""
+    import msgpack
+
+    layer = made(redis_server.url, prefix="pro")
+    layer.flush()
     owner = new_process_prefix("sidecar")
-    layer.group_add("room.r", owner + "a", presence={"user": "u", "info": {"secret": "kept"}})
-    assert set(layer.group_presence("room.r")) == {conn_id(owner + "a")}
-    primary = redis_sentinel.primary()
-    replicas = redis_sentinel.replicas()
-    with primary.client() as c:
-        assert c.keys("prr:pc:*"), "the read keeps its answer on the primary"
-        offset = c.info("replication")["master_repl_offset"]
-    for replica in replicas:
-        deadline = time.monotonic() + 10
-        with replica.client() as c:
-            while c.info("replication").get("slave_repl_offset", 0) < offset and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert c.keys("prr:pe:*"), "the entries are replicated"
-            assert c.keys("prr:pc:*") == []
+    for i in range(3):
+        layer.group_add("room.o", f"{owner}m{i}", presence={"user": f"u{i}", "info": {"n": i}})
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        (pe,) = client.keys("pro:pe:*")
+        (pm,) = client.keys("pro:pm:*")
+        (pf,) = client.keys("pro:pf:*")
+        cid = conn_id(f"{owner}m1")
+        fields = client.hget(pe, cid).split(b" ", 4)
+        rest = msgpack.packb({"info": {"n": "changed"}, "user": "u1"})
+        client.hset(pe, cid, b" ".join(fields[:4] + [rest]))  # the old layer's update: pe and v, not pf
+        client.hincrby(pm, "v", 1)
+        before = _calls(client)
+        assert _read(layer, "room.o")[cid][:2] == ("u1", {"n": "changed"})
+        client.hdel(pe, conn_id(f"{owner}m2"))  # an old removal (the counts are its business)
+        client.hincrby(pm, "v", 1)
+        got = _read(layer, "room.o")
+        assert set(got) == {conn_id(f"{owner}m0"), cid} and got[cid][:2] == ("u1", {"n": "changed"})
+        middle = _calls(client)
+        assert _delta(before, middle, "hgetall") == 2 and _delta(before, middle, "hvals") == 0
+        assert client.hlen(pf) == 3  # not mended by a read (reads write nothing)
+        assert layer.presence_refresh(owner, ["room.o"]) == [True]
+        assert client.hlen(pf) == 2
+        assert _read(layer, "room.o") == got
+        after = _calls(client)
+        assert _delta(middle, after, "hvals") == 1
+    finally:
+        client.close()
 
 
-def test_an_unkeyed_layer_still_refuses_encrypted_entries_after_a_keyed_read(redis_server, made):
-    """The kept answer is per kind of reader: a layer without the keys reading after one with them
-    gets the error, not the keyed layer's answer."""
+def test_an_unkeyed_layer_refuses_encrypted_entries_and_a_keyed_one_clear_ones(redis_server, made):
+    """A reader whose keys do not match the entries' gets the error, not entries made of
+    fragments it cannot read."""
     keyed = made(redis_server.url, prefix="prx", symmetric_encryption_keys=["k"])
     plain = made(redis_server.url, prefix="prx")
     keyed.group_add("room.x", new_process_prefix("sidecar") + "a", presence={"user": "u"})
@@ -181,25 +198,7 @@ def test_an_unkeyed_layer_still_refuses_encrypted_entries_after_a_keyed_read(red
     with pytest.raises(exc.ChannelsError, match="symmetric_encryption_keys this layer lacks"):
         plain.group_presence("room.x")
     assert len(keyed.group_presence("room.x")) == 1
-
-
-def test_a_read_at_maxmemory_answers_without_keeping_it(fresh_redis, made):
-    """At ``maxmemory`` with ``noeviction`` the server refuses writes: the read still answers (it
-    keeps nothing then), and keeps its answer again once there is room."""
-    layer = made(fresh_redis.url, prefix="prm")
-    owner = new_process_prefix("sidecar")
-    layer.group_add("room.m", owner + "a", presence={"user": "u", "info": {"n": 1}})
-    client = redis.Redis.from_url(fresh_redis.url)
-    try:
-        client.config_set("maxmemory-policy", "noeviction")
-        client.config_set("maxmemory", "1")
-        with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):
-            client.set("prm:probe", "x")
-        assert _read(layer, "room.m")[conn_id(owner + "a")][:2] == ("u", {"n": 1})
-        assert client.keys("prm:pc:*") == []
-        client.config_set("maxmemory", "0")
-        assert _read(layer, "room.m")[conn_id(owner + "a")][:2] == ("u", {"n": 1})
-        assert client.keys("prm:pc:*")
-    finally:
-        client.config_set("maxmemory", "0")
-        client.close()
+    plain.group_add("room.y", new_process_prefix("sidecar") + "a", presence={"user": "u"})
+    assert len(plain.group_presence("room.y")) == 1
+    with pytest.raises(exc.ChannelsError, match="could not be decoded"):
+        keyed.group_presence("room.y")

@@ -490,4 +490,4 @@ def decode_infos(encoded: Sequence[bytes]) -> Iterable[Any]:
     if not all(data[:head] == INFO_HEAD for data in encoded):
         raise ValueError("not an encoded {'i': info}")
     unpacker.feed(b"".join([data[head:] for data in encoded]))
-    return unpacker
+    return unpacker  # type: ignore[no-any-return]

@@ -212,8 +212,7 @@ def live_entries(conn: sqlite3.Connection, group: str, now: float) -> dict[str, 
     """Entries whose owner's lease has not passed (a dead owner's are left out at once)."""
     rows = conn.execute(
         "SELECT p.conn, p.usr, p.info, p.since FROM presence p JOIN presence_owner o "
-        "ON o.grp = p.grp AND o.owner = p.owner WHERE p.grp = ? AND o.expires > ?", (group, now))
-    rows = rows.fetchall()
+        "ON o.grp = p.grp AND o.owner = p.owner WHERE p.grp = ? AND o.expires > ?", (group, now)).fetchall()
     infos = decode_infos([info for _, _, info, _ in rows])
     return {cid: {"user": user, "info": info, "since": since} for (cid, user, _, since), info in zip(rows, infos)}
 

@@ -25,7 +25,7 @@ from ... import exceptions as exc
 from ...presence import conn_id
 from ..names import non_local_name, validate_group_name
 from ..features import PresenceChange, PresenceEntry, PresenceOptions, check_entries, presence_change
-from . import feature_scripts as fs
+from . import presence_scripts as fs
 from .connection import Script, packed
 from .history import unavailable
 
@@ -103,7 +103,7 @@ class PresenceMixin:
         shard = self._feature_shard(group)  # type: ignore[attr-defined]
         key = shard.key
         return shard, (key("pe", group), key("pu", group), key("po", group), key("pm", group), key("px", INDEX),
-                       key("pb", group))
+                       key("pb", group), key("pf", group))
 
     def _presence_script(self, what: str, group: str, script: Script, args: Sequence[Any]) -> Any:
         shard, keys = self._presence_keys(group)
@@ -151,18 +151,17 @@ class PresenceMixin:
         validate_group_name(group)
         shard, keys = self._presence_keys(group)
         fernet = self._bodies.fernet  # type: ignore[attr-defined]
-        # The script answers with one msgpack string (PRESENCE_LIST): a thousand entries are decoded
-        # in one call, and no object is made but those returned (the entries and their info): an
-        # object per entry more is what set off Python's cyclic GC, whose full collections (as long
-        # as the heap) made the slow calls.
-        reply = self._run(f"the presence of {group!r}", shard, _LIST,  # type: ignore[attr-defined]
-                          (keys[0], keys[2], keys[3], shard.key("pc", group)),
-                          ("e" if fernet is not None else "p",))
+        # The script answers with the entries' msgpack fragments (PRESENCE_LIST), joined here into
+        # one msgpack value: a thousand entries are decoded in one call, and no object is made but
+        # those handed out (the entries and their info). An object per entry more is what set off
+        # Python's cyclic GC twice as often, whose full collections (as long as the heap) made the
+        # slow calls.
+        head, fragments = self._run(f"the presence of {group!r}", shard, _LIST,  # type: ignore[attr-defined]
+                                    (keys[0], keys[2], keys[3], keys[6]), ("e" if fernet is not None else "p",))
+        reply = head + b"".join(fragments)
         try:
             if fernet is None:
-                if isinstance(reply, bytes):
-                    return msgpack.unpackb(reply, raw=False, strict_map_key=True)  # type: ignore[no-any-return]
-                raise _undecodable()
+                return msgpack.unpackb(reply, raw=False, strict_map_key=True)  # type: ignore[no-any-return]
             from cryptography.fernet import InvalidToken
 
             flat = msgpack.unpackb(reply, raw=False, strict_map_key=True)
