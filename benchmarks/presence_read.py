@@ -6,10 +6,10 @@ A ``redis-server`` started by this script (or ``--url``). Each group is filled w
 milliseconds, and the full (generation 2) collections of Python's cyclic GC during the calls.
 Rows:
 
-- ``presence()`` of 100, 1,000 and 10,000 members: one script, whose answer (the whole map, one
-  msgpack string) the server keeps until the group changes, then one msgpack decoding here;
-- ``presence()`` of 1,000 members with one entry changed (untimed) before each read: the script
-  builds its answer anew each time;
+- ``presence()`` of 100, 1,000 and 10,000 members: one script (the entries' msgpack fragments,
+  written with them), then one msgpack decoding here;
+- ``presence()`` of 1,000 members with one entry changed (untimed) before each read (a change
+  costs the read nothing: its fragment was written with it);
 - ``presence()`` of 1,000 members on a layer with ``symmetric_encryption_keys`` (each entry
   decrypted here);
 - ``presence()`` of 1,000 members again with the cyclic GC disabled during the calls, and with
@@ -104,7 +104,7 @@ def main() -> None:
         owner = new_process_prefix("sidecar")
         flip = [0]
 
-        def change() -> None:  # one entry of another owner changes: the group's answer is built anew
+        def change() -> None:  # one entry of another owner changes
             flip[0] += 1
             plain.presence_reassert(owner, "bench.p1000", {"changing": {"user": "u", "info": flip[0]}})
 
