@@ -29,12 +29,14 @@ the sidecar only:
 from __future__ import annotations
 
 import base64
+import gc
 import time as _time
 import fnmatch
+from contextlib import contextmanager
 import os
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterable, Mapping, NamedTuple, Optional, Pattern, Sequence, TypedDict, Union
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Optional, Pattern, Sequence, TypedDict, Union
 
 from ..exceptions import ConfigurationError, InvalidMessage
 
@@ -59,6 +61,7 @@ __all__ = [
     "check_entries",
     "discard_notice",
     "decode_infos",
+    "gc_paused",
     "MAX_HISTORY_LIMIT",
     "MAX_USER_LENGTH",
 ]
@@ -473,6 +476,28 @@ def check_entries(entries: Any) -> dict[str, tuple[Optional[str], bytes, float]]
             since = _time.time()
         out[cid] = (user, encode({"i": entry.get("info")}, None), float(since))
     return out
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Python's cyclic GC paused while a presence list is built.
+
+    Every object a presence read makes is part of its answer (an entry and its info per member),
+    so a collection set off by making them frees nothing: it only walks the heap (a full one, as
+    long as the process's whole heap, was what made the slow reads). msgpack's own documentation
+    advises the same for unpacking large messages. When the caller drops the answer, its objects
+    are freed by reference counting and the collector's count goes back down; when it keeps them,
+    the next collection comes at the caller's next allocation, as it would have. Left alone when
+    the GC is already disabled (the application's choice, or another thread's read under way).
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 #: How an encoded ``{"i": info}`` (the stored form of a presence ``info``) starts.

@@ -29,7 +29,7 @@ from ..serialization import decode, encode, with_keys
 from . import _memory_features as mf
 from .base import BaseChannelLayer, Received
 from .features import (STAMP_KEY, HistoryOptions, HistoryPage, PresenceChange, PresenceEntry, PresenceOptions,
-                       add_notice, check_entries, check_since_limit, discard_notice)
+                       add_notice, check_entries, check_since_limit, discard_notice, gc_paused)
 from .names import is_sidecar_prefix, non_local_name, validate_channel_name, validate_group_name
 
 __all__ = ["MemoryChannelLayer"]
@@ -342,7 +342,10 @@ class MemoryChannelLayer(BaseChannelLayer):
         validate_group_name(group)
         with self._cond:
             state = self._presences.get(group)
-            return {} if state is None else state.live_entries(time.monotonic())
+            if state is None:
+                return {}
+            with gc_paused():
+                return state.live_entries(time.monotonic())
 
     def _presence_counts(self, group: str) -> dict[str, int]:
         validate_group_name(group)

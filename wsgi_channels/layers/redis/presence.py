@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 from ... import exceptions as exc
 from ...presence import conn_id
 from ..names import non_local_name, validate_group_name
-from ..features import PresenceChange, PresenceEntry, PresenceOptions, check_entries, presence_change
+from ..features import PresenceChange, PresenceEntry, PresenceOptions, check_entries, gc_paused, presence_change
 from . import presence_scripts as fs
 from .connection import Script, packed
 from .history import unavailable
@@ -155,10 +155,14 @@ class PresenceMixin:
         # one msgpack value: a thousand entries are decoded in one call, and no object is made but
         # those handed out (the entries and their info). An object per entry more is what set off
         # Python's cyclic GC twice as often, whose full collections (as long as the heap) made the
-        # slow calls.
+        # slow calls; the decoding runs with the GC paused (features.gc_paused).
         head, fragments = self._run(f"the presence of {group!r}", shard, _LIST,  # type: ignore[attr-defined]
                                     (keys[0], keys[2], keys[3], keys[6]), ("e" if fernet is not None else "p",))
         reply = head + b"".join(fragments)
+        with gc_paused():
+            return self._presence_decode(reply, fernet)
+
+    def _presence_decode(self, reply: bytes, fernet: Any) -> dict[str, PresenceEntry]:
         try:
             if fernet is None:
                 return msgpack.unpackb(reply, raw=False, strict_map_key=True)  # type: ignore[no-any-return]
