@@ -102,11 +102,16 @@ local function restarted_from_aof(server)
 end
 
 -- The stream's epoch, latest offset and meta ttl; a new stream (candidate epoch, offset 0,
--- no messages) when it has no meta or another server process wrote it (see the module).
-local function stream(h, hm, candidate, meta_ttl)
-  local server = redis.call('INFO', 'server')
-  local run = string.match(server, 'run_id:(%w+)')
+-- no messages) when it has no meta or another server process wrote it (see the module). run: the
+-- run_id the caller's connection learnt ('' when unknown); a meta of another run, or none, is
+-- checked against the server's own (INFO), which rules.
+local function stream(h, hm, candidate, meta_ttl, run)
   local meta = redis.call('HMGET', hm, 'e', 't', 'r', 'm')
+  local server
+  if run == '' or meta[3] ~= run then
+    server = redis.call('INFO', 'server')
+    run = string.match(server, 'run_id:(%w+)')
+  end
   if meta[1] and (meta[3] == run or (TRUST and restarted_from_aof(server))) then
     if meta[3] ~= run then redis.call('HSET', hm, 'r', run) end
     return meta[1], tonumber(meta[2]), tonumber(meta[4]) or meta_ttl, false
@@ -130,9 +135,9 @@ end
 
 _APPEND = _STREAM + r"""
 -- Keep body under the stream's next offset (trimmed to size and ttl); the epoch and the offset.
-local function history_append(h, hm, candidate, size, ttl, meta_ttl, body)
+local function history_append(h, hm, candidate, size, ttl, meta_ttl, body, run)
   local now = time_ms()
-  local epoch, top = stream(h, hm, candidate, meta_ttl)
+  local epoch, top = stream(h, hm, candidate, meta_ttl, run)
   top = top + 1
   local n = redis.call('RPUSH', h, string.format(DEADLINE_FORMAT, now + ttl) .. E_HISTORY .. top .. E_FIELD_END .. body)
   if n > size then redis.call('LTRIM', h, -size, -1) end
@@ -144,23 +149,23 @@ local function history_append(h, hm, candidate, size, ttl, meta_ttl, body)
 end
 """
 
-#: KEYS: h hm; ARGV: candidate epoch, size, ttl ms, meta ttl ms, body, trust ('1': history_trust_persistence).
-#: Returns {epoch, offset}.
+#: KEYS: h hm; ARGV: candidate epoch, size, ttl ms, meta ttl ms, body, trust ('1': history_trust_persistence),
+#: run_id (:attr:`.link.Script.run_id`). Returns {epoch, offset}.
 HIST_APPEND = _APPEND + r"""
 TRUST = ARGV[6] == '1'
 local epoch, top = history_append(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
-                                  tonumber(ARGV[4]), ARGV[5])
+                                  tonumber(ARGV[4]), ARGV[5], ARGV[7])
 return {epoch, top}
 """
 
 #: KEYS: h hm; ARGV: candidate epoch, meta ttl ms for a new stream, since, limit (0: the position),
-#: trust ('1': history_trust_persistence).
+#: trust ('1': history_trust_persistence), run_id (:attr:`.link.Script.run_id`).
 #: Returns {epoch, top, item, item, ...}: the kept items with offset > since, at most limit.
 HIST_READ = _STREAM + r"""
 TRUST = ARGV[5] == '1'
 local h, hm = KEYS[1], KEYS[2]
 local now = time_ms()
-local epoch, top, meta_ttl, made = stream(h, hm, ARGV[1], tonumber(ARGV[2]))
+local epoch, top, meta_ttl, made = stream(h, hm, ARGV[1], tonumber(ARGV[2]), ARGV[6])
 if not made and redis.call('PTTL', hm) < meta_ttl then redis.call('PEXPIRE', hm, meta_ttl) end
 local out = {epoch, top}
 local limit = tonumber(ARGV[4])
@@ -207,7 +212,7 @@ local EPOCH, TOP
 if MODE == '{KEEP}' then
   TRUST = ARGV[15] == '1'
   EPOCH, TOP = history_append(KEYS[4], KEYS[5], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]),
-                              tonumber(ARGV[14]), body)
+                              tonumber(ARGV[14]), body, ARGV[16])
   SBODY = SBODY .. cmsgpack.pack(EPOCH) .. cmsgpack.pack(TOP)
   MODE = '{STAMPED}'
 end
@@ -231,8 +236,8 @@ end
 #: The fan-out script of :mod:`.scripts` (KEYS g gc gp, ARGV 1-8 the same) with ARGV[9] the mode and
 #: ARGV[10] the stamped body: ``s`` queues ARGV[10] instead of the body on ``sidecar.*!``
 #: prefixes, ``o`` queues the body on ``sidecar.*!`` prefixes only (the layer's own messages).
-#: ``k`` first keeps the message in the history group's stream (KEYS h hm follow; ARGV 11-15:
-#: candidate epoch, size, ttl ms, meta ttl ms, trust) and stamps the sidecars' copies with its offset:
+#: ``k`` first keeps the message in the history group's stream (KEYS h hm follow; ARGV 11-16:
+#: candidate epoch, size, ttl ms, meta ttl ms, trust, run_id) and stamps the sidecars' copies with its offset:
 #: ARGV[10] is then the stamped message up to the epoch and the offset, which the script packs
 #: after it (``cmsgpack``). Returns the members skipped as full, with ``k`` ``{skipped, epoch, offset}``.
 #: ``s`` with ARGV 11-14 (epoch, offset, '1' to force, ttl ms of the mark) and KEYS[4] (``P:hx:{group}``,
@@ -271,7 +276,7 @@ def join_position(first_key: int) -> str:
     items go: ``h`` is the notice's last key). ``KEYS[first_key]`` on:
 
     ``l`` (:data:`POSITION_LOCAL`): the group's stream is on this server (KEYS h hm; ARGV[10],
-    ARGV[11] the candidate epoch and meta ttl ms): the position is read as ``group_position``
+    ARGV[11], ARGV[12] the candidate epoch, meta ttl ms and run_id): the position is read as ``group_position``
     reads it (same epoch rule, the meta touched), in the script of the membership: every message
     numbered after it is queued after the membership (the history's script queues this server's
     copies in the same step), so it sees it.
@@ -294,7 +299,7 @@ local function notice_body()
   local epoch, top
   if how == '{POSITION_LOCAL}' then
     local hm, meta_ttl, made = KEYS[{first_key + 1}], tonumber(ARGV[11])
-    epoch, top, meta_ttl, made = stream(KEYS[{first_key}], hm, ARGV[10], meta_ttl)
+    epoch, top, meta_ttl, made = stream(KEYS[{first_key}], hm, ARGV[10], meta_ttl, ARGV[12])
     if not made and redis.call('PTTL', hm) < meta_ttl then redis.call('PEXPIRE', hm, meta_ttl) end
   else
     epoch, top = ARGV[10], tonumber(ARGV[11])
@@ -315,8 +320,8 @@ assert _STREAM.startswith(LUA_CONSTANTS)
 #: GROUP_ADD of a ``sidecar.*!`` channel in a history or presence group, which queues a notice on
 #: the channel (whatever its capacity) when the membership is new, or always with ARGV[5] '2'.
 #: KEYS: g gc gp m q u [h hm | hx]; ARGV: channel, group expiry ms, capacity, group, '1' or '2', the
-#: notice's deadline (13 digits), expiry ms, the notice's body [, position mode, epoch, ms or offset]
-#: (:func:`join_position`). Returns 1 for a new membership, else 0.
+#: notice's deadline (13 digits), expiry ms, the notice's body [, position mode, epoch, ms or offset
+#: [, run_id]] (:func:`join_position`). Returns 1 for a new membership, else 0.
 GROUP_ADD_NOTICE = _COMMON + _STREAM[len(LUA_CONSTANTS):] + _NOTICE_PUSH + join_position(7) \
     + "\nlocal was = redis.call('ZSCORE', KEYS[1], ARGV[1])\n" + _ADD_BODY + r"""
 local new = (not was) or tonumber(was) <= now

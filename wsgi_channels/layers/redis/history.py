@@ -41,10 +41,16 @@ from .entries import DEADLINE_DIGITS, history_item
 
 __all__ = ["HistoryMixin", "FEATURE_KEY_KINDS"]
 
-_APPEND = Script(fs.HIST_APPEND)
-_READ = Script(fs.HIST_READ)
+# The scripts that read a stream's meta take the run_id of the connection as their last argument,
+# packed empty here (RUN_ID): see .link.Script.run_id and the epoch rule in .feature_scripts.
+_APPEND = Script(fs.HIST_APPEND, run_id=True)
+_READ = Script(fs.HIST_READ, run_id=True)
 _FANOUT = Script(fs.FEATURE_FANOUT)
+_KEEP = Script(fs.FEATURE_FANOUT, run_id=True)  # the same script, in mode KEEP
 _ADD_NOTICE = Script(fs.GROUP_ADD_NOTICE)
+_ADD_NOTICE_LOCAL = Script(fs.GROUP_ADD_NOTICE, run_id=True)  # with POSITION_LOCAL
+#: The run_id argument as the callers pack it (filled in by the connection that sends it).
+RUN_ID = b""
 _DISCARD_NOTICE = Script(fs.GROUP_DISCARD_NOTICE)
 
 #: Meta lifetime of a stream first touched by a reader with no pattern for it (as memory and ipc).
@@ -183,7 +189,7 @@ class HistoryMixin(ClusterFeaturesMixin):
             head = encode({}, None, add_notice(group, ["", 0], presence))
             assert head.endswith(_EMPTY_EPOCH_AND_ZERO)
             return ((shard.key("h", group), shard.key("hm", group)),
-                    (head[:-len(_EMPTY_EPOCH_AND_ZERO)], fs.POSITION_LOCAL, new_epoch(), _ms(history.meta_ttl)))
+                    (head[:-len(_EMPTY_EPOCH_AND_ZERO)], fs.POSITION_LOCAL, new_epoch(), _ms(history.meta_ttl), RUN_ID))
         read = self._history_read([(group, 0, 0)])[0]
         if isinstance(read, BaseException):
             raise read
@@ -212,7 +218,8 @@ class HistoryMixin(ClusterFeaturesMixin):
             fixed = (self._gexp_ms, self.get_capacity(qname))  # type: ignore[attr-defined]
             rest = ("2" if always else "1", deadline, self._expiry_ms) + notice
             args: tuple[Any, ...] = names + fixed + rest if shard.cluster else (channel,) + fixed + (group,) + rest
-            return bool(self._run(f"group_add to {group!r}", shard, scripts[0], keys + more, args))
+            script = _ADD_NOTICE_LOCAL if notice[1:2] == (fs.POSITION_LOCAL,) else scripts[0]
+            return bool(self._run(f"group_add to {group!r}", shard, script, keys + more, args))
         body = self._sealed(encode({}, None, discard_notice(group)))
         args = (*names, deadline, self._expiry_ms, self._gexp_ms, body)
         return bool(self._run(f"group_discard from {group!r}", shard, scripts[1], keys, args))
@@ -264,10 +271,10 @@ class HistoryMixin(ClusterFeaturesMixin):
             head = with_keys(body, {STAMP_KEY: [group, "", 0]})
             assert head.endswith(_EMPTY_EPOCH_AND_ZERO)
             fkeys = self._group_keys(group) + keys  # type: ignore[attr-defined]
-            dropped, epoch, offset = self._run(what, shard, _FANOUT, fkeys, (
+            dropped, epoch, offset = self._run(what, shard, _KEEP, fkeys, (
                 self._p, self._expiry_ms, self._gexp_ms, self.capacity, self.process_capacity, self._rules_flag, body,
                 _DEADLINE % (shard.now_ms() + self._expiry_ms), fs.KEEP, head[:-len(_EMPTY_EPOCH_AND_ZERO)]) + args
-                + (self._trust,))
+                + (self._trust, RUN_ID))
             if dropped:
                 self._count("group_drop_count", dropped)  # type: ignore[attr-defined]
             if len(self._shards) > 1:  # type: ignore[attr-defined]
@@ -275,7 +282,7 @@ class HistoryMixin(ClusterFeaturesMixin):
                 self._feature_fan_out(group, body, fs.STAMPED, stamped, skip=shard,
                                       order=(epoch, offset, _ms(options.meta_ttl)))
             return
-        epoch, offset = self._run(what, shard, _APPEND, keys, args + (plain, self._trust))
+        epoch, offset = self._run(what, shard, _APPEND, keys, args + (plain, self._trust, RUN_ID))
         stamped = self._sealed(with_keys(body, {STAMP_KEY: [group, epoch.decode(), offset]}))
         self._feature_fan_out(group, plain, fs.STAMPED, stamped, order=(epoch, offset, _ms(options.meta_ttl)))
 
@@ -294,7 +301,8 @@ class HistoryMixin(ClusterFeaturesMixin):
             keys = (shard.key("h", group), shard.key("hm", group))
             meta_ttl = options.meta_ttl if options is not None else DEFAULT_META_TTL
             by_shard.setdefault(shard, []).append(
-                (i, packed("EVALSHA", _READ.sha, 2, *keys, new_epoch(), _ms(meta_ttl), since, limit, self._trust)))
+                (i, packed("EVALSHA", _READ.sha, 2, *keys, new_epoch(), _ms(meta_ttl), since, limit, self._trust,
+                           RUN_ID)))
         for shard, items in by_shard.items():
             try:
                 replies = shard.pipeline([payload for _, payload in items], _READ)

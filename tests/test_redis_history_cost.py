@@ -1,0 +1,95 @@
+"""What history costs on Redis, and the rules its cheaper form keeps (issue 18, the send target).
+
+A history script takes the server's ``run_id`` from its connection (learnt once per connection)
+instead of asking ``INFO`` at every call, and the epoch rule stays exactly as strong: a restart
+still starts a new stream, and a connection's wrong idea of the run is settled by the server.
+"""
+from __future__ import annotations
+
+import pytest
+import redis
+
+from wsgi_channels.layers import from_url
+
+pytestmark = pytest.mark.timeout(120)
+
+Q = "group_history=chat.*:size=10:ttl=300"
+
+
+@pytest.fixture
+def made():
+    layers = []
+
+    def make(url, **options):
+        layer = from_url(url + ("&" if "?" in url else "?") + Q, **options)
+        layers.append(layer)
+        return layer
+
+    yield make
+    for layer in layers:
+        layer.close()
+
+
+def _info_calls(port: int) -> int:
+    """``INFO`` commands the server ran so far (in scripts too; this one is counted after it answers)."""
+    client = redis.Redis(port=port)
+    try:
+        return int(client.info("commandstats").get("cmdstat_info", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
+def _links(layer):
+    return list(layer._shards[0]._free)
+
+
+def test_history_asks_info_once_per_connection(fresh_redis, made):
+    """Sends, reads, positions and joins of a history group learn the run_id once per connection
+    (one ``INFO`` to learn it, one in the script that went with it), not at every call."""
+    layer = made(fresh_redis.url)
+    before = _info_calls(fresh_redis.port)
+    for i in range(30):
+        layer.send_group("chat.info", {"text": str(i)})
+        layer.group_position("chat.info")
+        layer.group_history("chat.info", i)
+        layer.group_add("chat.info", f"sidecar.cost!c{i}")
+    assert len(_links(layer)) == 1
+    assert _info_calls(fresh_redis.port) - before - 1 <= 3  # the first stream, made on a meta-less key, asks too
+    assert _links(layer)[0].run_id_arg.endswith(redis.Redis(port=fresh_redis.port).info("server")["run_id"]
+                                                .encode() + b"\r\n")
+
+
+def test_a_restart_starts_a_new_stream_with_the_run_id_cached(fresh_redis, made):
+    """The connection that cached the run_id dies with the server; the next one learns the new run."""
+    layer = made(fresh_redis.url, history_trust_persistence=True)
+    for i in range(3):
+        layer.send_group("chat.restart", {"text": str(i)})
+    before = layer.group_position("chat.restart")
+    old = _links(layer)[0].run_id_arg
+    assert old is not None and len(old) > 10
+    fresh_redis.restart()  # no persistence: an empty restart (even trusting persistence, a new stream)
+    layer.send_group("chat.restart", {"text": "after"})
+    after = layer.group_position("chat.restart")
+    assert after.epoch != before.epoch and after.offset == 1
+    assert _links(layer)[0].run_id_arg not in (None, old)
+    assert layer.group_history("chat.restart", 0).messages == [(1, {"text": "after"})]
+
+
+def test_a_wrong_run_id_on_a_connection_is_settled_by_the_server(fresh_redis, made):
+    """A connection whose run_id is not the meta's makes the script ask the server (``INFO``): the
+    meta's run is the server's, so the stream goes on; the run_id never decides alone against it."""
+    layer = made(fresh_redis.url)
+    layer.send_group("chat.wrong", {"text": "a"})
+    before = layer.group_position("chat.wrong")
+    for link in _links(layer):
+        link.run_id_arg = b"$40\r\n" + b"0" * 40 + b"\r\n"
+    layer.send_group("chat.wrong", {"text": "b"})
+    assert layer.group_position("chat.wrong") == (before.epoch, 2)
+    assert [m["text"] for _, m in layer.group_history("chat.wrong", 0).messages] == ["a", "b"]
+    # a stream made by such a connection is owned by the server's real run
+    layer.send_group("chat.wrong2", {"text": "a"})
+    for link in _links(layer):
+        link.run_id_arg = None  # learnt again: the real one
+    made_by = layer.group_position("chat.wrong2")
+    layer.send_group("chat.wrong2", {"text": "b"})
+    assert layer.group_position("chat.wrong2") == (made_by.epoch, 2)
