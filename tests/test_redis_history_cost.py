@@ -93,3 +93,76 @@ def test_a_wrong_run_id_on_a_connection_is_settled_by_the_server(fresh_redis, ma
     made_by = layer.group_position("chat.wrong2")
     layer.send_group("chat.wrong2", {"text": "b"})
     assert layer.group_position("chat.wrong2") == (made_by.epoch, 2)
+
+
+def _meta(port: int, group: str) -> tuple[bytes, bytes]:
+    client = redis.Redis(port=port)
+    try:
+        key = f"wsgi_channels:hm:{{{group}}}".encode()
+        kind = client.type(key)
+        return kind, client.get(key) if kind == b"string" else b""
+    finally:
+        client.close()
+
+
+def _as_old_hash(port: int, group: str) -> None:
+    """Rewrite ``group``'s meta as the HASH an older version kept (fields e t r m)."""
+    client = redis.Redis(port=port)
+    try:
+        key = f"wsgi_channels:hm:{{{group}}}".encode()
+        epoch, top, run, meta_ttl = client.get(key).split(b" ")[:4]
+        client.delete(key)
+        client.hset(key, mapping={"e": epoch, "t": top, "r": run, "m": meta_ttl})
+        client.pexpire(key, int(meta_ttl))
+    finally:
+        client.close()
+
+
+def test_the_meta_is_one_string(fresh_redis, made):
+    """``epoch top run_id meta_ttl``: one GET reads it, one SET ... PX writes it."""
+    layer = made(fresh_redis.url)
+    for i in range(3):
+        layer.send_group("chat.meta", {"text": str(i)})
+    epoch, top = layer.group_position("chat.meta")
+    kind, value = _meta(fresh_redis.port, "chat.meta")
+    run = redis.Redis(port=fresh_redis.port).info("server")["run_id"]
+    assert kind == b"string"
+    assert value.split(b" ")[:4] == [epoch.encode(), b"3", run.encode(), b"86400000"]
+    assert 86_000_000 < redis.Redis(port=fresh_redis.port).pttl(b"wsgi_channels:hm:{chat.meta}") <= 86_400_000
+
+
+@pytest.mark.parametrize("first", ["send", "position", "history", "join"])
+def test_a_meta_left_as_a_hash_by_an_older_version_goes_on(fresh_redis, made, first):
+    """A rolling upgrade: the stream an older version kept (its meta a HASH) is read as it is, same
+    epoch and offsets, by any script that reads it first, and written back as the string."""
+    layer = made(fresh_redis.url)
+    for i in range(3):
+        layer.send_group("chat.old", {"text": str(i)})
+    before = layer.group_position("chat.old")
+    _as_old_hash(fresh_redis.port, "chat.old")
+    assert _meta(fresh_redis.port, "chat.old")[0] == b"hash"
+    if first == "send":
+        layer.send_group("chat.old", {"text": "3"})
+    elif first == "position":
+        assert layer.group_position("chat.old") == before
+    elif first == "history":
+        assert [o for o, _ in layer.group_history("chat.old", 0).messages] == [1, 2, 3]
+    else:
+        layer.group_add("chat.old", "sidecar.upgrade!c1")
+    assert _meta(fresh_redis.port, "chat.old")[0] == b"string"
+    if first != "send":
+        layer.send_group("chat.old", {"text": "3"})
+    assert layer.group_position("chat.old") == (before.epoch, 4)
+    assert [m["text"] for _, m in layer.group_history("chat.old", 0).messages] == ["0", "1", "2", "3"]
+
+
+def test_a_hash_meta_of_another_run_starts_a_new_stream(fresh_redis, made):
+    """The epoch rule reads the old HASH's run_id as any meta's: another server run, a new stream."""
+    layer = made(fresh_redis.url)
+    layer.send_group("chat.oldrun", {"text": "x"})
+    before = layer.group_position("chat.oldrun")
+    _as_old_hash(fresh_redis.port, "chat.oldrun")
+    redis.Redis(port=fresh_redis.port).hset(b"wsgi_channels:hm:{chat.oldrun}", "r", "f" * 40)
+    after = layer.group_position("chat.oldrun")
+    assert after.epoch != before.epoch and after.offset == 0
+    assert layer.group_history("chat.oldrun", 0).messages == []

@@ -9,8 +9,13 @@ hash tag, so a group's history or presence lives on one shard: the group's own, 
     the item ages out, its offset, the body). Trimmed to ``size`` on each append and by age
     from the head, so the kept offsets are contiguous; its TTL is the history ``ttl``.
 ``P:hm:{group}``
-    HASH ``e`` epoch, ``t`` latest offset, ``r`` the ``run_id`` of the server that wrote it,
-    ``m`` meta ttl (ms); expires ``meta_ttl`` after the latest append or read.
+    STRING ``epoch top run meta_ttl``, separated by spaces: the epoch, the latest offset, the
+    ``run_id`` of the server that wrote it, the meta ttl (ms); expires ``meta_ttl`` after the
+    latest append or read. One ``GET`` reads it and one ``SET ... PX`` writes it. A layer before
+    this one kept a HASH there (fields ``e t r m``): it is read as the same meta (same epoch, same
+    offsets: the epoch rule applies to its ``r`` as to any) and written back as the string, so a
+    stream goes on across an upgrade. A process of the older version that meets the string is
+    refused (``WRONGTYPE``, raised as ``LayerUnavailable``) until it is upgraded too.
 ``P:pe:{group}``
     HASH of the presence entries (``HLEN`` is the clients count), each one field: conn_id ->
     ``owner since tag digest rest``, separated by spaces (no space inside the first four):
@@ -101,25 +106,43 @@ local function restarted_from_aof(server)
   return string.find(redis.call('INFO', 'persistence'), 'aof_enabled:1', 1, true) ~= nil
 end
 
--- The stream's epoch, latest offset and meta ttl; a new stream (candidate epoch, offset 0,
--- no messages) when it has no meta or another server process wrote it (see the module). run: the
--- run_id the caller's connection learnt ('' when unknown); a meta of another run, or none, is
--- checked against the server's own (INFO), which rules.
+-- The meta: 'epoch top run meta_ttl' (see the module); nil when there is none (or not of that form).
+-- A HASH (e t r m) is the meta an older version wrote: read as the same, and 'true' after it.
+local function read_meta(hm)
+  local v = redis.pcall('GET', hm)
+  if type(v) == 'table' then  -- WRONGTYPE: a hash
+    local old = redis.call('HMGET', hm, 'e', 't', 'r', 'm')
+    if not old[1] then return nil end
+    return old[1], tonumber(old[2]), old[3] or '', tonumber(old[4]), true
+  end
+  if not v then return nil end
+  local e, t, r, m = string.match(v, '^(%S+) (%d+) (%S*) (%d+)$')
+  return e, tonumber(t), r, tonumber(m), false
+end
+
+local function write_meta(hm, epoch, top, run, meta_ttl)
+  redis.call('SET', hm, epoch .. ' ' .. top .. ' ' .. run .. ' ' .. meta_ttl, 'PX', meta_ttl)
+end
+
+-- The stream's epoch, latest offset, meta ttl, whether it was made now, and the server's run_id;
+-- a new stream (candidate epoch, offset 0, no messages) when it has no meta or another server
+-- process wrote it (see the module). run: the run_id the caller's connection learnt ('' when
+-- unknown); a meta of another run, or none, is checked against the server's own (INFO), which rules.
 local function stream(h, hm, candidate, meta_ttl, run)
-  local meta = redis.call('HMGET', hm, 'e', 't', 'r', 'm')
+  local epoch, top, wrote, mttl, old = read_meta(hm)
   local server
-  if run == '' or meta[3] ~= run then
+  if run == '' or wrote ~= run then
     server = redis.call('INFO', 'server')
     run = string.match(server, 'run_id:(%w+)')
   end
-  if meta[1] and (meta[3] == run or (TRUST and restarted_from_aof(server))) then
-    if meta[3] ~= run then redis.call('HSET', hm, 'r', run) end
-    return meta[1], tonumber(meta[2]), tonumber(meta[4]) or meta_ttl, false
+  if epoch and (wrote == run or (TRUST and restarted_from_aof(server))) then
+    mttl = mttl or meta_ttl
+    if old or wrote ~= run then write_meta(hm, epoch, top, run, mttl) end
+    return epoch, top, mttl, false, run
   end
   redis.call('DEL', h)
-  redis.call('HSET', hm, 'e', candidate, 't', 0, 'r', run, 'm', meta_ttl)
-  redis.call('PEXPIRE', hm, meta_ttl)
-  return candidate, 0, meta_ttl, true
+  write_meta(hm, candidate, 0, run, meta_ttl)
+  return candidate, 0, meta_ttl, true, run
 end
 
 -- Drop the aged items at the head (one ttl per group: age order is offset order); the first kept.
@@ -137,14 +160,13 @@ _APPEND = _STREAM + r"""
 -- Keep body under the stream's next offset (trimmed to size and ttl); the epoch and the offset.
 local function history_append(h, hm, candidate, size, ttl, meta_ttl, body, run)
   local now = time_ms()
-  local epoch, top = stream(h, hm, candidate, meta_ttl, run)
+  local epoch, top, _, _, server_run = stream(h, hm, candidate, meta_ttl, run)
   top = top + 1
   local n = redis.call('RPUSH', h, string.format(DEADLINE_FORMAT, now + ttl) .. E_HISTORY .. top .. E_FIELD_END .. body)
   if n > size then redis.call('LTRIM', h, -size, -1) end
   trim_aged(h, now)
   redis.call('PEXPIRE', h, ttl)
-  redis.call('HSET', hm, 't', top, 'm', meta_ttl)
-  redis.call('PEXPIRE', hm, meta_ttl)
+  write_meta(hm, epoch, top, server_run, meta_ttl)
   return epoch, top
 end
 """
