@@ -6,6 +6,8 @@ still starts a new stream, and a connection's wrong idea of the run is settled b
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
 
@@ -119,7 +121,7 @@ def _as_old_hash(port: int, group: str) -> None:
 
 
 def test_the_meta_is_one_string(fresh_redis, made):
-    """``epoch top run_id meta_ttl``: one GET reads it, one SET ... PX writes it."""
+    """``epoch top run_id meta_ttl size``: one GET reads it, one SET ... PX writes it."""
     layer = made(fresh_redis.url)
     for i in range(3):
         layer.send_group("chat.meta", {"text": str(i)})
@@ -127,7 +129,7 @@ def test_the_meta_is_one_string(fresh_redis, made):
     kind, value = _meta(fresh_redis.port, "chat.meta")
     run = redis.Redis(port=fresh_redis.port).info("server")["run_id"]
     assert kind == b"string"
-    assert value.split(b" ")[:4] == [epoch.encode(), b"3", run.encode(), b"86400000"]
+    assert value.split(b" ") == [epoch.encode(), b"3", run.encode(), b"86400000", b"10"]
     assert 86_000_000 < redis.Redis(port=fresh_redis.port).pttl(b"wsgi_channels:hm:{chat.meta}") <= 86_400_000
 
 
@@ -166,3 +168,50 @@ def test_a_hash_meta_of_another_run_starts_a_new_stream(fresh_redis, made):
     after = layer.group_position("chat.oldrun")
     assert after.epoch != before.epoch and after.offset == 0
     assert layer.group_history("chat.oldrun", 0).messages == []
+
+
+def _kept(port: int, group: str) -> int:
+    client = redis.Redis(port=port)
+    try:
+        return client.llen(f"wsgi_channels:h:{{{group}}}".encode())
+    finally:
+        client.close()
+
+
+def test_the_stream_is_trimmed_in_batches_and_reads_see_the_last_size(fresh_redis, made):
+    """Trimmed to size (10) at every 16th offset: up to size + 15 kept between trims, never more than
+    size read, and the position and offsets as before."""
+    from wsgi_channels.layers.redis.feature_scripts import TRIM_EVERY
+
+    assert TRIM_EVERY == 16
+    layer = made(fresh_redis.url)
+    for i in range(1, 26):
+        layer.send_group("chat.trim", {"text": str(i)})
+        assert _kept(fresh_redis.port, "chat.trim") == (i if i < 16 else 10 + i - 16)
+        page = layer.group_history("chat.trim", 0, limit=300)
+        assert [o for o, _ in page.messages] == list(range(max(1, i - 9), i + 1)) and page.top == i
+    assert [o for o, _ in layer.group_history("chat.trim", 0, limit=3).messages] == [16, 17, 18]
+    assert [o for o, _ in layer.group_history("chat.trim", 20).messages] == [21, 22, 23, 24, 25]
+    assert [m["text"] for _, m in layer.group_history("chat.trim", 14).messages] == [str(i) for i in range(16, 26)]
+    for i in range(500):
+        layer.send_group("chat.trim", {"text": "more"})
+        assert _kept(fresh_redis.port, "chat.trim") <= 10 + TRIM_EVERY - 1
+
+
+def test_aged_messages_are_trimmed_in_batches_and_never_read(fresh_redis, made):
+    """Aged messages go at the next 16th offset (or the next read); a read never returns them."""
+    layer = made(fresh_redis.url + "?group_history=brief.*:size=100:ttl=2")
+    for i in range(1, 6):
+        layer.send_group("brief.age", {"text": str(i)})
+    time.sleep(1.2)
+    for i in range(6, 11):
+        layer.send_group("brief.age", {"text": str(i)})
+    time.sleep(1.2)  # 1-5 aged; 6-10 not (the list lives 2 s after the latest append)
+    for i in range(11, 16):
+        layer.send_group("brief.age", {"text": str(i)})
+    assert _kept(fresh_redis.port, "brief.age") == 15
+    layer.send_group("brief.age", {"text": "16"})
+    assert _kept(fresh_redis.port, "brief.age") == 11
+    assert [o for o, _ in layer.group_history("brief.age", 0).messages] == list(range(6, 17))
+    time.sleep(1.0)  # 6-10 aged: a read skips (and drops) them before the next trim
+    assert [o for o, _ in layer.group_history("brief.age", 3).messages] == list(range(11, 17))

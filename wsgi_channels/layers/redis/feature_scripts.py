@@ -6,15 +6,18 @@ hash tag, so a group's history or presence lives on one shard: the group's own, 
 
 ``P:h:{group}``
     LIST of the kept messages, oldest first: ``h`` items of :mod:`.entries` (the deadline when
-    the item ages out, its offset, the body). Trimmed to ``size`` on each append and by age
-    from the head, so the kept offsets are contiguous; its TTL is the history ``ttl``.
+    the item ages out, its offset, the body). Trimmed from the head, so the kept offsets are
+    contiguous: to ``size``, then by age, at every offset that is a multiple of
+    :data:`TRIM_EVERY` (16), so it holds at most ``size + 15`` items; a read skips the items
+    beyond the last ``size`` (the meta's) and the aged ones. Its TTL is the history ``ttl``.
 ``P:hm:{group}``
-    STRING ``epoch top run meta_ttl``, separated by spaces: the epoch, the latest offset, the
-    ``run_id`` of the server that wrote it, the meta ttl (ms); expires ``meta_ttl`` after the
-    latest append or read. One ``GET`` reads it and one ``SET ... PX`` writes it. A layer before
-    this one kept a HASH there (fields ``e t r m``): it is read as the same meta (same epoch, same
-    offsets: the epoch rule applies to its ``r`` as to any) and written back as the string, so a
-    stream goes on across an upgrade. A process of the older version that meets the string is
+    STRING ``epoch top run meta_ttl size``, separated by spaces: the epoch, the latest offset,
+    the ``run_id`` of the server that wrote it, the meta ttl (ms) and the size of the latest
+    append's options (0: not known yet); expires ``meta_ttl`` after the latest append or read.
+    One ``GET`` reads it and one ``SET ... PX`` writes it. A layer before this one kept a HASH
+    there (fields ``e t r m``; its stream trimmed to size at every append): it is read as the
+    same meta (same epoch, same offsets: the epoch rule applies to its ``r`` as to any) and
+    written back as the string, so a stream goes on across an upgrade. A process of the older version that meets the string is
     refused (``WRONGTYPE``, raised as ``LayerUnavailable``) until it is upgraded too.
 ``P:pe:{group}``
     HASH of the presence entries (``HLEN`` is the clients count), each one field: conn_id ->
@@ -72,7 +75,7 @@ from .entries import DEADLINE_DIGITS, LUA_CONSTANTS
 from .scripts import _COMMON, FANOUT, GROUP_ADD, GROUP_DISCARD
 
 __all__ = ["HIST_APPEND", "HIST_READ", "FEATURE_FANOUT", "GROUP_ADD_NOTICE", "GROUP_DISCARD_NOTICE",
-           "FEATURE_KEY_KINDS", "STAMPED", "SIDECARS_ONLY", "KEEP", "ORDER_WAIT", "POSITION_LOCAL", "POSITION_MARK",
+           "FEATURE_KEY_KINDS", "TRIM_EVERY", "STAMPED", "SIDECARS_ONLY", "KEEP", "ORDER_WAIT", "POSITION_LOCAL", "POSITION_MARK",
            "join_position"]
 
 #: Key kinds of history and presence (``flush`` removes them).
@@ -83,6 +86,9 @@ ORDER_WAIT = -2
 #: Modes of :data:`FEATURE_FANOUT`: stamped copies for sidecar prefixes; sidecar prefixes only; keep
 #: the message in the group's history, then stamped copies.
 STAMPED, SIDECARS_ONLY, KEEP = "s", "o", "k"
+#: A stream is trimmed (to its size, then by age) at every offset that is a multiple of this: it
+#: holds at most ``size + TRIM_EVERY - 1`` messages, of which reads see the last ``size``.
+TRIM_EVERY = 16
 
 _STREAM = LUA_CONSTANTS + f"""
 local DEADLINE_FORMAT = '%0{DEADLINE_DIGITS}d'
@@ -106,30 +112,32 @@ local function restarted_from_aof(server)
   return string.find(redis.call('INFO', 'persistence'), 'aof_enabled:1', 1, true) ~= nil
 end
 
--- The meta: 'epoch top run meta_ttl' (see the module); nil when there is none (or not of that form).
--- A HASH (e t r m) is the meta an older version wrote: read as the same, and 'true' after it.
+-- The meta: 'epoch top run meta_ttl size' (see the module; size 0: not known); nil when there is
+-- none (or not of that form). A HASH (e t r m) is the meta an older version wrote, which trimmed
+-- its stream to size at every append: read as the same (size 0), and 'true' after it.
 local function read_meta(hm)
   local v = redis.pcall('GET', hm)
   if type(v) == 'table' then  -- WRONGTYPE: a hash
     local old = redis.call('HMGET', hm, 'e', 't', 'r', 'm')
     if not old[1] then return nil end
-    return old[1], tonumber(old[2]), old[3] or '', tonumber(old[4]), true
+    return old[1], tonumber(old[2]), old[3] or '', tonumber(old[4]), 0, true
   end
   if not v then return nil end
-  local e, t, r, m = string.match(v, '^(%S+) (%d+) (%S*) (%d+)$')
-  return e, tonumber(t), r, tonumber(m), false
+  local e, t, r, m, s = string.match(v, '^(%S+) (%d+) (%S*) (%d+) (%d+)$')
+  return e, tonumber(t), r, tonumber(m), tonumber(s), false
 end
 
-local function write_meta(hm, epoch, top, run, meta_ttl)
-  redis.call('SET', hm, epoch .. ' ' .. top .. ' ' .. run .. ' ' .. meta_ttl, 'PX', meta_ttl)
+local function write_meta(hm, epoch, top, run, meta_ttl, size)
+  redis.call('SET', hm, epoch .. ' ' .. top .. ' ' .. run .. ' ' .. meta_ttl .. ' ' .. size, 'PX', meta_ttl)
 end
 
--- The stream's epoch, latest offset, meta ttl, whether it was made now, and the server's run_id;
--- a new stream (candidate epoch, offset 0, no messages) when it has no meta or another server
--- process wrote it (see the module). run: the run_id the caller's connection learnt ('' when
--- unknown); a meta of another run, or none, is checked against the server's own (INFO), which rules.
+-- The stream's epoch, latest offset, meta ttl, size (0: not known), whether it was made now, and
+-- the server's run_id; a new stream (candidate epoch, offset 0, no messages) when it has no meta
+-- or another server process wrote it (see the module). run: the run_id the caller's connection
+-- learnt ('' when unknown); a meta of another run, or none, is checked against the server's own
+-- (INFO), which rules.
 local function stream(h, hm, candidate, meta_ttl, run)
-  local epoch, top, wrote, mttl, old = read_meta(hm)
+  local epoch, top, wrote, mttl, size, old = read_meta(hm)
   local server
   if run == '' or wrote ~= run then
     server = redis.call('INFO', 'server')
@@ -137,12 +145,12 @@ local function stream(h, hm, candidate, meta_ttl, run)
   end
   if epoch and (wrote == run or (TRUST and restarted_from_aof(server))) then
     mttl = mttl or meta_ttl
-    if old or wrote ~= run then write_meta(hm, epoch, top, run, mttl) end
-    return epoch, top, mttl, false, run
+    if old or wrote ~= run then write_meta(hm, epoch, top, run, mttl, size) end
+    return epoch, top, mttl, size, false, run
   end
   redis.call('DEL', h)
-  write_meta(hm, candidate, 0, run, meta_ttl)
-  return candidate, 0, meta_ttl, true, run
+  write_meta(hm, candidate, 0, run, meta_ttl, 0)
+  return candidate, 0, meta_ttl, 0, true, run
 end
 
 -- Drop the aged items at the head (one ttl per group: age order is offset order); the first kept.
@@ -156,17 +164,23 @@ local function trim_aged(h, now)
 end
 """
 
-_APPEND = _STREAM + r"""
--- Keep body under the stream's next offset (trimmed to size and ttl); the epoch and the offset.
+_APPEND = _STREAM + f"""
+local TRIM_EVERY = {TRIM_EVERY}
+""" + r"""
+-- Keep body under the stream's next offset; the epoch and the offset. Every TRIM_EVERY-th offset
+-- the stream is trimmed to size, then by age: it holds at most size + TRIM_EVERY - 1 items, and
+-- readers skip those beyond size (the meta's size) and those aged.
 local function history_append(h, hm, candidate, size, ttl, meta_ttl, body, run)
   local now = time_ms()
-  local epoch, top, _, _, server_run = stream(h, hm, candidate, meta_ttl, run)
+  local epoch, top, _, _, _, server_run = stream(h, hm, candidate, meta_ttl, run)
   top = top + 1
   local n = redis.call('RPUSH', h, string.format(DEADLINE_FORMAT, now + ttl) .. E_HISTORY .. top .. E_FIELD_END .. body)
-  if n > size then redis.call('LTRIM', h, -size, -1) end
-  trim_aged(h, now)
+  if top % TRIM_EVERY == 0 then
+    if n > size then redis.call('LTRIM', h, -size, -1) end
+    trim_aged(h, now)
+  end
   redis.call('PEXPIRE', h, ttl)
-  write_meta(hm, epoch, top, server_run, meta_ttl)
+  write_meta(hm, epoch, top, server_run, meta_ttl, size)
   return epoch, top
 end
 """
@@ -187,7 +201,7 @@ HIST_READ = _STREAM + r"""
 TRUST = ARGV[5] == '1'
 local h, hm = KEYS[1], KEYS[2]
 local now = time_ms()
-local epoch, top, meta_ttl, made = stream(h, hm, ARGV[1], tonumber(ARGV[2]), ARGV[6])
+local epoch, top, meta_ttl, size, made = stream(h, hm, ARGV[1], tonumber(ARGV[2]), ARGV[6])
 if not made and redis.call('PTTL', hm) < meta_ttl then redis.call('PEXPIRE', hm, meta_ttl) end
 local out = {epoch, top}
 local limit = tonumber(ARGV[4])
@@ -195,7 +209,9 @@ if limit == 0 then return out end
 local first = trim_aged(h, now)
 if not first then return out end
 local f = tonumber(string.sub(first, E_REST_AT, string.find(first, E_FIELD_END, E_REST_AT, true) - 1))
-local start = math.max(0, tonumber(ARGV[3]) + 1 - f)
+local low = tonumber(ARGV[3]) + 1  -- the first offset read: after since, and among the last size
+if size > 0 and top - size + 1 > low then low = top - size + 1 end
+local start = math.max(0, low - f)
 for _, v in ipairs(redis.call('LRANGE', h, start, start + limit - 1)) do out[#out + 1] = v end
 return out
 """
@@ -320,8 +336,8 @@ local function notice_body()
   if not how then return body end
   local epoch, top
   if how == '{POSITION_LOCAL}' then
-    local hm, meta_ttl, made = KEYS[{first_key + 1}], tonumber(ARGV[11])
-    epoch, top, meta_ttl, made = stream(KEYS[{first_key}], hm, ARGV[10], meta_ttl, ARGV[12])
+    local hm, meta_ttl, size, made = KEYS[{first_key + 1}], tonumber(ARGV[11])
+    epoch, top, meta_ttl, size, made = stream(KEYS[{first_key}], hm, ARGV[10], meta_ttl, ARGV[12])
     if not made and redis.call('PTTL', hm) < meta_ttl then redis.call('PEXPIRE', hm, meta_ttl) end
   else
     epoch, top = ARGV[10], tonumber(ARGV[11])
