@@ -215,3 +215,53 @@ def test_aged_messages_are_trimmed_in_batches_and_never_read(fresh_redis, made):
     assert [o for o, _ in layer.group_history("brief.age", 0).messages] == list(range(6, 17))
     time.sleep(1.0)  # 6-10 aged: a read skips (and drops) them before the next trim
     assert [o for o, _ in layer.group_history("brief.age", 3).messages] == list(range(11, 17))
+
+
+@pytest.fixture(params=["redis_server", "redis6_server"])
+def any_redis(request):
+    return request.getfixturevalue(request.param)
+
+
+def test_the_stamp_made_by_the_script_is_byte_for_byte_the_clients(any_redis):
+    """The fan-out stamps a sidecar's copy in Lua (``STAMP_LUA``) exactly as ``with_keys`` does in
+    Python: every map header size, epoch and offset form (Redis 7 and 6.0)."""
+    from wsgi_channels.layers.features import STAMP_KEY
+    from wsgi_channels.layers.redis.feature_scripts import STAMP_LUA
+    from wsgi_channels.serialization import encode, with_keys
+
+    client = redis.Redis(port=any_redis.port)
+    script = client.register_script(STAMP_LUA + "\nreturn with_stamp(ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]))")
+    bodies = [encode({f"k{i}": i for i in range(n)}) for n in (0, 1, 14, 15, 16, 300, 65534, 65535, 65536)]
+    cases = [(body, group, "AbC-_0xy", offset) for body in bodies for group, offset in
+             [("g", 1), ("chat." + "x" * 26, 127), ("chat." + "y" * 27, 128), ("z" * 100, 255)]]
+    cases += [(bodies[1], "chat.a", epoch, offset) for epoch in ("e", "AbC-_0xy", "x" * 16)
+              for offset in (256, 65535, 65536, 2 ** 32 - 1, 2 ** 32, 2 ** 40 + 3)]
+    for body, group, epoch, offset in cases:
+        expected = with_keys(body, {STAMP_KEY: [group, epoch, offset]})
+        tail = with_keys(b"\x80", {STAMP_KEY: [group, "", 0]})[1:-2]
+        assert script(args=[body, tail, epoch, offset]) == expected, (len(body), group, epoch, offset)
+    client.close()
+
+
+def test_a_sidecars_copy_is_the_stamped_message_byte_for_byte(fresh_redis, made):
+    from wsgi_channels.layers.features import STAMP_KEY
+    from wsgi_channels.layers.redis import entries
+    from wsgi_channels.serialization import encode, with_keys
+
+    layer = made(fresh_redis.url)
+    prefix = "sidecar.bytes!"
+    layer.group_add("chat.bytes", prefix + "a")
+    layer.group_add("chat.bytes", "plain.bytes")
+    client = redis.Redis(port=fresh_redis.port)
+    client.delete(f"wsgi_channels:q:{{{prefix}}}".encode())  # the join notice
+    messages = [{"text": "x"}, {f"k{i}": [i, b"\x00", None] for i in range(15)}, {"a": {"b": 1.5}}]
+    for message in messages:
+        layer.send_group("chat.bytes", message)
+    epoch = layer.group_position("chat.bytes").epoch
+    queued = client.lrange(f"wsgi_channels:q:{{{prefix}}}".encode(), 0, -1)
+    plain = client.lrange(b"wsgi_channels:q:{plain.bytes}", 0, -1)
+    for offset, (message, entry, other) in enumerate(zip(messages, queued, plain), 1):
+        kind, names, body = entries.parse(entry)
+        assert bytes(body) == with_keys(encode(message), {STAMP_KEY: ["chat.bytes", epoch, offset]})
+        assert bytes(entries.parse(other)[2]) == encode(message)  # a plain channel's copy is not stamped
+    client.close()

@@ -167,11 +167,11 @@ end
 _APPEND = _STREAM + f"""
 local TRIM_EVERY = {TRIM_EVERY}
 """ + r"""
--- Keep body under the stream's next offset; the epoch and the offset. Every TRIM_EVERY-th offset
+-- Keep body under the stream's next offset (now: the time on the server's clock, in ms); the
+-- epoch and the offset. Every TRIM_EVERY-th offset
 -- the stream is trimmed to size, then by age: it holds at most size + TRIM_EVERY - 1 items, and
 -- readers skip those beyond size (the meta's size) and those aged.
-local function history_append(h, hm, candidate, size, ttl, meta_ttl, body, run)
-  local now = time_ms()
+local function history_append(h, hm, candidate, size, ttl, meta_ttl, body, run, now)
   local epoch, top, _, _, _, server_run = stream(h, hm, candidate, meta_ttl, run)
   top = top + 1
   local n = redis.call('RPUSH', h, string.format(DEADLINE_FORMAT, now + ttl) .. E_HISTORY .. top .. E_FIELD_END .. body)
@@ -190,7 +190,7 @@ end
 HIST_APPEND = _APPEND + r"""
 TRUST = ARGV[6] == '1'
 local epoch, top = history_append(KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
-                                  tonumber(ARGV[4]), ARGV[5], ARGV[7])
+                                  tonumber(ARGV[4]), ARGV[5], ARGV[7], time_ms())
 return {epoch, top}
 """
 
@@ -226,10 +226,43 @@ def _derive(source: str, old: str, new: str, count: int = 1) -> str:
     return source.replace(old, new)
 
 
+#: Lua ``with_stamp(body, tail, epoch, offset)``: ``body`` (a message as :func:`~wsgi_channels.serialization.encode`
+#: made it: a msgpack map) stamped as :func:`~wsgi_channels.serialization.with_keys` stamps it, byte for
+#: byte: the map's header rewritten for one more pair (fixmap, map16 or map32, the smallest, as
+#: msgpack packs it), the pairs as they are, then ``tail`` (the stamp's key and its list's start
+#: up to the group, packed by the client: :meth:`.history.HistoryMixin._keep_command`), then
+#: the epoch and the offset packed by ``cmsgpack`` (the smallest forms, as msgpack's).
+STAMP_LUA = r"""
+local function with_stamp(body, tail, epoch, offset)
+  local b, n, at = string.byte(body, 1), 0, 2
+  if b == 0xde then
+    n, at = string.byte(body, 2) * 256 + string.byte(body, 3), 4
+  elseif b == 0xdf then
+    local b1, b2, b3, b4 = string.byte(body, 2, 5)
+    n, at = ((b1 * 256 + b2) * 256 + b3) * 256 + b4, 6
+  else
+    n = b - 0x80
+  end
+  n = n + 1
+  local head
+  if n <= 15 then
+    head = string.char(0x80 + n)
+  elseif n <= 0xffff then
+    head = string.char(0xde, math.floor(n / 256), n % 256)
+  else
+    head = string.char(0xdf, math.floor(n / 16777216), math.floor(n / 65536) % 256, math.floor(n / 256) % 256, n % 256)
+  end
+  return head .. string.sub(body, at) .. tail .. cmsgpack.pack(epoch) .. cmsgpack.pack(offset)
+end
+"""
+
 _FANOUT_FILTER = f"""
 local function sidecar(prefix) return string.sub(prefix, 1, #SIDECAR) == SIDECAR end
 local function prefix_body(prefix)
-  if MODE == '{STAMPED}' and sidecar(prefix) then return SBODY end
+  if MODE == '{STAMPED}' and sidecar(prefix) then
+    if not SBODY then SBODY = with_stamp(body, STAMP, EPOCH, TOP) end
+    return SBODY
+  end
   return body
 end
 if MODE == '{SIDECARS_ONLY}' then
@@ -244,18 +277,18 @@ if MODE == '{SIDECARS_ONLY}' then
 end
 """
 
-_FANOUT_HISTORY = _APPEND + f"""
+_FANOUT_HISTORY = _APPEND + STAMP_LUA + f"""
 local MODE, SBODY = ARGV[9], ARGV[10]
-local EPOCH, TOP
+local EPOCH, TOP, STAMP
 if MODE == '{KEEP}' then
   TRUST = ARGV[15] == '1'
   EPOCH, TOP = history_append(KEYS[4], KEYS[5], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]),
-                              tonumber(ARGV[14]), body, ARGV[16])
-  SBODY = SBODY .. cmsgpack.pack(EPOCH) .. cmsgpack.pack(TOP)
+                              tonumber(ARGV[14]), body, ARGV[16], now_ms())
+  STAMP, SBODY = SBODY, nil  -- the stamped copy is made for the first sidecar prefix, if any
   MODE = '{STAMPED}'
 end
 local function result(dropped)
-  if EPOCH then return {{dropped, EPOCH, TOP}} end
+  if EPOCH then return dropped .. ' ' .. EPOCH .. ' ' .. TOP end
   return dropped
 end
 if MODE == '{STAMPED}' and not EPOCH and ARGV[12] then
@@ -276,8 +309,9 @@ end
 #: prefixes, ``o`` queues the body on ``sidecar.*!`` prefixes only (the layer's own messages).
 #: ``k`` first keeps the message in the history group's stream (KEYS h hm follow; ARGV 11-16:
 #: candidate epoch, size, ttl ms, meta ttl ms, trust, run_id) and stamps the sidecars' copies with its offset:
-#: ARGV[10] is then the stamped message up to the epoch and the offset, which the script packs
-#: after it (``cmsgpack``). Returns the members skipped as full, with ``k`` ``{skipped, epoch, offset}``.
+#: ARGV[10] is then the stamp's packed key, list header and group (:data:`STAMP_LUA`), and the stamped
+#: copy is made only when a ``sidecar.*!`` prefix gets one. Returns the members skipped as full, with
+#: ``k`` one string ``'skipped epoch offset'``.
 #: ``s`` with ARGV 11-14 (epoch, offset, '1' to force, ttl ms of the mark) and KEYS[4] (``P:hx:{group}``,
 #: the latest ``epoch offset`` queued on this server): copies of a stream kept on another server
 #: (several shards, or an encrypted layer: the client stamps them) are queued in offset order. A copy
