@@ -75,7 +75,7 @@ from .entries import DEADLINE_DIGITS, LUA_CONSTANTS
 from .scripts import _COMMON, FANOUT, GROUP_ADD, GROUP_DISCARD
 
 __all__ = ["HIST_APPEND", "HIST_READ", "FEATURE_FANOUT", "GROUP_ADD_NOTICE", "GROUP_DISCARD_NOTICE",
-           "FEATURE_KEY_KINDS", "TRIM_EVERY", "STAMPED", "SIDECARS_ONLY", "KEEP", "ORDER_WAIT", "POSITION_LOCAL", "POSITION_MARK",
+           "FEATURE_KEY_KINDS", "TRIM_EVERY", "STAMPED", "SIDECARS_ONLY", "KEEP", "KEEP_POSITION", "ORDER_WAIT", "POSITION_LOCAL", "POSITION_MARK",
            "join_position"]
 
 #: Key kinds of history and presence (``flush`` removes them).
@@ -84,8 +84,9 @@ FEATURE_KEY_KINDS = ("h", "hm", "hx", "pe", "pu", "po", "pm", "pb", "px", "pf")
 #: on that server yet (another publisher's fan-out is under way): the caller sends it again shortly.
 ORDER_WAIT = -2
 #: Modes of :data:`FEATURE_FANOUT`: stamped copies for sidecar prefixes; sidecar prefixes only; keep
-#: the message in the group's history, then stamped copies.
-STAMPED, SIDECARS_ONLY, KEEP = "s", "o", "k"
+#: the message in the group's history, then stamped copies (answering the members skipped; with
+#: ``KEEP_POSITION`` the epoch and the offset too, for the fan-out on other shards).
+STAMPED, SIDECARS_ONLY, KEEP, KEEP_POSITION = "s", "o", "k", "p"
 #: A stream is trimmed (to its size, then by age) at every offset that is a multiple of this: it
 #: holds at most ``size + TRIM_EVERY - 1`` messages, of which reads see the last ``size``.
 TRIM_EVERY = 16
@@ -280,7 +281,8 @@ end
 _FANOUT_HISTORY = _APPEND + STAMP_LUA + f"""
 local MODE, SBODY = ARGV[9], ARGV[10]
 local EPOCH, TOP, STAMP
-if MODE == '{KEEP}' then
+local POSITION = MODE == '{KEEP_POSITION}'
+if MODE == '{KEEP}' or POSITION then
   TRUST = ARGV[15] == '1'
   EPOCH, TOP = history_append(KEYS[4], KEYS[5], ARGV[11], tonumber(ARGV[12]), tonumber(ARGV[13]),
                               tonumber(ARGV[14]), body, ARGV[16], now_ms())
@@ -288,7 +290,7 @@ if MODE == '{KEEP}' then
   MODE = '{STAMPED}'
 end
 local function result(dropped)
-  if EPOCH then return dropped .. ' ' .. EPOCH .. ' ' .. TOP end
+  if POSITION then return dropped .. ' ' .. EPOCH .. ' ' .. TOP end
   return dropped
 end
 if MODE == '{STAMPED}' and not EPOCH and ARGV[12] then
@@ -310,8 +312,8 @@ end
 #: ``k`` first keeps the message in the history group's stream (KEYS h hm follow; ARGV 11-16:
 #: candidate epoch, size, ttl ms, meta ttl ms, trust, run_id) and stamps the sidecars' copies with its offset:
 #: ARGV[10] is then the stamp's packed key, list header and group (:data:`STAMP_LUA`), and the stamped
-#: copy is made only when a ``sidecar.*!`` prefix gets one. Returns the members skipped as full, with
-#: ``k`` one string ``'skipped epoch offset'``.
+#: copy is made only when a ``sidecar.*!`` prefix gets one; ``p``: the same, answering with the
+#: position too. Returns the members skipped as full, with ``p`` in one string ``'skipped epoch offset'``.
 #: ``s`` with ARGV 11-14 (epoch, offset, '1' to force, ttl ms of the mark) and KEYS[4] (``P:hx:{group}``,
 #: the latest ``epoch offset`` queued on this server): copies of a stream kept on another server
 #: (several shards, or an encrypted layer: the client stamps them) are queued in offset order. A copy

@@ -272,7 +272,8 @@ class HistoryMixin(ClusterFeaturesMixin):
         keys = self._group_keys(group) + (shard.key("h", group), shard.key("hm", group))  # type: ignore[attr-defined]
         head = bulk("EVALSHA", _KEEP.sha, len(keys), *keys, self._p, self._expiry_ms, self._gexp_ms, self.capacity,
                     self.process_capacity, self._rules_flag)
-        tail = bulk(fs.KEEP, stamp[1:-len(_EMPTY_EPOCH_AND_ZERO)])
+        mode = fs.KEEP_POSITION if len(self._shards) > 1 else fs.KEEP  # type: ignore[attr-defined]
+        tail = bulk(mode, stamp[1:-len(_EMPTY_EPOCH_AND_ZERO)])
         rest = bulk(options.size, _ms(options.ttl), _ms(options.meta_ttl), self._trust, RUN_ID)
         count = 3 + len(keys) + 16
         command = (b"*%d\r\n" % count + head.replace(b"%", b"%%") + b"$%d\r\n%s\r\n" + NOW
@@ -303,15 +304,16 @@ class HistoryMixin(ClusterFeaturesMixin):
                     self._replicated(acked)  # type: ignore[attr-defined]
             except ResponseError as e:
                 raise unavailable(f"a message for history group {group!r}", e) from e
-            if reply[:2] == b"0 " and len(self._shards) == 1:  # type: ignore[attr-defined]
+            if type(reply) is int:  # KEEP: the members skipped
+                if reply:
+                    self._count("group_drop_count", reply)  # type: ignore[attr-defined]
                 return
-            dropped, epoch, offset = reply.split(b" ")
+            dropped, epoch, offset = reply.split(b" ")  # KEEP_POSITION: other shards follow
             if dropped != b"0":
                 self._count("group_drop_count", int(dropped))  # type: ignore[attr-defined]
-            if len(self._shards) > 1:  # type: ignore[attr-defined]
-                stamped = with_keys(body, {STAMP_KEY: [group, epoch.decode(), int(offset)]})
-                self._feature_fan_out(group, body, fs.STAMPED, stamped, skip=shard,
-                                      order=(epoch, int(offset), _ms(options.meta_ttl)))
+            stamped = with_keys(body, {STAMP_KEY: [group, epoch.decode(), int(offset)]})
+            self._feature_fan_out(group, body, fs.STAMPED, stamped, skip=shard,
+                                  order=(epoch, int(offset), _ms(options.meta_ttl)))
             return
         plain = self._sealed(body)
         keys = (shard.key("h", group), shard.key("hm", group))
