@@ -91,6 +91,7 @@ class HistoryMixin(ClusterFeaturesMixin):
 
     _p: str
     _bodies: Any
+    _keep_cache: dict[str, tuple]
     _wait: Any
     _expiry_ms: int
     _gexp_ms: int

@@ -85,7 +85,7 @@ def _poll_class() -> Any:
 
 #: The last argument of a command of a :attr:`Script.run_id` script as its caller packs it: empty.
 RUN_ID_UNKNOWN = b"$0\r\n\r\n"
-_INFO_SERVER = _pack(("INFO", "server"))
+_INFO_SERVER = packed("INFO", "server")
 _RUN_ID = re.compile(rb"\brun_id:([0-9A-Za-z]+)\r\n")
 
 
