@@ -51,6 +51,15 @@ new epoch (the client's random candidate, :func:`..features.new_epoch`; a script
 CSPRNG) and offset 0. ``FLUSHALL``, ``flush()`` and an expired meta remove the meta: a new
 stream too.
 
+What the rule costs: the script compares the meta's ``run_id`` with the one its connection
+learnt (:attr:`.link.Script.run_id`: the caller's connection asks ``INFO server`` once, in front
+of the first such script it sends, and fills it in as the script's last argument). A TCP
+connection cannot outlive its server process, and a process keeps its ``run_id``, so a
+connection's is exact; equal to the meta's, the stream goes on with no ``INFO``. Any other case
+(a meta of another run, no meta, or a connection that does not know it yet) asks the server's
+own ``INFO server`` inside the script, whose ``run_id`` then rules as before: a connection's
+value can spare the script an ``INFO``, never keep a stream the server's own ``run_id`` would not.
+
 ``history_trust_persistence`` (for servers run with ``appendfsync always``) keeps a stream whose
 meta survived a restart: another ``run_id`` is trusted when this server is a standalone
 primary (``redis_mode``) with ``aof_enabled:1`` that has not switched replication ids in this
@@ -64,9 +73,9 @@ The fan-out of a history group's message and of the layer's own messages is the 
 script of :mod:`.scripts` with more arguments (derived when the module loads, each change
 checked to apply exactly where expected): the stamped body that ``sidecar.*!`` prefixes
 receive instead, or "sidecars only", or "keep first": the message is numbered and kept in the
-group's stream and the sidecars' copies stamped in the same script (the stamp's epoch and
-offset packed by ``cmsgpack`` after the rest, which the client packed), so on the group's own
-server the copies are queued in offset order.
+group's stream and the sidecars' copies stamped in the same script (:data:`STAMP_LUA`, made
+once and only when a ``sidecar.*!`` prefix gets a copy), so on the group's own server the
+copies are queued in offset order.
 """
 from __future__ import annotations
 
