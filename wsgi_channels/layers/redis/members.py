@@ -191,7 +191,7 @@ class ClusterMember:
 
 
 def member_for_url(url: str, options: dict[str, Any], timeouts: tuple[float, float], prefix: str,
-                   cluster_tags: int, colocate: Sequence[Sequence[str]]) -> Any:
+                   cluster_tags: int | str, colocate: Sequence[Sequence[str]]) -> Any:
     """The ring member for one URL: a server (maybe a Cluster node), a Sentinel service or a Cluster.
 
     ``options``: redis-py connection keywords; ``timeouts``: (socket, connect) seconds, for the
