@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -144,6 +145,28 @@ def test_a_conflicting_count_is_refused_at_the_first_call(redis_cluster):
     auto.flush()
     for layer in (auto, wrong):
         layer.close()
+
+
+@pytest.mark.parametrize("command", [
+    ["worker", "demo:routing"],
+    ["sidecar", "--bind", "127.0.0.1:0"],
+    ["runserver", "demo:app", "--routing", "demo:routing", "--bind", "127.0.0.1:0"],
+    ["send", "chan", '{"text": "hi"}'],
+], ids=lambda argv: argv[0])
+def test_the_commands_stop_at_start_on_a_conflicting_count(redis_cluster, command):
+    """A worker or sidecar given another count exits at start with the message, one line (exit 3), instead
+    of retrying in its loop."""
+    prefix = fresh_prefix()
+    from_url(redis_cluster.url + f"?prefix={prefix}").send("conflict.cli", {})
+    script = os.path.join(os.path.dirname(sys.executable), "wsgi-channels")
+    examples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    env = {k: v for k, v in os.environ.items() if k != "WSGI_CHANNELS_LAYER"}
+    done = subprocess.run([script, *command, "--layer", redis_cluster.url + f"?prefix={prefix}&cluster_tags=12"],
+                          capture_output=True, text=True, timeout=60, cwd=examples, env=env)
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "cluster_tags=12" in last and "records 3 hash-tag buckets" in last, done.stderr
 
 
 def test_flush_keeps_the_record_and_a_flush_with_another_count_rebalances(redis_cluster, caplog):
