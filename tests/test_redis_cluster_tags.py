@@ -32,6 +32,16 @@ def fresh_prefix() -> str:
     return f"ct{time.monotonic_ns() % 10**9}-{next(_prefixes)}"
 
 
+@pytest.fixture
+def prefix(redis_cluster):
+    """A key prefix of this test's own, its keys removed after it (the record stays, as flush keeps it)."""
+    name = fresh_prefix()
+    yield name
+    layer = from_url(redis_cluster.url + f"?prefix={name}")
+    layer.flush()
+    layer.close()
+
+
 def record(cluster, prefix: str) -> str | None:
     key = record_key(prefix + ":")
     return cluster.primary_for_key(key).client().get(key)
@@ -41,8 +51,7 @@ def owner_ports(cluster, tags) -> list[int]:
     return [cluster.primary_for_key("{%s}" % t).port for t in tags]
 
 
-def test_auto_is_the_default_and_puts_one_bucket_on_each_primary(redis_cluster):
-    prefix = fresh_prefix()
+def test_auto_is_the_default_and_puts_one_bucket_on_each_primary(redis_cluster, prefix):
     layer = from_url(redis_cluster.url + f"?prefix={prefix}")
     assert record(redis_cluster, prefix) is None  # nothing asked before the first call
     layer.send("auto.one", {"n": 1})
@@ -59,8 +68,7 @@ def test_auto_is_the_default_and_puts_one_bucket_on_each_primary(redis_cluster):
     explicit.close()
 
 
-def test_a_plain_url_to_one_node_takes_auto_too(redis_cluster):
-    prefix = fresh_prefix()
+def test_a_plain_url_to_one_node_takes_auto_too(redis_cluster, prefix):
     one_node = from_url(f"redis://127.0.0.1:{redis_cluster.nodes[-1].port}/0?prefix={prefix}")
     one_node.send("auto.node", {"n": 1})
     assert len(one_node._shards) == 3 and record(redis_cluster, prefix).startswith("3 ")
@@ -81,8 +89,7 @@ print(json.dumps([b.tag for b in layer._shards]), flush=True)
 """
 
 
-def test_processes_started_together_agree(redis_cluster):
-    prefix = fresh_prefix()
+def test_processes_started_together_agree(redis_cluster, prefix):
     url = redis_cluster.url + f"?prefix={prefix}"
     children = [subprocess.Popen([sys.executable, "-c", _CHILD, url, str(i)], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True) for i in range(4)]
@@ -100,8 +107,7 @@ def test_processes_started_together_agree(redis_cluster):
     layer.close()
 
 
-def test_two_layers_in_one_process_agree_and_share_messages(redis_cluster):
-    prefix = fresh_prefix()
+def test_two_layers_in_one_process_agree_and_share_messages(redis_cluster, prefix):
     a = from_url(redis_cluster.url + f"?prefix={prefix}")
     b = from_url(redis_cluster.url + f"?prefix={prefix}")
     a.group_add("agree", "agree.a")
@@ -114,8 +120,7 @@ def test_two_layers_in_one_process_agree_and_share_messages(redis_cluster):
     b.close()
 
 
-def test_a_later_layer_uses_the_record_even_when_given_auto(redis_cluster):
-    prefix = fresh_prefix()
+def test_a_later_layer_uses_the_record_even_when_given_auto(redis_cluster, prefix):
     first = from_url(redis_cluster.url + f"?prefix={prefix}&cluster_tags=5")  # an explicit count, no record: recorded
     first.send("later.x", {"n": 1})
     assert record(redis_cluster, prefix) == " ".join(["5", *tag_table(5)])
@@ -129,8 +134,7 @@ def test_a_later_layer_uses_the_record_even_when_given_auto(redis_cluster):
         layer.close()
 
 
-def test_a_conflicting_count_is_refused_at_the_first_call(redis_cluster):
-    prefix = fresh_prefix()
+def test_a_conflicting_count_is_refused_at_the_first_call(redis_cluster, prefix):
     auto = from_url(redis_cluster.url + f"?prefix={prefix}")
     auto.send("conflict.x", {})
     wrong = from_url(redis_cluster.url + f"?prefix={prefix}&cluster_tags=12")
@@ -153,10 +157,9 @@ def test_a_conflicting_count_is_refused_at_the_first_call(redis_cluster):
     ["runserver", "demo:app", "--routing", "demo:routing", "--bind", "127.0.0.1:0"],
     ["send", "chan", '{"text": "hi"}'],
 ], ids=lambda argv: argv[0])
-def test_the_commands_stop_at_start_on_a_conflicting_count(redis_cluster, command):
+def test_the_commands_stop_at_start_on_a_conflicting_count(redis_cluster, prefix, command):
     """A worker or sidecar given another count exits at start with the message, one line (exit 3), instead
     of retrying in its loop."""
-    prefix = fresh_prefix()
     from_url(redis_cluster.url + f"?prefix={prefix}").send("conflict.cli", {})
     script = os.path.join(os.path.dirname(sys.executable), "wsgi-channels")
     examples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
@@ -169,8 +172,7 @@ def test_the_commands_stop_at_start_on_a_conflicting_count(redis_cluster, comman
     assert "cluster_tags=12" in last and "records 3 hash-tag buckets" in last, done.stderr
 
 
-def test_flush_keeps_the_record_and_a_flush_with_another_count_rebalances(redis_cluster, caplog):
-    prefix = fresh_prefix()
+def test_flush_keeps_the_record_and_a_flush_with_another_count_rebalances(redis_cluster, prefix, caplog):
     layer = from_url(redis_cluster.url + f"?prefix={prefix}")
     layer.send("flush.x", {})
     kept = record(redis_cluster, prefix)
@@ -193,8 +195,7 @@ def test_flush_keeps_the_record_and_a_flush_with_another_count_rebalances(redis_
         one.close()
 
 
-def test_a_group_send_with_auto_is_one_script_on_each_primary(redis_cluster):
-    prefix = fresh_prefix()
+def test_a_group_send_with_auto_is_one_script_on_each_primary(redis_cluster, prefix):
     layer = from_url(redis_cluster.url + f"?prefix={prefix}")
     members = [f"spread.{i}" for i in range(60)] + [f"spread{i}.x!c" for i in range(40)]
     for m in members:

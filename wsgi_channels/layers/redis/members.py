@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ... import exceptions as exc
 from .cluster import ClusterBucket, ClusterTopology, make_topology
-from .connection import Shard
+from .connection import Shard, fork_generation
 from .sentinel import SentinelLocator
 from .slots import bucket_of
 from .urls import is_topology_url, parse_topology_url
@@ -134,17 +134,24 @@ class ClusterMember:
         self.count = 0
         self._colocate: list[tuple[Any, int]] = []
         self._index: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._generation = fork_generation()
 
     def _settle(self) -> list[ClusterBucket]:
-        """Learn the buckets' tags (one question to the Cluster, the first time) and make the buckets."""
+        """Learn the buckets' tags (one question to the Cluster, the first time) and make the buckets,
+        once: every caller gets the same bucket objects (the layer's caches are keyed by them)."""
         tags = self.topology.settle()
-        count = len(tags)
-        self._colocate = [(pattern, bucket_of(glob, count)) for pattern, glob in self._globs]
-        self._index = {}
-        self.count = count
-        buckets = [ClusterBucket(self.topology, i, self._p) for i in range(count)]
-        self.buckets = buckets  # last: a thread that sees the buckets sees the count and the colocation
-        return buckets
+        if self._generation != fork_generation():  # a lock held by another thread at the fork stays held
+            self._generation, self._lock = fork_generation(), threading.Lock()
+        with self._lock:
+            if not self.buckets:
+                count = len(tags)
+                self._colocate = [(pattern, bucket_of(glob, count)) for pattern, glob in self._globs]
+                self._index = {}
+                self.count = count
+                # Last: a thread that sees the buckets sees the count and the colocation.
+                self.buckets = [ClusterBucket(self.topology, i, self._p) for i in range(count)]
+        return self.buckets
 
     def bucket_index(self, name: str) -> int:
         index = self._index.get(name)
