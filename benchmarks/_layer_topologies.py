@@ -6,7 +6,9 @@ all see the same moments of a noisy machine; the median of ``--repeats`` rounds 
 On a 2-core machine shared by up to 9 redis-servers, the client and other work, rates move
 by tens of percent from one moment to the next: the server time per group send (``INFO
 commandstats``, summed over the primaries and on the busiest one) does not, and says what a
-group send costs the servers whatever the cores:
+group send costs the servers whatever the cores; nor does the CPU time per group send of the
+client and every process of the deployment (``/proc/PID/stat``, 2,000 group sends one
+deployment at a time), which says what a group send costs a machine whose cores are all busy:
 
 - ``standalone``: one ``redis-server``;
 - ``standalone+replica``: the same with one replica: the durability of the Cluster's
@@ -29,6 +31,8 @@ event loop) on the same deployments: on the Cluster it fails, and its error is s
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import statistics
 import sys
 import time
@@ -120,6 +124,40 @@ def ours_group_server(layer: Any, k: int) -> tuple[float, float]:
     usec = _script_usec(layer)
     layer.flush()
     return sum(usec) / k, max(usec) / k
+
+
+def _pids(procs: list) -> list[int]:
+    """The process ids of a deployment's servers (data nodes, and sentinels where there are)."""
+    nodes = []
+    for p in procs:
+        nodes += getattr(p, "nodes", []) + getattr(p, "data", []) + getattr(p, "sentinels", []) or [p]
+    return [n.proc.pid for n in nodes if n.proc is not None]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def ours_group_cpu(layer: Any, k: int, pids: list[int]) -> tuple[float, float]:
+    """(this process's, the deployment's processes') CPU microseconds per group send, over ``k``
+    group sends and the replicas' catching up after them."""
+    layer.flush()
+    for m in MEMBERS:
+        layer.group_add("bench.group", m)
+    layer.send_group("bench.group", MESSAGE)
+    time.sleep(0.2)
+    servers = sum(_cpu_seconds(p) for p in pids)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    client = usage.ru_utime + usage.ru_stime
+    for _ in range(k):
+        layer.send_group("bench.group", MESSAGE)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    client = usage.ru_utime + usage.ru_stime - client
+    time.sleep(0.2)  # the replicas apply the tail
+    servers = sum(_cpu_seconds(p) for p in pids) - servers
+    layer.flush()
+    return client / k * 1e6, servers / k * 1e6
 
 
 def ours_group(layer: Any, k: int) -> float:
@@ -379,6 +417,13 @@ def run(repeats: int, quick: bool) -> dict:
             all12, busiest12 = ours_group_server(twelve, k)
             note("server us per Group.send(), all primaries, cluster_tags=12", {"cluster": all12})
             note("server us per Group.send(), busiest primary, cluster_tags=12", {"cluster": busiest12})
+            cpu_k = 200 if quick else 2000
+            cpu = {name: ours_group_cpu(layer, cpu_k, _pids(deployments[name][3])) for name, layer in ours.items()}
+            cpu12 = ours_group_cpu(twelve, cpu_k, _pids(deployments["cluster"][3]))
+            note("CPU us per Group.send(), client", {name: v[0] for name, v in cpu.items()})
+            note("CPU us per Group.send(), every server process", {name: v[1] for name, v in cpu.items()})
+            note("CPU us per Group.send(), client + servers", {name: sum(v) for name, v in cpu.items()})
+            note("CPU us per Group.send(), client + servers, cluster_tags=12", {"cluster": sum(cpu12)})
             print(f"  round {r + 1} of {repeats}", file=sys.stderr, flush=True)
         spread = len({ours["cluster"]._shard_of(m).node().address for m in MEMBERS})
         buckets = {"auto": len(ours["cluster"]._shards), "12": len(twelve._shards)}
@@ -412,7 +457,7 @@ def print_tables(result: dict) -> None:
           f"({result['buckets']['auto']} buckets with cluster_tags=auto, the default; "
           f"{result['buckets']['12']} with cluster_tags=12).")
     print()
-    header = ["rate per second (server us: lower is better)", *ORDER, "cluster vs standalone+replica", "sentinel vs standalone+2 replicas",
+    header = ["rate per second (server and CPU us: lower is better)", *ORDER, "cluster vs standalone+replica", "sentinel vs standalone+2 replicas",
               "cluster vs standalone"]
     lines = [header]
     for row, by_name in rows.items():
@@ -426,7 +471,7 @@ def print_tables(result: dict) -> None:
                       ratio(ours["sentinel"], ours[BASELINE["sentinel"]]),
                       ratio(ours["cluster"], ours["standalone"])])
         theirs = {name: by_name.get(name, (None, None))[1] for name in ORDER}
-        if not row.startswith(("send, wait_replicas", "server us", "Group.send() to 100 members, cluster_tags")):
+        if not row.startswith(("send, wait_replicas", "server us", "CPU us", "Group.send() to 100 members, cluster_tags")):
             lines.append([f"channels_redis: {row}",
                           *(f"{theirs[n]:,.0f}" if theirs[n] else ("error" if n in errors else "n/a") for n in ORDER),
                           "", ratio(theirs["sentinel"], theirs[BASELINE["sentinel"]]), ""])
@@ -464,5 +509,13 @@ def print_tables(result: dict) -> None:
           f"{busiest['cluster'][0]:.0f} us on the busiest primary. On this 2-core machine the primaries, their "
           "replicas and the client share two cores, so the sum counts; with a core per primary, the busiest one "
           "would.")
+    cpu = rows["CPU us per Group.send(), client + servers"]
+    cpu12 = rows["CPU us per Group.send(), client + servers, cluster_tags=12"]["cluster"][0]
+    base = BASELINE["cluster"]
+    print(f"CPU time per Group.send() to 100 members, the client's and every server process's: {base} "
+          f"{cpu[base][0]:.0f} us, cluster {cpu['cluster'][0]:.0f} us ({cpu12:.0f} us with cluster_tags=12): "
+          f"on cores that are all busy the cluster can reach about {cpu[base][0] / cpu['cluster'][0]:.0%} of "
+          f"{base}'s rate (the rate rows are higher where the deployments' processes run in parallel on idle "
+          "cores).")
     for name, error in errors.items():
         print(f"channels_redis on {name}: {error}")
