@@ -278,3 +278,21 @@ def test_a_record_lost_with_a_primary_is_written_again_after_the_failover(fresh_
         assert time.monotonic() < deadline, "the record was not written again"
         time.sleep(0.1)
     layer.close()
+
+
+@pytest.mark.parametrize("value, count", [("auto", 3), ("AUTO", 3), (4, 4), ("4", 4)])
+def test_an_apps_settings_carry_cluster_tags(redis_cluster, prefix, value, count):
+    """The adapters' options (Flask's WSGI_CHANNELS_OPTIONS, Pyramid's and Django's) travel in the app's
+    layer URL, which every process reads."""
+    from wsgi_channels.settings import AppSettings, SettingNames
+
+    names = SettingNames("LAYER", "OPTIONS", "ROUTING", "ORIGINS", "SIDECAR", "SECRET")
+    settings = AppSettings.parse(names, layer=redis_cluster.url, options={"cluster_tags": value, "prefix": prefix})
+    layer = from_url(settings.layer_url)
+    layer.send("settings.x", {})
+    assert len(layer._shards) == count and record(redis_cluster, prefix).startswith(f"{count} ")
+    layer.flush()
+    layer.close()
+    bad = AppSettings.parse(names, layer=redis_cluster.url, options={"cluster_tags": "most"})
+    with pytest.raises(exc.ConfigurationError, match="from 1 to 16384, or 'auto'"):  # refused where the layer is made
+        from_url(bad.layer_url)
