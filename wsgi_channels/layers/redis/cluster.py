@@ -173,8 +173,12 @@ class ClusterTopology:
 
     def _exchange(self, value: bytes, force: bool) -> Any:
         """``SET`` the record (``NX`` unless ``force``) and ``GET`` what it held, routed as a bucket's command."""
-        return ClusterBucket(self, -1, self._p).execute("SET", self.record_key, value, *(() if force else ("NX",)),
-                                                        "GET")
+        try:
+            return ClusterBucket(self, -1, self._p).execute("SET", self.record_key, value,
+                                                            *(() if force else ("NX",)), "GET")
+        except ResponseError as e:  # an ACL that refuses the key, say
+            raise exc.ConfigurationError(f"the Redis Cluster {self.label} refused the record of the layer's hash tags "
+                                         f"({self.record_key.decode()!r}): {e}") from None
 
     def reassert(self) -> None:
         """Write the record again after a failover (it may have been lost with a primary)."""
