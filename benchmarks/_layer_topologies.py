@@ -6,7 +6,9 @@ all see the same moments of a noisy machine; the median of ``--repeats`` rounds 
 On a 2-core machine shared by up to 9 redis-servers, the client and other work, rates move
 by tens of percent from one moment to the next: the server time per group send (``INFO
 commandstats``, summed over the primaries and on the busiest one) does not, and says what a
-group send costs the servers whatever the cores:
+group send costs the servers whatever the cores; nor does the CPU time per group send of the
+client and every process of the deployment (``/proc/PID/stat``, 2,000 group sends one
+deployment at a time), which says what a group send costs a machine whose cores are all busy:
 
 - ``standalone``: one ``redis-server``;
 - ``standalone+replica``: the same with one replica: the durability of the Cluster's
@@ -19,14 +21,18 @@ group send costs the servers whatever the cores:
 
 Rows (rates per second): ``send``; ``receive``; the send-then-receive loop; ``Group.send()``
 to 100 members spread over every primary (plain channels, which the Cluster spreads over
-its 12 buckets, so over all three primaries; group sends per second, every delivery then
-checked); ``send`` with ``wait_replicas=1`` (``WAIT 1 100`` in the same round trip) where
-there is a replica. Beside ours, channels_redis 4.x (its core layer, awaited from one
+its buckets, one per primary with the default ``cluster_tags=auto``, so over all three
+primaries; group sends per second, every delivery then checked), and the same on the
+Cluster with ``cluster_tags=12`` (the default before ``auto``: 12 buckets, 4 per primary);
+``send`` with ``wait_replicas=1`` (``WAIT 1 100`` in the same round trip) where there is a
+replica. Beside ours, channels_redis 4.x (its core layer, awaited from one
 event loop) on the same deployments: on the Cluster it fails, and its error is shown.
 """
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import statistics
 import sys
 import time
@@ -118,6 +124,40 @@ def ours_group_server(layer: Any, k: int) -> tuple[float, float]:
     usec = _script_usec(layer)
     layer.flush()
     return sum(usec) / k, max(usec) / k
+
+
+def _pids(procs: list) -> list[int]:
+    """The process ids of a deployment's servers (data nodes, and sentinels where there are)."""
+    nodes = []
+    for p in procs:
+        nodes += getattr(p, "nodes", []) + getattr(p, "data", []) + getattr(p, "sentinels", []) or [p]
+    return [n.proc.pid for n in nodes if n.proc is not None]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def ours_group_cpu(layer: Any, k: int, pids: list[int]) -> tuple[float, float]:
+    """(this process's, the deployment's processes') CPU microseconds per group send, over ``k``
+    group sends and the replicas' catching up after them."""
+    layer.flush()
+    for m in MEMBERS:
+        layer.group_add("bench.group", m)
+    layer.send_group("bench.group", MESSAGE)
+    time.sleep(0.2)
+    servers = sum(_cpu_seconds(p) for p in pids)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    client = usage.ru_utime + usage.ru_stime
+    for _ in range(k):
+        layer.send_group("bench.group", MESSAGE)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    client = usage.ru_utime + usage.ru_stime - client
+    time.sleep(0.2)  # the replicas apply the tail
+    servers = sum(_cpu_seconds(p) for p in pids) - servers
+    layer.flush()
+    return client / k * 1e6, servers / k * 1e6
 
 
 def ours_group(layer: Any, k: int) -> float:
@@ -270,7 +310,7 @@ def run(repeats: int, quick: bool) -> dict:
         ours = {name: _ours(d[0]) for name, d in deployments.items()}
         waited = {name: _ours(d[0], wait_replicas=1, wait_replicas_timeout=0.1)
                   for name, d in deployments.items() if name != "standalone"}
-        three = _ours(deployments["cluster"][0], cluster_tags=3, prefix="tags3")  # one bucket per primary
+        twelve = _ours(deployments["cluster"][0], cluster_tags=12, prefix="tags12")  # 4 buckets per primary
         theirs = {name: Theirs(d[1]) for name, d in deployments.items()}
         rows: dict[str, dict[str, list]] = {}
 
@@ -279,7 +319,7 @@ def run(repeats: int, quick: bool) -> dict:
                 rows.setdefault(row, {}).setdefault(name, []).append(
                     (value, None if peer_rates is None else peer_rates.get(name)))
 
-        for layer in list(ours.values()) + [three]:  # warm up: connections, scripts, plans
+        for layer in list(ours.values()) + [twelve]:  # warm up: connections, scripts, plans
             ours_loop(layer, 50)
             ours_group(layer, 2)
         for name in ORDER:
@@ -353,18 +393,18 @@ def run(repeats: int, quick: bool) -> dict:
                  interleaved(peer_ops(t_receive), n, chunk))
             note("send-then-receive loop", interleaved({name: loops(layer) for name, layer in ours.items()}, n, chunk),
                  interleaved(peer_ops(t_loop), n, chunk))
-            for layer in list(ours.values()) + [three]:
+            for layer in list(ours.values()) + [twelve]:
                 layer.flush()
                 for m in MEMBERS:
                     layer.group_add("bench.group", m)
                 layer.send_group("bench.group", MESSAGE)
             group_ops = {name: groups(layer) for name, layer in ours.items()}
-            group_ops["cluster, cluster_tags=3"] = groups(three)
+            group_ops["cluster, cluster_tags=12"] = groups(twelve)
             rates = interleaved(group_ops, k, group_chunk)
             note("Group.send() to 100 members (group sends/s)", {n_: v for n_, v in rates.items() if n_ in ours},
                  interleaved(peer_ops(t_group), k, group_chunk))
-            note("Group.send() to 100 members, cluster_tags=3", {"cluster": rates["cluster, cluster_tags=3"]})
-            for layer in list(ours.values()) + [three]:  # every delivery arrived
+            note("Group.send() to 100 members, cluster_tags=12", {"cluster": rates["cluster, cluster_tags=12"]})
+            for layer in list(ours.values()) + [twelve]:  # every delivery arrived
                 got = sum(len(layer.receive_batch([m], 1000)) for m in MEMBERS)
                 if got != (k + 1) * len(MEMBERS):
                     raise RuntimeError(f"wsgi_channels delivered {got} of {(k + 1) * len(MEMBERS)}")
@@ -374,10 +414,21 @@ def run(repeats: int, quick: bool) -> dict:
             server = {name: ours_group_server(layer, k) for name, layer in ours.items()}
             note("server us per Group.send(), all primaries", {name: v[0] for name, v in server.items()})
             note("server us per Group.send(), busiest primary", {name: v[1] for name, v in server.items()})
+            all12, busiest12 = ours_group_server(twelve, k)
+            note("server us per Group.send(), all primaries, cluster_tags=12", {"cluster": all12})
+            note("server us per Group.send(), busiest primary, cluster_tags=12", {"cluster": busiest12})
+            cpu_k = 200 if quick else 2000
+            cpu = {name: ours_group_cpu(layer, cpu_k, _pids(deployments[name][3])) for name, layer in ours.items()}
+            cpu12 = ours_group_cpu(twelve, cpu_k, _pids(deployments["cluster"][3]))
+            note("CPU us per Group.send(), client", {name: v[0] for name, v in cpu.items()})
+            note("CPU us per Group.send(), every server process", {name: v[1] for name, v in cpu.items()})
+            note("CPU us per Group.send(), client + servers", {name: sum(v) for name, v in cpu.items()})
+            note("CPU us per Group.send(), client + servers, cluster_tags=12", {"cluster": sum(cpu12)})
             print(f"  round {r + 1} of {repeats}", file=sys.stderr, flush=True)
         spread = len({ours["cluster"]._shard_of(m).node().address for m in MEMBERS})
+        buckets = {"auto": len(ours["cluster"]._shards), "12": len(twelve._shards)}
         errors = {name: t.error for name, t in theirs.items() if t.error}
-        for layer in list(ours.values()) + list(waited.values()) + [three]:
+        for layer in list(ours.values()) + list(waited.values()) + [twelve]:
             layer.flush()
             layer.close()
         for t in theirs.values():
@@ -390,7 +441,7 @@ def run(repeats: int, quick: bool) -> dict:
                                  else None for i in range(2))
                      for name, values in by_name.items()}
                for row, by_name in rows.items()}
-    return {"rows": medians, "errors": errors, "spread": spread, "repeats": repeats, "n": n, "k": k,
+    return {"rows": medians, "errors": errors, "spread": spread, "buckets": buckets, "repeats": repeats, "n": n, "k": k,
             "deployments": {name: d[2] for name, d in deployments.items()}}
 
 
@@ -402,9 +453,11 @@ def print_tables(result: dict) -> None:
           "read the ratios.")
     for name, what in result["deployments"].items():
         print(f"  {name}: {what}")
-    print(f"  The 100 group members' buckets live on {result['spread']} of the Cluster's 3 primaries.")
+    print(f"  The 100 group members' buckets live on {result['spread']} of the Cluster's 3 primaries "
+          f"({result['buckets']['auto']} buckets with cluster_tags=auto, the default; "
+          f"{result['buckets']['12']} with cluster_tags=12).")
     print()
-    header = ["rate per second (server us: lower is better)", *ORDER, "cluster vs standalone+replica", "sentinel vs standalone+2 replicas",
+    header = ["rate per second (server and CPU us: lower is better)", *ORDER, "cluster vs standalone+replica", "sentinel vs standalone+2 replicas",
               "cluster vs standalone"]
     lines = [header]
     for row, by_name in rows.items():
@@ -418,7 +471,7 @@ def print_tables(result: dict) -> None:
                       ratio(ours["sentinel"], ours[BASELINE["sentinel"]]),
                       ratio(ours["cluster"], ours["standalone"])])
         theirs = {name: by_name.get(name, (None, None))[1] for name in ORDER}
-        if not row.startswith(("send, wait_replicas", "server us", "Group.send() to 100 members, cluster_tags")):
+        if not row.startswith(("send, wait_replicas", "server us", "CPU us", "Group.send() to 100 members, cluster_tags")):
             lines.append([f"channels_redis: {row}",
                           *(f"{theirs[n]:,.0f}" if theirs[n] else ("error" if n in errors else "n/a") for n in ORDER),
                           "", ratio(theirs["sentinel"], theirs[BASELINE["sentinel"]]), ""])
@@ -442,16 +495,27 @@ def print_tables(result: dict) -> None:
             print(f"wait_replicas=1 costs {1 - waited[name][0] / rows['send'][name][0]:.0%} of the send rate on {name} "
                   f"({rows['send'][name][0]:,.0f} -> {waited[name][0]:,.0f}/s; each send waits for a replica's "
                   "acknowledgement, on loopback here, a network round trip in production)")
-    three = rows.get("Group.send() to 100 members, cluster_tags=3", {}).get("cluster", (None,))[0]
-    if three:
-        print(f"Group.send() to 100 members on the cluster with cluster_tags=3 (one bucket per primary): "
-              f"{three / group[BASELINE['cluster']][0]:.0%} of {BASELINE['cluster']}")
+    twelve = rows.get("Group.send() to 100 members, cluster_tags=12", {}).get("cluster", (None,))[0]
+    if twelve:
+        print(f"Group.send() to 100 members on the cluster with cluster_tags=12 (4 buckets per primary): "
+              f"{twelve / group[BASELINE['cluster']][0]:.0%} of {BASELINE['cluster']}, against "
+              f"{group['cluster'][0] / group[BASELINE['cluster']][0]:.0%} with cluster_tags=auto (one per primary)")
     total = rows["server us per Group.send(), all primaries"]
     busiest = rows["server us per Group.send(), busiest primary"]
+    total12 = rows["server us per Group.send(), all primaries, cluster_tags=12"]["cluster"][0]
     print(f"Server time per Group.send() to 100 members: standalone {total['standalone'][0]:.0f} us; cluster "
-          f"{total['cluster'][0]:.0f} us over its primaries (one fan-out per bucket: 12 scripts), "
+          f"{total['cluster'][0]:.0f} us over its primaries (one fan-out per bucket: {result['buckets']['auto']} "
+          f"scripts; {total12:.0f} us with cluster_tags=12, {result['buckets']['12']} scripts), "
           f"{busiest['cluster'][0]:.0f} us on the busiest primary. On this 2-core machine the primaries, their "
           "replicas and the client share two cores, so the sum counts; with a core per primary, the busiest one "
           "would.")
+    cpu = rows["CPU us per Group.send(), client + servers"]
+    cpu12 = rows["CPU us per Group.send(), client + servers, cluster_tags=12"]["cluster"][0]
+    base = BASELINE["cluster"]
+    print(f"CPU time per Group.send() to 100 members, the client's and every server process's: {base} "
+          f"{cpu[base][0]:.0f} us, cluster {cpu['cluster'][0]:.0f} us ({cpu12:.0f} us with cluster_tags=12): "
+          f"on cores that are all busy the cluster can reach about {cpu[base][0] / cpu['cluster'][0]:.0%} of "
+          f"{base}'s rate (the rate rows are higher where the deployments' processes run in parallel on idle "
+          "cores).")
     for name, error in errors.items():
         print(f"channels_redis on {name}: {error}")

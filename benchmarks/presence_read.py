@@ -10,6 +10,9 @@ Rows:
   written with them), then one msgpack decoding here;
 - ``presence()`` of 1,000 members with one entry changed (untimed) before each read (a change
   costs the read nothing: its fragment was written with it);
+- ``presence()`` of 1,000 members, each answer kept by the caller and encoded as JSON (untimed)
+  between reads, as an application's view does: the answer is alive when the next read
+  allocates, so the collections it brings fall in the reads;
 - ``presence()`` of 1,000 members on a layer with ``symmetric_encryption_keys`` (each entry
   decrypted here);
 - ``presence()`` of 1,000 members again with the cyclic GC disabled during the calls, and with
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import statistics
 import sys
@@ -112,6 +116,11 @@ def main() -> None:
         rows.append(("presence(), 1,001 members, changed before each", 1001,
                      _timed(args.calls, lambda: plain.group_presence("bench.p1000"), change)))
         plain.presence_reassert(owner, "bench.p1000", {})
+        kept: list[Any] = [None]  # an application's view: it keeps each answer and encodes it (untimed)
+        rows.append(("presence(), 1,000 members, kept and JSON-encoded", 1000,
+                     _timed(args.calls, lambda: kept.__setitem__(0, plain.group_presence("bench.p1000")),
+                            lambda: json.dumps(kept[0]))))
+        kept[0] = None
         _fill(encrypted, "bench.enc", 1000)
         assert len(encrypted.group_presence("bench.enc")) == 1000
         rows.append(("presence(), 1,000 members, encrypted", 1000,

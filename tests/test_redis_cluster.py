@@ -35,8 +35,13 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           timeout=60, env={**os.environ, **(env or {})})
 
 
+RECORD_SUFFIX = ":cluster_tags:{cluster_tags}"
+
+
 def primaries_keys(cluster) -> int:
-    return sum(n.client().dbsize() for n in cluster.primaries())
+    """Keys on the primaries, but the records of the buckets' tags (which flush keeps)."""
+    return sum(1 for n in cluster.primaries() for k in n.client().scan_iter(count=1000)
+               if not k.endswith(RECORD_SUFFIX))
 
 
 def test_cluster_url_through_from_url_the_layer_flag_and_the_environment(redis_cluster):
@@ -50,9 +55,11 @@ def test_cluster_url_through_from_url_the_layer_flag_and_the_environment(redis_c
     assert [layer.receive(["cluster.cli"])[1]["via"] for _ in range(3)] == ["flag", "env", "one node"]
     done = cli("stats", "--layer", one_node)
     assert done.returncode == 0 and json.loads(done.stdout)["global"]["messages_pending"] == 0
-    # The queue's key carries its bucket's tag, and lives on the primary that serves that slot.
+    # The queue's key carries its bucket's tag (one bucket per primary by default), and lives on the
+    # primary that serves that slot.
     bucket = layer._shard_of("cluster.cli")
-    assert bucket.key("q", "cluster.cli").startswith(b"wsgi_channels:q:{") and bucket.tag in tag_table(12)
+    assert bucket.key("q", "cluster.cli").startswith(b"wsgi_channels:q:{") and len(layer._shards) == 3
+    assert redis_cluster.primary_for_key(bucket.key("q", "cluster.cli")).port == bucket.node().address[1]
     layer.close()
 
 
@@ -88,10 +95,10 @@ def test_a_cluster_older_than_7_is_refused_with_what_it_can_do(tmp_path):
 
 
 def test_cluster_tags_option(redis_cluster):
-    layer = from_url(redis_cluster.url + "?cluster_tags=3")
+    layer = from_url(redis_cluster.url + "?cluster_tags=5&prefix=tags5")  # a prefix of its own: its own record
     layer.flush()
     tags = {layer._shard_of(f"tags.{i}").tag for i in range(200)}
-    assert tags == set(tag_table(3))
+    assert tags == set(tag_table(5))
     layer.send("tags.1", {"n": 1})
     assert layer.receive(["tags.1"]) == ("tags.1", {"n": 1})
     layer.close()
@@ -116,6 +123,7 @@ def test_a_group_over_every_primary_flush_and_statistics(redis_cluster):
     assert primaries_keys(redis_cluster) > 0
     layer.flush()
     assert primaries_keys(redis_cluster) == 0  # SCAN + UNLINK reached every primary
+    assert redis_cluster.primary_for_key(b"{cluster_tags}").client().exists("wsgi_channels" + RECORD_SUFFIX)
     layer.close()
 
 

@@ -21,7 +21,9 @@ from wsgi_channels.layers.redis import cluster_scripts, scripts
 from wsgi_channels.layers.names import non_local_name, validate_channel_name, validate_group_name
 from wsgi_channels.layers.redis import RedisChannelLayer
 from wsgi_channels.layers.redis.connection import NOW
+from wsgi_channels.layers.redis.cluster_tags import tags_per_primary
 from wsgi_channels.layers.redis.layer import _C_GROUP_ADD, _C_GROUP_DISCARD, _FANOUT_TAIL, _GROUP_ADD, _GROUP_DISCARD
+from wsgi_channels.layers.redis.slots import tag_table
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +33,28 @@ def layer():
     layer.close()
 
 
+#: The tags of each way a layer spreads names: 12 buckets on equal slot ranges (``cluster_tags=12``),
+#: and one per primary of a Cluster that ``redis-cli --cluster create`` split in 3 (``auto``).
+TAGS = {"12": tag_table(12), "auto": tags_per_primary([(0, 5460, "a"), (5461, 10922, "b"), (10923, 16383, "c")])}
+
+
+def tagged_cluster_layer(tags):
+    """A Cluster layer with these buckets' tags, without asking a Cluster: it names keys only, never connects."""
+    layer = RedisChannelLayer("redis+cluster://127.0.0.1:9/")
+    layer._members[0].topology.use_tags(tags)
+    return layer
+
+
+@pytest.fixture(scope="module", params=sorted(TAGS))
+def any_cluster_layer(request):
+    layer = tagged_cluster_layer(TAGS[request.param])
+    yield layer
+    layer.close()
+
+
 @pytest.fixture(scope="module")
 def cluster_layer():
-    layer = RedisChannelLayer("redis+cluster://127.0.0.1:9/")  # names keys only: never connects
+    layer = tagged_cluster_layer(TAGS["12"])
     yield layer
     layer.close()
 
@@ -259,8 +280,8 @@ def test_cluster_scripts_declare_every_key_they_touch():
         assert undeclared_keys(source) == [], (name, undeclared_keys(source))
 
 
-def test_cluster_codec_keeps_every_call_to_one_slot(cluster_layer):
-    single, multi = cluster_calls(cluster_layer)
+def test_cluster_codec_keeps_every_call_to_one_slot(any_cluster_layer):
+    single, multi = cluster_calls(any_cluster_layer)
     # Calls made once per sample: their keys must share one slot.
     assert one_slot_violations(single) == {}
     # Calls made once per bucket touched (a fan-out, a receive over buckets): each one on its own.

@@ -112,7 +112,7 @@ def _display_url(address: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..exceptions import ConfigurationError
+    from ..exceptions import ConfigurationError, LayerUnavailable
 
     bind = [b for item in (args.bind or [DEFAULT_BIND]) for b in str(item).replace(",", " ").split()]
     layer_url = layer_url_with_features(args.layer or "memory://runserver", args)
@@ -120,9 +120,12 @@ def run(args: argparse.Namespace) -> int:
     options = {"allowed_origins": list(args.allowed_origins or []), "grace_period": 2.0}
     try:
         sidecar, worker = build(args.app, args.routing or [], layer_url, bind, args.threads, options)
+        sidecar.layer.channel_statistics(sidecar.prefix)  # a first call: a layer refused as configured stops here
     except ConfigurationError as e:
         print(f"wsgi-channels runserver: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except LayerUnavailable as e:
+        log.warning("channel layer not reachable at start-up (%s); it will be retried", e)
     import gevent
 
     def serve() -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..channel import default_layer_url
 from ..config import add_option, parse_bool
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, LayerUnavailable
 from ..exitcodes import EXIT_CONFIG
 from ..layers import require_cross_process
 from ..sidecar.config import HTTP_MODES, SidecarConfig
@@ -153,9 +153,14 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         sidecar = Sidecar(config)
+        # A first call: a layer the servers refuse as configured (a Redis Cluster recording another
+        # cluster_tags) stops the sidecar here, not in its receive loop; a layer down is retried there.
+        sidecar.layer.channel_statistics(sidecar.prefix)
     except ConfigurationError as e:
         print(f"wsgi-channels sidecar: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except LayerUnavailable as e:
+        log.warning("channel layer not reachable at start-up (%s); the sidecar will keep retrying", e)
     try:
         return sidecar.serve_forever()
     except OSError as e:

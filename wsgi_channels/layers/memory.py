@@ -340,12 +340,9 @@ class MemoryChannelLayer(BaseChannelLayer):
 
     def _presence_entries(self, group: str) -> dict[str, PresenceEntry]:
         validate_group_name(group)
-        with self._cond:
+        with gc_paused(), self._cond:  # paused around the lock: its release allocates (see gc_paused)
             state = self._presences.get(group)
-            if state is None:
-                return {}
-            with gc_paused():
-                return state.live_entries(time.monotonic())
+            return {} if state is None else state.live_entries(time.monotonic())
 
     def _presence_counts(self, group: str) -> dict[str, int]:
         validate_group_name(group)

@@ -20,7 +20,7 @@ from ...presence import conn_id
 from ...serialization import encode
 from ..base import BaseChannelLayer
 from ..features import (Features, HistoryPage, PresenceChange, PresenceEntry, PresenceOptions, add_notice,
-                        check_entries, check_since_limit, discard_notice)
+                        check_entries, check_since_limit, discard_notice, gc_paused)
 from ..names import is_sidecar_prefix, non_local_name, validate_group_name
 from . import history as hist
 from . import presence as pres
@@ -209,7 +209,7 @@ class IpcFeatures(BaseChannelLayer):
     # -- presence ----------------------------------------------------------------------------------------
 
     def _presence_entries(self, group: str) -> dict[str, PresenceEntry]:
-        with self._connection() as conn:
+        with gc_paused(), self._connection() as conn:  # paused around the pool's generator (see gc_paused)
             return pres.live_entries(conn, group, time.time())
 
     def _presence_counts(self, group: str) -> dict[str, int]:

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Optional
 
 from ...exceptions import PresenceFull
 from ...serialization import decode
-from ..features import PresenceChange, PresenceEntry, PresenceOptions, decode_infos, gc_paused, presence_change
+from ..features import PresenceChange, PresenceEntry, PresenceOptions, decode_infos, presence_change
 
 __all__ = ["Meta", "add", "remove", "refresh", "sweep_groups", "sweep_group", "reassert", "live_entries", "counts",
            "changed", "notice_p"]
@@ -209,14 +209,14 @@ def notice_p(conn: sqlite3.Connection, meta: Meta, cid: str) -> dict[str, Any]:
 
 
 def live_entries(conn: sqlite3.Connection, group: str, now: float) -> dict[str, PresenceEntry]:
-    """Entries whose owner's lease has not passed (a dead owner's are left out at once)."""
-    with gc_paused():
-        rows = conn.execute(
-            "SELECT p.conn, p.usr, p.info, p.since FROM presence p JOIN presence_owner o "
-            "ON o.grp = p.grp AND o.owner = p.owner WHERE p.grp = ? AND o.expires > ?", (group, now)).fetchall()
-        infos = decode_infos([info for _, _, info, _ in rows])
-        return {cid: {"user": user, "info": info, "since": since}
-                for (cid, user, _, since), info in zip(rows, infos)}
+    """Entries whose owner's lease has not passed (a dead owner's are left out at once). The
+    caller pauses the GC around it and the connection's release (:class:`.features.gc_paused`)."""
+    rows = conn.execute(
+        "SELECT p.conn, p.usr, p.info, p.since FROM presence p JOIN presence_owner o "
+        "ON o.grp = p.grp AND o.owner = p.owner WHERE p.grp = ? AND o.expires > ?", (group, now)).fetchall()
+    infos = decode_infos([info for _, _, info, _ in rows])
+    return {cid: {"user": user, "info": info, "since": since}
+            for (cid, user, _, since), info in zip(rows, infos)}
 
 
 def counts(conn: sqlite3.Connection, group: str) -> dict[str, int]:

@@ -8,11 +8,13 @@ have run. So the layer keeps one :class:`~.connection.Shard` per primary and rou
 with redis-py's pieces where they fit (``redis.crc.key_slot``, its connections, its error
 classes).
 
-Names go to ``cluster_tags`` buckets (:mod:`.slots`); each bucket is a vshard
-(:class:`ClusterBucket`) whose keys all carry its tag, so every script, ``MULTI`` and
-multi-key pop touches one slot. :class:`ClusterTopology` knows which primary serves each
-bucket's slot (``CLUSTER SLOTS``, asked of a known node: seeds first; on demand, at most every
-100 ms, one question at a time), and the buckets handle what the servers answer:
+Names go to buckets (:mod:`.slots`; how many, and their tags, the Cluster records:
+:mod:`.cluster_tags`); each bucket is a vshard (:class:`ClusterBucket`) whose keys all carry
+its tag, so every script, ``MULTI`` and multi-key pop touches one slot. The ring's member for
+a Cluster, which makes the buckets, is :class:`~.members.ClusterMember`.
+:class:`ClusterTopology` knows which primary serves each bucket's slot (``CLUSTER SLOTS``,
+asked of a known node: seeds first; on demand, at most every 100 ms, one question at a time),
+and the buckets handle what the servers answer:
 
 =========================  =================================================================
 ``MOVED slot host:port``   not run: the slot lives elsewhere; the map is patched, then read
@@ -38,7 +40,6 @@ Callers therefore only ever see ``LayerUnavailable`` (and the contract's errors)
 """
 from __future__ import annotations
 
-import fnmatch
 import logging
 import re
 import threading
@@ -49,10 +50,11 @@ from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
 from ... import exceptions as exc
+from . import cluster_tags
 from .connection import NETWORK_ERRORS, Script, Shard, Link, fork_generation, packed
-from .slots import bucket_of, check_tag_count, tag_slot, tag_table
+from .slots import parse_cluster_tags, tag_slot
 
-__all__ = ["ClusterTopology", "ClusterBucket", "ClusterMember", "run_all", "DEFAULT_COLOCATE"]
+__all__ = ["ClusterTopology", "ClusterBucket", "run_all", "make_topology"]
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +64,6 @@ REFRESH_INTERVAL = 0.1
 RETRY_BUDGET = 0.5
 _MAX_HOPS = 5
 _ASKING = packed("ASKING")
-#: Channels matching one entry's globs share the bucket of the entry's first glob, so the worker's
-#: default channel set is one blocking pop on one node (plain names only; never ``!`` or ``?``).
-DEFAULT_COLOCATE = (("http.*", "websocket.*"),)
 
 
 def _redirect(reply: BaseException) -> tuple[str, tuple[str, int] | None]:
@@ -83,27 +82,37 @@ def _redirect(reply: BaseException) -> tuple[str, tuple[str, int] | None]:
 
 
 class ClusterTopology:
-    """Which primary serves each bucket of one Redis Cluster (and which primaries there are)."""
+    """Which primary serves each bucket of one Redis Cluster (and which primaries there are).
+
+    ``tags``, ``slots`` and ``owners`` have one entry per bucket and, last (index -1), one for
+    the record of the buckets' tags (:mod:`.cluster_tags`); the buckets' come with
+    :meth:`settle` (``requested``: the layer's ``cluster_tags``, ``"auto"`` or a count).
+    """
 
     def __init__(self, seeds: Sequence[tuple[str, int]], node_url: Callable[[str, int], str],
-                 options: dict[str, Any], key_prefix: str, tags: tuple[str, ...],
+                 options: dict[str, Any], key_prefix: str, requested: int | str,
                  retry_budget: float = RETRY_BUDGET, first: Shard | None = None) -> None:
         self.seeds = list(seeds)
         self._node_url = node_url
         self._options = options
         self._p = key_prefix
-        self.tags = tags
-        self.slots = [tag_slot(t) for t in tags]
+        self.requested = requested
+        self.record_key = cluster_tags.record_key(key_prefix)
+        self.tags: tuple[str, ...] = (cluster_tags.RECORD_TAG,)
+        self.slots = [tag_slot(t) for t in self.tags]
+        #: The slot map last read: (first slot, last slot, the primary's address).
+        self.ranges: list[tuple[int, int, tuple[str, int]]] = []
         self.retry_budget = retry_budget
         self._nodes: dict[tuple[str, int], Shard] = {}
         if first is not None:
             first._sharded_bell = True
             first.on_bell_moved = self._bell_moved
             self._nodes[first.address] = first
-        self.owners: list[Shard | None] = [None] * len(tags)
+        self.owners: list[Shard | None] = [None]
         self.primaries: list[tuple[str, int]] = []
         self.epoch = 0
         self._lock = threading.Lock()
+        self._settle_lock = threading.Lock()
         self._refreshed = float("-inf")
         self._callbacks: list[Callable[[], None]] = []
         self._generation = fork_generation()
@@ -140,13 +149,52 @@ class ClusterTopology:
     def on_change(self, callback: Callable[[], None]) -> None:
         self._callbacks.append(callback)
 
+    # -- the buckets' tags (:mod:`.cluster_tags`) -------------------------------------------------
+
+    def settle(self) -> tuple[str, ...]:
+        """The buckets' tags: those the Cluster records, recorded by this process when it is the first
+        (asked once, with the first call that needs a bucket; ConfigurationError on a conflict)."""
+        if len(self.tags) == 1:
+            self._after_fork()
+            with self._settle_lock:
+                if len(self.tags) == 1:
+                    if not self.ranges:
+                        self.refresh(force=True)
+                    self.use_tags(cluster_tags.settle(self.requested, self.ranges, self._exchange,
+                                                      self.record_key, self.label))
+        return self.tags[:-1]
+
+    def use_tags(self, tags: Sequence[str]) -> None:
+        """Route buckets with these tags (:meth:`settle` calls it; a tool that only names keys may too)."""
+        with self._lock:
+            self.tags = (*tags, cluster_tags.RECORD_TAG)
+            self.slots = [tag_slot(t) for t in self.tags]
+            self.owners = [self._owner_of(slot) for slot in self.slots]
+
+    def _exchange(self, value: bytes, force: bool) -> Any:
+        """``SET`` the record (``NX`` unless ``force``) and ``GET`` what it held, routed as a bucket's command."""
+        try:
+            return ClusterBucket(self, -1, self._p).execute("SET", self.record_key, value,
+                                                            *(() if force else ("NX",)), "GET")
+        except ResponseError as e:  # an ACL that refuses the key, say
+            raise exc.ConfigurationError(f"the Redis Cluster {self.label} refused the record of the layer's hash tags "
+                                         f"({self.record_key.decode()!r}): {e}") from None
+
+    def reassert(self) -> None:
+        """Write the record again after a failover (it may have been lost with a primary)."""
+        if len(self.tags) > 1:
+            cluster_tags.reassert(self.tags[:-1], self._exchange, self.record_key, self.label)
+
+    def rebalance(self) -> None:
+        """After a flush: an explicit count that differs from the record replaces it."""
+        cluster_tags.rebalance(self.requested, self._exchange, self.record_key, self.label)
+
     # -- reading the map ------------------------------------------------------------------------
 
     def refresh(self, force: bool = False) -> bool:
         """Read the slot map again (at most every :data:`REFRESH_INTERVAL` unless ``force``, one
         reader at a time: others wait for it); True when a bucket changed owner."""
-        if self._generation != fork_generation():
-            self._generation, self._lock = fork_generation(), threading.Lock()
+        self._after_fork()
         asked = time.monotonic()
         if not force and asked - self._refreshed < REFRESH_INTERVAL:
             return False
@@ -166,6 +214,10 @@ class ClusterTopology:
         if changed:
             self._changed()
         return changed
+
+    def _after_fork(self) -> None:
+        if self._generation != fork_generation():  # a lock held by another thread at the fork stays held
+            self._generation, self._lock, self._settle_lock = fork_generation(), threading.Lock(), threading.Lock()
 
     def _ask(self) -> tuple[list, tuple[str, int]]:
         problems = []
@@ -213,22 +265,25 @@ class ClusterTopology:
             if host in ("", "?"):
                 host = source[0]
             ranges.append((start, end, (host, int(master[1]))))
-        owners = []
-        for slot in self.slots:
-            address = next((a for lo, hi, a in ranges if lo <= slot <= hi), None)
-            owners.append(self.node(address) if address is not None else None)
+        self.ranges = ranges
+        owners = [self._owner_of(slot) for slot in self.slots]
         self.primaries = list(dict.fromkeys(a for _, _, a in ranges))
         for address in list(self._nodes):
             if address not in self.primaries:
                 self._nodes.pop(address).close()  # a node gone, demoted or only a seed: its doorbell and pool go
         return self._set_owners(owners)
 
+    def _owner_of(self, slot: int) -> Shard | None:
+        address = next((a for lo, hi, a in self.ranges if lo <= slot <= hi), None)
+        return self.node(address) if address is not None else None
+
     def _set_owners(self, owners: list) -> bool:
-        """Install a new bucket -> primary map; True (and the epoch bumped) when a bucket moved."""
-        before = [o.address if o else None for o in self.owners]
+        """Install a new bucket -> primary map; True (and the epoch bumped) when a bucket moved (the
+        record's entry, last, is not a bucket)."""
+        before = [o.address if o else None for o in self.owners[:-1]]
         had_map = any(before)
         self.owners = owners
-        if [o.address if o else None for o in owners] == before or not had_map:
+        if [o.address if o else None for o in owners[:-1]] == before or not had_map:
             return False
         self.epoch += 1
         log.warning("Redis Cluster slots moved: buckets now on %s",
@@ -441,60 +496,10 @@ def _asking(shard: Shard, script: Script | None, payload: bytes) -> Any:
     return reply
 
 
-class ClusterMember:
-    """A Redis Cluster in the layer's ring: its buckets and their topology."""
-
-    def __init__(self, topology: ClusterTopology, identity: str, key_prefix: str,
-                 colocate: Sequence[Sequence[str]] = DEFAULT_COLOCATE) -> None:
-        self.topology = topology
-        self.identity = identity
-        self.count = len(topology.tags)
-        self.buckets = [ClusterBucket(topology, i, key_prefix) for i in range(self.count)]
-        self._colocate = []
-        for entry in colocate or ():
-            globs = [entry] if isinstance(entry, str) else list(entry)
-            if globs:
-                pattern = re.compile("|".join(fnmatch.translate(g) for g in globs))
-                self._colocate.append((pattern, bucket_of(globs[0], self.count)))
-        self._index: dict[str, int] = {}
-
-    def bucket_index(self, name: str) -> int:
-        index = self._index.get(name)
-        if index is None:
-            index = -1
-            if "!" not in name and "?" not in name:
-                index = next((i for pattern, i in self._colocate if pattern.match(name)), -1)
-            if index < 0:
-                index = bucket_of(name, self.count)
-            if len(self._index) >= 100_000:
-                self._index.clear()
-            self._index[name] = index
-        return index
-
-    def vshard_for(self, name: str) -> ClusterBucket:
-        return self.buckets[self.bucket_index(name)]
-
-    def vshards(self) -> list:
-        return list(self.buckets)
-
-    def nodes(self) -> list[Shard]:
-        return self.topology.primary_shards()
-
-    @property
-    def epoch(self) -> int:
-        return self.topology.epoch
-
-    def on_change(self, callback: Callable[[], None]) -> None:
-        self.topology.on_change(callback)
-
-    def close(self) -> None:
-        self.topology.close()
-
-
 def make_topology(seeds: Sequence[tuple[str, int]], node_url: Callable[[str, int], str], options: dict[str, Any],
                   key_prefix: str, tag_count: Any, first: Shard | None = None) -> ClusterTopology:
-    count = check_tag_count(int(tag_count) if isinstance(tag_count, str) and tag_count.isdigit() else tag_count)
-    return ClusterTopology(seeds, node_url, options, key_prefix, tag_table(count), first=first)
+    """The topology of a Cluster reached through ``seeds``; ``tag_count``: the layer's ``cluster_tags``."""
+    return ClusterTopology(seeds, node_url, options, key_prefix, parse_cluster_tags(tag_count), first=first)
 
 
 def run_all(items: Sequence[tuple[Any, Script, bytes]], tail: bytes | None = None) -> list:

@@ -79,6 +79,11 @@ class FailoverMixin:
         threading.Thread(target=self._after_failover, name="wsgi-channels-failover", daemon=True).start()
 
     def _after_failover(self) -> None:
+        for member in self._members:
+            try:
+                member.failed_over()  # a Cluster's record of its buckets, written again where it went missing
+            except Exception:
+                log.exception("checking the Redis Cluster's record of its hash tags after a failover failed")
         if self._journal is not None:
             self._replay_memberships()
         for callback in list(self._topology_callbacks):

@@ -61,7 +61,6 @@ from . import connection, keyspace, sessions
 from . import scripts
 from . import cluster_scripts as cscripts
 from .bodies import Bodies
-from .cluster import DEFAULT_COLOCATE, ClusterMember
 from .cluster_groups import FANOUT_TAIL as _FANOUT_TAIL
 from .cluster_groups import ClusterGroupsMixin
 from .connection import Script, Shard, bulk, run_everywhere
@@ -72,8 +71,8 @@ from .failover import MEMBERSHIP_REPLAY_SECONDS, FailoverMixin
 from .history import HistoryMixin
 from .presence import PresenceMixin, presence_key
 from .history import trust_persistence
-from .members import member_for_url
-from .slots import DEFAULT_TAG_COUNT, check_tag_count
+from .members import DEFAULT_COLOCATE, ClusterMember, member_for_url
+from .slots import AUTO, parse_cluster_tags
 from .options import connection_url, options_from_url, split_urls
 from .plans import ShardPlan
 from .receive import ReceivingMixin
@@ -123,9 +122,13 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
     ``connection_options``
         further keywords for redis-py connections (``ssl_ca_certs``, ``username``, ...).
     ``cluster_tags``
-        on a Redis Cluster, the number of hash-tag buckets names are spread over (default 12:
-        even over 1, 2, 3, 4, 6 and 12 primaries; a multiple of the primaries balances them).
-        Every key's name depends on it: keep it fixed for a deployment (flush to change it).
+        on a Redis Cluster, the number of hash-tag buckets names are spread over: ``"auto"`` (the
+        default) places one on each primary of the slot map the first layer there sees; an
+        integer ``N``, ``N`` buckets on equal slot ranges. Every key's name depends on it, so
+        the first layer records its choice in the Cluster and every later one uses the record
+        (``auto`` too; an explicit ``N`` that differs raises ``ConfigurationError`` at the first
+        call); ``flush()`` keeps the record, except that the flush of a layer given another
+        ``N`` records that one (:mod:`.cluster_tags`). Ignored by standalone servers and Sentinel.
     ``cluster_colocate``
         on a Redis Cluster, lists of globs whose plain channels share one bucket (default
         ``[["http.*", "websocket.*"]]``: the worker's channels are one blocking pop on one node).
@@ -162,7 +165,7 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
         ring_replicas: int = 256,
         wait_replicas: int = 0,
         wait_replicas_timeout: float = 0.1,
-        cluster_tags: int = DEFAULT_TAG_COUNT,
+        cluster_tags: int | str = AUTO,
         cluster_colocate: Sequence[Sequence[str]] = DEFAULT_COLOCATE,
         history_trust_persistence: bool | str = False,
         **options: Any,
@@ -196,8 +199,7 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
             "protocol": 2,  # RESP2: pub/sub wake-ups arrive as replies, scripts' replies keep their shape
         }
         self.hosts = [connection_url(u) for u in split_urls(hosts)]
-        self._cluster_tags = check_tag_count(int(cluster_tags) if isinstance(cluster_tags, str)
-                                             and cluster_tags.isdigit() else cluster_tags)
+        self._cluster_tags = parse_cluster_tags(cluster_tags)
         self._colocate = cluster_colocate
         try:
             self._members = [member_for_url(u, conn_options, timeouts, self._p, self._cluster_tags, self._colocate)
@@ -522,6 +524,8 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
     def flush(self) -> None:
         """Remove every key of this prefix on every shard (SCAN, never KEYS) and local buffers."""
         keyspace.unlink_all(self._nodes(), keyspace.key_patterns(self._pb))
+        for member in self._members:
+            member.flushed()  # a Cluster's record of its buckets stays (or, for a rebalance, is replaced)
         self._copies.clear()
 
     def global_statistics(self) -> dict[str, int]:

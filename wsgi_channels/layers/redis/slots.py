@@ -20,9 +20,14 @@ names spread as evenly over the buckets as Redis spreads keys over slots, and wi
 ``count = 16384`` each tag lands on the name's own slot.
 
 The table is made by a fixed search (tags are base-36 numbers, the first that lands on each
-wanted slot wins), the same in every process and every version: key names depend on it,
-so changing it, or ``count``, moves every key (a flush). ``tests/test_redis_slots.py`` pins
-known values.
+wanted slot wins, :func:`tags_for_slots`), the same in every process and every version: key
+names depend on it, so changing it, or ``count``, moves every key (a flush).
+``tests/test_redis_slots.py`` pins known values.
+
+The layer's default, ``cluster_tags="auto"`` (:data:`AUTO`), does not use this table: it
+places one bucket on each primary of the slot map it finds, the tags chosen with the same
+search, and records them in the Cluster (:mod:`.cluster_tags`); names still go to buckets by
+:func:`bucket_of`.
 """
 from __future__ import annotations
 
@@ -32,15 +37,18 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from ... import exceptions as exc
 
-__all__ = ["SLOTS", "DEFAULT_TAG_COUNT", "tag_table", "bucket_of", "tag_of", "tag_slot", "key_slot",
-           "check_tag_count"]
+__all__ = ["SLOTS", "AUTO", "DEFAULT_TAG_COUNT", "tag_table", "tags_for_slots", "bucket_of", "tag_of", "tag_slot",
+           "key_slot", "check_tag_count", "parse_cluster_tags"]
 
 SLOTS = REDIS_CLUSTER_HASH_SLOTS
-#: Buckets a layer spreads its names over unless told otherwise. A group send costs one script
-#: per bucket holding members of the group (about 10 microseconds each beyond the first few,
-#: measured on the test cluster), so fewer buckets make a send to members everywhere cheaper;
-#: more buckets spread the load over more primaries. 12 divides evenly over 1, 2, 3, 4, 6 and 12
-#: primaries; a bigger cluster wants a multiple of its primaries (48 covers 8, 16 and 24 too).
+#: ``cluster_tags`` of the layer by default: one bucket per primary, the count recorded in the Cluster.
+AUTO = "auto"
+#: The table's size where none is given (the table functions' default). A group send costs one
+#: script per bucket holding members of the group (about 10 microseconds each beyond the first
+#: few, measured on the test cluster), so fewer buckets make a send to members everywhere
+#: cheaper, which is why the layer's default is one per primary (:data:`AUTO`). An explicit
+#: count of 12 divides evenly over 1, 2, 3, 4, 6 and 12 primaries; a bigger cluster wants a
+#: multiple of its primaries (48 covers 8, 16 and 24 too).
 DEFAULT_TAG_COUNT = 12
 
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -63,6 +71,22 @@ def check_tag_count(count: object) -> int:
     return count
 
 
+def parse_cluster_tags(value: object) -> int | str:
+    """The ``cluster_tags`` option: :data:`AUTO` (the text ``auto``, any case) or a bucket count (an
+    int or its digits, from a URL's query), else ConfigurationError."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == AUTO:
+            return AUTO
+        if text.isdigit():
+            value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= SLOTS:
+        raise exc.ConfigurationError(
+            f"the number of Redis Cluster hash tags must be an integer from 1 to {SLOTS}, or 'auto' (one per "
+            f"primary, the default), got {value!r}")
+    return value
+
+
 def _range_start(i: int, count: int) -> int:
     """First slot of bucket ``i``'s range: the slots ``s`` with ``s * count // SLOTS == i``."""
     return -(-i * SLOTS // count)
@@ -77,12 +101,17 @@ def tag_table(count: int = DEFAULT_TAG_COUNT) -> tuple[str, ...]:
     170,000 CRC16s, a fraction of a second; 48 take a few thousand).
     """
     check_tag_count(count)
-    wanted: dict[int, int] = {}
-    for i in range(count):
-        lo, hi = _range_start(i, count), _range_start(i + 1, count)
-        wanted[(lo + hi - 1) // 2] = i
-    table: list[str | None] = [None] * count
-    missing = count
+    return tags_for_slots([(_range_start(i, count) + _range_start(i + 1, count) - 1) // 2 for i in range(count)])
+
+
+def tags_for_slots(slots: list[int]) -> tuple[str, ...]:
+    """One tag per slot of ``slots`` (distinct slots), in that order: for each, the shortest base-36
+    number, in counting order, that hashes to it. Deterministic."""
+    wanted = {slot: i for i, slot in enumerate(slots)}
+    if len(wanted) != len(slots) or not all(0 <= s < SLOTS for s in wanted):
+        raise ValueError(f"tags_for_slots needs distinct slots from 0 to {SLOTS - 1}")
+    table: list[str | None] = [None] * len(slots)
+    missing = len(slots)
     n = 0
     while missing:
         tag = _base36(n)
