@@ -59,6 +59,9 @@ connection's is exact; equal to the meta's, the stream goes on with no ``INFO``.
 (a meta of another run, no meta, or a connection that does not know it yet) asks the server's
 own ``INFO server`` inside the script, whose ``run_id`` then rules as before: a connection's
 value can spare the script an ``INFO``, never keep a stream the server's own ``run_id`` would not.
+This holds where a connection reaches one server process (direct, Sentinel, Cluster, a TCP proxy
+or virtual IP whose connections end with their server), not behind a proxy that routes each
+command to a backend of its choosing.
 
 ``history_trust_persistence`` (for servers run with ``appendfsync always``) keeps a stream whose
 meta survived a restart: another ``run_id`` is trusted when this server is a standalone
