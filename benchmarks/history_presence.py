@@ -7,7 +7,9 @@ Sections (``all`` runs them all, but ``storm`` on ``memory://``):
     ``group_history`` pattern matches the group) and without (the same layer, a group no
     pattern matches), the two interleaved send by send in the same run; members on a sidecar
     prefix (``sidecar.x!c1``, one queue for all) and on plain channels (one queue each).
-    Target (issue 18): p50 with history <= 1.3x without.
+    Target (issue 18): p50 with history <= 1.3x without. On the throwaway redis-server
+    (``--layer redis``) also the server's own time per send script, both sides (``SLOWLOG``
+    with every command logged during the timed sends: the mean of each side's script).
 ``memory``
     Bytes the backend holds per stored history message, measured: on ``ipc://`` the growth of
     the SQLite tables and indexes (``dbstat``), on ``memory://`` the Python heap
@@ -46,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -92,12 +95,45 @@ def drain(layer, channels: list[str]) -> None:
 # -- 1. Group.send() with history on and off -----------------------------------------------------
 
 
-def bench_send(url: str, sends: int) -> dict:
+class _ServerTimes:
+    """The server's time per send script, off and on (``SLOWLOG`` logging every command while on):
+    for a redis-server of our own only (it changes the server's slowlog settings)."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        from wsgi_channels.layers.redis import feature_scripts, scripts
+
+        self.client = redis.Redis.from_url(url)
+        self.client.config_set("slowlog-max-len", 100_000)
+        sha = lambda source: hashlib.sha1(source.encode()).hexdigest()  # noqa: E731
+        self.shas = {sha(scripts.FANOUT): "off", sha(feature_scripts.FEATURE_FANOUT): "on"}
+
+    def logging(self, on: bool) -> None:
+        self.client.config_set("slowlog-log-slower-than", 0 if on else -1)
+
+    def start(self) -> None:
+        self.client.slowlog_reset()
+        self.logging(True)
+
+    def stop(self) -> dict:
+        self.logging(False)
+        found: dict = {"off": [], "on": []}
+        for entry in self.client.slowlog_get(100_000):
+            command = entry["command"]
+            words = (command.decode(errors="replace") if isinstance(command, bytes) else command).split()
+            if len(words) > 1 and words[0].upper() == "EVALSHA" and words[1] in self.shas:
+                found[self.shas[words[1]]].append(entry["duration"] / 1e6)
+        return {k: statistics.mean(v) if v else float("nan") for k, v in found.items()}
+
+
+def bench_send(url: str, sends: int, own_redis: bool = False) -> dict:
     layer = from_url(url)
+    times = _ServerTimes(url.split("?", 1)[0]) if own_redis else None
     rows = []
     print(f"\nGroup.send() with and without history, {sends} sends each, interleaved ({scheme(url)})")
     print(f"{'members':>8} {'kind':<16} {'off p50 us':>11} {'on p50 us':>10} {'ratio':>6} {'off p99 us':>11} "
-          f"{'on p99 us':>10} {'<=1.3x':>7}")
+          f"{'on p99 us':>10} {'<=1.3x':>7}" + (f" {'server off us':>14} {'server on us':>13}" if times else ""))
     for size in (10, 100):
         for kind in ("sidecar prefix", "plain channels"):
             prefix = new_process_prefix("sidecar")
@@ -112,28 +148,40 @@ def bench_send(url: str, sends: int) -> dict:
             for g in (on, off):
                 for m in members:
                     g.add(m)
-            times: dict = {"on": [], "off": []}
+            taken: dict = {"on": [], "off": []}
             body = {"text": "x" * 100}
+            server: dict = {}
             for warm in (True, False):
                 n = 20 if warm else sends
+                if times is not None and not warm:
+                    times.start()
                 for i in range(n):
                     for label, g in (("on", on), ("off", off)) if i % 2 else (("off", off), ("on", on)):
                         t0 = time.perf_counter()
                         g.send(body)
                         dt = time.perf_counter() - t0
                         if not warm:
-                            times[label].append(dt)
+                            taken[label].append(dt)
                     if i % 20 == 19:
+                        if times is not None and not warm:
+                            times.logging(False)
                         drain(layer, queues)  # keep the queues below capacity (untimed)
+                        if times is not None and not warm:
+                            times.logging(True)
+                if times is not None and not warm:
+                    server = times.stop()
                 drain(layer, queues)
-            p50_on, p50_off = statistics.median(times["on"]), statistics.median(times["off"])
+            p50_on, p50_off = statistics.median(taken["on"]), statistics.median(taken["off"])
             ratio = p50_on / p50_off
             row = {"members": size, "kind": kind, "off_p50_s": p50_off, "on_p50_s": p50_on, "ratio_p50": ratio,
-                   "off_p99_s": pct(times["off"], 0.99), "on_p99_s": pct(times["on"], 0.99),
+                   "off_p99_s": pct(taken["off"], 0.99), "on_p99_s": pct(taken["on"], 0.99),
                    "target_met": ratio <= 1.3}
+            if server:
+                row.update(server_off_s=server["off"], server_on_s=server["on"])
             rows.append(row)
             print(f"{size:>8} {kind:<16} {us(p50_off):>11} {us(p50_on):>10} {ratio:>5.2f}x {us(row['off_p99_s']):>11} "
-                  f"{us(row['on_p99_s']):>10} {'yes' if row['target_met'] else 'NO':>7}")
+                  f"{us(row['on_p99_s']):>10} {'yes' if row['target_met'] else 'NO':>7}"
+                  + (f" {server['off'] * 1e6:>14.1f} {server['on'] * 1e6:>13.1f}" if server else ""))
     layer.close()
     return {"sends": sends, "rows": rows}
 
@@ -397,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.section in ("all", "send"):
-            results["send"] = bench_send(section("send"), args.sends)
+            results["send"] = bench_send(section("send"), args.sends, own_redis=server is not None)
         if args.section in ("all", "memory"):
             results["memory"] = bench_memory(section("memory"), args.messages, args.payload)
         if args.section in ("all", "presence"):

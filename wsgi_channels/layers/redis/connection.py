@@ -340,9 +340,14 @@ class Shard:
 
     # -- commands ---------------------------------------------------------------------------
 
-    def _roundtrip(self, payload: bytes, count: int | None = None, blocking: bool = False) -> Any:
+    def _roundtrip(self, payload: bytes, count: int | None = None, blocking: bool = False,
+                   fill: Sequence[bytes] = (), after: bytes = b"") -> Any:
         """Write ``payload`` on one pooled connection and read the reply (the list of ``count``
         replies when ``payload`` holds ``count`` packed commands). Error replies are returned.
+
+        ``fill``: packed commands of a :attr:`.Script.run_id` script, written after ``payload``
+        (then ``after``), each with the connection's ``run_id`` as its last argument
+        (:meth:`.Link.with_run_id`); ``count`` counts them.
 
         A network failure raises ``LayerUnavailable``. A connection interrupted mid-exchange
         (a network error, a killed greenlet) is closed, never reused out of step. ``blocking``:
@@ -352,7 +357,13 @@ class Shard:
         if blocking:
             self._blocked[link] = None
         try:
-            link.write(payload)
+            if fill:
+                ask = link.run_id_arg is None
+                link.write((link.ASK_RUN_ID if ask else b"") + payload + link.with_run_id(fill) + after)
+                if ask:
+                    link.learn_run_id()
+            else:
+                link.write(payload)
             reply = link.read() if count is None else [link.read() for _ in range(count)]
         except NETWORK_ERRORS as e:
             link.disconnect()
@@ -366,20 +377,27 @@ class Shard:
         self.release(link)
         return reply
 
+    def _send(self, script: Script, payloads: Sequence[bytes], count: int | None = None) -> Any:
+        """``payloads`` (of ``script``) in one round trip: :meth:`_roundtrip`, filled when ``script``
+        takes the ``run_id`` (``count`` None: one command, one reply)."""
+        if script.run_id:
+            return self._roundtrip(b"", count, fill=payloads)
+        return self._roundtrip(payloads[0] if len(payloads) == 1 else b"".join(payloads), count)
+
     def call(self, script: Script, payload: bytes) -> Any:
         """Run ``payload``, an ``EVALSHA`` of ``script`` packed by the caller; error replies are raised.
 
         A server that does not know the script (it restarted) refuses it without running
         it: the script is loaded and the same command sent again.
         """
-        reply = self._roundtrip(payload)
+        reply = self._roundtrip(b"", fill=(payload,)) if script.run_id else self._roundtrip(payload)
         if type(reply) is ResponseError:
             if self.fails_over and _demoted(reply):
                 return self.call(script, payload) if self._moved_on(reply) else None
             if not str(reply).startswith("NOSCRIPT"):
                 raise reply
             self.execute("SCRIPT", "LOAD", script.source)
-            reply = self._roundtrip(payload)
+            reply = self._send(script, (payload,))
             if type(reply) is ResponseError:
                 raise _error(reply)
         return reply
@@ -432,12 +450,15 @@ class Shard:
         (``WAIT``), whose replies follow theirs (before ``then``'s).
         """
         count = len(payloads)
-        data = b"".join(payloads)
-        if tail:
-            data += b"".join(tail)
-        if then is not None:
-            data = then + data if then_first else data + then
-        replies = self._roundtrip(data, count + len(tail) + (then is not None), blocking=then is not None)
+        before = then if then is not None and then_first else b""
+        after = b"".join(tail) if tail else b""
+        if then is not None and not then_first:
+            after += then
+        total = count + len(tail) + (then is not None)
+        if script.run_id:
+            replies = self._roundtrip(before, total, blocking=then is not None, fill=payloads, after=after)
+        else:
+            replies = self._roundtrip(before + b"".join(payloads) + after, total, blocking=then is not None)
         if then is not None:
             other = replies.pop(0) if then_first else replies.pop()
         if tail:
@@ -455,7 +476,7 @@ class Shard:
                 except exc.LayerUnavailable as e:
                     moved, error = False, e
                 if moved:
-                    again = self._roundtrip(b"".join([payloads[i] for i in demoted]), len(demoted))
+                    again = self._send(script, [payloads[i] for i in demoted], len(demoted))
                     for i, reply in zip(demoted, again):
                         replies[i] = reply
                 else:
@@ -464,7 +485,7 @@ class Shard:
         refused = [i for i, r in enumerate(replies) if type(r) is ResponseError and str(r).startswith("NOSCRIPT")]
         if refused:
             self.execute("SCRIPT", "LOAD", script.source)
-            again = self._roundtrip(b"".join([payloads[i] for i in refused]), len(refused))
+            again = self._send(script, [payloads[i] for i in refused], len(refused))
             for i, reply in zip(refused, again):
                 replies[i] = reply
         result = [_error(r) if type(r) is ResponseError else r for r in replies]

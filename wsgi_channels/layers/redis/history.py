@@ -36,15 +36,21 @@ from .feature_scripts import FEATURE_KEY_KINDS
 from .cluster_features import ADD_NOTICE as C_ADD_NOTICE
 from .cluster_features import DISCARD_NOTICE as C_DISCARD_NOTICE
 from .cluster_features import ClusterFeaturesMixin
-from .connection import Script, packed, run_everywhere
+from .connection import NOW, Script, bulk, packed, run_everywhere
 from .entries import DEADLINE_DIGITS, history_item
 
 __all__ = ["HistoryMixin", "FEATURE_KEY_KINDS"]
 
-_APPEND = Script(fs.HIST_APPEND)
-_READ = Script(fs.HIST_READ)
+# The scripts that read a stream's meta take the run_id of the connection as their last argument,
+# packed empty here (RUN_ID): see .link.Script.run_id and the epoch rule in .feature_scripts.
+_APPEND = Script(fs.HIST_APPEND, run_id=True)
+_READ = Script(fs.HIST_READ, run_id=True)
 _FANOUT = Script(fs.FEATURE_FANOUT)
+_KEEP = Script(fs.FEATURE_FANOUT, run_id=True)  # the same script, in mode KEEP
 _ADD_NOTICE = Script(fs.GROUP_ADD_NOTICE)
+_ADD_NOTICE_LOCAL = Script(fs.GROUP_ADD_NOTICE, run_id=True)  # with POSITION_LOCAL
+#: The run_id argument as the callers pack it (filled in by the connection that sends it).
+RUN_ID = b""
 _DISCARD_NOTICE = Script(fs.GROUP_DISCARD_NOTICE)
 
 #: Meta lifetime of a stream first touched by a reader with no pattern for it (as memory and ipc).
@@ -54,6 +60,7 @@ _DEADLINE = b"%%0%dd" % DEADLINE_DIGITS
 #: Longest a stamped copy waits for its predecessor's to be queued on a server (another publisher's
 #: fan-out under way) before it is queued anyway: that publisher died between keeping and queueing.
 ORDER_WAIT_SECONDS = 0.25
+_CACHE_LIMIT = 10_000
 #: How msgpack ends ``[group, "", 0]``: cut off, the rest of a stamp for the script to complete.
 _EMPTY_EPOCH_AND_ZERO = b"\xa0\x00"
 
@@ -84,6 +91,7 @@ class HistoryMixin(ClusterFeaturesMixin):
 
     _p: str
     _bodies: Any
+    _keep_cache: dict[str, tuple]
     _wait: Any
     _expiry_ms: int
     _gexp_ms: int
@@ -183,7 +191,7 @@ class HistoryMixin(ClusterFeaturesMixin):
             head = encode({}, None, add_notice(group, ["", 0], presence))
             assert head.endswith(_EMPTY_EPOCH_AND_ZERO)
             return ((shard.key("h", group), shard.key("hm", group)),
-                    (head[:-len(_EMPTY_EPOCH_AND_ZERO)], fs.POSITION_LOCAL, new_epoch(), _ms(history.meta_ttl)))
+                    (head[:-len(_EMPTY_EPOCH_AND_ZERO)], fs.POSITION_LOCAL, new_epoch(), _ms(history.meta_ttl), RUN_ID))
         read = self._history_read([(group, 0, 0)])[0]
         if isinstance(read, BaseException):
             raise read
@@ -212,7 +220,8 @@ class HistoryMixin(ClusterFeaturesMixin):
             fixed = (self._gexp_ms, self.get_capacity(qname))  # type: ignore[attr-defined]
             rest = ("2" if always else "1", deadline, self._expiry_ms) + notice
             args: tuple[Any, ...] = names + fixed + rest if shard.cluster else (channel,) + fixed + (group,) + rest
-            return bool(self._run(f"group_add to {group!r}", shard, scripts[0], keys + more, args))
+            script = _ADD_NOTICE_LOCAL if notice[1:2] == (fs.POSITION_LOCAL,) else scripts[0]
+            return bool(self._run(f"group_add to {group!r}", shard, script, keys + more, args))
         body = self._sealed(encode({}, None, discard_notice(group)))
         args = (*names, deadline, self._expiry_ms, self._gexp_ms, body)
         return bool(self._run(f"group_discard from {group!r}", shard, scripts[1], keys, args))
@@ -246,36 +255,72 @@ class HistoryMixin(ClusterFeaturesMixin):
 
     # -- history ------------------------------------------------------------------------------
 
+    def _keep_command(self, group: str, options: HistoryOptions) -> tuple[Any, Optional[bytes]]:
+        """The group's shard and, where one script numbers, keeps and queues a message (a plain layer,
+        the group's own shard not a Cluster bucket), that script's command (:data:`.feature_scripts.KEEP`)
+        packed but for the body, the deadline and the candidate epoch (a ``%`` format of them), with
+        the stamp's start packed for the script (:data:`.feature_scripts.STAMP_LUA`); cached per group.
+        Else None for the command."""
+        found = self._keep_cache.get(group)
+        if found is not None:
+            return found
+        validate_group_name(group)
+        shard = self._feature_shard(group)
+        if self._bodies.fernet is not None or shard.cluster:
+            return shard, None  # not cached: a Cluster bucket's owner may change
+        stamp = with_keys(b"\x80", {STAMP_KEY: [group, "", 0]})
+        assert stamp.endswith(_EMPTY_EPOCH_AND_ZERO)
+        keys = self._group_keys(group) + (shard.key("h", group), shard.key("hm", group))  # type: ignore[attr-defined]
+        head = bulk("EVALSHA", _KEEP.sha, len(keys), *keys, self._p, self._expiry_ms, self._gexp_ms, self.capacity,
+                    self.process_capacity, self._rules_flag)
+        mode = fs.KEEP_POSITION if len(self._shards) > 1 else fs.KEEP  # type: ignore[attr-defined]
+        tail = bulk(mode, stamp[1:-len(_EMPTY_EPOCH_AND_ZERO)])
+        rest = bulk(options.size, _ms(options.ttl), _ms(options.meta_ttl), self._trust, RUN_ID)
+        count = 3 + len(keys) + 16
+        command = (b"*%d\r\n" % count + head.replace(b"%", b"%%") + b"$%d\r\n%s\r\n" + NOW
+                   + tail.replace(b"%", b"%%") + b"$%d\r\n%s\r\n" + rest.replace(b"%", b"%%"))
+        if len(self._keep_cache) >= _CACHE_LIMIT:
+            self._keep_cache.clear()
+        found = self._keep_cache[group] = (shard, command)
+        return found
+
     def _send_group_history(self, group: str, message: dict, options: HistoryOptions) -> None:
         """``send_group`` to a history group. On the group's own shard one script numbers and keeps the
         message and queues the copies of the members there, the sidecars' stamped (:data:`.feature_scripts.KEEP`);
         then the fan-out on the other shards, if any, with the stamp it answered. An encrypted layer
         (the stamp goes inside the encrypted body) and a Cluster (members in other buckets than the
         group's) number and keep first, then fan out everywhere."""
-        validate_group_name(group)
         body = encode(message, self.max_message_size)
+        shard, command = self._keep_command(group, options)
+        if command is not None:
+            candidate = new_epoch().encode()
+            payload = command % (len(body), body, shard.now_ms() + self._expiry_ms, len(candidate), candidate)
+            try:
+                if self._wait is None:
+                    reply = shard.call(_KEEP, payload)
+                else:
+                    reply, acked = shard.pipeline([payload], _KEEP, tail=(self._wait,))
+                    if isinstance(reply, Exception):
+                        raise reply
+                    self._replicated(acked)  # type: ignore[attr-defined]
+            except ResponseError as e:
+                raise unavailable(f"a message for history group {group!r}", e) from e
+            if type(reply) is int:  # KEEP: the members skipped
+                if reply:
+                    self._count("group_drop_count", reply)  # type: ignore[attr-defined]
+                return
+            dropped, epoch, offset = reply.split(b" ")  # KEEP_POSITION: other shards follow
+            if dropped != b"0":
+                self._count("group_drop_count", int(dropped))  # type: ignore[attr-defined]
+            stamped = with_keys(body, {STAMP_KEY: [group, epoch.decode(), int(offset)]})
+            self._feature_fan_out(group, body, fs.STAMPED, stamped, skip=shard,
+                                  order=(epoch, int(offset), _ms(options.meta_ttl)))
+            return
         plain = self._sealed(body)
-        shard = self._feature_shard(group)
         keys = (shard.key("h", group), shard.key("hm", group))
         args = (new_epoch(), options.size, _ms(options.ttl), _ms(options.meta_ttl))
         what = f"a message for history group {group!r}"
-        if self._bodies.fernet is None and not shard.cluster:
-            # the stamped copy but for the epoch and the offset, which the script packs after it
-            head = with_keys(body, {STAMP_KEY: [group, "", 0]})
-            assert head.endswith(_EMPTY_EPOCH_AND_ZERO)
-            fkeys = self._group_keys(group) + keys  # type: ignore[attr-defined]
-            dropped, epoch, offset = self._run(what, shard, _FANOUT, fkeys, (
-                self._p, self._expiry_ms, self._gexp_ms, self.capacity, self.process_capacity, self._rules_flag, body,
-                _DEADLINE % (shard.now_ms() + self._expiry_ms), fs.KEEP, head[:-len(_EMPTY_EPOCH_AND_ZERO)]) + args
-                + (self._trust,))
-            if dropped:
-                self._count("group_drop_count", dropped)  # type: ignore[attr-defined]
-            if len(self._shards) > 1:  # type: ignore[attr-defined]
-                stamped = with_keys(body, {STAMP_KEY: [group, epoch.decode(), offset]})
-                self._feature_fan_out(group, body, fs.STAMPED, stamped, skip=shard,
-                                      order=(epoch, offset, _ms(options.meta_ttl)))
-            return
-        epoch, offset = self._run(what, shard, _APPEND, keys, args + (plain, self._trust))
+        epoch, offset = self._run(what, shard, _APPEND, keys, args + (plain, self._trust, RUN_ID))
         stamped = self._sealed(with_keys(body, {STAMP_KEY: [group, epoch.decode(), offset]}))
         self._feature_fan_out(group, plain, fs.STAMPED, stamped, order=(epoch, offset, _ms(options.meta_ttl)))
 
@@ -294,7 +339,8 @@ class HistoryMixin(ClusterFeaturesMixin):
             keys = (shard.key("h", group), shard.key("hm", group))
             meta_ttl = options.meta_ttl if options is not None else DEFAULT_META_TTL
             by_shard.setdefault(shard, []).append(
-                (i, packed("EVALSHA", _READ.sha, 2, *keys, new_epoch(), _ms(meta_ttl), since, limit, self._trust)))
+                (i, packed("EVALSHA", _READ.sha, 2, *keys, new_epoch(), _ms(meta_ttl), since, limit, self._trust,
+                           RUN_ID)))
         for shard, items in by_shard.items():
             try:
                 replies = shard.pipeline([payload for _, payload in items], _READ)

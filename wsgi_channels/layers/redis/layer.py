@@ -230,6 +230,7 @@ class RedisChannelLayer(ReceivingMixin, FailoverMixin, ClusterGroupsMixin, Histo
         self._sends = SendCommands(self._shard_of, self._queue_keys, self.get_capacity, self._p, self._expiry_ms,
                                    self._gexp_ms)
         self._group_cache: dict[str, bytes] = {}
+        self._keep_cache: dict[str, tuple] = {}  # history groups' send commands (.history)
         self._rules_flag = b"1" if self._capacities else b"0"
         self._plans: dict[tuple, list[ShardPlan]] = {}
         self._copies = CopyBuffer()  # group messages fetched for several members of a prefix

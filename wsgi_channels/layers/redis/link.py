@@ -10,6 +10,7 @@ which :meth:`.Shard.unavailable` names as the timeout it is.
 from __future__ import annotations
 
 import hashlib
+import re
 import select
 import socket
 import struct
@@ -23,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .entries import DEADLINE_DIGITS
 
-__all__ = ["NOW", "packed", "bulk", "Script", "Link"]
+__all__ = ["NOW", "packed", "bulk", "Script", "Link", "RUN_ID_UNKNOWN"]
 
 _READ_SIZE = 65536
 
@@ -82,21 +83,33 @@ def _poll_class() -> Any:
     return select.poll
 
 
+#: The last argument of a command of a :attr:`Script.run_id` script as its caller packs it: empty.
+RUN_ID_UNKNOWN = b"$0\r\n\r\n"
+_INFO_SERVER = packed("INFO", "server")
+_RUN_ID = re.compile(rb"\brun_id:([0-9A-Za-z]+)\r\n")
+
+
 class Script:
-    """A Lua script known by its SHA1; loaded on demand (after a Redis restart too)."""
+    """A Lua script known by its SHA1; loaded on demand (after a Redis restart too).
 
-    __slots__ = ("source", "sha")
+    ``run_id``: the script's last argument is the ``run_id`` of the server that runs it, which
+    the caller packs empty (:data:`RUN_ID_UNKNOWN`) and the connection that writes the command
+    fills in (:meth:`Link.with_run_id`); a script given it empty asks the server (``INFO``).
+    """
 
-    def __init__(self, source: str) -> None:
+    __slots__ = ("source", "sha", "run_id")
+
+    def __init__(self, source: str, run_id: bool = False) -> None:
         self.source = source.encode()
         self.sha = hashlib.sha1(self.source).hexdigest()
+        self.run_id = run_id
 
 
 class Link:
     """One connection: redis-py connects it (TLS, AUTH, SELECT); replies are read with our own
     hiredis reader straight from its socket, which keeps the per-call cost to a few microseconds."""
 
-    __slots__ = ("conn", "sock", "reader", "poll", "used", "epoch", "client_id")
+    __slots__ = ("conn", "sock", "reader", "poll", "used", "epoch", "client_id", "run_id_arg")
 
     def __init__(self, conn: Any, epoch: int = 0) -> None:
         self.conn = conn
@@ -106,12 +119,16 @@ class Link:
         self.used = 0.0  # time.monotonic() when last given back to the pool
         self.epoch = epoch  # the shard's epoch (which server it stands for) when this link was made
         self.client_id: int | None = None  # CLIENT ID, fetched at connect where a failover may need it
+        #: The server's ``run_id`` packed as a command's last argument, learnt at the first use of a
+        #: :attr:`Script.run_id` script on this connection; None until then (see :meth:`with_run_id`).
+        self.run_id_arg: bytes | None = None
 
     def connect(self, extra: Sequence[bytes] = ()) -> tuple[float, list]:
         """Connect; returns the Redis clock's offset from ours in ms (measured around one ``TIME``)
         and the replies of the packed commands ``extra``, sent in the same round trip."""
         self.conn.connect()
         self.sock = self.conn._sock
+        self.run_id_arg = None
         _kernel_timeouts(self.sock)
         self.reader = hiredis.Reader(replyError=ResponseError)
         self.poll = _poll_class()()
@@ -128,6 +145,33 @@ class Link:
             raise reply
         seconds, micros = reply
         return int(seconds) * 1000 + int(micros) / 1000 - (before + after) * 500, others
+
+    def with_run_id(self, commands: Sequence[bytes]) -> bytes:
+        """``commands`` (of a :attr:`Script.run_id` script, each ending with :data:`RUN_ID_UNKNOWN`)
+        joined, each with this connection's server ``run_id`` as its last argument; as they are
+        while it is unknown (their scripts then ask ``INFO`` themselves; :meth:`ask_run_id` learns it).
+
+        A connection cannot outlive its server process, and a process keeps its ``run_id``, so the
+        one learnt here is exact for as long as the connection lives (:meth:`connect` forgets it).
+        """
+        arg = self.run_id_arg
+        if arg is None or arg is RUN_ID_UNKNOWN:
+            return b"".join(commands)
+        cut = -len(RUN_ID_UNKNOWN)
+        if len(commands) == 1:
+            return commands[0][:cut] + arg
+        return b"".join([c[:cut] + arg for c in commands])
+
+    #: ``INFO server``, written in front of a payload while :attr:`run_id_arg` is None; its reply,
+    #: read first, goes to :meth:`learn_run_id`.
+    ASK_RUN_ID = _INFO_SERVER
+
+    def learn_run_id(self) -> None:
+        """Read the reply of the :attr:`ASK_RUN_ID` sent in front. A refusal (an ACL without ``INFO``)
+        leaves it unknown for this connection: its scripts ask, and meet the same refusal."""
+        reply = self.read()
+        found = _RUN_ID.search(reply) if isinstance(reply, bytes) else None
+        self.run_id_arg = RUN_ID_UNKNOWN if found is None else b"$%d\r\n%s\r\n" % (len(found[1]), found[1])
 
     def stale(self) -> bool:
         """Readable while idle: closed by the server (a restart) or out of step."""
