@@ -812,3 +812,33 @@ def test_stuck_lock_holder_times_out_and_its_death_frees_the_store(store):
     finally:
         holder.kill()
         holder.communicate(timeout=10)
+
+
+# -- history: batch trimming ------------------------------------------------------------------------
+
+
+def test_history_is_trimmed_in_batches_and_reads_never_pass_size(store):
+    """The stream is trimmed at every 16th offset (as on Redis): at most size + 15 rows are kept,
+    contiguous, a reader sees the last ``size``, and the meta outlives the last message by
+    ``meta_ttl`` at least."""
+    from wsgi_channels import Group
+    from wsgi_channels.layers.ipc.history import TRIM_EVERY
+
+    layer = from_url(f"ipc://{store}?group_history=chat.*:size=10:ttl=300:meta_ttl=600")
+    try:
+        rows = []
+        for n in range(1, 41):
+            started = time.time()
+            Group("chat.t", layer=layer).send({"text": str(n)})
+            rows.append(query(store, "SELECT count(*) FROM hist WHERE grp = 'chat.t'")[0][0])
+            (expires,) = query(store, "SELECT expires FROM hist_meta WHERE grp = 'chat.t'")[0]
+            assert expires >= started + 600
+            epoch, top, messages = layer.group_history("chat.t", 0)
+            assert top == n
+            assert [off for off, _ in messages] == list(range(max(1, n - 9), n + 1))
+            assert [m["text"] for _, m in messages] == [str(o) for o, _ in messages]
+        assert max(rows) == 10 + TRIM_EVERY - 1 and rows[15] == 10 and rows[31] == 10, rows
+        kept = [off for (off,) in query(store, "SELECT off FROM hist WHERE grp = 'chat.t' ORDER BY off")]
+        assert kept == list(range(40 - rows[-1] + 1, 41)) and len(kept) > 10
+    finally:
+        layer.close()

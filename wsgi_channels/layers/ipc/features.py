@@ -191,18 +191,19 @@ class IpcFeatures(BaseChannelLayer):
                   limit: int) -> tuple[str, int, list[tuple[int, bytes]]]:
         """One group's page: a read snapshot, or a write first when the epoch must be made or renewed."""
         now = time.time()
+        options = self.history_options(group)
+        size = options.size if options else 0
         conn.execute("BEGIN")
         try:
             due = hist.touch_due(conn, group, now)
-            page = None if due else hist.read(conn, group, since, limit, now)
+            page = None if due else hist.read(conn, group, since, limit, now, size)
         finally:
             conn.execute("COMMIT")
         if page is not None:
             return page
         with self._transaction(conn):
-            options = self.history_options(group)
             hist.position(conn, group, now, options.meta_ttl if options else 86400.0)
-            page = hist.read(conn, group, since, limit, now)
+            page = hist.read(conn, group, since, limit, now, size)
         assert page is not None
         return page
 

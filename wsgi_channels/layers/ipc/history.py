@@ -5,7 +5,12 @@ Plain functions over an open connection; the caller owns the transaction and the
 A history group's stream is its ``hist_meta`` row (epoch, top offset, the boot id it was made
 under, when it expires) and its ``hist`` rows, offsets ``first..top`` contiguous: rows are
 only ever removed from the head (by ``size``, and by age: with one ttl per group, expiry
-times grow with the offset). The epoch is new whenever the row is missing (a new store file,
+times grow with the offset), at every :data:`TRIM_EVERY`-th offset, as on Redis: a stream holds
+at most ``size + TRIM_EVERY - 1`` rows, and a reader that knows the group's ``size`` skips those
+beyond it (deleting one row at the head of the table and of its expiry index at every append
+cost a quarter of the append). An append renews the meta's expiry only when less than
+``meta_ttl`` is left, to ``1.5 * meta_ttl``, so that the meta outlives the last message by
+``meta_ttl`` at least without rewriting its index entry at every append. The epoch is new whenever the row is missing (a new store file,
 ``flush()``, an expired meta) or was written under another boot of the machine: with
 ``synchronous=NORMAL`` an OS crash may lose the last transactions, and the stream must then
 not be taken for the one clients followed.
@@ -17,7 +22,7 @@ from typing import Optional
 
 from ..features import new_epoch
 
-__all__ = ["BOOT_ID", "append", "position", "read", "touch_due"]
+__all__ = ["BOOT_ID", "TRIM_EVERY", "append", "position", "read", "touch_due"]
 
 
 def _boot_id() -> str:
@@ -31,6 +36,11 @@ def _boot_id() -> str:
 
 
 BOOT_ID = _boot_id()
+
+#: A stream is trimmed at every offset that is a multiple of this (the Redis layer's value too).
+TRIM_EVERY = 16
+#: An append renews the meta's expiry when less than ``meta_ttl`` is left, to this many ``meta_ttl``.
+META_RENEW = 1.5
 
 _META = "SELECT epoch, top, boot, expires, meta_ttl FROM hist_meta WHERE grp = ?"
 _PUT_META = ("INSERT OR REPLACE INTO hist_meta (grp, epoch, top, boot, expires, meta_ttl) "
@@ -65,11 +75,19 @@ def append(conn: sqlite3.Connection, group: str, data: bytes, now: float, size: 
     so any number of processes get contiguous, unique offsets.
     """
     found = _current(conn, group, now)
-    epoch, top = (found[0], found[1]) if found is not None else _restart(conn, group, now, meta_ttl)
+    if found is None:
+        epoch, top = _restart(conn, group, now, meta_ttl)
+    else:
+        epoch, top = found[0], found[1]
     offset = top + 1
-    conn.execute(_PUT_META, (group, epoch, offset, BOOT_ID, now + meta_ttl, meta_ttl))
+    if found is None or found[2] - now < meta_ttl or found[3] != meta_ttl:
+        conn.execute("UPDATE hist_meta SET top = ?, expires = ?, meta_ttl = ? WHERE grp = ?",
+                     (offset, now + META_RENEW * meta_ttl, meta_ttl, group))
+    else:
+        conn.execute("UPDATE hist_meta SET top = ? WHERE grp = ?", (offset, group))
     conn.execute("INSERT INTO hist (grp, off, expires, data) VALUES (?, ?, ?, ?)", (group, offset, now + ttl, data))
-    conn.execute(_TRIM, (group, offset - size + 1, now, offset + 1))
+    if offset % TRIM_EVERY == 0:
+        conn.execute(_TRIM, (group, offset - size + 1, now, offset + 1))
     return epoch, offset
 
 
@@ -90,13 +108,17 @@ def position(conn: sqlite3.Connection, group: str, now: float, meta_ttl: float) 
     return epoch, top
 
 
-def read(conn: sqlite3.Connection, group: str, since: int, limit: int,
-         now: float) -> Optional[tuple[str, int, list[tuple[int, bytes]]]]:
-    """(epoch, top, [(offset, data)]) with offset > ``since``, at most ``limit``; None when the stream
-    has to start anew (the caller writes then). One snapshot: call inside a transaction."""
+def read(conn: sqlite3.Connection, group: str, since: int, limit: int, now: float,
+         size: int = 0) -> Optional[tuple[str, int, list[tuple[int, bytes]]]]:
+    """(epoch, top, [(offset, data)]) with offset > ``since``, at most ``limit``, among the last
+    ``size`` (the reader's option; 0: unknown, then up to ``TRIM_EVERY - 1`` more, all kept and
+    contiguous); None when the stream has to start anew (the caller writes then). One snapshot:
+    call inside a transaction."""
     found = _current(conn, group, now)
     if found is None:
         return None
     epoch, top = found[0], found[1]
+    if size:
+        since = max(since, top - size)
     rows = conn.execute(_ROWS, (group, since, now, limit)).fetchall() if limit else []
     return epoch, top, [(off, bytes(data)) for off, data in rows]
