@@ -152,6 +152,53 @@ def test_trusting_persistence_still_changes_the_epoch_on_a_promoted_replica(made
         primary.stop()
 
 
+def _wait_replicated(replica: redis.Redis, key: bytes, expected: bytes | None = None) -> None:
+    deadline = time.monotonic() + 15
+    while True:
+        info = replica.info("replication")
+        value = replica.get(key) if info.get("master_link_status") == "up" else None
+        if value is not None and (expected is None or value.startswith(expected)):
+            return
+        assert time.monotonic() < deadline, f"replication never caught up: {info}"
+        time.sleep(0.05)
+
+
+def test_a_primary_demoted_and_promoted_again_with_older_data_starts_a_new_stream(made):
+    """The same server process (same run_id, same connections) becomes a replica of a server that
+    missed its last messages, takes that older data, and is promoted again: the stream it holds
+    now ends before offsets its clients saw, so it must be another epoch (its replication id
+    changed), never the same epoch going on from an older offset."""
+    first = RedisServer().start()
+    second = RedisServer().start()
+    a, b = redis.Redis(port=first.port), redis.Redis(port=second.port)
+    meta = b"wsgi_channels:hm:{chat.twice}"
+    try:
+        b.replicaof("127.0.0.1", first.port)
+        layer = made(first.url)
+        for i in range(5):
+            layer.send_group("chat.twice", {"text": str(i)})
+        seen = layer.group_position("chat.twice")
+        assert seen.offset == 5
+        _wait_replicated(b, meta, f"{seen.epoch} 5 ".encode())
+        b.replicaof("NO", "ONE")  # promoted with offsets 1-5
+        for i in range(5, 7):
+            layer.send_group("chat.twice", {"text": str(i)})  # 6 and 7, on the old primary only
+        assert layer.group_position("chat.twice") == (seen.epoch, 7)
+        a.replicaof("127.0.0.1", second.port)  # demoted: takes the promoted server's data (1-5)
+        _wait_replicated(a, meta, f"{seen.epoch} 5 ".encode())
+        a.replicaof("NO", "ONE")  # and promoted again; the layer's connection lived through it all
+        after = layer.group_position("chat.twice")
+        assert after.epoch != seen.epoch and after.offset == 0
+        layer.send_group("chat.twice", {"text": "next"})
+        epoch, top, messages = layer.group_history("chat.twice", 0)
+        assert (epoch, top) == (after.epoch, 1) and [m["text"] for _, m in messages] == ["next"]
+    finally:
+        a.close()
+        b.close()
+        second.stop()
+        first.stop()
+
+
 def test_trusting_persistence_is_refused_where_failovers_are_expected():
     for url in ("redis+sentinel://127.0.0.1:1/mymaster?history_trust_persistence=1",
                 "redis+cluster://127.0.0.1:1?history_trust_persistence=1"):

@@ -12,7 +12,7 @@ hash tag, so a group's history or presence lives on one shard: the group's own, 
     beyond the last ``size`` (the meta's) and the aged ones. Its TTL is the history ``ttl``.
 ``P:hm:{group}``
     STRING ``epoch top run meta_ttl size``, separated by spaces: the epoch, the latest offset,
-    the ``run_id`` of the server that wrote it, the meta ttl (ms) and the size of the latest
+    the identity (``run_id/replid``) of the server that wrote it, the meta ttl (ms) and the size of the latest
     append's options (0: not known yet); expires ``meta_ttl`` after the latest append or read.
     One ``GET`` reads it and one ``SET ... PX`` writes it. A layer before this one kept a HASH
     there (fields ``e t r m``; its stream trimmed to size at every append): it is read as the
@@ -43,19 +43,26 @@ hash tag, so a group's history or presence lives on one shard: the group's own, 
 ``P:px:{presence}``
     ZSET group -> its earliest owner lease, per shard: what ``presence_sweep`` looks at.
 
-The epoch rule: a stream's meta remembers the ``run_id`` of the server that wrote it. A
-server restarted (even from its persistence files, which may miss the last writes) or
-another server that took over after a failover (asynchronous replication may have lost
-acknowledged appends) has another ``run_id``, so the script starts a new stream there: a
+The epoch rule: a stream's meta remembers the identity of the server that wrote it, its
+``run_id`` and its replication id (``master_replid``), as ``run_id/replid``. A server restarted
+(even from its persistence files, which may miss the last writes) or another server that took
+over after a failover (asynchronous replication may have lost acknowledged appends) has another
+``run_id``; a server that became a replica (taking its new primary's data, which may lack the
+tail it had written) and was promoted again keeps its ``run_id`` but not its replication id
+(Redis makes a new one at every promotion). Either way the script starts a new stream there: a
 new epoch (the client's random candidate, :func:`..features.new_epoch`; a script has no
 CSPRNG) and offset 0. ``FLUSHALL``, ``flush()`` and an expired meta remove the meta: a new
-stream too.
+stream too. The replication id is read in every history script (``INFO replication``, about
+3 us of server time): a connection survives its server's demotion and promotion, so it cannot
+be learnt once. Redis also makes a new replication id when a primary that had replicas has had
+none for ``repl-backlog-ttl`` (an hour by default): a new epoch then, needlessly but safely.
 
 What the rule costs: the script compares the meta's ``run_id`` with the one its connection
 learnt (:attr:`.link.Script.run_id`: the caller's connection asks ``INFO server`` once, in front
 of the first such script it sends, and fills it in as the script's last argument). A TCP
 connection cannot outlive its server process, and a process keeps its ``run_id``, so a
-connection's is exact; equal to the meta's, the stream goes on with no ``INFO``. Any other case
+connection's is exact; equal to the meta's (with the replication id the script reads), the
+stream goes on with no ``INFO server``. Any other case
 (a meta of another run, no meta, or a connection that does not know it yet) asks the server's
 own ``INFO server`` inside the script, whose ``run_id`` then rules as before: a connection's
 value can spare the script an ``INFO``, never keep a stream the server's own ``run_id`` would not.
@@ -145,25 +152,28 @@ local function write_meta(hm, epoch, top, run, meta_ttl, size)
 end
 
 -- The stream's epoch, latest offset, meta ttl, size (0: not known), whether it was made now, and
--- the server's run_id; a new stream (candidate epoch, offset 0, no messages) when it has no meta
--- or another server process wrote it (see the module). run: the run_id the caller's connection
--- learnt ('' when unknown); a meta of another run, or none, is checked against the server's own
--- (INFO), which rules.
+-- the server's identity ('run_id/master_replid'); a new stream (candidate epoch, offset 0, no
+-- messages) when it has no meta or another server process, or this one with other data, wrote
+-- it (see the module). run: the run_id the caller's connection learnt ('' when unknown); a meta
+-- of another identity, or none, is checked against the server's own (INFO), which rules. A HASH
+-- meta (an older version's) names the run_id alone: the same process goes on with it.
 local function stream(h, hm, candidate, meta_ttl, run)
   local epoch, top, wrote, mttl, size, old = read_meta(hm)
+  local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
   local server
-  if run == '' or wrote ~= run then
+  if run == '' or (wrote ~= run .. '/' .. replid and not (old and wrote == run)) then
     server = redis.call('INFO', 'server')
     run = string.match(server, 'run_id:(%w+)')
   end
-  if epoch and (wrote == run or (TRUST and restarted_from_aof(server))) then
+  local me = run .. '/' .. replid
+  if epoch and (wrote == me or (old and wrote == run) or (TRUST and restarted_from_aof(server))) then
     mttl = mttl or meta_ttl
-    if old or wrote ~= run then write_meta(hm, epoch, top, run, mttl, size) end
-    return epoch, top, mttl, size, false, run
+    if old or wrote ~= me then write_meta(hm, epoch, top, me, mttl, size) end
+    return epoch, top, mttl, size, false, me
   end
   redis.call('DEL', h)
-  write_meta(hm, candidate, 0, run, meta_ttl, 0)
-  return candidate, 0, meta_ttl, 0, true, run
+  write_meta(hm, candidate, 0, me, meta_ttl, 0)
+  return candidate, 0, meta_ttl, 0, true, me
 end
 
 -- Drop the aged items at the head (one ttl per group: age order is offset order); the first kept.
