@@ -131,6 +131,33 @@ def layer_url(backend, layer_url_for):
 
 
 @pytest.fixture
+def made(request):
+    """``made(url, **options)``: a layer on ``url`` (a URL, or a list of them for shards) with the
+    test module's ``Q`` (its feature patterns, if it sets one) added to the query of a URL; closed
+    after the test, flushed first when the module sets ``FLUSH_AFTER = True``."""
+    from wsgi_channels.layers import from_url
+
+    query = getattr(request.module, "Q", "")
+    flush = getattr(request.module, "FLUSH_AFTER", False)
+    layers = []
+
+    def make(url, **options):
+        if query and isinstance(url, str):
+            url += ("&" if "?" in url else "?") + query
+        layer = from_url(url, **options)
+        layers.append(layer)
+        return layer
+
+    yield make
+    for layer in layers:
+        try:
+            if flush:
+                layer.flush()
+        finally:
+            layer.close()
+
+
+@pytest.fixture
 def make_layer(layer_url):
     """Build layers on the parametrised backend with given options; all are flushed and closed after."""
     from wsgi_channels.layers import from_url

@@ -27,20 +27,6 @@ pytestmark = pytest.mark.timeout(120)
 Q = "group_history=chat.*:size=10:ttl=300&group_presence=room.*:ttl=5"
 
 
-@pytest.fixture
-def made():
-    layers = []
-
-    def make(url, **options):
-        layer = from_url(url + ("&" if "?" in url else "?") + Q, **options)
-        layers.append(layer)
-        return layer
-
-    yield make
-    for layer in layers:
-        layer.close()
-
-
 def _position_after_restart(layer, group):
     try:
         return layer.group_position(group)

@@ -11,25 +11,10 @@ import time
 import pytest
 import redis
 
-from wsgi_channels.layers import from_url
 
 pytestmark = pytest.mark.timeout(120)
 
 Q = "group_history=chat.*:size=10:ttl=300"
-
-
-@pytest.fixture
-def made():
-    layers = []
-
-    def make(url, **options):
-        layer = from_url(url + ("&" if "?" in url else "?") + Q, **options)
-        layers.append(layer)
-        return layer
-
-    yield make
-    for layer in layers:
-        layer.close()
 
 
 def _info_calls(port: int) -> int:

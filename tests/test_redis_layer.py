@@ -50,20 +50,6 @@ def sending_later(layer, channel: str, messages: list, delay: float = 0.3) -> th
     return thread
 
 
-@pytest.fixture
-def made():
-    layers = []
-
-    def make(url, **options):
-        layer = from_url(url, **options)
-        layers.append(layer)
-        return layer
-
-    yield make
-    for layer in layers:
-        layer.close()
-
-
 class Monitor:
     """Every command a Redis server receives from clients (not from inside scripts), via MONITOR."""
 
