@@ -20,13 +20,16 @@ layer URL to ``wsgi-channels worker``.
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any
 
 from ..config import add_option
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, LayerUnavailable
 from ..settings import feature_items, with_layer_options
 
-__all__ = ["add_layer_feature_options", "layer_url_with_features"]
+__all__ = ["add_layer_feature_options", "layer_url_with_features", "check_layer_at_start"]
+
+log = logging.getLogger(__name__)
 
 
 def _checked(option: str) -> Any:
@@ -64,3 +67,14 @@ def layer_url_with_features(url: str, args: argparse.Namespace) -> str:
         if values:
             options[option] = " ".join(values)
     return with_layer_options(url, options) if options else url
+
+
+def check_layer_at_start(layer: Any, channel: str, who: str) -> None:
+    """One call to the layer before a command serves (``channel_statistics``: it takes nothing).
+    A layer the servers refuse as configured (``ConfigurationError``: a Redis Cluster recording
+    another ``cluster_tags``) raises here, so the command exits with its message; a layer down is
+    logged, and the command's loop retries it."""
+    try:
+        layer.channel_statistics(channel)
+    except LayerUnavailable as e:
+        log.warning("channel layer not reachable at start-up (%s); the %s will keep retrying", e, who)

@@ -26,7 +26,7 @@ from typing import Any
 
 from ..config import add_option
 from ..exitcodes import EXIT_CONFIG, EXIT_OK
-from .layer_options import add_layer_feature_options, layer_url_with_features
+from .layer_options import add_layer_feature_options, check_layer_at_start, layer_url_with_features
 
 __all__ = ["register", "build", "run"]
 
@@ -112,7 +112,7 @@ def _display_url(address: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..exceptions import ConfigurationError, LayerUnavailable
+    from ..exceptions import ConfigurationError
 
     bind = [b for item in (args.bind or [DEFAULT_BIND]) for b in str(item).replace(",", " ").split()]
     layer_url = layer_url_with_features(args.layer or "memory://runserver", args)
@@ -120,12 +120,10 @@ def run(args: argparse.Namespace) -> int:
     options = {"allowed_origins": list(args.allowed_origins or []), "grace_period": 2.0}
     try:
         sidecar, worker = build(args.app, args.routing or [], layer_url, bind, args.threads, options)
-        sidecar.layer.channel_statistics(sidecar.prefix)  # a first call: a layer refused as configured stops here
+        check_layer_at_start(sidecar.layer, sidecar.prefix, "runserver")
     except ConfigurationError as e:
         print(f"wsgi-channels runserver: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except LayerUnavailable as e:
-        log.warning("channel layer not reachable at start-up (%s); it will be retried", e)
     import gevent
 
     def serve() -> Any:

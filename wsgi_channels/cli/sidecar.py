@@ -13,12 +13,12 @@ from typing import Any
 
 from ..channel import default_layer_url
 from ..config import add_option, parse_bool
-from ..exceptions import ConfigurationError, LayerUnavailable
+from ..exceptions import ConfigurationError
 from ..exitcodes import EXIT_CONFIG
 from ..layers import require_cross_process
 from ..sidecar.config import HTTP_MODES, SidecarConfig
 from ..tokens import token_secret
-from .layer_options import add_layer_feature_options, layer_url_with_features
+from .layer_options import add_layer_feature_options, check_layer_at_start, layer_url_with_features
 
 __all__ = ["register", "build_config", "run", "setup_access_log"]
 
@@ -153,14 +153,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         sidecar = Sidecar(config)
-        # A first call: a layer the servers refuse as configured (a Redis Cluster recording another
-        # cluster_tags) stops the sidecar here, not in its receive loop; a layer down is retried there.
-        sidecar.layer.channel_statistics(sidecar.prefix)
+        check_layer_at_start(sidecar.layer, sidecar.prefix, "sidecar")
     except ConfigurationError as e:
         print(f"wsgi-channels sidecar: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except LayerUnavailable as e:
-        log.warning("channel layer not reachable at start-up (%s); the sidecar will keep retrying", e)
     try:
         return sidecar.serve_forever()
     except OSError as e:

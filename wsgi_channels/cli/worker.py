@@ -18,8 +18,8 @@ from typing import Any, Optional
 
 from ..config import add_option
 from ..consumers.consumer import DEFAULT_SEND_TIMEOUT
-from .layer_options import add_layer_feature_options, layer_url_with_features
-from ..exceptions import ConfigurationError, LayerUnavailable, StoreError
+from .layer_options import add_layer_feature_options, check_layer_at_start, layer_url_with_features
+from ..exceptions import ConfigurationError, StoreError
 from ..exitcodes import EXIT_CONFIG
 from ..worker.timelimit import DEFAULT_TIME_LIMIT
 
@@ -90,10 +90,7 @@ def _command(args: Any) -> int:
             log.error("cannot serve metrics on %s: %s", args.admin_bind, e)
             return EXIT_CONFIG
         log.info("metrics on http://%s:%d/metrics", *address)
-    try:
-        worker.layer.channel_statistics(worker.channels[0])  # reachable? (takes nothing)
-    except LayerUnavailable as e:
-        log.warning("channel layer not reachable at start-up (%s); the worker will keep retrying", e)
+    check_layer_at_start(worker.layer, worker.channels[0], "worker")
     return worker.run()
 
 
