@@ -390,7 +390,7 @@ class Shard:
         A server that does not know the script (it restarted) refuses it without running
         it: the script is loaded and the same command sent again.
         """
-        reply = self._roundtrip(b"", fill=(payload,)) if script.run_id else self._roundtrip(payload)
+        reply = self._send(script, (payload,))
         if type(reply) is ResponseError:
             if self.fails_over and _demoted(reply):
                 return self.call(script, payload) if self._moved_on(reply) else None

@@ -271,14 +271,14 @@ class HistoryMixin(ClusterFeaturesMixin):
         stamp = with_keys(b"\x80", {STAMP_KEY: [group, "", 0]})
         assert stamp.endswith(_EMPTY_EPOCH_AND_ZERO)
         keys = self._group_keys(group) + (shard.key("h", group), shard.key("hm", group))  # type: ignore[attr-defined]
-        head = bulk("EVALSHA", _KEEP.sha, len(keys), *keys, self._p, self._expiry_ms, self._gexp_ms, self.capacity,
-                    self.process_capacity, self._rules_flag)
         mode = fs.KEEP_POSITION if len(self._shards) > 1 else fs.KEEP  # type: ignore[attr-defined]
-        tail = bulk(mode, stamp[1:-len(_EMPTY_EPOCH_AND_ZERO)])
-        rest = bulk(options.size, _ms(options.ttl), _ms(options.meta_ttl), self._trust, RUN_ID)
-        count = 3 + len(keys) + 16
-        command = (b"*%d\r\n" % count + head.replace(b"%", b"%%") + b"$%d\r\n%s\r\n" + NOW
-                   + tail.replace(b"%", b"%%") + b"$%d\r\n%s\r\n" + rest.replace(b"%", b"%%"))
+        head_args = ("EVALSHA", _KEEP.sha, len(keys), *keys, self._p, self._expiry_ms, self._gexp_ms, self.capacity,
+                     self.process_capacity, self._rules_flag)
+        tail_args = (mode, stamp[1:-len(_EMPTY_EPOCH_AND_ZERO)])
+        rest_args = (options.size, _ms(options.ttl), _ms(options.meta_ttl), self._trust, RUN_ID)
+        count = len(head_args) + 2 + len(tail_args) + 1 + len(rest_args)  # + body, deadline; + candidate epoch
+        command = (b"*%d\r\n" % count + bulk(*head_args).replace(b"%", b"%%") + b"$%d\r\n%s\r\n" + NOW
+                   + bulk(*tail_args).replace(b"%", b"%%") + b"$%d\r\n%s\r\n" + bulk(*rest_args).replace(b"%", b"%%"))
         if len(self._keep_cache) >= _CACHE_LIMIT:
             self._keep_cache.clear()
         found = self._keep_cache[group] = (shard, command)

@@ -149,7 +149,8 @@ class Link:
     def with_run_id(self, commands: Sequence[bytes]) -> bytes:
         """``commands`` (of a :attr:`Script.run_id` script, each ending with :data:`RUN_ID_UNKNOWN`)
         joined, each with this connection's server ``run_id`` as its last argument; as they are
-        while it is unknown (their scripts then ask ``INFO`` themselves; :meth:`ask_run_id` learns it).
+        while it is unknown (their scripts then ask ``INFO`` themselves; :data:`ASK_RUN_ID` and
+        :meth:`learn_run_id` learn it).
 
         A connection cannot outlive its server process, and a process keeps its ``run_id``, so the
         one learnt here is exact for as long as the connection lives (:meth:`connect` forgets it).

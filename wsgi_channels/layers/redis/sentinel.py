@@ -16,12 +16,13 @@ wins; a dead sentinel costs nothing) and moves the shard at once (:meth:`.Shard.
 pooled connections, the doorbell and blocked pops go to the new primary). As a safety net
 for an announcement missed while reconnecting, it asks one sentinel for the primary once a
 second, and a connection failure or a ``READONLY`` reply makes the layer ask again too
-(at most every 100 ms); a sentinel that still names the failing primary is then not the last
-word: the others are asked too (it may not have heard yet of a failover its leader completed:
-sentinels tell each other every 2 s). Questions use ``SENTINEL MASTER``, whose ``config-epoch`` grows with
-every failover: a sentinel that has not heard of the latest one yet (it names the old
-primary, which still says ``ROLE master`` for a while), or is leading one (its leader names
-the old primary at the new epoch until the end), is never followed back.
+(at most every 100 ms); a sentinel that still names the failing primary is then passed over
+for the next one (it may not have heard yet of a failover its leader completed: sentinels tell
+each other every 2 s), and the failing primary is kept only when every sentinel names it.
+Questions use ``SENTINEL MASTER``, whose ``config-epoch`` grows with every failover: a
+sentinel that has not heard of the latest one yet (it names the old primary, which still says
+``ROLE master`` for a while), or is leading one (its leader names the old primary at the new
+epoch until the end), is never followed back.
 
 Writes that reach the old primary between its demotion and the move are lost with its
 resync; the window is the announcement's latency (milliseconds), or at worst the one
@@ -95,13 +96,13 @@ class SentinelLocator:
         """The primary's address as the sentinels name it; ``LayerUnavailable`` when none does, or
         none knows of the latest failover announced. ``keep``: a dict in which the connection to
         the sentinel that answered is kept for the next question (the monitor's, once a second).
-        ``failing``: the address a call just failed on; a sentinel that still names it is not
-        taken at its word while the others have not been asked (it may not have heard of a
-        failover that another, its leader, has already completed: sentinels tell each other
-        every 2 s): the answer of the highest ``config-epoch`` is followed."""
+        ``failing``: the address a call just failed on; a sentinel that still names it is passed
+        over for the next one (it may not have heard of a failover that another, its leader, has
+        already completed: sentinels tell each other every 2 s), and it is the answer only when
+        every sentinel names it."""
         problems = []
         count = len(self.sentinels)
-        best: tuple[int, int, tuple[str, int]] | None = None
+        same: int | None = None  # the first sentinel that named the failing address
         for k in range(count):
             i = (self._preferred + k) % count
             host, port = self.sentinels[i]
@@ -133,14 +134,14 @@ class SentinelLocator:
                 continue
             self._epoch_seen = max(self._epoch_seen, epoch)
             address = (fields["ip"], int(fields["port"]))
-            if failing is None or address != failing:
+            if address != failing:
                 self._preferred = i
                 return address
-            if best is None or epoch > best[0]:
-                best = (epoch, i, address)
-        if best is not None:
-            self._preferred = best[1]
-            return best[2]
+            if same is None:
+                same = i
+        if same is not None and failing is not None:
+            self._preferred = same
+            return failing
         raise exc.LayerUnavailable(f"no sentinel of {self.label} named a primary for {self.service!r} "
                                    f"({'; '.join(problems)}); the call did not complete")
 
